@@ -1,0 +1,247 @@
+//! A device's identity: its serial, the email derived from it, its password and
+//! the `device.conf` text that carries them.
+
+use std::fmt;
+use std::path::Path;
+
+use thiserror::Error;
+use zeroize::{Zeroize, Zeroizing};
+
+#[derive(Debug, Error)]
+pub enum IdentityError {
+    #[error("invalid serial {serial:?}: {why} (expected uppercase letters, digits and hyphens, like AZJN-0042)")]
+    BadSerial { serial: String, why: &'static str },
+    #[error("cannot read the password file {path}: {source}")]
+    PasswordFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the password in {path} is unusable: {why}")]
+    BadPassword { path: String, why: &'static str },
+    #[error("the operating system's random number generator failed: {0}")]
+    Random(getrandom::Error),
+}
+
+/// A validated device serial such as `AZJN-0042`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Serial(String);
+
+impl Serial {
+    /// Serials end up in file names and email addresses, so only a narrow
+    /// alphabet is accepted: `A-Z`, `0-9` and `-`, at least one hyphen, and a
+    /// non-empty segment after the last hyphen.
+    pub fn parse(text: &str) -> Result<Serial, IdentityError> {
+        let bad = |why| IdentityError::BadSerial {
+            serial: text.to_string(),
+            why,
+        };
+        if text.is_empty() {
+            return Err(bad("it is empty"));
+        }
+        if text.len() > 64 {
+            return Err(bad("it is longer than 64 characters"));
+        }
+        if let Some(c) = text
+            .chars()
+            .find(|c| !(c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '-'))
+        {
+            return Err(bad(if c.is_ascii_lowercase() {
+                "it has lowercase letters"
+            } else if c.is_whitespace() {
+                "it has white space"
+            } else {
+                "it has a character other than A-Z, 0-9 and -"
+            }));
+        }
+        let Some((head, suffix)) = text.rsplit_once('-') else {
+            return Err(bad("it has no hyphen"));
+        };
+        if suffix.is_empty() {
+            return Err(bad("nothing follows the last hyphen"));
+        }
+        if head.is_empty() || head.split('-').any(str::is_empty) {
+            return Err(bad("it has an empty segment"));
+        }
+        Ok(Serial(text.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The runbook's rule: the segment after the last hyphen, lowercased.
+    pub fn email(&self) -> String {
+        let suffix = self.0.rsplit_once('-').map(|(_, s)| s).unwrap_or(&self.0);
+        format!("azaion-jetson-{}@azaion.com", suffix.to_ascii_lowercase())
+    }
+}
+
+impl fmt::Display for Serial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A device password. Its `Debug` never shows the value and its memory is
+/// wiped on drop, so it cannot leak through logs, errors or panics.
+#[derive(Clone)]
+pub struct Password(Zeroizing<String>);
+
+impl Password {
+    /// 16 bytes from the OS CSPRNG as 32 lowercase hex characters, as
+    /// `openssl rand -hex 16` in the runbook.
+    pub fn generate() -> Result<Password, IdentityError> {
+        let mut bytes = Zeroizing::new([0u8; 16]);
+        getrandom::getrandom(bytes.as_mut()).map_err(IdentityError::Random)?;
+        Ok(Password(Zeroizing::new(hex::encode(bytes.as_ref()))))
+    }
+
+    /// Reads a caller-supplied password: the first line of the file, without
+    /// its line ending. It must be printable ASCII without spaces so that it
+    /// survives the `KEY=value` format of device.conf.
+    pub fn from_file(path: &Path) -> Result<Password, IdentityError> {
+        let mut text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+            IdentityError::PasswordFile {
+                path: path.display().to_string(),
+                source,
+            }
+        })?);
+        let line_len = text.find(['\n', '\r']).unwrap_or(text.len());
+        text.truncate(line_len);
+        let bad = |why| IdentityError::BadPassword {
+            path: path.display().to_string(),
+            why,
+        };
+        if text.is_empty() {
+            return Err(bad("its first line is empty"));
+        }
+        if text.len() > 256 {
+            return Err(bad("it is longer than 256 characters"));
+        }
+        if !text.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(bad("it must be printable ASCII without spaces"));
+        }
+        Ok(Password(text))
+    }
+
+    pub fn from_plain(text: &str) -> Password {
+        Password(Zeroizing::new(text.to_string()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
+impl PartialEq for Password {
+    fn eq(&self, other: &Self) -> bool {
+        // Not a timing-sensitive comparison: both sides are local.
+        self.expose() == other.expose()
+    }
+}
+
+pub const EMAIL_KEY: &str = "AZAION_DEVICE_EMAIL";
+pub const PASSWORD_KEY: &str = "AZAION_DEVICE_PASSWORD";
+
+/// Renders device.conf exactly as the runbook's script writes it.
+pub fn render_device_conf(email: &str, password: &Password) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(
+        format!(
+            "{EMAIL_KEY}={email}\n{PASSWORD_KEY}={}\n",
+            password.expose()
+        )
+        .into_bytes(),
+    )
+}
+
+/// The two values found in a device.conf.
+#[derive(Debug)]
+pub struct DeviceConf {
+    pub email: Option<String>,
+    pub password: Option<Password>,
+}
+
+/// Parses `KEY=value` lines; unknown keys and blank or `#` lines are ignored.
+pub fn parse_device_conf(bytes: &[u8]) -> DeviceConf {
+    let mut conf = DeviceConf {
+        email: None,
+        password: None,
+    };
+    let text = String::from_utf8_lossy(bytes);
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        match key.trim() {
+            EMAIL_KEY => conf.email = Some(value.to_string()),
+            PASSWORD_KEY => conf.password = Some(Password::from_plain(value)),
+            _ => {}
+        }
+    }
+    conf
+}
+
+/// A well-formed generated or supplied password, as `verify` accepts it.
+pub fn password_is_well_formed(password: &str) -> bool {
+    !password.is_empty() && password.len() <= 256 && password.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Wipes a byte buffer that held a secret.
+pub fn wipe(buf: &mut [u8]) {
+    buf.zeroize();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_to_email() {
+        assert_eq!(
+            Serial::parse("AZJN-0042").unwrap().email(),
+            "azaion-jetson-0042@azaion.com"
+        );
+        assert_eq!(
+            Serial::parse("AZ-JN-00AB").unwrap().email(),
+            "azaion-jetson-00ab@azaion.com"
+        );
+    }
+
+    #[test]
+    fn bad_serials() {
+        for s in [
+            "", "AZJN0042", "AZJN-", "azjn-0042", "AZJN 0042", "AZ/JN-1", "..-1", "AZJN-00é", "-0042",
+            "A--1",
+        ] {
+            assert!(Serial::parse(s).is_err(), "{s:?} accepted");
+        }
+    }
+
+    #[test]
+    fn generated_password_shape() {
+        let p = Password::generate().unwrap();
+        assert_eq!(p.expose().len(), 32);
+        assert!(p.expose().bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_ne!(p, Password::generate().unwrap());
+        assert!(!format!("{p:?}").contains(p.expose()));
+    }
+
+    #[test]
+    fn conf_round_trip() {
+        let p = Password::from_plain("abc");
+        let text = render_device_conf("a@b", &p);
+        assert_eq!(
+            &text[..],
+            b"AZAION_DEVICE_EMAIL=a@b\nAZAION_DEVICE_PASSWORD=abc\n"
+        );
+        let conf = parse_device_conf(&text);
+        assert_eq!(conf.email.as_deref(), Some("a@b"));
+        assert_eq!(conf.password.unwrap().expose(), "abc");
+    }
+}

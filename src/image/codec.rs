@@ -1,0 +1,169 @@
+//! The compression layer under tar archives: detection by magic bytes, and
+//! streaming decoders and encoders for gzip, bzip2, zstd and xz.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+
+/// A tar archive's outer compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Bzip2,
+    Zstd,
+    Xz,
+}
+
+impl Compression {
+    /// Recognises the compressed formats by their magic numbers.
+    pub fn detect(head: &[u8]) -> Option<Compression> {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Some(Compression::Gzip)
+        } else if head.starts_with(b"BZh") && head.len() > 3 && (b'1'..=b'9').contains(&head[3]) {
+            Some(Compression::Bzip2)
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Some(Compression::Zstd)
+        } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+            Some(Compression::Xz)
+        } else {
+            None
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "uncompressed",
+            Compression::Gzip => "gzip",
+            Compression::Bzip2 => "bzip2",
+            Compression::Zstd => "zstd",
+            Compression::Xz => "xz",
+        }
+    }
+
+    /// A streaming decoder over `file`. Multi-member gzip, multi-stream
+    /// bzip2 (as pbzip2/lbzip2 write) and multi-frame zstd/xz are read whole.
+    pub fn decoder(self, file: File) -> Box<dyn Read + Send> {
+        let buffered = BufReader::with_capacity(1 << 20, file);
+        match self {
+            Compression::None => Box::new(buffered),
+            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+            Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(buffered)),
+            Compression::Zstd => match zstd::stream::read::Decoder::with_buffer(buffered) {
+                Ok(d) => Box::new(d),
+                Err(e) => Box::new(FailingReader(Some(e))),
+            },
+            Compression::Xz => Box::new(xz2::bufread::XzDecoder::new_multi_decoder(buffered)),
+        }
+    }
+
+    /// A streaming encoder into `out`. Levels are the tools' defaults, and
+    /// every header field that could carry a time or a name is left empty,
+    /// so the same input gives the same bytes.
+    pub fn encoder<'w, W: Write + Send + 'w>(self, out: W) -> io::Result<Box<dyn Encoder + 'w>> {
+        Ok(match self {
+            Compression::None => Box::new(Plain(out)),
+            Compression::Gzip => Box::new(
+                flate2::GzBuilder::new()
+                    .mtime(0)
+                    .write(out, flate2::Compression::new(6)),
+            ),
+            Compression::Bzip2 => Box::new(bzip2::write::BzEncoder::new(
+                out,
+                bzip2::Compression::new(9),
+            )),
+            Compression::Zstd => Box::new(zstd::stream::write::Encoder::new(out, 3)?),
+            Compression::Xz => Box::new(xz2::write::XzEncoder::new(out, 6)),
+        })
+    }
+}
+
+/// A decoder that could not even start reports its error on first read.
+struct FailingReader(Option<io::Error>);
+
+impl Read for FailingReader {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(self
+            .0
+            .take()
+            .unwrap_or_else(|| io::Error::other("decoder failed")))
+    }
+}
+
+/// A compressing writer that must be told when the stream ends.
+pub trait Encoder: Write {
+    /// Writes the stream's trailer and flushes the underlying writer.
+    fn finish_stream(self: Box<Self>) -> io::Result<()>;
+}
+
+struct Plain<W: Write>(W);
+
+impl<W: Write> Write for Plain<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<W: Write> Encoder for Plain<W> {
+    fn finish_stream(mut self: Box<Self>) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<W: Write> Encoder for flate2::write::GzEncoder<W> {
+    fn finish_stream(self: Box<Self>) -> io::Result<()> {
+        self.finish()?.flush()
+    }
+}
+
+impl<W: Write> Encoder for bzip2::write::BzEncoder<W> {
+    fn finish_stream(self: Box<Self>) -> io::Result<()> {
+        self.finish()?.flush()
+    }
+}
+
+impl<W: Write> Encoder for zstd::stream::write::Encoder<'_, W> {
+    fn finish_stream(self: Box<Self>) -> io::Result<()> {
+        self.finish()?.flush()
+    }
+}
+
+impl<W: Write> Encoder for xz2::write::XzEncoder<W> {
+    fn finish_stream(self: Box<Self>) -> io::Result<()> {
+        self.finish()?.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_every_codec() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        for c in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Bzip2,
+            Compression::Zstd,
+            Compression::Xz,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("x");
+            let mut enc = c.encoder(File::create(&path).unwrap()).unwrap();
+            enc.write_all(&data).unwrap();
+            enc.finish_stream().unwrap();
+            let head = std::fs::read(&path).unwrap();
+            if c != Compression::None {
+                assert_eq!(Compression::detect(&head), Some(c));
+            }
+            let mut back = Vec::new();
+            c.decoder(File::open(&path).unwrap())
+                .read_to_end(&mut back)
+                .unwrap();
+            assert_eq!(back, data, "{c:?}");
+        }
+    }
+}

@@ -1,0 +1,1012 @@
+//! Tar archives, rewritten as streams and never extracted.
+//!
+//! A first pass decompresses the archive and walks its headers, noting the
+//! byte ranges of the few entries the plan cares about, the archive's path
+//! convention and header style, and where the entries end. The plan then
+//! becomes an edit list of byte ranges to copy verbatim and new bytes to
+//! insert, which a second pass streams through the encoder. Every entry the
+//! plan does not touch is copied byte for byte, headers included.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+use super::codec::Compression;
+use super::{EntryType, FileMeta, ImageBackend, ImageError, ImageFacts, ImageReader};
+use crate::output::TempOutput;
+use crate::overlay::{ImagePath, Plan, PlanEntry, PlanKind};
+
+const BLOCK: u64 = 512;
+/// GNU tar's and bsdtar's default record: 20 blocks.
+const RECORD: u64 = 10240;
+/// passwd and group bigger than this are not credible and not read.
+const MAX_DB_SIZE: u64 = 16 << 20;
+
+#[derive(Debug, Error)]
+pub enum TarError {
+    #[error("{path}: cannot decompress the {codec} stream: {source}. The file is corrupt or truncated; fetch or rebuild it")]
+    Decode {
+        path: PathBuf,
+        codec: &'static str,
+        source: io::Error,
+    },
+    #[error("{path}: the tar header at byte {offset} of the archive has a bad checksum; the archive is corrupt")]
+    BadChecksum { path: PathBuf, offset: u64 },
+    #[error("{path}: the tar header at byte {offset} has an unreadable {field} field; the archive is corrupt")]
+    BadField {
+        path: PathBuf,
+        offset: u64,
+        field: &'static str,
+    },
+    #[error("{path}: the archive ends in the middle of an entry (at byte {offset}); it is truncated")]
+    Truncated { path: PathBuf, offset: u64 },
+    #[error("{path}: {entry} is a {kind} in the archive; imprint only writes a regular file there. Remove it from the rootfs and try again")]
+    NotRegular {
+        path: PathBuf,
+        entry: String,
+        kind: &'static str,
+    },
+    #[error("{path}: {entry} is a {kind} in the archive, not a directory; imprint will not write through it. Make it a real directory in the rootfs and try again")]
+    NotDirectory {
+        path: PathBuf,
+        entry: String,
+        kind: &'static str,
+    },
+    #[error("writing the new archive failed: {0}")]
+    Write(io::Error),
+}
+
+/// How the archive writes its headers; new entries follow the same style.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeaderStyle {
+    /// POSIX ustar, possibly with pax extended headers.
+    Ustar,
+    /// POSIX pax: ustar headers and pax extended headers seen.
+    Pax,
+    /// GNU tar's own format ("ustar  \0" magic).
+    Gnu,
+}
+
+/// A parsed tar header, with pax and GNU long-name extensions applied.
+#[derive(Debug, Clone)]
+struct Header {
+    /// Normalised path: no leading `./` or `/`, no trailing `/`.
+    path: String,
+    meta: FileMeta,
+    /// Bytes of data following the header (rounded up to blocks when
+    /// skipped).
+    data_size: u64,
+}
+
+fn kind_of(typeflag: u8) -> EntryType {
+    match typeflag {
+        b'0' | b'\0' | b'7' => EntryType::Regular,
+        b'5' => EntryType::Dir,
+        b'2' => EntryType::Symlink,
+        _ => EntryType::Other,
+    }
+}
+
+fn describe(typeflag: u8) -> &'static str {
+    match typeflag {
+        b'0' | b'\0' | b'7' => "regular file",
+        b'1' => "hard link",
+        b'2' => "symbolic link",
+        b'3' => "character device",
+        b'4' => "block device",
+        b'5' => "directory",
+        b'6' => "fifo",
+        _ => "special entry",
+    }
+}
+
+fn normalise(raw: &str) -> String {
+    let mut p = raw;
+    while let Some(rest) = p.strip_prefix("./") {
+        p = rest;
+    }
+    p.trim_start_matches('/').trim_end_matches('/').to_string()
+}
+
+fn field_str(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// Parses a numeric field: octal text, or GNU base-256 when the top bit of
+/// the first byte is set.
+fn parse_number(bytes: &[u8]) -> Option<u64> {
+    if bytes.first().is_some_and(|b| b & 0x80 != 0) {
+        if bytes[0] & 0x40 != 0 {
+            return None; // negative
+        }
+        let mut v: u64 = (bytes[0] & 0x3f) as u64;
+        for &b in &bytes[1..] {
+            v = v.checked_mul(256)?.checked_add(b as u64)?;
+        }
+        return Some(v);
+    }
+    let text: Vec<u8> = bytes
+        .iter()
+        .copied()
+        .skip_while(|b| *b == b' ')
+        .take_while(|b| *b != 0 && *b != b' ')
+        .collect();
+    if text.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(std::str::from_utf8(&text).ok()?, 8).ok()
+}
+
+fn checksum_ok(block: &[u8; 512]) -> bool {
+    let Some(stored) = parse_number(&block[148..156]) else {
+        return false;
+    };
+    let unsigned: u64 = block
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { b as u64 })
+        .sum();
+    let signed: i64 = block
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { b as i8 as i64 })
+        .sum();
+    stored == unsigned || stored as i64 == signed
+}
+
+/// True if `head` starts with what looks like a valid tar header.
+pub fn looks_like_tar(head: &[u8]) -> bool {
+    head.len() >= 512 && checksum_ok(head[..512].try_into().expect("512 bytes"))
+}
+
+/// Pax extended header records that matter here.
+#[derive(Debug, Default, Clone)]
+struct PaxOverrides {
+    path: Option<String>,
+    size: Option<u64>,
+    uid: Option<u64>,
+    gid: Option<u64>,
+    mtime: Option<i64>,
+}
+
+fn parse_pax(data: &[u8]) -> PaxOverrides {
+    let mut o = PaxOverrides::default();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let Some(space) = rest.iter().position(|&b| b == b' ') else {
+            break;
+        };
+        let Some(len) = std::str::from_utf8(&rest[..space])
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok())
+        else {
+            break;
+        };
+        if len <= space || len > rest.len() {
+            break;
+        }
+        let record = &rest[space + 1..len];
+        let record = record.strip_suffix(b"\n").unwrap_or(record);
+        if let Some(eq) = record.iter().position(|&b| b == b'=') {
+            let key = &record[..eq];
+            let value = String::from_utf8_lossy(&record[eq + 1..]).into_owned();
+            match key {
+                b"path" => o.path = Some(value),
+                b"size" => o.size = value.parse().ok(),
+                b"uid" => o.uid = value.parse().ok(),
+                b"gid" => o.gid = value.parse().ok(),
+                b"mtime" => {
+                    o.mtime = value
+                        .split('.')
+                        .next()
+                        .and_then(|s| s.parse().ok())
+                }
+                _ => {}
+            }
+        }
+        rest = &rest[len..];
+    }
+    o
+}
+
+/// A reader that counts the decompressed bytes it has produced, and turns
+/// decoder failures into a clear error.
+struct Stream<'a> {
+    inner: Box<dyn Read + Send>,
+    pos: u64,
+    path: &'a Path,
+    codec: Compression,
+    buf: Vec<u8>,
+}
+
+impl Stream<'_> {
+    fn decode_error(&self, source: io::Error) -> TarError {
+        TarError::Decode {
+            path: self.path.to_path_buf(),
+            codec: self.codec.name(),
+            source,
+        }
+    }
+
+    /// Reads up to `buf.len()` bytes; fewer only at the end of the stream.
+    fn fill(&mut self, buf: &mut [u8]) -> Result<usize, TarError> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.inner.read(&mut buf[done..]) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.decode_error(e)),
+            }
+        }
+        self.pos += done as u64;
+        Ok(done)
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), TarError> {
+        let at = self.pos;
+        if self.fill(buf)? < buf.len() {
+            return Err(TarError::Truncated {
+                path: self.path.to_path_buf(),
+                offset: at,
+            });
+        }
+        Ok(())
+    }
+
+    /// Passes `len` bytes to `sink` (or drops them when `sink` is None).
+    fn pass(&mut self, mut len: u64, mut sink: Option<&mut dyn Write>) -> Result<(), TarError> {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(1 << 20, 0);
+        let mut result = Ok(());
+        while len > 0 && result.is_ok() {
+            let want = len.min(buf.len() as u64) as usize;
+            result = self.read_exact(&mut buf[..want]).and_then(|_| match sink.as_mut() {
+                Some(s) => s.write_all(&buf[..want]).map_err(TarError::Write),
+                None => Ok(()),
+            });
+            len -= want as u64;
+        }
+        self.buf = buf;
+        result
+    }
+
+    /// Reads to the end, returning how many bytes were left.
+    fn drain(&mut self) -> Result<u64, TarError> {
+        let start = self.pos;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(1 << 20, 0);
+        let result = loop {
+            match self.fill(&mut buf) {
+                Ok(0) => break Ok(self.pos - start),
+                Ok(_) => {}
+                Err(e) => break Err(e),
+            }
+        };
+        self.buf = buf;
+        result
+    }
+}
+
+fn padded(size: u64) -> u64 {
+    size.div_ceil(BLOCK) * BLOCK
+}
+
+/// One entry of interest found by the scan.
+#[derive(Debug, Clone)]
+struct Found {
+    path: String,
+    typeflag: u8,
+    meta: FileMeta,
+    /// From the first extension header (pax, GNU long name) to the end of
+    /// the data's padding: the bytes to drop when the entry is replaced.
+    start: u64,
+    end: u64,
+}
+
+/// What the scan learned about an archive.
+#[derive(Debug, Default)]
+struct Scan {
+    style: Option<HeaderStyle>,
+    dot_slash: Option<bool>,
+    found: Vec<Found>,
+    /// Watched paths that are parents of some entry, even without an
+    /// explicit directory entry of their own.
+    implicit_dirs: Vec<String>,
+    captured: Vec<(String, Vec<u8>)>,
+    /// Offset of the first end-of-archive zero block (or of the end, if the
+    /// archive has none).
+    end_of_entries: u64,
+    total_len: u64,
+}
+
+impl Scan {
+    fn entry(&self, path: &str) -> Option<&Found> {
+        self.found.iter().find(|f| f.path == path)
+    }
+
+    fn has_dir(&self, path: &str) -> bool {
+        match self.entry(path) {
+            Some(f) => f.meta.kind == EntryType::Dir,
+            None => self.implicit_dirs.iter().any(|d| d == path),
+        }
+    }
+
+    fn captured(&self, path: &str) -> Option<Vec<u8>> {
+        self.captured
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, d)| d.clone())
+    }
+}
+
+/// Walks the archive. Entries whose path is in `watch` are recorded; the
+/// data of those in `capture` (up to `max_capture` bytes) is kept.
+fn scan(
+    path: &Path,
+    codec: Compression,
+    watch: &[String],
+    capture: &[String],
+    max_capture: u64,
+) -> Result<Scan, TarError> {
+    let file = File::open(path).map_err(|e| TarError::Decode {
+        path: path.to_path_buf(),
+        codec: codec.name(),
+        source: e,
+    })?;
+    let mut s = Stream {
+        inner: codec.decoder(file),
+        pos: 0,
+        path,
+        codec,
+        buf: Vec::new(),
+    };
+    let mut out = Scan::default();
+    let mut block = [0u8; 512];
+    // Extension headers seen since the last real entry.
+    let mut pending_start: Option<u64> = None;
+    let mut pax = PaxOverrides::default();
+    let mut long_name: Option<String> = None;
+    loop {
+        let at = s.pos;
+        let n = s.fill(&mut block)?;
+        if n == 0 {
+            // No end-of-archive marker; tolerated as GNU tar does.
+            out.end_of_entries = at;
+            break;
+        }
+        if n < block.len() {
+            return Err(TarError::Truncated {
+                path: path.to_path_buf(),
+                offset: at,
+            });
+        }
+        if block.iter().all(|&b| b == 0) {
+            out.end_of_entries = at;
+            s.pos = at + BLOCK;
+            s.drain()?;
+            break;
+        }
+        if !checksum_ok(&block) {
+            return Err(TarError::BadChecksum {
+                path: path.to_path_buf(),
+                offset: at,
+            });
+        }
+        let bad_field = |field| TarError::BadField {
+            path: path.to_path_buf(),
+            offset: at,
+            field,
+        };
+        let typeflag = block[156];
+        let mut size = parse_number(&block[124..136]).ok_or_else(|| bad_field("size"))?;
+        let magic = &block[257..265];
+        if out.style.is_none() || out.style == Some(HeaderStyle::Ustar) {
+            if magic == b"ustar  \0" {
+                out.style = Some(HeaderStyle::Gnu);
+            } else if &magic[..6] == b"ustar\0" {
+                out.style = Some(if matches!(typeflag, b'x' | b'g') {
+                    HeaderStyle::Pax
+                } else {
+                    HeaderStyle::Ustar
+                });
+            }
+        }
+        match typeflag {
+            b'x' | b'L' | b'K' => {
+                pending_start.get_or_insert(at);
+                if size > MAX_DB_SIZE {
+                    return Err(bad_field("extended header size"));
+                }
+                let mut data = vec![0u8; size as usize];
+                s.read_exact(&mut data)?;
+                s.pass(padded(size) - size, None)?;
+                match typeflag {
+                    b'x' => pax = parse_pax(&data),
+                    b'L' => long_name = Some(field_str(&data)),
+                    _ => {} // GNU long link name: not needed
+                }
+                continue;
+            }
+            b'g' => {
+                // Global pax headers apply to the archive, not one entry:
+                // they stay where they are.
+                s.pass(padded(size), None)?;
+                continue;
+            }
+            _ => {}
+        }
+        // GNU old-style sparse entries carry more sparse headers after this
+        // one when byte 482 is set.
+        if typeflag == b'S' && block[482] != 0 {
+            loop {
+                let mut ext = [0u8; 512];
+                s.read_exact(&mut ext)?;
+                if ext[504] == 0 {
+                    break;
+                }
+            }
+        }
+        if let Some(pax_size) = pax.size {
+            size = pax_size;
+        }
+        let raw_name = if let Some(p) = pax.path.take() {
+            p
+        } else if let Some(l) = long_name.take() {
+            l
+        } else {
+            let name = field_str(&block[0..100]);
+            let prefix = if &magic[..6] == b"ustar\0" {
+                field_str(&block[345..500])
+            } else {
+                String::new()
+            };
+            if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            }
+        };
+        if out.dot_slash.is_none() && !normalise(&raw_name).is_empty() {
+            out.dot_slash = Some(raw_name.starts_with("./"));
+        }
+        let num = |range: std::ops::Range<usize>, field| {
+            parse_number(&block[range]).ok_or_else(|| bad_field(field))
+        };
+        let header = Header {
+            path: normalise(&raw_name),
+            meta: FileMeta {
+                kind: kind_of(typeflag),
+                mode: (num(100..108, "mode")? & 0o7777) as u32,
+                uid: pax.uid.map(Ok).unwrap_or_else(|| num(108..116, "uid"))? as u32,
+                gid: pax.gid.map(Ok).unwrap_or_else(|| num(116..124, "gid"))? as u32,
+                mtime: pax
+                    .mtime
+                    .map(Ok)
+                    .unwrap_or_else(|| num(136..148, "mtime").map(|m| m as i64))?,
+                size,
+            },
+            // Links and directories carry no data whatever the size says.
+            data_size: if matches!(typeflag, b'1' | b'2' | b'3' | b'4' | b'5' | b'6') {
+                0
+            } else {
+                size
+            },
+        };
+        pax = PaxOverrides::default();
+        let start = pending_start.take().unwrap_or(at);
+        for w in watch {
+            if header.path.len() > w.len()
+                && header.path.starts_with(w.as_str())
+                && header.path.as_bytes()[w.len()] == b'/'
+                && !out.implicit_dirs.contains(w)
+            {
+                out.implicit_dirs.push(w.clone());
+            }
+        }
+        let watched = watch.contains(&header.path);
+        let want_data = capture.contains(&header.path)
+            && header.meta.kind == EntryType::Regular
+            && header.data_size <= max_capture;
+        if want_data {
+            let mut data = vec![0u8; header.data_size as usize];
+            s.read_exact(&mut data)?;
+            s.pass(padded(header.data_size) - header.data_size, None)?;
+            out.captured.retain(|(p, _)| p != &header.path);
+            out.captured.push((header.path.clone(), data));
+        } else {
+            s.pass(padded(header.data_size), None)?;
+        }
+        if watched {
+            out.found.push(Found {
+                path: header.path,
+                typeflag,
+                meta: header.meta,
+                start,
+                end: s.pos,
+            });
+        }
+    }
+    out.total_len = s.pos;
+    Ok(out)
+}
+
+/// Formats `value` as a NUL-terminated octal field of `width` bytes, or
+/// GNU base-256 when it does not fit and base-256 is allowed.
+fn put_number(field: &mut [u8], value: u64, base256_ok: bool) -> bool {
+    let digits = field.len() - 1;
+    let text = format!("{value:0digits$o}");
+    if text.len() <= digits {
+        field[..digits].copy_from_slice(text.as_bytes());
+        field[digits] = 0;
+        return true;
+    }
+    if base256_ok {
+        field.fill(0);
+        field[0] = 0x80;
+        let be = value.to_be_bytes();
+        let n = field.len();
+        field[n - 8..].copy_from_slice(&be);
+        field[0] |= 0x80;
+        return true;
+    }
+    false
+}
+
+fn put_str(field: &mut [u8], value: &str) {
+    let bytes = value.as_bytes();
+    let n = bytes.len().min(field.len());
+    field[..n].copy_from_slice(&bytes[..n]);
+}
+
+fn pax_record(key: &str, value: &str) -> Vec<u8> {
+    let body = format!(" {key}={value}\n");
+    let mut len = body.len() + 1;
+    while format!("{len}").len() + body.len() != len {
+        len += 1;
+    }
+    format!("{len}{body}").into_bytes()
+}
+
+/// Builds one header block.
+fn header_block(
+    style: HeaderStyle,
+    name: &str,
+    prefix: &str,
+    typeflag: u8,
+    meta: &FileMeta,
+    uname: &str,
+    gname: &str,
+) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    let gnu = style == HeaderStyle::Gnu;
+    put_str(&mut h[0..100], name);
+    put_number(&mut h[100..108], meta.mode as u64, false);
+    // Ids that do not fit in octal are carried by a pax header (or in GNU
+    // base-256); the field then holds 0 for pax.
+    if !put_number(&mut h[108..116], meta.uid as u64, gnu) {
+        put_number(&mut h[108..116], 0, false);
+    }
+    if !put_number(&mut h[116..124], meta.gid as u64, gnu) {
+        put_number(&mut h[116..124], 0, false);
+    }
+    put_number(&mut h[124..136], meta.size, gnu);
+    put_number(&mut h[136..148], meta.mtime.max(0) as u64, gnu);
+    h[156] = typeflag;
+    if gnu {
+        h[257..265].copy_from_slice(b"ustar  \0");
+    } else {
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        put_number(&mut h[329..337], 0, false);
+        put_number(&mut h[337..345], 0, false);
+        put_str(&mut h[345..500], prefix);
+    }
+    put_str(&mut h[265..297], uname);
+    put_str(&mut h[297..329], gname);
+    h[148..156].fill(b' ');
+    let sum: u64 = h.iter().map(|&b| b as u64).sum();
+    let text = format!("{sum:06o}\0 ");
+    h[148..156].copy_from_slice(text.as_bytes());
+    h
+}
+
+/// Splits a long path into ustar prefix and name, if possible.
+fn ustar_split(path: &str) -> Option<(&str, &str)> {
+    if path.len() <= 100 {
+        return Some(("", path));
+    }
+    let bytes = path.as_bytes();
+    (0..bytes.len())
+        .rev()
+        .filter(|&i| bytes[i] == b'/')
+        .find(|&i| i <= 155 && path.len() - i - 1 <= 100 && i > 0)
+        .map(|i| (&path[..i], &path[i + 1..]))
+}
+
+/// The bytes of one new entry in the archive's own style: extension
+/// headers if needed, the header, the data and its padding.
+fn encode_entry(
+    style: HeaderStyle,
+    dot_slash: bool,
+    entry: &PlanEntry,
+    mtime: i64,
+) -> Zeroizing<Vec<u8>> {
+    let content = entry.content().unwrap_or(&[]);
+    let is_dir = matches!(entry.kind, PlanKind::Dir);
+    let mut name = if dot_slash { "./".to_string() } else { String::new() };
+    name.push_str(&entry.path.relative());
+    if is_dir {
+        name.push('/');
+    }
+    let meta = FileMeta {
+        kind: if is_dir { EntryType::Dir } else { EntryType::Regular },
+        mode: entry.mode,
+        uid: entry.owner.uid,
+        gid: entry.owner.gid,
+        mtime,
+        size: content.len() as u64,
+    };
+    let typeflag = if is_dir { b'5' } else { b'0' };
+    let uname = entry.owner.user_name.as_deref().unwrap_or("");
+    let gname = entry.owner.group_name.as_deref().unwrap_or("");
+    let octal_max = 0o7777777u64;
+    let mut out = Zeroizing::new(Vec::new());
+
+    let (prefix, short) = match style {
+        HeaderStyle::Gnu if name.len() > 100 => {
+            let mut long = name.clone().into_bytes();
+            long.push(0);
+            let link_meta = FileMeta {
+                kind: EntryType::Other,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime: 0,
+                size: long.len() as u64,
+            };
+            out.extend_from_slice(&header_block(
+                style,
+                "././@LongLink",
+                "",
+                b'L',
+                &link_meta,
+                "root",
+                "root",
+            ));
+            push_padded(&mut out, &long);
+            ("", &name[..100])
+        }
+        _ => ustar_split(&name).unwrap_or(("", "")),
+    };
+    let mut records = Vec::new();
+    if style != HeaderStyle::Gnu {
+        if short.is_empty() {
+            records.extend(pax_record("path", &name));
+        }
+        if meta.uid as u64 > octal_max {
+            records.extend(pax_record("uid", &meta.uid.to_string()));
+        }
+        if meta.gid as u64 > octal_max {
+            records.extend(pax_record("gid", &meta.gid.to_string()));
+        }
+    }
+    if !records.is_empty() {
+        let pax_name = format!(
+            "{}PaxHeaders/{}",
+            name.trim_end_matches('/')
+                .rsplit_once('/')
+                .map(|(d, _)| format!("{d}/"))
+                .unwrap_or_default(),
+            entry.path.file_name()
+        );
+        let pax_meta = FileMeta {
+            kind: EntryType::Other,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime,
+            size: records.len() as u64,
+        };
+        let pax_short = ustar_split(&pax_name).unwrap_or(("", entry.path.file_name()));
+        out.extend_from_slice(&header_block(
+            style, pax_short.1, pax_short.0, b'x', &pax_meta, "", "",
+        ));
+        push_padded(&mut out, &records);
+    }
+    let short = if short.is_empty() { &name[name.len().saturating_sub(100)..] } else { short };
+    out.extend_from_slice(&header_block(style, short, prefix, typeflag, &meta, uname, gname));
+    push_padded(&mut out, content);
+    out
+}
+
+fn push_padded(out: &mut Vec<u8>, data: &[u8]) {
+    out.extend_from_slice(data);
+    let pad = padded(data.len() as u64) - data.len() as u64;
+    out.extend(std::iter::repeat_n(0u8, pad as usize));
+}
+
+/// One step of the rewrite: copy a range of the decompressed input, or
+/// insert new bytes.
+enum Piece {
+    Copy { start: u64, end: u64 },
+    Insert(Zeroizing<Vec<u8>>),
+}
+
+/// Turns the plan into the edit list, checking every rule on the way.
+fn edit_list(path: &Path, scan: &Scan, plan: &Plan) -> Result<Vec<Piece>, ImageError> {
+    plan.check_parents(|p| scan.has_dir(&p.relative()))?;
+    let style = scan.style.unwrap_or(HeaderStyle::Ustar);
+    let dot_slash = scan.dot_slash.unwrap_or(false);
+    // (position in the input, bytes to insert there, input bytes to skip)
+    let mut edits: Vec<(u64, Zeroizing<Vec<u8>>, u64)> = Vec::new();
+    let mut appended: Zeroizing<Vec<u8>> = Zeroizing::new(Vec::new());
+    for entry in &plan.entries {
+        let rel = entry.path.relative();
+        let existing: Vec<&Found> = scan.found.iter().filter(|f| f.path == rel).collect();
+        match &entry.kind {
+            PlanKind::Dir => match existing.first() {
+                Some(f) if f.meta.kind != EntryType::Dir => {
+                    return Err(TarError::NotDirectory {
+                        path: path.to_path_buf(),
+                        entry: entry.path.to_string(),
+                        kind: describe(f.typeflag),
+                    }
+                    .into())
+                }
+                Some(_) => {}
+                None if scan.has_dir(&rel) => {}
+                None => appended.extend_from_slice(&encode_entry(style, dot_slash, entry, plan.mtime)),
+            },
+            PlanKind::File(_) => {
+                if let Some(f) = existing.iter().find(|f| f.meta.kind != EntryType::Regular) {
+                    return Err(TarError::NotRegular {
+                        path: path.to_path_buf(),
+                        entry: entry.path.to_string(),
+                        kind: describe(f.typeflag),
+                    }
+                    .into());
+                }
+                let bytes = encode_entry(style, dot_slash, entry, plan.mtime);
+                match existing.split_first() {
+                    // Replace the first copy in place; drop any later ones
+                    // so the archive never holds two.
+                    Some((first, rest)) => {
+                        edits.push((first.start, bytes, first.end - first.start));
+                        for f in rest {
+                            edits.push((f.start, Zeroizing::new(Vec::new()), f.end - f.start));
+                        }
+                    }
+                    None => appended.extend_from_slice(&bytes),
+                }
+            }
+        }
+    }
+    edits.push((scan.end_of_entries, appended, 0));
+    edits.sort_by_key(|e| e.0);
+
+    let mut pieces = Vec::new();
+    let mut pos = 0;
+    let mut out_len = 0;
+    for (at, bytes, skip) in edits {
+        if at > pos {
+            pieces.push(Piece::Copy { start: pos, end: at });
+            out_len += at - pos;
+        }
+        out_len += bytes.len() as u64;
+        pieces.push(Piece::Insert(bytes));
+        pos = at + skip;
+    }
+    // The end-of-archive marker: at least two zero blocks, padded to the
+    // record size when the input was.
+    let record = if scan.total_len % RECORD == 0 { RECORD } else { BLOCK };
+    let mut trailer = 2 * BLOCK;
+    trailer += (record - (out_len + trailer) % record) % record;
+    pieces.push(Piece::Insert(Zeroizing::new(vec![0u8; trailer as usize])));
+    Ok(pieces)
+}
+
+/// Paths worth recording during the scan for a plan over `targets`.
+fn watch_list(targets: &[ImagePath]) -> Vec<String> {
+    let mut watch = vec!["etc".to_string(), "etc/passwd".into(), "etc/group".into()];
+    for t in targets {
+        let mut p = Some(t.clone());
+        while let Some(path) = p {
+            let rel = path.relative();
+            if !watch.contains(&rel) {
+                watch.push(rel);
+            }
+            p = path.parent();
+        }
+    }
+    watch
+}
+
+/// A tar archive opened for rewriting.
+pub struct TarBackend {
+    path: PathBuf,
+    codec: Compression,
+    watch: Vec<String>,
+    scan: Option<Scan>,
+}
+
+impl TarBackend {
+    /// `targets` are the paths the overlay may write; the scan records what
+    /// the archive holds at those paths and their parents.
+    pub fn open(path: &Path, codec: Compression, targets: &[ImagePath]) -> Result<TarBackend, TarError> {
+        Ok(TarBackend {
+            path: path.to_path_buf(),
+            codec,
+            watch: watch_list(targets),
+            scan: None,
+        })
+    }
+
+    fn scan(&mut self) -> Result<&Scan, TarError> {
+        if self.scan.is_none() {
+            let capture = ["etc/passwd".to_string(), "etc/group".to_string()];
+            self.scan = Some(scan(&self.path, self.codec, &self.watch, &capture, MAX_DB_SIZE)?);
+        }
+        Ok(self.scan.as_ref().expect("just set"))
+    }
+}
+
+impl ImageBackend for TarBackend {
+    fn facts(&mut self) -> Result<ImageFacts, ImageError> {
+        let scan = self.scan()?;
+        let reference_mtime = scan
+            .entry("etc")
+            .or_else(|| scan.found.iter().max_by_key(|f| f.meta.mtime))
+            .map(|f| f.meta.mtime)
+            .unwrap_or(0);
+        Ok(ImageFacts {
+            passwd: scan.captured("etc/passwd"),
+            group: scan.captured("etc/group"),
+            reference_mtime,
+        })
+    }
+
+    fn apply(&mut self, plan: &Plan, out: &mut TempOutput) -> Result<(), ImageError> {
+        let missing: Vec<ImagePath> = plan
+            .entries
+            .iter()
+            .map(|e| e.path.clone())
+            .filter(|p| !self.watch.contains(&p.relative()))
+            .collect();
+        if !missing.is_empty() {
+            // The plan names paths the scan did not watch: scan again.
+            self.watch.extend(watch_list(&missing));
+            self.scan = None;
+        }
+        self.scan()?;
+        let scan = self.scan.as_ref().expect("scanned above");
+        let pieces = edit_list(&self.path, scan, plan)?;
+        let file = File::open(&self.path).map_err(|source| ImageError::Open {
+            path: self.path.clone(),
+            source,
+        })?;
+        let mut input = Stream {
+            inner: self.codec.decoder(file),
+            pos: 0,
+            path: &self.path,
+            codec: self.codec,
+            buf: Vec::new(),
+        };
+        let mut encoder = self.codec.encoder(&mut *out).map_err(ImageError::Output)?;
+        for piece in pieces {
+            match piece {
+                Piece::Copy { start, end } => {
+                    input.pass(start - input.pos, None)?;
+                    input.pass(end - start, Some(&mut encoder))?;
+                }
+                Piece::Insert(bytes) => encoder.write_all(&bytes).map_err(ImageError::Output)?,
+            }
+        }
+        encoder.finish_stream().map_err(ImageError::Output)?;
+        Ok(())
+    }
+}
+
+/// A tar archive opened for reading single entries (verify).
+pub struct TarReader {
+    path: PathBuf,
+    codec: Compression,
+}
+
+impl TarReader {
+    pub fn open(path: &Path, codec: Compression) -> Result<TarReader, TarError> {
+        Ok(TarReader {
+            path: path.to_path_buf(),
+            codec,
+        })
+    }
+}
+
+impl ImageReader for TarReader {
+    fn lookup(
+        &mut self,
+        path: &ImagePath,
+        max_content: u64,
+    ) -> Result<Option<super::Found>, ImageError> {
+        Ok(self
+            .lookup_many(std::slice::from_ref(path), max_content)?
+            .pop()
+            .flatten())
+    }
+
+    fn lookup_many(
+        &mut self,
+        paths: &[ImagePath],
+        max_content: u64,
+    ) -> Result<Vec<Option<super::Found>>, ImageError> {
+        let rel: Vec<String> = paths.iter().map(ImagePath::relative).collect();
+        let scan = scan(&self.path, self.codec, &rel, &rel, max_content)?;
+        Ok(rel
+            .iter()
+            .map(|p| {
+                // As when extracting, the last entry for a path wins.
+                let found = scan.found.iter().rev().find(|f| &f.path == p)?;
+                let mut meta = found.meta.clone();
+                if found.typeflag == b'1' {
+                    meta.kind = EntryType::Other;
+                }
+                Some((meta, scan.captured(p)))
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_number(b"0000644\0"), Some(0o644));
+        assert_eq!(parse_number(b"  644 \0"), Some(0o644));
+        let mut f = [0u8; 8];
+        assert!(put_number(&mut f, 4_000_000_000, true));
+        assert_eq!(parse_number(&f), Some(4_000_000_000));
+        assert!(!put_number(&mut f, 4_000_000_000, false));
+    }
+
+    #[test]
+    fn pax_records() {
+        let r = pax_record("path", "x");
+        assert_eq!(r, b"11 path=x\n");
+        let mut data = r.clone();
+        data.extend(pax_record("uid", "4000000000"));
+        let o = parse_pax(&data);
+        assert_eq!(o.path.as_deref(), Some("x"));
+        assert_eq!(o.uid, Some(4_000_000_000));
+    }
+
+    #[test]
+    fn header_checksum_round_trip() {
+        let meta = FileMeta {
+            kind: EntryType::Regular,
+            mode: 0o600,
+            uid: 1,
+            gid: 2,
+            mtime: 3,
+            size: 4,
+        };
+        for style in [HeaderStyle::Gnu, HeaderStyle::Ustar] {
+            let h = header_block(style, "etc/x", "", b'0', &meta, "a", "b");
+            assert!(checksum_ok(&h));
+        }
+    }
+
+    #[test]
+    fn split_long_names() {
+        let long = format!("{}/{}", "d".repeat(120), "f".repeat(50));
+        let (p, n) = ustar_split(&long).unwrap();
+        assert_eq!(p.len(), 120);
+        assert_eq!(n.len(), 50);
+        assert!(ustar_split(&"x".repeat(300)).is_none());
+    }
+}

@@ -1,0 +1,321 @@
+//! The `imprint` command: parse args -> open image -> plan -> write ->
+//! provision -> commit -> checksum. The steps live in the library; this file
+//! turns flags into a request and results into lines for a person.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use zeroize::Zeroizing;
+
+use imprint::admin::AdminConfig;
+use imprint::identity::{Password, Serial};
+use imprint::overlay::OverlaySpec;
+use imprint::owner::OwnerSpec;
+use imprint::provision::{self, Request, Target};
+use imprint::verify::{self, Expectations};
+use imprint::stub;
+
+mod demo;
+
+const EXAMPLES: &str = "\
+Examples:
+  # Provision AZJN-0042 and write a new image with its credentials
+  IMPRINT_API_TOKEN=... imprint provision --serial AZJN-0042 \\
+      --api-url https://admin.example --image rootfs.tbz2 --output out/
+
+  # The runbook's flow: write into an extracted staging tree
+  imprint provision --serial AZJN-0042 --api-url https://admin.example \\
+      --rootfs-dir Linux_for_Tegra/rootfs --owner azaion
+
+  # No API call: stamp a known password (from a file, never a flag)
+  imprint provision --offline --password-file pw.txt --serial AZJN-0042 \\
+      --image system.img --output bootloader/system.img --force
+
+  # Check what a built image carries, and that it logs in
+  imprint verify out/AZJN-0042-rootfs.tbz2 --serial AZJN-0042 --login-url http://loader:8080
+
+  # See it all work against a local stand-in API
+  imprint demo";
+
+#[derive(Parser)]
+#[command(
+    name = "imprint",
+    version,
+    about = "Stamp a device's identity into a root-filesystem image, without extracting or mounting it",
+    after_help = EXAMPLES
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the device's account and write its credentials into an image
+    #[command(after_help = EXAMPLES)]
+    Provision(ProvisionArgs),
+    /// Check the credentials inside a built image or staging tree
+    #[command(after_help = EXAMPLES)]
+    Verify(VerifyArgs),
+    /// Build a sample rootfs, provision it against a local stand-in API, verify it
+    Demo(DemoArgs),
+    /// Run the stand-in admin API and Loader on 127.0.0.1 (for testing)
+    #[command(hide = true)]
+    StubServer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["image", "rootfs_dir"])))]
+struct ProvisionArgs {
+    /// Device serial, e.g. AZJN-0042 (uppercase letters, digits, hyphens)
+    #[arg(long)]
+    serial: String,
+    /// Admin API base URL (http:// or https://)
+    #[arg(long, required_unless_present = "offline")]
+    api_url: Option<String>,
+    /// Input image: tar (plain, .gz, .bz2/.tbz2, .zst, .xz), raw ext4 or Android sparse
+    #[arg(long, requires = "output")]
+    image: Option<PathBuf>,
+    /// Staging rootfs directory to write into in place (the runbook's flow)
+    #[arg(long, conflicts_with = "output")]
+    rootfs_dir: Option<PathBuf>,
+    /// Output file, or a directory (existing or ending in /) for <serial>-<input name>
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Replace an existing output file
+    #[arg(long)]
+    force: bool,
+    /// Owner of device.conf: USER, USER:GROUP or UID:GID, looked up in the image's own /etc/passwd and /etc/group
+    #[arg(long, default_value = "root:root")]
+    owner: String,
+    /// Read the password from this file (first line) instead of generating one
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// Make no API call; requires --password-file
+    #[arg(long, requires = "password_file", conflicts_with = "api_url")]
+    offline: bool,
+    /// Extra overlay spec (TOML) to apply after the built-in device.conf one
+    #[arg(long = "overlay", value_name = "FILE")]
+    overlays: Vec<PathBuf>,
+    #[command(flatten)]
+    api: ApiArgs,
+    /// Print only the result line
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct ApiArgs {
+    /// File holding the API bearer token (or set IMPRINT_API_TOKEN)
+    #[arg(long, value_name = "FILE")]
+    api_token_file: Option<PathBuf>,
+    /// Extra CA certificate (PEM) to trust for the API
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// Seconds to wait for each API request
+    #[arg(long, default_value_t = 30)]
+    api_timeout: u64,
+    /// Retries on connection errors, 429 and 5xx
+    #[arg(long, default_value_t = 3)]
+    api_retries: u32,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// Built image or staging directory
+    image: PathBuf,
+    /// Check that the email matches this serial
+    #[arg(long)]
+    serial: Option<String>,
+    /// Expected owner of device.conf (default root:root)
+    #[arg(long)]
+    owner: Option<String>,
+    /// Loader base URL: also check the credentials with POST {URL}/login
+    #[arg(long)]
+    login_url: Option<String>,
+    #[command(flatten)]
+    api: ApiArgs,
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Where to put the demo's files
+    #[arg(long, default_value = "imprint-demo")]
+    dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = imprint::output::install_signal_cleanup() {
+        eprintln!("imprint: warning: cannot install signal handlers: {e}");
+    }
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("imprint: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Provision(args) => provision_cmd(args),
+        Command::Verify(args) => verify_cmd(args),
+        Command::Demo(args) => {
+            demo::run(&args.dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::StubServer { listen } => {
+            let server = stub::StubServer::start_on(&listen)
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            println!("{}", server.url());
+            loop {
+                std::thread::park();
+            }
+        }
+    }
+}
+
+impl ApiArgs {
+    fn config(&self, url: &str) -> Result<AdminConfig> {
+        let token = read_token(self.api_token_file.as_deref())?;
+        Ok(AdminConfig {
+            base_url: url.to_string(),
+            token,
+            ca_cert: self.ca_cert.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+            connect_timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(self.api_timeout.max(1)),
+            retries: self.api_retries,
+            backoff: Duration::from_millis(500),
+        })
+    }
+}
+
+/// The token comes from a file or the environment, never from a flag value,
+/// so it does not show in `ps` or shell history.
+fn read_token(file: Option<&Path>) -> Result<Option<Zeroizing<String>>> {
+    let raw = match file {
+        Some(path) => Zeroizing::new(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the API token file {}", path.display()))?,
+        ),
+        None => match std::env::var("IMPRINT_API_TOKEN") {
+            Ok(t) => Zeroizing::new(t),
+            Err(_) => return Ok(None),
+        },
+    };
+    let token = raw.trim();
+    if token.is_empty() {
+        bail!("the API token is empty; put the token in the file or IMPRINT_API_TOKEN");
+    }
+    Ok(Some(Zeroizing::new(token.to_string())))
+}
+
+fn provision_cmd(args: ProvisionArgs) -> Result<ExitCode> {
+    let serial = Serial::parse(&args.serial)?;
+    let owner: OwnerSpec = args.owner.parse()?;
+    let password = args
+        .password_file
+        .as_deref()
+        .map(Password::from_file)
+        .transpose()?;
+    let mut overlay = OverlaySpec::default_spec();
+    for path in &args.overlays {
+        overlay.extend(OverlaySpec::load(path)?);
+    }
+    let api = match (&args.api_url, args.offline) {
+        (Some(url), false) => Some(args.api.config(url)?),
+        _ => None,
+    };
+    let target = match (&args.image, &args.rootfs_dir, &args.output) {
+        (Some(input), None, Some(output)) => Target::Image {
+            input: input.clone(),
+            output: provision::output_path(input, output, &serial, args.force)?,
+        },
+        (None, Some(dir), None) => Target::StagingDir(dir.clone()),
+        _ => bail!("give --image IN --output OUT, or --rootfs-dir DIR"),
+    };
+    let request = Request {
+        serial,
+        target,
+        owner,
+        password,
+        overlay,
+        api,
+    };
+    let quiet = args.quiet;
+    let report = provision::run(&request, &mut |line| {
+        if !quiet {
+            eprintln!("imprint: {line}");
+        }
+    })?;
+    let owner = format!("{}:{}", report.owner.uid, report.owner.gid);
+    match &report.emitted {
+        Some(out) => println!(
+            "{}: wrote {} ({} bytes, sha256 {}), device.conf owner {owner}, mode 0600",
+            report.serial,
+            out.path.display(),
+            out.size,
+            out.sha256
+        ),
+        None => {
+            for f in &report.staged {
+                println!("{}: wrote {} (owner {owner})", report.serial, f.display());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify_cmd(args: VerifyArgs) -> Result<ExitCode> {
+    let expect = Expectations {
+        serial: args.serial.as_deref().map(Serial::parse).transpose()?,
+        owner: args.owner.as_deref().map(str::parse).transpose()?,
+        login: args
+            .login_url
+            .as_deref()
+            .map(|url| args.api.config(url))
+            .transpose()?,
+    };
+    let report = verify::verify(&args.image, &expect)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for c in &report.checks {
+            println!(
+                "{} {:<22} {}",
+                if c.passed { "pass" } else { "FAIL" },
+                c.name,
+                c.detail
+            );
+        }
+        println!(
+            "{}: {}",
+            args.image.display(),
+            if report.passed() { "all checks passed" } else { "verification FAILED" }
+        );
+    }
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

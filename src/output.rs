@@ -1,0 +1,303 @@
+//! Emitting an image safely: a 0600 temp file beside the final name, SHA-256
+//! of what is written, fsync, atomic rename, and the `.sha256` sidecar.
+//!
+//! Temp files are registered so that a SIGINT/SIGTERM handler can remove
+//! them; a dropped, uncommitted [`TempOutput`] removes its file too. So no
+//! half-written image ever appears under the final name.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+
+static LIVE_TEMPS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Registers a temp file for removal if the process is interrupted.
+pub fn register(path: &Path) {
+    LIVE_TEMPS.lock().unwrap_or_else(|e| e.into_inner()).push(path.to_path_buf());
+}
+
+/// Forgets a temp file that was renamed or removed.
+pub fn unregister(path: &Path) {
+    LIVE_TEMPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|p| p != path);
+}
+
+/// Removes every live temp file. Called from the signal handler thread.
+pub fn remove_live_temps() {
+    let paths = std::mem::take(&mut *LIVE_TEMPS.lock().unwrap_or_else(|e| e.into_inner()));
+    for p in paths {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Installs handlers so SIGINT, SIGTERM and SIGHUP remove temp files and
+/// exit with 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM).
+pub fn install_signal_cleanup() -> io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            remove_live_temps();
+            eprintln!("imprint: interrupted by signal {sig}; removed unfinished output");
+            std::process::exit(128 + sig);
+        }
+    });
+    Ok(())
+}
+
+/// Creates a file with mode 0600 whatever the umask (the umask can only
+/// remove bits, and we fchmod after creating anyway).
+pub fn create_private(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
+}
+
+/// The result of a committed output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Emitted {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// An output image under construction.
+pub struct TempOutput {
+    temp_path: PathBuf,
+    final_path: PathBuf,
+    file: File,
+    hasher: Sha256,
+    written: u64,
+    /// Set when a backend changed the file other than through `Write`
+    /// (e.g. libext2fs editing it in place); the digest is then computed by
+    /// reading the file back.
+    edited_in_place: bool,
+}
+
+impl TempOutput {
+    /// Creates `.<name>.imprint-<pid>-<n>.tmp` beside `final_path`.
+    pub fn create(final_path: &Path) -> io::Result<TempOutput> {
+        let dir = final_path.parent().filter(|p| !p.as_os_str().is_empty());
+        let name = final_path
+            .file_name()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "output has no file name"))?;
+        let temp_name = format!(
+            ".{}.imprint-{}-{}.tmp",
+            name.to_string_lossy(),
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let temp_path = dir.unwrap_or(Path::new(".")).join(temp_name);
+        register(&temp_path);
+        let file = match create_private(&temp_path) {
+            Ok(f) => f,
+            Err(e) => {
+                unregister(&temp_path);
+                return Err(e);
+            }
+        };
+        Ok(TempOutput {
+            temp_path,
+            final_path: final_path.to_path_buf(),
+            file,
+            hasher: Sha256::new(),
+            written: 0,
+            edited_in_place: false,
+        })
+    }
+
+    pub fn temp_path(&self) -> &Path {
+        &self.temp_path
+    }
+
+    pub fn final_path(&self) -> &Path {
+        &self.final_path
+    }
+
+    /// The file itself, for backends that edit it in place. Using it means
+    /// the digest is computed by reading the file back at commit.
+    pub fn file_for_editing(&mut self) -> &mut File {
+        self.edited_in_place = true;
+        &mut self.file
+    }
+
+    /// Marks the file as edited by another handle (e.g. a C library that
+    /// opened `temp_path()` itself).
+    pub fn mark_edited_in_place(&mut self) {
+        self.edited_in_place = true;
+    }
+
+    /// Flushes and fsyncs the temp file and returns its digest and size,
+    /// without renaming it yet.
+    pub fn seal(&mut self) -> io::Result<(String, u64)> {
+        self.file.flush()?;
+        self.file.sync_all()?;
+        if self.edited_in_place {
+            let mut hasher = Sha256::new();
+            let mut f = File::open(&self.temp_path)?;
+            let size = hash_reader(&mut f, &mut hasher)?;
+            self.file.seek(SeekFrom::End(0))?;
+            return Ok((hex::encode(hasher.finalize()), size));
+        }
+        Ok((hex::encode(self.hasher.clone().finalize()), self.written))
+    }
+
+    /// Renames the temp file to its final name and writes the sidecar.
+    /// Call only after the admin API accepted the password.
+    pub fn commit(mut self) -> io::Result<Emitted> {
+        let (sha256, size) = self.seal()?;
+        std::fs::rename(&self.temp_path, &self.final_path)?;
+        unregister(&self.temp_path);
+        sync_parent(&self.final_path);
+        write_sidecar(&self.final_path, &sha256)?;
+        let emitted = Emitted {
+            path: self.final_path.clone(),
+            sha256,
+            size,
+        };
+        // Nothing left to clean up: forget without running Drop.
+        std::mem::forget(self);
+        Ok(emitted)
+    }
+}
+
+impl Write for TempOutput {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Drop for TempOutput {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.temp_path);
+        unregister(&self.temp_path);
+    }
+}
+
+fn sync_parent(path: &Path) {
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
+/// Feeds everything `reader` yields into `hasher`; returns the byte count.
+pub fn hash_reader(reader: &mut impl Read, hasher: &mut Sha256) -> io::Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+}
+
+/// SHA-256 of a whole file, as lowercase hex.
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    hash_reader(&mut File::open(path)?, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// `IMAGE.sha256` beside `IMAGE`.
+pub fn sidecar_path(image: &Path) -> PathBuf {
+    let mut name = image.as_os_str().to_owned();
+    name.push(".sha256");
+    PathBuf::from(name)
+}
+
+/// Writes `<hex>  <file name>\n`, which `sha256sum -c` checks when run in
+/// the image's directory. Written via temp + rename like the image.
+pub fn write_sidecar(image: &Path, sha256: &str) -> io::Result<()> {
+    let name = image.file_name().unwrap_or_default().to_string_lossy();
+    let path = sidecar_path(image);
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let temp = dir.unwrap_or(Path::new(".")).join(format!(
+        ".{}.imprint-{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&temp);
+    let mut f = create_private(&temp)?;
+    let result = f
+        .write_all(format!("{sha256}  {name}\n").as_bytes())
+        .and_then(|_| f.sync_all())
+        .and_then(|_| std::fs::rename(&temp, &path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
+}
+
+/// Reads a sidecar and returns the digest it records for `image`, if it
+/// names that file.
+pub fn read_sidecar(image: &Path) -> io::Result<Option<String>> {
+    let text = match std::fs::read_to_string(sidecar_path(image)) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let name = image.file_name().unwrap_or_default().to_string_lossy();
+    Ok(text.lines().find_map(|line| {
+        let (digest, file) = line.split_once(' ')?;
+        let file = file.trim_start_matches([' ', '*']);
+        (file == name).then(|| digest.to_ascii_lowercase())
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_removed_unless_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.img");
+        let mut t = TempOutput::create(&target).unwrap();
+        t.write_all(b"abc").unwrap();
+        let temp = t.temp_path().to_path_buf();
+        assert!(temp.exists());
+        drop(t);
+        assert!(!temp.exists());
+        assert!(!target.exists());
+
+        let mut t = TempOutput::create(&target).unwrap();
+        t.write_all(b"abc").unwrap();
+        let e = t.commit().unwrap();
+        assert_eq!(
+            e.sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(read_sidecar(&target).unwrap().as_deref(), Some(&e.sha256[..]));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

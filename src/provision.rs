@@ -1,0 +1,239 @@
+//! One device, end to end: open the image, plan, write a new image into a
+//! temp file, provision the account, then commit.
+//!
+//! The order is the point. The admin API is called only after the image was
+//! written, so a failed write never changes the server; the image is renamed
+//! to its final name only after the API accepted the password, so no image
+//! ever carries a password the server does not have.
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::admin::{AdminClient, AdminConfig, AdminError, Provisioned};
+use crate::identity::{IdentityError, Password, Serial};
+use crate::image::dir::{DirError, StagingDir};
+use crate::image::{self, ImageError, ImageFacts};
+use crate::output::{Emitted, TempOutput};
+use crate::overlay::{choose_mtime, DeviceVars, OverlayError, OverlaySpec, Plan};
+use crate::owner::{Owner, OwnerSpec, UserDb};
+
+#[derive(Debug, Error)]
+pub enum ProvisionError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Plan(#[from] OverlayError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error("the output {0} is the input image; choose another output path")]
+    OutputIsInput(PathBuf),
+    #[error("the output {0} already exists; pass --force to replace it")]
+    OutputExists(PathBuf),
+    #[error("the output directory {0} does not exist")]
+    NoOutputDir(PathBuf),
+    #[error("cannot create the output file in {dir}: {source}")]
+    CreateOutput {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot finish the output {path}: {source}")]
+    Commit {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl From<DirError> for ProvisionError {
+    fn from(e: DirError) -> Self {
+        ProvisionError::Image(e.into())
+    }
+}
+
+/// Where the device's files go.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Read `input`, write a new image to `output` (the final name).
+    Image { input: PathBuf, output: PathBuf },
+    /// Write into a staging tree in place (the runbook's flow).
+    StagingDir(PathBuf),
+}
+
+/// Everything one provisioning run needs.
+pub struct Request {
+    pub serial: Serial,
+    pub target: Target,
+    pub owner: OwnerSpec,
+    /// A caller-supplied password; `None` generates one.
+    pub password: Option<Password>,
+    pub overlay: OverlaySpec,
+    /// `None` is offline: no API call (the caller supplies the password).
+    pub api: Option<AdminConfig>,
+}
+
+/// What a run did. Carries no secret.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub serial: String,
+    pub email: String,
+    pub kind: String,
+    pub owner: Owner,
+    /// The image written, with its digest; `None` for a staging directory.
+    pub emitted: Option<Emitted>,
+    /// Files written into a staging directory.
+    pub staged: Vec<PathBuf>,
+    /// `None` when offline.
+    pub account: Option<Provisioned>,
+}
+
+/// Works out the final output path: a file, or a directory (existing, or
+/// named with a trailing `/`) in which the name is `<serial>-<input name>`.
+pub fn output_path(
+    input: &Path,
+    output: &Path,
+    serial: &Serial,
+    force: bool,
+) -> Result<PathBuf, ProvisionError> {
+    let as_dir = output.as_os_str().to_string_lossy().ends_with('/') || output.is_dir();
+    let path = if as_dir {
+        if !output.is_dir() {
+            return Err(ProvisionError::NoOutputDir(output.to_path_buf()));
+        }
+        let name = input.file_name().unwrap_or_default().to_string_lossy();
+        output.join(format!("{serial}-{name}"))
+    } else {
+        output.to_path_buf()
+    };
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    };
+    if same(input, &path) {
+        return Err(ProvisionError::OutputIsInput(path));
+    }
+    if path.symlink_metadata().is_ok() && !force {
+        return Err(ProvisionError::OutputExists(path));
+    }
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        return Err(ProvisionError::NoOutputDir(parent.to_path_buf()));
+    }
+    Ok(path)
+}
+
+fn plan_for(
+    req: &Request,
+    facts: &ImageFacts,
+    email: &str,
+    password: &Password,
+) -> Result<Plan, ProvisionError> {
+    let db = UserDb::parse(facts.passwd.as_deref(), facts.group.as_deref());
+    let vars = DeviceVars {
+        serial: req.serial.as_str(),
+        email,
+        password,
+    };
+    Ok(Plan::resolve(
+        &req.overlay,
+        &vars,
+        &db,
+        &req.owner,
+        choose_mtime(facts.reference_mtime),
+    )?)
+}
+
+/// The owner the plan gives the first file entry (device.conf by default).
+fn file_owner(plan: &Plan) -> Owner {
+    plan.entries
+        .iter()
+        .rev()
+        .find(|e| e.content().is_some())
+        .map(|e| e.owner.clone())
+        .unwrap_or_else(Owner::root)
+}
+
+/// Provisions one device. `say` receives progress lines (never secrets).
+pub fn run(req: &Request, say: &mut dyn FnMut(&str)) -> Result<Report, ProvisionError> {
+    let email = req.serial.email();
+    // Build the client first: a bad URL or certificate fails before any
+    // work is done.
+    let client = req.api.clone().map(AdminClient::new).transpose()?;
+    let password = match &req.password {
+        Some(p) => p.clone(),
+        None => Password::generate()?,
+    };
+    match &req.target {
+        Target::Image { input, output } => {
+            let kind = image::detect(input)?;
+            say(&format!("{}: {}", input.display(), kind.describe()));
+            let mut backend = image::open_backend(input, kind, &req.overlay.targets())?;
+            let facts = backend.facts()?;
+            let plan = plan_for(req, &facts, &email, &password)?;
+            let dir = output.parent().unwrap_or(Path::new(".")).to_path_buf();
+            let mut temp =
+                TempOutput::create(output).map_err(|source| ProvisionError::CreateOutput {
+                    dir: dir.clone(),
+                    source,
+                })?;
+            say(&format!("writing {}", output.display()));
+            backend.apply(&plan, &mut temp)?;
+            let commit_err = |source| ProvisionError::Commit {
+                path: output.clone(),
+                source,
+            };
+            temp.seal().map_err(commit_err)?;
+            let account = provision_account(client.as_ref(), &email, &password, say)?;
+            let emitted = temp.commit().map_err(commit_err)?;
+            Ok(Report {
+                serial: req.serial.to_string(),
+                email,
+                kind: kind.describe(),
+                owner: file_owner(&plan),
+                emitted: Some(emitted),
+                staged: Vec::new(),
+                account,
+            })
+        }
+        Target::StagingDir(root) => {
+            let dir = StagingDir::open(root)?;
+            let facts = dir.facts()?;
+            let plan = plan_for(req, &facts, &email, &password)?;
+            let staged = dir.stage(&plan)?;
+            let account = provision_account(client.as_ref(), &email, &password, say)?;
+            let files = staged.commit()?;
+            Ok(Report {
+                serial: req.serial.to_string(),
+                email,
+                kind: "staging directory".into(),
+                owner: file_owner(&plan),
+                emitted: None,
+                staged: files,
+                account,
+            })
+        }
+    }
+}
+
+fn provision_account(
+    client: Option<&AdminClient>,
+    email: &str,
+    password: &Password,
+    say: &mut dyn FnMut(&str),
+) -> Result<Option<Provisioned>, ProvisionError> {
+    let Some(client) = client else {
+        say("offline: no account was provisioned");
+        return Ok(None);
+    };
+    say(&format!("provisioning account {email}"));
+    let done = client.provision(email, password)?;
+    say(match done {
+        Provisioned::Created => "account created",
+        Provisioned::PasswordUpdated => "account existed; password updated",
+    });
+    Ok(Some(done))
+}

@@ -1,0 +1,191 @@
+//! `imprint verify`: read a built image back and prove the credentials in it
+//! are right. Each check is reported with its result; no check ever shows
+//! the password.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::admin::{self, AdminConfig};
+use crate::identity::{self, Serial};
+use crate::image::{self, EntryType, ImageError};
+use crate::output;
+use crate::overlay::ImagePath;
+use crate::owner::{OwnerSpec, UserDb};
+
+/// Where the runbook puts the credentials.
+pub const DEVICE_CONF: &str = "/etc/azaion/device.conf";
+const MAX_CONF: u64 = 64 << 10;
+const MAX_DB: u64 = 16 << 20;
+
+/// What to check beyond the file itself.
+#[derive(Debug, Clone, Default)]
+pub struct Expectations {
+    pub serial: Option<Serial>,
+    /// Expected owner; `root:root` when not given.
+    pub owner: Option<OwnerSpec>,
+    /// The Loader's base URL, to try the credentials with POST /login.
+    pub login: Option<AdminConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Check {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub image: PathBuf,
+    pub checks: Vec<Check>,
+}
+
+impl VerifyReport {
+    pub fn passed(&self) -> bool {
+        !self.checks.is_empty() && self.checks.iter().all(|c| c.passed)
+    }
+
+    fn add(&mut self, name: &str, passed: bool, detail: impl Into<String>) -> bool {
+        self.checks.push(Check {
+            name: name.to_string(),
+            passed,
+            detail: detail.into(),
+        });
+        passed
+    }
+}
+
+/// Runs every check. An image that cannot be read at all is an error; a
+/// readable image with wrong contents is a report with failed checks.
+pub fn verify(path: &Path, expect: &Expectations) -> Result<VerifyReport, ImageError> {
+    let mut report = VerifyReport {
+        image: path.to_path_buf(),
+        checks: Vec::new(),
+    };
+    if path.is_file() {
+        match output::read_sidecar(path) {
+            Ok(Some(recorded)) => {
+                let actual = output::sha256_file(path).map_err(|source| ImageError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                report.add(
+                    "checksum",
+                    actual == recorded,
+                    if actual == recorded {
+                        format!("sha256 {actual} matches {}", output::sidecar_path(path).display())
+                    } else {
+                        format!("sha256 is {actual} but the sidecar says {recorded}")
+                    },
+                );
+            }
+            Ok(None) => {}
+            Err(e) => {
+                report.add("checksum", false, format!("cannot read the sidecar: {e}"));
+            }
+        }
+    }
+
+    let mut reader = image::open_reader(path)?;
+    let conf_path = ImagePath::parse(DEVICE_CONF).expect("constant");
+    let paths = [
+        conf_path,
+        ImagePath::parse("/etc/passwd").expect("constant"),
+        ImagePath::parse("/etc/group").expect("constant"),
+    ];
+    let mut found = reader.lookup_many(&paths, MAX_DB)?;
+    let group = found.pop().flatten().and_then(|(_, c)| c);
+    let passwd = found.pop().flatten().and_then(|(_, c)| c);
+    let conf = found.pop().flatten();
+
+    let Some((meta, content)) = conf else {
+        report.add("present", false, format!("{DEVICE_CONF} is not in the image"));
+        return Ok(report);
+    };
+    report.add("present", true, DEVICE_CONF);
+    if !report.add(
+        "regular file",
+        meta.kind == EntryType::Regular,
+        format!("{:?}", meta.kind).to_lowercase(),
+    ) {
+        return Ok(report);
+    }
+    report.add(
+        "mode",
+        meta.mode == 0o600,
+        format!("{:04o} (expected 0600)", meta.mode),
+    );
+
+    let db = UserDb::parse(passwd.as_deref(), group.as_deref());
+    let spec = expect.owner.clone().unwrap_or(OwnerSpec::User("root".into()));
+    match db.resolve(&spec) {
+        Ok(owner) => report.add(
+            "owner",
+            meta.uid == owner.uid && meta.gid == owner.gid,
+            format!(
+                "{}:{} (expected {}:{} for {spec})",
+                meta.uid, meta.gid, owner.uid, owner.gid
+            ),
+        ),
+        Err(e) => report.add("owner", false, e.to_string()),
+    };
+
+    let content = match content {
+        Some(c) if meta.size <= MAX_CONF => c,
+        _ => {
+            report.add("contents", false, format!("{} bytes is too large for device.conf", meta.size));
+            return Ok(report);
+        }
+    };
+    let parsed = identity::parse_device_conf(&content);
+    let email_ok = parsed
+        .email
+        .as_deref()
+        .is_some_and(|e| e.starts_with("azaion-jetson-") && e.ends_with("@azaion.com"));
+    report.add(
+        "email",
+        email_ok,
+        match &parsed.email {
+            Some(e) => e.clone(),
+            None => format!("{} is missing", identity::EMAIL_KEY),
+        },
+    );
+    let password_ok = parsed
+        .password
+        .as_ref()
+        .is_some_and(|p| identity::password_is_well_formed(p.expose()));
+    report.add(
+        "password",
+        password_ok,
+        match &parsed.password {
+            None => format!("{} is missing", identity::PASSWORD_KEY),
+            Some(p) if password_ok => format!("present, {} characters", p.expose().len()),
+            Some(_) => "present but empty or not printable ASCII".into(),
+        },
+    );
+    if let Some(serial) = &expect.serial {
+        let want = serial.email();
+        report.add(
+            "email matches serial",
+            parsed.email.as_deref() == Some(want.as_str()),
+            format!("expected {want} for {serial}"),
+        );
+    }
+    if let Some(result) = reader.fsck() {
+        match result {
+            Ok(()) => report.add("e2fsck", true, "e2fsck -fn found no problems"),
+            Err(why) => report.add("e2fsck", false, why),
+        };
+    }
+    if let Some(login) = &expect.login {
+        match (&parsed.email, &parsed.password) {
+            (Some(email), Some(password)) => match admin::login(login, email, password) {
+                Ok(()) => report.add("login", true, format!("POST {}/login accepted", login.base_url.trim_end_matches('/'))),
+                Err(e) => report.add("login", false, e.to_string()),
+            },
+            _ => report.add("login", false, "no credentials to try"),
+        };
+    }
+    Ok(report)
+}
