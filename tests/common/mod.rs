@@ -1,0 +1,191 @@
+//! Shared helpers for the integration tests: run the real binary, build
+//! rootfs trees and archives with the real tools, inspect outputs.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub const SERIAL: &str = "AZJN-0042";
+pub const EMAIL: &str = "azaion-jetson-0042@azaion.com";
+
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_imprint"));
+    c.env_remove("IMPRINT_API_TOKEN")
+        .env_remove("SOURCE_DATE_EPOCH")
+        .stdin(Stdio::null());
+    c
+}
+
+/// Runs a command, returning its output; panics if it could not start.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs a shell command line and asserts success.
+pub fn sh(script: &str) -> Output {
+    let o = run(Command::new("bash").arg("-euo").arg("pipefail").arg("-c").arg(script));
+    assert!(
+        o.status.success(),
+        "script failed: {script}\nstdout: {}\nstderr: {}",
+        stdout(&o),
+        stderr(&o)
+    );
+    o
+}
+
+pub fn testdata() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata")
+}
+
+/// Copies testdata/rootfs into `dir/name` with root ownership and fixed
+/// times, and adds a few more entries that exercise the tar paths: a long
+/// name, a symlink, a hard link, an empty dir and a bigger binary-ish file.
+pub fn make_rootfs(dir: &Path, name: &str) -> PathBuf {
+    let root = dir.join(name);
+    sh(&format!(
+        "cp -a {src}/. {root}/ 2>/dev/null || (mkdir -p {root} && cp -a {src}/. {root}/)",
+        src = testdata().join("rootfs").display(),
+        root = root.display()
+    ));
+    let long_dir = root.join("usr/share/doc/a-package-with-a-rather-long-name-for-testing-long-paths/and-a-subdirectory-too");
+    fs::create_dir_all(&long_dir).unwrap();
+    fs::write(long_dir.join("changelog-with-a-long-file-name.txt"), "long name entry\n").unwrap();
+    fs::create_dir_all(root.join("var/empty")).unwrap();
+    std::os::unix::fs::symlink("../usr/bin/azaion-loader", root.join("etc/loader-link")).unwrap();
+    fs::hard_link(root.join("etc/hostname"), root.join("etc/hostname.hardlink")).unwrap();
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    fs::write(root.join("usr/bin/blob"), blob).unwrap();
+    fs::set_permissions(root.join("usr/bin/blob"), fs::Permissions::from_mode(0o755)).unwrap();
+    sh(&format!(
+        "chown -R 0:0 {r} && chown -R 1001:1001 {r}/home/azaion && find {r} -exec touch -h -d @1700000000 {{}} +",
+        r = root.display()
+    ));
+    root
+}
+
+/// Compressor command for a file extension used by the tests.
+pub fn compressor(ext: &str) -> &'static str {
+    match ext {
+        "tar" => "cat",
+        "tar.gz" => "gzip -6 -n",
+        "tbz2" => "bzip2 -9",
+        "tar.zst" => "zstd -q -3",
+        "tar.xz" => "xz -6",
+        _ => panic!("unknown extension {ext}"),
+    }
+}
+
+pub const EXTENSIONS: [&str; 5] = ["tar", "tar.gz", "tbz2", "tar.zst", "tar.xz"];
+
+/// Archives `root` with GNU tar: `./`-prefixed paths when `dot` (tar -C
+/// root .), else plain `etc/...` paths; `format` is gnu, pax or ustar.
+pub fn make_tar(root: &Path, out: &Path, ext: &str, format: &str, dot: bool) {
+    let what = if dot {
+        ".".to_string()
+    } else {
+        fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    sh(&format!(
+        "tar --format={format} --sort=name -C {root} -cf - {what} | {comp} > {out}",
+        root = root.display(),
+        comp = compressor(ext),
+        out = out.display()
+    ));
+}
+
+/// Decompresses any of the test formats to raw tar bytes.
+pub fn decompress(path: &Path) -> Vec<u8> {
+    let o = sh(&format!(
+        "case $(head -c4 {p} | od -An -tx1 | tr -d ' ') in \
+           1f8b*) gzip -dc {p};; 425a68*) bzip2 -dc {p};; 28b52ffd) zstd -dc {p};; fd377a58) xz -dc {p};; *) cat {p};; esac",
+        p = path.display()
+    ));
+    o.stdout
+}
+
+/// What an extracted tree holds: path -> (kind, mode, uid, gid, mtime, content or link target).
+pub type Tree = BTreeMap<String, (char, u32, u32, u32, i64, Vec<u8>)>;
+
+pub fn read_tree(root: &Path) -> Tree {
+    let mut out = Tree::new();
+    fn walk(root: &Path, dir: &Path, out: &mut Tree) {
+        let mut entries: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap()).collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let p = e.path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let (kind, data) = if m.file_type().is_symlink() {
+                ('l', fs::read_link(&p).unwrap().to_string_lossy().as_bytes().to_vec())
+            } else if m.is_dir() {
+                ('d', Vec::new())
+            } else {
+                ('f', fs::read(&p).unwrap())
+            };
+            out.insert(rel, (kind, m.mode() & 0o7777, m.uid(), m.gid(), m.mtime(), data));
+            if kind == 'd' {
+                walk(root, &p, out);
+            }
+        }
+    }
+    walk(root, root, &mut out);
+    out
+}
+
+/// Extracts an archive with GNU tar or bsdtar (both decompress by
+/// themselves) keeping owners and modes.
+pub fn extract(tool: &str, archive: &Path, into: &Path) {
+    fs::create_dir_all(into).unwrap();
+    let cmd = match tool {
+        "gnutar" => format!(
+            "tar --same-owner -xpf {} -C {}",
+            archive.display(),
+            into.display()
+        ),
+        "bsdtar" => format!("bsdtar -xpf {} -C {}", archive.display(), into.display()),
+        _ => unreachable!(),
+    };
+    sh(&cmd);
+}
+
+pub fn sha256(path: &Path) -> String {
+    let o = sh(&format!("sha256sum {}", path.display()));
+    stdout(&o).split_whitespace().next().unwrap().to_string()
+}
+
+/// Names of every file in `dir`, hidden ones included, sorted.
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+pub fn write_password(dir: &Path, pw: &str) -> PathBuf {
+    let p = dir.join("password.txt");
+    fs::write(&p, format!("{pw}\n")).unwrap();
+    p
+}
+
+/// device.conf as imprint writes it.
+pub fn conf_text(email: &str, password: &str) -> String {
+    format!("AZAION_DEVICE_EMAIL={email}\nAZAION_DEVICE_PASSWORD={password}\n")
+}
