@@ -96,14 +96,19 @@ fn check_url(url: &str) -> Result<String, AdminError> {
         url: url.to_string(),
         why,
     };
-    let parsed = reqwest::Url::parse(url).map_err(|_| bad("expected http://HOST[:PORT][/PATH] or https://..."))?;
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|_| bad("expected http://HOST[:PORT][/PATH] or https://..."))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(bad("the scheme must be http or https"));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         // Never echo the URL back: it holds a credential.
         return Err(AdminError::BadUrl {
-            url: format!("{}://<redacted>@{}", parsed.scheme(), parsed.host_str().unwrap_or("")),
+            url: format!(
+                "{}://<redacted>@{}",
+                parsed.scheme(),
+                parsed.host_str().unwrap_or("")
+            ),
             why: "credentials in the URL are refused; use --api-token-file or IMPRINT_API_TOKEN",
         });
     }
@@ -157,7 +162,9 @@ fn build_client(config: &AdminConfig) -> Result<Client, AdminError> {
         zeroize::Zeroize::zeroize(&mut pem);
         builder = builder.identity(identity?);
     }
-    builder.build().map_err(|e| AdminError::Client(e.to_string()))
+    builder
+        .build()
+        .map_err(|e| AdminError::Client(e.to_string()))
 }
 
 /// The server's message, shortened, with the password scrubbed out in

@@ -18,10 +18,34 @@ use imprint::verify::{self, Expectations};
 /// A small rootfs, the files in `testdata/rootfs` (built into the binary so
 /// the demo runs from anywhere): (path, mode, uid, gid, content).
 pub const SAMPLE_FILES: &[(&str, u32, u32, u32, &[u8])] = &[
-    ("etc/passwd", 0o644, 0, 0, include_bytes!("../testdata/rootfs/etc/passwd")),
-    ("etc/group", 0o644, 0, 0, include_bytes!("../testdata/rootfs/etc/group")),
-    ("etc/hostname", 0o644, 0, 0, include_bytes!("../testdata/rootfs/etc/hostname")),
-    ("etc/os-release", 0o644, 0, 0, include_bytes!("../testdata/rootfs/etc/os-release")),
+    (
+        "etc/passwd",
+        0o644,
+        0,
+        0,
+        include_bytes!("../testdata/rootfs/etc/passwd"),
+    ),
+    (
+        "etc/group",
+        0o644,
+        0,
+        0,
+        include_bytes!("../testdata/rootfs/etc/group"),
+    ),
+    (
+        "etc/hostname",
+        0o644,
+        0,
+        0,
+        include_bytes!("../testdata/rootfs/etc/hostname"),
+    ),
+    (
+        "etc/os-release",
+        0o644,
+        0,
+        0,
+        include_bytes!("../testdata/rootfs/etc/os-release"),
+    ),
     (
         "usr/bin/azaion-loader",
         0o755,
@@ -87,7 +111,10 @@ pub fn write_sample_tar(path: &Path, compression: Compression, mtime: u64) -> Re
 pub fn run(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let server = StubServer::start().context("cannot start the stand-in API on 127.0.0.1")?;
-    println!("1. Started a stand-in admin API and Loader at {}", server.url());
+    println!(
+        "1. Started a stand-in admin API and Loader at {}",
+        server.url()
+    );
 
     let base = dir.join("rootfs.tar.gz");
     write_sample_tar(&base, Compression::Gzip, 1_700_000_000)?;
@@ -129,7 +156,12 @@ pub fn run(dir: &Path) -> Result<()> {
     let verified = verify::verify(&emitted.path, &expect)?;
     println!("4. Verified the image:");
     for c in &verified.checks {
-        println!("   {} {:<22} {}", if c.passed { "pass" } else { "FAIL" }, c.name, c.detail);
+        println!(
+            "   {} {:<22} {}",
+            if c.passed { "pass" } else { "FAIL" },
+            c.name,
+            c.detail
+        );
     }
     anyhow::ensure!(verified.passed(), "the demo image did not verify");
     println!(

@@ -216,7 +216,15 @@ mod tests {
     #[test]
     fn bad_serials() {
         for s in [
-            "", "AZJN0042", "AZJN-", "azjn-0042", "AZJN 0042", "AZ/JN-1", "..-1", "AZJN-00é", "-0042",
+            "",
+            "AZJN0042",
+            "AZJN-",
+            "azjn-0042",
+            "AZJN 0042",
+            "AZ/JN-1",
+            "..-1",
+            "AZJN-00é",
+            "-0042",
             "A--1",
         ] {
             assert!(Serial::parse(s).is_err(), "{s:?} accepted");
@@ -227,7 +235,10 @@ mod tests {
     fn generated_password_shape() {
         let p = Password::generate().unwrap();
         assert_eq!(p.expose().len(), 32);
-        assert!(p.expose().bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(p
+            .expose()
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         assert_ne!(p, Password::generate().unwrap());
         assert!(!format!("{p:?}").contains(p.expose()));
     }

@@ -15,8 +15,8 @@ use imprint::identity::{Password, Serial};
 use imprint::overlay::OverlaySpec;
 use imprint::owner::OwnerSpec;
 use imprint::provision::{self, Request, Target};
-use imprint::verify::{self, Expectations};
 use imprint::stub;
+use imprint::verify::{self, Expectations};
 
 mod demo;
 
@@ -310,7 +310,11 @@ fn verify_cmd(args: VerifyArgs) -> Result<ExitCode> {
         println!(
             "{}: {}",
             args.image.display(),
-            if report.passed() { "all checks passed" } else { "verification FAILED" }
+            if report.passed() {
+                "all checks passed"
+            } else {
+                "verification FAILED"
+            }
         );
     }
     Ok(if report.passed() {

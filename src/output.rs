@@ -19,7 +19,10 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Registers a temp file for removal if the process is interrupted.
 pub fn register(path: &Path) {
-    LIVE_TEMPS.lock().unwrap_or_else(|e| e.into_inner()).push(path.to_path_buf());
+    LIVE_TEMPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(path.to_path_buf());
 }
 
 /// Forgets a temp file that was renamed or removed.
@@ -92,9 +95,9 @@ impl TempOutput {
     /// Creates `.<name>.imprint-<pid>-<n>.tmp` beside `final_path`.
     pub fn create(final_path: &Path) -> io::Result<TempOutput> {
         let dir = final_path.parent().filter(|p| !p.as_os_str().is_empty());
-        let name = final_path
-            .file_name()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "output has no file name"))?;
+        let name = final_path.file_name().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "output has no file name")
+        })?;
         let temp_name = format!(
             ".{}.imprint-{}-{}.tmp",
             name.to_string_lossy(),
@@ -295,7 +298,10 @@ mod tests {
             e.sha256,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        assert_eq!(read_sidecar(&target).unwrap().as_deref(), Some(&e.sha256[..]));
+        assert_eq!(
+            read_sidecar(&target).unwrap().as_deref(),
+            Some(&e.sha256[..])
+        );
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&target).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);

@@ -38,7 +38,9 @@ pub enum OverlayError {
     Owner { path: String, source: OwnerError },
     #[error("two overlay entries write {0}")]
     Duplicate(String),
-    #[error("{path} is to be created inside {parent}, which neither the image nor the overlay provides")]
+    #[error(
+        "{path} is to be created inside {parent}, which neither the image nor the overlay provides"
+    )]
     MissingParent { path: String, parent: String },
 }
 
@@ -142,7 +144,9 @@ impl OverlaySpec {
                 why: why.to_string(),
             };
             if ImagePath::parse(&e.path).is_none() {
-                return Err(bad("the path must be absolute, without '.', '..' or empty parts"));
+                return Err(bad(
+                    "the path must be absolute, without '.', '..' or empty parts",
+                ));
             }
             if parse_mode(&e.mode).is_none() {
                 return Err(bad("mode must be octal permission bits such as \"0600\""));
@@ -279,10 +283,12 @@ impl Plan {
             } else {
                 e.owner.parse().expect("checked when parsed")
             };
-            let owner = db.resolve(&owner_spec).map_err(|source| OverlayError::Owner {
-                path: path.to_string(),
-                source,
-            })?;
+            let owner = db
+                .resolve(&owner_spec)
+                .map_err(|source| OverlayError::Owner {
+                    path: path.to_string(),
+                    source,
+                })?;
             let kind = match &e.content {
                 Some(template) => PlanKind::File(render(template, vars)),
                 None => PlanKind::Dir,
@@ -301,7 +307,9 @@ impl Plan {
 
     /// The plan's directories, which a backend may have to create.
     pub fn dirs(&self) -> impl Iterator<Item = &PlanEntry> {
-        self.entries.iter().filter(|e| matches!(e.kind, PlanKind::Dir))
+        self.entries
+            .iter()
+            .filter(|e| matches!(e.kind, PlanKind::Dir))
     }
 
     pub fn find(&self, path: &ImagePath) -> Option<&PlanEntry> {
@@ -394,7 +402,10 @@ mod tests {
             conf.content().unwrap(),
             b"AZAION_DEVICE_EMAIL=azaion-jetson-0042@azaion.com\nAZAION_DEVICE_PASSWORD=0123\n"
         );
-        assert_eq!(plan.required_parents(), vec![ImagePath::parse("/etc").unwrap()]);
+        assert_eq!(
+            plan.required_parents(),
+            vec![ImagePath::parse("/etc").unwrap()]
+        );
     }
 
     #[test]

@@ -217,7 +217,8 @@ impl UserDb {
                 None => return Err(self.unknown_group(name)),
             },
         };
-        let fallback = |id: u32, name: Option<String>| name.or_else(|| (id == 0).then(|| "root".into()));
+        let fallback =
+            |id: u32, name: Option<String>| name.or_else(|| (id == 0).then(|| "root".into()));
         Ok(Owner {
             uid,
             gid,
@@ -231,7 +232,8 @@ impl UserDb {
 mod tests {
     use super::*;
 
-    const PASSWD: &[u8] = b"root:x:0:0:root:/root:/bin/bash\nazaion:x:1001:1002::/home/azaion:/bin/sh\n";
+    const PASSWD: &[u8] =
+        b"root:x:0:0:root:/root:/bin/bash\nazaion:x:1001:1002::/home/azaion:/bin/sh\n";
     const GROUP: &[u8] = b"root:x:0:\nvideo:x:44:azaion\nazaion:x:1002:\n";
 
     fn db() -> UserDb {

@@ -188,14 +188,20 @@ fn handle(mut req: Request, state: &Mutex<State>) {
         (Method::Get, "/health") => (200, json!({"status": "ok"})),
         (Method::Post, "/users") => match (field("email"), field("password"), field("role")) {
             (Some(e), Some(p), Some(r)) if r == "CompanionPC" && !e.is_empty() && !p.is_empty() => {
-                if st.users.contains_key(&e) {
-                    (409, json!({"error": "user exists"}))
-                } else {
-                    st.users.insert(e, p);
-                    (201, json!({"status": "created"}))
+                match st.users.entry(e) {
+                    std::collections::hash_map::Entry::Occupied(_) => {
+                        (409, json!({"error": "user exists"}))
+                    }
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(p);
+                        (201, json!({"status": "created"}))
+                    }
                 }
             }
-            _ => (400, json!({"error": "email, password and role CompanionPC required"})),
+            _ => (
+                400,
+                json!({"error": "email, password and role CompanionPC required"}),
+            ),
         },
         (Method::Patch, "/users/password") => match (field("email"), field("password")) {
             (Some(e), Some(p)) if !p.is_empty() => match st.users.get_mut(&e) {

@@ -74,7 +74,10 @@ pub fn verify(path: &Path, expect: &Expectations) -> Result<VerifyReport, ImageE
                     "checksum",
                     actual == recorded,
                     if actual == recorded {
-                        format!("sha256 {actual} matches {}", output::sidecar_path(path).display())
+                        format!(
+                            "sha256 {actual} matches {}",
+                            output::sidecar_path(path).display()
+                        )
                     } else {
                         format!("sha256 is {actual} but the sidecar says {recorded}")
                     },
@@ -100,7 +103,11 @@ pub fn verify(path: &Path, expect: &Expectations) -> Result<VerifyReport, ImageE
     let conf = found.pop().flatten();
 
     let Some((meta, content)) = conf else {
-        report.add("present", false, format!("{DEVICE_CONF} is not in the image"));
+        report.add(
+            "present",
+            false,
+            format!("{DEVICE_CONF} is not in the image"),
+        );
         return Ok(report);
     };
     report.add("present", true, DEVICE_CONF);
@@ -118,7 +125,10 @@ pub fn verify(path: &Path, expect: &Expectations) -> Result<VerifyReport, ImageE
     );
 
     let db = UserDb::parse(passwd.as_deref(), group.as_deref());
-    let spec = expect.owner.clone().unwrap_or(OwnerSpec::User("root".into()));
+    let spec = expect
+        .owner
+        .clone()
+        .unwrap_or(OwnerSpec::User("root".into()));
     match db.resolve(&spec) {
         Ok(owner) => report.add(
             "owner",
@@ -134,7 +144,11 @@ pub fn verify(path: &Path, expect: &Expectations) -> Result<VerifyReport, ImageE
     let content = match content {
         Some(c) if meta.size <= MAX_CONF => c,
         _ => {
-            report.add("contents", false, format!("{} bytes is too large for device.conf", meta.size));
+            report.add(
+                "contents",
+                false,
+                format!("{} bytes is too large for device.conf", meta.size),
+            );
             return Ok(report);
         }
     };
@@ -181,7 +195,14 @@ pub fn verify(path: &Path, expect: &Expectations) -> Result<VerifyReport, ImageE
     if let Some(login) = &expect.login {
         match (&parsed.email, &parsed.password) {
             (Some(email), Some(password)) => match admin::login(login, email, password) {
-                Ok(()) => report.add("login", true, format!("POST {}/login accepted", login.base_url.trim_end_matches('/'))),
+                Ok(()) => report.add(
+                    "login",
+                    true,
+                    format!(
+                        "POST {}/login accepted",
+                        login.base_url.trim_end_matches('/')
+                    ),
+                ),
                 Err(e) => report.add("login", false, e.to_string()),
             },
             _ => report.add("login", false, "no credentials to try"),

@@ -48,8 +48,10 @@ fn provision(c: &Case, server: &StubServer, extra: &[&str]) -> std::process::Out
 }
 
 fn output_of(c: &Case) -> PathBuf {
-    c.out
-        .join(format!("{SERIAL}-{}", c.input.file_name().unwrap().to_string_lossy()))
+    c.out.join(format!(
+        "{SERIAL}-{}",
+        c.input.file_name().unwrap().to_string_lossy()
+    ))
 }
 
 /// Every entry of the input is in the output unchanged, and the output has
@@ -70,7 +72,10 @@ fn check_extracted(c: &Case, tool: &str, server: &StubServer, owner: (u32, u32),
     assert_eq!(conf.1, 0o600, "{tool}: mode");
     assert_eq!((conf.2, conf.3), owner, "{tool}: owner");
     assert_eq!(conf.4, 1_700_000_000, "{tool}: mtime is etc/'s");
-    assert_eq!(String::from_utf8(conf.5).unwrap(), conf_text(EMAIL, &password));
+    assert_eq!(
+        String::from_utf8(conf.5).unwrap(),
+        conf_text(EMAIL, &password)
+    );
     if new_dir {
         let d = after.remove("etc/azaion").expect("etc/azaion created");
         assert_eq!((d.0, d.1, d.2, d.3, d.4), ('d', 0o755, 0, 0, 1_700_000_000));
@@ -78,7 +83,10 @@ fn check_extracted(c: &Case, tool: &str, server: &StubServer, owner: (u32, u32),
     let mut before = before;
     before.remove("etc/azaion/device.conf");
     if !new_dir {
-        assert_eq!(before.get("etc/azaion").map(|e| e.0), after.get("etc/azaion").map(|e| e.0));
+        assert_eq!(
+            before.get("etc/azaion").map(|e| e.0),
+            after.get("etc/azaion").map(|e| e.0)
+        );
     }
     assert_eq!(before.len(), after.len(), "{tool}: entry count");
     for (path, entry) in &before {
@@ -103,21 +111,35 @@ fn every_compression_round_trips_through_gnu_tar_and_bsdtar() {
             check_extracted(&c, tool, &server, (1001, 1001), true);
         }
         // 0600 output, sidecar that sha256sum -c accepts.
-        assert_eq!(fs::metadata(&output).unwrap().permissions().mode() & 0o777, 0o600);
-        sh(&format!("cd {} && sha256sum -c --strict {}.sha256", c.out.display(),
-            output.file_name().unwrap().to_string_lossy()));
+        assert_eq!(
+            fs::metadata(&output).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        sh(&format!(
+            "cd {} && sha256sum -c --strict {}.sha256",
+            c.out.display(),
+            output.file_name().unwrap().to_string_lossy()
+        ));
         // The input is untouched and only the image and sidecar are left.
         assert_eq!(listing(&c.out).len(), 2, "{ext}: {:?}", listing(&c.out));
         let entries = stdout(&sh(&format!("tar -tvf {}", output.display())));
         assert_eq!(entries.matches("etc/azaion/device.conf").count(), 1);
-        assert!(entries.contains("azaion/azaion"), "{ext}: uname/gname from the image:\n{entries}");
+        assert!(
+            entries.contains("azaion/azaion"),
+            "{ext}: uname/gname from the image:\n{entries}"
+        );
     }
 }
 
 #[test]
 fn untouched_bytes_are_identical_and_only_appended_at_the_end() {
     let server = StubServer::start().unwrap();
-    for (format, dot) in [("gnu", true), ("pax", false), ("ustar", true), ("gnu", false)] {
+    for (format, dot) in [
+        ("gnu", true),
+        ("pax", false),
+        ("ustar", true),
+        ("gnu", false),
+    ] {
         let c = case("tar", format, dot);
         let o = provision(&c, &server, &[]);
         assert!(o.status.success(), "{format}: {}", stderr(&o));
@@ -128,12 +150,22 @@ fn untouched_bytes_are_identical_and_only_appended_at_the_end() {
             .find(|i| input[i * 512..(i + 1) * 512].iter().all(|&b| b == 0))
             .unwrap()
             * 512;
-        assert_eq!(&output[..end], &input[..end], "{format}: prefix kept byte for byte");
+        assert_eq!(
+            &output[..end],
+            &input[..end],
+            "{format}: prefix kept byte for byte"
+        );
         assert_eq!(output.len() % 10240, 0, "{format}: record padding kept");
         let names = stdout(&sh(&format!("tar -tf {}", output_of(&c).display())));
         let prefix = if dot { "./" } else { "" };
-        assert!(names.contains(&format!("\n{prefix}etc/azaion/\n")), "{format}: {names}");
-        assert!(names.ends_with(&format!("{prefix}etc/azaion/device.conf\n")), "{names}");
+        assert!(
+            names.contains(&format!("\n{prefix}etc/azaion/\n")),
+            "{format}: {names}"
+        );
+        assert!(
+            names.ends_with(&format!("{prefix}etc/azaion/device.conf\n")),
+            "{names}"
+        );
         assert!(names.contains("changelog-with-a-long-file-name.txt"));
         for tool in ["gnutar", "bsdtar"] {
             check_extracted(&c, tool, &server, (0, 0), true);
@@ -150,12 +182,22 @@ fn existing_device_conf_is_replaced_in_place() {
         fs::create_dir(root.join("etc/azaion")).unwrap();
         fs::write(root.join("etc/azaion/device.conf"), conf_text(EMAIL, "old")).unwrap();
         fs::write(root.join("etc/azaion/other.conf"), "keep me\n").unwrap();
-        sh(&format!("touch -d @1700000000 {0}/etc/azaion {0}/etc/azaion/*", root.display()));
+        sh(&format!(
+            "touch -d @1700000000 {0}/etc/azaion {0}/etc/azaion/*",
+            root.display()
+        ));
         let input = tmp.path().join(format!("r.{ext}"));
         make_tar(&root, &input, ext, format, true);
         let out = tmp.path().join("out.img");
         let o = run(bin()
-            .args(["provision", "--serial", SERIAL, "--api-url", &server.url(), "--image"])
+            .args([
+                "provision",
+                "--serial",
+                SERIAL,
+                "--api-url",
+                &server.url(),
+                "--image",
+            ])
             .arg(&input)
             .arg("--output")
             .arg(&out));
@@ -169,8 +211,14 @@ fn existing_device_conf_is_replaced_in_place() {
         let x = tmp.path().join("x");
         extract("bsdtar", &out, &x);
         let pw = server.password_of(EMAIL).unwrap();
-        assert_eq!(fs::read_to_string(x.join("etc/azaion/device.conf")).unwrap(), conf_text(EMAIL, &pw));
-        assert_eq!(fs::read_to_string(x.join("etc/azaion/other.conf")).unwrap(), "keep me\n");
+        assert_eq!(
+            fs::read_to_string(x.join("etc/azaion/device.conf")).unwrap(),
+            conf_text(EMAIL, &pw)
+        );
+        assert_eq!(
+            fs::read_to_string(x.join("etc/azaion/other.conf")).unwrap(),
+            "keep me\n"
+        );
     }
 }
 
@@ -199,7 +247,10 @@ fn owner_by_name_group_number_and_unknown() {
             None => {
                 assert_eq!(o.status.code(), Some(1), "{owner}");
                 let err = stderr(&o);
-                assert!(err.contains("is not in the image's /etc/"), "{owner}: {err}");
+                assert!(
+                    err.contains("is not in the image's /etc/"),
+                    "{owner}: {err}"
+                );
                 assert!(err.contains(owner.rsplit(':').next().unwrap()), "{err}");
             }
         }
@@ -218,7 +269,9 @@ fn api_contract_against_the_stub() {
     assert!(stderr(&o).contains("account created"));
     let first = server.password_of(EMAIL).unwrap();
     assert_eq!(first.len(), 32);
-    assert!(first.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    assert!(first
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
 
     // 409 -> PATCH: the second run updates the password.
     let o = provision(&c, &server, &["--force"]);
@@ -227,8 +280,14 @@ fn api_contract_against_the_stub() {
     let second = server.password_of(EMAIL).unwrap();
     assert_ne!(first, second);
     let reqs = server.requests();
-    let calls: Vec<String> = reqs.iter().map(|r| format!("{} {}", r.method, r.path)).collect();
-    assert_eq!(calls, ["POST /users", "POST /users", "PATCH /users/password"]);
+    let calls: Vec<String> = reqs
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        calls,
+        ["POST /users", "POST /users", "PATCH /users/password"]
+    );
     assert_eq!(server.user_count(), 1);
 
     // The image carries exactly the password the server has.
@@ -246,18 +305,35 @@ fn api_contract_against_the_stub() {
 
     // PATCH fails: error names the step and status, no output.
     fs::remove_file(&output).unwrap();
+    fs::remove_file(format!("{}.sha256", output.display())).unwrap();
     for _ in 0..10 {
         server.push_fault("PATCH", "/users/password", Fault::Status(500));
     }
     let o = run(bin()
-        .args(["provision", "--serial", SERIAL, "--api-url", &server.url(), "--api-retries", "1", "--image"])
+        .args([
+            "provision",
+            "--serial",
+            SERIAL,
+            "--api-url",
+            &server.url(),
+            "--api-retries",
+            "1",
+            "--image",
+        ])
         .arg(&c.input)
         .arg("--output")
         .arg(&c.out));
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
-    assert!(err.contains("PATCH /users/password") && err.contains("500"), "{err}");
-    assert!(listing(&c.out).is_empty(), "no output after an API failure: {:?}", listing(&c.out));
+    assert!(
+        err.contains("PATCH /users/password") && err.contains("500"),
+        "{err}"
+    );
+    assert!(
+        listing(&c.out).is_empty(),
+        "no output after an API failure: {:?}",
+        listing(&c.out)
+    );
 }
 
 #[test]
@@ -276,21 +352,31 @@ fn token_is_sent_and_401_is_not_retried() {
     // Token from a file, then from the environment.
     let token_file = c.dir.join("token");
     fs::write(&token_file, "s3cret-token\n").unwrap();
-    let o = provision(&c, &server, &["--api-token-file", token_file.to_str().unwrap()]);
+    let o = provision(
+        &c,
+        &server,
+        &["--api-token-file", token_file.to_str().unwrap()],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let last = server.requests().pop().unwrap();
     assert_eq!(last.authorization.as_deref(), Some("Bearer s3cret-token"));
     let mut cmd = bin();
     cmd.env("IMPRINT_API_TOKEN", "s3cret-token")
-        .args(["provision", "--serial", SERIAL, "--api-url", &server.url(), "--force", "--image"])
+        .args([
+            "provision",
+            "--serial",
+            SERIAL,
+            "--api-url",
+            &server.url(),
+            "--force",
+            "--image",
+        ])
         .arg(&c.input)
         .arg("--output")
         .arg(format!("{}/", c.out.display()));
     let o = run(&mut cmd);
     assert!(o.status.success(), "{}", stderr(&o));
-    for o in [&o] {
-        assert!(!stdout(o).contains("s3cret") && !stderr(o).contains("s3cret"));
-    }
+    assert!(!stdout(&o).contains("s3cret") && !stderr(&o).contains("s3cret"));
 }
 
 #[test]
@@ -299,7 +385,16 @@ fn api_failure_leaves_no_output_and_write_failure_makes_no_call() {
     let server = StubServer::start().unwrap();
     // Unreachable API: nothing emitted.
     let o = run(bin()
-        .args(["provision", "--serial", SERIAL, "--api-url", "http://127.0.0.1:9", "--api-retries", "0", "--image"])
+        .args([
+            "provision",
+            "--serial",
+            SERIAL,
+            "--api-url",
+            "http://127.0.0.1:9",
+            "--api-retries",
+            "0",
+            "--image",
+        ])
         .arg(&c.input)
         .arg("--output")
         .arg(&c.out));
@@ -312,13 +407,28 @@ fn api_failure_leaves_no_output_and_write_failure_makes_no_call() {
     fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let before = sha256(&truncated);
     let o = run(bin()
-        .args(["provision", "--serial", SERIAL, "--api-url", &server.url(), "--image"])
+        .args([
+            "provision",
+            "--serial",
+            SERIAL,
+            "--api-url",
+            &server.url(),
+            "--image",
+        ])
         .arg(&truncated)
         .arg("--output")
         .arg(&c.out));
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("corrupt or truncated"), "{}", stderr(&o));
-    assert_eq!(server.requests().len(), 0, "no API call after a failed write");
+    assert!(
+        stderr(&o).contains("corrupt or truncated"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        server.requests().len(),
+        0,
+        "no API call after a failed write"
+    );
     assert!(listing(&c.out).is_empty());
     assert_eq!(sha256(&truncated), before);
 
@@ -335,16 +445,34 @@ fn api_failure_leaves_no_output_and_write_failure_makes_no_call() {
         eprintln!("full-disk check skipped: cannot mount a tmpfs here (not root?)");
         return;
     }
+    // The uncompressed archive is larger than the 64 KiB filesystem.
+    let plain = c.dir.join("plain.tar");
+    make_tar(&c.root, &plain, "tar", "gnu", true);
     let o = run(bin()
-        .args(["provision", "--serial", SERIAL, "--api-url", &server.url(), "--image"])
-        .arg(&c.input)
+        .args([
+            "provision",
+            "--serial",
+            SERIAL,
+            "--api-url",
+            &server.url(),
+            "--image",
+        ])
+        .arg(&plain)
         .arg("--output")
         .arg(&small));
     let left = listing(&small);
     sh(&format!("umount {}", small.display()));
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).to_lowercase().contains("no space"), "{}", stderr(&o));
-    assert_eq!(server.requests().len(), 0, "no API call after a failed write");
+    assert!(
+        stderr(&o).to_lowercase().contains("no space"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        server.requests().len(),
+        0,
+        "no API call after a failed write"
+    );
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -355,13 +483,25 @@ fn password_never_printed() {
     let pw_file = write_password(&c.dir, "Supplied-Passw0rd-XYZ");
     let o = provision(&c, &server, &["--password-file", pw_file.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(server.password_of(EMAIL).as_deref(), Some("Supplied-Passw0rd-XYZ"));
-    let v = run(bin().arg("verify").arg(output_of(&c)).args(["--serial", SERIAL, "--login-url", &server.url()]));
+    assert_eq!(
+        server.password_of(EMAIL).as_deref(),
+        Some("Supplied-Passw0rd-XYZ")
+    );
+    let v = run(bin().arg("verify").arg(output_of(&c)).args([
+        "--serial",
+        SERIAL,
+        "--login-url",
+        &server.url(),
+    ]));
     assert!(v.status.success(), "{}", stdout(&v));
     // Generated: take it from the server.
     let o2 = provision(&c, &server, &["--force"]);
     let generated = server.password_of(EMAIL).unwrap();
-    for (o, pw) in [(&o, "Supplied-Passw0rd-XYZ"), (&v, "Supplied-Passw0rd-XYZ"), (&o2, generated.as_str())] {
+    for (o, pw) in [
+        (&o, "Supplied-Passw0rd-XYZ"),
+        (&v, "Supplied-Passw0rd-XYZ"),
+        (&o2, generated.as_str()),
+    ] {
         assert!(!stdout(o).contains(pw), "password in stdout");
         assert!(!stderr(o).contains(pw), "password in stderr");
     }
@@ -378,7 +518,13 @@ fn offline_needs_a_password_file_and_calls_nothing() {
     assert_eq!(o.status.code(), Some(2), "usage error: {}", stderr(&o));
     let pw = write_password(&c.dir, "offline-pw");
     let o = run(bin()
-        .args(["provision", "--serial", SERIAL, "--offline", "--password-file"])
+        .args([
+            "provision",
+            "--serial",
+            SERIAL,
+            "--offline",
+            "--password-file",
+        ])
         .arg(&pw)
         .arg("--image")
         .arg(&c.input)
@@ -387,28 +533,58 @@ fn offline_needs_a_password_file_and_calls_nothing() {
     assert!(o.status.success(), "{}", stderr(&o));
     let x = c.dir.join("x");
     extract("gnutar", &output_of(&c), &x);
-    assert_eq!(fs::read_to_string(x.join("etc/azaion/device.conf")).unwrap(), conf_text(EMAIL, "offline-pw"));
+    assert_eq!(
+        fs::read_to_string(x.join("etc/azaion/device.conf")).unwrap(),
+        conf_text(EMAIL, "offline-pw")
+    );
 }
 
 #[test]
 fn serials_and_output_paths() {
     let c = case("tar", "gnu", true);
     let server = StubServer::start().unwrap();
-    for bad in ["azjn-0042", "AZJN0042", "AZJN-", "AZ/JN-1", "../X-1", "AZJN 0042", "AZJN-00é", ""] {
+    for bad in [
+        "azjn-0042",
+        "AZJN0042",
+        "AZJN-",
+        "AZ/JN-1",
+        "../X-1",
+        "AZJN 0042",
+        "AZJN-00é",
+        "",
+    ] {
         let o = run(bin()
-            .args(["provision", "--serial", bad, "--api-url", &server.url(), "--image"])
+            .args([
+                "provision",
+                "--serial",
+                bad,
+                "--api-url",
+                &server.url(),
+                "--image",
+            ])
             .arg(&c.input)
             .arg("--output")
             .arg(&c.out));
         assert_eq!(o.status.code(), Some(1), "{bad:?}");
-        assert!(stderr(&o).contains("invalid serial"), "{bad:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("invalid serial"),
+            "{bad:?}: {}",
+            stderr(&o)
+        );
     }
     assert_eq!(server.requests().len(), 0);
     assert!(listing(&c.out).is_empty());
 
     // Output equal to input is refused, an existing output needs --force.
     let o = run(bin()
-        .args(["provision", "--serial", SERIAL, "--api-url", &server.url(), "--image"])
+        .args([
+            "provision",
+            "--serial",
+            SERIAL,
+            "--api-url",
+            &server.url(),
+            "--image",
+        ])
         .arg(&c.input)
         .arg("--output")
         .arg(&c.input));
@@ -417,10 +593,17 @@ fn serials_and_output_paths() {
     let named = c.out.join("custom.tar");
     for (force, ok) in [(false, true), (false, false), (true, true)] {
         let mut cmd = bin();
-        cmd.args(["provision", "--serial", SERIAL, "--api-url", &server.url(), "--image"])
-            .arg(&c.input)
-            .arg("--output")
-            .arg(&named);
+        cmd.args([
+            "provision",
+            "--serial",
+            SERIAL,
+            "--api-url",
+            &server.url(),
+            "--image",
+        ])
+        .arg(&c.input)
+        .arg("--output")
+        .arg(&named);
         if force {
             cmd.arg("--force");
         }
@@ -438,9 +621,21 @@ fn refuses_bad_archive_shapes() {
     let server = StubServer::start().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let cases: [(&str, &str, &str); 4] = [
-        ("symlink-azaion", "ln -s /tmp {r}/etc/azaion", "is a symbolic link in the archive, not a directory"),
-        ("conf-dir", "mkdir -p {r}/etc/azaion/device.conf", "is a directory in the archive"),
-        ("conf-symlink", "mkdir {r}/etc/azaion && ln -s ../hostname {r}/etc/azaion/device.conf", "is a symbolic link in the archive"),
+        (
+            "symlink-azaion",
+            "ln -s /tmp {r}/etc/azaion",
+            "is a symbolic link in the archive, not a directory",
+        ),
+        (
+            "conf-dir",
+            "mkdir -p {r}/etc/azaion/device.conf",
+            "is a directory in the archive",
+        ),
+        (
+            "conf-symlink",
+            "mkdir {r}/etc/azaion && ln -s ../hostname {r}/etc/azaion/device.conf",
+            "is a symbolic link in the archive",
+        ),
         ("no-etc", "rm -rf {r}/etc", "/etc"),
     ];
     for (name, script, message) in cases {
@@ -452,30 +647,63 @@ fn refuses_bad_archive_shapes() {
         fs::create_dir(&out).unwrap();
         let before = sha256(&input);
         let o = run(bin()
-            .args(["provision", "--serial", SERIAL, "--api-url", &server.url(), "--image"])
+            .args([
+                "provision",
+                "--serial",
+                SERIAL,
+                "--api-url",
+                &server.url(),
+                "--image",
+            ])
             .arg(&input)
             .arg("--output")
             .arg(&out));
         assert_eq!(o.status.code(), Some(1), "{name}");
         assert!(stderr(&o).contains(message), "{name}: {}", stderr(&o));
-        assert_eq!(stderr(&o).lines().filter(|l| l.starts_with("imprint: error")).count(), 1, "{name}: one error line: {}", stderr(&o));
+        assert_eq!(
+            stderr(&o)
+                .lines()
+                .filter(|l| l.starts_with("imprint: error"))
+                .count(),
+            1,
+            "{name}: one error line: {}",
+            stderr(&o)
+        );
         assert!(listing(&out).is_empty());
         assert_eq!(sha256(&input), before);
     }
     // A hard link named device.conf.
     let root = make_rootfs(tmp.path(), "hardlink");
-    sh(&format!("mkdir {0}/etc/azaion && ln {0}/etc/hostname {0}/etc/azaion/device.conf", root.display()));
+    sh(&format!(
+        "mkdir {0}/etc/azaion && ln {0}/etc/hostname {0}/etc/azaion/device.conf",
+        root.display()
+    ));
     let input = tmp.path().join("hardlink.tar");
     // Sorted by name, etc/azaion/device.conf comes first and etc/hostname is
     // then the hard link; reverse the sort so device.conf is the link.
-    sh(&format!("tar --format=gnu -C {} -cf {} ./etc/hostname ./etc/azaion ./etc/passwd ./etc/group", root.display(), input.display()));
+    sh(&format!(
+        "tar --format=gnu -C {} -cf {} ./etc/hostname ./etc/azaion ./etc/passwd ./etc/group",
+        root.display(),
+        input.display()
+    ));
     let o = run(bin()
-        .args(["provision", "--serial", SERIAL, "--api-url", &server.url(), "--image"])
+        .args([
+            "provision",
+            "--serial",
+            SERIAL,
+            "--api-url",
+            &server.url(),
+            "--image",
+        ])
         .arg(&input)
         .arg("--output")
         .arg(tmp.path().join("hl-out.tar")));
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("is a hard link in the archive"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is a hard link in the archive"),
+        "{}",
+        stderr(&o)
+    );
     // A header with a bad checksum.
     let c = case("tar", "gnu", true);
     let mut bytes = fs::read(&c.input).unwrap();
@@ -493,7 +721,16 @@ fn staging_directory_flow() {
     let root = make_rootfs(tmp.path(), "staging");
     let server = StubServer::start().unwrap();
     let o = run(bin()
-        .args(["provision", "--serial", SERIAL, "--api-url", &server.url(), "--owner", "azaion:video", "--rootfs-dir"])
+        .args([
+            "provision",
+            "--serial",
+            SERIAL,
+            "--api-url",
+            &server.url(),
+            "--owner",
+            "azaion:video",
+            "--rootfs-dir",
+        ])
         .arg(&root));
     assert!(o.status.success(), "{}", stderr(&o));
     let conf = root.join("etc/azaion/device.conf");
@@ -504,20 +741,47 @@ fn staging_directory_flow() {
     assert_eq!((d.mode() & 0o7777, d.uid(), d.gid()), (0o755, 0, 0));
     let pw = server.password_of(EMAIL).unwrap();
     assert_eq!(fs::read_to_string(&conf).unwrap(), conf_text(EMAIL, &pw));
-    assert_eq!(listing(&root.join("etc/azaion")), ["device.conf"], "no temp files left");
+    assert_eq!(
+        listing(&root.join("etc/azaion")),
+        ["device.conf"],
+        "no temp files left"
+    );
     // Re-run: replaced, and verify agrees.
     let o = run(bin()
-        .args(["provision", "--serial", SERIAL, "--api-url", &server.url(), "--owner", "azaion:video", "--rootfs-dir"])
+        .args([
+            "provision",
+            "--serial",
+            SERIAL,
+            "--api-url",
+            &server.url(),
+            "--owner",
+            "azaion:video",
+            "--rootfs-dir",
+        ])
         .arg(&root));
     assert!(o.status.success());
     assert_ne!(server.password_of(EMAIL).unwrap(), pw);
-    let v = run(bin().arg("verify").arg(&root).args(["--serial", SERIAL, "--owner", "azaion:video", "--login-url", &server.url()]));
+    let v = run(bin().arg("verify").arg(&root).args([
+        "--serial",
+        SERIAL,
+        "--owner",
+        "azaion:video",
+        "--login-url",
+        &server.url(),
+    ]));
     assert!(v.status.success(), "{}", stdout(&v));
     // API failure: the old file stays, no temp file.
     let old = fs::read(&conf).unwrap();
     server.require_token(Some("t".into()));
     let o = run(bin()
-        .args(["provision", "--serial", SERIAL, "--api-url", &server.url(), "--rootfs-dir"])
+        .args([
+            "provision",
+            "--serial",
+            SERIAL,
+            "--api-url",
+            &server.url(),
+            "--rootfs-dir",
+        ])
         .arg(&root));
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(fs::read(&conf).unwrap(), old);
@@ -528,18 +792,44 @@ fn staging_directory_flow() {
 fn verify_passes_and_fails() {
     let c = case("tar.gz", "gnu", true);
     let server = StubServer::start().unwrap();
-    assert!(provision(&c, &server, &["--owner", "azaion"]).status.success());
+    assert!(provision(&c, &server, &["--owner", "azaion"])
+        .status
+        .success());
     let output = output_of(&c);
     let verify = |extra: &[&str]| run(bin().arg("verify").arg(&output).args(extra));
 
-    let ok = verify(&["--serial", SERIAL, "--owner", "azaion", "--login-url", &server.url()]);
+    let ok = verify(&[
+        "--serial",
+        SERIAL,
+        "--owner",
+        "azaion",
+        "--login-url",
+        &server.url(),
+    ]);
     assert!(ok.status.success(), "{}", stdout(&ok));
-    for check in ["present", "mode", "owner", "email matches serial", "checksum", "login"] {
-        assert!(stdout(&ok).lines().any(|l| l.starts_with("pass") && l.contains(check)), "{check}: {}", stdout(&ok));
+    for check in [
+        "present",
+        "mode",
+        "owner",
+        "email matches serial",
+        "checksum",
+        "login",
+    ] {
+        assert!(
+            stdout(&ok)
+                .lines()
+                .any(|l| l.starts_with("pass") && l.contains(check)),
+            "{check}: {}",
+            stdout(&ok)
+        );
     }
     let json = verify(&["--serial", SERIAL, "--owner", "azaion", "--json"]);
     let doc: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-    assert!(doc["checks"].as_array().unwrap().iter().all(|c| c["passed"] == true));
+    assert!(doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["passed"] == true));
 
     let failing = [
         (vec!["--serial", "AZJN-0043"], "email matches serial"),
@@ -548,13 +838,26 @@ fn verify_passes_and_fails() {
     for (args, check) in failing {
         let o = verify(&args.iter().map(|s| &**s).collect::<Vec<_>>());
         assert_eq!(o.status.code(), Some(1), "{args:?}");
-        assert!(stdout(&o).lines().any(|l| l.starts_with("FAIL") && l.contains(check)), "{}", stdout(&o));
+        assert!(
+            stdout(&o)
+                .lines()
+                .any(|l| l.starts_with("FAIL") && l.contains(check)),
+            "{}",
+            stdout(&o)
+        );
     }
     // A wrong password on the server: login fails.
     let pw = c.dir.join("pw");
     fs::write(&pw, "another-password").unwrap();
     let o = run(bin()
-        .args(["provision", "--serial", SERIAL, "--api-url", &server.url(), "--password-file"])
+        .args([
+            "provision",
+            "--serial",
+            SERIAL,
+            "--api-url",
+            &server.url(),
+            "--password-file",
+        ])
         .arg(&pw)
         .arg("--image")
         .arg(&c.input)
@@ -563,25 +866,39 @@ fn verify_passes_and_fails() {
     assert!(o.status.success());
     let o = verify(&["--login-url", &server.url(), "--owner", "azaion"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stdout(&o).lines().any(|l| l.starts_with("FAIL") && l.contains("login")), "{}", stdout(&o));
+    assert!(
+        stdout(&o)
+            .lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("login")),
+        "{}",
+        stdout(&o)
+    );
     // A corrupted sidecar.
     let sidecar = PathBuf::from(format!("{}.sha256", output.display()));
     let text = fs::read_to_string(&sidecar).unwrap();
     fs::write(&sidecar, format!("{}{}", "0".repeat(64), &text[64..])).unwrap();
     let o = verify(&["--owner", "azaion"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stdout(&o).lines().any(|l| l.starts_with("FAIL") && l.contains("checksum")));
+    assert!(stdout(&o)
+        .lines()
+        .any(|l| l.starts_with("FAIL") && l.contains("checksum")));
     // Wrong mode, missing file: a hand-made archive.
     let tmp = tempfile::tempdir().unwrap();
     let root = make_rootfs(tmp.path(), "r");
     fs::create_dir(root.join("etc/azaion")).unwrap();
     fs::write(root.join("etc/azaion/device.conf"), conf_text(EMAIL, "x")).unwrap();
-    fs::set_permissions(root.join("etc/azaion/device.conf"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(
+        root.join("etc/azaion/device.conf"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     let bad = tmp.path().join("bad.tar");
     make_tar(&root, &bad, "tar", "gnu", true);
     let o = run(bin().arg("verify").arg(&bad));
     assert_eq!(o.status.code(), Some(1));
-    assert!(stdout(&o).lines().any(|l| l.starts_with("FAIL") && l.contains("mode") && l.contains("0644")));
+    assert!(stdout(&o)
+        .lines()
+        .any(|l| l.starts_with("FAIL") && l.contains("mode") && l.contains("0644")));
     let plain = tmp.path().join("plain.tar");
     make_tar(&make_rootfs(tmp.path(), "p"), &plain, "tar", "gnu", true);
     let o = run(bin().arg("verify").arg(&plain));
@@ -598,7 +915,13 @@ fn reproducible_with_source_date_epoch() {
         let out = c.out.join(format!("r{i}.tar.gz"));
         let o = run(bin()
             .env("SOURCE_DATE_EPOCH", "1234567890")
-            .args(["provision", "--serial", SERIAL, "--offline", "--password-file"])
+            .args([
+                "provision",
+                "--serial",
+                SERIAL,
+                "--offline",
+                "--password-file",
+            ])
             .arg(&pw)
             .arg("--image")
             .arg(&c.input)
@@ -608,7 +931,12 @@ fn reproducible_with_source_date_epoch() {
         digests.push(sha256(&out));
         let x = c.dir.join(format!("rx{i}"));
         extract("gnutar", &out, &x);
-        assert_eq!(fs::metadata(x.join("etc/azaion/device.conf")).unwrap().mtime(), 1_234_567_890);
+        assert_eq!(
+            fs::metadata(x.join("etc/azaion/device.conf"))
+                .unwrap()
+                .mtime(),
+            1_234_567_890
+        );
     }
     assert_eq!(digests[0], digests[1]);
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use thiserror::Error;
 
-use super::{EntryType, FileMeta, ImageError, ImageFacts, ImageReader};
+use super::{EntryType, FileMeta, Found, ImageError, ImageFacts, ImageReader};
 use crate::output;
 use crate::overlay::{ImagePath, Plan, PlanKind};
 
@@ -34,7 +34,9 @@ pub enum DirError {
     },
     #[error("{path} is a {kind}, not a directory; imprint will not write through it. Make it a real directory and try again")]
     NotDirectory { path: PathBuf, kind: &'static str },
-    #[error("{path} is a {kind}; imprint only replaces a regular file there. Remove it and try again")]
+    #[error(
+        "{path} is a {kind}; imprint only replaces a regular file there. Remove it and try again"
+    )]
     NotRegular { path: PathBuf, kind: &'static str },
 }
 
@@ -94,7 +96,9 @@ impl StagingDir {
             host.push(part);
             let meta = match fs::symlink_metadata(&host) {
                 Ok(m) => m,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((self.join(path), None)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Ok((self.join(path), None))
+                }
                 Err(e) => return Err(io_err("inspect", &host)(e)),
             };
             let last = i + 1 == parts.len();
@@ -142,9 +146,7 @@ impl StagingDir {
     /// beside their final names. Nothing is visible under a final name until
     /// [`Staged::commit`].
     pub fn stage(&self, plan: &Plan) -> Result<Staged, ImageError> {
-        plan.check_parents(|p| {
-            matches!(self.resolve(p), Ok((_, Some(m))) if m.is_dir())
-        })?;
+        plan.check_parents(|p| matches!(self.resolve(p), Ok((_, Some(m))) if m.is_dir()))?;
         let mut staged = Staged { files: Vec::new() };
         let mtime = UNIX_EPOCH + Duration::from_secs(plan.mtime.max(0) as u64);
         for entry in &plan.entries {
@@ -198,7 +200,8 @@ impl StagingDir {
                     // After chown, which may clear set-id bits.
                     f.set_permissions(fs::Permissions::from_mode(entry.mode))
                         .map_err(io_err("set the mode of", &temp))?;
-                    f.set_modified(mtime).map_err(io_err("set the time of", &temp))?;
+                    f.set_modified(mtime)
+                        .map_err(io_err("set the time of", &temp))?;
                     f.sync_all().map_err(io_err("sync", &temp))?;
                 }
             }
@@ -262,11 +265,7 @@ impl DirReader {
 }
 
 impl ImageReader for DirReader {
-    fn lookup(
-        &mut self,
-        path: &ImagePath,
-        max_content: u64,
-    ) -> Result<Option<(FileMeta, Option<Vec<u8>>)>, ImageError> {
+    fn lookup(&mut self, path: &ImagePath, max_content: u64) -> Result<Option<Found>, ImageError> {
         let (host, meta) = match self.dir.resolve(path) {
             Ok(found) => found,
             Err(DirError::NotDirectory { .. }) => return Ok(None),

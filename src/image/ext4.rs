@@ -5,7 +5,7 @@ use std::path::Path;
 
 use thiserror::Error;
 
-use super::{FileMeta, ImageBackend, ImageError, ImageFacts, ImageReader};
+use super::{Found, ImageBackend, ImageError, ImageFacts, ImageReader};
 use crate::output::TempOutput;
 use crate::overlay::{ImagePath, Plan};
 
@@ -41,11 +41,7 @@ impl Ext4Reader {
 }
 
 impl ImageReader for Ext4Reader {
-    fn lookup(
-        &mut self,
-        _path: &ImagePath,
-        _max: u64,
-    ) -> Result<Option<(FileMeta, Option<Vec<u8>>)>, ImageError> {
+    fn lookup(&mut self, _path: &ImagePath, _max: u64) -> Result<Option<Found>, ImageError> {
         Err(Ext4Error::NotYet.into())
     }
 }

@@ -137,11 +137,7 @@ pub trait ImageBackend {
 pub trait ImageReader {
     /// Metadata and, for a regular file, the content of `path`. The content
     /// of files larger than `max_content` is not read.
-    fn lookup(
-        &mut self,
-        path: &ImagePath,
-        max_content: u64,
-    ) -> Result<Option<(FileMeta, Option<Vec<u8>>)>, ImageError>;
+    fn lookup(&mut self, path: &ImagePath, max_content: u64) -> Result<Option<Found>, ImageError>;
 
     /// Several lookups; formats that must stream the whole image to find a
     /// file (tar) override this to do it in one pass.

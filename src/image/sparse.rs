@@ -8,7 +8,7 @@ use thiserror::Error;
 /// The sparse file magic, little-endian at offset 0.
 pub const MAGIC: u32 = 0xed26_ff3a;
 
-use super::{FileMeta, ImageBackend, ImageError, ImageFacts, ImageReader};
+use super::{Found, ImageBackend, ImageError, ImageFacts, ImageReader};
 use crate::output::TempOutput;
 use crate::overlay::{ImagePath, Plan};
 
@@ -44,11 +44,7 @@ impl SparseReader {
 }
 
 impl ImageReader for SparseReader {
-    fn lookup(
-        &mut self,
-        _path: &ImagePath,
-        _max: u64,
-    ) -> Result<Option<(FileMeta, Option<Vec<u8>>)>, ImageError> {
+    fn lookup(&mut self, _path: &ImagePath, _max: u64) -> Result<Option<Found>, ImageError> {
         Err(SparseError::NotYet.into())
     }
 }

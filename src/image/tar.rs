@@ -41,7 +41,9 @@ pub enum TarError {
         offset: u64,
         field: &'static str,
     },
-    #[error("{path}: the archive ends in the middle of an entry (at byte {offset}); it is truncated")]
+    #[error(
+        "{path}: the archive ends in the middle of an entry (at byte {offset}); it is truncated"
+    )]
     Truncated { path: PathBuf, offset: u64 },
     #[error("{path}: {entry} is a {kind} in the archive; imprint only writes a regular file there. Remove it from the rootfs and try again")]
     NotRegular {
@@ -148,12 +150,24 @@ fn checksum_ok(block: &[u8; 512]) -> bool {
     let unsigned: u64 = block
         .iter()
         .enumerate()
-        .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { b as u64 })
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                b as u64
+            }
+        })
         .sum();
     let signed: i64 = block
         .iter()
         .enumerate()
-        .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { b as i8 as i64 })
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                b as i8 as i64
+            }
+        })
         .sum();
     stored == unsigned || stored as i64 == signed
 }
@@ -199,12 +213,7 @@ fn parse_pax(data: &[u8]) -> PaxOverrides {
                 b"size" => o.size = value.parse().ok(),
                 b"uid" => o.uid = value.parse().ok(),
                 b"gid" => o.gid = value.parse().ok(),
-                b"mtime" => {
-                    o.mtime = value
-                        .split('.')
-                        .next()
-                        .and_then(|s| s.parse().ok())
-                }
+                b"mtime" => o.mtime = value.split('.').next().and_then(|s| s.parse().ok()),
                 _ => {}
             }
         }
@@ -265,10 +274,12 @@ impl Stream<'_> {
         let mut result = Ok(());
         while len > 0 && result.is_ok() {
             let want = len.min(buf.len() as u64) as usize;
-            result = self.read_exact(&mut buf[..want]).and_then(|_| match sink.as_mut() {
-                Some(s) => s.write_all(&buf[..want]).map_err(TarError::Write),
-                None => Ok(()),
-            });
+            result = self
+                .read_exact(&mut buf[..want])
+                .and_then(|_| match sink.as_mut() {
+                    Some(s) => s.write_all(&buf[..want]).map_err(TarError::Write),
+                    None => Ok(()),
+                });
             len -= want as u64;
         }
         self.buf = buf;
@@ -638,13 +649,21 @@ fn encode_entry(
 ) -> Zeroizing<Vec<u8>> {
     let content = entry.content().unwrap_or(&[]);
     let is_dir = matches!(entry.kind, PlanKind::Dir);
-    let mut name = if dot_slash { "./".to_string() } else { String::new() };
+    let mut name = if dot_slash {
+        "./".to_string()
+    } else {
+        String::new()
+    };
     name.push_str(&entry.path.relative());
     if is_dir {
         name.push('/');
     }
     let meta = FileMeta {
-        kind: if is_dir { EntryType::Dir } else { EntryType::Regular },
+        kind: if is_dir {
+            EntryType::Dir
+        } else {
+            EntryType::Regular
+        },
         mode: entry.mode,
         uid: entry.owner.uid,
         gid: entry.owner.gid,
@@ -714,12 +733,24 @@ fn encode_entry(
         };
         let pax_short = ustar_split(&pax_name).unwrap_or(("", entry.path.file_name()));
         out.extend_from_slice(&header_block(
-            style, pax_short.1, pax_short.0, b'x', &pax_meta, "", "",
+            style,
+            pax_short.1,
+            pax_short.0,
+            b'x',
+            &pax_meta,
+            "",
+            "",
         ));
         push_padded(&mut out, &records);
     }
-    let short = if short.is_empty() { &name[name.len().saturating_sub(100)..] } else { short };
-    out.extend_from_slice(&header_block(style, short, prefix, typeflag, &meta, uname, gname));
+    let short = if short.is_empty() {
+        &name[name.len().saturating_sub(100)..]
+    } else {
+        short
+    };
+    out.extend_from_slice(&header_block(
+        style, short, prefix, typeflag, &meta, uname, gname,
+    ));
     push_padded(&mut out, content);
     out
 }
@@ -760,7 +791,9 @@ fn edit_list(path: &Path, scan: &Scan, plan: &Plan) -> Result<Vec<Piece>, ImageE
                 }
                 Some(_) => {}
                 None if scan.has_dir(&rel) => {}
-                None => appended.extend_from_slice(&encode_entry(style, dot_slash, entry, plan.mtime)),
+                None => {
+                    appended.extend_from_slice(&encode_entry(style, dot_slash, entry, plan.mtime))
+                }
             },
             PlanKind::File(_) => {
                 if let Some(f) = existing.iter().find(|f| f.meta.kind != EntryType::Regular) {
@@ -794,7 +827,10 @@ fn edit_list(path: &Path, scan: &Scan, plan: &Plan) -> Result<Vec<Piece>, ImageE
     let mut out_len = 0;
     for (at, bytes, skip) in edits {
         if at > pos {
-            pieces.push(Piece::Copy { start: pos, end: at });
+            pieces.push(Piece::Copy {
+                start: pos,
+                end: at,
+            });
             out_len += at - pos;
         }
         out_len += bytes.len() as u64;
@@ -803,7 +839,11 @@ fn edit_list(path: &Path, scan: &Scan, plan: &Plan) -> Result<Vec<Piece>, ImageE
     }
     // The end-of-archive marker: at least two zero blocks, padded to the
     // record size when the input was.
-    let record = if scan.total_len % RECORD == 0 { RECORD } else { BLOCK };
+    let record = if scan.total_len % RECORD == 0 {
+        RECORD
+    } else {
+        BLOCK
+    };
     let mut trailer = 2 * BLOCK;
     trailer += (record - (out_len + trailer) % record) % record;
     pieces.push(Piece::Insert(Zeroizing::new(vec![0u8; trailer as usize])));
@@ -837,7 +877,11 @@ pub struct TarBackend {
 impl TarBackend {
     /// `targets` are the paths the overlay may write; the scan records what
     /// the archive holds at those paths and their parents.
-    pub fn open(path: &Path, codec: Compression, targets: &[ImagePath]) -> Result<TarBackend, TarError> {
+    pub fn open(
+        path: &Path,
+        codec: Compression,
+        targets: &[ImagePath],
+    ) -> Result<TarBackend, TarError> {
         Ok(TarBackend {
             path: path.to_path_buf(),
             codec,
@@ -849,7 +893,13 @@ impl TarBackend {
     fn scan(&mut self) -> Result<&Scan, TarError> {
         if self.scan.is_none() {
             let capture = ["etc/passwd".to_string(), "etc/group".to_string()];
-            self.scan = Some(scan(&self.path, self.codec, &self.watch, &capture, MAX_DB_SIZE)?);
+            self.scan = Some(scan(
+                &self.path,
+                self.codec,
+                &self.watch,
+                &capture,
+                MAX_DB_SIZE,
+            )?);
         }
         Ok(self.scan.as_ref().expect("just set"))
     }
@@ -977,7 +1027,10 @@ mod tests {
     #[test]
     fn pax_records() {
         let r = pax_record("path", "x");
-        assert_eq!(r, b"11 path=x\n");
+        assert_eq!(r, b"9 path=x\n");
+        // The length field counts its own digits: one more value byte makes
+        // the record 11 bytes long, not 10.
+        assert_eq!(pax_record("path", "xy"), b"11 path=xy\n");
         let mut data = r.clone();
         data.extend(pax_record("uid", "4000000000"));
         let o = parse_pax(&data);

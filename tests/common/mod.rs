@@ -35,7 +35,11 @@ pub fn stderr(o: &Output) -> String {
 
 /// Runs a shell command line and asserts success.
 pub fn sh(script: &str) -> Output {
-    let o = run(Command::new("bash").arg("-euo").arg("pipefail").arg("-c").arg(script));
+    let o = run(Command::new("bash")
+        .arg("-euo")
+        .arg("pipefail")
+        .arg("-c")
+        .arg(script));
     assert!(
         o.status.success(),
         "script failed: {script}\nstdout: {}\nstderr: {}",
@@ -61,11 +65,21 @@ pub fn make_rootfs(dir: &Path, name: &str) -> PathBuf {
     ));
     let long_dir = root.join("usr/share/doc/a-package-with-a-rather-long-name-for-testing-long-paths/and-a-subdirectory-too");
     fs::create_dir_all(&long_dir).unwrap();
-    fs::write(long_dir.join("changelog-with-a-long-file-name.txt"), "long name entry\n").unwrap();
+    fs::write(
+        long_dir.join("changelog-with-a-long-file-name.txt"),
+        "long name entry\n",
+    )
+    .unwrap();
     fs::create_dir_all(root.join("var/empty")).unwrap();
     std::os::unix::fs::symlink("../usr/bin/azaion-loader", root.join("etc/loader-link")).unwrap();
-    fs::hard_link(root.join("etc/hostname"), root.join("etc/hostname.hardlink")).unwrap();
-    let blob: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    fs::hard_link(
+        root.join("etc/hostname"),
+        root.join("etc/hostname.hardlink"),
+    )
+    .unwrap();
+    let blob: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
     fs::write(root.join("usr/bin/blob"), blob).unwrap();
     fs::set_permissions(root.join("usr/bin/blob"), fs::Permissions::from_mode(0o755)).unwrap();
     sh(&format!(
@@ -132,13 +146,23 @@ pub fn read_tree(root: &Path) -> Tree {
             let m = fs::symlink_metadata(&p).unwrap();
             let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
             let (kind, data) = if m.file_type().is_symlink() {
-                ('l', fs::read_link(&p).unwrap().to_string_lossy().as_bytes().to_vec())
+                (
+                    'l',
+                    fs::read_link(&p)
+                        .unwrap()
+                        .to_string_lossy()
+                        .as_bytes()
+                        .to_vec(),
+                )
             } else if m.is_dir() {
                 ('d', Vec::new())
             } else {
                 ('f', fs::read(&p).unwrap())
             };
-            out.insert(rel, (kind, m.mode() & 0o7777, m.uid(), m.gid(), m.mtime(), data));
+            out.insert(
+                rel,
+                (kind, m.mode() & 0o7777, m.uid(), m.gid(), m.mtime(), data),
+            );
             if kind == 'd' {
                 walk(root, &p, out);
             }
