@@ -14,6 +14,7 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 use crate::identity::Password;
+use crate::image::EntryType;
 use crate::owner::{Owner, OwnerError, OwnerSpec, UserDb};
 
 /// The overlay that writes `/etc/azaion/device.conf`.
@@ -42,6 +43,28 @@ pub enum OverlayError {
         "{path} is to be created inside {parent}, which neither the image nor the overlay provides"
     )]
     MissingParent { path: String, parent: String },
+    #[error("{path} is {what} in the image, not a directory; imprint will not write through it. Make it a real directory and try again")]
+    NotDirectory { path: String, what: String },
+    #[error("{path} is {what} in the image; imprint only replaces a regular file with one link there. Remove it and try again")]
+    NotRegular { path: String, what: String },
+}
+
+/// What a path in the image is, as far as [`Plan::check_existing`] cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Existing {
+    pub kind: EntryType,
+    pub links: u32,
+}
+
+impl Existing {
+    fn describe(self) -> String {
+        match self.kind {
+            EntryType::Symlink => "a symlink".into(),
+            EntryType::Dir => "a directory".into(),
+            EntryType::Regular => format!("a file with {} hard links", self.links),
+            EntryType::Other => "a device, fifo, socket or hard link".into(),
+        }
+    }
 }
 
 /// An absolute path inside the image, kept as validated components so no
@@ -353,6 +376,47 @@ impl Plan {
                     path: child,
                     parent: parent.to_string(),
                 });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Plan {
+    /// Checks the plan against what the image already holds: required
+    /// parents are directories, a planned directory is absent or a
+    /// directory, a planned file is absent or a regular file with one link
+    /// (replacing a hard-linked file would change its other names too).
+    pub fn check_existing<E: From<OverlayError>>(
+        &self,
+        mut existing: impl FnMut(&ImagePath) -> Result<Option<Existing>, E>,
+    ) -> Result<(), E> {
+        let mut parent_error = None;
+        self.check_parents(|p| match existing(p) {
+            Ok(found) => found.is_some_and(|e| e.kind == EntryType::Dir),
+            Err(e) => {
+                parent_error.get_or_insert(e);
+                true
+            }
+        })?;
+        if let Some(e) = parent_error {
+            return Err(e);
+        }
+        for entry in &self.entries {
+            let Some(found) = existing(&entry.path)? else {
+                continue;
+            };
+            let fine = match entry.kind {
+                PlanKind::Dir => found.kind == EntryType::Dir,
+                PlanKind::File(_) => found.kind == EntryType::Regular && found.links == 1,
+            };
+            if !fine {
+                let (path, what) = (entry.path.to_string(), found.describe());
+                return Err(match entry.kind {
+                    PlanKind::Dir => OverlayError::NotDirectory { path, what },
+                    PlanKind::File(_) => OverlayError::NotRegular { path, what },
+                }
+                .into());
             }
         }
         Ok(())

@@ -1,0 +1,523 @@
+//! A small read-only ext2/3/4 reader: superblock, inodes, extents, block
+//! maps, inline data and directory lookup.
+//!
+//! It exists so that planning and `verify` read images through code that
+//! shares nothing with the writer (libext2fs): a bug in one is caught by the
+//! other. It reads only what imprint needs (a few files by path), and it
+//! handles the features ext4-view refuses (inline_data, large_dir, meta_bg).
+//! Directory lookup scans every block of a directory: htree internal nodes
+//! look like empty entries to a linear scan, so indexed directories need no
+//! special case.
+
+use std::io;
+
+use super::Ext4Error;
+use crate::image::{EntryType, FileMeta};
+
+/// Positioned reads from a raw image, a file or the expansion of a sparse
+/// image.
+pub trait ReadAt {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+}
+
+impl ReadAt for std::fs::File {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+pub const ROOT_INO: u32 = 2;
+
+// Superblock feature bits (ext4 on-disk format).
+pub mod feature {
+    pub const COMPAT_SPARSE_SUPER2: u32 = 0x200;
+    pub const INCOMPAT_FILETYPE: u32 = 0x2;
+    pub const INCOMPAT_RECOVER: u32 = 0x4;
+    pub const INCOMPAT_META_BG: u32 = 0x10;
+    pub const INCOMPAT_64BIT: u32 = 0x80;
+    pub const INCOMPAT_INLINE_DATA: u32 = 0x8000;
+    pub const RO_COMPAT_SPARSE_SUPER: u32 = 0x1;
+    pub const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
+}
+
+const EXTENTS_FL: u32 = 0x0008_0000;
+const INLINE_DATA_FL: u32 = 0x1000_0000;
+const EXTENT_MAGIC: u16 = 0xF30A;
+const STATE_ERRORS: u16 = 0x2;
+
+/// The superblock fields imprint looks at.
+#[derive(Debug, Clone)]
+pub struct Superblock {
+    pub raw: Vec<u8>,
+    pub block_size: u64,
+    pub blocks_count: u64,
+    pub first_data_block: u64,
+    pub blocks_per_group: u64,
+    pub inodes_per_group: u64,
+    pub inodes_count: u64,
+    pub inode_size: u64,
+    pub desc_size: u64,
+    pub first_meta_bg: u64,
+    pub compat: u32,
+    pub incompat: u32,
+    pub ro_compat: u32,
+    pub state: u16,
+    pub backup_bgs: [u32; 2],
+}
+
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn corrupt(why: impl Into<String>) -> Ext4Error {
+    Ext4Error::Corrupt { why: why.into() }
+}
+
+impl Superblock {
+    pub const OFFSET: u64 = 1024;
+    pub const SIZE: usize = 1024;
+
+    pub fn read(dev: &dyn ReadAt) -> Result<Superblock, Ext4Error> {
+        let mut raw = vec![0u8; Self::SIZE];
+        dev.read_at(Self::OFFSET, &mut raw)
+            .map_err(|e| Ext4Error::NotExt4 {
+                why: format!("cannot read the superblock: {e}"),
+            })?;
+        Self::parse(raw)
+    }
+
+    pub fn parse(raw: Vec<u8>) -> Result<Superblock, Ext4Error> {
+        if le16(&raw, 0x38) != 0xEF53 {
+            return Err(Ext4Error::NotExt4 {
+                why: "no ext2/3/4 superblock magic at byte 1080".into(),
+            });
+        }
+        let log_block = le32(&raw, 0x18);
+        if log_block > 6 {
+            return Err(corrupt(format!("block size 2^(10+{log_block}) is invalid")));
+        }
+        let incompat = le32(&raw, 0x60);
+        let rev = le32(&raw, 0x4C);
+        let inode_size = if rev == 0 {
+            128
+        } else {
+            le16(&raw, 0x58) as u64
+        };
+        let is_64 = incompat & feature::INCOMPAT_64BIT != 0;
+        let desc_size = if is_64 { le16(&raw, 0xFE) as u64 } else { 32 };
+        let mut blocks_count = le32(&raw, 0x4) as u64;
+        if is_64 {
+            blocks_count |= (le32(&raw, 0x150) as u64) << 32;
+        }
+        let sb = Superblock {
+            block_size: 1024 << log_block,
+            blocks_count,
+            first_data_block: le32(&raw, 0x14) as u64,
+            blocks_per_group: le32(&raw, 0x20) as u64,
+            inodes_per_group: le32(&raw, 0x28) as u64,
+            inodes_count: le32(&raw, 0x0) as u64,
+            inode_size,
+            desc_size,
+            first_meta_bg: le32(&raw, 0x104) as u64,
+            compat: le32(&raw, 0x5C),
+            incompat,
+            ro_compat: le32(&raw, 0x64),
+            state: le16(&raw, 0x3A),
+            backup_bgs: [le32(&raw, 0x24C), le32(&raw, 0x250)],
+            raw,
+        };
+        if sb.blocks_per_group == 0
+            || sb.inodes_per_group == 0
+            || sb.inode_size < 128
+            || !sb.inode_size.is_power_of_two()
+            || sb.inode_size > sb.block_size
+            || sb.desc_size < 32
+            || !sb.desc_size.is_power_of_two()
+        {
+            return Err(corrupt("the superblock's geometry is invalid"));
+        }
+        Ok(sb)
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.state & STATE_ERRORS != 0
+    }
+
+    pub fn image_bytes(&self) -> u64 {
+        self.blocks_count * self.block_size
+    }
+
+    fn group_count(&self) -> u64 {
+        (self.blocks_count - self.first_data_block).div_ceil(self.blocks_per_group)
+    }
+
+    fn group_has_super(&self, group: u64) -> bool {
+        if group == 0 {
+            return true;
+        }
+        if self.compat & feature::COMPAT_SPARSE_SUPER2 != 0 {
+            return self.backup_bgs.contains(&(group as u32));
+        }
+        if self.ro_compat & feature::RO_COMPAT_SPARSE_SUPER == 0 || group == 1 {
+            return true;
+        }
+        [3u64, 5, 7].iter().any(|&base| {
+            let mut n = base;
+            while n < group {
+                n *= base;
+            }
+            n == group
+        })
+    }
+
+    /// Where the descriptor of `group` lives, in bytes.
+    fn descriptor_offset(&self, group: u64) -> u64 {
+        let per_block = self.block_size / self.desc_size;
+        let meta_group = group / per_block;
+        let block =
+            if self.incompat & feature::INCOMPAT_META_BG != 0 && meta_group >= self.first_meta_bg {
+                // meta_bg: each meta group's descriptors sit in its first group,
+                // right after that group's superblock backup, if any.
+                let first = meta_group * per_block;
+                self.first_data_block
+                    + first * self.blocks_per_group
+                    + u64::from(self.group_has_super(first))
+            } else {
+                self.first_data_block + 1 + meta_group
+            };
+        block * self.block_size + (group % per_block) * self.desc_size
+    }
+}
+
+/// An inode's fields that imprint reads.
+#[derive(Debug, Clone)]
+pub struct Inode {
+    pub raw: Vec<u8>,
+    pub mode: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: i64,
+    pub flags: u32,
+    pub links: u16,
+}
+
+impl Inode {
+    pub fn kind(&self) -> EntryType {
+        match self.mode & 0xF000 {
+            0x8000 => EntryType::Regular,
+            0x4000 => EntryType::Dir,
+            0xA000 => EntryType::Symlink,
+            _ => EntryType::Other,
+        }
+    }
+
+    pub fn meta(&self) -> FileMeta {
+        FileMeta {
+            kind: self.kind(),
+            mode: u32::from(self.mode & 0o7777),
+            uid: self.uid,
+            gid: self.gid,
+            mtime: self.mtime,
+            size: self.size,
+        }
+    }
+
+    fn block_area(&self) -> &[u8] {
+        &self.raw[40..100]
+    }
+
+    /// The value of the in-inode extended attribute `system.data`, which
+    /// holds inline data beyond the first 60 bytes.
+    fn inline_tail(&self) -> Vec<u8> {
+        let extra = if self.raw.len() > 130 {
+            le16(&self.raw, 128) as usize
+        } else {
+            return Vec::new();
+        };
+        let start = 128 + extra;
+        if start + 4 > self.raw.len() || le32(&self.raw, start) != 0xEA02_0000 {
+            return Vec::new();
+        }
+        let entries = start + 4;
+        let mut at = entries;
+        while at + 16 <= self.raw.len() && le32(&self.raw, at) != 0 {
+            let name_len = self.raw[at] as usize;
+            let index = self.raw[at + 1];
+            let value_offs = le16(&self.raw, at + 2) as usize;
+            let value_size = le32(&self.raw, at + 8) as usize;
+            let name_end = at + 16 + name_len;
+            if name_end > self.raw.len() {
+                break;
+            }
+            if index == 7 && &self.raw[at + 16..name_end] == b"data" {
+                let v = entries + value_offs;
+                return self
+                    .raw
+                    .get(v..v + value_size)
+                    .map(<[u8]>::to_vec)
+                    .unwrap_or_default();
+            }
+            at = (name_end + 3) & !3;
+        }
+        Vec::new()
+    }
+}
+
+/// Decodes an ext4 timestamp: 32 signed bits plus two epoch bits from the
+/// `_extra` field, when the inode is large enough to have one.
+fn timestamp(raw: &[u8], lo_at: usize, extra_at: usize) -> i64 {
+    let lo = le32(raw, lo_at) as i32 as i64;
+    let extra_isize = if raw.len() > 130 {
+        le16(raw, 128) as usize
+    } else {
+        0
+    };
+    if extra_at + 4 <= 128 + extra_isize && extra_at + 4 <= raw.len() {
+        lo + (((le32(raw, extra_at) & 3) as i64) << 32)
+    } else {
+        lo
+    }
+}
+
+pub struct Ext4Fs<R> {
+    dev: R,
+    pub sb: Superblock,
+}
+
+impl<R: ReadAt> Ext4Fs<R> {
+    pub fn open(dev: R) -> Result<Self, Ext4Error> {
+        let sb = Superblock::read(&dev)?;
+        Ok(Ext4Fs { dev, sb })
+    }
+
+    fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, Ext4Error> {
+        let mut buf = vec![0u8; len];
+        self.dev.read_at(offset, &mut buf).map_err(|e| {
+            corrupt(format!(
+                "cannot read {len} bytes at offset {offset}: {e} (is the image truncated?)"
+            ))
+        })?;
+        Ok(buf)
+    }
+
+    fn read_block(&self, block: u64) -> Result<Vec<u8>, Ext4Error> {
+        if block >= self.sb.blocks_count {
+            return Err(corrupt(format!(
+                "block {block} is beyond the end of the filesystem"
+            )));
+        }
+        self.read(block * self.sb.block_size, self.sb.block_size as usize)
+    }
+
+    pub fn inode(&self, ino: u32) -> Result<Inode, Ext4Error> {
+        let sb = &self.sb;
+        if ino == 0 || u64::from(ino) > sb.inodes_count {
+            return Err(corrupt(format!("inode number {ino} is out of range")));
+        }
+        let index = u64::from(ino - 1);
+        let group = index / sb.inodes_per_group;
+        if group >= sb.group_count() {
+            return Err(corrupt(format!(
+                "inode {ino} is in a group that does not exist"
+            )));
+        }
+        let desc = self.read(sb.descriptor_offset(group), sb.desc_size as usize)?;
+        let mut table = le32(&desc, 8) as u64;
+        if sb.desc_size >= 64 {
+            table |= (le32(&desc, 0x28) as u64) << 32;
+        }
+        let offset = table * sb.block_size + (index % sb.inodes_per_group) * sb.inode_size;
+        let raw = self.read(offset, sb.inode_size as usize)?;
+        Ok(Inode {
+            mode: le16(&raw, 0),
+            uid: u32::from(le16(&raw, 2)) | u32::from(le16(&raw, 120)) << 16,
+            gid: u32::from(le16(&raw, 24)) | u32::from(le16(&raw, 122)) << 16,
+            size: u64::from(le32(&raw, 4)) | u64::from(le32(&raw, 108)) << 32,
+            mtime: timestamp(&raw, 16, 136),
+            flags: le32(&raw, 32),
+            links: le16(&raw, 26),
+            raw,
+        })
+    }
+
+    /// The physical block holding logical block `logical`, or None for a
+    /// hole or an unwritten extent (both read as zeros).
+    fn map_block(&self, inode: &Inode, logical: u64) -> Result<Option<u64>, Ext4Error> {
+        if inode.flags & EXTENTS_FL != 0 {
+            self.map_extent(inode.block_area().to_vec(), logical, 0)
+        } else {
+            self.map_indirect(inode, logical)
+        }
+    }
+
+    fn map_extent(
+        &self,
+        node: Vec<u8>,
+        logical: u64,
+        depth_seen: u32,
+    ) -> Result<Option<u64>, Ext4Error> {
+        if le16(&node, 0) != EXTENT_MAGIC || depth_seen > 5 {
+            return Err(corrupt("an extent tree node is damaged"));
+        }
+        let entries = le16(&node, 2) as usize;
+        let depth = le16(&node, 6);
+        if 12 + entries * 12 > node.len() {
+            return Err(corrupt("an extent tree node claims too many entries"));
+        }
+        let entry = |i: usize| &node[12 + i * 12..24 + i * 12];
+        if depth == 0 {
+            for i in 0..entries {
+                let e = entry(i);
+                let first = le32(e, 0) as u64;
+                let raw_len = le16(e, 4) as u64;
+                let (len, unwritten) = if raw_len > 32768 {
+                    (raw_len - 32768, true)
+                } else {
+                    (raw_len, false)
+                };
+                if logical >= first && logical < first + len {
+                    if unwritten {
+                        return Ok(None);
+                    }
+                    let start = (le16(e, 6) as u64) << 32 | le32(e, 8) as u64;
+                    return Ok(Some(start + logical - first));
+                }
+            }
+            return Ok(None);
+        }
+        // Index node: the last entry whose first block is <= logical.
+        let mut child = None;
+        for i in 0..entries {
+            let e = entry(i);
+            if le32(e, 0) as u64 <= logical {
+                child = Some((le16(e, 8) as u64) << 32 | le32(e, 4) as u64);
+            }
+        }
+        match child {
+            Some(block) => self.map_extent(self.read_block(block)?, logical, depth_seen + 1),
+            None => Ok(None),
+        }
+    }
+
+    fn map_indirect(&self, inode: &Inode, logical: u64) -> Result<Option<u64>, Ext4Error> {
+        let per = self.sb.block_size / 4;
+        let slot = |i: usize| le32(inode.block_area(), i * 4) as u64;
+        let (mut block, mut rest, levels) = if logical < 12 {
+            (slot(logical as usize), 0, 0)
+        } else if logical < 12 + per {
+            (slot(12), logical - 12, 1)
+        } else if logical < 12 + per + per * per {
+            (slot(13), logical - 12 - per, 2)
+        } else {
+            (slot(14), logical - 12 - per - per * per, 3)
+        };
+        for level in (0..levels).rev() {
+            if block == 0 {
+                return Ok(None);
+            }
+            let span = per.pow(level);
+            let table = self.read_block(block)?;
+            block = le32(&table, ((rest / span) * 4) as usize) as u64;
+            rest %= span;
+        }
+        Ok((block != 0).then_some(block))
+    }
+
+    /// Reads up to `limit` bytes of a file's (or directory's) content.
+    pub fn read_content(&self, inode: &Inode, limit: u64) -> Result<Vec<u8>, Ext4Error> {
+        let len = inode.size.min(limit) as usize;
+        if inode.flags & INLINE_DATA_FL != 0 {
+            let mut data = inode.block_area().to_vec();
+            data.extend(inode.inline_tail());
+            data.resize(len.max(data.len()), 0);
+            data.truncate(len);
+            return Ok(data);
+        }
+        // Fast symlinks keep their target in the block area.
+        if inode.kind() == EntryType::Symlink && inode.size < 60 && inode.flags & EXTENTS_FL == 0 {
+            let mut data = inode.block_area().to_vec();
+            data.truncate(len);
+            return Ok(data);
+        }
+        let bs = self.sb.block_size;
+        let mut data = Vec::with_capacity(len);
+        let mut logical = 0;
+        while data.len() < len {
+            let want = (len - data.len()).min(bs as usize);
+            match self.map_block(inode, logical)? {
+                Some(block) => data.extend_from_slice(&self.read_block(block)?[..want]),
+                None => data.resize(data.len() + want, 0),
+            }
+            logical += 1;
+        }
+        Ok(data)
+    }
+
+    /// Finds `name` in directory `dir`.
+    pub fn find_in_dir(&self, dir: &Inode, name: &str) -> Result<Option<u32>, Ext4Error> {
+        let content = self.read_content(dir, u64::MAX)?;
+        let filetype = self.sb.incompat & feature::INCOMPAT_FILETYPE != 0;
+        let name = name.as_bytes();
+        if dir.flags & INLINE_DATA_FL != 0 {
+            // Inline directories start with the parent's inode number, then
+            // entries; more entries may follow in the system.data attribute.
+            let head = &content[4.min(content.len())..60.min(content.len())];
+            let tail = content.get(60..).unwrap_or_default();
+            return Ok(
+                scan_entries(head, name, filetype).or_else(|| scan_entries(tail, name, filetype))
+            );
+        }
+        Ok(content
+            .chunks(self.sb.block_size as usize)
+            .find_map(|block| scan_entries(block, name, filetype)))
+    }
+
+    /// Resolves an absolute path given as components, without following
+    /// symlinks. A symlink or non-directory in the middle yields None.
+    pub fn resolve(&self, components: &[String]) -> Result<Option<(u32, Inode)>, Ext4Error> {
+        let mut ino = ROOT_INO;
+        let mut inode = self.inode(ino)?;
+        for name in components {
+            if inode.kind() != EntryType::Dir {
+                return Ok(None);
+            }
+            match self.find_in_dir(&inode, name)? {
+                Some(next) => {
+                    ino = next;
+                    inode = self.inode(ino)?;
+                }
+                None => return Ok(None),
+            }
+        }
+        Ok(Some((ino, inode)))
+    }
+}
+
+/// Looks for `name` among the directory entries in `records` (one block,
+/// or one inline area). Entries with inode 0 (deleted entries, htree
+/// internal nodes, checksum tails) are skipped.
+fn scan_entries(records: &[u8], name: &[u8], filetype: bool) -> Option<u32> {
+    let mut at = 0;
+    while at + 8 <= records.len() {
+        let ino = le32(records, at);
+        let rec_len = le16(records, at + 4) as usize;
+        let name_len = if filetype {
+            records[at + 6] as usize
+        } else {
+            le16(records, at + 6) as usize
+        };
+        if rec_len < 8 || at + rec_len > records.len() {
+            return None;
+        }
+        if ino != 0 && 8 + name_len <= rec_len && &records[at + 8..at + 8 + name_len] == name {
+            return Some(ino);
+        }
+        at += rec_len;
+    }
+    None
+}

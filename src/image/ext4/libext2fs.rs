@@ -1,0 +1,519 @@
+//! Writes a plan into an ext2/3/4 image file through libext2fs, the library
+//! e2fsck and mke2fs are built on.
+//!
+//! The library is loaded at run time (`libext2fs.so.2`) so that building
+//! imprint needs no -dev package and a machine without e2fsprogs still runs
+//! every other format. Only a handful of entry points are used, and no
+//! struct layouts are shared: inodes are passed as raw on-disk bytes (the
+//! in-memory `ext2_inode_large` is the little-endian on-disk layout on the
+//! little-endian hosts imprint supports), so a libext2fs upgrade cannot
+//! silently shift a field under us.
+
+use std::ffi::{c_char, c_int, c_long, c_uint, c_void, CStr, CString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use libloading::Library;
+
+use super::disk::{feature, Superblock};
+use super::Ext4Error;
+use crate::image::EntryType;
+use crate::overlay::{ImagePath, Plan, PlanEntry, PlanKind};
+
+type Errcode = c_long;
+type Fs = *mut c_void;
+type Ino = u32;
+
+// Flags and error codes from <ext2fs/ext2fs.h> and <ext2fs/ext2_err.h>.
+const FLAG_RW: c_int = 0x01;
+/// Write only the primary superblock and group descriptors, as e2fsck
+/// does: backups stay byte-identical to the input.
+const FLAG_MASTER_SB_ONLY: c_int = 0x200;
+const FLAG_64BITS: c_int = 0x20000;
+const FILE_WRITE: c_int = 0x1;
+const FT_REG_FILE: c_int = 1;
+
+const ET_DIR_NO_SPACE: Errcode = 2133571366;
+const ET_UNSUPP_FEATURE: Errcode = 2133571395;
+const ET_RO_UNSUPP_FEATURE: Errcode = 2133571396;
+const ET_BLOCK_ALLOC_FAIL: Errcode = 2133571400;
+const ET_INODE_ALLOC_FAIL: Errcode = 2133571401;
+const ET_FILE_NOT_FOUND: Errcode = 2133571404;
+
+const EXTENTS_FL: u32 = 0x0008_0000;
+const INLINE_DATA_FL: u32 = 0x1000_0000;
+const INCOMPAT_EXTENTS: u32 = 0x40;
+
+/// The entry points imprint uses, resolved once per process.
+struct Api {
+    open2: unsafe extern "C" fn(
+        *const c_char,
+        *const c_char,
+        c_int,
+        c_int,
+        c_uint,
+        *const c_void,
+        *mut Fs,
+    ) -> Errcode,
+    close_free: unsafe extern "C" fn(*mut Fs) -> Errcode,
+    free: unsafe extern "C" fn(Fs),
+    read_bitmaps: unsafe extern "C" fn(Fs) -> Errcode,
+    lookup: unsafe extern "C" fn(Fs, Ino, *const c_char, c_int, *mut c_char, *mut Ino) -> Errcode,
+    mkdir: unsafe extern "C" fn(Fs, Ino, Ino, *const c_char) -> Errcode,
+    expand_dir: unsafe extern "C" fn(Fs, Ino) -> Errcode,
+    new_inode: unsafe extern "C" fn(Fs, Ino, c_int, *mut c_void, *mut Ino) -> Errcode,
+    link: unsafe extern "C" fn(Fs, Ino, *const c_char, Ino, c_int) -> Errcode,
+    inode_alloc_stats2: unsafe extern "C" fn(Fs, Ino, c_int, c_int),
+    read_inode_full: unsafe extern "C" fn(Fs, Ino, *mut u8, c_int) -> Errcode,
+    write_inode_full: unsafe extern "C" fn(Fs, Ino, *const u8, c_int) -> Errcode,
+    inline_data_init: unsafe extern "C" fn(Fs, Ino) -> Errcode,
+    file_open: unsafe extern "C" fn(Fs, Ino, c_int, *mut *mut c_void) -> Errcode,
+    file_write: unsafe extern "C" fn(*mut c_void, *const c_void, c_uint, *mut c_uint) -> Errcode,
+    file_set_size2: unsafe extern "C" fn(*mut c_void, u64) -> Errcode,
+    file_close: unsafe extern "C" fn(*mut c_void) -> Errcode,
+    unix_io_manager: *const c_void,
+    error_message: Option<unsafe extern "C" fn(c_long) -> *const c_char>,
+    // Keep the libraries loaded for as long as the pointers above live.
+    _libs: Vec<Library>,
+}
+
+// The function pointers and the io_manager pointer are immutable after
+// loading; libext2fs keeps no thread-affine state in them.
+unsafe impl Send for Api {}
+unsafe impl Sync for Api {}
+
+const LIBRARY: &str = "libext2fs.so.2";
+
+fn api() -> Result<&'static Api, Ext4Error> {
+    static API: OnceLock<Result<Api, String>> = OnceLock::new();
+    API.get_or_init(|| unsafe { load() }.map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|why| Ext4Error::LibraryMissing { why: why.clone() })
+}
+
+unsafe fn load() -> Result<Api, libloading::Error> {
+    let lib = Library::new(LIBRARY)?;
+    macro_rules! sym {
+        ($name:literal) => {
+            *lib.get(concat!($name, "\0").as_bytes())?
+        };
+    }
+    // com_err turns error codes into messages; libext2fs depends on it, so
+    // it is present whenever libext2fs is.
+    let com_err = Library::new("libcom_err.so.2").ok();
+    let error_message = com_err
+        .as_ref()
+        .and_then(|l| l.get(b"error_message\0").ok().map(|s| *s));
+    let init_table: Option<unsafe extern "C" fn()> =
+        lib.get(b"initialize_ext2_error_table\0").ok().map(|s| *s);
+    if let Some(init) = init_table {
+        init();
+    }
+    let io_manager: *const *const c_void = sym!("unix_io_manager");
+    let api = Api {
+        open2: sym!("ext2fs_open2"),
+        close_free: sym!("ext2fs_close_free"),
+        free: sym!("ext2fs_free"),
+        read_bitmaps: sym!("ext2fs_read_bitmaps"),
+        lookup: sym!("ext2fs_lookup"),
+        mkdir: sym!("ext2fs_mkdir"),
+        expand_dir: sym!("ext2fs_expand_dir"),
+        new_inode: sym!("ext2fs_new_inode"),
+        link: sym!("ext2fs_link"),
+        inode_alloc_stats2: sym!("ext2fs_inode_alloc_stats2"),
+        read_inode_full: sym!("ext2fs_read_inode_full"),
+        write_inode_full: sym!("ext2fs_write_inode_full"),
+        inline_data_init: sym!("ext2fs_inline_data_init"),
+        file_open: sym!("ext2fs_file_open"),
+        file_write: sym!("ext2fs_file_write"),
+        file_set_size2: sym!("ext2fs_file_set_size2"),
+        file_close: sym!("ext2fs_file_close"),
+        unix_io_manager: *io_manager,
+        error_message,
+        _libs: [Some(lib), com_err].into_iter().flatten().collect(),
+    };
+    Ok(api)
+}
+
+/// Checks that libext2fs can be loaded, so a missing library is reported
+/// before any work (or API call) is done.
+pub fn ensure_loaded() -> Result<(), Ext4Error> {
+    api().map(|_| ())
+}
+
+fn message(api: &Api, code: Errcode) -> String {
+    if let Some(f) = api.error_message {
+        // SAFETY: error_message returns a static or thread-local C string.
+        let text = unsafe { CStr::from_ptr(f(code)) };
+        return text.to_string_lossy().into_owned();
+    }
+    format!("error code {code}")
+}
+
+/// An open filesystem; freed without flushing unless `close` succeeds, so
+/// an error half-way leaves nothing to flush into the (discarded) copy.
+struct OpenFs<'a> {
+    api: &'a Api,
+    fs: Fs,
+    inode_size: usize,
+    inline_data: bool,
+    extents: bool,
+}
+
+impl Drop for OpenFs<'_> {
+    fn drop(&mut self) {
+        if !self.fs.is_null() {
+            // SAFETY: fs came from ext2fs_open2 and is not used afterwards.
+            unsafe { (self.api.free)(self.fs) };
+        }
+    }
+}
+
+impl OpenFs<'_> {
+    fn check(&self, code: Errcode, op: impl FnOnce() -> String) -> Result<(), Ext4Error> {
+        match code {
+            0 => Ok(()),
+            ET_INODE_ALLOC_FAIL => Err(Ext4Error::NoFreeInode { doing: op() }),
+            ET_BLOCK_ALLOC_FAIL | ET_DIR_NO_SPACE => Err(Ext4Error::NoFreeBlock { doing: op() }),
+            ET_UNSUPP_FEATURE | ET_RO_UNSUPP_FEATURE => Err(Ext4Error::Unsupported {
+                features: message(self.api, code),
+            }),
+            _ => Err(Ext4Error::Library {
+                doing: op(),
+                message: message(self.api, code),
+            }),
+        }
+    }
+
+    fn lookup(&self, dir: Ino, name: &str) -> Result<Option<Ino>, Ext4Error> {
+        let mut ino: Ino = 0;
+        // SAFETY: name is valid for name.len() bytes; ino is a valid out pointer.
+        let code = unsafe {
+            (self.api.lookup)(
+                self.fs,
+                dir,
+                name.as_ptr().cast(),
+                name.len() as c_int,
+                std::ptr::null_mut(),
+                &mut ino,
+            )
+        };
+        if code == ET_FILE_NOT_FOUND {
+            return Ok(None);
+        }
+        self.check(code, || format!("look up {name}"))?;
+        Ok(Some(ino))
+    }
+
+    fn read_inode(&self, ino: Ino) -> Result<Vec<u8>, Ext4Error> {
+        let mut raw = vec![0u8; self.inode_size];
+        // SAFETY: raw holds inode_size bytes, the size we pass.
+        let code = unsafe {
+            (self.api.read_inode_full)(self.fs, ino, raw.as_mut_ptr(), raw.len() as c_int)
+        };
+        self.check(code, || format!("read inode {ino}"))?;
+        Ok(raw)
+    }
+
+    fn write_inode(&self, ino: Ino, raw: &[u8]) -> Result<(), Ext4Error> {
+        // SAFETY: raw holds inode_size bytes, the size we pass.
+        let code =
+            unsafe { (self.api.write_inode_full)(self.fs, ino, raw.as_ptr(), raw.len() as c_int) };
+        self.check(code, || format!("write inode {ino}"))
+    }
+
+    /// Walks `components` from the root without following symlinks.
+    fn resolve(&self, path: &ImagePath) -> Result<Option<Ino>, Ext4Error> {
+        let mut ino = super::disk::ROOT_INO;
+        for (i, name) in path.components().iter().enumerate() {
+            if i > 0 && inode_kind(&self.read_inode(ino)?) != EntryType::Dir {
+                return Ok(None);
+            }
+            match self.lookup(ino, name)? {
+                Some(next) => ino = next,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(ino))
+    }
+
+    /// Adds a directory entry, growing the directory by a block when full,
+    /// the way e2fsprogs' own tools do.
+    fn with_dir_space(
+        &self,
+        dir: Ino,
+        what: &str,
+        mut add: impl FnMut() -> Errcode,
+    ) -> Result<(), Ext4Error> {
+        let mut code = add();
+        if code == ET_DIR_NO_SPACE {
+            // SAFETY: plain call on an open fs.
+            let grown = unsafe { (self.api.expand_dir)(self.fs, dir) };
+            self.check(grown, || {
+                format!("grow the directory that will hold {what}")
+            })?;
+            code = add();
+        }
+        self.check(code, || format!("add {what}"))
+    }
+
+    fn make_dir(&self, parent: Ino, entry: &PlanEntry, mtime: i64) -> Result<(), Ext4Error> {
+        let name = CString::new(entry.path.file_name()).expect("ImagePath has no NUL");
+        let what = entry.path.to_string();
+        // SAFETY: name is a valid C string for the duration of the call.
+        self.with_dir_space(parent, &what, || unsafe {
+            (self.api.mkdir)(self.fs, parent, 0, name.as_ptr())
+        })?;
+        let ino = self
+            .lookup(parent, entry.path.file_name())?
+            .ok_or_else(|| Ext4Error::Library {
+                doing: format!("find {what} after creating it"),
+                message: "it is not there".into(),
+            })?;
+        let mut raw = self.read_inode(ino)?;
+        set_attributes(&mut raw, 0o040000 | entry.mode as u16, entry, mtime, true);
+        self.write_inode(ino, &raw)
+    }
+
+    /// Allocates an empty regular file and links it into `parent`.
+    fn create_file(&self, parent: Ino, entry: &PlanEntry, mtime: i64) -> Result<Ino, Ext4Error> {
+        let what = entry.path.to_string();
+        let mut ino: Ino = 0;
+        // SAFETY: ino is a valid out pointer; a null bitmap means the fs's own.
+        let code = unsafe {
+            (self.api.new_inode)(
+                self.fs,
+                parent,
+                0o100000 | entry.mode as c_int,
+                std::ptr::null_mut(),
+                &mut ino,
+            )
+        };
+        self.check(code, || format!("allocate an inode for {what}"))?;
+        let name = CString::new(entry.path.file_name()).expect("ImagePath has no NUL");
+        // SAFETY: name is a valid C string for the duration of the call.
+        self.with_dir_space(parent, &what, || unsafe {
+            (self.api.link)(self.fs, parent, name.as_ptr(), ino, FT_REG_FILE)
+        })?;
+        // SAFETY: ino was just allocated by ext2fs_new_inode.
+        unsafe { (self.api.inode_alloc_stats2)(self.fs, ino, 1, 0) };
+
+        let mut raw = vec![0u8; self.inode_size];
+        if self.inode_size > 128 {
+            // i_extra_isize: the fixed extra fields (times, crtime) we fill.
+            let extra = (self.inode_size - 128).min(32) as u16;
+            raw[128..130].copy_from_slice(&extra.to_le_bytes());
+        }
+        put16(&mut raw, 26, 1); // one link
+        if self.inline_data {
+            put32(&mut raw, 32, INLINE_DATA_FL);
+        } else if self.extents {
+            put32(&mut raw, 32, EXTENTS_FL);
+            // An empty extent tree root: magic, 0 entries, room for 4, depth 0.
+            put16(&mut raw, 40, 0xF30A);
+            put16(&mut raw, 44, 4);
+        }
+        set_attributes(&mut raw, 0o100000 | entry.mode as u16, entry, mtime, true);
+        self.write_inode(ino, &raw)?;
+        if self.inline_data {
+            // SAFETY: plain call on an open fs and an inode we own.
+            let code = unsafe { (self.api.inline_data_init)(self.fs, ino) };
+            self.check(code, || format!("set up inline data for {what}"))?;
+        }
+        Ok(ino)
+    }
+
+    /// Replaces the whole content of regular file `ino`.
+    fn write_content(&self, ino: Ino, content: &[u8], what: &str) -> Result<(), Ext4Error> {
+        let mut file: *mut c_void = std::ptr::null_mut();
+        // SAFETY: file is a valid out pointer.
+        let code = unsafe { (self.api.file_open)(self.fs, ino, FILE_WRITE, &mut file) };
+        self.check(code, || format!("open {what}"))?;
+        let result = (|| {
+            // SAFETY: file is open; content outlives the calls.
+            let code = unsafe { (self.api.file_set_size2)(file, 0) };
+            self.check(code, || format!("truncate {what}"))?;
+            let mut done = 0usize;
+            while done < content.len() {
+                let mut written: c_uint = 0;
+                let rest = &content[done..];
+                let code = unsafe {
+                    (self.api.file_write)(
+                        file,
+                        rest.as_ptr().cast(),
+                        rest.len() as c_uint,
+                        &mut written,
+                    )
+                };
+                self.check(code, || format!("write {what}"))?;
+                if written == 0 {
+                    return Err(Ext4Error::NoFreeBlock {
+                        doing: format!("write {what}"),
+                    });
+                }
+                done += written as usize;
+            }
+            Ok(())
+        })();
+        // SAFETY: file is open and not used after this.
+        let closed = unsafe { (self.api.file_close)(file) };
+        result?;
+        self.check(closed, || format!("finish writing {what}"))
+    }
+
+    fn write_file(
+        &self,
+        parent: Ino,
+        entry: &PlanEntry,
+        content: &[u8],
+        mtime: i64,
+    ) -> Result<(), Ext4Error> {
+        let what = entry.path.to_string();
+        let ino = match self.lookup(parent, entry.path.file_name())? {
+            Some(ino) => {
+                let raw = self.read_inode(ino)?;
+                let kind = inode_kind(&raw);
+                let links = u16::from_le_bytes([raw[26], raw[27]]);
+                if kind != EntryType::Regular || links != 1 {
+                    return Err(Ext4Error::Unexpected {
+                        path: what,
+                        what: describe(kind, links),
+                    });
+                }
+                ino
+            }
+            None => self.create_file(parent, entry, mtime)?,
+        };
+        self.write_content(ino, content, &what)?;
+        // The file API rewrote size and block count; put our metadata last.
+        let mut raw = self.read_inode(ino)?;
+        set_attributes(&mut raw, 0o100000 | entry.mode as u16, entry, mtime, false);
+        self.write_inode(ino, &raw)
+    }
+
+    fn close(mut self) -> Result<(), Ext4Error> {
+        // SAFETY: close_free flushes, frees and nulls fs.
+        let code = unsafe { (self.api.close_free)(&mut self.fs) };
+        self.fs = std::ptr::null_mut();
+        self.check(code, || "write the filesystem's metadata".into())
+    }
+}
+
+fn describe(kind: EntryType, links: u16) -> String {
+    match kind {
+        EntryType::Symlink => "a symlink".into(),
+        EntryType::Dir => "a directory".into(),
+        EntryType::Regular => format!("a file with {links} hard links"),
+        EntryType::Other => "a device, fifo or socket".into(),
+    }
+}
+
+fn inode_kind(raw: &[u8]) -> EntryType {
+    match u16::from_le_bytes([raw[0], raw[1]]) & 0xF000 {
+        0x8000 => EntryType::Regular,
+        0x4000 => EntryType::Dir,
+        0xA000 => EntryType::Symlink,
+        _ => EntryType::Other,
+    }
+}
+
+fn put16(raw: &mut [u8], at: usize, v: u16) {
+    raw[at..at + 2].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put32(raw: &mut [u8], at: usize, v: u32) {
+    raw[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Sets mode, owner (32-bit ids split into the low and high halves) and
+/// every timestamp to `mtime`, so no wall-clock time reaches the image.
+fn set_attributes(raw: &mut [u8], mode: u16, entry: &PlanEntry, mtime: i64, new: bool) {
+    put16(raw, 0, mode);
+    put16(raw, 2, entry.owner.uid as u16);
+    put16(raw, 120, (entry.owner.uid >> 16) as u16);
+    put16(raw, 24, entry.owner.gid as u16);
+    put16(raw, 122, (entry.owner.gid >> 16) as u16);
+    let t = mtime.clamp(i32::MIN as i64, (i32::MAX as i64) + (3 << 32));
+    let lo = t as u32;
+    // Seconds beyond 2038 go into the two epoch bits of the _extra fields.
+    let epoch = ((t - i64::from(lo as i32)) >> 32) as u32 & 3;
+    for at in [8, 12, 16] {
+        put32(raw, at, lo);
+    }
+    let extra_end = if raw.len() > 130 {
+        128 + u16::from_le_bytes([raw[128], raw[129]]) as usize
+    } else {
+        128
+    };
+    for at in [132, 136, 140] {
+        if at + 4 <= extra_end {
+            put32(raw, at, epoch);
+        }
+    }
+    if new && 152 <= extra_end {
+        put32(raw, 144, lo);
+        put32(raw, 148, epoch);
+    }
+}
+
+/// Applies `plan` to the ext2/3/4 image at `image`, editing it in place,
+/// then sets the superblock's write time to the plan's time.
+pub fn apply(image: &Path, sb: &Superblock, plan: &Plan) -> Result<(), Ext4Error> {
+    let api = api()?;
+    let name = CString::new(image.as_os_str().as_bytes()).map_err(|_| Ext4Error::Library {
+        doing: "open the image".into(),
+        message: "its path contains a NUL byte".into(),
+    })?;
+    let mut fs: Fs = std::ptr::null_mut();
+    // SAFETY: name is a valid C string; fs is a valid out pointer.
+    let code = unsafe {
+        (api.open2)(
+            name.as_ptr(),
+            std::ptr::null(),
+            FLAG_RW | FLAG_64BITS | FLAG_MASTER_SB_ONLY,
+            0,
+            0,
+            api.unix_io_manager,
+            &mut fs,
+        )
+    };
+    let open = OpenFs {
+        api,
+        fs: if code == 0 { fs } else { std::ptr::null_mut() },
+        inode_size: sb.inode_size as usize,
+        inline_data: sb.incompat & feature::INCOMPAT_INLINE_DATA != 0,
+        extents: sb.incompat & INCOMPAT_EXTENTS != 0,
+    };
+    open.check(code, || "open the filesystem".into())?;
+    // SAFETY: plain call on an open fs.
+    let code = unsafe { (api.read_bitmaps)(open.fs) };
+    open.check(code, || "read the allocation bitmaps".into())?;
+
+    for entry in &plan.entries {
+        let parent_path = entry.path.parent().expect("plan paths are below /");
+        let parent = open
+            .resolve(&parent_path)?
+            .ok_or_else(|| Ext4Error::Library {
+                doing: format!("find {parent_path}"),
+                message: "it is not there".into(),
+            })?;
+        match &entry.kind {
+            PlanKind::Dir => match open.lookup(parent, entry.path.file_name())? {
+                Some(ino) => {
+                    let kind = inode_kind(&open.read_inode(ino)?);
+                    if kind != EntryType::Dir {
+                        return Err(Ext4Error::Unexpected {
+                            path: entry.path.to_string(),
+                            what: describe(kind, 1),
+                        });
+                    }
+                }
+                None => open.make_dir(parent, entry, plan.mtime)?,
+            },
+            PlanKind::File(content) => open.write_file(parent, entry, content, plan.mtime)?,
+        }
+    }
+    open.close()?;
+    super::set_write_time(image, plan.mtime)
+}

@@ -1,0 +1,387 @@
+//! ext2/3/4 images: written through libext2fs (see [`libext2fs`]), read
+//! through imprint's own small reader (see [`disk`]), so the two check each
+//! other.
+//!
+//! The output is a hole-preserving copy of the input that libext2fs then
+//! edits in place; the input is only ever opened for reading.
+
+pub mod disk;
+mod libext2fs;
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use thiserror::Error;
+
+use super::{Found, ImageBackend, ImageError, ImageFacts, ImageReader};
+use crate::output::TempOutput;
+use crate::overlay::{Existing, ImagePath, Plan};
+use disk::{Ext4Fs, ReadAt, Superblock};
+
+pub use libext2fs::ensure_loaded;
+
+#[derive(Debug, Error)]
+pub enum Ext4Error {
+    #[error("not an ext2/3/4 filesystem: {why}")]
+    NotExt4 { why: String },
+    #[error("the ext2/3/4 filesystem is damaged: {why}. Check it with e2fsck -f")]
+    Corrupt { why: String },
+    #[error("the image is truncated: its superblock describes {expected} bytes but there are only {actual}")]
+    Truncated { expected: u64, actual: u64 },
+    #[error("the filesystem's journal needs recovery (it was not cleanly unmounted). Replay it on a copy with `e2fsck -fy`, or rebuild the image, then try again")]
+    NeedsRecovery,
+    #[error("the filesystem is marked as having errors. Repair it with `e2fsck -f` (or rebuild the image), then try again")]
+    HasErrors,
+    #[error(
+        "the filesystem has orphan inodes waiting to be cleaned up. Run `e2fsck -f` on it first"
+    )]
+    OrphansPresent,
+    #[error(
+        "the filesystem uses unsupported feature flags ({features}); imprint will not write to it"
+    )]
+    Unsupported { features: String },
+    #[error("no free inode left in the filesystem while trying to {doing}. Build the image with more inodes (mke2fs -N) or free some")]
+    NoFreeInode { doing: String },
+    #[error("no free block left in the filesystem while trying to {doing}. Build a larger image or free some space")]
+    NoFreeBlock { doing: String },
+    #[error("{path} is {what}; it was checked to be fine a moment ago, so the image changed under imprint")]
+    Unexpected { path: String, what: String },
+    #[error("libext2fs failed to {doing}: {message}")]
+    Library { doing: String, message: String },
+    #[error("cannot load libext2fs.so.2, which imprint uses to write ext2/3/4 images ({why}). Install e2fsprogs (Debian/Ubuntu: apt-get install e2fsprogs libext2fs2)")]
+    LibraryMissing { why: String },
+    #[error("copying the image failed: {0}")]
+    Copy(io::Error),
+    #[error("updating the superblock's write time failed: {0}")]
+    Superblock(io::Error),
+}
+
+// Features imprint's reader and libext2fs's writer both handle. Anything
+// else (compression, a journal device, MMP, dirdata, shared blocks,
+// unknown bits) is refused rather than risked.
+const INCOMPAT_OK: u32 =
+    0x2 | 0x10 | 0x40 | 0x80 | 0x200 | 0x400 | 0x2000 | 0x4000 | 0x8000 | 0x1_0000 | 0x2_0000;
+const RO_COMPAT_OK: u32 =
+    0x1 | 0x2 | 0x8 | 0x10 | 0x20 | 0x40 | 0x100 | 0x200 | 0x400 | 0x1000 | 0x2000 | 0x8000;
+const RO_COMPAT_ORPHAN_PRESENT: u32 = 0x1_0000;
+
+/// An ext2/3/4 filesystem read through imprint's own reader, from a raw
+/// image or a sparse image's expansion.
+pub struct Ext4Image<R> {
+    fs: Ext4Fs<R>,
+}
+
+impl<R: ReadAt> Ext4Image<R> {
+    /// Reads and sanity-checks the superblock. `available` is how many
+    /// bytes the image really has.
+    pub fn open(dev: R, available: u64) -> Result<Self, Ext4Error> {
+        let fs = Ext4Fs::open(dev)?;
+        if fs.sb.image_bytes() > available {
+            return Err(Ext4Error::Truncated {
+                expected: fs.sb.image_bytes(),
+                actual: available,
+            });
+        }
+        Ok(Ext4Image { fs })
+    }
+
+    pub fn superblock(&self) -> &Superblock {
+        &self.fs.sb
+    }
+
+    /// Refuses filesystems that must not be written as they are.
+    pub fn check_writable(&self) -> Result<(), Ext4Error> {
+        let sb = &self.fs.sb;
+        if sb.incompat & disk::feature::INCOMPAT_RECOVER != 0 {
+            return Err(Ext4Error::NeedsRecovery);
+        }
+        if sb.has_errors() {
+            return Err(Ext4Error::HasErrors);
+        }
+        if sb.ro_compat & RO_COMPAT_ORPHAN_PRESENT != 0 {
+            return Err(Ext4Error::OrphansPresent);
+        }
+        let bad_incompat = sb.incompat & !INCOMPAT_OK;
+        let bad_ro = sb.ro_compat & !RO_COMPAT_OK;
+        if bad_incompat != 0 || bad_ro != 0 {
+            return Err(Ext4Error::Unsupported {
+                features: format!("incompat 0x{bad_incompat:x}, ro_compat 0x{bad_ro:x}"),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn lookup(&self, path: &ImagePath, max_content: u64) -> Result<Option<Found>, Ext4Error> {
+        let Some((_, inode)) = self.fs.resolve(path.components())? else {
+            return Ok(None);
+        };
+        let meta = inode.meta();
+        let content = if meta.kind == super::EntryType::Regular && meta.size <= max_content {
+            Some(self.fs.read_content(&inode, max_content)?)
+        } else {
+            None
+        };
+        Ok(Some((meta, content)))
+    }
+
+    fn existing(&self, path: &ImagePath) -> Result<Option<Existing>, Ext4Error> {
+        Ok(self
+            .fs
+            .resolve(path.components())?
+            .map(|(_, inode)| Existing {
+                kind: inode.kind(),
+                links: u32::from(inode.links),
+            }))
+    }
+
+    /// /etc/passwd, /etc/group and the mtime of /etc.
+    pub fn facts(&self) -> Result<ImageFacts, Ext4Error> {
+        const MAX_DB: u64 = 16 << 20;
+        let read = |p: &str| -> Result<Option<Vec<u8>>, Ext4Error> {
+            let path = ImagePath::parse(p).expect("constant path");
+            Ok(self.lookup(&path, MAX_DB)?.and_then(|(_, c)| c))
+        };
+        let etc = self.fs.resolve(&["etc".to_string()])?;
+        Ok(ImageFacts {
+            passwd: read("/etc/passwd")?,
+            group: read("/etc/group")?,
+            reference_mtime: etc.map(|(_, i)| i.mtime).unwrap_or(0),
+        })
+    }
+
+    /// Everything that can be checked before a byte is written.
+    pub fn preflight(&self, plan: &Plan) -> Result<(), ImageError> {
+        self.check_writable()?;
+        plan.check_existing(|p| self.existing(p).map_err(ImageError::from))
+    }
+}
+
+/// Writes `plan` into the raw ext2/3/4 image at `raw`, in place.
+pub fn write_plan(raw: &Path, sb: &Superblock, plan: &Plan) -> Result<(), Ext4Error> {
+    libext2fs::apply(raw, sb, plan)
+}
+
+/// Sets the primary superblock's last-write time (libext2fs stamps the
+/// wall clock there on close) and refreshes its checksum.
+fn set_write_time(image: &Path, time: i64) -> Result<(), Ext4Error> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .map_err(Ext4Error::Superblock)?;
+    let mut sb = vec![0u8; Superblock::SIZE];
+    file.read_exact_at(&mut sb, Superblock::OFFSET)
+        .map_err(Ext4Error::Superblock)?;
+    let t = time.max(0);
+    sb[0x30..0x34].copy_from_slice(&(t as u32).to_le_bytes());
+    sb[0x274] = (t >> 32) as u8;
+    let ro_compat = u32::from_le_bytes(sb[0x64..0x68].try_into().expect("4 bytes"));
+    if ro_compat & disk::feature::RO_COMPAT_METADATA_CSUM != 0 {
+        let sum = crc32c_raw(!0, &sb[..0x3FC]);
+        sb[0x3FC..].copy_from_slice(&sum.to_le_bytes());
+    }
+    file.write_all_at(&sb, Superblock::OFFSET)
+        .map_err(Ext4Error::Superblock)?;
+    file.sync_all().map_err(Ext4Error::Superblock)
+}
+
+/// CRC-32C as ext4 uses it: seeded, without the final inversion.
+fn crc32c_raw(mut crc: u32, data: &[u8]) -> u32 {
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0x82F6_3B78 & (crc & 1).wrapping_neg());
+        }
+    }
+    crc
+}
+
+/// Copies `input` into the empty file `out`, keeping holes: only the data
+/// regions are read and written (copy_file_range, which may share extents
+/// on filesystems that support it), so a mostly empty 16 GiB image costs
+/// the I/O of its data, not 16 GiB.
+pub fn copy_keeping_holes(input: &File, out: &File) -> io::Result<()> {
+    let len = input.metadata()?.len();
+    let fd_in = input.as_raw_fd();
+    let mut pos: u64 = 0;
+    while pos < len {
+        // SAFETY: lseek on a file descriptor we own.
+        let data = unsafe { libc::lseek(fd_in, pos as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ENXIO) {
+                break; // only a hole remains
+            }
+            return Err(err);
+        }
+        let hole = unsafe { libc::lseek(fd_in, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        copy_range(input, out, data as u64, (hole - data) as u64)?;
+        pos = hole as u64;
+    }
+    out.set_len(len)?;
+    Ok(())
+}
+
+fn copy_range(input: &File, out: &File, start: u64, len: u64) -> io::Result<()> {
+    let mut done = 0u64;
+    while done < len {
+        let mut off_in = (start + done) as libc::loff_t;
+        let mut off_out = off_in;
+        let chunk = (len - done).min(1 << 30) as usize;
+        // SAFETY: both descriptors are open; offsets are valid out pointers.
+        let n = unsafe {
+            libc::copy_file_range(
+                input.as_raw_fd(),
+                &mut off_in,
+                out.as_raw_fd(),
+                &mut off_out,
+                chunk,
+                0,
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            return match err.raw_os_error() {
+                // Kernels or filesystems without copy_file_range between
+                // these files: copy through a buffer instead.
+                Some(libc::ENOSYS | libc::EXDEV | libc::EINVAL | libc::EOPNOTSUPP) => {
+                    copy_buffered(input, out, start + done, len - done)
+                }
+                _ => Err(err),
+            };
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the input shrank while it was copied",
+            ));
+        }
+        done += n as u64;
+    }
+    Ok(())
+}
+
+fn copy_buffered(input: &File, out: &File, start: u64, len: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        input.read_exact_at(&mut buf[..n], start + done)?;
+        out.write_all_at(&buf[..n], start + done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// Runs `e2fsck -fn` on a raw image: None when e2fsck is not installed.
+pub fn e2fsck(raw: &Path) -> Option<Result<(), String>> {
+    let out = match Command::new("e2fsck").arg("-fn").arg(raw).output() {
+        Ok(o) => o,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => return Some(Err(format!("cannot run e2fsck: {e}"))),
+    };
+    if out.status.success() {
+        return Some(Ok(()));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summary: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(6)
+        .collect();
+    Some(Err(format!(
+        "e2fsck -fn exited with {}: {}",
+        out.status.code().unwrap_or(-1),
+        summary.join(" / ")
+    )))
+}
+
+fn open_file(path: &Path) -> Result<(File, u64), ImageError> {
+    let file = File::open(path).map_err(|source| ImageError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let len = file.metadata().map_err(|source| ImageError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok((file, len.len()))
+}
+
+/// Writes plans into copies of a raw ext2/3/4 image.
+pub struct Ext4Backend {
+    input: PathBuf,
+    image: Ext4Image<File>,
+}
+
+impl Ext4Backend {
+    pub fn open(path: &Path) -> Result<Ext4Backend, ImageError> {
+        let (file, len) = open_file(path)?;
+        let image = Ext4Image::open(file, len)?;
+        image.check_writable()?;
+        ensure_loaded()?;
+        Ok(Ext4Backend {
+            input: path.to_path_buf(),
+            image,
+        })
+    }
+}
+
+impl ImageBackend for Ext4Backend {
+    fn facts(&mut self) -> Result<ImageFacts, ImageError> {
+        Ok(self.image.facts()?)
+    }
+
+    fn apply(&mut self, plan: &Plan, out: &mut TempOutput) -> Result<(), ImageError> {
+        self.image.preflight(plan)?;
+        let (input, _) = open_file(&self.input)?;
+        copy_keeping_holes(&input, out.file_for_editing()).map_err(ImageError::Output)?;
+        write_plan(out.temp_path(), self.image.superblock(), plan)?;
+        Ok(())
+    }
+}
+
+/// Reads files out of a raw ext2/3/4 image for `verify`.
+pub struct Ext4Reader {
+    path: PathBuf,
+    image: Ext4Image<File>,
+}
+
+impl Ext4Reader {
+    pub fn open(path: &Path) -> Result<Ext4Reader, ImageError> {
+        let (file, len) = open_file(path)?;
+        Ok(Ext4Reader {
+            path: path.to_path_buf(),
+            image: Ext4Image::open(file, len)?,
+        })
+    }
+}
+
+impl ImageReader for Ext4Reader {
+    fn lookup(&mut self, path: &ImagePath, max_content: u64) -> Result<Option<Found>, ImageError> {
+        Ok(self.image.lookup(path, max_content)?)
+    }
+
+    fn fsck(&mut self) -> Option<Result<(), String>> {
+        e2fsck(&self.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32c_matches_the_standard_check_value() {
+        // The CRC-32C check value of "123456789" is 0xE3069283 with the
+        // usual final inversion.
+        assert_eq!(!crc32c_raw(!0, b"123456789"), 0xE306_9283);
+    }
+}
