@@ -89,6 +89,7 @@ pub struct TempOutput {
     /// (e.g. libext2fs editing it in place); the digest is then computed by
     /// reading the file back.
     edited_in_place: bool,
+    committed: bool,
 }
 
 impl TempOutput {
@@ -98,21 +99,8 @@ impl TempOutput {
         let name = final_path.file_name().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "output has no file name")
         })?;
-        let temp_name = format!(
-            ".{}.imprint-{}-{}.tmp",
-            name.to_string_lossy(),
-            std::process::id(),
-            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let temp_path = dir.unwrap_or(Path::new(".")).join(temp_name);
-        register(&temp_path);
-        let file = match create_private(&temp_path) {
-            Ok(f) => f,
-            Err(e) => {
-                unregister(&temp_path);
-                return Err(e);
-            }
-        };
+        let (temp_path, file) =
+            create_registered(dir.unwrap_or(Path::new(".")), &name.to_string_lossy(), "tmp")?;
         Ok(TempOutput {
             temp_path,
             final_path: final_path.to_path_buf(),
@@ -120,6 +108,7 @@ impl TempOutput {
             hasher: Sha256::new(),
             written: 0,
             edited_in_place: false,
+            committed: false,
         })
     }
 
@@ -167,14 +156,12 @@ impl TempOutput {
         unregister(&self.temp_path);
         sync_parent(&self.final_path);
         write_sidecar(&self.final_path, &sha256)?;
-        let emitted = Emitted {
+        self.committed = true;
+        Ok(Emitted {
             path: self.final_path.clone(),
             sha256,
             size,
-        };
-        // Nothing left to clean up: forget without running Drop.
-        std::mem::forget(self);
-        Ok(emitted)
+        })
     }
 }
 
@@ -193,8 +180,69 @@ impl Write for TempOutput {
 
 impl Drop for TempOutput {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.temp_path);
-        unregister(&self.temp_path);
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.temp_path);
+            unregister(&self.temp_path);
+        }
+    }
+}
+
+/// Creates `.<name>.imprint-<pid>-<n>.<suffix>` in `dir`, 0600, registered
+/// for removal on interrupt.
+fn create_registered(dir: &Path, name: &str, suffix: &str) -> io::Result<(PathBuf, File)> {
+    let path = dir.join(format!(
+        ".{name}.imprint-{}-{}.{suffix}",
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    register(&path);
+    match create_private(&path) {
+        Ok(file) => Ok((path, file)),
+        Err(e) => {
+            unregister(&path);
+            Err(e)
+        }
+    }
+}
+
+/// A private scratch file (0600, removed when dropped or on interrupt),
+/// e.g. a sparse image expanded so libext2fs can edit it.
+pub struct Scratch {
+    path: PathBuf,
+    file: File,
+}
+
+impl Scratch {
+    /// Creates a scratch file in `dir` named after `name`.
+    pub fn create_in(dir: &Path, name: &str) -> io::Result<Scratch> {
+        let (path, file) = create_registered(dir, name, "scratch")?;
+        Ok(Scratch { path, file })
+    }
+
+    /// A scratch file in the same directory as `beside`, so it lives on a
+    /// filesystem the user chose for large files.
+    pub fn beside(beside: &Path) -> io::Result<Scratch> {
+        let dir = beside.parent().filter(|p| !p.as_os_str().is_empty());
+        let name = beside
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "image".into());
+        Scratch::create_in(dir.unwrap_or(Path::new(".")), &name)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        unregister(&self.path);
     }
 }
 
