@@ -4,16 +4,22 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
+use std::process::Command;
 
 use anyhow::{Context, Result};
 
 use imprint::admin::AdminConfig;
 use imprint::identity::Serial;
 use imprint::image::codec::Compression;
+use imprint::image::ext4::{self, Ext4Image};
+use imprint::image::sparse;
 use imprint::overlay::OverlaySpec;
+use imprint::overlay::{ImagePath, Plan, PlanEntry, PlanKind};
+use imprint::owner::Owner;
 use imprint::provision::{self, Request, Target};
 use imprint::stub::StubServer;
 use imprint::verify::{self, Expectations};
+use zeroize::Zeroizing;
 
 /// A small rootfs, the files in `testdata/rootfs` (built into the binary so
 /// the demo runs from anywhere): (path, mode, uid, gid, content).
@@ -108,6 +114,75 @@ pub fn write_sample_tar(path: &Path, compression: Compression, mtime: u64) -> Re
     Ok(())
 }
 
+/// Builds the sample rootfs as a raw ext4 image: an empty filesystem from
+/// mke2fs, filled through imprint's own libext2fs writer, which sets owners
+/// without needing root.
+pub fn write_sample_ext4(path: &Path, mtime: i64) -> Result<()> {
+    let _ = std::fs::remove_file(path);
+    let out = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-L", "APP"])
+        .arg(path)
+        .arg("32M")
+        .output()
+        .context("cannot run mke2fs (install e2fsprogs)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "mke2fs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let owner = |id: u32| {
+        if id == 0 {
+            Owner::root()
+        } else {
+            Owner {
+                uid: id,
+                gid: id,
+                user_name: Some("azaion".into()),
+                group_name: Some("azaion".into()),
+            }
+        }
+    };
+    let path_of = |p: &str| ImagePath::parse(&format!("/{p}")).expect("sample paths are valid");
+    let dirs = SAMPLE_DIRS
+        .iter()
+        .filter(|(d, ..)| !d.is_empty())
+        .map(|(d, uid, _)| PlanEntry {
+            path: path_of(d),
+            kind: PlanKind::Dir,
+            mode: 0o755,
+            owner: owner(*uid),
+        });
+    let files = SAMPLE_FILES
+        .iter()
+        .map(|(name, mode, uid, _, content)| PlanEntry {
+            path: path_of(name),
+            kind: PlanKind::File(Zeroizing::new(content.to_vec())),
+            mode: *mode,
+            owner: owner(*uid),
+        });
+    let plan = Plan {
+        entries: dirs.chain(files).collect(),
+        mtime,
+    };
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let image = Ext4Image::open(file, len)?;
+    ext4::write_plan(path, image.superblock(), &plan)?;
+    Ok(())
+}
+
+/// Builds the sample rootfs as flash.sh's `system.img`: the raw ext4 image
+/// encoded as an Android sparse image.
+pub fn write_sample_sparse(path: &Path, mtime: i64) -> Result<()> {
+    let raw = path.with_extension("img.raw");
+    write_sample_ext4(&raw, mtime)?;
+    let mut out =
+        File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    sparse::encode_raw(&File::open(&raw)?, 4096, &mut out)?;
+    std::fs::remove_file(&raw)?;
+    Ok(())
+}
+
 pub fn run(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let server = StubServer::start().context("cannot start the stand-in API on 127.0.0.1")?;
@@ -116,17 +191,52 @@ pub fn run(dir: &Path) -> Result<()> {
         server.url()
     );
 
-    let base = dir.join("rootfs.tar.gz");
-    write_sample_tar(&base, Compression::Gzip, 1_700_000_000)?;
-    println!("2. Built a sample rootfs: {}", base.display());
+    let tarball = dir.join("rootfs.tar.gz");
+    write_sample_tar(&tarball, Compression::Gzip, 1_700_000_000)?;
+    let system_img = dir.join("system.img");
+    write_sample_sparse(&system_img, 1_700_000_000)?;
+    println!(
+        "2. Built a sample rootfs twice: {} and the sparse ext4 {}",
+        tarball.display(),
+        system_img.display()
+    );
 
-    let serial = Serial::parse("AZJN-0042")?;
-    let output = dir.join(format!("{serial}-rootfs.tar.gz"));
+    // One device per image: each serial's account ends up with the
+    // password stamped into its own image.
+    let tar_serial = Serial::parse("AZJN-0042")?;
+    let img_serial = Serial::parse("AZJN-0043")?;
+    provision_and_verify(&server, &tar_serial, &tarball, dir, 3)?;
+    provision_and_verify(&server, &img_serial, &system_img, dir, 4)?;
+    println!(
+        "Done. Try: tar -tvzf {}/{tar_serial}-rootfs.tar.gz ./etc/azaion/device.conf",
+        dir.display()
+    );
+    println!(
+        "     and: simg2img {dir}/{img_serial}-system.img /tmp/x.raw && debugfs -R 'stat /etc/azaion/device.conf' /tmp/x.raw",
+        dir = dir.display()
+    );
+    Ok(())
+}
+
+/// Provisions `serial` into a copy of `input` against the stand-in API and
+/// verifies the result, including a login with the stamped credentials.
+fn provision_and_verify(
+    server: &StubServer,
+    serial: &Serial,
+    input: &Path,
+    dir: &Path,
+    step: u32,
+) -> Result<()> {
+    let name = input
+        .file_name()
+        .context("input has a name")?
+        .to_string_lossy();
+    let output = dir.join(format!("{serial}-{name}"));
     let _ = std::fs::remove_file(&output);
     let request = Request {
         serial: serial.clone(),
         target: Target::Image {
-            input: base.clone(),
+            input: input.to_path_buf(),
             output: output.clone(),
         },
         owner: "azaion".parse()?,
@@ -137,7 +247,7 @@ pub fn run(dir: &Path) -> Result<()> {
     let report = provision::run(&request, &mut |line| println!("   {line}"))?;
     let emitted = report.emitted.context("no image was written")?;
     println!(
-        "3. Provisioned {} ({}) and wrote {} with /etc/azaion/device.conf (0600, owner azaion)",
+        "{step}. Provisioned {} ({}) and wrote {} with /etc/azaion/device.conf (0600, owner azaion)",
         serial,
         report.email,
         emitted.path.display()
@@ -147,14 +257,13 @@ pub fn run(dir: &Path) -> Result<()> {
         emitted.sha256,
         imprint::output::sidecar_path(&emitted.path).display()
     );
-
     let expect = Expectations {
-        serial: Some(serial),
+        serial: Some(serial.clone()),
         owner: Some("azaion".parse()?),
         login: Some(AdminConfig::new(&server.url())),
     };
     let verified = verify::verify(&emitted.path, &expect)?;
-    println!("4. Verified the image:");
+    println!("   Verified {}:", emitted.path.display());
     for c in &verified.checks {
         println!(
             "   {} {:<22} {}",
@@ -163,9 +272,9 @@ pub fn run(dir: &Path) -> Result<()> {
             c.detail
         );
     }
-    anyhow::ensure!(verified.passed(), "the demo image did not verify");
-    println!(
-        "Done. Try: tar -tvzf {} ./etc/azaion/device.conf",
+    anyhow::ensure!(
+        verified.passed(),
+        "the demo image {} did not verify",
         emitted.path.display()
     );
     Ok(())

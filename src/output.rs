@@ -99,8 +99,11 @@ impl TempOutput {
         let name = final_path.file_name().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "output has no file name")
         })?;
-        let (temp_path, file) =
-            create_registered(dir.unwrap_or(Path::new(".")), &name.to_string_lossy(), "tmp")?;
+        let (temp_path, file) = create_registered(
+            dir.unwrap_or(Path::new(".")),
+            &name.to_string_lossy(),
+            "tmp",
+        )?;
         Ok(TempOutput {
             temp_path,
             final_path: final_path.to_path_buf(),

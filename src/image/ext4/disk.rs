@@ -295,6 +295,10 @@ impl<R: ReadAt> Ext4Fs<R> {
         Ok(Ext4Fs { dev, sb })
     }
 
+    pub fn device(&self) -> &R {
+        &self.dev
+    }
+
     fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, Ext4Error> {
         let mut buf = vec![0u8; len];
         self.dev.read_at(offset, &mut buf).map_err(|e| {

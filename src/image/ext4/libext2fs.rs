@@ -19,7 +19,7 @@ use libloading::Library;
 use super::disk::{feature, Superblock};
 use super::Ext4Error;
 use crate::image::EntryType;
-use crate::overlay::{ImagePath, Plan, PlanEntry, PlanKind};
+use crate::overlay::{Plan, PlanEntry, PlanKind};
 
 type Errcode = c_long;
 type Fs = *mut c_void;
@@ -224,9 +224,9 @@ impl OpenFs<'_> {
     }
 
     /// Walks `components` from the root without following symlinks.
-    fn resolve(&self, path: &ImagePath) -> Result<Option<Ino>, Ext4Error> {
+    fn resolve(&self, components: &[String]) -> Result<Option<Ino>, Ext4Error> {
         let mut ino = super::disk::ROOT_INO;
-        for (i, name) in path.components().iter().enumerate() {
+        for (i, name) in components.iter().enumerate() {
             if i > 0 && inode_kind(&self.read_inode(ino)?) != EntryType::Dir {
                 return Ok(None);
             }
@@ -491,12 +491,13 @@ pub fn apply(image: &Path, sb: &Superblock, plan: &Plan) -> Result<(), Ext4Error
     open.check(code, || "read the allocation bitmaps".into())?;
 
     for entry in &plan.entries {
-        let parent_path = entry.path.parent().expect("plan paths are below /");
+        let components = entry.path.components();
+        let parent_components = &components[..components.len() - 1];
         let parent = open
-            .resolve(&parent_path)?
-            .ok_or_else(|| Ext4Error::Library {
-                doing: format!("find {parent_path}"),
-                message: "it is not there".into(),
+            .resolve(parent_components)?
+            .ok_or_else(|| Ext4Error::Unexpected {
+                path: format!("/{}", parent_components.join("/")),
+                what: "missing or not a directory".into(),
             })?;
         match &entry.kind {
             PlanKind::Dir => match open.lookup(parent, entry.path.file_name())? {

@@ -93,6 +93,11 @@ impl<R: ReadAt> Ext4Image<R> {
         &self.fs.sb
     }
 
+    /// The device the filesystem is read from.
+    pub fn device(&self) -> &R {
+        self.fs.device()
+    }
+
     /// Refuses filesystems that must not be written as they are.
     pub fn check_writable(&self) -> Result<(), Ext4Error> {
         let sb = &self.fs.sb;
