@@ -83,6 +83,16 @@ pub fn verify(path: &Path, expect: &Expectations) -> Result<VerifyReport, ImageE
                     },
                 );
             }
+            Ok(None) if output::sidecar_path(path).exists() => {
+                report.add(
+                    "checksum",
+                    false,
+                    format!(
+                        "{} has no line for this file",
+                        output::sidecar_path(path).display()
+                    ),
+                );
+            }
             Ok(None) => {}
             Err(e) => {
                 report.add("checksum", false, format!("cannot read the sidecar: {e}"));

@@ -213,3 +213,177 @@ pub fn write_password(dir: &Path, pw: &str) -> PathBuf {
 pub fn conf_text(email: &str, password: &str) -> String {
     format!("AZAION_DEVICE_EMAIL={email}\nAZAION_DEVICE_PASSWORD={password}\n")
 }
+
+// ---- ext2/3/4 and sparse images -------------------------------------------
+
+pub const PASSWORD: &str = "5f0c2a9e8b7d6c4e3f2a1b0c9d8e7f6a";
+
+/// A rootfs tree for mke2fs -d: users root, azaion (1001) and big (32-bit
+/// ids), `extra_etc` more files in /etc, and /etc/azaion as `azaion` says.
+pub fn ext4_tree(dir: &Path, extra_etc: usize, azaion: Azaion) -> PathBuf {
+    let root = dir.join("tree");
+    let _ = fs::remove_dir_all(&root);
+    fs::create_dir_all(root.join("etc")).unwrap();
+    fs::create_dir_all(root.join("usr/bin")).unwrap();
+    fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/bash\nazaion:x:1001:1001::/home/azaion:/bin/bash\nbig:x:4000000000:4000000001::/:/bin/sh\n",
+    )
+    .unwrap();
+    fs::write(
+        root.join("etc/group"),
+        "root:x:0:\nazaion:x:1001:\nbig:x:4000000001:\n",
+    )
+    .unwrap();
+    fs::write(root.join("etc/hostname"), "jetson\n").unwrap();
+    fs::write(root.join("usr/bin/azaion-loader"), vec![0x7fu8; 5000]).unwrap();
+    for i in 0..extra_etc {
+        fs::write(
+            root.join(format!("etc/conf-entry-with-a-long-name-{i:05}")),
+            format!("{i}\n"),
+        )
+        .unwrap();
+    }
+    match azaion {
+        Azaion::Absent => {}
+        Azaion::EmptyDir => {
+            fs::create_dir(root.join("etc/azaion")).unwrap();
+            fs::set_permissions(root.join("etc/azaion"), fs::Permissions::from_mode(0o750))
+                .unwrap();
+        }
+        Azaion::OldConf => {
+            fs::create_dir(root.join("etc/azaion")).unwrap();
+            fs::write(
+                root.join("etc/azaion/device.conf"),
+                "AZAION_DEVICE_EMAIL=old@example\nAZAION_DEVICE_PASSWORD=old\n",
+            )
+            .unwrap();
+            fs::set_permissions(
+                root.join("etc/azaion/device.conf"),
+                fs::Permissions::from_mode(0o644),
+            )
+            .unwrap();
+        }
+        Azaion::Symlink => std::os::unix::fs::symlink("/tmp", root.join("etc/azaion")).unwrap(),
+        Azaion::File => fs::write(root.join("etc/azaion"), "not a dir\n").unwrap(),
+    }
+    root
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Azaion {
+    Absent,
+    EmptyDir,
+    OldConf,
+    Symlink,
+    File,
+}
+
+/// Runs `mke2fs -F -q -d tree OPTS img SIZE` (the root directory owned by
+/// 0:0; other entries keep the tree's owners).
+pub fn mkfs(tree: &Path, img: &Path, opts: &[&str], size: &str) -> Output {
+    let _ = fs::remove_file(img);
+    run(Command::new("mke2fs")
+        .args(["-F", "-q", "-E", "root_owner=0:0"])
+        .args(opts)
+        .arg("-d")
+        .arg(tree)
+        .arg(img)
+        .arg(size))
+}
+
+/// Output of a debugfs request (stderr, with its banner, dropped).
+pub fn debugfs(img: &Path, request: &str) -> String {
+    let o = run(Command::new("debugfs").arg("-R").arg(request).arg(img));
+    stdout(&o)
+}
+
+pub fn debugfs_write(img: &Path, request: &str) {
+    let o = run(Command::new("debugfs")
+        .arg("-w")
+        .arg("-R")
+        .arg(request)
+        .arg(img));
+    assert!(
+        o.status.success(),
+        "debugfs -w -R {request}: {}",
+        stderr(&o)
+    );
+}
+
+/// Asserts `e2fsck -fn` finds nothing wrong.
+pub fn assert_fsck_clean(img: &Path) {
+    let o = run(Command::new("e2fsck").arg("-fn").arg(img));
+    assert!(
+        o.status.success(),
+        "e2fsck -fn {} exited {:?}:\n{}",
+        img.display(),
+        o.status.code(),
+        stdout(&o)
+    );
+}
+
+/// Mode, uid and gid of a path as debugfs's `stat` shows them.
+pub fn debugfs_stat(img: &Path, path: &str) -> (u32, u32, u32) {
+    let text = debugfs(img, &format!("stat {path}"));
+    let field = |key: &str| -> i64 {
+        let at = text
+            .find(key)
+            .unwrap_or_else(|| panic!("no {key} in stat {path}:\n{text}"));
+        text[at + key.len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let mode = u32::from_str_radix(&field("Mode:").to_string(), 8).unwrap();
+    // debugfs prints ids with %d: 32-bit ids above 2^31 come out negative.
+    (mode, field("User:") as u32, field("Group:") as u32)
+}
+
+/// The names in an image directory, from debugfs `ls -p`.
+pub fn debugfs_names(img: &Path, dir: &str) -> Vec<String> {
+    debugfs(img, &format!("ls -p {dir}"))
+        .lines()
+        .filter_map(|l| l.split('/').nth(5).map(str::to_string))
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// Mounts `img` read-only through the kernel's ext4 driver and returns
+/// `stat -c '%a %u %g'` and the content of `path`; None (with a NOTE on
+/// stderr) where the machine does not allow loop mounts.
+pub fn kernel_read(img: &Path, path: &str) -> Option<(String, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let o = run(Command::new("mount")
+        .args(["-o", "ro,loop"])
+        .arg(img)
+        .arg(&mnt));
+    if !o.status.success() {
+        eprintln!(
+            "NOTE: kernel mount check skipped for {}: mount -o ro,loop failed ({}); it needs root and loop devices",
+            img.display(),
+            stderr(&o).trim()
+        );
+        return None;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let file = mnt.join(path.trim_start_matches('/'));
+    let meta = fs::metadata(&file).unwrap();
+    let stat = format!(
+        "{:o} {} {}",
+        meta.permissions().mode() & 0o7777,
+        meta.uid(),
+        meta.gid()
+    );
+    Some((stat, fs::read_to_string(&file).unwrap()))
+}
