@@ -265,12 +265,7 @@ fn provision_and_verify(
     let verified = verify::verify(&emitted.path, &expect)?;
     println!("   Verified {}:", emitted.path.display());
     for c in &verified.checks {
-        println!(
-            "   {} {:<22} {}",
-            if c.passed { "pass" } else { "FAIL" },
-            c.name,
-            c.detail
-        );
+        println!("   {c}");
     }
     anyhow::ensure!(
         verified.passed(),

@@ -300,12 +300,7 @@ fn verify_cmd(args: VerifyArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         for c in &report.checks {
-            println!(
-                "{} {:<22} {}",
-                if c.passed { "pass" } else { "FAIL" },
-                c.name,
-                c.detail
-            );
+            println!("{c}");
         }
         println!(
             "{}: {}",

@@ -35,6 +35,14 @@ pub struct Check {
     pub detail: String,
 }
 
+/// One report line: `pass NAME DETAIL` or `FAIL NAME DETAIL`.
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verdict = if self.passed { "pass" } else { "FAIL" };
+        write!(f, "{verdict} {:<22} {}", self.name, self.detail)
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifyReport {
     pub image: PathBuf,

@@ -38,24 +38,6 @@ impl Etc {
     }
 }
 
-fn provision_offline(input: &Path, output: &Path, owner: &str, pw: &Path) -> std::process::Output {
-    run(bin()
-        .args([
-            "provision",
-            "--serial",
-            SERIAL,
-            "--offline",
-            "--owner",
-            owner,
-            "--password-file",
-        ])
-        .arg(pw)
-        .arg("--image")
-        .arg(input)
-        .arg("--output")
-        .arg(output))
-}
-
 /// Builds one input image for a matrix cell.
 fn build_input(dir: &Path, opts: &[&str], etc: Etc, azaion: Azaion) -> PathBuf {
     let tree = ext4_tree(dir, etc.extra(), azaion);
@@ -154,7 +136,7 @@ fn matrix(opts: &[&str]) {
         let names = debugfs_names(&input, "/etc");
         let out = dir.path().join("out.img");
         let _ = fs::remove_file(&out);
-        let o = provision_offline(&input, &out, owner, &pw);
+        let o = run(&mut provision_offline(&input, &out, owner, &pw));
         assert!(o.status.success(), "{what}: {}", stderr(&o));
         assert!(!stdout(&o).contains(PASSWORD) && !stderr(&o).contains(PASSWORD));
         assert_eq!(sha256(&input), before, "{what}: the input changed");
@@ -237,7 +219,12 @@ fn assert_refused(dir: &Path, input: &Path, owner: &str, needle: &str) {
     let _ = fs::remove_dir_all(&outdir);
     fs::create_dir(&outdir).unwrap();
     let before = sha256(input);
-    let o = provision_offline(input, &outdir.join("x.img"), owner, &pw);
+    let o = run(&mut provision_offline(
+        input,
+        &outdir.join("x.img"),
+        owner,
+        &pw,
+    ));
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{needle}: {err}");
     assert!(
@@ -389,7 +376,7 @@ fn copy_keeps_holes_and_runs_are_reproducible() {
             // A different wall-clock second must not change a byte.
             std::thread::sleep(std::time::Duration::from_millis(1100));
         }
-        let o = provision_offline(&img, out, "azaion", &pw);
+        let o = run(&mut provision_offline(&img, out, "azaion", &pw));
         assert!(o.status.success(), "{}", stderr(&o));
     }
     assert_eq!(fs::metadata(&img).unwrap().modified().unwrap(), mtime);
@@ -415,7 +402,8 @@ fn copy_keeps_holes_and_runs_are_reproducible() {
     // With SOURCE_DATE_EPOCH, every new timestamp is that time.
     for out in &outs {
         let _ = fs::remove_file(out);
-        let o = run(provision_cmd(&img, out, &pw).env("SOURCE_DATE_EPOCH", "1700000000"));
+        let o =
+            run(provision_offline(&img, out, "azaion", &pw).env("SOURCE_DATE_EPOCH", "1700000000"));
         assert!(o.status.success(), "{}", stderr(&o));
     }
     assert_eq!(sha256(&outs[0]), sha256(&outs[1]));
@@ -433,25 +421,6 @@ fn copy_keeps_holes_and_runs_are_reproducible() {
         want.trim(),
         stdout(&sb)
     );
-}
-
-fn provision_cmd(input: &Path, output: &Path, pw: &Path) -> std::process::Command {
-    let mut c = bin();
-    c.args([
-        "provision",
-        "--serial",
-        SERIAL,
-        "--offline",
-        "--owner",
-        "azaion",
-        "--password-file",
-    ])
-    .arg(pw)
-    .arg("--image")
-    .arg(input)
-    .arg("--output")
-    .arg(output);
-    c
 }
 
 #[test]

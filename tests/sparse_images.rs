@@ -15,22 +15,7 @@ use tempfile::TempDir;
 const EPOCH: &str = "1700000000";
 
 fn provision(input: &Path, output: &Path, pw: &Path) -> std::process::Output {
-    run(bin()
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .args([
-            "provision",
-            "--serial",
-            SERIAL,
-            "--offline",
-            "--owner",
-            "azaion",
-            "--password-file",
-        ])
-        .arg(pw)
-        .arg("--image")
-        .arg(input)
-        .arg("--output")
-        .arg(output))
+    run(provision_offline(input, output, "azaion", pw).env("SOURCE_DATE_EPOCH", EPOCH))
 }
 
 fn tool(name: &str) -> Command {

@@ -387,3 +387,23 @@ pub fn kernel_read(img: &Path, path: &str) -> Option<(String, String)> {
     );
     Some((stat, fs::read_to_string(&file).unwrap()))
 }
+
+/// `imprint provision --offline` of one image with a password file.
+pub fn provision_offline(input: &Path, output: &Path, owner: &str, pw: &Path) -> Command {
+    let mut c = bin();
+    c.args([
+        "provision",
+        "--serial",
+        SERIAL,
+        "--offline",
+        "--owner",
+        owner,
+    ])
+    .arg("--password-file")
+    .arg(pw)
+    .arg("--image")
+    .arg(input)
+    .arg("--output")
+    .arg(output);
+    c
+}
