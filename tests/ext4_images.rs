@@ -517,3 +517,34 @@ fn online_provisioning_and_verify_catches_tampering() {
         &["login", "checksum"],
     );
 }
+
+#[test]
+fn a_missing_libext2fs_is_named_and_verify_does_not_need_it() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let tree = ext4_tree(d, 0, Azaion::Absent);
+    let img = d.join("in.img");
+    assert!(mkfs(&tree, &img, &["-t", "ext4"], "16M").status.success());
+    let pw = write_password(d, PASSWORD);
+    let out = d.join("out.img");
+    let o = run(provision_offline(&img, &out, "azaion", &pw)
+        .env("IMPRINT_LIBEXT2FS", "/nonexistent/libext2fs.so.2"));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("libext2fs.so.2") && stderr(&o).contains("e2fsprogs"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
+
+    // The reader is imprint's own: verify works without libext2fs.
+    assert!(run(&mut provision_offline(&img, &out, "azaion", &pw))
+        .status
+        .success());
+    let v = run(bin()
+        .env("IMPRINT_LIBEXT2FS", "/nonexistent/libext2fs.so.2")
+        .arg("verify")
+        .arg(&out)
+        .args(["--serial", SERIAL, "--owner", "azaion"]));
+    assert!(v.status.success(), "{}", stdout(&v));
+}

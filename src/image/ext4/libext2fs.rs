@@ -84,6 +84,8 @@ unsafe impl Send for Api {}
 unsafe impl Sync for Api {}
 
 const LIBRARY: &str = "libext2fs.so.2";
+/// Names another libext2fs to load (a path), e.g. a newer e2fsprogs build.
+const LIBRARY_ENV: &str = "IMPRINT_LIBEXT2FS";
 
 fn api() -> Result<&'static Api, Ext4Error> {
     static API: OnceLock<Result<Api, String>> = OnceLock::new();
@@ -93,7 +95,10 @@ fn api() -> Result<&'static Api, Ext4Error> {
 }
 
 unsafe fn load() -> Result<Api, libloading::Error> {
-    let lib = Library::new(LIBRARY)?;
+    let lib = match std::env::var_os(LIBRARY_ENV) {
+        Some(path) => Library::new(path)?,
+        None => Library::new(LIBRARY)?,
+    };
     macro_rules! sym {
         ($name:literal) => {
             *lib.get(concat!($name, "\0").as_bytes())?
