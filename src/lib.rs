@@ -8,6 +8,7 @@
 //! image and its checksum. [`verify`] reads a built image back.
 
 pub mod admin;
+pub mod batch;
 pub mod identity;
 pub mod image;
 pub mod output;

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use zeroize::Zeroizing;
 
 use imprint::admin::AdminConfig;
+use imprint::batch;
 use imprint::identity::{Password, Serial};
 use imprint::overlay::OverlaySpec;
 use imprint::owner::OwnerSpec;
@@ -73,9 +74,18 @@ enum Command {
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["image", "rootfs_dir"])))]
 struct ProvisionArgs {
-    /// Device serial, e.g. AZJN-0042 (uppercase letters, digits, hyphens)
+    /// Device serial, e.g. AZJN-0042 (uppercase letters, digits, hyphens); repeat for a batch
+    #[arg(long, required_unless_present = "serials")]
+    serial: Vec<String>,
+    /// Batch: a file of serials, one a line (# starts a comment); --output must be a directory
+    #[arg(long, value_name = "FILE")]
+    serials: Option<PathBuf>,
+    /// Batch: skip serials whose output already exists and verifies
     #[arg(long)]
-    serial: String,
+    skip_existing: bool,
+    /// Batch: API calls in flight at once
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    jobs: u16,
     /// Admin API base URL (http:// or https://)
     #[arg(long, required_unless_present = "offline")]
     api_url: Option<String>,
@@ -230,7 +240,6 @@ fn read_token(file: Option<&Path>) -> Result<Option<Zeroizing<String>>> {
 }
 
 fn provision_cmd(args: ProvisionArgs) -> Result<ExitCode> {
-    let serial = Serial::parse(&args.serial)?;
     let owner: OwnerSpec = args.owner.parse()?;
     let password = args
         .password_file
@@ -245,6 +254,42 @@ fn provision_cmd(args: ProvisionArgs) -> Result<ExitCode> {
         (Some(url), false) => Some(args.api.config(url)?),
         _ => None,
     };
+    let mut serials = args
+        .serial
+        .iter()
+        .map(|s| Serial::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(file) = &args.serials {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the serials file {}", file.display()))?;
+        serials.extend(batch::read_serials(&text, &file.display().to_string())?);
+    }
+    if serials.len() != 1 || args.serials.is_some() {
+        let (Some(input), Some(output)) = (&args.image, &args.output) else {
+            bail!("a batch needs --image IN and --output DIR");
+        };
+        let template = Request {
+            serial: serials.first().cloned().context("no serials given")?,
+            target: Target::StagingDir(PathBuf::new()),
+            owner,
+            password,
+            overlay,
+            api,
+        };
+        return batch_cmd(
+            batch::BatchRequest {
+                serials,
+                input: input.clone(),
+                output_dir: output.clone(),
+                template,
+                force: args.force,
+                skip_existing: args.skip_existing,
+                jobs: args.jobs as usize,
+            },
+            args.quiet,
+        );
+    }
+    let serial = serials.remove(0);
     let target = match (&args.image, &args.rootfs_dir, &args.output) {
         (Some(input), None, Some(output)) => Target::Image {
             input: input.clone(),
@@ -283,6 +328,38 @@ fn provision_cmd(args: ProvisionArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn batch_cmd(req: batch::BatchRequest, quiet: bool) -> Result<ExitCode> {
+    let total = req.serials.len();
+    let report = batch::run(req, &|line| {
+        if !quiet {
+            eprintln!("imprint: {line}");
+        }
+    })?;
+    for (serial, outcome) in &report.outcomes {
+        match outcome {
+            batch::Outcome::Written => println!("{serial}: written"),
+            batch::Outcome::Skipped => println!("{serial}: skipped (already built and verified)"),
+            batch::Outcome::Failed(why) => println!("{serial}: FAILED: {why}"),
+        }
+    }
+    let failed = report.failed();
+    let skipped = report
+        .outcomes
+        .iter()
+        .filter(|(_, o)| *o == batch::Outcome::Skipped)
+        .count();
+    println!(
+        "{} of {total} written, {skipped} skipped, {failed} failed; manifest {}",
+        total - failed - skipped,
+        report.manifest_path.display()
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn verify_cmd(args: VerifyArgs) -> Result<ExitCode> {

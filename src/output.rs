@@ -90,6 +90,8 @@ pub struct TempOutput {
     /// reading the file back.
     edited_in_place: bool,
     committed: bool,
+    /// Digest and size once sealed, so commit does not hash again.
+    sealed: Option<(String, u64)>,
 }
 
 impl TempOutput {
@@ -112,6 +114,7 @@ impl TempOutput {
             written: 0,
             edited_in_place: false,
             committed: false,
+            sealed: None,
         })
     }
 
@@ -139,27 +142,41 @@ impl TempOutput {
     /// Flushes and fsyncs the temp file and returns its digest and size,
     /// without renaming it yet.
     pub fn seal(&mut self) -> io::Result<(String, u64)> {
+        if let Some(done) = &self.sealed {
+            return Ok(done.clone());
+        }
         self.file.flush()?;
         self.file.sync_all()?;
-        if self.edited_in_place {
+        let done = if self.edited_in_place {
             let mut hasher = Sha256::new();
             let mut f = File::open(&self.temp_path)?;
             let size = hash_reader(&mut f, &mut hasher)?;
             self.file.seek(SeekFrom::End(0))?;
-            return Ok((hex::encode(hasher.finalize()), size));
-        }
-        Ok((hex::encode(self.hasher.clone().finalize()), self.written))
+            (hex::encode(hasher.finalize()), size)
+        } else {
+            (hex::encode(self.hasher.clone().finalize()), self.written)
+        };
+        self.sealed = Some(done.clone());
+        Ok(done)
     }
 
     /// Renames the temp file to its final name and writes the sidecar.
     /// Call only after the admin API accepted the password.
-    pub fn commit(mut self) -> io::Result<Emitted> {
+    pub fn commit(self) -> io::Result<Emitted> {
+        let final_path = self.final_path.clone();
+        let emitted = self.commit_without_sidecar()?;
+        write_sidecar(&final_path, &emitted.sha256)?;
+        Ok(emitted)
+    }
+
+    /// Renames the temp file to its final name (for files that need no
+    /// sidecar, such as a batch manifest).
+    pub fn commit_without_sidecar(mut self) -> io::Result<Emitted> {
         let (sha256, size) = self.seal()?;
         std::fs::rename(&self.temp_path, &self.final_path)?;
         unregister(&self.temp_path);
-        sync_parent(&self.final_path);
-        write_sidecar(&self.final_path, &sha256)?;
         self.committed = true;
+        sync_parent(&self.final_path);
         Ok(Emitted {
             path: self.final_path.clone(),
             sha256,

@@ -13,7 +13,7 @@ use thiserror::Error;
 use crate::admin::{AdminClient, AdminConfig, AdminError, Provisioned};
 use crate::identity::{IdentityError, Password, Serial};
 use crate::image::dir::{DirError, StagingDir};
-use crate::image::{self, ImageError, ImageFacts};
+use crate::image::{self, ImageBackend, ImageError, ImageFacts};
 use crate::output::{Emitted, TempOutput};
 use crate::overlay::{choose_mtime, DeviceVars, OverlayError, OverlaySpec, Plan};
 use crate::owner::{Owner, OwnerSpec, UserDb};
@@ -157,6 +157,74 @@ fn file_owner(plan: &Plan) -> Owner {
         .unwrap_or_else(Owner::root)
 }
 
+/// An image written for one device into a sealed temp file, waiting for
+/// the API to accept its password before it gets its final name.
+pub struct Prepared {
+    pub serial: Serial,
+    pub email: String,
+    password: Password,
+    kind: String,
+    owner: Owner,
+    temp: TempOutput,
+}
+
+/// Plans and writes one device's image with an already opened backend (a
+/// batch opens and scans its base image once and calls this per serial).
+#[allow(clippy::too_many_arguments)]
+pub fn prepare_image(
+    req: &Request,
+    backend: &mut dyn ImageBackend,
+    facts: &ImageFacts,
+    kind: &str,
+    output: &Path,
+    password: Password,
+    say: &mut dyn FnMut(&str),
+) -> Result<Prepared, ProvisionError> {
+    let email = req.serial.email();
+    let plan = plan_for(req, facts, &email, &password)?;
+    let dir = output.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let mut temp = TempOutput::create(output)
+        .map_err(|source| ProvisionError::CreateOutput { dir, source })?;
+    say(&format!("writing {}", output.display()));
+    backend.apply(&plan, &mut temp)?;
+    temp.seal().map_err(|source| ProvisionError::Commit {
+        path: output.to_path_buf(),
+        source,
+    })?;
+    Ok(Prepared {
+        serial: req.serial.clone(),
+        email,
+        password,
+        kind: kind.to_string(),
+        owner: file_owner(&plan),
+        temp,
+    })
+}
+
+/// Provisions the account (unless offline), then gives the image its final
+/// name and sidecar. If the API fails, the temp file is dropped: removed.
+pub fn finish(
+    prepared: Prepared,
+    client: Option<&AdminClient>,
+    say: &mut dyn FnMut(&str),
+) -> Result<Report, ProvisionError> {
+    let account = provision_account(client, &prepared.email, &prepared.password, say)?;
+    let path = prepared.temp.final_path().to_path_buf();
+    let emitted = prepared
+        .temp
+        .commit()
+        .map_err(|source| ProvisionError::Commit { path, source })?;
+    Ok(Report {
+        serial: prepared.serial.to_string(),
+        email: prepared.email,
+        kind: prepared.kind,
+        owner: prepared.owner,
+        emitted: Some(emitted),
+        staged: Vec::new(),
+        account,
+    })
+}
+
 /// Provisions one device. `say` receives progress lines (never secrets).
 pub fn run(req: &Request, say: &mut dyn FnMut(&str)) -> Result<Report, ProvisionError> {
     let email = req.serial.email();
@@ -173,31 +241,16 @@ pub fn run(req: &Request, say: &mut dyn FnMut(&str)) -> Result<Report, Provision
             say(&format!("{}: {}", input.display(), kind.describe()));
             let mut backend = image::open_backend(input, kind, &req.overlay.targets())?;
             let facts = backend.facts()?;
-            let plan = plan_for(req, &facts, &email, &password)?;
-            let dir = output.parent().unwrap_or(Path::new(".")).to_path_buf();
-            let mut temp =
-                TempOutput::create(output).map_err(|source| ProvisionError::CreateOutput {
-                    dir: dir.clone(),
-                    source,
-                })?;
-            say(&format!("writing {}", output.display()));
-            backend.apply(&plan, &mut temp)?;
-            let commit_err = |source| ProvisionError::Commit {
-                path: output.clone(),
-                source,
-            };
-            temp.seal().map_err(commit_err)?;
-            let account = provision_account(client.as_ref(), &email, &password, say)?;
-            let emitted = temp.commit().map_err(commit_err)?;
-            Ok(Report {
-                serial: req.serial.to_string(),
-                email,
-                kind: kind.describe(),
-                owner: file_owner(&plan),
-                emitted: Some(emitted),
-                staged: Vec::new(),
-                account,
-            })
+            let prepared = prepare_image(
+                req,
+                backend.as_mut(),
+                &facts,
+                &kind.describe(),
+                output,
+                password,
+                say,
+            )?;
+            finish(prepared, client.as_ref(), say)
         }
         Target::StagingDir(root) => {
             let dir = StagingDir::open(root)?;

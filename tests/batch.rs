@@ -1,0 +1,220 @@
+//! Batches: many serials from one base image, a manifest, failures that do
+//! not stop the others, and --skip-existing.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::*;
+use imprint::stub::StubServer;
+use serde_json::Value;
+use tempfile::TempDir;
+
+fn batch(server: &StubServer, input: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    run(bin()
+        .args([
+            "provision",
+            "--owner",
+            "azaion",
+            "--api-url",
+            &server.url(),
+            "--image",
+        ])
+        .arg(input)
+        .arg("--output")
+        .arg(out)
+        .args(extra))
+}
+
+fn setup() -> (TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = TempDir::new().unwrap();
+    let root = make_rootfs(dir.path(), "rootfs");
+    let input = dir.path().join("base.tar.gz");
+    make_tar(&root, &input, "tar.gz", "gnu", true);
+    let out = dir.path().join("out");
+    fs::create_dir(&out).unwrap();
+    fs::write(
+        dir.path().join("serials.txt"),
+        "# station 3, shift 1\nAZJN-0001\nAZJN-0002  # spare\n\nAZJN-0003\n",
+    )
+    .unwrap();
+    (dir, input, out)
+}
+
+fn manifest(out: &Path) -> Value {
+    serde_json::from_str(&fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn a_batch_writes_every_image_and_a_complete_manifest() {
+    let (dir, input, out) = setup();
+    let server = StubServer::start().unwrap();
+    let serials_file = dir.path().join("serials.txt");
+    let o = batch(
+        &server,
+        &input,
+        &out,
+        &[
+            "--serials",
+            serials_file.to_str().unwrap(),
+            "--serial",
+            "AZJN-0004",
+            "--serial",
+            "AZJN-0005",
+        ],
+    );
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("5 of 5 written, 0 skipped, 0 failed"),
+        "{}",
+        stdout(&o)
+    );
+
+    let m = manifest(&out);
+    assert_eq!(m["input"], "base.tar.gz");
+    assert_eq!(m["input_sha256"], sha256(&input));
+    assert!(m["tool"].as_str().unwrap().starts_with("imprint "));
+    let images = m["images"].as_array().unwrap();
+    assert_eq!(images.len(), 5);
+    let manifest_text = fs::read_to_string(out.join("manifest.json")).unwrap();
+    for (i, entry) in images.iter().enumerate() {
+        let serial = format!("AZJN-000{}", i + 1);
+        assert_eq!(entry["serial"], serial.as_str());
+        let email = format!("azaion-jetson-000{}@azaion.com", i + 1);
+        assert_eq!(entry["email"], email.as_str());
+        let file = out.join(entry["output"].as_str().unwrap());
+        assert_eq!(file, out.join(format!("{serial}-base.tar.gz")));
+        assert_eq!(entry["sha256"], sha256(&file));
+        assert_eq!(entry["size"], fs::metadata(&file).unwrap().len());
+        let password = server.password_of(&email).unwrap();
+        assert!(!manifest_text.contains(&password));
+        assert!(!stdout(&o).contains(&password) && !stderr(&o).contains(&password));
+        let v = run(bin().arg("verify").arg(&file).args([
+            "--serial",
+            &serial,
+            "--owner",
+            "azaion",
+            "--login-url",
+            &server.url(),
+        ]));
+        assert!(v.status.success(), "{serial}: {}", stdout(&v));
+    }
+}
+
+#[test]
+fn a_failing_serial_does_not_stop_the_others() {
+    let (dir, input, out) = setup();
+    let server = StubServer::start().unwrap();
+    // The middle serial's output already exists (and is not ours).
+    fs::write(out.join("AZJN-0002-base.tar.gz"), "something else").unwrap();
+    let serials_file = dir.path().join("serials.txt");
+    let o = batch(
+        &server,
+        &input,
+        &out,
+        &["--serials", serials_file.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("AZJN-0002: FAILED") && text.contains("--force"),
+        "{text}"
+    );
+    assert!(
+        text.contains("2 of 3 written, 0 skipped, 1 failed"),
+        "{text}"
+    );
+    assert_eq!(
+        fs::read(out.join("AZJN-0002-base.tar.gz")).unwrap(),
+        b"something else"
+    );
+    let serials: Vec<String> = manifest(&out)["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["serial"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(serials, ["AZJN-0001", "AZJN-0003"]);
+    assert!(
+        server
+            .password_of("azaion-jetson-0002@azaion.com")
+            .is_none(),
+        "no account for a failed image"
+    );
+    let hidden: Vec<String> = listing(&out)
+        .into_iter()
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(hidden.is_empty(), "temp files left: {hidden:?}");
+}
+
+#[test]
+fn skip_existing_skips_verified_outputs_and_keeps_the_manifest() {
+    let (dir, input, out) = setup();
+    let server = StubServer::start().unwrap();
+    let serials_file = dir.path().join("serials.txt");
+    let args = [
+        "--serials",
+        serials_file.to_str().unwrap(),
+        "--skip-existing",
+    ];
+    assert!(batch(&server, &input, &out, &args).status.success());
+    let calls = server.requests().len();
+    let before = fs::read_to_string(out.join("manifest.json")).unwrap();
+
+    // Damage one output: it no longer verifies. It is not ours to replace
+    // without --force; with it, it is rebuilt.
+    fs::write(out.join("AZJN-0003-base.tar.gz"), "truncated").unwrap();
+    let o = batch(&server, &input, &out, &args);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("AZJN-0003: FAILED"), "{}", stdout(&o));
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    let o = batch(&server, &input, &out, &forced);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("1 of 3 written, 2 skipped, 0 failed"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(server.requests().len() > calls);
+    let m = manifest(&out);
+    assert_eq!(m["images"].as_array().unwrap().len(), 3);
+    assert_ne!(
+        fs::read_to_string(out.join("manifest.json")).unwrap(),
+        before
+    );
+
+    // Everything verifies now: no API call at all.
+    let calls = server.requests().len();
+    let o = batch(&server, &input, &out, &args);
+    assert!(
+        stdout(&o).contains("0 of 3 written, 3 skipped"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(server.requests().len(), calls);
+    assert_eq!(manifest(&out)["images"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn bad_batches_are_refused_up_front() {
+    let (dir, input, out) = setup();
+    let server = StubServer::start().unwrap();
+    let o = batch(
+        &server,
+        &input,
+        &out,
+        &["--serial", "AZJN-0001", "--serial", "AZJN-0001"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("listed twice"), "{}", stderr(&o));
+    fs::write(dir.path().join("bad.txt"), "AZJN-0001\nazjn-2\n").unwrap();
+    let bad = dir.path().join("bad.txt");
+    let o = batch(&server, &input, &out, &["--serials", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("line 2"), "{}", stderr(&o));
+    assert_eq!(server.requests().len(), 0);
+    assert!(listing(&out).is_empty());
+}
