@@ -133,6 +133,18 @@ impl TempOutput {
         &mut self.file
     }
 
+    /// Starts the output with the first `len` bytes of `src`, copied in the
+    /// kernel; `hashed` is the SHA-256 state after those bytes (see
+    /// [`hash_prefix`]), so they are not read again.
+    pub fn splice_prefix(&mut self, src: &File, len: u64, hashed: Sha256) -> io::Result<()> {
+        assert_eq!(self.written, 0, "splice_prefix must come first");
+        copy_range(src, 0, &self.file, 0, len)?;
+        self.file.seek(SeekFrom::Start(len))?;
+        self.hasher = hashed;
+        self.written = len;
+        Ok(())
+    }
+
     /// Marks the file as edited by another handle (e.g. a C library that
     /// opened `temp_path()` itself).
     pub fn mark_edited_in_place(&mut self) {
@@ -272,6 +284,76 @@ fn sync_parent(path: &Path) {
             let _ = d.sync_all();
         }
     }
+}
+
+/// Copies `len` bytes from `input` at `from` to `out` at `to` in the kernel
+/// (copy_file_range, which may share extents instead of copying), or
+/// through a buffer where the kernel cannot.
+pub fn copy_range(input: &File, from: u64, out: &File, to: u64, len: u64) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let mut done = 0u64;
+    while done < len {
+        let mut off_in = (from + done) as libc::loff_t;
+        let mut off_out = (to + done) as libc::loff_t;
+        let chunk = (len - done).min(1 << 30) as usize;
+        // SAFETY: both descriptors are open; the offsets are valid pointers.
+        let n = unsafe {
+            libc::copy_file_range(
+                input.as_raw_fd(),
+                &mut off_in,
+                out.as_raw_fd(),
+                &mut off_out,
+                chunk,
+                0,
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::ENOSYS | libc::EXDEV | libc::EINVAL | libc::EOPNOTSUPP) => {
+                    copy_buffered(input, from + done, out, to + done, len - done)
+                }
+                _ => Err(err),
+            };
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the input shrank while it was copied",
+            ));
+        }
+        done += n as u64;
+    }
+    Ok(())
+}
+
+fn copy_buffered(input: &File, from: u64, out: &File, to: u64, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        input.read_exact_at(&mut buf[..n], from + done)?;
+        out.write_all_at(&buf[..n], to + done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// SHA-256 state after the first `len` bytes of `file`, to be cloned by
+/// every output that starts with those bytes.
+pub fn hash_prefix(file: &File, len: u64) -> io::Result<Sha256> {
+    let mut hasher = Sha256::new();
+    let mut reader = file.try_clone()?;
+    reader.seek(SeekFrom::Start(0))?;
+    let copied = hash_reader(&mut reader.take(len), &mut hasher)?;
+    if copied != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the input shrank",
+        ));
+    }
+    Ok(hasher)
 }
 
 /// Feeds everything `reader` yields into `hasher`; returns the byte count.

@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod dir;
 pub mod ext4;
+pub mod gzip;
 pub mod sparse;
 pub mod tar;
 

@@ -8,15 +8,19 @@
 //! plan does not touch is copied byte for byte, headers included.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use sha2::Sha256;
 
 use thiserror::Error;
 use zeroize::Zeroizing;
 
 use super::codec::Compression;
+use super::gzip;
 use super::{EntryType, FileMeta, ImageBackend, ImageError, ImageFacts, ImageReader};
-use crate::output::TempOutput;
+use crate::output::{self, TempOutput};
 use crate::overlay::{ImagePath, Plan, PlanEntry, PlanKind};
 
 const BLOCK: u64 = 512;
@@ -333,6 +337,9 @@ struct Scan {
     /// archive has none).
     end_of_entries: u64,
     total_len: u64,
+    /// For a single-member gzip input: block boundaries just before the
+    /// places a plan may change (watched entries, the end of entries).
+    gzip_pins: Option<Vec<gzip::Boundary>>,
 }
 
 impl Scan {
@@ -369,14 +376,31 @@ fn scan(
         codec: codec.name(),
         source: e,
     })?;
+    let (inner, index): (Box<dyn Read + Send>, _) = match codec {
+        Compression::Gzip => {
+            let (decoder, index) = gzip::IndexingDecoder::new(file);
+            (Box::new(decoder), Some(index))
+        }
+        _ => (codec.decoder(file), None),
+    };
     let mut s = Stream {
-        inner: codec.decoder(file),
+        inner,
         pos: 0,
         path,
         codec,
         buf: Vec::new(),
     };
     let mut out = Scan::default();
+    let mut pins = Vec::new();
+    let mut pin = |offset: u64| {
+        if let Some(index) = &index {
+            let found = index
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .boundary_before(offset);
+            pins.extend(found);
+        }
+    };
     let mut block = [0u8; 512];
     // Extension headers seen since the last real entry.
     let mut pending_start: Option<u64> = None;
@@ -388,6 +412,7 @@ fn scan(
         if n == 0 {
             // No end-of-archive marker; tolerated as GNU tar does.
             out.end_of_entries = at;
+            pin(at);
             break;
         }
         if n < block.len() {
@@ -398,6 +423,7 @@ fn scan(
         }
         if block.iter().all(|&b| b == 0) {
             out.end_of_entries = at;
+            pin(at);
             s.pos = at + BLOCK;
             s.drain()?;
             break;
@@ -520,6 +546,9 @@ fn scan(
             }
         }
         let watched = watch.contains(&header.path);
+        if watched {
+            pin(start);
+        }
         let want_data = capture.contains(&header.path)
             && header.meta.kind == EntryType::Regular
             && header.data_size <= max_capture;
@@ -543,6 +572,16 @@ fn scan(
         }
     }
     out.total_len = s.pos;
+    drop(s);
+    if let Some(index) = index {
+        if index
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .single_member
+        {
+            out.gzip_pins = Some(pins);
+        }
+    }
     Ok(out)
 }
 
@@ -872,6 +911,8 @@ pub struct TarBackend {
     codec: Compression,
     watch: Vec<String>,
     scan: Option<Scan>,
+    /// SHA-256 state after the kept prefix, shared by a batch's outputs.
+    prefix_hash: Option<(u64, Sha256)>,
 }
 
 impl TarBackend {
@@ -887,6 +928,7 @@ impl TarBackend {
             codec,
             watch: watch_list(targets),
             scan: None,
+            prefix_hash: None,
         })
     }
 
@@ -935,30 +977,129 @@ impl ImageBackend for TarBackend {
         self.scan()?;
         let scan = self.scan.as_ref().expect("scanned above");
         let pieces = edit_list(&self.path, scan, plan)?;
-        let file = File::open(&self.path).map_err(|source| ImageError::Open {
+        let open_err = |source| ImageError::Open {
             path: self.path.clone(),
             source,
-        })?;
-        let mut input = Stream {
-            inner: self.codec.decoder(file),
-            pos: 0,
+        };
+        let file = File::open(&self.path).map_err(open_err)?;
+        let stream = |inner: Box<dyn Read + Send>, pos: u64| Stream {
+            inner,
+            pos,
             path: &self.path,
             codec: self.codec,
             buf: Vec::new(),
         };
-        let mut encoder = self.codec.encoder(&mut *out).map_err(ImageError::Output)?;
-        for piece in pieces {
-            match piece {
-                Piece::Copy { start, end } => {
-                    input.pass(start - input.pos, None)?;
-                    input.pass(end - start, Some(&mut encoder))?;
-                }
-                Piece::Insert(bytes) => encoder.write_all(&bytes).map_err(ImageError::Output)?,
+        let cut = first_change(&pieces);
+        match tail_start(self.codec, scan, cut) {
+            Some(TailStart::Plain) => {
+                let hashed = prefix_hash(&mut self.prefix_hash, &file, cut).map_err(open_err)?;
+                out.splice_prefix(&file, cut, hashed)
+                    .map_err(ImageError::Output)?;
+                let mut rest = file.try_clone().map_err(open_err)?;
+                rest.seek(SeekFrom::Start(cut)).map_err(open_err)?;
+                let mut input = stream(Box::new(BufReader::with_capacity(1 << 20, rest)), cut);
+                write_pieces(&mut input, &pieces, out)?;
+            }
+            Some(TailStart::Gzip(boundary)) => {
+                let keep = boundary.bit / 8;
+                let hashed = prefix_hash(&mut self.prefix_hash, &file, keep).map_err(open_err)?;
+                out.splice_prefix(&file, keep, hashed)
+                    .map_err(ImageError::Output)?;
+                let mut last = [0u8; 1];
+                file.read_exact_at(&mut last, keep).map_err(open_err)?;
+                let tail = gzip::TailInflater::new(file.try_clone().map_err(open_err)?, &boundary)
+                    .map_err(open_err)?;
+                let mut input = stream(Box::new(tail), boundary.out);
+                let mut deflater = gzip::TailDeflater::new(&mut *out, &boundary, last[0], 6)
+                    .map_err(ImageError::Output)?;
+                write_pieces(&mut input, &pieces, &mut deflater)?;
+                deflater.finish().map_err(ImageError::Output)?;
+            }
+            None => {
+                let mut input = stream(self.codec.decoder(file), 0);
+                let mut encoder = self.codec.encoder(&mut *out).map_err(ImageError::Output)?;
+                write_pieces(&mut input, &pieces, &mut encoder)?;
+                encoder.finish_stream().map_err(ImageError::Output)?;
             }
         }
-        encoder.finish_stream().map_err(ImageError::Output)?;
         Ok(())
     }
+}
+
+/// The first byte of the uncompressed archive that the edit list changes:
+/// everything before it is the input's own bytes.
+fn first_change(pieces: &[Piece]) -> u64 {
+    let mut pos = 0;
+    for piece in pieces {
+        match piece {
+            Piece::Copy { start, end } if *start == pos => pos = *end,
+            _ => return pos,
+        }
+    }
+    pos
+}
+
+/// Where the rewrite can start instead of at byte 0.
+enum TailStart {
+    /// Plain tar: copy the unchanged prefix as it is.
+    Plain,
+    /// gzip: keep the compressed bytes before this block boundary.
+    Gzip(gzip::Boundary),
+}
+
+fn tail_start(codec: Compression, scan: &Scan, cut: u64) -> Option<TailStart> {
+    // Tests and benchmarks compare against the full rewrite.
+    if std::env::var_os("IMPRINT_FULL_REWRITE").is_some() {
+        return None;
+    }
+    match codec {
+        Compression::None => Some(TailStart::Plain),
+        Compression::Gzip => scan
+            .gzip_pins
+            .as_ref()?
+            .iter()
+            .filter(|b| b.out <= cut)
+            .max_by_key(|b| b.out)
+            .cloned()
+            .map(TailStart::Gzip),
+        _ => None,
+    }
+}
+
+/// SHA-256 state of the input's first `len` bytes, computed once and
+/// reused (every serial of a batch shares the prefix).
+fn prefix_hash(cache: &mut Option<(u64, Sha256)>, file: &File, len: u64) -> io::Result<Sha256> {
+    if let Some((cached_len, state)) = cache {
+        if *cached_len == len {
+            return Ok(state.clone());
+        }
+    }
+    let state = output::hash_prefix(file, len)?;
+    *cache = Some((len, state.clone()));
+    Ok(state)
+}
+
+/// Streams the edit list from `input` (which may start part-way, at
+/// `input.pos`) into `sink`.
+fn write_pieces(
+    input: &mut Stream,
+    pieces: &[Piece],
+    sink: &mut dyn Write,
+) -> Result<(), ImageError> {
+    for piece in pieces {
+        match piece {
+            Piece::Copy { start, end } => {
+                if *end <= input.pos {
+                    continue;
+                }
+                let start = (*start).max(input.pos);
+                input.pass(start - input.pos, None)?;
+                input.pass(end - start, Some(&mut *sink))?;
+            }
+            Piece::Insert(bytes) => sink.write_all(bytes).map_err(ImageError::Output)?,
+        }
+    }
+    Ok(())
 }
 
 /// A tar archive opened for reading single entries (verify).

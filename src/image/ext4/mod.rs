@@ -18,7 +18,7 @@ use std::process::Command;
 use thiserror::Error;
 
 use super::{Found, ImageBackend, ImageError, ImageFacts, ImageReader};
-use crate::output::TempOutput;
+use crate::output::{self, TempOutput};
 use crate::overlay::{Existing, ImagePath, Plan};
 use disk::{Ext4Fs, ReadAt, Superblock};
 
@@ -227,61 +227,10 @@ pub fn copy_keeping_holes(input: &File, out: &File) -> io::Result<()> {
         if hole < 0 {
             return Err(io::Error::last_os_error());
         }
-        copy_range(input, out, data as u64, (hole - data) as u64)?;
+        output::copy_range(input, data as u64, out, data as u64, (hole - data) as u64)?;
         pos = hole as u64;
     }
     out.set_len(len)?;
-    Ok(())
-}
-
-fn copy_range(input: &File, out: &File, start: u64, len: u64) -> io::Result<()> {
-    let mut done = 0u64;
-    while done < len {
-        let mut off_in = (start + done) as libc::loff_t;
-        let mut off_out = off_in;
-        let chunk = (len - done).min(1 << 30) as usize;
-        // SAFETY: both descriptors are open; offsets are valid out pointers.
-        let n = unsafe {
-            libc::copy_file_range(
-                input.as_raw_fd(),
-                &mut off_in,
-                out.as_raw_fd(),
-                &mut off_out,
-                chunk,
-                0,
-            )
-        };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            return match err.raw_os_error() {
-                // Kernels or filesystems without copy_file_range between
-                // these files: copy through a buffer instead.
-                Some(libc::ENOSYS | libc::EXDEV | libc::EINVAL | libc::EOPNOTSUPP) => {
-                    copy_buffered(input, out, start + done, len - done)
-                }
-                _ => Err(err),
-            };
-        }
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the input shrank while it was copied",
-            ));
-        }
-        done += n as u64;
-    }
-    Ok(())
-}
-
-fn copy_buffered(input: &File, out: &File, start: u64, len: u64) -> io::Result<()> {
-    let mut buf = vec![0u8; 1 << 20];
-    let mut done = 0u64;
-    while done < len {
-        let n = (len - done).min(buf.len() as u64) as usize;
-        input.read_exact_at(&mut buf[..n], start + done)?;
-        out.write_all_at(&buf[..n], start + done)?;
-        done += n as u64;
-    }
     Ok(())
 }
 

@@ -1,0 +1,236 @@
+//! The tail-only rewrites (plain tar: the prefix copied as is; gzip: the
+//! compressed prefix kept up to a deflate block boundary) must give exactly
+//! the archive the full rewrite gives, once decompressed.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use tempfile::TempDir;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// /etc/azaion/device.conf exists and is the first entry with data.
+    Start,
+    /// It exists between a lot of data before and after.
+    Middle,
+    /// It does not exist: new entries go at the end.
+    End,
+}
+
+/// Deterministic text-like bytes: compressible, but not trivially.
+fn filler(seed: u64, len: usize) -> Vec<u8> {
+    let words = [
+        "jetson", "rootfs", "kernel", "module", "azaion", "device", "loader", "config", "\n",
+    ];
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut out = Vec::with_capacity(len + 16);
+    while out.len() < len {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        out.extend_from_slice(words[(x >> 33) as usize % words.len()].as_bytes());
+        out.push(b' ' + ((x >> 20) as u8 % 64));
+    }
+    out.truncate(len);
+    out
+}
+
+fn tree(dir: &Path, place: Place, big: bool) -> PathBuf {
+    let root = dir.join(format!("tree-{place:?}-{big}"));
+    let _ = fs::remove_dir_all(&root);
+    let bulk = if big { 3 << 20 } else { 2000 };
+    fs::create_dir_all(root.join("etc")).unwrap();
+    fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0::/root:/bin/sh\nazaion:x:1001:1001::/home/azaion:/bin/sh\n",
+    )
+    .unwrap();
+    fs::write(root.join("etc/group"), "root:x:0:\nazaion:x:1001:\n").unwrap();
+    if place != Place::End {
+        fs::create_dir(root.join("etc/azaion")).unwrap();
+        fs::write(
+            root.join("etc/azaion/device.conf"),
+            "AZAION_DEVICE_EMAIL=old\n",
+        )
+        .unwrap();
+    }
+    // --sort=name puts "a-..." before "etc" and "z-..." after it.
+    let before = if place == Place::Start {
+        "zz-before-is-after"
+    } else {
+        "a-before"
+    };
+    for (dir_name, seed) in [(before, 1u64), ("z-after", 2)] {
+        if place == Place::End && dir_name == "z-after" {
+            continue;
+        }
+        fs::create_dir_all(root.join(dir_name)).unwrap();
+        for i in 0..4 {
+            fs::write(
+                root.join(dir_name).join(format!("f{i}")),
+                filler(seed * 10 + i, bulk / 4),
+            )
+            .unwrap();
+        }
+    }
+    root
+}
+
+fn tar_of(root: &Path, out: &Path) {
+    sh(&format!(
+        "tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@1700000000 -C {} -cf {} .",
+        root.display(),
+        out.display()
+    ));
+}
+
+fn provision(input: &Path, output: &Path, pw: &Path, full: bool) {
+    let mut cmd = provision_offline(input, output, "azaion", pw);
+    cmd.env("SOURCE_DATE_EPOCH", "1700000000");
+    if full {
+        cmd.env("IMPRINT_FULL_REWRITE", "1");
+    }
+    let o = run(&mut cmd);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+fn decompressed(path: &Path) -> Vec<u8> {
+    let o = run(Command::new("gzip").arg("-dc").arg(path));
+    assert!(
+        o.status.success(),
+        "gzip -dc {}: {}",
+        path.display(),
+        stderr(&o)
+    );
+    o.stdout
+}
+
+fn check_archive(path: &Path, gz: bool) {
+    if gz {
+        sh(&format!("gzip -t {}", path.display()));
+    }
+    for tool in ["gnutar", "bsdtar"] {
+        let x = path.with_extension(format!("x-{tool}"));
+        let _ = fs::remove_dir_all(&x);
+        extract(tool, path, &x);
+        assert_eq!(
+            fs::read_to_string(x.join("etc/azaion/device.conf")).unwrap(),
+            conf_text(EMAIL, PASSWORD)
+        );
+    }
+}
+
+fn case(dir: &Path, place: Place, big: bool, compress: Option<&str>) {
+    let label = format!("{place:?}-{big}-{}", compress.unwrap_or("plain")).replace(" ", "_");
+    let root = tree(dir, place, big);
+    let plain = dir.join(format!("{label}.tar"));
+    tar_of(&root, &plain);
+    let input = match compress {
+        None => plain.clone(),
+        Some(flags) => {
+            let gz = dir.join(format!("{label}.tar.gz"));
+            sh(&format!(
+                "gzip {flags} -c {} > {}",
+                plain.display(),
+                gz.display()
+            ));
+            gz
+        }
+    };
+    let pw = write_password(dir, PASSWORD);
+    let fast = dir.join(format!("{label}-fast"));
+    let slow = dir.join(format!("{label}-slow"));
+    provision(&input, &fast, &pw, false);
+    provision(&input, &slow, &pw, true);
+    match compress {
+        None => assert_eq!(
+            fs::read(&fast).unwrap(),
+            fs::read(&slow).unwrap(),
+            "{label}"
+        ),
+        Some(_) => assert!(
+            decompressed(&fast) == decompressed(&slow),
+            "{label}: contents differ"
+        ),
+    }
+    check_archive(&fast, compress.is_some());
+    let v = run(bin()
+        .arg("verify")
+        .arg(&fast)
+        .args(["--serial", SERIAL, "--owner", "azaion"]));
+    assert!(v.status.success(), "{label}: {}", stdout(&v));
+}
+
+#[test]
+fn gzip_tail_rewrite_equals_full_rewrite() {
+    let dir = TempDir::new().unwrap();
+    for place in [Place::Start, Place::Middle, Place::End] {
+        for big in [false, true] {
+            case(dir.path(), place, big, Some("-6"));
+        }
+    }
+    case(dir.path(), Place::Middle, true, Some("-1"));
+    case(dir.path(), Place::End, true, Some("-9 -n"));
+}
+
+#[test]
+fn plain_tar_prefix_copy_equals_full_rewrite() {
+    let dir = TempDir::new().unwrap();
+    for place in [Place::Start, Place::Middle, Place::End] {
+        case(dir.path(), place, true, None);
+    }
+}
+
+#[test]
+fn the_gzip_prefix_is_kept_byte_for_byte() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let root = tree(d, Place::End, true);
+    let plain = d.join("in.tar");
+    tar_of(&root, &plain);
+    let gz = d.join("in.tar.gz");
+    sh(&format!(
+        "gzip -6 -c {} > {}",
+        plain.display(),
+        gz.display()
+    ));
+    let pw = write_password(d, PASSWORD);
+    let out = d.join("out.tar.gz");
+    provision(&gz, &out, &pw, false);
+    let (a, b) = (fs::read(&gz).unwrap(), fs::read(&out).unwrap());
+    let same = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    assert!(
+        same > a.len() * 9 / 10,
+        "only {same} of {} compressed bytes kept",
+        a.len()
+    );
+}
+
+#[test]
+fn multi_member_gzip_takes_the_full_rewrite() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let root = tree(d, Place::Middle, false);
+    let plain = d.join("in.tar");
+    tar_of(&root, &plain);
+    // Two gzip members: the first 10 KiB and the rest.
+    let gz = d.join("in.tar.gz");
+    sh(&format!(
+        "(head -c 10240 {p} | gzip -c; tail -c +10241 {p} | gzip -c) > {g}",
+        p = plain.display(),
+        g = gz.display()
+    ));
+    let pw = write_password(d, PASSWORD);
+    let fast = d.join("fast");
+    let slow = d.join("slow");
+    provision(&gz, &fast, &pw, false);
+    provision(&gz, &slow, &pw, true);
+    assert_eq!(fs::read(&fast).unwrap(), fs::read(&slow).unwrap());
+    check_archive(&fast, true);
+}
