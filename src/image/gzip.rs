@@ -24,6 +24,7 @@ const WINDOW: usize = 32 * 1024;
 /// so a few suffice, whatever the archive size.
 const RECENT: usize = 16;
 const IN_BUF: usize = 256 * 1024;
+const STREAM_SIZE: i32 = std::mem::size_of::<z::z_stream>() as i32;
 
 /// A place where a new deflate block starts.
 #[derive(Clone, PartialEq, Eq)]
@@ -82,47 +83,37 @@ unsafe impl Send for ZStream {}
 
 impl ZStream {
     fn inflate() -> io::Result<ZStream> {
-        // SAFETY: a zeroed z_stream is the documented starting state.
-        let mut strm: Box<z::z_stream> = Box::new(unsafe { std::mem::zeroed() });
-        let code = unsafe {
-            z::inflateInit2_(
-                &mut *strm,
-                -15,
-                z::zlibVersion(),
-                std::mem::size_of::<z::z_stream>() as i32,
-            )
-        };
-        if code != z::Z_OK {
-            return Err(zerr("cannot start inflate", code));
-        }
-        Ok(ZStream {
-            strm,
-            deflate: false,
+        // SAFETY: init receives a zeroed, boxed (never moved) stream.
+        Self::start(false, |strm| unsafe {
+            z::inflateInit2_(strm, -15, z::zlibVersion(), STREAM_SIZE)
         })
     }
 
     fn deflate(level: i32) -> io::Result<ZStream> {
+        // Raw deflate (-15), zlib's default memory level and strategy.
         // SAFETY: as above.
-        let mut strm: Box<z::z_stream> = Box::new(unsafe { std::mem::zeroed() });
-        let code = unsafe {
+        Self::start(true, |strm| unsafe {
             z::deflateInit2_(
-                &mut *strm,
+                strm,
                 level,
                 z::Z_DEFLATED,
                 -15,
                 8,
                 z::Z_DEFAULT_STRATEGY,
                 z::zlibVersion(),
-                std::mem::size_of::<z::z_stream>() as i32,
+                STREAM_SIZE,
             )
-        };
-        if code != z::Z_OK {
-            return Err(zerr("cannot start deflate", code));
-        }
-        Ok(ZStream {
-            strm,
-            deflate: true,
         })
+    }
+
+    fn start(deflate: bool, init: impl FnOnce(&mut z::z_stream) -> i32) -> io::Result<ZStream> {
+        // SAFETY: a zeroed z_stream is the documented starting state.
+        let mut strm: Box<z::z_stream> = Box::new(unsafe { std::mem::zeroed() });
+        let code = init(&mut strm);
+        if code != z::Z_OK {
+            return Err(zerr("cannot start zlib", code));
+        }
+        Ok(ZStream { strm, deflate })
     }
 
     fn window(&mut self) -> Vec<u8> {
