@@ -187,10 +187,6 @@ pub fn prepare_image(
         .map_err(|source| ProvisionError::CreateOutput { dir, source })?;
     say(&format!("writing {}", output.display()));
     backend.apply(&plan, &mut temp)?;
-    temp.seal().map_err(|source| ProvisionError::Commit {
-        path: output.to_path_buf(),
-        source,
-    })?;
     Ok(Prepared {
         serial: req.serial.clone(),
         email,
@@ -201,15 +197,25 @@ pub fn prepare_image(
     })
 }
 
-/// Provisions the account (unless offline), then gives the image its final
-/// name and sidecar. If the API fails, the temp file is dropped: removed.
+/// Makes the image durable (fsync, digest), provisions the account (unless
+/// offline), then gives the image its final name and sidecar. A write that
+/// fails here makes no API call; if the API fails, the temp file is
+/// dropped: removed. A batch runs this on worker threads, so one image's
+/// fsync and API call overlap the writing of the next.
 pub fn finish(
-    prepared: Prepared,
+    mut prepared: Prepared,
     client: Option<&AdminClient>,
     say: &mut dyn FnMut(&str),
 ) -> Result<Report, ProvisionError> {
-    let account = provision_account(client, &prepared.email, &prepared.password, say)?;
     let path = prepared.temp.final_path().to_path_buf();
+    prepared
+        .temp
+        .seal()
+        .map_err(|source| ProvisionError::Commit {
+            path: path.clone(),
+            source,
+        })?;
+    let account = provision_account(client, &prepared.email, &prepared.password, say)?;
     let emitted = prepared
         .temp
         .commit()

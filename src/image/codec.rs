@@ -71,7 +71,13 @@ impl Compression {
                 out,
                 bzip2::Compression::new(9),
             )),
-            Compression::Zstd => Box::new(zstd::stream::write::Encoder::new(out, 3)?),
+            Compression::Zstd => {
+                let mut encoder = zstd::stream::write::Encoder::new(out, 3)?;
+                // Worker threads compress while this thread reads the input;
+                // the output bytes do not depend on the thread count.
+                encoder.multithread(zstd_workers())?;
+                Box::new(encoder)
+            }
             Compression::Xz => Box::new(xz2::write::XzEncoder::new(out, 6)),
         })
     }
@@ -122,6 +128,13 @@ impl<W: Write> Encoder for bzip2::write::BzEncoder<W> {
     fn finish_stream(self: Box<Self>) -> io::Result<()> {
         self.finish()?.flush()
     }
+}
+
+fn zstd_workers() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
+        .clamp(1, 8)
 }
 
 impl<W: Write> Encoder for zstd::stream::write::Encoder<'_, W> {

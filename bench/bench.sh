@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Times imprint against the commands a user would otherwise run, side by
+# side in one run, and prints time, baseline time, ratio, peak RSS and MB/s.
+#
+#   bench/bench.sh [SIZE_MB] [WORKDIR]     (defaults: 1024, /tmp/imprint-bench)
+#
+# The rootfs is generated from this machine's /usr (real binaries, libraries
+# and text), copied until it reaches SIZE_MB, so it compresses like a real
+# Jetson rootfs. Built inputs are kept in WORKDIR between runs.
+set -euo pipefail
+
+SIZE_MB=${1:-1024}
+WORK=${2:-/tmp/imprint-bench}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
+IMPRINT="$ROOT/target/release/imprint"
+mkdir -p "$WORK"
+cd "$WORK"
+export SOURCE_DATE_EPOCH=1700000000
+printf '5f0c2a9e8b7d6c4e3f2a1b0c9d8e7f6a\n' > pw
+
+if [ ! -f rootfs.tar ]; then
+  echo "building a ${SIZE_MB} MB rootfs from /usr ..." >&2
+  rm -rf tree && mkdir -p tree/etc
+  printf 'root:x:0:0::/root:/bin/sh\nazaion:x:1001:1001::/home/azaion:/bin/sh\n' > tree/etc/passwd
+  printf 'root:x:0:\nazaion:x:1001:\n' > tree/etc/group
+  # Real files (binaries, libraries, text) in a fixed order, up to the size.
+  find /usr/bin /usr/lib /usr/share -xdev -type f -size -50M -printf '%s\t%p\n' 2>/dev/null |
+    sort -t$'\t' -k2 > all-files.txt
+  awk -F'\t' -v max=$((SIZE_MB * 1000000)) '{ t += $1; if (t > max) exit; print substr($2, 2) }' \
+    all-files.txt > files.txt
+  tar -C / -cf - -T files.txt 2>/dev/null | tar -C tree -xf -
+  tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@1700000000 -C tree -cf rootfs.tar .
+  rm -rf tree files.txt all-files.txt
+fi
+[ -f rootfs.tar.gz ] || gzip -6 -c rootfs.tar > rootfs.tar.gz
+[ -f rootfs.tbz2 ] || lbzip2 -9 -c rootfs.tar > rootfs.tbz2
+[ -f rootfs.tar.zst ] || zstd -q -3 -T2 -c rootfs.tar > rootfs.tar.zst
+if [ ! -f system.img.raw ]; then
+  mkdir -p ext4tree && tar -C ext4tree -xf rootfs.tar
+  # 2 GiB holding the rootfs: the rest is free space (holes).
+  mke2fs -F -q -t ext4 -d ext4tree system.img.raw 2G
+  rm -rf ext4tree
+fi
+[ -f system.img ] || img2simg system.img.raw system.img
+
+# measure CMD: prints "seconds peak_kib" for one run of CMD.
+measure() {
+  /usr/bin/time -f '%e %M' -o .time bash -c "$1" >/dev/null 2>&1 || echo "FAILED: $1" >&2
+  tail -1 .time
+}
+
+provision() { # INPUT OUTPUT
+  echo "rm -f $2 $2.sha256; $IMPRINT provision --quiet --serial AZJN-0042 --offline --password-file pw --image $1 --output $2"
+}
+
+declare -a ROWS
+row() { # case, input, baseline-label, baseline-cmd, imprint-cmd, target
+  local t_b t_i rss_b rss_i
+  # Warm the page cache so both sides read from memory.
+  cat "$2" > /dev/null
+  read -r t_b rss_b < <(measure "$4")
+  read -r t_i rss_i < <(measure "$5")
+  local mb
+  mb=$(( $(stat -c %s "$2") / 1000000 ))
+  ROWS+=("$(printf '| %s | %s | %.2f s | %.2f s | %.2f | <= %s | %d MiB | %.0f MB/s |' \
+    "$1" "$3" "$t_b" "$t_i" "$(echo "$t_i / $t_b" | bc -l)" "$6" "$((rss_i / 1024))" \
+    "$(echo "$mb / ($t_i + 0.0001)" | bc -l)")")
+  echo "${ROWS[-1]}" >&2
+}
+
+row "tar.gz, one serial" rootfs.tar.gz "gzip -dc IN > /dev/null" \
+  "gzip -dc rootfs.tar.gz > /dev/null" "$(provision rootfs.tar.gz out.tar.gz)" 0.5
+row "tar.gz, one serial" rootfs.tar.gz "gzip -dc | add file | gzip -6" \
+  "mkdir -p add/etc/azaion && echo x > add/etc/azaion/device.conf && gzip -dc rootfs.tar.gz > scripted.tar && tar -rf scripted.tar -C add ./etc/azaion/device.conf && gzip -6 -c scripted.tar > scripted.tar.gz" \
+  "$(provision rootfs.tar.gz out.tar.gz)" 0.06
+row ".tbz2, one serial" rootfs.tbz2 "lbzip2 -n2 -dc IN > /dev/null" \
+  "lbzip2 -n2 -dc rootfs.tbz2 > /dev/null" "$(provision rootfs.tbz2 out.tbz2)" 1.5
+row "tar, one serial" rootfs.tar "cp IN OUT && openssl dgst -sha256 OUT" \
+  "cp rootfs.tar copy.tar && openssl dgst -sha256 copy.tar" "$(provision rootfs.tar out.tar)" 1.5
+row "tar.zst, one serial" rootfs.tar.zst "zstd -dc IN | zstd -3 -T2 > OUT" \
+  "zstd -q -dc rootfs.tar.zst | zstd -q -3 -T2 > copy.tar.zst" "$(provision rootfs.tar.zst out.tar.zst)" 1.0
+row "ext4 raw 2 GiB, one serial" system.img.raw "cp --sparse=always IN OUT && openssl dgst -sha256 OUT" \
+  "cp --sparse=always system.img.raw copy.raw && openssl dgst -sha256 copy.raw" "$(provision system.img.raw out.img.raw)" 1.5
+row "sparse system.img" system.img "simg2img + img2simg" \
+  "simg2img system.img copy.raw && img2simg copy.raw copy.img" "$(provision system.img out.img)" 0.5
+seq -f 'AZJN-%04g' 1 20 > serials.txt
+SINGLES=""
+for s in $(cat serials.txt); do
+  SINGLES+="rm -f single-$s.tar.gz*; $IMPRINT provision --quiet --serial $s --offline --password-file pw --image rootfs.tar.gz --output single-$s.tar.gz; "
+done
+row "20 serials from one tar.gz" rootfs.tar.gz "20 single-serial runs" \
+  "$SINGLES" "rm -rf batch && mkdir batch && $IMPRINT provision --quiet --serials serials.txt --offline --password-file pw --image rootfs.tar.gz --output batch/" 0.15
+rm -f copy.* scripted.* out.* single-* && rm -rf add batch
+
+echo
+echo "imprint $("$IMPRINT" --version | cut -d' ' -f2), $(nproc) cores, rootfs.tar $(( $(stat -c %s rootfs.tar) / 1000000 )) MB"
+echo
+echo "| case | baseline | baseline time | imprint time | ratio | target | imprint peak RSS | imprint MB/s of input |"
+echo "|---|---|---|---|---|---|---|---|"
+printf '%s\n' "${ROWS[@]}"
