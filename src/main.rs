@@ -118,6 +118,9 @@ struct ProvisionArgs {
     /// Print only the result line
     #[arg(long, short)]
     quiet: bool,
+    /// Print the result as one JSON document (schema imprint.provision/1 or imprint.batch/1)
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -287,6 +290,7 @@ fn provision_cmd(args: ProvisionArgs) -> Result<ExitCode> {
                 jobs: args.jobs as usize,
             },
             args.quiet,
+            args.json,
         );
     }
     let serial = serials.remove(0);
@@ -306,12 +310,20 @@ fn provision_cmd(args: ProvisionArgs) -> Result<ExitCode> {
         overlay,
         api,
     };
-    let quiet = args.quiet;
+    let quiet = args.quiet || args.json;
+    let json = args.json;
     let report = provision::run(&request, &mut |line| {
         if !quiet {
             eprintln!("imprint: {line}");
         }
     })?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&provision_json(&report))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let owner = format!("{}:{}", report.owner.uid, report.owner.gid);
     match &report.emitted {
         Some(out) => println!(
@@ -330,13 +342,71 @@ fn provision_cmd(args: ProvisionArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn batch_cmd(req: batch::BatchRequest, quiet: bool) -> Result<ExitCode> {
+/// The `provision --json` document (docs/json.md). Carries no secret.
+fn provision_json(report: &provision::Report) -> serde_json::Value {
+    let emitted = report.emitted.as_ref();
+    serde_json::json!({
+        "schema": "imprint.provision/1",
+        "serial": report.serial,
+        "email": report.email,
+        "input_kind": report.kind,
+        "output": emitted.map(|e| e.path.display().to_string()),
+        "sha256": emitted.map(|e| e.sha256.clone()),
+        "size": emitted.map(|e| e.size),
+        "sidecar": emitted.map(|e| imprint::output::sidecar_path(&e.path).display().to_string()),
+        "staged": report.staged.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "device_conf": {
+            "path": "/etc/azaion/device.conf",
+            "mode": "0600",
+            "uid": report.owner.uid,
+            "gid": report.owner.gid,
+            "user": report.owner.user_name,
+            "group": report.owner.group_name,
+        },
+        "account": match report.account {
+            Some(imprint::admin::Provisioned::Created) => Some("created"),
+            Some(imprint::admin::Provisioned::PasswordUpdated) => Some("password_updated"),
+            None => None,
+        },
+    })
+}
+
+fn batch_cmd(req: batch::BatchRequest, quiet: bool, json: bool) -> Result<ExitCode> {
     let total = req.serials.len();
     let report = batch::run(req, &|line| {
-        if !quiet {
+        if !quiet && !json {
             eprintln!("imprint: {line}");
         }
     })?;
+    if json {
+        let results: Vec<serde_json::Value> = report
+            .outcomes
+            .iter()
+            .map(|(serial, outcome)| match outcome {
+                batch::Outcome::Written => {
+                    serde_json::json!({"serial": serial, "status": "written"})
+                }
+                batch::Outcome::Skipped => {
+                    serde_json::json!({"serial": serial, "status": "skipped"})
+                }
+                batch::Outcome::Failed(why) => {
+                    serde_json::json!({"serial": serial, "status": "failed", "error": why})
+                }
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "schema": "imprint.batch/1",
+            "manifest": report.manifest_path.display().to_string(),
+            "failed": report.failed(),
+            "results": results,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(if report.failed() == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     for (serial, outcome) in &report.outcomes {
         match outcome {
             batch::Outcome::Written => println!("{serial}: written"),
@@ -374,7 +444,13 @@ fn verify_cmd(args: VerifyArgs) -> Result<ExitCode> {
     };
     let report = verify::verify(&args.image, &expect)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let doc = serde_json::json!({
+            "schema": "imprint.verify/1",
+            "image": report.image.display().to_string(),
+            "passed": report.passed(),
+            "checks": report.checks,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         for c in &report.checks {
             println!("{c}");

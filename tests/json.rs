@@ -1,0 +1,159 @@
+//! The JSON documents of provision and verify (docs/json.md), parsed and
+//! checked field by field.
+
+mod common;
+
+use std::fs;
+
+use common::*;
+use imprint::stub::StubServer;
+use serde_json::Value;
+use tempfile::TempDir;
+
+fn parse(o: &std::process::Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
+}
+
+#[test]
+fn provision_and_verify_documents() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let server = StubServer::start().unwrap();
+    let tree = ext4_tree(d, 0, Azaion::Absent);
+    let img = d.join("system.img.raw");
+    assert!(mkfs(&tree, &img, &["-t", "ext4"], "16M").status.success());
+    let out = d.join("out.img");
+    let o = run(bin()
+        .args([
+            "provision",
+            "--json",
+            "--serial",
+            SERIAL,
+            "--owner",
+            "azaion",
+            "--api-url",
+            &server.url(),
+            "--image",
+        ])
+        .arg(&img)
+        .arg("--output")
+        .arg(&out));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).is_empty(),
+        "--json keeps stderr quiet: {}",
+        stderr(&o)
+    );
+    let doc = parse(&o);
+    let password = server.password_of(EMAIL).unwrap();
+    assert!(!stdout(&o).contains(&password));
+    assert_eq!(doc["schema"], "imprint.provision/1");
+    assert_eq!(doc["serial"], SERIAL);
+    assert_eq!(doc["email"], EMAIL);
+    assert_eq!(doc["input_kind"], "raw ext2/3/4 image");
+    assert_eq!(doc["output"], out.display().to_string());
+    assert_eq!(doc["sha256"], sha256(&out));
+    assert_eq!(doc["size"], fs::metadata(&out).unwrap().len());
+    assert_eq!(doc["sidecar"], format!("{}.sha256", out.display()));
+    assert_eq!(doc["staged"], serde_json::json!([]));
+    assert_eq!(doc["device_conf"]["path"], "/etc/azaion/device.conf");
+    assert_eq!(doc["device_conf"]["mode"], "0600");
+    assert_eq!(doc["device_conf"]["uid"], 1001);
+    assert_eq!(doc["device_conf"]["gid"], 1001);
+    assert_eq!(doc["device_conf"]["user"], "azaion");
+    assert_eq!(doc["device_conf"]["group"], "azaion");
+    assert_eq!(doc["account"], "created");
+
+    let v = run(bin().arg("verify").arg(&out).args([
+        "--json",
+        "--serial",
+        SERIAL,
+        "--owner",
+        "azaion",
+        "--login-url",
+        &server.url(),
+    ]));
+    assert!(v.status.success());
+    let doc = parse(&v);
+    assert!(!stdout(&v).contains(&password));
+    assert_eq!(doc["schema"], "imprint.verify/1");
+    assert_eq!(doc["image"], out.display().to_string());
+    assert_eq!(doc["passed"], true);
+    let names: Vec<&str> = doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "checksum",
+            "present",
+            "regular file",
+            "mode",
+            "owner",
+            "email",
+            "password",
+            "email matches serial",
+            "e2fsck",
+            "login"
+        ]
+    );
+    for c in doc["checks"].as_array().unwrap() {
+        assert_eq!(c["passed"], true, "{c}");
+        assert!(c["detail"].is_string());
+    }
+
+    // A failing verify says so in the document and the exit code.
+    fs::write(
+        format!("{}.sha256", out.display()),
+        format!("{}  out.img\n", "0".repeat(64)),
+    )
+    .unwrap();
+    let v = run(bin().arg("verify").arg(&out).arg("--json"));
+    assert_eq!(v.status.code(), Some(1));
+    let doc = parse(&v);
+    assert_eq!(doc["passed"], false);
+    assert_eq!(doc["checks"][0]["name"], "checksum");
+    assert_eq!(doc["checks"][0]["passed"], false);
+}
+
+#[test]
+fn batch_document() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let root = make_rootfs(d, "rootfs");
+    let input = d.join("base.tar.gz");
+    make_tar(&root, &input, "tar.gz", "gnu", true);
+    let out = d.join("out");
+    fs::create_dir(&out).unwrap();
+    fs::write(out.join("AZJN-0002-base.tar.gz"), "not ours").unwrap();
+    let pw = write_password(d, PASSWORD);
+    let o = run(bin()
+        .args(["provision", "--json", "--offline", "--password-file"])
+        .arg(&pw)
+        .args(["--serial", "AZJN-0001", "--serial", "AZJN-0002", "--image"])
+        .arg(&input)
+        .arg("--output")
+        .arg(&out));
+    assert_eq!(o.status.code(), Some(1));
+    let doc = parse(&o);
+    assert!(!stdout(&o).contains(PASSWORD));
+    assert_eq!(doc["schema"], "imprint.batch/1");
+    assert_eq!(
+        doc["manifest"],
+        out.join("manifest.json").display().to_string()
+    );
+    assert_eq!(doc["failed"], 1);
+    assert_eq!(
+        doc["results"][0],
+        serde_json::json!({"serial": "AZJN-0001", "status": "written"})
+    );
+    assert_eq!(doc["results"][1]["serial"], "AZJN-0002");
+    assert_eq!(doc["results"][1]["status"], "failed");
+    assert!(doc["results"][1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("--force"));
+}
