@@ -428,9 +428,7 @@ fn online_provisioning_and_verify_catches_tampering() {
     let dir = TempDir::new().unwrap();
     let d = dir.path();
     let server = StubServer::start().unwrap();
-    let tree = ext4_tree(d, 0, Azaion::Absent);
-    let img = d.join("in.img");
-    assert!(mkfs(&tree, &img, &["-t", "ext4"], "16M").status.success());
+    let img = small_ext4(d, "in.img");
     let out = d.join("good.img");
     let o = run(bin()
         .args([
@@ -522,9 +520,7 @@ fn online_provisioning_and_verify_catches_tampering() {
 fn a_missing_libext2fs_is_named_and_verify_does_not_need_it() {
     let dir = TempDir::new().unwrap();
     let d = dir.path();
-    let tree = ext4_tree(d, 0, Azaion::Absent);
-    let img = d.join("in.img");
-    assert!(mkfs(&tree, &img, &["-t", "ext4"], "16M").status.success());
+    let img = small_ext4(d, "in.img");
     let pw = write_password(d, PASSWORD);
     let out = d.join("out.img");
     let o = run(provision_offline(&img, &out, "azaion", &pw)

@@ -19,9 +19,7 @@ fn provision_and_verify_documents() {
     let dir = TempDir::new().unwrap();
     let d = dir.path();
     let server = StubServer::start().unwrap();
-    let tree = ext4_tree(d, 0, Azaion::Absent);
-    let img = d.join("system.img.raw");
-    assert!(mkfs(&tree, &img, &["-t", "ext4"], "16M").status.success());
+    let img = small_ext4(d, "system.img.raw");
     let out = d.join("out.img");
     let o = run(bin()
         .args([

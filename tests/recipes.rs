@@ -167,9 +167,7 @@ fn yocto_class_postprocess_function() {
     let d = dir.path();
     let deploy = d.join("deploy");
     fs::create_dir(&deploy).unwrap();
-    let tree = ext4_tree(d, 0, Azaion::Absent);
-    let ext4 = deploy.join("azaion-image-jetson.rootfs.ext4");
-    assert!(mkfs(&tree, &ext4, &["-t", "ext4"], "16M").status.success());
+    small_ext4(&deploy, "azaion-image-jetson.rootfs.ext4");
     let server = StubServer::start().unwrap();
     // The class's function body, run by sh with the variables BitBake would
     // expand and stand-ins for bbnote/bbfatal.

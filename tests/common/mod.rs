@@ -407,3 +407,12 @@ pub fn provision_offline(input: &Path, output: &Path, owner: &str, pw: &Path) ->
     .arg(output);
     c
 }
+
+/// A 16 MiB ext4 image of [`ext4_tree`] (no /etc/azaion) at `dir/name`.
+pub fn small_ext4(dir: &Path, name: &str) -> PathBuf {
+    let tree = ext4_tree(dir, 0, Azaion::Absent);
+    let img = dir.join(name);
+    let o = mkfs(&tree, &img, &["-t", "ext4"], "16M");
+    assert!(o.status.success(), "mke2fs: {}", stderr(&o));
+    img
+}
