@@ -247,6 +247,7 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
                     password: None,
                     overlay: req.template.overlay.clone(),
                     api: None,
+                    sha1sum: req.template.sha1sum,
                 };
                 let mut tell = |line: &str| say(&format!("{serial}: {line}"));
                 provision::prepare_image(

@@ -243,6 +243,7 @@ fn provision_and_verify(
         password: None,
         overlay: OverlaySpec::default_spec(),
         api: Some(AdminConfig::new(&server.url())),
+        sha1sum: false,
     };
     let report = provision::run(&request, &mut |line| println!("   {line}"))?;
     let emitted = report.emitted.context("no image was written")?;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use zeroize::Zeroizing;
 
 use imprint::admin::AdminConfig;
@@ -63,6 +63,10 @@ enum Command {
     Verify(VerifyArgs),
     /// Build a sample rootfs, provision it against a local stand-in API, verify it
     Demo(DemoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff) to stdout
+    Man,
     /// Run the stand-in admin API and Loader on 127.0.0.1 (for testing)
     #[command(hide = true)]
     StubServer {
@@ -121,6 +125,15 @@ struct ProvisionArgs {
     /// Print the result as one JSON document (schema imprint.provision/1 or imprint.batch/1)
     #[arg(long)]
     json: bool,
+    /// Checksum files to write beside each image: sha256 (NAME.sha256, always) and sha1 (NAME.sha1sum, for NVIDIA's kernel-flash tools)
+    #[arg(long, value_delimiter = ',', default_value = "sha256")]
+    checksum: Vec<ChecksumKind>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ChecksumKind {
+    Sha256,
+    Sha1,
 }
 
 #[derive(Args)]
@@ -179,6 +192,13 @@ fn main() -> ExitCode {
     }
     match run(cli) {
         Ok(code) => code,
+        // A closed pipe (`imprint man | head`) is the reader's choice.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("imprint: error: {e:#}");
             ExitCode::from(1)
@@ -190,6 +210,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Provision(args) => provision_cmd(args),
         Command::Verify(args) => verify_cmd(args),
+        Command::Completions { shell } => {
+            let mut cli = Cli::command();
+            clap_complete::generate(shell, &mut cli, "imprint", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo(args) => {
             demo::run(&args.dir)?;
             Ok(ExitCode::SUCCESS)
@@ -257,6 +286,7 @@ fn provision_cmd(args: ProvisionArgs) -> Result<ExitCode> {
         (Some(url), false) => Some(args.api.config(url)?),
         _ => None,
     };
+    let sha1sum = args.checksum.contains(&ChecksumKind::Sha1);
     let mut serials = args
         .serial
         .iter()
@@ -278,6 +308,7 @@ fn provision_cmd(args: ProvisionArgs) -> Result<ExitCode> {
             password,
             overlay,
             api,
+            sha1sum,
         };
         return batch_cmd(
             batch::BatchRequest {
@@ -309,6 +340,7 @@ fn provision_cmd(args: ProvisionArgs) -> Result<ExitCode> {
         password,
         overlay,
         api,
+        sha1sum,
     };
     let quiet = args.quiet || args.json;
     let json = args.json;
@@ -363,6 +395,7 @@ fn provision_json(report: &provision::Report) -> serde_json::Value {
             "user": report.owner.user_name,
             "group": report.owner.group_name,
         },
+        "sha1sum": report.sha1sum.as_ref().map(|p| p.display().to_string()),
         "account": match report.account {
             Some(imprint::admin::Provisioned::Created) => Some("created"),
             Some(imprint::admin::Provisioned::PasswordUpdated) => Some("password_updated"),

@@ -356,6 +356,30 @@ pub fn hash_prefix(file: &File, len: u64) -> io::Result<Sha256> {
     Ok(hasher)
 }
 
+/// Writes `NAME.sha1sum` beside `image`: the SHA-1 digest alone, the form
+/// NVIDIA's kernel-flash tools write (l4t_create_images_for_kernel_flash.sh)
+/// and compare (l4t_flash_from_kernel.sh).
+pub fn write_sha1sum(image: &Path) -> io::Result<PathBuf> {
+    use sha1::Digest as _;
+    let mut hasher = sha1::Sha1::new();
+    let mut file = File::open(image)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let mut name = image.as_os_str().to_owned();
+    name.push(".sha1sum");
+    let path = PathBuf::from(name);
+    let mut temp = TempOutput::create(&path)?;
+    writeln!(temp, "{}", hex::encode(hasher.finalize()))?;
+    temp.commit_without_sidecar()?;
+    Ok(path)
+}
+
 /// Feeds everything `reader` yields into `hasher`; returns the byte count.
 pub fn hash_reader(reader: &mut impl Read, hasher: &mut Sha256) -> io::Result<u64> {
     let mut buf = vec![0u8; 1 << 20];

@@ -14,7 +14,7 @@ use crate::admin::{AdminClient, AdminConfig, AdminError, Provisioned};
 use crate::identity::{IdentityError, Password, Serial};
 use crate::image::dir::{DirError, StagingDir};
 use crate::image::{self, ImageBackend, ImageError, ImageFacts};
-use crate::output::{Emitted, TempOutput};
+use crate::output::{self, Emitted, TempOutput};
 use crate::overlay::{choose_mtime, DeviceVars, OverlayError, OverlaySpec, Plan};
 use crate::owner::{Owner, OwnerSpec, UserDb};
 
@@ -71,6 +71,8 @@ pub struct Request {
     pub overlay: OverlaySpec,
     /// `None` is offline: no API call (the caller supplies the password).
     pub api: Option<AdminConfig>,
+    /// Also write `NAME.sha1sum`, as NVIDIA's kernel-flash tools check.
+    pub sha1sum: bool,
 }
 
 /// What a run did. Carries no secret.
@@ -86,6 +88,8 @@ pub struct Report {
     pub staged: Vec<PathBuf>,
     /// `None` when offline.
     pub account: Option<Provisioned>,
+    /// The `NAME.sha1sum` written, if asked for.
+    pub sha1sum: Option<PathBuf>,
 }
 
 /// Works out the final output path: a file, or a directory (existing, or
@@ -166,6 +170,7 @@ pub struct Prepared {
     kind: String,
     owner: Owner,
     temp: TempOutput,
+    sha1sum: bool,
 }
 
 /// Plans and writes one device's image with an already opened backend (a
@@ -194,6 +199,7 @@ pub fn prepare_image(
         kind: kind.to_string(),
         owner: file_owner(&plan),
         temp,
+        sha1sum: req.sha1sum,
     })
 }
 
@@ -219,7 +225,18 @@ pub fn finish(
     let emitted = prepared
         .temp
         .commit()
-        .map_err(|source| ProvisionError::Commit { path, source })?;
+        .map_err(|source| ProvisionError::Commit {
+            path: path.clone(),
+            source,
+        })?;
+    let sha1sum = if prepared.sha1sum {
+        Some(
+            output::write_sha1sum(&emitted.path)
+                .map_err(|source| ProvisionError::Commit { path, source })?,
+        )
+    } else {
+        None
+    };
     Ok(Report {
         serial: prepared.serial.to_string(),
         email: prepared.email,
@@ -228,6 +245,7 @@ pub fn finish(
         emitted: Some(emitted),
         staged: Vec::new(),
         account,
+        sha1sum,
     })
 }
 
@@ -273,6 +291,7 @@ pub fn run(req: &Request, say: &mut dyn FnMut(&str)) -> Result<Report, Provision
                 emitted: None,
                 staged: files,
                 account,
+                sha1sum: None,
             })
         }
     }

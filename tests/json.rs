@@ -155,3 +155,55 @@ fn batch_document() {
         .unwrap()
         .contains("--force"));
 }
+
+#[test]
+fn sha1sum_file_for_nvidia_kernel_flash_tools() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let img = small_ext4(d, "system.img.raw");
+    let pw = write_password(d, PASSWORD);
+    let out = d.join("system.img");
+    let o = run(provision_offline(&img, &out, "azaion", &pw).args([
+        "--checksum",
+        "sha256,sha1",
+        "--json",
+    ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc = parse(&o);
+    let sha1_file = d.join("system.img.sha1sum");
+    assert_eq!(doc["sha1sum"], sha1_file.display().to_string());
+    let text = fs::read_to_string(&sha1_file).unwrap();
+    assert_eq!(text.trim().len(), 40, "the digest alone: {text:?}");
+    // How l4t_flash_from_kernel.sh compares it, and sha1sum -c of the same.
+    sh(&format!(
+        "cd {} && [ \"$(sha1sum system.img | cut -d' ' -f1)\" = \"$(cat system.img.sha1sum)\" ] \
+         && echo \"$(cat system.img.sha1sum)  system.img\" | sha1sum -c -",
+        d.display()
+    ));
+    sh(&format!(
+        "cd {} && sha256sum -c system.img.sha256",
+        d.display()
+    ));
+    // Without sha1 in --checksum, no .sha1sum file.
+    let plain = d.join("plain.img");
+    assert!(run(&mut provision_offline(&img, &plain, "azaion", &pw))
+        .status
+        .success());
+    assert!(!d.join("plain.img.sha1sum").exists());
+}
+
+#[test]
+fn completions_and_man_page() {
+    let o = run(bin().args(["completions", "bash"]));
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("_imprint") && stdout(&o).contains("--serials"));
+    for shell in ["zsh", "fish"] {
+        assert!(run(bin().args(["completions", shell])).status.success());
+    }
+    let o = run(bin().arg("man"));
+    assert!(o.status.success());
+    assert!(stdout(&o).contains(".TH imprint 1"), "{}", stdout(&o));
+    // A reader that stops early is not an error.
+    let o = sh(&format!("{} man | head -1", env!("CARGO_BIN_EXE_imprint")));
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+}
