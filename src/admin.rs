@@ -214,6 +214,7 @@ impl AdminClient {
                 req = req.bearer_auth(token.as_str());
             }
             let last = attempt > self.config.retries;
+            tracing::debug!(step, attempt, "sending");
             match req.send() {
                 Ok(resp) => {
                     let s = resp.status();
@@ -221,6 +222,7 @@ impl AdminClient {
                     if !retryable || last {
                         return Ok(resp);
                     }
+                    tracing::info!(step, attempt, status = s.as_u16(), ?delay, "retrying");
                 }
                 Err(e) if last => {
                     return Err(AdminError::Unreachable {
@@ -230,7 +232,9 @@ impl AdminClient {
                         cause: describe_transport(&e),
                     })
                 }
-                Err(_) => {}
+                Err(e) => {
+                    tracing::info!(step, attempt, cause = %describe_transport(&e), ?delay, "retrying");
+                }
             }
             std::thread::sleep(delay);
             delay = delay.saturating_mul(2);

@@ -14,6 +14,7 @@ pub mod image;
 pub mod output;
 pub mod overlay;
 pub mod owner;
+pub mod progress;
 pub mod provision;
 pub mod stub;
 pub mod verify;

@@ -2,6 +2,7 @@
 //! provision -> commit -> checksum. The steps live in the library; this file
 //! turns flags into a request and results into lines for a person.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -51,6 +52,9 @@ Examples:
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// More detail on stderr: -v retries and steps, -vv the inner workings (never secrets)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
 }
 
 #[derive(Subcommand)]
@@ -187,6 +191,18 @@ struct DemoArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        _ => tracing::Level::DEBUG,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .without_time()
+        .init();
     if let Err(e) = imprint::output::install_signal_cleanup() {
         eprintln!("imprint: warning: cannot install signal handlers: {e}");
     }
@@ -344,11 +360,15 @@ fn provision_cmd(args: ProvisionArgs) -> Result<ExitCode> {
     };
     let quiet = args.quiet || args.json;
     let json = args.json;
+    imprint::progress::enable(std::io::stderr().is_terminal() && !quiet);
     let report = provision::run(&request, &mut |line| {
+        imprint::progress::finish();
         if !quiet {
             eprintln!("imprint: {line}");
         }
-    })?;
+    });
+    imprint::progress::finish();
+    let report = report?;
     if json {
         println!(
             "{}",
@@ -406,11 +426,14 @@ fn provision_json(report: &provision::Report) -> serde_json::Value {
 
 fn batch_cmd(req: batch::BatchRequest, quiet: bool, json: bool) -> Result<ExitCode> {
     let total = req.serials.len();
+    imprint::progress::enable(std::io::stderr().is_terminal() && !quiet && !json);
     let report = batch::run(req, &|line| {
         if !quiet && !json {
             eprintln!("imprint: {line}");
         }
-    })?;
+    });
+    imprint::progress::finish();
+    let report = report?;
     if json {
         let results: Vec<serde_json::Value> = report
             .outcomes
@@ -475,7 +498,10 @@ fn verify_cmd(args: VerifyArgs) -> Result<ExitCode> {
             .map(|url| args.api.config(url))
             .transpose()?,
     };
-    let report = verify::verify(&args.image, &expect)?;
+    imprint::progress::enable(std::io::stderr().is_terminal() && !args.json);
+    let report = verify::verify(&args.image, &expect);
+    imprint::progress::finish();
+    let report = report?;
     if args.json {
         let doc = serde_json::json!({
             "schema": "imprint.verify/1",

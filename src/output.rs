@@ -162,6 +162,7 @@ impl TempOutput {
         let done = if self.edited_in_place {
             let mut hasher = Sha256::new();
             let mut f = File::open(&self.temp_path)?;
+            crate::progress::start("hashing", f.metadata()?.len());
             let size = hash_reader(&mut f, &mut hasher)?;
             self.file.seek(SeekFrom::End(0))?;
             (hex::encode(hasher.finalize()), size)
@@ -323,6 +324,7 @@ pub fn copy_range(input: &File, from: u64, out: &File, to: u64, len: u64) -> io:
             ));
         }
         done += n as u64;
+        crate::progress::advance(n as u64);
     }
     Ok(())
 }
@@ -336,6 +338,7 @@ fn copy_buffered(input: &File, from: u64, out: &File, to: u64, len: u64) -> io::
         input.read_exact_at(&mut buf[..n], from + done)?;
         out.write_all_at(&buf[..n], to + done)?;
         done += n as u64;
+        crate::progress::advance(n as u64);
     }
     Ok(())
 }
@@ -393,6 +396,7 @@ pub fn hash_reader(reader: &mut impl Read, hasher: &mut Sha256) -> io::Result<u6
         };
         hasher.update(&buf[..n]);
         total += n as u64;
+        crate::progress::advance(n as u64);
     }
 }
 

@@ -43,7 +43,7 @@ impl Compression {
     /// A streaming decoder over `file`. Multi-member gzip, multi-stream
     /// bzip2 (as pbzip2/lbzip2 write) and multi-frame zstd/xz are read whole.
     pub fn decoder(self, file: File) -> Box<dyn Read + Send> {
-        let buffered = BufReader::with_capacity(1 << 20, file);
+        let buffered = BufReader::with_capacity(1 << 20, crate::progress::Reader(file));
         match self {
             Compression::None => Box::new(buffered),
             Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),

@@ -307,6 +307,7 @@ impl ReadAt for SparseView {
 /// all-zero FILL chunks stay holes.
 pub fn expand(view: &SparseView, out: &File) -> Result<(), SparseError> {
     let layout = view.layout();
+    crate::progress::start("expanding", layout.raw_size());
     out.set_len(layout.raw_size()).map_err(SparseError::Write)?;
     let bs = layout.block_size as u64;
     let mut buf = vec![0u8; IO_BUF];
@@ -327,6 +328,7 @@ pub fn expand(view: &SparseView, out: &File) -> Result<(), SparseError> {
             out.write_all_at(&buf[..n], start + done)
                 .map_err(SparseError::Write)?;
             done += n as u64;
+            crate::progress::advance(n as u64);
         }
     }
     Ok(())
@@ -367,6 +369,7 @@ pub fn encode(
     let mut old_buf = vec![0u8; per_buf * bs];
     let mut pieces = Vec::new();
     let mut changed_total = 0u64;
+    crate::progress::start("comparing", layout.raw_size());
     for (index, chunk) in layout.chunks.iter().enumerate() {
         // Runs of (changed?, length) over the chunk's blocks.
         let mut runs: Vec<(bool, u64)> = Vec::new();
@@ -394,6 +397,7 @@ pub fn encode(
                 }
             }
             block += n as u64;
+            crate::progress::advance((n * bs) as u64);
         }
         let changed: u64 = runs.iter().filter(|r| r.0).map(|r| r.1).sum();
         changed_total += changed;
@@ -553,7 +557,12 @@ impl ImageBackend for SparseBackend {
         let view = self.image.device();
         expand(view, scratch.file())?;
         ext4::write_plan(scratch.path(), self.image.superblock(), plan)?;
-        encode(view, scratch.file(), out)?;
+        let changed = encode(view, scratch.file(), out)?;
+        tracing::debug!(
+            changed_blocks = changed,
+            chunks = view.layout().chunks.len(),
+            "sparse re-encoded"
+        );
         Ok(())
     }
 }

@@ -22,6 +22,7 @@ use super::gzip;
 use super::{EntryType, FileMeta, ImageBackend, ImageError, ImageFacts, ImageReader};
 use crate::output::{self, TempOutput};
 use crate::overlay::{ImagePath, Plan, PlanEntry, PlanKind};
+use crate::progress;
 
 const BLOCK: u64 = 512;
 /// GNU tar's and bsdtar's default record: 20 blocks.
@@ -376,6 +377,7 @@ fn scan(
         codec: codec.name(),
         source: e,
     })?;
+    progress::start("reading", file.metadata().map(|m| m.len()).unwrap_or(0));
     let (inner, index): (Box<dyn Read + Send>, _) = match codec {
         Compression::Gzip => {
             let (decoder, index) = gzip::IndexingDecoder::new(file);
@@ -982,6 +984,7 @@ impl ImageBackend for TarBackend {
             source,
         };
         let file = File::open(&self.path).map_err(open_err)?;
+        progress::start("writing", file.metadata().map_err(open_err)?.len());
         let stream = |inner: Box<dyn Read + Send>, pos: u64| Stream {
             inner,
             pos,
@@ -990,7 +993,19 @@ impl ImageBackend for TarBackend {
             buf: Vec::new(),
         };
         let cut = first_change(&pieces);
-        match tail_start(self.codec, scan, cut) {
+        let start = tail_start(self.codec, scan, cut);
+        tracing::debug!(
+            first_change = cut,
+            pieces = pieces.len(),
+            rewrite = match &start {
+                Some(TailStart::Plain) => "plain prefix copy".to_string(),
+                Some(TailStart::Gzip(b)) =>
+                    format!("gzip tail from bit {} (byte {} of output)", b.bit, b.out),
+                None => "full rewrite".to_string(),
+            },
+            "tar plan"
+        );
+        match start {
             Some(TailStart::Plain) => {
                 let hashed = prefix_hash(&mut self.prefix_hash, &file, cut).map_err(open_err)?;
                 out.splice_prefix(&file, cut, hashed)

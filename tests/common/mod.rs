@@ -416,3 +416,13 @@ pub fn small_ext4(dir: &Path, name: &str) -> PathBuf {
     assert!(o.status.success(), "mke2fs: {}", stderr(&o));
     img
 }
+
+/// `imprint provision` of one image against the API at `url`.
+pub fn provision_online(input: &Path, output: &Path, url: &str) -> Command {
+    let mut c = bin();
+    c.args(["provision", "--serial", SERIAL, "--api-url", url, "--image"])
+        .arg(input)
+        .arg("--output")
+        .arg(output);
+    c
+}

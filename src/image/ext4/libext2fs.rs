@@ -515,9 +515,15 @@ pub fn apply(image: &Path, sb: &Superblock, plan: &Plan) -> Result<(), Ext4Error
                         });
                     }
                 }
-                None => open.make_dir(parent, entry, plan.mtime)?,
+                None => {
+                    tracing::debug!(path = %entry.path, "creating directory with ext2fs_mkdir");
+                    open.make_dir(parent, entry, plan.mtime)?
+                }
             },
-            PlanKind::File(content) => open.write_file(parent, entry, content, plan.mtime)?,
+            PlanKind::File(content) => {
+                tracing::debug!(path = %entry.path, bytes = content.len(), "writing file");
+                open.write_file(parent, entry, content, plan.mtime)?
+            }
         }
     }
     open.close()?;

@@ -223,6 +223,8 @@ pub fn copy_keeping_holes(input: &File, out: &File) -> io::Result<()> {
             }
             return Err(err);
         }
+        // Holes cost nothing, but they are part of the way through.
+        crate::progress::advance(data as u64 - pos);
         let hole = unsafe { libc::lseek(fd_in, data, libc::SEEK_HOLE) };
         if hole < 0 {
             return Err(io::Error::last_os_error());
@@ -295,7 +297,8 @@ impl ImageBackend for Ext4Backend {
 
     fn apply(&mut self, plan: &Plan, out: &mut TempOutput) -> Result<(), ImageError> {
         self.image.preflight(plan)?;
-        let (input, _) = open_file(&self.input)?;
+        let (input, len) = open_file(&self.input)?;
+        crate::progress::start("copying", len);
         copy_keeping_holes(&input, out.file_for_editing()).map_err(ImageError::Output)?;
         write_plan(out.temp_path(), self.image.superblock(), plan)?;
         Ok(())

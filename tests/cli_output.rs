@@ -1,0 +1,110 @@
+//! What the CLI prints around the result: progress only on a terminal,
+//! -v/-vv detail, and never a secret in any of it.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use imprint::stub::{Fault, StubServer};
+use tempfile::TempDir;
+
+/// Runs a command line under a pseudo-terminal (util-linux `script`), so
+/// stderr is a terminal; returns everything the terminal showed.
+fn on_a_terminal(command_line: &str) -> String {
+    let o = Command::new("script")
+        .args(["-qec", command_line, "/dev/null"])
+        .env("IMPRINT_PROGRESS_DELAY_MS", "0")
+        .env_remove("IMPRINT_API_TOKEN")
+        .output()
+        .expect("`script` (Debian package bsdutils) runs commands on a pseudo-terminal");
+    assert!(
+        o.status.success(),
+        "{command_line}: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn progress_appears_only_on_a_terminal_and_not_with_quiet() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let img = small_ext4(d, "in.img");
+    let pw = write_password(d, PASSWORD);
+    let exe = env!("CARGO_BIN_EXE_imprint");
+    let line = |out: &str, extra: &str| {
+        format!(
+            "{exe} provision {extra} --serial {SERIAL} --offline --password-file {} --image {} --output {}",
+            pw.display(),
+            img.display(),
+            d.join(out).display()
+        )
+    };
+    let shown = on_a_terminal(&line("a.img", ""));
+    assert!(
+        shown.contains("ETA") && shown.contains("copying"),
+        "{shown}"
+    );
+    assert!(!shown.contains(PASSWORD));
+    let quiet = on_a_terminal(&line("b.img", "--quiet"));
+    assert!(!quiet.contains("ETA"), "{quiet}");
+
+    // Not a terminal: no bar, no escape sequences.
+    let o = run(provision_offline(&img, &d.join("c.img"), "root", &pw)
+        .env("IMPRINT_PROGRESS_DELAY_MS", "0"));
+    assert!(o.status.success());
+    let err = stderr(&o);
+    assert!(
+        !err.contains("ETA") && !err.contains('\u{1b}') && !err.contains('\r'),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn verbose_levels_add_detail_but_no_secret() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let root = make_rootfs(d, "rootfs");
+    let input = d.join("in.tar.gz");
+    make_tar(&root, &input, "tar.gz", "gnu", true);
+    let server = StubServer::start().unwrap();
+    server.require_token(Some("token-abc-123".into()));
+    server.push_fault("POST", "/users", Fault::Status(503));
+    let token = d.join("token");
+    std::fs::write(&token, "token-abc-123\n").unwrap();
+    let out = d.join("out.tar.gz");
+    let o = run(provision_online(&input, &out, &server.url())
+        .arg("-vv")
+        .arg("--api-token-file")
+        .arg(&token));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("tar plan") && err.contains("first_change"),
+        "{err}"
+    );
+    assert!(err.contains("retrying") && err.contains("503"), "{err}");
+    let password = server.password_of(EMAIL).unwrap();
+    for secret in [password.as_str(), "token-abc-123"] {
+        assert!(
+            !err.contains(secret) && !stdout(&o).contains(secret),
+            "secret leaked:\n{err}"
+        );
+    }
+    // Without -v the retry is not mentioned; -v alone shows it.
+    server.push_fault("PATCH", "/users/password", Fault::Status(503));
+    let o = run(provision_online(&input, &out, &server.url())
+        .args(["--force", "--api-token-file"])
+        .arg(&token));
+    assert!(o.status.success());
+    assert!(!stderr(&o).contains("retrying"));
+
+    // -v on a terminal (it used to matter: colour support) runs cleanly.
+    let shown = on_a_terminal(&format!(
+        "{} -v verify {}",
+        env!("CARGO_BIN_EXE_imprint"),
+        d.join("out.tar.gz").display()
+    ));
+    assert!(shown.contains("all checks passed"), "{shown}");
+}
