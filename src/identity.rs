@@ -30,6 +30,16 @@ impl Serial {
     /// Serials end up in file names and email addresses, so only a narrow
     /// alphabet is accepted: `A-Z`, `0-9` and `-`, at least one hyphen, and a
     /// non-empty segment after the last hyphen.
+    ///
+    /// ```
+    /// use imprint::identity::Serial;
+    ///
+    /// let serial = Serial::parse("AZJN-0042").unwrap();
+    /// assert_eq!(serial.email(), "azaion-jetson-0042@azaion.com");
+    /// assert!(Serial::parse("azjn-0042").is_err());
+    /// assert!(Serial::parse("AZJN-").is_err());
+    /// assert!(Serial::parse("AZJN/../0042").is_err());
+    /// ```
     pub fn parse(text: &str) -> Result<Serial, IdentityError> {
         let bad = |why| IdentityError::BadSerial {
             serial: text.to_string(),

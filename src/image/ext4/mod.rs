@@ -1,4 +1,4 @@
-//! ext2/3/4 images: written through libext2fs (see [`libext2fs`]), read
+//! ext2/3/4 images: written through libext2fs (see `libext2fs.rs`), read
 //! through imprint's own small reader (see [`disk`]), so the two check each
 //! other.
 //!
