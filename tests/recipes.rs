@@ -197,3 +197,66 @@ fn yocto_class_postprocess_function() {
         assert!(server.password_of(&email).is_some());
     }
 }
+
+/// The CI recipes cannot run here; check that they are valid YAML of the
+/// expected shape and that every imprint flag they use exists.
+#[test]
+fn ci_recipes_parse_and_use_real_flags() {
+    let github: serde_yaml::Value =
+        serde_yaml::from_str(&fs::read_to_string(recipe("ci/github-actions.yml")).unwrap())
+            .unwrap();
+    let steps = github["jobs"]["images"]["steps"]
+        .as_sequence()
+        .expect("jobs.images.steps");
+    assert!(steps.iter().any(|s| s["run"]
+        .as_str()
+        .is_some_and(|r| r.contains("imprint provision"))));
+    assert!(steps.iter().any(|s| s["uses"]
+        .as_str()
+        .is_some_and(|u| u.starts_with("actions/upload-artifact"))));
+    let gitlab: serde_yaml::Value =
+        serde_yaml::from_str(&fs::read_to_string(recipe("ci/gitlab-ci.yml")).unwrap()).unwrap();
+    let job = &gitlab["per-serial-images"];
+    assert!(job["script"].as_sequence().unwrap().len() >= 3);
+    assert!(job["artifacts"]["paths"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|p| p.as_str() == Some("out/manifest.json")));
+
+    let help = |sub: &str| stdout(&run(bin().args([sub, "--help"])));
+    let (provision_help, verify_help) = (help("provision"), help("verify"));
+    let mut checked = 0;
+    for file in [
+        "ci/github-actions.yml",
+        "ci/gitlab-ci.yml",
+        "buildroot/post-image.sh",
+        "yocto/imprint.bbclass",
+        "l4t/station.sh",
+        "l4t/sample-rootfs.sh",
+    ] {
+        let text = fs::read_to_string(recipe(file))
+            .unwrap()
+            .replace("\\\n", " ");
+        for line in text.lines() {
+            for (sub, help) in [
+                ("imprint provision", &provision_help),
+                ("imprint verify", &verify_help),
+            ] {
+                let Some(at) = line.find(sub) else { continue };
+                for flag in line[at..]
+                    .split_whitespace()
+                    .filter(|w| w.starts_with("--"))
+                {
+                    let flag = flag.trim_end_matches(['"', ';', ')']);
+                    assert!(help.contains(flag), "{file}: `{sub}` has no flag {flag}");
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        checked > 20,
+        "only {checked} flags found: is the scan broken?"
+    );
+}
