@@ -43,26 +43,36 @@ pub enum OverlayError {
         "{path} is to be created inside {parent}, which neither the image nor the overlay provides"
     )]
     MissingParent { path: String, parent: String },
-    #[error("{path} is {what} in the image, not a directory; imprint will not write through it. Make it a real directory and try again")]
+    #[error("{path} is {what}, not a directory; imprint will not write through it. Make it a real directory and try again")]
     NotDirectory { path: String, what: String },
-    #[error("{path} is {what} in the image; imprint only replaces a regular file with one link there. Remove it and try again")]
+    #[error("{path} is {what}; imprint only replaces a regular file with one link there. Remove it and try again")]
     NotRegular { path: String, what: String },
 }
 
-/// What a path in the image is, as far as [`Plan::check_existing`] cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a path in the image is, as far as [`Plan::check_existing`] cares,
+/// and how to name it in an error (each format knows best: "a symbolic
+/// link in the archive", "a symlink in the image").
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Existing {
     pub kind: EntryType,
     pub links: u32,
+    pub what: String,
 }
 
 impl Existing {
-    fn describe(self) -> String {
-        match self.kind {
-            EntryType::Symlink => "a symlink".into(),
-            EntryType::Dir => "a directory".into(),
-            EntryType::Regular => format!("a file with {} hard links", self.links),
-            EntryType::Other => "a device, fifo, socket or hard link".into(),
+    /// `where_` completes the description, e.g. "in the image".
+    pub fn new(kind: EntryType, links: u32, where_: &str) -> Existing {
+        let what = match kind {
+            EntryType::Symlink => "a symlink".to_string(),
+            EntryType::Dir => "a directory".to_string(),
+            EntryType::Regular if links > 1 => format!("a file with {links} hard links"),
+            EntryType::Regular => "a regular file".to_string(),
+            EntryType::Other => "a device, fifo or socket".to_string(),
+        };
+        Existing {
+            kind,
+            links,
+            what: format!("{what} {where_}"),
         }
     }
 }
@@ -411,7 +421,7 @@ impl Plan {
                 PlanKind::File(_) => found.kind == EntryType::Regular && found.links == 1,
             };
             if !fine {
-                let (path, what) = (entry.path.to_string(), found.describe());
+                let (path, what) = (entry.path.to_string(), found.what);
                 return Err(match entry.kind {
                     PlanKind::Dir => OverlayError::NotDirectory { path, what },
                     PlanKind::File(_) => OverlayError::NotRegular { path, what },

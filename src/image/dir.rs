@@ -13,7 +13,7 @@ use thiserror::Error;
 
 use super::{EntryType, FileMeta, Found, ImageError, ImageFacts, ImageReader};
 use crate::output;
-use crate::overlay::{ImagePath, Plan, PlanKind};
+use crate::overlay::{Existing, ImagePath, Plan, PlanKind};
 
 #[derive(Debug, Error)]
 pub enum DirError {
@@ -34,10 +34,6 @@ pub enum DirError {
     },
     #[error("{path} is a {kind}, not a directory; imprint will not write through it. Make it a real directory and try again")]
     NotDirectory { path: PathBuf, kind: &'static str },
-    #[error(
-        "{path} is a {kind}; imprint only replaces a regular file there. Remove it and try again"
-    )]
-    NotRegular { path: PathBuf, kind: &'static str },
 }
 
 fn io_err<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> DirError + 'p {
@@ -146,22 +142,30 @@ impl StagingDir {
     /// beside their final names. Nothing is visible under a final name until
     /// [`Staged::commit`].
     pub fn stage(&self, plan: &Plan) -> Result<Staged, ImageError> {
-        plan.check_parents(|p| matches!(self.resolve(p), Ok((_, Some(m))) if m.is_dir()))?;
+        plan.check_existing(|p| {
+            let (_, meta) = self.resolve(p)?;
+            Ok::<_, ImageError>(meta.map(|m| {
+                let kind = kind_of(&m);
+                Existing {
+                    kind,
+                    links: if kind == EntryType::Regular {
+                        m.nlink() as u32
+                    } else {
+                        1
+                    },
+                    what: format!("a {} in the staging tree", describe(kind)),
+                }
+            }))
+        })?;
         let mut staged = Staged { files: Vec::new() };
         let mtime = UNIX_EPOCH + Duration::from_secs(plan.mtime.max(0) as u64);
         for entry in &plan.entries {
             let (host, existing) = self.resolve(&entry.path)?;
             let kind = existing.as_ref().map(kind_of);
             match &entry.kind {
+                // Plan::check_existing above refused anything in the way.
                 PlanKind::Dir => match kind {
-                    Some(EntryType::Dir) => {}
-                    Some(k) => {
-                        return Err(DirError::NotDirectory {
-                            path: host,
-                            kind: describe(k),
-                        }
-                        .into())
-                    }
+                    Some(_) => {}
                     None => {
                         fs::create_dir(&host).map_err(io_err("create directory", &host))?;
                         fs::set_permissions(&host, fs::Permissions::from_mode(entry.mode))
@@ -173,13 +177,6 @@ impl StagingDir {
                     }
                 },
                 PlanKind::File(content) => {
-                    if let Some(k) = kind.filter(|k| *k != EntryType::Regular) {
-                        return Err(DirError::NotRegular {
-                            path: host,
-                            kind: describe(k),
-                        }
-                        .into());
-                    }
                     let temp = host.with_file_name(format!(
                         ".{}.imprint-{}.tmp",
                         entry.path.file_name(),

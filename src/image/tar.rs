@@ -21,7 +21,7 @@ use super::codec::Compression;
 use super::gzip;
 use super::{EntryType, FileMeta, ImageBackend, ImageError, ImageFacts, ImageReader};
 use crate::output::{self, TempOutput};
-use crate::overlay::{ImagePath, Plan, PlanEntry, PlanKind};
+use crate::overlay::{Existing, ImagePath, Plan, PlanEntry, PlanKind};
 use crate::progress;
 
 const BLOCK: u64 = 512;
@@ -50,18 +50,6 @@ pub enum TarError {
         "{path}: the archive ends in the middle of an entry (at byte {offset}); it is truncated"
     )]
     Truncated { path: PathBuf, offset: u64 },
-    #[error("{path}: {entry} is a {kind} in the archive; imprint only writes a regular file there. Remove it from the rootfs and try again")]
-    NotRegular {
-        path: PathBuf,
-        entry: String,
-        kind: &'static str,
-    },
-    #[error("{path}: {entry} is a {kind} in the archive, not a directory; imprint will not write through it. Make it a real directory in the rootfs and try again")]
-    NotDirectory {
-        path: PathBuf,
-        entry: String,
-        kind: &'static str,
-    },
     #[error("writing the new archive failed: {0}")]
     Write(io::Error),
 }
@@ -346,6 +334,26 @@ struct Scan {
 impl Scan {
     fn entry(&self, path: &str) -> Option<&Found> {
         self.found.iter().find(|f| f.path == path)
+    }
+
+    /// What the archive holds at `path` for the plan's checks: an entry
+    /// that is not a regular file wins (a later copy would shadow it only
+    /// for some extractors), else the first entry, else an implicit parent.
+    fn existing(&self, path: &str) -> Option<Existing> {
+        let mut entries = self.found.iter().filter(|f| f.path == path);
+        let first = entries.clone().next();
+        match entries
+            .find(|f| f.meta.kind != EntryType::Regular)
+            .or(first)
+        {
+            Some(f) => Some(Existing {
+                kind: f.meta.kind,
+                links: 1,
+                what: format!("a {} in the archive", describe(f.typeflag)),
+            }),
+            None if self.has_dir(path) => Some(Existing::new(EntryType::Dir, 1, "in the archive")),
+            None => None,
+        }
     }
 
     fn has_dir(&self, path: &str) -> bool {
@@ -810,8 +818,8 @@ enum Piece {
 }
 
 /// Turns the plan into the edit list, checking every rule on the way.
-fn edit_list(path: &Path, scan: &Scan, plan: &Plan) -> Result<Vec<Piece>, ImageError> {
-    plan.check_parents(|p| scan.has_dir(&p.relative()))?;
+fn edit_list(scan: &Scan, plan: &Plan) -> Result<Vec<Piece>, ImageError> {
+    plan.check_existing(|p| Ok::<_, ImageError>(scan.existing(&p.relative())))?;
     let style = scan.style.unwrap_or(HeaderStyle::Ustar);
     let dot_slash = scan.dot_slash.unwrap_or(false);
     // (position in the input, bytes to insert there, input bytes to skip)
@@ -820,31 +828,14 @@ fn edit_list(path: &Path, scan: &Scan, plan: &Plan) -> Result<Vec<Piece>, ImageE
     for entry in &plan.entries {
         let rel = entry.path.relative();
         let existing: Vec<&Found> = scan.found.iter().filter(|f| f.path == rel).collect();
+        // Plan::check_existing above refused anything in the way.
         match &entry.kind {
-            PlanKind::Dir => match existing.first() {
-                Some(f) if f.meta.kind != EntryType::Dir => {
-                    return Err(TarError::NotDirectory {
-                        path: path.to_path_buf(),
-                        entry: entry.path.to_string(),
-                        kind: describe(f.typeflag),
-                    }
-                    .into())
-                }
-                Some(_) => {}
-                None if scan.has_dir(&rel) => {}
-                None => {
+            PlanKind::Dir => {
+                if existing.is_empty() && !scan.has_dir(&rel) {
                     appended.extend_from_slice(&encode_entry(style, dot_slash, entry, plan.mtime))
                 }
-            },
+            }
             PlanKind::File(_) => {
-                if let Some(f) = existing.iter().find(|f| f.meta.kind != EntryType::Regular) {
-                    return Err(TarError::NotRegular {
-                        path: path.to_path_buf(),
-                        entry: entry.path.to_string(),
-                        kind: describe(f.typeflag),
-                    }
-                    .into());
-                }
                 let bytes = encode_entry(style, dot_slash, entry, plan.mtime);
                 match existing.split_first() {
                     // Replace the first copy in place; drop any later ones
@@ -978,7 +969,7 @@ impl ImageBackend for TarBackend {
         }
         self.scan()?;
         let scan = self.scan.as_ref().expect("scanned above");
-        let pieces = edit_list(&self.path, scan, plan)?;
+        let pieces = edit_list(scan, plan)?;
         let open_err = |source| ImageError::Open {
             path: self.path.clone(),
             source,

@@ -137,10 +137,7 @@ impl<R: ReadAt> Ext4Image<R> {
         Ok(self
             .fs
             .resolve(path.components())?
-            .map(|(_, inode)| Existing {
-                kind: inode.kind(),
-                links: u32::from(inode.links),
-            }))
+            .map(|(_, inode)| Existing::new(inode.kind(), u32::from(inode.links), "in the image")))
     }
 
     /// /etc/passwd, /etc/group and the mtime of /etc.
