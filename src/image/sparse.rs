@@ -58,6 +58,12 @@ pub enum SparseError {
     ChunkCount { declared: u32, found: u32 },
     #[error("writing the sparse image failed: {0}")]
     Write(io::Error),
+    #[error("the edited image is {found} bytes but the sparse image expands to {expected}; it cannot be re-encoded")]
+    SizeMismatch { expected: u64, found: u64 },
+    #[error(
+        "a {blocks}-block image is too large for a sparse image, which counts blocks in 32 bits"
+    )]
+    TooLarge { blocks: u64 },
 }
 
 /// Where a chunk's blocks come from.
@@ -136,6 +142,11 @@ impl SparseLayout {
                 "block size {block_size} is not a positive multiple of 4"
             )));
         }
+        if (file_header_len as u64) > file_len {
+            return Err(SparseError::Truncated(format!(
+                "the file header says it is {file_header_len} bytes but the file ends at {file_len}"
+            )));
+        }
         let bs = block_size as u64;
         let mut chunks = Vec::new();
         let mut pos = file_header_len as u64;
@@ -190,7 +201,9 @@ impl SparseLayout {
             index += 1;
         }
         if index != total_chunks {
-            return Err(if pos >= file_len {
+            // The file ended cleanly after a chunk. If blocks are missing too
+            // it was cut short; if not, the chunk count is what is wrong.
+            return Err(if next_block < total_blocks {
                 SparseError::Truncated(format!(
                     "the header promises {total_chunks} chunks but the file ends after {index}"
                 ))
@@ -262,10 +275,15 @@ impl SparseView {
     /// Fills `buf` with the expanded bytes starting at `offset`.
     pub fn read_at(&self, mut offset: u64, mut buf: &mut [u8]) -> io::Result<()> {
         let bs = self.layout.block_size as u64;
-        if offset + buf.len() as u64 > self.layout.raw_size() {
+        let end = offset.checked_add(buf.len() as u64);
+        if end.is_none_or(|end| end > self.layout.raw_size()) {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                "read past the end of the sparse image",
+                format!(
+                    "read of {} bytes at {offset} is past the end of the {}-byte sparse image",
+                    buf.len(),
+                    self.layout.raw_size()
+                ),
             ));
         }
         while !buf.is_empty() {
@@ -274,7 +292,16 @@ impl SparseView {
                 .layout
                 .chunks
                 .partition_point(|c| c.first_block + c.blocks <= block);
-            let chunk = &self.layout.chunks[i];
+            // Parsed layouts cover every block; a hand-made one may not.
+            let chunk = match self.layout.chunks.get(i) {
+                Some(c) if c.first_block <= block => c,
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("block {block} is in no chunk of the sparse layout"),
+                    ))
+                }
+            };
             let start = chunk.first_block * bs;
             let end = start + chunk.blocks * bs;
             let n = buf.len().min((end - offset) as usize);
@@ -334,104 +361,218 @@ pub fn expand(view: &SparseView, out: &File) -> Result<(), SparseError> {
     Ok(())
 }
 
-/// One chunk of the re-encoded image.
+/// Where the bytes of a planned RAW chunk come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Piece {
-    /// An original chunk, unchanged.
-    Keep(usize),
-    /// Blocks taken from the edited image.
-    Raw { first_block: u64, blocks: u64 },
-    /// Part of an original FILL or DONT_CARE chunk that did not change.
-    Same {
-        first_block: u64,
-        blocks: u64,
-        data: ChunkData,
-    },
+enum Source {
+    /// The original sparse file (an untouched RAW chunk).
+    Original,
+    /// The edited expansion.
+    Edited,
+}
+
+/// What one chunk of the re-encoded image holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    Raw(Source),
+    Fill([u8; 4]),
+    DontCare,
+}
+
+/// One chunk of the re-encoded image. The whole list is planned before
+/// anything is written because the file header carries the chunk count and
+/// `out` cannot seek back to patch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Planned {
+    first_block: u64,
+    blocks: u64,
+    body: Body,
+}
+
+/// The most blocks one RAW chunk can hold: its total_sz field, header
+/// included, is 32 bits.
+fn max_raw_blocks(block_size: u32) -> u64 {
+    (u32::MAX as u64 - CHUNK_HEADER_LEN as u64) / block_size as u64
+}
+
+/// Appends `piece` to `plan`, split so that every chunk's size fields fit in
+/// 32 bits (a run of edited blocks carved out of a huge DONT_CARE chunk can
+/// exceed 4 GiB of data).
+fn push_split(plan: &mut Vec<Planned>, piece: Planned, max_raw_blocks: u64) {
+    let limit = match piece.body {
+        Body::Raw(_) => max_raw_blocks,
+        Body::Fill(_) | Body::DontCare => u32::MAX as u64,
+    };
+    let end = piece.first_block + piece.blocks;
+    let mut first_block = piece.first_block;
+    while first_block < end {
+        let blocks = (end - first_block).min(limit);
+        plan.push(Planned {
+            first_block,
+            blocks,
+            body: piece.body,
+        });
+        first_block += blocks;
+    }
+}
+
+/// Buffers for comparing a chunk's blocks a bounded piece at a time.
+struct CompareBufs {
+    edited: Vec<u8>,
+    original: Vec<u8>,
+}
+
+/// Splits `chunk` into runs of (changed?, blocks), comparing `edited` with
+/// what the chunk expands to.
+///
+/// In DONT_CARE chunks only a non-zero block counts as changed: the flasher
+/// never writes those blocks, so a zero block there carries nothing the
+/// device needs, and the expansion reads zeros there anyway.
+fn changed_runs(
+    original: &SparseView,
+    edited: &File,
+    chunk: &Chunk,
+    bufs: &mut CompareBufs,
+) -> Result<Vec<(bool, u64)>, SparseError> {
+    let bs = original.layout().block_size as usize;
+    let per_buf = (bufs.edited.len() / bs).max(1) as u64;
+    let mut runs: Vec<(bool, u64)> = Vec::new();
+    let mut done = 0u64;
+    while done < chunk.blocks {
+        let n = (chunk.blocks - done).min(per_buf) as usize;
+        let at = (chunk.first_block + done) * bs as u64;
+        let new = &mut bufs.edited[..n * bs];
+        edited.read_exact_at(new, at).map_err(SparseError::Read)?;
+        if let ChunkData::Raw { offset } = chunk.data {
+            original
+                .file
+                .read_exact_at(&mut bufs.original[..n * bs], offset + done * bs as u64)
+                .map_err(SparseError::Read)?;
+        }
+        for (k, block) in new.chunks_exact(bs).enumerate() {
+            let changed = match chunk.data {
+                ChunkData::Raw { .. } => block != &bufs.original[k * bs..(k + 1) * bs],
+                ChunkData::Fill(p) => block.chunks_exact(4).any(|w| w != p),
+                ChunkData::DontCare => block.iter().any(|&b| b != 0),
+            };
+            match runs.last_mut() {
+                Some((c, len)) if *c == changed => *len += 1,
+                _ => runs.push((changed, 1)),
+            }
+        }
+        done += n as u64;
+        crate::progress::advance((n * bs) as u64);
+    }
+    Ok(runs)
+}
+
+/// Compares `edited` with `original` chunk by chunk and plans the output
+/// chunks. Returns the plan and how many blocks changed.
+fn plan_chunks(original: &SparseView, edited: &File) -> Result<(Vec<Planned>, u64), SparseError> {
+    let layout = original.layout();
+    let bs = layout.block_size as usize;
+    let max_raw = max_raw_blocks(layout.block_size);
+    let buf_len = (IO_BUF / bs).max(1) * bs;
+    let mut bufs = CompareBufs {
+        edited: vec![0u8; buf_len],
+        original: vec![0u8; buf_len],
+    };
+    let mut plan = Vec::with_capacity(layout.chunks.len());
+    let mut changed_total = 0u64;
+    crate::progress::start("comparing", layout.raw_size());
+    for chunk in &layout.chunks {
+        let runs = changed_runs(original, edited, chunk, &mut bufs)?;
+        let changed: u64 = runs.iter().filter(|r| r.0).map(|r| r.1).sum();
+        changed_total += changed;
+        let whole = |body| Planned {
+            first_block: chunk.first_block,
+            blocks: chunk.blocks,
+            body,
+        };
+        match chunk.data {
+            ChunkData::Raw { .. } if changed == 0 => {
+                push_split(&mut plan, whole(Body::Raw(Source::Original)), max_raw)
+            }
+            // One changed block rewrites the whole RAW chunk: splitting it
+            // would not save a byte of data and only add chunk headers.
+            ChunkData::Raw { .. } => {
+                push_split(&mut plan, whole(Body::Raw(Source::Edited)), max_raw)
+            }
+            ChunkData::Fill(_) | ChunkData::DontCare => {
+                let same = match chunk.data {
+                    ChunkData::Fill(p) => Body::Fill(p),
+                    _ => Body::DontCare,
+                };
+                let mut first_block = chunk.first_block;
+                for (is_changed, blocks) in runs {
+                    let body = if is_changed {
+                        Body::Raw(Source::Edited)
+                    } else {
+                        same
+                    };
+                    push_split(
+                        &mut plan,
+                        Planned {
+                            first_block,
+                            blocks,
+                            body,
+                        },
+                        max_raw,
+                    );
+                    first_block += blocks;
+                }
+            }
+        }
+    }
+    Ok((plan, changed_total))
 }
 
 /// Re-encodes `edited` (the expansion of `original`, edited in place) into
 /// `out`, keeping every untouched chunk exactly as it was. Returns how many
 /// blocks changed.
 ///
-/// A block counts as changed when it differs from what the original chunk
-/// expands to, except in DONT_CARE chunks, where only a non-zero block
-/// counts: the flasher never wrote those blocks, so a zero block there
-/// carries nothing the device needs.
+/// A changed RAW chunk is rewritten whole from `edited`; FILL and DONT_CARE
+/// chunks are split so that only their changed runs become RAW. The output
+/// always has 28/12-byte headers and no CRC32 chunks, so an untouched image
+/// that already had those comes out byte for byte the same (bar a non-zero
+/// image checksum, which is written as 0). Memory stays a few MiB plus a
+/// small descriptor per output chunk, whatever the image size.
 pub fn encode(
     original: &SparseView,
     edited: &File,
     out: &mut dyn Write,
 ) -> Result<u64, SparseError> {
     let layout = original.layout();
-    let bs = layout.block_size as usize;
-    let per_buf = (IO_BUF / bs).max(1);
-    let mut new_buf = vec![0u8; per_buf * bs];
-    let mut old_buf = vec![0u8; per_buf * bs];
-    let mut pieces = Vec::new();
-    let mut changed_total = 0u64;
-    crate::progress::start("comparing", layout.raw_size());
-    for (index, chunk) in layout.chunks.iter().enumerate() {
-        // Runs of (changed?, length) over the chunk's blocks.
-        let mut runs: Vec<(bool, u64)> = Vec::new();
-        let mut block = 0u64;
-        while block < chunk.blocks {
-            let n = (chunk.blocks - block).min(per_buf as u64) as usize;
-            let at = (chunk.first_block + block) * bs as u64;
-            edited
-                .read_exact_at(&mut new_buf[..n * bs], at)
-                .map_err(SparseError::Read)?;
-            if matches!(chunk.data, ChunkData::Raw { .. } | ChunkData::Fill(_)) {
-                original
-                    .read_at(at, &mut old_buf[..n * bs])
-                    .map_err(SparseError::Read)?;
-            }
-            for k in 0..n {
-                let new = &new_buf[k * bs..(k + 1) * bs];
-                let changed = match chunk.data {
-                    ChunkData::DontCare => new.iter().any(|&b| b != 0),
-                    _ => new != &old_buf[k * bs..(k + 1) * bs],
-                };
-                match runs.last_mut() {
-                    Some((c, len)) if *c == changed => *len += 1,
-                    _ => runs.push((changed, 1)),
-                }
-            }
-            block += n as u64;
-            crate::progress::advance((n * bs) as u64);
-        }
-        let changed: u64 = runs.iter().filter(|r| r.0).map(|r| r.1).sum();
-        changed_total += changed;
-        if changed == 0 {
-            pieces.push(Piece::Keep(index));
-        } else if let ChunkData::Raw { .. } = chunk.data {
-            pieces.push(Piece::Raw {
-                first_block: chunk.first_block,
-                blocks: chunk.blocks,
-            });
-        } else {
-            let mut first_block = chunk.first_block;
-            for (is_changed, blocks) in runs {
-                pieces.push(if is_changed {
-                    Piece::Raw {
-                        first_block,
-                        blocks,
-                    }
-                } else {
-                    Piece::Same {
-                        first_block,
-                        blocks,
-                        data: chunk.data,
-                    }
-                });
-                first_block += blocks;
-            }
-        }
+    if layout.total_blocks > u32::MAX as u64 {
+        return Err(SparseError::TooLarge {
+            blocks: layout.total_blocks,
+        });
     }
+    let edited_len = edited.metadata().map_err(SparseError::Read)?.len();
+    if edited_len != layout.raw_size() {
+        return Err(SparseError::SizeMismatch {
+            expected: layout.raw_size(),
+            found: edited_len,
+        });
+    }
+    let (plan, changed) = plan_chunks(original, edited)?;
+    write_plan(original, edited, &plan, out)?;
+    Ok(changed)
+}
 
+/// Writes the header and the planned chunks sequentially.
+fn write_plan(
+    original: &SparseView,
+    edited: &File,
+    plan: &[Planned],
+    out: &mut dyn Write,
+) -> Result<(), SparseError> {
+    let layout = original.layout();
+    let bs = layout.block_size as u64;
     let mut out = BufWriter::with_capacity(IO_BUF, out);
-    let w = |out: &mut BufWriter<&mut dyn Write>, bytes: &[u8]| {
-        out.write_all(bytes).map_err(SparseError::Write)
-    };
+    let mut put = |bytes: &[u8]| out.write_all(bytes).map_err(SparseError::Write);
+
+    // Both counts fit: total_blocks was checked, and every planned chunk
+    // holds at least one block.
     let mut header = Vec::with_capacity(FILE_HEADER_LEN);
     header.extend(MAGIC.to_le_bytes());
     header.extend(1u16.to_le_bytes());
@@ -440,73 +581,52 @@ pub fn encode(
     header.extend((CHUNK_HEADER_LEN as u16).to_le_bytes());
     header.extend(layout.block_size.to_le_bytes());
     header.extend((layout.total_blocks as u32).to_le_bytes());
-    header.extend((pieces.len() as u32).to_le_bytes());
+    header.extend((plan.len() as u32).to_le_bytes());
     header.extend(0u32.to_le_bytes());
-    w(&mut out, &header)?;
-    for piece in pieces {
-        let (first_block, blocks, data, source) = match piece {
-            Piece::Keep(i) => {
-                let c = &layout.chunks[i];
-                (c.first_block, c.blocks, c.data, Source::Original)
-            }
-            Piece::Raw {
-                first_block,
-                blocks,
-            } => (
-                first_block,
-                blocks,
-                ChunkData::Raw { offset: 0 },
-                Source::Edited,
-            ),
-            Piece::Same {
-                first_block,
-                blocks,
-                data,
-            } => (first_block, blocks, data, Source::Original),
+    put(&header)?;
+
+    let mut buf = vec![0u8; (IO_BUF as u64 / bs).max(1) as usize * bs as usize];
+    for piece in plan {
+        let (kind, body_len) = match piece.body {
+            Body::Raw(_) => (CHUNK_RAW, piece.blocks * bs),
+            Body::Fill(_) => (CHUNK_FILL, 4),
+            Body::DontCare => (CHUNK_DONT_CARE, 0),
         };
-        let (kind, body_len) = match data {
-            ChunkData::Raw { .. } => (CHUNK_RAW, blocks * bs as u64),
-            ChunkData::Fill(_) => (CHUNK_FILL, 4),
-            ChunkData::DontCare => (CHUNK_DONT_CARE, 0),
-        };
-        let mut h = Vec::with_capacity(CHUNK_HEADER_LEN);
-        h.extend(kind.to_le_bytes());
-        h.extend(0u16.to_le_bytes());
-        h.extend((blocks as u32).to_le_bytes());
-        h.extend(((CHUNK_HEADER_LEN as u64 + body_len) as u32).to_le_bytes());
-        w(&mut out, &h)?;
-        match data {
-            ChunkData::Fill(p) => w(&mut out, &p)?,
-            ChunkData::DontCare => {}
-            ChunkData::Raw { .. } => {
-                let start = first_block * bs as u64;
+        let mut h = [0u8; CHUNK_HEADER_LEN];
+        h[0..2].copy_from_slice(&kind.to_le_bytes());
+        h[4..8].copy_from_slice(&(piece.blocks as u32).to_le_bytes());
+        h[8..12].copy_from_slice(&((CHUNK_HEADER_LEN as u64 + body_len) as u32).to_le_bytes());
+        put(&h)?;
+        match piece.body {
+            Body::Fill(p) => put(&p)?,
+            Body::DontCare => {}
+            Body::Raw(source) => {
+                let start = piece.first_block * bs;
                 let mut done = 0u64;
                 while done < body_len {
-                    let n = (body_len - done).min(new_buf.len() as u64) as usize;
+                    let n = (body_len - done).min(buf.len() as u64) as usize;
                     match source {
-                        Source::Edited => edited.read_exact_at(&mut new_buf[..n], start + done),
-                        Source::Original => original.read_at(start + done, &mut new_buf[..n]),
+                        Source::Edited => edited.read_exact_at(&mut buf[..n], start + done),
+                        Source::Original => original.read_at(start + done, &mut buf[..n]),
                     }
                     .map_err(SparseError::Read)?;
-                    w(&mut out, &new_buf[..n])?;
+                    put(&buf[..n])?;
                     done += n as u64;
                 }
             }
         }
     }
-    out.flush().map_err(SparseError::Write)?;
-    Ok(changed_total)
-}
-
-#[derive(Clone, Copy)]
-enum Source {
-    Original,
-    Edited,
+    out.flush().map_err(SparseError::Write)
 }
 
 /// Encodes a raw image as a sparse image: zero blocks become DONT_CARE,
 /// the rest RAW.
 pub fn encode_raw(raw: &File, block_size: u32, out: &mut dyn Write) -> Result<(), SparseError> {
+    if block_size == 0 || block_size % 4 != 0 {
+        return Err(SparseError::Header(format!(
+            "block size {block_size} is not a positive multiple of 4"
+        )));
+    }
     let size = raw.metadata().map_err(SparseError::Read)?.len();
     if size % block_size as u64 != 0 {
         return Err(SparseError::Header(format!(

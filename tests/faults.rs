@@ -1,0 +1,226 @@
+//! Faults: signals at different moments, a file-size limit that stops the
+//! write, and a batch of 500 serials against an API that fails and stalls.
+//! After each: the input is unchanged, nothing half-written carries the
+//! final name, and every image that exists holds the password the server
+//! has.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use imprint::stub::{Fault, StubServer};
+use tempfile::TempDir;
+
+fn tarball(dir: &Path) -> std::path::PathBuf {
+    let root = make_rootfs(dir, "rootfs");
+    let input = dir.join("base.tar.gz");
+    make_tar(&root, &input, "tar.gz", "gnu", true);
+    input
+}
+
+fn visible(dir: &Path) -> Vec<String> {
+    listing(dir)
+        .into_iter()
+        .filter(|n| !n.starts_with('.'))
+        .collect()
+}
+
+#[test]
+fn sigint_and_sigterm_remove_the_temp_file_and_exit_128_plus_signal() {
+    let dir = TempDir::new().unwrap();
+    let input = tarball(dir.path());
+    let before = sha256(&input);
+    for (signal, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let server = StubServer::start().unwrap();
+        // The API stalls: imprint has written and sealed its temp file and
+        // is waiting for the answer when the signal comes.
+        server.push_fault("POST", "/users", Fault::Delay(Duration::from_secs(5)));
+        let out = dir.path().join(format!("out-{signal}"));
+        fs::create_dir(&out).unwrap();
+        let mut child = provision_online(&input, &out.join("x.tar.gz"), &server.url())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until the temp file exists and the request is in flight.
+        for _ in 0..100 {
+            if !listing(&out).is_empty() && !server.requests().is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!listing(&out).is_empty(), "the temp file never appeared");
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(code), "{}", stderr(&o));
+        assert!(stderr(&o).contains("interrupted"), "{}", stderr(&o));
+        assert!(listing(&out).is_empty(), "left behind: {:?}", listing(&out));
+        assert_eq!(sha256(&input), before);
+    }
+}
+
+#[test]
+fn sigkill_at_any_moment_never_leaves_a_final_output() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    // A bigger input so the write takes a while.
+    let root = make_rootfs(d, "rootfs");
+    let blob: Vec<u8> = (0..8_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    fs::write(root.join("usr/blob.bin"), blob).unwrap();
+    let input = d.join("big.tar.gz");
+    make_tar(&root, &input, "tar.gz", "gnu", true);
+    let before = sha256(&input);
+    let server = StubServer::start().unwrap();
+    for (i, after_ms) in [5u64, 30, 80, 200, 400].into_iter().enumerate() {
+        server.push_fault("POST", "/users", Fault::Delay(Duration::from_millis(300)));
+        let out = d.join(format!("out-{i}"));
+        fs::create_dir(&out).unwrap();
+        let final_name = out.join("x.tar.gz");
+        let mut child = provision_online(&input, &final_name, &server.url())
+            .env("IMPRINT_FULL_REWRITE", "1")
+            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(after_ms));
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        assert_eq!(sha256(&input), before);
+        if status.success() {
+            // It finished first: then the image is complete and its
+            // password is the server's.
+            let v = run(bin().arg("verify").arg(&final_name).args([
+                "--serial",
+                SERIAL,
+                "--login-url",
+                &server.url(),
+            ]));
+            assert!(v.status.success(), "{}", stdout(&v));
+        } else {
+            assert!(
+                visible(&out).is_empty(),
+                "killed after {after_ms} ms: {:?}",
+                listing(&out)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_file_size_limit_fails_the_write_before_any_api_call() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let root = make_rootfs(d, "rootfs");
+    fs::write(root.join("usr/blob.bin"), vec![7u8; 3_000_000]).unwrap();
+    let input = d.join("big.tar");
+    make_tar(&root, &input, "tar", "gnu", true);
+    let server = StubServer::start().unwrap();
+    let out = d.join("out");
+    fs::create_dir(&out).unwrap();
+    // RLIMIT_FSIZE of 1 MiB; SIGXFSZ ignored so the write fails with EFBIG
+    // instead of killing the process.
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 1024; exec {} provision --serial {SERIAL} --api-url {} --image {} --output {}",
+        env!("CARGO_BIN_EXE_imprint"),
+        server.url(),
+        input.display(),
+        out.join("x.tar").display()
+    );
+    let o = run(Command::new("bash").arg("-c").arg(&script));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("File too large"), "{}", stderr(&o));
+    assert!(listing(&out).is_empty(), "left behind: {:?}", listing(&out));
+    assert!(
+        server.requests().is_empty(),
+        "the API was called after a failed write"
+    );
+}
+
+#[test]
+fn five_hundred_serials_against_a_failing_and_slow_api() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let input = tarball(d);
+    let server = StubServer::start().unwrap();
+    // Failures and stalls spread over the run: retried 503s and 429s, stalls,
+    // dropped connections, and some 500s after the change was applied.
+    for i in 0..90 {
+        let fault = match i % 6 {
+            0 | 1 => Fault::Status(503),
+            2 => Fault::Status(429),
+            3 => Fault::Delay(Duration::from_millis(30)),
+            4 => Fault::CloseConnection,
+            _ => Fault::StatusAfterApplying(500),
+        };
+        server.push_fault("POST", "/users", fault);
+    }
+    let serials: String = (1..=500).map(|i| format!("AZJN-{i:04}\n")).collect();
+    fs::write(d.join("serials.txt"), serials).unwrap();
+    let out = d.join("out");
+    fs::create_dir(&out).unwrap();
+    let o = run(bin()
+        .args([
+            "provision",
+            "--owner",
+            "root",
+            "--api-url",
+            &server.url(),
+            "--api-retries",
+            "1",
+            "--api-timeout",
+            "2",
+            "--jobs",
+            "8",
+        ])
+        .arg("--serials")
+        .arg(d.join("serials.txt"))
+        .arg("--image")
+        .arg(&input)
+        .arg("--output")
+        .arg(&out));
+    let text = stdout(&o);
+    let failed = text.lines().filter(|l| l.contains(": FAILED")).count();
+    let written = text.lines().filter(|l| l.ends_with(": written")).count();
+    assert_eq!(written + failed, 500, "{text}");
+    assert_eq!(o.status.code(), Some(if failed == 0 { 0 } else { 1 }));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let images = manifest["images"].as_array().unwrap();
+    assert_eq!(images.len(), written);
+    for entry in images {
+        let file = out.join(entry["output"].as_str().unwrap());
+        assert_eq!(entry["sha256"], sha256(&file));
+        // The password in the image is the one the server holds.
+        let email = entry["email"].as_str().unwrap();
+        let conf = String::from_utf8(decompress_entry(&file, "etc/azaion/device.conf")).unwrap();
+        let stored = server
+            .password_of(email)
+            .expect("an account for every image");
+        assert_eq!(conf, conf_text(email, &stored));
+    }
+    // Failed serials left no image, visible or hidden.
+    for line in text.lines().filter(|l| l.contains(": FAILED")) {
+        let serial = line.split(':').next().unwrap();
+        assert!(!out.join(format!("{serial}-base.tar.gz")).exists());
+    }
+    assert!(
+        listing(&out).iter().all(|n| !n.starts_with('.')),
+        "temp files left"
+    );
+    eprintln!("load: 500 serials, {written} written and verified, {failed} reported failed");
+}
+
+/// One file's content out of a .tar.gz, through GNU tar.
+fn decompress_entry(archive: &Path, path: &str) -> Vec<u8> {
+    let o = run(Command::new("tar")
+        .arg("-xzOf")
+        .arg(archive)
+        .arg(format!("./{path}")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    o.stdout
+}
