@@ -41,7 +41,7 @@ fn sigint_and_sigterm_remove_the_temp_file_and_exit_128_plus_signal() {
         server.push_fault("POST", "/users", Fault::Delay(Duration::from_secs(5)));
         let out = dir.path().join(format!("out-{signal}"));
         fs::create_dir(&out).unwrap();
-        let mut child = provision_online(&input, &out.join("x.tar.gz"), &server.url())
+        let child = provision_online(&input, &out.join("x.tar.gz"), &server.url())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
