@@ -726,3 +726,816 @@ impl ImageReader for SparseReader {
         ext4::e2fsck(scratch.path())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Seek;
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::io::AsRawFd;
+    use std::process::Command;
+    use tempfile::{NamedTempFile, TempDir};
+
+    /// A chunk to put in a hand-built sparse file.
+    #[derive(Clone)]
+    enum Spec {
+        Raw(Vec<u8>),
+        Fill([u8; 4], u32),
+        DontCare(u32),
+        Crc(u32),
+    }
+
+    /// Header sizes and block size of a hand-built file.
+    #[derive(Clone, Copy)]
+    struct Shape {
+        block_size: u32,
+        file_header: u16,
+        chunk_header: u16,
+    }
+
+    const PLAIN_4K: Shape = Shape {
+        block_size: 4096,
+        file_header: 28,
+        chunk_header: 12,
+    };
+    const WIDE_1K: Shape = Shape {
+        block_size: 1024,
+        file_header: 36,
+        chunk_header: 20,
+    };
+
+    fn blocks_of(shape: Shape, spec: &Spec) -> u32 {
+        match spec {
+            Spec::Raw(d) => (d.len() / shape.block_size as usize) as u32,
+            Spec::Fill(_, n) | Spec::DontCare(n) => *n,
+            Spec::Crc(_) => 0,
+        }
+    }
+
+    /// Builds a well-formed sparse file; the padding in longer headers is
+    /// junk so that a parser reading it as data would be caught.
+    fn build(shape: Shape, specs: &[Spec]) -> Vec<u8> {
+        let total_blocks: u32 = specs.iter().map(|s| blocks_of(shape, s)).sum();
+        let mut f = Vec::new();
+        f.extend(MAGIC.to_le_bytes());
+        f.extend(1u16.to_le_bytes());
+        f.extend(0u16.to_le_bytes());
+        f.extend(shape.file_header.to_le_bytes());
+        f.extend(shape.chunk_header.to_le_bytes());
+        f.extend(shape.block_size.to_le_bytes());
+        f.extend(total_blocks.to_le_bytes());
+        f.extend((specs.len() as u32).to_le_bytes());
+        f.extend(0u32.to_le_bytes());
+        f.resize(shape.file_header as usize, 0xAA);
+        for spec in specs {
+            let (kind, body): (u16, Vec<u8>) = match spec {
+                Spec::Raw(d) => (CHUNK_RAW, d.clone()),
+                Spec::Fill(p, _) => (CHUNK_FILL, p.to_vec()),
+                Spec::DontCare(_) => (CHUNK_DONT_CARE, vec![]),
+                Spec::Crc(c) => (CHUNK_CRC32, c.to_le_bytes().to_vec()),
+            };
+            f.extend(kind.to_le_bytes());
+            f.extend(0u16.to_le_bytes());
+            f.extend(blocks_of(shape, spec).to_le_bytes());
+            f.extend((shape.chunk_header as u32 + body.len() as u32).to_le_bytes());
+            f.extend(std::iter::repeat_n(0xBB, shape.chunk_header as usize - 12));
+            f.extend(body);
+        }
+        f
+    }
+
+    /// What `specs` expand to, computed independently of the code under test.
+    fn expansion(shape: Shape, specs: &[Spec]) -> Vec<u8> {
+        let mut raw = Vec::new();
+        for spec in specs {
+            let n = blocks_of(shape, spec) as usize * shape.block_size as usize;
+            match spec {
+                Spec::Raw(d) => raw.extend(d),
+                Spec::Fill(p, _) => raw.extend(p.iter().cycle().take(n)),
+                Spec::DontCare(_) => raw.resize(raw.len() + n, 0),
+                Spec::Crc(_) => {}
+            }
+        }
+        raw
+    }
+
+    /// Non-repeating, non-zero bytes, different for each `seed`.
+    fn data(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| ((i * 7 + i / 251 + seed as usize * 13) % 255) as u8 + 1)
+            .collect()
+    }
+
+    fn file_with(bytes: &[u8]) -> File {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(bytes).unwrap();
+        f.rewind().unwrap();
+        f
+    }
+
+    fn parse_bytes(bytes: &[u8]) -> Result<SparseLayout, SparseError> {
+        SparseLayout::parse(&file_with(bytes))
+    }
+
+    fn view_of(bytes: &[u8]) -> SparseView {
+        let file = file_with(bytes);
+        let layout = SparseLayout::parse(&file).unwrap();
+        SparseView::new(file, layout)
+    }
+
+    fn expand_to_vec(view: &SparseView) -> Vec<u8> {
+        let out = tempfile::tempfile().unwrap();
+        expand(view, &out).unwrap();
+        let mut bytes = vec![0u8; out.metadata().unwrap().len() as usize];
+        out.read_exact_at(&mut bytes, 0).unwrap();
+        bytes
+    }
+
+    /// Expands `view`, lets `edit` change the expansion, encodes it and
+    /// checks the encoding expands back to the edited bytes. Returns the
+    /// encoded file's layout, its bytes and the changed block count.
+    fn edit_and_encode(
+        view: &SparseView,
+        edit: impl FnOnce(&File),
+    ) -> (SparseLayout, Vec<u8>, u64) {
+        let scratch = tempfile::tempfile().unwrap();
+        expand(view, &scratch).unwrap();
+        edit(&scratch);
+        let mut encoded = Vec::new();
+        let changed = encode(view, &scratch, &mut encoded).unwrap();
+        let layout = parse_bytes(&encoded).unwrap();
+        let mut edited = vec![0u8; view.layout().raw_size() as usize];
+        scratch.read_exact_at(&mut edited, 0).unwrap();
+        assert_eq!(
+            expand_to_vec(&view_of(&encoded)),
+            edited,
+            "the encoding does not expand to the edited image"
+        );
+        (layout, encoded, changed)
+    }
+
+    /// The chunk list as (kind, first block, blocks, fill pattern), without
+    /// RAW offsets, which move when chunks before them change size.
+    fn shape_of(layout: &SparseLayout) -> Vec<(&'static str, u64, u64, Option<[u8; 4]>)> {
+        layout
+            .chunks
+            .iter()
+            .map(|c| match c.data {
+                ChunkData::Raw { .. } => ("raw", c.first_block, c.blocks, None),
+                ChunkData::Fill(p) => ("fill", c.first_block, c.blocks, Some(p)),
+                ChunkData::DontCare => ("dont-care", c.first_block, c.blocks, None),
+            })
+            .collect()
+    }
+
+    /// The stored bytes of each RAW chunk.
+    fn raw_payloads(bytes: &[u8], layout: &SparseLayout) -> Vec<Vec<u8>> {
+        let bs = layout.block_size as usize;
+        layout
+            .chunks
+            .iter()
+            .filter_map(|c| match c.data {
+                ChunkData::Raw { offset } => {
+                    let at = offset as usize;
+                    Some(bytes[at..at + c.blocks as usize * bs].to_vec())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A mixed image: RAW, FILL, DONT_CARE, a CRC32, zero FILL, RAW.
+    fn mixed(shape: Shape) -> Vec<Spec> {
+        let bs = shape.block_size as usize;
+        vec![
+            Spec::Raw(data(3 * bs, 1)),
+            Spec::Fill([0xDE, 0xAD, 0xBE, 0xEF], 4),
+            Spec::DontCare(5),
+            Spec::Crc(0x1234_5678),
+            Spec::Fill([0; 4], 2),
+            Spec::Raw(data(2 * bs, 2)),
+        ]
+    }
+
+    #[test]
+    fn parse_honours_wide_headers_and_drops_crc_chunks() {
+        let specs = mixed(WIDE_1K);
+        let bytes = build(WIDE_1K, &specs);
+        let layout = parse_bytes(&bytes).unwrap();
+        assert_eq!(layout.block_size, 1024);
+        assert_eq!(layout.total_blocks, 16);
+        assert_eq!(layout.raw_size(), 16 * 1024);
+        // RAW data starts right after each (20-byte) chunk header.
+        let first_raw = 36 + 20;
+        let second_raw = first_raw + 3 * 1024 + (20 + 4) + 20 + (20 + 4) + (20 + 4) + 20;
+        assert_eq!(
+            layout.chunks,
+            vec![
+                Chunk {
+                    first_block: 0,
+                    blocks: 3,
+                    data: ChunkData::Raw { offset: first_raw }
+                },
+                Chunk {
+                    first_block: 3,
+                    blocks: 4,
+                    data: ChunkData::Fill([0xDE, 0xAD, 0xBE, 0xEF])
+                },
+                Chunk {
+                    first_block: 7,
+                    blocks: 5,
+                    data: ChunkData::DontCare
+                },
+                Chunk {
+                    first_block: 12,
+                    blocks: 2,
+                    data: ChunkData::Fill([0; 4])
+                },
+                Chunk {
+                    first_block: 14,
+                    blocks: 2,
+                    data: ChunkData::Raw { offset: second_raw }
+                },
+            ]
+        );
+        assert_eq!(raw_payloads(&bytes, &layout)[1], data(2 * 1024, 2));
+    }
+
+    #[test]
+    fn parse_accepts_4k_blocks_and_any_minor_version() {
+        let mut bytes = build(PLAIN_4K, &mixed(PLAIN_4K));
+        bytes[6..8].copy_from_slice(&3u16.to_le_bytes());
+        let layout = parse_bytes(&bytes).unwrap();
+        assert_eq!((layout.block_size, layout.total_blocks), (4096, 16));
+        assert_eq!(layout.chunks.len(), 5);
+    }
+
+    #[test]
+    fn read_at_matches_the_expansion_everywhere() {
+        for shape in [PLAIN_4K, WIDE_1K] {
+            let specs = mixed(shape);
+            let view = view_of(&build(shape, &specs));
+            let want = expansion(shape, &specs);
+            let bs = shape.block_size as usize;
+            let size = want.len();
+            // Whole image, single bytes at chunk edges, odd-length spans
+            // across every boundary, and a fill read at an unaligned offset.
+            let mut cases = vec![(0, size), (size - 1, 1), (bs * 3 + 1, 5)];
+            for edge in [3, 7, 12, 14] {
+                cases.push((edge * bs - 1, 1));
+                cases.push((edge * bs, 1));
+                cases.push((edge * bs - 37, 101));
+                cases.push((edge * bs - bs - 3, 2 * bs + 9));
+            }
+            for (at, len) in cases {
+                let mut buf = vec![0x55u8; len];
+                view.read_at(at as u64, &mut buf).unwrap();
+                assert!(
+                    buf == want[at..at + len],
+                    "block size {bs}: {len} bytes at {at} differ"
+                );
+            }
+            let mut empty = [];
+            view.read_at(size as u64, &mut empty).unwrap();
+        }
+    }
+
+    #[test]
+    fn read_at_past_the_end_is_unexpected_eof() {
+        let view = view_of(&build(PLAIN_4K, &mixed(PLAIN_4K)));
+        let size = view.layout().raw_size();
+        for (at, len) in [(size - 1, 2), (size, 1), (u64::MAX, 1), (u64::MAX - 1, 4)] {
+            let mut buf = vec![0u8; len];
+            let e = view.read_at(at, &mut buf).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                io::ErrorKind::UnexpectedEof,
+                "{len} bytes at {at}"
+            );
+        }
+    }
+
+    #[test]
+    fn read_at_refuses_a_layout_with_a_gap() {
+        let layout = SparseLayout {
+            block_size: 4096,
+            total_blocks: 4,
+            chunks: vec![Chunk {
+                first_block: 2,
+                blocks: 2,
+                data: ChunkData::DontCare,
+            }],
+        };
+        let view = SparseView::new(tempfile::tempfile().unwrap(), layout);
+        let mut buf = [0u8; 8];
+        let e = view.read_at(0, &mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        view.read_at(3 * 4096, &mut buf).unwrap();
+    }
+
+    /// Where the next data is at or after `from`, per SEEK_DATA; the file
+    /// size if there is none.
+    fn next_data(file: &File, from: u64) -> u64 {
+        // SAFETY: lseek on a descriptor this test owns; no memory is shared.
+        let at = unsafe { libc::lseek(file.as_raw_fd(), from as libc::off_t, libc::SEEK_DATA) };
+        if at < 0 {
+            assert_eq!(io::Error::last_os_error().raw_os_error(), Some(libc::ENXIO));
+            file.metadata().unwrap().len()
+        } else {
+            at as u64
+        }
+    }
+
+    #[test]
+    fn expand_writes_data_and_leaves_dont_care_and_zero_fill_as_holes() {
+        // Big, page-aligned holes so any filesystem with holes shows them.
+        let bs = 4096;
+        let specs = vec![
+            Spec::Raw(data(2 * bs, 3)),
+            Spec::DontCare(256),
+            Spec::Fill([1, 2, 3, 4], 2),
+            Spec::Fill([0; 4], 256),
+            Spec::Raw(data(bs, 4)),
+        ];
+        let view = view_of(&build(PLAIN_4K, &specs));
+        let out = tempfile::tempfile().unwrap();
+        expand(&view, &out).unwrap();
+        let meta = out.metadata().unwrap();
+        assert_eq!(meta.len(), 517 * 4096);
+        let mut got = vec![0u8; meta.len() as usize];
+        out.read_exact_at(&mut got, 0).unwrap();
+        assert!(got == expansion(PLAIN_4K, &specs), "expansion differs");
+        assert!(
+            meta.blocks() * 512 < meta.len() / 2,
+            "{} bytes allocated for a {}-byte file with 2 MiB of holes",
+            meta.blocks() * 512,
+            meta.len()
+        );
+        assert_eq!(
+            next_data(&out, 2 * 4096),
+            258 * 4096,
+            "DONT_CARE was written"
+        );
+        assert_eq!(
+            next_data(&out, 260 * 4096),
+            516 * 4096,
+            "zero FILL was written"
+        );
+    }
+
+    #[test]
+    fn encode_unchanged_is_byte_identical_with_plain_headers() {
+        for shape in [
+            PLAIN_4K,
+            Shape {
+                block_size: 1024,
+                ..PLAIN_4K
+            },
+        ] {
+            let specs: Vec<Spec> = mixed(shape)
+                .into_iter()
+                .filter(|s| !matches!(s, Spec::Crc(_)))
+                .collect();
+            let bytes = build(shape, &specs);
+            let view = view_of(&bytes);
+            let (_, encoded, changed) = edit_and_encode(&view, |_| {});
+            assert_eq!(changed, 0);
+            assert!(
+                encoded == bytes,
+                "block size {}: unchanged output differs",
+                shape.block_size
+            );
+        }
+    }
+
+    #[test]
+    fn encode_unchanged_keeps_chunks_and_data_from_wide_headers() {
+        let bytes = build(WIDE_1K, &mixed(WIDE_1K));
+        let view = view_of(&bytes);
+        let (layout, encoded, changed) = edit_and_encode(&view, |_| {});
+        assert_eq!(changed, 0);
+        assert_eq!(shape_of(&layout), shape_of(view.layout()));
+        assert_eq!(
+            raw_payloads(&encoded, &layout),
+            raw_payloads(&bytes, view.layout())
+        );
+        // Normalised headers: 28/12 bytes, minor 0, no CRC32, checksum 0.
+        assert_eq!(le16(&encoded, 6), 0);
+        assert_eq!((le16(&encoded, 8), le16(&encoded, 10)), (28, 12));
+        assert_eq!(le32(&encoded, 20), 5, "total_chunks");
+        assert_eq!(le32(&encoded, 24), 0, "image_checksum");
+        assert_eq!((le32(&encoded, 12), le32(&encoded, 16)), (1024, 16));
+    }
+
+    fn write_block(file: &File, block: u64, bs: usize, seed: u8) {
+        file.write_all_at(&data(bs, seed), block * bs as u64)
+            .unwrap();
+    }
+
+    #[test]
+    fn encode_splits_a_dont_care_chunk_around_a_changed_block() {
+        let view = view_of(&build(WIDE_1K, &mixed(WIDE_1K)));
+        // DONT_CARE covers blocks 7..12.
+        let (layout, _, changed) = edit_and_encode(&view, |f| write_block(f, 9, 1024, 9));
+        assert_eq!(changed, 1);
+        let fill = Some([0xDE, 0xAD, 0xBE, 0xEF]);
+        assert_eq!(
+            shape_of(&layout),
+            vec![
+                ("raw", 0, 3, None),
+                ("fill", 3, 4, fill),
+                ("dont-care", 7, 2, None),
+                ("raw", 9, 1, None),
+                ("dont-care", 10, 2, None),
+                ("fill", 12, 2, Some([0; 4])),
+                ("raw", 14, 2, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn encode_splits_a_fill_chunk_around_changed_blocks() {
+        let view = view_of(&build(PLAIN_4K, &mixed(PLAIN_4K)));
+        // FILL covers blocks 3..7; change its first and its third block.
+        let (layout, _, changed) = edit_and_encode(&view, |f| {
+            write_block(f, 3, 4096, 5);
+            f.write_all_at(&[0xDE], 5 * 4096 + 1).unwrap();
+        });
+        assert_eq!(changed, 2);
+        let fill = Some([0xDE, 0xAD, 0xBE, 0xEF]);
+        assert_eq!(
+            shape_of(&layout)[..5],
+            [
+                ("raw", 0, 3, None),
+                ("raw", 3, 1, None),
+                ("fill", 4, 1, fill),
+                ("raw", 5, 1, None),
+                ("fill", 6, 1, fill),
+            ]
+        );
+    }
+
+    #[test]
+    fn encode_rewrites_a_changed_raw_chunk_whole() {
+        let bytes = build(PLAIN_4K, &mixed(PLAIN_4K));
+        let view = view_of(&bytes);
+        // The first RAW chunk covers blocks 0..3; change one byte of block 1.
+        let (layout, encoded, changed) =
+            edit_and_encode(&view, |f| f.write_all_at(&[0], 4096 + 100).unwrap());
+        assert_eq!(changed, 1);
+        assert_eq!(shape_of(&layout), shape_of(view.layout()));
+        let mut want = data(3 * 4096, 1);
+        want[4096 + 100] = 0;
+        let payloads = raw_payloads(&encoded, &layout);
+        assert!(payloads[0] == want, "edited RAW data not written");
+        assert!(
+            payloads[1] == data(2 * 4096, 2),
+            "untouched RAW chunk changed"
+        );
+    }
+
+    #[test]
+    fn zeros_written_into_dont_care_are_no_change() {
+        let bytes = build(PLAIN_4K, &mixed(PLAIN_4K));
+        let view = view_of(&bytes);
+        let (layout, _, changed) =
+            edit_and_encode(&view, |f| f.write_all_at(&[0u8; 8192], 8 * 4096).unwrap());
+        assert_eq!(changed, 0);
+        assert_eq!(shape_of(&layout), shape_of(view.layout()));
+    }
+
+    #[test]
+    fn zero_blocks_written_over_a_fill_become_raw() {
+        // A zero block inside a non-zero FILL is a change: the flasher would
+        // otherwise write the pattern there.
+        let view = view_of(&build(PLAIN_4K, &mixed(PLAIN_4K)));
+        let (layout, _, changed) =
+            edit_and_encode(&view, |f| f.write_all_at(&[0u8; 4096], 6 * 4096).unwrap());
+        assert_eq!(changed, 1);
+        assert_eq!(shape_of(&layout)[2], ("raw", 6, 1, None));
+    }
+
+    #[test]
+    fn long_runs_are_split_to_fit_32_bit_sizes() {
+        let mut plan = Vec::new();
+        let run = |body| Planned {
+            first_block: 10,
+            blocks: 7,
+            body,
+        };
+        push_split(&mut plan, run(Body::Raw(Source::Edited)), 3);
+        push_split(&mut plan, run(Body::DontCare), 3);
+        let got: Vec<_> = plan.iter().map(|p| (p.first_block, p.blocks)).collect();
+        assert_eq!(got, [(10, 3), (13, 3), (16, 1), (10, 7)]);
+        assert_eq!(max_raw_blocks(4096), 1_048_575);
+        assert!(CHUNK_HEADER_LEN as u64 + max_raw_blocks(1024) * 1024 <= u32::MAX as u64);
+    }
+
+    #[test]
+    fn encode_refuses_an_edited_file_of_the_wrong_size() {
+        let view = view_of(&build(PLAIN_4K, &mixed(PLAIN_4K)));
+        let edited = tempfile::tempfile().unwrap();
+        expand(&view, &edited).unwrap();
+        edited.set_len(15 * 4096).unwrap();
+        let e = encode(&view, &edited, &mut Vec::new()).unwrap_err();
+        assert!(matches!(e, SparseError::SizeMismatch { .. }), "{e}");
+        assert!(e.to_string().contains("61440 bytes"), "{e}");
+    }
+
+    #[test]
+    fn encode_raw_turns_zero_blocks_into_dont_care() {
+        let bs = 4096;
+        let mut raw = vec![0u8; 8 * bs];
+        raw[bs..3 * bs].copy_from_slice(&data(2 * bs, 6));
+        raw[7 * bs + 5] = 1;
+        let mut out = Vec::new();
+        encode_raw(&file_with(&raw), 4096, &mut out).unwrap();
+        let layout = parse_bytes(&out).unwrap();
+        assert_eq!(
+            shape_of(&layout),
+            [
+                ("dont-care", 0, 1, None),
+                ("raw", 1, 2, None),
+                ("dont-care", 3, 4, None),
+                ("raw", 7, 1, None),
+            ]
+        );
+        assert!(expand_to_vec(&view_of(&out)) == raw);
+        for bad in [0, 6] {
+            let e = encode_raw(&file_with(&raw), bad, &mut Vec::new()).unwrap_err();
+            assert!(e.to_string().contains("multiple of 4"), "{e}");
+        }
+        let e = encode_raw(&file_with(&raw[..100]), 4096, &mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("whole number"), "{e}");
+    }
+
+    /// Parses `bytes` and returns the error message, failing if it parses.
+    fn parse_error(bytes: &[u8]) -> (SparseError, String) {
+        match parse_bytes(bytes) {
+            Ok(layout) => panic!("parsed a corrupt image: {layout:?}"),
+            Err(e) => {
+                let msg = e.to_string();
+                (e, msg)
+            }
+        }
+    }
+
+    fn good() -> Vec<u8> {
+        build(PLAIN_4K, &mixed(PLAIN_4K))
+    }
+
+    /// Byte offset of chunk `index`'s header in `good()`.
+    fn chunk_at(index: usize) -> usize {
+        let bytes = good();
+        let mut at = 28;
+        for _ in 0..index {
+            at += le32(&bytes, at + 8) as usize;
+        }
+        at
+    }
+
+    fn set32(bytes: &mut [u8], at: usize, v: u32) {
+        bytes[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+
+    #[test]
+    fn bad_magic_and_version_are_refused() {
+        let mut b = good();
+        b[0] ^= 1;
+        let (e, msg) = parse_error(&b);
+        assert!(
+            matches!(e, SparseError::Header(_)) && msg.contains("magic"),
+            "{msg}"
+        );
+        let mut b = good();
+        b[4..6].copy_from_slice(&2u16.to_le_bytes());
+        assert!(parse_error(&b).1.contains("major version 2"));
+    }
+
+    #[test]
+    fn bad_header_sizes_and_block_sizes_are_refused() {
+        let mut b = good();
+        b[8..10].copy_from_slice(&24u16.to_le_bytes());
+        assert!(parse_error(&b).1.contains("below the minimum"));
+        let mut b = good();
+        b[10..12].copy_from_slice(&8u16.to_le_bytes());
+        assert!(parse_error(&b).1.contains("below the minimum"));
+        for bs in [0, 1022] {
+            let mut b = good();
+            set32(&mut b, 12, bs);
+            assert!(parse_error(&b).1.contains("multiple of 4"), "{bs}");
+        }
+    }
+
+    #[test]
+    fn truncated_headers_are_refused() {
+        let (e, msg) = parse_error(&good()[..10]);
+        assert!(matches!(e, SparseError::Truncated(_)), "{msg}");
+        assert!(msg.contains("file header"), "{msg}");
+        // A file header claiming to be longer than the file.
+        let mut b = good()[..28].to_vec();
+        b[8..10].copy_from_slice(&64u16.to_le_bytes());
+        assert!(matches!(parse_error(&b).0, SparseError::Truncated(_)));
+        // Cut inside a chunk header.
+        let (e, msg) = parse_error(&good()[..chunk_at(1) + 6]);
+        assert!(matches!(e, SparseError::Truncated(_)), "{msg}");
+        assert!(msg.contains("chunk header"), "{msg}");
+    }
+
+    #[test]
+    fn truncated_raw_data_is_refused() {
+        let b = good();
+        let (e, msg) = parse_error(&b[..b.len() - 1]);
+        assert!(matches!(e, SparseError::Truncated(_)), "{msg}");
+        assert!(msg.contains("chunk 5"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_chunk_type_is_refused() {
+        let mut b = good();
+        let at = chunk_at(2);
+        b[at..at + 2].copy_from_slice(&0xCAC9u16.to_le_bytes());
+        let (e, msg) = parse_error(&b);
+        assert!(matches!(e, SparseError::Chunk { index: 2, .. }), "{msg}");
+        assert!(msg.contains("unknown chunk type 0xCAC9"), "{msg}");
+    }
+
+    #[test]
+    fn chunk_sizes_that_disagree_with_their_type_are_refused() {
+        // RAW: 3 blocks need 12 + 12288 bytes.
+        let mut b = good();
+        set32(&mut b, 28 + 8, 12 + 8192);
+        let (e, msg) = parse_error(&b);
+        assert!(matches!(e, SparseError::Chunk { index: 0, .. }), "{msg}");
+        assert!(msg.contains("8204") && msg.contains("12300"), "{msg}");
+        // RAW whose block count grew but whose size did not.
+        let mut b = good();
+        set32(&mut b, 28 + 4, 4);
+        assert!(matches!(
+            parse_error(&b).0,
+            SparseError::Chunk { index: 0, .. }
+        ));
+        // FILL and DONT_CARE with extra bytes.
+        for index in [1, 2] {
+            let mut b = good();
+            let at = chunk_at(index);
+            let total = le32(&b, at + 8);
+            set32(&mut b, at + 8, total + 4);
+            assert!(
+                matches!(parse_error(&b).0, SparseError::Chunk { index: i, .. } if i == index as u32),
+                "chunk {index}"
+            );
+        }
+    }
+
+    #[test]
+    fn block_counts_must_add_up() {
+        let mut b = good();
+        set32(&mut b, 16, 17);
+        let (e, msg) = parse_error(&b);
+        assert!(
+            matches!(
+                e,
+                SparseError::BlockCount {
+                    declared: 17,
+                    found: 16
+                }
+            ),
+            "{msg}"
+        );
+        // A DONT_CARE that claims more blocks than the header allows.
+        let mut b = good();
+        set32(&mut b, chunk_at(2) + 4, 6);
+        assert!(matches!(parse_error(&b).0, SparseError::BlockCount { .. }));
+    }
+
+    #[test]
+    fn chunk_counts_must_match() {
+        // Too many: the file ends cleanly but blocks add up, so the count
+        // is what is wrong.
+        let mut b = good();
+        set32(&mut b, 20, 7);
+        let (e, msg) = parse_error(&b);
+        assert!(
+            matches!(
+                e,
+                SparseError::ChunkCount {
+                    declared: 7,
+                    found: 6
+                }
+            ),
+            "{msg}"
+        );
+        // Too many and blocks missing: the file was cut at a chunk boundary.
+        let b = good();
+        let (e, msg) = parse_error(&b[..chunk_at(5)]);
+        assert!(matches!(e, SparseError::Truncated(_)), "{msg}");
+        // Too few: what follows the declared chunks is trailing data.
+        let mut b = good();
+        set32(&mut b, 20, 5);
+        assert!(matches!(parse_error(&b).0, SparseError::TrailingData(_)));
+    }
+
+    #[test]
+    fn trailing_garbage_is_refused() {
+        let mut b = good();
+        b.extend([0u8; 7]);
+        let (e, msg) = parse_error(&b);
+        assert!(matches!(e, SparseError::TrailingData(7)), "{msg}");
+        assert!(msg.contains("7 bytes after its last chunk"), "{msg}");
+    }
+
+    /// Runs an AOSP libsparse tool, failing with the package to install if
+    /// it is missing.
+    fn libsparse_tool(name: &str, args: &[&Path]) -> std::process::Output {
+        match Command::new(name).args(args).output() {
+            Ok(o) => o,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => panic!(
+                "{name} is not installed: install the Debian package android-sdk-libsparse-utils"
+            ),
+            Err(e) => panic!("cannot run {name}: {e}"),
+        }
+    }
+
+    /// A 4 MiB raw image with data, zero runs and a repeated-pattern run
+    /// (img2simg makes FILL chunks of those).
+    fn raw_for_img2simg(path: &Path) -> Vec<u8> {
+        let mib = 1 << 20;
+        let mut raw = vec![0u8; 4 * mib];
+        raw[..300_000].copy_from_slice(&data(300_000, 7));
+        for w in raw[mib..mib + 256 * 1024].chunks_exact_mut(4) {
+            w.copy_from_slice(&[0x11, 0x22, 0x33, 0x44]);
+        }
+        raw[2 * mib + 5000..2 * mib + 70_000].copy_from_slice(&data(65_000, 8));
+        raw[4 * mib - 10] = 0x99;
+        std::fs::write(path, &raw).unwrap();
+        raw
+    }
+
+    #[test]
+    fn img2simg_images_parse_expand_and_reencode_losslessly() {
+        let dir = TempDir::new().unwrap();
+        let d = dir.path();
+        let raw_path = d.join("raw.img");
+        let raw = raw_for_img2simg(&raw_path);
+        for block_size in ["4096", "1024"] {
+            let bs_arg = Path::new(block_size);
+            let plain = d.join(format!("plain-{block_size}.simg"));
+            let made = libsparse_tool("img2simg", &[&raw_path, &plain, bs_arg]);
+            assert!(
+                made.status.success(),
+                "img2simg {block_size}: {}",
+                String::from_utf8_lossy(&made.stderr)
+            );
+            let mut inputs = vec![("plain", plain)];
+            // Newer img2simg has -s (DONT_CARE instead of zero FILL); the
+            // packaged version may not, and then the plain form is enough.
+            let with_s = d.join(format!("s-{block_size}.simg"));
+            let s_flag = Path::new("-s");
+            if libsparse_tool("img2simg", &[s_flag, &raw_path, &with_s, bs_arg])
+                .status
+                .success()
+            {
+                inputs.push(("-s", with_s));
+            }
+            for (form, sparse) in inputs {
+                let label = format!("img2simg {form}, {block_size}-byte blocks");
+                let input = std::fs::read(&sparse).unwrap();
+                let file = File::open(&sparse).unwrap();
+                let layout = SparseLayout::parse(&file).unwrap();
+                assert_eq!(layout.block_size.to_string(), block_size, "{label}");
+                let kinds = shape_of(&layout);
+                assert!(
+                    kinds.iter().any(|c| c.0 == "raw") && kinds.iter().any(|c| c.0 != "raw"),
+                    "{label}: expected RAW and other chunks: {kinds:?}"
+                );
+                let view = SparseView::new(file, layout);
+                assert!(expand_to_vec(&view) == raw, "{label}: expansion differs");
+
+                let mut encoded = NamedTempFile::new_in(d).unwrap();
+                let edited = tempfile::tempfile().unwrap();
+                expand(&view, &edited).unwrap();
+                let changed = encode(&view, &edited, encoded.as_file_mut()).unwrap();
+                assert_eq!(changed, 0, "{label}");
+                let ours = std::fs::read(encoded.path()).unwrap();
+                if le16(&input, 8) == 28 && le16(&input, 10) == 12 && le32(&input, 24) == 0 {
+                    assert!(
+                        ours == input,
+                        "{label}: unchanged encoding differs from the input"
+                    );
+                }
+                let back = d.join("back.img");
+                let o = libsparse_tool("simg2img", &[encoded.path(), &back]);
+                assert!(
+                    o.status.success(),
+                    "{label}: simg2img refused our encoding: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                assert!(
+                    std::fs::read(&back).unwrap() == raw,
+                    "{label}: simg2img of our encoding differs"
+                );
+            }
+        }
+    }
+}
