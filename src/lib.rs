@@ -95,6 +95,8 @@
 
 pub mod admin;
 pub mod batch;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod image;
 pub mod output;

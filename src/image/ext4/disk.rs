@@ -20,6 +20,19 @@ pub trait ReadAt {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
 }
 
+/// An image held in memory (tests and fuzzing).
+impl ReadAt for Vec<u8> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let start = usize::try_from(offset).map_err(|_| io::ErrorKind::UnexpectedEof)?;
+        let end = start
+            .checked_add(buf.len())
+            .filter(|&e| e <= self.len())
+            .ok_or(io::ErrorKind::UnexpectedEof)?;
+        buf.copy_from_slice(&self[start..end]);
+        Ok(())
+    }
+}
+
 impl ReadAt for std::fs::File {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
@@ -464,7 +477,13 @@ impl<R: ReadAt> Ext4Fs<R> {
 
     /// Finds `name` in directory `dir`.
     pub fn find_in_dir(&self, dir: &Inode, name: &str) -> Result<Option<u32>, Ext4Error> {
-        let content = self.read_content(dir, u64::MAX)?;
+        // A directory's size comes from the image; a damaged one must not
+        // make us allocate gigabytes. Real /etc directories are kilobytes.
+        const MAX_DIR: u64 = 64 << 20;
+        if dir.size > MAX_DIR {
+            return Err(corrupt(format!("a directory claims {} bytes", dir.size)));
+        }
+        let content = self.read_content(dir, MAX_DIR)?;
         let filetype = self.sb.incompat & feature::INCOMPAT_FILETYPE != 0;
         let name = name.as_bytes();
         if dir.flags & INLINE_DATA_FL != 0 {

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for SECONDS each (default 60) and prints how many
+# inputs each executed. Seeds come from testdata/fuzz/<target>; what the
+# fuzzer learns is kept in fuzz/corpus/<target> (not committed); a crash is
+# written to fuzz/artifacts/<target>/ and fails the run: add it to
+# testdata/fuzz/<target>/ once fixed, so it stays a regression input.
+#
+#   fuzz/run.sh [SECONDS] [TARGET...]
+#
+# Needs cargo-fuzz (cargo install cargo-fuzz) and a nightly toolchain
+# (rustup toolchain install nightly), as libFuzzer's instrumentation does.
+set -euo pipefail
+cd "$(dirname "$0")"
+secs=${1:-60}
+shift || true
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(tarball sparse ext4 userdb device_conf overlay)
+command -v cargo-fuzz >/dev/null || { echo "install cargo-fuzz: cargo install cargo-fuzz" >&2; exit 2; }
+printf '| target | seconds | executions | exec/s | corpus |\n|---|---|---|---|---|\n' > summary.md
+for t in "${targets[@]}"; do
+  mkdir -p "corpus/$t"
+  log=$(mktemp)
+  cargo +nightly fuzz run "$t" "corpus/$t" "../testdata/fuzz/$t" -- \
+    -max_total_time="$secs" -rss_limit_mb=1024 -max_len=1048576 -timeout=10 2>&1 | tee "$log" | grep -E "^(==|#[0-9]+ +DONE|SUMMARY|thread)" || true
+  if grep -q "ERROR: libFuzzer\|panicked\|SUMMARY: " "$log"; then
+    echo "fuzz target $t failed; see fuzz/artifacts/$t" >&2
+    exit 1
+  fi
+  done_line=$(grep -E "^#[0-9]+ +DONE" "$log" | tail -1)
+  execs=$(echo "$done_line" | sed -E 's/^#([0-9]+).*/\1/')
+  rate=$(echo "$done_line" | sed -E 's/.*exec\/s: ([0-9]+).*/\1/')
+  corpus=$(ls "corpus/$t" | wc -l)
+  printf '| %s | %s | %s | %s | %s |\n' "$t" "$secs" "$execs" "$rate" "$corpus" >> summary.md
+  rm -f "$log"
+done
+cat summary.md
