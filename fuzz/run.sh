@@ -21,14 +21,16 @@ for t in "${targets[@]}"; do
   mkdir -p "corpus/$t"
   log=$(mktemp)
   cargo +nightly fuzz run "$t" "corpus/$t" "../testdata/fuzz/$t" -- \
-    -max_total_time="$secs" -rss_limit_mb=1024 -max_len=1048576 -timeout=10 2>&1 | tee "$log" | grep -E "^(==|#[0-9]+ +DONE|SUMMARY|thread)" || true
+    -max_total_time="$secs" -rss_limit_mb=1024 -max_len=1048576 -timeout=10 2>&1 | tee "$log" | grep -E "^(==|Done|SUMMARY|thread)" || true
   if grep -q "ERROR: libFuzzer\|panicked\|SUMMARY: " "$log"; then
     echo "fuzz target $t failed; see fuzz/artifacts/$t" >&2
     exit 1
   fi
-  done_line=$(grep -E "^#[0-9]+ +DONE" "$log" | tail -1)
-  execs=$(echo "$done_line" | sed -E 's/^#([0-9]+).*/\1/')
-  rate=$(echo "$done_line" | sed -E 's/.*exec\/s: ([0-9]+).*/\1/')
+  # libFuzzer ends with "Done N runs in S second(s)".
+  done_line=$(grep -E "^Done [0-9]+ runs" "$log" | tail -1)
+  execs=$(echo "$done_line" | sed -E 's/^Done ([0-9]+) runs.*/\1/')
+  took=$(echo "$done_line" | sed -E 's/.* in ([0-9]+) second.*/\1/')
+  rate=$(( execs / (took > 0 ? took : 1) ))
   corpus=$(ls "corpus/$t" | wc -l)
   printf '| %s | %s | %s | %s | %s |\n' "$t" "$secs" "$execs" "$rate" "$corpus" >> summary.md
   rm -f "$log"
