@@ -35,6 +35,8 @@ const CHUNK_CRC32: u16 = 0xCAC4;
 
 /// Bytes moved per read or write, whatever the image size.
 const IO_BUF: usize = 1 << 20;
+/// The largest sparse block size accepted.
+const MAX_BLOCK_SIZE: u32 = 1 << 20;
 
 #[derive(Debug, Error)]
 pub enum SparseError {
@@ -140,6 +142,13 @@ impl SparseLayout {
         if block_size == 0 || block_size % 4 != 0 {
             return Err(SparseError::Header(format!(
                 "block size {block_size} is not a positive multiple of 4"
+            )));
+        }
+        // Buffers are sized in blocks; real images use 4 KiB (ext4 blocks
+        // are at most 64 KiB), so a huge value is damage, not a format.
+        if block_size > MAX_BLOCK_SIZE {
+            return Err(SparseError::Header(format!(
+                "block size {block_size} is larger than the {MAX_BLOCK_SIZE} bytes imprint accepts"
             )));
         }
         if (file_header_len as u64) > file_len {
