@@ -150,6 +150,8 @@ impl Superblock {
             || sb.inode_size > sb.block_size
             || sb.desc_size < 32
             || !sb.desc_size.is_power_of_two()
+            || sb.first_data_block >= sb.blocks_count
+            || sb.blocks_count.checked_mul(sb.block_size).is_none()
         {
             return Err(corrupt("the superblock's geometry is invalid"));
         }
@@ -347,6 +349,9 @@ impl<R: ReadAt> Ext4Fs<R> {
         let mut table = le32(&desc, 8) as u64;
         if sb.desc_size >= 64 {
             table |= (le32(&desc, 0x28) as u64) << 32;
+        }
+        if table >= sb.blocks_count {
+            return Err(corrupt(format!("group {group}'s inode table lies outside the filesystem")));
         }
         let offset = table * sb.block_size + (index % sb.inodes_per_group) * sb.inode_size;
         let raw = self.read(offset, sb.inode_size as usize)?;
