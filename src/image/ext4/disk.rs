@@ -150,6 +150,7 @@ impl Superblock {
             || sb.inode_size > sb.block_size
             || sb.desc_size < 32
             || !sb.desc_size.is_power_of_two()
+            || sb.desc_size > sb.block_size
             || sb.first_data_block >= sb.blocks_count
             || sb.blocks_count.checked_mul(sb.block_size).is_none()
         {
@@ -183,7 +184,10 @@ impl Superblock {
         [3u64, 5, 7].iter().any(|&base| {
             let mut n = base;
             while n < group {
-                n *= base;
+                match n.checked_mul(base) {
+                    Some(next) => n = next,
+                    None => return false,
+                }
             }
             n == group
         })
