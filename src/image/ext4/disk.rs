@@ -355,7 +355,9 @@ impl<R: ReadAt> Ext4Fs<R> {
             table |= (le32(&desc, 0x28) as u64) << 32;
         }
         if table >= sb.blocks_count {
-            return Err(corrupt(format!("group {group}'s inode table lies outside the filesystem")));
+            return Err(corrupt(format!(
+                "group {group}'s inode table lies outside the filesystem"
+            )));
         }
         let offset = table * sb.block_size + (index % sb.inodes_per_group) * sb.inode_size;
         let raw = self.read(offset, sb.inode_size as usize)?;
