@@ -116,6 +116,24 @@ impl ZStream {
         Ok(ZStream { strm, deflate })
     }
 
+    /// One call of inflate from `input` into `out`.
+    fn inflate_step(&mut self, input: &[u8], out: &mut [u8], flush: i32) -> Step {
+        let strm = &mut *self.strm;
+        strm.next_in = input.as_ptr() as *mut u8;
+        strm.avail_in = input.len() as u32;
+        strm.next_out = out.as_mut_ptr();
+        strm.avail_out = out.len() as u32;
+        // SAFETY: next_in/next_out point into live buffers of the given
+        // sizes; inflate only reads the input.
+        let code = unsafe { z::inflate(strm, flush) };
+        Step {
+            code,
+            consumed: input.len() - strm.avail_in as usize,
+            produced: out.len() - strm.avail_out as usize,
+            data_type: strm.data_type,
+        }
+    }
+
     fn window(&mut self) -> Vec<u8> {
         let mut buf = vec![0u8; WINDOW];
         let mut len: u32 = 0;
@@ -137,6 +155,15 @@ impl Drop for ZStream {
             }
         }
     }
+}
+
+/// What one inflate call did.
+struct Step {
+    code: i32,
+    consumed: usize,
+    produced: usize,
+    /// zlib's bit flags about where inflate stopped (see Z_BLOCK).
+    data_type: i32,
 }
 
 /// Length of the gzip member header at the start of `head`, or None if
@@ -294,18 +321,11 @@ impl Read for IndexingDecoder {
         }
         loop {
             self.refill(1)?;
-            let avail = self.input.len() - self.used;
-            let strm = &mut *self.z.strm;
-            strm.next_in = self.input[self.used..].as_ptr() as *mut u8;
-            strm.avail_in = avail as u32;
-            strm.next_out = buf.as_mut_ptr();
-            strm.avail_out = buf.len() as u32;
-            // SAFETY: next_in/next_out point into live buffers of the given sizes.
-            let code = unsafe { z::inflate(strm, z::Z_BLOCK) };
-            let consumed = avail - strm.avail_in as usize;
-            let produced = buf.len() - strm.avail_out as usize;
-            let data_type = strm.data_type;
-            self.used += consumed;
+            let step = self
+                .z
+                .inflate_step(&self.input[self.used..], buf, z::Z_BLOCK);
+            let (code, produced, data_type) = (step.code, step.produced, step.data_type);
+            self.used += step.consumed;
             self.crc.update(&buf[..produced]);
             self.member_out += produced as u64;
             self.total_out += produced as u64;
@@ -404,20 +424,15 @@ impl Read for TailInflater {
                     return Err(IndexingDecoder::truncated());
                 }
             }
-            let avail = self.input.len() - self.used;
-            let strm = &mut *self.z.strm;
-            strm.next_in = self.input[self.used..].as_ptr() as *mut u8;
-            strm.avail_in = avail as u32;
-            strm.next_out = buf.as_mut_ptr();
-            strm.avail_out = buf.len() as u32;
-            // SAFETY: live buffers of the given sizes.
-            let code = unsafe { z::inflate(strm, z::Z_NO_FLUSH) };
-            self.used += avail - strm.avail_in as usize;
-            let produced = buf.len() - strm.avail_out as usize;
-            match code {
+            let step = self
+                .z
+                .inflate_step(&self.input[self.used..], buf, z::Z_NO_FLUSH);
+            self.used += step.consumed;
+            let produced = step.produced;
+            match step.code {
                 z::Z_STREAM_END => self.done = true,
                 z::Z_OK | z::Z_BUF_ERROR => {}
-                _ => return Err(zerr("corrupt deflate data", code)),
+                _ => return Err(zerr("corrupt deflate data", step.code)),
             }
             if produced > 0 {
                 return Ok(produced);
