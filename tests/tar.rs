@@ -189,18 +189,7 @@ fn existing_device_conf_is_replaced_in_place() {
         let input = tmp.path().join(format!("r.{ext}"));
         make_tar(&root, &input, ext, format, true);
         let out = tmp.path().join("out.img");
-        let o = run(bin()
-            .args([
-                "provision",
-                "--serial",
-                SERIAL,
-                "--api-url",
-                &server.url(),
-                "--image",
-            ])
-            .arg(&input)
-            .arg("--output")
-            .arg(&out));
+        let o = run(&mut provision_online(&input, &out, &server.url()));
         assert!(o.status.success(), "{}", stderr(&o));
         let list = stdout(&sh(&format!("tar -tf {}", out.display())));
         assert_eq!(list.matches("device.conf").count(), 1, "{list}");
@@ -406,18 +395,7 @@ fn api_failure_leaves_no_output_and_write_failure_makes_no_call() {
     let bytes = fs::read(&c.input).unwrap();
     fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let before = sha256(&truncated);
-    let o = run(bin()
-        .args([
-            "provision",
-            "--serial",
-            SERIAL,
-            "--api-url",
-            &server.url(),
-            "--image",
-        ])
-        .arg(&truncated)
-        .arg("--output")
-        .arg(&c.out));
+    let o = run(&mut provision_online(&truncated, &c.out, &server.url()));
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("corrupt or truncated"),
@@ -448,18 +426,7 @@ fn api_failure_leaves_no_output_and_write_failure_makes_no_call() {
     // The uncompressed archive is larger than the 64 KiB filesystem.
     let plain = c.dir.join("plain.tar");
     make_tar(&c.root, &plain, "tar", "gnu", true);
-    let o = run(bin()
-        .args([
-            "provision",
-            "--serial",
-            SERIAL,
-            "--api-url",
-            &server.url(),
-            "--image",
-        ])
-        .arg(&plain)
-        .arg("--output")
-        .arg(&small));
+    let o = run(&mut provision_online(&plain, &small, &server.url()));
     let left = listing(&small);
     sh(&format!("umount {}", small.display()));
     assert_eq!(o.status.code(), Some(1));
@@ -576,34 +543,12 @@ fn serials_and_output_paths() {
     assert!(listing(&c.out).is_empty());
 
     // Output equal to input is refused, an existing output needs --force.
-    let o = run(bin()
-        .args([
-            "provision",
-            "--serial",
-            SERIAL,
-            "--api-url",
-            &server.url(),
-            "--image",
-        ])
-        .arg(&c.input)
-        .arg("--output")
-        .arg(&c.input));
+    let o = run(&mut provision_online(&c.input, &c.input, &server.url()));
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("is the input image"), "{}", stderr(&o));
     let named = c.out.join("custom.tar");
     for (force, ok) in [(false, true), (false, false), (true, true)] {
-        let mut cmd = bin();
-        cmd.args([
-            "provision",
-            "--serial",
-            SERIAL,
-            "--api-url",
-            &server.url(),
-            "--image",
-        ])
-        .arg(&c.input)
-        .arg("--output")
-        .arg(&named);
+        let mut cmd = provision_online(&c.input, &named, &server.url());
         if force {
             cmd.arg("--force");
         }
@@ -646,18 +591,7 @@ fn refuses_bad_archive_shapes() {
         let out = tmp.path().join(format!("{name}-out"));
         fs::create_dir(&out).unwrap();
         let before = sha256(&input);
-        let o = run(bin()
-            .args([
-                "provision",
-                "--serial",
-                SERIAL,
-                "--api-url",
-                &server.url(),
-                "--image",
-            ])
-            .arg(&input)
-            .arg("--output")
-            .arg(&out));
+        let o = run(&mut provision_online(&input, &out, &server.url()));
         assert_eq!(o.status.code(), Some(1), "{name}");
         assert!(stderr(&o).contains(message), "{name}: {}", stderr(&o));
         assert_eq!(
