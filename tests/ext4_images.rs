@@ -430,20 +430,7 @@ fn online_provisioning_and_verify_catches_tampering() {
     let server = StubServer::start().unwrap();
     let img = small_ext4(d, "in.img");
     let out = d.join("good.img");
-    let o = run(bin()
-        .args([
-            "provision",
-            "--serial",
-            SERIAL,
-            "--owner",
-            "azaion",
-            "--api-url",
-            &server.url(),
-            "--image",
-        ])
-        .arg(&img)
-        .arg("--output")
-        .arg(&out));
+    let o = run(provision_online(&img, &out, &server.url()).args(["--owner", "azaion"]));
     assert!(o.status.success(), "{}", stderr(&o));
     let password = server.password_of(EMAIL).expect("the account exists");
     assert_eq!(

@@ -21,21 +21,7 @@ fn provision_and_verify_documents() {
     let server = StubServer::start().unwrap();
     let img = small_ext4(d, "system.img.raw");
     let out = d.join("out.img");
-    let o = run(bin()
-        .args([
-            "provision",
-            "--json",
-            "--serial",
-            SERIAL,
-            "--owner",
-            "azaion",
-            "--api-url",
-            &server.url(),
-            "--image",
-        ])
-        .arg(&img)
-        .arg("--output")
-        .arg(&out));
+    let o = run(provision_online(&img, &out, &server.url()).args(["--json", "--owner", "azaion"]));
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stderr(&o).is_empty(),

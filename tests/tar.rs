@@ -654,18 +654,21 @@ fn staging_directory_flow() {
     let tmp = tempfile::tempdir().unwrap();
     let root = make_rootfs(tmp.path(), "staging");
     let server = StubServer::start().unwrap();
-    let o = run(bin()
-        .args([
-            "provision",
-            "--serial",
-            SERIAL,
-            "--api-url",
-            &server.url(),
-            "--owner",
-            "azaion:video",
-            "--rootfs-dir",
-        ])
-        .arg(&root));
+    let stage = || {
+        run(bin()
+            .args([
+                "provision",
+                "--serial",
+                SERIAL,
+                "--api-url",
+                &server.url(),
+                "--owner",
+                "azaion:video",
+                "--rootfs-dir",
+            ])
+            .arg(&root))
+    };
+    let o = stage();
     assert!(o.status.success(), "{}", stderr(&o));
     let conf = root.join("etc/azaion/device.conf");
     let m = fs::metadata(&conf).unwrap();
@@ -681,18 +684,7 @@ fn staging_directory_flow() {
         "no temp files left"
     );
     // Re-run: replaced, and verify agrees.
-    let o = run(bin()
-        .args([
-            "provision",
-            "--serial",
-            SERIAL,
-            "--api-url",
-            &server.url(),
-            "--owner",
-            "azaion:video",
-            "--rootfs-dir",
-        ])
-        .arg(&root));
+    let o = stage();
     assert!(o.status.success());
     assert_ne!(server.password_of(EMAIL).unwrap(), pw);
     let v = run(bin().arg("verify").arg(&root).args([
