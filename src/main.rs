@@ -216,10 +216,27 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("imprint: error: {e:#}");
+            eprintln!("imprint: error: {}", error_line(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes on one line, skipping a cause whose text the
+/// line already holds (many messages name their cause themselves).
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {

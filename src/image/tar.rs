@@ -167,7 +167,10 @@ fn checksum_ok(block: &[u8; 512]) -> bool {
 
 /// True if `head` starts with what looks like a valid tar header.
 pub fn looks_like_tar(head: &[u8]) -> bool {
-    head.len() >= 512 && checksum_ok(head[..512].try_into().expect("512 bytes"))
+    // A ustar magic is enough to call it a tar archive: a damaged first
+    // header is then reported as such, not as an unknown format.
+    head.len() >= 512
+        && (checksum_ok(head[..512].try_into().expect("512 bytes")) || &head[257..262] == b"ustar")
 }
 
 /// Pax extended header records that matter here.
