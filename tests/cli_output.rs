@@ -108,3 +108,29 @@ fn verbose_levels_add_detail_but_no_secret() {
     ));
     assert!(shown.contains("all checks passed"), "{shown}");
 }
+
+#[test]
+fn demo_runs_end_to_end_and_without_e2fsprogs_skips_only_the_sparse_part() {
+    let dir = TempDir::new().unwrap();
+    let o = run(bin().arg("demo").arg("--dir").arg(dir.path()));
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    for name in ["AZJN-0042-rootfs.tar.gz", "AZJN-0043-system.img"] {
+        assert!(dir.path().join(name).is_file(), "{name}: {}", stdout(&o));
+        assert!(dir.path().join(format!("{name}.sha256")).is_file());
+    }
+    assert!(stdout(&o).contains("login"));
+
+    let dir = TempDir::new().unwrap();
+    let o = run(bin()
+        .env("IMPRINT_LIBEXT2FS", "/nonexistent/libext2fs.so.2")
+        .arg("demo")
+        .arg("--dir")
+        .arg(dir.path()));
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("skipping the sparse system.img"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(dir.path().join("AZJN-0042-rootfs.tar.gz").is_file());
+}
