@@ -12,7 +12,9 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use sha2::Sha256;
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
 
 use thiserror::Error;
 use zeroize::Zeroizing;
@@ -332,6 +334,39 @@ struct Scan {
     /// For a single-member gzip input: block boundaries just before the
     /// places a plan may change (watched entries, the end of entries).
     gzip_pins: Option<Vec<gzip::Boundary>>,
+    /// For a plain tar scanned for writing: the SHA-256 state of the bytes
+    /// before those same places, so the kept prefix is not read twice.
+    prefix_states: Vec<PrefixState>,
+}
+
+/// SHA-256 of an archive's first `len` bytes, taken during the scan.
+#[derive(Clone)]
+struct PrefixState {
+    len: u64,
+    state: Sha256,
+}
+
+impl std::fmt::Debug for PrefixState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PrefixState({})", self.len)
+    }
+}
+
+/// Hashes what the scan reads, in order.
+struct HashingReader {
+    inner: Box<dyn Read + Send>,
+    state: Arc<Mutex<Sha256>>,
+}
+
+impl Read for HashingReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 impl Scan {
@@ -382,6 +417,7 @@ fn scan(
     watch: &[String],
     capture: &[String],
     max_capture: u64,
+    for_writing: bool,
 ) -> Result<Scan, TarError> {
     let file = File::open(path).map_err(|e| TarError::Decode {
         path: path.to_path_buf(),
@@ -396,6 +432,24 @@ fn scan(
         }
         _ => (codec.decoder(file), None),
     };
+    // A plain archive's kept prefix is its own bytes: hash them now, while
+    // they pass by anyway.
+    let hashing =
+        (for_writing && codec == Compression::None).then(|| Arc::new(Mutex::new(Sha256::new())));
+    let inner: Box<dyn Read + Send> = match &hashing {
+        Some(state) => Box::new(HashingReader {
+            inner,
+            state: state.clone(),
+        }),
+        None => inner,
+    };
+    let snapshot = || {
+        hashing
+            .as_ref()
+            .map(|h| h.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    };
+    let mut prefix_states = Vec::new();
+    let mut pending_state: Option<Sha256> = None;
     let mut s = Stream {
         inner,
         pos: 0,
@@ -405,7 +459,10 @@ fn scan(
     };
     let mut out = Scan::default();
     let mut pins = Vec::new();
-    let mut pin = |offset: u64| {
+    let mut pin = |offset: u64, state: Option<Sha256>| {
+        if let Some(state) = state {
+            prefix_states.push(PrefixState { len: offset, state });
+        }
         if let Some(index) = &index {
             let found = index
                 .lock()
@@ -421,11 +478,12 @@ fn scan(
     let mut long_name: Option<String> = None;
     loop {
         let at = s.pos;
+        let at_state = snapshot();
         let n = s.fill(&mut block)?;
         if n == 0 {
             // No end-of-archive marker; tolerated as GNU tar does.
             out.end_of_entries = at;
-            pin(at);
+            pin(at, at_state);
             break;
         }
         if n < block.len() {
@@ -436,7 +494,7 @@ fn scan(
         }
         if block.iter().all(|&b| b == 0) {
             out.end_of_entries = at;
-            pin(at);
+            pin(at, at_state);
             s.pos = at + BLOCK;
             s.drain()?;
             break;
@@ -469,6 +527,9 @@ fn scan(
         match typeflag {
             b'x' | b'L' | b'K' => {
                 pending_start.get_or_insert(at);
+                if pending_state.is_none() {
+                    pending_state = at_state;
+                }
                 if size > MAX_DB_SIZE {
                     return Err(bad_field("extended header size"));
                 }
@@ -549,6 +610,7 @@ fn scan(
         };
         pax = PaxOverrides::default();
         let start = pending_start.take().unwrap_or(at);
+        let start_state = pending_state.take().or(at_state);
         for w in watch {
             if header.path.len() > w.len()
                 && header.path.starts_with(w.as_str())
@@ -560,7 +622,7 @@ fn scan(
         }
         let watched = watch.contains(&header.path);
         if watched {
-            pin(start);
+            pin(start, start_state);
         }
         let want_data = capture.contains(&header.path)
             && header.meta.kind == EntryType::Regular
@@ -586,6 +648,7 @@ fn scan(
     }
     out.total_len = s.pos;
     drop(s);
+    out.prefix_states = prefix_states;
     if let Some(index) = index {
         if index
             .lock()
@@ -937,6 +1000,7 @@ impl TarBackend {
                 &self.watch,
                 &capture,
                 MAX_DB_SIZE,
+                true,
             )?);
         }
         Ok(self.scan.as_ref().expect("just set"))
@@ -1001,7 +1065,11 @@ impl ImageBackend for TarBackend {
         );
         match start {
             Some(TailStart::Plain) => {
-                let hashed = prefix_hash(&mut self.prefix_hash, &file, cut).map_err(open_err)?;
+                let scanned = scan.prefix_states.iter().find(|p| p.len == cut);
+                let hashed = match scanned {
+                    Some(p) => p.state.clone(),
+                    None => prefix_hash(&mut self.prefix_hash, &file, cut).map_err(open_err)?,
+                };
                 out.splice_prefix(&file, cut, hashed)
                     .map_err(ImageError::Output)?;
                 let mut rest = file.try_clone().map_err(open_err)?;
@@ -1144,7 +1212,7 @@ impl ImageReader for TarReader {
         max_content: u64,
     ) -> Result<Vec<Option<super::Found>>, ImageError> {
         let rel: Vec<String> = paths.iter().map(ImagePath::relative).collect();
-        let scan = scan(&self.path, self.codec, &rel, &rel, max_content)?;
+        let scan = scan(&self.path, self.codec, &rel, &rel, max_content, false)?;
         Ok(rel
             .iter()
             .map(|p| {
