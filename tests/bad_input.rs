@@ -72,7 +72,8 @@ fn bad_inputs_give_one_clear_line_and_leave_nothing() {
     let i = inputs();
     let d = i.dir.path();
     let pw = i.pw.to_str().unwrap();
-    let offline = |image: &Path| -> Vec<String> {
+    // provision --offline of `image`, then `extra`.
+    let offline = |image: &str, extra: &[&str]| -> Vec<String> {
         [
             "provision",
             "--quiet",
@@ -82,14 +83,11 @@ fn bad_inputs_give_one_clear_line_and_leave_nothing() {
             "--password-file",
             pw,
             "--image",
+            image,
         ]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
-        .chain([
-            image.display().to_string(),
-            "--output".into(),
-            "out.img".into(),
-        ])
         .collect()
     };
     let cases: Vec<(PathBuf, &str)> = vec![
@@ -129,7 +127,7 @@ fn bad_inputs_give_one_clear_line_and_leave_nothing() {
         ),
     ];
     for (input, message) in &cases {
-        let args = offline(input);
+        let args = offline(input.to_str().unwrap(), &["--output", "out.img"]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         refused(&args, input, message, 1);
     }
@@ -173,20 +171,6 @@ fn bad_inputs_give_one_clear_line_and_leave_nothing() {
         );
     }
 
-    let base = [
-        "provision",
-        "--quiet",
-        "--serial",
-        SERIAL,
-        "--offline",
-        "--password-file",
-        pw,
-        "--image",
-        tar,
-    ];
-    let with = |extra: &[&str]| -> Vec<String> {
-        base.iter().chain(extra).map(|s| s.to_string()).collect()
-    };
     for (extra, message) in [
         (
             &["--output", "/proc/out.tar"][..],
@@ -199,7 +183,7 @@ fn bad_inputs_give_one_clear_line_and_leave_nothing() {
         (&["--output", "out.tar", "--owner", "nobody"][..], "nobody"),
         (&["--output", "no/such/dir/"][..], "does not exist"),
     ] {
-        let args = with(extra);
+        let args = offline(tar, extra);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         refused(&args, &i.tar, message, 1);
     }
