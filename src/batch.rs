@@ -13,10 +13,12 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::admin::AdminClient;
+use crate::admin::{AdminClient, AdminConfig};
 use crate::identity::{IdentityError, Password, Serial};
 use crate::image::{self, ImageError};
 use crate::output;
+use crate::overlay::OverlaySpec;
+use crate::owner::OwnerSpec;
 use crate::provision::{self, Prepared, ProvisionError, Request, Target};
 use crate::verify::{self, Expectations};
 
@@ -86,8 +88,14 @@ pub struct BatchRequest {
     pub serials: Vec<Serial>,
     pub input: PathBuf,
     pub output_dir: PathBuf,
-    /// Everything but serial and target, shared by all devices.
-    pub template: Request,
+    /// What every device gets, as in [`Request`].
+    pub owner: OwnerSpec,
+    /// One password for all (offline test batches); `None` generates one
+    /// per device.
+    pub password: Option<Password>,
+    pub overlay: OverlaySpec,
+    pub api: Option<AdminConfig>,
+    pub sha1sum: bool,
     pub force: bool,
     pub skip_existing: bool,
     /// API calls in flight at once (and images waiting for them).
@@ -135,13 +143,13 @@ impl BatchReport {
 }
 
 /// True when `path` exists and verifies for `serial` (checksum included).
-fn already_done(path: &Path, serial: &Serial, template: &Request) -> bool {
+fn already_done(path: &Path, serial: &Serial, owner: &OwnerSpec) -> bool {
     if !path.is_file() || !output::sidecar_path(path).is_file() {
         return false;
     }
     let expect = Expectations {
         serial: Some(serial.clone()),
-        owner: Some(template.owner.clone()),
+        owner: Some(owner.clone()),
         login: None,
     };
     verify::verify(path, &expect).is_ok_and(|r| r.passed())
@@ -153,7 +161,6 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
         return Err(BatchError::OutputNotDir);
     }
     let client = req
-        .template
         .api
         .clone()
         .map(AdminClient::new)
@@ -162,7 +169,7 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
         .map(Arc::new);
     let kind = image::detect(&req.input)?;
     say(&format!("{}: {}", req.input.display(), kind.describe()));
-    let mut backend = image::open_backend(&req.input, kind, &req.template.overlay.targets())?;
+    let mut backend = image::open_backend(&req.input, kind, &req.overlay.targets())?;
     let facts = backend.facts()?;
     let input_sha256 = output::sha256_file(&req.input).map_err(|source| ImageError::Open {
         path: req.input.clone(),
@@ -223,7 +230,7 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
             };
             let name = req.input.file_name().unwrap_or_default().to_string_lossy();
             let out_path = req.output_dir.join(format!("{serial}-{name}"));
-            if req.skip_existing && already_done(&out_path, serial, &req.template) {
+            if req.skip_existing && already_done(&out_path, serial, &req.owner) {
                 say(&format!(
                     "{serial}: {} already verifies; skipped",
                     out_path.display()
@@ -233,7 +240,7 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
             }
             let prepared = (|| -> Result<Prepared, ProvisionError> {
                 let out = provision::output_path(&req.input, &req.output_dir, serial, req.force)?;
-                let password = match &req.template.password {
+                let password = match &req.password {
                     Some(p) => p.clone(),
                     None => Password::generate()?,
                 };
@@ -243,11 +250,11 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
                         input: req.input.clone(),
                         output: out.clone(),
                     },
-                    owner: req.template.owner.clone(),
+                    owner: req.owner.clone(),
                     password: None,
-                    overlay: req.template.overlay.clone(),
+                    overlay: req.overlay.clone(),
                     api: None,
-                    sha1sum: req.template.sha1sum,
+                    sha1sum: req.sha1sum,
                 };
                 let mut tell = |line: &str| say(&format!("{serial}: {line}"));
                 provision::prepare_image(

@@ -334,21 +334,16 @@ fn provision_cmd(args: ProvisionArgs) -> Result<ExitCode> {
         let (Some(input), Some(output)) = (&args.image, &args.output) else {
             bail!("a batch needs --image IN and --output DIR");
         };
-        let template = Request {
-            serial: serials.first().cloned().context("no serials given")?,
-            target: Target::StagingDir(PathBuf::new()),
-            owner,
-            password,
-            overlay,
-            api,
-            sha1sum,
-        };
         return batch_cmd(
             batch::BatchRequest {
                 serials,
                 input: input.clone(),
                 output_dir: output.clone(),
-                template,
+                owner,
+                password,
+                overlay,
+                api,
+                sha1sum,
                 force: args.force,
                 skip_existing: args.skip_existing,
                 jobs: args.jobs as usize,
