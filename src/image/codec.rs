@@ -75,10 +75,21 @@ impl Compression {
                 let mut encoder = zstd::stream::write::Encoder::new(out, 3)?;
                 // Worker threads compress while this thread reads the input;
                 // the output bytes do not depend on the thread count.
-                encoder.multithread(zstd_workers())?;
+                encoder.multithread(compression_workers())?;
                 Box::new(encoder)
             }
-            Compression::Xz => Box::new(xz2::write::XzEncoder::new(out, 6)),
+            Compression::Xz => {
+                // Multithreaded xz cuts the input into blocks of a size set
+                // by the preset, not by the thread count, so the bytes are
+                // the same on any machine.
+                let stream = xz2::stream::MtStreamBuilder::new()
+                    .preset(6)
+                    .threads(compression_workers())
+                    .check(xz2::stream::Check::Crc64)
+                    .encoder()
+                    .map_err(io::Error::other)?;
+                Box::new(xz2::write::XzEncoder::new_stream(out, stream))
+            }
         })
     }
 }
@@ -130,7 +141,8 @@ impl<W: Write> Encoder for bzip2::write::BzEncoder<W> {
     }
 }
 
-fn zstd_workers() -> u32 {
+/// Compression worker threads: one per core, at most 8.
+fn compression_workers() -> u32 {
     std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1)
