@@ -234,3 +234,51 @@ fn multi_member_gzip_takes_the_full_rewrite() {
     assert_eq!(fs::read(&fast).unwrap(), fs::read(&slow).unwrap());
     check_archive(&fast, true);
 }
+
+/// zstd and xz recompress on worker threads; the bytes must not depend on
+/// how many cores the machine has.
+#[test]
+fn compressed_outputs_do_not_depend_on_the_core_count() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let root = tree(d, Place::Middle, true);
+    let plain = d.join("in.tar");
+    tar_of(&root, &plain);
+    let pw = write_password(d, PASSWORD);
+    for (tool, ext) in [("zstd -q -T2", "zst"), ("xz -T2", "xz")] {
+        let input = d.join(format!("in.tar.{ext}"));
+        sh(&format!(
+            "{tool} -c {} > {}",
+            plain.display(),
+            input.display()
+        ));
+        let many = d.join(format!("many.{ext}"));
+        provision(&input, &many, &pw, false);
+        // The same run pinned to one core.
+        let one = d.join(format!("one.{ext}"));
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", "0", env!("CARGO_BIN_EXE_imprint")])
+            .args([
+                "provision",
+                "--serial",
+                SERIAL,
+                "--offline",
+                "--owner",
+                "azaion",
+                "--password-file",
+            ])
+            .arg(&pw)
+            .arg("--image")
+            .arg(&input)
+            .arg("--output")
+            .arg(&one)
+            .env("SOURCE_DATE_EPOCH", "1700000000");
+        let o = run(&mut cmd);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(
+            sha256(&many),
+            sha256(&one),
+            "{ext}: output depends on the core count"
+        );
+    }
+}
