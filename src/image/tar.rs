@@ -426,7 +426,9 @@ fn scan(
     })?;
     progress::start("reading", file.metadata().map(|m| m.len()).unwrap_or(0));
     let (inner, index): (Box<dyn Read + Send>, _) = match codec {
-        Compression::Gzip => {
+        // Only a scan for writing needs block boundaries (and their
+        // windows); `verify` reads with the plain decoder.
+        Compression::Gzip if for_writing => {
             let (decoder, index) = gzip::IndexingDecoder::new(file);
             (Box::new(decoder), Some(index))
         }

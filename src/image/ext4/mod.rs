@@ -48,7 +48,7 @@ pub enum Ext4Error {
     NoFreeInode { doing: String },
     #[error("no free block left in the filesystem while trying to {doing}. Build a larger image or free some space")]
     NoFreeBlock { doing: String },
-    #[error("{path} is {what}; it was checked to be fine a moment ago, so the image changed under imprint")]
+    #[error("{path} is {what} to libext2fs, but imprint's own reader saw something writable there; the filesystem is inconsistent. Check it with e2fsck -f")]
     Unexpected { path: String, what: String },
     #[error("libext2fs failed to {doing}: {message}")]
     Library { doing: String, message: String },
