@@ -338,17 +338,6 @@ impl Plan {
         Ok(Plan { entries, mtime })
     }
 
-    /// The plan's directories, which a backend may have to create.
-    pub fn dirs(&self) -> impl Iterator<Item = &PlanEntry> {
-        self.entries
-            .iter()
-            .filter(|e| matches!(e.kind, PlanKind::Dir))
-    }
-
-    pub fn find(&self, path: &ImagePath) -> Option<&PlanEntry> {
-        self.entries.iter().find(|e| &e.path == path)
-    }
-
     /// Parents that the plan itself does not create and that must therefore
     /// exist in the image (e.g. `/etc`). Backends check them with
     /// [`Plan::check_parents`].

@@ -271,12 +271,6 @@ impl SparseView {
         SparseView { file, layout }
     }
 
-    pub fn open(path: &Path) -> Result<SparseView, SparseError> {
-        let file = File::open(path).map_err(SparseError::Read)?;
-        let layout = SparseLayout::parse(&file)?;
-        Ok(SparseView { file, layout })
-    }
-
     pub fn layout(&self) -> &SparseLayout {
         &self.layout
     }
