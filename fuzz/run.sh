@@ -14,7 +14,7 @@ cd "$(dirname "$0")"
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(tarball sparse ext4 userdb device_conf overlay)
+[ ${#targets[@]} -gt 0 ] || targets=(tarball bzip2 sparse ext4 userdb device_conf overlay)
 command -v cargo-fuzz >/dev/null || { echo "install cargo-fuzz: cargo install cargo-fuzz" >&2; exit 2; }
 printf '| target | seconds | executions | exec/s | corpus |\n|---|---|---|---|---|\n' > summary.md
 for t in "${targets[@]}"; do

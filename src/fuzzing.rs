@@ -6,10 +6,11 @@
 //! (a panic is a bug), checking along the way that what imprint writes it
 //! can read back.
 
-use std::io::Write;
+use std::io::{self, Read, Write};
 use std::path::Path;
 
 use crate::identity::{self, Password, Serial};
+use crate::image::bz2;
 use crate::image::ext4::Ext4Image;
 use crate::image::sparse::{self, SparseLayout, SparseView};
 use crate::image::{self, ImageKind};
@@ -58,6 +59,47 @@ pub fn tarball(data: &[u8]) {
             .lookup(&conf, 4096)
             .expect("our own output reads back");
         assert!(found.is_some(), "device.conf missing from our own output");
+    }
+}
+
+/// Any bytes as a bzip2 file for the parallel block reader and the block
+/// rewriter: what the parallel reader accepts, libbz2 must read the same
+/// way, and continuing the stream after its last block must give a valid
+/// stream.
+pub fn bzip2(data: &[u8]) {
+    // Enough to read any seed; bzip2 inflates up to 45x per block.
+    const LIMIT: u64 = 64 << 20;
+    let (decoder, index) = bz2::ParallelDecoder::new(io::Cursor::new(data.to_vec()), None);
+    let mut parallel = Vec::new();
+    let parallel_ok = decoder.take(LIMIT).read_to_end(&mut parallel).is_ok();
+    if !parallel_ok || parallel.len() as u64 == LIMIT {
+        return;
+    }
+    let mut sequential = Vec::new();
+    let sequential_ok = ::bzip2::read::MultiBzDecoder::new(data)
+        .read_to_end(&mut sequential)
+        .is_ok();
+    assert!(
+        sequential_ok && sequential == parallel,
+        "the parallel bzip2 reader accepted what libbz2 reads differently"
+    );
+    let last = index
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .boundary_before(u64::MAX);
+    if let Some(at) = last {
+        let keep = (at.bit / 8) as usize;
+        let mut out = data[..keep].to_vec();
+        let mut encoder = bz2::BlockEncoder::resume(&mut out, &at, data[keep]);
+        encoder.write_all(b"new tail").expect("writing to memory");
+        encoder.finish().expect("writing to memory");
+        let mut back = Vec::new();
+        ::bzip2::read::MultiBzDecoder::new(&out[..])
+            .read_to_end(&mut back)
+            .expect("a resumed stream decodes");
+        let mut want = parallel[..at.out as usize].to_vec();
+        want.extend_from_slice(b"new tail");
+        assert!(back == want, "a resumed stream decodes to other bytes");
     }
 }
 
@@ -180,6 +222,7 @@ pub fn harness(target: &str) -> Option<fn(&[u8])> {
     Some(match target {
         "tarball" => tarball,
         "sparse" => sparse,
+        "bzip2" => bzip2,
         "ext4" => ext4,
         "userdb" => userdb,
         "device_conf" => device_conf,

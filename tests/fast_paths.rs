@@ -1,6 +1,7 @@
 //! The tail-only rewrites (plain tar: the prefix copied as is; gzip: the
-//! compressed prefix kept up to a deflate block boundary) must give exactly
-//! the archive the full rewrite gives, once decompressed.
+//! compressed prefix kept up to a deflate block boundary; bzip2: the blocks
+//! before the first change kept) must give exactly the archive the full
+//! rewrite gives, once decompressed.
 
 mod common;
 
@@ -100,20 +101,29 @@ fn provision(input: &Path, output: &Path, pw: &Path, full: bool) {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
-fn decompressed(path: &Path) -> Vec<u8> {
-    let o = run(Command::new("gzip").arg("-dc").arg(path));
+/// The decompressing tool for a compressing command ("gzip -6" -> gzip).
+fn tool_of(compress: &str) -> &str {
+    match compress.split(' ').next().unwrap() {
+        "lbzip2" => "bzip2",
+        tool => tool,
+    }
+}
+
+fn decompressed(path: &Path, tool: &str) -> Vec<u8> {
+    let o = run(Command::new(tool).arg("-dc").arg(path));
     assert!(
         o.status.success(),
-        "gzip -dc {}: {}",
+        "{tool} -dc {}: {}",
         path.display(),
         stderr(&o)
     );
     o.stdout
 }
 
-fn check_archive(path: &Path, gz: bool) {
-    if gz {
-        sh(&format!("gzip -t {}", path.display()));
+/// `tool -t` (when compressed), GNU tar and bsdtar all accept the archive.
+fn check_archive(path: &Path, tool: Option<&str>) {
+    if let Some(tool) = tool {
+        sh(&format!("{tool} -t {}", path.display()));
     }
     for tool in ["gnutar", "bsdtar"] {
         let x = path.with_extension(format!("x-{tool}"));
@@ -133,14 +143,14 @@ fn case(dir: &Path, place: Place, big: bool, compress: Option<&str>) {
     tar_of(&root, &plain);
     let input = match compress {
         None => plain.clone(),
-        Some(flags) => {
-            let gz = dir.join(format!("{label}.tar.gz"));
+        Some(command) => {
+            let compressed = dir.join(format!("{label}.tar.{}", tool_of(command)));
             sh(&format!(
-                "gzip {flags} -c {} > {}",
+                "{command} -c {} > {}",
                 plain.display(),
-                gz.display()
+                compressed.display()
             ));
-            gz
+            compressed
         }
     };
     let pw = write_password(dir, PASSWORD);
@@ -154,12 +164,12 @@ fn case(dir: &Path, place: Place, big: bool, compress: Option<&str>) {
             fs::read(&slow).unwrap(),
             "{label}"
         ),
-        Some(_) => assert!(
-            decompressed(&fast) == decompressed(&slow),
+        Some(command) => assert!(
+            decompressed(&fast, tool_of(command)) == decompressed(&slow, tool_of(command)),
             "{label}: contents differ"
         ),
     }
-    check_archive(&fast, compress.is_some());
+    check_archive(&fast, compress.map(tool_of));
     let v = run(bin()
         .arg("verify")
         .arg(&fast)
@@ -172,11 +182,54 @@ fn gzip_tail_rewrite_equals_full_rewrite() {
     let dir = TempDir::new().unwrap();
     for place in [Place::Start, Place::Middle, Place::End] {
         for big in [false, true] {
-            case(dir.path(), place, big, Some("-6"));
+            case(dir.path(), place, big, Some("gzip -6"));
         }
     }
-    case(dir.path(), Place::Middle, true, Some("-1"));
-    case(dir.path(), Place::End, true, Some("-9 -n"));
+    case(dir.path(), Place::Middle, true, Some("gzip -1"));
+    case(dir.path(), Place::End, true, Some("gzip -9 -n"));
+}
+
+#[test]
+fn bzip2_tail_rewrite_equals_full_rewrite() {
+    let dir = TempDir::new().unwrap();
+    for place in [Place::Start, Place::Middle, Place::End] {
+        // One block (2 kB of data), and 3 MB in 100 kB blocks.
+        case(dir.path(), place, false, Some("bzip2 -9"));
+        case(dir.path(), place, true, Some("bzip2 -1"));
+    }
+    // lbzip2's encoder, as factories often use it.
+    case(dir.path(), Place::Middle, true, Some("lbzip2 -9"));
+}
+
+/// pbzip2 and `cat a.bz2 b.bz2` give several streams in one file.
+#[test]
+fn multi_stream_bzip2_is_rewritten_from_its_last_stream() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    for place in [Place::Start, Place::End] {
+        let root = tree(d, place, true);
+        let plain = d.join("in.tar");
+        tar_of(&root, &plain);
+        let bz = d.join(format!("in-{place:?}.tar.bz2"));
+        sh(&format!(
+            "(head -c 1000000 {p} | bzip2 -1; tail -c +1000001 {p} | bzip2 -1) > {b}",
+            p = plain.display(),
+            b = bz.display()
+        ));
+        let pw = write_password(d, PASSWORD);
+        let fast = d.join(format!("fast-{place:?}"));
+        let slow = d.join(format!("slow-{place:?}"));
+        provision(&bz, &fast, &pw, false);
+        provision(&bz, &slow, &pw, true);
+        assert!(decompressed(&fast, "bzip2") == decompressed(&slow, "bzip2"));
+        check_archive(&fast, Some("bzip2"));
+        if place == Place::End {
+            // The first stream and most of the second are kept.
+            let (a, b) = (fs::read(&bz).unwrap(), fs::read(&fast).unwrap());
+            let same = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+            assert!(same > a.len() * 9 / 10, "only {same} of {} kept", a.len());
+        }
+    }
 }
 
 #[test]
@@ -188,28 +241,32 @@ fn plain_tar_prefix_copy_equals_full_rewrite() {
 }
 
 #[test]
-fn the_gzip_prefix_is_kept_byte_for_byte() {
+fn the_compressed_prefix_is_kept_byte_for_byte() {
     let dir = TempDir::new().unwrap();
     let d = dir.path();
     let root = tree(d, Place::End, true);
     let plain = d.join("in.tar");
     tar_of(&root, &plain);
-    let gz = d.join("in.tar.gz");
-    sh(&format!(
-        "gzip -6 -c {} > {}",
-        plain.display(),
-        gz.display()
-    ));
-    let pw = write_password(d, PASSWORD);
-    let out = d.join("out.tar.gz");
-    provision(&gz, &out, &pw, false);
-    let (a, b) = (fs::read(&gz).unwrap(), fs::read(&out).unwrap());
-    let same = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    assert!(
-        same > a.len() * 9 / 10,
-        "only {same} of {} compressed bytes kept",
-        a.len()
-    );
+    for command in ["gzip -6", "bzip2 -1"] {
+        let input = d.join(format!("in.tar.{}", tool_of(command)));
+        sh(&format!(
+            "{command} -c {} > {}",
+            plain.display(),
+            input.display()
+        ));
+        let pw = write_password(d, PASSWORD);
+        let out = d.join("out");
+        let _ = fs::remove_file(&out);
+        let _ = fs::remove_file(d.join("out.sha256"));
+        provision(&input, &out, &pw, false);
+        let (a, b) = (fs::read(&input).unwrap(), fs::read(&out).unwrap());
+        let same = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+        assert!(
+            same > a.len() * 9 / 10,
+            "{command}: only {same} of {} compressed bytes kept",
+            a.len()
+        );
+    }
 }
 
 #[test]
@@ -232,11 +289,11 @@ fn multi_member_gzip_takes_the_full_rewrite() {
     provision(&gz, &fast, &pw, false);
     provision(&gz, &slow, &pw, true);
     assert_eq!(fs::read(&fast).unwrap(), fs::read(&slow).unwrap());
-    check_archive(&fast, true);
+    check_archive(&fast, Some("gzip"));
 }
 
-/// zstd and xz recompress on worker threads; the bytes must not depend on
-/// how many cores the machine has.
+/// bzip2, zstd and xz compress on worker threads; the bytes must not
+/// depend on how many cores the machine has.
 #[test]
 fn compressed_outputs_do_not_depend_on_the_core_count() {
     let dir = TempDir::new().unwrap();
@@ -245,7 +302,11 @@ fn compressed_outputs_do_not_depend_on_the_core_count() {
     let plain = d.join("in.tar");
     tar_of(&root, &plain);
     let pw = write_password(d, PASSWORD);
-    for (tool, ext) in [("zstd -q -T2", "zst"), ("xz -T2", "xz")] {
+    for (tool, ext) in [
+        ("bzip2 -9", "bz2"),
+        ("zstd -q -T2", "zst"),
+        ("xz -T2", "xz"),
+    ] {
         let input = d.join(format!("in.tar.{ext}"));
         sh(&format!(
             "{tool} -c {} > {}",

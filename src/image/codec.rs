@@ -67,10 +67,9 @@ impl Compression {
                     .mtime(0)
                     .write(out, flate2::Compression::new(6)),
             ),
-            Compression::Bzip2 => Box::new(bzip2::write::BzEncoder::new(
-                out,
-                bzip2::Compression::new(9),
-            )),
+            // Blocks compress on all cores; the bytes do not depend on
+            // how many.
+            Compression::Bzip2 => Box::new(super::bz2::BlockEncoder::new(out, b'9')),
             Compression::Zstd => {
                 let mut encoder = zstd::stream::write::Encoder::new(out, 3)?;
                 // Worker threads compress while this thread reads the input;
@@ -135,7 +134,7 @@ impl<W: Write> Encoder for flate2::write::GzEncoder<W> {
     }
 }
 
-impl<W: Write> Encoder for bzip2::write::BzEncoder<W> {
+impl<W: Write> Encoder for super::bz2::BlockEncoder<W> {
     fn finish_stream(self: Box<Self>) -> io::Result<()> {
         self.finish()?.flush()
     }

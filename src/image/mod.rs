@@ -1,6 +1,7 @@
 //! Root-filesystem images: format detection and the two things every format
 //! backend does, reading the few files planning needs and applying a plan.
 
+pub mod bz2;
 pub mod codec;
 pub mod dir;
 pub mod ext4;

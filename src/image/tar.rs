@@ -20,7 +20,7 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 use super::codec::Compression;
-use super::gzip;
+use super::{bz2, gzip};
 use super::{EntryType, FileMeta, ImageBackend, ImageError, ImageFacts, ImageReader};
 use crate::output::{self, TempOutput};
 use crate::overlay::{Existing, ImagePath, Plan, PlanEntry, PlanKind};
@@ -331,12 +331,37 @@ struct Scan {
     /// archive has none).
     end_of_entries: u64,
     total_len: u64,
-    /// For a single-member gzip input: block boundaries just before the
-    /// places a plan may change (watched entries, the end of entries).
-    gzip_pins: Option<Vec<gzip::Boundary>>,
+    /// For a single-member gzip or a bzip2 input: block boundaries just
+    /// before the places a plan may change (watched entries, the end of
+    /// entries).
+    pins: Option<Vec<Pin>>,
     /// For a plain tar scanned for writing: the SHA-256 state of the bytes
     /// before those same places, so the kept prefix is not read twice.
     prefix_states: Vec<PrefixState>,
+}
+
+/// Where a compressed stream can be cut and continued, as the decoder
+/// found them while the scan read.
+enum BlockIndex {
+    Gzip(gzip::SharedIndex),
+    Bzip2(bz2::SharedIndex),
+}
+
+/// A block boundary the rewrite may start from.
+#[derive(Debug, Clone)]
+enum Pin {
+    Gzip(gzip::Boundary),
+    Bzip2(bz2::Boundary),
+}
+
+impl Pin {
+    /// Uncompressed bytes before it.
+    fn out(&self) -> u64 {
+        match self {
+            Pin::Gzip(b) => b.out,
+            Pin::Bzip2(b) => b.out,
+        }
+    }
 }
 
 /// SHA-256 of an archive's first `len` bytes, taken during the scan.
@@ -410,7 +435,8 @@ impl Scan {
 }
 
 /// Walks the archive. Entries whose path is in `watch` are recorded; the
-/// data of those in `capture` (up to `max_capture` bytes) is kept.
+/// data of those in `capture` (up to `max_capture` bytes) is kept. A scan
+/// for writing also notes where the rewrite may start.
 fn scan(
     path: &Path,
     codec: Compression,
@@ -418,6 +444,40 @@ fn scan(
     capture: &[String],
     max_capture: u64,
     for_writing: bool,
+) -> Result<Scan, TarError> {
+    let scan_once = |parallel_bzip2| {
+        scan_with(
+            path,
+            codec,
+            watch,
+            capture,
+            max_capture,
+            for_writing,
+            parallel_bzip2,
+        )
+    };
+    if for_writing && codec == Compression::Bzip2 {
+        match scan_once(true) {
+            // The parallel reader only knows well-formed files; the
+            // sequential decoder reads everything bzip2 does and says
+            // precisely what is wrong with the rest.
+            Err(TarError::Decode { source, .. }) => {
+                tracing::debug!(%source, "parallel bzip2 read failed, reading sequentially");
+            }
+            result => return result,
+        }
+    }
+    scan_once(false)
+}
+
+fn scan_with(
+    path: &Path,
+    codec: Compression,
+    watch: &[String],
+    capture: &[String],
+    max_capture: u64,
+    for_writing: bool,
+    parallel_bzip2: bool,
 ) -> Result<Scan, TarError> {
     let file = File::open(path).map_err(|e| TarError::Decode {
         path: path.to_path_buf(),
@@ -430,7 +490,11 @@ fn scan(
         // windows); `verify` reads with the plain decoder.
         Compression::Gzip if for_writing => {
             let (decoder, index) = gzip::IndexingDecoder::new(file);
-            (Box::new(decoder), Some(index))
+            (Box::new(decoder), Some(BlockIndex::Gzip(index)))
+        }
+        Compression::Bzip2 if parallel_bzip2 => {
+            let (decoder, index) = bz2::ParallelDecoder::open(file);
+            (Box::new(decoder), Some(BlockIndex::Bzip2(index)))
         }
         _ => (codec.decoder(file), None),
     };
@@ -465,12 +529,22 @@ fn scan(
         if let Some(state) = state {
             prefix_states.push(PrefixState { len: offset, state });
         }
-        if let Some(index) = &index {
-            let found = index
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .boundary_before(offset);
-            pins.extend(found);
+        match &index {
+            Some(BlockIndex::Gzip(index)) => pins.extend(
+                index
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .boundary_before(offset)
+                    .map(Pin::Gzip),
+            ),
+            Some(BlockIndex::Bzip2(index)) => pins.extend(
+                index
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .boundary_before(offset)
+                    .map(Pin::Bzip2),
+            ),
+            None => {}
         }
     };
     let mut block = [0u8; 512];
@@ -651,15 +725,18 @@ fn scan(
     out.total_len = s.pos;
     drop(s);
     out.prefix_states = prefix_states;
-    if let Some(index) = index {
-        if index
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .single_member
+    out.pins = match index {
+        Some(BlockIndex::Gzip(index))
+            if !index
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .single_member =>
         {
-            out.gzip_pins = Some(pins);
+            None
         }
-    }
+        Some(_) => Some(pins),
+        None => None,
+    };
     Ok(out)
 }
 
@@ -1061,6 +1138,8 @@ impl ImageBackend for TarBackend {
                 Some(TailStart::Plain) => "plain prefix copy".to_string(),
                 Some(TailStart::Gzip(b)) =>
                     format!("gzip tail from bit {} (byte {} of output)", b.bit, b.out),
+                Some(TailStart::Bzip2(b)) =>
+                    format!("bzip2 tail from bit {} (byte {} of output)", b.bit, b.out),
                 None => "full rewrite".to_string(),
             },
             "tar plan"
@@ -1094,6 +1173,23 @@ impl ImageBackend for TarBackend {
                 write_pieces(&mut input, &pieces, &mut deflater)?;
                 deflater.finish().map_err(ImageError::Output)?;
             }
+            Some(TailStart::Bzip2(boundary)) => {
+                let keep = boundary.bit / 8;
+                let hashed = prefix_hash(&mut self.prefix_hash, &file, keep).map_err(open_err)?;
+                out.splice_prefix(&file, keep, hashed)
+                    .map_err(ImageError::Output)?;
+                let mut last = [0u8; 1];
+                if boundary.bit % 8 != 0 {
+                    file.read_exact_at(&mut last, keep).map_err(open_err)?;
+                }
+                let mut rest = file.try_clone().map_err(open_err)?;
+                rest.seek(SeekFrom::Start(keep)).map_err(open_err)?;
+                let (tail, _) = bz2::ParallelDecoder::new(rest, Some(boundary.clone()));
+                let mut input = stream(Box::new(tail), boundary.out);
+                let mut encoder = bz2::BlockEncoder::resume(&mut *out, &boundary, last[0]);
+                write_pieces(&mut input, &pieces, &mut encoder)?;
+                encoder.finish().map_err(ImageError::Output)?;
+            }
             None => {
                 let mut input = stream(self.codec.decoder(file), 0);
                 let mut encoder = self.codec.encoder(&mut *out).map_err(ImageError::Output)?;
@@ -1124,6 +1220,8 @@ enum TailStart {
     Plain,
     /// gzip: keep the compressed bytes before this block boundary.
     Gzip(gzip::Boundary),
+    /// bzip2: keep the blocks before this one.
+    Bzip2(bz2::Boundary),
 }
 
 fn tail_start(codec: Compression, scan: &Scan, cut: u64) -> Option<TailStart> {
@@ -1133,14 +1231,16 @@ fn tail_start(codec: Compression, scan: &Scan, cut: u64) -> Option<TailStart> {
     }
     match codec {
         Compression::None => Some(TailStart::Plain),
-        Compression::Gzip => scan
-            .gzip_pins
+        Compression::Gzip | Compression::Bzip2 => scan
+            .pins
             .as_ref()?
             .iter()
-            .filter(|b| b.out <= cut)
-            .max_by_key(|b| b.out)
-            .cloned()
-            .map(TailStart::Gzip),
+            .filter(|b| b.out() <= cut)
+            .max_by_key(|b| b.out())
+            .map(|pin| match pin {
+                Pin::Gzip(b) => TailStart::Gzip(b.clone()),
+                Pin::Bzip2(b) => TailStart::Bzip2(b.clone()),
+            }),
         _ => None,
     }
 }
