@@ -21,7 +21,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
-use std::thread;
+use std::thread::{self, JoinHandle};
 
 const BLOCK_MAGIC: u64 = 0x3141_5926_5359;
 const EOS_MAGIC: u64 = 0x1772_4538_5090;
@@ -43,9 +43,9 @@ fn bits_at(data: &[u8], bit: u64, n: u32) -> u64 {
     if n == 0 {
         return 0;
     }
-    let byte = (bit / 8) as usize;
+    let byte = (bit / 8).min(data.len() as u64) as usize;
     let mut word = [0u8; 8];
-    let avail = data.len().saturating_sub(byte).min(8);
+    let avail = (data.len() - byte).min(8);
     word[..avail].copy_from_slice(&data[byte..byte + avail]);
     (u64::from_be_bytes(word) << (bit % 8)) >> (64 - n)
 }
@@ -330,6 +330,9 @@ impl<R: Read> Scanner<R> {
                 Position::Done => return Ok(None),
                 Position::Header(byte) => {
                     if !self.fill_to(byte + 1)? {
+                        if byte == 0 {
+                            return Err(invalid("the file is empty, not bzip2".into()));
+                        }
                         self.at = Position::Done;
                         continue;
                     }
@@ -439,21 +442,54 @@ impl Filter {
 
 static FILTER: Filter = Filter::new();
 
-/// Starts `n` threads that take jobs from one queue until it closes.
-fn spawn_workers<J: Send + 'static>(n: usize, work: fn(J)) -> SyncSender<J> {
-    let (tx, rx) = mpsc::sync_channel::<J>(n);
-    let rx = Arc::new(Mutex::new(rx));
-    for _ in 0..n {
-        let rx = rx.clone();
-        thread::spawn(move || loop {
-            let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-            match job {
-                Ok(job) => work(job),
-                Err(_) => return,
-            }
-        });
+/// Threads that take jobs from one queue until it closes. Dropping this
+/// closes the queue and waits for them, so no thread outlives the reader
+/// or writer that started it; its owner must drop the channels the
+/// threads send on first (declare this field last).
+struct Workers<J> {
+    jobs: Option<SyncSender<J>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl<J: Send + 'static> Workers<J> {
+    fn start(n: usize, work: fn(J)) -> Self {
+        let (tx, rx) = mpsc::sync_channel::<J>(n);
+        let rx = Arc::new(Mutex::new(rx));
+        let threads = (0..n)
+            .map(|_| {
+                let rx = rx.clone();
+                thread::spawn(move || loop {
+                    let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    match job {
+                        Ok(job) => work(job),
+                        Err(_) => return,
+                    }
+                })
+            })
+            .collect();
+        Workers {
+            jobs: Some(tx),
+            threads,
+        }
     }
-    tx
+
+    fn send(&self, job: J) -> io::Result<()> {
+        let stopped = || stopped("workers");
+        self.jobs
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(job)
+            .map_err(|_| stopped())
+    }
+}
+
+impl<J> Drop for Workers<J> {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 fn workers() -> usize {
@@ -564,6 +600,8 @@ pub struct ParallelDecoder {
     out: u64,
     index: SharedIndex,
     done: bool,
+    /// The scanner and the decoding workers; dropped last (see Workers).
+    _workers: Workers<DecodeJob>,
 }
 
 impl ParallelDecoder {
@@ -574,11 +612,14 @@ impl ParallelDecoder {
         from: Option<Boundary>,
     ) -> (ParallelDecoder, SharedIndex) {
         let n = workers();
-        let jobs = spawn_workers(n, decode_block);
+        let mut workers = Workers::start(n, decode_block);
+        let jobs = workers.jobs.take().expect("just started");
         let (next_tx, next_rx) = mpsc::sync_channel(2 * n);
         let out = from.as_ref().map_or(0, |b| b.out);
         let scanner = Scanner::new(input, from.as_ref());
-        thread::spawn(move || scan_blocks(scanner, jobs, next_tx));
+        workers
+            .threads
+            .push(thread::spawn(move || scan_blocks(scanner, jobs, next_tx)));
         let index = SharedIndex::default();
         let decoder = ParallelDecoder {
             blocks: next_rx,
@@ -588,6 +629,7 @@ impl ParallelDecoder {
             out,
             index: index.clone(),
             done: false,
+            _workers: workers,
         };
         (decoder, index)
     }
@@ -722,8 +764,9 @@ pub struct BlockEncoder<W: Write> {
     fill: BlockFill,
     pending: Vec<u8>,
     in_flight: VecDeque<Receiver<io::Result<Vec<u8>>>>,
-    jobs: SyncSender<EncodeJob>,
     max_in_flight: usize,
+    /// Dropped last (see Workers).
+    workers: Workers<EncodeJob>,
 }
 
 impl<W: Write> BlockEncoder<W> {
@@ -736,7 +779,7 @@ impl<W: Write> BlockEncoder<W> {
             fill: BlockFill::new(level),
             pending: Vec::new(),
             in_flight: VecDeque::new(),
-            jobs: spawn_workers(n, encode_block),
+            workers: Workers::start(n, encode_block),
             max_in_flight: 2 * n,
         }
     }
@@ -765,7 +808,7 @@ impl<W: Write> BlockEncoder<W> {
             level: self.level,
             reply,
         };
-        self.jobs.send(job).map_err(|_| stopped("encoder"))?;
+        self.workers.send(job)?;
         self.in_flight.push_back(rx);
         while self.in_flight.len() > self.max_in_flight {
             self.write_oldest()?;
