@@ -103,7 +103,7 @@ impl Password {
     pub fn generate() -> Result<Password, IdentityError> {
         let mut bytes = Zeroizing::new([0u8; 16]);
         getrandom::getrandom(bytes.as_mut()).map_err(IdentityError::Random)?;
-        Ok(Password(Zeroizing::new(hex::encode(bytes.as_ref()))))
+        Ok(Password::new(Zeroizing::new(hex::encode(bytes.as_ref()))))
     }
 
     /// Reads a caller-supplied password: the first line of the file, without
@@ -131,11 +131,17 @@ impl Password {
         if !text.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(bad("it must be printable ASCII without spaces"));
         }
-        Ok(Password(text))
+        Ok(Password::new(text))
     }
 
     pub fn from_plain(text: &str) -> Password {
-        Password(Zeroizing::new(text.to_string()))
+        Password::new(Zeroizing::new(text.to_string()))
+    }
+
+    /// Every password is registered for scrubbing panic messages.
+    fn new(text: Zeroizing<String>) -> Password {
+        crate::redact::register(&text);
+        Password(text)
     }
 
     pub fn expose(&self) -> &str {

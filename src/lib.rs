@@ -104,5 +104,6 @@ pub mod overlay;
 pub mod owner;
 pub mod progress;
 pub mod provision;
+pub mod redact;
 pub mod stub;
 pub mod verify;

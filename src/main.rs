@@ -203,6 +203,7 @@ fn main() -> ExitCode {
         .with_target(false)
         .without_time()
         .init();
+    install_panic_report();
     if let Err(e) = imprint::output::install_signal_cleanup() {
         eprintln!("imprint: warning: cannot install signal handlers: {e}");
     }
@@ -220,6 +221,28 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// A panic is a bug: say so in one line, without the default hook's
+/// payload as is. The message goes through the secret scrubber first, so
+/// even a careless `expect(&format!(..))` cannot print a password or token.
+fn install_panic_report() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!(
+            "imprint: internal error{at}: {}. This is a bug in imprint; please report it (see SECURITY.md). The input image is never modified.",
+            imprint::redact::scrub(&payload)
+        );
+    }));
 }
 
 /// The error and its causes on one line, skipping a cause whose text the
@@ -301,6 +324,7 @@ fn read_token(file: Option<&Path>) -> Result<Option<Zeroizing<String>>> {
     if token.is_empty() {
         bail!("the API token is empty; put the token in the file or IMPRINT_API_TOKEN");
     }
+    imprint::redact::register(token);
     Ok(Some(Zeroizing::new(token.to_string())))
 }
 

@@ -111,6 +111,45 @@ fn sigkill_at_any_moment_never_leaves_a_final_output() {
     }
 }
 
+/// A panic is a bug, but even then neither the password nor the API token
+/// may reach the terminal: the test build panics with both in the message.
+#[test]
+fn a_panic_never_prints_the_password_or_the_token() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let input = tarball(d);
+    let before = sha256(&input);
+    let pw = write_password(d, PASSWORD);
+    let token = "tok-3f9a1c77e2b84d06a5";
+    let out = d.join("out");
+    fs::create_dir(&out).unwrap();
+    let o = run(
+        provision_online(&input, &out.join("x.tar.gz"), "http://127.0.0.1:9")
+            .args(["-vv", "--password-file"])
+            .arg(&pw)
+            .env("IMPRINT_API_TOKEN", token)
+            .env("IMPRINT_TEST_PANIC", "1"),
+    );
+    let (out_text, err_text) = (stdout(&o), stderr(&o));
+    assert_eq!(o.status.code(), Some(101), "{err_text}");
+    assert!(
+        err_text.contains("imprint: internal error at src/provision.rs"),
+        "{err_text}"
+    );
+    assert!(
+        err_text.contains("test panic holding <redacted> and <redacted>"),
+        "{err_text}"
+    );
+    for secret in [PASSWORD, token] {
+        assert!(
+            !err_text.contains(secret) && !out_text.contains(secret),
+            "{err_text}"
+        );
+    }
+    assert!(listing(&out).is_empty(), "left behind: {:?}", listing(&out));
+    assert_eq!(sha256(&input), before);
+}
+
 #[test]
 fn a_file_size_limit_fails_the_write_before_any_api_call() {
     let dir = TempDir::new().unwrap();
