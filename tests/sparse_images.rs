@@ -313,3 +313,42 @@ fn sparse_outputs_are_reproducible() {
     assert!(provision(&sparse_in, &b, &pw).status.success());
     assert_eq!(sha256(&a), sha256(&b));
 }
+
+/// The filesystem is read through the sparse file's chunk index, never
+/// expanded: with a file-size limit far below the image's expanded size
+/// (but above the sparse output's) provisioning still works.
+#[test]
+fn sparse_images_are_edited_without_being_expanded() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let tree = ext4_tree(d, 20, Azaion::Absent);
+    let raw = d.join("big.raw");
+    let o = mkfs(&tree, &raw, &["-t", "ext4"], "1G");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sparse_in = d.join("big.img");
+    assert!(img2simg(&raw, &sparse_in, &[], 4096));
+    let sparse_size = fs::metadata(&sparse_in).unwrap().len();
+    assert!(sparse_size < 40 << 20, "{sparse_size}");
+    let pw = write_password(d, PASSWORD);
+    let out = d.join("out.img");
+    // 64 MiB (in 1 KiB units): an expansion would fail with EFBIG at once.
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 65536; exec {} provision --serial {SERIAL} --offline --owner azaion --password-file {} --image {} --output {}",
+        env!("CARGO_BIN_EXE_imprint"),
+        pw.display(),
+        sparse_in.display(),
+        out.display()
+    );
+    let o = run(Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .env("SOURCE_DATE_EPOCH", EPOCH));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let expanded = d.join("out.raw");
+    simg2img(&out, &expanded);
+    assert_fsck_clean(&expanded);
+    assert_eq!(
+        debugfs(&expanded, "cat /etc/azaion/device.conf"),
+        conf_text(EMAIL, PASSWORD)
+    );
+}

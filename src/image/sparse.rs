@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use super::ext4::overlay_io::{Device, Overlay};
 use super::ext4::{self, disk::ReadAt, Ext4Image};
 use super::{Found, ImageBackend, ImageError, ImageFacts, ImageReader};
 use crate::output::{Scratch, TempOutput};
@@ -418,6 +419,14 @@ fn push_split(plan: &mut Vec<Planned>, piece: Planned, max_raw_blocks: u64) {
     }
 }
 
+fn push_run(runs: &mut Vec<(bool, u64)>, changed: bool, blocks: u64) {
+    match runs.last_mut() {
+        Some((c, len)) if *c == changed => *len += blocks,
+        _ if blocks > 0 => runs.push((changed, blocks)),
+        _ => {}
+    }
+}
+
 /// Buffers for comparing a chunk's blocks a bounded piece at a time.
 struct CompareBufs {
     edited: Vec<u8>,
@@ -426,10 +435,6 @@ struct CompareBufs {
 
 /// Splits `chunk` into runs of (changed?, blocks), comparing `edited` with
 /// what the chunk expands to.
-///
-/// In DONT_CARE chunks only a non-zero block counts as changed: the flasher
-/// never writes those blocks, so a zero block there carries nothing the
-/// device needs, and the expansion reads zeros there anyway.
 fn changed_runs(
     original: &SparseView,
     edited: &File,
@@ -452,15 +457,8 @@ fn changed_runs(
                 .map_err(SparseError::Read)?;
         }
         for (k, block) in new.chunks_exact(bs).enumerate() {
-            let changed = match chunk.data {
-                ChunkData::Raw { .. } => block != &bufs.original[k * bs..(k + 1) * bs],
-                ChunkData::Fill(p) => block.chunks_exact(4).any(|w| w != p),
-                ChunkData::DontCare => block.iter().any(|&b| b != 0),
-            };
-            match runs.last_mut() {
-                Some((c, len)) if *c == changed => *len += 1,
-                _ => runs.push((changed, 1)),
-            }
+            let changed = block_changed(chunk, block, &bufs.original[k * bs..(k + 1) * bs]);
+            push_run(&mut runs, changed, 1);
         }
         done += n as u64;
         crate::progress::advance((n * bs) as u64);
@@ -468,22 +466,32 @@ fn changed_runs(
     Ok(runs)
 }
 
-/// Compares `edited` with `original` chunk by chunk and plans the output
-/// chunks. Returns the plan and how many blocks changed.
-fn plan_chunks(original: &SparseView, edited: &File) -> Result<(Vec<Planned>, u64), SparseError> {
+/// Whether a block of `chunk` whose new content is `new` differs from what
+/// the chunk holds (`old`: the original bytes, for RAW chunks).
+///
+/// In DONT_CARE chunks only a non-zero block counts as changed: the flasher
+/// never writes those blocks, so a zero block there carries nothing the
+/// device needs, and the expansion reads zeros there anyway.
+fn block_changed(chunk: &Chunk, new: &[u8], old: &[u8]) -> bool {
+    match chunk.data {
+        ChunkData::Raw { .. } => new != old,
+        ChunkData::Fill(p) => new.chunks_exact(4).any(|w| w != p),
+        ChunkData::DontCare => new.iter().any(|&b| b != 0),
+    }
+}
+
+/// Plans the output chunks from the changed runs of each input chunk
+/// (`runs_of`). Returns the plan and how many blocks changed.
+fn plan_chunks(
+    original: &SparseView,
+    mut runs_of: impl FnMut(&Chunk) -> Result<Vec<(bool, u64)>, SparseError>,
+) -> Result<(Vec<Planned>, u64), SparseError> {
     let layout = original.layout();
-    let bs = layout.block_size as usize;
     let max_raw = max_raw_blocks(layout.block_size);
-    let buf_len = (IO_BUF / bs).max(1) * bs;
-    let mut bufs = CompareBufs {
-        edited: vec![0u8; buf_len],
-        original: vec![0u8; buf_len],
-    };
     let mut plan = Vec::with_capacity(layout.chunks.len());
     let mut changed_total = 0u64;
-    crate::progress::start("comparing", layout.raw_size());
     for chunk in &layout.chunks {
-        let runs = changed_runs(original, edited, chunk, &mut bufs)?;
+        let runs = runs_of(chunk)?;
         let changed: u64 = runs.iter().filter(|r| r.0).map(|r| r.1).sum();
         changed_total += changed;
         let whole = |body| Planned {
@@ -557,15 +565,72 @@ pub fn encode(
             found: edited_len,
         });
     }
-    let (plan, changed) = plan_chunks(original, edited)?;
-    write_plan(original, edited, &plan, out)?;
+    let bs = layout.block_size as usize;
+    let buf_len = (IO_BUF / bs).max(1) * bs;
+    let mut bufs = CompareBufs {
+        edited: vec![0u8; buf_len],
+        original: vec![0u8; buf_len],
+    };
+    crate::progress::start("comparing", layout.raw_size());
+    let (plan, changed) = plan_chunks(original, |chunk| {
+        changed_runs(original, edited, chunk, &mut bufs)
+    })?;
+    crate::progress::start("writing", layout.raw_size());
+    write_plan(
+        original,
+        &|offset, buf| edited.read_exact_at(buf, offset),
+        &plan,
+        out,
+    )?;
+    Ok(changed)
+}
+
+/// Encodes the image under `overlay` (a sparse image with the blocks
+/// libext2fs wrote kept in memory) into `out`: the input's chunks, with
+/// the changed blocks spliced in, as [`encode`] would give for the edited
+/// expansion, but touching only the written blocks. Returns how many
+/// blocks changed.
+pub fn encode_overlay(
+    overlay: &Overlay<&SparseView>,
+    out: &mut dyn Write,
+) -> Result<u64, SparseError> {
+    let original: &SparseView = overlay.base();
+    let bs = original.layout().block_size as usize;
+    let mut old = vec![0u8; bs];
+    let written = overlay.written();
+    let (plan, changed) = plan_chunks(original, |chunk| {
+        let mut runs = Vec::new();
+        let mut next = chunk.first_block;
+        let end = chunk.first_block + chunk.blocks;
+        for (&block, new) in written.range(chunk.first_block..end) {
+            if let ChunkData::Raw { .. } = chunk.data {
+                original
+                    .read_at(block * bs as u64, &mut old)
+                    .map_err(SparseError::Read)?;
+            }
+            if block_changed(chunk, new, &old) {
+                push_run(&mut runs, false, block - next);
+                push_run(&mut runs, true, 1);
+                next = block + 1;
+            }
+        }
+        push_run(&mut runs, false, end - next);
+        Ok(runs)
+    })?;
+    crate::progress::start("writing", original.layout().raw_size());
+    write_plan(
+        original,
+        &|offset, buf| overlay.read_at(offset, buf),
+        &plan,
+        out,
+    )?;
     Ok(changed)
 }
 
 /// Writes the header and the planned chunks sequentially.
 fn write_plan(
     original: &SparseView,
-    edited: &File,
+    edited: &dyn Fn(u64, &mut [u8]) -> io::Result<()>,
     plan: &[Planned],
     out: &mut dyn Write,
 ) -> Result<(), SparseError> {
@@ -609,7 +674,7 @@ fn write_plan(
                 while done < body_len {
                     let n = (body_len - done).min(buf.len() as u64) as usize;
                     match source {
-                        Source::Edited => edited.read_exact_at(&mut buf[..n], start + done),
+                        Source::Edited => edited(start + done, &mut buf[..n]),
                         Source::Original => original.read_at(start + done, &mut buf[..n]),
                     }
                     .map_err(SparseError::Read)?;
@@ -672,15 +737,19 @@ impl ImageBackend for SparseBackend {
         Ok(self.image.facts()?)
     }
 
+    /// libext2fs edits the filesystem through an I/O manager that reads the
+    /// sparse file through its chunk index and keeps the blocks it writes in
+    /// memory; the output is then the input's chunks with those blocks
+    /// spliced in. Nothing is expanded, and only the written blocks are
+    /// compared.
     fn apply(&mut self, plan: &Plan, out: &mut TempOutput) -> Result<(), ImageError> {
         self.image.preflight(plan)?;
-        // The scratch expansion sits beside the output: the user picked that
-        // filesystem for images of this size.
-        let scratch = Scratch::beside(out.final_path()).map_err(ImageError::Output)?;
         let view = self.image.device();
-        expand(view, scratch.file())?;
-        ext4::write_plan(scratch.path(), self.image.superblock(), plan)?;
-        let changed = encode(view, scratch.file(), out)?;
+        let layout = view.layout();
+        let mut overlay = Overlay::new(view, layout.raw_size(), layout.block_size);
+        ext4::write_plan_to_device(&mut overlay, self.image.superblock(), plan)?;
+        tracing::debug!(written_blocks = overlay.written().len(), "libext2fs done");
+        let changed = encode_overlay(&overlay, out)?;
         tracing::debug!(
             changed_blocks = changed,
             chunks = view.layout().chunks.len(),

@@ -1,22 +1,23 @@
-//! Writes a plan into an ext2/3/4 image file through libext2fs, the library
-//! e2fsck and mke2fs are built on.
+//! Writes a plan into an ext2/3/4 filesystem through libext2fs, the library
+//! e2fsck and mke2fs are built on, over imprint's own I/O manager (see
+//! `overlay_io.rs`): the library reads the image and its writes are kept in
+//! memory, for the format backend to place into the output.
 //!
 //! The library is loaded at run time (`libext2fs.so.2`) so that building
 //! imprint needs no -dev package and a machine without e2fsprogs still runs
-//! every other format. Only a handful of entry points are used, and no
-//! struct layouts are shared: inodes are passed as raw on-disk bytes (the
-//! in-memory `ext2_inode_large` is the little-endian on-disk layout on the
-//! little-endian hosts imprint supports), so a libext2fs upgrade cannot
-//! silently shift a field under us.
+//! every other format. Only a handful of entry points are used, and beyond
+//! the public I/O manager interface no struct layouts are shared: inodes
+//! are passed as raw on-disk bytes (the in-memory `ext2_inode_large` is the
+//! little-endian on-disk layout on the little-endian hosts imprint
+//! supports), so a libext2fs upgrade cannot silently shift a field under us.
 
 use std::ffi::{c_char, c_int, c_long, c_uint, c_void, CStr, CString};
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 use std::sync::OnceLock;
 
 use libloading::Library;
 
 use super::disk::{feature, Superblock};
+use super::overlay_io;
 use super::Ext4Error;
 use crate::image::EntryType;
 use crate::overlay::{Plan, PlanEntry, PlanKind};
@@ -72,7 +73,6 @@ struct Api {
     file_write: unsafe extern "C" fn(*mut c_void, *const c_void, c_uint, *mut c_uint) -> Errcode,
     file_set_size2: unsafe extern "C" fn(*mut c_void, u64) -> Errcode,
     file_close: unsafe extern "C" fn(*mut c_void) -> Errcode,
-    unix_io_manager: *const c_void,
     error_message: Option<unsafe extern "C" fn(c_long) -> *const c_char>,
     // Keep the libraries loaded for as long as the pointers above live.
     _libs: Vec<Library>,
@@ -115,7 +115,6 @@ unsafe fn load() -> Result<Api, libloading::Error> {
     if let Some(init) = init_table {
         init();
     }
-    let io_manager: *const *const c_void = sym!("unix_io_manager");
     let api = Api {
         open2: sym!("ext2fs_open2"),
         close_free: sym!("ext2fs_close_free"),
@@ -134,7 +133,6 @@ unsafe fn load() -> Result<Api, libloading::Error> {
         file_write: sym!("ext2fs_file_write"),
         file_set_size2: sym!("ext2fs_file_set_size2"),
         file_close: sym!("ext2fs_file_close"),
-        unix_io_manager: *io_manager,
         error_message,
         _libs: [Some(lib), com_err].into_iter().flatten().collect(),
     };
@@ -462,14 +460,35 @@ fn set_attributes(raw: &mut [u8], mode: u16, entry: &PlanEntry, mtime: i64, new:
     }
 }
 
-/// Applies `plan` to the ext2/3/4 image at `image`, editing it in place,
-/// then sets the superblock's write time to the plan's time.
-pub fn apply(image: &Path, sb: &Superblock, plan: &Plan) -> Result<(), Ext4Error> {
+/// Applies `plan` to the filesystem on `device` (see [`overlay_io`]).
+pub fn apply_to_device(
+    device: &mut dyn overlay_io::Device,
+    sb: &Superblock,
+    plan: &Plan,
+) -> Result<(), Ext4Error> {
     let api = api()?;
-    let name = CString::new(image.as_os_str().as_bytes()).map_err(|_| Ext4Error::Library {
-        doing: "open the image".into(),
-        message: "its path contains a NUL byte".into(),
-    })?;
+    let manager = &overlay_io::MANAGER as *const overlay_io::IoManager as *const c_void;
+    let (result, io_error) =
+        overlay_io::with_device(device, || edit(api, c"imprint-overlay", manager, sb, plan));
+    match io_error {
+        // The device's own error says more than libext2fs's short read.
+        Some(e) => Err(Ext4Error::Library {
+            doing: "read or write the image".into(),
+            message: e.to_string(),
+        }),
+        None => result,
+    }
+}
+
+/// Opens the filesystem named `name` through `manager`, applies the plan,
+/// and closes it (flushing) only if every step succeeded.
+fn edit(
+    api: &Api,
+    name: &CStr,
+    manager: *const c_void,
+    sb: &Superblock,
+    plan: &Plan,
+) -> Result<(), Ext4Error> {
     let mut fs: Fs = std::ptr::null_mut();
     // SAFETY: name is a valid C string; fs is a valid out pointer.
     let code = unsafe {
@@ -479,7 +498,7 @@ pub fn apply(image: &Path, sb: &Superblock, plan: &Plan) -> Result<(), Ext4Error
             FLAG_RW | FLAG_64BITS | FLAG_MASTER_SB_ONLY,
             0,
             0,
-            api.unix_io_manager,
+            manager,
             &mut fs,
         )
     };
@@ -526,6 +545,5 @@ pub fn apply(image: &Path, sb: &Superblock, plan: &Plan) -> Result<(), Ext4Error
             }
         }
     }
-    open.close()?;
-    super::set_write_time(image, plan.mtime)
+    open.close()
 }

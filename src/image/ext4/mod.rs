@@ -2,11 +2,15 @@
 //! through imprint's own small reader (see [`disk`]), so the two check each
 //! other.
 //!
-//! The output is a hole-preserving copy of the input that libext2fs then
-//! edits in place; the input is only ever opened for reading.
+//! libext2fs edits the filesystem through an I/O manager that reads the
+//! input and keeps its writes in memory ([`overlay_io`]); a raw output is
+//! then a hole-preserving copy of the input with those blocks written in,
+//! a sparse one the input's chunks with them spliced in. The input is only
+//! ever opened for reading.
 
 pub mod disk;
 mod libext2fs;
+pub mod overlay_io;
 
 use std::fs::File;
 use std::io;
@@ -21,6 +25,7 @@ use super::{Found, ImageBackend, ImageError, ImageFacts, ImageReader};
 use crate::output::{self, TempOutput};
 use crate::overlay::{Existing, ImagePath, Plan};
 use disk::{Ext4Fs, ReadAt, Superblock};
+use overlay_io::Overlay;
 
 pub use libext2fs::ensure_loaded;
 
@@ -162,22 +167,51 @@ impl<R: ReadAt> Ext4Image<R> {
     }
 }
 
-/// Writes `plan` into the raw ext2/3/4 image at `raw`, in place.
+/// Writes `plan` into the raw ext2/3/4 image at `raw`, in place (the
+/// demo's freshly made sample image; provisioning never edits its input).
 pub fn write_plan(raw: &Path, sb: &Superblock, plan: &Plan) -> Result<(), Ext4Error> {
-    libext2fs::apply(raw, sb, plan)
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(raw)
+        .map_err(Ext4Error::Copy)?;
+    let len = file.metadata().map_err(Ext4Error::Copy)?.len();
+    let mut overlay = Overlay::new(&file, len, sb.block_size as u32);
+    write_plan_to_device(&mut overlay, sb, plan)?;
+    write_blocks(&overlay, &file).map_err(Ext4Error::Copy)?;
+    file.sync_all().map_err(Ext4Error::Copy)
+}
+
+/// Writes the blocks libext2fs changed into `out`, a copy of the base.
+fn write_blocks<R: ReadAt>(overlay: &Overlay<R>, out: &File) -> io::Result<()> {
+    let block = overlay.block_size();
+    for (&n, data) in overlay.written() {
+        out.write_all_at(data, n * block)?;
+    }
+    Ok(())
+}
+
+/// Writes `plan` into the filesystem on `device` (reads from the image,
+/// writes kept aside; see [`overlay_io`]).
+pub fn write_plan_to_device(
+    device: &mut dyn overlay_io::Device,
+    sb: &Superblock,
+    plan: &Plan,
+) -> Result<(), Ext4Error> {
+    libext2fs::apply_to_device(device, sb, plan)?;
+    let mut sb = vec![0u8; Superblock::SIZE];
+    device
+        .read_at(Superblock::OFFSET, &mut sb)
+        .map_err(Ext4Error::Superblock)?;
+    stamp_write_time(&mut sb, plan.mtime);
+    device
+        .write_at(Superblock::OFFSET, &sb)
+        .map_err(Ext4Error::Superblock)
 }
 
 /// Sets the primary superblock's last-write time (libext2fs stamps the
 /// wall clock there on close) and refreshes its checksum.
-fn set_write_time(image: &Path, time: i64) -> Result<(), Ext4Error> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(image)
-        .map_err(Ext4Error::Superblock)?;
-    let mut sb = vec![0u8; Superblock::SIZE];
-    file.read_exact_at(&mut sb, Superblock::OFFSET)
-        .map_err(Ext4Error::Superblock)?;
+fn stamp_write_time(sb: &mut [u8], time: i64) {
     let t = time.max(0);
     sb[0x30..0x34].copy_from_slice(&(t as u32).to_le_bytes());
     sb[0x274] = (t >> 32) as u8;
@@ -186,9 +220,6 @@ fn set_write_time(image: &Path, time: i64) -> Result<(), Ext4Error> {
         let sum = crc32c_raw(!0, &sb[..0x3FC]);
         sb[0x3FC..].copy_from_slice(&sum.to_le_bytes());
     }
-    file.write_all_at(&sb, Superblock::OFFSET)
-        .map_err(Ext4Error::Superblock)?;
-    file.sync_all().map_err(Ext4Error::Superblock)
 }
 
 /// CRC-32C as ext4 uses it: seeded, without the final inversion.
@@ -292,12 +323,20 @@ impl ImageBackend for Ext4Backend {
         Ok(self.image.facts()?)
     }
 
+    /// libext2fs edits the filesystem in memory over the input (nothing is
+    /// copied if it fails, e.g. for want of space); then the output is a
+    /// hole-keeping copy of the input with the changed blocks written in.
     fn apply(&mut self, plan: &Plan, out: &mut TempOutput) -> Result<(), ImageError> {
         self.image.preflight(plan)?;
+        let sb = self.image.superblock();
         let (input, len) = open_file(&self.input)?;
+        let mut overlay = Overlay::new(self.image.device(), len, sb.block_size as u32);
+        write_plan_to_device(&mut overlay, sb, plan)?;
+        tracing::debug!(written_blocks = overlay.written().len(), "libext2fs done");
         crate::progress::start("copying", len);
-        copy_keeping_holes(&input, out.file_for_editing()).map_err(ImageError::Output)?;
-        write_plan(out.temp_path(), self.image.superblock(), plan)?;
+        let file = out.file_for_editing();
+        copy_keeping_holes(&input, file).map_err(ImageError::Output)?;
+        write_blocks(&overlay, file).map_err(ImageError::Output)?;
         Ok(())
     }
 }
