@@ -31,6 +31,12 @@ pub enum AdminError {
         attempts: u32,
         cause: String,
     },
+    #[error("{step} {url}: the server's TLS certificate is not trusted ({cause}). If the API uses a private CA, pass its certificate with --ca-cert; certificate checks cannot be turned off")]
+    Untrusted {
+        step: &'static str,
+        url: String,
+        cause: String,
+    },
     #[error("{step} answered {status}: {message}")]
     Status {
         step: &'static str,
@@ -39,8 +45,9 @@ pub enum AdminError {
     },
 }
 
-/// How to reach and authenticate to the admin API.
-#[derive(Debug, Clone)]
+/// How to reach and authenticate to the admin API. Its `Debug` shows
+/// whether there is a token, never the token.
+#[derive(Clone)]
 pub struct AdminConfig {
     /// Base URL, e.g. `https://admin.example`; one trailing slash is stripped.
     pub base_url: String,
@@ -57,6 +64,22 @@ pub struct AdminConfig {
     pub retries: u32,
     /// Delay before the first retry; doubles each time.
     pub backoff: Duration,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("base_url", &self.base_url)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca_cert", &self.ca_cert)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .field("backoff", &self.backoff)
+            .finish()
+    }
 }
 
 impl AdminConfig {
@@ -224,6 +247,14 @@ impl AdminClient {
                     }
                     tracing::info!(step, attempt, status = s.as_u16(), ?delay, "retrying");
                 }
+                // Retrying cannot make a certificate trusted.
+                Err(e) if certificate_problem(&e).is_some() => {
+                    return Err(AdminError::Untrusted {
+                        step,
+                        url,
+                        cause: certificate_problem(&e).unwrap_or_default(),
+                    })
+                }
                 Err(e) if last => {
                     return Err(AdminError::Unreachable {
                         step,
@@ -268,6 +299,20 @@ impl AdminClient {
             }),
         }
     }
+}
+
+/// The TLS library's complaint about the server's certificate, if that is
+/// why the request failed.
+fn certificate_problem(e: &reqwest::Error) -> Option<String> {
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        let text = inner.to_string();
+        if text.contains("certificate") {
+            return Some(text);
+        }
+        src = inner.source();
+    }
+    None
 }
 
 fn describe_transport(e: &reqwest::Error) -> String {

@@ -190,3 +190,105 @@ fn bearer_token_is_sent() {
         Some("Bearer tok-123")
     );
 }
+
+/// TLS certificates are always checked: an unknown issuer is refused, and
+/// the only way to trust a private CA is `--ca-cert` (there is no flag that
+/// turns checking off).
+#[test]
+fn tls_checks_cannot_be_turned_off() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let d = dir.path();
+    let (ca, cert, key) = (d.join("ca.pem"), d.join("cert.pem"), d.join("key.pem"));
+    // A private CA and a server certificate for 127.0.0.1 signed by it.
+    let made = std::process::Command::new("sh")
+        .current_dir(d)
+        .arg("-ec")
+        .arg(
+            "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca \\
+               -keyout ca.key -out ca.pem 2>/dev/null
+             openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 \\
+               -keyout key.pem -out leaf.csr 2>/dev/null
+             printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > leaf.ext
+             openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial \\
+               -days 1 -extfile leaf.ext -out cert.pem 2>/dev/null",
+        )
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // A TLS server with a self-signed certificate; it answers like a web
+    // server, not like the admin API, which is all this test needs.
+    let mut server = std::process::Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "openssl s_server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("https://127.0.0.1:{port}");
+    let mut cfg = config(&url);
+    cfg.retries = 0;
+    let untrusted = AdminClient::new(cfg.clone())
+        .unwrap()
+        .provision(EMAIL, &password())
+        .unwrap_err();
+    let text = format!("{untrusted:#}").to_lowercase();
+    cfg.ca_cert = Some(ca.clone());
+    let trusted = AdminClient::new(cfg).unwrap().provision(EMAIL, &password());
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        text.contains("certificate"),
+        "untrusted server accepted: {text}"
+    );
+    // With the CA the handshake succeeds; what follows is the web server's
+    // answer, not a certificate error.
+    if let Err(e) = trusted {
+        let text = format!("{e:#}").to_lowercase();
+        assert!(
+            !text.contains("certificate"),
+            "--ca-cert not honoured: {text}"
+        );
+    }
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_imprint"))
+        .args(["provision", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).to_lowercase();
+    assert!(help.contains("--ca-cert"));
+    for off_switch in [
+        "insecure",
+        "no-verify",
+        "skip-verify",
+        "accept-invalid",
+        "danger",
+    ] {
+        assert!(!help.contains(off_switch), "a TLS off switch: {off_switch}");
+    }
+}
+
+#[test]
+fn debug_output_never_shows_the_token() {
+    let mut cfg = config("https://admin.example");
+    cfg.token = Some(zeroize::Zeroizing::new("tok-51c0ffee9d2b".to_string()));
+    let shown = format!("{cfg:?}");
+    assert!(!shown.contains("tok-51c0ffee9d2b"), "{shown}");
+    assert!(shown.contains("<redacted>"), "{shown}");
+}
