@@ -150,6 +150,41 @@ fn a_panic_never_prints_the_password_or_the_token() {
     assert_eq!(sha256(&input), before);
 }
 
+/// Temp and output files are 0600 even under `umask 000`.
+#[test]
+fn temp_and_output_files_are_0600_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new().unwrap();
+    let input = tarball(dir.path());
+    let server = StubServer::start().unwrap();
+    // The API stalls, so the temp file can be looked at before the rename.
+    server.push_fault("POST", "/users", Fault::Delay(Duration::from_secs(1)));
+    let out = dir.path().join("out");
+    fs::create_dir(&out).unwrap();
+    let script = format!(
+        "umask 000; exec {} provision --serial {SERIAL} --api-url {} --image {} --output {}",
+        env!("CARGO_BIN_EXE_imprint"),
+        server.url(),
+        input.display(),
+        out.join("x.tar.gz").display()
+    );
+    let child = Command::new("sh").arg("-c").arg(&script).spawn().unwrap();
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let mut temp_seen = false;
+    for _ in 0..200 {
+        if let Some(name) = listing(&out).into_iter().find(|n| n.ends_with(".tmp")) {
+            assert_eq!(mode(&out.join(&name)), 0o600, "temp file {name}");
+            temp_seen = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert!(temp_seen, "the temp file never showed");
+    assert_eq!(mode(&out.join("x.tar.gz")), 0o600);
+}
+
 #[test]
 fn a_file_size_limit_fails_the_write_before_any_api_call() {
     let dir = TempDir::new().unwrap();
