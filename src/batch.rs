@@ -169,7 +169,8 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
         .map(Arc::new);
     let kind = image::detect(&req.input)?;
     say(&format!("{}: {}", req.input.display(), kind.describe()));
-    let mut backend = image::open_backend(&req.input, kind, &req.overlay.targets())?;
+    let mut backend =
+        image::open_backend(&req.input, kind, &req.overlay.targets(), &req.output_dir)?;
     let facts = backend.facts()?;
     let input_sha256 = output::sha256_file(&req.input).map_err(|source| ImageError::Open {
         path: req.input.clone(),

@@ -273,7 +273,11 @@ pub fn run(req: &Request, say: &mut dyn FnMut(&str)) -> Result<Report, Provision
         Target::Image { input, output } => {
             let kind = image::detect(input)?;
             say(&format!("{}: {}", input.display(), kind.describe()));
-            let mut backend = image::open_backend(input, kind, &req.overlay.targets())?;
+            let output_dir = output
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let mut backend = image::open_backend(input, kind, &req.overlay.targets(), output_dir)?;
             let facts = backend.facts()?;
             let prepared = prepare_image(
                 req,

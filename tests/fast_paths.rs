@@ -201,6 +201,19 @@ fn bzip2_tail_rewrite_equals_full_rewrite() {
     case(dir.path(), Place::Middle, true, Some("lbzip2 -9"));
 }
 
+/// zstd and xz: when the plan only appends, the frame compressed during
+/// the scan is kept and a second frame holds the new entries; when it
+/// replaces an entry, the archive is rewritten whole.
+#[test]
+fn zstd_and_xz_prefix_frames_equal_full_rewrite() {
+    let dir = TempDir::new().unwrap();
+    for command in ["zstd -q -3", "xz -6"] {
+        for place in [Place::Start, Place::Middle, Place::End] {
+            case(dir.path(), place, true, Some(command));
+        }
+    }
+}
+
 /// pbzip2 and `cat a.bz2 b.bz2` give several streams in one file.
 #[test]
 fn multi_stream_bzip2_is_rewritten_from_its_last_stream() {

@@ -163,13 +163,16 @@ pub type Found = (FileMeta, Option<Vec<u8>>);
 
 /// Opens an input image for writing a plan into a copy of it.
 /// `targets` are the paths the overlay writes.
+/// Opens `path` for writing plans over `targets` into outputs that go in
+/// `output_dir` (where a backend may keep large scratch files).
 pub fn open_backend(
     path: &Path,
     kind: ImageKind,
     targets: &[ImagePath],
+    output_dir: &Path,
 ) -> Result<Box<dyn ImageBackend>, ImageError> {
     Ok(match kind {
-        ImageKind::Tar(c) => Box::new(tar::TarBackend::open(path, c, targets)?),
+        ImageKind::Tar(c) => Box::new(tar::TarBackend::open(path, c, targets, output_dir)?),
         ImageKind::Ext4 => Box::new(ext4::Ext4Backend::open(path)?),
         ImageKind::Sparse => Box::new(sparse::SparseBackend::open(path)?),
     })

@@ -19,10 +19,10 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-use super::codec::Compression;
+use super::codec::{Compression, Encoder};
 use super::{bz2, gzip};
 use super::{EntryType, FileMeta, ImageBackend, ImageError, ImageFacts, ImageReader};
-use crate::output::{self, TempOutput};
+use crate::output::{self, Scratch, TempOutput};
 use crate::overlay::{Existing, ImagePath, Plan, PlanEntry, PlanKind};
 use crate::progress;
 
@@ -228,6 +228,9 @@ struct Stream<'a> {
     path: &'a Path,
     codec: Compression,
     buf: Vec<u8>,
+    /// During a scan of a zstd or xz archive: everything read also goes to
+    /// a speculative compressor (see [`Speculation`]).
+    tee: Option<Speculation>,
 }
 
 impl Stream<'_> {
@@ -251,6 +254,12 @@ impl Stream<'_> {
             }
         }
         self.pos += done as u64;
+        if let Some(tee) = &mut self.tee {
+            if let Err(e) = tee.feed(&buf[..done]) {
+                tracing::debug!(error = %e, "speculative compression stopped");
+                self.tee = None;
+            }
+        }
         Ok(done)
     }
 
@@ -301,6 +310,135 @@ impl Stream<'_> {
     }
 }
 
+/// Recompressing zstd and xz archives costs a full decompression and
+/// compression whatever imprint does, but not two decompressions: while the
+/// scan decompresses, it also compresses what it reads, as one frame (a
+/// stream, for xz) in a scratch file. When the plan only appends at the
+/// end of the entries (no existing file replaced: the factory case), that
+/// frame is exactly the output's prefix, and the output is that frame
+/// followed by a second one holding the new entries and the end-of-archive
+/// marker. Decoders read concatenated frames as one archive.
+///
+/// The bytes read last (one tar block) are held back, because the scan only
+/// knows a block is the end-of-archive marker after reading it.
+struct Speculation {
+    scratch: Scratch,
+    encoder: Option<Box<dyn Encoder>>,
+    written: Arc<Mutex<(Sha256, u64)>>,
+    held: Vec<u8>,
+    emitted: u64,
+}
+
+/// A finished speculative prefix frame.
+struct Speculated {
+    scratch: Scratch,
+    /// Uncompressed bytes it holds: the archive up to its end of entries.
+    uncompressed: u64,
+    compressed: u64,
+    sha256: Sha256,
+}
+
+impl std::fmt::Debug for Speculated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Speculated({} -> {})",
+            self.uncompressed, self.compressed
+        )
+    }
+}
+
+/// Counts and hashes what the speculative compressor writes.
+struct HashingFile {
+    file: File,
+    written: Arc<Mutex<(Sha256, u64)>>,
+}
+
+impl Write for HashingFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        let mut w = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        w.0.update(&buf[..n]);
+        w.1 += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Speculation {
+    fn start(codec: Compression, dir: &Path, name: &str) -> io::Result<Speculation> {
+        let scratch = Scratch::create_in(dir, name)?;
+        let written = Arc::new(Mutex::new((Sha256::new(), 0)));
+        let sink = HashingFile {
+            file: scratch.file().try_clone()?,
+            written: written.clone(),
+        };
+        Ok(Speculation {
+            scratch,
+            encoder: Some(codec.encoder(sink)?),
+            written,
+            held: Vec::with_capacity(BLOCK as usize),
+            emitted: 0,
+        })
+    }
+
+    fn emit(&mut self, data: &[u8]) -> io::Result<()> {
+        let encoder = self
+            .encoder
+            .as_mut()
+            .ok_or_else(|| io::Error::other("finished"))?;
+        encoder.write_all(data)?;
+        self.emitted += data.len() as u64;
+        Ok(())
+    }
+
+    fn feed(&mut self, data: &[u8]) -> io::Result<()> {
+        let hold = BLOCK as usize;
+        if data.len() >= hold {
+            let held = std::mem::take(&mut self.held);
+            self.emit(&held)?;
+            self.emit(&data[..data.len() - hold])?;
+            self.held.extend_from_slice(&data[data.len() - hold..]);
+        } else {
+            self.held.extend_from_slice(data);
+            if self.held.len() > hold {
+                let extra = self.held.len() - hold;
+                let front: Vec<u8> = self.held.drain(..extra).collect();
+                self.emit(&front)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the frame after the first `end` bytes of the archive.
+    fn end_at(mut self, end: u64) -> io::Result<Speculated> {
+        let rest = end
+            .checked_sub(self.emitted)
+            .filter(|&n| n <= self.held.len() as u64)
+            .ok_or_else(|| io::Error::other("the end is not in the held-back bytes"))?;
+        let held = std::mem::take(&mut self.held);
+        self.emit(&held[..rest as usize])?;
+        let encoder = self
+            .encoder
+            .take()
+            .ok_or_else(|| io::Error::other("finished"))?;
+        encoder.finish_stream()?;
+        let (sha256, compressed) = self
+            .written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Ok(Speculated {
+            scratch: self.scratch,
+            uncompressed: end,
+            compressed,
+            sha256,
+        })
+    }
+}
+
 fn padded(size: u64) -> u64 {
     size.div_ceil(BLOCK) * BLOCK
 }
@@ -338,6 +476,8 @@ struct Scan {
     /// For a plain tar scanned for writing: the SHA-256 state of the bytes
     /// before those same places, so the kept prefix is not read twice.
     prefix_states: Vec<PrefixState>,
+    /// For zstd and xz: the entries compressed during the scan.
+    speculated: Option<Speculated>,
 }
 
 /// Where a compressed stream can be cut and continued, as the decoder
@@ -434,6 +574,15 @@ impl Scan {
     }
 }
 
+/// What a scan for writing does besides reading.
+struct ForWriting<'a> {
+    /// Where a speculative prefix frame (zstd, xz) may be kept.
+    scratch_dir: &'a Path,
+    /// Paths the plan may write: an existing entry at one of them means
+    /// the rewrite starts there, not at the end, so speculation stops.
+    targets: &'a [String],
+}
+
 /// Walks the archive. Entries whose path is in `watch` are recorded; the
 /// data of those in `capture` (up to `max_capture` bytes) is kept. A scan
 /// for writing also notes where the rewrite may start.
@@ -443,20 +592,19 @@ fn scan(
     watch: &[String],
     capture: &[String],
     max_capture: u64,
-    for_writing: bool,
+    writing: Option<&ForWriting>,
 ) -> Result<Scan, TarError> {
     let scan_once = |parallel_bzip2| {
         scan_with(
             path,
             codec,
             watch,
-            capture,
-            max_capture,
-            for_writing,
+            (capture, max_capture),
+            writing,
             parallel_bzip2,
         )
     };
-    if for_writing && codec == Compression::Bzip2 {
+    if writing.is_some() && codec == Compression::Bzip2 {
         match scan_once(true) {
             // The parallel reader only knows well-formed files; the
             // sequential decoder reads everything bzip2 does and says
@@ -474,11 +622,11 @@ fn scan_with(
     path: &Path,
     codec: Compression,
     watch: &[String],
-    capture: &[String],
-    max_capture: u64,
-    for_writing: bool,
+    (capture, max_capture): (&[String], u64),
+    writing: Option<&ForWriting>,
     parallel_bzip2: bool,
 ) -> Result<Scan, TarError> {
+    let for_writing = writing.is_some();
     let file = File::open(path).map_err(|e| TarError::Decode {
         path: path.to_path_buf(),
         codec: codec.name(),
@@ -516,12 +664,24 @@ fn scan_with(
     };
     let mut prefix_states = Vec::new();
     let mut pending_state: Option<Sha256> = None;
+    let tee = match writing {
+        Some(w) if matches!(codec, Compression::Zstd | Compression::Xz) && !full_rewrite() => {
+            let name = path
+                .file_name()
+                .map_or("image".into(), |n| n.to_string_lossy());
+            Speculation::start(codec, w.scratch_dir, &format!("{name}.prefix"))
+                .map_err(|e| tracing::debug!(error = %e, "no speculative compression"))
+                .ok()
+        }
+        _ => None,
+    };
     let mut s = Stream {
         inner,
         pos: 0,
         path,
         codec,
         buf: Vec::new(),
+        tee,
     };
     let mut out = Scan::default();
     let mut pins = Vec::new();
@@ -560,6 +720,7 @@ fn scan_with(
             // No end-of-archive marker; tolerated as GNU tar does.
             out.end_of_entries = at;
             pin(at, at_state);
+            out.speculated = end_speculation(&mut s, at);
             break;
         }
         if n < block.len() {
@@ -571,6 +732,7 @@ fn scan_with(
         if block.iter().all(|&b| b == 0) {
             out.end_of_entries = at;
             pin(at, at_state);
+            out.speculated = end_speculation(&mut s, at);
             s.pos = at + BLOCK;
             s.drain()?;
             break;
@@ -700,6 +862,12 @@ fn scan_with(
         if watched {
             pin(start, start_state);
         }
+        if header.meta.kind != EntryType::Dir
+            && writing.is_some_and(|w| w.targets.contains(&header.path))
+            && s.tee.take().is_some()
+        {
+            tracing::debug!(path = %header.path, "an existing entry will be replaced: no speculative prefix");
+        }
         let want_data = capture.contains(&header.path)
             && header.meta.kind == EntryType::Regular
             && header.data_size <= max_capture;
@@ -738,6 +906,18 @@ fn scan_with(
         None => None,
     };
     Ok(out)
+}
+
+/// Closes the speculative frame at the end of the entries, if one is open.
+fn end_speculation(s: &mut Stream, end: u64) -> Option<Speculated> {
+    let done = s.tee.take()?.end_at(end);
+    done.map_err(|e| tracing::debug!(error = %e, "speculative compression failed"))
+        .ok()
+}
+
+/// Tests and benchmarks compare the fast paths against the full rewrite.
+fn full_rewrite() -> bool {
+    std::env::var_os("IMPRINT_FULL_REWRITE").is_some()
 }
 
 /// Formats `value` as a NUL-terminated octal field of `width` bytes, or
@@ -1047,6 +1227,8 @@ fn watch_list(targets: &[ImagePath]) -> Vec<String> {
 pub struct TarBackend {
     path: PathBuf,
     codec: Compression,
+    scratch_dir: PathBuf,
+    targets: Vec<String>,
     watch: Vec<String>,
     scan: Option<Scan>,
     /// SHA-256 state after the kept prefix, shared by a batch's outputs.
@@ -1060,10 +1242,13 @@ impl TarBackend {
         path: &Path,
         codec: Compression,
         targets: &[ImagePath],
+        scratch_dir: &Path,
     ) -> Result<TarBackend, TarError> {
         Ok(TarBackend {
             path: path.to_path_buf(),
             codec,
+            scratch_dir: scratch_dir.to_path_buf(),
+            targets: targets.iter().map(|t| t.relative()).collect(),
             watch: watch_list(targets),
             scan: None,
             prefix_hash: None,
@@ -1073,13 +1258,17 @@ impl TarBackend {
     fn scan(&mut self) -> Result<&Scan, TarError> {
         if self.scan.is_none() {
             let capture = ["etc/passwd".to_string(), "etc/group".to_string()];
+            let writing = ForWriting {
+                scratch_dir: &self.scratch_dir,
+                targets: &self.targets,
+            };
             self.scan = Some(scan(
                 &self.path,
                 self.codec,
                 &self.watch,
                 &capture,
                 MAX_DB_SIZE,
-                true,
+                Some(&writing),
             )?);
         }
         Ok(self.scan.as_ref().expect("just set"))
@@ -1128,6 +1317,7 @@ impl ImageBackend for TarBackend {
             path: &self.path,
             codec: self.codec,
             buf: Vec::new(),
+            tee: None,
         };
         let cut = first_change(&pieces);
         let start = tail_start(self.codec, scan, cut);
@@ -1140,6 +1330,12 @@ impl ImageBackend for TarBackend {
                     format!("gzip tail from bit {} (byte {} of output)", b.bit, b.out),
                 Some(TailStart::Bzip2(b)) =>
                     format!("bzip2 tail from bit {} (byte {} of output)", b.bit, b.out),
+                Some(TailStart::Frame(s)) => format!(
+                    "{} frame of {} bytes kept, new frame from byte {}",
+                    self.codec.name(),
+                    s.compressed,
+                    s.uncompressed
+                ),
                 None => "full rewrite".to_string(),
             },
             "tar plan"
@@ -1172,6 +1368,20 @@ impl ImageBackend for TarBackend {
                     .map_err(ImageError::Output)?;
                 write_pieces(&mut input, &pieces, &mut deflater)?;
                 deflater.finish().map_err(ImageError::Output)?;
+            }
+            Some(TailStart::Frame(prefix)) => {
+                out.splice_prefix(
+                    prefix.scratch.file(),
+                    prefix.compressed,
+                    prefix.sha256.clone(),
+                )
+                .map_err(ImageError::Output)?;
+                // Everything from the cut on is new bytes: nothing more of
+                // the input is read.
+                let mut input = stream(Box::new(io::empty()), cut);
+                let mut encoder = self.codec.encoder(&mut *out).map_err(ImageError::Output)?;
+                write_pieces(&mut input, &pieces, &mut encoder)?;
+                encoder.finish_stream().map_err(ImageError::Output)?;
             }
             Some(TailStart::Bzip2(boundary)) => {
                 let keep = boundary.bit / 8;
@@ -1215,7 +1425,9 @@ fn first_change(pieces: &[Piece]) -> u64 {
 }
 
 /// Where the rewrite can start instead of at byte 0.
-enum TailStart {
+enum TailStart<'a> {
+    /// zstd, xz: keep the frame compressed during the scan.
+    Frame(&'a Speculated),
     /// Plain tar: copy the unchanged prefix as it is.
     Plain,
     /// gzip: keep the compressed bytes before this block boundary.
@@ -1224,12 +1436,16 @@ enum TailStart {
     Bzip2(bz2::Boundary),
 }
 
-fn tail_start(codec: Compression, scan: &Scan, cut: u64) -> Option<TailStart> {
-    // Tests and benchmarks compare against the full rewrite.
-    if std::env::var_os("IMPRINT_FULL_REWRITE").is_some() {
+fn tail_start(codec: Compression, scan: &Scan, cut: u64) -> Option<TailStart<'_>> {
+    if full_rewrite() {
         return None;
     }
     match codec {
+        Compression::Zstd | Compression::Xz => scan
+            .speculated
+            .as_ref()
+            .filter(|s| s.uncompressed == cut)
+            .map(TailStart::Frame),
         Compression::None => Some(TailStart::Plain),
         Compression::Gzip | Compression::Bzip2 => scan
             .pins
@@ -1241,7 +1457,6 @@ fn tail_start(codec: Compression, scan: &Scan, cut: u64) -> Option<TailStart> {
                 Pin::Gzip(b) => TailStart::Gzip(b.clone()),
                 Pin::Bzip2(b) => TailStart::Bzip2(b.clone()),
             }),
-        _ => None,
     }
 }
 
@@ -1314,7 +1529,7 @@ impl ImageReader for TarReader {
         max_content: u64,
     ) -> Result<Vec<Option<super::Found>>, ImageError> {
         let rel: Vec<String> = paths.iter().map(ImagePath::relative).collect();
-        let scan = scan(&self.path, self.codec, &rel, &rel, max_content, false)?;
+        let scan = scan(&self.path, self.codec, &rel, &rel, max_content, None)?;
         Ok(rel
             .iter()
             .map(|p| {
