@@ -138,10 +138,17 @@ impl TempOutput {
     /// [`hash_prefix`]), so they are not read again.
     pub fn splice_prefix(&mut self, src: &File, len: u64, hashed: Sha256) -> io::Result<()> {
         assert_eq!(self.written, 0, "splice_prefix must come first");
-        copy_range(src, 0, &self.file, 0, len)?;
-        self.file.seek(SeekFrom::Start(len))?;
+        self.splice(src, 0, len, hashed)
+    }
+
+    /// Appends `len` bytes of `src` from offset `from`, copied in the
+    /// kernel; `hashed` is the SHA-256 state after everything written so
+    /// far and those bytes.
+    pub fn splice(&mut self, src: &File, from: u64, len: u64, hashed: Sha256) -> io::Result<()> {
+        copy_range(src, from, &self.file, self.written, len)?;
+        self.written += len;
+        self.file.seek(SeekFrom::Start(self.written))?;
         self.hasher = hashed;
-        self.written = len;
         Ok(())
     }
 
@@ -346,9 +353,13 @@ fn copy_buffered(input: &File, from: u64, out: &File, to: u64, len: u64) -> io::
 /// SHA-256 state after the first `len` bytes of `file`, to be cloned by
 /// every output that starts with those bytes.
 pub fn hash_prefix(file: &File, len: u64) -> io::Result<Sha256> {
-    let mut hasher = Sha256::new();
+    hash_range(Sha256::new(), file, 0, len)
+}
+
+/// `hasher` continued over `len` bytes of `file` from `from`.
+pub fn hash_range(mut hasher: Sha256, file: &File, from: u64, len: u64) -> io::Result<Sha256> {
     let mut reader = file.try_clone()?;
-    reader.seek(SeekFrom::Start(0))?;
+    reader.seek(SeekFrom::Start(from))?;
     let copied = hash_reader(&mut reader.take(len), &mut hasher)?;
     if copied != len {
         return Err(io::Error::new(

@@ -8,6 +8,7 @@ pub mod ext4;
 pub mod gzip;
 pub mod sparse;
 pub mod tar;
+pub mod zst;
 
 use std::fs::File;
 use std::io::Read;

@@ -20,7 +20,7 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 use super::codec::{Compression, Encoder};
-use super::{bz2, gzip};
+use super::{bz2, gzip, zst};
 use super::{EntryType, FileMeta, ImageBackend, ImageError, ImageFacts, ImageReader};
 use crate::output::{self, Scratch, TempOutput};
 use crate::overlay::{Existing, ImagePath, Plan, PlanEntry, PlanKind};
@@ -485,6 +485,7 @@ struct Scan {
 enum BlockIndex {
     Gzip(gzip::SharedIndex),
     Bzip2(bz2::SharedIndex),
+    Zstd(zst::SharedIndex),
 }
 
 /// A block boundary the rewrite may start from.
@@ -492,6 +493,7 @@ enum BlockIndex {
 enum Pin {
     Gzip(gzip::Boundary),
     Bzip2(bz2::Boundary),
+    Zstd(zst::Boundary),
 }
 
 impl Pin {
@@ -500,6 +502,7 @@ impl Pin {
         match self {
             Pin::Gzip(b) => b.out,
             Pin::Bzip2(b) => b.out,
+            Pin::Zstd(b) => b.out,
         }
     }
 }
@@ -644,6 +647,10 @@ fn scan_with(
             let (decoder, index) = bz2::ParallelDecoder::open(file);
             (Box::new(decoder), Some(BlockIndex::Bzip2(index)))
         }
+        Compression::Zstd if for_writing => {
+            let (decoder, index) = zst::IndexingDecoder::new(file);
+            (Box::new(decoder), Some(BlockIndex::Zstd(index)))
+        }
         _ => (codec.decoder(file), None),
     };
     // A plain archive's kept prefix is its own bytes: hash them now, while
@@ -665,7 +672,7 @@ fn scan_with(
     let mut prefix_states = Vec::new();
     let mut pending_state: Option<Sha256> = None;
     let tee = match writing {
-        Some(w) if matches!(codec, Compression::Zstd | Compression::Xz) && !full_rewrite() => {
+        Some(w) if codec == Compression::Xz && !full_rewrite() => {
             let name = path
                 .file_name()
                 .map_or("image".into(), |n| n.to_string_lossy());
@@ -703,6 +710,13 @@ fn scan_with(
                     .unwrap_or_else(|e| e.into_inner())
                     .boundary_before(offset)
                     .map(Pin::Bzip2),
+            ),
+            Some(BlockIndex::Zstd(index)) => pins.extend(
+                index
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .boundary_before(offset)
+                    .map(Pin::Zstd),
             ),
             None => {}
         }
@@ -899,6 +913,11 @@ fn scan_with(
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .single_member =>
+        {
+            None
+        }
+        Some(BlockIndex::Zstd(index))
+            if !index.lock().unwrap_or_else(|e| e.into_inner()).single_frame =>
         {
             None
         }
@@ -1142,6 +1161,16 @@ enum Piece {
     Insert(Zeroizing<Vec<u8>>),
 }
 
+impl Piece {
+    /// Bytes it puts in the output.
+    fn len(&self) -> u64 {
+        match self {
+            Piece::Copy { start, end } => end - start,
+            Piece::Insert(bytes) => bytes.len() as u64,
+        }
+    }
+}
+
 /// Turns the plan into the edit list, checking every rule on the way.
 fn edit_list(scan: &Scan, plan: &Plan) -> Result<Vec<Piece>, ImageError> {
     plan.check_existing(|p| Ok::<_, ImageError>(scan.existing(&p.relative())))?;
@@ -1232,7 +1261,7 @@ pub struct TarBackend {
     watch: Vec<String>,
     scan: Option<Scan>,
     /// SHA-256 state after the kept prefix, shared by a batch's outputs.
-    prefix_hash: Option<(u64, Sha256)>,
+    prefix_hash: Option<(PrefixKey, Sha256)>,
 }
 
 impl TarBackend {
@@ -1320,7 +1349,7 @@ impl ImageBackend for TarBackend {
             tee: None,
         };
         let cut = first_change(&pieces);
-        let start = tail_start(self.codec, scan, cut);
+        let start = tail_start(self.codec, scan, &pieces, cut);
         tracing::debug!(
             first_change = cut,
             pieces = pieces.len(),
@@ -1330,6 +1359,10 @@ impl ImageBackend for TarBackend {
                     format!("gzip tail from bit {} (byte {} of output)", b.bit, b.out),
                 Some(TailStart::Bzip2(b)) =>
                     format!("bzip2 tail from bit {} (byte {} of output)", b.bit, b.out),
+                Some(TailStart::Zstd(b)) => format!(
+                    "zstd blocks kept up to byte {}, raw blocks from byte {} of output",
+                    b.offset, b.out
+                ),
                 Some(TailStart::Frame(s)) => format!(
                     "{} frame of {} bytes kept, new frame from byte {}",
                     self.codec.name(),
@@ -1345,7 +1378,9 @@ impl ImageBackend for TarBackend {
                 let scanned = scan.prefix_states.iter().find(|p| p.len == cut);
                 let hashed = match scanned {
                     Some(p) => p.state.clone(),
-                    None => prefix_hash(&mut self.prefix_hash, &file, cut).map_err(open_err)?,
+                    None => {
+                        prefix_hash(&mut self.prefix_hash, &file, &[], 0, cut).map_err(open_err)?
+                    }
                 };
                 out.splice_prefix(&file, cut, hashed)
                     .map_err(ImageError::Output)?;
@@ -1356,7 +1391,8 @@ impl ImageBackend for TarBackend {
             }
             Some(TailStart::Gzip(boundary)) => {
                 let keep = boundary.bit / 8;
-                let hashed = prefix_hash(&mut self.prefix_hash, &file, keep).map_err(open_err)?;
+                let hashed =
+                    prefix_hash(&mut self.prefix_hash, &file, &[], 0, keep).map_err(open_err)?;
                 out.splice_prefix(&file, keep, hashed)
                     .map_err(ImageError::Output)?;
                 let mut last = [0u8; 1];
@@ -1383,9 +1419,27 @@ impl ImageBackend for TarBackend {
                 write_pieces(&mut input, &pieces, &mut encoder)?;
                 encoder.finish_stream().map_err(ImageError::Output)?;
             }
+            Some(TailStart::Zstd(boundary)) => {
+                let new_len: u64 = pieces.iter().map(Piece::len).sum();
+                let header = boundary.header.with_content_size(new_len);
+                let from = boundary.header.len as u64;
+                let hashed =
+                    prefix_hash(&mut self.prefix_hash, &file, &header, from, boundary.offset)
+                        .map_err(open_err)?;
+                out.write_all(&header).map_err(ImageError::Output)?;
+                out.splice(&file, from, boundary.offset - from, hashed)
+                    .map_err(ImageError::Output)?;
+                // The block that holds the cut was kept whole by the scan.
+                let block = io::Cursor::new(boundary.data.as_ref().clone());
+                let mut input = stream(Box::new(block), boundary.out);
+                let mut tail = zst::TailWriter::new(&mut *out, &boundary);
+                write_pieces(&mut input, &pieces, &mut tail)?;
+                tail.finish().map_err(ImageError::Output)?;
+            }
             Some(TailStart::Bzip2(boundary)) => {
                 let keep = boundary.bit / 8;
-                let hashed = prefix_hash(&mut self.prefix_hash, &file, keep).map_err(open_err)?;
+                let hashed =
+                    prefix_hash(&mut self.prefix_hash, &file, &[], 0, keep).map_err(open_err)?;
                 out.splice_prefix(&file, keep, hashed)
                     .map_err(ImageError::Output)?;
                 let mut last = [0u8; 1];
@@ -1434,14 +1488,42 @@ enum TailStart<'a> {
     Gzip(gzip::Boundary),
     /// bzip2: keep the blocks before this one.
     Bzip2(bz2::Boundary),
+    /// zstd: keep the blocks before this one; the rest goes raw.
+    Zstd(zst::Boundary),
 }
 
-fn tail_start(codec: Compression, scan: &Scan, cut: u64) -> Option<TailStart<'_>> {
+fn tail_start<'a>(
+    codec: Compression,
+    scan: &'a Scan,
+    pieces: &[Piece],
+    cut: u64,
+) -> Option<TailStart<'a>> {
     if full_rewrite() {
         return None;
     }
     match codec {
-        Compression::Zstd | Compression::Xz => scan
+        // The raw tail holds new bytes and the kept block's own: every
+        // input byte it copies must lie in that block.
+        Compression::Zstd => scan
+            .pins
+            .as_ref()?
+            .iter()
+            .filter_map(|p| match p {
+                Pin::Zstd(b) => Some(b),
+                _ => None,
+            })
+            .filter(|b| b.out <= cut)
+            .max_by_key(|b| b.out)
+            .filter(|b| {
+                let held = b.out + b.data.len() as u64;
+                pieces.iter().all(|p| match p {
+                    Piece::Copy { end, .. } => *end <= held,
+                    Piece::Insert(_) => true,
+                })
+            })
+            .cloned()
+            .map(TailStart::Zstd),
+        Compression::Xz => scan
             .speculated
             .as_ref()
             .filter(|s| s.uncompressed == cut)
@@ -1456,20 +1538,34 @@ fn tail_start(codec: Compression, scan: &Scan, cut: u64) -> Option<TailStart<'_>
             .map(|pin| match pin {
                 Pin::Gzip(b) => TailStart::Gzip(b.clone()),
                 Pin::Bzip2(b) => TailStart::Bzip2(b.clone()),
+                Pin::Zstd(b) => TailStart::Zstd(b.clone()),
             }),
     }
 }
 
-/// SHA-256 state of the input's first `len` bytes, computed once and
-/// reused (every serial of a batch shares the prefix).
-fn prefix_hash(cache: &mut Option<(u64, Sha256)>, file: &File, len: u64) -> io::Result<Sha256> {
-    if let Some((cached_len, state)) = cache {
-        if *cached_len == len {
+/// The start of an output: new bytes, then the input's bytes in a range.
+type PrefixKey = (Vec<u8>, u64, u64);
+
+/// SHA-256 state after `head` and then the input's bytes `from..end` (the
+/// input's own head may be replaced, e.g. a zstd frame header), computed
+/// once and reused: every serial of a batch shares the prefix.
+fn prefix_hash(
+    cache: &mut Option<(PrefixKey, Sha256)>,
+    file: &File,
+    head: &[u8],
+    from: u64,
+    end: u64,
+) -> io::Result<Sha256> {
+    let key = (head.to_vec(), from, end);
+    if let Some((cached, state)) = cache {
+        if *cached == key {
             return Ok(state.clone());
         }
     }
-    let state = output::hash_prefix(file, len)?;
-    *cache = Some((len, state.clone()));
+    let mut start = Sha256::new();
+    start.update(head);
+    let state = output::hash_range(start, file, from, end.saturating_sub(from))?;
+    *cache = Some((key, state.clone()));
     Ok(state)
 }
 

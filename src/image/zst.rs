@@ -1,0 +1,554 @@
+//! zstd read with an index of block boundaries, and rewritten by keeping
+//! the compressed blocks before the first change.
+//!
+//! A zstd frame is a header, a run of blocks and an optional checksum (the
+//! low 32 bits of XXH64 of the content). Compressed blocks depend on the
+//! decoder's state (the window, entropy tables, repeat offsets), so new
+//! *compressed* blocks cannot follow kept ones without that state; *raw*
+//! blocks depend on nothing. So the rewrite keeps the input's blocks up to
+//! the one that holds the first change, and writes the rest (a few KiB:
+//! the end of that block, the new entries, the end-of-archive marker) as
+//! raw blocks, then the new content size in the header and the checksum.
+//! Only single-frame inputs qualify (what `zstd` writes, threads or not).
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::sync::{Arc, Mutex};
+
+use zstd::zstd_safe::{self, DCtx, InBuffer, OutBuffer};
+
+const MAGIC: u32 = 0xFD2F_B528;
+/// The largest block: min(window size, 128 KiB).
+const MAX_BLOCK: usize = 128 * 1024;
+const RECENT: usize = 16;
+
+fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// XXH64 (seed 0), the checksum zstd frames carry.
+#[derive(Clone)]
+pub struct Xxh64 {
+    v: [u64; 4],
+    total: u64,
+    buf: [u8; 32],
+    buffered: usize,
+}
+
+const P1: u64 = 11_400_714_785_074_694_791;
+const P2: u64 = 14_029_467_366_897_019_727;
+const P3: u64 = 1_609_587_929_392_839_161;
+const P4: u64 = 9_650_029_242_287_828_579;
+const P5: u64 = 2_870_177_450_012_600_261;
+
+fn round(acc: u64, input: u64) -> u64 {
+    acc.wrapping_add(input.wrapping_mul(P2))
+        .rotate_left(31)
+        .wrapping_mul(P1)
+}
+
+fn merge(acc: u64, v: u64) -> u64 {
+    (acc ^ round(0, v)).wrapping_mul(P1).wrapping_add(P4)
+}
+
+fn le64(b: &[u8]) -> u64 {
+    u64::from_le_bytes(b[..8].try_into().expect("8 bytes"))
+}
+
+impl Default for Xxh64 {
+    fn default() -> Self {
+        Xxh64 {
+            v: [P1.wrapping_add(P2), P2, 0, 0u64.wrapping_sub(P1)],
+            total: 0,
+            buf: [0; 32],
+            buffered: 0,
+        }
+    }
+}
+
+impl Xxh64 {
+    fn stripe(&mut self, s: &[u8]) {
+        for (i, v) in self.v.iter_mut().enumerate() {
+            *v = round(*v, le64(&s[i * 8..]));
+        }
+    }
+
+    pub fn update(&mut self, mut data: &[u8]) {
+        self.total += data.len() as u64;
+        if self.buffered > 0 {
+            let n = (32 - self.buffered).min(data.len());
+            self.buf[self.buffered..self.buffered + n].copy_from_slice(&data[..n]);
+            self.buffered += n;
+            data = &data[n..];
+            if self.buffered < 32 {
+                return;
+            }
+            let buf = self.buf;
+            self.stripe(&buf);
+            self.buffered = 0;
+        }
+        let mut stripes = data.chunks_exact(32);
+        for s in &mut stripes {
+            self.stripe(s);
+        }
+        let rest = stripes.remainder();
+        self.buf[..rest.len()].copy_from_slice(rest);
+        self.buffered = rest.len();
+    }
+
+    pub fn digest(&self) -> u64 {
+        let mut h = if self.total >= 32 {
+            let [v1, v2, v3, v4] = self.v;
+            let mut h = v1
+                .rotate_left(1)
+                .wrapping_add(v2.rotate_left(7))
+                .wrapping_add(v3.rotate_left(12))
+                .wrapping_add(v4.rotate_left(18));
+            for v in self.v {
+                h = merge(h, v);
+            }
+            h
+        } else {
+            P5
+        };
+        h = h.wrapping_add(self.total);
+        let mut rest = &self.buf[..self.buffered];
+        while rest.len() >= 8 {
+            h ^= round(0, le64(rest));
+            h = h.rotate_left(27).wrapping_mul(P1).wrapping_add(P4);
+            rest = &rest[8..];
+        }
+        if rest.len() >= 4 {
+            let w = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes"));
+            h ^= u64::from(w).wrapping_mul(P1);
+            h = h.rotate_left(23).wrapping_mul(P2).wrapping_add(P3);
+            rest = &rest[4..];
+        }
+        for &b in rest {
+            h ^= u64::from(b).wrapping_mul(P5);
+            h = h.rotate_left(11).wrapping_mul(P1);
+        }
+        h ^= h >> 33;
+        h = h.wrapping_mul(P2);
+        h ^= h >> 29;
+        h = h.wrapping_mul(P3);
+        h ^ (h >> 32)
+    }
+}
+
+/// A zstd frame header, as far as the rewrite needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// Bytes, magic included.
+    pub len: usize,
+    descriptor: u8,
+    window: Option<u8>,
+    dict_id: Vec<u8>,
+    content_size: Option<u64>,
+}
+
+impl FrameHeader {
+    /// Bytes after the 5 of magic and descriptor.
+    fn rest_len(descriptor: u8) -> usize {
+        let single = descriptor & 0x20 != 0;
+        let dict = [0, 1, 2, 4][usize::from(descriptor & 3)];
+        let fcs = match descriptor >> 6 {
+            0 if single => 1,
+            0 => 0,
+            1 => 2,
+            2 => 4,
+            _ => 8,
+        };
+        usize::from(!single) + dict + fcs
+    }
+
+    /// Parses a header from its first bytes (magic, descriptor, the rest).
+    fn parse(bytes: &[u8]) -> io::Result<FrameHeader> {
+        if bytes.len() < 5 || u32::from_le_bytes(bytes[..4].try_into().expect("4")) != MAGIC {
+            return Err(invalid("not a zstd frame"));
+        }
+        let d = bytes[4];
+        if d & 0x08 != 0 {
+            return Err(invalid("zstd frame header has a reserved bit set"));
+        }
+        let len = 5 + Self::rest_len(d);
+        if bytes.len() < len {
+            return Err(invalid("zstd frame header cut short"));
+        }
+        let single = d & 0x20 != 0;
+        let mut at = 5;
+        let window = (!single).then(|| {
+            at += 1;
+            bytes[5]
+        });
+        let dict_len = [0, 1, 2, 4][usize::from(d & 3)];
+        let dict_id = bytes[at..at + dict_len].to_vec();
+        at += dict_len;
+        let fcs = &bytes[at..len];
+        let content_size = match fcs.len() {
+            0 => None,
+            1 => Some(u64::from(fcs[0])),
+            2 => Some(u64::from(u16::from_le_bytes([fcs[0], fcs[1]])) + 256),
+            4 => Some(u64::from(u32::from_le_bytes(fcs.try_into().expect("4")))),
+            _ => Some(u64::from_le_bytes(fcs.try_into().expect("8"))),
+        };
+        Ok(FrameHeader {
+            len,
+            descriptor: d,
+            window,
+            dict_id,
+            content_size,
+        })
+    }
+
+    fn has_checksum(&self) -> bool {
+        self.descriptor & 0x04 != 0
+    }
+
+    /// The same header for a frame of `size` content bytes.
+    pub fn with_content_size(&self, size: u64) -> Vec<u8> {
+        let single = self.window.is_none();
+        let (flag, fcs): (u8, Vec<u8>) = match self.content_size {
+            None => (0, Vec::new()),
+            Some(_) if single && size < 256 => (0, vec![size as u8]),
+            Some(_) if (256..256 + 65536).contains(&size) => {
+                (1, ((size - 256) as u16).to_le_bytes().to_vec())
+            }
+            Some(_) if size <= u64::from(u32::MAX) && !(single && size < 256) => {
+                (2, (size as u32).to_le_bytes().to_vec())
+            }
+            Some(_) => (3, size.to_le_bytes().to_vec()),
+        };
+        let mut out = MAGIC.to_le_bytes().to_vec();
+        out.push((self.descriptor & 0x3f) | (flag << 6));
+        out.extend(self.window);
+        out.extend_from_slice(&self.dict_id);
+        out.extend(fcs);
+        out
+    }
+}
+
+/// Where a block starts, with what a rewrite from there needs.
+#[derive(Clone)]
+pub struct Boundary {
+    /// File offset of the block's header.
+    pub offset: u64,
+    /// Uncompressed bytes before the block.
+    pub out: u64,
+    /// XXH64 state over those bytes.
+    pub hash: Xxh64,
+    /// The block's own content, re-emitted raw up to the cut.
+    pub data: Arc<Vec<u8>>,
+    pub header: Arc<FrameHeader>,
+}
+
+// The block content is image data: keep it out of debug output.
+impl std::fmt::Debug for Boundary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Boundary {{ offset: {}, out: {} }}",
+            self.offset, self.out
+        )
+    }
+}
+
+#[derive(Default)]
+pub struct Index {
+    recent: VecDeque<Boundary>,
+    /// False when the file is not exactly one frame.
+    pub single_frame: bool,
+}
+
+impl Index {
+    /// The latest remembered block start at or before `offset`.
+    pub fn boundary_before(&self, offset: u64) -> Option<Boundary> {
+        self.recent.iter().rev().find(|b| b.out <= offset).cloned()
+    }
+}
+
+pub type SharedIndex = Arc<Mutex<Index>>;
+
+/// Decodes a zstd file, feeding the first frame block by block so that it
+/// knows where each block's output starts.
+pub struct IndexingDecoder {
+    input: BufReader<crate::progress::Reader<File>>,
+    offset: u64,
+    dctx: DCtx<'static>,
+    header: Option<Arc<FrameHeader>>,
+    /// The first frame is done; the rest is decoded as a plain stream.
+    past_first: bool,
+    eof: bool,
+    /// Output being decoded, then `out` once complete.
+    decoded: Vec<u8>,
+    out: Arc<Vec<u8>>,
+    out_at: usize,
+    produced: u64,
+    hash: Xxh64,
+    index: SharedIndex,
+}
+
+impl IndexingDecoder {
+    pub fn new(file: File) -> (IndexingDecoder, SharedIndex) {
+        let index = SharedIndex::default();
+        let decoder = IndexingDecoder {
+            input: BufReader::with_capacity(1 << 20, crate::progress::Reader(file)),
+            offset: 0,
+            dctx: DCtx::create(),
+            header: None,
+            past_first: false,
+            eof: false,
+            decoded: Vec::new(),
+            out: Arc::default(),
+            out_at: 0,
+            produced: 0,
+            hash: Xxh64::default(),
+            index: index.clone(),
+        };
+        (decoder, index)
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.input.read_exact(buf).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                invalid(format!(
+                    "the zstd stream is cut short at byte {}",
+                    self.offset
+                ))
+            } else {
+                e
+            }
+        })?;
+        self.offset += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Feeds `input` to the decoder and appends all it gives to
+    /// `self.decoded`.
+    fn decode(&mut self, input: &[u8]) -> io::Result<()> {
+        let mut src = InBuffer::around(input);
+        loop {
+            let start = self.decoded.len();
+            self.decoded
+                .resize(start + MAX_BLOCK.max(zstd_safe::DCtx::out_size()), 0);
+            let mut dst = OutBuffer::around(&mut self.decoded[start..]);
+            let result = self.dctx.decompress_stream(&mut dst, &mut src);
+            let n = dst.pos();
+            self.decoded.truncate(start + n);
+            result.map_err(|code| invalid(format!("zstd: {}", zstd_safe::get_error_name(code))))?;
+            if src.pos() == input.len() && n == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Decodes the next piece of output into `self.out`; false at the end.
+    fn next_piece(&mut self) -> io::Result<bool> {
+        self.decoded = Vec::with_capacity(MAX_BLOCK);
+        let more = self.decode_piece()?;
+        self.out = Arc::new(std::mem::take(&mut self.decoded));
+        self.out_at = 0;
+        if let Some(mut boundary) = more {
+            boundary.data = self.out.clone();
+            let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+            if index.recent.len() == RECENT {
+                index.recent.pop_front();
+            }
+            index.recent.push_back(boundary);
+        }
+        Ok(!self.eof)
+    }
+
+    /// Decodes a block of the first frame (returning its boundary) or a
+    /// chunk of what follows it.
+    fn decode_piece(&mut self) -> io::Result<Option<Boundary>> {
+        if self.past_first {
+            let mut chunk = vec![0u8; 1 << 17];
+            let n = self.input.read(&mut chunk)?;
+            if n == 0 {
+                self.eof = true;
+                return Ok(None);
+            }
+            self.offset += n as u64;
+            // Anything after the first frame (another frame, a skippable
+            // frame) rules the block rewrite out; it is still decoded.
+            self.index
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .single_frame = false;
+            self.decode(&chunk[..n])?;
+            return Ok(None);
+        }
+        let header = match &self.header {
+            Some(h) => h.clone(),
+            None => {
+                let mut head = vec![0u8; 5];
+                self.read_exact(&mut head)?;
+                let rest = FrameHeader::rest_len(head[4]);
+                head.resize(5 + rest, 0);
+                self.read_exact(&mut head[5..])?;
+                let header = Arc::new(FrameHeader::parse(&head)?);
+                self.decode(&head)?;
+                self.index
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .single_frame = true;
+                self.header = Some(header.clone());
+                header
+            }
+        };
+        let block_offset = self.offset;
+        let mut bh = [0u8; 3];
+        self.read_exact(&mut bh)?;
+        let raw = u32::from_le_bytes([bh[0], bh[1], bh[2], 0]);
+        let last = raw & 1 == 1;
+        let size = (raw >> 3) as usize;
+        let body = match (raw >> 1) & 3 {
+            0 | 2 => size,
+            1 => 1,
+            _ => return Err(invalid("zstd block of the reserved type")),
+        };
+        if body > MAX_BLOCK {
+            return Err(invalid("zstd block larger than 128 KiB"));
+        }
+        let mut block = vec![0u8; 3 + body];
+        block[..3].copy_from_slice(&bh);
+        self.read_exact(&mut block[3..])?;
+        let hash_before = self.hash.clone();
+        self.decode(&block)?;
+        if last && header.has_checksum() {
+            let mut sum = [0u8; 4];
+            self.read_exact(&mut sum)?;
+            self.decode(&sum)?;
+        }
+        self.hash.update(&self.decoded);
+        if last {
+            self.past_first = true;
+        }
+        Ok(Some(Boundary {
+            offset: block_offset,
+            out: self.produced,
+            hash: hash_before,
+            data: Arc::default(),
+            header,
+        }))
+    }
+}
+
+impl Read for IndexingDecoder {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.out_at == self.out.len() {
+            if self.eof || !self.next_piece()? {
+                return Ok(0);
+            }
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let n = buf.len().min(self.out.len() - self.out_at);
+        buf[..n].copy_from_slice(&self.out[self.out_at..self.out_at + n]);
+        self.out_at += n;
+        self.produced += n as u64;
+        Ok(n)
+    }
+}
+
+/// Writes the rest of a frame after kept blocks: raw blocks, then the
+/// checksum if the frame has one.
+pub struct TailWriter<W: Write> {
+    out: W,
+    pending: Vec<u8>,
+    hash: Xxh64,
+    checksum: bool,
+}
+
+impl<W: Write> TailWriter<W> {
+    pub fn new(out: W, from: &Boundary) -> Self {
+        TailWriter {
+            out,
+            pending: Vec::with_capacity(MAX_BLOCK),
+            hash: from.hash.clone(),
+            checksum: from.header.has_checksum(),
+        }
+    }
+
+    fn block(&mut self, last: bool) -> io::Result<()> {
+        let header = ((self.pending.len() as u32) << 3) | u32::from(last);
+        self.out.write_all(&header.to_le_bytes()[..3])?;
+        self.out.write_all(&self.pending)?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> io::Result<W> {
+        self.block(true)?;
+        if self.checksum {
+            let sum = self.hash.digest() as u32;
+            self.out.write_all(&sum.to_le_bytes())?;
+        }
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+impl<W: Write> Write for TailWriter<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.pending.len() == MAX_BLOCK {
+            self.block(false)?;
+        }
+        let n = data.len().min(MAX_BLOCK - self.pending.len());
+        self.pending.extend_from_slice(&data[..n]);
+        self.hash.update(&data[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xxh64_matches_the_reference() {
+        let digest = |data: &[u8]| {
+            let mut h = Xxh64::default();
+            h.update(data);
+            h.digest()
+        };
+        assert_eq!(digest(b""), 0xEF46_DB37_51D8_E999);
+        assert_eq!(digest(b"a"), 0xD24E_C4F1_A98C_6E5B);
+        assert_eq!(digest(b"abc"), 0x44BC_2CF5_AD77_0999);
+        // Byte-at-a-time updates give the same as one update.
+        let long: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut h = Xxh64::default();
+        for b in &long {
+            h.update(std::slice::from_ref(b));
+        }
+        assert_eq!(h.digest(), digest(&long));
+    }
+
+    #[test]
+    fn header_content_size_round_trips() {
+        for (descriptor, window) in [(0x84u8, Some(0x58u8)), (0xa4, None), (0x04, Some(0x58))] {
+            let h = FrameHeader {
+                len: 0,
+                descriptor,
+                window,
+                dict_id: Vec::new(),
+                content_size: (descriptor >> 6 != 0 || window.is_none()).then_some(1000),
+            };
+            for size in [0u64, 255, 256, 65791, 65792, 1 << 31, 1 << 40] {
+                let bytes = h.with_content_size(size);
+                let back = FrameHeader::parse(&bytes).unwrap();
+                assert_eq!(back.len, bytes.len());
+                let want = h.content_size.map(|_| size);
+                assert_eq!(back.content_size, want, "{descriptor:#x} {size}");
+                assert_eq!(back.has_checksum(), h.has_checksum());
+            }
+        }
+    }
+}
