@@ -488,6 +488,32 @@ enum BlockIndex {
     Zstd(zst::SharedIndex),
 }
 
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl BlockIndex {
+    /// The boundary the decoder remembers at or before uncompressed
+    /// `offset`.
+    fn pin_before(&self, offset: u64) -> Option<Pin> {
+        match self {
+            BlockIndex::Gzip(i) => locked(i).boundary_before(offset).map(Pin::Gzip),
+            BlockIndex::Bzip2(i) => locked(i).boundary_before(offset).map(Pin::Bzip2),
+            BlockIndex::Zstd(i) => locked(i).boundary_before(offset).map(Pin::Zstd),
+        }
+    }
+
+    /// Whether the file is one stream the tail technique can continue
+    /// (one gzip member, one zstd frame; bzip2 streams chain freely).
+    fn whole_file(&self) -> bool {
+        match self {
+            BlockIndex::Gzip(i) => locked(i).single_member,
+            BlockIndex::Bzip2(_) => true,
+            BlockIndex::Zstd(i) => locked(i).single_frame,
+        }
+    }
+}
+
 /// A block boundary the rewrite may start from.
 #[derive(Debug, Clone)]
 enum Pin {
@@ -696,30 +722,7 @@ fn scan_with(
         if let Some(state) = state {
             prefix_states.push(PrefixState { len: offset, state });
         }
-        match &index {
-            Some(BlockIndex::Gzip(index)) => pins.extend(
-                index
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .boundary_before(offset)
-                    .map(Pin::Gzip),
-            ),
-            Some(BlockIndex::Bzip2(index)) => pins.extend(
-                index
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .boundary_before(offset)
-                    .map(Pin::Bzip2),
-            ),
-            Some(BlockIndex::Zstd(index)) => pins.extend(
-                index
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .boundary_before(offset)
-                    .map(Pin::Zstd),
-            ),
-            None => {}
-        }
+        pins.extend(index.as_ref().and_then(|i| i.pin_before(offset)));
     };
     let mut block = [0u8; 512];
     // Extension headers seen since the last real entry.
@@ -907,23 +910,7 @@ fn scan_with(
     out.total_len = s.pos;
     drop(s);
     out.prefix_states = prefix_states;
-    out.pins = match index {
-        Some(BlockIndex::Gzip(index))
-            if !index
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .single_member =>
-        {
-            None
-        }
-        Some(BlockIndex::Zstd(index))
-            if !index.lock().unwrap_or_else(|e| e.into_inner()).single_frame =>
-        {
-            None
-        }
-        Some(_) => Some(pins),
-        None => None,
-    };
+    out.pins = index.filter(BlockIndex::whole_file).map(|_| pins);
     Ok(out)
 }
 
