@@ -7,9 +7,12 @@
 //! alone) or a CRC32 of what came before. Both header sizes are recorded in
 //! the file header and honoured, so newer, longer headers still parse.
 //!
-//! The ext4 inside is edited by the ext4 module: the image is expanded into
-//! a scratch file (holes for DONT_CARE and zero FILL), libext2fs edits it,
-//! and [`encode`] writes the result keeping every untouched chunk as it was.
+//! The ext4 inside is edited by the ext4 module without expanding the image:
+//! libext2fs reads it through [`SparseView`] (the chunk index) and its writes
+//! stay in memory ([`Overlay`]); [`encode_overlay`] then writes the input's
+//! chunks with the changed blocks spliced in, keeping every untouched chunk
+//! as it was. [`expand`] is used only where a raw image is needed (e2fsck in
+//! `verify`), and [`encode`] turns a raw image into a sparse one (the demo).
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
