@@ -219,6 +219,8 @@ fn zstd_and_xz_tail_rewrites_equal_full_rewrite() {
         "zstd -q -19 --no-check",
         "zstd -q --no-content-size",
         "zstd -q -1 -T2",
+        // A 4 KiB window: blocks, kept and new, are at most 4 KiB.
+        "zstd -q --zstd=wlog=12",
     ] {
         case(dir.path(), Place::End, true, Some(command));
         case(dir.path(), Place::End, false, Some(command));

@@ -1419,7 +1419,7 @@ impl ImageBackend for TarBackend {
                 // The block that holds the cut was kept whole by the scan.
                 let block = io::Cursor::new(boundary.data.as_ref().clone());
                 let mut input = stream(Box::new(block), boundary.out);
-                let mut tail = zst::TailWriter::new(&mut *out, &boundary);
+                let mut tail = zst::TailWriter::new(&mut *out, &boundary, new_len);
                 write_pieces(&mut input, &pieces, &mut tail)?;
                 tail.finish().map_err(ImageError::Output)?;
             }

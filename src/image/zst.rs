@@ -206,6 +206,20 @@ impl FrameHeader {
         self.descriptor & 0x04 != 0
     }
 
+    /// The largest block a frame of `content_size` bytes may hold:
+    /// min(window size, 128 KiB), the window being the content size for a
+    /// single-segment frame.
+    fn max_block(&self, content_size: u64) -> usize {
+        let window = match self.window {
+            None => content_size,
+            Some(w) => {
+                let base = 1u64 << (10 + (w >> 3));
+                base + (base / 8) * u64::from(w & 7)
+            }
+        };
+        window.min(MAX_BLOCK as u64).max(1) as usize
+    }
+
     /// The same header for a frame of `size` content bytes.
     pub fn with_content_size(&self, size: u64) -> Vec<u8> {
         let single = self.window.is_none();
@@ -459,15 +473,20 @@ impl Read for IndexingDecoder {
 pub struct TailWriter<W: Write> {
     out: W,
     pending: Vec<u8>,
+    max_block: usize,
     hash: Xxh64,
     checksum: bool,
 }
 
 impl<W: Write> TailWriter<W> {
-    pub fn new(out: W, from: &Boundary) -> Self {
+    /// Continues the frame after the blocks before `from`; the frame will
+    /// hold `content_size` bytes in all.
+    pub fn new(out: W, from: &Boundary, content_size: u64) -> Self {
+        let max_block = from.header.max_block(content_size);
         TailWriter {
             out,
-            pending: Vec::with_capacity(MAX_BLOCK),
+            pending: Vec::with_capacity(max_block),
+            max_block,
             hash: from.hash.clone(),
             checksum: from.header.has_checksum(),
         }
@@ -494,10 +513,10 @@ impl<W: Write> TailWriter<W> {
 
 impl<W: Write> Write for TailWriter<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.pending.len() == MAX_BLOCK {
+        if self.pending.len() == self.max_block {
             self.block(false)?;
         }
-        let n = data.len().min(MAX_BLOCK - self.pending.len());
+        let n = data.len().min(self.max_block - self.pending.len());
         self.pending.extend_from_slice(&data[..n]);
         self.hash.update(&data[..n]);
         Ok(n)
@@ -529,6 +548,24 @@ mod tests {
             h.update(std::slice::from_ref(b));
         }
         assert_eq!(h.digest(), digest(&long));
+    }
+
+    #[test]
+    fn blocks_stay_within_the_window() {
+        let with_window = |window| FrameHeader {
+            len: 0,
+            descriptor: 0x04,
+            window,
+            dict_id: Vec::new(),
+            content_size: None,
+        };
+        // Exponent 2 (4 KiB), exponent 2 with mantissa 1 (+1/8), 2 MiB.
+        assert_eq!(with_window(Some(0x10)).max_block(1 << 30), 4096);
+        assert_eq!(with_window(Some(0x11)).max_block(1 << 30), 4608);
+        assert_eq!(with_window(Some(0x58)).max_block(1 << 30), MAX_BLOCK);
+        // Single segment: the window is the content.
+        assert_eq!(with_window(None).max_block(3000), 3000);
+        assert_eq!(with_window(None).max_block(1 << 30), MAX_BLOCK);
     }
 
     #[test]
