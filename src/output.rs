@@ -85,10 +85,6 @@ pub struct TempOutput {
     file: File,
     hasher: Sha256,
     written: u64,
-    /// Set when a backend changed the file other than through `Write`
-    /// (e.g. libext2fs editing it in place); the digest is then computed by
-    /// reading the file back.
-    edited_in_place: bool,
     committed: bool,
     /// Digest and size once sealed, so commit does not hash again.
     sealed: Option<(String, u64)>,
@@ -112,7 +108,6 @@ impl TempOutput {
             file,
             hasher: Sha256::new(),
             written: 0,
-            edited_in_place: false,
             committed: false,
             sealed: None,
         })
@@ -126,11 +121,20 @@ impl TempOutput {
         &self.final_path
     }
 
-    /// The file itself, for backends that edit it in place. Using it means
-    /// the digest is computed by reading the file back at commit.
-    pub fn file_for_editing(&mut self) -> &mut File {
-        self.edited_in_place = true;
-        &mut self.file
+    /// Appends `len` zero bytes as a hole: hashed, never written.
+    pub fn skip_zeros(&mut self, len: u64) -> io::Result<()> {
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(ZEROS.len() as u64) as usize;
+            self.hasher.update(&ZEROS[..n]);
+            left -= n as u64;
+        }
+        self.written += len;
+        // Extending the file makes the hole; the next write lands after it.
+        self.file.set_len(self.written)?;
+        self.file.seek(SeekFrom::Start(self.written))?;
+        Ok(())
     }
 
     /// Starts the output with the first `len` bytes of `src`, copied in the
@@ -152,12 +156,6 @@ impl TempOutput {
         Ok(())
     }
 
-    /// Marks the file as edited by another handle (e.g. a C library that
-    /// opened `temp_path()` itself).
-    pub fn mark_edited_in_place(&mut self) {
-        self.edited_in_place = true;
-    }
-
     /// Flushes and fsyncs the temp file and returns its digest and size,
     /// without renaming it yet.
     pub fn seal(&mut self) -> io::Result<(String, u64)> {
@@ -166,16 +164,9 @@ impl TempOutput {
         }
         self.file.flush()?;
         self.file.sync_all()?;
-        let done = if self.edited_in_place {
-            let mut hasher = Sha256::new();
-            let mut f = File::open(&self.temp_path)?;
-            crate::progress::start("hashing", f.metadata()?.len());
-            let size = hash_reader(&mut f, &mut hasher)?;
-            self.file.seek(SeekFrom::End(0))?;
-            (hex::encode(hasher.finalize()), size)
-        } else {
-            (hex::encode(self.hasher.clone().finalize()), self.written)
-        };
+        // Every byte went through `Write`, `splice` or `skip_zeros`, which
+        // keep the digest: nothing is read back.
+        let done = (hex::encode(self.hasher.clone().finalize()), self.written);
         self.sealed = Some(done.clone());
         Ok(done)
     }

@@ -69,6 +69,13 @@ fn build_input(dir: &Path, opts: &[&str], etc: Etc, azaion: Azaion) -> PathBuf {
 /// Checks one output with every tool; returns the expected (uid, gid).
 fn check_output(input_names: &[String], out: &Path, uid: u32, gid: u32, azaion: Azaion) {
     assert_fsck_clean(out);
+    // The digest is taken while writing (holes hashed as zeros): the
+    // sidecar must match the file as it is on disk.
+    let name = out.file_name().unwrap().to_str().unwrap();
+    sh(&format!(
+        "cd {} && sha256sum -c --quiet {name}.sha256",
+        out.parent().unwrap().display()
+    ));
     assert_eq!(
         debugfs_stat(out, "/etc/azaion/device.conf"),
         (0o600, uid, gid)

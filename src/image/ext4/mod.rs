@@ -13,7 +13,7 @@ mod libext2fs;
 pub mod overlay_io;
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -22,7 +22,7 @@ use std::process::Command;
 use thiserror::Error;
 
 use super::{Found, ImageBackend, ImageError, ImageFacts, ImageReader};
-use crate::output::{self, TempOutput};
+use crate::output::TempOutput;
 use crate::overlay::{Existing, ImagePath, Plan};
 use disk::{Ext4Fs, ReadAt, Superblock};
 use overlay_io::Overlay;
@@ -233,17 +233,15 @@ fn crc32c_raw(mut crc: u32, data: &[u8]) -> u32 {
     crc
 }
 
-/// Copies `input` into the empty file `out`, keeping holes: only the data
-/// regions are read and written (copy_file_range, which may share extents
-/// on filesystems that support it), so a mostly empty 16 GiB image costs
-/// the I/O of its data, not 16 GiB.
-pub fn copy_keeping_holes(input: &File, out: &File) -> io::Result<()> {
-    let len = input.metadata()?.len();
-    let fd_in = input.as_raw_fd();
+/// The data regions of `file` (start, end), as SEEK_DATA/SEEK_HOLE see
+/// them; everything else reads as zeros.
+fn data_regions(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
+    let fd = file.as_raw_fd();
+    let mut regions = Vec::new();
     let mut pos: u64 = 0;
     while pos < len {
         // SAFETY: lseek on a file descriptor we own.
-        let data = unsafe { libc::lseek(fd_in, pos as libc::off_t, libc::SEEK_DATA) };
+        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
         if data < 0 {
             let err = io::Error::last_os_error();
             if err.raw_os_error() == Some(libc::ENXIO) {
@@ -251,17 +249,62 @@ pub fn copy_keeping_holes(input: &File, out: &File) -> io::Result<()> {
             }
             return Err(err);
         }
-        // Holes cost nothing, but they are part of the way through.
-        crate::progress::advance(data as u64 - pos);
-        let hole = unsafe { libc::lseek(fd_in, data, libc::SEEK_HOLE) };
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
         if hole < 0 {
             return Err(io::Error::last_os_error());
         }
-        output::copy_range(input, data as u64, out, data as u64, (hole - data) as u64)?;
+        regions.push((data as u64, (hole as u64).min(len)));
         pos = hole as u64;
     }
-    out.set_len(len)?;
-    Ok(())
+    Ok(regions)
+}
+
+/// Writes `input` with the blocks libext2fs changed in one sequential pass:
+/// data regions are read, patched and written (hashed as they go), holes
+/// stay holes (hashed as zeros, never read or written), so a mostly empty
+/// 16 GiB image costs the I/O of its data, once.
+fn write_output<R: ReadAt>(
+    input: &File,
+    overlay: &Overlay<R>,
+    out: &mut TempOutput,
+) -> io::Result<()> {
+    let len = input.metadata()?.len();
+    let block = overlay.block_size();
+    let changed = overlay.written();
+    // Zeros up to `to`, except changed blocks that fall in the hole.
+    let hole = |out: &mut TempOutput, from: u64, to: u64| -> io::Result<()> {
+        let mut at = from;
+        for (&n, data) in changed.range(from / block..to.div_ceil(block)) {
+            out.skip_zeros(n * block - at)?;
+            out.write_all(data)?;
+            at = (n + 1) * block;
+        }
+        out.skip_zeros(to.saturating_sub(at))?;
+        crate::progress::advance(to - from);
+        Ok(())
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0;
+    for (start, end) in data_regions(input, len)? {
+        hole(out, pos, start)?;
+        let mut at = start;
+        while at < end {
+            let n = (end - at).min(buf.len() as u64) as usize;
+            let chunk = &mut buf[..n];
+            input.read_exact_at(chunk, at)?;
+            for (&b, data) in changed.range(at / block..(at + n as u64).div_ceil(block)) {
+                let (from, to) = ((b * block).max(at), ((b + 1) * block).min(at + n as u64));
+                chunk[(from - at) as usize..(to - at) as usize]
+                    .copy_from_slice(&data[(from - b * block) as usize..(to - b * block) as usize]);
+            }
+            out.write_all(chunk)?;
+            crate::progress::advance(n as u64);
+            at += n as u64;
+        }
+        pos = end;
+    }
+    hole(out, pos, len)
 }
 
 /// Runs `e2fsck -fn` on a raw image: None when e2fsck is not installed.
@@ -333,11 +376,8 @@ impl ImageBackend for Ext4Backend {
         let mut overlay = Overlay::new(self.image.device(), len, sb.block_size as u32);
         write_plan_to_device(&mut overlay, sb, plan)?;
         tracing::debug!(written_blocks = overlay.written().len(), "libext2fs done");
-        crate::progress::start("copying", len);
-        let file = out.file_for_editing();
-        copy_keeping_holes(&input, file).map_err(ImageError::Output)?;
-        write_blocks(&overlay, file).map_err(ImageError::Output)?;
-        Ok(())
+        crate::progress::start("writing", len);
+        write_output(&input, &overlay, out).map_err(ImageError::Output)
     }
 }
 
