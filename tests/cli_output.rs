@@ -43,7 +43,7 @@ fn progress_appears_only_on_a_terminal_and_not_with_quiet() {
     };
     let shown = on_a_terminal(&line("a.img", ""));
     assert!(
-        shown.contains("ETA") && shown.contains("copying"),
+        shown.contains("ETA") && shown.contains("writing"),
         "{shown}"
     );
     assert!(!shown.contains(PASSWORD));

@@ -1377,17 +1377,11 @@ impl ImageBackend for TarBackend {
                 write_pieces(&mut input, &pieces, out)?;
             }
             Some(TailStart::Gzip(boundary)) => {
-                let keep = boundary.bit / 8;
-                let hashed =
-                    prefix_hash(&mut self.prefix_hash, &file, &[], 0, keep).map_err(open_err)?;
-                out.splice_prefix(&file, keep, hashed)
-                    .map_err(ImageError::Output)?;
-                let mut last = [0u8; 1];
-                file.read_exact_at(&mut last, keep).map_err(open_err)?;
+                let last = keep_bits(&mut self.prefix_hash, &file, &self.path, boundary.bit, out)?;
                 let tail = gzip::TailInflater::new(file.try_clone().map_err(open_err)?, &boundary)
                     .map_err(open_err)?;
                 let mut input = stream(Box::new(tail), boundary.out);
-                let mut deflater = gzip::TailDeflater::new(&mut *out, &boundary, last[0], 6)
+                let mut deflater = gzip::TailDeflater::new(&mut *out, &boundary, last, 6)
                     .map_err(ImageError::Output)?;
                 write_pieces(&mut input, &pieces, &mut deflater)?;
                 deflater.finish().map_err(ImageError::Output)?;
@@ -1424,20 +1418,13 @@ impl ImageBackend for TarBackend {
                 tail.finish().map_err(ImageError::Output)?;
             }
             Some(TailStart::Bzip2(boundary)) => {
-                let keep = boundary.bit / 8;
-                let hashed =
-                    prefix_hash(&mut self.prefix_hash, &file, &[], 0, keep).map_err(open_err)?;
-                out.splice_prefix(&file, keep, hashed)
-                    .map_err(ImageError::Output)?;
-                let mut last = [0u8; 1];
-                if boundary.bit % 8 != 0 {
-                    file.read_exact_at(&mut last, keep).map_err(open_err)?;
-                }
+                let last = keep_bits(&mut self.prefix_hash, &file, &self.path, boundary.bit, out)?;
                 let mut rest = file.try_clone().map_err(open_err)?;
-                rest.seek(SeekFrom::Start(keep)).map_err(open_err)?;
+                rest.seek(SeekFrom::Start(boundary.bit / 8))
+                    .map_err(open_err)?;
                 let (tail, _) = bz2::ParallelDecoder::new(rest, Some(boundary.clone()));
                 let mut input = stream(Box::new(tail), boundary.out);
-                let mut encoder = bz2::BlockEncoder::resume(&mut *out, &boundary, last[0]);
+                let mut encoder = bz2::BlockEncoder::resume(&mut *out, &boundary, last);
                 write_pieces(&mut input, &pieces, &mut encoder)?;
                 encoder.finish().map_err(ImageError::Output)?;
             }
@@ -1528,6 +1515,32 @@ fn tail_start<'a>(
                 Pin::Zstd(b) => TailStart::Zstd(b.clone()),
             }),
     }
+}
+
+/// Starts `out` with the input's bytes before bit `bit` (a block boundary
+/// of a gzip or bzip2 stream), hashed once per batch, and returns the byte
+/// that holds the bits before `bit` in its partial byte (0 when `bit` is on
+/// a byte boundary): the tail writer carries them on.
+fn keep_bits(
+    cache: &mut Option<(PrefixKey, Sha256)>,
+    file: &File,
+    path: &Path,
+    bit: u64,
+    out: &mut TempOutput,
+) -> Result<u8, ImageError> {
+    let open_err = |source| ImageError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let keep = bit / 8;
+    let hashed = prefix_hash(cache, file, &[], 0, keep).map_err(open_err)?;
+    out.splice_prefix(file, keep, hashed)
+        .map_err(ImageError::Output)?;
+    let mut last = [0u8; 1];
+    if bit % 8 != 0 {
+        file.read_exact_at(&mut last, keep).map_err(open_err)?;
+    }
+    Ok(last[0])
 }
 
 /// The start of an output: new bytes, then the input's bytes in a range.
