@@ -139,7 +139,7 @@ impl TempOutput {
 
     /// Starts the output with the first `len` bytes of `src`, copied in the
     /// kernel; `hashed` is the SHA-256 state after those bytes (see
-    /// [`hash_prefix`]), so they are not read again.
+    /// [`hash_range`]), so they are not read again.
     pub fn splice_prefix(&mut self, src: &File, len: u64, hashed: Sha256) -> io::Result<()> {
         assert_eq!(self.written, 0, "splice_prefix must come first");
         self.splice(src, 0, len, hashed)
@@ -250,17 +250,6 @@ impl Scratch {
         Ok(Scratch { path, file })
     }
 
-    /// A scratch file in the same directory as `beside`, so it lives on a
-    /// filesystem the user chose for large files.
-    pub fn beside(beside: &Path) -> io::Result<Scratch> {
-        let dir = beside.parent().filter(|p| !p.as_os_str().is_empty());
-        let name = beside
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "image".into());
-        Scratch::create_in(dir.unwrap_or(Path::new(".")), &name)
-    }
-
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -288,7 +277,7 @@ fn sync_parent(path: &Path) {
 /// Copies `len` bytes from `input` at `from` to `out` at `to` in the kernel
 /// (copy_file_range, which may share extents instead of copying), or
 /// through a buffer where the kernel cannot.
-pub fn copy_range(input: &File, from: u64, out: &File, to: u64, len: u64) -> io::Result<()> {
+fn copy_range(input: &File, from: u64, out: &File, to: u64, len: u64) -> io::Result<()> {
     use std::os::unix::io::AsRawFd;
     let mut done = 0u64;
     while done < len {
@@ -341,13 +330,8 @@ fn copy_buffered(input: &File, from: u64, out: &File, to: u64, len: u64) -> io::
     Ok(())
 }
 
-/// SHA-256 state after the first `len` bytes of `file`, to be cloned by
-/// every output that starts with those bytes.
-pub fn hash_prefix(file: &File, len: u64) -> io::Result<Sha256> {
-    hash_range(Sha256::new(), file, 0, len)
-}
-
-/// `hasher` continued over `len` bytes of `file` from `from`.
+/// `hasher` continued over `len` bytes of `file` from `from` (e.g. the SHA-256
+/// state of a kept prefix, cloned by every output that starts with it).
 pub fn hash_range(mut hasher: Sha256, file: &File, from: u64, len: u64) -> io::Result<Sha256> {
     let mut reader = file.try_clone()?;
     reader.seek(SeekFrom::Start(from))?;

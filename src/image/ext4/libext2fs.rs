@@ -17,12 +17,11 @@ use std::sync::OnceLock;
 use libloading::Library;
 
 use super::disk::{feature, Superblock};
-use super::overlay_io;
+use super::overlay_io::{self, Errcode};
 use super::Ext4Error;
 use crate::image::EntryType;
 use crate::overlay::{Plan, PlanEntry, PlanKind};
 
-type Errcode = c_long;
 type Fs = *mut c_void;
 type Ino = u32;
 

@@ -17,7 +17,8 @@ use std::io;
 
 use super::disk::ReadAt;
 
-type Errcode = c_long;
+/// libext2fs's `errcode_t`.
+pub(super) type Errcode = c_long;
 
 const MAGIC_IO_CHANNEL: Errcode = 2133571333;
 const MAGIC_IO_MANAGER: Errcode = 2133571335;
