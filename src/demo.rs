@@ -9,14 +9,14 @@ use std::process::Command;
 use anyhow::{Context, Result};
 
 use imprint::admin::AdminConfig;
+use imprint::compress::Compression;
 use imprint::identity::Serial;
-use imprint::image::codec::Compression;
 use imprint::image::ext4::{self, Ext4Image};
 use imprint::image::sparse;
-use imprint::overlay::OverlaySpec;
-use imprint::overlay::{ImagePath, Plan, PlanEntry, PlanKind};
 use imprint::owner::Owner;
-use imprint::provision::{self, Request, Target};
+use imprint::pipeline::{self, Request, Target};
+use imprint::plan::OverlaySpec;
+use imprint::plan::{ImagePath, Plan, PlanEntry, PlanKind};
 use imprint::stub::StubServer;
 use imprint::verify::{self, Expectations};
 use zeroize::Zeroizing;
@@ -260,7 +260,7 @@ fn provision_and_verify(
         api: Some(AdminConfig::new(&server.url())),
         sha1sum: false,
     };
-    let report = provision::run(&request, &mut |line| println!("   {line}"))?;
+    let report = pipeline::run(&request, &mut |line| println!("   {line}"))?;
     let emitted = report.emitted.context("no image was written")?;
     println!(
         "{step}. Provisioned {} ({}) and wrote {} with /etc/azaion/device.conf (0600, owner azaion)",
@@ -271,7 +271,7 @@ fn provision_and_verify(
     println!(
         "   sha256 {} recorded in {}",
         emitted.sha256,
-        imprint::output::sidecar_path(&emitted.path).display()
+        imprint::io::output::sidecar_path(&emitted.path).display()
     );
     let expect = Expectations {
         serial: Some(serial.clone()),

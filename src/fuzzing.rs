@@ -9,14 +9,14 @@
 use std::io::{self, Read, Write};
 use std::path::Path;
 
+use crate::compress::bzip2;
 use crate::identity::{self, Password, Serial};
-use crate::image::bz2;
 use crate::image::ext4::Ext4Image;
 use crate::image::sparse::{self, SparseLayout, SparseView};
 use crate::image::{self, ImageKind};
-use crate::overlay::{DeviceVars, ImagePath, OverlaySpec, Plan};
 use crate::owner::{OwnerSpec, UserDb};
-use crate::provision::{self, Request, Target};
+use crate::pipeline::{self, Request, Target};
+use crate::plan::{DeviceVars, ImagePath, OverlaySpec, Plan};
 
 const PASSWORD: &str = "0123456789abcdef0123456789abcdef";
 
@@ -52,7 +52,7 @@ pub fn tarball(data: &[u8]) {
         api: None,
         sha1sum: false,
     };
-    if provision::run(&request, &mut |_| {}).is_ok() {
+    if pipeline::run(&request, &mut |_| {}).is_ok() {
         let mut reader = image::open_reader(&output).expect("our own output opens");
         let conf = ImagePath::parse("/etc/azaion/device.conf").expect("constant");
         let found = reader
@@ -69,7 +69,7 @@ pub fn tarball(data: &[u8]) {
 pub fn bzip2(data: &[u8]) {
     // Enough to read any seed; bzip2 inflates up to 45x per block.
     const LIMIT: u64 = 64 << 20;
-    let (decoder, index) = bz2::ParallelDecoder::new(io::Cursor::new(data.to_vec()), None);
+    let (decoder, index) = bzip2::ParallelDecoder::new(io::Cursor::new(data.to_vec()), None);
     let mut parallel = Vec::new();
     let parallel_ok = decoder.take(LIMIT).read_to_end(&mut parallel).is_ok();
     if !parallel_ok || parallel.len() as u64 == LIMIT {
@@ -90,7 +90,7 @@ pub fn bzip2(data: &[u8]) {
     if let Some(at) = last {
         let keep = (at.bit / 8) as usize;
         let mut out = data[..keep].to_vec();
-        let mut encoder = bz2::BlockEncoder::resume(&mut out, &at, data[keep]);
+        let mut encoder = bzip2::BlockEncoder::resume(&mut out, &at, data[keep]);
         encoder.write_all(b"new tail").expect("writing to memory");
         encoder.finish().expect("writing to memory");
         let mut back = Vec::new();

@@ -2,9 +2,9 @@
 //! extracting or mounting it.
 //!
 //! The flow, as `main.rs` drives it: validate the serial ([`identity`]),
-//! open the image ([`image`]), resolve the overlay into a [`overlay::Plan`]
+//! open the image ([`image`]), resolve the overlay into a [`plan::Plan`]
 //! against the image's own users ([`owner`]), write a new image into a temp
-//! file ([`output`]), provision the account ([`admin`]), then commit the
+//! file ([`io::output`]), provision the account ([`admin`]), then commit the
 //! image and its checksum. [`verify`] reads a built image back.
 //!
 //! # Provision and verify from Rust
@@ -15,8 +15,8 @@
 //!
 //! ```
 //! use imprint::identity::{Password, Serial};
-//! use imprint::overlay::OverlaySpec;
-//! use imprint::provision::{self, Request, Target};
+//! use imprint::plan::OverlaySpec;
+//! use imprint::pipeline::{self, Request, Target};
 //! use imprint::verify::{self, Expectations};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -79,7 +79,7 @@
 //! Extra files go in through overlay specs, the same TOML `--overlay` reads:
 //!
 //! ```
-//! use imprint::overlay::OverlaySpec;
+//! use imprint::plan::OverlaySpec;
 //!
 //! let mut spec = OverlaySpec::default_spec();
 //! spec.extend(OverlaySpec::parse(r#"
@@ -94,16 +94,15 @@
 //! ```
 
 pub mod admin;
-pub mod batch;
+pub mod compress;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod identity;
 pub mod image;
-pub mod output;
-pub mod overlay;
+pub mod io;
 pub mod owner;
-pub mod progress;
-pub mod provision;
+pub mod pipeline;
+pub mod plan;
 pub mod redact;
 pub mod stub;
 pub mod verify;

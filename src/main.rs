@@ -12,11 +12,11 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use zeroize::Zeroizing;
 
 use imprint::admin::AdminConfig;
-use imprint::batch;
 use imprint::identity::{Password, Serial};
-use imprint::overlay::OverlaySpec;
 use imprint::owner::OwnerSpec;
-use imprint::provision::{self, Request, Target};
+use imprint::pipeline::batch;
+use imprint::pipeline::{self, Request, Target};
+use imprint::plan::OverlaySpec;
 use imprint::stub;
 use imprint::verify::{self, Expectations};
 
@@ -204,7 +204,7 @@ fn main() -> ExitCode {
         .without_time()
         .init();
     install_panic_report();
-    if let Err(e) = imprint::output::install_signal_cleanup() {
+    if let Err(e) = imprint::io::output::install_signal_cleanup() {
         eprintln!("imprint: warning: cannot install signal handlers: {e}");
     }
     match run(cli) {
@@ -380,7 +380,7 @@ fn provision_cmd(args: ProvisionArgs) -> Result<ExitCode> {
     let target = match (&args.image, &args.rootfs_dir, &args.output) {
         (Some(input), None, Some(output)) => Target::Image {
             input: input.clone(),
-            output: provision::output_path(input, output, &serial, args.force)?,
+            output: pipeline::output_path(input, output, &serial, args.force)?,
         },
         (None, Some(dir), None) => Target::StagingDir(dir.clone()),
         _ => bail!("give --image IN --output OUT, or --rootfs-dir DIR"),
@@ -396,14 +396,14 @@ fn provision_cmd(args: ProvisionArgs) -> Result<ExitCode> {
     };
     let quiet = args.quiet || args.json;
     let json = args.json;
-    imprint::progress::enable(std::io::stderr().is_terminal() && !quiet);
-    let report = provision::run(&request, &mut |line| {
-        imprint::progress::finish();
+    imprint::io::progress::enable(std::io::stderr().is_terminal() && !quiet);
+    let report = pipeline::run(&request, &mut |line| {
+        imprint::io::progress::finish();
         if !quiet {
             eprintln!("imprint: {line}");
         }
     });
-    imprint::progress::finish();
+    imprint::io::progress::finish();
     let report = report?;
     if json {
         println!(
@@ -431,7 +431,7 @@ fn provision_cmd(args: ProvisionArgs) -> Result<ExitCode> {
 }
 
 /// The `provision --json` document (docs/json.md). Carries no secret.
-fn provision_json(report: &provision::Report) -> serde_json::Value {
+fn provision_json(report: &pipeline::Report) -> serde_json::Value {
     let emitted = report.emitted.as_ref();
     serde_json::json!({
         "schema": "imprint.provision/1",
@@ -441,7 +441,7 @@ fn provision_json(report: &provision::Report) -> serde_json::Value {
         "output": emitted.map(|e| e.path.display().to_string()),
         "sha256": emitted.map(|e| e.sha256.clone()),
         "size": emitted.map(|e| e.size),
-        "sidecar": emitted.map(|e| imprint::output::sidecar_path(&e.path).display().to_string()),
+        "sidecar": emitted.map(|e| imprint::io::output::sidecar_path(&e.path).display().to_string()),
         "staged": report.staged.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "device_conf": {
             "path": "/etc/azaion/device.conf",
@@ -462,13 +462,13 @@ fn provision_json(report: &provision::Report) -> serde_json::Value {
 
 fn batch_cmd(req: batch::BatchRequest, quiet: bool, json: bool) -> Result<ExitCode> {
     let total = req.serials.len();
-    imprint::progress::enable(std::io::stderr().is_terminal() && !quiet && !json);
+    imprint::io::progress::enable(std::io::stderr().is_terminal() && !quiet && !json);
     let report = batch::run(req, &|line| {
         if !quiet && !json {
             eprintln!("imprint: {line}");
         }
     });
-    imprint::progress::finish();
+    imprint::io::progress::finish();
     let report = report?;
     if json {
         let results: Vec<serde_json::Value> = report
@@ -534,9 +534,9 @@ fn verify_cmd(args: VerifyArgs) -> Result<ExitCode> {
             .map(|url| args.api.config(url))
             .transpose()?,
     };
-    imprint::progress::enable(std::io::stderr().is_terminal() && !args.json);
+    imprint::io::progress::enable(std::io::stderr().is_terminal() && !args.json);
     let report = verify::verify(&args.image, &expect);
-    imprint::progress::finish();
+    imprint::io::progress::finish();
     let report = report?;
     if args.json {
         let doc = serde_json::json!({

@@ -9,9 +9,9 @@ use serde::Serialize;
 use crate::admin::{self, AdminConfig};
 use crate::identity::{self, Serial};
 use crate::image::{self, EntryType, ImageError};
-use crate::output;
-use crate::overlay::ImagePath;
+use crate::io::output;
 use crate::owner::{OwnerSpec, UserDb};
+use crate::plan::ImagePath;
 
 /// Where the runbook puts the credentials.
 pub const DEVICE_CONF: &str = "/etc/azaion/device.conf";

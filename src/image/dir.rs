@@ -12,8 +12,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use thiserror::Error;
 
 use super::{EntryType, FileMeta, Found, ImageError, ImageFacts, ImageReader};
-use crate::output;
-use crate::overlay::{Existing, ImagePath, Plan, PlanKind};
+use crate::io::output;
+use crate::plan::{Existing, ImagePath, Plan, PlanKind};
 
 #[derive(Debug, Error)]
 pub enum DirError {

@@ -1,14 +1,10 @@
 //! Root-filesystem images: format detection and the two things every format
 //! backend does, reading the few files planning needs and applying a plan.
 
-pub mod bz2;
-pub mod codec;
 pub mod dir;
 pub mod ext4;
-pub mod gzip;
 pub mod sparse;
 pub mod tar;
-pub mod zst;
 
 use std::fs::File;
 use std::io::Read;
@@ -16,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::output::TempOutput;
-use crate::overlay::{ImagePath, OverlayError, Plan};
+use crate::io::output::TempOutput;
+use crate::plan::{ImagePath, OverlayError, Plan};
 
 #[derive(Debug, Error)]
 pub enum ImageError {
@@ -45,7 +41,7 @@ pub enum ImageError {
 /// The kinds of input imprint accepts, told apart by content, not name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageKind {
-    Tar(codec::Compression),
+    Tar(crate::compress::Compression),
     Ext4,
     Sparse,
 }
@@ -83,11 +79,11 @@ pub fn detect(path: &Path) -> Result<ImageKind, ImageError> {
     if head.len() >= 1024 + 58 && head[1024 + 56..1024 + 58] == [0x53, 0xEF] {
         return Ok(ImageKind::Ext4);
     }
-    if let Some(c) = codec::Compression::detect(&head) {
+    if let Some(c) = crate::compress::Compression::detect(&head) {
         return Ok(ImageKind::Tar(c));
     }
     if tar::looks_like_tar(&head) {
-        return Ok(ImageKind::Tar(codec::Compression::None));
+        return Ok(ImageKind::Tar(crate::compress::Compression::None));
     }
     Err(ImageError::Unknown {
         path: path.to_path_buf(),

@@ -24,8 +24,8 @@ use thiserror::Error;
 use super::ext4::overlay_io::{Device, Overlay};
 use super::ext4::{self, disk::ReadAt, Ext4Image};
 use super::{Found, ImageBackend, ImageError, ImageFacts, ImageReader};
-use crate::output::{Scratch, TempOutput};
-use crate::overlay::{ImagePath, Plan};
+use crate::io::output::{Scratch, TempOutput};
+use crate::plan::{ImagePath, Plan};
 
 /// The sparse file magic, little-endian at offset 0.
 pub const MAGIC: u32 = 0xed26_ff3a;
@@ -341,7 +341,7 @@ impl ReadAt for SparseView {
 /// all-zero FILL chunks stay holes.
 pub fn expand(view: &SparseView, out: &File) -> Result<(), SparseError> {
     let layout = view.layout();
-    crate::progress::start("expanding", layout.raw_size());
+    crate::io::progress::start("expanding", layout.raw_size());
     out.set_len(layout.raw_size()).map_err(SparseError::Write)?;
     let bs = layout.block_size as u64;
     let mut buf = vec![0u8; IO_BUF];
@@ -362,7 +362,7 @@ pub fn expand(view: &SparseView, out: &File) -> Result<(), SparseError> {
             out.write_all_at(&buf[..n], start + done)
                 .map_err(SparseError::Write)?;
             done += n as u64;
-            crate::progress::advance(n as u64);
+            crate::io::progress::advance(n as u64);
         }
     }
     Ok(())
@@ -464,7 +464,7 @@ fn changed_runs(
             push_run(&mut runs, changed, 1);
         }
         done += n as u64;
-        crate::progress::advance((n * bs) as u64);
+        crate::io::progress::advance((n * bs) as u64);
     }
     Ok(runs)
 }
@@ -574,11 +574,11 @@ pub fn encode(
         edited: vec![0u8; buf_len],
         original: vec![0u8; buf_len],
     };
-    crate::progress::start("comparing", layout.raw_size());
+    crate::io::progress::start("comparing", layout.raw_size());
     let (plan, changed) = plan_chunks(original, |chunk| {
         changed_runs(original, edited, chunk, &mut bufs)
     })?;
-    crate::progress::start("writing", layout.raw_size());
+    crate::io::progress::start("writing", layout.raw_size());
     write_plan(
         original,
         &|offset, buf| edited.read_exact_at(buf, offset),
@@ -620,7 +620,7 @@ pub fn encode_overlay(
         push_run(&mut runs, false, end - next);
         Ok(runs)
     })?;
-    crate::progress::start("writing", original.layout().raw_size());
+    crate::io::progress::start("writing", original.layout().raw_size());
     write_plan(
         original,
         &|offset, buf| overlay.read_at(offset, buf),

@@ -19,12 +19,12 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-use super::codec::{Compression, Encoder};
-use super::{bz2, gzip, zst};
 use super::{EntryType, FileMeta, ImageBackend, ImageError, ImageFacts, ImageReader};
-use crate::output::{self, Scratch, TempOutput};
-use crate::overlay::{Existing, ImagePath, Plan, PlanEntry, PlanKind};
-use crate::progress;
+use crate::compress::{bzip2 as bz2, gzip, zstd as zst};
+use crate::compress::{Compression, Encoder};
+use crate::io::output::{self, Scratch, TempOutput};
+use crate::io::progress;
+use crate::plan::{Existing, ImagePath, Plan, PlanEntry, PlanKind};
 
 const BLOCK: u64 = 512;
 /// GNU tar's and bsdtar's default record: 20 blocks.

@@ -20,7 +20,7 @@ use super::disk::{feature, Superblock};
 use super::overlay_io::{self, Errcode};
 use super::Ext4Error;
 use crate::image::EntryType;
-use crate::overlay::{Plan, PlanEntry, PlanKind};
+use crate::plan::{Plan, PlanEntry, PlanKind};
 
 type Fs = *mut c_void;
 type Ino = u32;

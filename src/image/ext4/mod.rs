@@ -22,8 +22,8 @@ use std::process::Command;
 use thiserror::Error;
 
 use super::{Found, ImageBackend, ImageError, ImageFacts, ImageReader};
-use crate::output::TempOutput;
-use crate::overlay::{Existing, ImagePath, Plan};
+use crate::io::output::TempOutput;
+use crate::plan::{Existing, ImagePath, Plan};
 use disk::{Ext4Fs, ReadAt, Superblock};
 use overlay_io::Overlay;
 
@@ -281,7 +281,7 @@ fn write_output<R: ReadAt>(
             at = (n + 1) * block;
         }
         out.skip_zeros(to.saturating_sub(at))?;
-        crate::progress::advance(to - from);
+        crate::io::progress::advance(to - from);
         Ok(())
     };
     let mut buf = vec![0u8; 1 << 20];
@@ -299,7 +299,7 @@ fn write_output<R: ReadAt>(
                     .copy_from_slice(&data[(from - b * block) as usize..(to - b * block) as usize]);
             }
             out.write_all(chunk)?;
-            crate::progress::advance(n as u64);
+            crate::io::progress::advance(n as u64);
             at += n as u64;
         }
         pos = end;
@@ -376,7 +376,7 @@ impl ImageBackend for Ext4Backend {
         let mut overlay = Overlay::new(self.image.device(), len, sb.block_size as u32);
         write_plan_to_device(&mut overlay, sb, plan)?;
         tracing::debug!(written_blocks = overlay.written().len(), "libext2fs done");
-        crate::progress::start("writing", len);
+        crate::io::progress::start("writing", len);
         write_output(&input, &overlay, out).map_err(ImageError::Output)
     }
 }

@@ -16,10 +16,10 @@ use thiserror::Error;
 use crate::admin::{AdminClient, AdminConfig};
 use crate::identity::{IdentityError, Password, Serial};
 use crate::image::{self, ImageError};
-use crate::output;
-use crate::overlay::OverlaySpec;
+use crate::io::output;
 use crate::owner::OwnerSpec;
-use crate::provision::{self, Prepared, ProvisionError, Request, Target};
+use crate::pipeline::{self, Prepared, ProvisionError, Request, Target};
+use crate::plan::OverlaySpec;
 use crate::verify::{self, Expectations};
 
 #[derive(Debug, Error)]
@@ -206,7 +206,7 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
                 let Ok(prepared) = next else { break };
                 let serial = prepared.serial.to_string();
                 let mut tell = |line: &str| say(&format!("{serial}: {line}"));
-                let result = provision::finish(prepared, client.as_deref(), &mut tell);
+                let result = pipeline::finish(prepared, client.as_deref(), &mut tell);
                 let outcome = match result {
                     Ok(report) => {
                         if let Some(e) = report.emitted {
@@ -254,7 +254,7 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
                 continue;
             }
             let prepared = (|| -> Result<Prepared, ProvisionError> {
-                let out = provision::output_path(&req.input, &req.output_dir, serial, req.force)?;
+                let out = pipeline::output_path(&req.input, &req.output_dir, serial, req.force)?;
                 let password = match &req.password {
                     Some(p) => p.clone(),
                     None => Password::generate()?,
@@ -272,7 +272,7 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
                     sha1sum: req.sha1sum,
                 };
                 let mut tell = |line: &str| say(&format!("{serial}: {line}"));
-                provision::prepare_image(
+                pipeline::prepare_image(
                     &device,
                     backend.as_mut(),
                     &facts,

@@ -1,6 +1,10 @@
 //! The compression layer under tar archives: detection by magic bytes, and
 //! streaming decoders and encoders for gzip, bzip2, zstd and xz.
 
+pub mod bzip2;
+pub mod gzip;
+pub mod zstd;
+
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 
@@ -43,12 +47,12 @@ impl Compression {
     /// A streaming decoder over `file`. Multi-member gzip, multi-stream
     /// bzip2 (as pbzip2/lbzip2 write) and multi-frame zstd/xz are read whole.
     pub fn decoder(self, file: File) -> Box<dyn Read + Send> {
-        let buffered = BufReader::with_capacity(1 << 20, crate::progress::Reader(file));
+        let buffered = BufReader::with_capacity(1 << 20, crate::io::progress::Reader(file));
         match self {
             Compression::None => Box::new(buffered),
             Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-            Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(buffered)),
-            Compression::Zstd => match zstd::stream::read::Decoder::with_buffer(buffered) {
+            Compression::Bzip2 => Box::new(::bzip2::bufread::MultiBzDecoder::new(buffered)),
+            Compression::Zstd => match ::zstd::stream::read::Decoder::with_buffer(buffered) {
                 Ok(d) => Box::new(d),
                 Err(e) => Box::new(FailingReader(Some(e))),
             },
@@ -69,9 +73,9 @@ impl Compression {
             ),
             // Blocks compress on all cores; the bytes do not depend on
             // how many.
-            Compression::Bzip2 => Box::new(super::bz2::BlockEncoder::new(out, b'9')),
+            Compression::Bzip2 => Box::new(self::bzip2::BlockEncoder::new(out, b'9')),
             Compression::Zstd => {
-                let mut encoder = zstd::stream::write::Encoder::new(out, 3)?;
+                let mut encoder = ::zstd::stream::write::Encoder::new(out, 3)?;
                 // Worker threads compress while this thread reads the input;
                 // the output bytes do not depend on the thread count.
                 encoder.multithread(compression_workers())?;
@@ -134,7 +138,7 @@ impl<W: Write> Encoder for flate2::write::GzEncoder<W> {
     }
 }
 
-impl<W: Write> Encoder for super::bz2::BlockEncoder<W> {
+impl<W: Write> Encoder for self::bzip2::BlockEncoder<W> {
     fn finish_stream(self: Box<Self>) -> io::Result<()> {
         self.finish()?.flush()
     }
@@ -148,7 +152,7 @@ fn compression_workers() -> u32 {
         .clamp(1, 8)
 }
 
-impl<W: Write> Encoder for zstd::stream::write::Encoder<'_, W> {
+impl<W: Write> Encoder for ::zstd::stream::write::Encoder<'_, W> {
     fn finish_stream(self: Box<Self>) -> io::Result<()> {
         self.finish()?.flush()
     }

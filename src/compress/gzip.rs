@@ -247,7 +247,7 @@ impl IndexingDecoder {
             let n = self
                 .file
                 .read_at(&mut self.input[filled..], self.input_at + filled as u64)?;
-            crate::progress::advance(n as u64);
+            crate::io::progress::advance(n as u64);
             if n == 0 {
                 self.eof = true;
                 break;
@@ -416,7 +416,7 @@ impl Read for TailInflater {
             if self.used == self.input.len() {
                 self.input.resize(IN_BUF, 0);
                 let n = self.file.read_at(&mut self.input, self.at)?;
-                crate::progress::advance(n as u64);
+                crate::io::progress::advance(n as u64);
                 self.input.truncate(n);
                 self.at += n as u64;
                 self.used = 0;

@@ -287,7 +287,7 @@ pub type SharedIndex = Arc<Mutex<Index>>;
 /// Decodes a zstd file, feeding the first frame block by block so that it
 /// knows where each block's output starts.
 pub struct IndexingDecoder {
-    input: BufReader<crate::progress::Reader<File>>,
+    input: BufReader<crate::io::progress::Reader<File>>,
     offset: u64,
     dctx: DCtx<'static>,
     header: Option<Arc<FrameHeader>>,
@@ -307,7 +307,7 @@ impl IndexingDecoder {
     pub fn new(file: File) -> (IndexingDecoder, SharedIndex) {
         let index = SharedIndex::default();
         let decoder = IndexingDecoder {
-            input: BufReader::with_capacity(1 << 20, crate::progress::Reader(file)),
+            input: BufReader::with_capacity(1 << 20, crate::io::progress::Reader(file)),
             offset: 0,
             dctx: DCtx::create(),
             header: None,

@@ -6,6 +6,8 @@
 //! to its final name only after the API accepted the password, so no image
 //! ever carries a password the server does not have.
 
+pub mod batch;
+
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -14,9 +16,9 @@ use crate::admin::{AdminClient, AdminConfig, AdminError, Provisioned};
 use crate::identity::{IdentityError, Password, Serial};
 use crate::image::dir::{DirError, StagingDir};
 use crate::image::{self, ImageBackend, ImageError, ImageFacts};
-use crate::output::{self, Emitted, TempOutput};
-use crate::overlay::{choose_mtime, DeviceVars, OverlayError, OverlaySpec, Plan};
+use crate::io::output::{self, Emitted, TempOutput};
 use crate::owner::{Owner, OwnerSpec, UserDb};
+use crate::plan::{choose_mtime, DeviceVars, OverlayError, OverlaySpec, Plan};
 
 #[derive(Debug, Error)]
 pub enum ProvisionError {

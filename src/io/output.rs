@@ -311,7 +311,7 @@ fn copy_range(input: &File, from: u64, out: &File, to: u64, len: u64) -> io::Res
             ));
         }
         done += n as u64;
-        crate::progress::advance(n as u64);
+        crate::io::progress::advance(n as u64);
     }
     Ok(())
 }
@@ -325,7 +325,7 @@ fn copy_buffered(input: &File, from: u64, out: &File, to: u64, len: u64) -> io::
         input.read_exact_at(&mut buf[..n], from + done)?;
         out.write_all_at(&buf[..n], to + done)?;
         done += n as u64;
-        crate::progress::advance(n as u64);
+        crate::io::progress::advance(n as u64);
     }
     Ok(())
 }
@@ -382,7 +382,7 @@ pub fn hash_reader(reader: &mut impl Read, hasher: &mut Sha256) -> io::Result<u6
         };
         hasher.update(&buf[..n]);
         total += n as u64;
-        crate::progress::advance(n as u64);
+        crate::io::progress::advance(n as u64);
     }
 }
 

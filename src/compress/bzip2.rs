@@ -635,7 +635,7 @@ impl ParallelDecoder {
     }
 
     pub fn open(file: File) -> (ParallelDecoder, SharedIndex) {
-        Self::new(crate::progress::Reader(file), None)
+        Self::new(crate::io::progress::Reader(file), None)
     }
 }
 

@@ -18,7 +18,7 @@ use crate::image::EntryType;
 use crate::owner::{Owner, OwnerError, OwnerSpec, UserDb};
 
 /// The overlay that writes `/etc/azaion/device.conf`.
-pub const DEFAULT_OVERLAY: &str = include_str!("../overlays/device-conf.toml");
+pub const DEFAULT_OVERLAY: &str = include_str!("../../overlays/device-conf.toml");
 
 #[derive(Debug, Error)]
 pub enum OverlayError {

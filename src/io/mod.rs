@@ -1,0 +1,4 @@
+//! Small I/O pieces: output files with their sidecars, and progress.
+
+pub mod output;
+pub mod progress;
