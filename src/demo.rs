@@ -14,8 +14,7 @@ use imprint::identity::Serial;
 use imprint::image::ext4::{self, Ext4Image};
 use imprint::image::sparse;
 use imprint::owner::Owner;
-use imprint::pipeline::{self, Request, Target};
-use imprint::plan::OverlaySpec;
+use imprint::pipeline::{self, Request, Settings, Source};
 use imprint::plan::{ImagePath, Plan, PlanEntry, PlanKind};
 use imprint::stub::StubServer;
 use imprint::verify::{self, Expectations};
@@ -250,17 +249,13 @@ fn provision_and_verify(
     let _ = std::fs::remove_file(&output);
     let request = Request {
         serial: serial.clone(),
-        target: Target::Image {
-            input: input.to_path_buf(),
-            output: output.clone(),
-        },
-        owner: "azaion".parse()?,
+        source: Source::Image(input.to_path_buf()),
+        output: Some(output.clone()),
         password: None,
-        overlay: OverlaySpec::default_spec(),
+        settings: Settings::new("azaion".parse()?),
         api: Some(AdminConfig::new(&server.url())),
-        sha1sum: false,
     };
-    let report = pipeline::run(&request, &mut |line| println!("   {line}"))?;
+    let report = pipeline::run(request, &mut |line| println!("   {line}"))?;
     let emitted = report.emitted.context("no image was written")?;
     println!(
         "{step}. Provisioned {} ({}) and wrote {} with /etc/azaion/device.conf (0600, owner azaion)",

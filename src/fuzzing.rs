@@ -15,7 +15,7 @@ use crate::image::ext4::Ext4Image;
 use crate::image::sparse::{self, SparseLayout, SparseView};
 use crate::image::{self, ImageKind};
 use crate::owner::{OwnerSpec, UserDb};
-use crate::pipeline::{self, Request, Target};
+use crate::pipeline::{self, Request, Settings, Source};
 use crate::plan::{DeviceVars, ImagePath, OverlaySpec, Plan};
 
 const PASSWORD: &str = "0123456789abcdef0123456789abcdef";
@@ -42,17 +42,13 @@ pub fn tarball(data: &[u8]) {
     let output = dir.path().join("out");
     let request = Request {
         serial: Serial::parse("AZJN-0042").expect("constant"),
-        target: Target::Image {
-            input,
-            output: output.clone(),
-        },
-        owner: "root".parse().expect("constant"),
+        source: Source::Image(input),
+        output: Some(output.clone()),
         password: Some(Password::from_plain(PASSWORD)),
-        overlay: OverlaySpec::default_spec(),
+        settings: Settings::new("root".parse().expect("constant")),
         api: None,
-        sha1sum: false,
     };
-    if pipeline::run(&request, &mut |_| {}).is_ok() {
+    if pipeline::run(request, &mut |_| {}).is_ok() {
         let mut reader = image::open_reader(&output).expect("our own output opens");
         let conf = ImagePath::parse("/etc/azaion/device.conf").expect("constant");
         let found = reader
@@ -173,7 +169,7 @@ pub fn device_conf(data: &[u8]) {
         let _ = Serial::parse(text);
         let password = Password::from_plain(text);
         if identity::password_is_well_formed(password.expose()) {
-            let rendered = identity::render_device_conf("azaion-jetson-0042@azaion.com", &password);
+            let rendered = render_device_conf(&password);
             let back = identity::parse_device_conf(&rendered);
             assert_eq!(
                 back.password.as_ref().map(|p| p.expose()),
@@ -182,6 +178,25 @@ pub fn device_conf(data: &[u8]) {
             );
         }
     }
+}
+
+/// device.conf as the default overlay writes it.
+fn render_device_conf(password: &Password) -> Vec<u8> {
+    let vars = DeviceVars {
+        serial: "AZJN-0042",
+        email: "azaion-jetson-0042@azaion.com",
+        password,
+    };
+    let db = UserDb::parse(Some(b"root:x:0:0::/:/bin/sh\n"), Some(b"root:x:0:\n"));
+    let owner = "root".parse().expect("constant");
+    let plan = Plan::resolve(&OverlaySpec::default_spec(), &vars, &db, &owner, 0)
+        .expect("the default overlay resolves");
+    let conf = ImagePath::parse(pipeline::DEVICE_CONF).expect("constant");
+    let entry = plan.entries.iter().find(|e| e.path == conf);
+    entry
+        .and_then(|e| e.content())
+        .expect("device.conf is planned")
+        .to_vec()
 }
 
 /// Overlay specs: parse and resolve; a plan never escapes the image.

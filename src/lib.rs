@@ -15,8 +15,7 @@
 //!
 //! ```
 //! use imprint::identity::{Password, Serial};
-//! use imprint::plan::OverlaySpec;
-//! use imprint::pipeline::{self, Request, Target};
+//! use imprint::pipeline::{self, Request, Settings, Source};
 //! use imprint::verify::{self, Expectations};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -38,14 +37,13 @@
 //! let output = dir.path().join("AZJN-0042-rootfs.tar");
 //! let request = Request {
 //!     serial: Serial::parse("AZJN-0042")?,
-//!     target: Target::Image { input: input.clone(), output: output.clone() },
-//!     owner: "azaion".parse()?,
+//!     source: Source::Image(input.clone()),
+//!     output: Some(output.clone()),
 //!     password: Some(Password::from_plain("0123456789abcdef0123456789abcdef")),
-//!     overlay: OverlaySpec::default_spec(),
+//!     settings: Settings::new("azaion".parse()?), // the default overlay
 //!     api: None, // offline; Some(AdminConfig) provisions the account first
-//!     sha1sum: false,
 //! };
-//! let report = provision::run(&request, &mut |line| eprintln!("{line}"))?;
+//! let report = pipeline::run(request, &mut |line| eprintln!("{line}"))?;
 //! let emitted = report.emitted.expect("an image was written");
 //! assert_eq!((report.owner.uid, report.owner.gid), (1001, 1001));
 //!

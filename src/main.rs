@@ -15,7 +15,7 @@ use imprint::admin::AdminConfig;
 use imprint::identity::{Password, Serial};
 use imprint::owner::OwnerSpec;
 use imprint::pipeline::batch;
-use imprint::pipeline::{self, Request, Target};
+use imprint::pipeline::{self, Request, Settings, Source};
 use imprint::plan::OverlaySpec;
 use imprint::stub;
 use imprint::verify::{self, Expectations};
@@ -335,15 +335,17 @@ fn provision_cmd(args: ProvisionArgs) -> Result<ExitCode> {
         .as_deref()
         .map(Password::from_file)
         .transpose()?;
-    let mut overlay = OverlaySpec::default_spec();
+    let mut settings = Settings::new(owner);
     for path in &args.overlays {
-        overlay.extend(OverlaySpec::load(path)?);
+        settings.overlay.extend(OverlaySpec::load(path)?);
     }
+    settings.sha1sum = args.checksum.contains(&ChecksumKind::Sha1);
+    settings.mtime = source_date_epoch()?;
+    settings.write.full_rewrite = std::env::var_os("IMPRINT_FULL_REWRITE").is_some();
     let api = match (&args.api_url, args.offline) {
         (Some(url), false) => Some(args.api.config(url)?),
         _ => None,
     };
-    let sha1sum = args.checksum.contains(&ChecksumKind::Sha1);
     let mut serials = args
         .serial
         .iter()
@@ -363,11 +365,9 @@ fn provision_cmd(args: ProvisionArgs) -> Result<ExitCode> {
                 serials,
                 input: input.clone(),
                 output_dir: output.clone(),
-                owner,
+                settings,
                 password,
-                overlay,
                 api,
-                sha1sum,
                 force: args.force,
                 skip_existing: args.skip_existing,
                 jobs: args.jobs as usize,
@@ -377,27 +377,26 @@ fn provision_cmd(args: ProvisionArgs) -> Result<ExitCode> {
         );
     }
     let serial = serials.remove(0);
-    let target = match (&args.image, &args.rootfs_dir, &args.output) {
-        (Some(input), None, Some(output)) => Target::Image {
-            input: input.clone(),
-            output: pipeline::output_path(input, output, &serial, args.force)?,
-        },
-        (None, Some(dir), None) => Target::StagingDir(dir.clone()),
+    let (source, output) = match (&args.image, &args.rootfs_dir, &args.output) {
+        (Some(input), None, Some(output)) => (
+            Source::Image(input.clone()),
+            Some(pipeline::output_path(input, output, &serial, args.force)?),
+        ),
+        (None, Some(dir), None) => (Source::StagingDir(dir.clone()), None),
         _ => bail!("give --image IN --output OUT, or --rootfs-dir DIR"),
     };
     let request = Request {
         serial,
-        target,
-        owner,
+        source,
+        output,
         password,
-        overlay,
+        settings,
         api,
-        sha1sum,
     };
     let quiet = args.quiet || args.json;
     let json = args.json;
     imprint::io::progress::enable(std::io::stderr().is_terminal() && !quiet);
-    let report = pipeline::run(&request, &mut |line| {
+    let report = pipeline::run(request, &mut |line| {
         imprint::io::progress::finish();
         if !quiet {
             eprintln!("imprint: {line}");
@@ -428,6 +427,16 @@ fn provision_cmd(args: ProvisionArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// SOURCE_DATE_EPOCH, the reproducible-builds time for new entries.
+fn source_date_epoch() -> Result<Option<i64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().parse().with_context(|| {
+            format!("SOURCE_DATE_EPOCH={v:?} is not a whole number of seconds")
+        })?)),
+        _ => Ok(None),
+    }
 }
 
 /// The `provision --json` document (docs/json.md). Carries no secret.

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::io::output::TempOutput;
+pub use crate::plan::model::{EntryType, FileMeta};
 use crate::plan::{ImagePath, OverlayError, Plan};
 
 #[derive(Debug, Error)]
@@ -90,28 +91,6 @@ pub fn detect(path: &Path) -> Result<ImageKind, ImageError> {
     })
 }
 
-/// What kind of thing a path in the image is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EntryType {
-    Regular,
-    Dir,
-    Symlink,
-    /// Hard link (tar only), device node, fifo, socket.
-    Other,
-}
-
-/// Metadata of one path inside an image, as `verify` reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileMeta {
-    pub kind: EntryType,
-    /// Permission bits only, e.g. 0o600.
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub mtime: i64,
-    pub size: u64,
-}
-
 /// What planning needs to know about an image before writing into it.
 #[derive(Debug, Default)]
 pub struct ImageFacts {
@@ -121,6 +100,14 @@ pub struct ImageFacts {
     /// taken from the image itself (e.g. the mtime of its `etc/`), so that
     /// the same input gives the same output.
     pub reference_mtime: i64,
+}
+
+/// How backends write, beyond the plan itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteOptions {
+    /// Rewrite tarballs whole instead of keeping the unchanged prefix (the
+    /// slow path the fast paths are tested and benchmarked against).
+    pub full_rewrite: bool,
 }
 
 /// A format backend for an input image file. Backends never open the input
@@ -167,7 +154,9 @@ pub fn open_backend(
     kind: ImageKind,
     targets: &[ImagePath],
     output_dir: &Path,
+    options: &WriteOptions,
 ) -> Result<Box<dyn ImageBackend>, ImageError> {
+    let _ = options; // placeholder until tar takes it (branch tar)
     Ok(match kind {
         ImageKind::Tar(c) => Box::new(tar::TarBackend::open(path, c, targets, output_dir)?),
         ImageKind::Ext4 => Box::new(ext4::Ext4Backend::open(path)?),

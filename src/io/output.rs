@@ -363,9 +363,10 @@ pub fn write_sha1sum(image: &Path) -> io::Result<PathBuf> {
     let mut name = image.as_os_str().to_owned();
     name.push(".sha1sum");
     let path = PathBuf::from(name);
-    let mut temp = TempOutput::create(&path)?;
-    writeln!(temp, "{}", hex::encode(hasher.finalize()))?;
-    temp.commit_without_sidecar()?;
+    write_atomic(
+        &path,
+        format!("{}\n", hex::encode(hasher.finalize())).as_bytes(),
+    )?;
     Ok(path)
 }
 
@@ -401,26 +402,23 @@ pub fn sidecar_path(image: &Path) -> PathBuf {
 }
 
 /// Writes `<hex>  <file name>\n`, which `sha256sum -c` checks when run in
-/// the image's directory. Written via temp + rename like the image.
+/// the image's directory.
 pub fn write_sidecar(image: &Path, sha256: &str) -> io::Result<()> {
     let name = image.file_name().unwrap_or_default().to_string_lossy();
-    let path = sidecar_path(image);
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-    let temp = dir.unwrap_or(Path::new(".")).join(format!(
-        ".{}.imprint-{}.tmp",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&temp);
-    let mut f = create_private(&temp)?;
-    let result = f
-        .write_all(format!("{sha256}  {name}\n").as_bytes())
-        .and_then(|_| f.sync_all())
-        .and_then(|_| std::fs::rename(&temp, &path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result
+    write_atomic(
+        &sidecar_path(image),
+        format!("{sha256}  {name}\n").as_bytes(),
+    )
+}
+
+/// Writes a small file whole or not at all: a 0600 temp file beside
+/// `path`, fsynced, then renamed over it. Every file imprint writes that
+/// is not an image (sidecars, checksums, manifests) goes through here.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut temp = TempOutput::create(path)?;
+    temp.write_all(bytes)?;
+    temp.commit_without_sidecar()?;
+    Ok(())
 }
 
 /// Reads a sidecar and returns the digest it records for `image`, if it

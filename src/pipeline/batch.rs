@@ -15,11 +15,10 @@ use thiserror::Error;
 
 use crate::admin::{AdminClient, AdminConfig};
 use crate::identity::{IdentityError, Password, Serial};
-use crate::image::{self, ImageError};
+use crate::image::ImageError;
 use crate::io::output;
 use crate::owner::OwnerSpec;
-use crate::pipeline::{self, Prepared, ProvisionError, Request, Target};
-use crate::plan::OverlaySpec;
+use crate::pipeline::{self, Job, Opened, Prepared, ProvisionError, Settings, Source};
 use crate::verify::{self, Expectations};
 
 #[derive(Debug, Error)]
@@ -88,14 +87,12 @@ pub struct BatchRequest {
     pub serials: Vec<Serial>,
     pub input: PathBuf,
     pub output_dir: PathBuf,
-    /// What every device gets, as in [`Request`].
-    pub owner: OwnerSpec,
+    /// What every device gets.
+    pub settings: Settings,
     /// One password for all (offline test batches); `None` generates one
     /// per device.
     pub password: Option<Password>,
-    pub overlay: OverlaySpec,
     pub api: Option<AdminConfig>,
-    pub sha1sum: bool,
     pub force: bool,
     pub skip_existing: bool,
     /// API calls in flight at once (and images waiting for them).
@@ -167,10 +164,12 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
         .transpose()
         .map_err(ProvisionError::from)?
         .map(Arc::new);
-    let kind = image::detect(&req.input)?;
-    say(&format!("{}: {}", req.input.display(), kind.describe()));
-    let mut backend =
-        image::open_backend(&req.input, kind, &req.overlay.targets(), &req.output_dir)?;
+    let mut opened = Opened::open(
+        Source::Image(req.input.clone()),
+        req.settings.clone(),
+        &req.output_dir,
+        &mut |line| say(line),
+    )?;
     // The manifest's digest of the base image is taken on another core
     // while the scan decompresses (without progress: the scan reports).
     let input_digest = {
@@ -182,7 +181,6 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
             Ok(hex::encode(hasher.finalize()))
         })
     };
-    let facts = backend.facts()?;
     let input_sha256 = input_digest
         .join()
         .unwrap_or_else(|_| Err(std::io::Error::other("the hashing thread panicked")))
@@ -204,9 +202,9 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
             scope.spawn(move || loop {
                 let next = receive.lock().unwrap_or_else(|e| e.into_inner()).recv();
                 let Ok(prepared) = next else { break };
-                let serial = prepared.serial.to_string();
+                let serial = prepared.serial().to_string();
                 let mut tell = |line: &str| say(&format!("{serial}: {line}"));
-                let result = pipeline::finish(prepared, client.as_deref(), &mut tell);
+                let result = prepared.commit(client.as_deref(), &mut tell);
                 let outcome = match result {
                     Ok(report) => {
                         if let Some(e) = report.emitted {
@@ -245,7 +243,7 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
             };
             let name = req.input.file_name().unwrap_or_default().to_string_lossy();
             let out_path = req.output_dir.join(format!("{serial}-{name}"));
-            if req.skip_existing && already_done(&out_path, serial, &req.owner) {
+            if req.skip_existing && already_done(&out_path, serial, &req.settings.owner) {
                 say(&format!(
                     "{serial}: {} already verifies; skipped",
                     out_path.display()
@@ -259,28 +257,12 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
                     Some(p) => p.clone(),
                     None => Password::generate()?,
                 };
-                let device = Request {
+                let job = Job {
                     serial: serial.clone(),
-                    target: Target::Image {
-                        input: req.input.clone(),
-                        output: out.clone(),
-                    },
-                    owner: req.owner.clone(),
-                    password: None,
-                    overlay: req.overlay.clone(),
-                    api: None,
-                    sha1sum: req.sha1sum,
+                    password,
                 };
                 let mut tell = |line: &str| say(&format!("{serial}: {line}"));
-                pipeline::prepare_image(
-                    &device,
-                    backend.as_mut(),
-                    &facts,
-                    &kind.describe(),
-                    &out,
-                    password,
-                    &mut tell,
-                )
+                opened.write(job, Some(&out), &mut tell)
             })();
             match prepared {
                 Ok(p) => {
@@ -355,11 +337,7 @@ fn write_manifest(path: &Path, manifest: &Manifest) -> Result<(), BatchError> {
             merged.images.sort_by(|a, b| a.serial.cmp(&b.serial));
         }
     }
-    let text = serde_json::to_string_pretty(&merged).expect("manifest serializes");
-    let mut temp = output::TempOutput::create(path).map_err(err)?;
-    use std::io::Write;
-    temp.write_all(text.as_bytes()).map_err(err)?;
-    temp.write_all(b"\n").map_err(err)?;
-    temp.commit_without_sidecar().map_err(err)?;
-    Ok(())
+    let mut text = serde_json::to_string_pretty(&merged).expect("manifest serializes");
+    text.push('\n');
+    output::write_atomic(path, text.as_bytes()).map_err(err)
 }

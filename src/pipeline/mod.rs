@@ -1,10 +1,18 @@
-//! One device, end to end: open the image, plan, write a new image into a
-//! temp file, provision the account, then commit.
+//! One provisioning pipeline for single runs, batches and staging trees.
+//!
+//! ```text
+//! Opened::open(source, settings)   read the input once: its kind, its users,
+//!                                  and where a change would go
+//! opened.write(job, output)        plan the device's files and write them:
+//!                                  a sealed temp image, or staged temp files
+//! prepared.commit(client)          the account call, then final names and
+//!                                  checksums
+//! ```
 //!
 //! The order is the point. The admin API is called only after the image was
-//! written, so a failed write never changes the server; the image is renamed
-//! to its final name only after the API accepted the password, so no image
-//! ever carries a password the server does not have.
+//! written, so a failed write never changes the server; the image gets its
+//! final name only after the API accepted the password, so no image ever
+//! carries a password the server does not have.
 
 pub mod batch;
 
@@ -14,11 +22,14 @@ use thiserror::Error;
 
 use crate::admin::{AdminClient, AdminConfig, AdminError, Provisioned};
 use crate::identity::{IdentityError, Password, Serial};
-use crate::image::dir::{DirError, StagingDir};
-use crate::image::{self, ImageBackend, ImageError, ImageFacts};
+use crate::image::dir::{DirError, Staged, StagingDir};
+use crate::image::{self, ImageBackend, ImageError, ImageFacts, WriteOptions};
 use crate::io::output::{self, Emitted, TempOutput};
 use crate::owner::{Owner, OwnerSpec, UserDb};
-use crate::plan::{choose_mtime, DeviceVars, OverlayError, OverlaySpec, Plan};
+use crate::plan::{DeviceVars, ImagePath, OverlayError, OverlaySpec, Plan};
+
+/// The file the default overlay writes; its owner is what reports show.
+pub const DEVICE_CONF: &str = "/etc/azaion/device.conf";
 
 #[derive(Debug, Error)]
 pub enum ProvisionError {
@@ -34,6 +45,8 @@ pub enum ProvisionError {
     OutputIsInput(PathBuf),
     #[error("the output {0} already exists; pass --force to replace it")]
     OutputExists(PathBuf),
+    #[error("an image input needs an output path")]
+    NoOutput,
     #[error("the output directory {0} does not exist")]
     NoOutputDir(PathBuf),
     #[error("cannot create the output file in {dir}: {source}")]
@@ -54,27 +67,243 @@ impl From<DirError> for ProvisionError {
     }
 }
 
-/// Where the device's files go.
+/// What is read: an image file (copied with changes into a new file), or a
+/// staging tree (changed in place, the runbook's flow).
 #[derive(Debug, Clone)]
-pub enum Target {
-    /// Read `input`, write a new image to `output` (the final name).
-    Image { input: PathBuf, output: PathBuf },
-    /// Write into a staging tree in place (the runbook's flow).
+pub enum Source {
+    Image(PathBuf),
     StagingDir(PathBuf),
 }
 
-/// Everything one provisioning run needs.
-pub struct Request {
-    pub serial: Serial,
-    pub target: Target,
-    pub owner: OwnerSpec,
-    /// A caller-supplied password; `None` generates one.
-    pub password: Option<Password>,
+/// What every device of a run gets: the same for one device or a batch.
+#[derive(Debug, Clone)]
+pub struct Settings {
     pub overlay: OverlaySpec,
-    /// `None` is offline: no API call (the caller supplies the password).
-    pub api: Option<AdminConfig>,
+    /// The owner `{owner}` entries get (device.conf by default).
+    pub owner: OwnerSpec,
+    /// The time new entries get (SOURCE_DATE_EPOCH); `None` takes a time
+    /// from the image itself, so the same inputs give the same bytes.
+    pub mtime: Option<i64>,
+    pub write: WriteOptions,
     /// Also write `NAME.sha1sum`, as NVIDIA's kernel-flash tools check.
     pub sha1sum: bool,
+}
+
+impl Settings {
+    /// The default overlay, owned by `owner`, with every option off.
+    pub fn new(owner: OwnerSpec) -> Settings {
+        Settings {
+            overlay: OverlaySpec::default_spec(),
+            owner,
+            mtime: None,
+            write: WriteOptions::default(),
+            sha1sum: false,
+        }
+    }
+}
+
+/// One device: who it is and its password.
+pub struct Job {
+    pub serial: Serial,
+    pub password: Password,
+}
+
+/// The content of an opened input.
+enum Content {
+    Image(Box<dyn ImageBackend>),
+    Staging(StagingDir),
+}
+
+/// An input opened and scanned once, ready to be written for any number of
+/// devices.
+pub struct Opened {
+    source: Source,
+    kind: String,
+    content: Content,
+    facts: ImageFacts,
+    settings: Settings,
+}
+
+impl Opened {
+    /// Opens `source` read-only and reads what planning needs. `scratch_dir`
+    /// is where large scratch files may go (the output's directory).
+    pub fn open(
+        source: Source,
+        settings: Settings,
+        scratch_dir: &Path,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<Opened, ProvisionError> {
+        let (kind, mut content) = match &source {
+            Source::Image(input) => {
+                let kind = image::detect(input)?;
+                say(&format!("{}: {}", input.display(), kind.describe()));
+                let targets = settings.overlay.targets();
+                let backend =
+                    image::open_backend(input, kind, &targets, scratch_dir, &settings.write)?;
+                (kind.describe(), Content::Image(backend))
+            }
+            Source::StagingDir(root) => (
+                "staging directory".to_string(),
+                Content::Staging(StagingDir::open(root)?),
+            ),
+        };
+        let facts = match &mut content {
+            Content::Image(backend) => backend.facts()?,
+            Content::Staging(dir) => dir.facts()?,
+        };
+        Ok(Opened {
+            source,
+            kind,
+            content,
+            facts,
+            settings,
+        })
+    }
+
+    /// What the input is, e.g. "tar archive (gzip)".
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Plans the device's files against this input and writes them: for an
+    /// image, a new image in a temp file beside `output` (its final name);
+    /// for a staging tree, temp files in the tree (`output` is not used).
+    /// Nothing gets a final name before [`Prepared::commit`].
+    pub fn write(
+        &mut self,
+        job: Job,
+        output: Option<&Path>,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<Prepared, ProvisionError> {
+        let email = job.serial.email();
+        let plan = self.plan(&job, &email)?;
+        let owner = device_conf_owner(&plan);
+        let pending = match &mut self.content {
+            Content::Image(backend) => {
+                let output = output.ok_or(ProvisionError::NoOutput)?;
+                let dir = output.parent().unwrap_or(Path::new(".")).to_path_buf();
+                let mut temp = TempOutput::create(output)
+                    .map_err(|source| ProvisionError::CreateOutput { dir, source })?;
+                say(&format!("writing {}", output.display()));
+                backend.apply(&plan, &mut temp)?;
+                Pending::Image(temp)
+            }
+            Content::Staging(dir) => Pending::Staged(dir.stage(&plan)?),
+        };
+        Ok(Prepared {
+            serial: job.serial,
+            email,
+            password: job.password,
+            kind: self.kind.clone(),
+            owner,
+            pending,
+            sha1sum: self.settings.sha1sum,
+        })
+    }
+
+    fn plan(&self, job: &Job, email: &str) -> Result<Plan, ProvisionError> {
+        let db = UserDb::parse(self.facts.passwd.as_deref(), self.facts.group.as_deref());
+        let vars = DeviceVars {
+            serial: job.serial.as_str(),
+            email,
+            password: &job.password,
+        };
+        let mtime = self.settings.mtime.unwrap_or(self.facts.reference_mtime);
+        Ok(Plan::resolve(
+            &self.settings.overlay,
+            &vars,
+            &db,
+            &self.settings.owner,
+            mtime,
+        )?)
+    }
+}
+
+/// The owner the plan gives device.conf, looked up by path (an extra
+/// overlay may add other files before or after it).
+fn device_conf_owner(plan: &Plan) -> Owner {
+    let conf = ImagePath::parse(DEVICE_CONF).expect("a valid constant");
+    plan.entries
+        .iter()
+        .find(|e| e.path == conf)
+        .map(|e| e.owner.clone())
+        .unwrap_or_else(Owner::root)
+}
+
+/// What waits for the account call: a sealed temp image, or staged files.
+enum Pending {
+    Image(TempOutput),
+    Staged(Staged),
+}
+
+/// A device's files, written but not yet under their final names.
+pub struct Prepared {
+    serial: Serial,
+    email: String,
+    password: Password,
+    kind: String,
+    owner: Owner,
+    pending: Pending,
+    sha1sum: bool,
+}
+
+impl Prepared {
+    pub fn serial(&self) -> &Serial {
+        &self.serial
+    }
+
+    /// Makes the image durable (fsync, digest), provisions the account
+    /// (unless `client` is `None`: offline), then gives the files their
+    /// final names and the image its checksums. If the API fails, the temp
+    /// files are dropped: removed. A batch runs this on worker threads, so
+    /// one image's fsync and API call overlap the writing of the next.
+    pub fn commit(
+        mut self,
+        client: Option<&AdminClient>,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<Report, ProvisionError> {
+        if let Pending::Image(temp) = &mut self.pending {
+            let path = temp.final_path().to_path_buf();
+            temp.seal()
+                .map_err(|source| ProvisionError::Commit { path, source })?;
+        }
+        let account = provision_account(client, &self.email, &self.password, say)?;
+        let mut report = Report {
+            serial: self.serial.to_string(),
+            email: self.email,
+            kind: self.kind,
+            owner: self.owner,
+            emitted: None,
+            staged: Vec::new(),
+            account,
+            sha1sum: None,
+        };
+        match self.pending {
+            Pending::Image(temp) => {
+                let path = temp.final_path().to_path_buf();
+                let commit_err = |source| ProvisionError::Commit {
+                    path: path.clone(),
+                    source,
+                };
+                let emitted = temp.commit().map_err(commit_err)?;
+                if self.sha1sum {
+                    report.sha1sum =
+                        Some(output::write_sha1sum(&emitted.path).map_err(commit_err)?);
+                }
+                report.emitted = Some(emitted);
+            }
+            Pending::Staged(staged) => report.staged = staged.commit()?,
+        }
+        Ok(report)
+    }
 }
 
 /// What a run did. Carries no secret.
@@ -83,6 +312,7 @@ pub struct Report {
     pub serial: String,
     pub email: String,
     pub kind: String,
+    /// device.conf's owner.
     pub owner: Owner,
     /// The image written, with its digest; `None` for a staging directory.
     pub emitted: Option<Emitted>,
@@ -92,6 +322,44 @@ pub struct Report {
     pub account: Option<Provisioned>,
     /// The `NAME.sha1sum` written, if asked for.
     pub sha1sum: Option<PathBuf>,
+}
+
+/// One device end to end, as `imprint provision --serial` runs it.
+pub struct Request {
+    pub serial: Serial,
+    pub source: Source,
+    /// The image's final name (`None` for a staging directory).
+    pub output: Option<PathBuf>,
+    /// A caller-supplied password; `None` generates one.
+    pub password: Option<Password>,
+    pub settings: Settings,
+    /// `None` is offline: no API call (the caller supplies the password).
+    pub api: Option<AdminConfig>,
+}
+
+/// Provisions one device. `say` receives progress lines (never secrets).
+pub fn run(req: Request, say: &mut dyn FnMut(&str)) -> Result<Report, ProvisionError> {
+    // Build the client first: a bad URL or certificate fails before any
+    // work is done.
+    let client = req.api.map(AdminClient::new).transpose()?;
+    let password = match req.password {
+        Some(p) => p,
+        None => Password::generate()?,
+    };
+    let scratch_dir = req
+        .output
+        .as_deref()
+        .and_then(Path::parent)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let mut opened = Opened::open(req.source, req.settings, &scratch_dir, say)?;
+    let job = Job {
+        serial: req.serial,
+        password,
+    };
+    let prepared = opened.write(job, req.output.as_deref(), say)?;
+    prepared.commit(client.as_ref(), say)
 }
 
 /// Works out the final output path: a file, or a directory (existing, or
@@ -132,187 +400,6 @@ pub fn output_path(
     Ok(path)
 }
 
-fn plan_for(
-    req: &Request,
-    facts: &ImageFacts,
-    email: &str,
-    password: &Password,
-) -> Result<Plan, ProvisionError> {
-    let db = UserDb::parse(facts.passwd.as_deref(), facts.group.as_deref());
-    let vars = DeviceVars {
-        serial: req.serial.as_str(),
-        email,
-        password,
-    };
-    Ok(Plan::resolve(
-        &req.overlay,
-        &vars,
-        &db,
-        &req.owner,
-        choose_mtime(facts.reference_mtime),
-    )?)
-}
-
-/// The owner the plan gives the first file entry (device.conf by default).
-fn file_owner(plan: &Plan) -> Owner {
-    plan.entries
-        .iter()
-        .rev()
-        .find(|e| e.content().is_some())
-        .map(|e| e.owner.clone())
-        .unwrap_or_else(Owner::root)
-}
-
-/// An image written for one device into a sealed temp file, waiting for
-/// the API to accept its password before it gets its final name.
-pub struct Prepared {
-    pub serial: Serial,
-    pub email: String,
-    password: Password,
-    kind: String,
-    owner: Owner,
-    temp: TempOutput,
-    sha1sum: bool,
-}
-
-/// Plans and writes one device's image with an already opened backend (a
-/// batch opens and scans its base image once and calls this per serial).
-#[allow(clippy::too_many_arguments)]
-pub fn prepare_image(
-    req: &Request,
-    backend: &mut dyn ImageBackend,
-    facts: &ImageFacts,
-    kind: &str,
-    output: &Path,
-    password: Password,
-    say: &mut dyn FnMut(&str),
-) -> Result<Prepared, ProvisionError> {
-    let email = req.serial.email();
-    let plan = plan_for(req, facts, &email, &password)?;
-    let dir = output.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let mut temp = TempOutput::create(output)
-        .map_err(|source| ProvisionError::CreateOutput { dir, source })?;
-    say(&format!("writing {}", output.display()));
-    backend.apply(&plan, &mut temp)?;
-    Ok(Prepared {
-        serial: req.serial.clone(),
-        email,
-        password,
-        kind: kind.to_string(),
-        owner: file_owner(&plan),
-        temp,
-        sha1sum: req.sha1sum,
-    })
-}
-
-/// Makes the image durable (fsync, digest), provisions the account (unless
-/// offline), then gives the image its final name and sidecar. A write that
-/// fails here makes no API call; if the API fails, the temp file is
-/// dropped: removed. A batch runs this on worker threads, so one image's
-/// fsync and API call overlap the writing of the next.
-pub fn finish(
-    mut prepared: Prepared,
-    client: Option<&AdminClient>,
-    say: &mut dyn FnMut(&str),
-) -> Result<Report, ProvisionError> {
-    let path = prepared.temp.final_path().to_path_buf();
-    prepared
-        .temp
-        .seal()
-        .map_err(|source| ProvisionError::Commit {
-            path: path.clone(),
-            source,
-        })?;
-    let account = provision_account(client, &prepared.email, &prepared.password, say)?;
-    let emitted = prepared
-        .temp
-        .commit()
-        .map_err(|source| ProvisionError::Commit {
-            path: path.clone(),
-            source,
-        })?;
-    let sha1sum = if prepared.sha1sum {
-        Some(
-            output::write_sha1sum(&emitted.path)
-                .map_err(|source| ProvisionError::Commit { path, source })?,
-        )
-    } else {
-        None
-    };
-    Ok(Report {
-        serial: prepared.serial.to_string(),
-        email: prepared.email,
-        kind: prepared.kind,
-        owner: prepared.owner,
-        emitted: Some(emitted),
-        staged: Vec::new(),
-        account,
-        sha1sum,
-    })
-}
-
-/// Provisions one device. `say` receives progress lines (never secrets).
-pub fn run(req: &Request, say: &mut dyn FnMut(&str)) -> Result<Report, ProvisionError> {
-    let email = req.serial.email();
-    // Build the client first: a bad URL or certificate fails before any
-    // work is done.
-    let client = req.api.clone().map(AdminClient::new).transpose()?;
-    let password = match &req.password {
-        Some(p) => p.clone(),
-        None => Password::generate()?,
-    };
-    // Tests prove a panic cannot print secrets: this is the worst case, a
-    // panic message that holds the password and the token themselves.
-    if std::env::var_os("IMPRINT_TEST_PANIC").is_some() {
-        let token = req.api.as_ref().and_then(|a| a.token.as_deref());
-        panic!(
-            "test panic holding {} and {}",
-            password.expose(),
-            token.map_or("no token", |t| t.as_str())
-        );
-    }
-    match &req.target {
-        Target::Image { input, output } => {
-            let kind = image::detect(input)?;
-            say(&format!("{}: {}", input.display(), kind.describe()));
-            let output_dir = output
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let mut backend = image::open_backend(input, kind, &req.overlay.targets(), output_dir)?;
-            let facts = backend.facts()?;
-            let prepared = prepare_image(
-                req,
-                backend.as_mut(),
-                &facts,
-                &kind.describe(),
-                output,
-                password,
-                say,
-            )?;
-            finish(prepared, client.as_ref(), say)
-        }
-        Target::StagingDir(root) => {
-            let dir = StagingDir::open(root)?;
-            let facts = dir.facts()?;
-            let plan = plan_for(req, &facts, &email, &password)?;
-            let staged = dir.stage(&plan)?;
-            let account = provision_account(client.as_ref(), &email, &password, say)?;
-            let files = staged.commit()?;
-            Ok(Report {
-                serial: req.serial.to_string(),
-                email,
-                kind: "staging directory".into(),
-                owner: file_owner(&plan),
-                emitted: None,
-                staged: files,
-                account,
-                sha1sum: None,
-            })
-        }
-    }
-}
-
 fn provision_account(
     client: Option<&AdminClient>,
     email: &str,
@@ -330,4 +417,36 @@ fn provision_account(
         Provisioned::PasswordUpdated => "account existed; password updated",
     });
     Ok(Some(done))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An extra overlay file, after or before device.conf in the plan,
+    /// does not change which owner the reports show.
+    #[test]
+    fn reports_device_conf_owner_whatever_else_the_overlay_writes() {
+        let db = UserDb::parse(
+            Some(b"root:x:0:0::/:/bin/sh\nazaion:x:1001:996::/:/bin/sh\n"),
+            Some(b"root:x:0:\nazaion:x:996:\n"),
+        );
+        let password = Password::from_plain("0123456789abcdef0123456789abcdef");
+        let vars = DeviceVars {
+            serial: "AZJN-0042",
+            email: "azaion-jetson-0042@azaion.com",
+            password: &password,
+        };
+        for extra in ["/etc/azaion/z-extra", "/etc/azaion/a-extra", "/etc/motd"] {
+            let mut spec = OverlaySpec::default_spec();
+            let text = format!(
+                "[[entry]]\npath = \"{extra}\"\ntype = \"file\"\nmode = \"0644\"\nowner = \"0:0\"\ncontent = \"x\"\n"
+            );
+            spec.extend(OverlaySpec::parse(&text, "extra").unwrap());
+            let owner = "azaion".parse().unwrap();
+            let plan = Plan::resolve(&spec, &vars, &db, &owner, 0).unwrap();
+            let reported = device_conf_owner(&plan);
+            assert_eq!((reported.uid, reported.gid), (1001, 996), "{extra}");
+        }
+    }
 }

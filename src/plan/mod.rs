@@ -6,19 +6,18 @@
 //! Every image backend applies the same plan, so the rules about modes,
 //! owners, parents and replacement live here and in [`PlanEntry`] only.
 
-use std::fmt;
-use std::path::Path;
+pub mod model;
+pub mod spec;
 
-use serde::Deserialize;
+use std::fmt;
+
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-use crate::identity::Password;
-use crate::image::EntryType;
 use crate::owner::{Owner, OwnerError, OwnerSpec, UserDb};
-
-/// The overlay that writes `/etc/azaion/device.conf`.
-pub const DEFAULT_OVERLAY: &str = include_str!("../../overlays/device-conf.toml");
+pub use model::{EntryType, Existing, FileMeta, ImagePath};
+use spec::{parse_mode, render};
+pub use spec::{DeviceVars, OverlaySpec, DEFAULT_OVERLAY};
 
 #[derive(Debug, Error)]
 pub enum OverlayError {
@@ -47,209 +46,6 @@ pub enum OverlayError {
     NotDirectory { path: String, what: String },
     #[error("{path} is {what}; imprint only replaces a regular file with one link there. Remove it and try again")]
     NotRegular { path: String, what: String },
-}
-
-/// What a path in the image is, as far as [`Plan::check_existing`] cares,
-/// and how to name it in an error (each format knows best: "a symbolic
-/// link in the archive", "a symlink in the image").
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Existing {
-    pub kind: EntryType,
-    pub links: u32,
-    pub what: String,
-}
-
-impl Existing {
-    /// `where_` completes the description, e.g. "in the image".
-    pub fn new(kind: EntryType, links: u32, where_: &str) -> Existing {
-        let what = match kind {
-            EntryType::Symlink => "a symlink".to_string(),
-            EntryType::Dir => "a directory".to_string(),
-            EntryType::Regular if links > 1 => format!("a file with {links} hard links"),
-            EntryType::Regular => "a regular file".to_string(),
-            EntryType::Other => "a device, fifo or socket".to_string(),
-        };
-        Existing {
-            kind,
-            links,
-            what: format!("{what} {where_}"),
-        }
-    }
-}
-
-/// An absolute path inside the image, kept as validated components so no
-/// backend ever sees `..`, `.`, empty segments or NUL bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ImagePath(Vec<String>);
-
-impl ImagePath {
-    pub fn parse(text: &str) -> Option<ImagePath> {
-        let rel = text.strip_prefix('/')?;
-        let parts: Vec<String> = rel.split('/').map(str::to_string).collect();
-        let ok = !parts.is_empty()
-            && parts.iter().all(|p| {
-                !p.is_empty() && p != "." && p != ".." && !p.contains('\0') && p.len() <= 255
-            });
-        ok.then_some(ImagePath(parts))
-    }
-
-    pub fn components(&self) -> &[String] {
-        &self.0
-    }
-
-    /// `etc/azaion/device.conf`: the form tar archives and relative joins use.
-    pub fn relative(&self) -> String {
-        self.0.join("/")
-    }
-
-    pub fn parent(&self) -> Option<ImagePath> {
-        (self.0.len() > 1).then(|| ImagePath(self.0[..self.0.len() - 1].to_vec()))
-    }
-
-    pub fn file_name(&self) -> &str {
-        self.0.last().map(String::as_str).unwrap_or("")
-    }
-}
-
-impl fmt::Display for ImagePath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "/{}", self.relative())
-    }
-}
-
-/// What a spec file says, before templating.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SpecFile {
-    #[serde(default, rename = "entry")]
-    entries: Vec<SpecEntry>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SpecEntry {
-    path: String,
-    #[serde(rename = "type")]
-    kind: SpecKind,
-    mode: String,
-    /// `{owner}` (the `--owner` flag), `USER`, `USER:GROUP` or `UID:GID`.
-    owner: String,
-    /// File content, with `{email}`, `{password}` and `{serial}` replaced.
-    content: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum SpecKind {
-    Dir,
-    File,
-}
-
-/// A parsed, checked overlay spec, ready to be resolved per device.
-#[derive(Debug, Clone)]
-pub struct OverlaySpec {
-    entries: Vec<(String, SpecEntry)>,
-}
-
-impl OverlaySpec {
-    pub fn default_spec() -> OverlaySpec {
-        OverlaySpec::parse(DEFAULT_OVERLAY, "device-conf (built in)")
-            .expect("the built-in overlay is valid")
-    }
-
-    pub fn load(path: &Path) -> Result<OverlaySpec, OverlayError> {
-        let text = std::fs::read_to_string(path).map_err(|source| OverlayError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        OverlaySpec::parse(&text, &path.display().to_string())
-    }
-
-    pub fn parse(text: &str, origin: &str) -> Result<OverlaySpec, OverlayError> {
-        let file: SpecFile = toml::from_str(text).map_err(|e| OverlayError::Syntax {
-            origin: origin.to_string(),
-            message: e.message().to_string(),
-        })?;
-        for e in &file.entries {
-            let bad = |why: &str| OverlayError::Entry {
-                origin: origin.to_string(),
-                path: e.path.clone(),
-                why: why.to_string(),
-            };
-            if ImagePath::parse(&e.path).is_none() {
-                return Err(bad(
-                    "the path must be absolute, without '.', '..' or empty parts",
-                ));
-            }
-            if parse_mode(&e.mode).is_none() {
-                return Err(bad("mode must be octal permission bits such as \"0600\""));
-            }
-            if e.owner != "{owner}" {
-                e.owner
-                    .parse::<OwnerSpec>()
-                    .map_err(|err| bad(&err.to_string()))?;
-            }
-            match (e.kind, &e.content) {
-                (SpecKind::File, None) => return Err(bad("a file needs content")),
-                (SpecKind::Dir, Some(_)) => return Err(bad("a directory has no content")),
-                _ => {}
-            }
-        }
-        Ok(OverlaySpec {
-            entries: file
-                .entries
-                .into_iter()
-                .map(|e| (origin.to_string(), e))
-                .collect(),
-        })
-    }
-
-    /// The paths the spec writes, for backends that must look for them.
-    pub fn targets(&self) -> Vec<ImagePath> {
-        self.entries
-            .iter()
-            .filter_map(|(_, e)| ImagePath::parse(&e.path))
-            .collect()
-    }
-
-    /// Adds another spec's entries after this one's.
-    pub fn extend(&mut self, other: OverlaySpec) {
-        self.entries.extend(other.entries);
-    }
-}
-
-fn parse_mode(text: &str) -> Option<u32> {
-    let mode = u32::from_str_radix(text, 8).ok()?;
-    (mode <= 0o7777 && !text.is_empty() && text.len() <= 5).then_some(mode)
-}
-
-/// Values substituted into templates.
-pub struct DeviceVars<'a> {
-    pub serial: &'a str,
-    pub email: &'a str,
-    pub password: &'a Password,
-}
-
-fn render(template: &str, vars: &DeviceVars) -> Zeroizing<Vec<u8>> {
-    let mut out = Zeroizing::new(String::with_capacity(template.len() + 64));
-    let mut rest = template;
-    while let Some(start) = rest.find('{') {
-        out.push_str(&rest[..start]);
-        let after = &rest[start..];
-        let (value, len) = [
-            ("{email}", vars.email),
-            ("{password}", vars.password.expose()),
-            ("{serial}", vars.serial),
-        ]
-        .iter()
-        .find(|(key, _)| after.starts_with(key))
-        .map(|(key, value)| (*value, key.len()))
-        .unwrap_or(("{", 1));
-        out.push_str(value);
-        rest = &after[len..];
-    }
-    out.push_str(rest);
-    Zeroizing::new(std::mem::take(&mut *out).into_bytes())
 }
 
 #[derive(Clone)]
@@ -422,18 +218,10 @@ impl Plan {
     }
 }
 
-/// The mtime given to new entries: SOURCE_DATE_EPOCH when set (reproducible
-/// builds), else the backend's own reference time from the input image.
-pub fn choose_mtime(image_reference: i64) -> i64 {
-    std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|v| v.trim().parse::<i64>().ok())
-        .unwrap_or(image_reference)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::Password;
 
     fn vars(p: &Password) -> DeviceVars<'_> {
         DeviceVars {

@@ -1,0 +1,96 @@
+//! The words every layer shares about what is inside an image: a path, what
+//! kind of thing it is, its metadata. A leaf module: it depends on nothing
+//! else in the crate, so the plan and the image backends can both use it
+//! without depending on each other.
+
+use std::fmt;
+
+/// What kind of thing a path in the image is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryType {
+    Regular,
+    Dir,
+    Symlink,
+    /// Hard link (tar only), device node, fifo, socket.
+    Other,
+}
+
+/// Metadata of one path inside an image, as `verify` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMeta {
+    pub kind: EntryType,
+    /// Permission bits only, e.g. 0o600.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    pub size: u64,
+}
+
+/// What a path in the image is, as far as [`Plan::check_existing`] cares,
+/// and how to name it in an error (each format knows best: "a symbolic
+/// link in the archive", "a symlink in the image").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Existing {
+    pub kind: EntryType,
+    pub links: u32,
+    pub what: String,
+}
+
+impl Existing {
+    /// `where_` completes the description, e.g. "in the image".
+    pub fn new(kind: EntryType, links: u32, where_: &str) -> Existing {
+        let what = match kind {
+            EntryType::Symlink => "a symlink".to_string(),
+            EntryType::Dir => "a directory".to_string(),
+            EntryType::Regular if links > 1 => format!("a file with {links} hard links"),
+            EntryType::Regular => "a regular file".to_string(),
+            EntryType::Other => "a device, fifo or socket".to_string(),
+        };
+        Existing {
+            kind,
+            links,
+            what: format!("{what} {where_}"),
+        }
+    }
+}
+
+/// An absolute path inside the image, kept as validated components so no
+/// backend ever sees `..`, `.`, empty segments or NUL bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImagePath(Vec<String>);
+
+impl ImagePath {
+    pub fn parse(text: &str) -> Option<ImagePath> {
+        let rel = text.strip_prefix('/')?;
+        let parts: Vec<String> = rel.split('/').map(str::to_string).collect();
+        let ok = !parts.is_empty()
+            && parts.iter().all(|p| {
+                !p.is_empty() && p != "." && p != ".." && !p.contains('\0') && p.len() <= 255
+            });
+        ok.then_some(ImagePath(parts))
+    }
+
+    pub fn components(&self) -> &[String] {
+        &self.0
+    }
+
+    /// `etc/azaion/device.conf`: the form tar archives and relative joins use.
+    pub fn relative(&self) -> String {
+        self.0.join("/")
+    }
+
+    pub fn parent(&self) -> Option<ImagePath> {
+        (self.0.len() > 1).then(|| ImagePath(self.0[..self.0.len() - 1].to_vec()))
+    }
+
+    pub fn file_name(&self) -> &str {
+        self.0.last().map(String::as_str).unwrap_or("")
+    }
+}
+
+impl fmt::Display for ImagePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "/{}", self.relative())
+    }
+}
