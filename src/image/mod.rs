@@ -2,6 +2,7 @@
 //! backend does, reading the few files planning needs and applying a plan.
 
 pub mod dir;
+pub mod disk;
 pub mod ext4;
 pub mod sparse;
 pub mod tar;

@@ -1,0 +1,253 @@
+//! GUID partition tables, as `sgdisk -og` writes them (NVIDIA's
+//! jetson-disk-image-creator.sh, Yocto's wic): a protective MBR, the primary
+//! header at LBA 1 with its entry array, and a backup header at the last LBA.
+//! Both headers and the entry array are checked by CRC32 before anything is
+//! trusted; only the primary is used, the backup must agree on the entries.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use super::{DiskError, Partition, Scheme};
+
+const SIGNATURE: &[u8; 8] = b"EFI PART";
+/// The smallest header the UEFI spec allows (92 bytes, revision 1.0).
+const MIN_HEADER: usize = 92;
+/// Entries are at least 128 bytes; more than this many is not a disk image.
+const MAX_ENTRIES: u32 = 4096;
+
+/// The header fields imprint uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Header {
+    current_lba: u64,
+    backup_lba: u64,
+    entries_lba: u64,
+    entry_count: u32,
+    entry_size: u32,
+    entries_crc: u32,
+}
+
+/// Does `file` start with a protective MBR and a GPT header at LBA 1 for
+/// `sector` bytes a sector?
+pub(super) fn present(head: &[u8], sector: u64) -> bool {
+    let at = sector as usize;
+    head.len() >= at + 8 && &head[at..at + 8] == SIGNATURE && protective_mbr(head)
+}
+
+/// A protective (or hybrid) MBR: the boot signature and an entry of type
+/// 0xEE.
+fn protective_mbr(head: &[u8]) -> bool {
+    head.len() >= 512
+        && head[510..512] == [0x55, 0xAA]
+        && (0..4).any(|i| head[446 + i * 16 + 4] == 0xEE)
+}
+
+fn read(file: &File, offset: u64, len: usize, what: &str) -> Result<Vec<u8>, DiskError> {
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, offset)
+        .map_err(|source| DiskError::Read {
+            what: what.to_string(),
+            source,
+        })?;
+    Ok(buf)
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn parse_header(block: &[u8], lba: u64, which: &str) -> Result<Header, DiskError> {
+    let bad = |why: String| DiskError::Corrupt {
+        what: format!("the {which} GPT header"),
+        why,
+    };
+    if &block[..8] != SIGNATURE {
+        return Err(bad("its signature is missing".into()));
+    }
+    let size = u32_at(block, 12) as usize;
+    if size < MIN_HEADER || size > block.len() {
+        return Err(bad(format!("its size {size} is impossible")));
+    }
+    let mut copy = block[..size].to_vec();
+    copy[16..20].fill(0);
+    if crc32fast::hash(&copy) != u32_at(block, 16) {
+        return Err(bad("its CRC32 does not match".into()));
+    }
+    let header = Header {
+        current_lba: u64_at(block, 24),
+        backup_lba: u64_at(block, 32),
+        entries_lba: u64_at(block, 72),
+        entry_count: u32_at(block, 80),
+        entry_size: u32_at(block, 84),
+        entries_crc: u32_at(block, 88),
+    };
+    if header.current_lba != lba {
+        return Err(bad(format!(
+            "it says it is at LBA {} but was read at LBA {lba}",
+            header.current_lba
+        )));
+    }
+    if header.entry_size < 128 || header.entry_size % 8 != 0 || header.entry_count > MAX_ENTRIES {
+        return Err(bad(format!(
+            "{} entries of {} bytes is not a valid entry array",
+            header.entry_count, header.entry_size
+        )));
+    }
+    Ok(header)
+}
+
+fn read_entries(
+    file: &File,
+    header: &Header,
+    sector: u64,
+    which: &str,
+) -> Result<Vec<u8>, DiskError> {
+    let len = header.entry_count as usize * header.entry_size as usize;
+    let offset = header
+        .entries_lba
+        .checked_mul(sector)
+        .ok_or_else(|| DiskError::Corrupt {
+            what: format!("the {which} GPT header"),
+            why: "its entry array lies beyond any disk".into(),
+        })?;
+    let entries = read(file, offset, len, &format!("the {which} GPT entry array"))?;
+    if crc32fast::hash(&entries) != header.entries_crc {
+        return Err(DiskError::Corrupt {
+            what: format!("the {which} GPT entry array"),
+            why: "its CRC32 does not match".into(),
+        });
+    }
+    Ok(entries)
+}
+
+/// Reads the partitions of a GPT disk of `disk_size` bytes.
+pub(super) fn partitions(
+    file: &File,
+    disk_size: u64,
+    sector: u64,
+) -> Result<Vec<Partition>, DiskError> {
+    let primary = read(file, sector, sector as usize, "the primary GPT header")?;
+    let header = parse_header(&primary, 1, "primary")?;
+    let entries = read_entries(file, &header, sector, "primary")?;
+
+    // The backup must be where the primary says, valid, and describe the
+    // same partitions: a disk whose two tables disagree is not one imprint
+    // can keep intact.
+    let last_lba = disk_size / sector - 1;
+    if header.backup_lba != last_lba {
+        return Err(DiskError::Corrupt {
+            what: "the GPT".into(),
+            why: format!(
+                "the backup header should be at the last LBA {last_lba} but the primary says {} (was the image truncated or grown? `sgdisk -e` moves it)",
+                header.backup_lba
+            ),
+        });
+    }
+    let backup_block = read(
+        file,
+        last_lba * sector,
+        sector as usize,
+        "the backup GPT header",
+    )?;
+    let backup = parse_header(&backup_block, last_lba, "backup")?;
+    let backup_entries = read_entries(file, &backup, sector, "backup")?;
+    if backup_entries != entries {
+        return Err(DiskError::Corrupt {
+            what: "the GPT".into(),
+            why: "the primary and backup entry arrays differ".into(),
+        });
+    }
+
+    let mut found = Vec::new();
+    for (i, e) in entries.chunks(header.entry_size as usize).enumerate() {
+        let type_guid = &e[..16];
+        if type_guid.iter().all(|&b| b == 0) {
+            continue;
+        }
+        let (first, last) = (u64_at(e, 32), u64_at(e, 40));
+        if last < first || last > last_lba {
+            return Err(DiskError::Corrupt {
+                what: format!("GPT partition {}", i + 1),
+                why: format!("it spans LBA {first}..={last}, outside the disk"),
+            });
+        }
+        let name: Vec<u16> = e[56..128]
+            .chunks(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .take_while(|&c| c != 0)
+            .collect();
+        found.push(Partition {
+            number: i as u32 + 1,
+            name: Some(String::from_utf16_lossy(&name)),
+            type_name: guid_type_name(type_guid),
+            offset: first * sector,
+            size: (last - first + 1) * sector,
+            scheme: Scheme::Gpt,
+        });
+    }
+    Ok(found)
+}
+
+/// A GUID in its usual text form (the first three fields little-endian).
+fn guid_text(g: &[u8]) -> String {
+    format!(
+        "{:08X}-{:04X}-{:04X}-{:02X}{:02X}-{}",
+        u32::from_le_bytes([g[0], g[1], g[2], g[3]]),
+        u16::from_le_bytes([g[4], g[5]]),
+        u16::from_le_bytes([g[6], g[7]]),
+        g[8],
+        g[9],
+        g[10..16]
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<String>()
+    )
+}
+
+/// A readable name for the common partition types, else the GUID.
+fn guid_type_name(g: &[u8]) -> String {
+    let text = guid_text(g);
+    let known = match text.as_str() {
+        "0FC63DAF-8483-4772-8E79-3D69D8477DE4" => "Linux filesystem",
+        "C12A7328-F81F-11D2-BA4B-00A0C93EC93B" => "EFI system",
+        "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7" => "Microsoft basic data",
+        "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F" => "Linux swap",
+        "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709" => "Linux root (x86-64)",
+        "B921B045-1DF0-41C3-AF44-4C6F280D3FAE" => "Linux root (ARM64)",
+        _ => return text,
+    };
+    known.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guid_text_is_mixed_endian() {
+        // The Linux filesystem type as stored on disk.
+        let stored = [
+            0xAF, 0x3D, 0xC6, 0x0F, 0x83, 0x84, 0x72, 0x47, 0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47,
+            0x7D, 0xE4,
+        ];
+        assert_eq!(guid_type_name(&stored), "Linux filesystem");
+    }
+
+    #[test]
+    fn header_crc_is_checked() {
+        let mut block = vec![0u8; 512];
+        block[..8].copy_from_slice(SIGNATURE);
+        block[12..16].copy_from_slice(&92u32.to_le_bytes());
+        block[24..32].copy_from_slice(&1u64.to_le_bytes());
+        block[84..88].copy_from_slice(&128u32.to_le_bytes());
+        let crc = crc32fast::hash(&block[..92]);
+        block[16..20].copy_from_slice(&crc.to_le_bytes());
+        assert!(parse_header(&block, 1, "primary").is_ok());
+        block[40] ^= 1;
+        let err = parse_header(&block, 1, "primary").unwrap_err().to_string();
+        assert!(err.contains("CRC32"), "{err}");
+    }
+}
