@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -133,7 +134,7 @@ fn a_panic_never_prints_the_password_or_the_token() {
     let (out_text, err_text) = (stdout(&o), stderr(&o));
     assert_eq!(o.status.code(), Some(101), "{err_text}");
     assert!(
-        err_text.contains("imprint: internal error at src/provision.rs"),
+        err_text.contains("imprint: internal error at src/pipeline/mod.rs"),
         "{err_text}"
     );
     assert!(
@@ -215,6 +216,15 @@ fn a_file_size_limit_fails_the_write_before_any_api_call() {
     );
 }
 
+/// Whether a scripted fault makes the attempt that meets it fail (a
+/// delay only slows it down).
+fn refuses(fault: Option<&Fault>) -> bool {
+    matches!(
+        fault,
+        Some(Fault::Status(_) | Fault::CloseConnection | Fault::StatusAfterApplying(_))
+    )
+}
+
 #[test]
 fn five_hundred_serials_against_a_failing_and_slow_api() {
     let dir = TempDir::new().unwrap();
@@ -223,15 +233,17 @@ fn five_hundred_serials_against_a_failing_and_slow_api() {
     let server = StubServer::start().unwrap();
     // Failures and stalls spread over the run: retried 503s and 429s, stalls,
     // dropped connections, and some 500s after the change was applied.
-    for i in 0..90 {
-        let fault = match i % 6 {
+    let faults: Vec<Fault> = (0..90)
+        .map(|i| match i % 6 {
             0 | 1 => Fault::Status(503),
             2 => Fault::Status(429),
             3 => Fault::Delay(Duration::from_millis(30)),
             4 => Fault::CloseConnection,
             _ => Fault::StatusAfterApplying(500),
-        };
-        server.push_fault("POST", "/users", fault);
+        })
+        .collect();
+    for fault in &faults {
+        server.push_fault("POST", "/users", fault.clone());
     }
     let serials: String = (1..=500).map(|i| format!("AZJN-{i:04}\n")).collect();
     fs::write(d.join("serials.txt"), serials).unwrap();
@@ -258,35 +270,133 @@ fn five_hundred_serials_against_a_failing_and_slow_api() {
         .arg("--output")
         .arg(&out));
     let text = stdout(&o);
-    let failed = text.lines().filter(|l| l.contains(": FAILED")).count();
-    let written = text.lines().filter(|l| l.ends_with(": written")).count();
-    assert_eq!(written + failed, 500, "{text}");
-    assert_eq!(o.status.code(), Some(if failed == 0 { 0 } else { 1 }));
+    let serial_of = |line: &str| line.split(':').next().unwrap().to_string();
+    let failed: BTreeSet<String> = text
+        .lines()
+        .filter(|l| l.contains(": FAILED"))
+        .map(serial_of)
+        .collect();
+    let written: BTreeSet<String> = text
+        .lines()
+        .filter(|l| l.ends_with(": written"))
+        .map(serial_of)
+        .collect();
+    assert!(written.is_disjoint(&failed), "{text}");
+    assert_eq!(written.len() + failed.len(), 500, "{text}");
+    assert_eq!(o.status.code(), Some(if failed.is_empty() { 0 } else { 1 }));
+
+    // 75 of the 90 faults refuse the attempt they meet (30 + 15 + 15 +
+    // 15; the 15 delays do not). With one retry a serial fails only when
+    // both its attempts meet a refusing fault, so at most 75 / 2 = 37
+    // serials can fail: at least 463 are written. Without the retry, all
+    // 75 refused serials would fail and only 425 be written.
+    let refusing = faults.iter().filter(|f| refuses(Some(f))).count();
+    assert_eq!(refusing, 75);
+    assert!(
+        written.len() >= 500 - refusing / 2,
+        "only {} of 500 written: are refused attempts retried?\n{text}",
+        written.len()
+    );
+    // Exactly which serials fail follows from the order of the requests:
+    // the stub hands its faults out one per POST /users, in arrival order.
+    let mut attempts: BTreeMap<String, Vec<bool>> = BTreeMap::new();
+    let posts = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == "/users");
+    for (i, request) in posts.enumerate() {
+        let email = request.body["email"].as_str().unwrap().to_string();
+        attempts
+            .entry(email)
+            .or_default()
+            .push(refuses(faults.get(i)));
+    }
+    let email_of = |serial: &str| {
+        format!(
+            "azaion-jetson-{}@azaion.com",
+            serial.trim_start_matches("AZJN-")
+        )
+    };
+    for serial in written.iter().chain(&failed) {
+        let refused = attempts
+            .get(&email_of(serial))
+            .unwrap_or_else(|| panic!("{serial} never reached the API"));
+        // A refused first attempt is retried once; an accepted one is not.
+        let expected_attempts = if refused[0] { 2 } else { 1 };
+        assert_eq!(
+            refused.len(),
+            expected_attempts,
+            "{serial}: attempts refused {refused:?}"
+        );
+        let should_fail = refused.iter().all(|&r| r);
+        assert_eq!(
+            failed.contains(serial),
+            should_fail,
+            "{serial}: attempts refused {refused:?}\n{text}"
+        );
+    }
+
+    // Every image written is in the manifest, and nothing else is in the
+    // output directory.
     let manifest: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     let images = manifest["images"].as_array().unwrap();
-    assert_eq!(images.len(), written);
+    let in_manifest: BTreeSet<String> = images
+        .iter()
+        .map(|e| e["output"].as_str().unwrap().to_string())
+        .collect();
+    let expected_files: BTreeSet<String> =
+        written.iter().map(|s| format!("{s}-base.tar.gz")).collect();
+    assert_eq!(in_manifest, expected_files);
+    // Beside each image its sidecar and the manifest, nothing else: no
+    // image for a failed serial, no temp file.
+    let mut on_disk: BTreeSet<String> = listing(&out).into_iter().collect();
+    assert!(on_disk.remove("manifest.json"));
+    let sidecars: BTreeSet<String> = expected_files
+        .iter()
+        .map(|f| format!("{f}.sha256"))
+        .collect();
+    on_disk.retain(|f| !sidecars.contains(f));
+    assert_eq!(
+        on_disk.difference(&expected_files).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "left behind"
+    );
+    assert_eq!(
+        expected_files.difference(&on_disk).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "missing"
+    );
     for entry in images {
         let file = out.join(entry["output"].as_str().unwrap());
-        assert_eq!(entry["sha256"], sha256(&file));
+        let digest = sha256(&file);
+        assert_eq!(entry["sha256"], digest);
+        let sidecar = fs::read_to_string(format!("{}.sha256", file.display())).unwrap();
+        assert_eq!(
+            sidecar,
+            format!(
+                "{digest}  {}\n",
+                file.file_name().unwrap().to_string_lossy()
+            )
+        );
         // The password in the image is the one the server holds.
         let email = entry["email"].as_str().unwrap();
+        let serial = entry["output"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches("-base.tar.gz");
+        assert_eq!(email, email_of(serial));
         let conf = String::from_utf8(decompress_entry(&file, "etc/azaion/device.conf")).unwrap();
         let stored = server
             .password_of(email)
             .expect("an account for every image");
-        assert_eq!(conf, conf_text(email, &stored));
+        assert_eq!(conf, conf_text(email, &stored), "{}", file.display());
     }
-    // Failed serials left no image, visible or hidden.
-    for line in text.lines().filter(|l| l.contains(": FAILED")) {
-        let serial = line.split(':').next().unwrap();
-        assert!(!out.join(format!("{serial}-base.tar.gz")).exists());
-    }
-    assert!(
-        listing(&out).iter().all(|n| !n.starts_with('.')),
-        "temp files left"
+    eprintln!(
+        "load: 500 serials, {} written and verified, {} reported failed",
+        written.len(),
+        failed.len()
     );
-    eprintln!("load: 500 serials, {written} written and verified, {failed} reported failed");
 }
 
 /// One file's content out of a .tar.gz, through GNU tar.

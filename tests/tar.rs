@@ -409,18 +409,19 @@ fn api_failure_leaves_no_output_and_write_failure_makes_no_call() {
     );
     assert!(listing(&c.out).is_empty());
     assert_eq!(sha256(&truncated), before);
+}
 
-    // A full disk: a 1 MiB tmpfs as the output directory (needs root).
+/// A full disk: a 64 KiB tmpfs as the output directory (needs root).
+#[test]
+fn a_full_disk_fails_the_write_and_makes_no_call() {
+    let c = case("tar.gz", "gnu", true);
+    let server = StubServer::start().unwrap();
     let small = c.dir.join("small");
     fs::create_dir(&small).unwrap();
-    let mounted = run(std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k"])
-        .arg("tmpfs")
-        .arg(&small))
-    .status
-    .success();
-    if !mounted {
-        eprintln!("full-disk check skipped: cannot mount a tmpfs here (not root?)");
+    if !require(
+        mount_tmpfs(&small, "64k"),
+        "full-disk check: mounting a tmpfs needs root",
+    ) {
         return;
     }
     // The uncompressed archive is larger than the 64 KiB filesystem.

@@ -351,10 +351,80 @@ pub fn debugfs_names(img: &Path, dir: &str) -> Vec<String> {
         .collect()
 }
 
+// ---- capabilities ------------------------------------------------------
+
+/// Whether this run is CI's (.ci/run sets CI=true, runs as root and
+/// installs every tool the tests use).
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// Whether a check that needs a capability of the machine (root, loop
+/// devices, a tool) may run. Without the capability the check is skipped
+/// with a note that shows even when cargo captures the test's output; but
+/// under CI, which has every capability, that is a failure, so no check is
+/// ever skipped there unnoticed.
+pub fn require(available: bool, why: &str) -> bool {
+    if available {
+        return true;
+    }
+    assert!(
+        !under_ci(),
+        "{why}: CI runs as root with every tool .ci/run installs, so this check must run"
+    );
+    // Straight to the process's stderr: the test harness captures only
+    // eprintln!, and a skip should not pass unseen.
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
+    false
+}
+
+/// Whether the machine lets us loop-mount an ext4 image (root and loop
+/// devices), found once by mounting a small image mke2fs just made.
+pub fn can_loop_mount() -> bool {
+    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANSWER.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (img, mnt) = (dir.path().join("probe.img"), dir.path().join("mnt"));
+        fs::create_dir(&mnt).unwrap();
+        let made = run(Command::new("mke2fs")
+            .args(["-F", "-q", "-t", "ext4"])
+            .arg(&img)
+            .arg("4M"));
+        assert!(made.status.success(), "mke2fs: {}", stderr(&made));
+        let mounted = run(Command::new("mount")
+            .args(["-o", "ro,loop"])
+            .arg(&img)
+            .arg(&mnt));
+        if mounted.status.success() {
+            sh(&format!("umount {}", mnt.display()));
+        }
+        mounted.status.success()
+    })
+}
+
+/// Mounts a tmpfs of `size` at `at`; false where the machine does not
+/// allow it (not root).
+pub fn mount_tmpfs(at: &Path, size: &str) -> bool {
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}")])
+        .arg("tmpfs")
+        .arg(at))
+    .status
+    .success()
+}
+
 /// Mounts `img` read-only through the kernel's ext4 driver and returns
-/// `stat -c '%a %u %g'` and the content of `path`; None (with a NOTE on
-/// stderr) where the machine does not allow loop mounts.
+/// `stat -c '%a %u %g'` and the content of `path`; None where the machine
+/// does not allow loop mounts (see [`require`]). Where it does, an image
+/// the kernel refuses fails the test.
 pub fn kernel_read(img: &Path, path: &str) -> Option<(String, String)> {
+    if !require(
+        can_loop_mount(),
+        "kernel mount check: mount -o ro,loop needs root and loop devices",
+    ) {
+        return None;
+    }
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
@@ -362,14 +432,12 @@ pub fn kernel_read(img: &Path, path: &str) -> Option<(String, String)> {
         .args(["-o", "ro,loop"])
         .arg(img)
         .arg(&mnt));
-    if !o.status.success() {
-        eprintln!(
-            "NOTE: kernel mount check skipped for {}: mount -o ro,loop failed ({}); it needs root and loop devices",
-            img.display(),
-            stderr(&o).trim()
-        );
-        return None;
-    }
+    assert!(
+        o.status.success(),
+        "the kernel refuses {}: {}",
+        img.display(),
+        stderr(&o).trim()
+    );
     struct Unmount(PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
