@@ -249,14 +249,17 @@ fn provision_and_verify(
     let _ = std::fs::remove_file(&output);
     let request = Request {
         serial: serial.clone(),
-        source: Source::Image(input.to_path_buf()),
-        output: Some(output.clone()),
+        inputs: vec![(Source::Image(input.to_path_buf()), Some(output.clone()))],
         password: None,
         settings: Settings::new("azaion".parse()?),
         api: Some(AdminConfig::new(&server.url())),
     };
     let report = pipeline::run(request, &mut |line| println!("   {line}"))?;
-    let emitted = report.emitted.context("no image was written")?;
+    let emitted = report
+        .outputs
+        .into_iter()
+        .find_map(|o| o.emitted)
+        .context("no image was written")?;
     println!(
         "{step}. Provisioned {} ({}) and wrote {} with /etc/azaion/device.conf (0600, owner azaion)",
         serial,

@@ -42,8 +42,7 @@ pub fn tarball(data: &[u8]) {
     let output = dir.path().join("out");
     let request = Request {
         serial: Serial::parse("AZJN-0042").expect("constant"),
-        source: Source::Image(input),
-        output: Some(output.clone()),
+        inputs: vec![(Source::Image(input), Some(output.clone()))],
         password: Some(Password::from_plain(PASSWORD)),
         settings: Settings::new("root".parse().expect("constant")),
         api: None,

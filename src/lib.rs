@@ -37,15 +37,15 @@
 //! let output = dir.path().join("AZJN-0042-rootfs.tar");
 //! let request = Request {
 //!     serial: Serial::parse("AZJN-0042")?,
-//!     source: Source::Image(input.clone()),
-//!     output: Some(output.clone()),
+//!     inputs: vec![(Source::Image(input.clone()), Some(output.clone()))],
 //!     password: Some(Password::from_plain("0123456789abcdef0123456789abcdef")),
 //!     settings: Settings::new("azaion".parse()?), // the default overlay
 //!     api: None, // offline; Some(AdminConfig) provisions the account first
 //! };
 //! let report = pipeline::run(request, &mut |line| eprintln!("{line}"))?;
-//! let emitted = report.emitted.expect("an image was written");
-//! assert_eq!((report.owner.uid, report.owner.gid), (1001, 1001));
+//! let written = &report.outputs[0];
+//! let emitted = written.emitted.clone().expect("an image was written");
+//! assert_eq!((written.owner.uid, written.owner.gid), (1001, 1001));
 //!
 //! let checks = verify::verify(&emitted.path, &Expectations {
 //!     serial: Some(Serial::parse("AZJN-0042")?),

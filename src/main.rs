@@ -387,8 +387,7 @@ fn provision_cmd(args: ProvisionArgs) -> Result<ExitCode> {
     };
     let request = Request {
         serial,
-        source,
-        output,
+        inputs: vec![(source, output)],
         password,
         settings,
         api,
@@ -411,8 +410,9 @@ fn provision_cmd(args: ProvisionArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let owner = format!("{}:{}", report.owner.uid, report.owner.gid);
-    match &report.emitted {
+    let first = &report.outputs[0];
+    let owner = format!("{}:{}", first.owner.uid, first.owner.gid);
+    match &first.emitted {
         Some(out) => println!(
             "{}: wrote {} ({} bytes, sha256 {}), device.conf owner {owner}, mode 0600",
             report.serial,
@@ -421,7 +421,7 @@ fn provision_cmd(args: ProvisionArgs) -> Result<ExitCode> {
             out.sha256
         ),
         None => {
-            for f in &report.staged {
+            for f in &first.staged {
                 println!("{}: wrote {} (owner {owner})", report.serial, f.display());
             }
         }
@@ -441,26 +441,27 @@ fn source_date_epoch() -> Result<Option<i64>> {
 
 /// The `provision --json` document (docs/json.md). Carries no secret.
 fn provision_json(report: &pipeline::Report) -> serde_json::Value {
-    let emitted = report.emitted.as_ref();
+    let first = &report.outputs[0];
+    let emitted = first.emitted.as_ref();
     serde_json::json!({
         "schema": "imprint.provision/1",
         "serial": report.serial,
         "email": report.email,
-        "input_kind": report.kind,
+        "input_kind": first.kind,
         "output": emitted.map(|e| e.path.display().to_string()),
         "sha256": emitted.map(|e| e.sha256.clone()),
         "size": emitted.map(|e| e.size),
         "sidecar": emitted.map(|e| imprint::io::output::sidecar_path(&e.path).display().to_string()),
-        "staged": report.staged.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "staged": first.staged.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "device_conf": {
             "path": "/etc/azaion/device.conf",
             "mode": "0600",
-            "uid": report.owner.uid,
-            "gid": report.owner.gid,
-            "user": report.owner.user_name,
-            "group": report.owner.group_name,
+            "uid": first.owner.uid,
+            "gid": first.owner.gid,
+            "user": first.owner.user_name,
+            "group": first.owner.group_name,
         },
-        "sha1sum": report.sha1sum.as_ref().map(|p| p.display().to_string()),
+        "sha1sum": first.sha1sum.as_ref().map(|p| p.display().to_string()),
         "account": match report.account {
             Some(imprint::admin::Provisioned::Created) => Some("created"),
             Some(imprint::admin::Provisioned::PasswordUpdated) => Some("password_updated"),

@@ -207,7 +207,7 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
                 let result = prepared.commit(client.as_deref(), &mut tell);
                 let outcome = match result {
                     Ok(report) => {
-                        if let Some(e) = report.emitted {
+                        for e in report.outputs.into_iter().filter_map(|o| o.emitted) {
                             written
                                 .lock()
                                 .unwrap_or_else(|e| e.into_inner())
@@ -257,12 +257,13 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
                     Some(p) => p.clone(),
                     None => Password::generate()?,
                 };
-                let job = Job {
+                let mut prepared = Prepared::new(Job {
                     serial: serial.clone(),
                     password,
-                };
+                });
                 let mut tell = |line: &str| say(&format!("{serial}: {line}"));
-                opened.write(job, Some(&out), &mut tell)
+                opened.write(&mut prepared, Some(&out), &mut tell)?;
+                Ok(prepared)
             })();
             match prepared {
                 Ok(p) => {

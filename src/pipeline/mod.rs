@@ -173,19 +173,19 @@ impl Opened {
         &self.settings
     }
 
-    /// Plans the device's files against this input and writes them: for an
-    /// image, a new image in a temp file beside `output` (its final name);
-    /// for a staging tree, temp files in the tree (`output` is not used).
-    /// Nothing gets a final name before [`Prepared::commit`].
+    /// Plans the device's files against this input and writes them into
+    /// `prepared`: for an image, a new image in a temp file beside `output`
+    /// (its final name); for a staging tree, temp files in the tree
+    /// (`output` is not used). Nothing gets a final name before
+    /// [`Prepared::commit`]; several inputs written for one device share
+    /// its password and its one account call.
     pub fn write(
         &mut self,
-        job: Job,
+        prepared: &mut Prepared,
         output: Option<&Path>,
         say: &mut dyn FnMut(&str),
-    ) -> Result<Prepared, ProvisionError> {
-        let email = job.serial.email();
-        let plan = self.plan(&job, &email)?;
-        let owner = device_conf_owner(&plan);
+    ) -> Result<(), ProvisionError> {
+        let plan = self.plan(&prepared.job, &prepared.email)?;
         let pending = match &mut self.content {
             Content::Image(backend) => {
                 let output = output.ok_or(ProvisionError::NoOutput)?;
@@ -198,15 +198,13 @@ impl Opened {
             }
             Content::Staging(dir) => Pending::Staged(dir.stage(&plan)?),
         };
-        Ok(Prepared {
-            serial: job.serial,
-            email,
-            password: job.password,
+        prepared.pending.push(PendingOutput {
             kind: self.kind.clone(),
-            owner,
+            owner: device_conf_owner(&plan),
             pending,
             sha1sum: self.settings.sha1sum,
-        })
+        });
+        Ok(())
     }
 
     fn plan(&self, job: &Job, email: &str) -> Result<Plan, ProvisionError> {
@@ -244,73 +242,106 @@ enum Pending {
     Staged(Staged),
 }
 
-/// A device's files, written but not yet under their final names.
-pub struct Prepared {
-    serial: Serial,
-    email: String,
-    password: Password,
+struct PendingOutput {
     kind: String,
     owner: Owner,
     pending: Pending,
     sha1sum: bool,
 }
 
+/// A device's files, written but not yet under their final names. Dropped
+/// without [`Prepared::commit`], its temp files are removed.
+pub struct Prepared {
+    job: Job,
+    email: String,
+    pending: Vec<PendingOutput>,
+}
+
 impl Prepared {
-    pub fn serial(&self) -> &Serial {
-        &self.serial
+    /// A device with nothing written yet; [`Opened::write`] adds outputs.
+    pub fn new(job: Job) -> Prepared {
+        let email = job.serial.email();
+        Prepared {
+            job,
+            email,
+            pending: Vec::new(),
+        }
     }
 
-    /// Makes the image durable (fsync, digest), provisions the account
-    /// (unless `client` is `None`: offline), then gives the files their
-    /// final names and the image its checksums. If the API fails, the temp
-    /// files are dropped: removed. A batch runs this on worker threads, so
-    /// one image's fsync and API call overlap the writing of the next.
+    pub fn serial(&self) -> &Serial {
+        &self.job.serial
+    }
+
+    /// Makes every image durable (fsync, digest), provisions the account
+    /// once (unless `client` is `None`: offline), then gives the files
+    /// their final names and the images their checksums. If sealing or the
+    /// API fails, nothing was renamed and the temp files are removed. A
+    /// batch runs this on worker threads, so one device's fsync and API
+    /// call overlap the writing of the next.
     pub fn commit(
         mut self,
         client: Option<&AdminClient>,
         say: &mut dyn FnMut(&str),
     ) -> Result<Report, ProvisionError> {
-        if let Pending::Image(temp) = &mut self.pending {
-            let path = temp.final_path().to_path_buf();
-            temp.seal()
-                .map_err(|source| ProvisionError::Commit { path, source })?;
-        }
-        let account = provision_account(client, &self.email, &self.password, say)?;
-        let mut report = Report {
-            serial: self.serial.to_string(),
-            email: self.email,
-            kind: self.kind,
-            owner: self.owner,
-            emitted: None,
-            staged: Vec::new(),
-            account,
-            sha1sum: None,
-        };
-        match self.pending {
-            Pending::Image(temp) => {
+        for out in &mut self.pending {
+            if let Pending::Image(temp) = &mut out.pending {
                 let path = temp.final_path().to_path_buf();
-                let commit_err = |source| ProvisionError::Commit {
-                    path: path.clone(),
-                    source,
-                };
-                let emitted = temp.commit().map_err(commit_err)?;
-                if self.sha1sum {
-                    report.sha1sum =
-                        Some(output::write_sha1sum(&emitted.path).map_err(commit_err)?);
-                }
-                report.emitted = Some(emitted);
+                temp.seal()
+                    .map_err(|source| ProvisionError::Commit { path, source })?;
             }
-            Pending::Staged(staged) => report.staged = staged.commit()?,
         }
-        Ok(report)
+        let account = provision_account(client, &self.email, &self.job.password, say)?;
+        let mut outputs = Vec::with_capacity(self.pending.len());
+        for out in self.pending {
+            let mut report = OutputReport {
+                kind: out.kind,
+                owner: out.owner,
+                emitted: None,
+                staged: Vec::new(),
+                sha1sum: None,
+            };
+            match out.pending {
+                Pending::Image(temp) => {
+                    let path = temp.final_path().to_path_buf();
+                    let commit_err = |source| ProvisionError::Commit {
+                        path: path.clone(),
+                        source,
+                    };
+                    let emitted = temp.commit().map_err(commit_err)?;
+                    if out.sha1sum {
+                        report.sha1sum =
+                            Some(output::write_sha1sum(&emitted.path).map_err(commit_err)?);
+                    }
+                    report.emitted = Some(emitted);
+                }
+                Pending::Staged(staged) => report.staged = staged.commit()?,
+            }
+            outputs.push(report);
+        }
+        Ok(Report {
+            serial: self.job.serial.to_string(),
+            email: self.email,
+            outputs,
+            account,
+        })
     }
 }
 
-/// What a run did. Carries no secret.
+/// What a run did for one device. Carries no secret.
 #[derive(Debug, Clone)]
 pub struct Report {
     pub serial: String,
     pub email: String,
+    /// One per input, in the order written.
+    pub outputs: Vec<OutputReport>,
+    /// `None` when offline.
+    pub account: Option<Provisioned>,
+}
+
+/// What was written for one input.
+#[derive(Debug, Clone)]
+pub struct OutputReport {
+    /// What the input was, e.g. "tar archive (gzip)".
     pub kind: String,
     /// device.conf's owner.
     pub owner: Owner,
@@ -318,8 +349,6 @@ pub struct Report {
     pub emitted: Option<Emitted>,
     /// Files written into a staging directory.
     pub staged: Vec<PathBuf>,
-    /// `None` when offline.
-    pub account: Option<Provisioned>,
     /// The `NAME.sha1sum` written, if asked for.
     pub sha1sum: Option<PathBuf>,
 }
@@ -327,9 +356,9 @@ pub struct Report {
 /// One device end to end, as `imprint provision --serial` runs it.
 pub struct Request {
     pub serial: Serial,
-    pub source: Source,
-    /// The image's final name (`None` for a staging directory).
-    pub output: Option<PathBuf>,
+    /// What to write, each with its image's final name (`None` for a
+    /// staging directory). Every input gets the same credentials.
+    pub inputs: Vec<(Source, Option<PathBuf>)>,
     /// A caller-supplied password; `None` generates one.
     pub password: Option<Password>,
     pub settings: Settings,
@@ -346,20 +375,29 @@ pub fn run(req: Request, say: &mut dyn FnMut(&str)) -> Result<Report, ProvisionE
         Some(p) => p,
         None => Password::generate()?,
     };
-    let scratch_dir = req
-        .output
-        .as_deref()
+    let mut prepared = Prepared::new(Job {
+        serial: req.serial,
+        password,
+    });
+    for (source, output) in req.inputs {
+        let mut opened = Opened::open(
+            source,
+            req.settings.clone(),
+            &scratch_dir(output.as_deref()),
+            say,
+        )?;
+        opened.write(&mut prepared, output.as_deref(), say)?;
+    }
+    prepared.commit(client.as_ref(), say)
+}
+
+/// Where an output's large scratch files may go: its own directory.
+fn scratch_dir(output: Option<&Path>) -> PathBuf {
+    output
         .and_then(Path::parent)
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
-        .to_path_buf();
-    let mut opened = Opened::open(req.source, req.settings, &scratch_dir, say)?;
-    let job = Job {
-        serial: req.serial,
-        password,
-    };
-    let prepared = opened.write(job, req.output.as_deref(), say)?;
-    prepared.commit(client.as_ref(), say)
+        .to_path_buf()
 }
 
 /// Works out the final output path: a file, or a directory (existing, or
