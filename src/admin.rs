@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use reqwest::blocking::{Client, Response};
 use reqwest::StatusCode;
-use serde_json::json;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
@@ -24,6 +23,10 @@ pub enum AdminError {
     },
     #[error("cannot set up the HTTP client: {0}")]
     Client(String),
+    #[error("the API token holds a line break or other control or non-ASCII characters; a token is one line of printable ASCII. Check the token file or IMPRINT_API_TOKEN")]
+    BadToken,
+    #[error("{url} is plain http, which would send the API token and the device's password unencrypted; use https, or pass --allow-http on a network you trust")]
+    PlainHttp { url: String },
     #[error("{step} {url} failed after {attempts} attempt(s): {cause}. Check the URL, the network and that the API is up")]
     Unreachable {
         step: &'static str,
@@ -64,6 +67,8 @@ pub struct AdminConfig {
     pub retries: u32,
     /// Delay before the first retry; doubles each time.
     pub backoff: Duration,
+    /// Send the token over plain http (refused unless set).
+    pub allow_http: bool,
 }
 
 impl std::fmt::Debug for AdminConfig {
@@ -78,6 +83,7 @@ impl std::fmt::Debug for AdminConfig {
             .field("timeout", &self.timeout)
             .field("retries", &self.retries)
             .field("backoff", &self.backoff)
+            .field("allow_http", &self.allow_http)
             .finish()
     }
 }
@@ -95,8 +101,18 @@ impl AdminConfig {
             timeout: Duration::from_secs(30),
             retries: 3,
             backoff: Duration::from_millis(500),
+            allow_http: false,
         }
     }
+}
+
+/// A token must be one line of visible ASCII: anything else cannot be sent
+/// as a header, and is refused before any image is written.
+fn check_token(token: &str) -> Result<(), AdminError> {
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return Err(AdminError::BadToken);
+    }
+    Ok(())
 }
 
 /// What the provisioning call did.
@@ -190,16 +206,25 @@ fn build_client(config: &AdminConfig) -> Result<Client, AdminError> {
         .map_err(|e| AdminError::Client(e.to_string()))
 }
 
-/// The server's message, shortened, with the password scrubbed out in
-/// case the server echoes the request back.
-fn server_message(resp: Response, password: &Password) -> String {
-    let text = resp.text().unwrap_or_default();
-    let mut msg: String = text.trim().chars().take(200).collect();
-    if text.trim().chars().count() > 200 {
+/// How much of an error answer is read: enough for any message a person
+/// would write, and a server cannot make imprint hold more.
+const MAX_ERROR_BODY: u64 = 4096;
+/// How much of it is shown.
+const MAX_MESSAGE_CHARS: usize = 200;
+
+/// The server's message: at most [`MAX_ERROR_BODY`] bytes read, every
+/// secret scrubbed out (in case the server echoes the request or its
+/// headers back), then shortened. Scrubbing comes before shortening, so a
+/// secret cut in half by the limit cannot leave its first half behind.
+fn server_message(resp: Response, secrets: &[&str]) -> String {
+    use std::io::Read;
+    let mut raw = Zeroizing::new(Vec::new());
+    let _ = resp.take(MAX_ERROR_BODY).read_to_end(&mut raw);
+    let text = Zeroizing::new(String::from_utf8_lossy(&raw).into_owned());
+    let scrubbed = scrub_secrets(text.trim(), secrets);
+    let mut msg: String = scrubbed.chars().take(MAX_MESSAGE_CHARS).collect();
+    if scrubbed.chars().count() > MAX_MESSAGE_CHARS || raw.len() as u64 == MAX_ERROR_BODY {
         msg.push('…');
-    }
-    if !password.expose().is_empty() {
-        msg = msg.replace(password.expose(), "<redacted>");
     }
     if msg.is_empty() {
         "(no message)".into()
@@ -208,14 +233,108 @@ fn server_message(resp: Response, password: &Password) -> String {
     }
 }
 
+/// `text` with each secret, in any letter case and in its base64 and URL
+/// encodings, replaced by `<redacted>`.
+fn scrub_secrets(text: &str, secrets: &[&str]) -> String {
+    use base64::Engine as _;
+    let mut forms: Vec<String> = Vec::new();
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        forms.push(secret.to_string());
+        forms.push(base64::engine::general_purpose::STANDARD.encode(secret));
+        forms.push(base64::engine::general_purpose::STANDARD_NO_PAD.encode(secret));
+        forms.push(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret));
+        forms.push(url_encode(secret));
+    }
+    // Longest first, so a form that contains another is replaced whole.
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    forms.dedup();
+    let mut out = text.to_string();
+    for form in &forms {
+        out = replace_ignoring_case(&out, form);
+    }
+    zeroize::Zeroize::zeroize(&mut forms);
+    out
+}
+
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Replaces every ASCII-case-insensitive occurrence of `needle`.
+fn replace_ignoring_case(haystack: &str, needle: &str) -> String {
+    let (hay, pat) = (haystack.as_bytes(), needle.as_bytes());
+    if pat.is_empty() || pat.len() > hay.len() {
+        return haystack.to_string();
+    }
+    let mut out = Vec::with_capacity(hay.len());
+    let mut i = 0;
+    while i < hay.len() {
+        if hay.len() - i >= pat.len() && hay[i..i + pat.len()].eq_ignore_ascii_case(pat) {
+            out.extend_from_slice(b"<redacted>");
+            i += pat.len();
+        } else {
+            out.push(hay[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A JSON request body built in a buffer that is wiped when the request is
+/// done with it (the password is in it).
+fn json_body(fields: &[(&str, &str)]) -> Zeroizing<Vec<u8>> {
+    let mut body = Zeroizing::new(Vec::with_capacity(256));
+    body.push(b'{');
+    for (i, (key, value)) in fields.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        serde_json::to_writer(&mut *body, key).expect("writing to memory");
+        body.push(b':');
+        serde_json::to_writer(&mut *body, value).expect("writing to memory");
+    }
+    body.push(b'}');
+    body
+}
+
+/// Hands the request body to the HTTP library as a reader over a wiping
+/// buffer, so imprint keeps no unwiped copy of it.
+struct WipingBody(std::io::Cursor<Zeroizing<Vec<u8>>>);
+
+impl std::io::Read for WipingBody {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
 impl AdminClient {
     pub fn new(config: AdminConfig) -> Result<AdminClient, AdminError> {
         let base = check_url(&config.base_url)?;
+        if let Some(token) = &config.token {
+            check_token(token)?;
+            if is_plain_http(&base) && !is_loopback(&base) && !config.allow_http {
+                return Err(AdminError::PlainHttp { url: base });
+            }
+        }
         Ok(AdminClient {
             http: build_client(&config)?,
             base,
             config,
         })
+    }
+
+    /// What an answer must never show: the password and the token.
+    fn secrets<'a>(&'a self, password: &'a Password) -> Vec<&'a str> {
+        let mut secrets = vec![password.expose()];
+        secrets.extend(self.config.token.as_deref().map(String::as_str));
+        secrets
     }
 
     /// Sends one request with bounded retries on connection errors,
@@ -225,14 +344,21 @@ impl AdminClient {
         step: &'static str,
         method: reqwest::Method,
         path: &str,
-        body: &serde_json::Value,
+        body: &[u8],
     ) -> Result<Response, AdminError> {
         let url = format!("{}{path}", self.base);
         let mut delay = self.config.backoff;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut req = self.http.request(method.clone(), &url).json(body);
+            let copy = Zeroizing::new(body.to_vec());
+            let len = copy.len() as u64;
+            let reader = WipingBody(std::io::Cursor::new(copy));
+            let mut req = self
+                .http
+                .request(method.clone(), &url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(reqwest::blocking::Body::sized(reader, len));
             if let Some(token) = &self.config.token {
                 req = req.bearer_auth(token.as_str());
             }
@@ -274,7 +400,11 @@ impl AdminClient {
 
     /// Creates the account or, if it exists, sets its password.
     pub fn provision(&self, email: &str, password: &Password) -> Result<Provisioned, AdminError> {
-        let body = json!({"email": email, "password": password.expose(), "role": "CompanionPC"});
+        let body = json_body(&[
+            ("email", email),
+            ("password", password.expose()),
+            ("role", "CompanionPC"),
+        ]);
         let resp = self.send("POST /users", reqwest::Method::POST, "/users", &body)?;
         match resp.status().as_u16() {
             200 | 201 => return Ok(Provisioned::Created),
@@ -283,11 +413,11 @@ impl AdminClient {
                 return Err(AdminError::Status {
                     step: "POST /users",
                     status,
-                    message: server_message(resp, password),
+                    message: server_message(resp, &self.secrets(password)),
                 })
             }
         }
-        let body = json!({"email": email, "password": password.expose()});
+        let body = json_body(&[("email", email), ("password", password.expose())]);
         let step = "PATCH /users/password";
         let resp = self.send(step, reqwest::Method::PATCH, "/users/password", &body)?;
         match resp.status().as_u16() {
@@ -295,7 +425,7 @@ impl AdminClient {
             status => Err(AdminError::Status {
                 step,
                 status,
-                message: server_message(resp, password),
+                message: server_message(resp, &self.secrets(password)),
             }),
         }
     }
@@ -332,10 +462,17 @@ fn describe_transport(e: &reqwest::Error) -> String {
     }
 }
 
-/// POST `{config.base_url}/login` with the credentials; Ok when the answer is 2xx.
+/// POST `{config.base_url}/login` with the device's credentials; Ok when
+/// the answer is 2xx. The Loader gets no credential but the device's: the
+/// admin API's token and client certificate are not sent to it.
 pub fn login(config: &AdminConfig, email: &str, password: &Password) -> Result<(), AdminError> {
-    let client = AdminClient::new(config.clone())?;
-    let body = json!({"email": email, "password": password.expose()});
+    let mut config = config.clone();
+    config.token = None;
+    config.client_cert = None;
+    config.client_key = None;
+    config.allow_http = true;
+    let client = AdminClient::new(config)?;
+    let body = json_body(&[("email", email), ("password", password.expose())]);
     let resp = client.send("POST /login", reqwest::Method::POST, "/login", &body)?;
     if resp.status().is_success() {
         Ok(())
@@ -343,7 +480,86 @@ pub fn login(config: &AdminConfig, email: &str, password: &Password) -> Result<(
         Err(AdminError::Status {
             step: "POST /login",
             status: resp.status().as_u16(),
-            message: server_message(resp, password),
+            message: server_message(resp, &client.secrets(password)),
         })
+    }
+}
+
+/// True when the URL's host is this machine (127.0.0.0/8, ::1,
+/// localhost): plain http there never crosses a network.
+pub fn is_loopback(url: &str) -> bool {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let host = parsed.host_str().unwrap_or_default();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// True for a plain-http URL (credentials would cross the network in clear).
+pub fn is_plain_http(url: &str) -> bool {
+    url.get(..7)
+        .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrubs_every_form_of_each_secret_before_cutting() {
+        use base64::Engine as _;
+        let password = "0123456789abcdef0123456789abcdef";
+        let token = "tok-3n5/x+y=z";
+        let echoes = [
+            format!("{}{password}", "x".repeat(180)),
+            password.to_uppercase(),
+            base64::engine::general_purpose::STANDARD.encode(password),
+            format!("Authorization: Bearer {token}"),
+            url_encode(token),
+            base64::engine::general_purpose::STANDARD.encode(token),
+        ];
+        for echo in echoes {
+            let out = scrub_secrets(&echo, &[password, token]);
+            let cut: String = out.chars().take(MAX_MESSAGE_CHARS).collect();
+            for needle in [&password[..8], "0123456789ABCDEF", "tok-3n5", "MDEyMzQ1"] {
+                assert!(!cut.contains(needle), "{needle} left in {cut:?}");
+            }
+            assert!(out.contains("<redacted>"), "{out}");
+        }
+    }
+
+    #[test]
+    fn json_bodies_are_valid_json() {
+        let body = json_body(&[("email", "a\"b@c"), ("password", "p\\w")]);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["email"], "a\"b@c");
+        assert_eq!(v["password"], "p\\w");
+    }
+
+    #[test]
+    fn tokens_and_plain_http() {
+        assert!(check_token("abc.DEF-123").is_ok());
+        assert!(check_token("abc\r\nX-Evil: 1").is_err());
+        assert!(check_token("é").is_err());
+        for url in [
+            "http://127.0.0.1:8080",
+            "http://[::1]:1",
+            "http://localhost/api",
+        ] {
+            assert!(is_loopback(url), "{url}");
+        }
+        assert!(!is_loopback("http://10.0.0.1"));
+        let mut config = AdminConfig::new("http://admin.example");
+        config.token = Some(Zeroizing::new("t0ken".into()));
+        assert!(matches!(
+            AdminClient::new(config.clone()),
+            Err(AdminError::PlainHttp { .. })
+        ));
+        config.allow_http = true;
+        assert!(AdminClient::new(config).is_ok());
     }
 }

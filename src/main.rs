@@ -145,6 +145,10 @@ struct ApiArgs {
     /// File holding the API bearer token (or set IMPRINT_API_TOKEN)
     #[arg(long, value_name = "FILE")]
     api_token_file: Option<PathBuf>,
+    /// Send the token over plain http to a host other than this machine
+    /// (refused otherwise: the token and passwords would travel in clear)
+    #[arg(long)]
+    allow_http: bool,
     /// Extra CA certificate (PEM) to trust for the API
     #[arg(long, value_name = "FILE")]
     ca_cert: Option<PathBuf>,
@@ -303,6 +307,7 @@ impl ApiArgs {
             timeout: Duration::from_secs(self.api_timeout.max(1)),
             retries: self.api_retries,
             backoff: Duration::from_millis(500),
+            allow_http: self.allow_http,
         })
     }
 }
