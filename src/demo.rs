@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -11,8 +12,8 @@ use anyhow::{Context, Result};
 use imprint::admin::AdminConfig;
 use imprint::compress::Compression;
 use imprint::identity::Serial;
-use imprint::image::ext4::{self, Ext4Image};
-use imprint::image::sparse;
+use imprint::image::{self, sparse, ImageKind};
+use imprint::io::output::TempOutput;
 use imprint::owner::Owner;
 use imprint::pipeline::{self, Request, Settings, Source};
 use imprint::plan::{ImagePath, Plan, PlanEntry, PlanKind};
@@ -113,14 +114,27 @@ pub fn write_sample_tar(path: &Path, compression: Compression, mtime: u64) -> Re
     Ok(())
 }
 
-/// Builds the sample rootfs as a raw ext4 image: an empty filesystem from
-/// mke2fs, filled through imprint's own libext2fs writer, which sets owners
+/// Builds the sample rootfs as flash.sh's `system.img`: an empty ext4
+/// filesystem from mke2fs, encoded as an Android sparse image and filled
+/// through imprint's own sparse backend (libext2fs), which sets owners
 /// without needing root.
-pub fn write_sample_ext4(path: &Path, mtime: i64) -> Result<()> {
-    let _ = std::fs::remove_file(path);
+pub fn write_sample_sparse(path: &Path, mtime: i64) -> Result<()> {
+    let raw = path.with_extension("img.raw");
+    let empty = path.with_extension("img.empty");
+    let made = write_empty_sparse(&raw, &empty).and_then(|()| fill_sample(&empty, path, mtime));
+    for scratch in [&raw, &empty] {
+        let _ = std::fs::remove_file(scratch);
+    }
+    made
+}
+
+/// Makes an empty ext4 filesystem at `raw` and encodes it as the sparse
+/// image `sparse_path`.
+fn write_empty_sparse(raw: &Path, sparse_path: &Path) -> Result<()> {
+    let _ = std::fs::remove_file(raw);
     let out = Command::new("mke2fs")
         .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-L", "APP"])
-        .arg(path)
+        .arg(raw)
         .arg("32M")
         .output()
         .context("cannot run mke2fs (install e2fsprogs)")?;
@@ -129,6 +143,28 @@ pub fn write_sample_ext4(path: &Path, mtime: i64) -> Result<()> {
         "mke2fs failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let mut out = File::create(sparse_path)
+        .with_context(|| format!("cannot create {}", sparse_path.display()))?;
+    sparse::encode_raw(&File::open(raw)?, 4096, &mut out)?;
+    Ok(())
+}
+
+/// Writes the sample rootfs into a copy of the sparse image `empty` at
+/// `path`, as provisioning writes its files.
+fn fill_sample(empty: &Path, path: &Path, mtime: i64) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut backend = image::open_backend(empty, ImageKind::Sparse, &[], dir)?;
+    let mut out =
+        TempOutput::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    backend.apply(&sample_plan(mtime), &mut out)?;
+    out.commit_without_sidecar()?;
+    // Outputs are private; the sample is readable like the sample tarball.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
+    Ok(())
+}
+
+/// The sample directories and files as a plan.
+fn sample_plan(mtime: i64) -> Plan {
     let owner = |id: u32| {
         if id == 0 {
             Owner::root()
@@ -159,27 +195,10 @@ pub fn write_sample_ext4(path: &Path, mtime: i64) -> Result<()> {
             mode: *mode,
             owner: owner(*uid),
         });
-    let plan = Plan {
+    Plan {
         entries: dirs.chain(files).collect(),
         mtime,
-    };
-    let file = File::open(path)?;
-    let len = file.metadata()?.len();
-    let image = Ext4Image::open(file, len)?;
-    ext4::write_plan(path, image.superblock(), &plan)?;
-    Ok(())
-}
-
-/// Builds the sample rootfs as flash.sh's `system.img`: the raw ext4 image
-/// encoded as an Android sparse image.
-pub fn write_sample_sparse(path: &Path, mtime: i64) -> Result<()> {
-    let raw = path.with_extension("img.raw");
-    write_sample_ext4(&raw, mtime)?;
-    let mut out =
-        File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    sparse::encode_raw(&File::open(&raw)?, 4096, &mut out)?;
-    std::fs::remove_file(&raw)?;
-    Ok(())
+    }
 }
 
 pub fn run(dir: &Path) -> Result<()> {

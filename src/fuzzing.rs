@@ -7,12 +7,14 @@
 //! can read back.
 
 use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::compress::bzip2;
 use crate::identity::{self, Password, Serial};
+use crate::image::ext4::overlay_io::Device;
 use crate::image::ext4::Ext4Image;
-use crate::image::sparse::{self, SparseLayout, SparseView};
+use crate::image::sparse::{self, ChunkLayout, SparseView};
 use crate::image::{self, ImageKind};
 use crate::owner::{OwnerSpec, UserDb};
 use crate::pipeline::{self, Request, Settings, Source};
@@ -98,35 +100,121 @@ pub fn bzip2(data: &[u8]) {
     }
 }
 
-/// Any bytes as an Android sparse image: parse, read, expand, re-encode.
+/// Any bytes as an Android sparse image: parse, read and expand it, then
+/// write blocks into it and encode it as provisioning does (the input's
+/// chunks with the changed blocks spliced in). The encoding must parse, read
+/// back as the edited image, count exactly the blocks that differ, and come
+/// out of a second, edit-free encoding byte for byte the same.
 pub fn sparse(data: &[u8]) {
     let dir = scratch();
-    let path = dir.path().join("in.img");
-    std::fs::File::create(&path)
-        .and_then(|mut f| f.write_all(data))
-        .expect("scratch write");
-    let file = std::fs::File::open(&path).expect("scratch read");
-    let Ok(layout) = SparseLayout::parse(&file) else {
+    let file = scratch_file(&dir, "in.img", data);
+    let Ok(layout) = ChunkLayout::parse(&file) else {
         return;
     };
     if layout.raw_size() > 16 << 20 {
         return; // valid but big: expanding it teaches nothing more
     }
+    let (block_size, total_blocks) = (layout.block_size as usize, layout.total_blocks);
     let view = SparseView::new(file, layout);
-    let size = view.layout().raw_size();
-    let mut buf = vec![0u8; (size - size / 3).min(4096) as usize];
-    let _ = view.read_at(size / 3, &mut buf);
-    let raw = std::fs::File::options()
+    let original = read_all(&view);
+    let raw = scratch_file(&dir, "raw", &[]);
+    sparse::expand(&view, &raw).expect("a parsed image expands");
+    let mut expanded = vec![0u8; original.len()];
+    raw.read_exact_at(&mut expanded, 0).expect("scratch read");
+    assert!(
+        expanded == original,
+        "the expansion differs from reads through the view"
+    );
+
+    // Whole blocks of new bytes, of zeros and of what they held, and short
+    // writes anywhere (across block edges too).
+    let mut rng = Rng::seeded(data);
+    let mut want = original.clone();
+    let mut edited = sparse::writable(&view);
+    for _ in 0..if total_blocks == 0 { 0 } else { rng.below(6) } {
+        let mut at = rng.below(total_blocks) as usize * block_size;
+        let bytes: Vec<u8> = match rng.below(4) {
+            0 => (0..block_size).map(|_| rng.next() as u8).collect(),
+            1 => vec![0; block_size],
+            2 => original[at..at + block_size].to_vec(),
+            _ => {
+                at = rng.below(original.len() as u64) as usize;
+                let len = 1 + rng.below(16.min(original.len() - at) as u64) as usize;
+                (0..len).map(|_| rng.next() as u8).collect()
+            }
+        };
+        edited
+            .write_at(at as u64, &bytes)
+            .expect("a write inside the image");
+        want[at..at + bytes.len()].copy_from_slice(&bytes);
+    }
+    let mut encoded = Vec::new();
+    let changed = sparse::encode_edited(&edited, &mut encoded).expect("encoding into memory");
+    let differ = want
+        .chunks(block_size)
+        .zip(original.chunks(block_size))
+        .filter(|(new, old)| new != old)
+        .count();
+    assert_eq!(changed, differ as u64, "changed blocks miscounted");
+
+    let file = scratch_file(&dir, "out.img", &encoded);
+    let layout = ChunkLayout::parse(&file).expect("our own encoding parses");
+    let view = SparseView::new(file, layout);
+    assert!(
+        read_all(&view) == want,
+        "the encoding does not read back as the edited image"
+    );
+    let mut again = Vec::new();
+    let changed =
+        sparse::encode_edited(&sparse::writable(&view), &mut again).expect("encoding into memory");
+    assert_eq!(changed, 0, "an unedited image has no changed blocks");
+    assert!(again == encoded, "re-encoding our own encoding changed it");
+}
+
+/// A scratch file in `dir` holding `data`, open for reading and writing.
+fn scratch_file(dir: &tempfile::TempDir, name: &str, data: &[u8]) -> std::fs::File {
+    let mut file = std::fs::File::options()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
-        .open(dir.path().join("raw"))
+        .open(dir.path().join(name))
         .expect("scratch file");
-    if sparse::expand(&view, &raw).is_ok() {
-        let mut encoded = Vec::new();
-        let changed = sparse::encode(&view, &raw, &mut encoded).expect("re-encoding an expansion");
-        assert_eq!(changed, 0, "an unedited expansion has no changed blocks");
+    file.write_all(data).expect("scratch write");
+    file
+}
+
+/// The whole expanded image, read through the chunk index.
+fn read_all(view: &SparseView) -> Vec<u8> {
+    let mut bytes = vec![0u8; view.layout().raw_size() as usize];
+    view.read_at(0, &mut bytes)
+        .expect("a parsed image reads everywhere");
+    bytes
+}
+
+/// A small deterministic generator (splitmix64) seeded from the input, so
+/// that replaying a corpus file makes the same edits.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded(data: &[u8]) -> Rng {
+        // FNV-1a of the input.
+        Rng(data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        }))
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n`; `n` must not be 0.
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
     }
 }
 

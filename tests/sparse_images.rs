@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use imprint::image::sparse::{self, ChunkData, SparseLayout};
+use imprint::image::sparse::{self, ChunkData, ChunkLayout};
 use tempfile::TempDir;
 
 const EPOCH: &str = "1700000000";
@@ -52,8 +52,8 @@ fn simg2img(sparse: &Path, raw: &Path) {
     );
 }
 
-fn layout(path: &Path) -> SparseLayout {
-    SparseLayout::parse(&File::open(path).unwrap()).unwrap()
+fn layout(path: &Path) -> ChunkLayout {
+    ChunkLayout::parse(&File::open(path).unwrap()).unwrap()
 }
 
 fn is_sparse(path: &Path) -> bool {

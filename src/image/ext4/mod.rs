@@ -167,30 +167,6 @@ impl<R: ReadAt> Ext4Image<R> {
     }
 }
 
-/// Writes `plan` into the raw ext2/3/4 image at `raw`, in place (the
-/// demo's freshly made sample image; provisioning never edits its input).
-pub fn write_plan(raw: &Path, sb: &Superblock, plan: &Plan) -> Result<(), Ext4Error> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(raw)
-        .map_err(Ext4Error::Copy)?;
-    let len = file.metadata().map_err(Ext4Error::Copy)?.len();
-    let mut overlay = Overlay::new(&file, len, sb.block_size as u32);
-    write_plan_to_device(&mut overlay, sb, plan)?;
-    write_blocks(&overlay, &file).map_err(Ext4Error::Copy)?;
-    file.sync_all().map_err(Ext4Error::Copy)
-}
-
-/// Writes the blocks libext2fs changed into `out`, a copy of the base.
-fn write_blocks<R: ReadAt>(overlay: &Overlay<R>, out: &File) -> io::Result<()> {
-    let block = overlay.block_size();
-    for (&n, data) in overlay.written() {
-        out.write_all_at(data, n * block)?;
-    }
-    Ok(())
-}
-
 /// Writes `plan` into the filesystem on `device` (reads from the image,
 /// writes kept aside; see [`overlay_io`]).
 pub fn write_plan_to_device(
