@@ -153,7 +153,7 @@ fn write_empty_sparse(raw: &Path, sparse_path: &Path) -> Result<()> {
 /// `path`, as provisioning writes its files.
 fn fill_sample(empty: &Path, path: &Path, mtime: i64) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut backend = image::open_backend(empty, ImageKind::Sparse, &[], dir)?;
+    let mut backend = image::open_backend(empty, ImageKind::Sparse, &[], dir, &Default::default())?;
     let mut out =
         TempOutput::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     backend.apply(&sample_plan(mtime), &mut out)?;
