@@ -5,13 +5,12 @@
 //! into earlier blocks. So to continue a stream at a block boundary one
 //! needs the bit position, the 32 KiB window before it and the CRC so far.
 //! The decoder here records those for the last few boundaries as it goes
-//! (memory stays fixed), and the tar scan pins the ones just before places
+//! (memory stays fixed), and the tar scan keeps the ones just before places
 //! the plan may change. Writing then copies the compressed bytes up to the
 //! boundary, primes a new deflate stream with the leftover bits and the
 //! window, and deflates only what follows (the technique of zlib's
 //! gzappend.c). The result is one valid gzip member.
 
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
@@ -19,14 +18,15 @@ use std::sync::{Arc, Mutex};
 
 use libz_rs_sys as z;
 
+use super::invalid_data;
+use super::recent::RecentBoundaries;
+
 const WINDOW: usize = 32 * 1024;
-/// Boundaries kept in memory: the tar scan reads close behind the decoder,
-/// so a few suffice, whatever the archive size.
-const RECENT: usize = 16;
 const IN_BUF: usize = 256 * 1024;
 const STREAM_SIZE: i32 = std::mem::size_of::<z::z_stream>() as i32;
 
-/// A place where a new deflate block starts.
+/// Where a new deflate block starts: decoding can resume there (with the
+/// window), and a rewrite keeps everything before it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Boundary {
     /// Bit offset in the gzip file.
@@ -42,7 +42,7 @@ pub struct Boundary {
 /// What the decoder learned about the file, shared with the tar scan.
 #[derive(Default)]
 pub struct Index {
-    recent: VecDeque<Boundary>,
+    recent: RecentBoundaries<Boundary>,
     /// False once a second gzip member (or anything after the first) shows
     /// up: the tail technique handles one member only.
     pub single_member: bool,
@@ -56,19 +56,18 @@ impl std::fmt::Debug for Boundary {
 }
 
 impl Index {
-    /// The latest remembered boundary at or before uncompressed `offset`.
-    pub fn boundary_before(&self, offset: u64) -> Option<Boundary> {
-        self.recent.iter().rev().find(|b| b.out <= offset).cloned()
+    /// The latest remembered boundary with at most `out` uncompressed
+    /// bytes before it.
+    pub fn boundary_before(&self, out: u64) -> Option<Boundary> {
+        self.recent.latest(|b| b.out <= out)
     }
 }
 
 pub type SharedIndex = Arc<Mutex<Index>>;
 
+/// The error for a zlib call that returned `code`.
 fn zerr(what: &str, code: i32) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("{what} (zlib code {code})"),
-    )
+    invalid_data(format!("{what} (zlib code {code})"))
 }
 
 /// A raw (headerless) inflate or deflate stream; boxed because zlib keeps a
@@ -116,20 +115,20 @@ impl ZStream {
         Ok(ZStream { strm, deflate })
     }
 
-    /// One call of inflate from `input` into `out`.
-    fn inflate_step(&mut self, input: &[u8], out: &mut [u8], flush: i32) -> Step {
+    /// One call of inflate from `input` into `buf`.
+    fn inflate_step(&mut self, input: &[u8], buf: &mut [u8], flush: i32) -> Step {
         let strm = &mut *self.strm;
         strm.next_in = input.as_ptr() as *mut u8;
         strm.avail_in = input.len() as u32;
-        strm.next_out = out.as_mut_ptr();
-        strm.avail_out = out.len() as u32;
+        strm.next_out = buf.as_mut_ptr();
+        strm.avail_out = buf.len() as u32;
         // SAFETY: next_in/next_out point into live buffers of the given
         // sizes; inflate only reads the input.
         let code = unsafe { z::inflate(strm, flush) };
         Step {
             code,
             consumed: input.len() - strm.avail_in as usize,
-            produced: out.len() - strm.avail_out as usize,
+            produced: buf.len() - strm.avail_out as usize,
             data_type: strm.data_type,
         }
     }
@@ -211,7 +210,7 @@ pub struct IndexingDecoder {
 impl IndexingDecoder {
     pub fn new(file: File) -> (IndexingDecoder, SharedIndex) {
         let index = Arc::new(Mutex::new(Index {
-            recent: VecDeque::new(),
+            recent: RecentBoundaries::default(),
             single_member: true,
         }));
         let decoder = IndexingDecoder {
@@ -266,12 +265,8 @@ impl IndexingDecoder {
     fn start_member(&mut self) -> io::Result<()> {
         self.refill(64 * 1024)?;
         let rest = &self.input[self.used..];
-        let len = header_len(rest).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                "not a gzip header (corrupt data after a gzip member?)",
-            )
-        })?;
+        let len = header_len(rest)
+            .ok_or_else(|| invalid_data("not a gzip header (corrupt data after a gzip member?)"))?;
         self.used += len;
         Ok(())
     }
@@ -288,8 +283,7 @@ impl IndexingDecoder {
         let size = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
         let ours = std::mem::take(&mut self.crc).finalize();
         if crc != ours || size != self.member_out as u32 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
+            return Err(invalid_data(
                 "gzip checksum or length mismatch: the file is corrupt",
             ));
         }
@@ -351,11 +345,8 @@ impl Read for IndexingDecoder {
                     window: self.z.window(),
                 };
                 let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
-                if index.recent.back().is_none_or(|b| b.bit != bit) {
-                    if index.recent.len() == RECENT {
-                        index.recent.pop_front();
-                    }
-                    index.recent.push_back(boundary);
+                if index.recent.last().is_none_or(|b| b.bit != bit) {
+                    index.recent.push(boundary);
                 }
             }
             if produced > 0 {
@@ -369,7 +360,7 @@ impl Read for IndexingDecoder {
 }
 
 /// Inflates the rest of a gzip member from a boundary: the uncompressed
-/// bytes after `boundary.out`.
+/// bytes after its `out`.
 pub struct TailInflater {
     file: File,
     at: u64,
@@ -380,10 +371,10 @@ pub struct TailInflater {
 }
 
 impl TailInflater {
-    pub fn new(file: File, boundary: &Boundary) -> io::Result<TailInflater> {
+    pub fn new(file: File, from: &Boundary) -> io::Result<TailInflater> {
         let mut z = ZStream::inflate()?;
-        let byte_at = boundary.bit / 8;
-        let bits = (boundary.bit % 8) as i32;
+        let byte_at = from.bit / 8;
+        let bits = (from.bit % 8) as i32;
         let mut at = byte_at;
         // SAFETY: valid stream; the window slice outlives the call.
         unsafe {
@@ -393,11 +384,7 @@ impl TailInflater {
                 z::inflatePrime(&mut *z.strm, 8 - bits, (b[0] >> bits) as i32);
                 at += 1;
             }
-            z::inflateSetDictionary(
-                &mut *z.strm,
-                boundary.window.as_ptr(),
-                boundary.window.len() as u32,
-            );
+            z::inflateSetDictionary(&mut *z.strm, from.window.as_ptr(), from.window.len() as u32);
         }
         Ok(TailInflater {
             file,
@@ -445,7 +432,7 @@ impl Read for TailInflater {
 /// Deflates the new tail after a kept prefix and ends the gzip member with
 /// the CRC and length of the whole uncompressed stream.
 pub struct TailDeflater<W: Write> {
-    out: W,
+    sink: W,
     z: ZStream,
     crc: crc32fast::Hasher,
     len: u64,
@@ -453,11 +440,12 @@ pub struct TailDeflater<W: Write> {
 }
 
 impl<W: Write> TailDeflater<W> {
-    /// `last_byte` is the file byte holding the boundary's first bit; its
+    /// Continues the member after the kept prefix that ends at `from`;
+    /// `last_byte` is the file byte holding the boundary's first bit: its
     /// low bits belong to the kept prefix and are re-emitted here.
-    pub fn new(out: W, boundary: &Boundary, last_byte: u8, level: i32) -> io::Result<Self> {
+    pub fn new(sink: W, from: &Boundary, last_byte: u8, level: i32) -> io::Result<Self> {
         let mut z = ZStream::deflate(level)?;
-        let bits = (boundary.bit % 8) as i32;
+        let bits = (from.bit % 8) as i32;
         // SAFETY: valid stream; the window slice outlives the call.
         unsafe {
             if bits > 0 {
@@ -469,18 +457,18 @@ impl<W: Write> TailDeflater<W> {
             }
             let code = z::deflateSetDictionary(
                 &mut *z.strm,
-                boundary.window.as_ptr(),
-                boundary.window.len() as u32,
+                from.window.as_ptr(),
+                from.window.len() as u32,
             );
             if code != z::Z_OK {
                 return Err(zerr("deflateSetDictionary failed", code));
             }
         }
         Ok(TailDeflater {
-            out,
+            sink,
             z,
-            crc: crc32fast::Hasher::new_with_initial_len(boundary.crc, boundary.out),
-            len: boundary.out,
+            crc: crc32fast::Hasher::new_with_initial_len(from.crc, from.out),
+            len: from.out,
             buf: vec![0u8; IN_BUF],
         })
     }
@@ -495,7 +483,7 @@ impl<W: Write> TailDeflater<W> {
             // SAFETY: live buffers of the given sizes.
             let code = unsafe { z::deflate(strm, flush) };
             let produced = self.buf.len() - strm.avail_out as usize;
-            self.out.write_all(&self.buf[..produced])?;
+            self.sink.write_all(&self.buf[..produced])?;
             match code {
                 z::Z_STREAM_END => return Ok(()),
                 z::Z_OK | z::Z_BUF_ERROR => {}
@@ -511,9 +499,9 @@ impl<W: Write> TailDeflater<W> {
     pub fn finish(mut self) -> io::Result<W> {
         self.run(&[], z::Z_FINISH)?;
         let crc = self.crc.clone().finalize();
-        self.out.write_all(&crc.to_le_bytes())?;
-        self.out.write_all(&(self.len as u32).to_le_bytes())?;
-        Ok(self.out)
+        self.sink.write_all(&crc.to_le_bytes())?;
+        self.sink.write_all(&(self.len as u32).to_le_bytes())?;
+        Ok(self.sink)
     }
 }
 

@@ -11,21 +11,18 @@
 //! raw blocks, then the new content size in the header and the checksum.
 //! Only single-frame inputs qualify (what `zstd` writes, threads or not).
 
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::sync::{Arc, Mutex};
 
 use zstd::zstd_safe::{self, DCtx, InBuffer, OutBuffer};
 
+use super::invalid_data;
+use super::recent::RecentBoundaries;
+
 const MAGIC: u32 = 0xFD2F_B528;
 /// The largest block: min(window size, 128 KiB).
 const MAX_BLOCK: usize = 128 * 1024;
-const RECENT: usize = 16;
-
-fn invalid(msg: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.into())
-}
 
 /// XXH64 (seed 0), the checksum zstd frames carry.
 #[derive(Clone)]
@@ -166,15 +163,15 @@ impl FrameHeader {
     /// Parses a header from its first bytes (magic, descriptor, the rest).
     fn parse(bytes: &[u8]) -> io::Result<FrameHeader> {
         if bytes.len() < 5 || u32::from_le_bytes(bytes[..4].try_into().expect("4")) != MAGIC {
-            return Err(invalid("not a zstd frame"));
+            return Err(invalid_data("not a zstd frame"));
         }
         let d = bytes[4];
         if d & 0x08 != 0 {
-            return Err(invalid("zstd frame header has a reserved bit set"));
+            return Err(invalid_data("zstd frame header has a reserved bit set"));
         }
         let len = 5 + Self::rest_len(d);
         if bytes.len() < len {
-            return Err(invalid("zstd frame header cut short"));
+            return Err(invalid_data("zstd frame header cut short"));
         }
         let single = d & 0x20 != 0;
         let mut at = 5;
@@ -243,15 +240,16 @@ impl FrameHeader {
     }
 }
 
-/// Where a block starts, with what a rewrite from there needs.
+/// Where a block starts: a rewrite keeps the blocks before it and goes on
+/// with what this holds.
 #[derive(Clone)]
 pub struct Boundary {
     /// File offset of the block's header.
     pub offset: u64,
     /// Uncompressed bytes before the block.
     pub out: u64,
-    /// XXH64 state over those bytes.
-    pub hash: Xxh64,
+    /// The content hash over those bytes.
+    hash: Xxh64,
     /// The block's own content, re-emitted raw up to the cut.
     pub data: Arc<Vec<u8>>,
     pub header: Arc<FrameHeader>,
@@ -268,17 +266,19 @@ impl std::fmt::Debug for Boundary {
     }
 }
 
+/// What the decoder learned about the file, shared with the tar scan.
 #[derive(Default)]
 pub struct Index {
-    recent: VecDeque<Boundary>,
+    recent: RecentBoundaries<Boundary>,
     /// False when the file is not exactly one frame.
     pub single_frame: bool,
 }
 
 impl Index {
-    /// The latest remembered block start at or before `offset`.
-    pub fn boundary_before(&self, offset: u64) -> Option<Boundary> {
-        self.recent.iter().rev().find(|b| b.out <= offset).cloned()
+    /// The latest remembered boundary with at most `out` uncompressed
+    /// bytes before it.
+    pub fn boundary_before(&self, out: u64) -> Option<Boundary> {
+        self.recent.latest(|b| b.out <= out)
     }
 }
 
@@ -294,11 +294,13 @@ pub struct IndexingDecoder {
     /// The first frame is done; the rest is decoded as a plain stream.
     past_first: bool,
     eof: bool,
-    /// Output being decoded, then `out` once complete.
+    /// Output being decoded, then `piece` once complete.
     decoded: Vec<u8>,
-    out: Arc<Vec<u8>>,
-    out_at: usize,
-    produced: u64,
+    piece: Arc<Vec<u8>>,
+    piece_at: usize,
+    /// Uncompressed bytes handed on so far.
+    out: u64,
+    /// The content hash of the first frame's blocks decoded so far.
     hash: Xxh64,
     index: SharedIndex,
 }
@@ -314,9 +316,9 @@ impl IndexingDecoder {
             past_first: false,
             eof: false,
             decoded: Vec::new(),
-            out: Arc::default(),
-            out_at: 0,
-            produced: 0,
+            piece: Arc::default(),
+            piece_at: 0,
+            out: 0,
             hash: Xxh64::default(),
             index: index.clone(),
         };
@@ -326,7 +328,7 @@ impl IndexingDecoder {
     fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
         self.input.read_exact(buf).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
-                invalid(format!(
+                invalid_data(format!(
                     "the zstd stream is cut short at byte {}",
                     self.offset
                 ))
@@ -350,26 +352,26 @@ impl IndexingDecoder {
             let result = self.dctx.decompress_stream(&mut dst, &mut src);
             let n = dst.pos();
             self.decoded.truncate(start + n);
-            result.map_err(|code| invalid(format!("zstd: {}", zstd_safe::get_error_name(code))))?;
+            result.map_err(|code| {
+                invalid_data(format!("zstd: {}", zstd_safe::get_error_name(code)))
+            })?;
             if src.pos() == input.len() && n == 0 {
                 return Ok(());
             }
         }
     }
 
-    /// Decodes the next piece of output into `self.out`; false at the end.
+    /// Decodes the next piece of output into `self.piece`; false at the
+    /// end.
     fn next_piece(&mut self) -> io::Result<bool> {
         self.decoded = Vec::with_capacity(MAX_BLOCK);
         let more = self.decode_piece()?;
-        self.out = Arc::new(std::mem::take(&mut self.decoded));
-        self.out_at = 0;
+        self.piece = Arc::new(std::mem::take(&mut self.decoded));
+        self.piece_at = 0;
         if let Some(mut boundary) = more {
-            boundary.data = self.out.clone();
+            boundary.data = self.piece.clone();
             let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
-            if index.recent.len() == RECENT {
-                index.recent.pop_front();
-            }
-            index.recent.push_back(boundary);
+            index.recent.push(boundary);
         }
         Ok(!self.eof)
     }
@@ -421,10 +423,10 @@ impl IndexingDecoder {
         let body = match (raw >> 1) & 3 {
             0 | 2 => size,
             1 => 1,
-            _ => return Err(invalid("zstd block of the reserved type")),
+            _ => return Err(invalid_data("zstd block of the reserved type")),
         };
         if body > MAX_BLOCK {
-            return Err(invalid("zstd block larger than 128 KiB"));
+            return Err(invalid_data("zstd block larger than 128 KiB"));
         }
         let mut block = vec![0u8; 3 + body];
         block[..3].copy_from_slice(&bh);
@@ -445,7 +447,7 @@ impl IndexingDecoder {
         }
         Ok(Some(Boundary {
             offset: block_offset,
-            out: self.produced,
+            out: self.out,
             hash: hash_before,
             data: Arc::default(),
             header,
@@ -455,7 +457,7 @@ impl IndexingDecoder {
 
 impl Read for IndexingDecoder {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.out_at == self.out.len() {
+        while self.piece_at == self.piece.len() {
             if self.eof || !self.next_piece()? {
                 return Ok(0);
             }
@@ -463,10 +465,10 @@ impl Read for IndexingDecoder {
         if buf.is_empty() {
             return Ok(0);
         }
-        let n = buf.len().min(self.out.len() - self.out_at);
-        buf[..n].copy_from_slice(&self.out[self.out_at..self.out_at + n]);
-        self.out_at += n;
-        self.produced += n as u64;
+        let n = buf.len().min(self.piece.len() - self.piece_at);
+        buf[..n].copy_from_slice(&self.piece[self.piece_at..self.piece_at + n]);
+        self.piece_at += n;
+        self.out += n as u64;
         Ok(n)
     }
 }
@@ -474,7 +476,7 @@ impl Read for IndexingDecoder {
 /// Writes the rest of a frame after kept blocks: raw blocks, then the
 /// checksum if the frame has one.
 pub struct TailWriter<W: Write> {
-    out: W,
+    sink: W,
     pending: Vec<u8>,
     max_block: usize,
     hash: Xxh64,
@@ -484,10 +486,10 @@ pub struct TailWriter<W: Write> {
 impl<W: Write> TailWriter<W> {
     /// Continues the frame after the blocks before `from`; the frame will
     /// hold `content_size` bytes in all.
-    pub fn new(out: W, from: &Boundary, content_size: u64) -> Self {
+    pub fn new(sink: W, from: &Boundary, content_size: u64) -> Self {
         let max_block = from.header.max_block(content_size);
         TailWriter {
-            out,
+            sink,
             pending: Vec::with_capacity(max_block),
             max_block,
             hash: from.hash.clone(),
@@ -497,20 +499,21 @@ impl<W: Write> TailWriter<W> {
 
     fn block(&mut self, last: bool) -> io::Result<()> {
         let header = ((self.pending.len() as u32) << 3) | u32::from(last);
-        self.out.write_all(&header.to_le_bytes()[..3])?;
-        self.out.write_all(&self.pending)?;
+        self.sink.write_all(&header.to_le_bytes()[..3])?;
+        self.sink.write_all(&self.pending)?;
         self.pending.clear();
         Ok(())
     }
 
+    /// Writes the last block and the checksum, and returns the writer.
     pub fn finish(mut self) -> io::Result<W> {
         self.block(true)?;
         if self.checksum {
             let sum = self.hash.digest() as u32;
-            self.out.write_all(&sum.to_le_bytes())?;
+            self.sink.write_all(&sum.to_le_bytes())?;
         }
-        self.out.flush()?;
-        Ok(self.out)
+        self.sink.flush()?;
+        Ok(self.sink)
     }
 }
 
