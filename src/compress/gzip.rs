@@ -70,6 +70,23 @@ fn zerr(what: &str, code: i32) -> io::Error {
     invalid_data(format!("{what} (zlib code {code})"))
 }
 
+/// Turns a zlib return code other than Z_OK into an error.
+fn check(what: &str, code: i32) -> io::Result<()> {
+    if code == z::Z_OK {
+        Ok(())
+    } else {
+        Err(zerr(what, code))
+    }
+}
+
+/// What went wrong when zlib's `call` refused to continue from `from`.
+fn resume_failed(call: &str, from: &Boundary) -> String {
+    format!(
+        "cannot continue the deflate stream at bit {} of the gzip file: {call} failed",
+        from.bit
+    )
+}
+
 /// A raw (headerless) inflate or deflate stream; boxed because zlib keeps a
 /// pointer back to it.
 struct ZStream {
@@ -108,10 +125,7 @@ impl ZStream {
     fn start(deflate: bool, init: impl FnOnce(&mut z::z_stream) -> i32) -> io::Result<ZStream> {
         // SAFETY: a zeroed z_stream is the documented starting state.
         let mut strm: Box<z::z_stream> = Box::new(unsafe { std::mem::zeroed() });
-        let code = init(&mut strm);
-        if code != z::Z_OK {
-            return Err(zerr("cannot start zlib", code));
-        }
+        check("cannot start zlib", init(&mut strm))?;
         Ok(ZStream { strm, deflate })
     }
 
@@ -133,18 +147,23 @@ impl ZStream {
         }
     }
 
-    fn window(&mut self) -> Vec<u8> {
+    /// The last (up to) 32 KiB inflate produced.
+    fn window(&mut self) -> io::Result<Vec<u8>> {
         let mut buf = vec![0u8; WINDOW];
         let mut len: u32 = 0;
         // SAFETY: buf holds 32 KiB, the most inflate keeps.
-        unsafe { z::inflateGetDictionary(&*self.strm, buf.as_mut_ptr(), &mut len) };
+        let code = unsafe { z::inflateGetDictionary(&*self.strm, buf.as_mut_ptr(), &mut len) };
+        check("cannot read the inflate window", code)?;
         buf.truncate(len as usize);
-        buf
+        Ok(buf)
     }
 }
 
 impl Drop for ZStream {
     fn drop(&mut self) {
+        // The codes say whether the stream was complete, which a stream
+        // dropped early (after an error) is not; either way the memory is
+        // freed.
         // SAFETY: initialised in the constructors, ended once.
         unsafe {
             if self.deflate {
@@ -300,7 +319,8 @@ impl IndexingDecoder {
             .single_member = false;
         self.member_out = 0;
         // SAFETY: the stream was initialised; reset keeps its settings.
-        unsafe { z::inflateReset(&mut *self.z.strm) };
+        let code = unsafe { z::inflateReset(&mut *self.z.strm) };
+        check("cannot reset inflate for the next gzip member", code)?;
         self.start_member()
     }
 }
@@ -342,7 +362,7 @@ impl Read for IndexingDecoder {
                     bit,
                     out: self.total_out,
                     crc: self.crc.clone().finalize(),
-                    window: self.z.window(),
+                    window: self.z.window()?,
                 };
                 let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
                 if index.recent.last().is_none_or(|b| b.bit != bit) {
@@ -376,16 +396,20 @@ impl TailInflater {
         let byte_at = from.bit / 8;
         let bits = (from.bit % 8) as i32;
         let mut at = byte_at;
-        // SAFETY: valid stream; the window slice outlives the call.
-        unsafe {
-            if bits > 0 {
-                let mut b = [0u8; 1];
-                file.read_exact_at(&mut b, byte_at)?;
-                z::inflatePrime(&mut *z.strm, 8 - bits, (b[0] >> bits) as i32);
-                at += 1;
-            }
-            z::inflateSetDictionary(&mut *z.strm, from.window.as_ptr(), from.window.len() as u32);
+        if bits > 0 {
+            // The boundary's byte: its high bits start the next block.
+            let mut b = [0u8; 1];
+            file.read_exact_at(&mut b, byte_at)?;
+            // SAFETY: valid stream.
+            let code = unsafe { z::inflatePrime(&mut *z.strm, 8 - bits, (b[0] >> bits) as i32) };
+            check(&resume_failed("inflatePrime", from), code)?;
+            at += 1;
         }
+        // SAFETY: valid stream; the window slice outlives the call.
+        let code = unsafe {
+            z::inflateSetDictionary(&mut *z.strm, from.window.as_ptr(), from.window.len() as u32)
+        };
+        check(&resume_failed("inflateSetDictionary", from), code)?;
         Ok(TailInflater {
             file,
             at,
@@ -446,24 +470,17 @@ impl<W: Write> TailDeflater<W> {
     pub fn new(sink: W, from: &Boundary, last_byte: u8, level: i32) -> io::Result<Self> {
         let mut z = ZStream::deflate(level)?;
         let bits = (from.bit % 8) as i32;
-        // SAFETY: valid stream; the window slice outlives the call.
-        unsafe {
-            if bits > 0 {
-                let code =
-                    z::deflatePrime(&mut *z.strm, bits, (last_byte & ((1u8 << bits) - 1)) as i32);
-                if code != z::Z_OK {
-                    return Err(zerr("deflatePrime failed", code));
-                }
-            }
-            let code = z::deflateSetDictionary(
-                &mut *z.strm,
-                from.window.as_ptr(),
-                from.window.len() as u32,
-            );
-            if code != z::Z_OK {
-                return Err(zerr("deflateSetDictionary failed", code));
-            }
+        if bits > 0 {
+            let low = (last_byte & ((1u8 << bits) - 1)) as i32;
+            // SAFETY: valid stream.
+            let code = unsafe { z::deflatePrime(&mut *z.strm, bits, low) };
+            check(&resume_failed("deflatePrime", from), code)?;
         }
+        // SAFETY: valid stream; the window slice outlives the call.
+        let code = unsafe {
+            z::deflateSetDictionary(&mut *z.strm, from.window.as_ptr(), from.window.len() as u32)
+        };
+        check(&resume_failed("deflateSetDictionary", from), code)?;
         Ok(TailDeflater {
             sink,
             z,
