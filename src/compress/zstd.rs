@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::sync::{Arc, Mutex};
 
+use xxhash_rust::xxh64::Xxh64;
 use zstd::zstd_safe::{self, DCtx, InBuffer, OutBuffer};
 
 use super::invalid_data;
@@ -24,114 +25,15 @@ const MAGIC: u32 = 0xFD2F_B528;
 /// The largest block: min(window size, 128 KiB).
 const MAX_BLOCK: usize = 128 * 1024;
 
-/// XXH64 (seed 0), the checksum zstd frames carry.
-#[derive(Clone)]
-pub struct Xxh64 {
-    v: [u64; 4],
-    total: u64,
-    buf: [u8; 32],
-    buffered: usize,
+/// A hash of the content so far: XXH64 with seed 0, whose low 32 bits are
+/// the checksum a zstd frame may end with.
+fn content_hash() -> Xxh64 {
+    Xxh64::new(0)
 }
 
-const P1: u64 = 11_400_714_785_074_694_791;
-const P2: u64 = 14_029_467_366_897_019_727;
-const P3: u64 = 1_609_587_929_392_839_161;
-const P4: u64 = 9_650_029_242_287_828_579;
-const P5: u64 = 2_870_177_450_012_600_261;
-
-fn round(acc: u64, input: u64) -> u64 {
-    acc.wrapping_add(input.wrapping_mul(P2))
-        .rotate_left(31)
-        .wrapping_mul(P1)
-}
-
-fn merge(acc: u64, v: u64) -> u64 {
-    (acc ^ round(0, v)).wrapping_mul(P1).wrapping_add(P4)
-}
-
-fn le64(b: &[u8]) -> u64 {
-    u64::from_le_bytes(b[..8].try_into().expect("8 bytes"))
-}
-
-impl Default for Xxh64 {
-    fn default() -> Self {
-        Xxh64 {
-            v: [P1.wrapping_add(P2), P2, 0, 0u64.wrapping_sub(P1)],
-            total: 0,
-            buf: [0; 32],
-            buffered: 0,
-        }
-    }
-}
-
-impl Xxh64 {
-    fn stripe(&mut self, s: &[u8]) {
-        for (i, v) in self.v.iter_mut().enumerate() {
-            *v = round(*v, le64(&s[i * 8..]));
-        }
-    }
-
-    pub fn update(&mut self, mut data: &[u8]) {
-        self.total += data.len() as u64;
-        if self.buffered > 0 {
-            let n = (32 - self.buffered).min(data.len());
-            self.buf[self.buffered..self.buffered + n].copy_from_slice(&data[..n]);
-            self.buffered += n;
-            data = &data[n..];
-            if self.buffered < 32 {
-                return;
-            }
-            let buf = self.buf;
-            self.stripe(&buf);
-            self.buffered = 0;
-        }
-        let mut stripes = data.chunks_exact(32);
-        for s in &mut stripes {
-            self.stripe(s);
-        }
-        let rest = stripes.remainder();
-        self.buf[..rest.len()].copy_from_slice(rest);
-        self.buffered = rest.len();
-    }
-
-    pub fn digest(&self) -> u64 {
-        let mut h = if self.total >= 32 {
-            let [v1, v2, v3, v4] = self.v;
-            let mut h = v1
-                .rotate_left(1)
-                .wrapping_add(v2.rotate_left(7))
-                .wrapping_add(v3.rotate_left(12))
-                .wrapping_add(v4.rotate_left(18));
-            for v in self.v {
-                h = merge(h, v);
-            }
-            h
-        } else {
-            P5
-        };
-        h = h.wrapping_add(self.total);
-        let mut rest = &self.buf[..self.buffered];
-        while rest.len() >= 8 {
-            h ^= round(0, le64(rest));
-            h = h.rotate_left(27).wrapping_mul(P1).wrapping_add(P4);
-            rest = &rest[8..];
-        }
-        if rest.len() >= 4 {
-            let w = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes"));
-            h ^= u64::from(w).wrapping_mul(P1);
-            h = h.rotate_left(23).wrapping_mul(P2).wrapping_add(P3);
-            rest = &rest[4..];
-        }
-        for &b in rest {
-            h ^= u64::from(b).wrapping_mul(P5);
-            h = h.rotate_left(11).wrapping_mul(P1);
-        }
-        h ^= h >> 33;
-        h = h.wrapping_mul(P2);
-        h ^= h >> 29;
-        h = h.wrapping_mul(P3);
-        h ^ (h >> 32)
-    }
+/// The frame checksum for the content `hash` has seen.
+fn frame_checksum(hash: &Xxh64) -> [u8; 4] {
+    (hash.digest() as u32).to_le_bytes()
 }
 
 /// A zstd frame header, as far as the rewrite needs it.
@@ -319,7 +221,7 @@ impl IndexingDecoder {
             piece: Arc::default(),
             piece_at: 0,
             out: 0,
-            hash: Xxh64::default(),
+            hash: content_hash(),
             index: index.clone(),
         };
         (decoder, index)
@@ -509,8 +411,7 @@ impl<W: Write> TailWriter<W> {
     pub fn finish(mut self) -> io::Result<W> {
         self.block(true)?;
         if self.checksum {
-            let sum = self.hash.digest() as u32;
-            self.sink.write_all(&sum.to_le_bytes())?;
+            self.sink.write_all(&frame_checksum(&self.hash))?;
         }
         self.sink.flush()?;
         Ok(self.sink)
@@ -538,22 +439,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn xxh64_matches_the_reference() {
+    fn content_hash_is_xxh64_and_gives_the_frame_checksum() {
         let digest = |data: &[u8]| {
-            let mut h = Xxh64::default();
+            let mut h = content_hash();
             h.update(data);
             h.digest()
         };
         assert_eq!(digest(b""), 0xEF46_DB37_51D8_E999);
         assert_eq!(digest(b"a"), 0xD24E_C4F1_A98C_6E5B);
         assert_eq!(digest(b"abc"), 0x44BC_2CF5_AD77_0999);
-        // Byte-at-a-time updates give the same as one update.
+        // Byte-at-a-time updates give the same as one update, and a state
+        // cloned midway (as a boundary keeps it) goes on alike.
         let long: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let mut h = Xxh64::default();
-        for b in &long {
+        let mut h = content_hash();
+        for b in &long[..333] {
             h.update(std::slice::from_ref(b));
         }
+        let mut kept = h.clone();
+        for b in &long[333..] {
+            h.update(std::slice::from_ref(b));
+        }
+        kept.update(&long[333..]);
         assert_eq!(h.digest(), digest(&long));
+        assert_eq!(kept.digest(), digest(&long));
+        // The checksum is the one the zstd library writes.
+        let mut c = zstd::bulk::Compressor::new(3).unwrap();
+        c.include_checksum(true).unwrap();
+        let frame = c.compress(&long).unwrap();
+        let mut h = content_hash();
+        h.update(&long);
+        assert_eq!(frame_checksum(&h), frame[frame.len() - 4..]);
     }
 
     #[test]
