@@ -41,6 +41,7 @@ impl Compression {
         }
     }
 
+    /// The format's name, as in messages to users.
     pub fn name(self) -> &'static str {
         match self {
             Compression::None => "uncompressed",
