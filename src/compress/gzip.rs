@@ -5,13 +5,12 @@
 //! into earlier blocks. So to continue a stream at a block boundary one
 //! needs the bit position, the 32 KiB window before it and the CRC so far.
 //! The decoder here records those for the last few boundaries as it goes
-//! (memory stays fixed), and the tar scan pins the ones just before places
+//! (memory stays fixed), and the tar scan keeps the ones just before places
 //! the plan may change. Writing then copies the compressed bytes up to the
 //! boundary, primes a new deflate stream with the leftover bits and the
 //! window, and deflates only what follows (the technique of zlib's
 //! gzappend.c). The result is one valid gzip member.
 
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
@@ -19,14 +18,15 @@ use std::sync::{Arc, Mutex};
 
 use libz_rs_sys as z;
 
+use super::invalid_data;
+use super::recent::RecentBoundaries;
+
 const WINDOW: usize = 32 * 1024;
-/// Boundaries kept in memory: the tar scan reads close behind the decoder,
-/// so a few suffice, whatever the archive size.
-const RECENT: usize = 16;
 const IN_BUF: usize = 256 * 1024;
 const STREAM_SIZE: i32 = std::mem::size_of::<z::z_stream>() as i32;
 
-/// A place where a new deflate block starts.
+/// Where a new deflate block starts: decoding can resume there (with the
+/// window), and a rewrite keeps everything before it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Boundary {
     /// Bit offset in the gzip file.
@@ -42,7 +42,7 @@ pub struct Boundary {
 /// What the decoder learned about the file, shared with the tar scan.
 #[derive(Default)]
 pub struct Index {
-    recent: VecDeque<Boundary>,
+    recent: RecentBoundaries<Boundary>,
     /// False once a second gzip member (or anything after the first) shows
     /// up: the tail technique handles one member only.
     pub single_member: bool,
@@ -56,18 +56,34 @@ impl std::fmt::Debug for Boundary {
 }
 
 impl Index {
-    /// The latest remembered boundary at or before uncompressed `offset`.
-    pub fn boundary_before(&self, offset: u64) -> Option<Boundary> {
-        self.recent.iter().rev().find(|b| b.out <= offset).cloned()
+    /// The latest remembered boundary with at most `out` uncompressed
+    /// bytes before it.
+    pub fn boundary_before(&self, out: u64) -> Option<Boundary> {
+        self.recent.latest(|b| b.out <= out)
     }
 }
 
 pub type SharedIndex = Arc<Mutex<Index>>;
 
+/// The error for a zlib call that returned `code`.
 fn zerr(what: &str, code: i32) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("{what} (zlib code {code})"),
+    invalid_data(format!("{what} (zlib code {code})"))
+}
+
+/// Turns a zlib return code other than Z_OK into an error.
+fn check(what: &str, code: i32) -> io::Result<()> {
+    if code == z::Z_OK {
+        Ok(())
+    } else {
+        Err(zerr(what, code))
+    }
+}
+
+/// What went wrong when zlib's `call` refused to continue from `from`.
+fn resume_failed(call: &str, from: &Boundary) -> String {
+    format!(
+        "cannot continue the deflate stream at bit {} of the gzip file: {call} failed",
+        from.bit
     )
 }
 
@@ -109,43 +125,45 @@ impl ZStream {
     fn start(deflate: bool, init: impl FnOnce(&mut z::z_stream) -> i32) -> io::Result<ZStream> {
         // SAFETY: a zeroed z_stream is the documented starting state.
         let mut strm: Box<z::z_stream> = Box::new(unsafe { std::mem::zeroed() });
-        let code = init(&mut strm);
-        if code != z::Z_OK {
-            return Err(zerr("cannot start zlib", code));
-        }
+        check("cannot start zlib", init(&mut strm))?;
         Ok(ZStream { strm, deflate })
     }
 
-    /// One call of inflate from `input` into `out`.
-    fn inflate_step(&mut self, input: &[u8], out: &mut [u8], flush: i32) -> Step {
+    /// One call of inflate from `input` into `buf`.
+    fn inflate_step(&mut self, input: &[u8], buf: &mut [u8], flush: i32) -> Step {
         let strm = &mut *self.strm;
         strm.next_in = input.as_ptr() as *mut u8;
         strm.avail_in = input.len() as u32;
-        strm.next_out = out.as_mut_ptr();
-        strm.avail_out = out.len() as u32;
+        strm.next_out = buf.as_mut_ptr();
+        strm.avail_out = buf.len() as u32;
         // SAFETY: next_in/next_out point into live buffers of the given
         // sizes; inflate only reads the input.
         let code = unsafe { z::inflate(strm, flush) };
         Step {
             code,
             consumed: input.len() - strm.avail_in as usize,
-            produced: out.len() - strm.avail_out as usize,
+            produced: buf.len() - strm.avail_out as usize,
             data_type: strm.data_type,
         }
     }
 
-    fn window(&mut self) -> Vec<u8> {
+    /// The last (up to) 32 KiB inflate produced.
+    fn window(&mut self) -> io::Result<Vec<u8>> {
         let mut buf = vec![0u8; WINDOW];
         let mut len: u32 = 0;
         // SAFETY: buf holds 32 KiB, the most inflate keeps.
-        unsafe { z::inflateGetDictionary(&*self.strm, buf.as_mut_ptr(), &mut len) };
+        let code = unsafe { z::inflateGetDictionary(&*self.strm, buf.as_mut_ptr(), &mut len) };
+        check("cannot read the inflate window", code)?;
         buf.truncate(len as usize);
-        buf
+        Ok(buf)
     }
 }
 
 impl Drop for ZStream {
     fn drop(&mut self) {
+        // The codes say whether the stream was complete, which a stream
+        // dropped early (after an error) is not; either way the memory is
+        // freed.
         // SAFETY: initialised in the constructors, ended once.
         unsafe {
             if self.deflate {
@@ -211,7 +229,7 @@ pub struct IndexingDecoder {
 impl IndexingDecoder {
     pub fn new(file: File) -> (IndexingDecoder, SharedIndex) {
         let index = Arc::new(Mutex::new(Index {
-            recent: VecDeque::new(),
+            recent: RecentBoundaries::default(),
             single_member: true,
         }));
         let decoder = IndexingDecoder {
@@ -266,12 +284,8 @@ impl IndexingDecoder {
     fn start_member(&mut self) -> io::Result<()> {
         self.refill(64 * 1024)?;
         let rest = &self.input[self.used..];
-        let len = header_len(rest).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                "not a gzip header (corrupt data after a gzip member?)",
-            )
-        })?;
+        let len = header_len(rest)
+            .ok_or_else(|| invalid_data("not a gzip header (corrupt data after a gzip member?)"))?;
         self.used += len;
         Ok(())
     }
@@ -288,8 +302,7 @@ impl IndexingDecoder {
         let size = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
         let ours = std::mem::take(&mut self.crc).finalize();
         if crc != ours || size != self.member_out as u32 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
+            return Err(invalid_data(
                 "gzip checksum or length mismatch: the file is corrupt",
             ));
         }
@@ -306,7 +319,8 @@ impl IndexingDecoder {
             .single_member = false;
         self.member_out = 0;
         // SAFETY: the stream was initialised; reset keeps its settings.
-        unsafe { z::inflateReset(&mut *self.z.strm) };
+        let code = unsafe { z::inflateReset(&mut *self.z.strm) };
+        check("cannot reset inflate for the next gzip member", code)?;
         self.start_member()
     }
 }
@@ -348,14 +362,11 @@ impl Read for IndexingDecoder {
                     bit,
                     out: self.total_out,
                     crc: self.crc.clone().finalize(),
-                    window: self.z.window(),
+                    window: self.z.window()?,
                 };
                 let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
-                if index.recent.back().is_none_or(|b| b.bit != bit) {
-                    if index.recent.len() == RECENT {
-                        index.recent.pop_front();
-                    }
-                    index.recent.push_back(boundary);
+                if index.recent.last().is_none_or(|b| b.bit != bit) {
+                    index.recent.push(boundary);
                 }
             }
             if produced > 0 {
@@ -369,7 +380,7 @@ impl Read for IndexingDecoder {
 }
 
 /// Inflates the rest of a gzip member from a boundary: the uncompressed
-/// bytes after `boundary.out`.
+/// bytes after its `out`.
 pub struct TailInflater {
     file: File,
     at: u64,
@@ -380,25 +391,25 @@ pub struct TailInflater {
 }
 
 impl TailInflater {
-    pub fn new(file: File, boundary: &Boundary) -> io::Result<TailInflater> {
+    pub fn new(file: File, from: &Boundary) -> io::Result<TailInflater> {
         let mut z = ZStream::inflate()?;
-        let byte_at = boundary.bit / 8;
-        let bits = (boundary.bit % 8) as i32;
+        let byte_at = from.bit / 8;
+        let bits = (from.bit % 8) as i32;
         let mut at = byte_at;
-        // SAFETY: valid stream; the window slice outlives the call.
-        unsafe {
-            if bits > 0 {
-                let mut b = [0u8; 1];
-                file.read_exact_at(&mut b, byte_at)?;
-                z::inflatePrime(&mut *z.strm, 8 - bits, (b[0] >> bits) as i32);
-                at += 1;
-            }
-            z::inflateSetDictionary(
-                &mut *z.strm,
-                boundary.window.as_ptr(),
-                boundary.window.len() as u32,
-            );
+        if bits > 0 {
+            // The boundary's byte: its high bits start the next block.
+            let mut b = [0u8; 1];
+            file.read_exact_at(&mut b, byte_at)?;
+            // SAFETY: valid stream.
+            let code = unsafe { z::inflatePrime(&mut *z.strm, 8 - bits, (b[0] >> bits) as i32) };
+            check(&resume_failed("inflatePrime", from), code)?;
+            at += 1;
         }
+        // SAFETY: valid stream; the window slice outlives the call.
+        let code = unsafe {
+            z::inflateSetDictionary(&mut *z.strm, from.window.as_ptr(), from.window.len() as u32)
+        };
+        check(&resume_failed("inflateSetDictionary", from), code)?;
         Ok(TailInflater {
             file,
             at,
@@ -445,7 +456,7 @@ impl Read for TailInflater {
 /// Deflates the new tail after a kept prefix and ends the gzip member with
 /// the CRC and length of the whole uncompressed stream.
 pub struct TailDeflater<W: Write> {
-    out: W,
+    sink: W,
     z: ZStream,
     crc: crc32fast::Hasher,
     len: u64,
@@ -453,34 +464,28 @@ pub struct TailDeflater<W: Write> {
 }
 
 impl<W: Write> TailDeflater<W> {
-    /// `last_byte` is the file byte holding the boundary's first bit; its
+    /// Continues the member after the kept prefix that ends at `from`;
+    /// `last_byte` is the file byte holding the boundary's first bit: its
     /// low bits belong to the kept prefix and are re-emitted here.
-    pub fn new(out: W, boundary: &Boundary, last_byte: u8, level: i32) -> io::Result<Self> {
+    pub fn new(sink: W, from: &Boundary, last_byte: u8, level: i32) -> io::Result<Self> {
         let mut z = ZStream::deflate(level)?;
-        let bits = (boundary.bit % 8) as i32;
-        // SAFETY: valid stream; the window slice outlives the call.
-        unsafe {
-            if bits > 0 {
-                let code =
-                    z::deflatePrime(&mut *z.strm, bits, (last_byte & ((1u8 << bits) - 1)) as i32);
-                if code != z::Z_OK {
-                    return Err(zerr("deflatePrime failed", code));
-                }
-            }
-            let code = z::deflateSetDictionary(
-                &mut *z.strm,
-                boundary.window.as_ptr(),
-                boundary.window.len() as u32,
-            );
-            if code != z::Z_OK {
-                return Err(zerr("deflateSetDictionary failed", code));
-            }
+        let bits = (from.bit % 8) as i32;
+        if bits > 0 {
+            let low = (last_byte & ((1u8 << bits) - 1)) as i32;
+            // SAFETY: valid stream.
+            let code = unsafe { z::deflatePrime(&mut *z.strm, bits, low) };
+            check(&resume_failed("deflatePrime", from), code)?;
         }
+        // SAFETY: valid stream; the window slice outlives the call.
+        let code = unsafe {
+            z::deflateSetDictionary(&mut *z.strm, from.window.as_ptr(), from.window.len() as u32)
+        };
+        check(&resume_failed("deflateSetDictionary", from), code)?;
         Ok(TailDeflater {
-            out,
+            sink,
             z,
-            crc: crc32fast::Hasher::new_with_initial_len(boundary.crc, boundary.out),
-            len: boundary.out,
+            crc: crc32fast::Hasher::new_with_initial_len(from.crc, from.out),
+            len: from.out,
             buf: vec![0u8; IN_BUF],
         })
     }
@@ -495,7 +500,7 @@ impl<W: Write> TailDeflater<W> {
             // SAFETY: live buffers of the given sizes.
             let code = unsafe { z::deflate(strm, flush) };
             let produced = self.buf.len() - strm.avail_out as usize;
-            self.out.write_all(&self.buf[..produced])?;
+            self.sink.write_all(&self.buf[..produced])?;
             match code {
                 z::Z_STREAM_END => return Ok(()),
                 z::Z_OK | z::Z_BUF_ERROR => {}
@@ -511,9 +516,9 @@ impl<W: Write> TailDeflater<W> {
     pub fn finish(mut self) -> io::Result<W> {
         self.run(&[], z::Z_FINISH)?;
         let crc = self.crc.clone().finalize();
-        self.out.write_all(&crc.to_le_bytes())?;
-        self.out.write_all(&(self.len as u32).to_le_bytes())?;
-        Ok(self.out)
+        self.sink.write_all(&crc.to_le_bytes())?;
+        self.sink.write_all(&(self.len as u32).to_le_bytes())?;
+        Ok(self.sink)
     }
 }
 

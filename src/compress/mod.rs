@@ -1,14 +1,21 @@
-//! The compression layer under tar archives: detection by magic bytes, and
-//! streaming decoders and encoders for gzip, bzip2, zstd and xz.
+//! The compression layer: detection by magic bytes, and streaming decoders
+//! and encoders for gzip, bzip2, zstd and xz.
+//!
+//! For gzip, bzip2 and zstd the codec modules also read with an index of
+//! *boundaries* (places where decoding can resume and a rewrite can
+//! continue after the input's own compressed bytes) and write such a
+//! continuation, so a small change near the end of a big file does not
+//! recompress all of it.
 
-pub mod bzip2;
-pub mod gzip;
-pub mod zstd;
+pub(crate) mod bzip2;
+pub(crate) mod gzip;
+mod recent;
+pub(crate) mod zstd;
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 
-/// A tar archive's outer compression.
+/// A file's outer compression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
     None,
@@ -34,6 +41,7 @@ impl Compression {
         }
     }
 
+    /// The format's name, as in messages to users.
     pub fn name(self) -> &'static str {
         match self {
             Compression::None => "uncompressed",
@@ -60,25 +68,25 @@ impl Compression {
         }
     }
 
-    /// A streaming encoder into `out`. Levels are the tools' defaults, and
+    /// A streaming encoder into `sink`. Levels are the tools' defaults, and
     /// every header field that could carry a time or a name is left empty,
     /// so the same input gives the same bytes.
-    pub fn encoder<'w, W: Write + Send + 'w>(self, out: W) -> io::Result<Box<dyn Encoder + 'w>> {
+    pub fn encoder<'w, W: Write + Send + 'w>(self, sink: W) -> io::Result<Box<dyn Encoder + 'w>> {
         Ok(match self {
-            Compression::None => Box::new(Plain(out)),
+            Compression::None => Box::new(Plain(sink)),
             Compression::Gzip => Box::new(
                 flate2::GzBuilder::new()
                     .mtime(0)
-                    .write(out, flate2::Compression::new(6)),
+                    .write(sink, flate2::Compression::new(6)),
             ),
             // Blocks compress on all cores; the bytes do not depend on
             // how many.
-            Compression::Bzip2 => Box::new(self::bzip2::BlockEncoder::new(out, b'9')),
+            Compression::Bzip2 => Box::new(self::bzip2::BlockEncoder::new(sink, b'9')),
             Compression::Zstd => {
-                let mut encoder = ::zstd::stream::write::Encoder::new(out, 3)?;
+                let mut encoder = ::zstd::stream::write::Encoder::new(sink, 3)?;
                 // Worker threads compress while this thread reads the input;
                 // the output bytes do not depend on the thread count.
-                encoder.multithread(compression_workers())?;
+                encoder.multithread(worker_count() as u32)?;
                 Box::new(encoder)
             }
             Compression::Xz => {
@@ -87,14 +95,27 @@ impl Compression {
                 // the same on any machine.
                 let stream = xz2::stream::MtStreamBuilder::new()
                     .preset(6)
-                    .threads(compression_workers())
+                    .threads(worker_count() as u32)
                     .check(xz2::stream::Check::Crc64)
                     .encoder()
                     .map_err(io::Error::other)?;
-                Box::new(xz2::write::XzEncoder::new_stream(out, stream))
+                Box::new(xz2::write::XzEncoder::new_stream(sink, stream))
             }
         })
     }
+}
+
+/// Threads a codec compresses or decodes on: one per core, at most 8.
+fn worker_count() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8)
+}
+
+/// The error for input that is not what its format says.
+fn invalid_data(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
 /// A decoder that could not even start reports its error on first read.
@@ -136,20 +157,6 @@ impl<W: Write> Encoder for flate2::write::GzEncoder<W> {
     fn finish_stream(self: Box<Self>) -> io::Result<()> {
         self.finish()?.flush()
     }
-}
-
-impl<W: Write> Encoder for self::bzip2::BlockEncoder<W> {
-    fn finish_stream(self: Box<Self>) -> io::Result<()> {
-        self.finish()?.flush()
-    }
-}
-
-/// Compression worker threads: one per core, at most 8.
-fn compression_workers() -> u32 {
-    std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1)
-        .clamp(1, 8)
 }
 
 impl<W: Write> Encoder for ::zstd::stream::write::Encoder<'_, W> {

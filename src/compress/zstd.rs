@@ -11,130 +11,29 @@
 //! raw blocks, then the new content size in the header and the checksum.
 //! Only single-frame inputs qualify (what `zstd` writes, threads or not).
 
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::sync::{Arc, Mutex};
 
+use xxhash_rust::xxh64::Xxh64;
 use zstd::zstd_safe::{self, DCtx, InBuffer, OutBuffer};
+
+use super::invalid_data;
+use super::recent::RecentBoundaries;
 
 const MAGIC: u32 = 0xFD2F_B528;
 /// The largest block: min(window size, 128 KiB).
 const MAX_BLOCK: usize = 128 * 1024;
-const RECENT: usize = 16;
 
-fn invalid(msg: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+/// A hash of the content so far: XXH64 with seed 0, whose low 32 bits are
+/// the checksum a zstd frame may end with.
+fn content_hash() -> Xxh64 {
+    Xxh64::new(0)
 }
 
-/// XXH64 (seed 0), the checksum zstd frames carry.
-#[derive(Clone)]
-pub struct Xxh64 {
-    v: [u64; 4],
-    total: u64,
-    buf: [u8; 32],
-    buffered: usize,
-}
-
-const P1: u64 = 11_400_714_785_074_694_791;
-const P2: u64 = 14_029_467_366_897_019_727;
-const P3: u64 = 1_609_587_929_392_839_161;
-const P4: u64 = 9_650_029_242_287_828_579;
-const P5: u64 = 2_870_177_450_012_600_261;
-
-fn round(acc: u64, input: u64) -> u64 {
-    acc.wrapping_add(input.wrapping_mul(P2))
-        .rotate_left(31)
-        .wrapping_mul(P1)
-}
-
-fn merge(acc: u64, v: u64) -> u64 {
-    (acc ^ round(0, v)).wrapping_mul(P1).wrapping_add(P4)
-}
-
-fn le64(b: &[u8]) -> u64 {
-    u64::from_le_bytes(b[..8].try_into().expect("8 bytes"))
-}
-
-impl Default for Xxh64 {
-    fn default() -> Self {
-        Xxh64 {
-            v: [P1.wrapping_add(P2), P2, 0, 0u64.wrapping_sub(P1)],
-            total: 0,
-            buf: [0; 32],
-            buffered: 0,
-        }
-    }
-}
-
-impl Xxh64 {
-    fn stripe(&mut self, s: &[u8]) {
-        for (i, v) in self.v.iter_mut().enumerate() {
-            *v = round(*v, le64(&s[i * 8..]));
-        }
-    }
-
-    pub fn update(&mut self, mut data: &[u8]) {
-        self.total += data.len() as u64;
-        if self.buffered > 0 {
-            let n = (32 - self.buffered).min(data.len());
-            self.buf[self.buffered..self.buffered + n].copy_from_slice(&data[..n]);
-            self.buffered += n;
-            data = &data[n..];
-            if self.buffered < 32 {
-                return;
-            }
-            let buf = self.buf;
-            self.stripe(&buf);
-            self.buffered = 0;
-        }
-        let mut stripes = data.chunks_exact(32);
-        for s in &mut stripes {
-            self.stripe(s);
-        }
-        let rest = stripes.remainder();
-        self.buf[..rest.len()].copy_from_slice(rest);
-        self.buffered = rest.len();
-    }
-
-    pub fn digest(&self) -> u64 {
-        let mut h = if self.total >= 32 {
-            let [v1, v2, v3, v4] = self.v;
-            let mut h = v1
-                .rotate_left(1)
-                .wrapping_add(v2.rotate_left(7))
-                .wrapping_add(v3.rotate_left(12))
-                .wrapping_add(v4.rotate_left(18));
-            for v in self.v {
-                h = merge(h, v);
-            }
-            h
-        } else {
-            P5
-        };
-        h = h.wrapping_add(self.total);
-        let mut rest = &self.buf[..self.buffered];
-        while rest.len() >= 8 {
-            h ^= round(0, le64(rest));
-            h = h.rotate_left(27).wrapping_mul(P1).wrapping_add(P4);
-            rest = &rest[8..];
-        }
-        if rest.len() >= 4 {
-            let w = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes"));
-            h ^= u64::from(w).wrapping_mul(P1);
-            h = h.rotate_left(23).wrapping_mul(P2).wrapping_add(P3);
-            rest = &rest[4..];
-        }
-        for &b in rest {
-            h ^= u64::from(b).wrapping_mul(P5);
-            h = h.rotate_left(11).wrapping_mul(P1);
-        }
-        h ^= h >> 33;
-        h = h.wrapping_mul(P2);
-        h ^= h >> 29;
-        h = h.wrapping_mul(P3);
-        h ^ (h >> 32)
-    }
+/// The frame checksum for the content `hash` has seen.
+fn frame_checksum(hash: &Xxh64) -> [u8; 4] {
+    (hash.digest() as u32).to_le_bytes()
 }
 
 /// A zstd frame header, as far as the rewrite needs it.
@@ -166,15 +65,15 @@ impl FrameHeader {
     /// Parses a header from its first bytes (magic, descriptor, the rest).
     fn parse(bytes: &[u8]) -> io::Result<FrameHeader> {
         if bytes.len() < 5 || u32::from_le_bytes(bytes[..4].try_into().expect("4")) != MAGIC {
-            return Err(invalid("not a zstd frame"));
+            return Err(invalid_data("not a zstd frame"));
         }
         let d = bytes[4];
         if d & 0x08 != 0 {
-            return Err(invalid("zstd frame header has a reserved bit set"));
+            return Err(invalid_data("zstd frame header has a reserved bit set"));
         }
         let len = 5 + Self::rest_len(d);
         if bytes.len() < len {
-            return Err(invalid("zstd frame header cut short"));
+            return Err(invalid_data("zstd frame header cut short"));
         }
         let single = d & 0x20 != 0;
         let mut at = 5;
@@ -243,15 +142,16 @@ impl FrameHeader {
     }
 }
 
-/// Where a block starts, with what a rewrite from there needs.
+/// Where a block starts: a rewrite keeps the blocks before it and goes on
+/// with what this holds.
 #[derive(Clone)]
 pub struct Boundary {
     /// File offset of the block's header.
     pub offset: u64,
     /// Uncompressed bytes before the block.
     pub out: u64,
-    /// XXH64 state over those bytes.
-    pub hash: Xxh64,
+    /// The content hash over those bytes.
+    hash: Xxh64,
     /// The block's own content, re-emitted raw up to the cut.
     pub data: Arc<Vec<u8>>,
     pub header: Arc<FrameHeader>,
@@ -268,17 +168,19 @@ impl std::fmt::Debug for Boundary {
     }
 }
 
+/// What the decoder learned about the file, shared with the tar scan.
 #[derive(Default)]
 pub struct Index {
-    recent: VecDeque<Boundary>,
+    recent: RecentBoundaries<Boundary>,
     /// False when the file is not exactly one frame.
     pub single_frame: bool,
 }
 
 impl Index {
-    /// The latest remembered block start at or before `offset`.
-    pub fn boundary_before(&self, offset: u64) -> Option<Boundary> {
-        self.recent.iter().rev().find(|b| b.out <= offset).cloned()
+    /// The latest remembered boundary with at most `out` uncompressed
+    /// bytes before it.
+    pub fn boundary_before(&self, out: u64) -> Option<Boundary> {
+        self.recent.latest(|b| b.out <= out)
     }
 }
 
@@ -294,11 +196,13 @@ pub struct IndexingDecoder {
     /// The first frame is done; the rest is decoded as a plain stream.
     past_first: bool,
     eof: bool,
-    /// Output being decoded, then `out` once complete.
+    /// Output being decoded, then `piece` once complete.
     decoded: Vec<u8>,
-    out: Arc<Vec<u8>>,
-    out_at: usize,
-    produced: u64,
+    piece: Arc<Vec<u8>>,
+    piece_at: usize,
+    /// Uncompressed bytes handed on so far.
+    out: u64,
+    /// The content hash of the first frame's blocks decoded so far.
     hash: Xxh64,
     index: SharedIndex,
 }
@@ -314,10 +218,10 @@ impl IndexingDecoder {
             past_first: false,
             eof: false,
             decoded: Vec::new(),
-            out: Arc::default(),
-            out_at: 0,
-            produced: 0,
-            hash: Xxh64::default(),
+            piece: Arc::default(),
+            piece_at: 0,
+            out: 0,
+            hash: content_hash(),
             index: index.clone(),
         };
         (decoder, index)
@@ -326,7 +230,7 @@ impl IndexingDecoder {
     fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
         self.input.read_exact(buf).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
-                invalid(format!(
+                invalid_data(format!(
                     "the zstd stream is cut short at byte {}",
                     self.offset
                 ))
@@ -350,26 +254,26 @@ impl IndexingDecoder {
             let result = self.dctx.decompress_stream(&mut dst, &mut src);
             let n = dst.pos();
             self.decoded.truncate(start + n);
-            result.map_err(|code| invalid(format!("zstd: {}", zstd_safe::get_error_name(code))))?;
+            result.map_err(|code| {
+                invalid_data(format!("zstd: {}", zstd_safe::get_error_name(code)))
+            })?;
             if src.pos() == input.len() && n == 0 {
                 return Ok(());
             }
         }
     }
 
-    /// Decodes the next piece of output into `self.out`; false at the end.
+    /// Decodes the next piece of output into `self.piece`; false at the
+    /// end.
     fn next_piece(&mut self) -> io::Result<bool> {
         self.decoded = Vec::with_capacity(MAX_BLOCK);
         let more = self.decode_piece()?;
-        self.out = Arc::new(std::mem::take(&mut self.decoded));
-        self.out_at = 0;
+        self.piece = Arc::new(std::mem::take(&mut self.decoded));
+        self.piece_at = 0;
         if let Some(mut boundary) = more {
-            boundary.data = self.out.clone();
+            boundary.data = self.piece.clone();
             let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
-            if index.recent.len() == RECENT {
-                index.recent.pop_front();
-            }
-            index.recent.push_back(boundary);
+            index.recent.push(boundary);
         }
         Ok(!self.eof)
     }
@@ -421,10 +325,10 @@ impl IndexingDecoder {
         let body = match (raw >> 1) & 3 {
             0 | 2 => size,
             1 => 1,
-            _ => return Err(invalid("zstd block of the reserved type")),
+            _ => return Err(invalid_data("zstd block of the reserved type")),
         };
         if body > MAX_BLOCK {
-            return Err(invalid("zstd block larger than 128 KiB"));
+            return Err(invalid_data("zstd block larger than 128 KiB"));
         }
         let mut block = vec![0u8; 3 + body];
         block[..3].copy_from_slice(&bh);
@@ -445,7 +349,7 @@ impl IndexingDecoder {
         }
         Ok(Some(Boundary {
             offset: block_offset,
-            out: self.produced,
+            out: self.out,
             hash: hash_before,
             data: Arc::default(),
             header,
@@ -455,7 +359,7 @@ impl IndexingDecoder {
 
 impl Read for IndexingDecoder {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.out_at == self.out.len() {
+        while self.piece_at == self.piece.len() {
             if self.eof || !self.next_piece()? {
                 return Ok(0);
             }
@@ -463,10 +367,10 @@ impl Read for IndexingDecoder {
         if buf.is_empty() {
             return Ok(0);
         }
-        let n = buf.len().min(self.out.len() - self.out_at);
-        buf[..n].copy_from_slice(&self.out[self.out_at..self.out_at + n]);
-        self.out_at += n;
-        self.produced += n as u64;
+        let n = buf.len().min(self.piece.len() - self.piece_at);
+        buf[..n].copy_from_slice(&self.piece[self.piece_at..self.piece_at + n]);
+        self.piece_at += n;
+        self.out += n as u64;
         Ok(n)
     }
 }
@@ -474,7 +378,7 @@ impl Read for IndexingDecoder {
 /// Writes the rest of a frame after kept blocks: raw blocks, then the
 /// checksum if the frame has one.
 pub struct TailWriter<W: Write> {
-    out: W,
+    sink: W,
     pending: Vec<u8>,
     max_block: usize,
     hash: Xxh64,
@@ -484,10 +388,10 @@ pub struct TailWriter<W: Write> {
 impl<W: Write> TailWriter<W> {
     /// Continues the frame after the blocks before `from`; the frame will
     /// hold `content_size` bytes in all.
-    pub fn new(out: W, from: &Boundary, content_size: u64) -> Self {
+    pub fn new(sink: W, from: &Boundary, content_size: u64) -> Self {
         let max_block = from.header.max_block(content_size);
         TailWriter {
-            out,
+            sink,
             pending: Vec::with_capacity(max_block),
             max_block,
             hash: from.hash.clone(),
@@ -497,20 +401,20 @@ impl<W: Write> TailWriter<W> {
 
     fn block(&mut self, last: bool) -> io::Result<()> {
         let header = ((self.pending.len() as u32) << 3) | u32::from(last);
-        self.out.write_all(&header.to_le_bytes()[..3])?;
-        self.out.write_all(&self.pending)?;
+        self.sink.write_all(&header.to_le_bytes()[..3])?;
+        self.sink.write_all(&self.pending)?;
         self.pending.clear();
         Ok(())
     }
 
+    /// Writes the last block and the checksum, and returns the writer.
     pub fn finish(mut self) -> io::Result<W> {
         self.block(true)?;
         if self.checksum {
-            let sum = self.hash.digest() as u32;
-            self.out.write_all(&sum.to_le_bytes())?;
+            self.sink.write_all(&frame_checksum(&self.hash))?;
         }
-        self.out.flush()?;
-        Ok(self.out)
+        self.sink.flush()?;
+        Ok(self.sink)
     }
 }
 
@@ -535,22 +439,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn xxh64_matches_the_reference() {
+    fn content_hash_is_xxh64_and_gives_the_frame_checksum() {
         let digest = |data: &[u8]| {
-            let mut h = Xxh64::default();
+            let mut h = content_hash();
             h.update(data);
             h.digest()
         };
         assert_eq!(digest(b""), 0xEF46_DB37_51D8_E999);
         assert_eq!(digest(b"a"), 0xD24E_C4F1_A98C_6E5B);
         assert_eq!(digest(b"abc"), 0x44BC_2CF5_AD77_0999);
-        // Byte-at-a-time updates give the same as one update.
+        // Byte-at-a-time updates give the same as one update, and a state
+        // cloned midway (as a boundary keeps it) goes on alike.
         let long: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let mut h = Xxh64::default();
-        for b in &long {
+        let mut h = content_hash();
+        for b in &long[..333] {
             h.update(std::slice::from_ref(b));
         }
+        let mut kept = h.clone();
+        for b in &long[333..] {
+            h.update(std::slice::from_ref(b));
+        }
+        kept.update(&long[333..]);
         assert_eq!(h.digest(), digest(&long));
+        assert_eq!(kept.digest(), digest(&long));
+        // The checksum is the one the zstd library writes.
+        let mut c = zstd::bulk::Compressor::new(3).unwrap();
+        c.include_checksum(true).unwrap();
+        let frame = c.compress(&long).unwrap();
+        let mut h = content_hash();
+        h.update(&long);
+        assert_eq!(frame_checksum(&h), frame[frame.len() - 4..]);
     }
 
     #[test]
