@@ -5,7 +5,7 @@
 //! A failing serial does not stop the others. Every finished image is
 //! listed in `manifest.json` beside them (no password, ever).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
@@ -36,6 +36,12 @@ pub enum BatchError {
     },
     #[error("serial {0} is listed twice")]
     Duplicate(String),
+    #[error("serials {first} and {second} both map to the account {email}; the second image would make the first one's password stale. Provision them in separate runs only if they are the same device")]
+    SameAccount {
+        first: String,
+        second: String,
+        email: String,
+    },
     #[error("no serials given")]
     Empty,
     #[error("a batch writes into a directory: --output must be an existing directory")]
@@ -54,6 +60,8 @@ pub enum BatchError {
 /// Reads serials, one a line; blank lines and `#` comments are skipped.
 pub fn read_serials(text: &str, origin: &str) -> Result<Vec<Serial>, BatchError> {
     let mut serials = Vec::new();
+    // A byte-order mark (Windows editors write one) is not part of a serial.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (i, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
@@ -68,16 +76,26 @@ pub fn read_serials(text: &str, origin: &str) -> Result<Vec<Serial>, BatchError>
     Ok(serials)
 }
 
-/// Rejects an empty list and duplicates (two images for one account would
-/// leave one of them with a stale password).
+/// Rejects an empty list, duplicates, and two serials that map to one
+/// account (the runbook's rule keeps only the segment after the last
+/// hyphen, so `AZJN-0007` and `AZXB-0007` share an email): two images for
+/// one account would leave the first with a password that no longer works.
 pub fn check_unique(serials: &[Serial]) -> Result<(), BatchError> {
     if serials.is_empty() {
         return Err(BatchError::Empty);
     }
-    let mut seen = BTreeSet::new();
+    let mut seen = BTreeMap::new();
     for s in serials {
-        if !seen.insert(s.as_str()) {
-            return Err(BatchError::Duplicate(s.to_string()));
+        if let Some(first) = seen.insert(s.email(), s) {
+            return Err(if first == s {
+                BatchError::Duplicate(s.to_string())
+            } else {
+                BatchError::SameAccount {
+                    first: first.to_string(),
+                    second: s.to_string(),
+                    email: s.email(),
+                }
+            });
         }
     }
     Ok(())
@@ -341,4 +359,32 @@ fn write_manifest(path: &Path, manifest: &Manifest) -> Result<(), BatchError> {
     let mut text = serde_json::to_string_pretty(&merged).expect("manifest serializes");
     text.push('\n');
     output::write_atomic(path, text.as_bytes()).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_files_with_a_bom_and_comments() {
+        let serials = read_serials("\u{feff}AZJN-0001\n# x\n\nAZJN-0002 # y\n", "s.txt").unwrap();
+        let names: Vec<&str> = serials.iter().map(Serial::as_str).collect();
+        assert_eq!(names, ["AZJN-0001", "AZJN-0002"]);
+    }
+
+    #[test]
+    fn two_serials_for_one_account_are_refused_naming_both() {
+        let serials = read_serials("AZJN-0007\nAZXB-0007\n", "s.txt").unwrap();
+        let err = check_unique(&serials).unwrap_err().to_string();
+        assert!(
+            err.contains("AZJN-0007") && err.contains("AZXB-0007"),
+            "{err}"
+        );
+        assert!(err.contains("azaion-jetson-0007@azaion.com"), "{err}");
+        let twice = read_serials("AZJN-0007\nAZJN-0007\n", "s.txt").unwrap();
+        assert!(matches!(
+            check_unique(&twice),
+            Err(BatchError::Duplicate(_))
+        ));
+    }
 }
