@@ -61,13 +61,19 @@ impl Existing {
 pub struct ImagePath(Vec<String>);
 
 impl ImagePath {
+    /// An absolute path; `//` and `.` parts are dropped (as the kernel
+    /// does), `..` is refused (it could climb out of the image).
     pub fn parse(text: &str) -> Option<ImagePath> {
         let rel = text.strip_prefix('/')?;
-        let parts: Vec<String> = rel.split('/').map(str::to_string).collect();
+        let parts: Vec<String> = rel
+            .split('/')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .map(str::to_string)
+            .collect();
         let ok = !parts.is_empty()
-            && parts.iter().all(|p| {
-                !p.is_empty() && p != "." && p != ".." && !p.contains('\0') && p.len() <= 255
-            });
+            && parts
+                .iter()
+                .all(|p| p != ".." && !p.contains('\0') && p.len() <= 255);
         ok.then_some(ImagePath(parts))
     }
 
@@ -92,5 +98,19 @@ impl ImagePath {
 impl fmt::Display for ImagePath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "/{}", self.relative())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_normalised_and_never_climb() {
+        let p = ImagePath::parse("/etc//azaion/./device.conf").unwrap();
+        assert_eq!(p.to_string(), "/etc/azaion/device.conf");
+        for bad in ["etc/x", "/", "//", "/etc/../x", "/a\0b"] {
+            assert!(ImagePath::parse(bad).is_none(), "{bad:?}");
+        }
     }
 }

@@ -75,9 +75,7 @@ impl OverlaySpec {
                 why: why.to_string(),
             };
             if ImagePath::parse(&e.path).is_none() {
-                return Err(bad(
-                    "the path must be absolute, without '.', '..' or empty parts",
-                ));
+                return Err(bad("the path must be absolute and must not contain '..'"));
             }
             if parse_mode(&e.mode).is_none() {
                 return Err(bad("mode must be octal permission bits such as \"0600\""));
