@@ -291,6 +291,7 @@ fn provision_and_verify(
         imprint::io::output::sidecar_path(&emitted.path).display()
     );
     let expect = Expectations {
+        password_policy: Default::default(),
         serial: Some(serial.clone()),
         owner: Some("azaion".parse()?),
         login: Some(AdminConfig::new(&server.url())),

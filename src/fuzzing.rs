@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::compress::bzip2;
-use crate::identity::{self, Password, Serial};
+use crate::identity::{self, Password, PasswordPolicy, Serial};
 use crate::image::ext4::overlay_io::Device;
 use crate::image::ext4::Ext4Image;
 use crate::image::sparse::{self, ChunkLayout, SparseView};
@@ -250,12 +250,12 @@ pub fn userdb(data: &[u8]) {
 pub fn device_conf(data: &[u8]) {
     let conf = identity::parse_device_conf(data);
     if let Some(p) = &conf.password {
-        let _ = identity::password_is_well_formed(p.expose());
+        let _ = PasswordPolicy::Any.accepts(p.expose());
     }
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = Serial::parse(text);
         let password = Password::from_plain(text);
-        if identity::password_is_well_formed(password.expose()) {
+        if PasswordPolicy::Any.accepts(password.expose()) {
             let rendered = render_device_conf(&password);
             let back = identity::parse_device_conf(&rendered);
             assert_eq!(

@@ -109,7 +109,7 @@ impl Password {
     /// Reads a caller-supplied password: the first line of the file, without
     /// its line ending. It must be printable ASCII without spaces so that it
     /// survives the `KEY=value` format of device.conf.
-    pub fn from_file(path: &Path) -> Result<Password, IdentityError> {
+    pub fn from_file(path: &Path, policy: PasswordPolicy) -> Result<Password, IdentityError> {
         let mut text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
             IdentityError::PasswordFile {
                 path: path.display().to_string(),
@@ -130,6 +130,11 @@ impl Password {
         }
         if !text.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(bad("it must be printable ASCII without spaces"));
+        }
+        if !policy.accepts(&text) {
+            return Err(bad(
+                "it is not 32 lowercase hex characters as the runbook's `openssl rand -hex 16` makes; pass --password-policy any to stamp it anyway",
+            ));
         }
         Ok(Password::new(text))
     }
@@ -192,9 +197,44 @@ pub fn parse_device_conf(bytes: &[u8]) -> DeviceConf {
     conf
 }
 
-/// A well-formed generated or supplied password, as `verify` accepts it.
-pub fn password_is_well_formed(password: &str) -> bool {
-    !password.is_empty() && password.len() <= 256 && password.bytes().all(|b| b.is_ascii_graphic())
+/// Which passwords imprint stamps and `verify` accepts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PasswordPolicy {
+    /// 32 lowercase hex characters, as the runbook's `openssl rand -hex 16`
+    /// and [`Password::generate`] make.
+    #[default]
+    Runbook,
+    /// Any printable ASCII without spaces, 1 to 256 characters (what
+    /// device.conf's `KEY=value` lines can hold).
+    Any,
+}
+
+impl PasswordPolicy {
+    pub fn accepts(self, password: &str) -> bool {
+        let printable = !password.is_empty()
+            && password.len() <= 256
+            && password.bytes().all(|b| b.is_ascii_graphic());
+        match self {
+            PasswordPolicy::Any => printable,
+            PasswordPolicy::Runbook => {
+                password.len() == 32
+                    && password
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for PasswordPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "runbook" => Ok(PasswordPolicy::Runbook),
+            "any" => Ok(PasswordPolicy::Any),
+            _ => Err(format!("unknown password policy {s:?}: use runbook or any")),
+        }
+    }
 }
 
 #[cfg(test)]

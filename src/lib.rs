@@ -48,6 +48,7 @@
 //! assert_eq!((written.owner.uid, written.owner.gid), (1001, 1001));
 //!
 //! let checks = verify::verify(&emitted.path, &Expectations {
+//!     password_policy: Default::default(),
 //!     serial: Some(Serial::parse("AZJN-0042")?),
 //!     owner: Some("azaion".parse()?),
 //!     login: None,

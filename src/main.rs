@@ -12,7 +12,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use zeroize::Zeroizing;
 
 use imprint::admin::AdminConfig;
-use imprint::identity::{Password, Serial};
+use imprint::identity::{Password, PasswordPolicy, Serial};
 use imprint::owner::OwnerSpec;
 use imprint::pipeline::batch;
 use imprint::pipeline::{self, Request, Settings, Source};
@@ -115,6 +115,9 @@ struct ProvisionArgs {
     /// Read the password from this file (first line) instead of generating one
     #[arg(long)]
     password_file: Option<PathBuf>,
+    /// Which passwords to accept: runbook (32 lowercase hex, as openssl rand -hex 16) or any (printable ASCII)
+    #[arg(long, default_value = "runbook")]
+    password_policy: PasswordPolicy,
     /// Make no API call; requires --password-file
     #[arg(long, requires = "password_file", conflicts_with = "api_url")]
     offline: bool,
@@ -179,6 +182,9 @@ struct VerifyArgs {
     /// Loader base URL: also check the credentials with POST {URL}/login
     #[arg(long)]
     login_url: Option<String>,
+    /// Which passwords pass: runbook (32 lowercase hex) or any (printable ASCII)
+    #[arg(long, default_value = "runbook")]
+    password_policy: PasswordPolicy,
     #[command(flatten)]
     api: ApiArgs,
     /// Print the report as JSON
@@ -338,7 +344,7 @@ fn provision_cmd(args: ProvisionArgs) -> Result<ExitCode> {
     let password = args
         .password_file
         .as_deref()
-        .map(Password::from_file)
+        .map(|path| Password::from_file(path, args.password_policy))
         .transpose()?;
     let mut settings = Settings::new(owner);
     for path in &args.overlays {
@@ -375,6 +381,7 @@ fn provision_cmd(args: ProvisionArgs) -> Result<ExitCode> {
                 api,
                 force: args.force,
                 skip_existing: args.skip_existing,
+                password_policy: args.password_policy,
                 jobs: args.jobs as usize,
             },
             args.quiet,
@@ -541,6 +548,7 @@ fn batch_cmd(req: batch::BatchRequest, quiet: bool, json: bool) -> Result<ExitCo
 
 fn verify_cmd(args: VerifyArgs) -> Result<ExitCode> {
     let expect = Expectations {
+        password_policy: args.password_policy,
         serial: args.serial.as_deref().map(Serial::parse).transpose()?,
         owner: args.owner.as_deref().map(str::parse).transpose()?,
         login: args

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::admin::{self, AdminConfig};
-use crate::identity::{self, Serial};
+use crate::identity::{self, PasswordPolicy, Serial};
 use crate::image::{self, EntryType, ImageError};
 use crate::io::output;
 use crate::owner::{OwnerSpec, UserDb};
@@ -26,6 +26,8 @@ pub struct Expectations {
     pub owner: Option<OwnerSpec>,
     /// The Loader's base URL, to try the credentials with POST /login.
     pub login: Option<AdminConfig>,
+    /// The form the password must have.
+    pub password_policy: PasswordPolicy,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -186,14 +188,20 @@ pub fn verify(path: &Path, expect: &Expectations) -> Result<VerifyReport, ImageE
     let password_ok = parsed
         .password
         .as_ref()
-        .is_some_and(|p| identity::password_is_well_formed(p.expose()));
+        .is_some_and(|p| expect.password_policy.accepts(p.expose()));
     report.add(
         "password",
         password_ok,
         match &parsed.password {
             None => format!("{} is missing", identity::PASSWORD_KEY),
             Some(p) if password_ok => format!("present, {} characters", p.expose().len()),
-            Some(_) => "present but empty or not printable ASCII".into(),
+            Some(p) => match expect.password_policy {
+                PasswordPolicy::Runbook => format!(
+                    "present, {} characters, but not 32 lowercase hex characters (pass --password-policy any to accept other forms)",
+                    p.expose().len()
+                ),
+                PasswordPolicy::Any => "present but empty or not printable ASCII".into(),
+            },
         },
     );
     if let Some(serial) = &expect.serial {

@@ -450,14 +450,45 @@ fn password_never_printed() {
     let server = StubServer::start().unwrap();
     let pw_file = write_password(&c.dir, "Supplied-Passw0rd-XYZ");
     let o = provision(&c, &server, &["--password-file", pw_file.to_str().unwrap()]);
+    assert!(
+        !o.status.success(),
+        "the runbook's form is the default policy"
+    );
+    assert!(
+        stderr(&o).contains("--password-policy any"),
+        "{}",
+        stderr(&o)
+    );
+    let o = provision(
+        &c,
+        &server,
+        &[
+            "--password-policy",
+            "any",
+            "--password-file",
+            pw_file.to_str().unwrap(),
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         server.password_of(EMAIL).as_deref(),
         Some("Supplied-Passw0rd-XYZ")
     );
+    let strict = run(bin()
+        .arg("verify")
+        .arg(output_of(&c))
+        .args(["--serial", SERIAL]));
+    assert_eq!(strict.status.code(), Some(1), "{}", stdout(&strict));
+    assert!(
+        stdout(&strict).contains("FAIL password"),
+        "{}",
+        stdout(&strict)
+    );
     let v = run(bin().arg("verify").arg(output_of(&c)).args([
         "--serial",
         SERIAL,
+        "--password-policy",
+        "any",
         "--login-url",
         &server.url(),
     ]));
@@ -484,7 +515,7 @@ fn offline_needs_a_password_file_and_calls_nothing() {
         .arg("--output")
         .arg(&c.out));
     assert_eq!(o.status.code(), Some(2), "usage error: {}", stderr(&o));
-    let pw = write_password(&c.dir, "offline-pw");
+    let pw = write_password(&c.dir, "0ff1ce0ff1ce0ff1ce0ff1ce0ff1ce00");
     let o = run(bin()
         .args([
             "provision",
@@ -503,7 +534,7 @@ fn offline_needs_a_password_file_and_calls_nothing() {
     extract("gnutar", &output_of(&c), &x);
     assert_eq!(
         fs::read_to_string(x.join("etc/azaion/device.conf")).unwrap(),
-        conf_text(EMAIL, "offline-pw")
+        conf_text(EMAIL, "0ff1ce0ff1ce0ff1ce0ff1ce0ff1ce00")
     );
 }
 
@@ -775,7 +806,7 @@ fn verify_passes_and_fails() {
     }
     // A wrong password on the server: login fails.
     let pw = c.dir.join("pw");
-    fs::write(&pw, "another-password").unwrap();
+    fs::write(&pw, "a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0").unwrap();
     let o = run(bin()
         .args([
             "provision",
@@ -836,7 +867,7 @@ fn verify_passes_and_fails() {
 #[test]
 fn reproducible_with_source_date_epoch() {
     let c = case("tar.gz", "gnu", true);
-    let pw = write_password(&c.dir, "fixed-password");
+    let pw = write_password(&c.dir, "f1eedf1eedf1eedf1eedf1eedf1eed00");
     let mut digests = Vec::new();
     for i in 0..2 {
         let out = c.out.join(format!("r{i}.tar.gz"));

@@ -14,7 +14,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::admin::{AdminClient, AdminConfig};
-use crate::identity::{IdentityError, Password, Serial};
+use crate::identity::{IdentityError, Password, PasswordPolicy, Serial};
 use crate::image::ImageError;
 use crate::io::output;
 use crate::owner::OwnerSpec;
@@ -113,6 +113,8 @@ pub struct BatchRequest {
     pub api: Option<AdminConfig>,
     pub force: bool,
     pub skip_existing: bool,
+    /// The form a skipped output's password must have to count as done.
+    pub password_policy: PasswordPolicy,
     /// API calls in flight at once (and images waiting for them).
     pub jobs: usize,
 }
@@ -158,11 +160,12 @@ impl BatchReport {
 }
 
 /// True when `path` exists and verifies for `serial` (checksum included).
-fn already_done(path: &Path, serial: &Serial, owner: &OwnerSpec) -> bool {
+fn already_done(path: &Path, serial: &Serial, owner: &OwnerSpec, policy: PasswordPolicy) -> bool {
     if !path.is_file() || !output::sidecar_path(path).is_file() {
         return false;
     }
     let expect = Expectations {
+        password_policy: policy,
         serial: Some(serial.clone()),
         owner: Some(owner.clone()),
         login: None,
@@ -261,7 +264,9 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
             };
             let name = req.input.file_name().unwrap_or_default().to_string_lossy();
             let out_path = req.output_dir.join(format!("{serial}-{name}"));
-            if req.skip_existing && already_done(&out_path, serial, &req.settings.owner) {
+            if req.skip_existing
+                && already_done(&out_path, serial, &req.settings.owner, req.password_policy)
+            {
                 say(&format!(
                     "{serial}: {} already verifies; skipped",
                     out_path.display()
