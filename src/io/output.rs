@@ -9,13 +9,14 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
 static LIVE_TEMPS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// What every temp and scratch name has: `.NAME.imprint-PID-RANDOM.KIND`.
+const TEMP_MARK: &str = ".imprint-";
 
 /// Registers a temp file for removal if the process is interrupted.
 pub fn register(path: &Path) {
@@ -41,11 +42,12 @@ pub fn remove_live_temps() {
     }
 }
 
-/// Installs handlers so SIGINT, SIGTERM and SIGHUP remove temp files and
-/// exit with 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM).
+/// Installs handlers so SIGINT, SIGTERM, SIGHUP and SIGQUIT remove temp
+/// files and exit with 128 + the signal number (130 for Ctrl-C, 143 for
+/// SIGTERM). SIGQUIT would otherwise dump core with the password inside.
 pub fn install_signal_cleanup() -> io::Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])?;
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
             remove_live_temps();
@@ -64,6 +66,7 @@ pub fn create_private(path: &Path) -> io::Result<File> {
         .write(true)
         .create_new(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
     use std::os::unix::fs::PermissionsExt;
     file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
@@ -218,22 +221,65 @@ impl Drop for TempOutput {
     }
 }
 
-/// Creates `.<name>.imprint-<pid>-<n>.<suffix>` in `dir`, 0600, registered
-/// for removal on interrupt.
+/// Creates `.<name>.imprint-<pid>-<random>.<suffix>` in `dir`, 0600,
+/// registered for removal on interrupt. The random part comes from the OS
+/// generator and the file is created with O_EXCL|O_NOFOLLOW, so a name
+/// planted in advance (a symlink, another user's file) can neither be
+/// guessed nor followed.
 fn create_registered(dir: &Path, name: &str, suffix: &str) -> io::Result<(PathBuf, File)> {
+    let mut random = [0u8; 8];
+    getrandom::getrandom(&mut random).map_err(|e| io::Error::other(e.to_string()))?;
     let path = dir.join(format!(
-        ".{name}.imprint-{}-{}.{suffix}",
+        ".{name}{TEMP_MARK}{}-{}.{suffix}",
         std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        hex::encode(random)
     ));
     register(&path);
     match create_private(&path) {
         Ok(file) => Ok((path, file)),
         Err(e) => {
             unregister(&path);
-            Err(e)
+            Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())))
         }
     }
+}
+
+/// Removes temp and scratch files that earlier imprint runs left in `dir`
+/// when they were killed (SIGKILL leaves no chance to clean up): files of
+/// ours by name, owned by this user, whose process is gone. Returns what
+/// was removed.
+pub fn remove_stale_temps(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(pid) = stale_candidate_pid(&name.to_string_lossy()) else {
+            continue;
+        };
+        let meta = entry.path().symlink_metadata()?;
+        let alive = Path::new(&format!("/proc/{pid}")).exists();
+        if meta.file_type().is_file() && meta.uid() == uid && !alive {
+            std::fs::remove_file(entry.path())?;
+            removed.push(entry.path());
+        }
+    }
+    Ok(removed)
+}
+
+/// The pid in a name of the form `.NAME.imprint-PID-HEX16.(tmp|scratch)`.
+fn stale_candidate_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (_, tail) = rest.rsplit_once(TEMP_MARK)?;
+    let (stem, kind) = tail.rsplit_once('.')?;
+    if kind != "tmp" && kind != "scratch" {
+        return None;
+    }
+    let (pid, random) = stem.split_once('-')?;
+    let hex = random.len() == 16 && random.bytes().all(|b| b.is_ascii_hexdigit());
+    hex.then(|| pid.parse().ok()).flatten()
 }
 
 /// A private scratch file (0600, removed when dropped or on interrupt),
@@ -440,6 +486,42 @@ pub fn read_sidecar(image: &Path) -> io::Result<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_temps_of_dead_runs_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let live = TempOutput::create(&d.join("mine.img")).unwrap();
+        // pid 2^22+1 is above Linux's pid_max: never alive.
+        let dead = ".AZ-1-rootfs.tar.imprint-4194305-0123456789abcdef.tmp";
+        let keep = [
+            ".AZ-1-rootfs.tar.imprint-4194305-0123456789abcdeX.tmp",
+            ".notours.tmp",
+            "AZ-1-rootfs.tar",
+        ];
+        for name in std::iter::once(dead).chain(keep) {
+            std::fs::write(d.join(name), b"x").unwrap();
+        }
+        let removed = remove_stale_temps(d).unwrap();
+        assert_eq!(removed, vec![d.join(dead)]);
+        assert!(live.temp_path().exists(), "a live run's temp file stays");
+        for name in keep {
+            assert!(d.join(name).exists(), "{name}");
+        }
+    }
+
+    #[test]
+    fn temp_names_cannot_be_planted() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = TempOutput::create(&dir.path().join("o.img")).unwrap();
+        let b = TempOutput::create(&dir.path().join("o.img")).unwrap();
+        assert_ne!(a.temp_path(), b.temp_path());
+        // A symlink at a temp name is never followed: creation fails.
+        let planted = dir.path().join("planted");
+        std::os::unix::fs::symlink("/etc/passwd", &planted).unwrap();
+        let err = create_private(&planted).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+    }
 
     #[test]
     fn temp_removed_unless_committed() {

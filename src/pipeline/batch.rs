@@ -44,7 +44,7 @@ pub enum BatchError {
     },
     #[error("no serials given")]
     Empty,
-    #[error("a batch writes into a directory: --output must be an existing directory")]
+    #[error("a batch writes into a directory: --output must be a directory")]
     OutputNotDir,
     #[error(transparent)]
     Image(#[from] ImageError),
@@ -175,8 +175,20 @@ fn already_done(path: &Path, serial: &Serial, owner: &OwnerSpec, policy: Passwor
 
 pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport, BatchError> {
     check_unique(&req.serials)?;
-    if !req.output_dir.is_dir() {
+    if req.output_dir.exists() && !req.output_dir.is_dir() {
         return Err(BatchError::OutputNotDir);
+    }
+    pipeline::output_dir(&req.output_dir)?;
+    for stale in
+        output::remove_stale_temps(&req.output_dir).map_err(|source| BatchError::Manifest {
+            path: req.output_dir.clone(),
+            source,
+        })?
+    {
+        say(&format!(
+            "removed {} left by an interrupted run",
+            stale.display()
+        ));
     }
     let client = req
         .api

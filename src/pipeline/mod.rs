@@ -49,6 +49,13 @@ pub enum ProvisionError {
     NoOutput,
     #[error("the output directory {0} does not exist")]
     NoOutputDir(PathBuf),
+    #[error("cannot create the output directory {dir}: {source}")]
+    CreateOutputDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the output directory {dir} is not safe: {why}. Another user could replace the image there; choose a directory of your own")]
+    UnsafeOutputDir { dir: PathBuf, why: String },
     #[error("cannot create the output file in {dir}: {source}")]
     CreateOutput {
         dir: PathBuf,
@@ -401,7 +408,8 @@ fn scratch_dir(output: Option<&Path>) -> PathBuf {
 }
 
 /// Works out the final output path: a file, or a directory (existing, or
-/// named with a trailing `/`) in which the name is `<serial>-<input name>`.
+/// named with a trailing `/`, then created) in which the name is
+/// `<serial>-<input name>`.
 pub fn output_path(
     input: &Path,
     output: &Path,
@@ -410,9 +418,7 @@ pub fn output_path(
 ) -> Result<PathBuf, ProvisionError> {
     let as_dir = output.as_os_str().to_string_lossy().ends_with('/') || output.is_dir();
     let path = if as_dir {
-        if !output.is_dir() {
-            return Err(ProvisionError::NoOutputDir(output.to_path_buf()));
-        }
+        output_dir(output)?;
         let name = input.file_name().unwrap_or_default().to_string_lossy();
         output.join(format!("{serial}-{name}"))
     } else {
@@ -435,7 +441,58 @@ pub fn output_path(
     if !parent.is_dir() {
         return Err(ProvisionError::NoOutputDir(parent.to_path_buf()));
     }
+    check_output_dir(parent)?;
     Ok(path)
+}
+
+/// Makes sure `dir` exists as a directory outputs may go into: created if
+/// missing (with its parents; mode 0700 less the umask, so never writable
+/// by others), and refused if another user could swap files in it.
+pub fn output_dir(dir: &Path) -> Result<(), ProvisionError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| ProvisionError::CreateOutputDir {
+                dir: dir.to_path_buf(),
+                source,
+            })?;
+    }
+    if !dir.is_dir() {
+        return Err(ProvisionError::NoOutputDir(dir.to_path_buf()));
+    }
+    check_output_dir(dir)
+}
+
+/// Refuses a directory owned by another user (root aside), or writable by
+/// others without the sticky bit: either could replace the image after
+/// imprint wrote it.
+fn check_output_dir(dir: &Path) -> Result<(), ProvisionError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).map_err(|source| ProvisionError::CreateOutputDir {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let foreign_owner = meta.uid() != me && meta.uid() != 0;
+    let open_to_others = meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0;
+    if foreign_owner || open_to_others {
+        return Err(ProvisionError::UnsafeOutputDir {
+            dir: dir.to_path_buf(),
+            why: if foreign_owner {
+                format!("it belongs to uid {}, not to you", meta.uid())
+            } else {
+                format!(
+                    "others can write to it (mode {:o}) and it has no sticky bit",
+                    meta.mode() & 0o7777
+                )
+            },
+        });
+    }
+    Ok(())
 }
 
 fn provision_account(
