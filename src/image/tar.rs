@@ -926,28 +926,6 @@ fn full_rewrite() -> bool {
     std::env::var_os("IMPRINT_FULL_REWRITE").is_some()
 }
 
-/// Formats `value` as a NUL-terminated octal field of `width` bytes, or
-/// GNU base-256 when it does not fit and base-256 is allowed.
-fn put_number(field: &mut [u8], value: u64, base256_ok: bool) -> bool {
-    let digits = field.len() - 1;
-    let text = format!("{value:0digits$o}");
-    if text.len() <= digits {
-        field[..digits].copy_from_slice(text.as_bytes());
-        field[digits] = 0;
-        return true;
-    }
-    if base256_ok {
-        field.fill(0);
-        field[0] = 0x80;
-        let be = value.to_be_bytes();
-        let n = field.len();
-        field[n - 8..].copy_from_slice(&be);
-        field[0] |= 0x80;
-        return true;
-    }
-    false
-}
-
 fn put_str(field: &mut [u8], value: &str) {
     let bytes = value.as_bytes();
     let n = bytes.len().min(field.len());
@@ -963,47 +941,61 @@ fn pax_record(key: &str, value: &str) -> Vec<u8> {
     format!("{len}{body}").into_bytes()
 }
 
-/// Builds one header block.
+/// The largest id an 8-byte octal field holds.
+const OCTAL_ID_MAX: u64 = 0o7777777;
+
+/// Builds one header block. The numeric fields, magic and version are
+/// `tar::Header`'s; the text fields and the checksum are written here, see
+/// below.
 fn header_block(
     style: HeaderStyle,
     name: &str,
     prefix: &str,
-    typeflag: u8,
+    typeflag: ::tar::EntryType,
     meta: &FileMeta,
     uname: &str,
     gname: &str,
 ) -> [u8; 512] {
-    let mut h = [0u8; 512];
     let gnu = style == HeaderStyle::Gnu;
-    put_str(&mut h[0..100], name);
-    put_number(&mut h[100..108], meta.mode as u64, false);
-    // Ids that do not fit in octal are carried by a pax header (or in GNU
-    // base-256); the field then holds 0 for pax.
-    if !put_number(&mut h[108..116], meta.uid as u64, gnu) {
-        put_number(&mut h[108..116], 0, false);
-    }
-    if !put_number(&mut h[116..124], meta.gid as u64, gnu) {
-        put_number(&mut h[116..124], 0, false);
-    }
-    put_number(&mut h[124..136], meta.size, gnu);
-    put_number(&mut h[136..148], meta.mtime.max(0) as u64, gnu);
-    h[156] = typeflag;
-    if gnu {
-        h[257..265].copy_from_slice(b"ustar  \0");
+    let mut h = if gnu {
+        ::tar::Header::new_gnu()
     } else {
-        h[257..263].copy_from_slice(b"ustar\0");
-        h[263..265].copy_from_slice(b"00");
-        put_number(&mut h[329..337], 0, false);
-        put_number(&mut h[337..345], 0, false);
-        put_str(&mut h[345..500], prefix);
+        ::tar::Header::new_ustar()
+    };
+    h.set_mode(meta.mode);
+    // An id too large for octal is carried by a pax record (or GNU
+    // base-256); in a ustar header the field then holds 0, where
+    // tar::Header would write base-256.
+    let id = |id: u32| match id as u64 {
+        id if gnu || id <= OCTAL_ID_MAX => id,
+        _ => 0,
+    };
+    h.set_uid(id(meta.uid));
+    h.set_gid(id(meta.gid));
+    h.set_size(meta.size);
+    h.set_mtime(meta.mtime.max(0) as u64);
+    h.set_entry_type(typeflag);
+    // tar::Header::set_path and set_username refuse what the image may
+    // hold (a `./` prefix, names over 32 bytes) or split differently:
+    // text fields are copied as they are, cut to the field's width.
+    put_str(&mut h.as_old_mut().name, name);
+    if let Some(ustar) = h.as_ustar_mut() {
+        ustar.set_device_major(0);
+        ustar.set_device_minor(0);
+        put_str(&mut ustar.prefix, prefix);
+        put_str(&mut ustar.uname, uname);
+        put_str(&mut ustar.gname, gname);
+    } else if let Some(gnu) = h.as_gnu_mut() {
+        put_str(&mut gnu.uname, uname);
+        put_str(&mut gnu.gname, gname);
     }
-    put_str(&mut h[265..297], uname);
-    put_str(&mut h[297..329], gname);
-    h[148..156].fill(b' ');
-    let sum: u64 = h.iter().map(|&b| b as u64).sum();
-    let text = format!("{sum:06o}\0 ");
-    h[148..156].copy_from_slice(text.as_bytes());
-    h
+    let mut block = *h.as_bytes();
+    // tar::Header::set_cksum writes `0012345\0`; GNU tar, bsdtar and
+    // imprint's earlier outputs write `012345\0 `: the bytes stay as they were.
+    block[148..156].fill(b' ');
+    let sum: u64 = block.iter().map(|&b| b as u64).sum();
+    block[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    block
 }
 
 /// Splits a long path into ustar prefix and name, if possible.
@@ -1050,7 +1042,11 @@ fn encode_entry(
         mtime,
         size: content.len() as u64,
     };
-    let typeflag = if is_dir { b'5' } else { b'0' };
+    let typeflag = if is_dir {
+        ::tar::EntryType::Directory
+    } else {
+        ::tar::EntryType::Regular
+    };
     let uname = entry.owner.user_name.as_deref().unwrap_or("");
     let gname = entry.owner.group_name.as_deref().unwrap_or("");
     let octal_max = 0o7777777u64;
@@ -1072,7 +1068,7 @@ fn encode_entry(
                 style,
                 "././@LongLink",
                 "",
-                b'L',
+                ::tar::EntryType::GNULongName,
                 &link_meta,
                 "root",
                 "root",
@@ -1116,7 +1112,7 @@ fn encode_entry(
             style,
             pax_short.1,
             pax_short.0,
-            b'x',
+            ::tar::EntryType::XHeader,
             &pax_meta,
             "",
             "",
@@ -1645,6 +1641,229 @@ impl ImageReader for TarReader {
 mod tests {
     use super::*;
 
+    /// Formats `value` as a NUL-terminated octal field of `width` bytes, or
+    /// GNU base-256 when it does not fit and base-256 is allowed.
+    fn put_number(field: &mut [u8], value: u64, base256_ok: bool) -> bool {
+        let digits = field.len() - 1;
+        let text = format!("{value:0digits$o}");
+        if text.len() <= digits {
+            field[..digits].copy_from_slice(text.as_bytes());
+            field[digits] = 0;
+            return true;
+        }
+        if base256_ok {
+            field.fill(0);
+            field[0] = 0x80;
+            let be = value.to_be_bytes();
+            let n = field.len();
+            field[n - 8..].copy_from_slice(&be);
+            field[0] |= 0x80;
+            return true;
+        }
+        false
+    }
+
+    /// The encoder before tar::Header, kept to compare.
+    fn header_block_old(
+        style: HeaderStyle,
+        name: &str,
+        prefix: &str,
+        typeflag: u8,
+        meta: &FileMeta,
+        uname: &str,
+        gname: &str,
+    ) -> [u8; 512] {
+        let mut h = [0u8; 512];
+        let gnu = style == HeaderStyle::Gnu;
+        put_str(&mut h[0..100], name);
+        put_number(&mut h[100..108], meta.mode as u64, false);
+        // Ids that do not fit in octal are carried by a pax header (or in GNU
+        // base-256); the field then holds 0 for pax.
+        if !put_number(&mut h[108..116], meta.uid as u64, gnu) {
+            put_number(&mut h[108..116], 0, false);
+        }
+        if !put_number(&mut h[116..124], meta.gid as u64, gnu) {
+            put_number(&mut h[116..124], 0, false);
+        }
+        put_number(&mut h[124..136], meta.size, gnu);
+        put_number(&mut h[136..148], meta.mtime.max(0) as u64, gnu);
+        h[156] = typeflag;
+        if gnu {
+            h[257..265].copy_from_slice(b"ustar  \0");
+        } else {
+            h[257..263].copy_from_slice(b"ustar\0");
+            h[263..265].copy_from_slice(b"00");
+            put_number(&mut h[329..337], 0, false);
+            put_number(&mut h[337..345], 0, false);
+            put_str(&mut h[345..500], prefix);
+        }
+        put_str(&mut h[265..297], uname);
+        put_str(&mut h[297..329], gname);
+        h[148..156].fill(b' ');
+        let sum: u64 = h.iter().map(|&b| b as u64).sum();
+        let text = format!("{sum:06o}\0 ");
+        h[148..156].copy_from_slice(text.as_bytes());
+        h
+    }
+
+    /// New entries in each header style, as SHA-256 of their bytes: the
+    /// digests were taken from the encoder before `tar::Header` (checked
+    /// against it by the test below while both existed).
+    #[test]
+    fn new_entries_keep_their_bytes() {
+        let long_dir = format!("/{}", ["d"; 70].join("/"));
+        let cases: [(HeaderStyle, bool, String, bool, u32, &str); 8] = [
+            (
+                HeaderStyle::Ustar,
+                false,
+                "/etc/azaion/device.conf".into(),
+                false,
+                1001,
+                "e860c0f6d37b57ed303e7925646f9e73d66daf75dfac210b2e4b4c26e024b938",
+            ),
+            (
+                HeaderStyle::Ustar,
+                true,
+                "/etc/azaion".into(),
+                true,
+                0,
+                "e8d8cbf2965e46d7cde8fd3a1d64e8138c5b8785018d41111f0f755ebfb820ef",
+            ),
+            (
+                HeaderStyle::Pax,
+                true,
+                format!("{long_dir}/{}", "f".repeat(120)),
+                false,
+                0,
+                "f5f357eaec7267d9ebfb3951ffdc7fe2563e0f0ac65827c66ca0984bf6eed8ab",
+            ),
+            (
+                HeaderStyle::Pax,
+                false,
+                "/etc/x".into(),
+                false,
+                4_000_000_000,
+                "fee7883180c6a68104b19dc1daa9b53b1f38d545ba8545fa79b0ac0d7b358fa9",
+            ),
+            (
+                HeaderStyle::Ustar,
+                true,
+                format!("{long_dir}/device.conf"),
+                false,
+                7,
+                "a49f5bbf8d4b1341b36f7a43c1c4243a9c8a1fdff97238d5dfbdc9ab33fbaf94",
+            ),
+            (
+                HeaderStyle::Gnu,
+                true,
+                "/etc/azaion/device.conf".into(),
+                false,
+                1001,
+                "802e60fe3115eb9813debdfdb29eae85eaf8f7abd4c3fcfcf9242528082dccd9",
+            ),
+            (
+                HeaderStyle::Gnu,
+                false,
+                format!("{long_dir}/{}", "f".repeat(120)),
+                true,
+                0,
+                "6046a50964041454eb7d1ece4909d896a8aba846e169a1b13e85d28e30fff202",
+            ),
+            (
+                HeaderStyle::Gnu,
+                false,
+                "/etc/x".into(),
+                false,
+                4_000_000_000,
+                "a57d5577a860ae2337f5b95f5fa16457d3c51520d7b4fae879d4ead38987f367",
+            ),
+        ];
+        for (style, dot_slash, path, dir, id, digest) in cases {
+            let entry = PlanEntry {
+                path: ImagePath::parse(&path).unwrap(),
+                kind: if dir {
+                    PlanKind::Dir
+                } else {
+                    PlanKind::File(Zeroizing::new(b"serial = AZJN-0042\n".to_vec()))
+                },
+                mode: if dir { 0o755 } else { 0o600 },
+                owner: crate::owner::Owner {
+                    uid: id,
+                    gid: id,
+                    user_name: (id != 0).then(|| "azaion".into()),
+                    group_name: Some("azaion".into()),
+                },
+            };
+            let bytes = encode_entry(style, dot_slash, &entry, 1_700_000_000);
+            let got: String = Sha256::digest(&bytes[..])
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(got, digest, "{style:?} {path}");
+        }
+    }
+
+    #[test]
+    fn header_block_matches_the_encoder_before_tar_header() {
+        use ::tar::EntryType as T;
+        let names = [
+            ("etc/azaion/device.conf", ""),
+            (&*"n".repeat(100), &*"p".repeat(155)),
+            ("./etc/", ""),
+            ("././@LongLink", ""),
+        ];
+        let ids = [0u32, 1001, 0o7777777, 0o10000000, u32::MAX];
+        let sizes = [0u64, 37, 0o77777777777];
+        let mtimes = [-5i64, 0, 1_700_000_000, 0o77777777777];
+        let users = [
+            ("", ""),
+            ("root", "root"),
+            ("u".repeat(32).leak() as &str, "g".repeat(40).leak() as &str),
+        ];
+        let mut compared = 0;
+        for style in [HeaderStyle::Ustar, HeaderStyle::Pax, HeaderStyle::Gnu] {
+            for typeflag in [T::Regular, T::Directory, T::XHeader, T::GNULongName] {
+                for (name, prefix) in names {
+                    for &id in &ids {
+                        for &size in &sizes {
+                            for &mtime in &mtimes {
+                                for (uname, gname) in users {
+                                    let meta = FileMeta {
+                                        kind: EntryType::Other,
+                                        mode: 0o4755,
+                                        uid: id,
+                                        gid: id ^ 1,
+                                        mtime,
+                                        size,
+                                    };
+                                    let new = header_block(
+                                        style, name, prefix, typeflag, &meta, uname, gname,
+                                    );
+                                    let old = header_block_old(
+                                        style,
+                                        name,
+                                        prefix,
+                                        typeflag.as_byte(),
+                                        &meta,
+                                        uname,
+                                        gname,
+                                    );
+                                    assert_eq!(
+                                        new[..],
+                                        old[..],
+                                        "{style:?} {typeflag:?} {name} {meta:?} {uname}"
+                                    );
+                                    compared += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(compared, 3 * 4 * 4 * 5 * 3 * 4 * 3);
+    }
+
     #[test]
     fn numbers() {
         assert_eq!(parse_number(b"0000644\0"), Some(0o644));
@@ -1680,7 +1899,15 @@ mod tests {
             size: 4,
         };
         for style in [HeaderStyle::Gnu, HeaderStyle::Ustar] {
-            let h = header_block(style, "etc/x", "", b'0', &meta, "a", "b");
+            let h = header_block(
+                style,
+                "etc/x",
+                "",
+                ::tar::EntryType::Regular,
+                &meta,
+                "a",
+                "b",
+            );
             assert!(checksum_ok(&h));
         }
     }
