@@ -259,6 +259,7 @@ fn provision_and_verify(
         overlay: OverlaySpec::default_spec(),
         api: Some(AdminConfig::new(&server.url())),
         sha1sum: false,
+        write: imprint::image::WriteOptions::default(),
     };
     let report = pipeline::run(&request, &mut |line| println!("   {line}"))?;
     let emitted = report.emitted.context("no image was written")?;

@@ -51,6 +51,7 @@ pub fn tarball(data: &[u8]) {
         overlay: OverlaySpec::default_spec(),
         api: None,
         sha1sum: false,
+        write: image::WriteOptions::default(),
     };
     if pipeline::run(&request, &mut |_| {}).is_ok() {
         let mut reader = image::open_reader(&output).expect("our own output opens");

@@ -44,6 +44,7 @@
 //!     overlay: OverlaySpec::default_spec(),
 //!     api: None, // offline; Some(AdminConfig) provisions the account first
 //!     sha1sum: false,
+//!     write: imprint::image::WriteOptions::default(),
 //! };
 //! let report = provision::run(&request, &mut |line| eprintln!("{line}"))?;
 //! let emitted = report.emitted.expect("an image was written");

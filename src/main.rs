@@ -344,6 +344,10 @@ fn provision_cmd(args: ProvisionArgs) -> Result<ExitCode> {
         _ => None,
     };
     let sha1sum = args.checksum.contains(&ChecksumKind::Sha1);
+    // Tests and benchmarks compare the fast paths against the full rewrite.
+    let write = imprint::image::WriteOptions {
+        full_rewrite: std::env::var_os("IMPRINT_FULL_REWRITE").is_some(),
+    };
     let mut serials = args
         .serial
         .iter()
@@ -368,6 +372,7 @@ fn provision_cmd(args: ProvisionArgs) -> Result<ExitCode> {
                 overlay,
                 api,
                 sha1sum,
+                write,
                 force: args.force,
                 skip_existing: args.skip_existing,
                 jobs: args.jobs as usize,
@@ -393,6 +398,7 @@ fn provision_cmd(args: ProvisionArgs) -> Result<ExitCode> {
         overlay,
         api,
         sha1sum,
+        write,
     };
     let quiet = args.quiet || args.json;
     let json = args.json;

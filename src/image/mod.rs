@@ -158,6 +158,14 @@ pub trait ImageReader {
 /// Metadata and (for regular files within the size asked for) content.
 pub type Found = (FileMeta, Option<Vec<u8>>);
 
+/// How backends write their outputs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteOptions {
+    /// Decompress and recompress the whole image even where a faster path
+    /// would keep the input's bytes: tests and benchmarks compare the two.
+    pub full_rewrite: bool,
+}
+
 /// Opens an input image for writing a plan into a copy of it.
 /// `targets` are the paths the overlay writes.
 /// Opens `path` for writing plans over `targets` into outputs that go in
@@ -167,9 +175,10 @@ pub fn open_backend(
     kind: ImageKind,
     targets: &[ImagePath],
     output_dir: &Path,
+    options: &WriteOptions,
 ) -> Result<Box<dyn ImageBackend>, ImageError> {
     Ok(match kind {
-        ImageKind::Tar(c) => Box::new(tar::TarBackend::open(path, c, targets, output_dir)?),
+        ImageKind::Tar(c) => Box::new(tar::TarBackend::open(path, c, targets, output_dir, options)),
         ImageKind::Ext4 => Box::new(ext4::Ext4Backend::open(path)?),
         ImageKind::Sparse => Box::new(sparse::SparseBackend::open(path)?),
     })

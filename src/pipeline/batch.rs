@@ -96,6 +96,8 @@ pub struct BatchRequest {
     pub overlay: OverlaySpec,
     pub api: Option<AdminConfig>,
     pub sha1sum: bool,
+    /// How the images are written, as in [`Request`].
+    pub write: image::WriteOptions,
     pub force: bool,
     pub skip_existing: bool,
     /// API calls in flight at once (and images waiting for them).
@@ -169,8 +171,13 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
         .map(Arc::new);
     let kind = image::detect(&req.input)?;
     say(&format!("{}: {}", req.input.display(), kind.describe()));
-    let mut backend =
-        image::open_backend(&req.input, kind, &req.overlay.targets(), &req.output_dir)?;
+    let mut backend = image::open_backend(
+        &req.input,
+        kind,
+        &req.overlay.targets(),
+        &req.output_dir,
+        &req.write,
+    )?;
     // The manifest's digest of the base image is taken on another core
     // while the scan decompresses (without progress: the scan reports).
     let input_digest = {
@@ -270,6 +277,7 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
                     overlay: req.overlay.clone(),
                     api: None,
                     sha1sum: req.sha1sum,
+                    write: req.write,
                 };
                 let mut tell = |line: &str| say(&format!("{serial}: {line}"));
                 pipeline::prepare_image(

@@ -75,6 +75,8 @@ pub struct Request {
     pub api: Option<AdminConfig>,
     /// Also write `NAME.sha1sum`, as NVIDIA's kernel-flash tools check.
     pub sha1sum: bool,
+    /// How the image is written (a full rewrite, for tests).
+    pub write: image::WriteOptions,
 }
 
 /// What a run did. Carries no secret.
@@ -279,7 +281,8 @@ pub fn run(req: &Request, say: &mut dyn FnMut(&str)) -> Result<Report, Provision
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(Path::new("."));
-            let mut backend = image::open_backend(input, kind, &req.overlay.targets(), output_dir)?;
+            let mut backend =
+                image::open_backend(input, kind, &req.overlay.targets(), output_dir, &req.write)?;
             let facts = backend.facts()?;
             let prepared = prepare_image(
                 req,
