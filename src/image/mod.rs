@@ -103,14 +103,6 @@ pub struct ImageFacts {
     pub reference_mtime: i64,
 }
 
-/// How backends write, beyond the plan itself.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct WriteOptions {
-    /// Rewrite tarballs whole instead of keeping the unchanged prefix (the
-    /// slow path the fast paths are tested and benchmarked against).
-    pub full_rewrite: bool,
-}
-
 /// A format backend for an input image file. Backends never open the input
 /// for writing; they write a complete new image into `out`.
 pub trait ImageBackend {
@@ -146,8 +138,14 @@ pub trait ImageReader {
 /// Metadata and (for regular files within the size asked for) content.
 pub type Found = (FileMeta, Option<Vec<u8>>);
 
-/// Opens an input image for writing a plan into a copy of it.
-/// `targets` are the paths the overlay writes.
+/// How backends write their outputs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteOptions {
+    /// Decompress and recompress the whole image even where a faster path
+    /// would keep the input's bytes: tests and benchmarks compare the two.
+    pub full_rewrite: bool,
+}
+
 /// Opens `path` for writing plans over `targets` into outputs that go in
 /// `output_dir` (where a backend may keep large scratch files).
 pub fn open_backend(
@@ -157,9 +155,8 @@ pub fn open_backend(
     output_dir: &Path,
     options: &WriteOptions,
 ) -> Result<Box<dyn ImageBackend>, ImageError> {
-    let _ = options; // placeholder until tar takes it (branch tar)
     Ok(match kind {
-        ImageKind::Tar(c) => Box::new(tar::TarBackend::open(path, c, targets, output_dir)?),
+        ImageKind::Tar(c) => Box::new(tar::TarBackend::open(path, c, targets, output_dir, options)),
         ImageKind::Ext4 => Box::new(ext4::Ext4Backend::open(path)?),
         ImageKind::Sparse => Box::new(sparse::SparseBackend::open(path)?),
     })

@@ -1,0 +1,272 @@
+//! Tar archives, rewritten as streams and never extracted.
+//!
+//! Writing a plan into an archive takes two passes over the input:
+//!
+//! 1. The scan (`scan.rs`) decompresses the archive and walks its headers
+//!    (`header.rs`), noting the byte ranges of the few entries the plan cares
+//!    about, the archive's path convention and header style, and where the
+//!    entries end. For an xz input it also compresses what it reads
+//!    (`speculate.rs`), so that a plan which only appends finds its output's
+//!    prefix ready.
+//! 2. The plan becomes an edit list (`edit.rs`): byte ranges of the input to
+//!    copy verbatim and new bytes to insert. The writer (`write.rs`) keeps
+//!    the input's bytes before the first change where the codec allows and
+//!    streams the rest of the list through the encoder.
+//!
+//! Both passes read the decompressed archive through a counting reader
+//! (`stream.rs`). Every entry the plan does not touch is copied byte for
+//! byte, headers included. `verify` reads entries with the scan alone.
+
+mod edit;
+mod header;
+mod scan;
+mod speculate;
+mod stream;
+mod write;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use super::{EntryType, ImageBackend, ImageError, ImageFacts, ImageReader, WriteOptions};
+use crate::compress::Compression;
+use crate::io::output::TempOutput;
+use crate::plan::{ImagePath, Plan};
+pub(crate) use header::looks_like_tar;
+use scan::{Capture, ForWriting, Scan};
+use write::PrefixCache;
+
+const BLOCK: u64 = 512;
+/// GNU tar's and bsdtar's default record: 20 blocks.
+const RECORD: u64 = 10240;
+/// passwd and group bigger than this are not credible and not read.
+const MAX_DB_SIZE: u64 = 16 << 20;
+
+#[derive(Debug, Error)]
+pub enum TarError {
+    #[error("cannot open {path}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("cannot read {path}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path}: cannot decompress the {codec} stream: {source}. The file is corrupt or truncated; fetch or rebuild it")]
+    Decode {
+        path: PathBuf,
+        codec: &'static str,
+        source: io::Error,
+    },
+    #[error("{path}: the tar header at byte {offset} of the archive has a bad checksum; the archive is corrupt")]
+    BadChecksum { path: PathBuf, offset: u64 },
+    #[error("{path}: the tar header at byte {offset} has an unreadable {field} field; the archive is corrupt")]
+    BadField {
+        path: PathBuf,
+        offset: u64,
+        field: &'static str,
+    },
+    #[error(
+        "{path}: the archive ends in the middle of an entry (at byte {offset}); it is truncated"
+    )]
+    Truncated { path: PathBuf, offset: u64 },
+    #[error("cannot write {path}")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+/// The files planning reads, kept by the scan.
+const CAPTURED: [&str; 2] = ["etc/passwd", "etc/group"];
+
+/// Paths worth recording during the scan for a plan over `targets`.
+fn watch_list(targets: &[ImagePath]) -> Vec<String> {
+    let mut watch = vec!["etc".to_string(), "etc/passwd".into(), "etc/group".into()];
+    for t in targets {
+        let mut p = Some(t.clone());
+        while let Some(path) = p {
+            let rel = path.relative();
+            if !watch.contains(&rel) {
+                watch.push(rel);
+            }
+            p = path.parent();
+        }
+    }
+    watch
+}
+
+/// A tar archive opened for rewriting.
+pub(crate) struct TarBackend {
+    path: PathBuf,
+    codec: Compression,
+    scratch_dir: PathBuf,
+    options: WriteOptions,
+    targets: Vec<String>,
+    watch: Vec<String>,
+    scan: Option<Scan>,
+    /// The hash of the kept prefix, shared by a batch's outputs.
+    prefixes: PrefixCache,
+}
+
+impl TarBackend {
+    /// `targets` are the paths the overlay may write; the scan records what
+    /// the archive holds at those paths and their parents.
+    pub(crate) fn open(
+        path: &Path,
+        codec: Compression,
+        targets: &[ImagePath],
+        scratch_dir: &Path,
+        options: &WriteOptions,
+    ) -> TarBackend {
+        TarBackend {
+            path: path.to_path_buf(),
+            codec,
+            scratch_dir: scratch_dir.to_path_buf(),
+            options: *options,
+            targets: targets.iter().map(|t| t.relative()).collect(),
+            watch: watch_list(targets),
+            scan: None,
+            prefixes: PrefixCache::default(),
+        }
+    }
+
+    fn scan(&mut self) -> Result<&Scan, TarError> {
+        if self.scan.is_none() {
+            let captured = CAPTURED.map(String::from);
+            let writing = ForWriting {
+                scratch_dir: &self.scratch_dir,
+                targets: &self.targets,
+                speculate: !self.options.full_rewrite,
+            };
+            self.scan = Some(scan::scan(
+                &self.path,
+                self.codec,
+                &self.watch,
+                &Capture {
+                    paths: &captured,
+                    max_size: MAX_DB_SIZE,
+                },
+                Some(&writing),
+            )?);
+        }
+        Ok(self.scan.as_ref().expect("just set"))
+    }
+}
+
+impl ImageBackend for TarBackend {
+    fn facts(&mut self) -> Result<ImageFacts, ImageError> {
+        let scan = self.scan()?;
+        let reference_mtime = scan
+            .entry("etc")
+            .or_else(|| scan.watched.iter().max_by_key(|f| f.meta.mtime))
+            .map(|f| f.meta.mtime)
+            .unwrap_or(0);
+        Ok(ImageFacts {
+            passwd: scan.captured("etc/passwd"),
+            group: scan.captured("etc/group"),
+            reference_mtime,
+        })
+    }
+
+    fn apply(&mut self, plan: &Plan, out: &mut TempOutput) -> Result<(), ImageError> {
+        let missing: Vec<ImagePath> = plan
+            .entries
+            .iter()
+            .map(|e| e.path.clone())
+            .filter(|p| !self.watch.contains(&p.relative()))
+            .collect();
+        if !missing.is_empty() {
+            // The plan names paths the scan did not watch: scan again.
+            self.watch.extend(watch_list(&missing));
+            self.scan = None;
+        }
+        self.scan()?;
+        let scan = self.scan.as_ref().expect("scanned above");
+        let pieces = edit::edit_list(scan, plan)?;
+        let input = write::Input {
+            path: &self.path,
+            codec: self.codec,
+            scan,
+        };
+        write::write(
+            &input,
+            &pieces,
+            out,
+            &mut self.prefixes,
+            self.options.full_rewrite,
+        )?;
+        Ok(())
+    }
+}
+
+/// A tar archive opened for reading single entries (verify).
+pub(crate) struct TarReader {
+    path: PathBuf,
+    codec: Compression,
+}
+
+impl TarReader {
+    pub(crate) fn open(path: &Path, codec: Compression) -> Result<TarReader, TarError> {
+        Ok(TarReader {
+            path: path.to_path_buf(),
+            codec,
+        })
+    }
+}
+
+impl ImageReader for TarReader {
+    fn lookup(
+        &mut self,
+        path: &ImagePath,
+        max_content: u64,
+    ) -> Result<Option<super::Found>, ImageError> {
+        Ok(self
+            .lookup_many(std::slice::from_ref(path), max_content)?
+            .pop()
+            .flatten())
+    }
+
+    fn lookup_many(
+        &mut self,
+        paths: &[ImagePath],
+        max_content: u64,
+    ) -> Result<Vec<Option<super::Found>>, ImageError> {
+        let rel: Vec<String> = paths.iter().map(ImagePath::relative).collect();
+        let capture = Capture {
+            paths: &rel,
+            max_size: max_content,
+        };
+        let scan = scan::scan(&self.path, self.codec, &rel, &capture, None)?;
+        Ok(rel
+            .iter()
+            .map(|p| {
+                // As when extracting, the last entry for a path wins.
+                let found = scan.watched.iter().rev().find(|f| &f.path == p)?;
+                let mut meta = found.meta.clone();
+                if found.typeflag == b'1' {
+                    meta.kind = EntryType::Other;
+                }
+                Some((meta, scan.captured(p)))
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_list_holds_targets_and_their_parents_once() {
+        let targets = [
+            ImagePath::parse("/etc/azaion/device.conf").unwrap(),
+            ImagePath::parse("/etc/azaion/key").unwrap(),
+        ];
+        assert_eq!(
+            watch_list(&targets),
+            [
+                "etc",
+                "etc/passwd",
+                "etc/group",
+                "etc/azaion/device.conf",
+                "etc/azaion",
+                "etc/azaion/key"
+            ]
+        );
+    }
+}

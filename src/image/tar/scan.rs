@@ -1,0 +1,431 @@
+//! The scan: one pass that decompresses the archive and walks its headers.
+//!
+//! It records the entries at watched paths (where they start and end), the
+//! data of a few small files (passwd, group), the archive's header style and
+//! path convention, and where the entries end. A scan for writing also
+//! notes, at each place the plan may change (a watched entry, the end of
+//! the entries), what lets the writer keep the input's bytes before it: the
+//! compressed stream's block boundary, the SHA-256 state of a plain
+//! archive's prefix, or for xz a prefix stream compressed on the way.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+use super::header::{self, Extensions, HeaderStyle};
+use super::speculate::{Speculated, Speculation};
+use super::stream::Stream;
+use super::{TarError, BLOCK, MAX_DB_SIZE};
+use crate::compress::{bzip2 as bz2, gzip, zstd as zst, Compression};
+use crate::image::{EntryType, FileMeta};
+use crate::io::progress;
+use crate::plan::Existing;
+
+/// An entry at a watched path.
+#[derive(Debug, Clone)]
+pub(super) struct WatchedEntry {
+    pub(super) path: String,
+    pub(super) typeflag: u8,
+    pub(super) meta: FileMeta,
+    /// From the first extension header (pax, GNU long name) to the end of
+    /// the data's padding: the bytes to drop when the entry is replaced.
+    pub(super) start: u64,
+    pub(super) end: u64,
+}
+
+/// What the scan learned about an archive.
+#[derive(Debug, Default)]
+pub(super) struct Scan {
+    pub(super) style: Option<HeaderStyle>,
+    pub(super) dot_slash: Option<bool>,
+    pub(super) watched: Vec<WatchedEntry>,
+    /// Watched paths that are parents of some entry, even without an
+    /// explicit directory entry of their own.
+    implicit_dirs: Vec<String>,
+    captured: Vec<(String, Vec<u8>)>,
+    /// Offset of the first end-of-archive zero block (or of the end, if the
+    /// archive has none).
+    pub(super) end_of_entries: u64,
+    pub(super) total_len: u64,
+    /// For a single-member gzip, a bzip2 or a single-frame zstd input: the
+    /// block boundaries just before the places the plan may change.
+    pub(super) boundaries: Option<Vec<Boundary>>,
+    /// For a plain tar scanned for writing: the SHA-256 state of the bytes
+    /// before those same places, so the kept prefix is not read twice.
+    pub(super) prefix_states: Vec<PrefixState>,
+    /// For xz: the entries compressed during the scan.
+    pub(super) speculated: Option<Speculated>,
+}
+
+impl Scan {
+    pub(super) fn entry(&self, path: &str) -> Option<&WatchedEntry> {
+        self.watched.iter().find(|f| f.path == path)
+    }
+
+    /// What the archive holds at `path` for the plan's checks: an entry
+    /// that is not a regular file wins (a later copy would shadow it only
+    /// for some extractors), else the first entry, else an implicit parent.
+    pub(super) fn existing(&self, path: &str) -> Option<Existing> {
+        let mut entries = self.watched.iter().filter(|f| f.path == path);
+        let first = entries.clone().next();
+        match entries
+            .find(|f| f.meta.kind != EntryType::Regular)
+            .or(first)
+        {
+            Some(f) => Some(Existing {
+                kind: f.meta.kind,
+                links: 1,
+                what: format!("a {} in the archive", header::describe(f.typeflag)),
+            }),
+            None if self.has_dir(path) => Some(Existing::new(EntryType::Dir, 1, "in the archive")),
+            None => None,
+        }
+    }
+
+    pub(super) fn has_dir(&self, path: &str) -> bool {
+        match self.entry(path) {
+            Some(f) => f.meta.kind == EntryType::Dir,
+            None => self.implicit_dirs.iter().any(|d| d == path),
+        }
+    }
+
+    pub(super) fn captured(&self, path: &str) -> Option<Vec<u8>> {
+        self.captured
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, d)| d.clone())
+    }
+}
+
+/// Where a compressed stream can be cut and continued, as the decoder
+/// found them while the scan read.
+enum BlockIndex {
+    Gzip(gzip::SharedIndex),
+    Bzip2(bz2::SharedIndex),
+    Zstd(zst::SharedIndex),
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl BlockIndex {
+    /// The boundary the decoder remembers at or before uncompressed
+    /// `offset`.
+    fn boundary_before(&self, offset: u64) -> Option<Boundary> {
+        match self {
+            BlockIndex::Gzip(i) => locked(i).boundary_before(offset).map(Boundary::Gzip),
+            BlockIndex::Bzip2(i) => locked(i).boundary_before(offset).map(Boundary::Bzip2),
+            BlockIndex::Zstd(i) => locked(i).boundary_before(offset).map(Boundary::Zstd),
+        }
+    }
+
+    /// Whether the file is one stream the tail technique can continue
+    /// (one gzip member, one zstd frame; bzip2 streams chain freely).
+    fn whole_file(&self) -> bool {
+        match self {
+            BlockIndex::Gzip(i) => locked(i).single_member,
+            BlockIndex::Bzip2(_) => true,
+            BlockIndex::Zstd(i) => locked(i).single_frame,
+        }
+    }
+}
+
+/// A block boundary of the compressed input the rewrite may start from.
+#[derive(Debug, Clone)]
+pub(super) enum Boundary {
+    Gzip(gzip::Boundary),
+    Bzip2(bz2::Boundary),
+    Zstd(zst::Boundary),
+}
+
+impl Boundary {
+    /// Uncompressed bytes before it.
+    pub(super) fn out(&self) -> u64 {
+        match self {
+            Boundary::Gzip(b) => b.out,
+            Boundary::Bzip2(b) => b.out,
+            Boundary::Zstd(b) => b.out,
+        }
+    }
+}
+
+/// SHA-256 of an archive's first `len` bytes, taken during the scan.
+#[derive(Clone)]
+pub(super) struct PrefixState {
+    pub(super) len: u64,
+    pub(super) state: Sha256,
+}
+
+impl std::fmt::Debug for PrefixState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PrefixState({})", self.len)
+    }
+}
+
+/// Hashes what the scan reads, in order.
+struct HashingReader {
+    inner: Box<dyn Read + Send>,
+    state: Arc<Mutex<Sha256>>,
+}
+
+impl Read for HashingReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        locked(&self.state).update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// What a scan for writing does besides reading.
+pub(super) struct ForWriting<'a> {
+    /// Where a speculative prefix stream (xz) may be kept.
+    pub(super) scratch_dir: &'a Path,
+    /// Paths the plan may write: an existing entry at one of them means
+    /// the rewrite starts there, not at the end, so speculation stops.
+    pub(super) targets: &'a [String],
+    /// Whether to compress the entries while reading them (xz); off when
+    /// the whole output is rewritten anyway.
+    pub(super) speculate: bool,
+}
+
+/// What to keep of the entries at watched paths: their data, for those in
+/// `paths` and up to `max_size` bytes.
+pub(super) struct Capture<'a> {
+    pub(super) paths: &'a [String],
+    pub(super) max_size: u64,
+}
+
+/// Walks the archive. Entries whose path is in `watch` are recorded, and
+/// the data of those `capture` names is kept. A scan for writing also notes
+/// where the rewrite may start.
+pub(super) fn scan(
+    path: &Path,
+    codec: Compression,
+    watch: &[String],
+    capture: &Capture,
+    writing: Option<&ForWriting>,
+) -> Result<Scan, TarError> {
+    let scan_once =
+        |parallel_bzip2| scan_with(path, codec, watch, capture, writing, parallel_bzip2);
+    if writing.is_some() && codec == Compression::Bzip2 {
+        match scan_once(true) {
+            // The parallel reader only knows well-formed files; the
+            // sequential decoder reads everything bzip2 does and says
+            // precisely what is wrong with the rest.
+            Err(TarError::Decode { source, .. }) => {
+                tracing::debug!(%source, "parallel bzip2 read failed, reading sequentially");
+            }
+            result => return result,
+        }
+    }
+    scan_once(false)
+}
+
+fn scan_with(
+    path: &Path,
+    codec: Compression,
+    watch: &[String],
+    capture: &Capture,
+    writing: Option<&ForWriting>,
+    parallel_bzip2: bool,
+) -> Result<Scan, TarError> {
+    let for_writing = writing.is_some();
+    let file = File::open(path).map_err(|source| TarError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    progress::start("reading", file.metadata().map(|m| m.len()).unwrap_or(0));
+    let (inner, index): (Box<dyn Read + Send>, _) = match codec {
+        // Only a scan for writing needs block boundaries (and their
+        // windows); `verify` reads with the plain decoder.
+        Compression::Gzip if for_writing => {
+            let (decoder, index) = gzip::IndexingDecoder::new(file);
+            (Box::new(decoder), Some(BlockIndex::Gzip(index)))
+        }
+        Compression::Bzip2 if parallel_bzip2 => {
+            let (decoder, index) = bz2::ParallelDecoder::open(file);
+            (Box::new(decoder), Some(BlockIndex::Bzip2(index)))
+        }
+        Compression::Zstd if for_writing => {
+            let (decoder, index) = zst::IndexingDecoder::new(file);
+            (Box::new(decoder), Some(BlockIndex::Zstd(index)))
+        }
+        _ => (codec.decoder(file), None),
+    };
+    // A plain archive's kept prefix is its own bytes: hash them now, while
+    // they pass by anyway.
+    let hashing =
+        (for_writing && codec == Compression::None).then(|| Arc::new(Mutex::new(Sha256::new())));
+    let inner: Box<dyn Read + Send> = match &hashing {
+        Some(state) => Box::new(HashingReader {
+            inner,
+            state: state.clone(),
+        }),
+        None => inner,
+    };
+    let snapshot = || hashing.as_ref().map(|h| locked(h).clone());
+    let mut s = Stream::new(inner, 0, path, codec);
+    s.speculation = match writing {
+        Some(w) if codec == Compression::Xz && w.speculate => {
+            let name = path
+                .file_name()
+                .map_or("image".into(), |n| n.to_string_lossy());
+            Speculation::start(codec, w.scratch_dir, &format!("{name}.prefix"))
+                .map_err(|e| tracing::debug!(error = %e, "no speculative compression"))
+                .ok()
+        }
+        _ => None,
+    };
+    let mut out = Scan::default();
+    let mut boundaries = Vec::new();
+    let mut prefix_states = Vec::new();
+    // At a place the plan may change: note what lets the writer keep the
+    // bytes before it.
+    let mut may_change_at = |offset: u64, state: Option<Sha256>| {
+        if let Some(state) = state {
+            prefix_states.push(PrefixState { len: offset, state });
+        }
+        boundaries.extend(index.as_ref().and_then(|i| i.boundary_before(offset)));
+    };
+    let mut block = [0u8; 512];
+    // Extension headers seen since the last real entry: where the first
+    // starts, the prefix state there, and what they say.
+    let mut pending_start: Option<u64> = None;
+    let mut pending_state: Option<Sha256> = None;
+    let mut ext = Extensions::default();
+    loop {
+        let at = s.pos;
+        let at_state = snapshot();
+        let n = s.fill(&mut block)?;
+        if n == 0 {
+            // No end-of-archive marker; tolerated as GNU tar does.
+            out.end_of_entries = at;
+            may_change_at(at, at_state);
+            out.speculated = end_speculation(&mut s, at);
+            break;
+        }
+        if n < block.len() {
+            return Err(TarError::Truncated {
+                path: path.to_path_buf(),
+                offset: at,
+            });
+        }
+        if block.iter().all(|&b| b == 0) {
+            out.end_of_entries = at;
+            may_change_at(at, at_state);
+            out.speculated = end_speculation(&mut s, at);
+            s.pos = at + BLOCK;
+            s.drain()?;
+            break;
+        }
+        if !header::checksum_ok(&block) {
+            return Err(TarError::BadChecksum {
+                path: path.to_path_buf(),
+                offset: at,
+            });
+        }
+        let bad_field = |field| TarError::BadField {
+            path: path.to_path_buf(),
+            offset: at,
+            field,
+        };
+        let typeflag = header::typeflag(&block);
+        let size = header::size(&block).map_err(bad_field)?;
+        if matches!(out.style, None | Some(HeaderStyle::Ustar)) {
+            if let Some(style) = header::style_of(&block) {
+                out.style = Some(style);
+            }
+        }
+        if header::is_extension(typeflag) {
+            pending_start.get_or_insert(at);
+            if pending_state.is_none() {
+                pending_state = at_state;
+            }
+            if size > MAX_DB_SIZE {
+                return Err(bad_field("extended header size"));
+            }
+            let mut data = vec![0u8; size as usize];
+            s.read_exact(&mut data)?;
+            s.skip(header::padded(size) - size)?;
+            ext.add(typeflag, &data);
+            continue;
+        }
+        if typeflag == b'g' {
+            // Global pax headers apply to the archive, not one entry:
+            // they stay where they are.
+            s.skip(header::padded(size))?;
+            continue;
+        }
+        if header::sparse_headers_follow(&block) {
+            loop {
+                let mut more = [0u8; 512];
+                s.read_exact(&mut more)?;
+                if !header::sparse_extension_continues(&more) {
+                    break;
+                }
+            }
+        }
+        let entry = header::parse_entry(&block, size, &mut ext).map_err(bad_field)?;
+        if out.dot_slash.is_none() && !entry.path.is_empty() {
+            out.dot_slash = Some(entry.dot_slash);
+        }
+        let start = pending_start.take().unwrap_or(at);
+        let start_state = pending_state.take().or(at_state);
+        for w in watch {
+            if entry.path.len() > w.len()
+                && entry.path.starts_with(w.as_str())
+                && entry.path.as_bytes()[w.len()] == b'/'
+                && !out.implicit_dirs.contains(w)
+            {
+                out.implicit_dirs.push(w.clone());
+            }
+        }
+        let watched = watch.contains(&entry.path);
+        if watched {
+            may_change_at(start, start_state);
+        }
+        if entry.meta.kind != EntryType::Dir
+            && writing.is_some_and(|w| w.targets.contains(&entry.path))
+            && s.speculation.take().is_some()
+        {
+            tracing::debug!(path = %entry.path, "an existing entry will be replaced: no speculative prefix");
+        }
+        let want_data = capture.paths.contains(&entry.path)
+            && entry.meta.kind == EntryType::Regular
+            && entry.data_size <= capture.max_size;
+        if want_data {
+            let mut data = vec![0u8; entry.data_size as usize];
+            s.read_exact(&mut data)?;
+            s.skip(header::padded(entry.data_size) - entry.data_size)?;
+            out.captured.retain(|(p, _)| p != &entry.path);
+            out.captured.push((entry.path.clone(), data));
+        } else {
+            s.skip(header::padded(entry.data_size))?;
+        }
+        if watched {
+            out.watched.push(WatchedEntry {
+                path: entry.path,
+                typeflag: entry.typeflag,
+                meta: entry.meta,
+                start,
+                end: s.pos,
+            });
+        }
+    }
+    out.total_len = s.pos;
+    drop(s);
+    out.prefix_states = prefix_states;
+    out.boundaries = index.filter(BlockIndex::whole_file).map(|_| boundaries);
+    Ok(out)
+}
+
+/// Closes the speculative stream at the end of the entries, if one is open.
+fn end_speculation(s: &mut Stream, end: u64) -> Option<Speculated> {
+    let done = s.speculation.take()?.end_at(end);
+    done.map_err(|e| tracing::debug!(error = %e, "speculative compression failed"))
+        .ok()
+}

@@ -1,0 +1,318 @@
+//! Writing the output: the input's bytes before the first change kept as
+//! they are where the codec allows, then a tail that streams the edit list through
+//! the codec's encoder.
+//!
+//! Plain tar copies its prefix; gzip and bzip2 keep the compressed bytes
+//! before a block boundary and continue the stream from there; zstd keeps
+//! its blocks before one and writes the rest as raw blocks; xz keeps the
+//! stream compressed during the scan and appends a second one. Anything
+//! else, and every input when a full rewrite is asked for, is decompressed
+//! and compressed whole.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use super::edit::{self, Piece};
+use super::scan::{Boundary, Scan};
+use super::speculate::Speculated;
+use super::stream::Stream;
+use super::TarError;
+use crate::compress::{bzip2 as bz2, gzip, zstd as zst, Compression};
+use crate::io::output::{self, TempOutput};
+use crate::io::progress;
+
+/// The input archive as the writer reads it.
+pub(super) struct Input<'a> {
+    pub(super) path: &'a Path,
+    pub(super) codec: Compression,
+    pub(super) scan: &'a Scan,
+}
+
+/// Where the tail starts instead of at byte 0.
+enum TailStart<'a> {
+    /// xz: keep the stream compressed during the scan.
+    Speculated(&'a Speculated),
+    /// Plain tar: copy the unchanged prefix as it is.
+    Plain,
+    /// gzip: keep the compressed bytes before this block boundary.
+    Gzip(gzip::Boundary),
+    /// bzip2: keep the blocks before this one.
+    Bzip2(bz2::Boundary),
+    /// zstd: keep the blocks before this one; the rest goes raw.
+    Zstd(zst::Boundary),
+}
+
+/// For the debug log.
+fn describe(start: &Option<TailStart>) -> String {
+    match start {
+        Some(TailStart::Plain) => "plain prefix copy".to_string(),
+        Some(TailStart::Gzip(b)) => {
+            format!("gzip tail from bit {} (byte {} of output)", b.bit, b.out)
+        }
+        Some(TailStart::Bzip2(b)) => {
+            format!("bzip2 tail from bit {} (byte {} of output)", b.bit, b.out)
+        }
+        Some(TailStart::Zstd(b)) => format!(
+            "zstd blocks kept up to byte {}, raw blocks from byte {} of output",
+            b.offset, b.out
+        ),
+        Some(TailStart::Speculated(s)) => format!(
+            "xz stream of {} bytes kept, new stream from byte {}",
+            s.compressed, s.uncompressed
+        ),
+        None => "full rewrite".to_string(),
+    }
+}
+
+/// Picks where the tail starts, given the first byte the edit list
+/// changes; `None` is a full rewrite.
+fn tail_start<'a>(
+    codec: Compression,
+    scan: &'a Scan,
+    pieces: &[Piece],
+    first_change: u64,
+) -> Option<TailStart<'a>> {
+    match codec {
+        // The raw tail holds new bytes and the kept block's own: every
+        // input byte it copies must lie in that block.
+        Compression::Zstd => scan
+            .boundaries
+            .as_ref()?
+            .iter()
+            .filter_map(|b| match b {
+                Boundary::Zstd(b) => Some(b),
+                _ => None,
+            })
+            .filter(|b| b.out <= first_change)
+            .max_by_key(|b| b.out)
+            .filter(|b| {
+                let held = b.out + b.data.len() as u64;
+                pieces.iter().all(|p| match p {
+                    Piece::Copy { end, .. } => *end <= held,
+                    Piece::Insert(_) => true,
+                })
+            })
+            .cloned()
+            .map(TailStart::Zstd),
+        Compression::Xz => scan
+            .speculated
+            .as_ref()
+            .filter(|s| s.uncompressed == first_change)
+            .map(TailStart::Speculated),
+        Compression::None => Some(TailStart::Plain),
+        Compression::Gzip | Compression::Bzip2 => scan
+            .boundaries
+            .as_ref()?
+            .iter()
+            .filter(|b| b.out() <= first_change)
+            .max_by_key(|b| b.out())
+            .map(|boundary| match boundary {
+                Boundary::Gzip(b) => TailStart::Gzip(b.clone()),
+                Boundary::Bzip2(b) => TailStart::Bzip2(b.clone()),
+                Boundary::Zstd(b) => TailStart::Zstd(b.clone()),
+            }),
+    }
+}
+
+/// Writes the input with `pieces` applied into `out`.
+pub(super) fn write(
+    input: &Input,
+    pieces: &[Piece],
+    out: &mut TempOutput,
+    prefixes: &mut PrefixCache,
+    full_rewrite: bool,
+) -> Result<(), TarError> {
+    let (path, codec, scan) = (input.path, input.codec, input.scan);
+    let read_err = |source| TarError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let out_path = out.final_path().to_path_buf();
+    let write_err = |source| TarError::Write {
+        path: out_path.clone(),
+        source,
+    };
+    let file = File::open(path).map_err(|source| TarError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    progress::start("writing", file.metadata().map_err(read_err)?.len());
+    let stream = |inner: Box<dyn Read + Send>, pos: u64| Stream::new(inner, pos, path, codec);
+    let first_change = edit::first_change(pieces);
+    let start = if full_rewrite {
+        None
+    } else {
+        tail_start(codec, scan, pieces, first_change)
+    };
+    tracing::debug!(
+        first_change,
+        pieces = pieces.len(),
+        rewrite = describe(&start),
+        "tar plan"
+    );
+    match start {
+        Some(TailStart::Plain) => {
+            let hashed = match scan.prefix_states.iter().find(|p| p.len == first_change) {
+                Some(p) => p.state.clone(),
+                None => prefixes
+                    .state(&file, &[], 0, first_change)
+                    .map_err(read_err)?,
+            };
+            out.splice_prefix(&file, first_change, hashed)
+                .map_err(write_err)?;
+            let mut rest = file.try_clone().map_err(read_err)?;
+            rest.seek(SeekFrom::Start(first_change)).map_err(read_err)?;
+            let mut input = stream(
+                Box::new(BufReader::with_capacity(1 << 20, rest)),
+                first_change,
+            );
+            write_pieces(&mut input, pieces, out, &out_path)?;
+        }
+        Some(TailStart::Gzip(boundary)) => {
+            let last = keep_bits(prefixes, &file, path, boundary.bit, out)?;
+            let tail = gzip::TailInflater::new(file.try_clone().map_err(read_err)?, &boundary)
+                .map_err(read_err)?;
+            let mut input = stream(Box::new(tail), boundary.out);
+            let mut deflater =
+                gzip::TailDeflater::new(&mut *out, &boundary, last, 6).map_err(write_err)?;
+            write_pieces(&mut input, pieces, &mut deflater, &out_path)?;
+            deflater.finish().map_err(write_err)?;
+        }
+        Some(TailStart::Speculated(prefix)) => {
+            out.splice_prefix(
+                prefix.scratch.file(),
+                prefix.compressed,
+                prefix.sha256.clone(),
+            )
+            .map_err(write_err)?;
+            // Everything from the first change on is new bytes: nothing
+            // more of the input is read.
+            let mut input = stream(Box::new(io::empty()), first_change);
+            let mut encoder = codec.encoder(&mut *out).map_err(write_err)?;
+            write_pieces(&mut input, pieces, &mut encoder, &out_path)?;
+            encoder.finish_stream().map_err(write_err)?;
+        }
+        Some(TailStart::Zstd(boundary)) => {
+            let new_len: u64 = pieces.iter().map(Piece::len).sum();
+            let header = boundary.header.with_content_size(new_len);
+            let from = boundary.header.len as u64;
+            let hashed = prefixes
+                .state(&file, &header, from, boundary.offset)
+                .map_err(read_err)?;
+            out.write_all(&header).map_err(write_err)?;
+            out.splice(&file, from, boundary.offset - from, hashed)
+                .map_err(write_err)?;
+            // The block that holds the first change was kept whole by the
+            // scan.
+            let block = io::Cursor::new(boundary.data.as_ref().clone());
+            let mut input = stream(Box::new(block), boundary.out);
+            let mut tail = zst::TailWriter::new(&mut *out, &boundary, new_len);
+            write_pieces(&mut input, pieces, &mut tail, &out_path)?;
+            tail.finish().map_err(write_err)?;
+        }
+        Some(TailStart::Bzip2(boundary)) => {
+            let last = keep_bits(prefixes, &file, path, boundary.bit, out)?;
+            let mut rest = file.try_clone().map_err(read_err)?;
+            rest.seek(SeekFrom::Start(boundary.bit / 8))
+                .map_err(read_err)?;
+            let (tail, _) = bz2::ParallelDecoder::new(rest, Some(boundary.clone()));
+            let mut input = stream(Box::new(tail), boundary.out);
+            let mut encoder = bz2::BlockEncoder::resume(&mut *out, &boundary, last);
+            write_pieces(&mut input, pieces, &mut encoder, &out_path)?;
+            encoder.finish().map_err(write_err)?;
+        }
+        None => {
+            let mut input = stream(codec.decoder(file), 0);
+            let mut encoder = codec.encoder(&mut *out).map_err(write_err)?;
+            write_pieces(&mut input, pieces, &mut encoder, &out_path)?;
+            encoder.finish_stream().map_err(write_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Starts `out` with the input's bytes before bit `bit` (a block boundary
+/// of a gzip or bzip2 stream), hashed once per batch, and returns the byte
+/// that holds the bits before `bit` in its partial byte (0 when `bit` is on
+/// a byte boundary): the tail writer carries them on.
+fn keep_bits(
+    prefixes: &mut PrefixCache,
+    file: &File,
+    path: &Path,
+    bit: u64,
+    out: &mut TempOutput,
+) -> Result<u8, TarError> {
+    let read_err = |source| TarError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let keep = bit / 8;
+    let hashed = prefixes.state(file, &[], 0, keep).map_err(read_err)?;
+    out.splice_prefix(file, keep, hashed)
+        .map_err(|source| TarError::Write {
+            path: out.final_path().to_path_buf(),
+            source,
+        })?;
+    let mut last = [0u8; 1];
+    if bit % 8 != 0 {
+        file.read_exact_at(&mut last, keep).map_err(read_err)?;
+    }
+    Ok(last[0])
+}
+
+/// The start of an output: new bytes, then the input's bytes in a range.
+type PrefixKey = (Vec<u8>, u64, u64);
+
+/// The SHA-256 state after an output's kept prefix, computed once and
+/// reused: every serial of a batch shares the prefix.
+#[derive(Default)]
+pub(super) struct PrefixCache(Option<(PrefixKey, Sha256)>);
+
+impl PrefixCache {
+    /// SHA-256 state after `head` and then the input's bytes `from..end`
+    /// (the input's own head may be replaced, e.g. a zstd frame header).
+    fn state(&mut self, file: &File, head: &[u8], from: u64, end: u64) -> io::Result<Sha256> {
+        let key = (head.to_vec(), from, end);
+        if let Some((cached, state)) = &self.0 {
+            if *cached == key {
+                return Ok(state.clone());
+            }
+        }
+        let mut start = Sha256::new();
+        start.update(head);
+        let state = output::hash_range(start, file, from, end.saturating_sub(from))?;
+        self.0 = Some((key, state.clone()));
+        Ok(state)
+    }
+}
+
+/// Streams the edit list from `input` (which may start part-way, at
+/// `input.pos`) into `sink`, which writes the output `out_path`.
+fn write_pieces(
+    input: &mut Stream,
+    pieces: &[Piece],
+    sink: &mut dyn Write,
+    out_path: &Path,
+) -> Result<(), TarError> {
+    for piece in pieces {
+        match piece {
+            Piece::Copy { start, end } => {
+                if *end <= input.pos {
+                    continue;
+                }
+                let start = (*start).max(input.pos);
+                input.skip(start - input.pos)?;
+                input.copy_to(end - start, sink, out_path)?;
+            }
+            Piece::Insert(bytes) => sink.write_all(bytes).map_err(|source| TarError::Write {
+                path: out_path.to_path_buf(),
+                source,
+            })?,
+        }
+    }
+    Ok(())
+}
