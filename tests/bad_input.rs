@@ -181,7 +181,7 @@ fn bad_inputs_give_one_clear_line_and_leave_nothing() {
             "is the input image; choose another output path",
         ),
         (&["--output", "out.tar", "--owner", "nobody"][..], "nobody"),
-        (&["--output", "no/such/dir/"][..], "does not exist"),
+        (&["--output", "no/such/dir/out.tar"][..], "does not exist"),
     ] {
         let args = offline(tar, extra);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

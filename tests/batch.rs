@@ -218,3 +218,40 @@ fn bad_batches_are_refused_up_front() {
     assert_eq!(server.requests().len(), 0);
     assert!(listing(&out).is_empty());
 }
+
+/// Output directories that do not exist yet are made (0700, never open to
+/// others); one that another user could write to is refused.
+#[test]
+fn output_directories_are_made_private_and_shared_ones_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, input, _) = setup();
+    let server = StubServer::start().unwrap();
+    let new_batch_dir = dir.path().join("new/batch");
+    let o = batch(
+        &server,
+        &input,
+        &new_batch_dir,
+        &["--serial", "AZJN-0001", "--serial", "AZJN-0002"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mode = fs::metadata(&new_batch_dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+    assert!(new_batch_dir.join("AZJN-0002-base.tar.gz").is_file());
+
+    let single = dir.path().join("single/");
+    let o = batch(&server, &input, &single, &["--serial", "AZJN-0003"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(single.join("AZJN-0003-base.tar.gz").is_file());
+
+    let shared = dir.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+    let o = batch(&server, &input, &shared, &["--serial", "AZJN-0004"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("others can write to it"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(fs::read_dir(&shared).unwrap().count(), 0);
+}
