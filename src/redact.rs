@@ -24,6 +24,29 @@ pub fn register(secret: &str) {
     }
 }
 
+/// Keeps the process's memory, which holds passwords and the token, out of
+/// core dumps and away from other processes of the same user: no core
+/// file is written (RLIMIT_CORE 0) and the process is not dumpable
+/// (PR_SET_DUMPABLE 0 also blocks ptrace attach and /proc/PID/mem reads by
+/// non-root users). Called first thing by the CLI.
+pub fn protect_process() -> std::io::Result<()> {
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit and prctl with these arguments only change this
+    // process's own limits and flags.
+    unsafe {
+        if libc::setrlimit(libc::RLIMIT_CORE, &no_core) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// `text` with every registered secret replaced by `<redacted>`.
 pub fn scrub(text: &str) -> String {
     let known = KNOWN.lock().unwrap_or_else(|e| e.into_inner()).clone();
