@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use imprint::admin::AdminConfig;
 use imprint::compress::Compression;
 use imprint::identity::Serial;
-use imprint::image::ext4::{self, Ext4Image};
+use imprint::image::ext4::{self, Ext4Inspector};
 use imprint::image::sparse;
 use imprint::owner::Owner;
 use imprint::pipeline::{self, Request, Target};
@@ -166,7 +166,7 @@ pub fn write_sample_ext4(path: &Path, mtime: i64) -> Result<()> {
     };
     let file = File::open(path)?;
     let len = file.metadata()?.len();
-    let image = Ext4Image::open(file, len)?;
+    let image = Ext4Inspector::open(file, len)?;
     ext4::write_plan(path, image.superblock(), &plan)?;
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use crate::compress::bzip2;
 use crate::identity::{self, Password, Serial};
-use crate::image::ext4::Ext4Image;
+use crate::image::ext4::Ext4Inspector;
 use crate::image::sparse::{self, SparseLayout, SparseView};
 use crate::image::{self, ImageKind};
 use crate::owner::{OwnerSpec, UserDb};
@@ -138,7 +138,7 @@ pub fn sparse(data: &[u8]) {
 /// Any bytes as an ext2/3/4 image for imprint's own reader.
 pub fn ext4(data: &[u8]) {
     let len = data.len() as u64;
-    let Ok(fs) = Ext4Image::open(data.to_vec(), len) else {
+    let Ok(fs) = Ext4Inspector::open(data.to_vec(), len) else {
         return;
     };
     let _ = fs.check_writable();

@@ -9,7 +9,7 @@
 //!
 //! The ext4 inside is edited by the ext4 module without expanding the image:
 //! libext2fs reads it through [`SparseView`] (the chunk index) and its writes
-//! stay in memory ([`Overlay`]); [`encode_overlay`] then writes the input's
+//! stay in memory ([`ChangedBlocks`]); [`encode_overlay`] then writes the input's
 //! chunks with the changed blocks spliced in, keeping every untouched chunk
 //! as it was. [`expand`] is used only where a raw image is needed (e2fsck in
 //! `verify`), and [`encode`] turns a raw image into a sparse one (the demo).
@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use super::ext4::overlay_io::{Device, Overlay};
-use super::ext4::{self, disk::ReadAt, Ext4Image};
+use super::ext4::{self, disk::ReadAt, Ext4Inspector};
+use super::ext4::{ChangedBlocks, Device};
 use super::{Found, ImageBackend, ImageError, ImageFacts, ImageReader};
 use crate::io::output::{Scratch, TempOutput};
 use crate::plan::{ImagePath, Plan};
@@ -593,8 +593,8 @@ pub fn encode(
 /// the changed blocks spliced in, as [`encode`] would give for the edited
 /// expansion, but touching only the written blocks. Returns how many
 /// blocks changed.
-pub fn encode_overlay(
-    overlay: &Overlay<&SparseView>,
+pub(crate) fn encode_overlay(
+    overlay: &ChangedBlocks<&SparseView>,
     out: &mut dyn Write,
 ) -> Result<u64, SparseError> {
     let original: &SparseView = overlay.base();
@@ -722,13 +722,13 @@ fn open_sparse(path: &Path) -> Result<(SparseView, u64), ImageError> {
 /// Writes plans into copies of an Android sparse image of an ext2/3/4
 /// filesystem.
 pub struct SparseBackend {
-    image: Ext4Image<SparseView>,
+    image: Ext4Inspector<SparseView>,
 }
 
 impl SparseBackend {
     pub fn open(path: &Path) -> Result<SparseBackend, ImageError> {
         let (view, size) = open_sparse(path)?;
-        let image = Ext4Image::open(view, size)?;
+        let image = Ext4Inspector::open(view, size)?;
         image.check_writable()?;
         ext4::ensure_loaded()?;
         Ok(SparseBackend { image })
@@ -749,7 +749,7 @@ impl ImageBackend for SparseBackend {
         self.image.preflight(plan)?;
         let view = self.image.device();
         let layout = view.layout();
-        let mut overlay = Overlay::new(view, layout.raw_size(), layout.block_size);
+        let mut overlay = ChangedBlocks::new(view, layout.raw_size(), layout.block_size);
         ext4::write_plan_to_device(&mut overlay, self.image.superblock(), plan)?;
         tracing::debug!(written_blocks = overlay.written().len(), "libext2fs done");
         let changed = encode_overlay(&overlay, out)?;
@@ -765,7 +765,7 @@ impl ImageBackend for SparseBackend {
 /// Reads files out of a sparse image for `verify`, without expanding it.
 pub struct SparseReader {
     path: PathBuf,
-    image: Ext4Image<SparseView>,
+    image: Ext4Inspector<SparseView>,
 }
 
 impl SparseReader {
@@ -773,7 +773,7 @@ impl SparseReader {
         let (view, size) = open_sparse(path)?;
         Ok(SparseReader {
             path: path.to_path_buf(),
-            image: Ext4Image::open(view, size)?,
+            image: Ext4Inspector::open(view, size)?,
         })
     }
 }
