@@ -12,8 +12,8 @@ use std::path::Path;
 
 use crate::compress::bzip2;
 use crate::identity::{self, Password, PasswordPolicy, Serial};
-use crate::image::ext4::overlay_io::Device;
-use crate::image::ext4::Ext4Image;
+use crate::image::ext4::Device;
+use crate::image::ext4::Ext4Inspector;
 use crate::image::sparse::{self, ChunkLayout, SparseView};
 use crate::image::{self, ImageKind};
 use crate::owner::{OwnerSpec, UserDb};
@@ -221,7 +221,7 @@ impl Rng {
 /// Any bytes as an ext2/3/4 image for imprint's own reader.
 pub fn ext4(data: &[u8]) {
     let len = data.len() as u64;
-    let Ok(fs) = Ext4Image::open(data.to_vec(), len) else {
+    let Ok(fs) = Ext4Inspector::open(data.to_vec(), len) else {
         return;
     };
     let _ = fs.check_writable();

@@ -541,3 +541,25 @@ fn a_missing_libext2fs_is_named_and_verify_does_not_need_it() {
         .args(["--serial", SERIAL, "--owner", "azaion"]));
     assert!(v.status.success(), "{}", stdout(&v));
 }
+
+#[test]
+fn a_libext2fs_without_an_entry_point_is_named_too_old() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let img = small_ext4(d, "in.img");
+    let pw = write_password(d, PASSWORD);
+    let out = d.join("out.img");
+    // libcom_err loads (libext2fs needs it) but has none of libext2fs's
+    // entry points: it stands in for a libext2fs older than 1.43.
+    let o =
+        run(provision_offline(&img, &out, "azaion", &pw)
+            .env("IMPRINT_LIBEXT2FS", "libcom_err.so.2"));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o)
+            .contains("libext2fs is too old: it lacks ext2fs_open2 (e2fsprogs >= 1.43 needed)"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
+}

@@ -11,6 +11,9 @@
 
 use std::io;
 
+use super::format::{
+    feature, kind_of_mode, EXTENTS_FL, EXTENT_MAGIC, INLINE_DATA_FL, ROOT_INO, STATE_ERRORS,
+};
 use super::Ext4Error;
 use crate::image::{EntryType, FileMeta};
 
@@ -45,43 +48,23 @@ impl ReadAt for std::fs::File {
     }
 }
 
-pub const ROOT_INO: u32 = 2;
-
-// Superblock feature bits (ext4 on-disk format).
-pub mod feature {
-    pub const COMPAT_SPARSE_SUPER2: u32 = 0x200;
-    pub const INCOMPAT_FILETYPE: u32 = 0x2;
-    pub const INCOMPAT_RECOVER: u32 = 0x4;
-    pub const INCOMPAT_META_BG: u32 = 0x10;
-    pub const INCOMPAT_64BIT: u32 = 0x80;
-    pub const INCOMPAT_INLINE_DATA: u32 = 0x8000;
-    pub const RO_COMPAT_SPARSE_SUPER: u32 = 0x1;
-    pub const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
-}
-
-const EXTENTS_FL: u32 = 0x0008_0000;
-const INLINE_DATA_FL: u32 = 0x1000_0000;
-const EXTENT_MAGIC: u16 = 0xF30A;
-const STATE_ERRORS: u16 = 0x2;
-
 /// The superblock fields imprint looks at.
 #[derive(Debug, Clone)]
 pub struct Superblock {
-    pub raw: Vec<u8>,
-    pub block_size: u64,
-    pub blocks_count: u64,
-    pub first_data_block: u64,
-    pub blocks_per_group: u64,
-    pub inodes_per_group: u64,
-    pub inodes_count: u64,
-    pub inode_size: u64,
-    pub desc_size: u64,
-    pub first_meta_bg: u64,
-    pub compat: u32,
-    pub incompat: u32,
-    pub ro_compat: u32,
-    pub state: u16,
-    pub backup_bgs: [u32; 2],
+    pub(crate) block_size: u64,
+    pub(crate) blocks_count: u64,
+    pub(crate) first_data_block: u64,
+    pub(crate) blocks_per_group: u64,
+    pub(crate) inodes_per_group: u64,
+    pub(crate) inodes_count: u64,
+    pub(crate) inode_size: u64,
+    pub(crate) desc_size: u64,
+    pub(crate) first_meta_bg: u64,
+    pub(crate) compat: u32,
+    pub(crate) incompat: u32,
+    pub(crate) ro_compat: u32,
+    pub(crate) state: u16,
+    pub(crate) backup_bgs: [u32; 2],
 }
 
 fn le16(b: &[u8], at: usize) -> u16 {
@@ -97,57 +80,56 @@ fn corrupt(why: impl Into<String>) -> Ext4Error {
 }
 
 impl Superblock {
-    pub const OFFSET: u64 = 1024;
-    pub const SIZE: usize = 1024;
+    pub(crate) const OFFSET: u64 = 1024;
+    pub(crate) const SIZE: usize = 1024;
 
-    pub fn read(dev: &dyn ReadAt) -> Result<Superblock, Ext4Error> {
+    pub(crate) fn read(dev: &dyn ReadAt) -> Result<Superblock, Ext4Error> {
         let mut raw = vec![0u8; Self::SIZE];
         dev.read_at(Self::OFFSET, &mut raw)
             .map_err(|e| Ext4Error::NotExt4 {
                 why: format!("cannot read the superblock: {e}"),
             })?;
-        Self::parse(raw)
+        Self::parse(&raw)
     }
 
-    pub fn parse(raw: Vec<u8>) -> Result<Superblock, Ext4Error> {
-        if le16(&raw, 0x38) != 0xEF53 {
+    pub(crate) fn parse(raw: &[u8]) -> Result<Superblock, Ext4Error> {
+        if le16(raw, 0x38) != 0xEF53 {
             return Err(Ext4Error::NotExt4 {
                 why: "no ext2/3/4 superblock magic at byte 1080".into(),
             });
         }
-        let log_block = le32(&raw, 0x18);
+        let log_block = le32(raw, 0x18);
         if log_block > 6 {
             return Err(corrupt(format!("block size 2^(10+{log_block}) is invalid")));
         }
-        let incompat = le32(&raw, 0x60);
-        let rev = le32(&raw, 0x4C);
+        let incompat = le32(raw, 0x60);
+        let rev = le32(raw, 0x4C);
         let inode_size = if rev == 0 {
             128
         } else {
-            le16(&raw, 0x58) as u64
+            le16(raw, 0x58) as u64
         };
         let is_64 = incompat & feature::INCOMPAT_64BIT != 0;
-        let desc_size = if is_64 { le16(&raw, 0xFE) as u64 } else { 32 };
-        let mut blocks_count = le32(&raw, 0x4) as u64;
+        let desc_size = if is_64 { le16(raw, 0xFE) as u64 } else { 32 };
+        let mut blocks_count = le32(raw, 0x4) as u64;
         if is_64 {
-            blocks_count |= (le32(&raw, 0x150) as u64) << 32;
+            blocks_count |= (le32(raw, 0x150) as u64) << 32;
         }
         let sb = Superblock {
             block_size: 1024 << log_block,
             blocks_count,
-            first_data_block: le32(&raw, 0x14) as u64,
-            blocks_per_group: le32(&raw, 0x20) as u64,
-            inodes_per_group: le32(&raw, 0x28) as u64,
-            inodes_count: le32(&raw, 0x0) as u64,
+            first_data_block: le32(raw, 0x14) as u64,
+            blocks_per_group: le32(raw, 0x20) as u64,
+            inodes_per_group: le32(raw, 0x28) as u64,
+            inodes_count: le32(raw, 0x0) as u64,
             inode_size,
             desc_size,
-            first_meta_bg: le32(&raw, 0x104) as u64,
-            compat: le32(&raw, 0x5C),
+            first_meta_bg: le32(raw, 0x104) as u64,
+            compat: le32(raw, 0x5C),
             incompat,
-            ro_compat: le32(&raw, 0x64),
-            state: le16(&raw, 0x3A),
-            backup_bgs: [le32(&raw, 0x24C), le32(&raw, 0x250)],
-            raw,
+            ro_compat: le32(raw, 0x64),
+            state: le16(raw, 0x3A),
+            backup_bgs: [le32(raw, 0x24C), le32(raw, 0x250)],
         };
         if sb.blocks_per_group == 0
             || sb.inodes_per_group == 0
@@ -165,11 +147,11 @@ impl Superblock {
         Ok(sb)
     }
 
-    pub fn has_errors(&self) -> bool {
+    pub(crate) fn has_errors(&self) -> bool {
         self.state & STATE_ERRORS != 0
     }
 
-    pub fn image_bytes(&self) -> u64 {
+    pub(crate) fn image_bytes(&self) -> u64 {
         self.blocks_count * self.block_size
     }
 
@@ -220,28 +202,23 @@ impl Superblock {
 
 /// An inode's fields that imprint reads.
 #[derive(Debug, Clone)]
-pub struct Inode {
-    pub raw: Vec<u8>,
-    pub mode: u16,
-    pub uid: u32,
-    pub gid: u32,
-    pub size: u64,
-    pub mtime: i64,
-    pub flags: u32,
-    pub links: u16,
+pub(crate) struct Inode {
+    pub(crate) raw: Vec<u8>,
+    pub(crate) mode: u16,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) size: u64,
+    pub(crate) mtime: i64,
+    pub(crate) flags: u32,
+    pub(crate) links: u16,
 }
 
 impl Inode {
-    pub fn kind(&self) -> EntryType {
-        match self.mode & 0xF000 {
-            0x8000 => EntryType::Regular,
-            0x4000 => EntryType::Dir,
-            0xA000 => EntryType::Symlink,
-            _ => EntryType::Other,
-        }
+    pub(crate) fn kind(&self) -> EntryType {
+        kind_of_mode(self.mode)
     }
 
-    pub fn meta(&self) -> FileMeta {
+    pub(crate) fn meta(&self) -> FileMeta {
         FileMeta {
             kind: self.kind(),
             mode: u32::from(self.mode & 0o7777),
@@ -309,18 +286,21 @@ fn timestamp(raw: &[u8], lo_at: usize, extra_at: usize) -> i64 {
     }
 }
 
-pub struct Ext4Fs<R> {
+/// imprint's own read-only view of an ext2/3/4 filesystem on a device:
+/// inodes, file content and path lookup, read straight from the on-disk
+/// structures.
+pub(crate) struct FsReader<R> {
     dev: R,
-    pub sb: Superblock,
+    pub(crate) sb: Superblock,
 }
 
-impl<R: ReadAt> Ext4Fs<R> {
-    pub fn open(dev: R) -> Result<Self, Ext4Error> {
+impl<R: ReadAt> FsReader<R> {
+    pub(crate) fn open(dev: R) -> Result<Self, Ext4Error> {
         let sb = Superblock::read(&dev)?;
-        Ok(Ext4Fs { dev, sb })
+        Ok(FsReader { dev, sb })
     }
 
-    pub fn device(&self) -> &R {
+    pub(crate) fn device(&self) -> &R {
         &self.dev
     }
 
@@ -343,7 +323,7 @@ impl<R: ReadAt> Ext4Fs<R> {
         self.read(block * self.sb.block_size, self.sb.block_size as usize)
     }
 
-    pub fn inode(&self, ino: u32) -> Result<Inode, Ext4Error> {
+    pub(crate) fn inode(&self, ino: u32) -> Result<Inode, Ext4Error> {
         let sb = &self.sb;
         if ino == 0 || u64::from(ino) > sb.inodes_count {
             return Err(corrupt(format!("inode number {ino} is out of range")));
@@ -463,7 +443,7 @@ impl<R: ReadAt> Ext4Fs<R> {
     }
 
     /// Reads up to `limit` bytes of a file's (or directory's) content.
-    pub fn read_content(&self, inode: &Inode, limit: u64) -> Result<Vec<u8>, Ext4Error> {
+    pub(crate) fn read_content(&self, inode: &Inode, limit: u64) -> Result<Vec<u8>, Ext4Error> {
         let len = inode.size.min(limit) as usize;
         if inode.flags & INLINE_DATA_FL != 0 {
             let mut data = inode.block_area().to_vec();
@@ -493,7 +473,7 @@ impl<R: ReadAt> Ext4Fs<R> {
     }
 
     /// Finds `name` in directory `dir`.
-    pub fn find_in_dir(&self, dir: &Inode, name: &str) -> Result<Option<u32>, Ext4Error> {
+    pub(crate) fn find_in_dir(&self, dir: &Inode, name: &str) -> Result<Option<u32>, Ext4Error> {
         // A directory's size comes from the image; a damaged one must not
         // make us allocate gigabytes. Real /etc directories are kilobytes.
         const MAX_DIR: u64 = 64 << 20;
@@ -519,7 +499,7 @@ impl<R: ReadAt> Ext4Fs<R> {
 
     /// Resolves an absolute path given as components, without following
     /// symlinks. A symlink or non-directory in the middle yields None.
-    pub fn resolve(&self, components: &[String]) -> Result<Option<(u32, Inode)>, Ext4Error> {
+    pub(crate) fn resolve(&self, components: &[String]) -> Result<Option<(u32, Inode)>, Ext4Error> {
         let mut ino = ROOT_INO;
         let mut inode = self.inode(ino)?;
         for name in components {

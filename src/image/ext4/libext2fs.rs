@@ -1,6 +1,6 @@
 //! Writes a plan into an ext2/3/4 filesystem through libext2fs, the library
 //! e2fsck and mke2fs are built on, over imprint's own I/O manager (see
-//! `overlay_io.rs`): the library reads the image and its writes are kept in
+//! `io_manager.rs`): the library reads the image and its writes are kept in
 //! memory, for the format backend to place into the output.
 //!
 //! The library is loaded at run time (`libext2fs.so.2`) so that building
@@ -11,13 +11,25 @@
 //! little-endian on-disk layout on the little-endian hosts imprint
 //! supports), so a libext2fs upgrade cannot silently shift a field under us.
 
+// Inodes cross as raw on-disk bytes, which are little-endian, where
+// libext2fs expects its in-memory `ext2_inode_large`: the two agree only on
+// a little-endian host. Refuse to build rather than corrupt images.
+#[cfg(target_endian = "big")]
+compile_error!(
+    "imprint's ext2/3/4 writer needs a little-endian host: it passes little-endian on-disk \
+     inodes to libext2fs as its in-memory struct ext2_inode_large"
+);
+
 use std::ffi::{c_char, c_int, c_long, c_uint, c_void, CStr, CString};
 use std::sync::OnceLock;
 
 use libloading::Library;
 
-use super::disk::{feature, Superblock};
-use super::overlay_io::{self, Errcode};
+use super::disk::Superblock;
+use super::format::{
+    feature, kind_of_mode, EXTENTS_FL, EXTENT_MAGIC, INLINE_DATA_FL, ROOT_INO, S_IFDIR, S_IFREG,
+};
+use super::io_manager::{self, Device, Errcode};
 use super::Ext4Error;
 use crate::image::EntryType;
 use crate::plan::{Plan, PlanEntry, PlanKind};
@@ -40,10 +52,6 @@ const ET_RO_UNSUPP_FEATURE: Errcode = 2133571396;
 const ET_BLOCK_ALLOC_FAIL: Errcode = 2133571400;
 const ET_INODE_ALLOC_FAIL: Errcode = 2133571401;
 const ET_FILE_NOT_FOUND: Errcode = 2133571404;
-
-const EXTENTS_FL: u32 = 0x0008_0000;
-const INLINE_DATA_FL: u32 = 0x1000_0000;
-const INCOMPAT_EXTENTS: u32 = 0x40;
 
 /// The entry points imprint uses, resolved once per process.
 struct Api {
@@ -77,8 +85,8 @@ struct Api {
     _libs: Vec<Library>,
 }
 
-// The function pointers and the io_manager pointer are immutable after
-// loading; libext2fs keeps no thread-affine state in them.
+// SAFETY: the function pointers are immutable after loading; libext2fs
+// keeps no thread-affine state in them.
 unsafe impl Send for Api {}
 unsafe impl Sync for Api {}
 
@@ -86,21 +94,36 @@ const LIBRARY: &str = "libext2fs.so.2";
 /// Names another libext2fs to load (a path), e.g. a newer e2fsprogs build.
 const LIBRARY_ENV: &str = "IMPRINT_LIBEXT2FS";
 
-fn api() -> Result<&'static Api, Ext4Error> {
-    static API: OnceLock<Result<Api, String>> = OnceLock::new();
-    API.get_or_init(|| unsafe { load() }.map_err(|e| e.to_string()))
-        .as_ref()
-        .map_err(|why| Ext4Error::LibraryMissing { why: why.clone() })
+/// Why libext2fs could not be used, kept for every later caller.
+enum LoadFailure {
+    /// The library itself did not load.
+    Missing(String),
+    /// It loaded but lacks an entry point imprint calls.
+    TooOld(&'static str),
 }
 
-unsafe fn load() -> Result<Api, libloading::Error> {
+fn api() -> Result<&'static Api, Ext4Error> {
+    static API: OnceLock<Result<Api, LoadFailure>> = OnceLock::new();
+    // SAFETY: loading libext2fs runs its initialisers, which only set up
+    // its error table.
+    match API.get_or_init(|| unsafe { load() }) {
+        Ok(api) => Ok(api),
+        Err(LoadFailure::Missing(why)) => Err(Ext4Error::LibraryMissing { why: why.clone() }),
+        Err(LoadFailure::TooOld(symbol)) => Err(Ext4Error::LibraryTooOld { symbol }),
+    }
+}
+
+unsafe fn load() -> Result<Api, LoadFailure> {
     let lib = match std::env::var_os(LIBRARY_ENV) {
-        Some(path) => Library::new(path)?,
-        None => Library::new(LIBRARY)?,
-    };
+        Some(path) => Library::new(path),
+        None => Library::new(LIBRARY),
+    }
+    .map_err(|e| LoadFailure::Missing(e.to_string()))?;
+    // A libext2fs without one of these predates what imprint supports.
     macro_rules! sym {
         ($name:literal) => {
-            *lib.get(concat!($name, "\0").as_bytes())?
+            *lib.get(concat!($name, "\0").as_bytes())
+                .map_err(|_| LoadFailure::TooOld($name))?
         };
     }
     // com_err turns error codes into messages; libext2fs depends on it, so
@@ -140,7 +163,7 @@ unsafe fn load() -> Result<Api, libloading::Error> {
 
 /// Checks that libext2fs can be loaded, so a missing library is reported
 /// before any work (or API call) is done.
-pub fn ensure_loaded() -> Result<(), Ext4Error> {
+pub(crate) fn ensure_loaded() -> Result<(), Ext4Error> {
     api().map(|_| ())
 }
 
@@ -155,7 +178,7 @@ fn message(api: &Api, code: Errcode) -> String {
 
 /// An open filesystem; freed without flushing unless `close` succeeds, so
 /// an error half-way leaves nothing to flush into the (discarded) copy.
-struct OpenFs<'a> {
+struct Ext2fsHandle<'a> {
     api: &'a Api,
     fs: Fs,
     inode_size: usize,
@@ -163,7 +186,7 @@ struct OpenFs<'a> {
     extents: bool,
 }
 
-impl Drop for OpenFs<'_> {
+impl Drop for Ext2fsHandle<'_> {
     fn drop(&mut self) {
         if !self.fs.is_null() {
             // SAFETY: fs came from ext2fs_open2 and is not used afterwards.
@@ -172,7 +195,7 @@ impl Drop for OpenFs<'_> {
     }
 }
 
-impl OpenFs<'_> {
+impl Ext2fsHandle<'_> {
     fn check(&self, code: Errcode, op: impl FnOnce() -> String) -> Result<(), Ext4Error> {
         match code {
             0 => Ok(()),
@@ -227,7 +250,7 @@ impl OpenFs<'_> {
 
     /// Walks `components` from the root without following symlinks.
     fn resolve(&self, components: &[String]) -> Result<Option<Ino>, Ext4Error> {
-        let mut ino = super::disk::ROOT_INO;
+        let mut ino = ROOT_INO;
         for (i, name) in components.iter().enumerate() {
             if i > 0 && inode_kind(&self.read_inode(ino)?) != EntryType::Dir {
                 return Ok(None);
@@ -274,7 +297,7 @@ impl OpenFs<'_> {
                 message: "it is not there".into(),
             })?;
         let mut raw = self.read_inode(ino)?;
-        set_attributes(&mut raw, 0o040000 | entry.mode as u16, entry, mtime, true);
+        set_attributes(&mut raw, S_IFDIR | entry.mode as u16, entry, mtime, true);
         self.write_inode(ino, &raw)
     }
 
@@ -287,7 +310,7 @@ impl OpenFs<'_> {
             (self.api.new_inode)(
                 self.fs,
                 parent,
-                0o100000 | entry.mode as c_int,
+                c_int::from(S_IFREG) | entry.mode as c_int,
                 std::ptr::null_mut(),
                 &mut ino,
             )
@@ -313,10 +336,10 @@ impl OpenFs<'_> {
         } else if self.extents {
             put32(&mut raw, 32, EXTENTS_FL);
             // An empty extent tree root: magic, 0 entries, room for 4, depth 0.
-            put16(&mut raw, 40, 0xF30A);
+            put16(&mut raw, 40, EXTENT_MAGIC);
             put16(&mut raw, 44, 4);
         }
-        set_attributes(&mut raw, 0o100000 | entry.mode as u16, entry, mtime, true);
+        set_attributes(&mut raw, S_IFREG | entry.mode as u16, entry, mtime, true);
         self.write_inode(ino, &raw)?;
         if self.inline_data {
             // SAFETY: plain call on an open fs and an inode we own.
@@ -390,7 +413,7 @@ impl OpenFs<'_> {
         self.write_content(ino, content, &what)?;
         // The file API rewrote size and block count; put our metadata last.
         let mut raw = self.read_inode(ino)?;
-        set_attributes(&mut raw, 0o100000 | entry.mode as u16, entry, mtime, false);
+        set_attributes(&mut raw, S_IFREG | entry.mode as u16, entry, mtime, false);
         self.write_inode(ino, &raw)
     }
 
@@ -412,12 +435,7 @@ fn describe(kind: EntryType, links: u16) -> String {
 }
 
 fn inode_kind(raw: &[u8]) -> EntryType {
-    match u16::from_le_bytes([raw[0], raw[1]]) & 0xF000 {
-        0x8000 => EntryType::Regular,
-        0x4000 => EntryType::Dir,
-        0xA000 => EntryType::Symlink,
-        _ => EntryType::Other,
-    }
+    kind_of_mode(u16::from_le_bytes([raw[0], raw[1]]))
 }
 
 fn put16(raw: &mut [u8], at: usize, v: u16) {
@@ -459,22 +477,19 @@ fn set_attributes(raw: &mut [u8], mode: u16, entry: &PlanEntry, mtime: i64, new:
     }
 }
 
-/// Applies `plan` to the filesystem on `device` (see [`overlay_io`]).
-pub fn apply_to_device(
-    device: &mut dyn overlay_io::Device,
+/// Applies `plan` to the filesystem on `device` (see `io_manager.rs`).
+pub(super) fn apply_to_device(
+    device: &mut dyn Device,
     sb: &Superblock,
     plan: &Plan,
 ) -> Result<(), Ext4Error> {
     let api = api()?;
-    let manager = &overlay_io::MANAGER as *const overlay_io::IoManager as *const c_void;
+    let manager = &io_manager::MANAGER as *const io_manager::IoManager as *const c_void;
     let (result, io_error) =
-        overlay_io::with_device(device, || edit(api, c"imprint-overlay", manager, sb, plan));
+        io_manager::with_device(device, || edit(api, c"imprint", manager, sb, plan));
     match io_error {
         // The device's own error says more than libext2fs's short read.
-        Some(e) => Err(Ext4Error::Library {
-            doing: "read or write the image".into(),
-            message: e.to_string(),
-        }),
+        Some(e) => Err(Ext4Error::Device(e)),
         None => result,
     }
 }
@@ -501,12 +516,12 @@ fn edit(
             &mut fs,
         )
     };
-    let open = OpenFs {
+    let open = Ext2fsHandle {
         api,
         fs: if code == 0 { fs } else { std::ptr::null_mut() },
         inode_size: sb.inode_size as usize,
         inline_data: sb.incompat & feature::INCOMPAT_INLINE_DATA != 0,
-        extents: sb.incompat & INCOMPAT_EXTENTS != 0,
+        extents: sb.incompat & feature::INCOMPAT_EXTENTS != 0,
     };
     open.check(code, || "open the filesystem".into())?;
     // SAFETY: plain call on an open fs.

@@ -2,15 +2,18 @@
 //! through imprint's own small reader (see [`disk`]), so the two check each
 //! other.
 //!
-//! libext2fs edits the filesystem through an I/O manager that reads the
-//! input and keeps its writes in memory ([`overlay_io`]); a raw output is
-//! then a hole-preserving copy of the input with those blocks written in,
-//! a sparse one the input's chunks with them spliced in. The input is only
-//! ever opened for reading.
+//! libext2fs edits the filesystem through an I/O manager (`io_manager.rs`)
+//! over a device that reads the input and keeps the blocks written in
+//! memory ([`ChangedBlocks`]); a raw output is then a hole-preserving copy
+//! of the input with those blocks written in, a sparse one the input's
+//! chunks with them spliced in. The input is only ever opened for reading.
+//! The on-disk format's numbers live in `format.rs`.
 
+mod changed_blocks;
 pub mod disk;
+mod format;
+mod io_manager;
 mod libext2fs;
-pub mod overlay_io;
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -24,10 +27,12 @@ use thiserror::Error;
 use super::{Found, ImageBackend, ImageError, ImageFacts, ImageReader};
 use crate::io::output::TempOutput;
 use crate::plan::{Existing, ImagePath, Plan};
-use disk::{Ext4Fs, ReadAt, Superblock};
-use overlay_io::Overlay;
+use disk::{FsReader, ReadAt, Superblock};
+use format::feature;
 
-pub use libext2fs::ensure_loaded;
+pub(crate) use changed_blocks::ChangedBlocks;
+pub(crate) use io_manager::Device;
+pub(crate) use libext2fs::ensure_loaded;
 
 #[derive(Debug, Error)]
 pub enum Ext4Error {
@@ -59,39 +64,39 @@ pub enum Ext4Error {
     Library { doing: String, message: String },
     #[error("cannot load libext2fs.so.2, which imprint uses to write ext2/3/4 images ({why}). Install e2fsprogs (Debian/Ubuntu: apt-get install e2fsprogs libext2fs2)")]
     LibraryMissing { why: String },
-    #[error("copying the image failed: {0}")]
-    Copy(io::Error),
-    #[error("updating the superblock's write time failed: {0}")]
-    Superblock(io::Error),
+    #[error("libext2fs is too old: it lacks {symbol} (e2fsprogs >= 1.43 needed)")]
+    LibraryTooOld { symbol: &'static str },
+    #[error("libext2fs could not read or write the input image")]
+    Device(#[source] io::Error),
+    #[error("cannot stamp the write time into the image's superblock")]
+    WriteTime(#[source] io::Error),
+    #[error("cannot edit {path} in place")]
+    EditInPlace {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
-// Features imprint's reader and libext2fs's writer both handle. Anything
-// else (compression, a journal device, MMP, dirdata, shared blocks,
-// unknown bits) is refused rather than risked.
-const INCOMPAT_OK: u32 =
-    0x2 | 0x10 | 0x40 | 0x80 | 0x200 | 0x400 | 0x2000 | 0x4000 | 0x8000 | 0x1_0000 | 0x2_0000;
-const RO_COMPAT_OK: u32 =
-    0x1 | 0x2 | 0x8 | 0x10 | 0x20 | 0x40 | 0x100 | 0x200 | 0x400 | 0x1000 | 0x2000 | 0x8000;
-const RO_COMPAT_ORPHAN_PRESENT: u32 = 0x1_0000;
-
-/// An ext2/3/4 filesystem read through imprint's own reader, from a raw
-/// image or a sparse image's expansion.
-pub struct Ext4Image<R> {
-    fs: Ext4Fs<R>,
+/// An ext2/3/4 filesystem image inspected through imprint's own reader
+/// (a raw image, or a sparse image through its chunk index): the facts
+/// planning needs, lookups for `verify`, and the checks before writing.
+pub struct Ext4Inspector<R> {
+    fs: FsReader<R>,
 }
 
-impl<R: ReadAt> Ext4Image<R> {
+impl<R: ReadAt> Ext4Inspector<R> {
     /// Reads and sanity-checks the superblock. `available` is how many
     /// bytes the image really has.
     pub fn open(dev: R, available: u64) -> Result<Self, Ext4Error> {
-        let fs = Ext4Fs::open(dev)?;
+        let fs = FsReader::open(dev)?;
         if fs.sb.image_bytes() > available {
             return Err(Ext4Error::Truncated {
                 expected: fs.sb.image_bytes(),
                 actual: available,
             });
         }
-        Ok(Ext4Image { fs })
+        Ok(Ext4Inspector { fs })
     }
 
     pub fn superblock(&self) -> &Superblock {
@@ -99,24 +104,24 @@ impl<R: ReadAt> Ext4Image<R> {
     }
 
     /// The device the filesystem is read from.
-    pub fn device(&self) -> &R {
+    pub(crate) fn device(&self) -> &R {
         self.fs.device()
     }
 
     /// Refuses filesystems that must not be written as they are.
-    pub fn check_writable(&self) -> Result<(), Ext4Error> {
+    pub(crate) fn check_writable(&self) -> Result<(), Ext4Error> {
         let sb = &self.fs.sb;
-        if sb.incompat & disk::feature::INCOMPAT_RECOVER != 0 {
+        if sb.incompat & feature::INCOMPAT_RECOVER != 0 {
             return Err(Ext4Error::NeedsRecovery);
         }
         if sb.has_errors() {
             return Err(Ext4Error::HasErrors);
         }
-        if sb.ro_compat & RO_COMPAT_ORPHAN_PRESENT != 0 {
+        if sb.ro_compat & feature::RO_COMPAT_ORPHAN_PRESENT != 0 {
             return Err(Ext4Error::OrphansPresent);
         }
-        let bad_incompat = sb.incompat & !INCOMPAT_OK;
-        let bad_ro = sb.ro_compat & !RO_COMPAT_OK;
+        let bad_incompat = sb.incompat & !feature::INCOMPAT_WRITABLE;
+        let bad_ro = sb.ro_compat & !feature::RO_COMPAT_WRITABLE;
         if bad_incompat != 0 || bad_ro != 0 {
             return Err(Ext4Error::Unsupported {
                 features: format!("incompat 0x{bad_incompat:x}, ro_compat 0x{bad_ro:x}"),
@@ -125,7 +130,11 @@ impl<R: ReadAt> Ext4Image<R> {
         Ok(())
     }
 
-    pub fn lookup(&self, path: &ImagePath, max_content: u64) -> Result<Option<Found>, Ext4Error> {
+    pub(crate) fn lookup(
+        &self,
+        path: &ImagePath,
+        max_content: u64,
+    ) -> Result<Option<Found>, Ext4Error> {
         let Some((_, inode)) = self.fs.resolve(path.components())? else {
             return Ok(None);
         };
@@ -146,7 +155,7 @@ impl<R: ReadAt> Ext4Image<R> {
     }
 
     /// /etc/passwd, /etc/group and the mtime of /etc.
-    pub fn facts(&self) -> Result<ImageFacts, Ext4Error> {
+    pub(crate) fn facts(&self) -> Result<ImageFacts, Ext4Error> {
         const MAX_DB: u64 = 16 << 20;
         let read = |p: &str| -> Result<Option<Vec<u8>>, Ext4Error> {
             let path = ImagePath::parse(p).expect("constant path");
@@ -161,16 +170,16 @@ impl<R: ReadAt> Ext4Image<R> {
     }
 
     /// Everything that can be checked before a byte is written.
-    pub fn preflight(&self, plan: &Plan) -> Result<(), ImageError> {
+    pub(crate) fn preflight(&self, plan: &Plan) -> Result<(), ImageError> {
         self.check_writable()?;
         plan.check_existing(|p| self.existing(p).map_err(ImageError::from))
     }
 }
 
 /// Writes `plan` into the filesystem on `device` (reads from the image,
-/// writes kept aside; see [`overlay_io`]).
-pub fn write_plan_to_device(
-    device: &mut dyn overlay_io::Device,
+/// writes kept aside; see [`ChangedBlocks`]).
+pub(crate) fn write_plan_to_device(
+    device: &mut dyn Device,
     sb: &Superblock,
     plan: &Plan,
 ) -> Result<(), Ext4Error> {
@@ -178,11 +187,11 @@ pub fn write_plan_to_device(
     let mut sb = vec![0u8; Superblock::SIZE];
     device
         .read_at(Superblock::OFFSET, &mut sb)
-        .map_err(Ext4Error::Superblock)?;
+        .map_err(Ext4Error::WriteTime)?;
     stamp_write_time(&mut sb, plan.mtime);
     device
         .write_at(Superblock::OFFSET, &sb)
-        .map_err(Ext4Error::Superblock)
+        .map_err(Ext4Error::WriteTime)
 }
 
 /// Sets the primary superblock's last-write time (libext2fs stamps the
@@ -192,7 +201,7 @@ fn stamp_write_time(sb: &mut [u8], time: i64) {
     sb[0x30..0x34].copy_from_slice(&(t as u32).to_le_bytes());
     sb[0x274] = (t >> 32) as u8;
     let ro_compat = u32::from_le_bytes(sb[0x64..0x68].try_into().expect("4 bytes"));
-    if ro_compat & disk::feature::RO_COMPAT_METADATA_CSUM != 0 {
+    if ro_compat & feature::RO_COMPAT_METADATA_CSUM != 0 {
         let sum = crc32c_raw(!0, &sb[..0x3FC]);
         sb[0x3FC..].copy_from_slice(&sum.to_le_bytes());
     }
@@ -242,12 +251,12 @@ fn data_regions(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
 /// 16 GiB image costs the I/O of its data, once.
 fn write_output<R: ReadAt>(
     input: &File,
-    overlay: &Overlay<R>,
+    blocks: &ChangedBlocks<R>,
     out: &mut TempOutput,
 ) -> io::Result<()> {
     let len = input.metadata()?.len();
-    let block = overlay.block_size();
-    let changed = overlay.written();
+    let block = blocks.block_size();
+    let changed = blocks.written();
     // Zeros up to `to`, except changed blocks that fall in the hole.
     let hole = |out: &mut TempOutput, from: u64, to: u64| -> io::Result<()> {
         let mut at = from;
@@ -284,7 +293,7 @@ fn write_output<R: ReadAt>(
 }
 
 /// Runs `e2fsck -fn` on a raw image: None when e2fsck is not installed.
-pub fn e2fsck(raw: &Path) -> Option<Result<(), String>> {
+pub(crate) fn e2fsck(raw: &Path) -> Option<Result<(), String>> {
     let out = match Command::new("e2fsck").arg("-fn").arg(raw).output() {
         Ok(o) => o,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
@@ -319,15 +328,15 @@ fn open_file(path: &Path) -> Result<(File, u64), ImageError> {
 }
 
 /// Writes plans into copies of a raw ext2/3/4 image.
-pub struct Ext4Backend {
+pub(crate) struct Ext4Backend {
     input: PathBuf,
-    image: Ext4Image<File>,
+    image: Ext4Inspector<File>,
 }
 
 impl Ext4Backend {
-    pub fn open(path: &Path) -> Result<Ext4Backend, ImageError> {
+    pub(crate) fn open(path: &Path) -> Result<Ext4Backend, ImageError> {
         let (file, len) = open_file(path)?;
-        let image = Ext4Image::open(file, len)?;
+        let image = Ext4Inspector::open(file, len)?;
         image.check_writable()?;
         ensure_loaded()?;
         Ok(Ext4Backend {
@@ -349,26 +358,26 @@ impl ImageBackend for Ext4Backend {
         self.image.preflight(plan)?;
         let sb = self.image.superblock();
         let (input, len) = open_file(&self.input)?;
-        let mut overlay = Overlay::new(self.image.device(), len, sb.block_size as u32);
-        write_plan_to_device(&mut overlay, sb, plan)?;
-        tracing::debug!(written_blocks = overlay.written().len(), "libext2fs done");
+        let mut changed = ChangedBlocks::new(self.image.device(), len, sb.block_size as u32);
+        write_plan_to_device(&mut changed, sb, plan)?;
+        tracing::debug!(written_blocks = changed.written().len(), "libext2fs done");
         crate::io::progress::start("writing", len);
-        write_output(&input, &overlay, out).map_err(ImageError::Output)
+        write_output(&input, &changed, out).map_err(ImageError::Output)
     }
 }
 
 /// Reads files out of a raw ext2/3/4 image for `verify`.
-pub struct Ext4Reader {
+pub(crate) struct Ext4Reader {
     path: PathBuf,
-    image: Ext4Image<File>,
+    image: Ext4Inspector<File>,
 }
 
 impl Ext4Reader {
-    pub fn open(path: &Path) -> Result<Ext4Reader, ImageError> {
+    pub(crate) fn open(path: &Path) -> Result<Ext4Reader, ImageError> {
         let (file, len) = open_file(path)?;
         Ok(Ext4Reader {
             path: path.to_path_buf(),
-            image: Ext4Image::open(file, len)?,
+            image: Ext4Inspector::open(file, len)?,
         })
     }
 }

@@ -18,7 +18,7 @@ use super::format::{
 };
 use super::view::SparseView;
 use super::{SparseError, IO_BUF};
-use crate::image::ext4::overlay_io::{Device, Overlay};
+use crate::image::ext4::{ChangedBlocks, Device};
 
 /// Where the bytes of an output RAW chunk come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,9 +49,9 @@ struct OutChunk {
 
 /// The image under `view`, made writable: writes are kept in memory a
 /// sparse block at a time, as [`encode_edited`] reads them.
-pub(crate) fn writable(view: &SparseView) -> Overlay<&SparseView> {
+pub(crate) fn writable(view: &SparseView) -> ChangedBlocks<&SparseView> {
     let layout = view.layout();
-    Overlay::new(view, layout.raw_size(), layout.block_size)
+    ChangedBlocks::new(view, layout.raw_size(), layout.block_size)
 }
 
 /// The most blocks one RAW chunk can hold: its total_sz field, header
@@ -133,7 +133,7 @@ fn changed_runs(
 
 /// The output chunks: the input's, with the changed runs spliced in.
 /// Returns them and how many blocks changed.
-fn splice(edited: &Overlay<&SparseView>) -> Result<(Vec<OutChunk>, u64), SparseError> {
+fn splice(edited: &ChangedBlocks<&SparseView>) -> Result<(Vec<OutChunk>, u64), SparseError> {
     let original: &SparseView = edited.base();
     let layout = original.layout();
     let max_raw = max_raw_blocks(layout.block_size);
@@ -196,7 +196,7 @@ fn splice(edited: &Overlay<&SparseView>) -> Result<(Vec<OutChunk>, u64), SparseE
 /// (bar a non-zero image checksum, which is written as 0). Memory is the
 /// written blocks plus a small descriptor per output chunk.
 pub(crate) fn encode_edited(
-    edited: &Overlay<&SparseView>,
+    edited: &ChangedBlocks<&SparseView>,
     out: &mut dyn Write,
 ) -> Result<u64, SparseError> {
     let layout = edited.base().layout();
@@ -213,7 +213,7 @@ pub(crate) fn encode_edited(
 
 /// Writes the header and `chunks` sequentially.
 fn write_chunks(
-    edited: &Overlay<&SparseView>,
+    edited: &ChangedBlocks<&SparseView>,
     chunks: &[OutChunk],
     out: &mut dyn Write,
 ) -> Result<(), SparseError> {

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use super::ext4::{self, Ext4Image};
+use super::ext4::{self, Ext4Inspector};
 use super::{Found, ImageBackend, ImageError, ImageFacts, ImageReader};
 use crate::io::output::{Scratch, TempOutput};
 use crate::plan::{ImagePath, Plan};
@@ -83,13 +83,13 @@ fn open_sparse(path: &Path) -> Result<(SparseView, u64), ImageError> {
 /// Writes plans into copies of an Android sparse image of an ext2/3/4
 /// filesystem.
 pub struct SparseBackend {
-    image: Ext4Image<SparseView>,
+    image: Ext4Inspector<SparseView>,
 }
 
 impl SparseBackend {
     pub fn open(path: &Path) -> Result<SparseBackend, ImageError> {
         let (view, size) = open_sparse(path)?;
-        let image = Ext4Image::open(view, size)?;
+        let image = Ext4Inspector::open(view, size)?;
         image.check_writable()?;
         ext4::ensure_loaded()?;
         Ok(SparseBackend { image })
@@ -125,7 +125,7 @@ impl ImageBackend for SparseBackend {
 /// Reads files out of a sparse image for `verify`, without expanding it.
 pub struct SparseReader {
     path: PathBuf,
-    image: Ext4Image<SparseView>,
+    image: Ext4Inspector<SparseView>,
 }
 
 impl SparseReader {
@@ -133,7 +133,7 @@ impl SparseReader {
         let (view, size) = open_sparse(path)?;
         Ok(SparseReader {
             path: path.to_path_buf(),
-            image: Ext4Image::open(view, size)?,
+            image: Ext4Inspector::open(view, size)?,
         })
     }
 }
