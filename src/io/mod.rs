@@ -1,5 +1,9 @@
-//! Small I/O pieces: output files with their sidecars, and progress.
+//! Small I/O adapters every layer shares: positioned reads and windows,
+//! raw output sinks, output files with their sidecars, block maps, and
+//! progress.
 
 pub mod bmap;
 pub mod output;
 pub mod progress;
+pub mod read_at;
+pub mod sink;

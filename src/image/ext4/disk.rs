@@ -9,44 +9,12 @@
 //! look like empty entries to a linear scan, so indexed directories need no
 //! special case.
 
-use std::io;
-
 use super::format::{
     feature, kind_of_mode, EXTENTS_FL, EXTENT_MAGIC, INLINE_DATA_FL, ROOT_INO, STATE_ERRORS,
 };
 use super::Ext4Error;
 use crate::image::{EntryType, FileMeta};
-
-/// Positioned reads from a raw image, a file or the expansion of a sparse
-/// image.
-pub trait ReadAt {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
-}
-
-/// An image held in memory (tests and fuzzing).
-impl ReadAt for Vec<u8> {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let start = usize::try_from(offset).map_err(|_| io::ErrorKind::UnexpectedEof)?;
-        let end = start
-            .checked_add(buf.len())
-            .filter(|&e| e <= self.len())
-            .ok_or(io::ErrorKind::UnexpectedEof)?;
-        buf.copy_from_slice(&self[start..end]);
-        Ok(())
-    }
-}
-
-impl<R: ReadAt> ReadAt for &R {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        (**self).read_at(offset, buf)
-    }
-}
-
-impl ReadAt for std::fs::File {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
-    }
-}
+pub use crate::io::read_at::ReadAt;
 
 /// The superblock fields imprint looks at.
 #[derive(Debug, Clone)]

@@ -1,0 +1,77 @@
+//! Where a raw image's bytes go as they are written front to back: the
+//! output file itself (zero runs become holes), a compressor (zero runs
+//! are compressed like any bytes), and taps that watch the stream on its
+//! way (the block map's range digests).
+
+use std::io::{self, Write};
+
+use super::bmap::RangeHasher;
+use super::output::TempOutput;
+use crate::compress::Encoder;
+
+/// A sink for a raw image written in order.
+pub trait RawSink {
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()>;
+    /// `len` zero bytes: a hole where the sink can keep one.
+    fn skip_zeros(&mut self, len: u64) -> io::Result<()>;
+}
+
+impl RawSink for TempOutput {
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        Write::write_all(self, data)
+    }
+
+    fn skip_zeros(&mut self, len: u64) -> io::Result<()> {
+        TempOutput::skip_zeros(self, len)
+    }
+}
+
+/// A raw image compressed as it is written.
+pub struct Compressing<'a> {
+    encoder: Box<dyn Encoder + 'a>,
+}
+
+impl<'a> Compressing<'a> {
+    pub fn new(encoder: Box<dyn Encoder + 'a>) -> Compressing<'a> {
+        Compressing { encoder }
+    }
+
+    /// Ends the compressed stream (its trailer and checksums).
+    pub fn finish(self) -> io::Result<()> {
+        self.encoder.finish_stream()
+    }
+}
+
+impl RawSink for Compressing<'_> {
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        self.encoder.write_all(data)
+    }
+
+    fn skip_zeros(&mut self, mut len: u64) -> io::Result<()> {
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        while len > 0 {
+            let n = len.min(ZEROS.len() as u64) as usize;
+            self.encoder.write_all(&ZEROS[..n])?;
+            len -= n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Passes the stream on and hashes the block map's ranges on the way.
+pub struct BmapTap<'s> {
+    pub inner: &'s mut dyn RawSink,
+    pub hasher: RangeHasher,
+}
+
+impl RawSink for BmapTap<'_> {
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        self.hasher.update(data);
+        self.inner.write_all(data)
+    }
+
+    fn skip_zeros(&mut self, len: u64) -> io::Result<()> {
+        self.hasher.update_zeros(len);
+        self.inner.skip_zeros(len)
+    }
+}
