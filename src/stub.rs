@@ -50,12 +50,9 @@ pub struct StubServer {
 }
 
 impl StubServer {
+    /// Listens on a free port of 127.0.0.1; [`StubServer::url`] says which.
     pub fn start() -> io::Result<StubServer> {
-        StubServer::start_on("127.0.0.1:0")
-    }
-
-    pub fn start_on(addr: &str) -> io::Result<StubServer> {
-        let server = Arc::new(Server::http(addr).map_err(io::Error::other)?);
+        let server = Arc::new(Server::http("127.0.0.1:0").map_err(io::Error::other)?);
         let port = server
             .server_addr()
             .to_ip()
