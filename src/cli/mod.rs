@@ -10,16 +10,26 @@ mod token;
 pub(crate) mod verify;
 
 use std::io::IsTerminal;
+use std::time::Duration;
 
 use anyhow::Result;
 use serde::Serialize;
 
 use imprint::io::progress;
 
+/// Milliseconds a step runs before its progress bar appears; tests set it
+/// to 0 to see bars on small inputs.
+const PROGRESS_DELAY_VAR: &str = "IMPRINT_PROGRESS_DELAY_MS";
+
 /// Turns progress bars on when `wanted` (neither --quiet nor --json) and
 /// stderr is a terminal.
 fn show_progress(wanted: bool) {
-    progress::enable(wanted && std::io::stderr().is_terminal());
+    let delay = std::env::var(PROGRESS_DELAY_VAR)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(progress::DELAY);
+    progress::enable(wanted && std::io::stderr().is_terminal(), delay);
 }
 
 /// Prints one `--json` document on stdout.
