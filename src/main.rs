@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::{CommandFactory, Parser};
 
 mod cli;
+#[cfg(feature = "demo")]
 mod demo;
 
 use cli::args::{Cli, Command};
@@ -58,6 +59,7 @@ fn run(command: Command) -> Result<ExitCode> {
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "demo")]
         Command::Demo(args) => {
             demo::run(&args.dir)?;
             Ok(ExitCode::SUCCESS)

@@ -57,6 +57,7 @@ pub(crate) enum Command {
     #[command(after_help = EXAMPLES)]
     Verify(VerifyArgs),
     /// Build a sample rootfs, provision it against a local stand-in API, verify it
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions { shell: clap_complete::Shell },
@@ -167,6 +168,7 @@ pub(crate) struct VerifyArgs {
     pub(crate) json: bool,
 }
 
+#[cfg(feature = "demo")]
 #[derive(Args)]
 pub(crate) struct DemoArgs {
     /// Where to put the demo's files
