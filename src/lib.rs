@@ -85,6 +85,8 @@
 //! - `demo` (default): the `imprint demo` subcommand and `stub`, the
 //!   loopback stand-in API it and the tests run against (tiny_http).
 //! - `fuzzing`: the harnesses the fuzz crate in `fuzz/` calls (tempfile).
+//! - `test-hooks`: for the integration tests only, which turn it on; lets
+//!   them make the command panic with secrets in the message.
 //!
 //! A library user who wants neither an HTTP server nor the harnesses
 //! depends on imprint with `default-features = false`.

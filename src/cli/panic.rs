@@ -21,3 +21,23 @@ pub(crate) fn install_report() {
         );
     }));
 }
+
+/// Tests prove a panic cannot print secrets: with `IMPRINT_TEST_PANIC` set,
+/// this panics with the password and the token themselves in the message,
+/// the worst case. Only in builds with the `test-hooks` feature, which the
+/// integration tests turn on (Cargo.toml); never in an installed binary.
+#[cfg(feature = "test-hooks")]
+#[track_caller]
+pub(crate) fn panic_if_asked(request: &imprint::pipeline::Request) {
+    if std::env::var_os("IMPRINT_TEST_PANIC").is_some() {
+        let token = request.api.as_ref().and_then(|a| a.token.as_deref());
+        panic!(
+            "test panic holding {} and {}",
+            request
+                .password
+                .as_ref()
+                .map_or("no password", |p| p.expose()),
+            token.map_or("no token", |t| t.as_str())
+        );
+    }
+}

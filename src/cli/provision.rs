@@ -81,6 +81,8 @@ pub(crate) fn run(args: ProvisionArgs) -> Result<ExitCode> {
         api,
         sha1sum,
     };
+    #[cfg(feature = "test-hooks")]
+    super::panic::panic_if_asked(&request);
     let quiet = args.quiet || args.json;
     super::show_progress(!quiet);
     let report = pipeline::run(&request, &mut |line| {
