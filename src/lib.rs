@@ -1,11 +1,12 @@
 //! imprint: stamp a device's identity into a root-filesystem image without
 //! extracting or mounting it.
 //!
-//! The flow, as `main.rs` drives it: validate the serial ([`identity`]),
-//! open the image ([`image`]), resolve the overlay into a [`plan::Plan`]
-//! against the image's own users ([`owner`]), write a new image into a temp
-//! file ([`io::output`]), provision the account ([`admin`]), then commit the
-//! image and its checksum. [`verify`] reads a built image back.
+//! The flow, as the `imprint` command drives it: validate the serial
+//! ([`identity`]), open the image ([`image`]), resolve the overlay into a
+//! [`plan::Plan`] against the image's own users ([`owner`]), write a new
+//! image into a temp file ([`io::output`]), provision the account
+//! ([`admin`]), then commit the image and its checksum. [`verify`] reads a
+//! built image back.
 //!
 //! # Provision and verify from Rust
 //!
@@ -58,22 +59,8 @@
 //! # }
 //! ```
 //!
-//! Online, [`admin::AdminConfig`] names the admin API; [`stub::StubServer`]
-//! is a stand-in on 127.0.0.1 for tests:
-//!
-//! ```
-//! use imprint::admin::{AdminClient, AdminConfig, Provisioned};
-//! use imprint::identity::Password;
-//! use imprint::stub::StubServer;
-//!
-//! let server = StubServer::start().unwrap();
-//! let client = AdminClient::new(AdminConfig::new(&server.url())).unwrap();
-//! let password = Password::generate().unwrap();
-//! let email = "azaion-jetson-0042@azaion.com";
-//! assert_eq!(client.provision(email, &password).unwrap(), Provisioned::Created);
-//! assert_eq!(client.provision(email, &password).unwrap(), Provisioned::PasswordUpdated);
-//! assert_eq!(server.password_of(email).as_deref(), Some(password.expose()));
-//! ```
+//! Online, [`admin::AdminConfig`] names the admin API; `stub::StubServer`
+//! (feature `demo`) is a stand-in on 127.0.0.1 for tests, with an example.
 //!
 //! Extra files go in through overlay specs, the same TOML `--overlay` reads:
 //!
@@ -91,9 +78,21 @@
 //! "#, "example").unwrap());
 //! assert_eq!(spec.targets().len(), 3);
 //! ```
+//!
+//! # Features
+//!
+//! - `demo` (default): the `imprint demo` subcommand and `stub`, the
+//!   loopback stand-in API it and the tests run against (tiny_http).
+//! - `fuzzing`: the harnesses the fuzz crate in `fuzz/` calls (tempfile).
+//! - `test-hooks`: for the integration tests only, which turn it on; lets
+//!   them make the command panic with secrets in the message.
+//!
+//! A library user who wants neither an HTTP server nor the harnesses
+//! depends on imprint with `default-features = false`.
 
 pub mod admin;
 pub mod compress;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod identity;
@@ -103,5 +102,6 @@ pub mod owner;
 pub mod pipeline;
 pub mod plan;
 pub mod redact;
+#[cfg(feature = "demo")]
 pub mod stub;
 pub mod verify;

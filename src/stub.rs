@@ -1,6 +1,21 @@
 //! A loopback stand-in for the admin API and the Loader's /login, for
 //! `imprint demo` and the tests: a real HTTP server on 127.0.0.1 with the
-//! runbook's semantics, request recording and scripted faults.
+//! runbook's semantics, request recording and scripted faults. Built with
+//! the `demo` feature (on by default).
+//!
+//! ```
+//! use imprint::admin::{AdminClient, AdminConfig, Provisioned};
+//! use imprint::identity::Password;
+//! use imprint::stub::StubServer;
+//!
+//! let server = StubServer::start().unwrap();
+//! let client = AdminClient::new(AdminConfig::new(&server.url())).unwrap();
+//! let password = Password::generate().unwrap();
+//! let email = "azaion-jetson-0042@azaion.com";
+//! assert_eq!(client.provision(email, &password).unwrap(), Provisioned::Created);
+//! assert_eq!(client.provision(email, &password).unwrap(), Provisioned::PasswordUpdated);
+//! assert_eq!(server.password_of(email).as_deref(), Some(password.expose()));
+//! ```
 
 use std::collections::HashMap;
 use std::io;
@@ -50,12 +65,9 @@ pub struct StubServer {
 }
 
 impl StubServer {
+    /// Listens on a free port of 127.0.0.1; [`StubServer::url`] says which.
     pub fn start() -> io::Result<StubServer> {
-        StubServer::start_on("127.0.0.1:0")
-    }
-
-    pub fn start_on(addr: &str) -> io::Result<StubServer> {
-        let server = Arc::new(Server::http(addr).map_err(io::Error::other)?);
+        let server = Arc::new(Server::http("127.0.0.1:0").map_err(io::Error::other)?);
         let port = server
             .server_addr()
             .to_ip()

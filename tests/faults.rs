@@ -134,7 +134,7 @@ fn a_panic_never_prints_the_password_or_the_token() {
     let (out_text, err_text) = (stdout(&o), stderr(&o));
     assert_eq!(o.status.code(), Some(101), "{err_text}");
     assert!(
-        err_text.contains("imprint: internal error at src/pipeline/mod.rs"),
+        err_text.contains("imprint: internal error at src/cli/provision.rs"),
         "{err_text}"
     );
     assert!(

@@ -193,3 +193,97 @@ fn completions_and_man_page() {
     let o = sh(&format!("{} man | head -1", env!("CARGO_BIN_EXE_imprint")));
     assert!(stderr(&o).is_empty(), "{}", stderr(&o));
 }
+
+/// The field names of a pretty-printed document, in the order printed.
+fn keys(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter_map(|line| line.trim_start().strip_prefix('"')?.split_once("\":"))
+        .map(|(key, _)| key)
+        .collect()
+}
+
+/// The documents' text stays as it was: fields in the order they have
+/// always been printed in, and the staging-directory form of provision
+/// byte for byte (nulls for an image file's fields and for owner names the
+/// image does not know).
+#[test]
+fn documents_keep_their_text() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let root = make_rootfs(d, "staging");
+    let pw = write_password(d, PASSWORD);
+    let o = run(bin()
+        .args(["provision", "--json", "--offline", "--password-file"])
+        .arg(&pw)
+        .args(["--serial", SERIAL, "--owner", "4242:4243", "--rootfs-dir"])
+        .arg(&root));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let staged =
+        serde_json::to_string(&root.join("etc/azaion/device.conf").display().to_string()).unwrap();
+    assert_eq!(
+        stdout(&o),
+        format!(
+            r#"{{
+  "account": null,
+  "device_conf": {{
+    "gid": 4243,
+    "group": null,
+    "mode": "0600",
+    "path": "/etc/azaion/device.conf",
+    "uid": 4242,
+    "user": null
+  }},
+  "email": "{EMAIL}",
+  "input_kind": "staging directory",
+  "output": null,
+  "schema": "imprint.provision/1",
+  "serial": "{SERIAL}",
+  "sha1sum": null,
+  "sha256": null,
+  "sidecar": null,
+  "size": null,
+  "staged": [
+    {staged}
+  ]
+}}
+"#
+        )
+    );
+
+    let v = run(bin().arg("verify").arg(&root).args([
+        "--json",
+        "--serial",
+        SERIAL,
+        "--owner",
+        "4242:4243",
+    ]));
+    assert!(v.status.success(), "{}", stdout(&v));
+    let checks = parse(&v)["checks"].as_array().unwrap().len();
+    let mut expected = vec!["checks"];
+    for _ in 0..checks {
+        expected.extend(["detail", "name", "passed"]);
+    }
+    expected.extend(["image", "passed", "schema"]);
+    assert_eq!(keys(&stdout(&v)), expected);
+
+    let input = d.join("base.tar");
+    make_tar(&root, &input, "tar", "gnu", true);
+    let out = d.join("out");
+    fs::create_dir(&out).unwrap();
+    fs::write(out.join("AZJN-0002-base.tar"), "not ours").unwrap();
+    let b = run(bin()
+        .args(["provision", "--json", "--offline", "--password-file"])
+        .arg(&pw)
+        .args(["--serial", "AZJN-0001", "--serial", "AZJN-0002", "--image"])
+        .arg(&input)
+        .arg("--output")
+        .arg(&out));
+    assert_eq!(b.status.code(), Some(1), "{}", stderr(&b));
+    assert_eq!(
+        keys(&stdout(&b)),
+        [
+            "failed", "manifest", "results", "serial", "status", "error", "serial", "status",
+            "schema"
+        ]
+    );
+}

@@ -138,9 +138,9 @@ pub trait ImageReader {
 /// Metadata and (for regular files within the size asked for) content.
 pub type Found = (FileMeta, Option<Vec<u8>>);
 
-/// How backends write their outputs.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct WriteOptions {
+/// How inputs are read and outputs written, beyond the plan itself.
+#[derive(Debug, Clone, Default)]
+pub struct ImageOptions {
     /// Decompress and recompress the whole image even where a faster path
     /// would keep the input's bytes: tests and benchmarks compare the two.
     pub full_rewrite: bool,
@@ -153,7 +153,7 @@ pub fn open_backend(
     kind: ImageKind,
     targets: &[ImagePath],
     output_dir: &Path,
-    options: &WriteOptions,
+    options: &ImageOptions,
 ) -> Result<Box<dyn ImageBackend>, ImageError> {
     Ok(match kind {
         ImageKind::Tar(c) => Box::new(tar::TarBackend::open(path, c, targets, output_dir, options)),

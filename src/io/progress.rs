@@ -3,9 +3,9 @@
 //!
 //! Backends report bytes with [`advance`] from their I/O loops; the CLI
 //! decides once whether anything is drawn ([`enable`]: stderr is a terminal
-//! and neither --quiet nor --json). Nothing is drawn for a step until it
-//! has run for [`DELAY`], so quick runs stay silent. The bar shows sizes and
-//! a label, never file contents.
+//! and neither --quiet nor --json) and after how long. Nothing is drawn for
+//! a step until it has run for that delay ([`DELAY`] unless told), so quick
+//! runs stay silent. The bar shows sizes and a label, never file contents.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// How long a step runs before its bar appears.
+/// How long a step runs before its bar appears, unless [`enable`] is told
+/// otherwise.
 pub const DELAY: Duration = Duration::from_secs(1);
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
+static SHOW_AFTER: Mutex<Duration> = Mutex::new(DELAY);
 static CURRENT: Mutex<Option<Step>> = Mutex::new(None);
 
 struct Step {
@@ -26,18 +28,12 @@ struct Step {
     delay: Duration,
 }
 
-/// Turns drawing on or off for the whole process.
-pub fn enable(on: bool) {
+/// Turns drawing on or off for the whole process; a step's bar appears
+/// once the step has run for `delay` (tests shorten it to see a bar on
+/// small inputs).
+pub fn enable(on: bool, delay: Duration) {
+    *SHOW_AFTER.lock().unwrap_or_else(|e| e.into_inner()) = delay;
     ENABLED.store(on, Ordering::Relaxed);
-}
-
-fn delay() -> Duration {
-    // Tests shorten the delay to see a bar on small inputs.
-    std::env::var("IMPRINT_PROGRESS_DELAY_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis)
-        .unwrap_or(DELAY)
 }
 
 /// Starts a step of `total` bytes (0 if unknown); it ends when the next
@@ -63,7 +59,7 @@ pub fn start(label: &str, total: u64) {
         bar,
         started: Instant::now(),
         shown: false,
-        delay: delay(),
+        delay: *SHOW_AFTER.lock().unwrap_or_else(|e| e.into_inner()),
     });
 }
 

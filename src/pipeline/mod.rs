@@ -23,7 +23,7 @@ use thiserror::Error;
 use crate::admin::{AdminClient, AdminConfig, AdminError, Provisioned};
 use crate::identity::{IdentityError, Password, Serial};
 use crate::image::dir::{DirError, Staged, StagingDir};
-use crate::image::{self, ImageBackend, ImageError, ImageFacts, WriteOptions};
+use crate::image::{self, ImageBackend, ImageError, ImageFacts, ImageOptions};
 use crate::io::output::{self, Emitted, TempOutput};
 use crate::owner::{Owner, OwnerSpec, UserDb};
 use crate::plan::{DeviceVars, ImagePath, OverlayError, OverlaySpec, Plan};
@@ -91,7 +91,7 @@ pub struct Settings {
     /// The time new entries get (SOURCE_DATE_EPOCH); `None` takes a time
     /// from the image itself, so the same inputs give the same bytes.
     pub mtime: Option<i64>,
-    pub write: WriteOptions,
+    pub options: ImageOptions,
     /// Also write `NAME.sha1sum`, as NVIDIA's kernel-flash tools check.
     pub sha1sum: bool,
 }
@@ -103,7 +103,7 @@ impl Settings {
             overlay: OverlaySpec::default_spec(),
             owner,
             mtime: None,
-            write: WriteOptions::default(),
+            options: ImageOptions::default(),
             sha1sum: false,
         }
     }
@@ -146,7 +146,7 @@ impl Opened {
                 say(&format!("{}: {}", input.display(), kind.describe()));
                 let targets = settings.overlay.targets();
                 let backend =
-                    image::open_backend(input, kind, &targets, scratch_dir, &settings.write)?;
+                    image::open_backend(input, kind, &targets, scratch_dir, &settings.options)?;
                 (kind.describe(), Content::Image(backend))
             }
             Source::StagingDir(root) => (

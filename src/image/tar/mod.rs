@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use super::{EntryType, ImageBackend, ImageError, ImageFacts, ImageReader, WriteOptions};
+use super::{EntryType, ImageBackend, ImageError, ImageFacts, ImageOptions, ImageReader};
 use crate::compress::Compression;
 use crate::io::output::TempOutput;
 use crate::plan::{ImagePath, Plan};
@@ -95,7 +95,7 @@ pub(crate) struct TarBackend {
     path: PathBuf,
     codec: Compression,
     scratch_dir: PathBuf,
-    options: WriteOptions,
+    options: ImageOptions,
     targets: Vec<String>,
     watch: Vec<String>,
     scan: Option<Scan>,
@@ -111,13 +111,13 @@ impl TarBackend {
         codec: Compression,
         targets: &[ImagePath],
         scratch_dir: &Path,
-        options: &WriteOptions,
+        options: &ImageOptions,
     ) -> TarBackend {
         TarBackend {
             path: path.to_path_buf(),
             codec,
             scratch_dir: scratch_dir.to_path_buf(),
-            options: *options,
+            options: options.clone(),
             targets: targets.iter().map(|t| t.relative()).collect(),
             watch: watch_list(targets),
             scan: None,

@@ -1,0 +1,207 @@
+//! The command line as clap reads it: subcommands, flags and their help.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use imprint::admin::AdminConfig;
+use imprint::identity::PasswordPolicy;
+
+use super::token;
+
+const EXAMPLES: &str = "\
+Examples:
+  # Provision AZJN-0042 and write a new image with its credentials
+  IMPRINT_API_TOKEN=... imprint provision --serial AZJN-0042 \\
+      --api-url https://admin.example --image rootfs.tbz2 --output out/
+
+  # The runbook's flow: write into an extracted staging tree
+  imprint provision --serial AZJN-0042 --api-url https://admin.example \\
+      --rootfs-dir Linux_for_Tegra/rootfs --owner azaion
+
+  # No API call: stamp a known password (from a file, never a flag)
+  imprint provision --offline --password-file pw.txt --serial AZJN-0042 \\
+      --image system.img --output bootloader/system.img --force
+
+  # Check what a built image carries, and that it logs in
+  imprint verify out/AZJN-0042-rootfs.tbz2 --serial AZJN-0042 --login-url http://loader:8080
+
+  # See it all work against a local stand-in API
+  imprint demo";
+
+#[derive(Parser)]
+#[command(
+    name = "imprint",
+    version,
+    about = "Stamp a device's identity into a root-filesystem image, without extracting or mounting it",
+    after_help = EXAMPLES
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+    /// More detail on stderr: -v retries and steps, -vv the inner workings (never secrets)
+    // clap would list it after as many of a subcommand's flags as this build
+    // has subcommands; 6 keeps it where it has always been in the help (after
+    // --rootfs-dir), whichever subcommands the features leave in.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, display_order = 6)]
+    pub(crate) verbose: u8,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Create the device's account and write its credentials into an image
+    #[command(after_help = EXAMPLES)]
+    Provision(ProvisionArgs),
+    /// Check the credentials inside a built image or staging tree
+    #[command(after_help = EXAMPLES)]
+    Verify(VerifyArgs),
+    /// Build a sample rootfs, provision it against a local stand-in API, verify it
+    #[cfg(feature = "demo")]
+    Demo(DemoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff) to stdout
+    Man,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["image", "rootfs_dir"])))]
+pub(crate) struct ProvisionArgs {
+    /// Device serial, e.g. AZJN-0042 (uppercase letters, digits, hyphens); repeat for a batch
+    #[arg(long, required_unless_present = "serials")]
+    pub(crate) serial: Vec<String>,
+    /// Batch: a file of serials, one a line (# starts a comment); --output must be a directory
+    #[arg(long, value_name = "FILE")]
+    pub(crate) serials: Option<PathBuf>,
+    /// Batch: skip serials whose output already exists and verifies
+    #[arg(long)]
+    pub(crate) skip_existing: bool,
+    /// Batch: API calls in flight at once
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub(crate) jobs: u16,
+    /// Admin API base URL (http:// or https://)
+    #[arg(long, required_unless_present = "offline")]
+    pub(crate) api_url: Option<String>,
+    /// Input image: tar (plain, .gz, .bz2/.tbz2, .zst, .xz), raw ext4 or Android sparse
+    #[arg(long, requires = "output")]
+    pub(crate) image: Option<PathBuf>,
+    /// Staging rootfs directory to write into in place (the runbook's flow)
+    #[arg(long, conflicts_with = "output")]
+    pub(crate) rootfs_dir: Option<PathBuf>,
+    /// Output file, or a directory (existing or ending in /) for <serial>-<input name>
+    #[arg(long)]
+    pub(crate) output: Option<PathBuf>,
+    /// Replace an existing output file
+    #[arg(long)]
+    pub(crate) force: bool,
+    /// Owner of device.conf: USER, USER:GROUP or UID:GID, looked up in the image's own /etc/passwd and /etc/group
+    #[arg(long, default_value = "root:root")]
+    pub(crate) owner: String,
+    /// Read the password from this file (first line) instead of generating one
+    #[arg(long)]
+    pub(crate) password_file: Option<PathBuf>,
+    /// Which passwords to accept: runbook (32 lowercase hex, as openssl rand -hex 16) or any (printable ASCII)
+    #[arg(long, default_value = "runbook")]
+    pub(crate) password_policy: PasswordPolicy,
+    /// Make no API call; requires --password-file
+    #[arg(long, requires = "password_file", conflicts_with = "api_url")]
+    pub(crate) offline: bool,
+    /// Extra overlay spec (TOML) to apply after the built-in device.conf one
+    #[arg(long = "overlay", value_name = "FILE")]
+    pub(crate) overlays: Vec<PathBuf>,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    /// Print only the result line
+    #[arg(long, short)]
+    pub(crate) quiet: bool,
+    /// Print the result as one JSON document (schema imprint.provision/1 or imprint.batch/1)
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Checksum files to write beside each image: sha256 (NAME.sha256, always) and sha1 (NAME.sha1sum, for NVIDIA's kernel-flash tools)
+    #[arg(long, value_delimiter = ',', default_value = "sha256")]
+    pub(crate) checksum: Vec<ChecksumKind>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ChecksumKind {
+    Sha256,
+    Sha1,
+}
+
+#[derive(Args)]
+pub(crate) struct ApiArgs {
+    /// File holding the API bearer token (or set IMPRINT_API_TOKEN)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) api_token_file: Option<PathBuf>,
+    /// Send the token over plain http to a host other than this machine
+    /// (refused otherwise: the token and passwords would travel in clear)
+    #[arg(long)]
+    pub(crate) allow_http: bool,
+    /// Extra CA certificate (PEM) to trust for the API
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    pub(crate) client_cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    pub(crate) client_key: Option<PathBuf>,
+    /// Seconds to wait for each API request
+    #[arg(long, default_value_t = 30)]
+    pub(crate) api_timeout: u64,
+    /// Retries on connection errors, 429 and 5xx
+    #[arg(long, default_value_t = 3)]
+    pub(crate) api_retries: u32,
+}
+
+#[derive(Args)]
+pub(crate) struct VerifyArgs {
+    /// Built image or staging directory
+    pub(crate) image: PathBuf,
+    /// Check that the email matches this serial
+    #[arg(long)]
+    pub(crate) serial: Option<String>,
+    /// Expected owner of device.conf (default root:root)
+    #[arg(long)]
+    pub(crate) owner: Option<String>,
+    /// Loader base URL: also check the credentials with POST {URL}/login
+    #[arg(long)]
+    pub(crate) login_url: Option<String>,
+    /// Which passwords pass: runbook (32 lowercase hex) or any (printable ASCII)
+    #[arg(long, default_value = "runbook")]
+    pub(crate) password_policy: PasswordPolicy,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[cfg(feature = "demo")]
+#[derive(Args)]
+pub(crate) struct DemoArgs {
+    /// Where to put the demo's files
+    #[arg(long, default_value = "imprint-demo")]
+    pub(crate) dir: PathBuf,
+}
+
+impl ApiArgs {
+    /// The API client's settings for `url`, with the token read from its
+    /// file or the environment.
+    pub(crate) fn config(&self, url: &str) -> Result<AdminConfig> {
+        Ok(AdminConfig {
+            base_url: url.to_string(),
+            token: token::read(self.api_token_file.as_deref())?,
+            ca_cert: self.ca_cert.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+            connect_timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(self.api_timeout.max(1)),
+            retries: self.api_retries,
+            backoff: Duration::from_millis(500),
+            allow_http: self.allow_http,
+        })
+    }
+}

@@ -1,0 +1,167 @@
+//! `imprint provision`: one serial into an image or a staging directory,
+//! or a batch of serials from one base image.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+
+use imprint::identity::{Password, Serial};
+use imprint::io::progress;
+use imprint::owner::OwnerSpec;
+use imprint::pipeline::batch::{self, BatchRequest, Outcome};
+use imprint::pipeline::{self, Request, Settings, Source};
+use imprint::plan::OverlaySpec;
+
+use super::args::{ChecksumKind, ProvisionArgs};
+use super::report::{BatchDocument, ProvisionDocument};
+
+pub(crate) fn run(args: ProvisionArgs) -> Result<ExitCode> {
+    let password = args
+        .password_file
+        .as_deref()
+        .map(|path| Password::from_file(path, args.password_policy))
+        .transpose()?;
+    let mut settings = Settings::new(args.owner.parse::<OwnerSpec>()?);
+    for path in &args.overlays {
+        settings.overlay.extend(OverlaySpec::load(path)?);
+    }
+    settings.sha1sum = args.checksum.contains(&ChecksumKind::Sha1);
+    settings.mtime = source_date_epoch()?;
+    // The slow path the fast paths are tested and benchmarked against.
+    settings.options.full_rewrite = std::env::var_os("IMPRINT_FULL_REWRITE").is_some();
+    let api = match (&args.api_url, args.offline) {
+        (Some(url), false) => Some(args.api.config(url)?),
+        _ => None,
+    };
+    let mut serials = args
+        .serial
+        .iter()
+        .map(|s| Serial::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(file) = &args.serials {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the serials file {}", file.display()))?;
+        serials.extend(batch::read_serials(&text, &file.display().to_string())?);
+    }
+    if serials.len() != 1 || args.serials.is_some() {
+        let (Some(input), Some(output)) = (&args.image, &args.output) else {
+            bail!("a batch needs --image IN and --output DIR");
+        };
+        return run_batch(
+            BatchRequest {
+                serials,
+                input: input.clone(),
+                output_dir: output.clone(),
+                settings,
+                password,
+                api,
+                force: args.force,
+                skip_existing: args.skip_existing,
+                password_policy: args.password_policy,
+                jobs: args.jobs as usize,
+            },
+            args.quiet,
+            args.json,
+        );
+    }
+    let serial = serials.remove(0);
+    let input = match (&args.image, &args.rootfs_dir, &args.output) {
+        (Some(input), None, Some(output)) => (
+            Source::Image(input.clone()),
+            Some(pipeline::output_path(input, output, &serial, args.force)?),
+        ),
+        (None, Some(dir), None) => (Source::StagingDir(dir.clone()), None),
+        _ => bail!("give --image IN --output OUT, or --rootfs-dir DIR"),
+    };
+    let request = Request {
+        serial,
+        inputs: vec![input],
+        password,
+        settings,
+        api,
+    };
+    #[cfg(feature = "test-hooks")]
+    super::panic::panic_if_asked(&request);
+    let quiet = args.quiet || args.json;
+    super::show_progress(!quiet);
+    let report = pipeline::run(request, &mut |line| {
+        progress::finish();
+        if !quiet {
+            eprintln!("imprint: {line}");
+        }
+    });
+    progress::finish();
+    let report = report?;
+    if args.json {
+        super::print_json(&ProvisionDocument::new(&report))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for out in &report.outputs {
+        let owner = format!("{}:{}", out.owner.uid, out.owner.gid);
+        match &out.emitted {
+            Some(image) => println!(
+                "{}: wrote {} ({} bytes, sha256 {}), device.conf owner {owner}, mode 0600",
+                report.serial,
+                image.path.display(),
+                image.size,
+                image.sha256
+            ),
+            None => {
+                for f in &out.staged {
+                    println!("{}: wrote {} (owner {owner})", report.serial, f.display());
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SOURCE_DATE_EPOCH, the reproducible-builds time for new entries.
+fn source_date_epoch() -> Result<Option<i64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().parse().with_context(|| {
+            format!("SOURCE_DATE_EPOCH={v:?} is not a whole number of seconds")
+        })?)),
+        _ => Ok(None),
+    }
+}
+
+fn run_batch(req: BatchRequest, quiet: bool, json: bool) -> Result<ExitCode> {
+    let total = req.serials.len();
+    super::show_progress(!quiet && !json);
+    let report = batch::run(req, &|line| {
+        if !quiet && !json {
+            eprintln!("imprint: {line}");
+        }
+    });
+    progress::finish();
+    let report = report?;
+    let failed = report.failed();
+    let code = if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    };
+    if json {
+        super::print_json(&BatchDocument::new(&report))?;
+        return Ok(code);
+    }
+    for (serial, outcome) in &report.outcomes {
+        match outcome {
+            Outcome::Written => println!("{serial}: written"),
+            Outcome::Skipped => println!("{serial}: skipped (already built and verified)"),
+            Outcome::Failed(why) => println!("{serial}: FAILED: {why}"),
+        }
+    }
+    let skipped = report
+        .outcomes
+        .iter()
+        .filter(|(_, o)| *o == Outcome::Skipped)
+        .count();
+    println!(
+        "{} of {total} written, {skipped} skipped, {failed} failed; manifest {}",
+        total - failed - skipped,
+        report.manifest_path.display()
+    );
+    Ok(code)
+}

@@ -1,0 +1,165 @@
+//! The `--json` documents (docs/json.md): `imprint.provision/1`,
+//! `imprint.batch/1` and `imprint.verify/1`. They carry no secret.
+//!
+//! Fields are declared in alphabetical order: that is the order the
+//! documents have always been printed in (they were first built as
+//! `serde_json::Value` maps, which sort their keys), and readers may
+//! compare the text.
+
+use serde::Serialize;
+
+use imprint::admin::Provisioned;
+use imprint::io::output::sidecar_path;
+use imprint::pipeline::batch::{BatchReport, Outcome};
+use imprint::pipeline::Report;
+use imprint::verify::{Check, VerifyReport};
+
+/// Where provisioning puts the credentials, in every image.
+const DEVICE_CONF_PATH: &str = "/etc/azaion/device.conf";
+/// The mode of that file, in every image.
+const DEVICE_CONF_MODE: &str = "0600";
+
+/// `imprint provision --json` for one serial.
+#[derive(Serialize)]
+pub(crate) struct ProvisionDocument<'a> {
+    account: Option<&'static str>,
+    device_conf: DeviceConfDocument<'a>,
+    email: &'a str,
+    input_kind: &'a str,
+    output: Option<String>,
+    schema: &'static str,
+    serial: &'a str,
+    sha1sum: Option<String>,
+    sha256: Option<&'a str>,
+    sidecar: Option<String>,
+    size: Option<u64>,
+    staged: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct DeviceConfDocument<'a> {
+    gid: u32,
+    group: Option<&'a str>,
+    mode: &'static str,
+    path: &'static str,
+    uid: u32,
+    user: Option<&'a str>,
+}
+
+impl<'a> ProvisionDocument<'a> {
+    pub(crate) fn new(report: &'a Report) -> Self {
+        let first = &report.outputs[0];
+        let emitted = first.emitted.as_ref();
+        ProvisionDocument {
+            account: report.account.map(|a| match a {
+                Provisioned::Created => "created",
+                Provisioned::PasswordUpdated => "password_updated",
+            }),
+            device_conf: DeviceConfDocument {
+                gid: first.owner.gid,
+                group: first.owner.group_name.as_deref(),
+                mode: DEVICE_CONF_MODE,
+                path: DEVICE_CONF_PATH,
+                uid: first.owner.uid,
+                user: first.owner.user_name.as_deref(),
+            },
+            email: &report.email,
+            input_kind: &first.kind,
+            output: emitted.map(|e| e.path.display().to_string()),
+            schema: "imprint.provision/1",
+            serial: &report.serial,
+            sha1sum: first.sha1sum.as_ref().map(|p| p.display().to_string()),
+            sha256: emitted.map(|e| e.sha256.as_str()),
+            sidecar: emitted.map(|e| sidecar_path(&e.path).display().to_string()),
+            size: emitted.map(|e| e.size),
+            staged: report.outputs[0]
+                .staged
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+        }
+    }
+}
+
+/// `imprint provision --json` for a batch.
+#[derive(Serialize)]
+pub(crate) struct BatchDocument<'a> {
+    failed: usize,
+    manifest: String,
+    results: Vec<BatchResult<'a>>,
+    schema: &'static str,
+}
+
+/// One serial of a batch, in the order given.
+#[derive(Serialize)]
+struct BatchResult<'a> {
+    /// Why it failed; only for `"failed"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    serial: &'a str,
+    status: &'static str,
+}
+
+impl<'a> BatchDocument<'a> {
+    pub(crate) fn new(report: &'a BatchReport) -> Self {
+        BatchDocument {
+            failed: report.failed(),
+            manifest: report.manifest_path.display().to_string(),
+            results: report
+                .outcomes
+                .iter()
+                .map(|(serial, outcome)| {
+                    let (status, error) = match outcome {
+                        Outcome::Written => ("written", None),
+                        Outcome::Skipped => ("skipped", None),
+                        Outcome::Failed(why) => ("failed", Some(why.as_str())),
+                    };
+                    BatchResult {
+                        error,
+                        serial,
+                        status,
+                    }
+                })
+                .collect(),
+            schema: "imprint.batch/1",
+        }
+    }
+}
+
+/// `imprint verify --json`.
+#[derive(Serialize)]
+pub(crate) struct VerifyDocument<'a> {
+    checks: Vec<CheckDocument<'a>>,
+    image: String,
+    passed: bool,
+    schema: &'static str,
+}
+
+/// One check, in the order run.
+#[derive(Serialize)]
+struct CheckDocument<'a> {
+    detail: &'a str,
+    name: &'a str,
+    passed: bool,
+}
+
+impl<'a> VerifyDocument<'a> {
+    pub(crate) fn new(report: &'a VerifyReport) -> Self {
+        VerifyDocument {
+            checks: report.checks.iter().map(CheckDocument::new).collect(),
+            image: report.image.display().to_string(),
+            passed: report.passed(),
+            schema: "imprint.verify/1",
+        }
+    }
+}
+
+impl<'a> CheckDocument<'a> {
+    fn new(check: &'a Check) -> Self {
+        CheckDocument {
+            detail: &check.detail,
+            name: &check.name,
+            passed: check.passed,
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! `imprint verify`: the checks on a built image or staging directory, as
+//! lines or one JSON document; the exit code says whether all passed.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use imprint::identity::Serial;
+use imprint::io::progress;
+use imprint::verify::{self, Expectations};
+
+use super::args::VerifyArgs;
+use super::report::VerifyDocument;
+
+pub(crate) fn run(args: VerifyArgs) -> Result<ExitCode> {
+    let expect = Expectations {
+        password_policy: args.password_policy,
+        serial: args.serial.as_deref().map(Serial::parse).transpose()?,
+        owner: args.owner.as_deref().map(str::parse).transpose()?,
+        login: args
+            .login_url
+            .as_deref()
+            .map(|url| args.api.config(url))
+            .transpose()?,
+    };
+    super::show_progress(!args.json);
+    let report = verify::verify(&args.image, &expect);
+    progress::finish();
+    let report = report?;
+    if args.json {
+        super::print_json(&VerifyDocument::new(&report))?;
+    } else {
+        for c in &report.checks {
+            println!("{c}");
+        }
+        println!(
+            "{}: {}",
+            args.image.display(),
+            if report.passed() {
+                "all checks passed"
+            } else {
+                "verification FAILED"
+            }
+        );
+    }
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
