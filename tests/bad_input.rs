@@ -225,3 +225,111 @@ fn bad_inputs_give_one_clear_line_and_leave_nothing() {
         2,
     );
 }
+
+/// Tar headers whose sizes overflow 64-bit arithmetic (the fuzz seeds in
+/// testdata/fuzz/tarball), plain and gzip-compressed: a clear error naming
+/// the archive, never a panic (exit 101).
+#[test]
+fn tar_sizes_past_any_archive_are_refused_not_panicked_on() {
+    let dir = TempDir::new().unwrap();
+    let pw = write_password(dir.path(), PASSWORD);
+    let out_of_range =
+        "out of range for a tar archive; the archive is corrupt: fetch or rebuild it";
+    let cases = [
+        (
+            "size-base256-max.tar",
+            format!(
+                "the tar header at byte 2048 has a size of 18446744073709551615, {out_of_range}"
+            ),
+        ),
+        (
+            "size-base256-rounds-past-2p64.tar",
+            format!(
+                "the tar header at byte 2048 has a size of 18446744073709551105, {out_of_range}"
+            ),
+        ),
+        (
+            "size-pax-max.tar",
+            format!(
+                "the tar header at byte 4096 has a pax size of 18446744073709551615, {out_of_range}"
+            ),
+        ),
+        (
+            // Just under 2^63: a size GNU tar takes too, then finds the end.
+            "size-pax-under-2p63.tar",
+            "the archive ends in the middle of an entry (at byte 5632); it is truncated".into(),
+        ),
+    ];
+    for (seed, message) in &cases {
+        let plain = dir.path().join(seed);
+        fs::copy(testdata().join("fuzz/tarball").join(seed), &plain).unwrap();
+        let gz = dir.path().join(format!("{seed}.gz"));
+        sh(&format!(
+            "gzip -n -c {} > {}",
+            plain.display(),
+            gz.display()
+        ));
+        for input in [&plain, &gz] {
+            let image = input.to_str().unwrap();
+            let args = [
+                "provision",
+                "--quiet",
+                "--serial",
+                SERIAL,
+                "--offline",
+                "--password-file",
+                pw.to_str().unwrap(),
+                "--image",
+                image,
+                "--output",
+                "out.tar",
+            ];
+            // The line starts with the archive's path.
+            refused(&args, input, &format!("error: {image}: {message}"), 1);
+        }
+    }
+}
+
+/// A file dated 1950 (GNU tar writes its mtime in base-256, negative): the
+/// archive provisions, and GNU tar lists the untouched entry with its date
+/// and its header bytes as they were.
+#[test]
+fn a_gnu_tar_entry_from_before_1970_is_kept_as_it_was() {
+    let dir = TempDir::new().unwrap();
+    let root = make_rootfs(dir.path(), "rootfs");
+    sh(&format!(
+        "echo old > {r}/etc/motd.1950 && TZ=UTC touch -d '1950-01-01 12:34' {r}/etc/motd.1950",
+        r = root.display()
+    ));
+    let input = dir.path().join("old.tar");
+    make_tar(&root, &input, "tar", "gnu", true);
+    let pw = write_password(dir.path(), PASSWORD);
+    let output = dir.path().join("out.tar");
+    let o = run(&mut provision_offline(&input, &output, "root", &pw));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    let header = |archive: &Path| -> [u8; 512] {
+        let bytes = fs::read(archive).unwrap();
+        let at = bytes
+            .chunks(512)
+            .position(|b| b.starts_with(b"./etc/motd.1950\0"))
+            .unwrap_or_else(|| panic!("no ./etc/motd.1950 header in {}", archive.display()));
+        bytes[at * 512..at * 512 + 512].try_into().unwrap()
+    };
+    let before = header(&input);
+    // The mtime field: GNU base-256, negative.
+    assert_eq!(before[136], 0xff, "GNU tar wrote {:x?}", &before[136..148]);
+    assert_eq!(header(&output), before);
+
+    let listed = sh(&format!("TZ=UTC tar -tvf {}", output.display()));
+    let line = stdout(&listed)
+        .lines()
+        .find(|l| l.ends_with(" ./etc/motd.1950"))
+        .map(str::to_string);
+    assert!(
+        line.as_deref()
+            .is_some_and(|l| l.contains(" 1950-01-01 12:34 ")),
+        "{line:?}"
+    );
+    assert!(stdout(&listed).contains("./etc/azaion/device.conf"));
+}

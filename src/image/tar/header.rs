@@ -1,9 +1,12 @@
 //! Tar headers: reading ustar, GNU and pax headers, and encoding the headers
 //! of new entries in the archive's own style.
 
+use std::num::IntErrorKind;
+use std::path::Path;
+
 use zeroize::Zeroizing;
 
-use super::BLOCK;
+use super::{TarError, BLOCK};
 use crate::image::{EntryType, FileMeta};
 
 /// How the archive writes its headers; new entries follow the same style.
@@ -26,14 +29,71 @@ pub(super) struct Header {
     pub(super) dot_slash: bool,
     pub(super) typeflag: u8,
     pub(super) meta: FileMeta,
-    /// Bytes of data following the header (rounded up to blocks when
-    /// skipped).
-    pub(super) data_size: u64,
+    /// Bytes of data following the header.
+    pub(super) data_size: DataSize,
 }
 
-/// The bytes `size` bytes of data take in the archive: whole blocks.
-pub(super) fn padded(size: u64) -> u64 {
-    size.div_ceil(BLOCK) * BLOCK
+/// The most data one entry can have: GNU tar's limit, the largest file
+/// offset (`off_t`). A size past it is a corrupt field, and below it the
+/// size rounded up to whole blocks still fits in a `u64`.
+const MAX_DATA_SIZE: u64 = i64::MAX as u64;
+
+/// How many bytes of data follow a header, as the archive says: at most
+/// [`MAX_DATA_SIZE`], so that rounding it up to whole blocks cannot
+/// overflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct DataSize(u64);
+
+impl DataSize {
+    pub(super) const NONE: DataSize = DataSize(0);
+
+    fn new(bytes: u64) -> Option<DataSize> {
+        (bytes <= MAX_DATA_SIZE).then_some(DataSize(bytes))
+    }
+
+    pub(super) fn bytes(self) -> u64 {
+        self.0
+    }
+
+    /// The bytes the data takes in the archive: whole blocks.
+    pub(super) fn padded(self) -> u64 {
+        self.0.next_multiple_of(BLOCK)
+    }
+
+    /// The zero bytes between the end of the data and the next block.
+    pub(super) fn padding(self) -> u64 {
+        self.padded() - self.0
+    }
+}
+
+/// What is wrong with a header; [`BadHeader::at`] makes it a [`TarError`].
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum BadHeader {
+    /// A field that is not a number, or a pax record whose value is not.
+    Unreadable(&'static str),
+    /// A number no archive holds in that field: a size past GNU tar's
+    /// limit, a negative or too large id, a time past 64-bit seconds.
+    OutOfRange { field: &'static str, value: String },
+}
+
+impl BadHeader {
+    /// The error for the header at `offset` of the archive `path`.
+    pub(super) fn at(self, path: &Path, offset: u64) -> TarError {
+        let path = path.to_path_buf();
+        match self {
+            BadHeader::Unreadable(field) => TarError::BadField {
+                path,
+                offset,
+                field,
+            },
+            BadHeader::OutOfRange { field, value } => TarError::OutOfRange {
+                path,
+                offset,
+                field,
+                value,
+            },
+        }
+    }
 }
 
 pub(super) fn kind_of(typeflag: u8) -> EntryType {
@@ -72,15 +132,22 @@ fn field_str(bytes: &[u8]) -> String {
 }
 
 /// Parses a numeric field: octal text, or GNU base-256 when the top bit of
-/// the first byte is set.
-fn parse_number(bytes: &[u8]) -> Option<u64> {
-    if bytes.first().is_some_and(|b| b & 0x80 != 0) {
-        if bytes[0] & 0x40 != 0 {
-            return None; // negative
-        }
-        let mut v: u64 = (bytes[0] & 0x3f) as u64;
-        for &b in &bytes[1..] {
-            v = v.checked_mul(256)?.checked_add(b as u64)?;
+/// the first byte is set. Base-256 is two's complement, negative when the
+/// next bit is set too: GNU tar writes times before 1970 so. `None` when
+/// the field is not a number. A field is at most 12 bytes, which an `i128`
+/// holds whatever they say.
+fn parse_number(bytes: &[u8]) -> Option<i128> {
+    if let Some(&first) = bytes.first().filter(|&&b| b & 0x80 != 0) {
+        let negative = first & 0x40 != 0;
+        // The top bit marks the encoding; a negative number's sign bit
+        // runs through it.
+        let (mut v, first) = if negative {
+            (-1i128, first)
+        } else {
+            (0i128, first & 0x7f)
+        };
+        for &b in std::iter::once(&first).chain(&bytes[1..]) {
+            v = v.checked_mul(256)?.checked_add(i128::from(b))?;
         }
         return Some(v);
     }
@@ -93,36 +160,52 @@ fn parse_number(bytes: &[u8]) -> Option<u64> {
     if text.is_empty() {
         return Some(0);
     }
-    u64::from_str_radix(std::str::from_utf8(&text).ok()?, 8).ok()
+    u64::from_str_radix(std::str::from_utf8(&text).ok()?, 8)
+        .ok()
+        .map(i128::from)
+}
+
+/// The numeric field at `range` of `block`, as a `T`.
+fn number<T: TryFrom<i128>>(
+    block: &[u8; 512],
+    range: std::ops::Range<usize>,
+    field: &'static str,
+) -> Result<T, BadHeader> {
+    let v = parse_number(&block[range]).ok_or(BadHeader::Unreadable(field))?;
+    T::try_from(v).map_err(|_| BadHeader::OutOfRange {
+        field,
+        value: v.to_string(),
+    })
 }
 
 pub(super) fn checksum_ok(block: &[u8; 512]) -> bool {
-    let Some(stored) = parse_number(&block[148..156]) else {
+    // A checksum is a sum of bytes: never negative.
+    let Some(stored) = parse_number(&block[148..156]).filter(|&v| v >= 0) else {
         return false;
     };
-    let unsigned: u64 = block
+    let unsigned: i128 = block
         .iter()
         .enumerate()
         .map(|(i, &b)| {
             if (148..156).contains(&i) {
                 32
             } else {
-                b as u64
+                i128::from(b)
             }
         })
         .sum();
-    let signed: i64 = block
+    let signed: i128 = block
         .iter()
         .enumerate()
         .map(|(i, &b)| {
             if (148..156).contains(&i) {
                 32
             } else {
-                b as i8 as i64
+                i128::from(b as i8)
             }
         })
         .sum();
-    stored == unsigned || stored as i64 == signed
+    stored == unsigned || stored == signed
 }
 
 /// True if `head` starts with what looks like a valid tar header.
@@ -137,9 +220,13 @@ pub(super) fn typeflag(block: &[u8; 512]) -> u8 {
     block[156]
 }
 
-/// The size field, before any pax override. `Err` names the bad field.
-pub(super) fn size(block: &[u8; 512]) -> Result<u64, &'static str> {
-    parse_number(&block[124..136]).ok_or("size")
+/// The size field, before any pax override.
+pub(super) fn size(block: &[u8; 512]) -> Result<DataSize, BadHeader> {
+    let bytes: u64 = number(block, 124..136, "size")?;
+    DataSize::new(bytes).ok_or_else(|| BadHeader::OutOfRange {
+        field: "size",
+        value: bytes.to_string(),
+    })
 }
 
 /// The style this header is written in, if it says (an old v7 header
@@ -180,13 +267,30 @@ pub(super) fn sparse_extension_continues(ext: &[u8; 512]) -> bool {
 #[derive(Debug, Default, Clone)]
 struct PaxOverrides {
     path: Option<String>,
-    size: Option<u64>,
-    uid: Option<u64>,
-    gid: Option<u64>,
+    size: Option<DataSize>,
+    uid: Option<u32>,
+    gid: Option<u32>,
     mtime: Option<i64>,
 }
 
-fn parse_pax(data: &[u8]) -> PaxOverrides {
+/// The decimal number `text` of the pax record `field`.
+fn pax_number<T>(text: &str, field: &'static str) -> Result<T, BadHeader>
+where
+    T: std::str::FromStr<Err = std::num::ParseIntError>,
+{
+    text.parse()
+        .map_err(|e: std::num::ParseIntError| match e.kind() {
+            IntErrorKind::PosOverflow | IntErrorKind::NegOverflow => BadHeader::OutOfRange {
+                field,
+                value: text.to_string(),
+            },
+            _ => BadHeader::Unreadable(field),
+        })
+}
+
+/// The records of a pax extended header. Records that do not parse end
+/// the list, as they always have; a number that does not is an error.
+fn parse_pax(data: &[u8]) -> Result<PaxOverrides, BadHeader> {
     let mut o = PaxOverrides::default();
     let mut rest = data;
     while !rest.is_empty() {
@@ -209,16 +313,26 @@ fn parse_pax(data: &[u8]) -> PaxOverrides {
             let value = String::from_utf8_lossy(&record[eq + 1..]).into_owned();
             match key {
                 b"path" => o.path = Some(value),
-                b"size" => o.size = value.parse().ok(),
-                b"uid" => o.uid = value.parse().ok(),
-                b"gid" => o.gid = value.parse().ok(),
-                b"mtime" => o.mtime = value.split('.').next().and_then(|s| s.parse().ok()),
+                b"size" => {
+                    let bytes: u64 = pax_number(&value, "pax size")?;
+                    o.size = Some(DataSize::new(bytes).ok_or(BadHeader::OutOfRange {
+                        field: "pax size",
+                        value,
+                    })?);
+                }
+                b"uid" => o.uid = Some(pax_number(&value, "pax uid")?),
+                b"gid" => o.gid = Some(pax_number(&value, "pax gid")?),
+                // Whole seconds; the fraction is dropped.
+                b"mtime" => {
+                    let seconds = value.split('.').next().unwrap_or_default();
+                    o.mtime = Some(pax_number(seconds, "pax mtime")?);
+                }
                 _ => {}
             }
         }
         rest = &rest[len..];
     }
-    o
+    Ok(o)
 }
 
 /// What the extension headers read since the last entry say about the
@@ -231,23 +345,23 @@ pub(super) struct Extensions {
 
 impl Extensions {
     /// Takes in the data of an extension header.
-    pub(super) fn add(&mut self, typeflag: u8, data: &[u8]) {
+    pub(super) fn add(&mut self, typeflag: u8, data: &[u8]) -> Result<(), BadHeader> {
         match typeflag {
-            b'x' => self.pax = parse_pax(data),
+            b'x' => self.pax = parse_pax(data)?,
             b'L' => self.long_name = Some(field_str(data)),
             _ => {} // GNU long link name: not needed
         }
+        Ok(())
     }
 }
 
 /// Parses an entry's header; `size` is its size field. Uses up the pax
-/// records in `ext`, and the long name when it gives the path. `Err` names
-/// the bad field.
+/// records in `ext`, and the long name when it gives the path.
 pub(super) fn parse_entry(
     block: &[u8; 512],
-    size: u64,
+    size: DataSize,
     ext: &mut Extensions,
-) -> Result<Header, &'static str> {
+) -> Result<Header, BadHeader> {
     let typeflag = typeflag(block);
     let pax = std::mem::take(&mut ext.pax);
     let size = pax.size.unwrap_or(size);
@@ -268,25 +382,25 @@ pub(super) fn parse_entry(
             format!("{prefix}/{name}")
         }
     };
-    let num = |range: std::ops::Range<usize>, field| parse_number(&block[range]).ok_or(field);
+    let mode: u64 = number(block, 100..108, "mode")?;
     Ok(Header {
         path: normalise(&raw_name),
         dot_slash: raw_name.starts_with("./"),
         typeflag,
         meta: FileMeta {
             kind: kind_of(typeflag),
-            mode: (num(100..108, "mode")? & 0o7777) as u32,
-            uid: pax.uid.map(Ok).unwrap_or_else(|| num(108..116, "uid"))? as u32,
-            gid: pax.gid.map(Ok).unwrap_or_else(|| num(116..124, "gid"))? as u32,
+            // Twelve bits: the cast keeps them all.
+            mode: (mode & 0o7777) as u32,
+            uid: pax.uid.map_or_else(|| number(block, 108..116, "uid"), Ok)?,
+            gid: pax.gid.map_or_else(|| number(block, 116..124, "gid"), Ok)?,
             mtime: pax
                 .mtime
-                .map(Ok)
-                .unwrap_or_else(|| num(136..148, "mtime").map(|m| m as i64))?,
-            size,
+                .map_or_else(|| number(block, 136..148, "mtime"), Ok)?,
+            size: size.bytes(),
         },
         // Links and directories carry no data whatever the size says.
         data_size: if matches!(typeflag, b'1' | b'2' | b'3' | b'4' | b'5' | b'6') {
-            0
+            DataSize::NONE
         } else {
             size
         },
@@ -404,8 +518,8 @@ pub(super) fn encode_entry(style: HeaderStyle, entry: &NewEntry) -> Zeroizing<Ve
 
 fn push_padded(out: &mut Vec<u8>, data: &[u8]) {
     out.extend_from_slice(data);
-    let pad = padded(data.len() as u64) - data.len() as u64;
-    out.extend(std::iter::repeat_n(0u8, pad as usize));
+    let pad = data.len().next_multiple_of(BLOCK as usize) - data.len();
+    out.extend(std::iter::repeat_n(0u8, pad));
 }
 
 /// Builds one header block. The numeric fields, magic and version are
@@ -503,7 +617,111 @@ mod tests {
         h.set_uid(4_000_000_000);
         assert_eq!(h.as_old().uid[0] & 0x80, 0x80);
         assert_eq!(parse_number(&h.as_old().uid), Some(4_000_000_000));
-        assert_eq!(parse_number(&[0xc0, 0, 0, 0, 0, 0, 0, 1]), None);
+        // Base-256 negatives are two's complement over the whole field.
+        assert_eq!(parse_number(&[0xff; 12]), Some(-1));
+        assert_eq!(
+            parse_number(&[0xc0, 0, 0, 0, 0, 0, 0, 1]),
+            Some(-(1 << 62) + 1)
+        );
+        assert_eq!(parse_number(b"12x\0"), None);
+    }
+
+    /// A 512-byte header with `size` and `mtime` in its fields.
+    fn block_with(size: &[u8; 12], mtime: &[u8; 12]) -> [u8; 512] {
+        let mut h = ::tar::Header::new_gnu();
+        h.set_path("etc/x").unwrap();
+        h.set_mode(0o644);
+        let mut block = *h.as_bytes();
+        block[124..136].copy_from_slice(size);
+        block[136..148].copy_from_slice(mtime);
+        block
+    }
+
+    /// GNU base-256: the marker byte, then the number big-endian.
+    fn base256(v: i128) -> [u8; 12] {
+        let mut field: [u8; 12] = v.to_be_bytes()[4..].try_into().unwrap();
+        field[0] |= 0x80;
+        field
+    }
+
+    #[test]
+    fn a_time_before_1970_in_base_256_reads() {
+        // 1950-01-01, as GNU tar writes it.
+        let mut field = [0xffu8; 12];
+        field[8..].copy_from_slice(&(-631_152_000i32).to_be_bytes());
+        let block = block_with(b"00000000000\0", &field);
+        let entry = parse_entry(&block, DataSize::NONE, &mut Extensions::default()).unwrap();
+        assert_eq!(entry.meta.mtime, -631_152_000);
+        assert_eq!(base256(-631_152_000), field);
+        // Past 64-bit seconds either way: out of range, not wrapped.
+        for v in [i128::from(i64::MAX) + 1, i128::from(i64::MIN) - 1] {
+            let block = block_with(b"00000000000\0", &base256(v));
+            assert_eq!(
+                parse_entry(&block, DataSize::NONE, &mut Extensions::default()).unwrap_err(),
+                BadHeader::OutOfRange {
+                    field: "mtime",
+                    value: v.to_string()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_past_the_largest_file_offset_are_out_of_range() {
+        let mtime = b"14524451600\0";
+        let max = i128::from(i64::MAX);
+        let size_of = |v: i128| size(&block_with(&base256(v), mtime));
+        assert_eq!(size_of(max).unwrap().padded(), 1 << 63);
+        assert_eq!(size_of(max).unwrap().padding(), 1);
+        assert_eq!(size_of(513).unwrap().padded(), 1024);
+        for v in [
+            max + 1,
+            i128::from(u64::MAX) - 510,
+            i128::from(u64::MAX),
+            -1,
+        ] {
+            assert_eq!(
+                size_of(v).unwrap_err(),
+                BadHeader::OutOfRange {
+                    field: "size",
+                    value: v.to_string()
+                },
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn pax_numbers_out_of_range_or_unreadable_are_refused() {
+        let pax = |key: &str, value: &str| parse_pax(&pax_record(key, value));
+        assert_eq!(
+            pax("size", &i64::MAX.to_string()).unwrap().size,
+            DataSize::new(i64::MAX as u64)
+        );
+        for (key, value, field) in [
+            ("size", "18446744073709551615", "pax size"),
+            ("size", "18446744073709551616", "pax size"),
+            ("size", "9223372036854775808", "pax size"),
+            ("uid", "4294967296", "pax uid"),
+            ("gid", "99999999999999999999", "pax gid"),
+            ("mtime", "99999999999999999999.5", "pax mtime"),
+        ] {
+            let want = BadHeader::OutOfRange {
+                field,
+                value: value.split('.').next().unwrap().to_string(),
+            };
+            assert_eq!(pax(key, value).unwrap_err(), want, "{key}={value}");
+        }
+        for (key, value) in [("size", "-1"), ("uid", "x"), ("mtime", "")] {
+            assert!(
+                matches!(pax(key, value), Err(BadHeader::Unreadable(_))),
+                "{key}={value}"
+            );
+        }
+        assert_eq!(
+            pax("mtime", "-631152000.25").unwrap().mtime,
+            Some(-631_152_000)
+        );
     }
 
     #[test]
@@ -515,7 +733,7 @@ mod tests {
         assert_eq!(pax_record("path", "xy"), b"11 path=xy\n");
         let mut data = r.clone();
         data.extend(pax_record("uid", "4000000000"));
-        let o = parse_pax(&data);
+        let o = parse_pax(&data).unwrap();
         assert_eq!(o.path.as_deref(), Some("x"));
         assert_eq!(o.uid, Some(4_000_000_000));
     }
@@ -576,15 +794,16 @@ mod tests {
                 let size = size(block).unwrap();
                 at += 512;
                 if is_extension(typeflag(block)) {
-                    ext.add(typeflag(block), &bytes[at..at + size as usize]);
-                    at += padded(size) as usize;
+                    let len = size.bytes() as usize;
+                    ext.add(typeflag(block), &bytes[at..at + len]).unwrap();
+                    at += size.padded() as usize;
                     continue;
                 }
                 break parse_entry(block, size, &mut ext).unwrap();
             };
             assert_eq!(header.path, name[2..], "{style:?}");
             assert!(header.dot_slash);
-            assert_eq!(header.data_size, 5);
+            assert_eq!(header.data_size.bytes(), 5);
             assert_eq!(&bytes[at..at + 5], b"hello");
             assert_eq!(bytes.len(), at + 512);
             // GNU carries a large gid in base-256, pax in a record.

@@ -55,16 +55,25 @@ pub enum TarError {
         codec: &'static str,
         source: io::Error,
     },
-    #[error("{path}: the tar header at byte {offset} of the archive has a bad checksum; the archive is corrupt")]
+    #[error("{path}: the tar header at byte {offset} of the archive has a bad checksum; the archive is corrupt: fetch or rebuild it")]
     BadChecksum { path: PathBuf, offset: u64 },
-    #[error("{path}: the tar header at byte {offset} has an unreadable {field} field; the archive is corrupt")]
+    #[error("{path}: the tar header at byte {offset} has an unreadable {field} field; the archive is corrupt: fetch or rebuild it")]
     BadField {
         path: PathBuf,
         offset: u64,
         field: &'static str,
     },
+    /// A number no archive can hold, such as a size past 2^63 - 1 bytes:
+    /// walking on would overflow.
+    #[error("{path}: the tar header at byte {offset} has a {field} of {value}, out of range for a tar archive; the archive is corrupt: fetch or rebuild it")]
+    OutOfRange {
+        path: PathBuf,
+        offset: u64,
+        field: &'static str,
+        value: String,
+    },
     #[error(
-        "{path}: the archive ends in the middle of an entry (at byte {offset}); it is truncated"
+        "{path}: the archive ends in the middle of an entry (at byte {offset}); it is truncated: fetch or rebuild it"
     )]
     Truncated { path: PathBuf, offset: u64 },
     #[error("cannot write {path}")]

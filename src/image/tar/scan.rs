@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use super::header::{self, Extensions, HeaderStyle};
+use super::header::{self, BadHeader, DataSize, Extensions, HeaderStyle};
 use super::speculate::{Speculated, Speculation};
 use super::stream::Stream;
 use super::{TarError, BLOCK, MAX_DB_SIZE};
@@ -328,13 +328,9 @@ fn scan_with(
                 offset: at,
             });
         }
-        let bad_field = |field| TarError::BadField {
-            path: path.to_path_buf(),
-            offset: at,
-            field,
-        };
+        let bad_header = |e: BadHeader| e.at(path, at);
         let typeflag = header::typeflag(&block);
-        let size = header::size(&block).map_err(bad_field)?;
+        let size = header::size(&block).map_err(bad_header)?;
         if matches!(out.style, None | Some(HeaderStyle::Ustar)) {
             if let Some(style) = header::style_of(&block) {
                 out.style = Some(style);
@@ -345,19 +341,19 @@ fn scan_with(
             if pending_state.is_none() {
                 pending_state = at_state;
             }
-            if size > MAX_DB_SIZE {
-                return Err(bad_field("extended header size"));
+            if size.bytes() > MAX_DB_SIZE {
+                return Err(bad_header(BadHeader::Unreadable("extended header size")));
             }
-            let mut data = vec![0u8; size as usize];
+            let mut data = buffer(size, path, at)?;
             s.read_exact(&mut data)?;
-            s.skip(header::padded(size) - size)?;
-            ext.add(typeflag, &data);
+            s.skip(size.padding())?;
+            ext.add(typeflag, &data).map_err(bad_header)?;
             continue;
         }
         if typeflag == b'g' {
             // Global pax headers apply to the archive, not one entry:
             // they stay where they are.
-            s.skip(header::padded(size))?;
+            s.skip(size.padded())?;
             continue;
         }
         if header::sparse_headers_follow(&block) {
@@ -369,7 +365,7 @@ fn scan_with(
                 }
             }
         }
-        let entry = header::parse_entry(&block, size, &mut ext).map_err(bad_field)?;
+        let entry = header::parse_entry(&block, size, &mut ext).map_err(bad_header)?;
         if out.dot_slash.is_none() && !entry.path.is_empty() {
             out.dot_slash = Some(entry.dot_slash);
         }
@@ -396,15 +392,15 @@ fn scan_with(
         }
         let want_data = capture.paths.contains(&entry.path)
             && entry.meta.kind == EntryType::Regular
-            && entry.data_size <= capture.max_size;
+            && entry.data_size.bytes() <= capture.max_size;
         if want_data {
-            let mut data = vec![0u8; entry.data_size as usize];
+            let mut data = buffer(entry.data_size, path, at)?;
             s.read_exact(&mut data)?;
-            s.skip(header::padded(entry.data_size) - entry.data_size)?;
+            s.skip(entry.data_size.padding())?;
             out.captured.retain(|(p, _)| p != &entry.path);
             out.captured.push((entry.path.clone(), data));
         } else {
-            s.skip(header::padded(entry.data_size))?;
+            s.skip(entry.data_size.padded())?;
         }
         if watched {
             out.watched.push(WatchedEntry {
@@ -421,6 +417,19 @@ fn scan_with(
     out.prefix_states = prefix_states;
     out.boundaries = index.filter(BlockIndex::whole_file).map(|_| boundaries);
     Ok(out)
+}
+
+/// A buffer for data of `size`, which the header at `offset` of `path`
+/// gives; the callers bound `size` well below what memory holds.
+fn buffer(size: DataSize, path: &Path, offset: u64) -> Result<Vec<u8>, TarError> {
+    let len = usize::try_from(size.bytes()).map_err(|_| {
+        BadHeader::OutOfRange {
+            field: "size",
+            value: size.bytes().to_string(),
+        }
+        .at(path, offset)
+    })?;
+    Ok(vec![0u8; len])
 }
 
 /// Closes the speculative stream at the end of the entries, if one is open.
