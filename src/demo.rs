@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use imprint::admin::AdminConfig;
 use imprint::compress::Compression;
 use imprint::identity::Serial;
-use imprint::image::{self, sparse, ImageKind};
+use imprint::image::{self, sparse};
 use imprint::io::output::TempOutput;
 use imprint::owner::Owner;
 use imprint::pipeline::{self, Request, Settings, Source};
@@ -153,7 +153,8 @@ fn write_empty_sparse(raw: &Path, sparse_path: &Path) -> Result<()> {
 /// `path`, as provisioning writes its files.
 fn fill_sample(empty: &Path, path: &Path, mtime: i64) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut backend = image::open_backend(empty, ImageKind::Sparse, &[], dir, &Default::default())?;
+    let mut backend =
+        image::open_backend(empty, image::detect(empty)?, &[], dir, &Default::default())?;
     let mut out =
         TempOutput::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     backend.apply(&sample_plan(mtime), &mut out)?;
@@ -292,6 +293,7 @@ fn provision_and_verify(
     );
     let expect = Expectations {
         password_policy: Default::default(),
+        image: Default::default(),
         serial: Some(serial.clone()),
         owner: Some("azaion".parse()?),
         login: Some(AdminConfig::new(&server.url())),

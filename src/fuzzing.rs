@@ -15,7 +15,7 @@ use crate::identity::{self, Password, PasswordPolicy, Serial};
 use crate::image::ext4::Device;
 use crate::image::ext4::Ext4Inspector;
 use crate::image::sparse::{self, ChunkLayout, SparseView};
-use crate::image::{self, ImageKind};
+use crate::image::{self, Content};
 use crate::owner::{OwnerSpec, UserDb};
 use crate::pipeline::{self, Request, Settings, Source};
 use crate::plan::{DeviceVars, ImagePath, OverlaySpec, Plan};
@@ -38,7 +38,7 @@ pub fn tarball(data: &[u8]) {
     let input = dir.path().join("in");
     std::fs::write(&input, data).expect("scratch write");
     // ext4 and sparse inputs have their own targets.
-    if !matches!(image::detect(&input), Ok(ImageKind::Tar(_))) {
+    if !matches!(image::detect(&input), Ok(k) if k.content == Content::Tar) {
         return;
     }
     let output = dir.path().join("out");
@@ -50,7 +50,8 @@ pub fn tarball(data: &[u8]) {
         api: None,
     };
     if pipeline::run(request, &mut |_| {}).is_ok() {
-        let mut reader = image::open_reader(&output).expect("our own output opens");
+        let mut reader =
+            image::open_reader(&output, &Default::default()).expect("our own output opens");
         let conf = ImagePath::parse("/etc/azaion/device.conf").expect("constant");
         let found = reader
             .lookup(&conf, 4096)

@@ -50,6 +50,7 @@
 //!
 //! let checks = verify::verify(&emitted.path, &Expectations {
 //!     password_policy: Default::default(),
+//!     image: Default::default(),
 //!     serial: Some(Serial::parse("AZJN-0042")?),
 //!     owner: Some("azaion".parse()?),
 //!     login: None,

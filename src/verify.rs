@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::admin::{self, AdminConfig};
 use crate::identity::{self, PasswordPolicy, Serial};
-use crate::image::{self, EntryType, ImageError};
+use crate::image::{self, EntryType, ImageError, ImageOptions};
 use crate::io::output;
 use crate::owner::{OwnerSpec, UserDb};
 use crate::plan::ImagePath;
@@ -28,6 +28,8 @@ pub struct Expectations {
     pub login: Option<AdminConfig>,
     /// The form the password must have.
     pub password_policy: PasswordPolicy,
+    /// How to read the image (which partition of a disk image).
+    pub image: ImageOptions,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -110,7 +112,7 @@ pub fn verify(path: &Path, expect: &Expectations) -> Result<VerifyReport, ImageE
         }
     }
 
-    let mut reader = image::open_reader(path)?;
+    let mut reader = image::open_reader(path, &expect.image)?;
     let conf_path = ImagePath::parse(DEVICE_CONF).expect("constant");
     let paths = [
         conf_path,

@@ -102,6 +102,24 @@ fn sigkill_at_any_moment_never_leaves_a_final_output() {
                 &server.url(),
             ]));
             assert!(v.status.success(), "{}", stdout(&v));
+        } else if final_name.exists() {
+            // Killed after the rename, before the sidecar: the API had
+            // accepted the password, so the image must be whole and log in.
+            // Nothing else may be there but its own checksum.
+            let v = run(bin().arg("verify").arg(&final_name).args([
+                "--serial",
+                SERIAL,
+                "--login-url",
+                &server.url(),
+            ]));
+            assert!(
+                v.status.success(),
+                "killed after {after_ms} ms: {}",
+                stdout(&v)
+            );
+            let mut names = visible(&out);
+            names.retain(|n| n != "x.tar.gz" && n != "x.tar.gz.sha256");
+            assert!(names.is_empty(), "killed after {after_ms} ms: {names:?}");
         } else {
             assert!(
                 visible(&out).is_empty(),

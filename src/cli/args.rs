@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use imprint::admin::AdminConfig;
 use imprint::identity::PasswordPolicy;
+use imprint::image::disk::PartitionChoice;
 
 use super::token;
 
@@ -102,6 +103,9 @@ pub(crate) struct ProvisionArgs {
     /// Read the password from this file (first line) instead of generating one
     #[arg(long)]
     pub(crate) password_file: Option<PathBuf>,
+    /// The partition of a disk image to stamp: its GPT name or its number (default: the one named APP, else the only ext2/3/4 partition holding /etc)
+    #[arg(long, value_name = "NAME|NUMBER")]
+    pub(crate) partition: Option<PartitionChoice>,
     /// Which passwords to accept: runbook (32 lowercase hex, as openssl rand -hex 16) or any (printable ASCII)
     #[arg(long, default_value = "runbook")]
     pub(crate) password_policy: PasswordPolicy,
@@ -169,6 +173,9 @@ pub(crate) struct VerifyArgs {
     /// Loader base URL: also check the credentials with POST {URL}/login
     #[arg(long)]
     pub(crate) login_url: Option<String>,
+    /// The partition of a disk image to check: its GPT name or its number
+    #[arg(long, value_name = "NAME|NUMBER")]
+    pub(crate) partition: Option<PartitionChoice>,
     /// Which passwords pass: runbook (32 lowercase hex) or any (printable ASCII)
     #[arg(long, default_value = "runbook")]
     pub(crate) password_policy: PasswordPolicy,

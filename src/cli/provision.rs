@@ -29,6 +29,7 @@ pub(crate) fn run(args: ProvisionArgs) -> Result<ExitCode> {
     settings.mtime = source_date_epoch()?;
     // The slow path the fast paths are tested and benchmarked against.
     settings.options.full_rewrite = std::env::var_os("IMPRINT_FULL_REWRITE").is_some();
+    settings.options.partition = args.partition.clone();
     let api = match (&args.api_url, args.offline) {
         (Some(url), false) => Some(args.api.config(url)?),
         _ => None,

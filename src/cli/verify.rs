@@ -15,6 +15,10 @@ use super::report::VerifyDocument;
 pub(crate) fn run(args: VerifyArgs) -> Result<ExitCode> {
     let expect = Expectations {
         password_policy: args.password_policy,
+        image: imprint::image::ImageOptions {
+            partition: args.partition.clone(),
+            ..Default::default()
+        },
         serial: args.serial.as_deref().map(Serial::parse).transpose()?,
         owner: args.owner.as_deref().map(str::parse).transpose()?,
         login: args

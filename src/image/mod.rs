@@ -1,14 +1,14 @@
 //! Root-filesystem images: format detection and the two things every format
 //! backend does, reading the few files planning needs and applying a plan.
 
+mod compressed;
+mod detect;
 pub mod dir;
 pub mod disk;
 pub mod ext4;
 pub mod sparse;
 pub mod tar;
 
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -16,6 +16,7 @@ use thiserror::Error;
 use crate::io::output::TempOutput;
 pub use crate::plan::model::{EntryType, FileMeta};
 use crate::plan::{ImagePath, OverlayError, Plan};
+pub use detect::{detect, Content, ImageKind};
 
 #[derive(Debug, Error)]
 pub enum ImageError {
@@ -24,8 +25,18 @@ pub enum ImageError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is not a rootfs image imprint knows: expected a tar archive (plain, gzip, bzip2, zstd or xz), a raw ext2/3/4 image or an Android sparse image")]
-    Unknown { path: PathBuf },
+    #[error("{path} is not a rootfs image imprint knows ({found}): expected a tar archive, a raw ext2/3/4 image, a GPT or MBR disk image (each plain or compressed with gzip, bzip2, zstd or xz), or an Android sparse image")]
+    Unknown { path: PathBuf, found: String },
+    #[error("{path} is {found}; imprint does not edit that. Decompress it first (e.g. `zstd -d`), stamp the result, and compress it again")]
+    Unsupported { path: PathBuf, found: String },
+    #[error(transparent)]
+    Disk(#[from] disk::DiskError),
+    #[error("{path}: cannot decompress the {codec} stream. The file is corrupt or truncated; fetch or rebuild it")]
+    Decompress {
+        path: PathBuf,
+        codec: &'static str,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Tar(#[from] tar::TarError),
     #[error(transparent)]
@@ -36,60 +47,16 @@ pub enum ImageError {
     Dir(#[from] dir::DirError),
     #[error(transparent)]
     Plan(#[from] OverlayError),
+    #[error(transparent)]
+    Bmap(#[from] crate::io::bmap::BmapError),
     #[error("writing the output failed: {0}")]
     Output(std::io::Error),
-}
-
-/// The kinds of input imprint accepts, told apart by content, not name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImageKind {
-    Tar(crate::compress::Compression),
-    Ext4,
-    Sparse,
-}
-
-impl ImageKind {
-    pub fn describe(self) -> String {
-        match self {
-            ImageKind::Tar(c) => format!("tar archive ({})", c.name()),
-            ImageKind::Ext4 => "raw ext2/3/4 image".into(),
-            ImageKind::Sparse => "Android sparse image".into(),
-        }
-    }
-}
-
-/// Detects the image kind from its first bytes.
-pub fn detect(path: &Path) -> Result<ImageKind, ImageError> {
-    let open_err = |source| ImageError::Open {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut file = File::open(path).map_err(open_err)?;
-    let mut head = vec![0u8; 2048];
-    let mut filled = 0;
-    while filled < head.len() {
-        match file.read(&mut head[filled..]).map_err(open_err)? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    head.truncate(filled);
-    if head.len() >= 4 && head[..4] == sparse::MAGIC.to_le_bytes() {
-        return Ok(ImageKind::Sparse);
-    }
-    // The ext2/3/4 superblock sits at byte 1024, its magic 0xEF53 at +56.
-    if head.len() >= 1024 + 58 && head[1024 + 56..1024 + 58] == [0x53, 0xEF] {
-        return Ok(ImageKind::Ext4);
-    }
-    if let Some(c) = crate::compress::Compression::detect(&head) {
-        return Ok(ImageKind::Tar(c));
-    }
-    if tar::looks_like_tar(&head) {
-        return Ok(ImageKind::Tar(crate::compress::Compression::None));
-    }
-    Err(ImageError::Unknown {
-        path: path.to_path_buf(),
-    })
+    #[error("the block map beside {image} describes an image of {bmap_size} bytes, but the image has {image_size}; it belongs to another image. Remove or replace it")]
+    BmapMismatch {
+        image: PathBuf,
+        bmap_size: u64,
+        image_size: u64,
+    },
 }
 
 /// What planning needs to know about an image before writing into it.
@@ -144,10 +111,16 @@ pub struct ImageOptions {
     /// Decompress and recompress the whole image even where a faster path
     /// would keep the input's bytes: tests and benchmarks compare the two.
     pub full_rewrite: bool,
+    /// The partition of a disk image to stamp; by default the one named
+    /// `APP`, else the only ext2/3/4 partition with `/etc`.
+    pub partition: Option<disk::PartitionChoice>,
 }
 
 /// Opens `path` for writing plans over `targets` into outputs that go in
-/// `output_dir` (where a backend may keep large scratch files).
+/// `output_dir` (where a backend may keep large scratch files). The layers
+/// compose outside in: a codec around a raw image decompresses it into a
+/// scratch file first; a disk image narrows to its rootfs partition; the
+/// content (tar, ext2/3/4, sparse) is what the plan is written into.
 pub fn open_backend(
     path: &Path,
     kind: ImageKind,
@@ -155,21 +128,71 @@ pub fn open_backend(
     output_dir: &Path,
     options: &ImageOptions,
 ) -> Result<Box<dyn ImageBackend>, ImageError> {
-    Ok(match kind {
-        ImageKind::Tar(c) => Box::new(tar::TarBackend::open(path, c, targets, output_dir, options)),
-        ImageKind::Ext4 => Box::new(ext4::Ext4Backend::open(path)?),
-        ImageKind::Sparse => Box::new(sparse::SparseBackend::open(path)?),
+    use crate::compress::Compression;
+    Ok(match (kind.compression, kind.content) {
+        (c, Content::Tar) => Box::new(tar::TarBackend::open(path, c, targets, output_dir, options)),
+        (Compression::None, Content::Sparse) => Box::new(sparse::SparseBackend::open(path)?),
+        (Compression::None, Content::Ext4) => {
+            Box::new(ext4::Ext4Backend::open(path, None, bmap_of(path, None)?)?)
+        }
+        (Compression::None, Content::Disk(_)) => {
+            let region = disk::locate(path, options.partition.as_ref())?;
+            Box::new(ext4::Ext4Backend::open(
+                path,
+                Some(region),
+                bmap_of(path, None)?,
+            )?)
+        }
+        (c, content @ (Content::Ext4 | Content::Disk(_))) => Box::new(
+            compressed::CompressedBackend::open(path, c, content, output_dir, options)?,
+        ),
+        (_, Content::Sparse) => {
+            return Err(ImageError::Unsupported {
+                path: path.to_path_buf(),
+                found: kind.describe(),
+            })
+        }
     })
 }
 
+/// The block map beside an input image, if there is one.
+fn bmap_of(
+    path: &Path,
+    codec_suffix: Option<&str>,
+) -> Result<Option<crate::io::bmap::Bmap>, ImageError> {
+    use crate::io::bmap::Bmap;
+    Bmap::beside(path, codec_suffix)
+        .map(|p| Bmap::load(&p))
+        .transpose()
+        .map_err(ImageError::from)
+}
+
 /// Opens an image (or a staging directory) for reading, for `verify`.
-pub fn open_reader(path: &Path) -> Result<Box<dyn ImageReader>, ImageError> {
+pub fn open_reader(
+    path: &Path,
+    options: &ImageOptions,
+) -> Result<Box<dyn ImageReader>, ImageError> {
+    use crate::compress::Compression;
     if path.is_dir() {
         return Ok(Box::new(dir::DirReader::new(path)));
     }
-    Ok(match detect(path)? {
-        ImageKind::Tar(c) => Box::new(tar::TarReader::open(path, c)?),
-        ImageKind::Ext4 => Box::new(ext4::Ext4Reader::open(path)?),
-        ImageKind::Sparse => Box::new(sparse::SparseReader::open(path)?),
+    let kind = detect(path)?;
+    Ok(match (kind.compression, kind.content) {
+        (c, Content::Tar) => Box::new(tar::TarReader::open(path, c)?),
+        (Compression::None, Content::Ext4) => Box::new(ext4::Ext4Reader::open(path, None)?),
+        (Compression::None, Content::Sparse) => Box::new(sparse::SparseReader::open(path)?),
+        (Compression::None, Content::Disk(_)) => {
+            let region = disk::locate(path, options.partition.as_ref())?;
+            Box::new(ext4::Ext4Reader::open(path, Some(region))?)
+        }
+        (c, content @ (Content::Ext4 | Content::Disk(_))) => Box::new(
+            compressed::CompressedReader::open(path, c, content, options)?,
+        ),
+        (_, Content::Sparse) => {
+            return Err(ImageError::Unsupported {
+                path: path.to_path_buf(),
+                found: kind.describe(),
+            })
+        }
     })
 }

@@ -54,6 +54,16 @@ impl Bmap {
         candidates.into_iter().find(|p| p.is_file())
     }
 
+    /// Where an output's block map goes: `NAME.bmap`, or for a compressed
+    /// `NAME.wic.zst` the `NAME.wic.bmap` Yocto's deploy directory has.
+    pub fn for_output(image: &Path, codec_suffix: Option<&str>) -> PathBuf {
+        let name = image.file_name().unwrap_or_default().to_string_lossy();
+        let stem = codec_suffix
+            .and_then(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(&name);
+        image.with_file_name(format!("{stem}.bmap"))
+    }
+
     pub fn load(path: &Path) -> Result<Bmap, BmapError> {
         let text = std::fs::read_to_string(path).map_err(|source| BmapError::Read {
             path: path.to_path_buf(),

@@ -91,6 +91,8 @@ pub struct TempOutput {
     committed: bool,
     /// Digest and size once sealed, so commit does not hash again.
     sealed: Option<(String, u64)>,
+    /// Files that describe the image (a block map), written after it.
+    sidecars: Vec<(PathBuf, Vec<u8>)>,
 }
 
 impl TempOutput {
@@ -113,6 +115,7 @@ impl TempOutput {
             written: 0,
             committed: false,
             sealed: None,
+            sidecars: Vec::new(),
         })
     }
 
@@ -174,11 +177,21 @@ impl TempOutput {
         Ok(done)
     }
 
-    /// Renames the temp file to its final name and writes the sidecar.
+    /// A file to write beside the image when it is committed (a block
+    /// map): it describes the image, so it must not appear before it.
+    pub fn add_sidecar(&mut self, path: PathBuf, contents: Vec<u8>) {
+        self.sidecars.push((path, contents));
+    }
+
+    /// Renames the temp file to its final name and writes the sidecars.
     /// Call only after the admin API accepted the password.
-    pub fn commit(self) -> io::Result<Emitted> {
+    pub fn commit(mut self) -> io::Result<Emitted> {
         let final_path = self.final_path.clone();
+        let sidecars = std::mem::take(&mut self.sidecars);
         let emitted = self.commit_without_sidecar()?;
+        for (path, contents) in sidecars {
+            write_atomic(&path, &contents)?;
+        }
         write_sidecar(&final_path, &emitted.sha256)?;
         Ok(emitted)
     }

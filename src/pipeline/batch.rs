@@ -15,7 +15,7 @@ use thiserror::Error;
 
 use crate::admin::{AdminClient, AdminConfig};
 use crate::identity::{IdentityError, Password, PasswordPolicy, Serial};
-use crate::image::ImageError;
+use crate::image::{ImageError, ImageOptions};
 use crate::io::output;
 use crate::owner::OwnerSpec;
 use crate::pipeline::{self, Job, Opened, Prepared, ProvisionError, Settings, Source};
@@ -160,12 +160,19 @@ impl BatchReport {
 }
 
 /// True when `path` exists and verifies for `serial` (checksum included).
-fn already_done(path: &Path, serial: &Serial, owner: &OwnerSpec, policy: PasswordPolicy) -> bool {
+fn already_done(
+    path: &Path,
+    serial: &Serial,
+    owner: &OwnerSpec,
+    policy: PasswordPolicy,
+    options: &ImageOptions,
+) -> bool {
     if !path.is_file() || !output::sidecar_path(path).is_file() {
         return false;
     }
     let expect = Expectations {
         password_policy: policy,
+        image: options.clone(),
         serial: Some(serial.clone()),
         owner: Some(owner.clone()),
         login: None,
@@ -277,7 +284,13 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
             let name = req.input.file_name().unwrap_or_default().to_string_lossy();
             let out_path = req.output_dir.join(format!("{serial}-{name}"));
             if req.skip_existing
-                && already_done(&out_path, serial, &req.settings.owner, req.password_policy)
+                && already_done(
+                    &out_path,
+                    serial,
+                    &req.settings.owner,
+                    req.password_policy,
+                    &req.settings.options,
+                )
             {
                 say(&format!(
                     "{serial}: {} already verifies; skipped",

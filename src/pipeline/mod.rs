@@ -201,7 +201,7 @@ impl Opened {
                     .map_err(|source| ProvisionError::CreateOutput { dir, source })?;
                 say(&format!("writing {}", output.display()));
                 backend.apply(&plan, &mut temp)?;
-                Pending::Image(temp)
+                Pending::Image(Box::new(temp))
             }
             Content::Staging(dir) => Pending::Staged(dir.stage(&plan)?),
         };
@@ -245,7 +245,7 @@ fn device_conf_owner(plan: &Plan) -> Owner {
 
 /// What waits for the account call: a sealed temp image, or staged files.
 enum Pending {
-    Image(TempOutput),
+    Image(Box<TempOutput>),
     Staged(Staged),
 }
 

@@ -10,9 +10,15 @@ mod mbr;
 
 use std::fmt;
 use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::str::FromStr;
 
 use thiserror::Error;
+
+use crate::image::ext4::{Ext4Inspector, Region};
+use crate::io::read_at::Window;
+use crate::plan::{EntryType, ImagePath};
 
 /// The rootfs partition name in NVIDIA's flash layouts, and so in the SD
 /// card images jetson-disk-image-creator.sh writes.
@@ -221,6 +227,50 @@ pub fn choose(
         }),
         (None, None) => Err(DiskError::Ambiguous {
             candidates: list(&mut probe_at),
+        }),
+    }
+}
+
+/// Opens the disk image at `path`, reads its partition table and chooses
+/// the partition to stamp (see [`choose`]): the region of the file that
+/// holds the root filesystem.
+pub(crate) fn locate(
+    path: &Path,
+    wanted: Option<&PartitionChoice>,
+) -> Result<Region, crate::image::ImageError> {
+    use crate::image::ImageError;
+    let open = |source| ImageError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(open)?;
+    let size = file.metadata().map_err(open)?.len();
+    let mut head = vec![0u8; 8192.min(size as usize)];
+    file.read_exact_at(&mut head, 0).map_err(open)?;
+    let parts = partitions(&file, &head, size)?;
+    let chosen = choose(&parts, wanted, |p| probe(&file, p))?;
+    tracing::info!(partition = %chosen.label(), offset = chosen.offset, size = chosen.size, "rootfs partition");
+    Ok(Region {
+        offset: chosen.offset,
+        len: chosen.size,
+    })
+}
+
+/// Looks into a partition with imprint's own ext2/3/4 reader.
+fn probe(file: &File, part: &Partition) -> Probe {
+    let window = Window::new(file, part.offset, part.size);
+    let Ok(fs) = Ext4Inspector::open(window, part.size) else {
+        return Probe::default();
+    };
+    let etc = ImagePath::parse("/etc").expect("a valid constant");
+    let has_etc = matches!(fs.lookup(&etc, 0), Ok(Some((meta, _))) if meta.kind == EntryType::Dir);
+    Probe {
+        is_ext: true,
+        has_etc,
+        description: Some(if has_etc {
+            "ext2/3/4, holds /etc".to_string()
+        } else {
+            "ext2/3/4, no /etc".to_string()
         }),
     }
 }

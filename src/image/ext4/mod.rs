@@ -9,27 +9,25 @@
 //! chunks with them spliced in. The input is only ever opened for reading.
 //! The on-disk format's numbers live in `format.rs`.
 
+mod backend;
 mod changed_blocks;
 pub mod disk;
 mod format;
 mod io_manager;
 mod libext2fs;
+mod raw;
 
-use std::fs::File;
-use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::io;
+use std::path::PathBuf;
 
 use thiserror::Error;
 
-use super::{Found, ImageBackend, ImageError, ImageFacts, ImageReader};
-use crate::io::output::TempOutput;
+use super::{Found, ImageError, ImageFacts};
 use crate::plan::{Existing, ImagePath, Plan};
 use disk::{FsReader, ReadAt, Superblock};
 use format::feature;
 
+pub(crate) use backend::{e2fsck, Ext4Backend, Ext4Reader, Region};
 pub(crate) use changed_blocks::ChangedBlocks;
 pub(crate) use io_manager::Device;
 pub(crate) use libext2fs::ensure_loaded;
@@ -216,180 +214,6 @@ fn crc32c_raw(mut crc: u32, data: &[u8]) -> u32 {
         }
     }
     crc
-}
-
-/// The data regions of `file` (start, end), as SEEK_DATA/SEEK_HOLE see
-/// them; everything else reads as zeros.
-fn data_regions(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
-    let fd = file.as_raw_fd();
-    let mut regions = Vec::new();
-    let mut pos: u64 = 0;
-    while pos < len {
-        // SAFETY: lseek on a file descriptor we own.
-        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-        if data < 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::ENXIO) {
-                break; // only a hole remains
-            }
-            return Err(err);
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        regions.push((data as u64, (hole as u64).min(len)));
-        pos = hole as u64;
-    }
-    Ok(regions)
-}
-
-/// Writes `input` with the blocks libext2fs changed in one sequential pass:
-/// data regions are read, patched and written (hashed as they go), holes
-/// stay holes (hashed as zeros, never read or written), so a mostly empty
-/// 16 GiB image costs the I/O of its data, once.
-fn write_output<R: ReadAt>(
-    input: &File,
-    blocks: &ChangedBlocks<R>,
-    out: &mut TempOutput,
-) -> io::Result<()> {
-    let len = input.metadata()?.len();
-    let block = blocks.block_size();
-    let changed = blocks.written();
-    // Zeros up to `to`, except changed blocks that fall in the hole.
-    let hole = |out: &mut TempOutput, from: u64, to: u64| -> io::Result<()> {
-        let mut at = from;
-        for (&n, data) in changed.range(from / block..to.div_ceil(block)) {
-            out.skip_zeros(n * block - at)?;
-            out.write_all(data)?;
-            at = (n + 1) * block;
-        }
-        out.skip_zeros(to.saturating_sub(at))?;
-        crate::io::progress::advance(to - from);
-        Ok(())
-    };
-    let mut buf = vec![0u8; 1 << 20];
-    let mut pos = 0;
-    for (start, end) in data_regions(input, len)? {
-        hole(out, pos, start)?;
-        let mut at = start;
-        while at < end {
-            let n = (end - at).min(buf.len() as u64) as usize;
-            let chunk = &mut buf[..n];
-            input.read_exact_at(chunk, at)?;
-            for (&b, data) in changed.range(at / block..(at + n as u64).div_ceil(block)) {
-                let (from, to) = ((b * block).max(at), ((b + 1) * block).min(at + n as u64));
-                chunk[(from - at) as usize..(to - at) as usize]
-                    .copy_from_slice(&data[(from - b * block) as usize..(to - b * block) as usize]);
-            }
-            out.write_all(chunk)?;
-            crate::io::progress::advance(n as u64);
-            at += n as u64;
-        }
-        pos = end;
-    }
-    hole(out, pos, len)
-}
-
-/// Runs `e2fsck -fn` on a raw image: None when e2fsck is not installed.
-pub(crate) fn e2fsck(raw: &Path) -> Option<Result<(), String>> {
-    let out = match Command::new("e2fsck").arg("-fn").arg(raw).output() {
-        Ok(o) => o,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
-        Err(e) => return Some(Err(format!("cannot run e2fsck: {e}"))),
-    };
-    if out.status.success() {
-        return Some(Ok(()));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let summary: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .take(6)
-        .collect();
-    Some(Err(format!(
-        "e2fsck -fn exited with {}: {}",
-        out.status.code().unwrap_or(-1),
-        summary.join(" / ")
-    )))
-}
-
-fn open_file(path: &Path) -> Result<(File, u64), ImageError> {
-    let file = File::open(path).map_err(|source| ImageError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let len = file.metadata().map_err(|source| ImageError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok((file, len.len()))
-}
-
-/// Writes plans into copies of a raw ext2/3/4 image.
-pub(crate) struct Ext4Backend {
-    input: PathBuf,
-    image: Ext4Inspector<File>,
-}
-
-impl Ext4Backend {
-    pub(crate) fn open(path: &Path) -> Result<Ext4Backend, ImageError> {
-        let (file, len) = open_file(path)?;
-        let image = Ext4Inspector::open(file, len)?;
-        image.check_writable()?;
-        ensure_loaded()?;
-        Ok(Ext4Backend {
-            input: path.to_path_buf(),
-            image,
-        })
-    }
-}
-
-impl ImageBackend for Ext4Backend {
-    fn facts(&mut self) -> Result<ImageFacts, ImageError> {
-        Ok(self.image.facts()?)
-    }
-
-    /// libext2fs edits the filesystem in memory over the input (nothing is
-    /// copied if it fails, e.g. for want of space); then the output is a
-    /// hole-keeping copy of the input with the changed blocks written in.
-    fn apply(&mut self, plan: &Plan, out: &mut TempOutput) -> Result<(), ImageError> {
-        self.image.preflight(plan)?;
-        let sb = self.image.superblock();
-        let (input, len) = open_file(&self.input)?;
-        let mut changed = ChangedBlocks::new(self.image.device(), len, sb.block_size as u32);
-        write_plan_to_device(&mut changed, sb, plan)?;
-        tracing::debug!(written_blocks = changed.written().len(), "libext2fs done");
-        crate::io::progress::start("writing", len);
-        write_output(&input, &changed, out).map_err(ImageError::Output)
-    }
-}
-
-/// Reads files out of a raw ext2/3/4 image for `verify`.
-pub(crate) struct Ext4Reader {
-    path: PathBuf,
-    image: Ext4Inspector<File>,
-}
-
-impl Ext4Reader {
-    pub(crate) fn open(path: &Path) -> Result<Ext4Reader, ImageError> {
-        let (file, len) = open_file(path)?;
-        Ok(Ext4Reader {
-            path: path.to_path_buf(),
-            image: Ext4Inspector::open(file, len)?,
-        })
-    }
-}
-
-impl ImageReader for Ext4Reader {
-    fn lookup(&mut self, path: &ImagePath, max_content: u64) -> Result<Option<Found>, ImageError> {
-        Ok(self.image.lookup(path, max_content)?)
-    }
-
-    fn fsck(&mut self) -> Option<Result<(), String>> {
-        e2fsck(&self.path)
-    }
 }
 
 #[cfg(test)]

@@ -158,6 +158,6 @@ impl ImageReader for SparseReader {
         if let Err(e) = expand(self.image.device(), scratch.file()) {
             return Some(Err(format!("cannot expand the image for e2fsck: {e}")));
         }
-        ext4::e2fsck(scratch.path())
+        ext4::e2fsck(scratch.path(), 0)
     }
 }

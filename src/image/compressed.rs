@@ -1,0 +1,211 @@
+//! The codec layer around a raw image (`system.img.zst`, `rootfs.ext4.gz`,
+//! `core-image.wic.xz`): the input is decompressed once into a private
+//! scratch file beside the output (zero runs become holes, so a mostly
+//! empty 16 GiB image costs its data on disk), the filesystem inside is
+//! edited like any raw image, and the output streams from that scratch
+//! file through the input's codec, on all cores where the codec allows.
+//!
+//! Unlike tar archives, no compressed prefix is kept: ext4 changes its
+//! superblock (at byte 1024) on every write, so the first changed block is
+//! always at the very start.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::ext4::{Ext4Backend, Ext4Reader, Region};
+use super::{
+    disk, Content, Found, ImageBackend, ImageError, ImageFacts, ImageOptions, ImageReader,
+};
+use crate::compress::{Compression, Encoder};
+use crate::io::bmap::Bmap;
+use crate::io::output::{Scratch, TempOutput};
+use crate::io::sink::Compressing;
+use crate::plan::{ImagePath, Plan};
+
+/// The suffix a codec's files usually carry, to find `NAME.wic.bmap` for
+/// `NAME.wic.zst` and to name the output's block map the same way.
+fn codec_suffix(codec: Compression) -> Option<&'static str> {
+    match codec {
+        Compression::None => None,
+        Compression::Gzip => Some(".gz"),
+        Compression::Bzip2 => Some(".bz2"),
+        Compression::Zstd => Some(".zst"),
+        Compression::Xz => Some(".xz"),
+    }
+}
+
+/// Decompresses `path` into a scratch file in `dir`, keeping zero blocks
+/// as holes.
+fn expand(path: &Path, codec: Compression, dir: &Path) -> Result<Scratch, ImageError> {
+    let open = |source| ImageError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(open)?;
+    let compressed_len = file.metadata().map_err(open)?.len();
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let scratch = Scratch::create_in(dir, &name).map_err(ImageError::Output)?;
+    crate::io::progress::start("decompressing", compressed_len);
+    let mut decoder = codec.decoder(file);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        let n = fill(&mut decoder, &mut buf).map_err(|source| ImageError::Decompress {
+            path: path.to_path_buf(),
+            codec: codec.name(),
+            source,
+        })?;
+        if n == 0 {
+            break;
+        }
+        for piece in buf[..n].chunks(4096) {
+            if piece.iter().any(|&b| b != 0) {
+                scratch
+                    .file()
+                    .write_all_at(piece, at)
+                    .map_err(ImageError::Output)?;
+            }
+            at += piece.len() as u64;
+        }
+    }
+    // Trailing zeros were skipped: the length makes them a hole.
+    scratch.file().set_len(at).map_err(ImageError::Output)?;
+    crate::io::progress::finish();
+    Ok(scratch)
+}
+
+/// Reads until `buf` is full or the stream ends.
+fn fill(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Whether a zstd input's first frame carries a content checksum, so the
+/// output keeps or omits it as the input did (the frame does not record
+/// the level; the output uses zstd's default, 3).
+fn zstd_checksum(path: &Path) -> bool {
+    let mut head = [0u8; 5];
+    File::open(path)
+        .and_then(|f| f.read_exact_at(&mut head, 0))
+        .is_ok_and(|_| head[4] & 0x04 != 0)
+}
+
+/// An encoder for the output, like the input's.
+fn encoder_for<'w>(
+    codec: Compression,
+    input: &Path,
+    out: &'w mut TempOutput,
+) -> io::Result<Box<dyn Encoder + 'w>> {
+    if codec == Compression::Zstd {
+        let mut encoder = ::zstd::stream::write::Encoder::new(out, 3)?;
+        encoder.include_checksum(zstd_checksum(input))?;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+        encoder.multithread(threads as u32)?;
+        return Ok(Box::new(encoder));
+    }
+    codec.encoder(out)
+}
+
+/// The filesystem's region inside the expanded image.
+fn region_of(
+    scratch: &Path,
+    content: Content,
+    options: &ImageOptions,
+) -> Result<Option<Region>, ImageError> {
+    match content {
+        Content::Disk(_) => Ok(Some(disk::locate(scratch, options.partition.as_ref())?)),
+        _ => Ok(None),
+    }
+}
+
+/// Writes plans into recompressed copies of a compressed raw image.
+pub(crate) struct CompressedBackend {
+    input: std::path::PathBuf,
+    codec: Compression,
+    inner: Ext4Backend,
+    // Dropped after `inner`, which reads from it.
+    _scratch: Scratch,
+}
+
+impl CompressedBackend {
+    pub(crate) fn open(
+        path: &Path,
+        codec: Compression,
+        content: Content,
+        output_dir: &Path,
+        options: &ImageOptions,
+    ) -> Result<CompressedBackend, ImageError> {
+        let scratch = expand(path, codec, output_dir)?;
+        let region = region_of(scratch.path(), content, options)?;
+        let bmap = super::bmap_of(path, codec_suffix(codec))?;
+        let inner = Ext4Backend::open(scratch.path(), region, bmap)?;
+        Ok(CompressedBackend {
+            input: path.to_path_buf(),
+            codec,
+            inner,
+            _scratch: scratch,
+        })
+    }
+}
+
+impl ImageBackend for CompressedBackend {
+    fn facts(&mut self) -> Result<ImageFacts, ImageError> {
+        self.inner.facts()
+    }
+
+    fn apply(&mut self, plan: &Plan, out: &mut TempOutput) -> Result<(), ImageError> {
+        let encoder = encoder_for(self.codec, &self.input, out).map_err(ImageError::Output)?;
+        let mut sink = Compressing::new(encoder);
+        let bmap = self.inner.write_raw(plan, &mut sink)?;
+        sink.finish().map_err(ImageError::Output)?;
+        if let Some(bmap) = bmap {
+            let path = Bmap::for_output(out.final_path(), codec_suffix(self.codec));
+            out.add_sidecar(path, bmap.into_bytes());
+        }
+        Ok(())
+    }
+}
+
+/// Reads files out of a compressed raw image for `verify`.
+pub(crate) struct CompressedReader {
+    inner: Ext4Reader,
+    _scratch: Scratch,
+}
+
+impl CompressedReader {
+    pub(crate) fn open(
+        path: &Path,
+        codec: Compression,
+        content: Content,
+        options: &ImageOptions,
+    ) -> Result<CompressedReader, ImageError> {
+        let dir = std::env::temp_dir();
+        let scratch = expand(path, codec, &dir)?;
+        let region = region_of(scratch.path(), content, options)?;
+        let inner = Ext4Reader::open(scratch.path(), region)?;
+        Ok(CompressedReader {
+            inner,
+            _scratch: scratch,
+        })
+    }
+}
+
+impl ImageReader for CompressedReader {
+    fn lookup(&mut self, path: &ImagePath, max_content: u64) -> Result<Option<Found>, ImageError> {
+        self.inner.lookup(path, max_content)
+    }
+
+    fn fsck(&mut self) -> Option<Result<(), String>> {
+        self.inner.fsck()
+    }
+}
