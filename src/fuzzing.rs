@@ -232,6 +232,49 @@ pub fn ext4(data: &[u8]) {
     }
 }
 
+/// Any bytes as a raw ext2/3/4 image, provisioned offline: libext2fs edits
+/// it through imprint's I/O manager, the riskiest code in the crate (C on
+/// numbers a damaged image chose, callbacks across the FFI boundary). The
+/// seeds are small mke2fs images the fuzzer damages; whatever the damage,
+/// the result is an output imprint reads back or a clean error.
+pub fn ext4_write(data: &[u8]) {
+    let dir = scratch();
+    let input = dir.path().join("in.img");
+    std::fs::write(&input, data).expect("scratch write");
+    if !matches!(image::detect(&input), Ok(ImageKind::Ext4)) {
+        return;
+    }
+    let output = dir.path().join("out.img");
+    let request = Request {
+        serial: Serial::parse("AZJN-0042").expect("constant"),
+        target: Target::Image {
+            input,
+            output: output.clone(),
+        },
+        owner: "azaion".parse().expect("constant"),
+        password: Some(Password::from_plain(PASSWORD)),
+        overlay: OverlaySpec::default_spec(),
+        api: None,
+        sha1sum: false,
+    };
+    if pipeline::run(&request, &mut |_| {}).is_ok() {
+        let mut reader = image::open_reader(&output).expect("our own output opens");
+        let conf = ImagePath::parse("/etc/azaion/device.conf").expect("constant");
+        let found = reader
+            .lookup(&conf, 4096)
+            .expect("our own output reads back");
+        let (meta, content) = found.expect("device.conf is in our own output");
+        assert_eq!(meta.kind, image::EntryType::Regular, "device.conf kind");
+        let content = content.expect("device.conf content");
+        let conf = identity::parse_device_conf(&content);
+        assert_eq!(
+            conf.password.as_ref().map(|p| p.expose()),
+            Some(PASSWORD),
+            "device.conf in our own output holds another password"
+        );
+    }
+}
+
 /// `passwd`, a NUL byte, `group`: parsing and owner resolution.
 pub fn userdb(data: &[u8]) {
     let (passwd, group) = match data.iter().position(|&b| b == 0) {
@@ -327,6 +370,7 @@ pub fn harness(target: &str) -> Option<fn(&[u8])> {
         "sparse" => sparse,
         "bzip2" => bzip2,
         "ext4" => ext4,
+        "ext4_write" => ext4_write,
         "userdb" => userdb,
         "device_conf" => device_conf,
         "overlay" => overlay,

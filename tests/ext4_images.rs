@@ -563,3 +563,25 @@ fn a_libext2fs_without_an_entry_point_is_named_too_old() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn a_group_descriptor_pointing_into_metadata_is_refused() {
+    // libext2fs's allocator trusts the descriptors: with group 0's block
+    // bitmap inside its inode table, the bitmap written back on close
+    // would overwrite inodes (and nothing else in the chain notices on
+    // ext2, which has no checksums).
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let tree = ext4_tree(d, 0, Azaion::Absent);
+    let img = d.join("in.img");
+    assert!(mkfs(&tree, &img, &["-t", "ext2"], "16M").status.success());
+    let stats = debugfs(&img, "show_super_stats");
+    let table: u64 = stats
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Group  0:"))
+        .and_then(|l| l.split("inode table at ").nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no inode table for group 0 in:\n{stats}"));
+    debugfs_write(&img, &format!("set_bg 0 block_bitmap {}", table + 1));
+    assert_refused(d, &img, "azaion", "damaged: Corrupt group descriptor");
+}

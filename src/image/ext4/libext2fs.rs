@@ -46,12 +46,16 @@ const FLAG_64BITS: c_int = 0x20000;
 const FILE_WRITE: c_int = 0x1;
 const FT_REG_FILE: c_int = 1;
 
+const ET_GDESC_BAD_BLOCK_MAP: Errcode = 2133571352;
+const ET_GDESC_BAD_INODE_MAP: Errcode = 2133571353;
+const ET_GDESC_BAD_INODE_TABLE: Errcode = 2133571354;
 const ET_DIR_NO_SPACE: Errcode = 2133571366;
 const ET_UNSUPP_FEATURE: Errcode = 2133571395;
 const ET_RO_UNSUPP_FEATURE: Errcode = 2133571396;
 const ET_BLOCK_ALLOC_FAIL: Errcode = 2133571400;
 const ET_INODE_ALLOC_FAIL: Errcode = 2133571401;
 const ET_FILE_NOT_FOUND: Errcode = 2133571404;
+const ET_BAD_DESC_SIZE: Errcode = 2133571473;
 
 /// The entry points imprint uses, resolved once per process.
 struct Api {
@@ -66,6 +70,7 @@ struct Api {
     ) -> Errcode,
     close_free: unsafe extern "C" fn(*mut Fs) -> Errcode,
     free: unsafe extern "C" fn(Fs),
+    check_desc: unsafe extern "C" fn(Fs) -> Errcode,
     read_bitmaps: unsafe extern "C" fn(Fs) -> Errcode,
     lookup: unsafe extern "C" fn(Fs, Ino, *const c_char, c_int, *mut c_char, *mut Ino) -> Errcode,
     mkdir: unsafe extern "C" fn(Fs, Ino, Ino, *const c_char) -> Errcode,
@@ -141,6 +146,7 @@ unsafe fn load() -> Result<Api, LoadFailure> {
         open2: sym!("ext2fs_open2"),
         close_free: sym!("ext2fs_close_free"),
         free: sym!("ext2fs_free"),
+        check_desc: sym!("ext2fs_check_desc"),
         read_bitmaps: sym!("ext2fs_read_bitmaps"),
         lookup: sym!("ext2fs_lookup"),
         mkdir: sym!("ext2fs_mkdir"),
@@ -203,6 +209,12 @@ impl Ext2fsHandle<'_> {
             ET_BLOCK_ALLOC_FAIL | ET_DIR_NO_SPACE => Err(Ext4Error::NoFreeBlock { doing: op() }),
             ET_UNSUPP_FEATURE | ET_RO_UNSUPP_FEATURE => Err(Ext4Error::Unsupported {
                 features: message(self.api, code),
+            }),
+            ET_GDESC_BAD_BLOCK_MAP
+            | ET_GDESC_BAD_INODE_MAP
+            | ET_GDESC_BAD_INODE_TABLE
+            | ET_BAD_DESC_SIZE => Err(Ext4Error::Corrupt {
+                why: message(self.api, code),
             }),
             _ => Err(Ext4Error::Library {
                 doing: op(),
@@ -524,6 +536,14 @@ fn edit(
         extents: sb.incompat & feature::INCOMPAT_EXTENTS != 0,
     };
     open.check(code, || "open the filesystem".into())?;
+    // e2fsck's first check: every group's bitmaps and inode table inside
+    // the filesystem and clear of each other and of the superblocks and
+    // descriptors. libext2fs's allocator trusts the descriptors (a bitmap
+    // it cannot read counts as all free), so a damaged one would have new
+    // file data written over metadata.
+    // SAFETY: plain call on an open fs.
+    let code = unsafe { (api.check_desc)(open.fs) };
+    open.check(code, || "check the group descriptors".into())?;
     // SAFETY: plain call on an open fs.
     let code = unsafe { (api.read_bitmaps)(open.fs) };
     open.check(code, || "read the allocation bitmaps".into())?;

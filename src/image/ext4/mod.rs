@@ -21,6 +21,7 @@ use std::io;
 use std::path::PathBuf;
 
 use thiserror::Error;
+use zeroize::Zeroizing;
 
 use super::{Found, ImageError, ImageFacts};
 use crate::plan::{Existing, ImagePath, Plan};
@@ -189,7 +190,46 @@ pub(crate) fn write_plan_to_device(
     stamp_write_time(&mut sb, plan.mtime);
     device
         .write_at(Superblock::OFFSET, &sb)
-        .map_err(Ext4Error::WriteTime)
+        .map_err(Ext4Error::WriteTime)?;
+    check_written(device, plan)
+}
+
+/// A [`Device`] as imprint's own reader reads it.
+struct DeviceReader<'a>(&'a dyn Device);
+
+impl ReadAt for DeviceReader<'_> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.0.read_at(offset, buf)
+    }
+}
+
+/// Reads every file of `plan` back from `device` through imprint's own
+/// reader. libext2fs trusts the allocation bitmaps: on a damaged image (a
+/// block bitmap that calls metadata free) it places the new file over the
+/// filesystem's own structures, and that must end as an error, not as an
+/// image.
+fn check_written(device: &dyn Device, plan: &Plan) -> Result<(), Ext4Error> {
+    let fs = FsReader::open(DeviceReader(device))?;
+    for entry in &plan.entries {
+        let Some(want) = entry.content() else {
+            continue;
+        };
+        let same = match fs.resolve(entry.path.components())? {
+            Some((_, inode))
+                if inode.kind() == super::EntryType::Regular && inode.size == want.len() as u64 =>
+            {
+                let back = Zeroizing::new(fs.read_content(&inode, inode.size)?);
+                back.as_slice() == want
+            }
+            _ => false,
+        };
+        if !same {
+            return Err(Ext4Error::Corrupt {
+                why: format!("{} does not read back as it was written", entry.path),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Sets the primary superblock's last-write time (libext2fs stamps the
