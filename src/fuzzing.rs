@@ -11,11 +11,12 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::compress::bzip2;
+use crate::compress::Compression;
 use crate::identity::{self, Password, PasswordPolicy, Serial};
 use crate::image::ext4::Device;
 use crate::image::ext4::Ext4Inspector;
 use crate::image::sparse::{self, ChunkLayout, SparseView};
-use crate::image::{self, Content};
+use crate::image::{self, Content, ImageKind};
 use crate::owner::{OwnerSpec, UserDb};
 use crate::pipeline::{self, Request, Settings, Source};
 use crate::plan::{DeviceVars, ImagePath, OverlaySpec, Plan};
@@ -241,24 +242,24 @@ pub fn ext4_write(data: &[u8]) {
     let dir = scratch();
     let input = dir.path().join("in.img");
     std::fs::write(&input, data).expect("scratch write");
-    if !matches!(image::detect(&input), Ok(ImageKind::Ext4)) {
+    let ext4 = ImageKind {
+        compression: Compression::None,
+        content: Content::Ext4,
+    };
+    if !matches!(image::detect(&input), Ok(kind) if kind == ext4) {
         return;
     }
     let output = dir.path().join("out.img");
     let request = Request {
         serial: Serial::parse("AZJN-0042").expect("constant"),
-        target: Target::Image {
-            input,
-            output: output.clone(),
-        },
-        owner: "azaion".parse().expect("constant"),
+        inputs: vec![(Source::Image(input), Some(output.clone()))],
         password: Some(Password::from_plain(PASSWORD)),
-        overlay: OverlaySpec::default_spec(),
+        settings: Settings::new("azaion".parse().expect("constant")),
         api: None,
-        sha1sum: false,
     };
-    if pipeline::run(&request, &mut |_| {}).is_ok() {
-        let mut reader = image::open_reader(&output).expect("our own output opens");
+    if pipeline::run(request, &mut |_| {}).is_ok() {
+        let mut reader =
+            image::open_reader(&output, &Default::default()).expect("our own output opens");
         let conf = ImagePath::parse("/etc/azaion/device.conf").expect("constant");
         let found = reader
             .lookup(&conf, 4096)
