@@ -82,10 +82,7 @@ pub fn bzip2(data: &[u8]) {
         sequential_ok && sequential == parallel,
         "the parallel bzip2 reader accepted what libbz2 reads differently"
     );
-    let last = index
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .boundary_before(u64::MAX);
+    let last = crate::sync::lock(&index).boundary_before(u64::MAX);
     if let Some(at) = last {
         let keep = (at.bit / 8) as usize;
         let mut out = data[..keep].to_vec();

@@ -105,4 +105,5 @@ pub mod plan;
 pub mod redact;
 #[cfg(feature = "demo")]
 pub mod stub;
+mod sync;
 pub mod verify;

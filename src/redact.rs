@@ -18,7 +18,7 @@ pub fn register(secret: &str) {
         return;
     }
     let entry = (secret.len(), Sha256::digest(secret.as_bytes()).into());
-    let mut known = KNOWN.lock().unwrap_or_else(|e| e.into_inner());
+    let mut known = crate::sync::lock(&KNOWN);
     if !known.contains(&entry) {
         known.push(entry);
     }
@@ -49,7 +49,7 @@ pub fn protect_process() -> std::io::Result<()> {
 
 /// `text` with every registered secret replaced by `<redacted>`.
 pub fn scrub(text: &str) -> String {
-    let known = KNOWN.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let known = crate::sync::lock(&KNOWN).clone();
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -234,6 +234,7 @@ fn documents_keep_their_text() {
     "user": null
   }},
   "email": "{EMAIL}",
+  "images": [],
   "input_kind": "staging directory",
   "output": null,
   "schema": "imprint.provision/1",

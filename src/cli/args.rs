@@ -85,9 +85,9 @@ pub(crate) struct ProvisionArgs {
     /// Admin API base URL (http:// or https://)
     #[arg(long, required_unless_present = "offline")]
     pub(crate) api_url: Option<String>,
-    /// Input image: tar (plain, .gz, .bz2/.tbz2, .zst, .xz), raw ext4 or Android sparse
+    /// Input image: tar, raw ext2/3/4 or GPT/MBR disk image (each plain, .gz, .bz2, .zst or .xz), or Android sparse. Repeat it to stamp several images of one device with the same credentials and one account call (--output is then a directory)
     #[arg(long, requires = "output")]
-    pub(crate) image: Option<PathBuf>,
+    pub(crate) image: Vec<PathBuf>,
     /// Staging rootfs directory to write into in place (the runbook's flow)
     #[arg(long, conflicts_with = "output")]
     pub(crate) rootfs_dir: Option<PathBuf>,

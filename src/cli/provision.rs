@@ -45,13 +45,16 @@ pub(crate) fn run(args: ProvisionArgs) -> Result<ExitCode> {
         serials.extend(batch::read_serials(&text, &file.display().to_string())?);
     }
     if serials.len() != 1 || args.serials.is_some() {
-        let (Some(input), Some(output)) = (&args.image, &args.output) else {
+        let Some(output) = &args.output else {
             bail!("a batch needs --image IN and --output DIR");
         };
+        if args.image.is_empty() {
+            bail!("a batch needs --image IN and --output DIR");
+        }
         return run_batch(
             BatchRequest {
                 serials,
-                input: input.clone(),
+                inputs: args.image.clone(),
                 output_dir: output.clone(),
                 settings,
                 password,
@@ -66,17 +69,32 @@ pub(crate) fn run(args: ProvisionArgs) -> Result<ExitCode> {
         );
     }
     let serial = serials.remove(0);
-    let input = match (&args.image, &args.rootfs_dir, &args.output) {
-        (Some(input), None, Some(output)) => (
+    let inputs = match (&args.image[..], &args.rootfs_dir, &args.output) {
+        ([input], None, Some(output)) => vec![(
             Source::Image(input.clone()),
             Some(pipeline::output_path(input, output, &serial, args.force)?),
-        ),
-        (None, Some(dir), None) => (Source::StagingDir(dir.clone()), None),
+        )],
+        // Several images of one device: each gets `<serial>-<its name>`
+        // in the output directory.
+        (images @ [_, _, ..], None, Some(dir)) => {
+            if dir.exists() && !dir.is_dir() {
+                bail!("several --image inputs need --output to be a directory");
+            }
+            let dir = pipeline::as_directory(dir);
+            images
+                .iter()
+                .map(|input| {
+                    let out = pipeline::output_path(input, &dir, &serial, args.force)?;
+                    Ok((Source::Image(input.clone()), Some(out)))
+                })
+                .collect::<Result<Vec<_>>>()?
+        }
+        ([], Some(dir), None) => vec![(Source::StagingDir(dir.clone()), None)],
         _ => bail!("give --image IN --output OUT, or --rootfs-dir DIR"),
     };
     let request = Request {
         serial,
-        inputs: vec![input],
+        inputs,
         password,
         settings,
         api,

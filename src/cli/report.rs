@@ -25,6 +25,9 @@ pub(crate) struct ProvisionDocument<'a> {
     account: Option<&'static str>,
     device_conf: DeviceConfDocument<'a>,
     email: &'a str,
+    /// Every image written for the device (several with repeated --image);
+    /// the top-level fields describe the first.
+    images: Vec<ImageDocument<'a>>,
     input_kind: &'a str,
     output: Option<String>,
     schema: &'static str,
@@ -34,6 +37,18 @@ pub(crate) struct ProvisionDocument<'a> {
     sidecar: Option<String>,
     size: Option<u64>,
     staged: Vec<String>,
+}
+
+/// One image of a provision document (fields in alphabetical order, as
+/// serde_json writes maps).
+#[derive(Serialize)]
+struct ImageDocument<'a> {
+    input_kind: &'a str,
+    output: String,
+    sha1sum: Option<String>,
+    sha256: &'a str,
+    sidecar: String,
+    size: u64,
 }
 
 #[derive(Serialize)]
@@ -64,6 +79,21 @@ impl<'a> ProvisionDocument<'a> {
                 user: first.owner.user_name.as_deref(),
             },
             email: &report.email,
+            images: report
+                .outputs
+                .iter()
+                .filter_map(|o| {
+                    let e = o.emitted.as_ref()?;
+                    Some(ImageDocument {
+                        input_kind: &o.kind,
+                        output: e.path.display().to_string(),
+                        sha1sum: o.sha1sum.as_ref().map(|p| p.display().to_string()),
+                        sha256: &e.sha256,
+                        sidecar: sidecar_path(&e.path).display().to_string(),
+                        size: e.size,
+                    })
+                })
+                .collect(),
             input_kind: &first.kind,
             output: emitted.map(|e| e.path.display().to_string()),
             schema: "imprint.provision/1",

@@ -313,10 +313,7 @@ impl IndexingDecoder {
             return Ok(());
         }
         self.first_member = false;
-        self.index
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .single_member = false;
+        crate::sync::lock(&self.index).single_member = false;
         self.member_out = 0;
         // SAFETY: the stream was initialised; reset keeps its settings.
         let code = unsafe { z::inflateReset(&mut *self.z.strm) };
@@ -364,7 +361,7 @@ impl Read for IndexingDecoder {
                     crc: self.crc.clone().finalize(),
                     window: self.z.window()?,
                 };
-                let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+                let mut index = crate::sync::lock(&self.index);
                 if index.recent.last().is_none_or(|b| b.bit != bit) {
                     index.recent.push(boundary);
                 }

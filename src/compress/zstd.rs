@@ -272,7 +272,7 @@ impl IndexingDecoder {
         self.piece_at = 0;
         if let Some(mut boundary) = more {
             boundary.data = self.piece.clone();
-            let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+            let mut index = crate::sync::lock(&self.index);
             index.recent.push(boundary);
         }
         Ok(!self.eof)
@@ -291,10 +291,7 @@ impl IndexingDecoder {
             self.offset += n as u64;
             // Anything after the first frame (another frame, a skippable
             // frame) rules the block rewrite out; it is still decoded.
-            self.index
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .single_frame = false;
+            crate::sync::lock(&self.index).single_frame = false;
             self.decode(&chunk[..n])?;
             return Ok(None);
         }
@@ -308,10 +305,7 @@ impl IndexingDecoder {
                 self.read_exact(&mut head[5..])?;
                 let header = Arc::new(FrameHeader::parse(&head)?);
                 self.decode(&head)?;
-                self.index
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .single_frame = true;
+                crate::sync::lock(&self.index).single_frame = true;
                 self.header = Some(header.clone());
                 header
             }

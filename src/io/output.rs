@@ -20,23 +20,17 @@ const TEMP_MARK: &str = ".imprint-";
 
 /// Registers a temp file for removal if the process is interrupted.
 pub fn register(path: &Path) {
-    LIVE_TEMPS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(path.to_path_buf());
+    crate::sync::lock(&LIVE_TEMPS).push(path.to_path_buf());
 }
 
 /// Forgets a temp file that was renamed or removed.
 pub fn unregister(path: &Path) {
-    LIVE_TEMPS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|p| p != path);
+    crate::sync::lock(&LIVE_TEMPS).retain(|p| p != path);
 }
 
 /// Removes every live temp file. Called from the signal handler thread.
 pub fn remove_live_temps() {
-    let paths = std::mem::take(&mut *LIVE_TEMPS.lock().unwrap_or_else(|e| e.into_inner()));
+    let paths = std::mem::take(&mut *crate::sync::lock(&LIVE_TEMPS));
     for p in paths {
         let _ = std::fs::remove_file(p);
     }

@@ -32,7 +32,7 @@ struct Step {
 /// once the step has run for `delay` (tests shorten it to see a bar on
 /// small inputs).
 pub fn enable(on: bool, delay: Duration) {
-    *SHOW_AFTER.lock().unwrap_or_else(|e| e.into_inner()) = delay;
+    *crate::sync::lock(&SHOW_AFTER) = delay;
     ENABLED.store(on, Ordering::Relaxed);
 }
 
@@ -51,7 +51,7 @@ pub fn start(label: &str, total: u64) {
         .progress_chars("=> "),
     );
     bar.set_message(label.to_string());
-    let mut current = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut current = crate::sync::lock(&CURRENT);
     if let Some(old) = current.take() {
         old.bar.finish_and_clear();
     }
@@ -59,7 +59,7 @@ pub fn start(label: &str, total: u64) {
         bar,
         started: Instant::now(),
         shown: false,
-        delay: *SHOW_AFTER.lock().unwrap_or_else(|e| e.into_inner()),
+        delay: *crate::sync::lock(&SHOW_AFTER),
     });
 }
 
@@ -68,7 +68,7 @@ pub fn advance(bytes: u64) {
     if !ENABLED.load(Ordering::Relaxed) {
         return;
     }
-    let mut current = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut current = crate::sync::lock(&CURRENT);
     if let Some(step) = current.as_mut() {
         step.bar.inc(bytes);
         if !step.shown && step.started.elapsed() >= step.delay {
@@ -81,7 +81,7 @@ pub fn advance(bytes: u64) {
 
 /// Ends the current step and clears its bar.
 pub fn finish() {
-    if let Some(step) = CURRENT.lock().unwrap_or_else(|e| e.into_inner()).take() {
+    if let Some(step) = crate::sync::lock(&CURRENT).take() {
         step.bar.finish_and_clear();
     }
 }

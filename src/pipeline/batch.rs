@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 
+use crate::sync::lock;
+
 use serde::Serialize;
 use thiserror::Error;
 
@@ -103,7 +105,9 @@ pub fn check_unique(serials: &[Serial]) -> Result<(), BatchError> {
 
 pub struct BatchRequest {
     pub serials: Vec<Serial>,
-    pub input: PathBuf,
+    /// The base images; each serial gets one output per input, all with
+    /// the same credentials.
+    pub inputs: Vec<PathBuf>,
     pub output_dir: PathBuf,
     /// What every device gets.
     pub settings: Settings,
@@ -127,13 +131,24 @@ pub struct ManifestEntry {
     pub output: String,
     pub sha256: String,
     pub size: u64,
+    /// The input (file name) the image was made from.
+    pub input: String,
+}
+
+/// A base image of the batch.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManifestInput {
+    pub name: String,
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Manifest {
     pub tool: String,
+    /// The first input's name and digest (every input is in `inputs`).
     pub input: String,
     pub input_sha256: String,
+    pub inputs: Vec<ManifestInput>,
     pub images: Vec<ManifestEntry>,
 }
 
@@ -204,33 +219,54 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
         .transpose()
         .map_err(ProvisionError::from)?
         .map(Arc::new);
-    let mut opened = Opened::open(
-        Source::Image(req.input.clone()),
-        req.settings.clone(),
-        &req.output_dir,
-        &mut |line| say(line),
-    )?;
-    // The manifest's digest of the base image is taken on another core
-    // while the scan decompresses (without progress: the scan reports).
-    let input_digest = {
-        let input = req.input.clone();
-        std::thread::spawn(move || -> std::io::Result<String> {
-            use sha2::Digest;
-            let mut hasher = sha2::Sha256::new();
-            std::io::copy(&mut std::fs::File::open(&input)?, &mut hasher)?;
-            Ok(hex::encode(hasher.finalize()))
-        })
+    // The manifest's digests of the base images are taken on other cores
+    // while the scans decompress (without progress: the scans report).
+    let digests: Vec<_> = req
+        .inputs
+        .iter()
+        .cloned()
+        .map(digest_in_background)
+        .collect();
+    let mut opened = Vec::with_capacity(req.inputs.len());
+    for input in &req.inputs {
+        opened.push(Opened::open(
+            Source::Image(input.clone()),
+            req.settings.clone(),
+            &req.output_dir,
+            &mut |line| say(line),
+        )?);
+    }
+    let mut inputs = Vec::with_capacity(req.inputs.len());
+    for (input, digest) in req.inputs.iter().zip(digests) {
+        let sha256 = digest
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the hashing thread panicked")))
+            .map_err(|source| ImageError::Open {
+                path: input.clone(),
+                source,
+            })?;
+        inputs.push(ManifestInput {
+            name: file_name(input),
+            sha256,
+        });
+    }
+    let manifest_path = req.output_dir.join("manifest.json");
+    let manifest = Mutex::new(Manifest {
+        tool: format!("imprint {}", env!("CARGO_PKG_VERSION")),
+        input: inputs[0].name.clone(),
+        input_sha256: inputs[0].sha256.clone(),
+        inputs,
+        images: Vec::new(),
+    });
+    // Recorded images go into the manifest at once, which is rewritten
+    // atomically each time: after a crash it lists exactly what exists.
+    let record_images = |entries: Vec<ManifestEntry>| -> Result<(), BatchError> {
+        let mut manifest = lock(&manifest);
+        manifest.images.extend(entries);
+        write_manifest(&manifest_path, &manifest)
     };
-    let input_sha256 = input_digest
-        .join()
-        .unwrap_or_else(|_| Err(std::io::Error::other("the hashing thread panicked")))
-        .map_err(|source| ImageError::Open {
-            path: req.input.clone(),
-            source,
-        })?;
 
     let outcomes = Mutex::new(Vec::new());
-    let written = Mutex::new(Vec::new());
     let jobs = req.jobs.max(1);
     // Sealed images wait here for an API worker; the bound keeps the number
     // of finished-but-unconfirmed temp files small.
@@ -238,69 +274,78 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
     let receive = Mutex::new(receive);
     std::thread::scope(|scope| {
         for _ in 0..jobs {
-            let (receive, client, outcomes, written) = (&receive, &client, &outcomes, &written);
+            let (receive, client, outcomes, record_images, inputs) =
+                (&receive, &client, &outcomes, &record_images, &req.inputs);
             scope.spawn(move || loop {
-                let next = receive.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                let next = lock(receive).recv();
                 let Ok(prepared) = next else { break };
                 let serial = prepared.serial().to_string();
                 let mut tell = |line: &str| say(&format!("{serial}: {line}"));
                 let result = prepared.commit(client.as_deref(), &mut tell);
                 let outcome = match result {
                     Ok(report) => {
-                        for e in report.outputs.into_iter().filter_map(|o| o.emitted) {
-                            written
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .push(ManifestEntry {
+                        let entries = report
+                            .outputs
+                            .into_iter()
+                            .zip(inputs)
+                            .filter_map(|(o, input)| {
+                                let e = o.emitted?;
+                                Some(ManifestEntry {
                                     serial: report.serial.clone(),
                                     email: report.email.clone(),
-                                    output: e
-                                        .path
-                                        .file_name()
-                                        .unwrap_or_default()
-                                        .to_string_lossy()
-                                        .into_owned(),
+                                    output: file_name(&e.path),
                                     sha256: e.sha256,
                                     size: e.size,
-                                });
+                                    input: file_name(input),
+                                })
+                            })
+                            .collect();
+                        match record_images(entries) {
+                            Ok(()) => Outcome::Written,
+                            Err(e) => Outcome::Failed(e.to_string()),
                         }
-                        Outcome::Written
                     }
                     Err(e) => Outcome::Failed(e.to_string()),
                 };
-                outcomes
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((serial, outcome));
+                lock(outcomes).push((serial, outcome));
             });
         }
         for serial in &req.serials {
-            let record = |o: Outcome| {
-                outcomes
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((serial.to_string(), o))
-            };
-            let name = req.input.file_name().unwrap_or_default().to_string_lossy();
-            let out_path = req.output_dir.join(format!("{serial}-{name}"));
-            if req.skip_existing
-                && already_done(
-                    &out_path,
-                    serial,
-                    &req.settings.owner,
-                    req.password_policy,
-                    &req.settings.options,
-                )
-            {
-                say(&format!(
-                    "{serial}: {} already verifies; skipped",
-                    out_path.display()
-                ));
-                record(Outcome::Skipped);
-                continue;
+            let record = |o: Outcome| lock(&outcomes).push((serial.to_string(), o));
+            let out_paths: Vec<PathBuf> = req
+                .inputs
+                .iter()
+                .map(|input| {
+                    req.output_dir
+                        .join(format!("{serial}-{}", file_name(input)))
+                })
+                .collect();
+            if req.skip_existing {
+                let done: Option<Vec<ManifestEntry>> = out_paths
+                    .iter()
+                    .zip(&req.inputs)
+                    .map(|(out, input)| {
+                        already_done(
+                            out,
+                            serial,
+                            &req.settings.owner,
+                            req.password_policy,
+                            &req.settings.options,
+                        )
+                        .then(|| existing_entry(out, serial, input))
+                        .flatten()
+                    })
+                    .collect();
+                if let Some(entries) = done {
+                    say(&format!("{serial}: every output already verifies; skipped"));
+                    record(match record_images(entries) {
+                        Ok(()) => Outcome::Skipped,
+                        Err(e) => Outcome::Failed(e.to_string()),
+                    });
+                    continue;
+                }
             }
             let prepared = (|| -> Result<Prepared, ProvisionError> {
-                let out = pipeline::output_path(&req.input, &req.output_dir, serial, req.force)?;
                 let password = match &req.password {
                     Some(p) => p.clone(),
                     None => Password::generate()?,
@@ -310,7 +355,10 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
                     password,
                 });
                 let mut tell = |line: &str| say(&format!("{serial}: {line}"));
-                opened.write(&mut prepared, Some(&out), &mut tell)?;
+                for (input, opened) in req.inputs.iter().zip(opened.iter_mut()) {
+                    let out = pipeline::output_path(input, &req.output_dir, serial, req.force)?;
+                    opened.write(&mut prepared, Some(&out), &mut tell)?;
+                }
                 Ok(prepared)
             })();
             match prepared {
@@ -332,24 +380,42 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
     let mut outcomes = outcomes.into_inner().unwrap_or_else(|e| e.into_inner());
     let order = |s: &str| req.serials.iter().position(|x| x.as_str() == s);
     outcomes.sort_by_key(|(s, _)| order(s));
-    let mut images = written.into_inner().unwrap_or_else(|e| e.into_inner());
-    images.sort_by(|a, b| a.serial.cmp(&b.serial));
-    let manifest = Manifest {
-        tool: format!("imprint {}", env!("CARGO_PKG_VERSION")),
-        input: req
-            .input
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned(),
-        input_sha256,
-        images,
-    };
-    let manifest_path = req.output_dir.join("manifest.json");
-    write_manifest(&manifest_path, &manifest)?;
+    // Written even when nothing succeeded, so a run always leaves one.
+    write_manifest(&manifest_path, &lock(&manifest))?;
     Ok(BatchReport {
         outcomes,
         manifest_path,
+    })
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The SHA-256 of a file, computed on another thread.
+fn digest_in_background(path: PathBuf) -> std::thread::JoinHandle<std::io::Result<String>> {
+    std::thread::spawn(move || {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        std::io::copy(&mut std::fs::File::open(&path)?, &mut hasher)?;
+        Ok(hex::encode(hasher.finalize()))
+    })
+}
+
+/// The manifest line of an output a `--skip-existing` run keeps: its digest
+/// from its own (just verified) sidecar.
+fn existing_entry(out: &Path, serial: &Serial, input: &Path) -> Option<ManifestEntry> {
+    let sha256 = output::read_sidecar(out).ok()??;
+    Some(ManifestEntry {
+        serial: serial.to_string(),
+        email: serial.email(),
+        output: file_name(out),
+        sha256,
+        size: std::fs::metadata(out).ok()?.len(),
+        input: file_name(input),
     })
 }
 
@@ -374,6 +440,7 @@ fn write_manifest(path: &Path, manifest: &Manifest) -> Result<(), BatchError> {
                         output: e["output"].as_str()?.to_string(),
                         sha256: e["sha256"].as_str()?.to_string(),
                         size: e["size"].as_u64()?,
+                        input: e["input"].as_str().or(old["input"].as_str())?.to_string(),
                     };
                     let replaced = merged.images.iter().any(|m| m.serial == entry.serial);
                     let same_input =
@@ -383,9 +450,11 @@ fn write_manifest(path: &Path, manifest: &Manifest) -> Result<(), BatchError> {
                 });
             let kept: Vec<ManifestEntry> = kept.collect();
             merged.images.extend(kept);
-            merged.images.sort_by(|a, b| a.serial.cmp(&b.serial));
         }
     }
+    merged
+        .images
+        .sort_by(|a, b| (&a.serial, &a.output).cmp(&(&b.serial, &b.output)));
     let mut text = serde_json::to_string_pretty(&merged).expect("manifest serializes");
     text.push('\n');
     output::write_atomic(path, text.as_bytes()).map_err(err)

@@ -47,6 +47,8 @@ pub enum ProvisionError {
     OutputExists(PathBuf),
     #[error("an image input needs an output path")]
     NoOutput,
+    #[error("two inputs would both be written to {0}; give them different file names")]
+    SameOutput(PathBuf),
     #[error("the output directory {0} does not exist")]
     NoOutputDir(PathBuf),
     #[error("cannot create the output directory {dir}: {source}")]
@@ -382,6 +384,14 @@ pub fn run(req: Request, say: &mut dyn FnMut(&str)) -> Result<Report, ProvisionE
         Some(p) => p,
         None => Password::generate()?,
     };
+    let outputs: Vec<&PathBuf> = req.inputs.iter().filter_map(|(_, o)| o.as_ref()).collect();
+    if let Some(twice) = outputs
+        .iter()
+        .enumerate()
+        .find_map(|(i, o)| outputs[..i].contains(o).then_some(o))
+    {
+        return Err(ProvisionError::SameOutput((*twice).clone()));
+    }
     let mut prepared = Prepared::new(Job {
         serial: req.serial,
         password,
@@ -443,6 +453,16 @@ pub fn output_path(
     }
     check_output_dir(parent)?;
     Ok(path)
+}
+
+/// `dir` spelled as a directory (with a trailing `/`), so [`output_path`]
+/// treats it as one even before it exists.
+pub fn as_directory(dir: &Path) -> PathBuf {
+    let mut text = dir.as_os_str().to_owned();
+    if !text.to_string_lossy().ends_with('/') {
+        text.push("/");
+    }
+    PathBuf::from(text)
 }
 
 /// Makes sure `dir` exists as a directory outputs may go into: created if

@@ -186,7 +186,7 @@ impl Read for ParallelDecoder {
             match self.blocks.recv().map_err(|_| stopped("scanner"))? {
                 Next::Block { mut start, pieces } => {
                     start.out = self.out;
-                    let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut index = crate::sync::lock(&self.index);
                     index.recent.push(start);
                     self.current = Some(pieces);
                 }

@@ -23,7 +23,7 @@ impl<J: Send + 'static> Workers<J> {
             .map(|_| {
                 let rx = rx.clone();
                 thread::spawn(move || loop {
-                    let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let job = crate::sync::lock(&rx).recv();
                     match job {
                         Ok(job) => work(job),
                         Err(_) => return,

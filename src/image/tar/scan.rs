@@ -109,7 +109,7 @@ enum BlockIndex {
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    crate::sync::lock(&m)
 }
 
 impl BlockIndex {

@@ -59,7 +59,7 @@ struct HashingFile {
 impl Write for HashingFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
-        let mut w = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = crate::sync::lock(&self.written);
         w.0.update(&buf[..n]);
         w.1 += n as u64;
         Ok(n)
@@ -129,11 +129,7 @@ impl Speculation {
             .take()
             .ok_or_else(|| io::Error::other("finished"))?;
         encoder.finish_stream()?;
-        let (sha256, compressed) = self
-            .written
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let (sha256, compressed) = crate::sync::lock(&self.written).clone();
         Ok(Speculated {
             scratch: self.scratch,
             uncompressed: end,
