@@ -61,6 +61,9 @@ pub(super) enum Walk {
     /// The first `depth` components end in something that is not a
     /// directory (a symlink, a file, ...), of this kind.
     Blocked { depth: usize, kind: EntryType },
+    /// The first `depth` components end in a directory that was not one
+    /// a moment before: someone is swapping it.
+    Replaced { depth: usize },
 }
 
 /// A walk that failed for another reason at the first `depth` components.
@@ -114,9 +117,8 @@ fn walk_with(root: BorrowedFd, parts: &[String], try_openat2: bool) -> Result<Wa
                         depth,
                         kind: st.kind,
                     }),
-                    // A directory again: swapped back while we looked.
-                    // Refuse as the open did.
-                    _ => Err(WalkError { depth, source: e }),
+                    Ok(Some(_)) => Ok(Walk::Replaced { depth }),
+                    Err(source) => Err(WalkError { depth, source }),
                 };
             }
             Err(source) => return Err(WalkError { depth, source }),

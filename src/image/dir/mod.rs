@@ -31,6 +31,8 @@ pub enum DirError {
         path: PathBuf,
         source: io::Error,
     },
+    // `cause` is said in the message (the advice follows it), so it is
+    // not also a `source()`.
     #[error("cannot give {path} owner {uid}:{gid}: {cause}. Run imprint as root (as the runbook does) to stage files for other users")]
     Chown {
         path: PathBuf,
@@ -40,6 +42,8 @@ pub enum DirError {
     },
     #[error("{path} is a {kind}, not a directory; imprint will not write through it. Make it a real directory and try again")]
     NotDirectory { path: PathBuf, kind: &'static str },
+    #[error("{path} was replaced while imprint was using it; make sure nothing else changes the staging tree while imprint runs, and try again")]
+    Replaced { path: PathBuf },
 }
 
 fn io_err<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> DirError + 'p {
@@ -123,6 +127,9 @@ impl StagingDir {
             Ok(Walk::Blocked { depth, kind }) => Err(DirError::NotDirectory {
                 path: self.host(&parts[..depth]),
                 kind: describe(kind),
+            }),
+            Ok(Walk::Replaced { depth }) => Err(DirError::Replaced {
+                path: self.host(&parts[..depth]),
             }),
             Err(WalkError { depth, source }) => {
                 Err(io_err("open", &self.host(&parts[..depth]))(source))
@@ -232,11 +239,16 @@ impl StagingDir {
 fn open_created_dir(at: &Located) -> Result<OwnedFd, DirError> {
     let host = at.host();
     handle::open_dir_at(at.parent.as_fd(), &at.name).map_err(|e| {
+        let swapped = matches!(
+            e.raw_os_error(),
+            Some(libc::ELOOP | libc::ENOTDIR | libc::ENOENT)
+        );
         match handle::stat_at(at.parent.as_fd(), &at.name) {
-            Ok(Some(st)) if st.kind != EntryType::Dir => DirError::NotDirectory {
+            Ok(Some(st)) if swapped && st.kind != EntryType::Dir => DirError::NotDirectory {
                 path: host.clone(),
                 kind: describe(st.kind),
             },
+            _ if swapped => DirError::Replaced { path: host.clone() },
             _ => io_err("open", &host)(e),
         }
     })
