@@ -324,6 +324,17 @@ mod tests {
                 Ok(Walk::Found(_))
             ));
         }
+        // Where the kernel has openat2, it alone refuses every symlink.
+        match openat2_beneath(fd.as_fd(), "a/b/c") {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
+            found => {
+                found.unwrap();
+                for path in ["a/inner/c", "a/out"] {
+                    let e = openat2_beneath(fd.as_fd(), path).unwrap_err();
+                    assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{path}");
+                }
+            }
+        }
     }
 
     #[test]
