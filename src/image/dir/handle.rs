@@ -1,0 +1,379 @@
+//! Directory handles for a staging tree that someone else may be changing
+//! while imprint works in it: the tree is often writable by a build user
+//! while imprint runs as root. Every step below the root is taken from an
+//! open directory descriptor by a single name without following symlinks,
+//! and every change is made through a descriptor or by name inside a held
+//! directory. No path is resolved twice, so nothing that was checked can be
+//! swapped for a symlink before it is used.
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::plan::EntryType;
+
+/// What `lstat` says about one name, as much as the staging tree needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Stat {
+    pub kind: EntryType,
+    /// Permission bits only.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    pub size: u64,
+    pub links: u32,
+}
+
+impl Stat {
+    // nlink_t is u64 on some targets and u32 on others.
+    #[allow(clippy::unnecessary_cast)]
+    fn from_raw(st: &libc::stat) -> Stat {
+        let kind = match st.st_mode & libc::S_IFMT {
+            libc::S_IFLNK => EntryType::Symlink,
+            libc::S_IFDIR => EntryType::Dir,
+            libc::S_IFREG => EntryType::Regular,
+            _ => EntryType::Other,
+        };
+        Stat {
+            kind,
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mtime: st.st_mtime,
+            size: st.st_size as u64,
+            links: (st.st_nlink as u64).min(u64::from(u32::MAX)) as u32,
+        }
+    }
+}
+
+/// What walking down to a directory found.
+#[derive(Debug)]
+pub(super) enum Walk {
+    /// The directory, opened.
+    Found(OwnedFd),
+    /// A component is absent.
+    Missing,
+    /// The first `depth` components end in something that is not a
+    /// directory (a symlink, a file, ...), of this kind.
+    Blocked { depth: usize, kind: EntryType },
+    /// The first `depth` components end in a directory that was not one
+    /// a moment before: someone is swapping it.
+    Replaced { depth: usize },
+}
+
+/// A walk that failed for another reason at the first `depth` components.
+#[derive(Debug)]
+pub(super) struct WalkError {
+    pub depth: usize,
+    pub source: io::Error,
+}
+
+/// Set once the kernel said it has no openat2 (before Linux 5.6).
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
+/// Opens the tree's root. Following a symlink here is the operator's choice
+/// (they named the path); everything below it is walked without.
+pub(super) fn open_root(path: &Path) -> io::Result<OwnedFd> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(path)?;
+    Ok(file.into())
+}
+
+/// Opens the directory `parts` below `root` without following any symlink.
+pub(super) fn walk(root: BorrowedFd, parts: &[String]) -> Result<Walk, WalkError> {
+    walk_with(root, parts, !NO_OPENAT2.load(Ordering::Relaxed))
+}
+
+fn walk_with(root: BorrowedFd, parts: &[String], try_openat2: bool) -> Result<Walk, WalkError> {
+    if try_openat2 && !parts.is_empty() {
+        match openat2_beneath(root, &parts.join("/")) {
+            Ok(fd) => return Ok(Walk::Found(fd)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                NO_OPENAT2.store(true, Ordering::Relaxed)
+            }
+            // Any refusal is told apart by the step-by-step walk below,
+            // which also names the component at fault.
+            Err(_) => {}
+        }
+    }
+    let mut held: Option<OwnedFd> = None;
+    for (i, name) in parts.iter().enumerate() {
+        let here = held.as_ref().map_or(root, AsFd::as_fd);
+        let depth = i + 1;
+        match open_dir_at(here, name) {
+            Ok(fd) => held = Some(fd),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Walk::Missing),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+                return match stat_at(here, name) {
+                    Ok(None) => Ok(Walk::Missing),
+                    Ok(Some(st)) if st.kind != EntryType::Dir => Ok(Walk::Blocked {
+                        depth,
+                        kind: st.kind,
+                    }),
+                    Ok(Some(_)) => Ok(Walk::Replaced { depth }),
+                    Err(source) => Err(WalkError { depth, source }),
+                };
+            }
+            Err(source) => return Err(WalkError { depth, source }),
+        }
+    }
+    match held {
+        Some(fd) => Ok(Walk::Found(fd)),
+        None => root
+            .try_clone_to_owned()
+            .map(Walk::Found)
+            .map_err(|source| WalkError { depth: 0, source }),
+    }
+}
+
+/// openat2 with every component required to be a real directory below
+/// `root`: no symlink anywhere, no escape by `..`.
+fn openat2_beneath(root: BorrowedFd, relative: &str) -> io::Result<OwnedFd> {
+    let path = c_name(relative)?;
+    // SAFETY: open_how is plain integers; all zeros is its "no options"
+    // value, and the fields are set below.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH;
+    // SAFETY: the pointers are valid for the call and the size is that of
+    // the struct passed; a returned descriptor is ours alone.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    owned(fd as libc::c_int)
+}
+
+/// Opens the directory `name` inside `dir`, refusing a symlink there.
+pub(super) fn open_dir_at(dir: BorrowedFd, name: &str) -> io::Result<OwnedFd> {
+    open_at(
+        dir,
+        name,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )
+}
+
+/// Opens the file `name` inside `dir` for reading, refusing a symlink;
+/// non-blocking, so a fifo put there after a check cannot hang the read.
+pub(super) fn open_file_at(dir: BorrowedFd, name: &str) -> io::Result<File> {
+    open_at(
+        dir,
+        name,
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+        0,
+    )
+    .map(File::from)
+}
+
+/// Creates the new file `name` inside `dir`, 0600 (the umask can only
+/// remove bits); fails if anything, a symlink included, is there.
+pub(super) fn create_at(dir: BorrowedFd, name: &str) -> io::Result<File> {
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+    open_at(dir, name, flags, 0o600).map(File::from)
+}
+
+fn open_at(
+    dir: BorrowedFd,
+    name: &str,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> io::Result<OwnedFd> {
+    let name = c_name(name)?;
+    // SAFETY: `name` is a valid C string for the call; a returned
+    // descriptor is ours alone.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            libc::c_uint::from(mode),
+        )
+    };
+    owned(fd)
+}
+
+/// `lstat` of `name` inside `dir`; `None` if it is absent.
+pub(super) fn stat_at(dir: BorrowedFd, name: &str) -> io::Result<Option<Stat>> {
+    let name = c_name(name)?;
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `name` is a valid C string and `st` has room for the result.
+    let ret = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    match ret {
+        0 => {
+            // SAFETY: fstatat succeeded, so it filled `st`.
+            Ok(Some(Stat::from_raw(unsafe { &st.assume_init() })))
+        }
+        _ => match io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            e => Err(e),
+        },
+    }
+}
+
+/// `fstat` of an open descriptor.
+pub(super) fn stat(fd: BorrowedFd) -> io::Result<Stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` has room for the result.
+    if unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat succeeded, so it filled `st`.
+    Ok(Stat::from_raw(unsafe { &st.assume_init() }))
+}
+
+/// Creates the directory `name` inside `dir` with `mode` (less the umask).
+pub(super) fn make_dir_at(dir: BorrowedFd, name: &str, mode: libc::mode_t) -> io::Result<()> {
+    let name = c_name(name)?;
+    // SAFETY: `name` is a valid C string for the call.
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) })
+}
+
+/// Renames `from` to `to`, both inside `dir`.
+pub(super) fn rename_at(dir: BorrowedFd, from: &str, to: &str) -> io::Result<()> {
+    let (from, to) = (c_name(from)?, c_name(to)?);
+    let fd = dir.as_raw_fd();
+    // SAFETY: both names are valid C strings for the call.
+    check(unsafe { libc::renameat(fd, from.as_ptr(), fd, to.as_ptr()) })
+}
+
+/// Removes the file `name` inside `dir`.
+pub(super) fn remove_at(dir: BorrowedFd, name: &str) -> io::Result<()> {
+    let name = c_name(name)?;
+    // SAFETY: `name` is a valid C string for the call.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) })
+}
+
+fn c_name(name: &str) -> io::Result<CString> {
+    CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+fn check(ret: libc::c_int) -> io::Result<()> {
+    match ret {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+fn owned(fd: libc::c_int) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor a syscall just returned, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn parts(p: &str) -> Vec<String> {
+        p.split('/').map(str::to_string).collect()
+    }
+
+    #[test]
+    fn walk_refuses_symlinks_with_and_without_openat2() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (root, outside) = (tmp.path().join("root"), tmp.path().join("outside"));
+        std::fs::create_dir_all(root.join("a/b/c")).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(root.join("a/file"), "x").unwrap();
+        symlink("b", root.join("a/inner")).unwrap();
+        symlink(&outside, root.join("a/out")).unwrap();
+        let fd = open_root(&root).unwrap();
+        for try_openat2 in [true, false] {
+            let walk = |p: &str| walk_with(fd.as_fd(), &parts(p), try_openat2).unwrap();
+            let Walk::Found(c) = walk("a/b/c") else {
+                panic!("a/b/c not found")
+            };
+            assert_eq!(stat(c.as_fd()).unwrap().kind, EntryType::Dir);
+            assert!(matches!(walk("a/x/y"), Walk::Missing));
+            for (path, kind) in [
+                ("a/inner/c", EntryType::Symlink),
+                ("a/inner", EntryType::Symlink),
+                ("a/out", EntryType::Symlink),
+                ("a/file/c", EntryType::Regular),
+            ] {
+                match walk(path) {
+                    Walk::Blocked { depth, kind: k } => assert_eq!((depth, k), (2, kind), "{path}"),
+                    other => panic!("{path}: {other:?}"),
+                }
+            }
+            assert!(matches!(
+                walk_with(fd.as_fd(), &[], try_openat2),
+                Ok(Walk::Found(_))
+            ));
+        }
+        // Where the kernel has openat2, it alone refuses every symlink.
+        match openat2_beneath(fd.as_fd(), "a/b/c") {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
+            found => {
+                found.unwrap();
+                for path in ["a/inner/c", "a/out"] {
+                    let e = openat2_beneath(fd.as_fd(), path).unwrap_err();
+                    assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{path}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn names_are_never_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = open_root(tmp.path()).unwrap();
+        let target = tmp.path().join("target");
+        std::fs::write(&target, "keep").unwrap();
+        symlink(&target, tmp.path().join("link")).unwrap();
+        let d = dir.as_fd();
+        assert_eq!(
+            create_at(d, "link").unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists
+        );
+        assert_eq!(
+            open_file_at(d, "link").unwrap_err().raw_os_error(),
+            Some(libc::ELOOP)
+        );
+        assert!(open_dir_at(d, "link").is_err());
+        assert_eq!(
+            stat_at(d, "link").unwrap().unwrap().kind,
+            EntryType::Symlink
+        );
+        assert_eq!(stat_at(d, "absent").unwrap(), None);
+        let mut f = create_at(d, "new").unwrap();
+        io::Write::write_all(&mut f, b"data").unwrap();
+        assert_eq!(stat(f.as_fd()).unwrap().mode, 0o600 & !current_umask());
+        rename_at(d, "new", "link").unwrap();
+        assert_eq!(std::fs::read(tmp.path().join("link")).unwrap(), b"data");
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+        remove_at(d, "link").unwrap();
+        assert_eq!(stat_at(d, "link").unwrap(), None);
+        make_dir_at(d, "sub", 0o700).unwrap();
+        assert_eq!(stat_at(d, "sub").unwrap().unwrap().kind, EntryType::Dir);
+    }
+
+    fn current_umask() -> u32 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
+        u32::from_str_radix(line[6..].trim(), 8).unwrap()
+    }
+}

@@ -1,0 +1,633 @@
+//! A staging directory: the runbook's original flow, where the rootfs is an
+//! extracted tree that flash.sh will pack. Files are written atomically
+//! (temp file, then rename) and never through a symlink, since a symlink in
+//! a rootfs points into the *device's* tree, not the host's. The tree may be
+//! writable by another user while imprint runs, so it is only ever walked
+//! from directory handles (see [`handle`]).
+
+mod handle;
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use thiserror::Error;
+
+use super::{EntryType, FileMeta, Found, ImageError, ImageFacts, ImageReader};
+use crate::io::output;
+use crate::plan::{Existing, ImagePath, Plan, PlanKind};
+use handle::{Stat, Walk, WalkError};
+
+#[derive(Debug, Error)]
+pub enum DirError {
+    #[error("{0} is not a directory; --rootfs-dir takes the extracted rootfs staging tree")]
+    NotADirectory(PathBuf),
+    #[error("cannot {op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    // `cause` is said in the message (the advice follows it), so it is
+    // not also a `source()`.
+    #[error("cannot give {path} owner {uid}:{gid}: {cause}. Run imprint as root (as the runbook does) to stage files for other users")]
+    Chown {
+        path: PathBuf,
+        uid: u32,
+        gid: u32,
+        cause: io::Error,
+    },
+    #[error("{path} is a {kind}, not a directory; imprint will not write through it. Make it a real directory and try again")]
+    NotDirectory { path: PathBuf, kind: &'static str },
+    #[error("{path} was replaced while imprint was using it; make sure nothing else changes the staging tree while imprint runs, and try again")]
+    Replaced { path: PathBuf },
+}
+
+fn io_err<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> DirError + 'p {
+    move |source| DirError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn describe(kind: EntryType) -> &'static str {
+    match kind {
+        EntryType::Regular => "regular file",
+        EntryType::Dir => "directory",
+        EntryType::Symlink => "symbolic link",
+        EntryType::Other => "special file",
+    }
+}
+
+/// A path of the tree as the plan's checks see it.
+fn existing(st: &Stat) -> Existing {
+    const WHERE: &str = "in the staging tree";
+    match st.kind {
+        // Says how many links a hard-linked file has, like the other formats.
+        EntryType::Regular => Existing::new(EntryType::Regular, st.links, WHERE),
+        kind => Existing {
+            kind,
+            links: 1,
+            what: format!("a {} {WHERE}", describe(kind)),
+        },
+    }
+}
+
+/// A staging tree, held open by its root directory.
+pub struct StagingDir {
+    root: PathBuf,
+    fd: OwnedFd,
+}
+
+/// The directory holding a path's last component, and that component's
+/// `lstat` if it exists.
+struct Located {
+    parent: OwnedFd,
+    parent_path: PathBuf,
+    name: String,
+    stat: Option<Stat>,
+}
+
+impl Located {
+    fn host(&self) -> PathBuf {
+        self.parent_path.join(&self.name)
+    }
+}
+
+impl StagingDir {
+    pub fn open(root: &Path) -> Result<StagingDir, DirError> {
+        let fd = handle::open_root(root).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOTDIR) => DirError::NotADirectory(root.to_path_buf()),
+            _ => io_err("open", root)(e),
+        })?;
+        Ok(StagingDir {
+            root: root.to_path_buf(),
+            fd,
+        })
+    }
+
+    /// Host path of the first components of an image path, for messages
+    /// and signal cleanup (never for acting on the tree).
+    fn host(&self, parts: &[String]) -> PathBuf {
+        let mut p = self.root.clone();
+        p.extend(parts);
+        p
+    }
+
+    /// Opens the directory `parts` below the root; `None` if a component
+    /// is absent, an error if one is not a directory.
+    fn open_dir(&self, parts: &[String]) -> Result<Option<OwnedFd>, DirError> {
+        match handle::walk(self.fd.as_fd(), parts) {
+            Ok(Walk::Found(fd)) => Ok(Some(fd)),
+            Ok(Walk::Missing) => Ok(None),
+            Ok(Walk::Blocked { depth, kind }) => Err(DirError::NotDirectory {
+                path: self.host(&parts[..depth]),
+                kind: describe(kind),
+            }),
+            Ok(Walk::Replaced { depth }) => Err(DirError::Replaced {
+                path: self.host(&parts[..depth]),
+            }),
+            Err(WalkError { depth, source }) => {
+                Err(io_err("open", &self.host(&parts[..depth]))(source))
+            }
+        }
+    }
+
+    /// Finds `path`'s parent directory, checked not to be or pass through
+    /// a symlink, and inspects the last component there. `None` if a
+    /// parent is absent.
+    fn locate(&self, path: &ImagePath) -> Result<Option<Located>, DirError> {
+        let parts = path.components();
+        let parents = &parts[..parts.len() - 1];
+        let Some(parent) = self.open_dir(parents)? else {
+            return Ok(None);
+        };
+        let name = path.file_name().to_string();
+        let parent_path = self.host(parents);
+        let stat = handle::stat_at(parent.as_fd(), &name)
+            .map_err(|e| io_err("inspect", &parent_path.join(&name))(e))?;
+        Ok(Some(Located {
+            parent,
+            parent_path,
+            name,
+            stat,
+        }))
+    }
+
+    /// Like [`locate`](Self::locate), for writing: a parent that is absent
+    /// now (it was checked before) is an error.
+    fn locate_for_write(&self, path: &ImagePath) -> Result<Located, DirError> {
+        self.locate(path)?.ok_or_else(|| {
+            let parent = path.parent().map(|p| p.components().to_vec());
+            io_err("open", &self.host(&parent.unwrap_or_default()))(io::ErrorKind::NotFound.into())
+        })
+    }
+
+    /// A small regular file's bytes; `None` if it is absent or anything
+    /// but a regular file (or a path component is not a directory).
+    fn read_small(&self, rel: &str) -> Result<Option<Vec<u8>>, DirError> {
+        let path = ImagePath::parse(&format!("/{rel}")).expect("static path");
+        let found = match self.locate(&path) {
+            Ok(Some(found)) => found,
+            Ok(None) | Err(DirError::NotDirectory { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if found.stat.map(|s| s.kind) != Some(EntryType::Regular) {
+            return Ok(None);
+        }
+        read_file(&found, u64::MAX).map(|(_, data)| data)
+    }
+
+    pub fn facts(&self) -> Result<ImageFacts, DirError> {
+        let reference_mtime = handle::stat_at(self.fd.as_fd(), "etc")
+            .ok()
+            .flatten()
+            .map_or(0, |s| s.mtime);
+        Ok(ImageFacts {
+            passwd: self.read_small("etc/passwd")?,
+            group: self.read_small("etc/group")?,
+            reference_mtime,
+        })
+    }
+
+    /// Creates the plan's directories and writes its files to temp names
+    /// beside their final names. Nothing is visible under a final name until
+    /// [`Staged::commit`].
+    pub fn stage(&self, plan: &Plan) -> Result<Staged, ImageError> {
+        plan.check_existing(|p| {
+            let found = self.locate(p)?;
+            Ok::<_, ImageError>(found.and_then(|f| f.stat).map(|s| existing(&s)))
+        })?;
+        let mut staged = Staged { files: Vec::new() };
+        let mtime = UNIX_EPOCH + Duration::from_secs(plan.mtime.max(0) as u64);
+        for entry in &plan.entries {
+            let at = self.locate_for_write(&entry.path)?;
+            let (uid, gid) = (entry.owner.uid, entry.owner.gid);
+            match &entry.kind {
+                // Plan::check_existing above refused anything in the way; if
+                // it was swapped since, the walk to its children refuses it.
+                PlanKind::Dir if at.stat.is_some() => {}
+                PlanKind::Dir => {
+                    let host = at.host();
+                    handle::make_dir_at(at.parent.as_fd(), &at.name, 0o700)
+                        .map_err(io_err("create directory", &host))?;
+                    let dir = File::from(open_created_dir(&at)?);
+                    finish(&dir, &host, entry.mode, uid, gid, mtime)?;
+                }
+                PlanKind::File(content) => {
+                    let file = StagedFile::create(at)?;
+                    // Registered from here on: dropping `staged` removes it.
+                    staged.files.push(file);
+                    let file = staged.files.last().expect("just pushed");
+                    let (mut f, temp) = (&file.temp, &file.temp_path);
+                    f.write_all(content).map_err(io_err("write", temp))?;
+                    finish(&file.temp, temp, entry.mode, uid, gid, mtime)?;
+                    f.sync_all().map_err(io_err("sync", temp))?;
+                }
+            }
+        }
+        Ok(staged)
+    }
+}
+
+/// Opens the directory just created at `at`, refusing whatever was put in
+/// its place since.
+fn open_created_dir(at: &Located) -> Result<OwnedFd, DirError> {
+    let host = at.host();
+    handle::open_dir_at(at.parent.as_fd(), &at.name).map_err(|e| {
+        let swapped = matches!(
+            e.raw_os_error(),
+            Some(libc::ELOOP | libc::ENOTDIR | libc::ENOENT)
+        );
+        match handle::stat_at(at.parent.as_fd(), &at.name) {
+            Ok(Some(st)) if swapped && st.kind != EntryType::Dir => DirError::NotDirectory {
+                path: host.clone(),
+                kind: describe(st.kind),
+            },
+            _ if swapped => DirError::Replaced { path: host.clone() },
+            _ => io_err("open", &host)(e),
+        }
+    })
+}
+
+/// Gives an open file or directory its owner, mode and time, all through
+/// the descriptor.
+fn finish(
+    file: &File,
+    path: &Path,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: std::time::SystemTime,
+) -> Result<(), DirError> {
+    std::os::unix::fs::fchown(file, Some(uid), Some(gid)).map_err(|cause| DirError::Chown {
+        path: path.to_path_buf(),
+        uid,
+        gid,
+        cause,
+    })?;
+    // After chown, which may clear set-id bits.
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io_err("set the mode of", path))?;
+    file.set_modified(mtime)
+        .map_err(io_err("set the time of", path))
+}
+
+/// Reads a regular file found by [`StagingDir::locate`], at most
+/// `max_content` bytes of it (else no content). The metadata is that of
+/// the file opened, so both describe the same file.
+fn read_file(found: &Located, max_content: u64) -> Result<(Stat, Option<Vec<u8>>), DirError> {
+    let host = found.host();
+    let mut file =
+        handle::open_file_at(found.parent.as_fd(), &found.name).map_err(io_err("read", &host))?;
+    let st = handle::stat(file.as_fd()).map_err(io_err("read", &host))?;
+    if st.kind != EntryType::Regular || st.size > max_content {
+        return Ok((st, None));
+    }
+    let mut data = Vec::new();
+    file.read_to_end(&mut data).map_err(io_err("read", &host))?;
+    Ok((st, Some(data)))
+}
+
+/// One file written under a temp name in the directory it is for.
+struct StagedFile {
+    dir: File,
+    temp_name: String,
+    name: String,
+    temp: File,
+    /// Full paths, for messages and the signal handler's cleanup.
+    temp_path: PathBuf,
+    target: PathBuf,
+}
+
+impl StagedFile {
+    /// Creates `.NAME.imprint-PID-RANDOM.tmp` (the names
+    /// [`output`] uses, so a batch removes one left by a killed run) next to
+    /// the final name.
+    fn create(at: Located) -> Result<StagedFile, DirError> {
+        let target = at.host();
+        let mut random = [0u8; 8];
+        getrandom::getrandom(&mut random).map_err(|e| {
+            io_err("create a temp file for", &target)(io::Error::other(e.to_string()))
+        })?;
+        let temp_name = format!(
+            ".{}.imprint-{}-{}.tmp",
+            at.name,
+            std::process::id(),
+            hex::encode(random)
+        );
+        let temp_path = at.parent_path.join(&temp_name);
+        output::register(&temp_path);
+        match handle::create_at(at.parent.as_fd(), &temp_name) {
+            Ok(temp) => Ok(StagedFile {
+                dir: File::from(at.parent),
+                temp_name,
+                name: at.name,
+                temp,
+                temp_path,
+                target,
+            }),
+            Err(e) => {
+                output::unregister(&temp_path);
+                Err(io_err("create", &temp_path)(e))
+            }
+        }
+    }
+
+    /// Renames the temp file to its final name inside the directory held
+    /// since it was created.
+    fn commit(&self) -> Result<(), DirError> {
+        handle::rename_at(self.dir.as_fd(), &self.temp_name, &self.name)
+            .map_err(io_err("rename into place", &self.target))?;
+        output::unregister(&self.temp_path);
+        let _ = self.dir.sync_all();
+        Ok(())
+    }
+}
+
+/// Files written under temp names, waiting for the API to accept the
+/// password. Dropping it uncommitted removes them.
+pub struct Staged {
+    files: Vec<StagedFile>,
+}
+
+impl Staged {
+    pub fn commit(mut self) -> Result<Vec<PathBuf>, DirError> {
+        let mut done = Vec::new();
+        let mut files = std::mem::take(&mut self.files).into_iter();
+        while let Some(file) = files.next() {
+            if let Err(e) = file.commit() {
+                // Drop removes this temp file and the ones not renamed yet.
+                self.files.push(file);
+                self.files.extend(files);
+                return Err(e);
+            }
+            done.push(file.target);
+        }
+        Ok(done)
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        for file in &self.files {
+            let _ = handle::remove_at(file.dir.as_fd(), &file.temp_name);
+            output::unregister(&file.temp_path);
+        }
+    }
+}
+
+/// Reads single files of a staging tree (verify).
+pub struct DirReader {
+    root: PathBuf,
+    dir: Option<StagingDir>,
+}
+
+impl DirReader {
+    pub fn new(root: &Path) -> DirReader {
+        DirReader {
+            root: root.to_path_buf(),
+            dir: None,
+        }
+    }
+}
+
+impl ImageReader for DirReader {
+    fn lookup(&mut self, path: &ImagePath, max_content: u64) -> Result<Option<Found>, ImageError> {
+        let dir = match &mut self.dir {
+            Some(dir) => dir,
+            none => none.insert(StagingDir::open(&self.root)?),
+        };
+        let found = match dir.locate(path) {
+            Ok(Some(found)) => found,
+            Ok(None) | Err(DirError::NotDirectory { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(mut st) = found.stat else {
+            return Ok(None);
+        };
+        let mut content = None;
+        if st.kind == EntryType::Regular && st.size <= max_content {
+            (st, content) = read_file(&found, max_content)?;
+        }
+        let info = FileMeta {
+            kind: st.kind,
+            mode: st.mode,
+            uid: st.uid,
+            gid: st.gid,
+            mtime: st.mtime,
+            size: st.size,
+        };
+        Ok(Some((info, content)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Password;
+    use crate::owner::{OwnerSpec, UserDb};
+    use crate::plan::{DeviceVars, OverlaySpec};
+    use std::fs;
+    use std::os::unix::fs::{symlink, MetadataExt};
+
+    const MTIME: i64 = 1_700_000_123;
+
+    /// A staging tree with /etc/passwd and /etc/group, and a directory
+    /// beside it standing for the host.
+    fn tree() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let host = tmp.path().join("host");
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::create_dir(&host).unwrap();
+        fs::write(root.join("etc/passwd"), "root:x:0:0::/:/bin/sh\n").unwrap();
+        fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+        fs::write(host.join("passwd"), "host:x:0:0::/:/bin/sh\n").unwrap();
+        (tmp, root, host)
+    }
+
+    /// The default overlay, owned by whoever runs the test (so it passes
+    /// without root too).
+    fn plan() -> Plan {
+        let password = Password::from_plain("0123456789abcdef0123456789abcdef");
+        let vars = DeviceVars {
+            serial: "AZJN-0042",
+            email: "azaion-jetson-0042@azaion.com",
+            password: &password,
+        };
+        // SAFETY: geteuid and getegid have no preconditions.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let owner: OwnerSpec = format!("{uid}:{gid}").parse().unwrap();
+        let db = UserDb::parse(None, None);
+        Plan::resolve(&OverlaySpec::default_spec(), &vars, &db, &owner, MTIME).unwrap()
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn staging_dir_writes_temps_then_commits() {
+        let (_tmp, root, _) = tree();
+        let plan = plan();
+        let staged = StagingDir::open(&root).unwrap().stage(&plan).unwrap();
+        let azaion = root.join("etc/azaion");
+        let temps = names(&azaion);
+        assert_eq!(temps.len(), 1, "{temps:?}");
+        let pid = std::process::id();
+        assert!(temps[0].starts_with(&format!(".device.conf.imprint-{pid}-")));
+        assert!(temps[0].ends_with(".tmp"));
+        let done = staged.commit().unwrap();
+        assert_eq!(done, [azaion.join("device.conf")]);
+        assert_eq!(names(&azaion), ["device.conf"]);
+        let conf = fs::symlink_metadata(azaion.join("device.conf")).unwrap();
+        assert_eq!((conf.mode() & 0o7777, conf.mtime()), (0o600, MTIME));
+        assert_eq!(
+            fs::read(azaion.join("device.conf")).unwrap(),
+            plan.entries[1].content().unwrap()
+        );
+        let dir = fs::symlink_metadata(&azaion).unwrap();
+        assert_eq!((dir.mode() & 0o7777, dir.is_dir()), (0o755, true));
+        // A second run replaces the file and keeps the directory.
+        StagingDir::open(&root)
+            .unwrap()
+            .stage(&plan)
+            .unwrap()
+            .commit()
+            .unwrap();
+        assert_eq!(names(&azaion), ["device.conf"]);
+    }
+
+    #[test]
+    fn staging_dir_dropped_uncommitted_leaves_no_temp() {
+        let (_tmp, root, _) = tree();
+        drop(StagingDir::open(&root).unwrap().stage(&plan()).unwrap());
+        assert!(names(&root.join("etc/azaion")).is_empty());
+    }
+
+    #[test]
+    fn staging_dir_refuses_symlinks_and_hard_links() {
+        // What is in the way, how to put it there (in root, pointing to
+        // host), and the error that names it.
+        type Setup = dyn Fn(&Path, &Path);
+        let cases: [(&str, &Setup, &str); 4] = [
+            (
+                "etc",
+                &|root, host| {
+                    fs::rename(root.join("etc"), root.join("etc.real")).unwrap();
+                    symlink(host, root.join("etc")).unwrap();
+                },
+                "/etc/azaion is to be created inside /etc, which neither the image nor the overlay provides",
+            ),
+            (
+                "etc/azaion",
+                &|root, host| symlink(host, root.join("etc/azaion")).unwrap(),
+                "/etc/azaion is a symbolic link in the staging tree, not a directory",
+            ),
+            (
+                "device.conf",
+                &|root, host| {
+                    fs::create_dir(root.join("etc/azaion")).unwrap();
+                    symlink(host.join("passwd"), root.join("etc/azaion/device.conf")).unwrap();
+                },
+                "/etc/azaion/device.conf is a symbolic link in the staging tree; imprint only replaces a regular file with one link there",
+            ),
+            (
+                "hard link",
+                &|root, _| {
+                    fs::create_dir(root.join("etc/azaion")).unwrap();
+                    fs::write(root.join("etc/azaion/device.conf"), "old").unwrap();
+                    fs::hard_link(
+                        root.join("etc/azaion/device.conf"),
+                        root.join("etc/device.conf.copy"),
+                    )
+                    .unwrap();
+                },
+                "/etc/azaion/device.conf is a file with 2 hard links in the staging tree; imprint only replaces a regular file with one link there",
+            ),
+        ];
+        for (what, make, message) in cases {
+            let (_tmp, root, host) = tree();
+            make(&root, &host);
+            let err = StagingDir::open(&root)
+                .unwrap()
+                .stage(&plan())
+                .err()
+                .unwrap_or_else(|| panic!("{what}: staged"));
+            assert!(err.to_string().contains(message), "{what}: {err}");
+            assert_eq!(names(&host), ["passwd"], "{what}");
+        }
+    }
+
+    #[test]
+    fn a_symlink_on_the_way_is_named() {
+        let (_tmp, root, host) = tree();
+        let plan = Plan {
+            entries: plan().entries.split_off(1),
+            mtime: MTIME,
+        };
+        fs::rename(root.join("etc"), root.join("etc.real")).unwrap();
+        symlink(&host, root.join("etc")).unwrap();
+        let err = StagingDir::open(&root).unwrap().stage(&plan).err().unwrap();
+        assert!(
+            err.to_string().contains(&format!(
+                "{} is a symbolic link, not a directory",
+                root.join("etc").display()
+            )),
+            "{err}"
+        );
+        assert_eq!(names(&host), ["passwd"]);
+    }
+
+    #[test]
+    fn facts_and_verify_never_read_through_symlinks() {
+        let (_tmp, root, host) = tree();
+        let dir = StagingDir::open(&root).unwrap();
+        let facts = dir.facts().unwrap();
+        assert_eq!(
+            facts.passwd.as_deref(),
+            Some(&b"root:x:0:0::/:/bin/sh\n"[..])
+        );
+        fs::remove_file(root.join("etc/passwd")).unwrap();
+        symlink(host.join("passwd"), root.join("etc/passwd")).unwrap();
+        assert_eq!(dir.facts().unwrap().passwd, None);
+        fs::rename(root.join("etc"), root.join("etc.real")).unwrap();
+        symlink(&host, root.join("etc")).unwrap();
+        let facts = dir.facts().unwrap();
+        assert_eq!((facts.passwd, facts.group), (None, None));
+
+        let path = ImagePath::parse("/etc/passwd").unwrap();
+        let mut reader = DirReader::new(&root);
+        assert!(reader.lookup(&path, 1 << 20).unwrap().is_none());
+        fs::remove_file(root.join("etc")).unwrap();
+        fs::rename(root.join("etc.real"), root.join("etc")).unwrap();
+        let (meta, content) = reader.lookup(&path, 1 << 20).unwrap().unwrap();
+        assert_eq!(meta.kind, EntryType::Symlink);
+        assert_eq!(content, None);
+        let group = ImagePath::parse("/etc/group").unwrap();
+        let (meta, content) = reader.lookup(&group, 1 << 20).unwrap().unwrap();
+        assert_eq!((meta.kind, meta.size), (EntryType::Regular, 10));
+        assert_eq!(content.as_deref(), Some(&b"root:x:0:\n"[..]));
+        let (_, content) = reader.lookup(&group, 9).unwrap().unwrap();
+        assert_eq!(content, None);
+    }
+
+    #[test]
+    fn staging_root_must_be_a_directory() {
+        let (_tmp, root, _) = tree();
+        let err = StagingDir::open(&root.join("etc/passwd")).err().unwrap();
+        assert!(matches!(err, DirError::NotADirectory(_)), "{err}");
+        let err = StagingDir::open(&root.join("absent")).err().unwrap();
+        assert!(err.to_string().starts_with("cannot open "), "{err}");
+    }
+}
