@@ -108,18 +108,20 @@ enum BlockIndex {
     Zstd(zst::SharedIndex),
 }
 
-fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    crate::sync::lock(&m)
-}
-
 impl BlockIndex {
     /// The boundary the decoder remembers at or before uncompressed
     /// `offset`.
     fn boundary_before(&self, offset: u64) -> Option<Boundary> {
         match self {
-            BlockIndex::Gzip(i) => locked(i).boundary_before(offset).map(Boundary::Gzip),
-            BlockIndex::Bzip2(i) => locked(i).boundary_before(offset).map(Boundary::Bzip2),
-            BlockIndex::Zstd(i) => locked(i).boundary_before(offset).map(Boundary::Zstd),
+            BlockIndex::Gzip(i) => crate::sync::lock(i)
+                .boundary_before(offset)
+                .map(Boundary::Gzip),
+            BlockIndex::Bzip2(i) => crate::sync::lock(i)
+                .boundary_before(offset)
+                .map(Boundary::Bzip2),
+            BlockIndex::Zstd(i) => crate::sync::lock(i)
+                .boundary_before(offset)
+                .map(Boundary::Zstd),
         }
     }
 
@@ -127,9 +129,9 @@ impl BlockIndex {
     /// (one gzip member, one zstd frame; bzip2 streams chain freely).
     fn whole_file(&self) -> bool {
         match self {
-            BlockIndex::Gzip(i) => locked(i).single_member,
+            BlockIndex::Gzip(i) => crate::sync::lock(i).single_member,
             BlockIndex::Bzip2(_) => true,
-            BlockIndex::Zstd(i) => locked(i).single_frame,
+            BlockIndex::Zstd(i) => crate::sync::lock(i).single_frame,
         }
     }
 }
@@ -175,7 +177,7 @@ struct HashingReader {
 impl Read for HashingReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        locked(&self.state).update(&buf[..n]);
+        crate::sync::lock(&self.state).update(&buf[..n]);
         Ok(n)
     }
 }
@@ -267,7 +269,7 @@ fn scan_with(
         }),
         None => inner,
     };
-    let snapshot = || hashing.as_ref().map(|h| locked(h).clone());
+    let snapshot = || hashing.as_ref().map(|h| crate::sync::lock(h).clone());
     let mut s = Stream::new(inner, 0, path, codec);
     s.speculation = match writing {
         Some(w) if codec == Compression::Xz && w.speculate => {
