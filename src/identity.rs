@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 pub enum IdentityError {
     #[error("invalid serial {serial:?}: {why} (expected uppercase letters, digits and hyphens, like AZJN-0042)")]
     BadSerial { serial: String, why: &'static str },
-    #[error("cannot read the password file {path}: {source}")]
+    #[error("cannot read the password file {path}")]
     PasswordFile {
         path: String,
         source: std::io::Error,

@@ -107,3 +107,17 @@ pub mod redact;
 pub mod stub;
 mod sync;
 pub mod verify;
+
+/// An error and its causes on one line, as the CLI prints them: each
+/// error in imprint says its own part once and leaves the cause to the
+/// next link of the chain.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    line
+}

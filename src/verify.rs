@@ -163,8 +163,9 @@ pub fn verify(path: &Path, expect: &Expectations) -> Result<VerifyReport, ImageE
         Err(e) => report.add("owner", false, e.to_string()),
     };
 
+    // The file holds the password: wiped when this check is done with it.
     let content = match content {
-        Some(c) if meta.size <= MAX_CONF => c,
+        Some(c) if meta.size <= MAX_CONF => zeroize::Zeroizing::new(c),
         _ => {
             report.add(
                 "contents",

@@ -93,7 +93,7 @@ fn bad_inputs_give_one_clear_line_and_leave_nothing() {
     let cases: Vec<(PathBuf, &str)> = vec![
         (
             truncated(d, &i.tar, "gzip"),
-            "cannot decompress the gzip stream: the gzip stream is truncated",
+            "cannot decompress the gzip stream (the file is corrupt or truncated; fetch or rebuild it): the gzip stream is truncated",
         ),
         (
             truncated(d, &i.tar, "bzip2"),

@@ -255,3 +255,136 @@ fn output_directories_are_made_private_and_shared_ones_refused() {
     );
     assert_eq!(fs::read_dir(&shared).unwrap().count(), 0);
 }
+
+/// Several images of one device: one account call after all are written,
+/// the same password in each; if one cannot be written, no call and no
+/// output at all.
+#[test]
+fn several_images_of_one_device_share_one_password_and_one_call() {
+    let (dir, tar_gz, _) = setup();
+    let d = dir.path();
+    let root = make_rootfs(d, "rootfs2");
+    let tbz2 = d.join("base.tbz2");
+    make_tar(&root, &tbz2, "tbz2", "gnu", true);
+    let ext4 = d.join("base.ext4");
+    let mk = run(std::process::Command::new("mke2fs")
+        .args(["-q", "-t", "ext4", "-d"])
+        .arg(&root)
+        .arg(&ext4)
+        .arg("16M"));
+    assert!(mk.status.success(), "{}", stderr(&mk));
+    let server = StubServer::start().unwrap();
+    let out = d.join("multi");
+    let images = [&tar_gz, &tbz2, &ext4];
+    let mut cmd = bin();
+    cmd.args([
+        "provision",
+        "--serial",
+        SERIAL,
+        "--owner",
+        "azaion",
+        "--json",
+    ])
+    .args(["--api-url", &server.url(), "--output"])
+    .arg(&out);
+    for image in images {
+        cmd.arg("--image").arg(image);
+    }
+    let o = run(&mut cmd);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let posts = server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .count();
+    assert_eq!(posts, 1, "one account call for all the images");
+    let password = server.password_of(EMAIL).unwrap();
+    let doc: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(doc["images"].as_array().unwrap().len(), 3, "{doc}");
+    for (image, listed) in images.iter().zip(doc["images"].as_array().unwrap()) {
+        let name = format!("{SERIAL}-{}", image.file_name().unwrap().to_string_lossy());
+        assert_eq!(listed["output"], out.join(&name).display().to_string());
+        let v = run(bin().arg("verify").arg(out.join(&name)).args([
+            "--serial",
+            SERIAL,
+            "--owner",
+            "azaion",
+            "--login-url",
+            &server.url(),
+        ]));
+        assert!(v.status.success(), "{name}: {}", stdout(&v));
+    }
+    let x = d.join("x");
+    extract("gnutar", &out.join(format!("{SERIAL}-base.tbz2")), &x);
+    assert_eq!(
+        fs::read_to_string(x.join("etc/azaion/device.conf")).unwrap(),
+        conf_text(EMAIL, &password)
+    );
+
+    // One input that cannot be written (no /etc in it): nothing at all.
+    let bad = d.join("bad.tar");
+    let empty = d.join("empty-root");
+    fs::create_dir_all(empty.join("usr")).unwrap();
+    make_tar(&empty, &bad, "tar", "gnu", true);
+    let server = StubServer::start().unwrap();
+    let out = d.join("multi-bad");
+    let o = run(bin()
+        .args(["provision", "--serial", SERIAL, "--owner", "azaion"])
+        .args(["--api-url", &server.url(), "--output"])
+        .arg(&out)
+        .arg("--image")
+        .arg(&tar_gz)
+        .arg("--image")
+        .arg(&bad));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(server.requests().is_empty(), "no account call");
+    assert_eq!(fs::read_dir(&out).unwrap().count(), 0, "no output");
+}
+
+/// A batch with several images: every serial gets every image, with one
+/// password, and the manifest lists each image with the input it came from.
+#[test]
+fn a_batch_of_several_images_gives_each_serial_every_image() {
+    let (dir, tar_gz, out) = setup();
+    let d = dir.path();
+    let tar = d.join("base.tar");
+    make_tar(&make_rootfs(d, "rootfs3"), &tar, "tar", "gnu", true);
+    let server = StubServer::start().unwrap();
+    let o = batch(
+        &server,
+        &tar_gz,
+        &out,
+        &[
+            "--image",
+            tar.to_str().unwrap(),
+            "--serial",
+            "AZJN-0001",
+            "--serial",
+            "AZJN-0002",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = manifest(&out);
+    let images = m["images"].as_array().unwrap();
+    assert_eq!(images.len(), 4, "{m}");
+    assert_eq!(m["inputs"].as_array().unwrap().len(), 2, "{m}");
+    for serial in ["AZJN-0001", "AZJN-0002"] {
+        let email = format!("azaion-jetson-{}@azaion.com", &serial[5..]);
+        let password = server.password_of(&email).unwrap();
+        for input in ["base.tar.gz", "base.tar"] {
+            let name = format!("{serial}-{input}");
+            assert!(
+                images
+                    .iter()
+                    .any(|e| e["output"] == name && e["input"] == input),
+                "{name} in {m}"
+            );
+            let x = d.join(format!("x-{name}"));
+            extract("gnutar", &out.join(&name), &x);
+            assert_eq!(
+                fs::read_to_string(x.join("etc/azaion/device.conf")).unwrap(),
+                conf_text(&email, &password)
+            );
+        }
+    }
+}

@@ -38,19 +38,9 @@ fn print_json(document: &impl Serialize) -> Result<()> {
     Ok(())
 }
 
-/// The error and its causes on one line, skipping a cause whose text the
-/// line already holds (many messages name their cause themselves).
+/// The error and its causes on one line (each error says its own part
+/// once and leaves its cause to the next link).
 pub(crate) fn error_line(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line
+    let causes: Vec<String> = e.chain().map(|cause| cause.to_string()).collect();
+    causes.join(": ")
 }

@@ -20,7 +20,7 @@ pub use detect::{detect, Content, ImageKind};
 
 #[derive(Debug, Error)]
 pub enum ImageError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Open {
         path: PathBuf,
         source: std::io::Error,
@@ -31,7 +31,7 @@ pub enum ImageError {
     Unsupported { path: PathBuf, found: String },
     #[error(transparent)]
     Disk(#[from] disk::DiskError),
-    #[error("{path}: cannot decompress the {codec} stream. The file is corrupt or truncated; fetch or rebuild it")]
+    #[error("{path}: cannot decompress the {codec} stream (the file is corrupt or truncated; fetch or rebuild it)")]
     Decompress {
         path: PathBuf,
         codec: &'static str,
@@ -49,8 +49,8 @@ pub enum ImageError {
     Plan(#[from] OverlayError),
     #[error(transparent)]
     Bmap(#[from] crate::io::bmap::BmapError),
-    #[error("writing the output failed: {0}")]
-    Output(std::io::Error),
+    #[error("writing the output failed")]
+    Output(#[source] std::io::Error),
     #[error("the block map beside {image} describes an image of {bmap_size} bytes, but the image has {image_size}; it belongs to another image. Remove or replace it")]
     BmapMismatch {
         image: PathBuf,

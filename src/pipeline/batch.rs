@@ -25,7 +25,7 @@ use crate::verify::{self, Expectations};
 
 #[derive(Debug, Error)]
 pub enum BatchError {
-    #[error("cannot read the serials file {path}: {source}")]
+    #[error("cannot read the serials file {path}")]
     ReadSerials {
         path: PathBuf,
         source: std::io::Error,
@@ -52,7 +52,7 @@ pub enum BatchError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Provision(#[from] ProvisionError),
-    #[error("cannot write the manifest {path}: {source}")]
+    #[error("cannot write the manifest {path}")]
     Manifest {
         path: PathBuf,
         source: std::io::Error,
@@ -302,10 +302,10 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
                             .collect();
                         match record_images(entries) {
                             Ok(()) => Outcome::Written,
-                            Err(e) => Outcome::Failed(e.to_string()),
+                            Err(e) => Outcome::Failed(crate::error_chain(&e)),
                         }
                     }
-                    Err(e) => Outcome::Failed(e.to_string()),
+                    Err(e) => Outcome::Failed(crate::error_chain(&e)),
                 };
                 lock(outcomes).push((serial, outcome));
             });
@@ -340,7 +340,7 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
                     say(&format!("{serial}: every output already verifies; skipped"));
                     record(match record_images(entries) {
                         Ok(()) => Outcome::Skipped,
-                        Err(e) => Outcome::Failed(e.to_string()),
+                        Err(e) => Outcome::Failed(crate::error_chain(&e)),
                     });
                     continue;
                 }
@@ -368,8 +368,9 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
                     }
                 }
                 Err(e) => {
-                    say(&format!("{serial}: failed: {e}"));
-                    record(Outcome::Failed(e.to_string()));
+                    let line = crate::error_chain(&e);
+                    say(&format!("{serial}: failed: {line}"));
+                    record(Outcome::Failed(line));
                 }
             }
         }

@@ -51,19 +51,24 @@ pub enum ProvisionError {
     SameOutput(PathBuf),
     #[error("the output directory {0} does not exist")]
     NoOutputDir(PathBuf),
-    #[error("cannot create the output directory {dir}: {source}")]
+    #[error("cannot create the output directory {dir}")]
     CreateOutputDir {
         dir: PathBuf,
         source: std::io::Error,
     },
     #[error("the output directory {dir} is not safe: {why}. Another user could replace the image there; choose a directory of your own")]
     UnsafeOutputDir { dir: PathBuf, why: String },
-    #[error("cannot create the output file in {dir}: {source}")]
+    #[error("cannot create the output file in {dir}")]
     CreateOutput {
         dir: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot finish the output {path}: {source}")]
+    #[error("cannot write {path}")]
+    WriteOutput {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot finish the output {path}")]
     Commit {
         path: PathBuf,
         source: std::io::Error,
@@ -202,7 +207,14 @@ impl Opened {
                 let mut temp = TempOutput::create(output)
                     .map_err(|source| ProvisionError::CreateOutput { dir, source })?;
                 say(&format!("writing {}", output.display()));
-                backend.apply(&plan, &mut temp)?;
+                // A full disk or a file-size limit names the output.
+                backend.apply(&plan, &mut temp).map_err(|e| match e {
+                    ImageError::Output(source) => ProvisionError::WriteOutput {
+                        path: output.to_path_buf(),
+                        source,
+                    },
+                    other => other.into(),
+                })?;
                 Pending::Image(Box::new(temp))
             }
             Content::Staging(dir) => Pending::Staged(dir.stage(&plan)?),

@@ -21,7 +21,7 @@ pub use spec::{DeviceVars, OverlaySpec, DEFAULT_OVERLAY};
 
 #[derive(Debug, Error)]
 pub enum OverlayError {
-    #[error("cannot read overlay {path}: {source}")]
+    #[error("cannot read overlay {path}")]
     Read {
         path: String,
         source: std::io::Error,
@@ -34,7 +34,7 @@ pub enum OverlayError {
         path: String,
         why: String,
     },
-    #[error("entry {path}: {source}")]
+    #[error("entry {path}")]
     Owner { path: String, source: OwnerError },
     #[error("two overlay entries write {0}")]
     Duplicate(String),

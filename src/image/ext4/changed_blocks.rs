@@ -85,6 +85,16 @@ impl<R: ReadAt> ChangedBlocks<R> {
     }
 }
 
+/// The changed blocks hold device.conf, password included: they are
+/// overwritten before their memory is freed.
+impl<R> Drop for ChangedBlocks<R> {
+    fn drop(&mut self) {
+        for block in self.written.values_mut() {
+            zeroize::Zeroize::zeroize(&mut **block);
+        }
+    }
+}
+
 impl<R: ReadAt> Device for ChangedBlocks<R> {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.check(offset, buf.len())?;

@@ -49,7 +49,7 @@ pub enum TarError {
     Open { path: PathBuf, source: io::Error },
     #[error("cannot read {path}")]
     Read { path: PathBuf, source: io::Error },
-    #[error("{path}: cannot decompress the {codec} stream: {source}. The file is corrupt or truncated; fetch or rebuild it")]
+    #[error("{path}: cannot decompress the {codec} stream (the file is corrupt or truncated; fetch or rebuild it)")]
     Decode {
         path: PathBuf,
         codec: &'static str,
