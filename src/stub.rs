@@ -99,7 +99,7 @@ impl StubServer {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     pub fn password_of(&self, email: &str) -> Option<String> {
@@ -163,7 +163,7 @@ fn handle(mut req: Request, state: &Mutex<State>) {
         *p = json!("<redacted>");
     }
     let fault = {
-        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = crate::sync::lock(state);
         st.requests.push(RecordedRequest {
             method: method.clone(),
             path: path.clone(),
@@ -187,7 +187,7 @@ fn handle(mut req: Request, state: &Mutex<State>) {
         Some(Fault::StatusAfterApplying(s)) => after = Some(s),
         None => {}
     }
-    let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+    let mut st = crate::sync::lock(state);
     let login = *req.method() == Method::Post && path == "/login";
     if let Some(token) = &st.token {
         if !login && authorization.as_deref() != Some(&format!("Bearer {token}")) {

@@ -21,8 +21,9 @@ use super::{
 use crate::compress::{Compression, Encoder};
 use crate::io::bmap::Bmap;
 use crate::io::output::{Scratch, TempOutput};
-use crate::io::sink::Compressing;
+use crate::io::sink::RawSink;
 use crate::plan::{ImagePath, Plan};
+use std::io::Write;
 
 /// The suffix a codec's files usually carry, to find `NAME.wic.bmap` for
 /// `NAME.wic.zst` and to name the output's block map the same way.
@@ -207,5 +208,37 @@ impl ImageReader for CompressedReader {
 
     fn fsck(&mut self) -> Option<Result<(), String>> {
         self.inner.fsck()
+    }
+}
+
+/// A raw image compressed as it is written.
+struct Compressing<'a> {
+    encoder: Box<dyn Encoder + 'a>,
+}
+
+impl<'a> Compressing<'a> {
+    fn new(encoder: Box<dyn Encoder + 'a>) -> Compressing<'a> {
+        Compressing { encoder }
+    }
+
+    /// Ends the compressed stream (its trailer and checksums).
+    fn finish(self) -> io::Result<()> {
+        self.encoder.finish_stream()
+    }
+}
+
+impl RawSink for Compressing<'_> {
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        self.encoder.write_all(data)
+    }
+
+    fn skip_zeros(&mut self, mut len: u64) -> io::Result<()> {
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        while len > 0 {
+            let n = len.min(ZEROS.len() as u64) as usize;
+            self.encoder.write_all(&ZEROS[..n])?;
+            len -= n as u64;
+        }
+        Ok(())
     }
 }

@@ -1,13 +1,12 @@
 //! Where a raw image's bytes go as they are written front to back: the
-//! output file itself (zero runs become holes), a compressor (zero runs
-//! are compressed like any bytes), and taps that watch the stream on its
+//! output file itself (zero runs become holes), a compressor (in the codec
+//! layer, `image/compressed.rs`), and taps that watch the stream on its
 //! way (the block map's range digests).
 
 use std::io::{self, Write};
 
 use super::bmap::RangeHasher;
 use super::output::TempOutput;
-use crate::compress::Encoder;
 
 /// A sink for a raw image written in order.
 pub trait RawSink {
@@ -23,38 +22,6 @@ impl RawSink for TempOutput {
 
     fn skip_zeros(&mut self, len: u64) -> io::Result<()> {
         TempOutput::skip_zeros(self, len)
-    }
-}
-
-/// A raw image compressed as it is written.
-pub struct Compressing<'a> {
-    encoder: Box<dyn Encoder + 'a>,
-}
-
-impl<'a> Compressing<'a> {
-    pub fn new(encoder: Box<dyn Encoder + 'a>) -> Compressing<'a> {
-        Compressing { encoder }
-    }
-
-    /// Ends the compressed stream (its trailer and checksums).
-    pub fn finish(self) -> io::Result<()> {
-        self.encoder.finish_stream()
-    }
-}
-
-impl RawSink for Compressing<'_> {
-    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        self.encoder.write_all(data)
-    }
-
-    fn skip_zeros(&mut self, mut len: u64) -> io::Result<()> {
-        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-        while len > 0 {
-            let n = len.min(ZEROS.len() as u64) as usize;
-            self.encoder.write_all(&ZEROS[..n])?;
-            len -= n as u64;
-        }
-        Ok(())
     }
 }
 

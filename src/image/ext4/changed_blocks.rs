@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 use std::io;
 
-use super::disk::ReadAt;
 use super::io_manager::Device;
+use crate::io::read_at::ReadAt;
 
 /// A read-only base device with the blocks written to it kept in memory,
 /// `block` bytes at a time (the block size the output is written in).

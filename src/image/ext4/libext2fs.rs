@@ -25,11 +25,11 @@ use std::sync::OnceLock;
 
 use libloading::Library;
 
-use super::disk::Superblock;
 use super::format::{
     feature, kind_of_mode, EXTENTS_FL, EXTENT_MAGIC, INLINE_DATA_FL, ROOT_INO, S_IFDIR, S_IFREG,
 };
 use super::io_manager::{self, Device, Errcode};
+use super::reader::Superblock;
 use super::Ext4Error;
 use crate::image::EntryType;
 use crate::plan::{Plan, PlanEntry, PlanKind};

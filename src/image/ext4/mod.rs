@@ -1,5 +1,5 @@
 //! ext2/3/4 images: written through libext2fs (see `libext2fs.rs`), read
-//! through imprint's own small reader (see [`disk`]), so the two check each
+//! through imprint's own small reader (see [`reader`]), so the two check each
 //! other.
 //!
 //! libext2fs edits the filesystem through an I/O manager (`io_manager.rs`)
@@ -11,11 +11,11 @@
 
 mod backend;
 mod changed_blocks;
-pub mod disk;
 mod format;
 mod io_manager;
 mod libext2fs;
 mod raw;
+pub mod reader;
 
 use std::io;
 use std::path::PathBuf;
@@ -24,9 +24,10 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 use super::{Found, ImageError, ImageFacts};
+use crate::io::read_at::ReadAt;
 use crate::plan::{Existing, ImagePath, Plan};
-use disk::{FsReader, ReadAt, Superblock};
 use format::feature;
+use reader::{FsReader, Superblock};
 
 pub(crate) use backend::{e2fsck, Ext4Backend, Ext4Reader, Region};
 pub(crate) use changed_blocks::ChangedBlocks;

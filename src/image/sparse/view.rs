@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 
 use super::format::{ChunkData, ChunkLayout};
 use super::{SparseError, IO_BUF};
-use crate::image::ext4::disk::ReadAt;
+use crate::io::read_at::ReadAt;
 
 /// Random-access reads of the expanded image, without expanding it.
 pub(crate) struct SparseView {

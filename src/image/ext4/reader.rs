@@ -14,7 +14,7 @@ use super::format::{
 };
 use super::Ext4Error;
 use crate::image::{EntryType, FileMeta};
-pub use crate::io::read_at::ReadAt;
+use crate::io::read_at::ReadAt;
 
 /// The superblock fields imprint looks at.
 #[derive(Debug, Clone)]
