@@ -42,23 +42,37 @@ pub fn tarball(data: &[u8]) {
     if !matches!(image::detect(&input), Ok(k) if k.content == Content::Tar) {
         return;
     }
-    let output = dir.path().join("out");
+    if let Some((meta, _)) = provision_offline(&input, &dir.path().join("out"), "root") {
+        assert_eq!(meta.kind, image::EntryType::Regular, "device.conf kind");
+    }
+}
+
+/// Provisions `input` offline into `output` with the default overlay and
+/// reads device.conf back out of the output with imprint's own readers:
+/// `None` when provisioning refused the input (a clean error). Whatever
+/// the input, an output imprint wrote must read back.
+fn provision_offline(
+    input: &Path,
+    output: &Path,
+    owner: &str,
+) -> Option<(image::FileMeta, Option<Vec<u8>>)> {
     let request = Request {
         serial: Serial::parse("AZJN-0042").expect("constant"),
-        inputs: vec![(Source::Image(input), Some(output.clone()))],
+        inputs: vec![(
+            Source::Image(input.to_path_buf()),
+            Some(output.to_path_buf()),
+        )],
         password: Some(Password::from_plain(PASSWORD)),
-        settings: Settings::new("root".parse().expect("constant")),
+        settings: Settings::new(owner.parse().expect("constant")),
         api: None,
     };
-    if pipeline::run(request, &mut |_| {}).is_ok() {
-        let mut reader =
-            image::open_reader(&output, &Default::default()).expect("our own output opens");
-        let conf = ImagePath::parse("/etc/azaion/device.conf").expect("constant");
-        let found = reader
-            .lookup(&conf, 4096)
-            .expect("our own output reads back");
-        assert!(found.is_some(), "device.conf missing from our own output");
-    }
+    pipeline::run(request, &mut |_| {}).ok()?;
+    let mut reader = image::open_reader(output, &Default::default()).expect("our own output opens");
+    let conf = ImagePath::parse(pipeline::DEVICE_CONF).expect("constant");
+    let found = reader
+        .lookup(&conf, 4096)
+        .expect("our own output reads back");
+    Some(found.expect("device.conf is in our own output"))
 }
 
 /// Any bytes as a bzip2 file for the parallel block reader and the block
@@ -246,22 +260,8 @@ pub fn ext4_write(data: &[u8]) {
     if !matches!(image::detect(&input), Ok(kind) if kind == ext4) {
         return;
     }
-    let output = dir.path().join("out.img");
-    let request = Request {
-        serial: Serial::parse("AZJN-0042").expect("constant"),
-        inputs: vec![(Source::Image(input), Some(output.clone()))],
-        password: Some(Password::from_plain(PASSWORD)),
-        settings: Settings::new("azaion".parse().expect("constant")),
-        api: None,
-    };
-    if pipeline::run(request, &mut |_| {}).is_ok() {
-        let mut reader =
-            image::open_reader(&output, &Default::default()).expect("our own output opens");
-        let conf = ImagePath::parse("/etc/azaion/device.conf").expect("constant");
-        let found = reader
-            .lookup(&conf, 4096)
-            .expect("our own output reads back");
-        let (meta, content) = found.expect("device.conf is in our own output");
+    if let Some((meta, content)) = provision_offline(&input, &dir.path().join("out.img"), "azaion")
+    {
         assert_eq!(meta.kind, image::EntryType::Regular, "device.conf kind");
         let content = content.expect("device.conf content");
         let conf = identity::parse_device_conf(&content);
