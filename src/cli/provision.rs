@@ -92,6 +92,16 @@ pub(crate) fn run(args: ProvisionArgs) -> Result<ExitCode> {
         ([], Some(dir), None) => vec![(Source::StagingDir(dir.clone()), None)],
         _ => bail!("give --image IN --output OUT, or --rootfs-dir DIR"),
     };
+    for (_, out) in &inputs {
+        let dir = out.as_deref().and_then(std::path::Path::parent);
+        if let Some(other) = dir.and_then(|d| batch::account_taken_by(d, &serial)) {
+            eprintln!(
+                "imprint: warning: {} in that directory already holds {} for {other}, whose image will stop logging in once {serial} is provisioned",
+                "manifest.json",
+                serial.email()
+            );
+        }
+    }
     let request = Request {
         serial,
         inputs,

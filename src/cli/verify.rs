@@ -13,6 +13,13 @@ use super::args::VerifyArgs;
 use super::report::VerifyDocument;
 
 pub(crate) fn run(args: VerifyArgs) -> Result<ExitCode> {
+    if let Some(url) = args.login_url.as_deref() {
+        if imprint::admin::is_plain_http(url) && !imprint::admin::is_loopback(url) {
+            eprintln!(
+                "imprint: warning: {url} is plain http: the device's password crosses the network unencrypted"
+            );
+        }
+    }
     let expect = Expectations {
         password_policy: args.password_policy,
         image: imprint::image::ImageOptions {

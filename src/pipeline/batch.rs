@@ -182,7 +182,7 @@ fn already_done(
     policy: PasswordPolicy,
     options: &ImageOptions,
 ) -> bool {
-    if !path.is_file() || !output::sidecar_path(path).is_file() {
+    if !path.is_file() {
         return false;
     }
     let expect = Expectations {
@@ -192,7 +192,33 @@ fn already_done(
         owner: Some(owner.clone()),
         login: None,
     };
-    verify::verify(path, &expect).is_ok_and(|r| r.passed())
+    if !verify::verify(path, &expect).is_ok_and(|r| r.passed()) {
+        return false;
+    }
+    // An image under its final name was renamed only after the API took
+    // its password; a run killed before it wrote the checksum left it
+    // without one. The image verified: finish what that run began.
+    if !output::sidecar_path(path).is_file() {
+        let healed = output::sha256_file(path).and_then(|sha| output::write_sidecar(path, &sha));
+        if healed.is_err() {
+            return false;
+        }
+        tracing::info!(image = %path.display(), "wrote the checksum an interrupted run left out");
+    }
+    true
+}
+
+/// The serial that `output_dir`'s manifest already gives `serial`'s account
+/// to, if it is another one (two serials, one account: the earlier image's
+/// password would go stale).
+pub fn account_taken_by(output_dir: &Path, serial: &Serial) -> Option<String> {
+    let text = std::fs::read_to_string(output_dir.join("manifest.json")).ok()?;
+    let manifest: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let email = serial.email();
+    manifest["images"].as_array()?.iter().find_map(|e| {
+        let other = e["serial"].as_str()?;
+        (e["email"].as_str()? == email && other != serial.as_str()).then(|| other.to_string())
+    })
 }
 
 pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport, BatchError> {
