@@ -96,8 +96,7 @@ pub(crate) fn run(args: ProvisionArgs) -> Result<ExitCode> {
         let dir = out.as_deref().and_then(std::path::Path::parent);
         if let Some(other) = dir.and_then(|d| batch::account_taken_by(d, &serial)) {
             eprintln!(
-                "imprint: warning: {} in that directory already holds {} for {other}, whose image will stop logging in once {serial} is provisioned",
-                "manifest.json",
+                "imprint: warning: manifest.json in that directory already holds {} for {other}, whose image will stop logging in once {serial} is provisioned",
                 serial.email()
             );
         }
