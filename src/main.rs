@@ -30,6 +30,9 @@ fn main() -> ExitCode {
     if let Err(e) = imprint::redact::protect_process() {
         eprintln!("imprint: warning: cannot keep secrets out of core dumps: {e}");
     }
+    if let Some(path) = std::env::var_os("IMPRINT_LIBEXT2FS") {
+        imprint::image::ext4::use_library(path.into());
+    }
     cli::panic::install_report();
     if let Err(e) = imprint::io::output::install_signal_cleanup() {
         eprintln!("imprint: warning: cannot install signal handlers: {e}");

@@ -96,8 +96,16 @@ unsafe impl Send for Api {}
 unsafe impl Sync for Api {}
 
 const LIBRARY: &str = "libext2fs.so.2";
-/// Names another libext2fs to load (a path), e.g. a newer e2fsprogs build.
-const LIBRARY_ENV: &str = "IMPRINT_LIBEXT2FS";
+
+/// Another libext2fs to load (a path), e.g. a newer e2fsprogs build; set
+/// by the CLI from `IMPRINT_LIBEXT2FS` before the library is first used.
+static LIBRARY_PATH: OnceLock<std::path::PathBuf> = OnceLock::new();
+
+/// Loads libext2fs from `path` instead of the system's `libext2fs.so.2`.
+/// Has no effect once libext2fs was loaded.
+pub fn use_library(path: std::path::PathBuf) {
+    let _ = LIBRARY_PATH.set(path);
+}
 
 /// Why libext2fs could not be used, kept for every later caller.
 enum LoadFailure {
@@ -119,7 +127,7 @@ fn api() -> Result<&'static Api, Ext4Error> {
 }
 
 unsafe fn load() -> Result<Api, LoadFailure> {
-    let lib = match std::env::var_os(LIBRARY_ENV) {
+    let lib = match LIBRARY_PATH.get() {
         Some(path) => Library::new(path),
         None => Library::new(LIBRARY),
     }

@@ -33,6 +33,7 @@ pub(crate) use backend::{e2fsck, Ext4Backend, Ext4Reader, Region};
 pub(crate) use changed_blocks::ChangedBlocks;
 pub(crate) use io_manager::Device;
 pub(crate) use libext2fs::ensure_loaded;
+pub use libext2fs::use_library;
 
 #[derive(Debug, Error)]
 pub enum Ext4Error {
