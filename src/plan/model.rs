@@ -27,7 +27,7 @@ pub struct FileMeta {
     pub size: u64,
 }
 
-/// What a path in the image is, as far as [`Plan::check_existing`] cares,
+/// What a path in the image is, as far as [`crate::plan::Plan::check_existing`] cares,
 /// and how to name it in an error (each format knows best: "a symbolic
 /// link in the archive", "a symlink in the image").
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 //! (temp file, then rename) and never through a symlink, since a symlink in
 //! a rootfs points into the *device's* tree, not the host's. The tree may be
 //! writable by another user while imprint runs, so it is only ever walked
-//! from directory handles (see [`handle`]).
+//! from directory handles (see `handle.rs`).
 
 mod handle;
 

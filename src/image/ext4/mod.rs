@@ -4,7 +4,7 @@
 //!
 //! libext2fs edits the filesystem through an I/O manager (`io_manager.rs`)
 //! over a device that reads the input and keeps the blocks written in
-//! memory ([`ChangedBlocks`]); a raw output is then a hole-preserving copy
+//! memory (`ChangedBlocks`); a raw output is then a hole-preserving copy
 //! of the input with those blocks written in, a sparse one the input's
 //! chunks with them spliced in. The input is only ever opened for reading.
 //! The on-disk format's numbers live in `format.rs`.
