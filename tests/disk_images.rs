@@ -585,6 +585,22 @@ fn wic_with_two_rootfs_partitions() {
         stderr(&o)
     );
     assert!(listing(&out).is_empty(), "{:?}", listing(&out));
+    // Chosen, it is stamped there, and verify looks there too.
+    let written = out.join("by-name.wic.zst");
+    provisioned(&zst, &written, &pw, Some("rootfsB"));
+    assert_verifies(&written, Some("rootfsB"));
+    assert!(!verify(&written, Some("rootfsA")).status.success());
+    let raw = dir.path().join("by-name.wic");
+    sh(&format!(
+        "zstd -q -d {} -o {}",
+        written.display(),
+        raw.display()
+    ));
+    check_disk(&img, &raw, &parts, parts[2], dir.path());
+    fs::remove_file(&raw).unwrap();
+    for name in listing(&out) {
+        fs::remove_file(out.join(name)).unwrap();
+    }
 
     for (choice, chosen, other) in [("rootfsB", 2, 1), ("2", 1, 2)] {
         let written = out.join(format!("by-{choice}.wic"));
