@@ -11,6 +11,10 @@
 # The rootfs is generated from this machine's /usr (real binaries, libraries
 # and text), copied until it reaches SIZE_MB, so it compresses like a real
 # Jetson rootfs. Built inputs are kept in WORKDIR between runs.
+#
+# The disk image row needs sgdisk; its baseline mounts the partition
+# through a loop device where the machine allows (root), else edits it
+# with debugfs.
 set -euo pipefail
 
 SIZE_MB=${1:-1024}
@@ -47,6 +51,26 @@ if [ ! -f system.img.raw ]; then
   rm -rf ext4tree
 fi
 [ -f system.img ] || img2simg system.img.raw system.img
+[ -f system.img.zst ] || zstd -q -T0 -c system.img.raw > system.img.zst
+# A 2 GiB SD card image laid out as jetson-disk-image-creator.sh does
+# (sgdisk -og, then one sgdisk -n -c -t per partition): random kernel and
+# recovery blobs around a 1 GiB APP partition holding as much of the
+# rootfs as fits (its first 700 MB of files).
+APP_OFF=$((67584 * 512)) APP_LEN=$((1 << 30))
+if [ ! -f disk.img ]; then
+  rm -f disk.img && truncate -s 2G disk.img
+  sgdisk -og disk.img >/dev/null
+  sgdisk -n 1:2048:67583 -c 1:kernel -t 1:8300 disk.img >/dev/null
+  sgdisk -n 2:67584:2164735 -c 2:APP -t 2:8300 disk.img >/dev/null
+  sgdisk -n 3:2164736:2230271 -c 3:recovery -t 3:8300 disk.img >/dev/null
+  head -c 32M /dev/urandom | dd of=disk.img bs=1M iflag=fullblock seek=1 conv=notrunc status=none
+  head -c 32M /dev/urandom | dd of=disk.img bs=512 seek=2164736 conv=notrunc status=none
+  mkdir -p apptree && tar -C apptree -xf rootfs.tar
+  find apptree -type f -printf '%s\t%p\n' | sort -t$'\t' -k2 |
+    awk -F'\t' -v max=700000000 '{ t += $1; if (t > max) print $2 }' | xargs -r -d '\n' rm -f
+  mke2fs -F -q -t ext4 -E offset=$APP_OFF -d apptree disk.img 1G
+  rm -rf apptree
+fi
 
 # measure CMD: prints "seconds peak_kib" for one run of CMD.
 measure() {
@@ -104,6 +128,32 @@ row "ext4 raw 2 GiB, one serial" system.img.raw "cp --sparse=always IN OUT && op
   "cp --sparse=always system.img.raw copy.raw && openssl dgst -sha256 copy.raw" "$(provision system.img.raw out.img.raw)" 1.5
 row "sparse system.img" system.img "simg2img + img2simg" \
   "simg2img system.img copy.raw && img2simg copy.raw copy.img" "$(provision system.img out.img)" 0.5
+# What a user would do instead of imprint for a disk image or a compressed
+# raw image: the same edit with the system's tools, into a new file.
+printf 'mkdir /etc/azaion\nwrite pw /etc/azaion/device.conf\nsif /etc/azaion/device.conf mode 0100600\nsif /etc/azaion/device.conf uid 1001\nsif /etc/azaion/device.conf gid 1001\n' > debugfs.cmds
+MOUNT_WRITE="mkdir -p mnt/etc/azaion && install -m 600 -o 1001 -g 1001 pw mnt/etc/azaion/device.conf && umount mnt"
+mkdir -p mnt
+probe=$(losetup -r -P --show -f disk.img 2>/dev/null || true)
+if [ -n "$probe" ] && [ -b "${probe}p2" ]; then
+  losetup -d "$probe"
+  DISK_BASE="losetup -P + mount + write + umount + sha256"
+  DISK_CMD="cp --sparse=always disk.img copy.disk.img && dev=\$(losetup -P --show -f copy.disk.img) && mount \${dev}p2 mnt && $MOUNT_WRITE && losetup -d \$dev && openssl dgst -sha256 copy.disk.img"
+elif [ -n "$probe" ]; then
+  # Loop devices, but no partition devices (a container): the same with
+  # the partition's offset.
+  losetup -d "$probe"
+  DISK_BASE="losetup -o + mount + write + umount + sha256"
+  DISK_CMD="cp --sparse=always disk.img copy.disk.img && dev=\$(losetup -o $APP_OFF --sizelimit $APP_LEN --show -f copy.disk.img) && mount \$dev mnt && $MOUNT_WRITE && losetup -d \$dev && openssl dgst -sha256 copy.disk.img"
+else
+  DISK_BASE="dd APP out + debugfs write + dd back + sha256"
+  # conv=sparse skips zero blocks: the copy holds the input's bytes there.
+  DISK_CMD="cp --sparse=always disk.img copy.disk.img && dd if=disk.img of=copy.app bs=1M iflag=skip_bytes,count_bytes skip=$APP_OFF count=$APP_LEN conv=sparse status=none && debugfs -w -f debugfs.cmds copy.app && dd if=copy.app of=copy.disk.img bs=1M oflag=seek_bytes seek=$APP_OFF conv=notrunc,sparse status=none && openssl dgst -sha256 copy.disk.img"
+fi
+row "GPT disk 2 GiB, APP 1 GiB" disk.img "$DISK_BASE" \
+  "$DISK_CMD" "$(provision disk.img out.disk.img)" 1.0
+row "system.img.zst (2 GiB ext4)" system.img.zst "zstd -d + debugfs write + zstd -T0 + sha256" \
+  "rm -f copy.raw copy.img.zst && zstd -q -d system.img.zst -o copy.raw && debugfs -w -f debugfs.cmds copy.raw && zstd -q -T0 copy.raw -o copy.img.zst && openssl dgst -sha256 copy.img.zst" \
+  "$(provision system.img.zst out.img.zst)" 1.0
 seq -f 'AZJN-%04g' 1 20 > serials.txt
 SINGLES=""
 for s in $(cat serials.txt); do
@@ -111,7 +161,7 @@ for s in $(cat serials.txt); do
 done
 row "20 serials from one tar.gz" rootfs.tar.gz "20 single-serial runs" \
   "$SINGLES" "rm -rf batch && mkdir batch && $IMPRINT provision --quiet --serials serials.txt --offline --password-file pw --image rootfs.tar.gz --output batch/" 0.15
-rm -f copy.* scripted.* out.* single-* && rm -rf add batch
+rm -f copy.* scripted.* out.* single-* debugfs.cmds && rm -rf add batch mnt
 
 echo
 echo "imprint $("$IMPRINT" --version | cut -d' ' -f2), $(nproc) cores, rootfs.tar $(( $(stat -c %s rootfs.tar) / 1000000 )) MB"

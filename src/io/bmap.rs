@@ -32,6 +32,23 @@ pub struct Bmap {
     pub ranges: Vec<(u64, u64)>,
 }
 
+/// `xml` without its `<!-- ... -->` comments: bmaptool's own header
+/// comment names `<MappedBlocksCount>` and `<BlocksCount>` in its prose,
+/// which a search for the element would otherwise find first.
+fn without_comments(xml: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(xml.len());
+    let mut rest = xml;
+    while let Some(start) = rest.find("<!--") {
+        out.push_str(&rest[..start]);
+        let end = rest[start + 4..]
+            .find("-->")
+            .ok_or("a comment is not closed")?;
+        rest = &rest[start + 4 + end + 3..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// The text between `<tag>` and `</tag>`, trimmed.
 fn element<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
     let open = format!("<{tag}>");
@@ -77,6 +94,7 @@ impl Bmap {
 
     /// Reads the fields imprint needs from a format 1.x or 2.x bmap.
     pub fn parse(xml: &str) -> Result<Bmap, String> {
+        let xml = &without_comments(xml)?;
         let start = xml.find("<bmap").ok_or("it has no <bmap> element")?;
         let version = xml[start..]
             .split_once("version=\"")
@@ -313,6 +331,17 @@ mod tests {
             zeros.finish().unwrap()[0],
             hex::encode(Sha256::digest([0u8; 100]))
         );
+    }
+
+    /// bmaptool's header comment speaks of `<BlocksCount>` before the
+    /// element itself; each field has a comment of its own too.
+    #[test]
+    fn elements_named_in_comments_are_not_elements() {
+        let xml = "<?xml version=\"1.0\" ?>\n<!-- copy <MappedBlocksCount> blocks, not\n     <BlocksCount> blocks -->\n<bmap version=\"2.0\">\n    <!-- size -->\n    <ImageSize> 8192 </ImageSize>\n    <BlockSize> 4096 </BlockSize>\n    <!-- <BlocksCount> is the count -->\n    <BlocksCount> 2 </BlocksCount>\n    <BlockMap>\n        <!-- <Range> 0-1 </Range> is not one -->\n        <Range chksum=\"ab\"> 1 </Range>\n    </BlockMap>\n</bmap>\n";
+        let map = Bmap::parse(xml).unwrap();
+        assert_eq!((map.image_size, map.block_size), (8192, 4096));
+        assert_eq!(map.ranges, vec![(1, 1)]);
+        assert!(Bmap::parse("<bmap version=\"2.0\"> <!-- open").is_err());
     }
 
     #[test]

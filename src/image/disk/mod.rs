@@ -16,8 +16,8 @@ use std::str::FromStr;
 
 use thiserror::Error;
 
-use crate::image::ext4::{Ext4Inspector, Region};
-use crate::io::read_at::Window;
+use crate::image::ext4::{Ext4Error, Ext4Inspector, Region};
+use crate::io::read_at::{ReadAt, Window};
 use crate::plan::{EntryType, ImagePath};
 
 /// The rootfs partition name in NVIDIA's flash layouts, and so in the SD
@@ -42,6 +42,8 @@ pub enum DiskError {
     Ambiguous { candidates: Candidates },
     #[error("partition {number} is not an ext2/3/4 filesystem; choose the rootfs partition with --partition. The image has:\n{candidates}")]
     NotExt4 { number: u32, candidates: Candidates },
+    #[error("{partition} holds an ext2/3/4 filesystem imprint cannot use: {why}")]
+    Unusable { partition: String, why: String },
 }
 
 /// The partition table's kind.
@@ -213,6 +215,12 @@ pub fn choose(
     match (index, wanted) {
         (Some(i), _) => {
             let found = probe_at(i);
+            if let Some(why) = found.unusable {
+                return Err(DiskError::Unusable {
+                    partition: parts[i].label(),
+                    why,
+                });
+            }
             if !found.is_ext {
                 return Err(DiskError::NotExt4 {
                     number: parts[i].number,
@@ -259,8 +267,30 @@ pub(crate) fn locate(
 /// Looks into a partition with imprint's own ext2/3/4 reader.
 fn probe(file: &File, part: &Partition) -> Probe {
     let window = Window::new(file, part.offset, part.size);
-    let Ok(fs) = Ext4Inspector::open(window, part.size) else {
+    let mut magic = [0u8; 2];
+    // The ext2/3/4 superblock sits at byte 1024, its magic 0xEF53 at +56.
+    if window.read_at(1024 + 56, &mut magic).is_err() || magic != [0x53, 0xEF] {
         return Probe::default();
+    }
+    let fs = match Ext4Inspector::open(window, part.size) {
+        Ok(fs) => fs,
+        Err(e) => {
+            // Said, not skipped: "not an ext2/3/4 filesystem" would send
+            // the user looking in the wrong place.
+            let why = match e {
+                Ext4Error::Truncated { expected, actual } => format!(
+                    "it is larger than its partition (its superblock describes {}, the partition has {}); was the partition shrunk, or the filesystem made with the wrong size?",
+                    human_size(expected),
+                    human_size(actual)
+                ),
+                other => other.to_string(),
+            };
+            return Probe {
+                description: Some("ext2/3/4, unusable".to_string()),
+                unusable: Some(why),
+                ..Probe::default()
+            };
+        }
     };
     let etc = ImagePath::parse("/etc").expect("a valid constant");
     let has_etc = matches!(fs.lookup(&etc, 0), Ok(Some((meta, _))) if meta.kind == EntryType::Dir);
@@ -272,6 +302,7 @@ fn probe(file: &File, part: &Partition) -> Probe {
         } else {
             "ext2/3/4, no /etc".to_string()
         }),
+        unusable: None,
     }
 }
 
@@ -282,6 +313,9 @@ pub struct Probe {
     pub has_etc: bool,
     /// e.g. "ext4, holds /etc"; `None` when nothing known was found.
     pub description: Option<String>,
+    /// Why the ext2/3/4 filesystem found here cannot be used (larger than
+    /// its partition, a damaged superblock), if that is so.
+    pub unusable: Option<String>,
 }
 
 #[cfg(test)]
@@ -304,6 +338,7 @@ mod tests {
             is_ext: true,
             has_etc,
             description: Some(format!("ext4{}", if has_etc { ", holds /etc" } else { "" })),
+            unusable: None,
         }
     }
 
@@ -346,6 +381,24 @@ mod tests {
         })
         .unwrap_err();
         assert!(not_ext.to_string().contains("not an ext2/3/4"), "{not_ext}");
+    }
+
+    /// A damaged filesystem where one was asked for is said to be one, in
+    /// its own words, not called "not ext2/3/4".
+    #[test]
+    fn an_unusable_filesystem_is_named() {
+        let gpt = [part(1, "APP", Scheme::Gpt)];
+        let err = choose(&gpt, None, |_| Probe {
+            description: Some("ext2/3/4, unusable".into()),
+            unusable: Some("it is larger than its partition".into()),
+            ..Probe::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "partition 1 \"APP\" holds an ext2/3/4 filesystem imprint cannot use: it is larger than its partition"
+        );
     }
 
     fn run(cmd: &mut std::process::Command) {

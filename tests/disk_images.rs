@@ -1,0 +1,1147 @@
+//! Partitioned disk images, compressed raw images and block maps, built the
+//! way the real tools build them: GPT disks as NVIDIA's
+//! jetson-disk-image-creator.sh makes SD card images (`sgdisk -og`, then
+//! one `sgdisk -n -c -t` per partition), DOS disks as sfdisk lays out
+//! Buildroot's genimage layouts, every codec's own CLI, `bmaptool create`.
+//! The real binary provisions them; sgdisk, e2fsck, debugfs, the codecs'
+//! `-t`, `bmaptool copy` and, where the machine allows, the kernel check
+//! the outputs.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::*;
+use tempfile::TempDir;
+
+const SECTOR: u64 = 512;
+const MIB: u64 = 1 << 20;
+
+/// Where a partition lies in its disk, in bytes, as the partitioning
+/// tool reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    offset: u64,
+    len: u64,
+}
+
+impl Span {
+    fn end(self) -> u64 {
+        self.offset + self.len
+    }
+}
+
+/// One partition to lay out: its GPT name, its type (an sgdisk type code
+/// or an sfdisk type) and its size.
+struct Layout {
+    name: &'static str,
+    kind: &'static str,
+    size: u64,
+}
+
+fn part(name: &'static str, kind: &'static str, size: u64) -> Layout {
+    Layout { name, kind, size }
+}
+
+fn tool_exists(name: &str) -> bool {
+    run(Command::new("bash")
+        .arg("-c")
+        .arg(format!("command -v {name}")))
+    .status
+    .success()
+}
+
+/// A private directory for outputs (imprint refuses shared ones).
+fn out_dir(dir: &Path, name: &str) -> PathBuf {
+    let out = dir.join(name);
+    sh(&format!("mkdir -m 700 {}", out.display()));
+    out
+}
+
+/// A sparse file of `size` bytes.
+fn blank(img: &Path, size: u64) {
+    let _ = fs::remove_file(img);
+    fs::File::create(img).unwrap().set_len(size).unwrap();
+}
+
+/// A GPT disk as jetson-disk-image-creator.sh writes one: `sgdisk -og`,
+/// then one `sgdisk -n N:start:end -c N:NAME -t N:TYPE` per partition, the
+/// partitions one after another from `first` (sectors), each start rounded
+/// up to `align` sectors (`align` 1 passes `-a 1`: no alignment at all).
+/// Returns each partition's span as `sgdisk -i` reports it.
+fn sgdisk_disk(img: &Path, size: u64, parts: &[Layout], first: u64, align: u64) -> Vec<Span> {
+    blank(img, size);
+    sh(&format!("sgdisk -og {} >/dev/null", img.display()));
+    let mut start = first;
+    for (i, p) in parts.iter().enumerate() {
+        let n = i + 1;
+        start = start.div_ceil(align) * align;
+        let end = start + p.size / SECTOR - 1;
+        sh(&format!(
+            "sgdisk {a} -n {n}:{start}:{end} -c {n}:{name} -t {n}:{kind} {img} >/dev/null",
+            a = if align == 1 { "-a 1" } else { "" },
+            name = p.name,
+            kind = p.kind,
+            img = img.display()
+        ));
+        start = end + 1;
+    }
+    (1..=parts.len()).map(|n| sgdisk_span(img, n)).collect()
+}
+
+/// A partition's span from `sgdisk -i`.
+fn sgdisk_span(img: &Path, n: usize) -> Span {
+    let info = stdout(&sh(&format!("sgdisk -i {n} {}", img.display())));
+    let sector = |key: &str| -> u64 {
+        let line = info
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("no {key} in sgdisk -i {n}:\n{info}"));
+        line[key.len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (first, last) = (sector("First sector:"), sector("Last sector:"));
+    Span {
+        offset: first * SECTOR,
+        len: (last - first + 1) * SECTOR,
+    }
+}
+
+/// A DOS-labelled disk from an sfdisk script; returns the span of each
+/// partition `sfdisk -d` lists, by partition number.
+fn sfdisk_disk(img: &Path, size: u64, script: &str) -> Vec<(u32, Span)> {
+    blank(img, size);
+    let mut child = Command::new("sfdisk")
+        .arg("-q")
+        .arg(img)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("sfdisk");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "sfdisk:\n{script}");
+    let dump = stdout(&sh(&format!("sfdisk -d {}", img.display())));
+    let name = img.display().to_string();
+    dump.lines()
+        .filter_map(|l| l.strip_prefix(&name))
+        .map(|l| {
+            let (number, fields) = l.split_once(':').unwrap();
+            let field = |key: &str| -> u64 {
+                let at = fields.find(key).unwrap() + key.len();
+                fields[at..]
+                    .split(',')
+                    .next()
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap()
+            };
+            (
+                number.trim().parse().unwrap(),
+                Span {
+                    offset: field("start=") * SECTOR,
+                    len: field("size=") * SECTOR,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Fills a partition with random bytes, as a bootloader or kernel blob.
+fn fill_random(img: &Path, span: Span) {
+    sh(&format!(
+        "head -c {len} /dev/urandom | dd of={img} bs=1M iflag=fullblock oflag=seek_bytes seek={seek} conv=notrunc status=none",
+        len = span.len,
+        img = img.display(),
+        seek = span.offset
+    ));
+}
+
+/// Makes an ext4 filesystem of `tree` in a partition, in place:
+/// `mke2fs -E offset=...`.
+fn mkfs_in_place(img: &Path, span: Span, tree: &Path) {
+    sh(&format!(
+        "mke2fs -F -q -t ext4 -E offset={},root_owner=0:0 -d {} {} {}k",
+        span.offset,
+        tree.display(),
+        img.display(),
+        span.len / 1024
+    ));
+}
+
+/// Makes an ext4 image of `tree` the partition's size and copies it into
+/// the partition with dd, as image assemblers do.
+fn mkfs_and_dd(img: &Path, span: Span, tree: &Path) {
+    let fs_img = img.with_extension("part.ext4");
+    let o = mkfs(
+        tree,
+        &fs_img,
+        &["-t", "ext4"],
+        &format!("{}k", span.len / 1024),
+    );
+    assert!(o.status.success(), "mke2fs: {}", stderr(&o));
+    sh(&format!(
+        "dd if={fs} of={img} bs=1M oflag=seek_bytes seek={seek} conv=notrunc,sparse status=none",
+        fs = fs_img.display(),
+        img = img.display(),
+        seek = span.offset
+    ));
+    fs::remove_file(fs_img).unwrap();
+}
+
+/// A tree for a second filesystem that is not a rootfs (no /etc).
+fn data_tree(dir: &Path) -> PathBuf {
+    let tree = dir.join("data-tree");
+    fs::create_dir_all(tree.join("logs")).unwrap();
+    fs::write(tree.join("logs/boot.log"), "data partition\n").unwrap();
+    tree
+}
+
+/// The sha256 of a partition's bytes, read with dd.
+fn span_sha(img: &Path, span: Span) -> String {
+    let o = sh(&format!(
+        "dd if={} bs=1M iflag=skip_bytes,count_bytes skip={} count={} status=none | sha256sum",
+        img.display(),
+        span.offset,
+        span.len
+    ));
+    stdout(&o).split_whitespace().next().unwrap().to_string()
+}
+
+/// Copies a partition out with dd (holes kept).
+fn extract(img: &Path, span: Span, to: &Path) {
+    let _ = fs::remove_file(to);
+    sh(&format!(
+        "dd if={} of={} bs=1M iflag=skip_bytes,count_bytes skip={} count={} conv=sparse status=none",
+        img.display(),
+        to.display(),
+        span.offset,
+        span.len
+    ));
+}
+
+/// Allocated bytes (what du counts).
+fn allocated(path: &Path) -> u64 {
+    fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// Checks a provisioned disk against its input: the same size; every byte
+/// outside the rootfs partition the input's (partition tables, the
+/// protective MBR, gaps and the other partitions, each also by its own
+/// digest); the rootfs clean to e2fsck with device.conf as provisioned
+/// for `azaion` (1001:1001); holes kept.
+fn check_disk(input: &Path, out: &Path, parts: &[Span], rootfs: Span, scratch: &Path) {
+    assert_eq!(
+        fs::metadata(out).unwrap().len(),
+        fs::metadata(input).unwrap().len(),
+        "the output's size"
+    );
+    sh(&format!(
+        "cmp -n {} {i} {o} && cmp -i {} {i} {o}",
+        rootfs.offset,
+        rootfs.end(),
+        i = input.display(),
+        o = out.display()
+    ));
+    for &p in parts.iter().filter(|&&p| p != rootfs) {
+        assert_eq!(span_sha(out, p), span_sha(input, p), "partition at {p:?}");
+    }
+    assert_ne!(span_sha(out, rootfs), span_sha(input, rootfs));
+    let fs_img = scratch.join("rootfs-out.ext4");
+    extract(out, rootfs, &fs_img);
+    assert_fsck_clean(&fs_img);
+    assert_eq!(
+        debugfs_stat(&fs_img, "/etc/azaion/device.conf"),
+        (0o600, 1001, 1001)
+    );
+    assert_eq!(
+        debugfs(&fs_img, "cat /etc/azaion/device.conf"),
+        conf_text(EMAIL, PASSWORD)
+    );
+    fs::remove_file(fs_img).unwrap();
+    // Holes stay holes: the output costs about what the input does (less
+    // where the input had zeros written out).
+    let (a_in, a_out) = (allocated(input), allocated(out));
+    assert!(
+        a_out <= a_in + MIB,
+        "the output takes {a_out} bytes on disk, the input {a_in}"
+    );
+}
+
+fn assert_gpt_clean(img: &Path) {
+    let v = stdout(&sh(&format!("sgdisk -v {}", img.display())));
+    assert!(v.contains("No problems found"), "sgdisk -v:\n{v}");
+}
+
+fn provision(input: &Path, output: &Path, pw: &Path, partition: Option<&str>) -> Command {
+    let mut c = provision_offline(input, output, "azaion", pw);
+    if let Some(p) = partition {
+        c.args(["--partition", p]);
+    }
+    c
+}
+
+fn provisioned(input: &Path, output: &Path, pw: &Path, partition: Option<&str>) {
+    let o = run(&mut provision(input, output, pw, partition));
+    assert!(
+        o.status.success(),
+        "provision {} --partition {partition:?}: {}",
+        input.display(),
+        stderr(&o)
+    );
+    assert!(!stdout(&o).contains(PASSWORD) && !stderr(&o).contains(PASSWORD));
+}
+
+fn verify(out: &Path, partition: Option<&str>) -> std::process::Output {
+    let mut c = bin();
+    c.arg("verify")
+        .arg(out)
+        .args(["--serial", SERIAL, "--owner", "azaion"]);
+    if let Some(p) = partition {
+        c.args(["--partition", p]);
+    }
+    run(&mut c)
+}
+
+fn assert_verifies(out: &Path, partition: Option<&str>) {
+    let v = verify(out, partition);
+    assert!(
+        v.status.success(),
+        "verify {} --partition {partition:?}:\n{}{}",
+        out.display(),
+        stdout(&v),
+        stderr(&v)
+    );
+    assert!(stdout(&v).contains("e2fsck"), "{}", stdout(&v));
+}
+
+/// Mounts the partition at `span` of `img` read-only through the kernel
+/// (`mount -o ro,loop,offset=N,sizelimit=L`) and checks device.conf; does
+/// nothing where the machine does not allow loop mounts.
+fn kernel_check(img: &Path, span: Span) {
+    if !require(
+        can_loop_mount(),
+        "kernel mount check: mount -o ro,loop needs root and loop devices",
+    ) {
+        return;
+    }
+    let dir = TempDir::new().unwrap();
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let o = run(Command::new("mount")
+        .arg("-o")
+        .arg(format!(
+            "ro,loop,offset={},sizelimit={}",
+            span.offset, span.len
+        ))
+        .arg(img)
+        .arg(&mnt));
+    assert!(
+        o.status.success(),
+        "the kernel refuses the partition at {span:?} of {}: {}",
+        img.display(),
+        stderr(&o).trim()
+    );
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let conf = mnt.join("etc/azaion/device.conf");
+    let meta = fs::metadata(&conf).unwrap();
+    assert_eq!(
+        (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+        (0o600, 1001, 1001)
+    );
+    assert_eq!(
+        fs::read_to_string(&conf).unwrap(),
+        conf_text(EMAIL, PASSWORD)
+    );
+}
+
+/// The SD card layout of jetson-disk-image-creator.sh: bootloader and
+/// kernel blobs around `APP`, the rootfs, made in place with
+/// `mke2fs -E offset`. A recovery rootfs that also holds /etc shows the
+/// name `APP` decides, not the contents.
+fn jetson_sd_card(dir: &Path, img: &Path, first: u64, align: u64) -> (Vec<Span>, usize) {
+    let tree = ext4_tree(dir, 40, Azaion::Absent);
+    let parts = sgdisk_disk(
+        img,
+        96 * MIB,
+        &[
+            part("kernel", "8300", MIB),
+            part("kernel-dtb", "8300", MIB / 2),
+            part("APP", "8300", 48 * MIB),
+            part("recovery", "8300", 2 * MIB),
+            part("RECROOTFS", "8300", 16 * MIB),
+            part("kernel_b", "8300", MIB),
+        ],
+        first,
+        align,
+    );
+    for i in [0, 1, 3, 5] {
+        fill_random(img, parts[i]);
+    }
+    mkfs_in_place(img, parts[2], &tree);
+    mkfs_in_place(img, parts[4], &tree);
+    assert_gpt_clean(img);
+    (parts, 2)
+}
+
+#[test]
+fn jetson_sd_card_image() {
+    let dir = TempDir::new().unwrap();
+    let pw = write_password(dir.path(), PASSWORD);
+    let img = dir.path().join("sd-blob.img");
+    let (parts, app) = jetson_sd_card(dir.path(), &img, 2048, 2048);
+    let before = sha256(&img);
+    let out = out_dir(dir.path(), "out");
+    provisioned(&img, &out, &pw, None);
+    assert_eq!(sha256(&img), before, "the input changed");
+    let written = out.join(format!("{SERIAL}-sd-blob.img"));
+    assert_eq!(
+        listing(&out),
+        [
+            format!("{SERIAL}-sd-blob.img"),
+            format!("{SERIAL}-sd-blob.img.sha256")
+        ],
+        "no block map without one beside the input, no scratch left"
+    );
+    check_disk(&img, &written, &parts, parts[app], dir.path());
+    assert_gpt_clean(&written);
+    assert_verifies(&written, None);
+    kernel_check(&written, parts[app]);
+}
+
+/// Partitions on odd sectors (`sgdisk -a 1`): the changed filesystem
+/// blocks straddle the host's 4 KiB blocks and the input's holes.
+#[test]
+fn gpt_partitions_on_odd_sectors() {
+    let dir = TempDir::new().unwrap();
+    let pw = write_password(dir.path(), PASSWORD);
+    let img = dir.path().join("odd.img");
+    let (parts, app) = jetson_sd_card(dir.path(), &img, 2049, 1);
+    assert!(parts[app].offset % 4096 != 0, "{:?}", parts[app]);
+    let out = out_dir(dir.path(), "out");
+    let written = out.join("odd.img");
+    provisioned(&img, &written, &pw, None);
+    check_disk(&img, &written, &parts, parts[app], dir.path());
+    assert_gpt_clean(&written);
+    assert_verifies(&written, None);
+    kernel_check(&written, parts[app]);
+}
+
+/// Buildroot's genimage layout for an SD card: a FAT boot partition
+/// (random bytes here), then the ext4 rootfs, copied in from its own image
+/// file. With no names, the only ext partition holding /etc is chosen.
+#[test]
+fn mbr_genimage_layout() {
+    let dir = TempDir::new().unwrap();
+    let pw = write_password(dir.path(), PASSWORD);
+    let tree = ext4_tree(dir.path(), 0, Azaion::Absent);
+    let img = dir.path().join("sdcard.img");
+    let parts = sfdisk_disk(
+        &img,
+        80 * MIB,
+        "label: dos\nstart=8192, size=32768, type=c, bootable\nstart=40960, size=98304, type=83\n",
+    );
+    assert_eq!(parts.iter().map(|p| p.0).collect::<Vec<_>>(), [1, 2]);
+    fill_random(&img, parts[0].1);
+    mkfs_and_dd(&img, parts[1].1, &tree);
+    let spans: Vec<Span> = parts.iter().map(|p| p.1).collect();
+    let out = out_dir(dir.path(), "out");
+    let written = out.join("sdcard.img");
+    provisioned(&img, &written, &pw, None);
+    check_disk(&img, &written, &spans, spans[1], dir.path());
+    assert_eq!(
+        stdout(&sh(&format!("sfdisk -d {} | sed 1,3d", written.display())))
+            .replace(&written.display().to_string(), "X"),
+        stdout(&sh(&format!("sfdisk -d {} | sed 1,3d", img.display())))
+            .replace(&img.display().to_string(), "X"),
+    );
+    assert_verifies(&written, None);
+    kernel_check(&written, spans[1]);
+}
+
+/// The rootfs in a logical partition (6), after a data filesystem without
+/// /etc in another (5), inside an extended partition.
+#[test]
+fn mbr_rootfs_in_a_logical_partition() {
+    let dir = TempDir::new().unwrap();
+    let pw = write_password(dir.path(), PASSWORD);
+    let tree = ext4_tree(dir.path(), 0, Azaion::Absent);
+    let data = data_tree(dir.path());
+    let img = dir.path().join("logical.img");
+    let parts = sfdisk_disk(
+        &img,
+        96 * MIB,
+        "label: dos\n\
+         start=2048, size=8192, type=c, bootable\n\
+         start=10240, size=180224, type=5\n\
+         start=12288, size=16384, type=83\n\
+         start=30720, size=98304, type=83\n",
+    );
+    assert_eq!(parts.iter().map(|p| p.0).collect::<Vec<_>>(), [1, 2, 5, 6]);
+    let span = |n: u32| parts.iter().find(|p| p.0 == n).unwrap().1;
+    fill_random(&img, span(1));
+    mkfs_and_dd(&img, span(5), &data);
+    mkfs_and_dd(&img, span(6), &tree);
+    // The extended partition's span holds the logical ones: compare the
+    // primary and the logical partitions, and everything else with cmp.
+    let spans = [span(1), span(5), span(6)];
+    let out = out_dir(dir.path(), "out");
+    let written = out.join("logical.img");
+    provisioned(&img, &written, &pw, None);
+    check_disk(&img, &written, &spans, span(6), dir.path());
+    assert_verifies(&written, None);
+    assert_verifies(&written, Some("6"));
+    kernel_check(&written, span(6));
+}
+
+/// A .wic-like GPT with two root filesystems (an A/B layout): imprint
+/// cannot tell which to stamp and says what it found; `--partition`
+/// chooses by name or number; wrong choices are clear errors. Nothing is
+/// written when it refuses.
+#[test]
+fn wic_with_two_rootfs_partitions() {
+    let dir = TempDir::new().unwrap();
+    let pw = write_password(dir.path(), PASSWORD);
+    let tree = ext4_tree(dir.path(), 0, Azaion::Absent);
+    let img = dir.path().join("core-image.wic");
+    let parts = sgdisk_disk(
+        &img,
+        72 * MIB,
+        &[
+            part("bootblob", "EF00", 4 * MIB),
+            part("rootfsA", "8300", 24 * MIB),
+            part("rootfsB", "8300", 32 * MIB),
+        ],
+        2048,
+        2048,
+    );
+    fill_random(&img, parts[0]);
+    mkfs_in_place(&img, parts[1], &tree);
+    mkfs_in_place(&img, parts[2], &tree);
+    let out = out_dir(dir.path(), "out");
+
+    let refused = |partition: Option<&str>, says: &[&str]| {
+        let o = run(&mut provision(&img, &out, &pw, partition));
+        assert!(!o.status.success(), "--partition {partition:?} succeeded");
+        let err = stderr(&o);
+        for s in says {
+            assert!(
+                err.contains(s),
+                "--partition {partition:?}: no {s:?} in:\n{err}"
+            );
+        }
+        assert!(
+            listing(&out).is_empty(),
+            "--partition {partition:?} left {:?}",
+            listing(&out)
+        );
+        err
+    };
+    let err = refused(None, &["--partition"]);
+    for (number, name, size) in [(2, "rootfsA", "24.0 MiB"), (3, "rootfsB", "32.0 MiB")] {
+        let line = err
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("{name} is not listed:\n{err}"));
+        assert!(
+            line.trim_start().starts_with(&number.to_string())
+                && line.contains(size)
+                && line.contains("holds /etc"),
+            "{line}"
+        );
+    }
+    assert!(err.contains("bootblob"), "{err}");
+    refused(Some("9"), &["no partition 9", "rootfsA", "rootfsB"]);
+    refused(Some("rootfsC"), &["no partition named \"rootfsC\""]);
+    refused(Some("bootblob"), &["partition 1 is not an ext2/3/4"]);
+    refused(Some("1"), &["partition 1 is not an ext2/3/4"]);
+    // Compressed, the same refusal comes after the image was decompressed
+    // into a scratch file beside the output: none is left behind.
+    let zst = dir.path().join("core-image.wic.zst");
+    sh(&format!("zstd -q -c {} > {}", img.display(), zst.display()));
+    let o = run(&mut provision(&zst, &out, &pw, None));
+    assert!(
+        !o.status.success() && stderr(&o).contains("holds /etc"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(listing(&out).is_empty(), "{:?}", listing(&out));
+    // Chosen, it is stamped there, and verify looks there too.
+    let written = out.join("by-name.wic.zst");
+    provisioned(&zst, &written, &pw, Some("rootfsB"));
+    assert_verifies(&written, Some("rootfsB"));
+    assert!(!verify(&written, Some("rootfsA")).status.success());
+    let raw = dir.path().join("by-name.wic");
+    sh(&format!(
+        "zstd -q -d {} -o {}",
+        written.display(),
+        raw.display()
+    ));
+    check_disk(&img, &raw, &parts, parts[2], dir.path());
+    fs::remove_file(&raw).unwrap();
+    for name in listing(&out) {
+        fs::remove_file(out.join(name)).unwrap();
+    }
+
+    for (choice, chosen, other) in [("rootfsB", 2, 1), ("2", 1, 2)] {
+        let written = out.join(format!("by-{choice}.wic"));
+        provisioned(&img, &written, &pw, Some(choice));
+        check_disk(&img, &written, &parts, parts[chosen], dir.path());
+        assert_gpt_clean(&written);
+        assert_eq!(
+            span_sha(&written, parts[other]),
+            span_sha(&img, parts[other])
+        );
+        let number = (chosen + 1).to_string();
+        assert_verifies(&written, Some(choice));
+        assert_verifies(&written, Some(&number));
+        // The other rootfs has no device.conf: verify looks where it is told.
+        let v = verify(&written, Some(&(other + 1).to_string()));
+        assert!(!v.status.success(), "{}", stdout(&v));
+        // Without --partition, verify cannot choose either.
+        let v = verify(&written, None);
+        assert!(
+            !v.status.success() && stderr(&v).contains("--partition"),
+            "{}{}",
+            stdout(&v),
+            stderr(&v)
+        );
+    }
+}
+
+/// An APP partition smaller than the filesystem in it (a partition table
+/// edited after the fact): refused, saying so, before anything is written;
+/// `verify` says the same.
+#[test]
+fn filesystem_larger_than_its_partition() {
+    let dir = TempDir::new().unwrap();
+    let pw = write_password(dir.path(), PASSWORD);
+    let tree = ext4_tree(dir.path(), 0, Azaion::Absent);
+    let img = dir.path().join("shrunk.img");
+    let parts = sgdisk_disk(
+        &img,
+        48 * MIB,
+        &[
+            part("APP", "8300", 16 * MIB),
+            part("recovery", "8300", 8 * MIB),
+        ],
+        2048,
+        2048,
+    );
+    // The filesystem runs 8 MiB on into the recovery partition (blank).
+    mkfs_in_place(
+        &img,
+        Span {
+            offset: parts[0].offset,
+            len: 24 * MIB,
+        },
+        &tree,
+    );
+    let out = out_dir(dir.path(), "out");
+    let o = run(&mut provision(&img, &out, &pw, None));
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("partition 1 \"APP\" holds an ext2/3/4 filesystem imprint cannot use")
+            && err.contains("larger than its partition")
+            && err.contains("24.0 MiB")
+            && err.contains("16.0 MiB"),
+        "{err}"
+    );
+    assert!(listing(&out).is_empty(), "{:?}", listing(&out));
+    let v = verify(&img, None);
+    assert!(
+        !v.status.success() && stderr(&v).contains("larger than its partition"),
+        "{}{}",
+        stdout(&v),
+        stderr(&v)
+    );
+}
+
+// ---- compressed raw images ---------------------------------------------
+
+/// A way to compress an image, with its codec's own checks.
+struct Codec {
+    label: &'static str,
+    /// Compresses stdin to stdout.
+    compress: &'static str,
+    suffix: &'static str,
+    /// The codec's own integrity test and decompressor, given a file.
+    test: &'static str,
+    decompress: &'static str,
+}
+
+const CODECS: [Codec; 7] = [
+    Codec {
+        label: "gzip",
+        compress: "gzip -6 -n -c",
+        suffix: ".gz",
+        test: "gzip -t",
+        decompress: "gzip -dc",
+    },
+    Codec {
+        label: "pigz",
+        compress: "pigz -c",
+        suffix: ".gz",
+        test: "gzip -t",
+        decompress: "gzip -dc",
+    },
+    Codec {
+        label: "bzip2",
+        compress: "bzip2 -9 -c",
+        suffix: ".bz2",
+        test: "bzip2 -t",
+        decompress: "bzip2 -dc",
+    },
+    Codec {
+        label: "pbzip2",
+        compress: "pbzip2 -c",
+        suffix: ".bz2",
+        test: "bzip2 -t",
+        decompress: "bzip2 -dc",
+    },
+    Codec {
+        label: "zstd",
+        compress: "zstd -q -c",
+        suffix: ".zst",
+        test: "zstd -q -t",
+        decompress: "zstd -q -dc",
+    },
+    Codec {
+        label: "zstd-no-check",
+        compress: "zstd -q --no-check -c",
+        suffix: ".zst",
+        test: "zstd -q -t",
+        decompress: "zstd -q -dc",
+    },
+    Codec {
+        label: "xz",
+        compress: "xz -T0 -c",
+        suffix: ".xz",
+        test: "xz -t",
+        decompress: "xz -dc",
+    },
+];
+
+fn compress(codec: &Codec, input: &Path, to: &Path) {
+    sh(&format!(
+        "{} < {} > {}",
+        codec.compress,
+        input.display(),
+        to.display()
+    ));
+}
+
+/// `Check: XXH64` or `Check: None` from `zstd -lv`.
+fn zstd_check(path: &Path) -> String {
+    let o = sh(&format!("zstd -lv {} 2>&1", path.display()));
+    stdout(&o)
+        .lines()
+        .find(|l| l.trim_start().starts_with("Check:"))
+        .unwrap_or_else(|| panic!("no Check: in zstd -lv:\n{}", stdout(&o)))
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string()
+}
+
+/// Every codec around a raw ext4 image and around a disk image: the
+/// output is the input's codec (its `-t` passes; zstd keeps the input's
+/// checksum flag), and decompressed it is byte for byte what a run on
+/// the decompressed input writes.
+#[test]
+fn compressed_raw_and_disk_images_in_every_codec() {
+    let dir = TempDir::new().unwrap();
+    let pw = write_password(dir.path(), PASSWORD);
+    let tree = ext4_tree(dir.path(), 20, Azaion::Absent);
+    let ext4 = dir.path().join("rootfs.ext4");
+    let o = mkfs(&tree, &ext4, &["-t", "ext4"], "24M");
+    assert!(o.status.success(), "mke2fs: {}", stderr(&o));
+    let disk = dir.path().join("sd.img");
+    let parts = sgdisk_disk(
+        &disk,
+        48 * MIB,
+        &[part("kernel", "8300", MIB), part("APP", "8300", 32 * MIB)],
+        2048,
+        2048,
+    );
+    fill_random(&disk, parts[0]);
+    mkfs_in_place(&disk, parts[1], &tree);
+
+    let out = out_dir(dir.path(), "out");
+    for plain in [&ext4, &disk] {
+        let name = plain.file_name().unwrap().to_str().unwrap();
+        let reference = out.join(format!("plain-{name}"));
+        provisioned(plain, &reference, &pw, None);
+        let want = sha256(&reference);
+        for codec in &CODECS {
+            let tool = codec.compress.split_whitespace().next().unwrap();
+            if !require(tool_exists(tool), &format!("{tool} is not installed")) {
+                continue;
+            }
+            let what = format!("{name} with {}", codec.label);
+            let input = dir
+                .path()
+                .join(format!("{}-{name}{}", codec.label, codec.suffix));
+            compress(codec, plain, &input);
+            let written = out.join(format!("{}-{name}{}", codec.label, codec.suffix));
+            provisioned(&input, &written, &pw, None);
+            sh(&format!("{} {}", codec.test, written.display()));
+            let o = sh(&format!(
+                "{} {} | sha256sum",
+                codec.decompress,
+                written.display()
+            ));
+            assert_eq!(
+                stdout(&o).split_whitespace().next().unwrap(),
+                want,
+                "{what}: decompressed, the output differs from the plain run's"
+            );
+            if codec.suffix == ".zst" {
+                assert_eq!(zstd_check(&written), zstd_check(&input), "{what}");
+            }
+            assert_verifies(&written, None);
+            fs::remove_file(&input).unwrap();
+            fs::remove_file(&written).unwrap();
+            fs::remove_file(out.join(format!("{}-{name}{}.sha256", codec.label, codec.suffix)))
+                .unwrap();
+        }
+        let mut left = listing(&out);
+        left.sort();
+        assert_eq!(
+            left,
+            [format!("plain-{name}"), format!("plain-{name}.sha256")],
+            "no scratch file is left beside the outputs"
+        );
+        fs::remove_file(&reference).unwrap();
+        fs::remove_file(out.join(format!("plain-{name}.sha256"))).unwrap();
+    }
+    // The checks above compare with the input's flag; make sure both
+    // flags were seen.
+    let probe = dir.path().join("probe.zst");
+    compress(&CODECS[5], &ext4, &probe);
+    assert_eq!(zstd_check(&probe), "None");
+    compress(&CODECS[4], &ext4, &probe);
+    assert_eq!(zstd_check(&probe), "XXH64");
+}
+
+/// Compressed data that is no image: refused, saying what was found, and
+/// no output.
+#[test]
+fn compressed_non_images_are_refused() {
+    let dir = TempDir::new().unwrap();
+    let pw = write_password(dir.path(), PASSWORD);
+    let random = dir.path().join("random.img.gz");
+    sh(&format!(
+        "head -c 300000 /dev/urandom | gzip -c > {}",
+        random.display()
+    ));
+    let text = dir.path().join("notes.img.zst");
+    sh(&format!(
+        "seq 1 100000 | sed 's/^/line /' | zstd -q -c > {}",
+        text.display()
+    ));
+    // A raw image cut short in transfer: refused, and the scratch file it
+    // was being decompressed into is gone.
+    let short = dir.path().join("short.img.zst");
+    let ext4 = small_ext4(dir.path(), "whole.ext4");
+    sh(&format!(
+        "head -c 300000 /dev/urandom >> {e} && zstd -q -c {e} > {s} && truncate -s 200000 {s}",
+        e = ext4.display(),
+        s = short.display()
+    ));
+    let out = out_dir(dir.path(), "out");
+    let o = run(&mut provision(&short, &out, &pw, None));
+    assert!(!o.status.success(), "a truncated .zst was accepted");
+    assert!(
+        stderr(&o).contains("cannot decompress the zstd stream"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(listing(&out).is_empty(), "{:?}", listing(&out));
+    for (input, codec) in [(&random, "gzip"), (&text, "zstd")] {
+        let o = run(&mut provision(input, &out, &pw, None));
+        assert!(!o.status.success(), "{} was accepted", input.display());
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!(
+                "{codec}-compressed data that is neither a tar archive nor a filesystem or disk image"
+            )),
+            "{err}"
+        );
+        assert!(listing(&out).is_empty(), "{:?}", listing(&out));
+    }
+}
+
+// ---- block maps --------------------------------------------------------
+
+/// The mapped ranges of a bmap file, in bytes `[start, end)`.
+fn bmap_ranges(path: &Path) -> Vec<(u64, u64)> {
+    let xml = fs::read_to_string(path).unwrap();
+    let number = |tag: &str| -> u64 {
+        let open = format!("<{tag}>");
+        // The last occurrence: bmaptool's header comment names the tags.
+        let at = xml.rfind(&open).unwrap() + open.len();
+        xml[at..].split('<').next().unwrap().trim().parse().unwrap()
+    };
+    let (size, block) = (number("ImageSize"), number("BlockSize"));
+    xml.lines()
+        .filter(|l| l.trim_start().starts_with("<Range"))
+        .map(|l| {
+            let body = l
+                .split('>')
+                .nth(1)
+                .unwrap()
+                .split('<')
+                .next()
+                .unwrap()
+                .trim();
+            let (a, b) = body.split_once('-').unwrap_or((body, body));
+            let (a, b): (u64, u64) = (a.trim().parse().unwrap(), b.trim().parse().unwrap());
+            (a * block, ((b + 1) * block).min(size))
+        })
+        .collect()
+}
+
+/// Whether every range of `inner` lies inside a range of `outer`.
+fn covered(inner: &[(u64, u64)], outer: &[(u64, u64)]) -> bool {
+    inner
+        .iter()
+        .all(|&(a, b)| outer.iter().any(|&(c, d)| c <= a && b <= d))
+}
+
+/// The sha256 of bytes `[a, b)` of a file.
+fn range_sha(path: &Path, (a, b): (u64, u64)) -> String {
+    span_sha(
+        path,
+        Span {
+            offset: a,
+            len: b - a,
+        },
+    )
+}
+
+/// `bmaptool copy` of an output with its block map into a regular file:
+/// bmaptool checks every range's digest; the copy equals the output on
+/// every mapped range, and everywhere else both read as zeros.
+fn bmaptool_copy(bmap: &Path, image: &Path, raw: &Path, dir: &Path) {
+    let target = dir.join("flashed.img");
+    let _ = fs::remove_file(&target);
+    sh(&format!(
+        "bmaptool copy --bmap {} {} {} 2>&1",
+        bmap.display(),
+        image.display(),
+        target.display()
+    ));
+    for range in bmap_ranges(bmap) {
+        assert_eq!(
+            range_sha(&target, range),
+            range_sha(raw, range),
+            "{range:?}"
+        );
+    }
+    sh(&format!("cmp {} {}", target.display(), raw.display()));
+    fs::remove_file(&target).unwrap();
+}
+
+#[test]
+fn block_maps_follow_their_images() {
+    if !require(tool_exists("bmaptool"), "bmaptool is not installed") {
+        return;
+    }
+    let dir = TempDir::new().unwrap();
+    let pw = write_password(dir.path(), PASSWORD);
+    let tree = ext4_tree(dir.path(), 20, Azaion::Absent);
+    let ext4 = dir.path().join("rootfs.ext4");
+    let o = mkfs(&tree, &ext4, &["-t", "ext4"], "24M");
+    assert!(o.status.success(), "mke2fs: {}", stderr(&o));
+    let disk = dir.path().join("sd.img");
+    let parts = sgdisk_disk(
+        &disk,
+        48 * MIB,
+        &[part("kernel", "8300", MIB), part("APP", "8300", 32 * MIB)],
+        2048,
+        2048,
+    );
+    fill_random(&disk, parts[0]);
+    mkfs_in_place(&disk, parts[1], &tree);
+    let out = out_dir(dir.path(), "out");
+
+    // Without a block map beside the input, none beside the output.
+    for input in [&ext4, &disk] {
+        let written = out.join(input.file_name().unwrap());
+        provisioned(input, &written, &pw, None);
+        assert!(
+            listing(&out).iter().all(|n| !n.ends_with(".bmap")),
+            "{:?}",
+            listing(&out)
+        );
+        fs::remove_file(&written).unwrap();
+    }
+
+    for input in [&ext4, &disk] {
+        let name = input.file_name().unwrap().to_str().unwrap();
+        let in_bmap = dir.path().join(format!("{name}.bmap"));
+        sh(&format!(
+            "bmaptool create -o {} {}",
+            in_bmap.display(),
+            input.display()
+        ));
+        let written = out.join(format!("new-{name}"));
+        provisioned(input, &written, &pw, None);
+        let out_bmap = out.join(format!("new-{name}.bmap"));
+        assert!(out_bmap.is_file(), "{:?}", listing(&out));
+        assert!(covered(&bmap_ranges(&in_bmap), &bmap_ranges(&out_bmap)));
+        bmaptool_copy(&out_bmap, &written, &written, dir.path());
+        if input == &disk {
+            check_disk(&disk, &written, &parts, parts[1], dir.path());
+        }
+        assert_verifies(&written, None);
+    }
+
+    // Yocto's deploy directory: X.wic.zst with X.wic.bmap beside it.
+    let wic_dir = dir.path().join("deploy");
+    fs::create_dir(&wic_dir).unwrap();
+    let wic = wic_dir.join("core-image.wic");
+    sh(&format!(
+        "cp --sparse=always {} {}",
+        disk.display(),
+        wic.display()
+    ));
+    sh(&format!(
+        "cd {} && bmaptool create -o core-image.wic.bmap core-image.wic && zstd -q --rm core-image.wic",
+        wic_dir.display()
+    ));
+    let zst = wic_dir.join("core-image.wic.zst");
+    let written = out.join("device.wic.zst");
+    provisioned(&zst, &written, &pw, None);
+    let out_bmap = out.join("device.wic.bmap");
+    assert!(out_bmap.is_file(), "{:?}", listing(&out));
+    assert!(!out.join("device.wic.zst.bmap").exists());
+    let raw = dir.path().join("device.wic");
+    sh(&format!(
+        "zstd -q -d {} -o {}",
+        written.display(),
+        raw.display()
+    ));
+    assert!(covered(
+        &bmap_ranges(&wic_dir.join("core-image.wic.bmap")),
+        &bmap_ranges(&out_bmap)
+    ));
+    bmaptool_copy(&out_bmap, &written, &raw, dir.path());
+    check_disk(&disk, &raw, &parts, parts[1], dir.path());
+    assert_verifies(&written, None);
+}
+
+// ---- size and memory ---------------------------------------------------
+
+/// Runs `cmd` and returns its exit status and the peak resident memory
+/// of the process (and any it waited for), from wait4's rusage.
+// wait4 below reaps the child; std's `Child` never learns of it.
+#[allow(clippy::zombie_processes)]
+fn peak_rss(cmd: &mut Command, log: &Path) -> (bool, u64) {
+    let child = cmd
+        .stdout(fs::File::create(log).unwrap())
+        .stderr(fs::File::create(log.with_extension("err")).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: wait4 on our own child, with pointers to locals; `child` is
+    // never waited for again.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(got, pid, "wait4: {}", std::io::Error::last_os_error());
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    (ok, usage.ru_maxrss as u64 * 1024)
+}
+
+/// Real sizes: a disk image with a 1 GiB APP partition and a 2 GiB raw
+/// ext4 image inside zstd, each holding 64 MiB of incompressible files:
+/// imprint stays under 100 MiB of memory and the outputs verify.
+#[test]
+fn gigabyte_images_in_little_memory() {
+    let dir = TempDir::new().unwrap();
+    let pw = write_password(dir.path(), PASSWORD);
+    let tree = ext4_tree(dir.path(), 100, Azaion::Absent);
+    fs::create_dir_all(tree.join("usr/lib")).unwrap();
+    for i in 0..4 {
+        sh(&format!(
+            "head -c {} /dev/urandom > {}/usr/lib/lib{i}.so",
+            16 * MIB,
+            tree.display()
+        ));
+    }
+    let disk = dir.path().join("sd-blob.img");
+    let parts = sgdisk_disk(
+        &disk,
+        1100 * MIB,
+        &[
+            part("kernel", "8300", 8 * MIB),
+            part("APP", "8300", 1024 * MIB),
+            part("recovery", "8300", 8 * MIB),
+        ],
+        2048,
+        2048,
+    );
+    fill_random(&disk, parts[0]);
+    fill_random(&disk, parts[2]);
+    mkfs_in_place(&disk, parts[1], &tree);
+    let raw = dir.path().join("system.img");
+    let o = mkfs(&tree, &raw, &["-t", "ext4"], "2G");
+    assert!(o.status.success(), "mke2fs: {}", stderr(&o));
+    sh(&format!("zstd -q -T0 --rm {}", raw.display()));
+    let zst = dir.path().join("system.img.zst");
+
+    let out = out_dir(dir.path(), "out");
+    const LIMIT: u64 = 100 * MIB;
+    for (input, name) in [(&disk, "sd-blob.img"), (&zst, "system.img.zst")] {
+        let written = out.join(name);
+        let log = dir.path().join("run.log");
+        let started = std::time::Instant::now();
+        let (ok, rss) = peak_rss(&mut provision(input, &written, &pw, None), &log);
+        let err = fs::read_to_string(log.with_extension("err")).unwrap();
+        assert!(ok, "provision {name}: {err}");
+        eprintln!(
+            "{name}: {:.1} s, peak RSS {} MiB",
+            started.elapsed().as_secs_f64(),
+            rss / MIB
+        );
+        assert!(rss < LIMIT, "{name}: peak RSS {} MiB", rss / MIB);
+        assert_verifies(&written, None);
+    }
+    check_disk(
+        &disk,
+        &out.join("sd-blob.img"),
+        &parts,
+        parts[1],
+        dir.path(),
+    );
+    assert_eq!(
+        fs::metadata(out.join("sd-blob.img")).unwrap().len(),
+        1100 * MIB
+    );
+    sh(&format!(
+        "zstd -q -t {}",
+        out.join("system.img.zst").display()
+    ));
+}
