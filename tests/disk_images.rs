@@ -1145,3 +1145,43 @@ fn gigabyte_images_in_little_memory() {
         out.join("system.img.zst").display()
     ));
 }
+
+/// `--partition` on an input that has no partitions is a mistake to say,
+/// not an option to ignore; nothing is written.
+#[test]
+fn partition_on_an_input_without_partitions_is_refused() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let d = dir.path();
+    let root = make_rootfs(d, "rootfs");
+    let raw = d.join("root.ext4");
+    let mk = run(std::process::Command::new("mke2fs")
+        .args(["-q", "-t", "ext4", "-d"])
+        .arg(&root)
+        .arg(&raw)
+        .arg("16M"));
+    assert!(mk.status.success(), "{}", stderr(&mk));
+    let pw = write_password(d, PASSWORD);
+    let out = d.join("out");
+    let o = run(bin()
+        .args([
+            "provision",
+            "--serial",
+            SERIAL,
+            "--offline",
+            "--partition",
+            "APP",
+        ])
+        .arg("--password-file")
+        .arg(&pw)
+        .arg("--image")
+        .arg(&raw)
+        .arg("--output")
+        .arg(&out));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not a partitioned disk image"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().count() == 0);
+}

@@ -31,6 +31,12 @@ pub enum ImageError {
     Unsupported { path: PathBuf, found: String },
     #[error(transparent)]
     Disk(#[from] disk::DiskError),
+    #[error("partition {wanted} was asked for (--partition), but {path} is a {found}, not a partitioned disk image; leave --partition out")]
+    NotADisk {
+        path: PathBuf,
+        wanted: disk::PartitionChoice,
+        found: String,
+    },
     #[error("{path}: cannot decompress the {codec} stream (the file is corrupt or truncated; fetch or rebuild it)")]
     Decompress {
         path: PathBuf,
@@ -129,6 +135,7 @@ pub fn open_backend(
     options: &ImageOptions,
 ) -> Result<Box<dyn ImageBackend>, ImageError> {
     use crate::compress::Compression;
+    check_partition_applies(path, kind, options)?;
     Ok(match (kind.compression, kind.content) {
         (c, Content::Tar) => Box::new(tar::TarBackend::open(path, c, targets, output_dir, options)),
         (Compression::None, Content::Sparse) => Box::new(sparse::SparseBackend::open(path)?),
@@ -155,6 +162,23 @@ pub fn open_backend(
     })
 }
 
+/// `--partition` names a partition of a disk image; for any other input it
+/// is a mistake worth saying, not an option to ignore.
+fn check_partition_applies(
+    path: &Path,
+    kind: ImageKind,
+    options: &ImageOptions,
+) -> Result<(), ImageError> {
+    match (&options.partition, kind.content) {
+        (Some(_), Content::Disk(_)) | (None, _) => Ok(()),
+        (Some(wanted), _) => Err(ImageError::NotADisk {
+            path: path.to_path_buf(),
+            wanted: wanted.clone(),
+            found: kind.describe(),
+        }),
+    }
+}
+
 /// The block map beside an input image, if there is one.
 fn bmap_of(
     path: &Path,
@@ -177,6 +201,7 @@ pub fn open_reader(
         return Ok(Box::new(dir::DirReader::new(path)));
     }
     let kind = detect(path)?;
+    check_partition_applies(path, kind, options)?;
     Ok(match (kind.compression, kind.content) {
         (c, Content::Tar) => Box::new(tar::TarReader::open(path, c)?),
         (Compression::None, Content::Ext4) => Box::new(ext4::Ext4Reader::open(path, None)?),
