@@ -49,6 +49,11 @@ pub enum ImageError {
     Ext4(#[from] ext4::Ext4Error),
     #[error(transparent)]
     Sparse(#[from] sparse::SparseError),
+    #[error("{path}")]
+    SparseInput {
+        path: PathBuf,
+        source: sparse::SparseError,
+    },
     #[error(transparent)]
     Dir(#[from] dir::DirError),
     #[error(transparent)]

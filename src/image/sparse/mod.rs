@@ -75,7 +75,10 @@ fn open_sparse(path: &Path) -> Result<(SparseView, u64), ImageError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let layout = ChunkLayout::parse(&file)?;
+    let layout = ChunkLayout::parse(&file).map_err(|source| ImageError::SparseInput {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let size = layout.raw_size();
     Ok((SparseView::new(file, layout), size))
 }
@@ -83,6 +86,7 @@ fn open_sparse(path: &Path) -> Result<(SparseView, u64), ImageError> {
 /// Writes plans into copies of an Android sparse image of an ext2/3/4
 /// filesystem.
 pub struct SparseBackend {
+    path: PathBuf,
     image: Ext4Inspector<SparseView>,
 }
 
@@ -92,7 +96,10 @@ impl SparseBackend {
         let image = Ext4Inspector::open(view, size)?;
         image.check_writable()?;
         ext4::ensure_loaded()?;
-        Ok(SparseBackend { image })
+        Ok(SparseBackend {
+            path: path.to_path_buf(),
+            image,
+        })
     }
 }
 
@@ -112,7 +119,15 @@ impl ImageBackend for SparseBackend {
         let mut edited = writable(view);
         ext4::write_plan_to_device(&mut edited, self.image.superblock(), plan)?;
         tracing::debug!(written_blocks = edited.written().len(), "libext2fs done");
-        let changed = encode_edited(&edited, out)?;
+        // A write error is the output's (the pipeline names it); anything
+        // else came from reading the input.
+        let changed = encode_edited(&edited, out).map_err(|e| match e {
+            SparseError::Write(source) => ImageError::Output(source),
+            source => ImageError::SparseInput {
+                path: self.path.clone(),
+                source,
+            },
+        })?;
         tracing::debug!(
             changed_blocks = changed,
             chunks = view.layout().chunks.len(),
