@@ -388,3 +388,27 @@ fn a_batch_of_several_images_gives_each_serial_every_image() {
         }
     }
 }
+
+/// A single run into a directory whose manifest already gives the account
+/// to another serial says so (the earlier image's password goes stale).
+#[test]
+fn a_single_run_warns_when_the_manifest_gives_its_account_to_another_serial() {
+    let (_dir, input, out) = setup();
+    let server = StubServer::start().unwrap();
+    let o = batch(
+        &server,
+        &input,
+        &out,
+        &["--serial", "AZJN-0007", "--serial", "AZJN-0008"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = batch(&server, &input, &out, &["--serial", "AZXB-0007"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("already holds azaion-jetson-0007@azaion.com for AZJN-0007"),
+        "{}",
+        stderr(&o)
+    );
+    let o = batch(&server, &input, &out, &["--serial", "AZXB-0009"]);
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
+}
