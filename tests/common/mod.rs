@@ -419,6 +419,16 @@ pub fn mount_tmpfs(at: &Path, size: &str) -> bool {
 /// does not allow loop mounts (see [`require`]). Where it does, an image
 /// the kernel refuses fails the test.
 pub fn kernel_read(img: &Path, path: &str) -> Option<(String, String)> {
+    kernel_read_at(img, None, path)
+}
+
+/// As [`kernel_read`], for the filesystem at `(offset, len)` of `img` (a
+/// partition of a disk image: `mount -o ro,loop,offset=N,sizelimit=L`).
+pub fn kernel_read_at(
+    img: &Path,
+    region: Option<(u64, u64)>,
+    path: &str,
+) -> Option<(String, String)> {
     if !require(
         can_loop_mount(),
         "kernel mount check: mount -o ro,loop needs root and loop devices",
@@ -428,13 +438,17 @@ pub fn kernel_read(img: &Path, path: &str) -> Option<(String, String)> {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
+    let options = match region {
+        Some((offset, len)) => format!("ro,loop,offset={offset},sizelimit={len}"),
+        None => "ro,loop".to_string(),
+    };
     let o = run(Command::new("mount")
-        .args(["-o", "ro,loop"])
+        .args(["-o", &options])
         .arg(img)
         .arg(&mnt));
     assert!(
         o.status.success(),
-        "the kernel refuses {}: {}",
+        "the kernel refuses {} ({options}): {}",
         img.display(),
         stderr(&o).trim()
     );
