@@ -898,3 +898,36 @@ fn reproducible_with_source_date_epoch() {
     }
     assert_eq!(digests[0], digests[1]);
 }
+
+/// pzstd writes a skippable frame (its own index) before the zstd frames:
+/// such an archive is read, and rewritten whole (the block rewrite needs a
+/// single frame); zstd, GNU tar and bsdtar accept the output.
+#[test]
+fn a_pzstd_archive_is_read_and_rewritten() {
+    let c = case("tar", "gnu", true);
+    let pz = c.dir.join("rootfs.tar.zst");
+    let made = run(std::process::Command::new("pzstd")
+        .args(["-q", "-p", "2"])
+        .arg(&c.input)
+        .arg("-o")
+        .arg(&pz));
+    assert!(made.status.success(), "pzstd: {}", stderr(&made));
+    let head = fs::read(&pz).unwrap();
+    assert_eq!(
+        &head[1..4],
+        &[0x2A, 0x4D, 0x18],
+        "pzstd starts with a skippable frame"
+    );
+    let c = Case { input: pz, ..c };
+    let server = StubServer::start().unwrap();
+    let o = provision(&c, &server, &["-vv"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("full rewrite"), "{}", stderr(&o));
+    let t = run(std::process::Command::new("zstd")
+        .arg("-qt")
+        .arg(output_of(&c)));
+    assert!(t.status.success(), "{}", stderr(&t));
+    for tool in ["gnutar", "bsdtar"] {
+        check_extracted(&c, tool, &server, (0, 0), true);
+    }
+}

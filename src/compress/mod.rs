@@ -32,7 +32,7 @@ impl Compression {
             Some(Compression::Gzip)
         } else if head.starts_with(b"BZh") && head.len() > 3 && (b'1'..=b'9').contains(&head[3]) {
             Some(Compression::Bzip2)
-        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) || zstd::after_skippable(head) {
             Some(Compression::Zstd)
         } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
             Some(Compression::Xz)

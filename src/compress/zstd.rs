@@ -31,6 +31,23 @@ fn content_hash() -> Xxh64 {
     Xxh64::new(0)
 }
 
+/// A skippable frame's magic: 0x184D2A50 to 0x184D2A5F, little-endian.
+fn is_skippable(magic: &[u8]) -> bool {
+    magic.len() >= 4 && magic[0] & 0xF0 == 0x50 && magic[1..4] == [0x2A, 0x4D, 0x18]
+}
+
+/// Whether `head` starts with a skippable frame followed by a zstd frame,
+/// as pzstd writes (its skippable frame records the compressed sizes). A
+/// skippable frame alone says nothing: lz4 uses the same magics.
+pub(crate) fn after_skippable(head: &[u8]) -> bool {
+    if !is_skippable(head) || head.len() < 8 {
+        return false;
+    }
+    let size = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+    let at = 8usize.saturating_add(size);
+    head.get(at..at + 4) == Some(&MAGIC.to_le_bytes()[..])
+}
+
 /// The frame checksum for the content `hash` has seen.
 fn frame_checksum(hash: &Xxh64) -> [u8; 4] {
     (hash.digest() as u32).to_le_bytes()
@@ -299,7 +316,15 @@ impl IndexingDecoder {
             Some(h) => h.clone(),
             None => {
                 let mut head = vec![0u8; 5];
-                self.read_exact(&mut head)?;
+                self.read_exact(&mut head[..4])?;
+                if is_skippable(&head) {
+                    // pzstd starts with a skippable frame: no block
+                    // rewrite, the whole stream is decoded as it comes.
+                    self.decode(&head[..4])?;
+                    self.past_first = true;
+                    return Ok(None);
+                }
+                self.read_exact(&mut head[4..])?;
                 let rest = FrameHeader::rest_len(head[4]);
                 head.resize(5 + rest, 0);
                 self.read_exact(&mut head[5..])?;
@@ -431,6 +456,19 @@ impl<W: Write> Write for TailWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_skippable_frame_counts_only_before_a_zstd_frame() {
+        let mut pzstd = vec![0x50, 0x2A, 0x4D, 0x18, 4, 0, 0, 0, 9, 9, 9, 9];
+        pzstd.extend_from_slice(&MAGIC.to_le_bytes());
+        assert!(after_skippable(&pzstd));
+        // An lz4 file may start with the same skippable magics.
+        let mut lz4 = pzstd[..12].to_vec();
+        lz4.extend_from_slice(&0x184D_2204u32.to_le_bytes());
+        assert!(!after_skippable(&lz4));
+        assert!(!after_skippable(&pzstd[..10]));
+        assert!(!after_skippable(&[0xFF; 4]));
+    }
 
     #[test]
     fn content_hash_is_xxh64_and_gives_the_frame_checksum() {

@@ -95,10 +95,19 @@ fn fill(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 /// output keeps or omits it as the input did (the frame does not record
 /// the level; the output uses zstd's default, 3).
 fn zstd_checksum(path: &Path) -> bool {
-    let mut head = [0u8; 5];
-    File::open(path)
-        .and_then(|f| f.read_exact_at(&mut head, 0))
-        .is_ok_and(|_| head[4] & 0x04 != 0)
+    let mut head = [0u8; 32];
+    let Ok(n) = File::open(path).and_then(|f| f.read_at(&mut head, 0)) else {
+        return false;
+    };
+    let head = &head[..n];
+    // pzstd puts a skippable frame (8 bytes and its size) before the first.
+    let at = if crate::compress::zstd::after_skippable(head) {
+        8 + u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize
+    } else {
+        0
+    };
+    head.get(at + 4)
+        .is_some_and(|descriptor| descriptor & 0x04 != 0)
 }
 
 /// zstd's worker jobs: by default 4 windows (8 MiB at level 3), with
