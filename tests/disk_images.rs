@@ -729,19 +729,16 @@ fn zstd_check(path: &Path) -> String {
         .to_string()
 }
 
-/// Every codec around a raw ext4 image and around a disk image: the
-/// output is the input's codec (its `-t` passes; zstd keeps the input's
-/// checksum flag), and decompressed it is byte for byte what a run on
-/// the decompressed input writes.
-#[test]
-fn compressed_raw_and_disk_images_in_every_codec() {
-    let dir = TempDir::new().unwrap();
-    let pw = write_password(dir.path(), PASSWORD);
-    let tree = ext4_tree(dir.path(), 20, Azaion::Absent);
-    let ext4 = dir.path().join("rootfs.ext4");
+/// A password file, a raw ext4 image (`rootfs.ext4`) and a small GPT disk
+/// (`sd.img`: random `kernel`, the same filesystem in `APP`) in `dir`,
+/// with the disk's partition spans.
+fn raw_and_disk(dir: &Path) -> (PathBuf, PathBuf, PathBuf, Vec<Span>) {
+    let pw = write_password(dir, PASSWORD);
+    let tree = ext4_tree(dir, 20, Azaion::Absent);
+    let ext4 = dir.join("rootfs.ext4");
     let o = mkfs(&tree, &ext4, &["-t", "ext4"], "24M");
     assert!(o.status.success(), "mke2fs: {}", stderr(&o));
-    let disk = dir.path().join("sd.img");
+    let disk = dir.join("sd.img");
     let parts = sgdisk_disk(
         &disk,
         48 * MIB,
@@ -751,6 +748,17 @@ fn compressed_raw_and_disk_images_in_every_codec() {
     );
     fill_random(&disk, parts[0]);
     mkfs_in_place(&disk, parts[1], &tree);
+    (pw, ext4, disk, parts)
+}
+
+/// Every codec around a raw ext4 image and around a disk image: the
+/// output is the input's codec (its `-t` passes; zstd keeps the input's
+/// checksum flag), and decompressed it is byte for byte what a run on
+/// the decompressed input writes.
+#[test]
+fn compressed_raw_and_disk_images_in_every_codec() {
+    let dir = TempDir::new().unwrap();
+    let (pw, ext4, disk, _) = raw_and_disk(dir.path());
 
     let out = out_dir(dir.path(), "out");
     for plain in [&ext4, &disk] {
@@ -934,21 +942,7 @@ fn block_maps_follow_their_images() {
         return;
     }
     let dir = TempDir::new().unwrap();
-    let pw = write_password(dir.path(), PASSWORD);
-    let tree = ext4_tree(dir.path(), 20, Azaion::Absent);
-    let ext4 = dir.path().join("rootfs.ext4");
-    let o = mkfs(&tree, &ext4, &["-t", "ext4"], "24M");
-    assert!(o.status.success(), "mke2fs: {}", stderr(&o));
-    let disk = dir.path().join("sd.img");
-    let parts = sgdisk_disk(
-        &disk,
-        48 * MIB,
-        &[part("kernel", "8300", MIB), part("APP", "8300", 32 * MIB)],
-        2048,
-        2048,
-    );
-    fill_random(&disk, parts[0]);
-    mkfs_in_place(&disk, parts[1], &tree);
+    let (pw, ext4, disk, parts) = raw_and_disk(dir.path());
     let out = out_dir(dir.path(), "out");
 
     // Without a block map beside the input, none beside the output.
