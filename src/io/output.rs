@@ -290,7 +290,8 @@ fn stale_candidate_pid(name: &str) -> Option<u32> {
 }
 
 /// A private scratch file (0600, removed when dropped or on interrupt),
-/// e.g. a sparse image expanded so libext2fs can edit it.
+/// e.g. a compressed raw image decompressed so libext2fs can edit it, or
+/// a sparse image expanded for e2fsck.
 pub struct Scratch {
     path: PathBuf,
     file: File,

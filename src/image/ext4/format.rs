@@ -1,5 +1,5 @@
 //! Numbers from the ext2/3/4 on-disk format, in one place for imprint's
-//! reader (`disk.rs`), the checks before writing (`mod.rs`) and the
+//! reader (`reader.rs`), the checks before writing (`mod.rs`) and the
 //! libext2fs glue (`libext2fs.rs`). Names follow the kernel's
 //! `EXT4_FEATURE_*`, `EXT4_*_FL` and `S_IF*` constants.
 
