@@ -187,6 +187,7 @@ fn sample_plan(mtime: i64) -> Plan {
             kind: PlanKind::Dir,
             mode: 0o755,
             owner: owner(*uid),
+            xattrs: Vec::new(),
         });
     let files = SAMPLE_FILES
         .iter()
@@ -195,6 +196,7 @@ fn sample_plan(mtime: i64) -> Plan {
             kind: PlanKind::File(Zeroizing::new(content.to_vec())),
             mode: *mode,
             owner: owner(*uid),
+            xattrs: Vec::new(),
         });
     Plan {
         entries: dirs.chain(files).collect(),

@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 
 use crate::owner::{Owner, OwnerError, OwnerSpec, UserDb};
 pub use model::{EntryType, Existing, FileMeta, ImagePath};
-use spec::{parse_mode, render};
+use spec::{parse_mode, render, SpecKind};
 pub use spec::{DeviceVars, OverlaySpec, DEFAULT_OVERLAY};
 
 #[derive(Debug, Error)]
@@ -46,6 +46,16 @@ pub enum OverlayError {
     NotDirectory { path: String, what: String },
     #[error("{path} is {what}; imprint only replaces a regular file with one link there. Remove it and try again")]
     NotRegular { path: String, what: String },
+    #[error("{path} is {what}; a symlink replaces only a file or another symlink. Remove it and try again")]
+    NotReplaceableBySymlink { path: String, what: String },
+    #[error("{path} lies inside {absent}, which the overlay removes; drop one of the two entries")]
+    InsideAbsent { path: String, absent: String },
+    #[error("{path}: imprint cannot write a {kind} entry into {format} yet")]
+    NotSupported {
+        path: String,
+        kind: &'static str,
+        format: &'static str,
+    },
 }
 
 #[derive(Clone)]
@@ -55,6 +65,24 @@ pub enum PlanKind {
     Dir,
     /// Create the file, or replace whatever regular file is there.
     File(Zeroizing<Vec<u8>>),
+    /// Create a symbolic link to the target (stored as given), replacing a
+    /// file or symlink already there.
+    Symlink(String),
+    /// Remove whatever is at the path, if anything: a file, symlink or
+    /// device node; a directory only when it is empty or `recursive`.
+    Absent { recursive: bool },
+}
+
+impl PlanKind {
+    /// The word specs and dry runs use for the kind.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PlanKind::Dir => "dir",
+            PlanKind::File(_) => "file",
+            PlanKind::Symlink(_) => "symlink",
+            PlanKind::Absent { .. } => "absent",
+        }
+    }
 }
 
 impl fmt::Debug for PlanKind {
@@ -62,24 +90,60 @@ impl fmt::Debug for PlanKind {
         match self {
             PlanKind::Dir => f.write_str("Dir"),
             PlanKind::File(bytes) => write!(f, "File(<{} bytes>)", bytes.len()),
+            PlanKind::Symlink(target) => write!(f, "Symlink({target:?})"),
+            PlanKind::Absent { recursive } => write!(f, "Absent {{ recursive: {recursive} }}"),
         }
     }
+}
+
+/// One extended attribute an entry sets, e.g. `security.selinux`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Xattr {
+    pub name: String,
+    pub value: Vec<u8>,
+}
+
+impl fmt::Debug for Xattr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Xattr({}, <{} bytes>)", self.name, self.value.len())
+    }
+}
+
+/// Whether an extended attribute survives when its file is replaced: a
+/// security label (SELinux, AppArmor, IMA, capabilities) stays with the
+/// path; ACLs and user/trusted attributes go, so that a replaced file gets
+/// exactly the access the plan gives it, in every format alike.
+pub fn kept_on_replace(name: &str) -> bool {
+    name.starts_with("security.")
 }
 
 #[derive(Debug, Clone)]
 pub struct PlanEntry {
     pub path: ImagePath,
     pub kind: PlanKind,
-    /// Permission bits only (no file type), e.g. 0o600.
+    /// Permission bits only (no file type), e.g. 0o600. Symlinks: 0o777.
     pub mode: u32,
     pub owner: Owner,
+    /// Extended attributes to set, sorted by name. A new entry gets
+    /// exactly these; a replaced file also keeps its own attributes for
+    /// which [`kept_on_replace`] says yes and that are not set here.
+    pub xattrs: Vec<Xattr>,
 }
 
 impl PlanEntry {
     pub fn content(&self) -> Option<&[u8]> {
         match &self.kind {
             PlanKind::File(bytes) => Some(bytes),
-            PlanKind::Dir => None,
+            _ => None,
+        }
+    }
+
+    /// An error for a backend that cannot write this kind of entry yet.
+    pub fn not_supported(&self, format: &'static str) -> OverlayError {
+        OverlayError::NotSupported {
+            path: self.path.to_string(),
+            kind: self.kind.name(),
+            format,
         }
     }
 }
@@ -107,27 +171,79 @@ impl Plan {
             if entries.iter().any(|p| p.path == path) {
                 return Err(OverlayError::Duplicate(path.to_string()));
             }
-            let owner_spec = if e.owner == "{owner}" {
-                default_owner.clone()
-            } else {
-                e.owner.parse().expect("checked when parsed")
+            let owner = match (e.kind, e.owner.as_deref()) {
+                (SpecKind::Absent, _) | (_, None) => Owner {
+                    uid: 0,
+                    gid: 0,
+                    user_name: None,
+                    group_name: None,
+                },
+                (_, Some(text)) => {
+                    let owner_spec = if text == "{owner}" {
+                        default_owner.clone()
+                    } else {
+                        text.parse().expect("checked when parsed")
+                    };
+                    db.resolve(&owner_spec)
+                        .map_err(|source| OverlayError::Owner {
+                            path: path.to_string(),
+                            source,
+                        })?
+                }
             };
-            let owner = db
-                .resolve(&owner_spec)
-                .map_err(|source| OverlayError::Owner {
-                    path: path.to_string(),
-                    source,
-                })?;
-            let kind = match &e.content {
-                Some(template) => PlanKind::File(render(template, vars)),
-                None => PlanKind::Dir,
+            let kind = match e.kind {
+                SpecKind::Dir => PlanKind::Dir,
+                SpecKind::File => {
+                    PlanKind::File(render(e.content.as_deref().unwrap_or_default(), vars))
+                }
+                SpecKind::Symlink => {
+                    let target = render(e.target.as_deref().unwrap_or_default(), vars);
+                    PlanKind::Symlink(String::from_utf8_lossy(&target).into_owned())
+                }
+                SpecKind::Absent => PlanKind::Absent {
+                    recursive: e.recursive.unwrap_or(false),
+                },
             };
+            let mode = match e.kind {
+                SpecKind::Symlink => 0o777,
+                SpecKind::Absent => 0,
+                _ => e
+                    .mode
+                    .as_deref()
+                    .and_then(parse_mode)
+                    .expect("checked when parsed"),
+            };
+            // A BTreeMap: already sorted by name.
+            let xattrs = e
+                .xattrs
+                .iter()
+                .flatten()
+                .map(|(name, value)| Xattr {
+                    name: name.clone(),
+                    value: render(value, vars).to_vec(),
+                })
+                .collect();
             entries.push(PlanEntry {
                 path,
                 kind,
-                mode: parse_mode(&e.mode).expect("checked when parsed"),
+                mode,
                 owner,
+                xattrs,
             });
+        }
+        for absent in entries
+            .iter()
+            .filter(|e| matches!(e.kind, PlanKind::Absent { .. }))
+        {
+            let inside = entries.iter().find(|e| {
+                e.path.components().starts_with(absent.path.components()) && e.path != absent.path
+            });
+            if let Some(inside) = inside {
+                return Err(OverlayError::InsideAbsent {
+                    path: inside.path.to_string(),
+                    absent: absent.path.to_string(),
+                });
+            }
         }
         // Parents first; a stable sort keeps the spec's order otherwise.
         entries.sort_by_key(|e| e.path.components().len());
@@ -139,7 +255,13 @@ impl Plan {
     /// [`Plan::check_parents`].
     pub fn required_parents(&self) -> Vec<ImagePath> {
         let mut needed: Vec<ImagePath> = Vec::new();
-        for e in &self.entries {
+        // Removing needs no parent: where there is none, there is nothing
+        // to remove.
+        let creating = self
+            .entries
+            .iter()
+            .filter(|e| !matches!(e.kind, PlanKind::Absent { .. }));
+        for e in creating {
             if let Some(parent) = e.path.parent() {
                 let from_plan = self
                     .entries
@@ -204,12 +326,18 @@ impl Plan {
             let fine = match entry.kind {
                 PlanKind::Dir => found.kind == EntryType::Dir,
                 PlanKind::File(_) => found.kind == EntryType::Regular && found.links == 1,
+                PlanKind::Symlink(_) => {
+                    matches!(found.kind, EntryType::Symlink | EntryType::Regular)
+                }
+                // Whether a directory is empty is the backend's to check.
+                PlanKind::Absent { .. } => true,
             };
             if !fine {
                 let (path, what) = (entry.path.to_string(), found.what);
                 return Err(match entry.kind {
                     PlanKind::Dir => OverlayError::NotDirectory { path, what },
-                    PlanKind::File(_) => OverlayError::NotRegular { path, what },
+                    PlanKind::Symlink(_) => OverlayError::NotReplaceableBySymlink { path, what },
+                    _ => OverlayError::NotRegular { path, what },
                 }
                 .into());
             }
@@ -268,9 +396,102 @@ mod tests {
             "[[entry]]\npath='/etc/x'\ntype='dir'\nmode='99'\nowner='0:0'\n",
             "[[entry]]\npath='/etc/x'\ntype='link'\nmode='0755'\nowner='0:0'\n",
             "[[entry]]\npath='/etc/x'\ntype='dir'\nmode='0755'\nowner='a b'\n",
+            "[[entry]]\npath='/etc/x'\ntype='symlink'\n",
+            "[[entry]]\npath='/etc/x'\ntype='symlink'\ntarget='a'\nmode='0644'\n",
+            "[[entry]]\npath='/etc/x'\ntype='absent'\nmode='0644'\n",
+            "[[entry]]\npath='/etc/x'\ntype='file'\nmode='0600'\nowner='0:0'\ncontent=''\ntarget='a'\n",
+            "[[entry]]\npath='/etc/x'\ntype='dir'\nmode='0755'\nowner='0:0'\nrecursive=true\n",
+            "[[entry]]\npath='/etc/x'\ntype='file'\nmode='0600'\nowner='0:0'\ncontent=''\nxattrs={'system.posix_acl_access'='x'}\n",
+            "[[entry]]\npath='/etc/x'\ntype='file'\nmode='0600'\nowner='0:0'\ncontent=''\nxattrs={'security.'='x'}\n",
+            "[[entry]]\npath='/etc/x'\ntype='dir'\nowner='0:0'\n",
         ] {
             assert!(OverlaySpec::parse(spec, "t").is_err(), "{spec}");
         }
+    }
+
+    #[test]
+    fn symlinks_removals_and_xattrs_resolve() {
+        let spec = OverlaySpec::parse(
+            r#"
+[[entry]]
+path = "/etc/systemd/system/multi-user.target.wants/azaion.service"
+type = "symlink"
+target = "/lib/systemd/system/azaion-{serial}.service"
+[[entry]]
+path = "/etc/machine-id"
+type = "absent"
+[[entry]]
+path = "/etc/azaion-old"
+type = "absent"
+recursive = true
+[[entry]]
+path = "/etc/hostname"
+type = "file"
+mode = "0644"
+owner = "0:0"
+content = "{serial}\n"
+xattrs = { "security.selinux" = "system_u:object_r:etc_t:s0", "user.b" = "2" }
+"#,
+            "t",
+        )
+        .unwrap();
+        let p = Password::from_plain("0123");
+        let db = UserDb::parse(
+            Some(
+                b"root:x:0:0::/:/bin/sh
+",
+            ),
+            Some(
+                b"root:x:0:
+",
+            ),
+        );
+        let plan =
+            Plan::resolve(&spec, &vars(&p), &db, &OwnerSpec::User("root".into()), 7).unwrap();
+        let by = |p: &str| {
+            plan.entries
+                .iter()
+                .find(|e| e.path.to_string() == p)
+                .unwrap()
+        };
+        let link = by("/etc/systemd/system/multi-user.target.wants/azaion.service");
+        assert!(
+            matches!(&link.kind, PlanKind::Symlink(t) if t == "/lib/systemd/system/azaion-AZJN-0042.service")
+        );
+        assert_eq!(link.mode, 0o777);
+        assert!(matches!(
+            by("/etc/azaion-old").kind,
+            PlanKind::Absent { recursive: true }
+        ));
+        let names: Vec<&str> = by("/etc/hostname")
+            .xattrs
+            .iter()
+            .map(|x| x.name.as_str())
+            .collect();
+        assert_eq!(names, ["security.selinux", "user.b"]);
+        // Removals need no parent; the symlink's parent must exist.
+        assert_eq!(
+            plan.required_parents(),
+            vec![
+                ImagePath::parse("/etc").unwrap(),
+                ImagePath::parse("/etc/systemd/system/multi-user.target.wants").unwrap()
+            ]
+        );
+        assert!(kept_on_replace("security.ima") && !kept_on_replace("system.posix_acl_access"));
+    }
+
+    #[test]
+    fn an_entry_inside_a_removed_directory_is_refused() {
+        let spec = OverlaySpec::parse(
+            "[[entry]]\npath='/etc/a'\ntype='absent'\nrecursive=true\n[[entry]]\npath='/etc/a/b'\ntype='file'\nmode='0600'\nowner='0:0'\ncontent=''\n",
+            "t",
+        )
+        .unwrap();
+        let p = Password::from_plain("0123");
+        let db = UserDb::parse(Some(b"root:x:0:0::/:/bin/sh\n"), Some(b"root:x:0:\n"));
+        let err =
+            Plan::resolve(&spec, &vars(&p), &db, &OwnerSpec::User("root".into()), 7).unwrap_err();
+        assert!(matches!(err, OverlayError::InsideAbsent { .. }), "{err}");
     }
 
     #[test]

@@ -6,8 +6,9 @@
 use std::fmt;
 
 /// What kind of thing a path in the image is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EntryType {
+    #[default]
     Regular,
     Dir,
     Symlink,
@@ -15,8 +16,8 @@ pub enum EntryType {
     Other,
 }
 
-/// Metadata of one path inside an image, as `verify` reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Metadata of one path inside an image, as `verify` and `ls` report it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FileMeta {
     pub kind: EntryType,
     /// Permission bits only, e.g. 0o600.
@@ -25,6 +26,18 @@ pub struct FileMeta {
     pub gid: u32,
     pub mtime: i64,
     pub size: u64,
+    /// How many names the file has: an inode's link count, or for a tar
+    /// entry 1 + the hard-link entries that name it. 0 when unknown.
+    pub links: u32,
+    /// A symlink's target, as stored.
+    pub target: Option<String>,
+    /// Names of the extended attributes the file carries (an ACL shows as
+    /// `system.posix_acl_access` / `system.posix_acl_default`), sorted.
+    pub xattrs: Vec<String>,
+    /// The owner names an archive entry carries (`uname`, `gname`, after
+    /// any pax records), which GNU tar running as root maps through the
+    /// extracting host's user database. `None` where the format has none.
+    pub names: Option<(String, String)>,
 }
 
 /// What a path in the image is, as far as [`crate::plan::Plan::check_existing`] cares,

@@ -2,6 +2,7 @@
 //! (`overlays/device-conf.toml` is the default), parsed and checked before
 //! any image is opened.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -29,11 +30,19 @@ pub(super) struct SpecEntry {
     pub(super) path: String,
     #[serde(rename = "type")]
     pub(super) kind: SpecKind,
-    pub(super) mode: String,
+    /// Required for files and directories; a symlink's is always 0777.
+    pub(super) mode: Option<String>,
     /// `{owner}` (the `--owner` flag), `USER`, `USER:GROUP` or `UID:GID`.
-    pub(super) owner: String,
+    /// Required for files and directories; a symlink's defaults to 0:0.
+    pub(super) owner: Option<String>,
     /// File content, with `{email}`, `{password}` and `{serial}` replaced.
     pub(super) content: Option<String>,
+    /// A symlink's target, templated like content.
+    pub(super) target: Option<String>,
+    /// An absent directory's contents go too.
+    pub(super) recursive: Option<bool>,
+    /// Extended attributes (`security.*`, `user.*`, `trusted.*`) as text.
+    pub(super) xattrs: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -41,7 +50,13 @@ pub(super) struct SpecEntry {
 pub(super) enum SpecKind {
     Dir,
     File,
+    Symlink,
+    Absent,
 }
+
+/// Namespaces an overlay may set attributes in. `system.*` holds ACLs and
+/// other binary kernel formats that a text value cannot express.
+const XATTR_NAMESPACES: [&str; 3] = ["security.", "user.", "trusted."];
 
 /// A parsed, checked overlay spec, ready to be resolved per device.
 #[derive(Debug, Clone)]
@@ -77,19 +92,7 @@ impl OverlaySpec {
             if ImagePath::parse(&e.path).is_none() {
                 return Err(bad("the path must be absolute and must not contain '..'"));
             }
-            if parse_mode(&e.mode).is_none() {
-                return Err(bad("mode must be octal permission bits such as \"0600\""));
-            }
-            if e.owner != "{owner}" {
-                e.owner
-                    .parse::<OwnerSpec>()
-                    .map_err(|err| bad(&err.to_string()))?;
-            }
-            match (e.kind, &e.content) {
-                (SpecKind::File, None) => return Err(bad("a file needs content")),
-                (SpecKind::Dir, Some(_)) => return Err(bad("a directory has no content")),
-                _ => {}
-            }
+            check_entry(e).map_err(|why| bad(&why))?;
         }
         Ok(OverlaySpec {
             entries: file
@@ -111,6 +114,82 @@ impl OverlaySpec {
     /// Adds another spec's entries after this one's.
     pub fn extend(&mut self, other: OverlaySpec) {
         self.entries.extend(other.entries);
+    }
+}
+
+/// The rules of one entry, as a reason when broken.
+fn check_entry(e: &SpecEntry) -> Result<(), String> {
+    let kind = e.kind;
+    let is = |k: SpecKind| kind == k;
+    if let Some(mode) = &e.mode {
+        if parse_mode(mode).is_none() {
+            return Err("mode must be octal permission bits such as \"0600\"".into());
+        }
+        if is(SpecKind::Symlink) && parse_mode(mode) != Some(0o777) {
+            return Err("a symlink's mode is always 0777; leave mode out".into());
+        }
+    } else if is(SpecKind::Dir) || is(SpecKind::File) {
+        return Err("mode is required, e.g. \"0644\"".into());
+    }
+    match &e.owner {
+        Some(owner) if owner != "{owner}" => {
+            owner.parse::<OwnerSpec>().map_err(|err| err.to_string())?;
+        }
+        Some(_) => {}
+        None if is(SpecKind::Dir) || is(SpecKind::File) => {
+            return Err("owner is required, e.g. \"{owner}\" or \"0:0\"".into())
+        }
+        None => {}
+    }
+    if is(SpecKind::File) != e.content.is_some() {
+        return Err(if is(SpecKind::File) {
+            "a file needs content".into()
+        } else {
+            format!("a {} entry has no content", kind.name())
+        });
+    }
+    if is(SpecKind::Symlink) != e.target.is_some() {
+        return Err(if is(SpecKind::Symlink) {
+            "a symlink needs a target".into()
+        } else {
+            format!("only a symlink has a target, not a {} entry", kind.name())
+        });
+    }
+    if e.recursive.is_some() && !is(SpecKind::Absent) {
+        return Err("recursive applies only to absent entries".into());
+    }
+    if is(SpecKind::Absent) && (e.mode.is_some() || e.owner.is_some() || e.xattrs.is_some()) {
+        return Err("an absent entry takes only path, type and recursive".into());
+    }
+    if let Some(target) = &e.target {
+        if target.is_empty() || target.contains('\0') || target.len() > 4095 {
+            return Err("a symlink target must be 1 to 4095 bytes without NUL".into());
+        }
+    }
+    for (name, value) in e.xattrs.iter().flatten() {
+        let known = XATTR_NAMESPACES
+            .iter()
+            .any(|ns| name.len() > ns.len() && name.starts_with(ns));
+        if !known || name.len() > 255 || name.contains('\0') {
+            return Err(format!(
+                "xattr {name:?}: names must be security.*, user.* or trusted.*, up to 255 bytes"
+            ));
+        }
+        if value.len() > 4000 {
+            return Err(format!("xattr {name:?}: values are limited to 4000 bytes"));
+        }
+    }
+    Ok(())
+}
+
+impl SpecKind {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            SpecKind::Dir => "dir",
+            SpecKind::File => "file",
+            SpecKind::Symlink => "symlink",
+            SpecKind::Absent => "absent",
+        }
     }
 }
 

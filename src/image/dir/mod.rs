@@ -228,6 +228,9 @@ impl StagingDir {
                     finish(&file.temp, temp, entry.mode, uid, gid, mtime)?;
                     f.sync_all().map_err(io_err("sync", temp))?;
                 }
+                PlanKind::Symlink(_) | PlanKind::Absent { .. } => {
+                    return Err(entry.not_supported("a staging directory").into())
+                }
             }
         }
         Ok(staged)
@@ -421,6 +424,7 @@ impl ImageReader for DirReader {
             gid: st.gid,
             mtime: st.mtime,
             size: st.size,
+            ..Default::default()
         };
         Ok(Some((info, content)))
     }

@@ -585,6 +585,11 @@ fn edit(
                 tracing::debug!(path = %entry.path, bytes = content.len(), "writing file");
                 open.write_file(parent, entry, content, plan.mtime)?
             }
+            PlanKind::Symlink(_) | PlanKind::Absent { .. } => {
+                return Err(Ext4Error::Plan(
+                    entry.not_supported("an ext2/3/4 filesystem"),
+                ))
+            }
         }
     }
     open.close()

@@ -61,6 +61,8 @@ pub enum Ext4Error {
     NoFreeBlock { doing: String },
     #[error("{path} is {what} to libext2fs, but imprint's own reader saw something writable there; the filesystem is inconsistent. Check it with e2fsck -f")]
     Unexpected { path: String, what: String },
+    #[error(transparent)]
+    Plan(#[from] crate::plan::OverlayError),
     #[error("libext2fs failed to {doing}: {message}")]
     Library { doing: String, message: String },
     #[error("cannot load libext2fs.so.2, which imprint uses to write ext2/3/4 images ({why}). Install e2fsprogs (Debian/Ubuntu: apt-get install e2fsprogs libext2fs2)")]

@@ -194,6 +194,7 @@ impl Inode {
             gid: self.gid,
             mtime: self.mtime,
             size: self.size,
+            ..Default::default()
         }
     }
 

@@ -64,6 +64,9 @@ pub(super) fn edit_list(scan: &Scan, plan: &Plan) -> Result<Vec<Piece>, OverlayE
                     None => appended.extend_from_slice(&bytes),
                 }
             }
+            PlanKind::Symlink(_) | PlanKind::Absent { .. } => {
+                return Err(entry.not_supported("a tar archive"))
+            }
         }
     }
     edits.push((scan.end_of_entries, appended, 0));
@@ -142,6 +145,7 @@ fn new_entry(entry: &PlanEntry, dot_slash: bool, mtime: i64) -> NewEntry<'_> {
             gid: entry.owner.gid,
             mtime,
             size: content.len() as u64,
+            ..Default::default()
         },
         uname: entry.owner.user_name.as_deref().unwrap_or(""),
         gname: entry.owner.group_name.as_deref().unwrap_or(""),
@@ -167,6 +171,7 @@ mod tests {
                 gid: 0,
                 mtime: 0,
                 size: 0,
+                ..Default::default()
             },
             start,
             end,
@@ -179,6 +184,7 @@ mod tests {
             kind: PlanKind::File(Zeroizing::new(body.to_vec())),
             mode: 0o600,
             owner: crate::owner::Owner::root(),
+            xattrs: Vec::new(),
         }
     }
 
@@ -330,6 +336,7 @@ mod tests {
                     user_name: (id != 0).then(|| "azaion".into()),
                     group_name: Some("azaion".into()),
                 },
+                xattrs: Vec::new(),
             };
             let bytes = header::encode_entry(style, &new_entry(&entry, dot_slash, 1_700_000_000));
             let got: String = Sha256::digest(&bytes[..])

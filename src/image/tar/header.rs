@@ -397,6 +397,7 @@ pub(super) fn parse_entry(
                 .mtime
                 .map_or_else(|| number(block, 136..148, "mtime"), Ok)?,
             size: size.bytes(),
+            ..Default::default()
         },
         // Links and directories carry no data whatever the size says.
         data_size: if matches!(typeflag, b'1' | b'2' | b'3' | b'4' | b'5' | b'6') {
@@ -442,6 +443,7 @@ pub(super) fn encode_entry(style: HeaderStyle, entry: &NewEntry) -> Zeroizing<Ve
                 gid: 0,
                 mtime: 0,
                 size: long.len() as u64,
+                ..Default::default()
             };
             out.extend_from_slice(&header_block(
                 style,
@@ -485,6 +487,7 @@ pub(super) fn encode_entry(style: HeaderStyle, entry: &NewEntry) -> Zeroizing<Ve
             gid: 0,
             mtime: meta.mtime,
             size: records.len() as u64,
+            ..Default::default()
         };
         let pax_short = ustar_split(&pax_name).unwrap_or(("", entry.file_name));
         out.extend_from_slice(&header_block(
@@ -747,6 +750,7 @@ mod tests {
             gid: 2,
             mtime: 3,
             size: 4,
+            ..Default::default()
         };
         for style in [HeaderStyle::Gnu, HeaderStyle::Ustar] {
             let h = header_block(
@@ -771,6 +775,7 @@ mod tests {
             gid: 4_000_000_000,
             mtime: 1_700_000_000,
             size: 5,
+            ..Default::default()
         };
         for style in [HeaderStyle::Ustar, HeaderStyle::Pax, HeaderStyle::Gnu] {
             let name = format!("./{}/{}", "d".repeat(120), "f".repeat(120));
