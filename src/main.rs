@@ -57,6 +57,7 @@ fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Provision(args) => cli::provision::run(args),
         Command::Verify(args) => cli::verify::run(args),
+        Command::Manifest { command } => cli::manifest::run(command),
         Command::Completions { shell } => {
             let mut cli = Cli::command();
             clap_complete::generate(shell, &mut cli, "imprint", &mut std::io::stdout());
