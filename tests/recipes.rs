@@ -74,69 +74,253 @@ fn buildroot_post_image_script() {
     }
 }
 
-#[test]
-fn l4t_station_flashes_a_verified_per_device_image() {
-    let dir = TempDir::new().unwrap();
-    let l4t = dir.path().join("Linux_for_Tegra");
-    fs::create_dir_all(l4t.join("bootloader")).unwrap();
-    let tree = ext4_tree(dir.path(), 0, Azaion::Absent);
-    let raw = dir.path().join("system.img.raw");
-    assert!(mkfs(&tree, &raw, &["-t", "ext4"], "16M").status.success());
-    let system = l4t.join("bootloader/system.img");
-    imprint::image::sparse::encode_raw(
-        &fs::File::open(&raw).unwrap(),
-        4096,
-        &mut fs::File::create(&system).unwrap(),
-    )
-    .unwrap();
-    let base_hash = sha256(&system);
-    // A stand-in flash.sh that records its arguments and the image it saw.
-    fs::write(
-        l4t.join("flash.sh"),
-        "#!/bin/sh\necho \"$@\" > flashed-args\nsha256sum bootloader/system.img | cut -d' ' -f1 > flashed-image\n",
-    )
-    .unwrap();
-    sh(&format!("chmod +x {}", l4t.join("flash.sh").display()));
-    let pw = write_password(dir.path(), PASSWORD);
-    let o = run(shell(&recipe("l4t/station.sh"))
-        .current_dir(&l4t)
-        .args(["AZJN-0042", "jetson-orin-nano-devkit", "internal"])
-        .env("IMPRINT_OFFLINE_PASSWORD_FILE", &pw));
-    // Run by anyone but root, station.sh calls flash.sh through sudo.
-    let sudo_refused = !o.status.success() && stderr(&o).contains("sudo");
-    if !require(
-        !sudo_refused,
-        &format!(
-            "station.sh needs root or sudo to call flash.sh: {}",
-            stderr(&o).lines().last().unwrap_or_default()
-        ),
-    ) {
-        return;
-    }
-    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
-    assert_eq!(
-        fs::read_to_string(l4t.join("flashed-args")).unwrap().trim(),
-        "-r jetson-orin-nano-devkit internal"
-    );
-    assert_eq!(
-        fs::read_to_string(l4t.join("flashed-image"))
-            .unwrap()
-            .trim(),
-        sha256(&system)
-    );
-    assert_eq!(
-        sha256(&l4t.join("bootloader/system.img.base")),
-        base_hash,
-        "the base is kept"
-    );
-    verifies(&system, "AZJN-0042");
+/// The stand-ins for NVIDIA's scripts (tests/standins/l4t): flash.sh and
+/// tools/kernel_flash/l4t_initrd_flash.sh, with the files and flags of the
+/// real ones.
+fn standin(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/standins/l4t")
+        .join(path)
 }
 
+const BOARD: &str = "jetson-orin-nano-devkit";
+
+/// A Linux_for_Tegra tree: the stand-in scripts, a board config, and a
+/// rootfs/ as it is after apply_binaries.sh and l4t_create_default_user.sh
+/// (an azaion user), with a file capability on a binary (an extended
+/// attribute, as the real rootfs has).
+fn l4t_tree(dir: &Path) -> PathBuf {
+    let l4t = dir.join("Linux_for_Tegra");
+    fs::create_dir_all(l4t.join("bootloader")).unwrap();
+    fs::create_dir_all(l4t.join("tools/kernel_flash")).unwrap();
+    for script in ["flash.sh", "tools/kernel_flash/l4t_initrd_flash.sh"] {
+        fs::copy(standin(script), l4t.join(script)).unwrap();
+    }
+    fs::write(l4t.join(format!("{BOARD}.conf")), "# board config\n").unwrap();
+    let root = make_rootfs(dir, "rootfs-src");
+    sh(&format!(
+        "mv {} {l}/rootfs && setfattr -n security.capability -v 0sAQAAAgAgAAAAAAAAAAAAAAAAAAA= {l}/rootfs/usr/bin/blob && setfattr -n user.l4t -v kept {l}/rootfs/usr/bin/blob",
+        root.display(),
+        l = l4t.display()
+    ));
+    l4t
+}
+
+fn email_of(serial: &str) -> String {
+    format!("azaion-jetson-{}@azaion.com", &serial[5..])
+}
+
+/// What the device got on its APP partition: device.conf's text, its
+/// owner and mode, and an extended attribute of usr/bin/blob, from an
+/// extracted tree or an ext4 image. A tree has its user.l4t attribute:
+/// `tar --xattrs -xpf`, as l4t_flash_from_kernel.sh runs it, restores only
+/// user.* ones. An image has its file capability, as hex.
+fn app_partition(target: &Path) -> (String, String, String) {
+    if target.is_dir() {
+        let conf = target.join("etc/azaion/device.conf");
+        let owner = stdout(&sh(&format!("stat -c '%u:%g %a' {}", conf.display())));
+        let cap = stdout(&sh(&format!(
+            "getfattr -n user.l4t --only-values {}/usr/bin/blob",
+            target.display()
+        )));
+        (
+            fs::read_to_string(conf).unwrap(),
+            owner.trim().to_string(),
+            cap,
+        )
+    } else {
+        let conf = debugfs(target, "cat /etc/azaion/device.conf");
+        let (mode, uid, gid) = debugfs_stat(target, "/etc/azaion/device.conf");
+        let cap = debugfs(target, "ea_get -x /usr/bin/blob security.capability");
+        let cap: String = cap
+            .split_whitespace()
+            .filter(|w| w.len() == 2 && w.chars().all(|c| c.is_ascii_hexdigit()))
+            .collect();
+        (conf, format!("{uid}:{gid} {:o}", mode & 0o7777), cap)
+    }
+}
+
+const CAPABILITY_HEX: &str = "0100000200200000000000000000000000000000";
+
+/// flash.sh station: --prepare builds the base with `flash.sh --no-flash`
+/// and keeps its UUID file; each device is flashed with `flash.sh -r` and
+/// gets its own credentials on the APP partition, under the UUID its
+/// extlinux.conf boots; the base is back in bootloader/ after each run,
+/// also when flashing fails; a UUID file that changed is refused.
 #[test]
-fn l4t_sample_rootfs_tbz2_per_serial() {
+fn l4t_station_flashes_each_device_and_restores_the_base() {
+    let dir = TempDir::new().unwrap();
+    let l4t = l4t_tree(dir.path());
+    let device = dir.path().join("device");
+    let log = dir.path().join("flash-args");
+    let pw = write_password(dir.path(), PASSWORD);
+    let station = |args: &[&str], fail: bool| {
+        run(shell(&recipe("l4t/station.sh"))
+            .current_dir(&l4t)
+            .args(args)
+            .env("IMPRINT_OFFLINE_PASSWORD_FILE", &pw)
+            .env("L4T_STANDIN_DEVICE", &device)
+            .env("L4T_STANDIN_FAIL", if fail { "1" } else { "0" })
+            .env("L4T_STANDIN_LOG", &log))
+    };
+    let o = station(&["AZJN-0042", BOARD, "mmcblk0p1"], false);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--prepare"), "{}", stderr(&o));
+
+    let o = station(&["--prepare", BOARD, "mmcblk0p1"], false);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert_eq!(
+        fs::read_to_string(&log).unwrap().trim(),
+        format!("--no-flash {BOARD} mmcblk0p1")
+    );
+    let system = l4t.join("bootloader/system.img");
+    let base_sha = sha256(&system);
+    assert_eq!(sha256(&l4t.join("bootloader/system.img.base")), base_sha);
+
+    for serial in ["AZJN-0042", "AZJN-0043"] {
+        let o = station(&[serial, BOARD, "mmcblk0p1"], false);
+        assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+        assert_eq!(
+            fs::read_to_string(&log).unwrap().trim(),
+            format!("-r {BOARD} mmcblk0p1")
+        );
+        let app = device.join("APP.img");
+        let (conf, owner, cap) = app_partition(&app);
+        assert_eq!(conf, conf_text(&email_of(serial), PASSWORD));
+        assert_eq!(owner, "1001:1001 600");
+        assert_eq!(cap, CAPABILITY_HEX);
+        verifies(&app, serial);
+        // The partition's UUID is the one extlinux.conf boots.
+        let uuid = fs::read_to_string(device.join("APP.partuuid")).unwrap();
+        let extlinux = debugfs(&app, "cat /boot/extlinux/extlinux.conf");
+        assert!(
+            extlinux.contains(&format!("root=PARTUUID={}", uuid.trim())),
+            "{extlinux}"
+        );
+        assert_eq!(sha256(&system), base_sha, "the base is back");
+    }
+
+    // A failed flash leaves the base in place too.
+    let o = station(&["AZJN-0044", BOARD, "mmcblk0p1"], true);
+    assert!(!o.status.success());
+    assert_eq!(sha256(&system), base_sha);
+
+    // Another UUID file (a flash.sh run for another board) is refused
+    // before anything is flashed.
+    let flashed = sha256(&device.join("APP.img"));
+    fs::write(
+        l4t.join("bootloader/l4t-rootfs-uuid.txt"),
+        "0b5a4b5e-0000-4000-8000-000000000000\n",
+    )
+    .unwrap();
+    let o = station(&["AZJN-0045", BOARD, "mmcblk0p1"], false);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("would not boot"), "{}", stderr(&o));
+    assert_eq!(sha256(&device.join("APP.img")), flashed);
+    assert_eq!(sha256(&system), base_sha);
+}
+
+/// Initrd flash, in every form the APP image takes: the R35/R36 xattr tar
+/// and sparse image, and the newer zstd tar and zstd raw image, internal
+/// and external. Each device's credentials reach the partition that
+/// l4t_flash_from_kernel.sh writes (through flash.cfg and the .sha1sum
+/// beside the image), file capabilities survive, and images/ holds the
+/// pristine images again afterwards.
+#[test]
+fn l4t_initrd_station_stamps_what_initrd_flash_reads() {
+    let external: &[&str] = &[
+        "--external-device",
+        "nvme0n1p1",
+        "-c",
+        "tools/kernel_flash/flash_l4t_t234_nvme.xml",
+    ];
+    for (release, extra) in [
+        ("r36", &[][..]),
+        ("r36", &["--sparse"][..]),
+        ("r38", &[][..]),
+        ("r38", &["--sparse"][..]),
+        ("r36", external),
+    ] {
+        let what = format!("{release} {extra:?}");
+        let dir = TempDir::new().unwrap();
+        let l4t = l4t_tree(dir.path());
+        let device = dir.path().join("device");
+        let log = dir.path().join("flash-args");
+        let pw = write_password(dir.path(), PASSWORD);
+        let station = |first: &str| {
+            run(shell(&recipe("l4t/initrd-station.sh"))
+                .current_dir(&l4t)
+                .arg(first)
+                .args(extra)
+                .args([BOARD, "internal"])
+                .env("IMPRINT_OFFLINE_PASSWORD_FILE", &pw)
+                .env("L4T_STANDIN_DEVICE", &device)
+                .env("L4T_STANDIN_RELEASE", release)
+                .env("L4T_STANDIN_LOG", &log))
+        };
+        let o = station("--prepare");
+        assert!(o.status.success(), "{what}: {}\n{}", stdout(&o), stderr(&o));
+        let images = l4t.join("tools/kernel_flash/images");
+        let locations: Vec<(&str, &str)> = if extra.contains(&"--external-device") {
+            vec![("internal", "APP"), ("external", "APP_ext")]
+        } else {
+            vec![("internal", "APP")]
+        };
+        let pristine: Vec<String> = locations
+            .iter()
+            .map(|(loc, _)| sha256(&images.join(loc).join("system.img")))
+            .collect();
+        for serial in ["AZJN-0042", "AZJN-0043"] {
+            let o = station(serial);
+            assert!(o.status.success(), "{what}: {}\n{}", stdout(&o), stderr(&o));
+            let calls = fs::read_to_string(&log).unwrap();
+            assert!(
+                calls.lines().last().unwrap().starts_with("0 1 "),
+                "{what}: not --flash-only: {calls}"
+            );
+            for ((loc, var), pristine) in locations.iter().zip(&pristine) {
+                let img = device.join(format!("{loc}-{var}.img"));
+                let target = if img.exists() {
+                    img
+                } else {
+                    device.join(format!("{loc}-{var}"))
+                };
+                let (conf, owner, cap) = app_partition(&target);
+                assert_eq!(conf, conf_text(&email_of(serial), PASSWORD), "{what} {loc}");
+                assert_eq!(owner, "1001:1001 600", "{what} {loc}");
+                let attr = if target.is_dir() {
+                    "kept"
+                } else {
+                    CAPABILITY_HEX
+                };
+                assert_eq!(cap, attr, "{what} {loc}: extended attributes kept");
+                // Back to the pristine image, with its own digest.
+                let image = images.join(loc).join("system.img");
+                assert_eq!(&sha256(&image), pristine, "{what} {loc}");
+                let sha1 = stdout(&sh(&format!("sha1sum {}", image.display())));
+                assert_eq!(
+                    fs::read_to_string(images.join(loc).join("system.img.sha1sum")).unwrap(),
+                    format!("{}\n", sha1.split_whitespace().next().unwrap()),
+                    "{what} {loc}"
+                );
+            }
+        }
+    }
+}
+
+/// The sample rootfs has no user yet (l4t_create_default_user.sh adds one
+/// later): per-serial tarballs get a numeric owner, 1000:1000 (useradd's
+/// first UID), which is the azaion user once it is created.
+#[test]
+fn l4t_sample_rootfs_tarballs_get_the_first_users_ids() {
     let dir = TempDir::new().unwrap();
     let d = dir.path();
     let root = make_rootfs(d, "rootfs");
+    // NVIDIA's sample rootfs: system users only.
+    sh(&format!(
+        "sed -i '/^azaion:/d' {r}/etc/passwd {r}/etc/group",
+        r = root.display()
+    ));
     let tbz2 = d.join("Tegra_Linux_Sample-Root-Filesystem_R36.4.0_aarch64.tbz2");
     make_tar(&root, &tbz2, "tbz2", "gnu", true);
     let pw = write_password(d, PASSWORD);
@@ -152,17 +336,45 @@ fn l4t_sample_rootfs_tbz2_per_serial() {
             "{s}-{}",
             tbz2.file_name().unwrap().to_string_lossy()
         ));
-        verifies(&image, s);
         // As NVIDIA documents: tar -xpf into Linux_for_Tegra/rootfs.
         let x = d.join(format!("rootfs-{s}"));
         fs::create_dir(&x).unwrap();
         sh(&format!("tar -xpf {} -C {}", image.display(), x.display()));
-        let conf = fs::read_to_string(x.join("etc/azaion/device.conf")).unwrap();
-        assert!(conf.starts_with(&format!(
-            "AZAION_DEVICE_EMAIL=azaion-jetson-{}@azaion.com\n",
-            &s[5..]
-        )));
+        let conf = x.join("etc/azaion/device.conf");
+        assert_eq!(
+            fs::read_to_string(&conf).unwrap(),
+            conf_text(&email_of(s), PASSWORD)
+        );
+        let o = sh(&format!("stat -c '%u:%g %a' {}", conf.display()));
+        assert_eq!(stdout(&o).trim(), "1000:1000 600");
+        // What l4t_create_default_user.sh -u azaion then adds.
+        sh(&format!(
+            "echo 'azaion:x:1000:1000::/home/azaion:/bin/bash' >> {x}/etc/passwd && echo 'azaion:x:1000:' >> {x}/etc/group",
+            x = x.display()
+        ));
+        verifies(&x, s);
     }
+}
+
+/// The staging flow: after apply_binaries.sh and l4t_create_default_user.sh
+/// the user exists, and device.conf is written into rootfs/ in place,
+/// owned by it by name.
+#[test]
+fn l4t_sample_rootfs_staging_tree_after_the_user_exists() {
+    let dir = TempDir::new().unwrap();
+    let root = make_rootfs(dir.path(), "rootfs");
+    let pw = write_password(dir.path(), PASSWORD);
+    let o = run(shell(&recipe("l4t/sample-rootfs.sh"))
+        .arg("--rootfs-dir")
+        .arg(&root)
+        .arg("AZJN-0042")
+        .env("IMPRINT_OFFLINE_PASSWORD_FILE", &pw));
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert_eq!(
+        fs::read_to_string(root.join("etc/azaion/device.conf")).unwrap(),
+        conf_text(EMAIL, PASSWORD)
+    );
+    verifies(&root, "AZJN-0042");
 }
 
 #[test]
@@ -237,6 +449,7 @@ fn ci_recipes_parse_and_use_real_flags() {
         "buildroot/post-image.sh",
         "yocto/imprint.bbclass",
         "l4t/station.sh",
+        "l4t/initrd-station.sh",
         "l4t/sample-rootfs.sh",
     ] {
         let text = fs::read_to_string(recipe(file))
