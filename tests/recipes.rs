@@ -50,28 +50,109 @@ fn verifies(image: &Path, serial: &str) {
     assert!(v.status.success(), "{}: {}", image.display(), stdout(&v));
 }
 
+/// Logs in with the credentials inside `image` at the stub's /login: the
+/// image carries the password the API has now.
+fn logs_in(image: &Path, serial: &str, server: &StubServer) {
+    let v = run(bin().arg("verify").arg(image).args([
+        "--serial",
+        serial,
+        "--owner",
+        "azaion",
+        "--login-url",
+        &server.url(),
+    ]));
+    assert!(
+        v.status.success(),
+        "{}: {}{}",
+        image.display(),
+        stdout(&v),
+        stderr(&v)
+    );
+}
+
+/// Buildroot's images directory: rootfs.ext2 with the rootfs.ext4 symlink
+/// Buildroot makes, rootfs.tar.gz, and genimage's sdcard.img (MBR: a boot
+/// partition, then the rootfs).
+fn buildroot_images(d: &Path, tree: &Path) -> PathBuf {
+    let images = d.join("images");
+    fs::create_dir_all(&images).unwrap();
+    let ext2 = images.join("rootfs.ext2");
+    assert!(mkfs(tree, &ext2, &["-t", "ext4"], "16M").status.success());
+    let _ = fs::remove_file(images.join("rootfs.ext4"));
+    std::os::unix::fs::symlink("rootfs.ext2", images.join("rootfs.ext4")).unwrap();
+    sh(&format!(
+        "tar --sort=name --owner=0 --group=0 -C {t} -czf {i}/rootfs.tar.gz . && \
+         truncate -s 24M {i}/sdcard.img && \
+         printf 'label: dos\\nstart=2048, size=6144, type=c\\nstart=8192, type=83\\n' | sfdisk -q {i}/sdcard.img && \
+         dd if={i}/rootfs.ext2 of={i}/sdcard.img bs=512 seek=8192 conv=notrunc status=none",
+        t = tree.display(),
+        i = images.display()
+    ));
+    images
+}
+
+/// Every image Buildroot made gets a per-serial copy, one password per
+/// serial across them; a rebuilt rootfs.tar.gz (a new /etc/version) makes
+/// the rerun rebuild each serial's copies from the new images with the
+/// same password, and the manifest lists them all.
 #[test]
 fn buildroot_post_image_script() {
     let dir = TempDir::new().unwrap();
     let d = dir.path();
-    let images = d.join("images");
-    fs::create_dir(&images).unwrap();
     let tree = ext4_tree(d, 0, Azaion::Absent);
-    assert!(
-        mkfs(&tree, &images.join("rootfs.ext4"), &["-t", "ext4"], "16M")
-            .status
-            .success()
-    );
-    let pw = write_password(d, PASSWORD);
-    let o = run(shell(&recipe("buildroot/post-image.sh"))
-        .arg(&images)
-        .env("IMPRINT_SERIALS", serials_file(d))
-        .env("IMPRINT_OFFLINE_PASSWORD_FILE", &pw));
+    fs::write(tree.join("etc/version"), "1\n").unwrap();
+    let images = buildroot_images(d, &tree);
+    let server = StubServer::start().unwrap();
+    let post_image = |images: &Path| {
+        run(shell(&recipe("buildroot/post-image.sh"))
+            .arg(images)
+            .env("IMPRINT_SERIALS", serials_file(d))
+            .env("IMPRINT_API_URL", server.url()))
+    };
+    let o = post_image(&images);
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
-    assert!(stdout(&o).contains("2 images"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("6 images"), "{}", stdout(&o));
+    let outputs = ["rootfs.ext2", "rootfs.tar.gz", "sdcard.img"];
+    let per_serial = images.join("per-serial");
+    assert!(!per_serial.join("AZJN-0101-rootfs.ext4").exists());
+    let mut passwords = Vec::new();
     for s in ["AZJN-0101", "AZJN-0102"] {
-        verifies(&images.join(format!("per-serial/{s}-rootfs.ext4")), s);
+        for name in outputs {
+            logs_in(&per_serial.join(format!("{s}-{name}")), s, &server);
+        }
+        passwords.push(server.password_of(&email_of(s)).unwrap());
     }
+
+    // A rebuild changes rootfs.tar.gz only.
+    fs::write(tree.join("etc/version"), "2\n").unwrap();
+    sh(&format!(
+        "tar --sort=name --owner=0 --group=0 -C {} -czf {}/rootfs.tar.gz .",
+        tree.display(),
+        images.display()
+    ));
+    let o = post_image(&images);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("6 images"), "{}", stdout(&o));
+    for (s, pw) in ["AZJN-0101", "AZJN-0102"].iter().zip(&passwords) {
+        let tar = per_serial.join(format!("{s}-rootfs.tar.gz"));
+        let version = stdout(&sh(&format!("tar -xzOf {} ./etc/version", tar.display())));
+        assert_eq!(version, "2\n", "{s}: rebuilt from the new rootfs.tar.gz");
+        assert_eq!(&server.password_of(&email_of(s)).unwrap(), pw, "{s}");
+        for name in outputs {
+            logs_in(&per_serial.join(format!("{s}-{name}")), s, &server);
+        }
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(per_serial.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["images"].as_array().unwrap().len(), 6);
+
+    // No image at all is an error, not "0 images".
+    let empty = d.join("empty");
+    fs::create_dir(&empty).unwrap();
+    let o = post_image(&empty);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no rootfs.tar"), "{}", stderr(&o));
 }
 
 /// The stand-ins for NVIDIA's scripts (tests/standins/l4t): flash.sh and
