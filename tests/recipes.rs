@@ -495,8 +495,406 @@ fn yocto_class_postprocess_function() {
     }
 }
 
-/// The CI recipes cannot run here; check that they are valid YAML of the
-/// expected shape and that every imprint flag they use exists.
+// ---- CI recipes, run step by step ------------------------------------------
+
+/// What a CI run here gets: the stub API, the base image served at a
+/// file:// URL with its digest, a serials file, and a directory standing
+/// for the CI's artifact store.
+struct CiRun {
+    dir: TempDir,
+    server: StubServer,
+    base: PathBuf,
+    base_sha256: String,
+}
+
+impl CiRun {
+    fn new(serials: &[String]) -> CiRun {
+        let dir = TempDir::new().unwrap();
+        let tree = ext4_tree(dir.path(), 0, Azaion::Absent);
+        let base = dir.path().join("release/system.img");
+        fs::create_dir_all(base.parent().unwrap()).unwrap();
+        assert!(mkfs(&tree, &base, &["-t", "ext4"], "16M").status.success());
+        let repo = dir.path().join("repo/factory");
+        fs::create_dir_all(&repo).unwrap();
+        fs::write(
+            repo.join("serials.txt"),
+            format!("# batch 17\n{}\n", serials.join("\n")),
+        )
+        .unwrap();
+        let base_sha256 = sha256(&base);
+        CiRun {
+            dir,
+            server: StubServer::start().unwrap(),
+            base,
+            base_sha256,
+        }
+    }
+
+    /// A fresh workspace: a checkout of the repository.
+    fn workspace(&self, name: &str) -> PathBuf {
+        let ws = self.dir.path().join("ws").join(name);
+        fs::create_dir_all(&ws).unwrap();
+        sh(&format!(
+            "cp -a {}/. {}",
+            self.dir.path().join("repo").display(),
+            ws.display()
+        ));
+        ws
+    }
+
+    fn artifacts(&self) -> PathBuf {
+        self.dir.path().join("artifacts")
+    }
+
+    /// What the CI's variables and secrets hold.
+    fn value(&self, expr: &str) -> String {
+        match expr {
+            "inputs.serials" => "factory/serials.txt".into(),
+            "inputs.base_sha256" => self.base_sha256.clone(),
+            "vars.BASE_IMAGE_URL" => format!("file://{}", self.base.display()),
+            "vars.IMPRINT_API_URL" => self.server.url(),
+            "secrets.IMPRINT_API_TOKEN" => "ci-token".into(),
+            other => panic!("no value for ${{{{ {other} }}}}"),
+        }
+    }
+
+    /// Runs a script as the CI would (bash -eo pipefail), with imprint on
+    /// PATH and the install lines left out (imprint is already built).
+    fn script(&self, ws: &Path, text: &str, env: &[(String, String)]) -> std::process::Output {
+        let text: String = text
+            .lines()
+            .filter(|l| !l.contains("apt-get") && !l.contains("cargo install"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let path = ws.join(".ci-step.sh");
+        fs::write(&path, format!("#!/bin/bash\nset -eo pipefail\n{text}")).unwrap();
+        sh(&format!("chmod +x {}", path.display()));
+        let mut c = shell(&path);
+        c.current_dir(ws);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        run(&mut c)
+    }
+}
+
+/// `${{ a.b }}` expressions replaced with their values.
+fn expand(text: &str, ci: &CiRun, matrix: Option<&str>) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("${{") {
+        out.push_str(&rest[..at]);
+        let end = rest[at..].find("}}").unwrap() + at;
+        let expr = rest[at + 3..end].trim();
+        out.push_str(&match expr {
+            "matrix.shard" => matrix.unwrap().to_string(),
+            e => ci.value(e),
+        });
+        rest = &rest[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn yaml_env(map: &serde_yaml::Value, ci: &CiRun, matrix: Option<&str>) -> Vec<(String, String)> {
+    map.as_mapping()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            let v = match v {
+                serde_yaml::Value::String(s) => s.clone(),
+                other => serde_yaml::to_string(other).unwrap().trim().to_string(),
+            };
+            (k.as_str().unwrap().to_string(), expand(&v, ci, matrix))
+        })
+        .collect()
+}
+
+/// Runs one GitHub Actions job (one matrix entry) step by step; `uses:`
+/// steps for checkout and artifacts act on the workspace and the store.
+fn github_job(
+    ci: &CiRun,
+    workflow: &serde_yaml::Value,
+    job: &str,
+    matrix: Option<&str>,
+) -> std::process::Output {
+    let spec = &workflow["jobs"][job];
+    let ws = ci.workspace(&format!("{job}-{}", matrix.unwrap_or("")));
+    let mut env = yaml_env(&workflow["env"], ci, matrix);
+    env.extend(yaml_env(&spec["env"], ci, matrix));
+    let mut last = None;
+    for step in spec["steps"].as_sequence().unwrap() {
+        if let Some(script) = step["run"].as_str() {
+            let mut step_env = env.clone();
+            step_env.extend(yaml_env(&step["env"], ci, matrix));
+            let o = ci.script(&ws, script, &step_env);
+            if !o.status.success() {
+                return o;
+            }
+            last = Some(o);
+            continue;
+        }
+        let uses = step["uses"].as_str().unwrap();
+        let with = yaml_env(&step["with"], ci, matrix);
+        let get = |k: &str| with.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        if uses.starts_with("actions/upload-artifact") {
+            let name = get("name").unwrap();
+            let days: u32 = get("retention-days")
+                .expect("retention-days")
+                .parse()
+                .unwrap();
+            assert!(days <= 7, "{job}: artifacts kept {days} days");
+            let into = ci.artifacts().join(name);
+            fs::create_dir_all(&into).unwrap();
+            sh(&format!(
+                "cp -a {}/{} {}/",
+                ws.display(),
+                get("path").unwrap().trim_end_matches('/'),
+                into.display()
+            ));
+        } else if uses.starts_with("actions/download-artifact") {
+            let pattern = get("pattern").unwrap();
+            assert_eq!(get("merge-multiple").as_deref(), Some("true"));
+            let into = ws.join(get("path").unwrap());
+            fs::create_dir_all(&into).unwrap();
+            sh(&format!(
+                "for a in {}/{pattern}; do cp -a \"$a\"/*/. {}/; done",
+                ci.artifacts().display(),
+                into.display()
+            ));
+        } else {
+            assert!(uses.starts_with("actions/checkout"), "{job}: {uses}");
+        }
+    }
+    last.unwrap()
+}
+
+fn serials(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("AZJN-{:04}", 100 + i)).collect()
+}
+
+fn ci_yaml(name: &str) -> serde_yaml::Value {
+    serde_yaml::from_str(&fs::read_to_string(recipe(name)).unwrap()).unwrap()
+}
+
+/// The rules every GitHub workflow keeps: inputs only through env:, a
+/// read-only token, one run at a time, a manual trigger.
+fn github_rules(workflow: &serde_yaml::Value, name: &str) {
+    assert_eq!(workflow["permissions"]["contents"], "read", "{name}");
+    assert!(
+        workflow["permissions"].as_mapping().unwrap().len() == 1,
+        "{name}"
+    );
+    assert_eq!(
+        workflow["concurrency"]["cancel-in-progress"], false,
+        "{name}"
+    );
+    assert!(workflow["concurrency"]["group"].is_string(), "{name}");
+    let on = workflow["on"].as_mapping().unwrap();
+    assert_eq!(on.len(), 1, "{name}: only workflow_dispatch");
+    assert!(on.contains_key("workflow_dispatch"), "{name}");
+    for (job, spec) in workflow["jobs"].as_mapping().unwrap() {
+        for step in spec["steps"].as_sequence().unwrap() {
+            if let Some(script) = step["run"].as_str() {
+                assert!(
+                    !script.contains("${{"),
+                    "{name} {job:?}: an expression spliced into run: {script}"
+                );
+            }
+        }
+    }
+}
+
+fn assert_images_log_in(ci: &CiRun, dir: &Path, serials: &[String]) {
+    for s in serials {
+        logs_in(&dir.join(format!("{s}-system.img")), s, &ci.server);
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let listed: Vec<&str> = manifest["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["serial"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        serials.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert_eq!(manifest["input_sha256"], ci.base_sha256.as_str());
+}
+
+/// The GitHub workflow, run step by step: the base image is checked, every
+/// serial gets an image that logs in, the artifact is kept a day; a base
+/// with another digest stops the job before any API call.
+#[test]
+fn ci_github_workflow_runs() {
+    let workflow = ci_yaml("ci/github-actions.yml");
+    github_rules(&workflow, "github-actions.yml");
+    let list = serials(3);
+    let ci = CiRun::new(&list);
+    let o = github_job(&ci, &workflow, "images", None);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert_images_log_in(&ci, &ci.artifacts().join("per-serial-images/out"), &list);
+
+    let mut bad = CiRun::new(&list);
+    bad.base_sha256 = "0".repeat(64);
+    let o = github_job(&bad, &workflow, "images", None);
+    assert!(!o.status.success());
+    assert!(stdout(&o).contains("system.img: FAILED"), "{}", stdout(&o));
+    assert_eq!(bad.server.requests().len(), 0);
+}
+
+/// The sharded GitHub workflow: each matrix job provisions its part of the
+/// serials, and the manifest job merges the parts into one manifest that
+/// lists every serial once.
+#[test]
+fn ci_github_sharded_workflow_runs_and_merges() {
+    let workflow = ci_yaml("ci/github-actions-sharded.yml");
+    github_rules(&workflow, "github-actions-sharded.yml");
+    let shards = workflow["jobs"]["images"]["strategy"]["matrix"]["shard"]
+        .as_sequence()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        workflow["env"]["SHARDS"].as_str().unwrap(),
+        shards.len().to_string(),
+        "SHARDS matches the matrix"
+    );
+    let list = serials(10);
+    let ci = CiRun::new(&list);
+    for shard in &shards {
+        let shard = shard.as_u64().unwrap().to_string();
+        let o = github_job(&ci, &workflow, "images", Some(&shard));
+        assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    }
+    let o = github_job(&ci, &workflow, "manifest", None);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("10 images from 4 manifests"),
+        "{}",
+        stdout(&o)
+    );
+    let merged = ci.artifacts().join("per-serial-manifest/manifest.json");
+    let out = ci.dir.path().join("ws/manifest-/out");
+    assert_eq!(
+        fs::read_to_string(&merged).unwrap(),
+        fs::read_to_string(out.join("manifest.json")).unwrap()
+    );
+    assert_images_log_in(&ci, &out, &list);
+}
+
+/// One GitLab job, `parallel` runs of it if it has them, with the hidden
+/// job it extends merged in; `needs` brings the artifacts of the jobs it
+/// needs into its workspace.
+fn gitlab_job(ci: &CiRun, file: &serde_yaml::Value, job: &str) -> Vec<std::process::Output> {
+    let mut spec = file[job].as_mapping().unwrap().clone();
+    if let Some(parent) = spec.get("extends").and_then(|e| e.as_str()) {
+        for (k, v) in file[parent].as_mapping().unwrap() {
+            if !spec.contains_key(k) {
+                spec.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    let spec = serde_yaml::Value::Mapping(spec);
+    let total = spec["parallel"].as_u64().unwrap_or(1);
+    let mut outputs = Vec::new();
+    for index in 1..=total {
+        let ws = ci.workspace(&format!("{job}-{index}"));
+        for need in spec["needs"].as_sequence().into_iter().flatten() {
+            sh(&format!(
+                "for a in {}/{}-*; do cp -a \"$a\"/. {}/; done",
+                ci.artifacts().display(),
+                need.as_str().unwrap(),
+                ws.display()
+            ));
+        }
+        let mut env = yaml_env(&spec["variables"], ci, None);
+        env.extend([
+            ("BASE_IMAGE_URL".into(), ci.value("vars.BASE_IMAGE_URL")),
+            ("BASE_SHA256".into(), ci.base_sha256.clone()),
+            ("IMPRINT_API_URL".into(), ci.value("vars.IMPRINT_API_URL")),
+            ("IMPRINT_API_TOKEN".into(), "ci-token".into()),
+            ("CI_NODE_INDEX".into(), index.to_string()),
+            ("CI_NODE_TOTAL".into(), total.to_string()),
+        ]);
+        let lines: Vec<&str> = ["before_script", "script"]
+            .iter()
+            .flat_map(|k| spec[*k].as_sequence().into_iter().flatten())
+            .map(|l| l.as_str().unwrap())
+            .collect();
+        let o = ci.script(&ws, &lines.join("\n"), &env);
+        if o.status.success() {
+            let into = ci.artifacts().join(format!("{job}-{index}"));
+            fs::create_dir_all(&into).unwrap();
+            for path in spec["artifacts"]["paths"].as_sequence().unwrap() {
+                sh(&format!(
+                    "cd {} && cp -a --parents {} {}/",
+                    ws.display(),
+                    path.as_str().unwrap().trim_end_matches('/'),
+                    into.display()
+                ));
+            }
+        }
+        outputs.push(o);
+    }
+    outputs
+}
+
+/// The GitLab jobs: never on a push, a manual start, one run at a time,
+/// artifacts kept a day for developers only; run for real, one batch and
+/// the sharded jobs with their merge.
+#[test]
+fn ci_gitlab_jobs_run() {
+    let file = ci_yaml("ci/gitlab-ci.yml");
+    let base = &file[".per-serial"];
+    let rule = &base["rules"][0];
+    assert_eq!(rule["when"], "manual");
+    let condition = rule["if"].as_str().unwrap();
+    assert!(
+        condition.contains("\"web\"") && !condition.contains("push"),
+        "{condition}"
+    );
+    assert!(base["resource_group"].is_string());
+    for job in [
+        "per-serial-images",
+        "per-serial-images-sharded",
+        "per-serial-manifest",
+    ] {
+        let artifacts = &file[job]["artifacts"];
+        assert_eq!(artifacts["expire_in"], "1 day", "{job}");
+        assert_eq!(artifacts["access"], "developer", "{job}");
+        let rules = if file[job]["rules"].is_null() {
+            &base["rules"]
+        } else {
+            &file[job]["rules"]
+        };
+        assert!(!rules[0]["if"].as_str().unwrap().contains("push"), "{job}");
+    }
+
+    let list = serials(5);
+    let ci = CiRun::new(&list);
+    for o in gitlab_job(&ci, &file, "per-serial-images") {
+        assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    }
+    assert_images_log_in(&ci, &ci.artifacts().join("per-serial-images-1/out"), &list);
+
+    let list = serials(9);
+    let ci = CiRun::new(&list);
+    for o in gitlab_job(&ci, &file, "per-serial-images-sharded") {
+        assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    }
+    for o in gitlab_job(&ci, &file, "per-serial-manifest") {
+        assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    }
+    assert_images_log_in(
+        &ci,
+        &ci.dir.path().join("ws/per-serial-manifest-1/out"),
+        &list,
+    );
+}
+
+/// Every imprint flag the recipes use exists.
 #[test]
 fn ci_recipes_parse_and_use_real_flags() {
     let github: serde_yaml::Value =
@@ -526,6 +924,7 @@ fn ci_recipes_parse_and_use_real_flags() {
     let mut checked = 0;
     for file in [
         "ci/github-actions.yml",
+        "ci/github-actions-sharded.yml",
         "ci/gitlab-ci.yml",
         "buildroot/post-image.sh",
         "yocto/imprint.bbclass",
