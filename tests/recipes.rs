@@ -159,8 +159,12 @@ fn buildroot_post_image_script() {
 /// tools/kernel_flash/l4t_initrd_flash.sh, with the files and flags of the
 /// real ones.
 fn standin(path: &str) -> PathBuf {
+    standin_dir("l4t").join(path)
+}
+
+fn standin_dir(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/standins/l4t")
+        .join("tests/standins")
         .join(path)
 }
 
@@ -458,40 +462,225 @@ fn l4t_sample_rootfs_staging_tree_after_the_user_exists() {
     verifies(&root, "AZJN-0042");
 }
 
-#[test]
-fn yocto_class_postprocess_function() {
-    let dir = TempDir::new().unwrap();
-    let d = dir.path();
-    let deploy = d.join("deploy");
-    fs::create_dir(&deploy).unwrap();
-    small_ext4(&deploy, "azaion-image-jetson.rootfs.ext4");
-    let server = StubServer::start().unwrap();
-    // The class's function body, run by sh with the variables BitBake would
-    // expand and stand-ins for bbnote/bbfatal.
-    let class = fs::read_to_string(recipe("yocto/imprint.bbclass")).unwrap();
-    let start = class.find("imprint_per_serial() {").unwrap();
-    let end = start + class[start..].find("\n}\n").unwrap() + 3;
-    let script = format!(
-        "#!/bin/sh\nset -e\nbbnote() {{ echo \"$*\"; }}\nbbfatal() {{ echo \"$*\" >&2; exit 1; }}\n{}\nimprint_per_serial\n",
-        &class[start..end]
+/// Where .ci/run installs BitBake's `bb` package (the bitbake-setup wheel
+/// from PyPI carries it), for the class to be parsed and run by BitBake.
+fn bitbake_pythonpath() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bitbake-py");
+    dir.join("bb/parse/__init__.py").is_file().then_some(dir)
+}
+
+/// A layer with the class, a recipe that inherits it, and what OE-core's
+/// bitbake.conf and logging.bbclass give a real build (the variables and
+/// the bbnote/bbfatal shell functions the class uses).
+fn bitbake_layer(d: &Path, recipe_lines: &str) -> PathBuf {
+    let layer = d.join("layer");
+    fs::create_dir_all(layer.join("conf")).unwrap();
+    fs::create_dir_all(layer.join("classes")).unwrap();
+    fs::copy(
+        recipe("yocto/imprint.bbclass"),
+        layer.join("classes/imprint.bbclass"),
     )
-    .replace("${IMGDEPLOYDIR}", &deploy.display().to_string())
-    .replace("${IMAGE_NAME}", "azaion-image-jetson")
-    .replace("${IMAGE_NAME_SUFFIX}", ".rootfs")
-    .replace("${IMPRINT_SERIALS}", &serials_file(d).display().to_string())
-    .replace("${IMPRINT_API_URL}", &server.url())
-    .replace("${IMPRINT_OWNER}", "azaion")
-    .replace("${IMPRINT_IMAGE_TYPES}", "ext4 ext4.simg");
-    let path = d.join("postprocess.sh");
-    fs::write(&path, script).unwrap();
-    sh(&format!("chmod +x {}", path.display()));
-    let o = run(&mut shell(&path));
-    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
-    for s in ["AZJN-0101", "AZJN-0102"] {
-        let image = deploy.join(format!("per-serial/{s}-azaion-image-jetson.rootfs.ext4"));
-        verifies(&image, s);
-        let email = format!("azaion-jetson-{}@azaion.com", &s[5..]);
-        assert!(server.password_of(&email).is_some());
+    .unwrap();
+    fs::write(
+        layer.join("conf/bitbake.conf"),
+        "PN = \"azaion-image\"\n\
+         DEPLOY_DIR_IMAGE = \"${TOPDIR}/deploy\"\n\
+         IMAGE_BASENAME = \"azaion-image\"\n\
+         MACHINE = \"jetson-orin-nano-devkit\"\n\
+         IMAGE_LINK_NAME = \"${IMAGE_BASENAME}-${MACHINE}\"\n\
+         DATETIME = \"20260101000000\"\n\
+         IMAGE_NAME = \"${IMAGE_LINK_NAME}-${DATETIME}\"\n\
+         WORKDIR = \"${TOPDIR}/tmp/work/${PN}\"\n\
+         T = \"${WORKDIR}/temp\"\n\
+         B = \"${WORKDIR}\"\n",
+    )
+    .unwrap();
+    fs::write(
+        layer.join("classes/base.bbclass"),
+        "addtask build\nbbnote() {\n    echo \"NOTE: $*\"\n}\nbbfatal() {\n    echo \"ERROR: $*\"\n    exit 1\n}\n",
+    )
+    .unwrap();
+    fs::write(
+        layer.join("azaion-image.bb"),
+        format!("inherit imprint\naddtask image_complete\n{recipe_lines}"),
+    )
+    .unwrap();
+    layer
+}
+
+fn bitbake(pythonpath: &Path, layer: &Path, run_task: bool) -> std::process::Output {
+    let mut c = shell(Path::new("python3"));
+    c.arg(standin_dir("bitbake/parse.py"))
+        .arg(layer)
+        .arg(layer.join("azaion-image.bb"))
+        .env("PYTHONPATH", pythonpath);
+    if run_task {
+        c.arg("run");
+    }
+    run(&mut c)
+}
+
+/// A tegraflash package as meta-tegra's create_tegraflash_pkg leaves it:
+/// the flash scripts and layout, and the rootfs image under
+/// IMAGE_BASENAME.IMAGE_TEGRAFLASH_FS_TYPE, packed with tar.
+fn tegraflash_package(d: &Path, image: &Path, fs_type: &str, out: &Path, compress: &str) {
+    let pkg = d.join("pkg");
+    fs::create_dir_all(&pkg).unwrap();
+    fs::write(
+        pkg.join("doflash.sh"),
+        "#!/bin/sh\n./tegra-flash-helper.sh flash.xml.in\n",
+    )
+    .unwrap();
+    fs::write(
+        pkg.join("flash.xml.in"),
+        "<partition name=\"APP\"><filename>APPFILE</filename></partition>\n",
+    )
+    .unwrap();
+    fs::copy(image, pkg.join(format!("azaion-image.{fs_type}"))).unwrap();
+    sh(&format!(
+        "tar --sparse --numeric-owner --transform='s,^\\./,,' -C {} -cf - . | {compress} > {}",
+        pkg.display(),
+        out.display()
+    ));
+    fs::remove_dir_all(&pkg).unwrap();
+}
+
+/// The class, parsed and run by BitBake itself (bb.parse, bb.build): the
+/// task comes after do_image_complete with network access, reruns when
+/// the serials file changes, exports nothing; run, it stamps every image
+/// type with one password per serial through --api-token-file (the token
+/// appears in no run script), and swaps each serial's image into a copy of
+/// the tegraflash package under the name the package's flash layout
+/// reads. On scarthgap (ext4, tegraflash.tar.gz) and master for non-T234
+/// (ext4.simg, tegraflash-tar.zst); a missing image type is fatal.
+#[test]
+fn yocto_class_runs_in_bitbake() {
+    let Some(pythonpath) = bitbake_pythonpath() else {
+        require(
+            false,
+            "BitBake's bb package in target/bitbake-py (pip install --target target/bitbake-py bitbake-setup==2.19.0, as .ci/run does)",
+        );
+        return;
+    };
+    for (fs_type, fstypes, pkg_type, compress) in [
+        ("ext4", "ext4 tegraflash", "tegraflash.tar.gz", "gzip -n"),
+        (
+            "ext4.simg",
+            "ext4 ext4.simg tegraflash-tar.zst",
+            "tegraflash-tar.zst",
+            "zstd -q",
+        ),
+    ] {
+        let dir = TempDir::new().unwrap();
+        let d = dir.path();
+        let server = StubServer::start().unwrap();
+        let token = "tok-3f9a1c";
+        server.require_token(Some(token.into()));
+        fs::write(d.join("token"), format!("{token}\n")).unwrap();
+        let layer = bitbake_layer(
+            d,
+            &format!(
+                "IMAGE_FSTYPES = \"{fstypes}\"\n\
+                 IMAGE_TEGRAFLASH_FS_TYPE = \"{fs_type}\"\n\
+                 IMPRINT_SERIALS = \"{serials}\"\n\
+                 IMPRINT_API_URL = \"{url}\"\n\
+                 IMPRINT_API_TOKEN_FILE = \"{token_file}\"\n",
+                serials = serials_file(d).display(),
+                url = server.url(),
+                token_file = d.join("token").display()
+            ),
+        );
+        let o = bitbake(&pythonpath, &layer, false);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let parsed: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(
+            parsed["imprint_deps"],
+            serde_json::json!(["do_image_complete"])
+        );
+        assert!(parsed["build_deps"]
+            .as_array()
+            .unwrap()
+            .contains(&"do_imprint".into()));
+        assert_eq!(parsed["network"], "1");
+        assert_eq!(
+            parsed["file_checksums"].as_str().unwrap().trim(),
+            format!("{}:True", serials_file(d).display())
+        );
+        assert_eq!(parsed["exported"], serde_json::json!([]));
+        assert_eq!(parsed["image_types"], fs_type, "the type meta-tegra packs");
+        assert_eq!(parsed["tegraflash_pkg"], pkg_type);
+        let script = parsed["imprint_images"].as_str().unwrap();
+        assert!(!script.contains("20260101000000"), "no DATETIME: {script}");
+        assert_eq!(script.matches("imprint provision").count(), 1);
+
+        // The deploy directory do_image_complete leaves.
+        let deploy = layer.join("deploy");
+        fs::create_dir_all(&deploy).unwrap();
+        let link = "azaion-image-jetson-orin-nano-devkit";
+        let ext4 = small_ext4(&deploy, &format!("{link}.ext4"));
+        let simg = deploy.join(format!("{link}.ext4.simg"));
+        imprint::image::sparse::encode_raw(
+            &fs::File::open(&ext4).unwrap(),
+            4096,
+            &mut fs::File::create(&simg).unwrap(),
+        )
+        .unwrap();
+        let fs_image = deploy.join(format!("{link}.{fs_type}"));
+        tegraflash_package(
+            d,
+            &fs_image,
+            fs_type,
+            &deploy.join(format!("{link}.{pkg_type}")),
+            compress,
+        );
+
+        // Stamp ext4 and ext4.simg in one go: one password per serial.
+        let both = fs::read_to_string(layer.join("azaion-image.bb")).unwrap()
+            + "IMPRINT_IMAGE_TYPES = \"ext4 ext4.simg\"\n";
+        fs::write(layer.join("azaion-image.bb"), both).unwrap();
+        let o = bitbake(&pythonpath, &layer, true);
+        assert!(
+            o.status.success(),
+            "{fs_type}: {}\n{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        let out = layer.join(format!("imprint/{link}"));
+        for s in ["AZJN-0101", "AZJN-0102"] {
+            for t in ["ext4", "ext4.simg"] {
+                logs_in(&out.join(format!("{s}-{link}.{t}")), s, &server);
+            }
+            // The per-serial package: the stamped image in place of the
+            // rootfs, every other file as it was.
+            let x = d.join(format!("pkg-{s}"));
+            fs::create_dir_all(&x).unwrap();
+            sh(&format!(
+                "tar -xf {} -C {}",
+                out.join(format!("{s}-{link}.tegraflash.tar")).display(),
+                x.display()
+            ));
+            assert_eq!(
+                sha256(&x.join(format!("azaion-image.{fs_type}"))),
+                sha256(&out.join(format!("{s}-{link}.{fs_type}"))),
+                "{fs_type}: {s}"
+            );
+            assert!(x.join("doflash.sh").is_file() && x.join("flash.xml.in").is_file());
+        }
+        let temp = layer.join("tmp/work/azaion-image/temp");
+        for f in fs::read_dir(&temp).unwrap() {
+            let text = fs::read_to_string(f.unwrap().path()).unwrap();
+            assert!(!text.contains(token), "the token is in a run script");
+        }
+
+        // A type that was not built is fatal, not skipped.
+        fs::remove_file(&simg).unwrap();
+        let o = bitbake(&pythonpath, &layer, true);
+        assert!(!o.status.success());
+        assert!(
+            stdout(&o).contains(&format!("{link}.ext4.simg does not exist")),
+            "{}",
+            stdout(&o)
+        );
     }
 }
 
