@@ -559,3 +559,62 @@ fn skip_existing_without_a_manifest_rebuilds_keeping_passwords() {
     assert_eq!(conf_and_version(&image).0, conf);
     assert_eq!(manifest(&out)["images"].as_array().unwrap().len(), 2);
 }
+
+/// A rerun for some serials from a new base keeps the others listed with
+/// the base they were made from, so a later run still rebuilds them.
+#[test]
+fn outputs_of_an_older_base_stay_listed_as_such_until_rebuilt() {
+    let (dir, input, out) = setup();
+    let server = StubServer::start().unwrap();
+    let root = dir.path().join("rootfs");
+    let all = [
+        "--serial",
+        "AZJN-0001",
+        "--serial",
+        "AZJN-0002",
+        "--skip-existing",
+    ];
+    fs::write(root.join("etc/version"), "base 1\n").unwrap();
+    make_tar(&root, &input, "tar.gz", "gnu", true);
+    let old_sha = sha256(&input);
+    assert!(batch(&server, &input, &out, &all).status.success());
+
+    fs::write(root.join("etc/version"), "base 2\n").unwrap();
+    make_tar(&root, &input, "tar.gz", "gnu", true);
+    let new_sha = sha256(&input);
+    let o = batch(
+        &server,
+        &input,
+        &out,
+        &[
+            "--serial",
+            "AZJN-0001",
+            "--serial",
+            "AZJN-0003",
+            "--skip-existing",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = manifest(&out);
+    let base_of = |serial: &str| {
+        m["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["serial"] == serial)
+            .map(|e| e["input_sha256"].as_str().unwrap().to_string())
+    };
+    assert_eq!(base_of("AZJN-0001").unwrap(), new_sha);
+    assert_eq!(base_of("AZJN-0002").unwrap(), old_sha, "{m}");
+    assert_eq!(base_of("AZJN-0003").unwrap(), new_sha);
+
+    let o = batch(&server, &input, &out, &all);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("AZJN-0002: rebuilt") && stdout(&o).contains("AZJN-0001: skipped"),
+        "{}",
+        stdout(&o)
+    );
+    let (_, version) = conf_and_version(&out.join("AZJN-0002-base.tar.gz"));
+    assert_eq!(version, "base 2\n");
+}

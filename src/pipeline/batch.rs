@@ -230,17 +230,30 @@ impl Existing {
         else {
             return Existing::Broken;
         };
-        let listed = old.and_then(|m| m.entry(&file_name(out))).filter(|e| {
-            e.serial == serial.as_str() && e.input_sha256 == input.sha256 && e.sha256 == sha256
-        });
-        match listed {
-            Some(e) => Existing::Current(ManifestEntry {
-                size: meta.len(),
-                input: input.name.clone(),
-                ..e.clone()
-            }),
-            None => Existing::Stale,
+        let current = match old.and_then(|m| m.entry(&file_name(out))) {
+            Some(e) => {
+                e.serial == serial.as_str() && e.input_sha256 == input.sha256 && e.sha256 == sha256
+            }
+            // Not listed: renamed by a run killed before it listed it,
+            // taken to be the last run that wrote here (runs write the
+            // manifest before any image), so made from the manifest's base.
+            // Not proven: if a run for other serials and another base came
+            // in between, such an image is taken as current. Listed images
+            // always carry their own base.
+            None => old.is_some_and(|m| m.inputs.iter().any(|i| i.sha256 == input.sha256)),
+        };
+        if !current {
+            return Existing::Stale;
         }
+        Existing::Current(ManifestEntry {
+            serial: serial.to_string(),
+            email: serial.email(),
+            output: file_name(out),
+            sha256,
+            size: meta.len(),
+            input: input.name.clone(),
+            input_sha256: input.sha256.clone(),
+        })
     }
 }
 
@@ -333,6 +346,11 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
         None
     });
     let manifest = Mutex::new(Manifest::new(inputs.clone()));
+    // Written before any image gets its final name: the manifest then
+    // always names the base of the last run that wrote into the directory,
+    // which is what an image that run renamed but did not list yet (it was
+    // killed in between) was made from.
+    lock(&manifest).write(&manifest_path, old.as_ref())?;
     // Recorded images go into the manifest at once, which is rewritten
     // atomically each time: after a crash it lists exactly what exists.
     let record_images = |entries: Vec<ManifestEntry>| -> Result<(), BatchError> {

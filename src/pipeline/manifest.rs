@@ -145,15 +145,15 @@ impl Manifest {
 
     /// Writes the manifest atomically (0600), images sorted by serial and
     /// output. Images `old` lists for serials this one does not hold are
-    /// kept when their file is still beside the manifest and they were made
-    /// from one of this run's inputs: a rerun for a few serials keeps the
-    /// full list.
+    /// kept when their file is still beside the manifest, whatever base
+    /// they were made from (each says which): a rerun for a few serials
+    /// keeps the full list, and an output of an older base stays known as
+    /// one until it is rebuilt.
     pub fn write(&self, path: &Path, old: Option<&Manifest>) -> Result<(), ManifestError> {
         let mut merged = self.clone();
         for entry in old.map(|o| o.images.as_slice()).unwrap_or_default() {
             let replaced = merged.images.iter().any(|m| m.serial == entry.serial);
-            let same_input = self.inputs.iter().any(|i| i.sha256 == entry.input_sha256);
-            if !replaced && same_input && path.with_file_name(&entry.output).is_file() {
+            if !replaced && path.with_file_name(&entry.output).is_file() {
                 merged.images.push(entry.clone());
             }
         }
