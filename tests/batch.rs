@@ -618,3 +618,74 @@ fn outputs_of_an_older_base_stay_listed_as_such_until_rebuilt() {
     let (_, version) = conf_and_version(&out.join("AZJN-0002-base.tar.gz"));
     assert_eq!(version, "base 2\n");
 }
+
+/// `imprint manifest merge`: the shards of one run join into one manifest;
+/// a shard of another base is refused, naming its file, and nothing is
+/// written.
+#[test]
+fn manifest_merge_joins_shards_and_refuses_other_bases() {
+    let (dir, input, _) = setup();
+    let server = StubServer::start().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    assert!(batch(
+        &server,
+        &input,
+        &a,
+        &["--serial", "AZJN-0001", "--serial", "AZJN-0002"]
+    )
+    .status
+    .success());
+    assert!(batch(
+        &server,
+        &input,
+        &b,
+        &["--serial", "AZJN-0003", "--serial", "AZJN-0004"]
+    )
+    .status
+    .success());
+    let merged = dir.path().join("merged.json");
+    let o = run(bin()
+        .args(["manifest", "merge", "--output"])
+        .arg(&merged)
+        .arg(a.join("manifest.json"))
+        .arg(b.join("manifest.json")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: Value = serde_json::from_str(&fs::read_to_string(&merged).unwrap()).unwrap();
+    let serials: Vec<&str> = m["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["serial"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        serials,
+        ["AZJN-0001", "AZJN-0002", "AZJN-0003", "AZJN-0004"]
+    );
+    assert_eq!(m["input_sha256"], sha256(&input).as_str());
+
+    let other = dir.path().join("other.tar");
+    make_tar(&dir.path().join("rootfs"), &other, "tar", "gnu", true);
+    let c = dir.path().join("c");
+    assert!(batch(
+        &server,
+        &other,
+        &c,
+        &["--serial", "AZJN-0005", "--serial", "AZJN-0006"]
+    )
+    .status
+    .success());
+    let refused = dir.path().join("refused.json");
+    let o = run(bin()
+        .args(["manifest", "merge", "--output"])
+        .arg(&refused)
+        .arg(a.join("manifest.json"))
+        .arg(c.join("manifest.json")));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(&c.join("manifest.json").display().to_string())
+            && stderr(&o).contains("other base images"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!refused.exists());
+}
