@@ -626,29 +626,27 @@ fn outputs_of_an_older_base_stay_listed_as_such_until_rebuilt() {
 fn manifest_merge_joins_shards_and_refuses_other_bases() {
     let (dir, input, _) = setup();
     let server = StubServer::start().unwrap();
-    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    assert!(batch(
-        &server,
-        &input,
-        &a,
-        &["--serial", "AZJN-0001", "--serial", "AZJN-0002"]
-    )
-    .status
-    .success());
-    assert!(batch(
-        &server,
-        &input,
-        &b,
-        &["--serial", "AZJN-0003", "--serial", "AZJN-0004"]
-    )
-    .status
-    .success());
+    let shard = |input: &Path, name: &str, serials: [&str; 2]| {
+        let out = dir.path().join(name);
+        let o = batch(
+            &server,
+            input,
+            &out,
+            &["--serial", serials[0], "--serial", serials[1]],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        out.join("manifest.json")
+    };
+    let merge = |output: &Path, parts: [&Path; 2]| {
+        run(bin()
+            .args(["manifest", "merge", "--output"])
+            .arg(output)
+            .args(parts))
+    };
+    let a = shard(&input, "a", ["AZJN-0001", "AZJN-0002"]);
+    let b = shard(&input, "b", ["AZJN-0003", "AZJN-0004"]);
     let merged = dir.path().join("merged.json");
-    let o = run(bin()
-        .args(["manifest", "merge", "--output"])
-        .arg(&merged)
-        .arg(a.join("manifest.json"))
-        .arg(b.join("manifest.json")));
+    let o = merge(&merged, [&a, &b]);
     assert!(o.status.success(), "{}", stderr(&o));
     let m: Value = serde_json::from_str(&fs::read_to_string(&merged).unwrap()).unwrap();
     let serials: Vec<&str> = m["images"]
@@ -665,25 +663,12 @@ fn manifest_merge_joins_shards_and_refuses_other_bases() {
 
     let other = dir.path().join("other.tar");
     make_tar(&dir.path().join("rootfs"), &other, "tar", "gnu", true);
-    let c = dir.path().join("c");
-    assert!(batch(
-        &server,
-        &other,
-        &c,
-        &["--serial", "AZJN-0005", "--serial", "AZJN-0006"]
-    )
-    .status
-    .success());
+    let c = shard(&other, "c", ["AZJN-0005", "AZJN-0006"]);
     let refused = dir.path().join("refused.json");
-    let o = run(bin()
-        .args(["manifest", "merge", "--output"])
-        .arg(&refused)
-        .arg(a.join("manifest.json"))
-        .arg(c.join("manifest.json")));
+    let o = merge(&refused, [&a, &c]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        stderr(&o).contains(&c.join("manifest.json").display().to_string())
-            && stderr(&o).contains("other base images"),
+        stderr(&o).contains(&c.display().to_string()) && stderr(&o).contains("other base images"),
         "{}",
         stderr(&o)
     );
