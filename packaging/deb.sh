@@ -17,7 +17,8 @@ fi
 bin=target/release/imprint
 assets=target/assets
 mkdir -p "$assets"
-"$bin" man > "$assets/imprint.1"
+rm -rf "$assets/man"
+"$bin" man --dir "$assets/man"
 "$bin" completions bash > "$assets/imprint.bash"
 "$bin" completions zsh > "$assets/_imprint"
 "$bin" completions fish > "$assets/imprint.fish"

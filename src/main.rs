@@ -63,10 +63,7 @@ fn run(command: Command) -> Result<ExitCode> {
             clap_complete::generate(shell, &mut cli, "imprint", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Man => {
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Man { dir } => cli::manpages::run(dir.as_deref()),
         #[cfg(feature = "demo")]
         Command::Demo(args) => {
             demo::run(&args.dir)?;

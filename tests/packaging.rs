@@ -82,6 +82,10 @@ fn the_deb_installs_and_runs() {
         "{page}"
     );
     assert!(page.contains("provision"));
+    // A page per subcommand, with its flags.
+    let provision = root.join("usr/share/man/man1/imprint-provision.1.gz");
+    let page = stdout(&sh(&format!("gzip -dc {}", provision.display())));
+    assert!(page.contains("skip\\-existing"), "{page}");
     let bash = root.join("usr/share/bash-completion/completions/imprint");
     let o = sh(&format!(
         "bash -c 'source {} && complete -p imprint'",

@@ -69,7 +69,11 @@ pub(crate) enum Command {
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions { shell: clap_complete::Shell },
     /// Print the manual page (roff) to stdout
-    Man,
+    Man {
+        /// Write imprint.1 and an imprint-SUBCOMMAND.1 page for each subcommand into DIR instead
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]

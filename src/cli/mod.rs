@@ -4,6 +4,7 @@
 
 pub(crate) mod args;
 pub(crate) mod manifest;
+pub(crate) mod manpages;
 pub(crate) mod panic;
 pub(crate) mod provision;
 mod report;
