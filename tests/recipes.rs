@@ -332,7 +332,7 @@ fn l4t_initrd_station_stamps_what_initrd_flash_reads() {
         let device = dir.path().join("device");
         let log = dir.path().join("flash-args");
         let pw = write_password(dir.path(), PASSWORD);
-        let station = |first: &str| {
+        let station_failing = |first: &str, fail: &str| {
             run(shell(&recipe("l4t/initrd-station.sh"))
                 .current_dir(&l4t)
                 .arg(first)
@@ -341,8 +341,10 @@ fn l4t_initrd_station_stamps_what_initrd_flash_reads() {
                 .env("IMPRINT_OFFLINE_PASSWORD_FILE", &pw)
                 .env("L4T_STANDIN_DEVICE", &device)
                 .env("L4T_STANDIN_RELEASE", release)
+                .env("L4T_STANDIN_FAIL", fail)
                 .env("L4T_STANDIN_LOG", &log))
         };
+        let station = |first: &str| station_failing(first, "0");
         let o = station("--prepare");
         assert!(o.status.success(), "{what}: {}\n{}", stdout(&o), stderr(&o));
         let images = l4t.join("tools/kernel_flash/images");
@@ -389,6 +391,17 @@ fn l4t_initrd_station_stamps_what_initrd_flash_reads() {
                     "{what} {loc}"
                 );
             }
+        }
+        // A flash that fails leaves the pristine images in place too.
+        let o = station_failing("AZJN-0044", "1");
+        assert!(!o.status.success(), "{what}");
+        for ((loc, _), pristine) in locations.iter().zip(&pristine) {
+            let image = images.join(loc).join("system.img");
+            assert_eq!(
+                &sha256(&image),
+                pristine,
+                "{what} {loc}: after a failed flash"
+            );
         }
     }
 }
