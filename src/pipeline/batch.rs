@@ -453,11 +453,11 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
                 }
                 if keep_from.is_some() {
                     say(&format!(
-                        "{serial}: built from another base image; rebuilding{}",
+                        "{serial}: not every output was made from this base; rebuilding them{}",
                         if req.rotate {
                             " with a new password (--rotate)"
                         } else {
-                            ", keeping its password"
+                            ", keeping the password they carry"
                         }
                     ));
                 }
