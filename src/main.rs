@@ -57,15 +57,13 @@ fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Provision(args) => cli::provision::run(args),
         Command::Verify(args) => cli::verify::run(args),
+        Command::Manifest { command } => cli::manifest::run(command),
         Command::Completions { shell } => {
             let mut cli = Cli::command();
             clap_complete::generate(shell, &mut cli, "imprint", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Man => {
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Man { dir } => cli::manpages::run(dir.as_deref()),
         #[cfg(feature = "demo")]
         Command::Demo(args) => {
             demo::run(&args.dir)?;

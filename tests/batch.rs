@@ -412,3 +412,265 @@ fn a_single_run_warns_when_the_manifest_gives_its_account_to_another_serial() {
     let o = batch(&server, &input, &out, &["--serial", "AZXB-0009"]);
     assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
 }
+
+/// device.conf and /etc/version of a gzip tar output, read with GNU tar.
+fn conf_and_version(image: &Path) -> (String, String) {
+    let read = |member: &str| {
+        let o = sh(&format!("tar -xzOf {} ./{member}", image.display()));
+        stdout(&o)
+    };
+    (read("etc/azaion/device.conf"), read("etc/version"))
+}
+
+/// A rebuilt base (a new /etc/version) makes every output stale: a
+/// `--skip-existing` rerun rebuilds each from the new base with the
+/// password the old image carried, and the API gets that same password
+/// (a flashed device keeps logging in); the manifest lists every image
+/// with the new base's digest. `--rotate` gives new passwords instead.
+#[test]
+fn skip_existing_rebuilds_outputs_of_an_older_base_keeping_their_passwords() {
+    let (dir, input, out) = setup();
+    let server = StubServer::start().unwrap();
+    let serials_file = dir.path().join("serials.txt");
+    let args = [
+        "--serials",
+        serials_file.to_str().unwrap(),
+        "--skip-existing",
+    ];
+    let root = dir.path().join("rootfs");
+    fs::write(root.join("etc/version"), "base 1\n").unwrap();
+    make_tar(&root, &input, "tar.gz", "gnu", true);
+    let o = batch(&server, &input, &out, &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let serials = ["AZJN-0001", "AZJN-0002", "AZJN-0003"];
+    let image = |s: &str| out.join(format!("{s}-base.tar.gz"));
+    let email = |s: &str| format!("azaion-jetson-{}@azaion.com", &s[5..]);
+    let first: Vec<(String, String)> = serials
+        .iter()
+        .map(|s| conf_and_version(&image(s)))
+        .collect();
+    for (s, (conf, version)) in serials.iter().zip(&first) {
+        assert_eq!(version, "base 1\n");
+        let pw = server.password_of(&email(s)).unwrap();
+        assert_eq!(conf, &conf_text(&email(s), &pw));
+    }
+
+    // The base is rebuilt: same users, a new /etc/version.
+    fs::write(root.join("etc/version"), "base 2\n").unwrap();
+    make_tar(&root, &input, "tar.gz", "gnu", true);
+    let o = batch(&server, &input, &out, &args);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    for s in serials {
+        assert!(
+            stdout(&o).contains(&format!("{s}: rebuilt from the new base, password kept")),
+            "{}",
+            stdout(&o)
+        );
+    }
+    let base_sha = sha256(&input);
+    let m = manifest(&out);
+    assert_eq!(m["input_sha256"], base_sha.as_str());
+    let images = m["images"].as_array().unwrap();
+    assert_eq!(images.len(), 3, "{m}");
+    for (s, (old_conf, _)) in serials.iter().zip(&first) {
+        let (conf, version) = conf_and_version(&image(s));
+        assert_eq!(version, "base 2\n", "{s} was rebuilt from the new base");
+        assert_eq!(&conf, old_conf, "{s} kept its password");
+        let pw = server.password_of(&email(s)).unwrap();
+        assert_eq!(conf, conf_text(&email(s), &pw), "the API has it too");
+        let entry = images.iter().find(|e| e["serial"] == *s).unwrap();
+        assert_eq!(entry["input_sha256"], base_sha.as_str());
+        assert_eq!(entry["sha256"], sha256(&image(s)).as_str());
+    }
+
+    // Now everything is current: skipped, no API call, all still listed.
+    let calls = server.requests().len();
+    let o = batch(&server, &input, &out, &args);
+    assert!(
+        stdout(&o).contains("0 of 3 written, 3 skipped"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(server.requests().len(), calls);
+    assert_eq!(manifest(&out)["images"].as_array().unwrap().len(), 3);
+
+    // --rotate: a new base and new passwords.
+    fs::write(root.join("etc/version"), "base 3\n").unwrap();
+    make_tar(&root, &input, "tar.gz", "gnu", true);
+    let mut rotate = args.to_vec();
+    rotate.push("--rotate");
+    let o = batch(&server, &input, &out, &rotate);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("3 of 3 written, 0 skipped"),
+        "{}",
+        stdout(&o)
+    );
+    for (s, (old_conf, _)) in serials.iter().zip(&first) {
+        let (conf, version) = conf_and_version(&image(s));
+        assert_eq!(version, "base 3\n");
+        assert_ne!(&conf, old_conf, "{s} got a new password");
+        let pw = server.password_of(&email(s)).unwrap();
+        assert_eq!(conf, conf_text(&email(s), &pw));
+    }
+    // --rotate means nothing without --skip-existing.
+    let o = batch(
+        &server,
+        &input,
+        &out,
+        &["--serial", "AZJN-0001", "--rotate"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+/// Outputs that verify but that no manifest accounts for (the manifest was
+/// lost) are rebuilt with their passwords, not skipped on trust.
+#[test]
+fn skip_existing_without_a_manifest_rebuilds_keeping_passwords() {
+    let (dir, input, out) = setup();
+    let root = dir.path().join("rootfs");
+    fs::write(root.join("etc/version"), "base 1\n").unwrap();
+    make_tar(&root, &input, "tar.gz", "gnu", true);
+    let server = StubServer::start().unwrap();
+    let o = batch(
+        &server,
+        &input,
+        &out,
+        &["--serial", "AZJN-0001", "--serial", "AZJN-0002"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let image = out.join("AZJN-0001-base.tar.gz");
+    let (conf, _) = conf_and_version(&image);
+    fs::remove_file(out.join("manifest.json")).unwrap();
+    let o = batch(
+        &server,
+        &input,
+        &out,
+        &[
+            "--serial",
+            "AZJN-0001",
+            "--serial",
+            "AZJN-0002",
+            "--skip-existing",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("AZJN-0001: rebuilt"), "{}", stdout(&o));
+    assert_eq!(conf_and_version(&image).0, conf);
+    assert_eq!(manifest(&out)["images"].as_array().unwrap().len(), 2);
+}
+
+/// A rerun for some serials from a new base keeps the others listed with
+/// the base they were made from, so a later run still rebuilds them.
+#[test]
+fn outputs_of_an_older_base_stay_listed_as_such_until_rebuilt() {
+    let (dir, input, out) = setup();
+    let server = StubServer::start().unwrap();
+    let root = dir.path().join("rootfs");
+    let all = [
+        "--serial",
+        "AZJN-0001",
+        "--serial",
+        "AZJN-0002",
+        "--skip-existing",
+    ];
+    fs::write(root.join("etc/version"), "base 1\n").unwrap();
+    make_tar(&root, &input, "tar.gz", "gnu", true);
+    let old_sha = sha256(&input);
+    assert!(batch(&server, &input, &out, &all).status.success());
+
+    fs::write(root.join("etc/version"), "base 2\n").unwrap();
+    make_tar(&root, &input, "tar.gz", "gnu", true);
+    let new_sha = sha256(&input);
+    let o = batch(
+        &server,
+        &input,
+        &out,
+        &[
+            "--serial",
+            "AZJN-0001",
+            "--serial",
+            "AZJN-0003",
+            "--skip-existing",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = manifest(&out);
+    let base_of = |serial: &str| {
+        m["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["serial"] == serial)
+            .map(|e| e["input_sha256"].as_str().unwrap().to_string())
+    };
+    assert_eq!(base_of("AZJN-0001").unwrap(), new_sha);
+    assert_eq!(base_of("AZJN-0002").unwrap(), old_sha, "{m}");
+    assert_eq!(base_of("AZJN-0003").unwrap(), new_sha);
+
+    let o = batch(&server, &input, &out, &all);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("AZJN-0002: rebuilt") && stdout(&o).contains("AZJN-0001: skipped"),
+        "{}",
+        stdout(&o)
+    );
+    let (_, version) = conf_and_version(&out.join("AZJN-0002-base.tar.gz"));
+    assert_eq!(version, "base 2\n");
+}
+
+/// `imprint manifest merge`: the shards of one run join into one manifest;
+/// a shard of another base is refused, naming its file, and nothing is
+/// written.
+#[test]
+fn manifest_merge_joins_shards_and_refuses_other_bases() {
+    let (dir, input, _) = setup();
+    let server = StubServer::start().unwrap();
+    let shard = |input: &Path, name: &str, serials: [&str; 2]| {
+        let out = dir.path().join(name);
+        let o = batch(
+            &server,
+            input,
+            &out,
+            &["--serial", serials[0], "--serial", serials[1]],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        out.join("manifest.json")
+    };
+    let merge = |output: &Path, parts: [&Path; 2]| {
+        run(bin()
+            .args(["manifest", "merge", "--output"])
+            .arg(output)
+            .args(parts))
+    };
+    let a = shard(&input, "a", ["AZJN-0001", "AZJN-0002"]);
+    let b = shard(&input, "b", ["AZJN-0003", "AZJN-0004"]);
+    let merged = dir.path().join("merged.json");
+    let o = merge(&merged, [&a, &b]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: Value = serde_json::from_str(&fs::read_to_string(&merged).unwrap()).unwrap();
+    let serials: Vec<&str> = m["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["serial"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        serials,
+        ["AZJN-0001", "AZJN-0002", "AZJN-0003", "AZJN-0004"]
+    );
+    assert_eq!(m["input_sha256"], sha256(&input).as_str());
+
+    let other = dir.path().join("other.tar");
+    make_tar(&dir.path().join("rootfs"), &other, "tar", "gnu", true);
+    let c = shard(&other, "c", ["AZJN-0005", "AZJN-0006"]);
+    let refused = dir.path().join("refused.json");
+    let o = merge(&refused, [&a, &c]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(&c.display().to_string()) && stderr(&o).contains("other base images"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!refused.exists());
+}

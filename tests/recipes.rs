@@ -50,93 +50,375 @@ fn verifies(image: &Path, serial: &str) {
     assert!(v.status.success(), "{}: {}", image.display(), stdout(&v));
 }
 
+/// Logs in with the credentials inside `image` at the stub's /login: the
+/// image carries the password the API has now.
+fn logs_in(image: &Path, serial: &str, server: &StubServer) {
+    let v = run(bin().arg("verify").arg(image).args([
+        "--serial",
+        serial,
+        "--owner",
+        "azaion",
+        "--login-url",
+        &server.url(),
+    ]));
+    assert!(
+        v.status.success(),
+        "{}: {}{}",
+        image.display(),
+        stdout(&v),
+        stderr(&v)
+    );
+}
+
+/// Buildroot's images directory: rootfs.ext2 with the rootfs.ext4 symlink
+/// Buildroot makes, rootfs.tar.gz, and genimage's sdcard.img (MBR: a boot
+/// partition, then the rootfs).
+fn buildroot_images(d: &Path, tree: &Path) -> PathBuf {
+    let images = d.join("images");
+    fs::create_dir_all(&images).unwrap();
+    let ext2 = images.join("rootfs.ext2");
+    assert!(mkfs(tree, &ext2, &["-t", "ext4"], "16M").status.success());
+    let _ = fs::remove_file(images.join("rootfs.ext4"));
+    std::os::unix::fs::symlink("rootfs.ext2", images.join("rootfs.ext4")).unwrap();
+    sh(&format!(
+        "tar --sort=name --owner=0 --group=0 -C {t} -czf {i}/rootfs.tar.gz . && \
+         truncate -s 24M {i}/sdcard.img && \
+         printf 'label: dos\\nstart=2048, size=6144, type=c\\nstart=8192, type=83\\n' | sfdisk -q {i}/sdcard.img && \
+         dd if={i}/rootfs.ext2 of={i}/sdcard.img bs=512 seek=8192 conv=notrunc status=none",
+        t = tree.display(),
+        i = images.display()
+    ));
+    images
+}
+
+/// Every image Buildroot made gets a per-serial copy, one password per
+/// serial across them; a rebuilt rootfs.tar.gz (a new /etc/version) makes
+/// the rerun rebuild each serial's copies from the new images with the
+/// same password, and the manifest lists them all.
 #[test]
 fn buildroot_post_image_script() {
     let dir = TempDir::new().unwrap();
     let d = dir.path();
-    let images = d.join("images");
-    fs::create_dir(&images).unwrap();
     let tree = ext4_tree(d, 0, Azaion::Absent);
-    assert!(
-        mkfs(&tree, &images.join("rootfs.ext4"), &["-t", "ext4"], "16M")
-            .status
-            .success()
-    );
-    let pw = write_password(d, PASSWORD);
-    let o = run(shell(&recipe("buildroot/post-image.sh"))
-        .arg(&images)
-        .env("IMPRINT_SERIALS", serials_file(d))
-        .env("IMPRINT_OFFLINE_PASSWORD_FILE", &pw));
+    fs::write(tree.join("etc/version"), "1\n").unwrap();
+    let images = buildroot_images(d, &tree);
+    let server = StubServer::start().unwrap();
+    let post_image = |images: &Path| {
+        run(shell(&recipe("buildroot/post-image.sh"))
+            .arg(images)
+            .env("IMPRINT_SERIALS", serials_file(d))
+            .env("IMPRINT_API_URL", server.url()))
+    };
+    let o = post_image(&images);
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
-    assert!(stdout(&o).contains("2 images"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("6 images"), "{}", stdout(&o));
+    let outputs = ["rootfs.ext2", "rootfs.tar.gz", "sdcard.img"];
+    let per_serial = images.join("per-serial");
+    assert!(!per_serial.join("AZJN-0101-rootfs.ext4").exists());
+    let mut passwords = Vec::new();
     for s in ["AZJN-0101", "AZJN-0102"] {
-        verifies(&images.join(format!("per-serial/{s}-rootfs.ext4")), s);
+        for name in outputs {
+            logs_in(&per_serial.join(format!("{s}-{name}")), s, &server);
+        }
+        passwords.push(server.password_of(&email_of(s)).unwrap());
+    }
+
+    // A rebuild changes rootfs.tar.gz only.
+    fs::write(tree.join("etc/version"), "2\n").unwrap();
+    sh(&format!(
+        "tar --sort=name --owner=0 --group=0 -C {} -czf {}/rootfs.tar.gz .",
+        tree.display(),
+        images.display()
+    ));
+    let o = post_image(&images);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("6 images"), "{}", stdout(&o));
+    for (s, pw) in ["AZJN-0101", "AZJN-0102"].iter().zip(&passwords) {
+        let tar = per_serial.join(format!("{s}-rootfs.tar.gz"));
+        let version = stdout(&sh(&format!("tar -xzOf {} ./etc/version", tar.display())));
+        assert_eq!(version, "2\n", "{s}: rebuilt from the new rootfs.tar.gz");
+        assert_eq!(&server.password_of(&email_of(s)).unwrap(), pw, "{s}");
+        for name in outputs {
+            logs_in(&per_serial.join(format!("{s}-{name}")), s, &server);
+        }
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(per_serial.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["images"].as_array().unwrap().len(), 6);
+
+    // No image at all is an error, not "0 images".
+    let empty = d.join("empty");
+    fs::create_dir(&empty).unwrap();
+    let o = post_image(&empty);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no rootfs.tar"), "{}", stderr(&o));
+}
+
+/// The stand-ins for NVIDIA's scripts (tests/standins/l4t): flash.sh and
+/// tools/kernel_flash/l4t_initrd_flash.sh, with the files and flags of the
+/// real ones.
+fn standin(path: &str) -> PathBuf {
+    standin_dir("l4t").join(path)
+}
+
+fn standin_dir(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/standins")
+        .join(path)
+}
+
+const BOARD: &str = "jetson-orin-nano-devkit";
+
+/// A Linux_for_Tegra tree: the stand-in scripts, a board config, and a
+/// rootfs/ as it is after apply_binaries.sh and l4t_create_default_user.sh
+/// (an azaion user), with a file capability on a binary (an extended
+/// attribute, as the real rootfs has).
+fn l4t_tree(dir: &Path) -> PathBuf {
+    let l4t = dir.join("Linux_for_Tegra");
+    fs::create_dir_all(l4t.join("bootloader")).unwrap();
+    fs::create_dir_all(l4t.join("tools/kernel_flash")).unwrap();
+    for script in ["flash.sh", "tools/kernel_flash/l4t_initrd_flash.sh"] {
+        fs::copy(standin(script), l4t.join(script)).unwrap();
+    }
+    fs::write(l4t.join(format!("{BOARD}.conf")), "# board config\n").unwrap();
+    let root = make_rootfs(dir, "rootfs-src");
+    sh(&format!(
+        "mv {} {l}/rootfs && setfattr -n security.capability -v 0sAQAAAgAgAAAAAAAAAAAAAAAAAAA= {l}/rootfs/usr/bin/blob && setfattr -n user.l4t -v kept {l}/rootfs/usr/bin/blob",
+        root.display(),
+        l = l4t.display()
+    ));
+    l4t
+}
+
+fn email_of(serial: &str) -> String {
+    format!("azaion-jetson-{}@azaion.com", &serial[5..])
+}
+
+/// What the device got on its APP partition: device.conf's text, its
+/// owner and mode, and an extended attribute of usr/bin/blob, from an
+/// extracted tree or an ext4 image. A tree has its user.l4t attribute:
+/// `tar --xattrs -xpf`, as l4t_flash_from_kernel.sh runs it, restores only
+/// user.* ones. An image has its file capability, as hex.
+fn app_partition(target: &Path) -> (String, String, String) {
+    if target.is_dir() {
+        let conf = target.join("etc/azaion/device.conf");
+        let owner = stdout(&sh(&format!("stat -c '%u:%g %a' {}", conf.display())));
+        let cap = stdout(&sh(&format!(
+            "getfattr -n user.l4t --only-values {}/usr/bin/blob",
+            target.display()
+        )));
+        (
+            fs::read_to_string(conf).unwrap(),
+            owner.trim().to_string(),
+            cap,
+        )
+    } else {
+        let conf = debugfs(target, "cat /etc/azaion/device.conf");
+        let (mode, uid, gid) = debugfs_stat(target, "/etc/azaion/device.conf");
+        let cap = debugfs(target, "ea_get -x /usr/bin/blob security.capability");
+        let cap: String = cap
+            .split_whitespace()
+            .filter(|w| w.len() == 2 && w.chars().all(|c| c.is_ascii_hexdigit()))
+            .collect();
+        (conf, format!("{uid}:{gid} {:o}", mode & 0o7777), cap)
     }
 }
 
+const CAPABILITY_HEX: &str = "0100000200200000000000000000000000000000";
+
+/// flash.sh station: --prepare builds the base with `flash.sh --no-flash`
+/// and keeps its UUID file; each device is flashed with `flash.sh -r` and
+/// gets its own credentials on the APP partition, under the UUID its
+/// extlinux.conf boots; the base is back in bootloader/ after each run,
+/// also when flashing fails; a UUID file that changed is refused.
 #[test]
-fn l4t_station_flashes_a_verified_per_device_image() {
+fn l4t_station_flashes_each_device_and_restores_the_base() {
     let dir = TempDir::new().unwrap();
-    let l4t = dir.path().join("Linux_for_Tegra");
-    fs::create_dir_all(l4t.join("bootloader")).unwrap();
-    let tree = ext4_tree(dir.path(), 0, Azaion::Absent);
-    let raw = dir.path().join("system.img.raw");
-    assert!(mkfs(&tree, &raw, &["-t", "ext4"], "16M").status.success());
-    let system = l4t.join("bootloader/system.img");
-    imprint::image::sparse::encode_raw(
-        &fs::File::open(&raw).unwrap(),
-        4096,
-        &mut fs::File::create(&system).unwrap(),
-    )
-    .unwrap();
-    let base_hash = sha256(&system);
-    // A stand-in flash.sh that records its arguments and the image it saw.
-    fs::write(
-        l4t.join("flash.sh"),
-        "#!/bin/sh\necho \"$@\" > flashed-args\nsha256sum bootloader/system.img | cut -d' ' -f1 > flashed-image\n",
-    )
-    .unwrap();
-    sh(&format!("chmod +x {}", l4t.join("flash.sh").display()));
+    let l4t = l4t_tree(dir.path());
+    let device = dir.path().join("device");
+    let log = dir.path().join("flash-args");
     let pw = write_password(dir.path(), PASSWORD);
-    let o = run(shell(&recipe("l4t/station.sh"))
-        .current_dir(&l4t)
-        .args(["AZJN-0042", "jetson-orin-nano-devkit", "internal"])
-        .env("IMPRINT_OFFLINE_PASSWORD_FILE", &pw));
-    // Run by anyone but root, station.sh calls flash.sh through sudo.
-    let sudo_refused = !o.status.success() && stderr(&o).contains("sudo");
-    if !require(
-        !sudo_refused,
-        &format!(
-            "station.sh needs root or sudo to call flash.sh: {}",
-            stderr(&o).lines().last().unwrap_or_default()
-        ),
-    ) {
-        return;
-    }
+    let station = |args: &[&str], fail: bool| {
+        run(shell(&recipe("l4t/station.sh"))
+            .current_dir(&l4t)
+            .args(args)
+            .env("IMPRINT_OFFLINE_PASSWORD_FILE", &pw)
+            .env("L4T_STANDIN_DEVICE", &device)
+            .env("L4T_STANDIN_FAIL", if fail { "1" } else { "0" })
+            .env("L4T_STANDIN_LOG", &log))
+    };
+    let o = station(&["AZJN-0042", BOARD, "mmcblk0p1"], false);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--prepare"), "{}", stderr(&o));
+
+    let o = station(&["--prepare", BOARD, "mmcblk0p1"], false);
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
     assert_eq!(
-        fs::read_to_string(l4t.join("flashed-args")).unwrap().trim(),
-        "-r jetson-orin-nano-devkit internal"
+        fs::read_to_string(&log).unwrap().trim(),
+        format!("--no-flash {BOARD} mmcblk0p1")
     );
-    assert_eq!(
-        fs::read_to_string(l4t.join("flashed-image"))
-            .unwrap()
-            .trim(),
-        sha256(&system)
-    );
-    assert_eq!(
-        sha256(&l4t.join("bootloader/system.img.base")),
-        base_hash,
-        "the base is kept"
-    );
-    verifies(&system, "AZJN-0042");
+    let system = l4t.join("bootloader/system.img");
+    let base_sha = sha256(&system);
+    assert_eq!(sha256(&l4t.join("bootloader/system.img.base")), base_sha);
+
+    for serial in ["AZJN-0042", "AZJN-0043"] {
+        let o = station(&[serial, BOARD, "mmcblk0p1"], false);
+        assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+        assert_eq!(
+            fs::read_to_string(&log).unwrap().trim(),
+            format!("-r {BOARD} mmcblk0p1")
+        );
+        let app = device.join("APP.img");
+        let (conf, owner, cap) = app_partition(&app);
+        assert_eq!(conf, conf_text(&email_of(serial), PASSWORD));
+        assert_eq!(owner, "1001:1001 600");
+        assert_eq!(cap, CAPABILITY_HEX);
+        verifies(&app, serial);
+        // The partition's UUID is the one extlinux.conf boots.
+        let uuid = fs::read_to_string(device.join("APP.partuuid")).unwrap();
+        let extlinux = debugfs(&app, "cat /boot/extlinux/extlinux.conf");
+        assert!(
+            extlinux.contains(&format!("root=PARTUUID={}", uuid.trim())),
+            "{extlinux}"
+        );
+        assert_eq!(sha256(&system), base_sha, "the base is back");
+    }
+
+    // A failed flash leaves the base in place too.
+    let o = station(&["AZJN-0044", BOARD, "mmcblk0p1"], true);
+    assert!(!o.status.success());
+    assert_eq!(sha256(&system), base_sha);
+
+    // Another UUID file (a flash.sh run for another board) is refused
+    // before anything is flashed.
+    let flashed = sha256(&device.join("APP.img"));
+    fs::write(
+        l4t.join("bootloader/l4t-rootfs-uuid.txt"),
+        "0b5a4b5e-0000-4000-8000-000000000000\n",
+    )
+    .unwrap();
+    let o = station(&["AZJN-0045", BOARD, "mmcblk0p1"], false);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("would not boot"), "{}", stderr(&o));
+    assert_eq!(sha256(&device.join("APP.img")), flashed);
+    assert_eq!(sha256(&system), base_sha);
 }
 
+/// Initrd flash, in every form the APP image takes: the R35/R36 xattr tar
+/// and sparse image, and the newer zstd tar and zstd raw image, internal
+/// and external. Each device's credentials reach the partition that
+/// l4t_flash_from_kernel.sh writes (through flash.cfg and the .sha1sum
+/// beside the image), file capabilities survive, and images/ holds the
+/// pristine images again afterwards.
 #[test]
-fn l4t_sample_rootfs_tbz2_per_serial() {
+fn l4t_initrd_station_stamps_what_initrd_flash_reads() {
+    let external: &[&str] = &[
+        "--external-device",
+        "nvme0n1p1",
+        "-c",
+        "tools/kernel_flash/flash_l4t_t234_nvme.xml",
+    ];
+    for (release, extra) in [
+        ("r36", &[][..]),
+        ("r36", &["--sparse"][..]),
+        ("r38", &[][..]),
+        ("r38", &["--sparse"][..]),
+        ("r36", external),
+    ] {
+        let what = format!("{release} {extra:?}");
+        let dir = TempDir::new().unwrap();
+        let l4t = l4t_tree(dir.path());
+        let device = dir.path().join("device");
+        let log = dir.path().join("flash-args");
+        let pw = write_password(dir.path(), PASSWORD);
+        let station_failing = |first: &str, fail: &str| {
+            run(shell(&recipe("l4t/initrd-station.sh"))
+                .current_dir(&l4t)
+                .arg(first)
+                .args(extra)
+                .args([BOARD, "internal"])
+                .env("IMPRINT_OFFLINE_PASSWORD_FILE", &pw)
+                .env("L4T_STANDIN_DEVICE", &device)
+                .env("L4T_STANDIN_RELEASE", release)
+                .env("L4T_STANDIN_FAIL", fail)
+                .env("L4T_STANDIN_LOG", &log))
+        };
+        let station = |first: &str| station_failing(first, "0");
+        let o = station("--prepare");
+        assert!(o.status.success(), "{what}: {}\n{}", stdout(&o), stderr(&o));
+        let images = l4t.join("tools/kernel_flash/images");
+        let locations: Vec<(&str, &str)> = if extra.contains(&"--external-device") {
+            vec![("internal", "APP"), ("external", "APP_ext")]
+        } else {
+            vec![("internal", "APP")]
+        };
+        let pristine: Vec<String> = locations
+            .iter()
+            .map(|(loc, _)| sha256(&images.join(loc).join("system.img")))
+            .collect();
+        for serial in ["AZJN-0042", "AZJN-0043"] {
+            let o = station(serial);
+            assert!(o.status.success(), "{what}: {}\n{}", stdout(&o), stderr(&o));
+            let calls = fs::read_to_string(&log).unwrap();
+            assert!(
+                calls.lines().last().unwrap().starts_with("0 1 "),
+                "{what}: not --flash-only: {calls}"
+            );
+            for ((loc, var), pristine) in locations.iter().zip(&pristine) {
+                let img = device.join(format!("{loc}-{var}.img"));
+                let target = if img.exists() {
+                    img
+                } else {
+                    device.join(format!("{loc}-{var}"))
+                };
+                let (conf, owner, cap) = app_partition(&target);
+                assert_eq!(conf, conf_text(&email_of(serial), PASSWORD), "{what} {loc}");
+                assert_eq!(owner, "1001:1001 600", "{what} {loc}");
+                let attr = if target.is_dir() {
+                    "kept"
+                } else {
+                    CAPABILITY_HEX
+                };
+                assert_eq!(cap, attr, "{what} {loc}: extended attributes kept");
+                // Back to the pristine image, with its own digest.
+                let image = images.join(loc).join("system.img");
+                assert_eq!(&sha256(&image), pristine, "{what} {loc}");
+                let sha1 = stdout(&sh(&format!("sha1sum {}", image.display())));
+                assert_eq!(
+                    fs::read_to_string(images.join(loc).join("system.img.sha1sum")).unwrap(),
+                    format!("{}\n", sha1.split_whitespace().next().unwrap()),
+                    "{what} {loc}"
+                );
+            }
+        }
+        // A flash that fails leaves the pristine images in place too.
+        let o = station_failing("AZJN-0044", "1");
+        assert!(!o.status.success(), "{what}");
+        for ((loc, _), pristine) in locations.iter().zip(&pristine) {
+            let image = images.join(loc).join("system.img");
+            assert_eq!(
+                &sha256(&image),
+                pristine,
+                "{what} {loc}: after a failed flash"
+            );
+        }
+    }
+}
+
+/// The sample rootfs has no user yet (l4t_create_default_user.sh adds one
+/// later): per-serial tarballs get a numeric owner, 1000:1000 (useradd's
+/// first UID), which is the azaion user once it is created.
+#[test]
+fn l4t_sample_rootfs_tarballs_get_the_first_users_ids() {
     let dir = TempDir::new().unwrap();
     let d = dir.path();
     let root = make_rootfs(d, "rootfs");
+    // NVIDIA's sample rootfs: system users only.
+    sh(&format!(
+        "sed -i '/^azaion:/d' {r}/etc/passwd {r}/etc/group",
+        r = root.display()
+    ));
     let tbz2 = d.join("Tegra_Linux_Sample-Root-Filesystem_R36.4.0_aarch64.tbz2");
     make_tar(&root, &tbz2, "tbz2", "gnu", true);
     let pw = write_password(d, PASSWORD);
@@ -152,58 +434,669 @@ fn l4t_sample_rootfs_tbz2_per_serial() {
             "{s}-{}",
             tbz2.file_name().unwrap().to_string_lossy()
         ));
-        verifies(&image, s);
         // As NVIDIA documents: tar -xpf into Linux_for_Tegra/rootfs.
         let x = d.join(format!("rootfs-{s}"));
         fs::create_dir(&x).unwrap();
         sh(&format!("tar -xpf {} -C {}", image.display(), x.display()));
-        let conf = fs::read_to_string(x.join("etc/azaion/device.conf")).unwrap();
-        assert!(conf.starts_with(&format!(
-            "AZAION_DEVICE_EMAIL=azaion-jetson-{}@azaion.com\n",
-            &s[5..]
-        )));
+        let conf = x.join("etc/azaion/device.conf");
+        assert_eq!(
+            fs::read_to_string(&conf).unwrap(),
+            conf_text(&email_of(s), PASSWORD)
+        );
+        let o = sh(&format!("stat -c '%u:%g %a' {}", conf.display()));
+        assert_eq!(stdout(&o).trim(), "1000:1000 600");
+        // What l4t_create_default_user.sh -u azaion then adds.
+        sh(&format!(
+            "echo 'azaion:x:1000:1000::/home/azaion:/bin/bash' >> {x}/etc/passwd && echo 'azaion:x:1000:' >> {x}/etc/group",
+            x = x.display()
+        ));
+        verifies(&x, s);
     }
 }
 
+/// The staging flow: after apply_binaries.sh and l4t_create_default_user.sh
+/// the user exists, and device.conf is written into rootfs/ in place,
+/// owned by it by name.
 #[test]
-fn yocto_class_postprocess_function() {
+fn l4t_sample_rootfs_staging_tree_after_the_user_exists() {
     let dir = TempDir::new().unwrap();
-    let d = dir.path();
-    let deploy = d.join("deploy");
-    fs::create_dir(&deploy).unwrap();
-    small_ext4(&deploy, "azaion-image-jetson.rootfs.ext4");
-    let server = StubServer::start().unwrap();
-    // The class's function body, run by sh with the variables BitBake would
-    // expand and stand-ins for bbnote/bbfatal.
-    let class = fs::read_to_string(recipe("yocto/imprint.bbclass")).unwrap();
-    let start = class.find("imprint_per_serial() {").unwrap();
-    let end = start + class[start..].find("\n}\n").unwrap() + 3;
-    let script = format!(
-        "#!/bin/sh\nset -e\nbbnote() {{ echo \"$*\"; }}\nbbfatal() {{ echo \"$*\" >&2; exit 1; }}\n{}\nimprint_per_serial\n",
-        &class[start..end]
-    )
-    .replace("${IMGDEPLOYDIR}", &deploy.display().to_string())
-    .replace("${IMAGE_NAME}", "azaion-image-jetson")
-    .replace("${IMAGE_NAME_SUFFIX}", ".rootfs")
-    .replace("${IMPRINT_SERIALS}", &serials_file(d).display().to_string())
-    .replace("${IMPRINT_API_URL}", &server.url())
-    .replace("${IMPRINT_OWNER}", "azaion")
-    .replace("${IMPRINT_IMAGE_TYPES}", "ext4 ext4.simg");
-    let path = d.join("postprocess.sh");
-    fs::write(&path, script).unwrap();
-    sh(&format!("chmod +x {}", path.display()));
-    let o = run(&mut shell(&path));
+    let root = make_rootfs(dir.path(), "rootfs");
+    let pw = write_password(dir.path(), PASSWORD);
+    let o = run(shell(&recipe("l4t/sample-rootfs.sh"))
+        .arg("--rootfs-dir")
+        .arg(&root)
+        .arg("AZJN-0042")
+        .env("IMPRINT_OFFLINE_PASSWORD_FILE", &pw));
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
-    for s in ["AZJN-0101", "AZJN-0102"] {
-        let image = deploy.join(format!("per-serial/{s}-azaion-image-jetson.rootfs.ext4"));
-        verifies(&image, s);
-        let email = format!("azaion-jetson-{}@azaion.com", &s[5..]);
-        assert!(server.password_of(&email).is_some());
+    assert_eq!(
+        fs::read_to_string(root.join("etc/azaion/device.conf")).unwrap(),
+        conf_text(EMAIL, PASSWORD)
+    );
+    verifies(&root, "AZJN-0042");
+}
+
+/// Where .ci/run installs BitBake's `bb` package (the bitbake-setup wheel
+/// from PyPI carries it), for the class to be parsed and run by BitBake.
+fn bitbake_pythonpath() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bitbake-py");
+    dir.join("bb/parse/__init__.py").is_file().then_some(dir)
+}
+
+/// A layer with the class, a recipe that inherits it, and what OE-core's
+/// bitbake.conf and logging.bbclass give a real build (the variables and
+/// the bbnote/bbfatal shell functions the class uses).
+fn bitbake_layer(d: &Path, recipe_lines: &str) -> PathBuf {
+    let layer = d.join("layer");
+    fs::create_dir_all(layer.join("conf")).unwrap();
+    fs::create_dir_all(layer.join("classes")).unwrap();
+    fs::copy(
+        recipe("yocto/imprint.bbclass"),
+        layer.join("classes/imprint.bbclass"),
+    )
+    .unwrap();
+    fs::write(
+        layer.join("conf/bitbake.conf"),
+        "PN = \"azaion-image\"\n\
+         DEPLOY_DIR_IMAGE = \"${TOPDIR}/deploy\"\n\
+         IMAGE_BASENAME = \"azaion-image\"\n\
+         MACHINE = \"jetson-orin-nano-devkit\"\n\
+         IMAGE_LINK_NAME = \"${IMAGE_BASENAME}-${MACHINE}\"\n\
+         DATETIME = \"20260101000000\"\n\
+         IMAGE_NAME = \"${IMAGE_LINK_NAME}-${DATETIME}\"\n\
+         WORKDIR = \"${TOPDIR}/tmp/work/${PN}\"\n\
+         T = \"${WORKDIR}/temp\"\n\
+         B = \"${WORKDIR}\"\n",
+    )
+    .unwrap();
+    fs::write(
+        layer.join("classes/base.bbclass"),
+        "addtask build\nbbnote() {\n    echo \"NOTE: $*\"\n}\nbbfatal() {\n    echo \"ERROR: $*\"\n    exit 1\n}\n",
+    )
+    .unwrap();
+    fs::write(
+        layer.join("azaion-image.bb"),
+        format!("inherit imprint\naddtask image_complete\n{recipe_lines}"),
+    )
+    .unwrap();
+    layer
+}
+
+fn bitbake(pythonpath: &Path, layer: &Path, run_task: bool) -> std::process::Output {
+    let mut c = shell(Path::new("python3"));
+    c.arg(standin_dir("bitbake/parse.py"))
+        .arg(layer)
+        .arg(layer.join("azaion-image.bb"))
+        .env("PYTHONPATH", pythonpath);
+    if run_task {
+        c.arg("run");
+    }
+    run(&mut c)
+}
+
+/// A tegraflash package as meta-tegra's create_tegraflash_pkg leaves it:
+/// the flash scripts and layout, and the rootfs image under
+/// IMAGE_BASENAME.IMAGE_TEGRAFLASH_FS_TYPE, packed with tar.
+fn tegraflash_package(d: &Path, image: &Path, fs_type: &str, out: &Path, compress: &str) {
+    let pkg = d.join("pkg");
+    fs::create_dir_all(&pkg).unwrap();
+    fs::write(
+        pkg.join("doflash.sh"),
+        "#!/bin/sh\n./tegra-flash-helper.sh flash.xml.in\n",
+    )
+    .unwrap();
+    fs::write(
+        pkg.join("flash.xml.in"),
+        "<partition name=\"APP\"><filename>APPFILE</filename></partition>\n",
+    )
+    .unwrap();
+    fs::copy(image, pkg.join(format!("azaion-image.{fs_type}"))).unwrap();
+    sh(&format!(
+        "tar --sparse --numeric-owner --transform='s,^\\./,,' -C {} -cf - . | {compress} > {}",
+        pkg.display(),
+        out.display()
+    ));
+    fs::remove_dir_all(&pkg).unwrap();
+}
+
+/// The class, parsed and run by BitBake itself (bb.parse, bb.build): the
+/// task comes after do_image_complete with network access, reruns when
+/// the serials file changes, exports nothing; run, it stamps every image
+/// type with one password per serial through --api-token-file (the token
+/// appears in no run script), and swaps each serial's image into a copy of
+/// the tegraflash package under the name the package's flash layout
+/// reads. On scarthgap (ext4, tegraflash.tar.gz) and master for non-T234
+/// (ext4.simg, tegraflash-tar.zst); a missing image type is fatal.
+#[test]
+fn yocto_class_runs_in_bitbake() {
+    let Some(pythonpath) = bitbake_pythonpath() else {
+        require(
+            false,
+            "BitBake's bb package in target/bitbake-py (pip install --target target/bitbake-py bitbake-setup==2.19.0, as .ci/run does)",
+        );
+        return;
+    };
+    for (fs_type, fstypes, pkg_type, compress) in [
+        ("ext4", "ext4 tegraflash", "tegraflash.tar.gz", "gzip -n"),
+        (
+            "ext4.simg",
+            "ext4 ext4.simg tegraflash-tar.zst",
+            "tegraflash-tar.zst",
+            "zstd -q",
+        ),
+    ] {
+        let dir = TempDir::new().unwrap();
+        let d = dir.path();
+        let server = StubServer::start().unwrap();
+        let token = "tok-3f9a1c";
+        server.require_token(Some(token.into()));
+        fs::write(d.join("token"), format!("{token}\n")).unwrap();
+        let layer = bitbake_layer(
+            d,
+            &format!(
+                "IMAGE_FSTYPES = \"{fstypes}\"\n\
+                 IMAGE_TEGRAFLASH_FS_TYPE = \"{fs_type}\"\n\
+                 IMPRINT_SERIALS = \"{serials}\"\n\
+                 IMPRINT_API_URL = \"{url}\"\n\
+                 IMPRINT_API_TOKEN_FILE = \"{token_file}\"\n",
+                serials = serials_file(d).display(),
+                url = server.url(),
+                token_file = d.join("token").display()
+            ),
+        );
+        let o = bitbake(&pythonpath, &layer, false);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let parsed: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(
+            parsed["imprint_deps"],
+            serde_json::json!(["do_image_complete"])
+        );
+        assert!(parsed["build_deps"]
+            .as_array()
+            .unwrap()
+            .contains(&"do_imprint".into()));
+        assert_eq!(parsed["network"], "1");
+        assert_eq!(
+            parsed["file_checksums"].as_str().unwrap().trim(),
+            format!("{}:True", serials_file(d).display())
+        );
+        assert_eq!(parsed["exported"], serde_json::json!([]));
+        assert_eq!(parsed["image_types"], fs_type, "the type meta-tegra packs");
+        assert_eq!(parsed["tegraflash_pkg"], pkg_type);
+        let script = parsed["imprint_images"].as_str().unwrap();
+        assert!(!script.contains("20260101000000"), "no DATETIME: {script}");
+        assert_eq!(script.matches("imprint provision").count(), 1);
+
+        // The deploy directory do_image_complete leaves.
+        let deploy = layer.join("deploy");
+        fs::create_dir_all(&deploy).unwrap();
+        let link = "azaion-image-jetson-orin-nano-devkit";
+        let ext4 = small_ext4(&deploy, &format!("{link}.ext4"));
+        let simg = deploy.join(format!("{link}.ext4.simg"));
+        imprint::image::sparse::encode_raw(
+            &fs::File::open(&ext4).unwrap(),
+            4096,
+            &mut fs::File::create(&simg).unwrap(),
+        )
+        .unwrap();
+        let fs_image = deploy.join(format!("{link}.{fs_type}"));
+        tegraflash_package(
+            d,
+            &fs_image,
+            fs_type,
+            &deploy.join(format!("{link}.{pkg_type}")),
+            compress,
+        );
+
+        // Stamp ext4 and ext4.simg in one go: one password per serial.
+        let both = fs::read_to_string(layer.join("azaion-image.bb")).unwrap()
+            + "IMPRINT_IMAGE_TYPES = \"ext4 ext4.simg\"\n";
+        fs::write(layer.join("azaion-image.bb"), both).unwrap();
+        let o = bitbake(&pythonpath, &layer, true);
+        assert!(
+            o.status.success(),
+            "{fs_type}: {}\n{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        let out = layer.join(format!("imprint/{link}"));
+        for s in ["AZJN-0101", "AZJN-0102"] {
+            for t in ["ext4", "ext4.simg"] {
+                logs_in(&out.join(format!("{s}-{link}.{t}")), s, &server);
+            }
+            // The per-serial package: the stamped image in place of the
+            // rootfs, every other file as it was.
+            let x = d.join(format!("pkg-{s}"));
+            fs::create_dir_all(&x).unwrap();
+            sh(&format!(
+                "tar -xf {} -C {}",
+                out.join(format!("{s}-{link}.tegraflash.tar")).display(),
+                x.display()
+            ));
+            assert_eq!(
+                sha256(&x.join(format!("azaion-image.{fs_type}"))),
+                sha256(&out.join(format!("{s}-{link}.{fs_type}"))),
+                "{fs_type}: {s}"
+            );
+            assert!(x.join("doflash.sh").is_file() && x.join("flash.xml.in").is_file());
+        }
+        let temp = layer.join("tmp/work/azaion-image/temp");
+        for f in fs::read_dir(&temp).unwrap() {
+            let text = fs::read_to_string(f.unwrap().path()).unwrap();
+            assert!(!text.contains(token), "the token is in a run script");
+        }
+
+        // A type that was not built is fatal, not skipped.
+        fs::remove_file(&simg).unwrap();
+        let o = bitbake(&pythonpath, &layer, true);
+        assert!(!o.status.success());
+        assert!(
+            stdout(&o).contains(&format!("{link}.ext4.simg does not exist")),
+            "{}",
+            stdout(&o)
+        );
     }
 }
 
-/// The CI recipes cannot run here; check that they are valid YAML of the
-/// expected shape and that every imprint flag they use exists.
+// ---- CI recipes, run step by step ------------------------------------------
+
+/// What a CI run here gets: the stub API, the base image served at a
+/// file:// URL with its digest, a serials file, and a directory standing
+/// for the CI's artifact store.
+struct CiRun {
+    dir: TempDir,
+    server: StubServer,
+    base: PathBuf,
+    base_sha256: String,
+}
+
+impl CiRun {
+    fn new(serials: &[String]) -> CiRun {
+        let dir = TempDir::new().unwrap();
+        let tree = ext4_tree(dir.path(), 0, Azaion::Absent);
+        let base = dir.path().join("release/system.img");
+        fs::create_dir_all(base.parent().unwrap()).unwrap();
+        assert!(mkfs(&tree, &base, &["-t", "ext4"], "16M").status.success());
+        let repo = dir.path().join("repo/factory");
+        fs::create_dir_all(&repo).unwrap();
+        fs::write(
+            repo.join("serials.txt"),
+            format!("# batch 17\n{}\n", serials.join("\n")),
+        )
+        .unwrap();
+        let base_sha256 = sha256(&base);
+        CiRun {
+            dir,
+            server: StubServer::start().unwrap(),
+            base,
+            base_sha256,
+        }
+    }
+
+    /// A fresh workspace: a checkout of the repository.
+    fn workspace(&self, name: &str) -> PathBuf {
+        let ws = self.dir.path().join("ws").join(name);
+        fs::create_dir_all(&ws).unwrap();
+        sh(&format!(
+            "cp -a {}/. {}",
+            self.dir.path().join("repo").display(),
+            ws.display()
+        ));
+        ws
+    }
+
+    fn artifacts(&self) -> PathBuf {
+        self.dir.path().join("artifacts")
+    }
+
+    /// What the CI's variables and secrets hold.
+    fn value(&self, expr: &str) -> String {
+        match expr {
+            "inputs.serials" => "factory/serials.txt".into(),
+            "inputs.base_sha256" => self.base_sha256.clone(),
+            "vars.BASE_IMAGE_URL" => format!("file://{}", self.base.display()),
+            "vars.IMPRINT_API_URL" => self.server.url(),
+            "secrets.IMPRINT_API_TOKEN" => "ci-token".into(),
+            other => panic!("no value for ${{{{ {other} }}}}"),
+        }
+    }
+
+    /// Runs a script as the CI would (bash -eo pipefail), with imprint on
+    /// PATH and the install lines left out (imprint is already built).
+    fn script(&self, ws: &Path, text: &str, env: &[(String, String)]) -> std::process::Output {
+        let text: String = text
+            .lines()
+            .filter(|l| !l.contains("apt-get") && !l.contains("cargo install"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let path = ws.join(".ci-step.sh");
+        fs::write(&path, format!("#!/bin/bash\nset -eo pipefail\n{text}")).unwrap();
+        sh(&format!("chmod +x {}", path.display()));
+        let mut c = shell(&path);
+        c.current_dir(ws);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        run(&mut c)
+    }
+}
+
+/// `${{ a.b }}` expressions replaced with their values.
+fn expand(text: &str, ci: &CiRun, matrix: Option<&str>) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("${{") {
+        out.push_str(&rest[..at]);
+        let end = rest[at..].find("}}").unwrap() + at;
+        let expr = rest[at + 3..end].trim();
+        out.push_str(&match expr {
+            "matrix.shard" => matrix.unwrap().to_string(),
+            e => ci.value(e),
+        });
+        rest = &rest[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn yaml_env(map: &serde_yaml::Value, ci: &CiRun, matrix: Option<&str>) -> Vec<(String, String)> {
+    map.as_mapping()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            let v = match v {
+                serde_yaml::Value::String(s) => s.clone(),
+                other => serde_yaml::to_string(other).unwrap().trim().to_string(),
+            };
+            (k.as_str().unwrap().to_string(), expand(&v, ci, matrix))
+        })
+        .collect()
+}
+
+/// Runs one GitHub Actions job (one matrix entry) step by step; `uses:`
+/// steps for checkout and artifacts act on the workspace and the store.
+fn github_job(
+    ci: &CiRun,
+    workflow: &serde_yaml::Value,
+    job: &str,
+    matrix: Option<&str>,
+) -> std::process::Output {
+    let spec = &workflow["jobs"][job];
+    let ws = ci.workspace(&format!("{job}-{}", matrix.unwrap_or("")));
+    let mut env = yaml_env(&workflow["env"], ci, matrix);
+    env.extend(yaml_env(&spec["env"], ci, matrix));
+    let mut last = None;
+    for step in spec["steps"].as_sequence().unwrap() {
+        if let Some(script) = step["run"].as_str() {
+            let mut step_env = env.clone();
+            step_env.extend(yaml_env(&step["env"], ci, matrix));
+            let o = ci.script(&ws, script, &step_env);
+            if !o.status.success() {
+                return o;
+            }
+            last = Some(o);
+            continue;
+        }
+        let uses = step["uses"].as_str().unwrap();
+        let with = yaml_env(&step["with"], ci, matrix);
+        let get = |k: &str| with.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        if uses.starts_with("actions/upload-artifact") {
+            let name = get("name").unwrap();
+            let days: u32 = get("retention-days")
+                .expect("retention-days")
+                .parse()
+                .unwrap();
+            assert!(days <= 7, "{job}: artifacts kept {days} days");
+            let into = ci.artifacts().join(name);
+            fs::create_dir_all(&into).unwrap();
+            sh(&format!(
+                "cp -a {}/{} {}/",
+                ws.display(),
+                get("path").unwrap().trim_end_matches('/'),
+                into.display()
+            ));
+        } else if uses.starts_with("actions/download-artifact") {
+            let pattern = get("pattern").unwrap();
+            assert_eq!(get("merge-multiple").as_deref(), Some("true"));
+            let into = ws.join(get("path").unwrap());
+            fs::create_dir_all(&into).unwrap();
+            sh(&format!(
+                "for a in {}/{pattern}; do cp -a \"$a\"/*/. {}/; done",
+                ci.artifacts().display(),
+                into.display()
+            ));
+        } else {
+            assert!(uses.starts_with("actions/checkout"), "{job}: {uses}");
+        }
+    }
+    last.unwrap()
+}
+
+fn serials(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("AZJN-{:04}", 100 + i)).collect()
+}
+
+fn ci_yaml(name: &str) -> serde_yaml::Value {
+    serde_yaml::from_str(&fs::read_to_string(recipe(name)).unwrap()).unwrap()
+}
+
+/// The rules every GitHub workflow keeps: inputs only through env:, a
+/// read-only token, one run at a time, a manual trigger.
+fn github_rules(workflow: &serde_yaml::Value, name: &str) {
+    assert_eq!(workflow["permissions"]["contents"], "read", "{name}");
+    assert!(
+        workflow["permissions"].as_mapping().unwrap().len() == 1,
+        "{name}"
+    );
+    assert_eq!(
+        workflow["concurrency"]["cancel-in-progress"], false,
+        "{name}"
+    );
+    assert!(workflow["concurrency"]["group"].is_string(), "{name}");
+    let on = workflow["on"].as_mapping().unwrap();
+    assert_eq!(on.len(), 1, "{name}: only workflow_dispatch");
+    assert!(on.contains_key("workflow_dispatch"), "{name}");
+    for (job, spec) in workflow["jobs"].as_mapping().unwrap() {
+        for step in spec["steps"].as_sequence().unwrap() {
+            if let Some(script) = step["run"].as_str() {
+                assert!(
+                    !script.contains("${{"),
+                    "{name} {job:?}: an expression spliced into run: {script}"
+                );
+            }
+        }
+    }
+}
+
+fn assert_images_log_in(ci: &CiRun, dir: &Path, serials: &[String]) {
+    for s in serials {
+        logs_in(&dir.join(format!("{s}-system.img")), s, &ci.server);
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let listed: Vec<&str> = manifest["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["serial"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        serials.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert_eq!(manifest["input_sha256"], ci.base_sha256.as_str());
+}
+
+/// The GitHub workflow, run step by step: the base image is checked, every
+/// serial gets an image that logs in, the artifact is kept a day; a base
+/// with another digest stops the job before any API call.
+#[test]
+fn ci_github_workflow_runs() {
+    let workflow = ci_yaml("ci/github-actions.yml");
+    github_rules(&workflow, "github-actions.yml");
+    let list = serials(3);
+    let ci = CiRun::new(&list);
+    let o = github_job(&ci, &workflow, "images", None);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert_images_log_in(&ci, &ci.artifacts().join("per-serial-images/out"), &list);
+
+    let mut bad = CiRun::new(&list);
+    bad.base_sha256 = "0".repeat(64);
+    let o = github_job(&bad, &workflow, "images", None);
+    assert!(!o.status.success());
+    assert!(stdout(&o).contains("system.img: FAILED"), "{}", stdout(&o));
+    assert_eq!(bad.server.requests().len(), 0);
+}
+
+/// The sharded GitHub workflow: each matrix job provisions its part of the
+/// serials, and the manifest job merges the parts into one manifest that
+/// lists every serial once.
+#[test]
+fn ci_github_sharded_workflow_runs_and_merges() {
+    let workflow = ci_yaml("ci/github-actions-sharded.yml");
+    github_rules(&workflow, "github-actions-sharded.yml");
+    let shards = workflow["jobs"]["images"]["strategy"]["matrix"]["shard"]
+        .as_sequence()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        workflow["env"]["SHARDS"].as_str().unwrap(),
+        shards.len().to_string(),
+        "SHARDS matches the matrix"
+    );
+    let list = serials(10);
+    let ci = CiRun::new(&list);
+    for shard in &shards {
+        let shard = shard.as_u64().unwrap().to_string();
+        let o = github_job(&ci, &workflow, "images", Some(&shard));
+        assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    }
+    let o = github_job(&ci, &workflow, "manifest", None);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("10 images from 4 manifests"),
+        "{}",
+        stdout(&o)
+    );
+    let merged = ci.artifacts().join("per-serial-manifest/manifest.json");
+    let out = ci.dir.path().join("ws/manifest-/out");
+    assert_eq!(
+        fs::read_to_string(&merged).unwrap(),
+        fs::read_to_string(out.join("manifest.json")).unwrap()
+    );
+    assert_images_log_in(&ci, &out, &list);
+}
+
+/// One GitLab job, `parallel` runs of it if it has them, with the hidden
+/// job it extends merged in; `needs` brings the artifacts of the jobs it
+/// needs into its workspace.
+fn gitlab_job(ci: &CiRun, file: &serde_yaml::Value, job: &str) -> Vec<std::process::Output> {
+    let mut spec = file[job].as_mapping().unwrap().clone();
+    if let Some(parent) = spec.get("extends").and_then(|e| e.as_str()) {
+        for (k, v) in file[parent].as_mapping().unwrap() {
+            if !spec.contains_key(k) {
+                spec.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    let spec = serde_yaml::Value::Mapping(spec);
+    let total = spec["parallel"].as_u64().unwrap_or(1);
+    let mut outputs = Vec::new();
+    for index in 1..=total {
+        let ws = ci.workspace(&format!("{job}-{index}"));
+        for need in spec["needs"].as_sequence().into_iter().flatten() {
+            sh(&format!(
+                "for a in {}/{}-*; do cp -a \"$a\"/. {}/; done",
+                ci.artifacts().display(),
+                need.as_str().unwrap(),
+                ws.display()
+            ));
+        }
+        let mut env = yaml_env(&spec["variables"], ci, None);
+        env.extend([
+            ("BASE_IMAGE_URL".into(), ci.value("vars.BASE_IMAGE_URL")),
+            ("BASE_SHA256".into(), ci.base_sha256.clone()),
+            ("IMPRINT_API_URL".into(), ci.value("vars.IMPRINT_API_URL")),
+            ("IMPRINT_API_TOKEN".into(), "ci-token".into()),
+            ("CI_NODE_INDEX".into(), index.to_string()),
+            ("CI_NODE_TOTAL".into(), total.to_string()),
+        ]);
+        let lines: Vec<&str> = ["before_script", "script"]
+            .iter()
+            .flat_map(|k| spec[*k].as_sequence().into_iter().flatten())
+            .map(|l| l.as_str().unwrap())
+            .collect();
+        let o = ci.script(&ws, &lines.join("\n"), &env);
+        if o.status.success() {
+            let into = ci.artifacts().join(format!("{job}-{index}"));
+            fs::create_dir_all(&into).unwrap();
+            for path in spec["artifacts"]["paths"].as_sequence().unwrap() {
+                sh(&format!(
+                    "cd {} && cp -a --parents {} {}/",
+                    ws.display(),
+                    path.as_str().unwrap().trim_end_matches('/'),
+                    into.display()
+                ));
+            }
+        }
+        outputs.push(o);
+    }
+    outputs
+}
+
+/// The GitLab jobs: never on a push, a manual start, one run at a time,
+/// artifacts kept a day for developers only; run for real, one batch and
+/// the sharded jobs with their merge.
+#[test]
+fn ci_gitlab_jobs_run() {
+    let file = ci_yaml("ci/gitlab-ci.yml");
+    let base = &file[".per-serial"];
+    let rule = &base["rules"][0];
+    assert_eq!(rule["when"], "manual");
+    let condition = rule["if"].as_str().unwrap();
+    assert!(
+        condition.contains("\"web\"") && !condition.contains("push"),
+        "{condition}"
+    );
+    assert!(base["resource_group"].is_string());
+    for job in [
+        "per-serial-images",
+        "per-serial-images-sharded",
+        "per-serial-manifest",
+    ] {
+        let artifacts = &file[job]["artifacts"];
+        assert_eq!(artifacts["expire_in"], "1 day", "{job}");
+        assert_eq!(artifacts["access"], "developer", "{job}");
+        let rules = if file[job]["rules"].is_null() {
+            &base["rules"]
+        } else {
+            &file[job]["rules"]
+        };
+        assert!(!rules[0]["if"].as_str().unwrap().contains("push"), "{job}");
+    }
+
+    let list = serials(5);
+    let ci = CiRun::new(&list);
+    for o in gitlab_job(&ci, &file, "per-serial-images") {
+        assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    }
+    assert_images_log_in(&ci, &ci.artifacts().join("per-serial-images-1/out"), &list);
+
+    let list = serials(9);
+    let ci = CiRun::new(&list);
+    for o in gitlab_job(&ci, &file, "per-serial-images-sharded") {
+        assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    }
+    for o in gitlab_job(&ci, &file, "per-serial-manifest") {
+        assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    }
+    assert_images_log_in(
+        &ci,
+        &ci.dir.path().join("ws/per-serial-manifest-1/out"),
+        &list,
+    );
+}
+
+/// Every imprint flag the recipes use exists.
 #[test]
 fn ci_recipes_parse_and_use_real_flags() {
     let github: serde_yaml::Value =
@@ -233,10 +1126,12 @@ fn ci_recipes_parse_and_use_real_flags() {
     let mut checked = 0;
     for file in [
         "ci/github-actions.yml",
+        "ci/github-actions-sharded.yml",
         "ci/gitlab-ci.yml",
         "buildroot/post-image.sh",
         "yocto/imprint.bbclass",
         "l4t/station.sh",
+        "l4t/initrd-station.sh",
         "l4t/sample-rootfs.sh",
     ] {
         let text = fs::read_to_string(recipe(file))

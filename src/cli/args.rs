@@ -61,10 +61,19 @@ pub(crate) enum Command {
     /// Build a sample rootfs, provision it against a local stand-in API, verify it
     #[cfg(feature = "demo")]
     Demo(DemoArgs),
+    /// Work with batch manifests (merge the shards of one run)
+    Manifest {
+        #[command(subcommand)]
+        command: super::manifest::ManifestCommand,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions { shell: clap_complete::Shell },
     /// Print the manual page (roff) to stdout
-    Man,
+    Man {
+        /// Write imprint.1 and an imprint-SUBCOMMAND.1 page for each subcommand into DIR instead
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -76,9 +85,12 @@ pub(crate) struct ProvisionArgs {
     /// Batch: a file of serials, one a line (# starts a comment); --output must be a directory
     #[arg(long, value_name = "FILE")]
     pub(crate) serials: Option<PathBuf>,
-    /// Batch: skip serials whose output already exists and verifies
+    /// Batch: skip serials whose output already exists, verifies and was made from this base; outputs made from another base are rebuilt keeping their password
     #[arg(long)]
     pub(crate) skip_existing: bool,
+    /// Batch with --skip-existing: give outputs rebuilt from another base new passwords instead of keeping theirs
+    #[arg(long, requires = "skip_existing")]
+    pub(crate) rotate: bool,
     /// Batch: API calls in flight at once
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub(crate) jobs: u16,

@@ -61,6 +61,7 @@ pub(crate) fn run(args: ProvisionArgs) -> Result<ExitCode> {
                 api,
                 force: args.force,
                 skip_existing: args.skip_existing,
+                rotate: args.rotate,
                 password_policy: args.password_policy,
                 jobs: args.jobs as usize,
             },
@@ -177,6 +178,7 @@ fn run_batch(req: BatchRequest, quiet: bool, json: bool) -> Result<ExitCode> {
     for (serial, outcome) in &report.outcomes {
         match outcome {
             Outcome::Written => println!("{serial}: written"),
+            Outcome::Rebuilt => println!("{serial}: rebuilt from the new base, password kept"),
             Outcome::Skipped => println!("{serial}: skipped (already built and verified)"),
             Outcome::Failed(why) => println!("{serial}: FAILED: {why}"),
         }

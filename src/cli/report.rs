@@ -141,6 +141,7 @@ impl<'a> BatchDocument<'a> {
                 .map(|(serial, outcome)| {
                     let (status, error) = match outcome {
                         Outcome::Written => ("written", None),
+                        Outcome::Rebuilt => ("rebuilt", None),
                         Outcome::Skipped => ("skipped", None),
                         Outcome::Failed(why) => ("failed", Some(why.as_str())),
                     };

@@ -3,7 +3,10 @@
 //! worker threads while the next image is being written.
 //!
 //! A failing serial does not stop the others. Every finished image is
-//! listed in `manifest.json` beside them (no password, ever).
+//! listed in `manifest.json` beside them (no password, ever). With
+//! `--skip-existing`, an output is kept only if it verifies and the
+//! manifest says it was made from this very base; one made from an older
+//! base is rebuilt with the password it carries (or a new one, `--rotate`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,15 +15,16 @@ use std::sync::{Arc, Mutex};
 
 use crate::sync::lock;
 
-use serde::Serialize;
 use thiserror::Error;
 
 use crate::admin::{AdminClient, AdminConfig};
-use crate::identity::{IdentityError, Password, PasswordPolicy, Serial};
-use crate::image::{ImageError, ImageOptions};
+use crate::identity::{self, IdentityError, Password, PasswordPolicy, Serial};
+use crate::image::{self, ImageError, ImageOptions};
 use crate::io::output;
 use crate::owner::OwnerSpec;
+pub use crate::pipeline::manifest::{Manifest, ManifestEntry, ManifestError, ManifestInput};
 use crate::pipeline::{self, Job, Opened, Prepared, ProvisionError, Settings, Source};
+use crate::plan::ImagePath;
 use crate::verify::{self, Expectations};
 
 #[derive(Debug, Error)]
@@ -52,8 +56,10 @@ pub enum BatchError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Provision(#[from] ProvisionError),
-    #[error("cannot write the manifest {path}")]
-    Manifest {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("cannot clear {path} of an interrupted run's temp files")]
+    StaleTemps {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -117,44 +123,20 @@ pub struct BatchRequest {
     pub api: Option<AdminConfig>,
     pub force: bool,
     pub skip_existing: bool,
+    /// With `skip_existing`: outputs rebuilt from a changed base get new
+    /// passwords instead of keeping the ones they carry.
+    pub rotate: bool,
     /// The form a skipped output's password must have to count as done.
     pub password_policy: PasswordPolicy,
     /// API calls in flight at once (and images waiting for them).
     pub jobs: usize,
 }
 
-/// One line of the manifest.
-#[derive(Debug, Clone, Serialize)]
-pub struct ManifestEntry {
-    pub serial: String,
-    pub email: String,
-    pub output: String,
-    pub sha256: String,
-    pub size: u64,
-    /// The input (file name) the image was made from.
-    pub input: String,
-}
-
-/// A base image of the batch.
-#[derive(Debug, Clone, Serialize)]
-pub struct ManifestInput {
-    pub name: String,
-    pub sha256: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Manifest {
-    pub tool: String,
-    /// The first input's name and digest (every input is in `inputs`).
-    pub input: String,
-    pub input_sha256: String,
-    pub inputs: Vec<ManifestInput>,
-    pub images: Vec<ManifestEntry>,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Written,
+    /// Rebuilt from a changed base with the password its old image had.
+    Rebuilt,
     Skipped,
     Failed(String),
 }
@@ -174,8 +156,8 @@ impl BatchReport {
     }
 }
 
-/// True when `path` exists and verifies for `serial` (checksum included).
-fn already_done(
+/// True when `path` verifies for `serial` (checksum included).
+fn verifies(
     path: &Path,
     serial: &Serial,
     owner: &OwnerSpec,
@@ -208,17 +190,94 @@ fn already_done(
     true
 }
 
+/// What a `--skip-existing` run finds at an output's path.
+enum Existing {
+    /// Nothing there: written as usual.
+    Missing,
+    /// Verifies, and the manifest says it was made from this very input:
+    /// kept as it is.
+    Current(ManifestEntry),
+    /// Verifies, but was made from another input, or no manifest says from
+    /// which: rebuilt from this input, with the password it carries (the
+    /// device may already be flashed with it) unless `--rotate`.
+    Stale,
+    /// Does not verify: replaced only with `--force`.
+    Broken,
+}
+
+impl Existing {
+    fn find(
+        out: &Path,
+        serial: &Serial,
+        input: &ManifestInput,
+        old: Option<&Manifest>,
+        req: &BatchRequest,
+    ) -> Existing {
+        if out.symlink_metadata().is_err() {
+            return Existing::Missing;
+        }
+        let settings = &req.settings;
+        if !verifies(
+            out,
+            serial,
+            &settings.owner,
+            req.password_policy,
+            &settings.options,
+        ) {
+            return Existing::Broken;
+        }
+        let (Ok(Some(sha256)), Ok(meta)) = (output::read_sidecar(out), std::fs::metadata(out))
+        else {
+            return Existing::Broken;
+        };
+        let current = match old.and_then(|m| m.entry(&file_name(out))) {
+            Some(e) => {
+                e.serial == serial.as_str() && e.input_sha256 == input.sha256 && e.sha256 == sha256
+            }
+            // Not listed: renamed by a run killed before it listed it,
+            // taken to be the last run that wrote here (runs write the
+            // manifest before any image), so made from the manifest's base.
+            // Not proven: if a run for other serials and another base came
+            // in between, such an image is taken as current. Listed images
+            // always carry their own base.
+            None => old.is_some_and(|m| m.inputs.iter().any(|i| i.sha256 == input.sha256)),
+        };
+        if !current {
+            return Existing::Stale;
+        }
+        Existing::Current(ManifestEntry {
+            serial: serial.to_string(),
+            email: serial.email(),
+            output: file_name(out),
+            sha256,
+            size: meta.len(),
+            input: input.name.clone(),
+            input_sha256: input.sha256.clone(),
+        })
+    }
+}
+
+/// The password in the device.conf of a built image (one that verified).
+fn read_password(path: &Path, options: &ImageOptions) -> Option<Password> {
+    let mut reader = image::open_reader(path, options).ok()?;
+    let conf = ImagePath::parse(pipeline::DEVICE_CONF)?;
+    let (_, content) = reader.lookup(&conf, 64 << 10).ok()??;
+    // The file holds the password: wiped once parsed.
+    let content = zeroize::Zeroizing::new(content?);
+    identity::parse_device_conf(&content).password
+}
+
 /// The serial that `output_dir`'s manifest already gives `serial`'s account
 /// to, if it is another one (two serials, one account: the earlier image's
 /// password would go stale).
 pub fn account_taken_by(output_dir: &Path, serial: &Serial) -> Option<String> {
-    let text = std::fs::read_to_string(output_dir.join("manifest.json")).ok()?;
-    let manifest: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let manifest = Manifest::load(&output_dir.join("manifest.json")).ok()??;
     let email = serial.email();
-    manifest["images"].as_array()?.iter().find_map(|e| {
-        let other = e["serial"].as_str()?;
-        (e["email"].as_str()? == email && other != serial.as_str()).then(|| other.to_string())
-    })
+    manifest
+        .images
+        .into_iter()
+        .find(|e| e.email == email && e.serial != serial.as_str())
+        .map(|e| e.serial)
 }
 
 pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport, BatchError> {
@@ -228,7 +287,7 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
     }
     pipeline::output_dir(&req.output_dir)?;
     for stale in
-        output::remove_stale_temps(&req.output_dir).map_err(|source| BatchError::Manifest {
+        output::remove_stale_temps(&req.output_dir).map_err(|source| BatchError::StaleTemps {
             path: req.output_dir.clone(),
             source,
         })?
@@ -277,34 +336,44 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
         });
     }
     let manifest_path = req.output_dir.join("manifest.json");
-    let manifest = Mutex::new(Manifest {
-        tool: format!("imprint {}", env!("CARGO_PKG_VERSION")),
-        input: inputs[0].name.clone(),
-        input_sha256: inputs[0].sha256.clone(),
-        inputs,
-        images: Vec::new(),
+    // What an earlier run left: which base each existing output came from.
+    // An unreadable one only costs rebuilds (its outputs count as stale).
+    let old = Manifest::load(&manifest_path).unwrap_or_else(|e| {
+        say(&format!(
+            "{}; its images count as stale",
+            crate::error_chain(&e)
+        ));
+        None
     });
+    let manifest = Mutex::new(Manifest::new(inputs.clone()));
+    // Written before any image gets its final name: the manifest then
+    // always names the base of the last run that wrote into the directory,
+    // which is what an image that run renamed but did not list yet (it was
+    // killed in between) was made from.
+    lock(&manifest).write(&manifest_path, old.as_ref())?;
     // Recorded images go into the manifest at once, which is rewritten
     // atomically each time: after a crash it lists exactly what exists.
     let record_images = |entries: Vec<ManifestEntry>| -> Result<(), BatchError> {
         let mut manifest = lock(&manifest);
         manifest.images.extend(entries);
-        write_manifest(&manifest_path, &manifest)
+        Ok(manifest.write(&manifest_path, old.as_ref())?)
     };
 
     let outcomes = Mutex::new(Vec::new());
     let jobs = req.jobs.max(1);
     // Sealed images wait here for an API worker; the bound keeps the number
     // of finished-but-unconfirmed temp files small.
-    let (send, receive) = sync_channel::<Prepared>(jobs);
+    let (send, receive) = sync_channel::<(Prepared, bool)>(jobs);
     let receive = Mutex::new(receive);
     std::thread::scope(|scope| {
         for _ in 0..jobs {
             let (receive, client, outcomes, record_images, inputs) =
-                (&receive, &client, &outcomes, &record_images, &req.inputs);
+                (&receive, &client, &outcomes, &record_images, &inputs);
             scope.spawn(move || loop {
                 let next = lock(receive).recv();
-                let Ok(prepared) = next else { break };
+                let Ok((prepared, kept_password)) = next else {
+                    break;
+                };
                 let serial = prepared.serial().to_string();
                 let mut tell = |line: &str| say(&format!("{serial}: {line}"));
                 let result = prepared.commit(client.as_deref(), &mut tell);
@@ -322,11 +391,13 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
                                     output: file_name(&e.path),
                                     sha256: e.sha256,
                                     size: e.size,
-                                    input: file_name(input),
+                                    input: input.name.clone(),
+                                    input_sha256: input.sha256.clone(),
                                 })
                             })
                             .collect();
                         match record_images(entries) {
+                            Ok(()) if kept_password => Outcome::Rebuilt,
                             Ok(()) => Outcome::Written,
                             Err(e) => Outcome::Failed(crate::error_chain(&e)),
                         }
@@ -346,46 +417,75 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
                         .join(format!("{serial}-{}", file_name(input)))
                 })
                 .collect();
+            // With --skip-existing, outputs that verify are this run's to
+            // replace (they are rebuilt from the current base), and the
+            // password they carry is kept unless --rotate.
+            let mut ours = vec![false; out_paths.len()];
+            let mut keep_from = None;
             if req.skip_existing {
-                let done: Option<Vec<ManifestEntry>> = out_paths
+                let found: Vec<Existing> = out_paths
                     .iter()
-                    .zip(&req.inputs)
-                    .map(|(out, input)| {
-                        already_done(
-                            out,
-                            serial,
-                            &req.settings.owner,
-                            req.password_policy,
-                            &req.settings.options,
-                        )
-                        .then(|| existing_entry(out, serial, input))
-                        .flatten()
-                    })
+                    .zip(&inputs)
+                    .map(|(out, input)| Existing::find(out, serial, input, old.as_ref(), &req))
                     .collect();
-                if let Some(entries) = done {
-                    say(&format!("{serial}: every output already verifies; skipped"));
+                if found.iter().all(|f| matches!(f, Existing::Current(_))) {
+                    let entries = found
+                        .into_iter()
+                        .filter_map(|f| match f {
+                            Existing::Current(e) => Some(e),
+                            _ => None,
+                        })
+                        .collect();
+                    say(&format!(
+                        "{serial}: every output already verifies and was made from this base; skipped"
+                    ));
                     record(match record_images(entries) {
                         Ok(()) => Outcome::Skipped,
                         Err(e) => Outcome::Failed(crate::error_chain(&e)),
                     });
                     continue;
                 }
+                for (i, f) in found.iter().enumerate() {
+                    if matches!(f, Existing::Current(_) | Existing::Stale) {
+                        ours[i] = true;
+                        keep_from = keep_from.or(Some(i));
+                    }
+                }
+                if keep_from.is_some() {
+                    say(&format!(
+                        "{serial}: not every output was made from this base; rebuilding them{}",
+                        if req.rotate {
+                            " with a new password (--rotate)"
+                        } else {
+                            ", keeping the password they carry"
+                        }
+                    ));
+                }
             }
-            let prepared = (|| -> Result<Prepared, ProvisionError> {
-                let password = match &req.password {
-                    Some(p) => p.clone(),
-                    None => Password::generate()?,
+            let prepared = (|| -> Result<(Prepared, bool), ProvisionError> {
+                let kept = match (&req.password, keep_from) {
+                    (None, Some(i)) if !req.rotate => {
+                        read_password(&out_paths[i], &req.settings.options)
+                    }
+                    _ => None,
+                };
+                let kept_password = kept.is_some();
+                let password = match (&req.password, kept) {
+                    (Some(p), _) => p.clone(),
+                    (None, Some(p)) => p,
+                    (None, None) => Password::generate()?,
                 };
                 let mut prepared = Prepared::new(Job {
                     serial: serial.clone(),
                     password,
                 });
                 let mut tell = |line: &str| say(&format!("{serial}: {line}"));
-                for (input, opened) in req.inputs.iter().zip(opened.iter_mut()) {
-                    let out = pipeline::output_path(input, &req.output_dir, serial, req.force)?;
+                for ((input, opened), ours) in req.inputs.iter().zip(opened.iter_mut()).zip(&ours) {
+                    let replace = req.force || *ours;
+                    let out = pipeline::output_path(input, &req.output_dir, serial, replace)?;
                     opened.write(&mut prepared, Some(&out), &mut tell)?;
                 }
-                Ok(prepared)
+                Ok((prepared, kept_password))
             })();
             match prepared {
                 Ok(p) => {
@@ -408,7 +508,7 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
     let order = |s: &str| req.serials.iter().position(|x| x.as_str() == s);
     outcomes.sort_by_key(|(s, _)| order(s));
     // Written even when nothing succeeded, so a run always leaves one.
-    write_manifest(&manifest_path, &lock(&manifest))?;
+    lock(&manifest).write(&manifest_path, old.as_ref())?;
     Ok(BatchReport {
         outcomes,
         manifest_path,
@@ -430,61 +530,6 @@ fn digest_in_background(path: PathBuf) -> std::thread::JoinHandle<std::io::Resul
         std::io::copy(&mut std::fs::File::open(&path)?, &mut hasher)?;
         Ok(hex::encode(hasher.finalize()))
     })
-}
-
-/// The manifest line of an output a `--skip-existing` run keeps: its digest
-/// from its own (just verified) sidecar.
-fn existing_entry(out: &Path, serial: &Serial, input: &Path) -> Option<ManifestEntry> {
-    let sha256 = output::read_sidecar(out).ok()??;
-    Some(ManifestEntry {
-        serial: serial.to_string(),
-        email: serial.email(),
-        output: file_name(out),
-        sha256,
-        size: std::fs::metadata(out).ok()?.len(),
-        input: file_name(input),
-    })
-}
-
-/// Writes the manifest atomically; entries of earlier runs for serials not
-/// in this batch are kept, so `--skip-existing` reruns keep a full list.
-fn write_manifest(path: &Path, manifest: &Manifest) -> Result<(), BatchError> {
-    let err = |source| BatchError::Manifest {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut merged = manifest.clone();
-    if let Ok(old) = std::fs::read_to_string(path) {
-        if let Ok(old) = serde_json::from_str::<serde_json::Value>(&old) {
-            let kept = old["images"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|e| {
-                    let entry = ManifestEntry {
-                        serial: e["serial"].as_str()?.to_string(),
-                        email: e["email"].as_str()?.to_string(),
-                        output: e["output"].as_str()?.to_string(),
-                        sha256: e["sha256"].as_str()?.to_string(),
-                        size: e["size"].as_u64()?,
-                        input: e["input"].as_str().or(old["input"].as_str())?.to_string(),
-                    };
-                    let replaced = merged.images.iter().any(|m| m.serial == entry.serial);
-                    let same_input =
-                        old["input_sha256"].as_str() == Some(manifest.input_sha256.as_str());
-                    (!replaced && same_input && path.with_file_name(&entry.output).is_file())
-                        .then_some(entry)
-                });
-            let kept: Vec<ManifestEntry> = kept.collect();
-            merged.images.extend(kept);
-        }
-    }
-    merged
-        .images
-        .sort_by(|a, b| (&a.serial, &a.output).cmp(&(&b.serial, &b.output)));
-    let mut text = serde_json::to_string_pretty(&merged).expect("manifest serializes");
-    text.push('\n');
-    output::write_atomic(path, text.as_bytes()).map_err(err)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 //! carries a password the server does not have.
 
 pub mod batch;
+pub mod manifest;
 
 use std::path::{Path, PathBuf};
 
