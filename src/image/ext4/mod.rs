@@ -11,11 +11,13 @@
 
 mod backend;
 mod changed_blocks;
+mod entries;
 mod format;
 mod io_manager;
 mod libext2fs;
 mod raw;
 pub mod reader;
+mod xattrs;
 
 use std::io;
 use std::path::PathBuf;
@@ -61,6 +63,18 @@ pub enum Ext4Error {
     NoFreeBlock { doing: String },
     #[error("{path} is {what} to libext2fs, but imprint's own reader saw something writable there; the filesystem is inconsistent. Check it with e2fsck -f")]
     Unexpected { path: String, what: String },
+    #[error("{path} is a directory holding {count} entries; imprint removes a directory only when it is empty, or with `recursive = true` in its overlay entry")]
+    NotEmpty { path: String, count: usize },
+    #[error("cannot make {path} a symlink: its target is {len} bytes, and an ext2/3/4 symlink target must be 1 to {} bytes on this filesystem (block size {block_size})", block_size - 1)]
+    SymlinkTarget {
+        path: String,
+        len: usize,
+        block_size: u64,
+    },
+    #[error("cannot set {name} on {path}: the filesystem has no room for extended attributes (the ext_attr feature is off). Enable it on a copy with `tune2fs -O ext_attr`, or drop the xattrs from the overlay")]
+    NoXattrs { path: String, name: String },
+    #[error("cannot set {name} on {path}: no room left for its extended attributes (in the inode or one attribute block). Use shorter values or fewer attributes")]
+    XattrNoSpace { path: String, name: String },
     #[error(transparent)]
     Plan(#[from] crate::plan::OverlayError),
     #[error("libext2fs failed to {doing}: {message}")]

@@ -33,6 +33,9 @@ pub struct Superblock {
     pub(crate) ro_compat: u32,
     pub(crate) state: u16,
     pub(crate) backup_bgs: [u32; 2],
+    /// `s_encoding`: the name encoding of case-folded directories
+    /// (1 = UTF-8 12.1).
+    pub(crate) encoding: u16,
 }
 
 fn le16(b: &[u8], at: usize) -> u16 {
@@ -98,6 +101,7 @@ impl Superblock {
             ro_compat: le32(raw, 0x64),
             state: le16(raw, 0x3A),
             backup_bgs: [le32(raw, 0x24C), le32(raw, 0x250)],
+            encoding: le16(raw, 0x27C),
         };
         if sb.blocks_per_group == 0
             || sb.inodes_per_group == 0
