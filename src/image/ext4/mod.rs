@@ -10,6 +10,7 @@
 //! The on-disk format's numbers live in `format.rs`.
 
 mod backend;
+mod casefold;
 mod changed_blocks;
 mod entries;
 mod format;
@@ -27,7 +28,7 @@ use zeroize::Zeroizing;
 
 use super::{Found, ImageError, ImageFacts};
 use crate::io::read_at::ReadAt;
-use crate::plan::{Existing, ImagePath, Plan};
+use crate::plan::{Existing, ImagePath, Plan, PlanKind};
 use format::feature;
 use reader::{FsReader, Superblock};
 
@@ -155,7 +156,7 @@ impl<R: ReadAt> Ext4Inspector<R> {
         let Some((_, inode)) = self.fs.resolve(path.components())? else {
             return Ok(None);
         };
-        let meta = inode.meta();
+        let meta = self.fs.meta(&inode)?;
         let content = if meta.kind == super::EntryType::Regular && meta.size <= max_content {
             Some(self.fs.read_content(&inode, max_content)?)
         } else {
@@ -174,11 +175,20 @@ impl<R: ReadAt> Ext4Inspector<R> {
     /// /etc/passwd, /etc/group and the mtime of /etc.
     pub(crate) fn facts(&self) -> Result<ImageFacts, Ext4Error> {
         const MAX_DB: u64 = 16 << 20;
+        // Symlinks are followed inside the image, as a chroot would
+        // (/etc/passwd -> ../usr/lib/passwd on some distributions).
         let read = |p: &str| -> Result<Option<Vec<u8>>, Ext4Error> {
             let path = ImagePath::parse(p).expect("constant path");
-            Ok(self.lookup(&path, MAX_DB)?.and_then(|(_, c)| c))
+            match self.fs.resolve_following(path.components())? {
+                Some((_, inode))
+                    if inode.kind() == super::EntryType::Regular && inode.size <= MAX_DB =>
+                {
+                    Ok(Some(self.fs.read_content(&inode, MAX_DB)?))
+                }
+                _ => Ok(None),
+            }
         };
-        let etc = self.fs.resolve(&["etc".to_string()])?;
+        let etc = self.fs.resolve_following(&["etc".to_string()])?;
         Ok(ImageFacts {
             passwd: read("/etc/passwd")?,
             group: read("/etc/group")?,
@@ -229,10 +239,24 @@ impl ReadAt for DeviceReader<'_> {
 fn check_written(device: &dyn Device, plan: &Plan) -> Result<(), Ext4Error> {
     let fs = FsReader::open(DeviceReader(device))?;
     for entry in &plan.entries {
+        let found = fs.resolve(entry.path.components())?;
+        let same = match (&entry.kind, &found) {
+            (PlanKind::Absent { .. }, found) => found.is_none(),
+            (PlanKind::Symlink(target), Some((_, inode))) => {
+                fs.meta(inode)?.target.as_deref() == Some(target.as_str())
+            }
+            (PlanKind::Symlink(_), None) => false,
+            _ => true,
+        };
+        if !same {
+            return Err(Ext4Error::Corrupt {
+                why: format!("{} does not read back as it was written", entry.path),
+            });
+        }
         let Some(want) = entry.content() else {
             continue;
         };
-        let same = match fs.resolve(entry.path.components())? {
+        let same = match found {
             Some((_, inode))
                 if inode.kind() == super::EntryType::Regular && inode.size == want.len() as u64 =>
             {
