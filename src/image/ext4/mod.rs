@@ -54,6 +54,8 @@ pub enum Ext4Error {
         "the filesystem has orphan inodes waiting to be cleaned up. Run `e2fsck -f` on it first"
     )]
     OrphansPresent,
+    #[error("the filesystem tracks disk usage in quota files (the quota feature), which imprint does not update, so e2fsck would flag the result. Turn quota off on a copy (`tune2fs -O ^quota COPY`; for a sparse image convert it with simg2img first), stamp the copy, then turn it back on in the output (`tune2fs -O quota -Q usrquota,grpquota OUTPUT`, adding prjquota if it had project quota): tune2fs counts the usage afresh")]
+    Quota,
     #[error(
         "the filesystem uses unsupported feature flags ({features}); imprint will not write to it"
     )]
@@ -137,6 +139,12 @@ impl<R: ReadAt> Ext4Inspector<R> {
         }
         if sb.ro_compat & feature::RO_COMPAT_ORPHAN_PRESENT != 0 {
             return Err(Ext4Error::OrphansPresent);
+        }
+        // e2fsck checks the quota files' usage against the inodes; imprint
+        // does not rewrite the quota tree, so it refuses rather than write
+        // an image e2fsck flags.
+        if sb.ro_compat & feature::RO_COMPAT_QUOTA != 0 {
+            return Err(Ext4Error::Quota);
         }
         let bad_incompat = sb.incompat & !feature::INCOMPAT_WRITABLE;
         let bad_ro = sb.ro_compat & !feature::RO_COMPAT_WRITABLE;
