@@ -589,7 +589,10 @@ fn a_group_descriptor_pointing_into_metadata_is_refused() {
 
 /// Free inodes and blocks from the superblock.
 fn free_counts(img: &Path) -> (u64, u64) {
-    (free_count(img, "Free inodes:"), free_count(img, "Free blocks:"))
+    (
+        free_count(img, "Free inodes:"),
+        free_count(img, "Free blocks:"),
+    )
 }
 
 #[test]
@@ -620,7 +623,10 @@ fn overlay_symlinks_and_removals() {
         // (tree, sub, deeper, big, small, link; shared lives on) too.
         let (inodes_in, blocks_in) = free_counts(&img);
         let (inodes_out, blocks_out) = free_counts(&out);
-        assert!(blocks_out > blocks_in, "{opts:?}: {blocks_in} -> {blocks_out}");
+        assert!(
+            blocks_out > blocks_in,
+            "{opts:?}: {blocks_in} -> {blocks_out}"
+        );
         // Removed 10 inodes (machine-id, dangling, empty-dir, 6 in tree,
         // hostname's and old-link's replaced ones = 2 more), created
         // azaion, device.conf and 4 symlinks.
@@ -642,14 +648,20 @@ fn removing_a_directory_that_is_not_empty_needs_recursive() {
     let img = d.join("in.img");
     assert!(mkfs(&tree, &img, &["-t", "ext4"], "16M").status.success());
     let spec = d.join("rm.toml");
-    fs::write(&spec, "[[entry]]\npath = \"/etc/tree\"\ntype = \"absent\"\n").unwrap();
+    fs::write(
+        &spec,
+        "[[entry]]\npath = \"/etc/tree\"\ntype = \"absent\"\n",
+    )
+    .unwrap();
     let pw = write_password(d, PASSWORD);
     let outdir = d.join("out");
     fs::create_dir(&outdir).unwrap();
     let before = sha256(&img);
-    let o = run(provision_offline(&img, &outdir.join("x.img"), "azaion", &pw)
-        .arg("--overlay")
-        .arg(&spec));
+    let o = run(
+        provision_offline(&img, &outdir.join("x.img"), "azaion", &pw)
+            .arg("--overlay")
+            .arg(&spec),
+    );
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("/etc/tree") && stderr(&o).contains("recursive = true"),

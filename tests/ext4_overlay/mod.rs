@@ -74,7 +74,10 @@ pub fn check_symlinks_and_removals(out: &Path) {
     assert_fsck_clean(out);
     let names = debugfs_names(out, "/etc");
     for gone in ["machine-id", "dangling", "empty-dir", "tree", "not-there"] {
-        assert!(!names.contains(&gone.to_string()), "{gone} is still there: {names:?}");
+        assert!(
+            !names.contains(&gone.to_string()),
+            "{gone} is still there: {names:?}"
+        );
     }
     let fast = debugfs(out, "stat /etc/localtime");
     assert!(fast.contains("Type: symlink"), "{fast}");
@@ -87,7 +90,10 @@ pub fn check_symlinks_and_removals(out: &Path) {
     // With inline_data the target lives in the inode's data attribute
     // (debugfs calls that a fast link too); otherwise in a block.
     if !slow.contains("Flags: 0x10000000") {
-        assert!(!slow.contains("Fast link") && !slow.contains("Blockcount: 0"), "{slow}");
+        assert!(
+            !slow.contains("Fast link") && !slow.contains("Blockcount: 0"),
+            "{slow}"
+        );
     }
     let target = format!(
         "/usr/share/zoneinfo/a-target-longer-than-sixty-bytes-so-it-needs-a-block/{SERIAL}"
@@ -95,7 +101,10 @@ pub fn check_symlinks_and_removals(out: &Path) {
     assert!(slow.contains(&format!("Size: {}", target.len())), "{slow}");
     // debugfs `cat` of a slow symlink prints its target block.
     assert!(debugfs(out, "cat /etc/long-link").starts_with(&target));
-    for (path, target) in [("/etc/hostname", "/run/hostname"), ("/etc/old-link", "new-target")] {
+    for (path, target) in [
+        ("/etc/hostname", "/run/hostname"),
+        ("/etc/old-link", "new-target"),
+    ] {
         let stat = debugfs(out, &format!("stat {path}"));
         assert!(
             stat.contains("Type: symlink") && stat.contains(&format!("\"{target}\"")),
@@ -110,4 +119,3 @@ pub fn check_symlinks_and_removals(out: &Path) {
         "shared\n"
     );
 }
-
