@@ -490,3 +490,58 @@ fn passwd_and_group_are_read_through_symlinks_inside_the_image() {
     assert!(stderr(&o).contains("/etc/passwd"), "{}", stderr(&o));
     assert!(!out.exists());
 }
+
+// ---- what imprint's own reader reports (verify, ls) ------------------------
+
+#[test]
+fn the_reader_reports_links_symlink_targets_and_xattr_names() {
+    use imprint::image::{open_reader, EntryType, ImageOptions};
+    use imprint::plan::ImagePath;
+
+    let long = format!("/usr/share/{}", "long-target/".repeat(8));
+    for opts in [
+        &["-t", "ext4"][..],
+        &["-t", "ext4", "-I", "128"],
+        &["-t", "ext4", "-O", "inline_data"],
+    ] {
+        let dir = TempDir::new().unwrap();
+        let d = dir.path();
+        let tree = ext4_tree(d, 0, Azaion::OldConf);
+        std::os::unix::fs::symlink("../usr/bin/azaion-loader", tree.join("etc/fast")).unwrap();
+        std::os::unix::fs::symlink(&long, tree.join("etc/slow")).unwrap();
+        fs::hard_link(tree.join("etc/hostname"), tree.join("etc/hostname.bak")).unwrap();
+        let img = d.join("r.img");
+        let o = mkfs(&tree, &img, opts, "16M");
+        assert!(o.status.success(), "{}", stderr(&o));
+        add_attributes(d, &img, "/etc/azaion/device.conf");
+
+        let mut reader = open_reader(&img, &ImageOptions::default()).unwrap();
+        let mut meta = |p: &str| {
+            reader
+                .lookup(&ImagePath::parse(p).unwrap(), 0)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{p} not found"))
+                .0
+        };
+        let fast = meta("/etc/fast");
+        assert_eq!(fast.kind, EntryType::Symlink);
+        assert_eq!(fast.target.as_deref(), Some("../usr/bin/azaion-loader"));
+        let slow = meta("/etc/slow");
+        assert_eq!(slow.target.as_deref(), Some(long.as_str()), "{opts:?}");
+        assert_eq!(slow.size, long.len() as u64);
+        assert_eq!(meta("/etc/hostname").links, 2);
+        assert_eq!(meta("/etc/passwd").links, 1);
+        assert_eq!(meta("/etc/passwd").target, None);
+        assert_eq!(
+            meta("/etc/azaion/device.conf").xattrs,
+            [
+                "security.selinux",
+                "system.posix_acl_access",
+                "trusted.t",
+                "user.note"
+            ],
+            "{opts:?}"
+        );
+        assert!(meta("/etc/group").xattrs.is_empty(), "{opts:?}");
+    }
+}
