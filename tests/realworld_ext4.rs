@@ -64,7 +64,7 @@ fn add_attributes(dir: &Path, img: &Path, path: &str) {
 fn ea_names(img: &Path, path: &str) -> Vec<String> {
     let mut names: Vec<String> = debugfs(img, &format!("ea_list {path}"))
         .lines()
-        .filter_map(|l| l.trim().split_whitespace().next().map(str::to_string))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
         .filter(|n| n.contains('.'))
         // Inline data (file content) is kept in an attribute.
         .filter(|n| n != "system.data")
