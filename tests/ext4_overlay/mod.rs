@@ -51,6 +51,14 @@ recursive = true
 [[entry]]
 path = "/etc/not-there"
 type = "absent"
+
+[[entry]]
+path = "/etc/no-such-dir/file"
+type = "absent"
+
+[[entry]]
+path = "/etc/passwd/not-a-dir"
+type = "absent"
 "#;
 
 /// Adds what [`SYMLINKS_AND_REMOVALS`] works on to an ext4 tree.

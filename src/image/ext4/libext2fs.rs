@@ -692,12 +692,20 @@ fn edit(
     for entry in &plan.entries {
         let components = entry.path.components();
         let parent_components = &components[..components.len() - 1];
-        let parent = open
-            .resolve(parent_components)?
-            .ok_or_else(|| Ext4Error::Unexpected {
+        let parent = match open.resolve(parent_components)? {
+            Some(ino) if inode_kind(&open.read_inode(ino)?) == EntryType::Dir => Some(ino),
+            _ => None,
+        };
+        let Some(parent) = parent else {
+            // Nothing to remove where there is no directory to hold it.
+            if matches!(entry.kind, PlanKind::Absent { .. }) {
+                continue;
+            }
+            return Err(Ext4Error::Unexpected {
                 path: format!("/{}", parent_components.join("/")),
                 what: "missing or not a directory".into(),
-            })?;
+            });
+        };
         match &entry.kind {
             PlanKind::Dir => match open.lookup(parent, entry.path.file_name())? {
                 Some(ino) => {
