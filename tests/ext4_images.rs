@@ -602,6 +602,9 @@ fn overlay_symlinks_and_removals() {
         &["-t", "ext4", "-b", "1024"],
         &["-t", "ext4", "-O", "inline_data"],
         &["-t", "ext2"],
+        // bigalloc with 1 KiB blocks: the first data block is 0 but the
+        // superblock (and the descriptors after it) still at byte 1024.
+        &["-t", "ext4", "-b", "1024", "-O", "bigalloc", "-C", "16384"],
     ] {
         let dir = TempDir::new().unwrap();
         let d = dir.path();

@@ -155,6 +155,18 @@ impl Superblock {
         })
     }
 
+    /// The block holding a group's superblock (copy), given the group's
+    /// first block: with 1 KiB blocks and bigalloc the first data block is
+    /// 0, yet the superblock is still at byte 1024, block 1 (as libext2fs's
+    /// `ext2fs_descriptor_block_loc2` has it).
+    fn past_superblock(&self, group_block: u64) -> u64 {
+        if group_block == 0 && self.block_size == 1024 {
+            1
+        } else {
+            group_block
+        }
+    }
+
     /// Where the descriptor of `group` lives, in bytes.
     fn descriptor_offset(&self, group: u64) -> u64 {
         let per_block = self.block_size / self.desc_size;
@@ -164,11 +176,10 @@ impl Superblock {
                 // meta_bg: each meta group's descriptors sit in its first group,
                 // right after that group's superblock backup, if any.
                 let first = meta_group * per_block;
-                self.first_data_block
-                    + first * self.blocks_per_group
+                self.past_superblock(self.first_data_block + first * self.blocks_per_group)
                     + u64::from(self.group_has_super(first))
             } else {
-                self.first_data_block + 1 + meta_group
+                self.past_superblock(self.first_data_block) + 1 + meta_group
             };
         block * self.block_size + (group % per_block) * self.desc_size
     }
