@@ -263,6 +263,18 @@ fn a_hard_linked_device_conf_is_replaced_and_the_other_name_keeps_the_old_file()
 
 // ---- case 5: case-folded /etc -----------------------------------------------
 
+/// The +F flag of `chattr`, `EXT4_CASEFOLD_FL`.
+const CASEFOLD_FL: u32 = 0x4000_0000;
+
+/// An inode's flags, as debugfs's `stat` shows them.
+fn inode_flags(img: &Path, path: &str) -> u32 {
+    let stat = debugfs(img, &format!("stat {path}"));
+    stat.split("Flags: 0x")
+        .nth(1)
+        .and_then(|f| u32::from_str_radix(f.split_whitespace().next()?, 16).ok())
+        .unwrap_or_else(|| panic!("no flags in stat {path}:\n{stat}"))
+}
+
 /// A casefold filesystem whose /etc is +F and holds `Azaion` (or nothing)
 /// and, when `upper_conf`, `Azaion/DEVICE.CONF`.
 fn casefold_image(dir: &Path, azaion: bool, upper_conf: bool) -> Option<PathBuf> {
@@ -284,24 +296,14 @@ fn casefold_image(dir: &Path, azaion: bool, upper_conf: bool) -> Option<PathBuf>
     }
     // chattr +F needs a mounted filesystem (and a kernel with
     // CONFIG_UNICODE); debugfs sets the flag on the small, linear /etc.
-    let flags = debugfs(&img, "stat /etc");
-    let flags = flags
-        .split("Flags: 0x")
-        .nth(1)
-        .and_then(|f| u32::from_str_radix(f.split_whitespace().next()?, 16).ok())
-        .unwrap();
-    debugfs_write(&img, &format!("sif /etc flags 0x{:x}", flags | 0x4000_0000));
-    if upper_conf {
-        let f = debugfs(&img, "stat /etc/Azaion");
-        let f = f
-            .split("Flags: 0x")
-            .nth(1)
-            .and_then(|f| u32::from_str_radix(f.split_whitespace().next()?, 16).ok())
-            .unwrap();
-        debugfs_write(
-            &img,
-            &format!("sif /etc/Azaion flags 0x{:x}", f | 0x4000_0000),
-        );
+    let dirs: &[&str] = if upper_conf {
+        &["/etc", "/etc/Azaion"]
+    } else {
+        &["/etc"]
+    };
+    for path in dirs {
+        let flags = inode_flags(&img, path) | CASEFOLD_FL;
+        debugfs_write(&img, &format!("sif {path} flags 0x{flags:x}"));
     }
     assert_fsck_clean(&img);
     Some(img)
@@ -322,11 +324,13 @@ fn assert_no_duplicate_names(img: &Path) {
     );
 }
 
-#[test]
-fn a_case_folded_etc_finds_the_existing_azaion_directory() {
+/// Provisions a case-folded image and checks that device.conf went into
+/// the existing `Azaion` as `conf_name`, beside `keep`, with no second
+/// name that folds to the same.
+fn check_casefold(upper_conf: bool, conf_name: &str) {
     let dir = TempDir::new().unwrap();
     let d = dir.path();
-    let Some(img) = casefold_image(d, true, false) else {
+    let Some(img) = casefold_image(d, true, upper_conf) else {
         return;
     };
     let out = d.join("out.img");
@@ -342,9 +346,11 @@ fn a_case_folded_etc_finds_the_existing_azaion_directory() {
     );
     let mut inside = debugfs_names(&out, "/etc/Azaion");
     inside.sort();
-    assert_eq!(inside, [".", "..", "device.conf", "keep"]);
+    let mut want = vec![".", "..", conf_name, "keep"];
+    want.sort();
+    assert_eq!(inside, want);
     assert_eq!(
-        debugfs(&out, "cat /etc/Azaion/device.conf"),
+        debugfs(&out, &format!("cat /etc/Azaion/{conf_name}")),
         conf_text(EMAIL, PASSWORD)
     );
     // imprint's own reader folds case too: verify finds /etc/azaion/device.conf.
@@ -353,26 +359,13 @@ fn a_case_folded_etc_finds_the_existing_azaion_directory() {
 }
 
 #[test]
+fn a_case_folded_etc_finds_the_existing_azaion_directory() {
+    check_casefold(false, "device.conf");
+}
+
+#[test]
 fn a_case_folded_lookup_replaces_device_conf_in_another_case() {
-    let dir = TempDir::new().unwrap();
-    let d = dir.path();
-    let Some(img) = casefold_image(d, true, true) else {
-        return;
-    };
-    let out = d.join("out.img");
-    let o = provision(&img, &out, &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert_fsck_clean(&out);
-    assert_no_duplicate_names(&out);
-    let mut inside = debugfs_names(&out, "/etc/Azaion");
-    inside.sort();
-    assert_eq!(inside, [".", "..", "DEVICE.CONF", "keep"]);
-    assert_eq!(
-        debugfs(&out, "cat /etc/Azaion/DEVICE.CONF"),
-        conf_text(EMAIL, PASSWORD)
-    );
-    let v = verify(&out);
-    assert!(v.status.success(), "{}", stdout(&v));
+    check_casefold(true, "DEVICE.CONF");
 }
 
 #[test]
@@ -386,16 +379,11 @@ fn a_new_directory_in_a_case_folded_etc_folds_case_too() {
     let o = provision(&img, &out, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_fsck_clean(&out);
-    let stat = debugfs(&out, "stat /etc/azaion");
-    let flags = stat
-        .split("Flags: 0x")
-        .nth(1)
-        .and_then(|f| u32::from_str_radix(f.split_whitespace().next()?, 16).ok())
-        .unwrap();
+    let flags = inode_flags(&out, "/etc/azaion");
     assert_ne!(
-        flags & 0x4000_0000,
+        flags & CASEFOLD_FL,
         0,
-        "no +F on the new directory:\n{stat}"
+        "no +F on the new directory: 0x{flags:x}"
     );
     let v = verify(&out);
     assert!(v.status.success(), "{}", stdout(&v));

@@ -161,7 +161,7 @@ impl Ext2fsHandle<'_> {
 
     /// Removes whatever `name` (as stored) in `parent` is: a file, symlink
     /// or device node loses this link; a directory goes if empty, or with
-    /// everything in it when `recursive`.
+    /// everything in it when `recursive`. `what` is its path in the image.
     pub(super) fn remove(
         &self,
         parent: Ino,
@@ -171,26 +171,13 @@ impl Ext2fsHandle<'_> {
         mtime: i64,
         what: &str,
     ) -> Result<(), Ext4Error> {
-        self.remove_at(parent, name, ino, recursive, mtime, what, 0)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn remove_at(
-        &self,
-        parent: Ino,
-        name: &[u8],
-        ino: Ino,
-        recursive: bool,
-        mtime: i64,
-        what: &str,
-        depth: usize,
-    ) -> Result<(), Ext4Error> {
         let raw = self.read_inode(ino)?;
         if kind_of_mode(u16::from_le_bytes([raw[0], raw[1]])) != EntryType::Dir {
             self.unlink_name(parent, name, ino, what)?;
             return self.drop_link(ino, mtime, what);
         }
-        if depth > MAX_DEPTH {
+        // The path grows by a component per level walked down.
+        if what.matches('/').count() > MAX_DEPTH {
             return Err(Ext4Error::Corrupt {
                 why: format!("directories under {what} nest deeper than {MAX_DEPTH} levels"),
             });
@@ -204,15 +191,7 @@ impl Ext2fsHandle<'_> {
         }
         for child in children {
             let child_what = format!("{what}/{}", String::from_utf8_lossy(&child.name));
-            self.remove_at(
-                ino,
-                &child.name,
-                child.ino,
-                true,
-                mtime,
-                &child_what,
-                depth + 1,
-            )?;
+            self.remove(ino, &child.name, child.ino, true, mtime, &child_what)?;
         }
         self.unlink_name(parent, name, ino, what)?;
         self.free_inode(ino, true, mtime, what)?;
@@ -255,12 +234,7 @@ impl Ext2fsHandle<'_> {
         self.with_dir_space(parent, &what, || unsafe {
             (self.api.symlink)(self.fs, parent, 0, name.as_ptr(), target_c.as_ptr())
         })?;
-        let ino = self
-            .lookup(parent, entry.path.file_name())?
-            .ok_or_else(|| Ext4Error::Library {
-                doing: format!("find {what} after creating it"),
-                message: "it is not there".into(),
-            })?;
+        let ino = self.find_created(parent, entry)?;
         let mut raw = self.read_inode(ino)?;
         set_attributes(&mut raw, S_IFLNK | 0o777, entry, mtime, true);
         self.write_inode(ino, &raw)?;

@@ -378,6 +378,15 @@ impl Ext2fsHandle<'_> {
         self.check(code, || format!("add {what}"))
     }
 
+    /// The inode of `entry`, which a libext2fs call just made in `parent`.
+    pub(super) fn find_created(&self, parent: Ino, entry: &PlanEntry) -> Result<Ino, Ext4Error> {
+        self.lookup(parent, entry.path.file_name())?
+            .ok_or_else(|| Ext4Error::Library {
+                doing: format!("find {} after creating it", entry.path),
+                message: "it is not there".into(),
+            })
+    }
+
     fn make_dir(&self, parent: Ino, entry: &PlanEntry, mtime: i64) -> Result<(), Ext4Error> {
         let name = CString::new(entry.path.file_name()).expect("ImagePath has no NUL");
         let what = entry.path.to_string();
@@ -385,12 +394,7 @@ impl Ext2fsHandle<'_> {
         self.with_dir_space(parent, &what, || unsafe {
             (self.api.mkdir)(self.fs, parent, 0, name.as_ptr())
         })?;
-        let ino = self
-            .lookup(parent, entry.path.file_name())?
-            .ok_or_else(|| Ext4Error::Library {
-                doing: format!("find {what} after creating it"),
-                message: "it is not there".into(),
-            })?;
+        let ino = self.find_created(parent, entry)?;
         let mut raw = self.read_inode(ino)?;
         set_attributes(&mut raw, S_IFDIR | entry.mode as u16, entry, mtime, true);
         // The kernel gives a new directory its parent's +F (casefold) flag;
