@@ -28,7 +28,7 @@ use zeroize::Zeroizing;
 
 use super::{Found, ImageError, ImageFacts};
 use crate::io::read_at::ReadAt;
-use crate::plan::{Existing, ImagePath, Plan, PlanKind};
+use crate::plan::{Existing, FileMeta, ImagePath, Plan, PlanKind};
 use format::feature;
 use reader::{FsReader, Superblock};
 
@@ -173,6 +173,33 @@ impl<R: ReadAt> Ext4Inspector<R> {
         Ok(Some((meta, content)))
     }
 
+    /// The entries of the directory at `components` (the root when
+    /// empty; symlinks not followed), without `.` and `..`, sorted by name,
+    /// each with what `lookup` reports; None when it is not a directory.
+    // For `imprint ls`, which the CLI wires through the image readers.
+    #[allow(dead_code)]
+    pub(crate) fn list(
+        &self,
+        components: &[String],
+    ) -> Result<Option<Vec<(String, FileMeta)>>, Ext4Error> {
+        let Some((_, dir)) = self.fs.resolve(components)? else {
+            return Ok(None);
+        };
+        if dir.kind() != super::EntryType::Dir {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for (name, ino) in self.fs.dir_entries(&dir)? {
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let meta = self.fs.meta(&self.fs.inode(ino)?)?;
+            out.push((String::from_utf8_lossy(&name).into_owned(), meta));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Some(out))
+    }
+
     fn existing(&self, path: &ImagePath) -> Result<Option<Existing>, Ext4Error> {
         Ok(self
             .fs
@@ -309,6 +336,42 @@ fn crc32c_raw(mut crc: u32, data: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn list_shows_a_directory_as_mke2fs_made_it() {
+        // A real image, as mke2fs -d makes it from a tree.
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("t");
+        std::fs::create_dir_all(tree.join("etc/sub")).unwrap();
+        std::fs::write(tree.join("etc/passwd"), "root:x:0:0::/:/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink("passwd", tree.join("etc/link")).unwrap();
+        let img = dir.path().join("i.img");
+        for opts in [&["-t", "ext4"][..], &["-t", "ext4", "-O", "inline_data"]] {
+            let ok = std::process::Command::new("mke2fs")
+                .args(["-F", "-q"])
+                .args(opts)
+                .arg("-d")
+                .arg(&tree)
+                .arg(&img)
+                .arg("8M")
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                // Without e2fsprogs the integration tests say so loudly.
+                return;
+            }
+            let bytes = std::fs::read(&img).unwrap();
+            let fs = Ext4Inspector::open(bytes.clone(), bytes.len() as u64).unwrap();
+            let etc = fs.list(&["etc".to_string()]).unwrap().unwrap();
+            let names: Vec<&str> = etc.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(names, ["link", "passwd", "sub"], "{opts:?}");
+            assert_eq!(etc[0].1.target.as_deref(), Some("passwd"));
+            assert_eq!(etc[2].1.kind, super::super::EntryType::Dir);
+            let root = fs.list(&[]).unwrap().unwrap();
+            assert!(root.iter().any(|(n, _)| n == "etc"), "{root:?}");
+            assert!(fs.list(&["etc".into(), "passwd".into()]).unwrap().is_none());
+        }
+    }
 
     #[test]
     fn crc32c_matches_the_standard_check_value() {

@@ -448,6 +448,25 @@ impl<R: ReadAt> FsReader<R> {
 
     /// Finds `name` in directory `dir`.
     pub(crate) fn find_in_dir(&self, dir: &Inode, name: &str) -> Result<Option<u32>, Ext4Error> {
+        let name = name.as_bytes();
+        let folds =
+            self.sb.incompat & feature::INCOMPAT_CASEFOLD != 0 && dir.flags & CASEFOLD_FL != 0;
+        Ok(self
+            .dir_entries(dir)?
+            .into_iter()
+            .find(|(stored, _)| {
+                if folds {
+                    casefold::matches(stored, name)
+                } else {
+                    stored == name
+                }
+            })
+            .map(|(_, ino)| ino))
+    }
+
+    /// Every name in directory `dir` with its inode number, in on-disk
+    /// order (`.` and `..` included where stored).
+    pub(crate) fn dir_entries(&self, dir: &Inode) -> Result<Vec<(Vec<u8>, u32)>, Ext4Error> {
         // A directory's size comes from the image; a damaged one must not
         // make us allocate gigabytes. Real /etc directories are kilobytes.
         const MAX_DIR: u64 = 64 << 20;
@@ -456,23 +475,20 @@ impl<R: ReadAt> FsReader<R> {
         }
         let content = self.read_content(dir, MAX_DIR)?;
         let filetype = self.sb.incompat & feature::INCOMPAT_FILETYPE != 0;
-        let name = name.as_bytes();
-        let folds =
-            self.sb.incompat & feature::INCOMPAT_CASEFOLD != 0 && dir.flags & CASEFOLD_FL != 0;
-        let exact = |stored: &[u8]| stored == name;
-        let folded = |stored: &[u8]| casefold::matches(stored, name);
-        let wanted: &dyn Fn(&[u8]) -> bool = if folds { &folded } else { &exact };
+        let mut out = Vec::new();
         if dir.flags & INLINE_DATA_FL != 0 {
             // Inline directories start with the parent's inode number, then
             // entries; more entries may follow in the system.data attribute.
             let head = &content[4.min(content.len())..60.min(content.len())];
             let tail = content.get(60..).unwrap_or_default();
-            return Ok(scan_entries(head, wanted, filetype)
-                .or_else(|| scan_entries(tail, wanted, filetype)));
+            scan_entries(head, filetype, &mut out);
+            scan_entries(tail, filetype, &mut out);
+        } else {
+            for block in content.chunks(self.sb.block_size as usize) {
+                scan_entries(block, filetype, &mut out);
+            }
         }
-        Ok(content
-            .chunks(self.sb.block_size as usize)
-            .find_map(|block| scan_entries(block, wanted, filetype)))
+        Ok(out)
     }
 
     /// Everything `verify` and `ls` show of an inode: type, mode, owner,
@@ -637,10 +653,10 @@ fn xattr_entries(entries: &[u8]) -> Vec<String> {
     names
 }
 
-/// Looks for `name` among the directory entries in `records` (one block,
-/// or one inline area). Entries with inode 0 (deleted entries, htree
-/// internal nodes, checksum tails) are skipped.
-fn scan_entries(records: &[u8], wanted: &dyn Fn(&[u8]) -> bool, filetype: bool) -> Option<u32> {
+/// Appends the directory entries in `records` (one block, or one inline
+/// area) to `out`. Entries with inode 0 (deleted entries, htree internal
+/// nodes, checksum tails) are skipped; a damaged record ends the area.
+fn scan_entries(records: &[u8], filetype: bool, out: &mut Vec<(Vec<u8>, u32)>) {
     let mut at = 0;
     while at + 8 <= records.len() {
         let ino = le32(records, at);
@@ -651,12 +667,11 @@ fn scan_entries(records: &[u8], wanted: &dyn Fn(&[u8]) -> bool, filetype: bool) 
             le16(records, at + 6) as usize
         };
         if rec_len < 8 || at + rec_len > records.len() {
-            return None;
+            return;
         }
-        if ino != 0 && 8 + name_len <= rec_len && wanted(&records[at + 8..at + 8 + name_len]) {
-            return Some(ino);
+        if ino != 0 && 8 + name_len <= rec_len {
+            out.push((records[at + 8..at + 8 + name_len].to_vec(), ino));
         }
         at += rec_len;
     }
-    None
 }
