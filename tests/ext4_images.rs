@@ -685,3 +685,38 @@ fn removing_a_directory_that_is_not_empty_needs_recursive() {
     assert_eq!(sha256(&img), before);
     assert!(listing(&outdir).is_empty(), "{:?}", listing(&outdir));
 }
+
+#[test]
+fn a_symlink_target_longer_than_a_block_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let tree = ext4_tree(d, 0, Azaion::Absent);
+    let img = d.join("in.img");
+    assert!(mkfs(&tree, &img, &["-t", "ext4", "-b", "1024"], "16M")
+        .status
+        .success());
+    let spec = d.join("long.toml");
+    let target = format!("/{}", "t".repeat(1100));
+    fs::write(
+        &spec,
+        format!("[[entry]]\npath = \"/etc/long\"\ntype = \"symlink\"\ntarget = \"{target}\"\n"),
+    )
+    .unwrap();
+    let pw = write_password(d, PASSWORD);
+    let outdir = d.join("out");
+    fs::create_dir(&outdir).unwrap();
+    let before = sha256(&img);
+    let o = run(
+        provision_offline(&img, &outdir.join("x.img"), "azaion", &pw)
+            .arg("--overlay")
+            .arg(&spec),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("/etc/long") && stderr(&o).contains("1 to 1023 bytes"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(sha256(&img), before);
+    assert!(listing(&outdir).is_empty(), "{:?}", listing(&outdir));
+}
