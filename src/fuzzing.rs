@@ -56,6 +56,22 @@ fn provision_offline(
     output: &Path,
     owner: &str,
 ) -> Option<(image::FileMeta, Option<Vec<u8>>)> {
+    provision_offline_with(input, output, owner, None)
+}
+
+/// As [`provision_offline`], with `extra` (an overlay spec) applied too.
+fn provision_offline_with(
+    input: &Path,
+    output: &Path,
+    owner: &str,
+    extra: Option<&str>,
+) -> Option<(image::FileMeta, Option<Vec<u8>>)> {
+    let mut settings = Settings::new(owner.parse().expect("constant"));
+    if let Some(text) = extra {
+        settings
+            .overlay
+            .extend(crate::plan::OverlaySpec::parse(text, "fuzz").expect("constant spec"));
+    }
     let request = Request {
         serial: Serial::parse("AZJN-0042").expect("constant"),
         inputs: vec![(
@@ -63,7 +79,7 @@ fn provision_offline(
             Some(output.to_path_buf()),
         )],
         password: Some(Password::from_plain(PASSWORD)),
-        settings: Settings::new(owner.parse().expect("constant")),
+        settings,
         api: None,
     };
     pipeline::run(request, &mut |_| {}).ok()?;
@@ -271,7 +287,39 @@ pub fn ext4_write(data: &[u8]) {
             "device.conf in our own output holds another password"
         );
     }
+    // Symlinks, removals and attributes: libext2fs frees inodes and blocks
+    // and rewrites attribute blocks the damaged image describes.
+    let out = dir.path().join("out-overlay.img");
+    if let Some((meta, _)) = provision_offline_with(&input, &out, "azaion", Some(EXT4_OVERLAY)) {
+        assert_eq!(meta.kind, image::EntryType::Regular, "device.conf kind");
+    }
 }
+
+/// The overlay `ext4_write` applies on its second run.
+const EXT4_OVERLAY: &str = r#"
+[[entry]]
+path = "/etc/hostname"
+type = "symlink"
+target = "/run/a-target-longer-than-sixty-bytes-so-it-takes-a-block-of-its-own"
+[[entry]]
+path = "/etc/passwd"
+type = "symlink"
+target = "../usr/lib/passwd"
+[[entry]]
+path = "/etc/group"
+type = "absent"
+[[entry]]
+path = "/etc/azaion-old"
+type = "absent"
+recursive = true
+[[entry]]
+path = "/etc/issue"
+type = "file"
+mode = "0644"
+owner = "0:0"
+content = "x"
+xattrs = { "security.selinux" = "system_u:object_r:etc_t:s0" }
+"#;
 
 /// `passwd`, a NUL byte, `group`: parsing and owner resolution.
 pub fn userdb(data: &[u8]) {

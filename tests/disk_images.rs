@@ -8,6 +8,7 @@
 //! the outputs.
 
 mod common;
+mod ext4_overlay;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -1143,4 +1144,37 @@ fn partition_on_an_input_without_partitions_is_refused() {
         stderr(&o)
     );
     assert!(!out.exists() || std::fs::read_dir(&out).unwrap().count() == 0);
+}
+
+/// Symlinks and removals in the rootfs partition of a GPT disk: the
+/// partition comes out as the raw image's tests expect, the rest of the
+/// disk as it was.
+#[test]
+fn disk_overlay_symlinks_and_removals() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let tree = ext4_tree(d, 0, Azaion::Absent);
+    ext4_overlay::add_removal_targets(&tree);
+    let img = d.join("disk.img");
+    let parts = sgdisk_disk(
+        &img,
+        48 * MIB,
+        &[part("kernel", "8300", MIB), part("APP", "8300", 32 * MIB)],
+        2048,
+        2048,
+    );
+    fill_random(&img, parts[0]);
+    mkfs_in_place(&img, parts[1], &tree);
+    let spec = d.join("links.toml");
+    fs::write(&spec, ext4_overlay::SYMLINKS_AND_REMOVALS).unwrap();
+    let pw = write_password(d, PASSWORD);
+    let out = out_dir(d, "out").join("disk.img");
+    let o = run(provision(&img, &out, &pw, None).arg("--overlay").arg(&spec));
+    assert!(o.status.success(), "{}", stderr(&o));
+    check_disk(&img, &out, &parts, parts[1], d);
+    let fs_img = d.join("rootfs.ext4");
+    extract(&out, parts[1], &fs_img);
+    ext4_overlay::check_symlinks_and_removals(&fs_img);
+    assert_gpt_clean(&out);
+    assert_verifies(&out, None);
 }

@@ -3,6 +3,7 @@
 //! debugfs and imprint verify.
 
 mod common;
+mod ext4_overlay;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -351,4 +352,42 @@ fn sparse_images_are_edited_without_being_expanded() {
         debugfs(&expanded, "cat /etc/azaion/device.conf"),
         conf_text(EMAIL, PASSWORD)
     );
+}
+
+#[test]
+fn sparse_overlay_symlinks_and_removals() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let tree = ext4_tree(d, 0, Azaion::Absent);
+    ext4_overlay::add_removal_targets(&tree);
+    let raw = d.join("in.raw");
+    let o = mkfs(&tree, &raw, &["-t", "ext4"], "32M");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sparse_in = d.join("in.simg");
+    assert!(img2simg(&raw, &sparse_in, &[], 4096));
+    let spec = d.join("links.toml");
+    fs::write(&spec, ext4_overlay::SYMLINKS_AND_REMOVALS).unwrap();
+    let pw = write_password(d, PASSWORD);
+    let (out, raw_out) = (d.join("out.simg"), d.join("out.raw"));
+    for (input, output) in [(&sparse_in, &out), (&raw, &raw_out)] {
+        let o = run(provision_offline(input, output, "azaion", &pw)
+            .env("SOURCE_DATE_EPOCH", EPOCH)
+            .arg("--overlay")
+            .arg(&spec));
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert!(is_sparse(&out));
+    let expanded = d.join("out-expanded.raw");
+    simg2img(&out, &expanded);
+    ext4_overlay::check_symlinks_and_removals(&expanded);
+    assert_eq!(
+        sha256(&expanded),
+        sha256(&raw_out),
+        "sparse and raw outputs differ"
+    );
+    let v = run(bin()
+        .arg("verify")
+        .arg(&out)
+        .args(["--serial", SERIAL, "--owner", "azaion"]));
+    assert!(v.status.success(), "{}", stdout(&v));
 }

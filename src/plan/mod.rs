@@ -44,7 +44,9 @@ pub enum OverlayError {
     MissingParent { path: String, parent: String },
     #[error("{path} is {what}, not a directory; imprint will not write through it. Make it a real directory and try again")]
     NotDirectory { path: String, what: String },
-    #[error("{path} is {what}; imprint only replaces a regular file with one link there. Remove it and try again")]
+    #[error(
+        "{path} is {what}; imprint only replaces a regular file there. Remove it and try again"
+    )]
     NotRegular { path: String, what: String },
     #[error("{path} is {what}; a symlink replaces only a file or another symlink. Remove it and try again")]
     NotReplaceableBySymlink { path: String, what: String },
@@ -302,8 +304,9 @@ impl Plan {
 impl Plan {
     /// Checks the plan against what the image already holds: required
     /// parents are directories, a planned directory is absent or a
-    /// directory, a planned file is absent or a regular file with one link
-    /// (replacing a hard-linked file would change its other names too).
+    /// directory, a planned file is absent or a regular file (one with
+    /// other hard links is replaced by a new file under this name; its
+    /// other names keep the old one).
     pub fn check_existing<E: From<OverlayError>>(
         &self,
         mut existing: impl FnMut(&ImagePath) -> Result<Option<Existing>, E>,
@@ -325,7 +328,9 @@ impl Plan {
             };
             let fine = match entry.kind {
                 PlanKind::Dir => found.kind == EntryType::Dir,
-                PlanKind::File(_) => found.kind == EntryType::Regular && found.links == 1,
+                // A file with other names is replaced, never rewritten in place:
+                // the backends unlink this name and create a new file.
+                PlanKind::File(_) => found.kind == EntryType::Regular,
                 PlanKind::Symlink(_) => {
                     matches!(found.kind, EntryType::Symlink | EntryType::Regular)
                 }

@@ -78,6 +78,8 @@ pub(crate) const ROOT_INO: u32 = 2;
 /// Inode flags (`i_flags`).
 pub(crate) const EXTENTS_FL: u32 = 0x0008_0000;
 pub(crate) const INLINE_DATA_FL: u32 = 0x1000_0000;
+/// A directory whose lookups fold case (`chattr +F`).
+pub(crate) const CASEFOLD_FL: u32 = 0x4000_0000;
 
 /// The first two bytes of every extent tree node.
 pub(crate) const EXTENT_MAGIC: u16 = 0xF30A;

@@ -26,7 +26,8 @@ use std::sync::OnceLock;
 use libloading::Library;
 
 use super::format::{
-    feature, kind_of_mode, EXTENTS_FL, EXTENT_MAGIC, INLINE_DATA_FL, ROOT_INO, S_IFDIR, S_IFREG,
+    feature, kind_of_mode, CASEFOLD_FL, EXTENTS_FL, EXTENT_MAGIC, INLINE_DATA_FL, ROOT_INO,
+    S_IFDIR, S_IFREG,
 };
 use super::io_manager::{self, Device, Errcode};
 use super::reader::Superblock;
@@ -34,8 +35,15 @@ use super::Ext4Error;
 use crate::image::EntryType;
 use crate::plan::{Plan, PlanEntry, PlanKind};
 
-type Fs = *mut c_void;
-type Ino = u32;
+pub(super) type Fs = *mut c_void;
+pub(super) type Ino = u32;
+/// `ext2fs_dir_iterate2`'s callback: dir, entry kind, dirent, offset,
+/// block size, block buffer, private data.
+pub(super) type DirCallback =
+    unsafe extern "C" fn(Ino, c_int, *mut c_void, c_int, c_int, *mut c_char, *mut c_void) -> c_int;
+/// `ext2fs_xattrs_iterate`'s callback: name, value, length, private data.
+pub(super) type XattrCallback =
+    unsafe extern "C" fn(*mut c_char, *mut c_char, usize, *mut c_void) -> c_int;
 
 // Flags and error codes from <ext2fs/ext2fs.h> and <ext2fs/ext2_err.h>.
 const FLAG_RW: c_int = 0x01;
@@ -58,7 +66,7 @@ const ET_FILE_NOT_FOUND: Errcode = 2133571404;
 const ET_BAD_DESC_SIZE: Errcode = 2133571473;
 
 /// The entry points imprint uses, resolved once per process.
-struct Api {
+pub(super) struct Api {
     open2: unsafe extern "C" fn(
         *const c_char,
         *const c_char,
@@ -77,7 +85,7 @@ struct Api {
     expand_dir: unsafe extern "C" fn(Fs, Ino) -> Errcode,
     new_inode: unsafe extern "C" fn(Fs, Ino, c_int, *mut c_void, *mut Ino) -> Errcode,
     link: unsafe extern "C" fn(Fs, Ino, *const c_char, Ino, c_int) -> Errcode,
-    inode_alloc_stats2: unsafe extern "C" fn(Fs, Ino, c_int, c_int),
+    pub(super) inode_alloc_stats2: unsafe extern "C" fn(Fs, Ino, c_int, c_int),
     read_inode_full: unsafe extern "C" fn(Fs, Ino, *mut u8, c_int) -> Errcode,
     write_inode_full: unsafe extern "C" fn(Fs, Ino, *const u8, c_int) -> Errcode,
     inline_data_init: unsafe extern "C" fn(Fs, Ino) -> Errcode,
@@ -85,6 +93,25 @@ struct Api {
     file_write: unsafe extern "C" fn(*mut c_void, *const c_void, c_uint, *mut c_uint) -> Errcode,
     file_set_size2: unsafe extern "C" fn(*mut c_void, u64) -> Errcode,
     file_close: unsafe extern "C" fn(*mut c_void) -> Errcode,
+    pub(super) symlink: unsafe extern "C" fn(Fs, Ino, Ino, *const c_char, *const c_char) -> Errcode,
+    pub(super) unlink: unsafe extern "C" fn(Fs, Ino, *const c_char, Ino, c_int) -> Errcode,
+    pub(super) punch: unsafe extern "C" fn(Fs, Ino, *mut u8, *mut c_char, u64, u64) -> Errcode,
+    pub(super) has_valid_blocks2: unsafe extern "C" fn(Fs, *const u8) -> c_int,
+    pub(super) dir_iterate2:
+        unsafe extern "C" fn(Fs, Ino, c_int, *mut c_char, DirCallback, *mut c_void) -> Errcode,
+    pub(super) xattrs_open: unsafe extern "C" fn(Fs, Ino, *mut *mut c_void) -> Errcode,
+    pub(super) xattrs_read: unsafe extern "C" fn(*mut c_void) -> Errcode,
+    pub(super) xattrs_iterate:
+        unsafe extern "C" fn(*mut c_void, XattrCallback, *mut c_void) -> Errcode,
+    pub(super) xattr_set:
+        unsafe extern "C" fn(*mut c_void, *const c_char, *const c_void, usize) -> Errcode,
+    pub(super) xattr_remove: unsafe extern "C" fn(*mut c_void, *const c_char) -> Errcode,
+    pub(super) xattrs_flags: unsafe extern "C" fn(*mut c_void, *mut c_uint, *mut c_uint) -> Errcode,
+    pub(super) xattrs_close: unsafe extern "C" fn(*mut *mut c_void) -> Errcode,
+    /// Casefolding (e2fsprogs >= 1.45, as is the casefold feature itself).
+    pub(super) load_nls_table: Option<unsafe extern "C" fn(c_int) -> *const c_void>,
+    pub(super) casefold_cmp:
+        Option<unsafe extern "C" fn(*const c_void, *const u8, usize, *const u8, usize) -> c_int>,
     error_message: Option<unsafe extern "C" fn(c_long) -> *const c_char>,
     // Keep the libraries loaded for as long as the pointers above live.
     _libs: Vec<Library>,
@@ -169,6 +196,20 @@ unsafe fn load() -> Result<Api, LoadFailure> {
         file_write: sym!("ext2fs_file_write"),
         file_set_size2: sym!("ext2fs_file_set_size2"),
         file_close: sym!("ext2fs_file_close"),
+        symlink: sym!("ext2fs_symlink"),
+        unlink: sym!("ext2fs_unlink"),
+        punch: sym!("ext2fs_punch"),
+        has_valid_blocks2: sym!("ext2fs_inode_has_valid_blocks2"),
+        dir_iterate2: sym!("ext2fs_dir_iterate2"),
+        xattrs_open: sym!("ext2fs_xattrs_open"),
+        xattrs_read: sym!("ext2fs_xattrs_read"),
+        xattrs_iterate: sym!("ext2fs_xattrs_iterate"),
+        xattr_set: sym!("ext2fs_xattr_set"),
+        xattr_remove: sym!("ext2fs_xattr_remove"),
+        xattrs_flags: sym!("ext2fs_xattrs_flags"),
+        xattrs_close: sym!("ext2fs_xattrs_close"),
+        load_nls_table: lib.get(b"ext2fs_load_nls_table\0").ok().map(|s| *s),
+        casefold_cmp: lib.get(b"ext2fs_casefold_cmp\0").ok().map(|s| *s),
         error_message,
         _libs: [Some(lib), com_err].into_iter().flatten().collect(),
     };
@@ -192,12 +233,22 @@ fn message(api: &Api, code: Errcode) -> String {
 
 /// An open filesystem; freed without flushing unless `close` succeeds, so
 /// an error half-way leaves nothing to flush into the (discarded) copy.
-struct Ext2fsHandle<'a> {
-    api: &'a Api,
-    fs: Fs,
+pub(super) struct Ext2fsHandle<'a> {
+    pub(super) api: &'a Api,
+    pub(super) fs: Fs,
     inode_size: usize,
+    pub(super) block_size: u64,
     inline_data: bool,
     extents: bool,
+    /// Set when the filesystem has the casefold feature.
+    pub(super) casefold: Option<Casefold>,
+}
+
+/// The filesystem's name encoding, for lookups in case-folded directories.
+pub(super) struct Casefold {
+    pub(super) encoding: u16,
+    /// libext2fs's table for it; None when it does not know the encoding.
+    pub(super) table: Option<*const c_void>,
 }
 
 impl Drop for Ext2fsHandle<'_> {
@@ -210,7 +261,11 @@ impl Drop for Ext2fsHandle<'_> {
 }
 
 impl Ext2fsHandle<'_> {
-    fn check(&self, code: Errcode, op: impl FnOnce() -> String) -> Result<(), Ext4Error> {
+    pub(super) fn check(
+        &self,
+        code: Errcode,
+        op: impl FnOnce() -> String,
+    ) -> Result<(), Ext4Error> {
         match code {
             0 => Ok(()),
             ET_INODE_ALLOC_FAIL => Err(Ext4Error::NoFreeInode { doing: op() }),
@@ -231,7 +286,27 @@ impl Ext2fsHandle<'_> {
         }
     }
 
-    fn lookup(&self, dir: Ino, name: &str) -> Result<Option<Ino>, Ext4Error> {
+    /// Finds `name` in `dir`, folding case where the directory does.
+    pub(super) fn lookup(&self, dir: Ino, name: &str) -> Result<Option<Ino>, Ext4Error> {
+        Ok(self.lookup_entry(dir, name)?.map(|(ino, _)| ino))
+    }
+
+    /// As [`Self::lookup`], with the name as stored (which differs in
+    /// case-folded directories).
+    pub(super) fn lookup_entry(
+        &self,
+        dir: Ino,
+        name: &str,
+    ) -> Result<Option<(Ino, Vec<u8>)>, Ext4Error> {
+        if self.casefold.is_some() && self.folds_case(&self.read_inode(dir)?) {
+            return self.lookup_folded(dir, name);
+        }
+        Ok(self
+            .lookup_exact(dir, name)?
+            .map(|ino| (ino, name.as_bytes().to_vec())))
+    }
+
+    fn lookup_exact(&self, dir: Ino, name: &str) -> Result<Option<Ino>, Ext4Error> {
         let mut ino: Ino = 0;
         // SAFETY: name is valid for name.len() bytes; ino is a valid out pointer.
         let code = unsafe {
@@ -251,7 +326,7 @@ impl Ext2fsHandle<'_> {
         Ok(Some(ino))
     }
 
-    fn read_inode(&self, ino: Ino) -> Result<Vec<u8>, Ext4Error> {
+    pub(super) fn read_inode(&self, ino: Ino) -> Result<Vec<u8>, Ext4Error> {
         let mut raw = vec![0u8; self.inode_size];
         // SAFETY: raw holds inode_size bytes, the size we pass.
         let code = unsafe {
@@ -261,7 +336,7 @@ impl Ext2fsHandle<'_> {
         Ok(raw)
     }
 
-    fn write_inode(&self, ino: Ino, raw: &[u8]) -> Result<(), Ext4Error> {
+    pub(super) fn write_inode(&self, ino: Ino, raw: &[u8]) -> Result<(), Ext4Error> {
         // SAFETY: raw holds inode_size bytes, the size we pass.
         let code =
             unsafe { (self.api.write_inode_full)(self.fs, ino, raw.as_ptr(), raw.len() as c_int) };
@@ -285,7 +360,7 @@ impl Ext2fsHandle<'_> {
 
     /// Adds a directory entry, growing the directory by a block when full,
     /// the way e2fsprogs' own tools do.
-    fn with_dir_space(
+    pub(super) fn with_dir_space(
         &self,
         dir: Ino,
         what: &str,
@@ -303,6 +378,15 @@ impl Ext2fsHandle<'_> {
         self.check(code, || format!("add {what}"))
     }
 
+    /// The inode of `entry`, which a libext2fs call just made in `parent`.
+    pub(super) fn find_created(&self, parent: Ino, entry: &PlanEntry) -> Result<Ino, Ext4Error> {
+        self.lookup(parent, entry.path.file_name())?
+            .ok_or_else(|| Ext4Error::Library {
+                doing: format!("find {} after creating it", entry.path),
+                message: "it is not there".into(),
+            })
+    }
+
     fn make_dir(&self, parent: Ino, entry: &PlanEntry, mtime: i64) -> Result<(), Ext4Error> {
         let name = CString::new(entry.path.file_name()).expect("ImagePath has no NUL");
         let what = entry.path.to_string();
@@ -310,15 +394,17 @@ impl Ext2fsHandle<'_> {
         self.with_dir_space(parent, &what, || unsafe {
             (self.api.mkdir)(self.fs, parent, 0, name.as_ptr())
         })?;
-        let ino = self
-            .lookup(parent, entry.path.file_name())?
-            .ok_or_else(|| Ext4Error::Library {
-                doing: format!("find {what} after creating it"),
-                message: "it is not there".into(),
-            })?;
+        let ino = self.find_created(parent, entry)?;
         let mut raw = self.read_inode(ino)?;
         set_attributes(&mut raw, S_IFDIR | entry.mode as u16, entry, mtime, true);
-        self.write_inode(ino, &raw)
+        // The kernel gives a new directory its parent's +F (casefold) flag;
+        // ext2fs_mkdir does not.
+        if self.folds_case(&self.read_inode(parent)?) {
+            let flags = u32::from_le_bytes([raw[32], raw[33], raw[34], raw[35]]);
+            put32(&mut raw, 32, flags | CASEFOLD_FL);
+        }
+        self.write_inode(ino, &raw)?;
+        self.apply_xattrs(ino, entry, &[], false)
     }
 
     /// Allocates an empty regular file and links it into `parent`.
@@ -407,6 +493,11 @@ impl Ext2fsHandle<'_> {
         self.check(closed, || format!("finish writing {what}"))
     }
 
+    /// Writes `content` at `entry`'s path. An existing file with one link
+    /// is rewritten in its own inode and loses every attribute but its
+    /// security label; one with more links is never rewritten (its other
+    /// names keep the old file): this name is unlinked and a new inode,
+    /// carrying the old one's label, takes its place.
     fn write_file(
         &self,
         parent: Ino,
@@ -415,26 +506,63 @@ impl Ext2fsHandle<'_> {
         mtime: i64,
     ) -> Result<(), Ext4Error> {
         let what = entry.path.to_string();
-        let ino = match self.lookup(parent, entry.path.file_name())? {
-            Some(ino) => {
+        let (ino, kept, in_place) = match self.lookup_entry(parent, entry.path.file_name())? {
+            Some((ino, stored)) => {
                 let raw = self.read_inode(ino)?;
                 let kind = inode_kind(&raw);
                 let links = u16::from_le_bytes([raw[26], raw[27]]);
-                if kind != EntryType::Regular || links != 1 {
+                if kind != EntryType::Regular {
                     return Err(Ext4Error::Unexpected {
                         path: what,
                         what: describe(kind, links),
                     });
                 }
-                ino
+                if links == 1 {
+                    (ino, Vec::new(), true)
+                } else {
+                    tracing::debug!(path = %what, links, "unlinking a hard-linked file to replace it");
+                    let kept = self.kept_xattrs(ino)?;
+                    self.remove(parent, &stored, ino, false, mtime, &what)?;
+                    (self.create_file(parent, entry, mtime)?, kept, false)
+                }
             }
-            None => self.create_file(parent, entry, mtime)?,
+            None => (self.create_file(parent, entry, mtime)?, Vec::new(), false),
         };
         self.write_content(ino, content, &what)?;
+        self.apply_xattrs(ino, entry, &kept, in_place)?;
         // The file API rewrote size and block count; put our metadata last.
         let mut raw = self.read_inode(ino)?;
         set_attributes(&mut raw, S_IFREG | entry.mode as u16, entry, mtime, false);
         self.write_inode(ino, &raw)
+    }
+
+    /// Makes `entry` a symlink to `target`, replacing a file or symlink
+    /// there (whose security label the new inode keeps).
+    fn write_symlink(
+        &self,
+        parent: Ino,
+        entry: &PlanEntry,
+        target: &str,
+        mtime: i64,
+    ) -> Result<(), Ext4Error> {
+        let what = entry.path.to_string();
+        let kept = match self.lookup_entry(parent, entry.path.file_name())? {
+            Some((ino, stored)) => {
+                let kind = inode_kind(&self.read_inode(ino)?);
+                if !matches!(kind, EntryType::Regular | EntryType::Symlink) {
+                    return Err(Ext4Error::Unexpected {
+                        path: what,
+                        what: self.describe_inode(ino)?,
+                    });
+                }
+                let kept = self.kept_xattrs(ino)?;
+                self.remove(parent, &stored, ino, false, mtime, &what)?;
+                kept
+            }
+            None => Vec::new(),
+        };
+        let ino = self.make_symlink(parent, entry, target, mtime)?;
+        self.apply_xattrs(ino, entry, &kept, false)
     }
 
     fn close(mut self) -> Result<(), Ext4Error> {
@@ -445,7 +573,7 @@ impl Ext2fsHandle<'_> {
     }
 }
 
-fn describe(kind: EntryType, links: u16) -> String {
+pub(super) fn describe(kind: EntryType, links: u16) -> String {
     match kind {
         EntryType::Symlink => "a symlink".into(),
         EntryType::Dir => "a directory".into(),
@@ -454,21 +582,21 @@ fn describe(kind: EntryType, links: u16) -> String {
     }
 }
 
-fn inode_kind(raw: &[u8]) -> EntryType {
+pub(super) fn inode_kind(raw: &[u8]) -> EntryType {
     kind_of_mode(u16::from_le_bytes([raw[0], raw[1]]))
 }
 
-fn put16(raw: &mut [u8], at: usize, v: u16) {
+pub(super) fn put16(raw: &mut [u8], at: usize, v: u16) {
     raw[at..at + 2].copy_from_slice(&v.to_le_bytes());
 }
 
-fn put32(raw: &mut [u8], at: usize, v: u32) {
+pub(super) fn put32(raw: &mut [u8], at: usize, v: u32) {
     raw[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }
 
 /// Sets mode, owner (32-bit ids split into the low and high halves) and
 /// every timestamp to `mtime`, so no wall-clock time reaches the image.
-fn set_attributes(raw: &mut [u8], mode: u16, entry: &PlanEntry, mtime: i64, new: bool) {
+pub(super) fn set_attributes(raw: &mut [u8], mode: u16, entry: &PlanEntry, mtime: i64, new: bool) {
     put16(raw, 0, mode);
     put16(raw, 2, entry.owner.uid as u16);
     put16(raw, 120, (entry.owner.uid >> 16) as u16);
@@ -540,6 +668,15 @@ fn edit(
         api,
         fs: if code == 0 { fs } else { std::ptr::null_mut() },
         inode_size: sb.inode_size as usize,
+        block_size: sb.block_size,
+        casefold: (sb.incompat & feature::INCOMPAT_CASEFOLD != 0).then(|| Casefold {
+            encoding: sb.encoding,
+            // SAFETY: a plain lookup of a static table.
+            table: api
+                .load_nls_table
+                .map(|load| unsafe { load(c_int::from(sb.encoding)) })
+                .filter(|t| !t.is_null()),
+        }),
         inline_data: sb.incompat & feature::INCOMPAT_INLINE_DATA != 0,
         extents: sb.incompat & feature::INCOMPAT_EXTENTS != 0,
     };
@@ -559,12 +696,20 @@ fn edit(
     for entry in &plan.entries {
         let components = entry.path.components();
         let parent_components = &components[..components.len() - 1];
-        let parent = open
-            .resolve(parent_components)?
-            .ok_or_else(|| Ext4Error::Unexpected {
+        let parent = match open.resolve(parent_components)? {
+            Some(ino) if inode_kind(&open.read_inode(ino)?) == EntryType::Dir => Some(ino),
+            _ => None,
+        };
+        let Some(parent) = parent else {
+            // Nothing to remove where there is no directory to hold it.
+            if matches!(entry.kind, PlanKind::Absent { .. }) {
+                continue;
+            }
+            return Err(Ext4Error::Unexpected {
                 path: format!("/{}", parent_components.join("/")),
                 what: "missing or not a directory".into(),
-            })?;
+            });
+        };
         match &entry.kind {
             PlanKind::Dir => match open.lookup(parent, entry.path.file_name())? {
                 Some(ino) => {
@@ -585,10 +730,16 @@ fn edit(
                 tracing::debug!(path = %entry.path, bytes = content.len(), "writing file");
                 open.write_file(parent, entry, content, plan.mtime)?
             }
-            PlanKind::Symlink(_) | PlanKind::Absent { .. } => {
-                return Err(Ext4Error::Plan(
-                    entry.not_supported("an ext2/3/4 filesystem"),
-                ))
+            PlanKind::Symlink(target) => {
+                tracing::debug!(path = %entry.path, "writing symlink");
+                open.write_symlink(parent, entry, target, plan.mtime)?
+            }
+            PlanKind::Absent { recursive } => {
+                if let Some((ino, stored)) = open.lookup_entry(parent, entry.path.file_name())? {
+                    tracing::debug!(path = %entry.path, recursive, "removing");
+                    let what = entry.path.to_string();
+                    open.remove(parent, &stored, ino, *recursive, plan.mtime, &what)?
+                }
             }
         }
     }

@@ -10,12 +10,15 @@
 //! The on-disk format's numbers live in `format.rs`.
 
 mod backend;
+mod casefold;
 mod changed_blocks;
+mod entries;
 mod format;
 mod io_manager;
 mod libext2fs;
 mod raw;
 pub mod reader;
+mod xattrs;
 
 use std::io;
 use std::path::PathBuf;
@@ -25,7 +28,7 @@ use zeroize::Zeroizing;
 
 use super::{Found, ImageError, ImageFacts};
 use crate::io::read_at::ReadAt;
-use crate::plan::{Existing, ImagePath, Plan};
+use crate::plan::{Existing, FileMeta, ImagePath, Plan, PlanKind};
 use format::feature;
 use reader::{FsReader, Superblock};
 
@@ -51,6 +54,8 @@ pub enum Ext4Error {
         "the filesystem has orphan inodes waiting to be cleaned up. Run `e2fsck -f` on it first"
     )]
     OrphansPresent,
+    #[error("the filesystem tracks disk usage in quota files (the quota feature), which imprint does not update, so e2fsck would flag the result. Turn quota off on a copy (`tune2fs -O ^quota COPY`; for a sparse image convert it with simg2img first), stamp the copy, then turn it back on in the output (`tune2fs -O quota -Q usrquota,grpquota OUTPUT`, adding prjquota if it had project quota): tune2fs counts the usage afresh")]
+    Quota,
     #[error(
         "the filesystem uses unsupported feature flags ({features}); imprint will not write to it"
     )]
@@ -61,6 +66,18 @@ pub enum Ext4Error {
     NoFreeBlock { doing: String },
     #[error("{path} is {what} to libext2fs, but imprint's own reader saw something writable there; the filesystem is inconsistent. Check it with e2fsck -f")]
     Unexpected { path: String, what: String },
+    #[error("{path} is a directory holding {count} entries; imprint removes a directory only when it is empty, or with `recursive = true` in its overlay entry")]
+    NotEmpty { path: String, count: usize },
+    #[error("cannot make {path} a symlink: its target is {len} bytes, and an ext2/3/4 symlink target must be 1 to {} bytes on this filesystem (block size {block_size})", block_size - 1)]
+    SymlinkTarget {
+        path: String,
+        len: usize,
+        block_size: u64,
+    },
+    #[error("cannot set {name} on {path}: the filesystem has no room for extended attributes (the ext_attr feature is off). Enable it on a copy with `tune2fs -O ext_attr`, or drop the xattrs from the overlay")]
+    NoXattrs { path: String, name: String },
+    #[error("cannot set {name} on {path}: no room left for its extended attributes (in the inode or one attribute block). Use shorter values or fewer attributes")]
+    XattrNoSpace { path: String, name: String },
     #[error(transparent)]
     Plan(#[from] crate::plan::OverlayError),
     #[error("libext2fs failed to {doing}: {message}")]
@@ -123,6 +140,12 @@ impl<R: ReadAt> Ext4Inspector<R> {
         if sb.ro_compat & feature::RO_COMPAT_ORPHAN_PRESENT != 0 {
             return Err(Ext4Error::OrphansPresent);
         }
+        // e2fsck checks the quota files' usage against the inodes; imprint
+        // does not rewrite the quota tree, so it refuses rather than write
+        // an image e2fsck flags.
+        if sb.ro_compat & feature::RO_COMPAT_QUOTA != 0 {
+            return Err(Ext4Error::Quota);
+        }
         let bad_incompat = sb.incompat & !feature::INCOMPAT_WRITABLE;
         let bad_ro = sb.ro_compat & !feature::RO_COMPAT_WRITABLE;
         if bad_incompat != 0 || bad_ro != 0 {
@@ -141,13 +164,40 @@ impl<R: ReadAt> Ext4Inspector<R> {
         let Some((_, inode)) = self.fs.resolve(path.components())? else {
             return Ok(None);
         };
-        let meta = inode.meta();
+        let meta = self.fs.meta(&inode)?;
         let content = if meta.kind == super::EntryType::Regular && meta.size <= max_content {
             Some(self.fs.read_content(&inode, max_content)?)
         } else {
             None
         };
         Ok(Some((meta, content)))
+    }
+
+    /// The entries of the directory at `components` (the root when
+    /// empty; symlinks not followed), without `.` and `..`, sorted by name,
+    /// each with what `lookup` reports; None when it is not a directory.
+    // For `imprint ls`, which the CLI wires through the image readers.
+    #[allow(dead_code)]
+    pub(crate) fn list(
+        &self,
+        components: &[String],
+    ) -> Result<Option<Vec<(String, FileMeta)>>, Ext4Error> {
+        let Some((_, dir)) = self.fs.resolve(components)? else {
+            return Ok(None);
+        };
+        if dir.kind() != super::EntryType::Dir {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for (name, ino) in self.fs.dir_entries(&dir)? {
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let meta = self.fs.meta(&self.fs.inode(ino)?)?;
+            out.push((String::from_utf8_lossy(&name).into_owned(), meta));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Some(out))
     }
 
     fn existing(&self, path: &ImagePath) -> Result<Option<Existing>, Ext4Error> {
@@ -160,11 +210,20 @@ impl<R: ReadAt> Ext4Inspector<R> {
     /// /etc/passwd, /etc/group and the mtime of /etc.
     pub(crate) fn facts(&self) -> Result<ImageFacts, Ext4Error> {
         const MAX_DB: u64 = 16 << 20;
+        // Symlinks are followed inside the image, as a chroot would
+        // (/etc/passwd -> ../usr/lib/passwd on some distributions).
         let read = |p: &str| -> Result<Option<Vec<u8>>, Ext4Error> {
             let path = ImagePath::parse(p).expect("constant path");
-            Ok(self.lookup(&path, MAX_DB)?.and_then(|(_, c)| c))
+            match self.fs.resolve_following(path.components())? {
+                Some((_, inode))
+                    if inode.kind() == super::EntryType::Regular && inode.size <= MAX_DB =>
+                {
+                    Ok(Some(self.fs.read_content(&inode, MAX_DB)?))
+                }
+                _ => Ok(None),
+            }
         };
-        let etc = self.fs.resolve(&["etc".to_string()])?;
+        let etc = self.fs.resolve_following(&["etc".to_string()])?;
         Ok(ImageFacts {
             passwd: read("/etc/passwd")?,
             group: read("/etc/group")?,
@@ -215,10 +274,24 @@ impl ReadAt for DeviceReader<'_> {
 fn check_written(device: &dyn Device, plan: &Plan) -> Result<(), Ext4Error> {
     let fs = FsReader::open(DeviceReader(device))?;
     for entry in &plan.entries {
+        let found = fs.resolve(entry.path.components())?;
+        let same = match (&entry.kind, &found) {
+            (PlanKind::Absent { .. }, found) => found.is_none(),
+            (PlanKind::Symlink(target), Some((_, inode))) => {
+                fs.meta(inode)?.target.as_deref() == Some(target.as_str())
+            }
+            (PlanKind::Symlink(_), None) => false,
+            _ => true,
+        };
+        if !same {
+            return Err(Ext4Error::Corrupt {
+                why: format!("{} does not read back as it was written", entry.path),
+            });
+        }
         let Some(want) = entry.content() else {
             continue;
         };
-        let same = match fs.resolve(entry.path.components())? {
+        let same = match found {
             Some((_, inode))
                 if inode.kind() == super::EntryType::Regular && inode.size == want.len() as u64 =>
             {
@@ -263,6 +336,42 @@ fn crc32c_raw(mut crc: u32, data: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn list_shows_a_directory_as_mke2fs_made_it() {
+        // A real image, as mke2fs -d makes it from a tree.
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("t");
+        std::fs::create_dir_all(tree.join("etc/sub")).unwrap();
+        std::fs::write(tree.join("etc/passwd"), "root:x:0:0::/:/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink("passwd", tree.join("etc/link")).unwrap();
+        let img = dir.path().join("i.img");
+        for opts in [&["-t", "ext4"][..], &["-t", "ext4", "-O", "inline_data"]] {
+            let ok = std::process::Command::new("mke2fs")
+                .args(["-F", "-q"])
+                .args(opts)
+                .arg("-d")
+                .arg(&tree)
+                .arg(&img)
+                .arg("8M")
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                // Without e2fsprogs the integration tests say so loudly.
+                return;
+            }
+            let bytes = std::fs::read(&img).unwrap();
+            let fs = Ext4Inspector::open(bytes.clone(), bytes.len() as u64).unwrap();
+            let etc = fs.list(&["etc".to_string()]).unwrap().unwrap();
+            let names: Vec<&str> = etc.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(names, ["link", "passwd", "sub"], "{opts:?}");
+            assert_eq!(etc[0].1.target.as_deref(), Some("passwd"));
+            assert_eq!(etc[2].1.kind, super::super::EntryType::Dir);
+            let root = fs.list(&[]).unwrap().unwrap();
+            assert!(root.iter().any(|(n, _)| n == "etc"), "{root:?}");
+            assert!(fs.list(&["etc".into(), "passwd".into()]).unwrap().is_none());
+        }
+    }
 
     #[test]
     fn crc32c_matches_the_standard_check_value() {

@@ -9,8 +9,10 @@
 //! look like empty entries to a linear scan, so indexed directories need no
 //! special case.
 
+use super::casefold;
 use super::format::{
-    feature, kind_of_mode, EXTENTS_FL, EXTENT_MAGIC, INLINE_DATA_FL, ROOT_INO, STATE_ERRORS,
+    feature, kind_of_mode, CASEFOLD_FL, EXTENTS_FL, EXTENT_MAGIC, INLINE_DATA_FL, ROOT_INO,
+    STATE_ERRORS,
 };
 use super::Ext4Error;
 use crate::image::{EntryType, FileMeta};
@@ -33,6 +35,9 @@ pub struct Superblock {
     pub(crate) ro_compat: u32,
     pub(crate) state: u16,
     pub(crate) backup_bgs: [u32; 2],
+    /// `s_encoding`: the name encoding of case-folded directories
+    /// (1 = UTF-8 12.1).
+    pub(crate) encoding: u16,
 }
 
 fn le16(b: &[u8], at: usize) -> u16 {
@@ -98,6 +103,7 @@ impl Superblock {
             ro_compat: le32(raw, 0x64),
             state: le16(raw, 0x3A),
             backup_bgs: [le32(raw, 0x24C), le32(raw, 0x250)],
+            encoding: le16(raw, 0x27C),
         };
         if sb.blocks_per_group == 0
             || sb.inodes_per_group == 0
@@ -149,6 +155,18 @@ impl Superblock {
         })
     }
 
+    /// The block holding a group's superblock (copy), given the group's
+    /// first block: with 1 KiB blocks and bigalloc the first data block is
+    /// 0, yet the superblock is still at byte 1024, block 1 (as libext2fs's
+    /// `ext2fs_descriptor_block_loc2` has it).
+    fn past_superblock(&self, group_block: u64) -> u64 {
+        if group_block == 0 && self.block_size == 1024 {
+            1
+        } else {
+            group_block
+        }
+    }
+
     /// Where the descriptor of `group` lives, in bytes.
     fn descriptor_offset(&self, group: u64) -> u64 {
         let per_block = self.block_size / self.desc_size;
@@ -158,11 +176,10 @@ impl Superblock {
                 // meta_bg: each meta group's descriptors sit in its first group,
                 // right after that group's superblock backup, if any.
                 let first = meta_group * per_block;
-                self.first_data_block
-                    + first * self.blocks_per_group
+                self.past_superblock(self.first_data_block + first * self.blocks_per_group)
                     + u64::from(self.group_has_super(first))
             } else {
-                self.first_data_block + 1 + meta_group
+                self.past_superblock(self.first_data_block) + 1 + meta_group
             };
         block * self.block_size + (group % per_block) * self.desc_size
     }
@@ -184,18 +201,6 @@ pub(crate) struct Inode {
 impl Inode {
     pub(crate) fn kind(&self) -> EntryType {
         kind_of_mode(self.mode)
-    }
-
-    pub(crate) fn meta(&self) -> FileMeta {
-        FileMeta {
-            kind: self.kind(),
-            mode: u32::from(self.mode & 0o7777),
-            uid: self.uid,
-            gid: self.gid,
-            mtime: self.mtime,
-            size: self.size,
-            ..Default::default()
-        }
     }
 
     fn block_area(&self) -> &[u8] {
@@ -443,6 +448,25 @@ impl<R: ReadAt> FsReader<R> {
 
     /// Finds `name` in directory `dir`.
     pub(crate) fn find_in_dir(&self, dir: &Inode, name: &str) -> Result<Option<u32>, Ext4Error> {
+        let name = name.as_bytes();
+        let folds =
+            self.sb.incompat & feature::INCOMPAT_CASEFOLD != 0 && dir.flags & CASEFOLD_FL != 0;
+        Ok(self
+            .dir_entries(dir)?
+            .into_iter()
+            .find(|(stored, _)| {
+                if folds {
+                    casefold::matches(stored, name)
+                } else {
+                    stored == name
+                }
+            })
+            .map(|(_, ino)| ino))
+    }
+
+    /// Every name in directory `dir` with its inode number, in on-disk
+    /// order (`.` and `..` included where stored).
+    pub(crate) fn dir_entries(&self, dir: &Inode) -> Result<Vec<(Vec<u8>, u32)>, Ext4Error> {
         // A directory's size comes from the image; a damaged one must not
         // make us allocate gigabytes. Real /etc directories are kilobytes.
         const MAX_DIR: u64 = 64 << 20;
@@ -451,19 +475,127 @@ impl<R: ReadAt> FsReader<R> {
         }
         let content = self.read_content(dir, MAX_DIR)?;
         let filetype = self.sb.incompat & feature::INCOMPAT_FILETYPE != 0;
-        let name = name.as_bytes();
+        let mut out = Vec::new();
         if dir.flags & INLINE_DATA_FL != 0 {
             // Inline directories start with the parent's inode number, then
             // entries; more entries may follow in the system.data attribute.
             let head = &content[4.min(content.len())..60.min(content.len())];
             let tail = content.get(60..).unwrap_or_default();
-            return Ok(
-                scan_entries(head, name, filetype).or_else(|| scan_entries(tail, name, filetype))
-            );
+            scan_entries(head, filetype, &mut out);
+            scan_entries(tail, filetype, &mut out);
+        } else {
+            for block in content.chunks(self.sb.block_size as usize) {
+                scan_entries(block, filetype, &mut out);
+            }
         }
-        Ok(content
-            .chunks(self.sb.block_size as usize)
-            .find_map(|block| scan_entries(block, name, filetype)))
+        Ok(out)
+    }
+
+    /// Everything `verify` and `ls` show of an inode: type, mode, owner,
+    /// times, size, link count, a symlink's target and the names of its
+    /// extended attributes.
+    pub(crate) fn meta(&self, inode: &Inode) -> Result<FileMeta, Ext4Error> {
+        let target = if inode.kind() == EntryType::Symlink {
+            let bytes = self.read_content(inode, MAX_TARGET)?;
+            Some(String::from_utf8_lossy(&bytes).into_owned())
+        } else {
+            None
+        };
+        Ok(FileMeta {
+            kind: inode.kind(),
+            mode: u32::from(inode.mode & 0o7777),
+            uid: inode.uid,
+            gid: inode.gid,
+            mtime: inode.mtime,
+            size: inode.size,
+            links: u32::from(inode.links),
+            target,
+            xattrs: self.xattr_names(inode)?,
+            names: None,
+        })
+    }
+
+    /// Names of the extended attributes in the inode body and in its
+    /// attribute block, sorted; inline data (`system.data`) is content and
+    /// not listed.
+    pub(crate) fn xattr_names(&self, inode: &Inode) -> Result<Vec<String>, Ext4Error> {
+        let mut names = Vec::new();
+        let raw = &inode.raw;
+        if raw.len() > 130 {
+            let start = 128 + le16(raw, 128) as usize;
+            if start + 4 <= raw.len() && le32(raw, start) == XATTR_MAGIC {
+                names.extend(xattr_entries(&raw[start + 4..]));
+            }
+        }
+        let block = u64::from(le32(raw, 104)) | u64::from(le16(raw, 118)) << 32;
+        if block != 0 {
+            let data = self.read_block(block)?;
+            if le32(&data, 0) != XATTR_MAGIC {
+                return Err(corrupt(format!(
+                    "the extended attribute block {block} has no magic number"
+                )));
+            }
+            names.extend(xattr_entries(&data[32..]));
+        }
+        names.retain(|n| n != "system.data");
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// Resolves an absolute path as a process chrooted into the image
+    /// would: symlinks are followed (absolute targets from the image's
+    /// root, `..` stopping at the root), at most 40 of them, so a path can
+    /// never leave the image or loop forever.
+    pub(crate) fn resolve_following(
+        &self,
+        components: &[String],
+    ) -> Result<Option<(u32, Inode)>, Ext4Error> {
+        const MAX_LINKS: usize = 40;
+        let mut pending: std::collections::VecDeque<String> = components.iter().cloned().collect();
+        // The directories walked so far, root first, for `..`.
+        let mut walked: Vec<(u32, Inode)> = vec![(ROOT_INO, self.inode(ROOT_INO)?)];
+        let mut followed = 0;
+        while let Some(name) = pending.pop_front() {
+            let (_, dir) = walked.last().expect("the root stays");
+            match name.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    if walked.len() > 1 {
+                        walked.pop();
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            if dir.kind() != EntryType::Dir {
+                return Ok(None);
+            }
+            let Some(ino) = self.find_in_dir(dir, &name)? else {
+                return Ok(None);
+            };
+            let inode = self.inode(ino)?;
+            if inode.kind() != EntryType::Symlink {
+                walked.push((ino, inode));
+                continue;
+            }
+            followed += 1;
+            if followed > MAX_LINKS {
+                return Ok(None);
+            }
+            let target = self.read_content(&inode, MAX_TARGET)?;
+            let target = String::from_utf8_lossy(&target).into_owned();
+            if target.is_empty() {
+                return Ok(None);
+            }
+            if target.starts_with('/') {
+                walked.truncate(1);
+            }
+            for part in target.split('/').rev() {
+                pending.push_front(part.to_string());
+            }
+        }
+        Ok(walked.pop())
     }
 
     /// Resolves an absolute path given as components, without following
@@ -487,10 +619,44 @@ impl<R: ReadAt> FsReader<R> {
     }
 }
 
-/// Looks for `name` among the directory entries in `records` (one block,
-/// or one inline area). Entries with inode 0 (deleted entries, htree
-/// internal nodes, checksum tails) are skipped.
-fn scan_entries(records: &[u8], name: &[u8], filetype: bool) -> Option<u32> {
+/// The magic number of in-inode attribute areas and attribute blocks.
+const XATTR_MAGIC: u32 = 0xEA02_0000;
+
+/// The longest symlink target read (the kernel's PATH_MAX).
+const MAX_TARGET: u64 = 4096;
+
+/// The full names of the attribute entries in `entries` (an in-inode area
+/// after its magic, or a block after its header), up to the first empty
+/// entry or the end of the area.
+fn xattr_entries(entries: &[u8]) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut at = 0;
+    while at + 16 <= entries.len() && le32(entries, at) != 0 {
+        let name_len = entries[at] as usize;
+        let end = at + 16 + name_len;
+        let Some(short) = entries.get(at + 16..end) else {
+            break;
+        };
+        let prefix = match entries[at + 1] {
+            1 => "user.",
+            2 => "system.posix_acl_access",
+            3 => "system.posix_acl_default",
+            4 => "trusted.",
+            6 => "security.",
+            7 => "system.",
+            8 => "system.richacl",
+            _ => "",
+        };
+        names.push(format!("{prefix}{}", String::from_utf8_lossy(short)));
+        at = (end + 3) & !3;
+    }
+    names
+}
+
+/// Appends the directory entries in `records` (one block, or one inline
+/// area) to `out`. Entries with inode 0 (deleted entries, htree internal
+/// nodes, checksum tails) are skipped; a damaged record ends the area.
+fn scan_entries(records: &[u8], filetype: bool, out: &mut Vec<(Vec<u8>, u32)>) {
     let mut at = 0;
     while at + 8 <= records.len() {
         let ino = le32(records, at);
@@ -501,12 +667,11 @@ fn scan_entries(records: &[u8], name: &[u8], filetype: bool) -> Option<u32> {
             le16(records, at + 6) as usize
         };
         if rec_len < 8 || at + rec_len > records.len() {
-            return None;
+            return;
         }
-        if ino != 0 && 8 + name_len <= rec_len && &records[at + 8..at + 8 + name_len] == name {
-            return Some(ino);
+        if ino != 0 && 8 + name_len <= rec_len {
+            out.push((records[at + 8..at + 8 + name_len].to_vec(), ino));
         }
         at += rec_len;
     }
-    None
 }
