@@ -421,3 +421,217 @@ fn passwd_behind_hard_links_and_symlinks_is_read() {
         stderr(&o)
     );
 }
+
+const OVERLAY: &str = r#"
+[[entry]]
+path = "/etc/systemd/system/multi-user.target.wants/azaion.service"
+type = "symlink"
+target = "/lib/systemd/system/azaion.service"
+
+[[entry]]
+path = "/etc/localtime"
+type = "symlink"
+target = "../usr/share/zoneinfo/UTC"
+
+[[entry]]
+path = "/etc/machine-id"
+type = "absent"
+
+[[entry]]
+path = "/etc/old"
+type = "absent"
+recursive = true
+
+[[entry]]
+path = "/etc/hostname"
+type = "file"
+mode = "0644"
+owner = "0:0"
+content = "{serial}\n"
+xattrs = { "security.selinux" = "system_u:object_r:etc_t:s0", "user.b" = "2" }
+"#;
+
+/// A tree with attributes and ACLs on the files the overlay replaces, a
+/// file and a directory to remove (a hard link outside names a file in
+/// it), and a file a symlink replaces.
+fn attributed_tree(dir: &Path) -> PathBuf {
+    let root = tree(dir);
+    let r = root.display();
+    sh(&format!(
+        "mkdir -p {r}/etc/systemd/system/multi-user.target.wants {r}/etc/old/sub {r}/usr/share/zoneinfo \
+         && echo UTC > {r}/usr/share/zoneinfo/UTC && echo zone > {r}/etc/localtime \
+         && echo 0123 > {r}/etc/machine-id && echo old > {r}/etc/old/sub/f && echo o2 > {r}/etc/old/g \
+         && ln {r}/etc/old/sub/f {r}/usr/bin/zz-linked \
+         && echo old-conf > {r}/etc/azaion/device.conf"
+    ));
+    settle(&root);
+    sh(&format!(
+        "setfattr -n security.selinux -v system_u:object_r:azaion_conf_t:s0 {r}/etc/azaion/device.conf \
+         && setfattr -n user.x -v 1 {r}/etc/azaion/device.conf \
+         && setfacl -m u:1234:r {r}/etc/azaion/device.conf \
+         && setfattr -n security.selinux -v old_t {r}/etc/hostname \
+         && setfattr -n user.a -v 1 {r}/etc/hostname"
+    ));
+    root
+}
+
+/// Issue 15 items 3 and 4, and issue 13 case 4 for tar: symlinks, removals
+/// and attributes, read back by GNU tar and bsdtar as root.
+#[test]
+fn symlinks_removals_and_attributes() {
+    if !require(is_root(), "restoring security.* attributes needs root") {
+        return;
+    }
+    let server = StubServer::start().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = attributed_tree(tmp.path());
+    let spec = tmp.path().join("extra.toml");
+    fs::write(&spec, OVERLAY).unwrap();
+    for (ext, comp) in [("tar", "cat"), ("tar.gz", "gzip -n"), ("tar.xz", "xz")] {
+        let input = tmp.path().join(format!("attr.{ext}"));
+        sh(&format!(
+            "tar --format=posix --xattrs --xattrs-include='*' --acls --sort=name -C {} -cf - . | {comp} > {}",
+            root.display(),
+            input.display()
+        ));
+        let out = tmp.path().join(format!("out.{ext}"));
+        provision_ok(
+            &input,
+            &out,
+            &server,
+            &["--overlay", spec.to_str().unwrap()],
+        );
+        for tool in EXTRACTORS {
+            let x = tmp.path().join(format!("x-{ext}-{tool}"));
+            extract_with(tool, &out, &x);
+            let link = |p: &str| fs::read_link(x.join(p)).map(|t| t.display().to_string());
+            assert_eq!(
+                link("etc/systemd/system/multi-user.target.wants/azaion.service").unwrap(),
+                "/lib/systemd/system/azaion.service",
+                "{ext} {tool}"
+            );
+            assert_eq!(link("etc/localtime").unwrap(), "../usr/share/zoneinfo/UTC");
+            for gone in ["etc/machine-id", "etc/old"] {
+                assert!(!x.join(gone).exists(), "{ext} {tool}: {gone}");
+            }
+            // The hard link outside the removed directory keeps the file.
+            assert_eq!(stat(&x.join("usr/bin/zz-linked")).5, "old\n");
+            let conf = xattrs(&x.join("etc/azaion/device.conf"));
+            assert!(
+                conf.contains("security.selinux=\"system_u:object_r:azaion_conf_t:s0\""),
+                "{ext} {tool}: the label stays: {conf}"
+            );
+            assert!(
+                !conf.contains("user.x") && !conf.contains("posix_acl"),
+                "{ext} {tool}: user attributes and ACLs go: {conf}"
+            );
+            let host = xattrs(&x.join("etc/hostname"));
+            assert!(
+                host.contains("security.selinux=\"system_u:object_r:etc_t:s0\"")
+                    && host.contains("user.b=\"2\"")
+                    && !host.contains("user.a"),
+                "{ext} {tool}: {host}"
+            );
+            assert_eq!(stat(&x.join("etc/hostname")).5, format!("{SERIAL}\n"));
+            // Everything else is as it was.
+            assert_eq!(stat(&x.join("etc/azaion/loader.conf")).5, "keep\n");
+        }
+        let v = verify(&out, "azaion");
+        assert!(v.status.success(), "{ext}: {}", stdout(&v));
+        // The input's ACL on device.conf fails verify.
+        let v = verify(&input, "0:0");
+        assert!(
+            stdout(&v)
+                .lines()
+                .any(|l| l.starts_with("FAIL mode") && l.contains("system.posix_acl_access")),
+            "{}",
+            stdout(&v)
+        );
+    }
+}
+
+/// A removal in the middle of the archive: the tail rewrite starts there
+/// and gives exactly the bytes of the full rewrite.
+#[test]
+fn a_removal_in_the_middle_rewrites_from_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tree(tmp.path());
+    sh(&format!(
+        "mkdir -p {0}/etc/systemd/system/multi-user.target.wants {0}/etc/old/sub {0}/usr/share/zoneinfo && echo 1 > {0}/etc/machine-id && echo 2 > {0}/etc/old/sub/f && echo z > {0}/etc/localtime && head -c 3000000 /dev/urandom > {0}/usr/bin/zz-big",
+        root.display()
+    ));
+    settle(&root);
+    let spec = tmp.path().join("extra.toml");
+    fs::write(&spec, OVERLAY).unwrap();
+    let pw = write_password(tmp.path(), PASSWORD);
+    for (ext, comp, tool) in [
+        ("tar", "cat", "cat"),
+        ("tar.gz", "gzip -n", "gzip -dc"),
+        ("tar.bz2", "bzip2", "bzip2 -dc"),
+        ("tar.zst", "zstd -q", "zstd -dc"),
+        ("tar.xz", "xz", "xz -dc"),
+    ] {
+        let input = tmp.path().join(format!("mid.{ext}"));
+        sh(&format!(
+            "tar --format=gnu --sort=name -C {} -cf - . | {comp} > {}",
+            root.display(),
+            input.display()
+        ));
+        let mut outs = Vec::new();
+        for full in [false, true] {
+            let out = tmp.path().join(format!("out-{full}.{ext}"));
+            let mut cmd = provision_offline(&input, &out, "azaion", &pw);
+            cmd.env("SOURCE_DATE_EPOCH", "1700000000")
+                .args(["--overlay", spec.to_str().unwrap()]);
+            if full {
+                cmd.env("IMPRINT_FULL_REWRITE", "1");
+            }
+            let o = run(&mut cmd);
+            assert!(o.status.success(), "{ext}: {}", stderr(&o));
+            outs.push(stdout(&sh(&format!(
+                "{tool} {} | sha256sum",
+                out.display()
+            ))));
+            let names = stdout(&sh(&format!("tar -tf {}", out.display())));
+            assert!(
+                !names.contains("machine-id") && !names.contains("etc/old"),
+                "{names}"
+            );
+        }
+        assert_eq!(outs[0], outs[1], "{ext}: tail rewrite equals full rewrite");
+    }
+}
+
+/// Removing a directory that holds entries needs `recursive = true`.
+#[test]
+fn removing_a_directory_with_entries_needs_recursive() {
+    let server = StubServer::start().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tree(tmp.path());
+    sh(&format!(
+        "mkdir -p {0}/etc/old && echo x > {0}/etc/old/f",
+        root.display()
+    ));
+    settle(&root);
+    let input = tmp.path().join("in.tar");
+    make_tar(&root, &input, "tar", "gnu", true);
+    let spec = tmp.path().join("rm.toml");
+    fs::write(&spec, "[[entry]]\npath = \"/etc/old\"\ntype = \"absent\"\n").unwrap();
+    let before = sha256(&input);
+    let out = tmp.path().join("out.tar");
+    let o = provision(
+        &input,
+        &out,
+        &server,
+        &["--overlay", spec.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("/etc/old") && stderr(&o).contains("recursive = true"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
+    assert_eq!(sha256(&input), before);
+    assert!(server.requests().is_empty());
+}

@@ -292,11 +292,7 @@ fn unlink_dependents(
         let Some(target) = link.linkname.as_deref() else {
             continue;
         };
-        let named = scan
-            .watched
-            .iter()
-            .filter(|e| e.path == target && e.start < link.start)
-            .last();
+        let named = scan.entry_before(target, link.start);
         let Some(named) = named.filter(|n| edits.contains_key(&n.start)) else {
             continue;
         };
@@ -331,12 +327,7 @@ fn unlink_dependents(
             let Some(next) = file.linkname.as_deref() else {
                 break;
             };
-            match scan
-                .watched
-                .iter()
-                .filter(|e| e.path == next && e.start < file.start)
-                .last()
-            {
+            match scan.entry_before(next, file.start) {
                 Some(found) => file = found,
                 None => {
                     need.push(next.to_string());

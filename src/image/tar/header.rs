@@ -421,18 +421,22 @@ pub(super) fn parse_entry(
         .clone()
         .or(global.uname.clone())
         .unwrap_or_else(|| {
-            has_names
-                .then(|| field_str(&block[265..297]))
-                .unwrap_or_default()
+            if has_names {
+                field_str(&block[265..297])
+            } else {
+                String::new()
+            }
         });
     let gname = pax
         .gname
         .clone()
         .or(global.gname.clone())
         .unwrap_or_else(|| {
-            has_names
-                .then(|| field_str(&block[297..329]))
-                .unwrap_or_default()
+            if has_names {
+                field_str(&block[297..329])
+            } else {
+                String::new()
+            }
         });
     let xattrs = pax::xattr_names(global.records.iter().chain(&pax.records));
     Ok(Header {
@@ -501,8 +505,7 @@ fn gnu_long(out: &mut Vec<u8>, typeflag: ::tar::EntryType, text: &str) {
         "",
         typeflag,
         &link_meta,
-        "root",
-        "root",
+        ("root", "root"),
         "",
     ));
     push_padded(out, &long);
@@ -520,7 +523,7 @@ pub(super) fn encode_entry(style: HeaderStyle, entry: &NewEntry) -> Zeroizing<Ve
     let (prefix, short) = match style {
         HeaderStyle::Gnu if name.len() > 100 => {
             gnu_long(&mut out, ::tar::EntryType::GNULongName, name);
-            ("", &name[..100])
+            ("", head(name, 100))
         }
         _ => ustar_split(name).unwrap_or(("", "")),
     };
@@ -570,14 +573,13 @@ pub(super) fn encode_entry(style: HeaderStyle, entry: &NewEntry) -> Zeroizing<Ve
             pax_short.0,
             ::tar::EntryType::XHeader,
             &pax_meta,
-            "",
-            "",
+            ("", ""),
             "",
         ));
         push_padded(&mut out, &records);
     }
     let short = if short.is_empty() {
-        &name[name.len().saturating_sub(100)..]
+        tail(name, 100)
     } else {
         short
     };
@@ -587,12 +589,29 @@ pub(super) fn encode_entry(style: HeaderStyle, entry: &NewEntry) -> Zeroizing<Ve
         prefix,
         entry.typeflag,
         meta,
-        entry.uname,
-        entry.gname,
-        &linkname[..linkname.len().min(100)],
+        (entry.uname, entry.gname),
+        head(linkname, 100),
     ));
     push_padded(&mut out, entry.content);
     out
+}
+
+/// At most the first `n` bytes of `s`, cut at a character boundary.
+fn head(s: &str, n: usize) -> &str {
+    let mut end = n.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// At most the last `n` bytes of `s`, cut at a character boundary.
+fn tail(s: &str, n: usize) -> &str {
+    let mut start = s.len().saturating_sub(n);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
 }
 
 fn push_padded(out: &mut Vec<u8>, data: &[u8]) {
@@ -610,8 +629,7 @@ fn header_block(
     prefix: &str,
     typeflag: ::tar::EntryType,
     meta: &FileMeta,
-    uname: &str,
-    gname: &str,
+    (uname, gname): (&str, &str),
     linkname: &str,
 ) -> [u8; 512] {
     let gnu = style == HeaderStyle::Gnu;
@@ -833,8 +851,7 @@ mod tests {
                 "",
                 ::tar::EntryType::Regular,
                 &meta,
-                "a",
-                "b",
+                ("a", "b"),
                 "",
             );
             assert!(checksum_ok(&h));

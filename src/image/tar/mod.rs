@@ -393,12 +393,7 @@ fn found(scan: &Scan, p: &str) -> Option<super::Found> {
     let mut meta = entry.meta.clone();
     if entry.is_hard_link() {
         let target = entry.linkname.as_deref().unwrap_or_default();
-        match scan
-            .watched
-            .iter()
-            .filter(|f| f.path == target && f.start < entry.start)
-            .last()
-        {
+        match scan.entry_before(target, entry.start) {
             Some(file) if file.meta.kind == EntryType::Regular => {
                 meta = file.meta.clone();
                 meta.links = scan.names_of(target);

@@ -143,6 +143,15 @@ impl Scan {
         }
     }
 
+    /// The last entry at `path` before the one starting at `before`: what
+    /// a hard link there names when extracted.
+    pub(super) fn entry_before(&self, path: &str, before: u64) -> Option<&WatchedEntry> {
+        self.watched
+            .iter()
+            .rev()
+            .find(|e| e.path == path && e.start < before)
+    }
+
     /// How many names reach the file at `path`: its entry and the
     /// hard-link entries naming it.
     pub(super) fn names_of(&self, path: &str) -> u32 {
