@@ -22,7 +22,7 @@ use zeroize::Zeroizing;
 use super::header::{self, HeaderStyle, NewEntry};
 use super::pax::{self, Record};
 use super::scan::{Scan, WatchedEntry};
-use super::{BLOCK, RECORD};
+use super::{BLOCK, MAX_DB_SIZE, RECORD};
 use crate::image::{EntryType, FileMeta};
 use crate::plan::{OverlayError, Plan, PlanEntry, PlanKind};
 
@@ -338,11 +338,16 @@ fn unlink_dependents(
         if file.is_hard_link() {
             continue;
         }
-        if !matches!(file.typeflag, b'0' | b'\0' | b'7') {
+        let regular = matches!(file.typeflag, b'0' | b'\0' | b'7');
+        if !regular || file.meta.size > MAX_DB_SIZE {
             return Err(EditError::CannotUnlink {
                 link: format!("/{}", link.path),
                 target: format!("/{}", file.path),
-                what: header::describe(file.typeflag),
+                what: if regular {
+                    "file of more than 16 MiB"
+                } else {
+                    header::describe(file.typeflag)
+                },
             });
         }
         let Some(data) = scan.captured(&file.path) else {

@@ -179,13 +179,7 @@ impl TarBackend {
         // first pass did not keep: a second pass (rarely a third) keeps it.
         for _ in 0..MAX_PASSES {
             let scan = self.scan_once()?;
-            let need: Vec<String> = CAPTURED
-                .iter()
-                .filter_map(|p| match scan.follow(p) {
-                    Follow::Need(n) => Some(n),
-                    _ => None,
-                })
-                .collect();
+            let need = scan.needed(&CAPTURED);
             if need.is_empty() {
                 break;
             }
@@ -368,13 +362,7 @@ impl ImageReader for TarReader {
             };
             let scan = scan::scan(&self.path, self.codec, &watch, &capture, None)?;
             passes += 1;
-            let need: Vec<String> = rel
-                .iter()
-                .filter_map(|p| match scan.follow(p) {
-                    Follow::Need(n) => Some(n),
-                    _ => None,
-                })
-                .collect();
+            let need = scan.needed(&rel);
             if need.is_empty() || passes == MAX_PASSES {
                 break scan;
             }

@@ -216,6 +216,17 @@ impl Scan {
         }
     }
 
+    /// The entries a further pass must keep for `paths` to be read.
+    pub(super) fn needed(&self, paths: &[impl AsRef<str>]) -> Vec<String> {
+        paths
+            .iter()
+            .filter_map(|p| match self.follow(p.as_ref()) {
+                Follow::Need(n) => Some(n),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub(super) fn captured(&self, path: &str) -> Option<Vec<u8>> {
         self.captured
             .iter()
@@ -223,6 +234,10 @@ impl Scan {
             .map(|(_, d)| d.clone())
     }
 }
+
+/// The most symlink paths and targets a scan keeps, in bytes: a root
+/// filesystem has a few thousand symlinks, well under this.
+const MAX_SYMLINK_BYTES: usize = 64 << 20;
 
 /// Where a compressed stream can be cut and continued, as the decoder
 /// found them while the scan read.
@@ -428,6 +443,7 @@ fn scan_with(
     let mut pending_state: Option<Sha256> = None;
     let mut pending_raw: Vec<u8> = Vec::new();
     let mut ext = Extensions::default();
+    let mut symlink_bytes = 0;
     let subtrees: &[String] = writing.map_or(&[], |w| w.targets);
     let under_subtree = |p: &str| {
         subtrees.iter().any(|t| {
@@ -519,7 +535,11 @@ fn scan_with(
                 .is_some_and(|(u, g)| !u.is_empty() || !g.is_empty());
         }
         match (&entry.linkname, entry.typeflag) {
-            (Some(target), b'2') => {
+            // Bounded: a hostile archive of endless symlinks must not
+            // exhaust memory; past the bound, later links are not
+            // followed.
+            (Some(target), b'2') if symlink_bytes < MAX_SYMLINK_BYTES => {
+                symlink_bytes += entry.path.len() + target.len();
                 out.symlinks.insert(entry.path.clone(), target.clone());
             }
             _ => {
