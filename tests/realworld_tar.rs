@@ -134,22 +134,25 @@ fn a_pax_global_header_does_not_change_the_new_entries_owner() {
     let server = StubServer::start().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let root = tree(tmp.path());
-    let input = tmp.path().join("global.tar");
-    python(&format!(
-        r#"
+    for (ext, mode) in [("tar", "w"), ("tar.gz", "w:gz"), ("tar.xz", "w:xz")] {
+        let input = tmp.path().join(format!("global.{ext}"));
+        python(&format!(
+            r#"
 import tarfile
-with tarfile.open("{input}", "w", format=tarfile.PAX_FORMAT,
+with tarfile.open("{input}", "{mode}", format=tarfile.PAX_FORMAT,
                   pax_headers={{"uid": "0", "gid": "0", "uname": "root", "gname": "root"}}) as t:
     t.add("{root}", arcname=".")
 "#,
-        input = input.display(),
-        root = root.display()
-    ));
+            input = input.display(),
+            root = root.display()
+        ));
+        let out = tmp.path().join(format!("out.{ext}"));
+        provision_ok(&input, &out, &server, &[]);
+        assert_conf_everywhere(&tmp.path().join(ext), &out, &server);
+        let v = verify(&out, "azaion");
+        assert!(v.status.success(), "{ext}: {}", stdout(&v));
+    }
     let out = tmp.path().join("out.tar");
-    provision_ok(&input, &out, &server, &[]);
-    assert_conf_everywhere(tmp.path(), &out, &server);
-    let v = verify(&out, "azaion");
-    assert!(v.status.success(), "{}", stdout(&v));
 
     // What imprint wrote before: device.conf with ustar fields only, after
     // the global header. GNU tar gives it 0:0; verify must say so.

@@ -123,6 +123,9 @@ impl Style<'_> {
 
     fn encode(&self, mut entry: NewEntry) -> Zeroizing<Vec<u8>> {
         let overrides = self.global_overrides(&entry.meta, entry.uname, entry.gname);
+        entry
+            .records
+            .retain(|(k, _)| !overrides.iter().any(|(o, _)| o == k));
         entry.records.extend(overrides);
         header::encode_entry(self.header, &entry)
     }
