@@ -202,7 +202,10 @@ impl Scan {
             };
             if found.is_hard_link() && hops < 8 {
                 hops += 1;
-                rel = found.linkname.clone().unwrap_or_default();
+                match found.linkname.as_deref().filter(|l| !l.is_empty()) {
+                    Some(next) => rel = next.to_string(),
+                    None => return missing(&rel, "a hard link naming nothing"),
+                }
                 continue;
             }
             return match found.meta.kind {
@@ -434,7 +437,16 @@ fn scan_with(
         if let Some(state) = state {
             prefix_states.push(PrefixState { len: offset, state });
         }
-        boundaries.extend(index.as_ref().and_then(|i| i.boundary_before(offset)));
+        // Entries in one compressed block share its boundary: keep one
+        // (a gzip boundary holds a 32 KiB window).
+        if let Some(b) = index.as_ref().and_then(|i| i.boundary_before(offset)) {
+            if boundaries
+                .last()
+                .is_none_or(|last: &Boundary| last.out() != b.out())
+            {
+                boundaries.push(b);
+            }
+        }
     };
     let mut block = [0u8; 512];
     // Extension headers seen since the last real entry: where the first
