@@ -280,11 +280,13 @@ impl ImageBackend for TarBackend {
             .entries
             .iter()
             .map(|e| e.path.clone())
-            .filter(|p| !self.watch.contains(&p.relative()))
+            .filter(|p| !self.targets.contains(&p.relative()))
             .collect();
         if !missing.is_empty() {
-            // The plan names paths the scan did not watch: scan again.
+            // The plan names paths the scan did not watch: scan again,
+            // with what lies under them (a removal may take it all).
             self.watch.extend(watch_list(&missing));
+            self.targets.extend(missing.iter().map(ImagePath::relative));
             self.scan = None;
         }
         self.scan()?;
