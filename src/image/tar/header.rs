@@ -416,28 +416,17 @@ pub(super) fn parse_entry(
     let gid = pax.gid.or(global.gid);
     let mtime = pax.mtime.or(global.mtime);
     let has_names = &block[257..262] == b"ustar";
-    let uname = pax
-        .uname
-        .clone()
-        .or(global.uname.clone())
-        .unwrap_or_else(|| {
+    let name = |own: &Option<String>, global: &Option<String>, field| {
+        own.clone().or_else(|| global.clone()).unwrap_or_else(|| {
             if has_names {
-                field_str(&block[265..297])
+                field_str(field)
             } else {
                 String::new()
             }
-        });
-    let gname = pax
-        .gname
-        .clone()
-        .or(global.gname.clone())
-        .unwrap_or_else(|| {
-            if has_names {
-                field_str(&block[297..329])
-            } else {
-                String::new()
-            }
-        });
+        })
+    };
+    let uname = name(&pax.uname, &global.uname, &block[265..297]);
+    let gname = name(&pax.gname, &global.gname, &block[297..329]);
     let xattrs = pax::xattr_names(global.records.iter().chain(&pax.records));
     Ok(Header {
         path: normalise(&raw_name),
