@@ -159,18 +159,20 @@ impl UserDb {
         self.groups.iter().find(|e| e.name == name)
     }
 
-    fn user_name(&self, uid: u32) -> Option<String> {
+    /// The image's name for `uid`, if it has one.
+    pub fn user_name_of(&self, uid: u32) -> Option<&str> {
         self.users
             .iter()
             .find(|e| e.id == uid)
-            .map(|e| e.name.clone())
+            .map(|e| e.name.as_str())
     }
 
-    fn group_name(&self, gid: u32) -> Option<String> {
+    /// The image's name for `gid`, if it has one.
+    pub fn group_name_of(&self, gid: u32) -> Option<&str> {
         self.groups
             .iter()
             .find(|e| e.id == gid)
-            .map(|e| e.name.clone())
+            .map(|e| e.name.as_str())
     }
 
     fn unknown_user(&self, name: &str) -> OwnerError {
@@ -222,8 +224,8 @@ impl UserDb {
         Ok(Owner {
             uid,
             gid,
-            user_name: fallback(uid, self.user_name(uid)),
-            group_name: fallback(gid, self.group_name(gid)),
+            user_name: fallback(uid, self.user_name_of(uid).map(str::to_string)),
+            group_name: fallback(gid, self.group_name_of(gid).map(str::to_string)),
         })
     }
 }

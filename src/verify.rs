@@ -68,6 +68,24 @@ impl VerifyReport {
     }
 }
 
+/// Why the owner names an archive entry carries would give the file
+/// another owner: GNU tar running as root without `--numeric-owner` maps
+/// names through the extracting host's user database, so a name must be
+/// the image's own name for the id (or absent).
+fn names_problem(meta: &image::FileMeta, db: &UserDb) -> Option<String> {
+    let (user, group) = meta.names.as_ref()?;
+    let wrong = |name: &str, own: Option<&str>, what: &str, id: u32| {
+        (!name.is_empty() && own != Some(name)).then(|| {
+            format!(
+                "the entry carries the {what} name {name:?}, which the image's own database gives {}; GNU tar running as root maps the name through the flashing host's database, not {id}",
+                own.map_or_else(|| format!("no name for {id}"), |n| format!("{id} the name {n:?}"))
+            )
+        })
+    };
+    wrong(user, db.user_name_of(meta.uid), "user", meta.uid)
+        .or_else(|| wrong(group, db.group_name_of(meta.gid), "group", meta.gid))
+}
+
 /// Runs every check. An image that cannot be read at all is an error; a
 /// readable image with wrong contents is a report with failed checks.
 pub fn verify(path: &Path, expect: &Expectations) -> Result<VerifyReport, ImageError> {
@@ -135,15 +153,35 @@ pub fn verify(path: &Path, expect: &Expectations) -> Result<VerifyReport, ImageE
     report.add("present", true, DEVICE_CONF);
     if !report.add(
         "regular file",
-        meta.kind == EntryType::Regular,
-        format!("{:?}", meta.kind).to_lowercase(),
+        meta.kind == EntryType::Regular && meta.links <= 1,
+        match meta.kind {
+            EntryType::Regular if meta.links > 1 => format!(
+                "a regular file, but {} names reach it (hard links): every other name gives the password to whoever reads that name",
+                meta.links
+            ),
+            kind => format!("{kind:?}").to_lowercase(),
+        },
     ) {
         return Ok(report);
     }
+    let acls: Vec<&str> = meta
+        .xattrs
+        .iter()
+        .map(String::as_str)
+        .filter(|x| x.starts_with("system.posix_acl_"))
+        .collect();
     report.add(
         "mode",
-        meta.mode == 0o600,
-        format!("{:04o} (expected 0600)", meta.mode),
+        meta.mode == 0o600 && acls.is_empty(),
+        if acls.is_empty() {
+            format!("{:04o} (expected 0600)", meta.mode)
+        } else {
+            format!(
+                "{:04o} with an ACL ({}) that can grant others access (expected 0600 and no ACL)",
+                meta.mode,
+                acls.join(", ")
+            )
+        },
     );
 
     let db = UserDb::parse(passwd.as_deref(), group.as_deref());
@@ -152,14 +190,18 @@ pub fn verify(path: &Path, expect: &Expectations) -> Result<VerifyReport, ImageE
         .clone()
         .unwrap_or(OwnerSpec::User("root".into()));
     match db.resolve(&spec) {
-        Ok(owner) => report.add(
-            "owner",
-            meta.uid == owner.uid && meta.gid == owner.gid,
-            format!(
+        Ok(owner) => {
+            let ids = meta.uid == owner.uid && meta.gid == owner.gid;
+            let names = names_problem(&meta, &db);
+            let detail = format!(
                 "{}:{} (expected {}:{} for {spec})",
                 meta.uid, meta.gid, owner.uid, owner.gid
-            ),
-        ),
+            );
+            match names {
+                Some(why) if ids => report.add("owner", false, format!("{detail}, but {why}")),
+                _ => report.add("owner", ids, detail),
+            }
+        }
         Err(e) => report.add("owner", false, e.to_string()),
     };
 

@@ -162,8 +162,10 @@ fn untouched_bytes_are_identical_and_only_appended_at_the_end() {
             names.contains(&format!("\n{prefix}etc/azaion/\n")),
             "{format}: {names}"
         );
+        // The new entries, then etc/ again: GNU tar sets its mtime after
+        // etc/azaion went into it.
         assert!(
-            names.ends_with(&format!("{prefix}etc/azaion/device.conf\n")),
+            names.ends_with(&format!("{prefix}etc/azaion/device.conf\n{prefix}etc/\n")),
             "{names}"
         );
         assert!(names.contains("changelog-with-a-long-file-name.txt"));
@@ -638,38 +640,6 @@ fn refuses_bad_archive_shapes() {
         assert!(listing(&out).is_empty());
         assert_eq!(sha256(&input), before);
     }
-    // A hard link named device.conf.
-    let root = make_rootfs(tmp.path(), "hardlink");
-    sh(&format!(
-        "mkdir {0}/etc/azaion && ln {0}/etc/hostname {0}/etc/azaion/device.conf",
-        root.display()
-    ));
-    let input = tmp.path().join("hardlink.tar");
-    // Sorted by name, etc/azaion/device.conf comes first and etc/hostname is
-    // then the hard link; reverse the sort so device.conf is the link.
-    sh(&format!(
-        "tar --format=gnu -C {} -cf {} ./etc/hostname ./etc/azaion ./etc/passwd ./etc/group",
-        root.display(),
-        input.display()
-    ));
-    let o = run(bin()
-        .args([
-            "provision",
-            "--serial",
-            SERIAL,
-            "--api-url",
-            &server.url(),
-            "--image",
-        ])
-        .arg(&input)
-        .arg("--output")
-        .arg(tmp.path().join("hl-out.tar")));
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("is a hard link in the archive"),
-        "{}",
-        stderr(&o)
-    );
     // A header with a bad checksum.
     let c = case("tar", "gnu", true);
     let mut bytes = fs::read(&c.input).unwrap();

@@ -6,6 +6,7 @@ mod detect;
 pub mod dir;
 pub mod disk;
 pub mod ext4;
+pub mod resolve;
 pub mod sparse;
 pub mod tar;
 

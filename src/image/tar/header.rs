@@ -6,6 +6,7 @@ use std::path::Path;
 
 use zeroize::Zeroizing;
 
+use super::pax::{self, Record};
 use super::{TarError, BLOCK};
 use crate::image::{EntryType, FileMeta};
 
@@ -29,6 +30,10 @@ pub(super) struct Header {
     pub(super) dot_slash: bool,
     pub(super) typeflag: u8,
     pub(super) meta: FileMeta,
+    /// A hard link's or symlink's target, as written.
+    pub(super) linkname: Option<String>,
+    /// The entry's own pax records.
+    pub(super) records: Vec<Record>,
     /// Bytes of data following the header.
     pub(super) data_size: DataSize,
 }
@@ -118,7 +123,7 @@ pub(super) fn describe(typeflag: u8) -> &'static str {
     }
 }
 
-fn normalise(raw: &str) -> String {
+pub(super) fn normalise(raw: &str) -> String {
     let mut p = raw;
     while let Some(rest) = p.strip_prefix("./") {
         p = rest;
@@ -267,10 +272,15 @@ pub(super) fn sparse_extension_continues(ext: &[u8; 512]) -> bool {
 #[derive(Debug, Default, Clone)]
 struct PaxOverrides {
     path: Option<String>,
+    linkpath: Option<String>,
     size: Option<DataSize>,
     uid: Option<u32>,
     gid: Option<u32>,
     mtime: Option<i64>,
+    uname: Option<String>,
+    gname: Option<String>,
+    /// Every record, in order.
+    records: Vec<Record>,
 }
 
 /// The decimal number `text` of the pax record `field`.
@@ -288,70 +298,80 @@ where
         })
 }
 
+impl PaxOverrides {
+    /// Takes in one record; a later record of the same key wins.
+    fn set(&mut self, key: &str, raw: &[u8]) -> Result<(), BadHeader> {
+        let value = String::from_utf8_lossy(raw).into_owned();
+        match key {
+            "path" => self.path = Some(value),
+            "linkpath" => self.linkpath = Some(value),
+            "size" => {
+                let bytes: u64 = pax_number(&value, "pax size")?;
+                self.size = Some(DataSize::new(bytes).ok_or(BadHeader::OutOfRange {
+                    field: "pax size",
+                    value,
+                })?);
+            }
+            "uid" => self.uid = Some(pax_number(&value, "pax uid")?),
+            "gid" => self.gid = Some(pax_number(&value, "pax gid")?),
+            // Whole seconds; the fraction is dropped.
+            "mtime" => {
+                let seconds = value.split('.').next().unwrap_or_default();
+                self.mtime = Some(pax_number(seconds, "pax mtime")?);
+            }
+            "uname" => self.uname = Some(value),
+            "gname" => self.gname = Some(value),
+            _ => {}
+        }
+        self.records.retain(|(k, _)| k != key);
+        self.records.push((key.to_string(), raw.to_vec()));
+        Ok(())
+    }
+}
+
 /// The records of a pax extended header. Records that do not parse end
 /// the list, as they always have; a number that does not is an error.
 fn parse_pax(data: &[u8]) -> Result<PaxOverrides, BadHeader> {
     let mut o = PaxOverrides::default();
-    let mut rest = data;
-    while !rest.is_empty() {
-        let Some(space) = rest.iter().position(|&b| b == b' ') else {
-            break;
-        };
-        let Some(len) = std::str::from_utf8(&rest[..space])
-            .ok()
-            .and_then(|s| s.parse::<usize>().ok())
-        else {
-            break;
-        };
-        if len <= space || len > rest.len() {
-            break;
-        }
-        let record = &rest[space + 1..len];
-        let record = record.strip_suffix(b"\n").unwrap_or(record);
-        if let Some(eq) = record.iter().position(|&b| b == b'=') {
-            let key = &record[..eq];
-            let value = String::from_utf8_lossy(&record[eq + 1..]).into_owned();
-            match key {
-                b"path" => o.path = Some(value),
-                b"size" => {
-                    let bytes: u64 = pax_number(&value, "pax size")?;
-                    o.size = Some(DataSize::new(bytes).ok_or(BadHeader::OutOfRange {
-                        field: "pax size",
-                        value,
-                    })?);
-                }
-                b"uid" => o.uid = Some(pax_number(&value, "pax uid")?),
-                b"gid" => o.gid = Some(pax_number(&value, "pax gid")?),
-                // Whole seconds; the fraction is dropped.
-                b"mtime" => {
-                    let seconds = value.split('.').next().unwrap_or_default();
-                    o.mtime = Some(pax_number(seconds, "pax mtime")?);
-                }
-                _ => {}
-            }
-        }
-        rest = &rest[len..];
+    for (key, value) in pax::parse_records(data) {
+        o.set(&key, &value)?;
     }
     Ok(o)
 }
 
 /// What the extension headers read since the last entry say about the
-/// next one.
+/// next one, and what the archive's global headers say about all that
+/// follow.
 #[derive(Debug, Default)]
 pub(super) struct Extensions {
     pax: PaxOverrides,
+    /// Records of `g` headers so far: GNU tar applies them to every later
+    /// entry that does not set the key itself; bsdtar ignores them.
+    global: PaxOverrides,
     long_name: Option<String>,
+    long_link: Option<String>,
 }
 
 impl Extensions {
-    /// Takes in the data of an extension header.
+    /// Takes in the data of an extension header (or a global one).
     pub(super) fn add(&mut self, typeflag: u8, data: &[u8]) -> Result<(), BadHeader> {
         match typeflag {
             b'x' => self.pax = parse_pax(data)?,
+            b'g' => {
+                for (key, value) in pax::parse_records(data) {
+                    self.global.set(&key, &value)?;
+                }
+            }
             b'L' => self.long_name = Some(field_str(data)),
-            _ => {} // GNU long link name: not needed
+            b'K' => self.long_link = Some(field_str(data)),
+            _ => {}
         }
         Ok(())
+    }
+
+    /// The global records seen so far.
+    pub(super) fn globals(&self) -> &[Record] {
+        &self.global.records
     }
 }
 
@@ -364,8 +384,10 @@ pub(super) fn parse_entry(
 ) -> Result<Header, BadHeader> {
     let typeflag = typeflag(block);
     let pax = std::mem::take(&mut ext.pax);
+    let long_link = ext.long_link.take();
+    let global = &ext.global;
     let size = pax.size.unwrap_or(size);
-    let raw_name = if let Some(p) = pax.path {
+    let raw_name = if let Some(p) = pax.path.clone() {
         p
     } else if let Some(l) = ext.long_name.take() {
         l
@@ -382,22 +404,48 @@ pub(super) fn parse_entry(
             format!("{prefix}/{name}")
         }
     };
+    let linkname = pax
+        .linkpath
+        .clone()
+        .or(long_link)
+        .unwrap_or_else(|| field_str(&block[157..257]));
     let mode: u64 = number(block, 100..108, "mode")?;
+    // An entry's own record, else a global one, else the header field: the
+    // order GNU tar applies them in.
+    let uid = pax.uid.or(global.uid);
+    let gid = pax.gid.or(global.gid);
+    let mtime = pax.mtime.or(global.mtime);
+    let has_names = &block[257..262] == b"ustar";
+    let name = |own: &Option<String>, global: &Option<String>, field| {
+        own.clone().or_else(|| global.clone()).unwrap_or_else(|| {
+            if has_names {
+                field_str(field)
+            } else {
+                String::new()
+            }
+        })
+    };
+    let uname = name(&pax.uname, &global.uname, &block[265..297]);
+    let gname = name(&pax.gname, &global.gname, &block[297..329]);
+    let xattrs = pax::xattr_names(global.records.iter().chain(&pax.records));
     Ok(Header {
         path: normalise(&raw_name),
         dot_slash: raw_name.starts_with("./"),
         typeflag,
+        linkname: matches!(typeflag, b'1' | b'2').then(|| linkname.clone()),
+        records: pax.records,
         meta: FileMeta {
             kind: kind_of(typeflag),
             // Twelve bits: the cast keeps them all.
             mode: (mode & 0o7777) as u32,
-            uid: pax.uid.map_or_else(|| number(block, 108..116, "uid"), Ok)?,
-            gid: pax.gid.map_or_else(|| number(block, 116..124, "gid"), Ok)?,
-            mtime: pax
-                .mtime
-                .map_or_else(|| number(block, 136..148, "mtime"), Ok)?,
+            uid: uid.map_or_else(|| number(block, 108..116, "uid"), Ok)?,
+            gid: gid.map_or_else(|| number(block, 116..124, "gid"), Ok)?,
+            mtime: mtime.map_or_else(|| number(block, 136..148, "mtime"), Ok)?,
             size: size.bytes(),
-            ..Default::default()
+            links: 1,
+            target: (typeflag == b'2').then_some(linkname),
+            xattrs,
+            names: Some((uname, gname)),
         },
         // Links and directories carry no data whatever the size says.
         data_size: if matches!(typeflag, b'1' | b'2' | b'3' | b'4' | b'5' | b'6') {
@@ -419,57 +467,75 @@ pub(super) struct NewEntry<'a> {
     pub(super) meta: FileMeta,
     pub(super) uname: &'a str,
     pub(super) gname: &'a str,
+    /// A symlink's target or a hard link's linked name.
+    pub(super) linkname: Option<String>,
+    /// Pax records the entry carries besides those the encoder needs for
+    /// long names and large ids: attributes, overrides of global records.
+    pub(super) records: Vec<Record>,
     pub(super) content: &'a [u8],
 }
 
 /// The largest number an octal field of 8 bytes (uid, gid) holds.
 const OCTAL_ID_MAX: u64 = 0o7777777;
 
+/// A GNU long name (`L`) or long link (`K`) header and its data.
+fn gnu_long(out: &mut Vec<u8>, typeflag: ::tar::EntryType, text: &str) {
+    let mut long = text.as_bytes().to_vec();
+    long.push(0);
+    let link_meta = FileMeta {
+        kind: EntryType::Other,
+        mode: 0o644,
+        size: long.len() as u64,
+        ..Default::default()
+    };
+    out.extend_from_slice(&header_block(
+        HeaderStyle::Gnu,
+        "././@LongLink",
+        "",
+        typeflag,
+        &link_meta,
+        ("root", "root"),
+        "",
+    ));
+    push_padded(out, &long);
+}
+
 /// The bytes of one new entry in `style`: extension headers if needed, the
 /// header, the data and its padding.
 pub(super) fn encode_entry(style: HeaderStyle, entry: &NewEntry) -> Zeroizing<Vec<u8>> {
     let name = &entry.name;
     let meta = &entry.meta;
+    let linkname = entry.linkname.as_deref().unwrap_or("");
     let mut out = Zeroizing::new(Vec::new());
+    let gnu = style == HeaderStyle::Gnu;
 
     let (prefix, short) = match style {
         HeaderStyle::Gnu if name.len() > 100 => {
-            let mut long = name.clone().into_bytes();
-            long.push(0);
-            let link_meta = FileMeta {
-                kind: EntryType::Other,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                mtime: 0,
-                size: long.len() as u64,
-                ..Default::default()
-            };
-            out.extend_from_slice(&header_block(
-                style,
-                "././@LongLink",
-                "",
-                ::tar::EntryType::GNULongName,
-                &link_meta,
-                "root",
-                "root",
-            ));
-            push_padded(&mut out, &long);
-            ("", &name[..100])
+            gnu_long(&mut out, ::tar::EntryType::GNULongName, name);
+            ("", head(name, 100))
         }
         _ => ustar_split(name).unwrap_or(("", "")),
     };
+    if gnu && linkname.len() > 100 {
+        gnu_long(&mut out, ::tar::EntryType::GNULongLink, linkname);
+    }
     let mut records = Vec::new();
-    if style != HeaderStyle::Gnu {
+    if !gnu {
         if short.is_empty() {
-            records.extend(pax_record("path", name));
+            records.extend(pax::encode_record("path", name.as_bytes()));
+        }
+        if linkname.len() > 100 {
+            records.extend(pax::encode_record("linkpath", linkname.as_bytes()));
         }
         if meta.uid as u64 > OCTAL_ID_MAX {
-            records.extend(pax_record("uid", &meta.uid.to_string()));
+            records.extend(pax::encode_record("uid", meta.uid.to_string().as_bytes()));
         }
         if meta.gid as u64 > OCTAL_ID_MAX {
-            records.extend(pax_record("gid", &meta.gid.to_string()));
+            records.extend(pax::encode_record("gid", meta.gid.to_string().as_bytes()));
         }
+    }
+    for (key, value) in &entry.records {
+        records.extend(pax::encode_record(key, value));
     }
     if !records.is_empty() {
         let pax_name = format!(
@@ -483,26 +549,26 @@ pub(super) fn encode_entry(style: HeaderStyle, entry: &NewEntry) -> Zeroizing<Ve
         let pax_meta = FileMeta {
             kind: EntryType::Other,
             mode: 0o644,
-            uid: 0,
-            gid: 0,
             mtime: meta.mtime,
             size: records.len() as u64,
             ..Default::default()
         };
         let pax_short = ustar_split(&pax_name).unwrap_or(("", entry.file_name));
+        // A pax header is ustar whatever the archive's style: GNU tar and
+        // bsdtar both read one in a GNU archive.
         out.extend_from_slice(&header_block(
-            style,
+            if gnu { HeaderStyle::Ustar } else { style },
             pax_short.1,
             pax_short.0,
             ::tar::EntryType::XHeader,
             &pax_meta,
-            "",
+            ("", ""),
             "",
         ));
         push_padded(&mut out, &records);
     }
     let short = if short.is_empty() {
-        &name[name.len().saturating_sub(100)..]
+        tail(name, 100)
     } else {
         short
     };
@@ -512,11 +578,29 @@ pub(super) fn encode_entry(style: HeaderStyle, entry: &NewEntry) -> Zeroizing<Ve
         prefix,
         entry.typeflag,
         meta,
-        entry.uname,
-        entry.gname,
+        (entry.uname, entry.gname),
+        head(linkname, 100),
     ));
     push_padded(&mut out, entry.content);
     out
+}
+
+/// At most the first `n` bytes of `s`, cut at a character boundary.
+fn head(s: &str, n: usize) -> &str {
+    let mut end = n.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// At most the last `n` bytes of `s`, cut at a character boundary.
+fn tail(s: &str, n: usize) -> &str {
+    let mut start = s.len().saturating_sub(n);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
 }
 
 fn push_padded(out: &mut Vec<u8>, data: &[u8]) {
@@ -534,8 +618,8 @@ fn header_block(
     prefix: &str,
     typeflag: ::tar::EntryType,
     meta: &FileMeta,
-    uname: &str,
-    gname: &str,
+    (uname, gname): (&str, &str),
+    linkname: &str,
 ) -> [u8; 512] {
     let gnu = style == HeaderStyle::Gnu;
     let mut h = if gnu {
@@ -560,6 +644,7 @@ fn header_block(
     // hold (a `./` prefix, names over 32 bytes) or split differently:
     // text fields are copied as they are, cut to the field's width.
     put_str(&mut h.as_old_mut().name, name);
+    put_str(&mut h.as_old_mut().linkname, linkname);
     if let Some(ustar) = h.as_ustar_mut() {
         ustar.set_device_major(0);
         ustar.set_device_minor(0);
@@ -585,13 +670,9 @@ fn put_str(field: &mut [u8], value: &str) {
     field[..n].copy_from_slice(&bytes[..n]);
 }
 
+#[cfg(test)]
 fn pax_record(key: &str, value: &str) -> Vec<u8> {
-    let body = format!(" {key}={value}\n");
-    let mut len = body.len() + 1;
-    while format!("{len}").len() + body.len() != len {
-        len += 1;
-    }
-    format!("{len}{body}").into_bytes()
+    pax::encode_record(key, value.as_bytes())
 }
 
 /// Splits a long path into ustar prefix and name, if possible.
@@ -759,8 +840,8 @@ mod tests {
                 "",
                 ::tar::EntryType::Regular,
                 &meta,
-                "a",
-                "b",
+                ("a", "b"),
+                "",
             );
             assert!(checksum_ok(&h));
         }
@@ -788,6 +869,8 @@ mod tests {
                     meta: meta.clone(),
                     uname: "azaion",
                     gname: "azaion",
+                    linkname: None,
+                    records: Vec::new(),
                     content: b"hello",
                 },
             );
@@ -812,8 +895,77 @@ mod tests {
             assert_eq!(&bytes[at..at + 5], b"hello");
             assert_eq!(bytes.len(), at + 512);
             // GNU carries a large gid in base-256, pax in a record.
-            assert_eq!(header.meta, meta, "{style:?}");
+            let want = FileMeta {
+                links: 1,
+                names: Some(("azaion".into(), "azaion".into())),
+                ..meta.clone()
+            };
+            assert_eq!(header.meta, want, "{style:?}");
         }
+    }
+
+    /// GNU tar's order: the entry's own record, a global record, the
+    /// header field; names and attributes come through too, and a long
+    /// symlink target travels in a record or a GNU long-link header.
+    #[test]
+    fn global_records_apply_under_the_entrys_own() {
+        let mut ext = Extensions::default();
+        let mut global = pax_record("uid", "0");
+        global.extend(pax_record("uname", "root"));
+        global.extend(pax_record("mtime", "5"));
+        ext.add(b'g', &global).unwrap();
+        let mut own = pax_record("uname", "");
+        own.extend(pax_record("SCHILY.acl.access", "user::rw-"));
+        ext.add(b'x', &own).unwrap();
+        let target = format!("/{}", "t".repeat(150));
+        for style in [HeaderStyle::Pax, HeaderStyle::Gnu] {
+            let bytes = encode_entry(
+                style,
+                &NewEntry {
+                    name: "etc/l".into(),
+                    file_name: "l",
+                    typeflag: ::tar::EntryType::Symlink,
+                    meta: FileMeta {
+                        mode: 0o777,
+                        uid: 1001,
+                        gid: 996,
+                        ..Default::default()
+                    },
+                    uname: "u",
+                    gname: "g",
+                    linkname: Some(target.clone()),
+                    records: Vec::new(),
+                    content: &[],
+                },
+            );
+            let mut e = Extensions::default();
+            let mut at = 0;
+            let header = loop {
+                let block: &[u8; 512] = bytes[at..at + 512].try_into().unwrap();
+                let size = size(block).unwrap();
+                at += 512;
+                if is_extension(typeflag(block)) {
+                    e.add(typeflag(block), &bytes[at..at + size.bytes() as usize])
+                        .unwrap();
+                    at += size.padded() as usize;
+                    continue;
+                }
+                break parse_entry(block, size, &mut e).unwrap();
+            };
+            assert_eq!(header.meta.target.as_deref(), Some(&*target), "{style:?}");
+            assert_eq!(header.meta.kind, EntryType::Symlink);
+        }
+        let mut block = [0u8; 512];
+        block.copy_from_slice(::tar::Header::new_ustar().as_bytes());
+        block[108..115].copy_from_slice(b"0001751");
+        let h = parse_entry(&block, DataSize::NONE, &mut ext).unwrap();
+        assert_eq!((h.meta.uid, h.meta.mtime), (0, 5));
+        assert_eq!(h.meta.names, Some((String::new(), String::new())));
+        assert_eq!(h.meta.xattrs, ["system.posix_acl_access"]);
+        // The entry's records are used up; the globals stay.
+        let h = parse_entry(&block, DataSize::NONE, &mut ext).unwrap();
+        assert_eq!(h.meta.names.unwrap().0, "root");
+        assert!(h.meta.xattrs.is_empty());
     }
 
     #[test]

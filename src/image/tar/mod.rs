@@ -19,6 +19,7 @@
 
 mod edit;
 mod header;
+mod pax;
 mod scan;
 mod speculate;
 mod stream;
@@ -33,8 +34,9 @@ use super::{EntryType, ImageBackend, ImageError, ImageFacts, ImageOptions, Image
 use crate::compress::Compression;
 use crate::io::output::TempOutput;
 use crate::plan::{ImagePath, Plan};
+use edit::EditError;
 pub(crate) use header::looks_like_tar;
-use scan::{Capture, ForWriting, Scan};
+use scan::{Capture, Follow, ForWriting, Scan};
 use write::PrefixCache;
 
 const BLOCK: u64 = 512;
@@ -78,6 +80,22 @@ pub enum TarError {
     Truncated { path: PathBuf, offset: u64 },
     #[error("cannot write {path}")]
     Write { path: PathBuf, source: io::Error },
+    #[error("{path}: the overlay removes the directory {dir}, but the archive holds {count} entries under it (such as {inside}); add `recursive = true` to the entry to remove them too")]
+    NotEmpty {
+        path: PathBuf,
+        dir: String,
+        inside: String,
+        count: usize,
+    },
+    #[error("{path}: {link} is a hard link to {target}, which the overlay replaces or removes, and {target} is a {what}, which imprint cannot copy to give {link} a file of its own; remove the link from the archive or leave {target} alone")]
+    CannotUnlink {
+        path: PathBuf,
+        link: String,
+        target: String,
+        what: &'static str,
+    },
+    #[error("{path}: cannot find the data of {files}, which hard links in the archive name; the archive is inconsistent: rebuild it")]
+    LinkedDataMissing { path: PathBuf, files: String },
 }
 
 /// The files planning reads, kept by the scan.
@@ -107,6 +125,10 @@ pub(crate) struct TarBackend {
     options: ImageOptions,
     targets: Vec<String>,
     watch: Vec<String>,
+    /// The paths whose data the scan keeps: passwd, group, the targets
+    /// (small files a hard link may name), and whatever a symlink or hard
+    /// link leads to.
+    capture: Vec<String>,
     scan: Option<Scan>,
     /// The hash of the kept prefix, shared by a batch's outputs.
     prefixes: PrefixCache,
@@ -122,21 +144,52 @@ impl TarBackend {
         scratch_dir: &Path,
         options: &ImageOptions,
     ) -> TarBackend {
+        let watch = watch_list(targets);
+        let targets: Vec<String> = targets.iter().map(|t| t.relative()).collect();
+        let mut capture: Vec<String> = CAPTURED.map(String::from).to_vec();
+        capture.extend(targets.iter().cloned());
         TarBackend {
             path: path.to_path_buf(),
             codec,
             scratch_dir: scratch_dir.to_path_buf(),
             options: options.clone(),
-            targets: targets.iter().map(|t| t.relative()).collect(),
-            watch: watch_list(targets),
+            targets,
+            capture,
+            watch,
             scan: None,
             prefixes: PrefixCache::default(),
         }
     }
 
+    /// Scans (again) so that the data of `paths` is kept.
+    fn want(&mut self, paths: &[String]) {
+        for p in paths {
+            if !self.watch.contains(p) {
+                self.watch.push(p.clone());
+            }
+            if !self.capture.contains(p) {
+                self.capture.push(p.clone());
+            }
+        }
+        self.scan = None;
+    }
+
     fn scan(&mut self) -> Result<&Scan, TarError> {
+        // passwd or group behind a symlink or hard link to an entry the
+        // first pass did not keep: a second pass (rarely a third) keeps it.
+        for _ in 0..MAX_PASSES {
+            let scan = self.scan_once()?;
+            let need = scan.needed(&CAPTURED);
+            if need.is_empty() {
+                break;
+            }
+            self.want(&need);
+        }
+        self.scan_once()
+    }
+
+    fn scan_once(&mut self) -> Result<&Scan, TarError> {
         if self.scan.is_none() {
-            let captured = CAPTURED.map(String::from);
             let writing = ForWriting {
                 scratch_dir: &self.scratch_dir,
                 targets: &self.targets,
@@ -147,7 +200,7 @@ impl TarBackend {
                 self.codec,
                 &self.watch,
                 &Capture {
-                    paths: &captured,
+                    paths: &self.capture,
                     max_size: MAX_DB_SIZE,
                 },
                 Some(&writing),
@@ -155,19 +208,69 @@ impl TarBackend {
         }
         Ok(self.scan.as_ref().expect("just set"))
     }
+
+    /// The data of passwd or group, following symlinks and hard links; a
+    /// warning says what was found where it leads nowhere.
+    fn database(&self, scan: &Scan, path: &str) -> Option<Vec<u8>> {
+        match scan.follow(path) {
+            Follow::Data(at) => scan.captured(&at),
+            Follow::Missing(Some(why)) => {
+                tracing::warn!("{}: cannot read /{path}: {why}", self.path.display());
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The scans a lookup may take: one, and one per symlink or hard link
+/// that leads to an entry an earlier pass did not keep.
+const MAX_PASSES: usize = 4;
+
+impl TarBackend {
+    fn edit_error(&self, e: EditError) -> ImageError {
+        let path = self.path.clone();
+        match e {
+            EditError::Plan(e) => ImageError::Plan(e),
+            EditError::NotEmpty {
+                path: dir,
+                inside,
+                count,
+            } => TarError::NotEmpty {
+                path,
+                dir,
+                inside,
+                count,
+            }
+            .into(),
+            EditError::CannotUnlink { link, target, what } => TarError::CannotUnlink {
+                path,
+                link,
+                target,
+                what,
+            }
+            .into(),
+            EditError::NeedData(files) => TarError::LinkedDataMissing {
+                path,
+                files: files.join(", "),
+            }
+            .into(),
+        }
+    }
 }
 
 impl ImageBackend for TarBackend {
     fn facts(&mut self) -> Result<ImageFacts, ImageError> {
-        let scan = self.scan()?;
+        self.scan()?;
+        let scan = self.scan.as_ref().expect("scanned above");
         let reference_mtime = scan
             .entry("etc")
             .or_else(|| scan.watched.iter().max_by_key(|f| f.meta.mtime))
             .map(|f| f.meta.mtime)
             .unwrap_or(0);
         Ok(ImageFacts {
-            passwd: scan.captured("etc/passwd"),
-            group: scan.captured("etc/group"),
+            passwd: self.database(scan, "etc/passwd"),
+            group: self.database(scan, "etc/group"),
             reference_mtime,
         })
     }
@@ -177,16 +280,30 @@ impl ImageBackend for TarBackend {
             .entries
             .iter()
             .map(|e| e.path.clone())
-            .filter(|p| !self.watch.contains(&p.relative()))
+            .filter(|p| !self.targets.contains(&p.relative()))
             .collect();
         if !missing.is_empty() {
-            // The plan names paths the scan did not watch: scan again.
+            // The plan names paths the scan did not watch: scan again,
+            // with what lies under them (a removal may take it all).
             self.watch.extend(watch_list(&missing));
+            self.targets.extend(missing.iter().map(ImagePath::relative));
             self.scan = None;
         }
         self.scan()?;
+        let mut tries = 0;
+        let pieces = loop {
+            let scan = self.scan.as_ref().expect("scanned above");
+            match edit::edit_list(scan, plan) {
+                Ok(pieces) => break pieces,
+                Err(EditError::NeedData(paths)) if tries < MAX_PASSES => {
+                    tries += 1;
+                    self.want(&paths);
+                    self.scan()?;
+                }
+                Err(e) => return Err(self.edit_error(e)),
+            }
+        };
         let scan = self.scan.as_ref().expect("scanned above");
-        let pieces = edit::edit_list(scan, plan)?;
         let input = write::Input {
             path: &self.path,
             codec: self.codec,
@@ -236,24 +353,51 @@ impl ImageReader for TarReader {
         max_content: u64,
     ) -> Result<Vec<Option<super::Found>>, ImageError> {
         let rel: Vec<String> = paths.iter().map(ImagePath::relative).collect();
-        let capture = Capture {
-            paths: &rel,
-            max_size: max_content,
+        let (mut watch, mut keep) = (rel.clone(), rel.clone());
+        let mut passes = 0;
+        // A symlink or hard link leads to an entry the pass did not keep:
+        // once more, keeping it.
+        let scan = loop {
+            let capture = Capture {
+                paths: &keep,
+                max_size: max_content,
+            };
+            let scan = scan::scan(&self.path, self.codec, &watch, &capture, None)?;
+            passes += 1;
+            let need = scan.needed(&rel);
+            if need.is_empty() || passes == MAX_PASSES {
+                break scan;
+            }
+            watch.extend(need.iter().cloned());
+            keep.extend(need);
         };
-        let scan = scan::scan(&self.path, self.codec, &rel, &capture, None)?;
-        Ok(rel
-            .iter()
-            .map(|p| {
-                // As when extracting, the last entry for a path wins.
-                let found = scan.watched.iter().rev().find(|f| &f.path == p)?;
-                let mut meta = found.meta.clone();
-                if found.typeflag == b'1' {
-                    meta.kind = EntryType::Other;
-                }
-                Some((meta, scan.captured(p)))
-            })
-            .collect())
+        Ok(rel.iter().map(|p| found(&scan, p)).collect())
     }
+}
+
+/// What extraction gives the path `p`: the last entry for it (as `ls -l`
+/// would show it: a hard link as the file it names) and, for a file or a
+/// symlink to one, the data.
+fn found(scan: &Scan, p: &str) -> Option<super::Found> {
+    let entry = scan.watched.iter().rev().find(|f| f.path == p)?;
+    let mut meta = entry.meta.clone();
+    if entry.is_hard_link() {
+        let target = entry.linkname.as_deref().unwrap_or_default();
+        match scan.entry_before(target, entry.start) {
+            Some(file) if file.meta.kind == EntryType::Regular => {
+                meta = file.meta.clone();
+                meta.links = scan.names_of(target);
+            }
+            _ => meta.kind = EntryType::Other,
+        }
+    } else if meta.kind == EntryType::Regular {
+        meta.links = scan.names_of(p);
+    }
+    let content = match scan.follow(p) {
+        Follow::Data(at) => scan.captured(&at),
+        _ => None,
+    };
+    Some((meta, content))
 }
 
 #[cfg(test)]

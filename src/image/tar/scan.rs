@@ -15,14 +15,19 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
+use std::collections::HashMap;
+use std::convert::Infallible;
+
 use super::header::{self, BadHeader, DataSize, Extensions, HeaderStyle};
+use super::pax::Record;
 use super::speculate::{Speculated, Speculation};
 use super::stream::Stream;
 use super::{TarError, BLOCK, MAX_DB_SIZE};
 use crate::compress::{bzip2 as bz2, gzip, zstd as zst, Compression};
+use crate::image::resolve;
 use crate::image::{EntryType, FileMeta};
 use crate::io::progress;
-use crate::plan::Existing;
+use crate::plan::{Existing, ImagePath};
 
 /// An entry at a watched path.
 #[derive(Debug, Clone)]
@@ -30,10 +35,24 @@ pub(super) struct WatchedEntry {
     pub(super) path: String,
     pub(super) typeflag: u8,
     pub(super) meta: FileMeta,
+    /// A hard link's linked name (normalised) or a symlink's target (as
+    /// written).
+    pub(super) linkname: Option<String>,
+    /// Its own pax records (attributes, ACLs, times).
+    pub(super) records: Vec<Record>,
+    /// Its extension headers and header, as in the input: a directory's
+    /// entry is emitted again after new entries inside it.
+    pub(super) raw_header: Vec<u8>,
     /// From the first extension header (pax, GNU long name) to the end of
     /// the data's padding: the bytes to drop when the entry is replaced.
     pub(super) start: u64,
     pub(super) end: u64,
+}
+
+impl WatchedEntry {
+    pub(super) fn is_hard_link(&self) -> bool {
+        self.typeflag == b'1'
+    }
 }
 
 /// What the scan learned about an archive.
@@ -42,6 +61,17 @@ pub(super) struct Scan {
     pub(super) style: Option<HeaderStyle>,
     pub(super) dot_slash: Option<bool>,
     pub(super) watched: Vec<WatchedEntry>,
+    /// Hard-link entries whose linked name is a watched path or lies
+    /// under a target: they change when what they link to does.
+    pub(super) links: Vec<WatchedEntry>,
+    /// Every symbolic link in the archive at the end (a later entry of
+    /// another kind at the same path removes it): path -> target.
+    pub(super) symlinks: HashMap<String, String>,
+    /// The records of the archive's global (`g`) headers, merged.
+    pub(super) globals: Vec<Record>,
+    /// Whether any entry carries an owner name: new entries carry names
+    /// only then (an archive made with `--numeric-owner` has none).
+    pub(super) names_seen: bool,
     /// Watched paths that are parents of some entry, even without an
     /// explicit directory entry of their own.
     implicit_dirs: Vec<String>,
@@ -58,6 +88,21 @@ pub(super) struct Scan {
     pub(super) prefix_states: Vec<PrefixState>,
     /// For xz: the entries compressed during the scan.
     pub(super) speculated: Option<Speculated>,
+    /// The paths the scan watched and kept the data of.
+    watch: Vec<String>,
+    capture: Vec<String>,
+}
+
+/// Where the data of a file is, after symlinks and hard links.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Follow {
+    /// Kept by the scan, under this path.
+    Data(String),
+    /// At this path, which the scan did not keep: scan again for it.
+    Need(String),
+    /// Nowhere; with what was found instead, unless the path is simply
+    /// absent.
+    Missing(Option<String>),
 }
 
 impl Scan {
@@ -75,8 +120,14 @@ impl Scan {
             .find(|f| f.meta.kind != EntryType::Regular)
             .or(first)
         {
+            // A hard-link entry is a name the writer can give its own
+            // file; the names linking to a replaced entry get its old one.
             Some(f) => Some(Existing {
-                kind: f.meta.kind,
+                kind: if f.is_hard_link() {
+                    EntryType::Regular
+                } else {
+                    f.meta.kind
+                },
                 links: 1,
                 what: format!("a {} in the archive", header::describe(f.typeflag)),
             }),
@@ -92,6 +143,93 @@ impl Scan {
         }
     }
 
+    /// The last entry at `path` before the one starting at `before`: what
+    /// a hard link there names when extracted.
+    pub(super) fn entry_before(&self, path: &str, before: u64) -> Option<&WatchedEntry> {
+        self.watched
+            .iter()
+            .rev()
+            .find(|e| e.path == path && e.start < before)
+    }
+
+    /// How many names reach the file at `path`: its entry and the
+    /// hard-link entries naming it.
+    pub(super) fn names_of(&self, path: &str) -> u32 {
+        let links = self
+            .links
+            .iter()
+            .chain(&self.watched)
+            .filter(|l| l.is_hard_link() && l.linkname.as_deref() == Some(path))
+            .map(|l| l.start)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        1 + links as u32
+    }
+
+    /// Follows `path` to the data extraction would give it: through
+    /// symlinks as a chroot would (see [`resolve`]), then through hard
+    /// links to the entry holding the data.
+    pub(super) fn follow(&self, path: &str) -> Follow {
+        let Some(start) = ImagePath::parse(&format!("/{path}")) else {
+            return Follow::Missing(None);
+        };
+        let lookup = |p: &ImagePath| Ok::<_, Infallible>(self.symlinks.get(&p.relative()).cloned());
+        let resolved = match resolve::resolve(&start, lookup) {
+            Ok(Ok(r)) => r,
+            Ok(Err(why)) => return Follow::Missing(Some(why.to_string())),
+            Err(never) => match never {},
+        };
+        let via = if resolved.via.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", resolved.via.join(", "))
+        };
+        let mut rel = resolved.path.relative();
+        let mut hops = 0;
+        let missing = |rel: &str, what: &str| {
+            let found = format!("{start} resolves to /{rel}{via}, {what}");
+            Follow::Missing((rel != path).then_some(found))
+        };
+        loop {
+            if self.captured(&rel).is_some() {
+                return Follow::Data(rel);
+            }
+            if !self.watch.contains(&rel) {
+                return Follow::Need(rel);
+            }
+            let Some(found) = self.watched.iter().rev().find(|e| e.path == rel) else {
+                return missing(&rel, "which the archive does not hold");
+            };
+            if found.is_hard_link() && hops < 8 {
+                hops += 1;
+                match found.linkname.as_deref().filter(|l| !l.is_empty()) {
+                    Some(next) => rel = next.to_string(),
+                    None => return missing(&rel, "a hard link naming nothing"),
+                }
+                continue;
+            }
+            return match found.meta.kind {
+                EntryType::Regular if !self.capture.contains(&rel) => Follow::Need(rel),
+                EntryType::Regular => missing(&rel, "which is larger than imprint reads"),
+                _ => {
+                    let what = format!("which is a {}", header::describe(found.typeflag));
+                    Follow::Missing(Some(format!("{start} resolves to /{rel}{via}, {what}")))
+                }
+            };
+        }
+    }
+
+    /// The entries a further pass must keep for `paths` to be read.
+    pub(super) fn needed(&self, paths: &[impl AsRef<str>]) -> Vec<String> {
+        paths
+            .iter()
+            .filter_map(|p| match self.follow(p.as_ref()) {
+                Follow::Need(n) => Some(n),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub(super) fn captured(&self, path: &str) -> Option<Vec<u8>> {
         self.captured
             .iter()
@@ -99,6 +237,10 @@ impl Scan {
             .map(|(_, d)| d.clone())
     }
 }
+
+/// The most symlink paths and targets a scan keeps, in bytes: a root
+/// filesystem has a few thousand symlinks, well under this.
+const MAX_SYMLINK_BYTES: usize = 64 << 20;
 
 /// Where a compressed stream can be cut and continued, as the decoder
 /// found them while the scan read.
@@ -282,7 +424,11 @@ fn scan_with(
         }
         _ => None,
     };
-    let mut out = Scan::default();
+    let mut out = Scan {
+        watch: watch.to_vec(),
+        capture: capture.paths.to_vec(),
+        ..Scan::default()
+    };
     let mut boundaries = Vec::new();
     let mut prefix_states = Vec::new();
     // At a place the plan may change: note what lets the writer keep the
@@ -291,14 +437,31 @@ fn scan_with(
         if let Some(state) = state {
             prefix_states.push(PrefixState { len: offset, state });
         }
-        boundaries.extend(index.as_ref().and_then(|i| i.boundary_before(offset)));
+        // Entries in one compressed block share its boundary: keep one
+        // (a gzip boundary holds a 32 KiB window).
+        if let Some(b) = index.as_ref().and_then(|i| i.boundary_before(offset)) {
+            if boundaries
+                .last()
+                .is_none_or(|last: &Boundary| last.out() != b.out())
+            {
+                boundaries.push(b);
+            }
+        }
     };
     let mut block = [0u8; 512];
     // Extension headers seen since the last real entry: where the first
     // starts, the prefix state there, and what they say.
     let mut pending_start: Option<u64> = None;
     let mut pending_state: Option<Sha256> = None;
+    let mut pending_raw: Vec<u8> = Vec::new();
     let mut ext = Extensions::default();
+    let mut symlink_bytes = 0;
+    let subtrees: &[String] = writing.map_or(&[], |w| w.targets);
+    let under_subtree = |p: &str| {
+        subtrees.iter().any(|t| {
+            p.len() > t.len() && p.starts_with(t.as_str()) && p.as_bytes()[t.len()] == b'/'
+        })
+    };
     loop {
         let at = s.pos;
         let at_state = snapshot();
@@ -338,11 +501,7 @@ fn scan_with(
                 out.style = Some(style);
             }
         }
-        if header::is_extension(typeflag) {
-            pending_start.get_or_insert(at);
-            if pending_state.is_none() {
-                pending_state = at_state;
-            }
+        if header::is_extension(typeflag) || typeflag == b'g' {
             if size.bytes() > MAX_DB_SIZE {
                 return Err(bad_header(BadHeader::Unreadable("extended header size")));
             }
@@ -350,18 +509,27 @@ fn scan_with(
             s.read_exact(&mut data)?;
             s.skip(size.padding())?;
             ext.add(typeflag, &data).map_err(bad_header)?;
+            if typeflag == b'g' {
+                // Global pax headers apply to the archive, not one entry:
+                // they stay where they are.
+                continue;
+            }
+            pending_start.get_or_insert(at);
+            if pending_state.is_none() {
+                pending_state = at_state;
+            }
+            pending_raw.extend_from_slice(&block);
+            pending_raw.extend_from_slice(&data);
+            pending_raw.resize(pending_raw.len() + size.padding() as usize, 0);
             continue;
         }
-        if typeflag == b'g' {
-            // Global pax headers apply to the archive, not one entry:
-            // they stay where they are.
-            s.skip(size.padded())?;
-            continue;
-        }
+        let mut raw_header = std::mem::take(&mut pending_raw);
+        raw_header.extend_from_slice(&block);
         if header::sparse_headers_follow(&block) {
             loop {
                 let mut more = [0u8; 512];
                 s.read_exact(&mut more)?;
+                raw_header.extend_from_slice(&more);
                 if !header::sparse_extension_continues(&more) {
                     break;
                 }
@@ -370,6 +538,25 @@ fn scan_with(
         let entry = header::parse_entry(&block, size, &mut ext).map_err(bad_header)?;
         if out.dot_slash.is_none() && !entry.path.is_empty() {
             out.dot_slash = Some(entry.dot_slash);
+        }
+        if !out.names_seen {
+            out.names_seen = entry
+                .meta
+                .names
+                .as_ref()
+                .is_some_and(|(u, g)| !u.is_empty() || !g.is_empty());
+        }
+        match (&entry.linkname, entry.typeflag) {
+            // Bounded: a hostile archive of endless symlinks must not
+            // exhaust memory; past the bound, later links are not
+            // followed.
+            (Some(target), b'2') if symlink_bytes < MAX_SYMLINK_BYTES => {
+                symlink_bytes += entry.path.len() + target.len();
+                out.symlinks.insert(entry.path.clone(), target.clone());
+            }
+            _ => {
+                out.symlinks.remove(&entry.path);
+            }
         }
         let start = pending_start.take().unwrap_or(at);
         let start_state = pending_state.take().or(at_state);
@@ -382,7 +569,16 @@ fn scan_with(
                 out.implicit_dirs.push(w.clone());
             }
         }
-        let watched = watch.contains(&entry.path);
+        let watched = watch.contains(&entry.path) || under_subtree(&entry.path);
+        // A hard link names an archive path: normalised like one.
+        let linkname = match entry.typeflag {
+            b'1' => entry.linkname.as_deref().map(header::normalise),
+            _ => entry.linkname.clone(),
+        };
+        let links_to_watched = entry.typeflag == b'1'
+            && linkname
+                .as_deref()
+                .is_some_and(|l| watch.iter().any(|w| w == l) || under_subtree(l));
         if watched {
             may_change_at(start, start_state);
         }
@@ -404,16 +600,26 @@ fn scan_with(
         } else {
             s.skip(entry.data_size.padded())?;
         }
-        if watched {
-            out.watched.push(WatchedEntry {
+        if watched || links_to_watched {
+            let recorded = WatchedEntry {
                 path: entry.path,
                 typeflag: entry.typeflag,
                 meta: entry.meta,
+                linkname,
+                records: entry.records,
+                raw_header,
                 start,
                 end: s.pos,
-            });
+            };
+            if links_to_watched {
+                out.links.push(recorded.clone());
+            }
+            if watched {
+                out.watched.push(recorded);
+            }
         }
     }
+    out.globals = ext.globals().to_vec();
     out.total_len = s.pos;
     drop(s);
     out.prefix_states = prefix_states;
