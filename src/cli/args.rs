@@ -29,6 +29,10 @@ Examples:
   # Check what a built image carries, and that it logs in
   imprint verify out/AZJN-0042-rootfs.tbz2 --serial AZJN-0042 --login-url http://loader:8080
 
+  # Look inside an image: list a directory, print a file
+  imprint ls out/AZJN-0042-rootfs.tbz2 /etc/azaion
+  imprint cat out/AZJN-0042-system.img /etc/hostname
+
   # See it all work against a local stand-in API
   imprint demo";
 
@@ -58,6 +62,10 @@ pub(crate) enum Command {
     /// Check the credentials inside a built image or staging tree
     #[command(after_help = EXAMPLES)]
     Verify(VerifyArgs),
+    /// List what is at a path inside an image or staging tree, like ls -l (read-only)
+    Ls(LsArgs),
+    /// Write a file from inside an image or staging tree to stdout (read-only)
+    Cat(CatArgs),
     /// Build a sample rootfs, provision it against a local stand-in API, verify it
     #[cfg(feature = "demo")]
     Demo(DemoArgs),
@@ -184,6 +192,34 @@ pub(crate) struct VerifyArgs {
     /// Print the report as JSON
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct LsArgs {
+    /// Image (any input provision reads) or staging directory
+    pub(crate) image: PathBuf,
+    /// Absolute path inside the image (default: /)
+    pub(crate) path: Option<String>,
+    /// List subdirectories too
+    #[arg(short = 'R', long)]
+    pub(crate) recursive: bool,
+    /// The partition of a disk image to look in: its GPT name or its number
+    #[arg(long, value_name = "NAME|NUMBER")]
+    pub(crate) partition: Option<PartitionChoice>,
+    /// Print the listing as JSON (schema imprint.ls/1)
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct CatArgs {
+    /// Image (any input provision reads) or staging directory
+    pub(crate) image: PathBuf,
+    /// Absolute path of a file inside the image; symlinks are followed inside the image
+    pub(crate) path: String,
+    /// The partition of a disk image to read from: its GPT name or its number
+    #[arg(long, value_name = "NAME|NUMBER")]
+    pub(crate) partition: Option<PartitionChoice>,
 }
 
 #[cfg(feature = "demo")]

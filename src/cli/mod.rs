@@ -3,6 +3,8 @@
 //! the library's report into output for a person or a script.
 
 pub(crate) mod args;
+pub(crate) mod cat;
+pub(crate) mod ls;
 pub(crate) mod panic;
 pub(crate) mod provision;
 mod report;

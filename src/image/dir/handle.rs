@@ -263,6 +263,58 @@ pub(super) fn remove_at(dir: BorrowedFd, name: &str) -> io::Result<()> {
     check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) })
 }
 
+/// The names in the open directory `dir`, without `.` and `..`.
+pub(super) fn names_in(dir: BorrowedFd) -> io::Result<Vec<String>> {
+    let dup = dir.try_clone_to_owned()?;
+    // SAFETY: fdopendir takes over the duplicate descriptor, which is ours
+    // alone; closedir below releases both.
+    let stream = unsafe { libc::fdopendir(dup.as_raw_fd()) };
+    if stream.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    std::mem::forget(dup);
+    // The duplicate shares its offset with `dir`: start from the top.
+    // SAFETY: `stream` is a valid directory stream until closedir.
+    unsafe { libc::rewinddir(stream) };
+    let mut names = Vec::new();
+    loop {
+        // SAFETY: as above; a null return ends the stream.
+        let entry = unsafe { libc::readdir(stream) };
+        if entry.is_null() {
+            break;
+        }
+        // SAFETY: readdir returned a valid entry with a NUL-terminated name.
+        let name = unsafe { std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()) };
+        let name = name.to_string_lossy().into_owned();
+        if name != "." && name != ".." {
+            names.push(name);
+        }
+    }
+    // SAFETY: the stream opened above, closed once.
+    unsafe { libc::closedir(stream) };
+    Ok(names)
+}
+
+/// The target of the symlink `name` inside `dir`.
+pub(super) fn read_link_at(dir: BorrowedFd, name: &str) -> io::Result<String> {
+    let name = c_name(name)?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: `name` is a valid C string and `buf` has the length passed.
+    let n = unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
 fn c_name(name: &str) -> io::Result<CString> {
     CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }

@@ -6,6 +6,7 @@
 //! from directory handles (see `handle.rs`).
 
 mod handle;
+mod listing;
 
 use std::fs::File;
 use std::io::{self, Read, Write};

@@ -14,6 +14,7 @@ mod changed_blocks;
 mod format;
 mod io_manager;
 mod libext2fs;
+mod listing;
 mod raw;
 pub mod reader;
 
