@@ -53,5 +53,9 @@ pub(crate) fn run(args: CatArgs) -> Result<ExitCode> {
             _ => bail!("{path} is not a regular file in {}", args.image.display()),
         }
     }
-    bail!("{} has more than {MAX_LINKS} symlinks in a row at {}; it loops", args.image.display(), args.path)
+    bail!(
+        "{} has more than {MAX_LINKS} symlinks in a row at {}; it loops",
+        args.image.display(),
+        args.path
+    )
 }

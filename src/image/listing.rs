@@ -19,7 +19,11 @@ impl Inspect for Ext4Reader {
         self.image.list(path, recursive)
     }
 
-    fn cat(&mut self, path: &ImagePath, out: &mut dyn Write) -> Result<Option<FileMeta>, ImageError> {
+    fn cat(
+        &mut self,
+        path: &ImagePath,
+        out: &mut dyn Write,
+    ) -> Result<Option<FileMeta>, ImageError> {
         self.image.cat(path, out)
     }
 }
@@ -33,7 +37,11 @@ impl Inspect for SparseReader {
         self.image.list(path, recursive)
     }
 
-    fn cat(&mut self, path: &ImagePath, out: &mut dyn Write) -> Result<Option<FileMeta>, ImageError> {
+    fn cat(
+        &mut self,
+        path: &ImagePath,
+        out: &mut dyn Write,
+    ) -> Result<Option<FileMeta>, ImageError> {
         self.image.cat(path, out)
     }
 }
@@ -47,7 +55,11 @@ impl Inspect for CompressedReader {
         self.inner.list(path, recursive)
     }
 
-    fn cat(&mut self, path: &ImagePath, out: &mut dyn Write) -> Result<Option<FileMeta>, ImageError> {
+    fn cat(
+        &mut self,
+        path: &ImagePath,
+        out: &mut dyn Write,
+    ) -> Result<Option<FileMeta>, ImageError> {
         self.inner.cat(path, out)
     }
 }

@@ -118,7 +118,11 @@ impl Inspect for DirReader {
         Ok(Some(out))
     }
 
-    fn cat(&mut self, path: &ImagePath, out: &mut dyn Write) -> Result<Option<FileMeta>, ImageError> {
+    fn cat(
+        &mut self,
+        path: &ImagePath,
+        out: &mut dyn Write,
+    ) -> Result<Option<FileMeta>, ImageError> {
         let tree = self.tree()?;
         let found = match tree.locate(path) {
             Ok(Some(found)) => found,

@@ -127,7 +127,8 @@ impl<R: ReadAt> FsReader<R> {
 
     /// Writes a regular file's content to `out`, one block at a time.
     fn copy_content(&self, inode: &Inode, out: &mut dyn Write) -> Result<(), ImageError> {
-        let write = |out: &mut dyn Write, data: &[u8]| out.write_all(data).map_err(ImageError::Output);
+        let write =
+            |out: &mut dyn Write, data: &[u8]| out.write_all(data).map_err(ImageError::Output);
         if inode.flags & INLINE_DATA_FL != 0 {
             return write(out, &self.read_content(inode, inode.size)?);
         }

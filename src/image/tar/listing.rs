@@ -204,7 +204,11 @@ impl Inspect for TarReader {
         Ok(select(found, implied, &dir, recursive))
     }
 
-    fn cat(&mut self, path: &ImagePath, out: &mut dyn Write) -> Result<Option<FileMeta>, ImageError> {
+    fn cat(
+        &mut self,
+        path: &ImagePath,
+        out: &mut dyn Write,
+    ) -> Result<Option<FileMeta>, ImageError> {
         let mut wanted = path.relative();
         // First pass: which entry extraction would leave at the path, and
         // for a hard link the entry before it that holds the data.
