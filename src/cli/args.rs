@@ -79,11 +79,17 @@ pub(crate) enum Command {
 #[command(group(clap::ArgGroup::new("input").required(true).args(["image", "rootfs_dir"])))]
 pub(crate) struct ProvisionArgs {
     /// Device serial, e.g. AZJN-0042 (uppercase letters, digits, hyphens); repeat for a batch
-    #[arg(long, required_unless_present = "serials")]
+    #[arg(long, required_unless_present_any = ["serials", "devices"])]
     pub(crate) serial: Vec<String>,
-    /// Batch: a file of serials, one a line (# starts a comment); --output must be a directory
-    #[arg(long, value_name = "FILE")]
+    /// Batch: a file of serials, one a line (# starts a comment), or - for stdin; --output must be a directory
+    #[arg(long, value_name = "FILE", conflicts_with = "devices")]
     pub(crate) serials: Option<PathBuf>,
+    /// Devices and their own overlay variables: CSV (or TSV, or JSON lines) with a header row and a serial column, or - for stdin. Alone it is a batch like --serials; with --serial it gives those devices' variables
+    #[arg(long, value_name = "FILE")]
+    pub(crate) devices: Option<PathBuf>,
+    /// Resolve everything and print what each image would get (never file content); write nothing, call no API
+    #[arg(long)]
+    pub(crate) dry_run: bool,
     /// Batch: skip serials whose output already exists and verifies
     #[arg(long)]
     pub(crate) skip_existing: bool,
@@ -91,7 +97,7 @@ pub(crate) struct ProvisionArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub(crate) jobs: u16,
     /// Admin API base URL (http:// or https://)
-    #[arg(long, required_unless_present = "offline")]
+    #[arg(long, required_unless_present_any = ["offline", "dry_run"])]
     pub(crate) api_url: Option<String>,
     /// Input image: tar, raw ext2/3/4 or GPT/MBR disk image (each plain, .gz, .bz2, .zst or .xz), or Android sparse. Repeat it to stamp several images of one device with the same credentials and one account call (--output is then a directory)
     #[arg(long, requires = "output")]
@@ -120,7 +126,7 @@ pub(crate) struct ProvisionArgs {
     /// Make no API call; requires --password-file
     #[arg(long, requires = "password_file", conflicts_with = "api_url")]
     pub(crate) offline: bool,
-    /// Extra overlay spec (TOML) to apply after the built-in device.conf one
+    /// Extra overlay spec (TOML) to apply after the built-in device.conf one, or - for stdin; repeatable (overlays/README.md)
     #[arg(long = "overlay", value_name = "FILE")]
     pub(crate) overlays: Vec<PathBuf>,
     #[command(flatten)]
@@ -128,7 +134,7 @@ pub(crate) struct ProvisionArgs {
     /// Print only the result line
     #[arg(long, short)]
     pub(crate) quiet: bool,
-    /// Print the result as one JSON document (schema imprint.provision/1 or imprint.batch/1)
+    /// Print the result as one JSON document (schema imprint.provision/1, imprint.batch/1 or, with --dry-run, imprint.dry-run/1)
     #[arg(long)]
     pub(crate) json: bool,
     /// Checksum files to write beside each image: sha256 (NAME.sha256, always) and sha1 (NAME.sha1sum, for NVIDIA's kernel-flash tools)

@@ -4,10 +4,13 @@
 
 pub(crate) mod args;
 pub(crate) mod cat;
+mod devices;
+mod dry_run;
 pub(crate) mod ls;
 pub(crate) mod panic;
 pub(crate) mod provision;
 mod report;
+mod stdin;
 mod token;
 pub(crate) mod verify;
 
