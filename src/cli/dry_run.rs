@@ -23,7 +23,9 @@ pub(crate) fn run(
 ) -> Result<ExitCode> {
     let inputs: Vec<Source> = match (&args.image[..], &args.rootfs_dir) {
         ([], Some(dir)) if !batch => vec![Source::StagingDir(dir.clone())],
-        ([], Some(_)) => bail!("a staging directory takes one device; a batch needs --image IN and --output DIR"),
+        ([], Some(_)) => {
+            bail!("a staging directory takes one device; a batch needs --image IN and --output DIR")
+        }
         ([], None) => bail!("give --image IN --output OUT, or --rootfs-dir DIR"),
         (images, _) => images.iter().cloned().map(Source::Image).collect(),
     };
@@ -35,7 +37,9 @@ pub(crate) fn run(
         let Source::Image(input) = &inputs[i] else {
             return None;
         };
-        output.as_deref().map(|out| output_for(input, out, serial, as_dir))
+        output
+            .as_deref()
+            .map(|out| output_for(input, out, serial, as_dir))
     };
     if !batch {
         for (i, _) in inputs.iter().enumerate() {
@@ -91,7 +95,11 @@ fn print_device(device: &PlannedDevice) {
                 .map(|o| format!("{}:{}", o.uid, o.gid))
                 .unwrap_or_default();
             let size = e.size.map(|s| format!("{s} bytes")).unwrap_or_default();
-            let target = e.target.as_ref().map(|t| format!(" -> {t}")).unwrap_or_default();
+            let target = e
+                .target
+                .as_ref()
+                .map(|t| format!(" -> {t}"))
+                .unwrap_or_default();
             println!(
                 "  {:<8} {:<8} {mode:<5} {owner:<11} {size:>12}  {}{target}",
                 e.action.name(),

@@ -91,7 +91,8 @@ pub fn plan(
         let plans = plans_for(reader.as_mut(), serials, password, settings)?;
         let existing = existing_paths(reader.as_mut(), &plans)?;
         for ((device, serial), plan) in devices.iter_mut().zip(serials).zip(&plans) {
-            let lookup = |p: &ImagePath| Ok::<_, ProvisionError>(existing.get(p).cloned().flatten());
+            let lookup =
+                |p: &ImagePath| Ok::<_, ProvisionError>(existing.get(p).cloned().flatten());
             plan.check_existing(lookup)?;
             check_removals(reader.as_mut(), plan, &existing)?;
             let actions = plan.classify(lookup)?;
@@ -133,8 +134,15 @@ fn plans_for(
                 password,
             };
             let extra = settings.vars_of(serial);
-            Plan::resolve_for(&settings.overlay, &vars, &extra, &db, &settings.owner, mtime)
-                .map_err(ProvisionError::from)
+            Plan::resolve_for(
+                &settings.overlay,
+                &vars,
+                &extra,
+                &db,
+                &settings.owner,
+                mtime,
+            )
+            .map_err(ProvisionError::from)
         })
         .collect()
 }
@@ -187,7 +195,12 @@ fn check_removals(
             .cloned()
             .flatten()
             .is_some_and(|e| e.kind == crate::plan::EntryType::Dir);
-        if is_dir && !reader.list(Some(&entry.path), false)?.unwrap_or_default().is_empty() {
+        if is_dir
+            && !reader
+                .list(Some(&entry.path), false)?
+                .unwrap_or_default()
+                .is_empty()
+        {
             return Err(OverlayError::NotEmpty {
                 path: entry.path.to_string(),
             }

@@ -1,5 +1,6 @@
 //! `--devices FILE`: one device a row, with its own template variables.
-//! CSV (RFC 4180 quoting), TSV (by a `.tsv` name or a tab in the header)
+//! CSV (RFC 4180 quoting), TSV (by a `.tsv` name, or tabs and no comma in
+//! the header)
 //! or JSON lines (by a `.jsonl`/`.ndjson` name or a first line starting
 //! with `{`). The header names the columns; one must be `serial`, the
 //! others become `{name}` variables for that device.
@@ -48,8 +49,6 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<Device>, DevicesError> {
         Format::JsonLines
     } else if origin.ends_with(".tsv") {
         Format::Tsv
-    } else if origin.ends_with(".csv") {
-        Format::Csv
     } else if first.trim_start().starts_with('{') {
         Format::JsonLines
     } else if first.contains('\t') && !first.contains(',') {
@@ -95,8 +94,13 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<Device>, DevicesError> {
 fn check_column(name: &str, origin: &str) -> Result<(), DevicesError> {
     let ok = name == "serial"
         || (!ExtraVars::is_reserved(name)
-            && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+            && name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
     if ok {
         return Ok(());
     }
@@ -223,10 +227,17 @@ fn table(
                 return Err(DevicesError::Row {
                     origin: origin.to_string(),
                     line: *line,
-                    why: format!("{} fields, but the header names {}", fields.len(), header.len()),
+                    why: format!(
+                        "{} fields, but the header names {}",
+                        fields.len(),
+                        header.len()
+                    ),
                 });
             }
-            Ok((*line, header.iter().cloned().zip(fields.iter().cloned()).collect()))
+            Ok((
+                *line,
+                header.iter().cloned().zip(fields.iter().cloned()).collect(),
+            ))
         })
         .collect()
 }
@@ -255,7 +266,11 @@ fn json_lines(
                 serde_json::Value::String(s) => s,
                 serde_json::Value::Number(n) => n.to_string(),
                 serde_json::Value::Bool(b) => b.to_string(),
-                _ => return Err(row_error(format!("{name}: values are strings, numbers or booleans"))),
+                _ => {
+                    return Err(row_error(format!(
+                        "{name}: values are strings, numbers or booleans"
+                    )))
+                }
             };
             values.insert(name, text);
         }
@@ -298,7 +313,10 @@ mod tests {
             ("serial,a\nAZJN-0001\n", "line 2: 1 fields"),
             ("serial,a\nAZJN-0001,\"x\n", "not closed"),
             ("serial,password\nAZJN-0001,x\n", "imprint's own"),
-            ("serial\nAZJN-0001\nAZJN-0001\n", "line 3: AZJN-0001 is listed twice"),
+            (
+                "serial\nAZJN-0001\nAZJN-0001\n",
+                "line 3: AZJN-0001 is listed twice",
+            ),
             ("serial\nazjn-1\n", "line 2"),
             ("serial,a,a\n", "appears twice"),
             ("", "empty"),

@@ -205,11 +205,12 @@ impl Plan {
         let mut entries: Vec<PlanEntry> = Vec::new();
         for (origin, e) in &spec.entries {
             let rendered = name(&e.path)?;
-            let path = ImagePath::parse(&rendered).ok_or_else(|| OverlayError::BadRenderedPath {
-                serial: vars.serial.to_string(),
-                template: e.path.clone(),
-                path: rendered.clone(),
-            })?;
+            let path =
+                ImagePath::parse(&rendered).ok_or_else(|| OverlayError::BadRenderedPath {
+                    serial: vars.serial.to_string(),
+                    template: e.path.clone(),
+                    path: rendered.clone(),
+                })?;
             if entries.iter().any(|p| p.path == path) {
                 return Err(OverlayError::Duplicate(path.to_string()));
             }
@@ -245,7 +246,9 @@ impl Plan {
                             .map_err(missing)?,
                     ),
                 },
-                SpecKind::Symlink => PlanKind::Symlink(name(e.target.as_deref().unwrap_or_default())?),
+                SpecKind::Symlink => {
+                    PlanKind::Symlink(name(e.target.as_deref().unwrap_or_default())?)
+                }
                 SpecKind::Absent => PlanKind::Absent {
                     recursive: e.recursive.unwrap_or(false),
                 },
@@ -618,7 +621,12 @@ xattrs = { "security.selinux" = "system_u:object_r:etc_t:s0", "user.b" = "2" }
         let db = UserDb::parse(Some(b"root:x:0:0::/:/bin/sh\n"), Some(b"root:x:0:\n"));
         let owner = OwnerSpec::User("root".into());
         let plan = Plan::resolve_for(&spec, &vars(&p), &extra, &db, &owner, 7).unwrap();
-        let by = |p: &str| plan.entries.iter().find(|e| e.path.to_string() == p).unwrap();
+        let by = |p: &str| {
+            plan.entries
+                .iter()
+                .find(|e| e.path.to_string() == p)
+                .unwrap()
+        };
         assert_eq!(by("/etc/berlin/AZJN-0042.pem").content().unwrap(), cert);
         assert_eq!(
             by("/etc/hostname").content().unwrap(),
@@ -627,10 +635,16 @@ xattrs = { "security.selinux" = "system_u:object_r:etc_t:s0", "user.b" = "2" }
         // A blank or absent value, and a missing source, fail up front.
         let blank = ExtraVars::new([("site".to_string(), String::new())].into());
         let err = spec.check_device(&serial, &blank).unwrap_err();
-        assert!(matches!(&err, OverlayError::MissingVariable { name, .. } if name == "hostname" || name == "site"), "{err}");
+        assert!(
+            matches!(&err, OverlayError::MissingVariable { name, .. } if name == "hostname" || name == "site"),
+            "{err}"
+        );
         let other = crate::identity::Serial::parse("AZJN-0043").unwrap();
         let err = spec.check_device(&other, &extra).unwrap_err().to_string();
-        assert!(err.contains("AZJN-0043") && err.contains("certs/AZJN-0043.pem"), "{err}");
+        assert!(
+            err.contains("AZJN-0043") && err.contains("certs/AZJN-0043.pem"),
+            "{err}"
+        );
         // A value that would climb out of the image is refused.
         let climb = ExtraVars::new(
             [("site", ".."), ("hostname", "x")]
@@ -641,7 +655,14 @@ xattrs = { "security.selinux" = "system_u:object_r:etc_t:s0", "user.b" = "2" }
         assert!(matches!(err, OverlayError::BadRenderedPath { .. }), "{err}");
         // The password never goes into names.
         for bad in ["path='/etc/{password}'", "target='{password}'"] {
-            let text = format!("[[entry]]\n{bad}\ntype='symlink'\n{}", if bad.starts_with("path") { "target='x'" } else { "path='/etc/x'" });
+            let text = format!(
+                "[[entry]]\n{bad}\ntype='symlink'\n{}",
+                if bad.starts_with("path") {
+                    "target='x'"
+                } else {
+                    "path='/etc/x'"
+                }
+            );
             assert!(OverlaySpec::parse(&text, "t").is_err(), "{bad}");
         }
     }
@@ -659,7 +680,8 @@ xattrs = { "security.selinux" = "system_u:object_r:etc_t:s0", "user.b" = "2" }
         .unwrap();
         let p = Password::from_plain("0123");
         let db = UserDb::parse(Some(b"root:x:0:0::/:/bin/sh\n"), Some(b"root:x:0:\n"));
-        let plan = Plan::resolve(&spec, &vars(&p), &db, &OwnerSpec::User("root".into()), 7).unwrap();
+        let plan =
+            Plan::resolve(&spec, &vars(&p), &db, &OwnerSpec::User("root".into()), 7).unwrap();
         let image = |p: &ImagePath| -> Result<Option<Existing>, OverlayError> {
             Ok(match p.to_string().as_str() {
                 "/etc/a" => Some(Existing::new(EntryType::Dir, 2, "here")),

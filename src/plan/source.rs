@@ -65,7 +65,11 @@ pub(super) fn read(path: &Path, serial: &str) -> Result<Zeroizing<Vec<u8>>, Over
         .read_to_end(&mut data)
         .map_err(|e| error(serial, path, e.to_string()))?;
     if data.len() as u64 > MAX_SOURCE {
-        return Err(error(serial, path, "it grew past 16 MiB while being read".into()));
+        return Err(error(
+            serial,
+            path,
+            "it grew past 16 MiB while being read".into(),
+        ));
     }
     Ok(data)
 }

@@ -151,7 +151,9 @@ impl OverlaySpec {
     ) -> Result<(), super::OverlayError> {
         let email = serial.email();
         let serial = serial.as_str();
-        let defined = |name: &str| BUILT_IN.contains(&name) || extra.get(name).is_some();
+        // A blank cell is a missing value.
+        let defined =
+            |name: &str| BUILT_IN.contains(&name) || extra.get(name).is_some_and(|v| !v.is_empty());
         if let Some(missing) = self
             .variables()
             .into_iter()
@@ -233,7 +235,9 @@ fn check_entry(e: &SpecEntry) -> Result<(), String> {
     let in_xattrs = e.xattrs.iter().flatten().map(|(_, v)| ("xattrs", Some(v)));
     for (what, text) in secret_in.into_iter().chain(in_xattrs) {
         if text.is_some_and(|t| t.contains("{password}")) {
-            return Err(format!("{{password}} may appear only in content, not in {what}"));
+            return Err(format!(
+                "{{password}} may appear only in content, not in {what}"
+            ));
         }
     }
     if e.source.as_ref().is_some_and(|s| s.is_empty()) {

@@ -1,0 +1,560 @@
+//! Overlays beyond device.conf (issue 15): host-file sources, per-device
+//! variables from a devices file, `--dry-run`, `-` for stdin, and the
+//! examples in overlays/examples/. The real binary against the real stub,
+//! outputs read back with GNU tar, bsdtar, debugfs and the host.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+use imprint::stub::StubServer;
+
+/// The password file every offline run here uses.
+const PASSWORD: &str = "0123456789abcdef0123456789abcdef";
+
+/// A gzip tar of testdata's rootfs (users root and azaion).
+fn base_tar(dir: &Path) -> PathBuf {
+    let root = make_rootfs(dir, "rootfs");
+    let tar = dir.join("rootfs.tar.gz");
+    make_tar(&root, &tar, "tar.gz", "gnu", true);
+    tar
+}
+
+/// `imprint provision --offline` with the password file, and `args`.
+fn offline(dir: &Path, args: &[&str]) -> Command {
+    let pw = write_password(dir, PASSWORD);
+    let mut c = bin();
+    c.args(["provision", "--offline", "--password-file"])
+        .arg(pw)
+        .args(args);
+    c
+}
+
+/// Runs `cmd` with `input` on its standard input.
+fn with_stdin(cmd: &mut Command, input: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// A file of `archive` as GNU tar and bsdtar extract it (they must agree).
+fn tar_file(archive: &Path, path: &str) -> Vec<u8> {
+    let gnu = sh(&format!("tar -xOf {} ./{path}", archive.display())).stdout;
+    let bsd = sh(&format!("bsdtar -xOf {} ./{path}", archive.display())).stdout;
+    assert!(gnu == bsd, "GNU tar and bsdtar disagree on {path}");
+    gnu
+}
+
+/// `tar tv` owner and mode of one entry, e.g. ("-rw-------", "1001/1001").
+fn tar_meta(archive: &Path, path: &str) -> (String, String) {
+    let line = stdout(&sh(&format!(
+        "tar --numeric-owner -tvf {} ./{path}",
+        archive.display()
+    )));
+    let f: Vec<&str> = line.split_whitespace().collect();
+    (f[0].to_string(), f[1].to_string())
+}
+
+/// Everything under `dir`: relative path -> (mode, size, content hash).
+fn snapshot(dir: &Path) -> BTreeMap<String, (u32, u64, String)> {
+    let mut out = BTreeMap::new();
+    if !dir.exists() {
+        return out;
+    }
+    let names = stdout(&sh(&format!("cd {} && find . | sort", dir.display())));
+    for name in names.lines() {
+        let p = dir.join(name);
+        let m = fs::symlink_metadata(&p).unwrap();
+        let hash = if m.is_file() {
+            sha256(&p)
+        } else {
+            String::new()
+        };
+        out.insert(name.to_string(), (m.mode(), m.size(), hash));
+    }
+    out
+}
+
+const CERT_SPEC: &str = r#"
+[[entry]]
+path = "/etc/ssl"
+type = "dir"
+mode = "0755"
+owner = "0:0"
+
+[[entry]]
+path = "/etc/ssl/private"
+type = "dir"
+mode = "0700"
+owner = "0:0"
+
+[[entry]]
+path = "/etc/ssl/private/{serial}.key"
+type = "file"
+mode = "0600"
+owner = "{owner}"
+source = "keys/{serial}.key"
+"#;
+
+/// A binary key per device: NUL bytes, every byte value, 1 MiB.
+fn key_for(serial: &str) -> Vec<u8> {
+    let mut key: Vec<u8> = (0..1usize << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    key[..serial.len()].copy_from_slice(serial.as_bytes());
+    key[100..104].copy_from_slice(&[0, 0, 0, 0]);
+    key
+}
+
+fn write_cert_spec(dir: &Path, serials: &[&str]) -> PathBuf {
+    let spec_dir = dir.join("spec");
+    fs::create_dir_all(spec_dir.join("keys")).unwrap();
+    for s in serials {
+        fs::write(spec_dir.join(format!("keys/{s}.key")), key_for(s)).unwrap();
+    }
+    let spec = spec_dir.join("certs.toml");
+    fs::write(&spec, CERT_SPEC).unwrap();
+    spec
+}
+
+#[test]
+fn host_sources_are_copied_byte_for_byte_into_tar_ext4_and_staging_trees() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let spec = write_cert_spec(d, &[SERIAL]);
+    let key = key_for(SERIAL);
+    let rel = format!("etc/ssl/private/{SERIAL}.key");
+    // Run from elsewhere: the source is relative to the spec, not the cwd.
+    let elsewhere = d.join("cwd");
+    fs::create_dir(&elsewhere).unwrap();
+
+    let tar = base_tar(d);
+    let out = d.join("out.tar.gz");
+    let overlay = spec.to_str().unwrap();
+    ok(&run(offline(
+        d,
+        &[
+            "--serial",
+            SERIAL,
+            "--owner",
+            "azaion",
+            "--overlay",
+            overlay,
+        ],
+    )
+    .arg("--image")
+    .arg(&tar)
+    .arg("--output")
+    .arg(&out)
+    .current_dir(&elsewhere)));
+    assert!(
+        tar_file(&out, &rel) == key,
+        "the key differs in the archive"
+    );
+    assert_eq!(
+        tar_meta(&out, &rel),
+        ("-rw-------".into(), "1001/1001".into())
+    );
+    assert_eq!(tar_meta(&out, "etc/ssl/private").0, "drwx------");
+
+    let img = small_ext4(d, "rootfs.img");
+    let out_img = d.join("out.img");
+    ok(&run(offline(
+        d,
+        &[
+            "--serial",
+            SERIAL,
+            "--owner",
+            "1001:1001",
+            "--overlay",
+            overlay,
+        ],
+    )
+    .arg("--image")
+    .arg(&img)
+    .arg("--output")
+    .arg(&out_img)));
+    assert_fsck_clean(&out_img);
+    let dumped = run(Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat /{rel}"))
+        .arg(&out_img))
+    .stdout;
+    assert!(dumped == key, "the key differs in the ext4 image");
+    assert_eq!(
+        debugfs_stat(&out_img, &format!("/{rel}")),
+        (0o600, 1001, 1001)
+    );
+
+    let stage = make_rootfs(d, "stage");
+    ok(&run(offline(
+        d,
+        &[
+            "--serial",
+            SERIAL,
+            "--owner",
+            "1001:1001",
+            "--overlay",
+            overlay,
+        ],
+    )
+    .arg("--rootfs-dir")
+    .arg(&stage)));
+    assert!(fs::read(stage.join(&rel)).unwrap() == key);
+    let m = fs::metadata(stage.join(&rel)).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o600, 1001, 1001));
+}
+
+#[test]
+fn a_missing_or_oversized_source_fails_before_any_account_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let spec = write_cert_spec(d, &["AZJN-0001"]);
+    let tar = base_tar(d);
+    let server = StubServer::start().unwrap();
+    let devices = d.join("devices.csv");
+    fs::write(&devices, "serial\nAZJN-0001\nAZJN-0002\n").unwrap();
+    let out = d.join("out");
+    let o = run(bin()
+        .args(["provision", "--api-url", &server.url(), "--overlay"])
+        .arg(&spec)
+        .arg("--devices")
+        .arg(&devices)
+        .arg("--image")
+        .arg(&tar)
+        .arg("--output")
+        .arg(&out)
+        .env("IMPRINT_API_TOKEN", "t"));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("device AZJN-0002") && err.contains("keys/AZJN-0002.key"),
+        "{err}"
+    );
+    assert!(server.requests().is_empty(), "the API was called");
+    assert!(!out.exists(), "a failed check left {}", out.display());
+
+    // 16 MiB is the most a source may have.
+    let big = d.join("spec/keys/AZJN-0002.key");
+    fs::File::create(&big)
+        .unwrap()
+        .set_len((16 << 20) + 1)
+        .unwrap();
+    let o = run(offline(
+        d,
+        &["--serial", "AZJN-0002", "--overlay", spec.to_str().unwrap()],
+    )
+    .arg("--image")
+    .arg(&tar)
+    .arg("--output")
+    .arg(d.join("x.tar.gz")));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("at most 16777216 (16 MiB)"),
+        "{}",
+        stderr(&o)
+    );
+    fs::File::create(&big).unwrap().set_len(16 << 20).unwrap();
+    ok(&run(offline(
+        d,
+        &["--serial", "AZJN-0002", "--overlay", spec.to_str().unwrap()],
+    )
+    .arg("--image")
+    .arg(&tar)
+    .arg("--output")
+    .arg(d.join("x.tar.gz"))));
+}
+
+const HOSTNAME_SPEC: &str = r#"
+[[entry]]
+path = "/etc/hostname"
+type = "file"
+mode = "0644"
+owner = "0:0"
+content = "{hostname}\n"
+
+[[entry]]
+path = "/etc/motd"
+type = "file"
+mode = "0644"
+owner = "0:0"
+content = "Site {site}; shell vars like ${HOME} and JSON {\"a\": 1} stay as written\n"
+"#;
+
+#[test]
+fn devices_csv_values_with_quotes_commas_and_newlines_reach_each_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tar = base_tar(d);
+    let spec = d.join("hostname.toml");
+    fs::write(&spec, HOSTNAME_SPEC).unwrap();
+    let devices = d.join("devices.csv");
+    fs::write(
+        &devices,
+        "serial,hostname,site\r\nAZJN-0001,jet-0001,\"Berlin, \"\"Nord\"\"\"\r\nAZJN-0002,jet-0002,\"two\nlines\"\r\n",
+    )
+    .unwrap();
+    let out = d.join("out");
+    ok(&run(offline(d, &["--overlay", spec.to_str().unwrap()])
+        .arg("--devices")
+        .arg(&devices)
+        .arg("--image")
+        .arg(&tar)
+        .arg("--output")
+        .arg(&out)));
+    let one = out.join("AZJN-0001-rootfs.tar.gz");
+    let two = out.join("AZJN-0002-rootfs.tar.gz");
+    assert_eq!(tar_file(&one, "etc/hostname"), b"jet-0001\n");
+    assert_eq!(tar_file(&two, "etc/hostname"), b"jet-0002\n");
+    assert_eq!(
+        String::from_utf8(tar_file(&one, "etc/motd")).unwrap(),
+        "Site Berlin, \"Nord\"; shell vars like ${HOME} and JSON {\"a\": 1} stay as written\n"
+    );
+    assert!(String::from_utf8(tar_file(&two, "etc/motd"))
+        .unwrap()
+        .starts_with("Site two\nlines;"));
+
+    // A blank value, or a variable with no column, stops the run before
+    // any device is written; the message names the device and the name.
+    for (csv, says) in [
+        (
+            "serial,hostname,site\nAZJN-0001,a,b\nAZJN-0002,,b\n",
+            "device AZJN-0002: the overlay uses {hostname}",
+        ),
+        (
+            "serial,hostname\nAZJN-0001,a\n",
+            "device AZJN-0001: the overlay uses {site}",
+        ),
+        (
+            "serial,hostname,site\nAZJN-0001,a\n",
+            "line 2: 2 fields, but the header names 3",
+        ),
+    ] {
+        fs::write(&devices, csv).unwrap();
+        let out = d.join("refused");
+        let o = run(offline(d, &["--overlay", spec.to_str().unwrap()])
+            .arg("--devices")
+            .arg(&devices)
+            .arg("--image")
+            .arg(&tar)
+            .arg("--output")
+            .arg(&out));
+        assert_eq!(o.status.code(), Some(1), "{csv:?}");
+        assert!(stderr(&o).contains(says), "{csv:?}: {}", stderr(&o));
+        assert!(!out.exists(), "{csv:?} left output");
+    }
+
+    // With --serial, the devices file only gives that device's variables:
+    // a single run, into a staging tree.
+    fs::write(
+        &devices,
+        "serial\thostname\tsite\nAZJN-0042\tjet-0042\tHH\n",
+    )
+    .unwrap();
+    let stage = make_rootfs(d, "stage");
+    // (A hostname with a second name is never rewritten: see tests/tar.rs.)
+    fs::remove_file(stage.join("etc/hostname.hardlink")).unwrap();
+    ok(&run(offline(
+        d,
+        &["--serial", SERIAL, "--overlay", spec.to_str().unwrap()],
+    )
+    .arg("--devices")
+    .arg(&devices)
+    .arg("--rootfs-dir")
+    .arg(&stage)));
+    assert_eq!(
+        fs::read_to_string(stage.join("etc/hostname")).unwrap(),
+        "jet-0042\n"
+    );
+}
+
+#[test]
+fn dry_run_writes_nothing_calls_no_api_and_fails_as_a_real_run_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tar = base_tar(d);
+    let spec = write_cert_spec(d, &["AZJN-0001", "AZJN-0002"]);
+    let server = StubServer::start().unwrap();
+    let stage = make_rootfs(d, "stage");
+    let before = (snapshot(d), snapshot(&stage));
+    let out = d.join("out");
+    let dry = |extra: &[&str]| {
+        let mut c = bin();
+        c.args([
+            "provision",
+            "--dry-run",
+            "--api-url",
+            &server.url(),
+            "--overlay",
+        ])
+        .arg(&spec)
+        .args(extra)
+        .env("IMPRINT_API_TOKEN", "t");
+        c
+    };
+    let o = run(dry(&[
+        "--serial",
+        "AZJN-0001",
+        "--serial",
+        "AZJN-0002",
+        "--owner",
+        "azaion",
+        "--json",
+    ])
+    .arg("--image")
+    .arg(&tar)
+    .arg("--output")
+    .arg(&out));
+    ok(&o);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["schema"], "imprint.dry-run/1");
+    let devices = doc["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 2);
+    let image = &devices[1]["images"][0];
+    assert_eq!(
+        image["output"].as_str().unwrap(),
+        out.join("AZJN-0002-rootfs.tar.gz").to_str().unwrap()
+    );
+    let entries: BTreeMap<&str, &serde_json::Value> = image["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["path"].as_str().unwrap(), e))
+        .collect();
+    let key = entries["/etc/ssl/private/AZJN-0002.key"];
+    assert_eq!(key["action"], "create");
+    assert_eq!(key["size"], 1 << 20);
+    assert_eq!(key["mode"], "0600");
+    assert_eq!(
+        (key["uid"].as_u64(), key["user"].as_str()),
+        (Some(1001), Some("azaion"))
+    );
+    let conf = entries["/etc/azaion/device.conf"];
+    assert_eq!(conf["action"], "create");
+    // No content, no password: only sizes.
+    assert!(!stdout(&o).contains("AZAION_DEVICE_PASSWORD"));
+    assert!(!stdout(&o).contains("\"content\""));
+
+    // Text form, for a staging tree: an existing file shows as replaced.
+    let o = run(dry(&["--serial", "AZJN-0001"])
+        .arg("--rootfs-dir")
+        .arg(&stage));
+    ok(&o);
+    let text = stdout(&o);
+    assert!(
+        text.lines().any(|l| l.trim_start().starts_with("create")
+            && l.ends_with("/etc/ssl/private/AZJN-0001.key")),
+        "{text}"
+    );
+    assert!(stderr(&o).contains("dry run: nothing was written and no API was called"));
+
+    // The errors a real run would hit: an owner the image lacks, an output
+    // that exists.
+    let o = run(dry(&["--serial", "AZJN-0001", "--owner", "nobody-here"])
+        .arg("--image")
+        .arg(&tar)
+        .arg("--output")
+        .arg(&out));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("nobody-here"), "{}", stderr(&o));
+    let o = run(dry(&["--serial", "AZJN-0001"])
+        .arg("--image")
+        .arg(&tar)
+        .arg("--output")
+        .arg(&tar));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+
+    assert!(server.requests().is_empty(), "a dry run called the API");
+    assert_eq!(
+        (snapshot(d), snapshot(&stage)),
+        before,
+        "a dry run changed files"
+    );
+}
+
+#[test]
+fn stdin_takes_serials_devices_or_an_overlay_but_only_one_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tar = base_tar(d);
+    let spec = d.join("hostname.toml");
+    fs::write(&spec, HOSTNAME_SPEC).unwrap();
+    let out = d.join("out");
+    let image_args = |c: &mut Command| {
+        c.arg("--image").arg(&tar).arg("--output").arg(&out);
+    };
+
+    let mut c = offline(d, &["--serials", "-"]);
+    image_args(&mut c);
+    ok(&with_stdin(&mut c, "# from a pipe\nAZJN-0001\nAZJN-0002\n"));
+    assert!(out.join("AZJN-0002-rootfs.tar.gz").is_file());
+
+    let mut c = offline(
+        d,
+        &[
+            "--devices",
+            "-",
+            "--overlay",
+            spec.to_str().unwrap(),
+            "--force",
+        ],
+    );
+    image_args(&mut c);
+    ok(&with_stdin(
+        &mut c,
+        "{\"serial\": \"AZJN-0003\", \"hostname\": \"from-json\", \"site\": \"x\"}\n",
+    ));
+    assert_eq!(
+        tar_file(&out.join("AZJN-0003-rootfs.tar.gz"), "etc/hostname"),
+        b"from-json\n"
+    );
+
+    let mut c = offline(d, &["--serial", "AZJN-0004", "--overlay", "-"]);
+    image_args(&mut c);
+    ok(&with_stdin(
+        &mut c,
+        "[[entry]]\npath = \"/etc/issue\"\ntype = \"file\"\nmode = \"0644\"\nowner = \"0:0\"\ncontent = \"{serial}\\n\"\n",
+    ));
+    assert_eq!(
+        tar_file(&out.join("AZJN-0004-rootfs.tar.gz"), "etc/issue"),
+        b"AZJN-0004\n"
+    );
+
+    let mut c = offline(d, &["--devices", "-", "--overlay", "-"]);
+    image_args(&mut c);
+    let o = with_stdin(&mut c, "serial\nAZJN-0005\n");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("which can be read only once"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.join("AZJN-0005-rootfs.tar.gz").exists());
+}
