@@ -630,7 +630,7 @@ xattrs = { "security.selinux" = "system_u:object_r:etc_t:s0", "user.b" = "2" }
         assert_eq!(by("/etc/berlin/AZJN-0042.pem").content().unwrap(), cert);
         assert_eq!(
             by("/etc/hostname").content().unwrap(),
-            b"jetson-42\n${HOME} {\"json\": 1}"
+            b"jetson-42\\n${HOME} {\"json\": 1}"
         );
         // A blank or absent value, and a missing source, fail up front.
         let blank = ExtraVars::new([("site".to_string(), String::new())].into());
