@@ -558,3 +558,164 @@ fn stdin_takes_serials_devices_or_an_overlay_but_only_one_of_them() {
     );
     assert!(!out.join("AZJN-0005-rootfs.tar.gz").exists());
 }
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("overlays/examples")
+        .join(name)
+}
+
+#[test]
+fn every_example_parses() {
+    let dir = example("");
+    let mut specs = 0;
+    for entry in fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => {
+                imprint::plan::OverlaySpec::load(&path)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                specs += 1;
+            }
+            Some("csv") => {
+                let text = fs::read_to_string(&path).unwrap();
+                imprint::plan::devices::parse(&text, &path.display().to_string()).unwrap();
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(specs, 4, "overlays/README.md shows four examples");
+}
+
+#[test]
+fn example_device_certificate_into_an_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let spec_dir = d.join("spec");
+    fs::create_dir_all(spec_dir.join("certs")).unwrap();
+    fs::copy(example("device-certificate.toml"), spec_dir.join("c.toml")).unwrap();
+    let pem = b"-----BEGIN CERTIFICATE-----\nAZJN-0042\n-----END CERTIFICATE-----\n";
+    let key = key_for(SERIAL);
+    fs::write(spec_dir.join(format!("certs/{SERIAL}.pem")), pem).unwrap();
+    fs::write(spec_dir.join(format!("certs/{SERIAL}.key")), &key).unwrap();
+    let tar = base_tar(d);
+    let out = d.join("out.tar.gz");
+    ok(&run(offline(
+        d,
+        &["--serial", SERIAL, "--owner", "azaion", "--overlay"],
+    )
+    .arg(spec_dir.join("c.toml"))
+    .arg("--image")
+    .arg(&tar)
+    .arg("--output")
+    .arg(&out)));
+    assert_eq!(tar_file(&out, "etc/azaion/tls/device.pem"), pem);
+    assert!(tar_file(&out, "etc/azaion/tls/device.key") == key);
+    assert_eq!(
+        tar_meta(&out, "etc/azaion/tls/device.key"),
+        ("-rw-------".into(), "1001/1001".into())
+    );
+    assert_eq!(tar_meta(&out, "etc/azaion/tls").0, "drwxr-x---");
+}
+
+#[test]
+fn example_hostname_from_the_shipped_devices_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tar = base_tar(d);
+    let out = d.join("out");
+    ok(&run(offline(d, &["--overlay"])
+        .arg(example("hostname.toml"))
+        .arg("--devices")
+        .arg(example("devices.csv"))
+        .arg("--image")
+        .arg(&tar)
+        .arg("--output")
+        .arg(&out)));
+    let one = out.join("AZJN-0041-rootfs.tar.gz");
+    assert_eq!(tar_file(&one, "etc/hostname"), b"jetson-0041\n");
+    assert_eq!(
+        tar_file(&one, "etc/azaion/site.conf"),
+        b"SITE=Hamburg, dock 3\nDEVICE=AZJN-0041\n"
+    );
+    let two = out.join("AZJN-0042-rootfs.tar.gz");
+    assert_eq!(tar_file(&two, "etc/hostname"), b"jetson-0042\n");
+}
+
+#[test]
+fn example_enable_unit_in_a_staging_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let stage = make_rootfs(d, "stage");
+    // One existing link, replaced; its directory already there.
+    let wants = stage.join("etc/systemd/system/multi-user.target.wants");
+    fs::create_dir_all(&wants).unwrap();
+    std::os::unix::fs::symlink("/dev/null", wants.join("azaion-loader.service")).unwrap();
+    ok(&run(offline(d, &["--serial", SERIAL, "--overlay"])
+        .arg(example("enable-unit.toml"))
+        .arg("--rootfs-dir")
+        .arg(&stage)));
+    assert_eq!(
+        fs::read_link(wants.join("azaion-loader.service")).unwrap(),
+        Path::new("/etc/systemd/system/azaion-loader.service")
+    );
+    let unit = fs::read_to_string(stage.join("etc/systemd/system/azaion-loader.service")).unwrap();
+    assert!(
+        unit.contains("Description=Azaion loader for AZJN-0042"),
+        "{unit}"
+    );
+    // `imprint cat` follows the link inside the tree.
+    let o = run(bin()
+        .arg("cat")
+        .arg(&stage)
+        .arg("/etc/systemd/system/multi-user.target.wants/azaion-loader.service"));
+    ok(&o);
+    assert_eq!(stdout(&o), unit);
+}
+
+#[test]
+fn example_remove_defaults_in_a_staging_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let stage = make_rootfs(d, "stage");
+    fs::write(stage.join("etc/motd"), "welcome\n").unwrap();
+    fs::create_dir_all(stage.join("var/lib/dbus")).unwrap();
+    fs::write(stage.join("var/lib/dbus/machine-id"), "0123\n").unwrap();
+    fs::create_dir_all(stage.join("etc/azaion/samples/more")).unwrap();
+    fs::write(stage.join("etc/azaion/samples/more/a.conf"), "x").unwrap();
+    fs::write(stage.join("etc/machine-id"), "0123\n").unwrap();
+    let spec = example("remove-defaults.toml");
+    let o = run(offline(d, &["--serial", SERIAL, "--dry-run", "--overlay"])
+        .arg(&spec)
+        .arg("--rootfs-dir")
+        .arg(&stage));
+    ok(&o);
+    for path in [
+        "/etc/motd",
+        "/var/lib/dbus/machine-id",
+        "/etc/azaion/samples",
+    ] {
+        assert!(
+            stdout(&o)
+                .lines()
+                .any(|l| l.trim_start().starts_with("remove") && l.ends_with(path)),
+            "{path}: {}",
+            stdout(&o)
+        );
+    }
+    assert!(stage.join("etc/motd").exists(), "the dry run removed it");
+    ok(&run(offline(d, &["--serial", SERIAL, "--overlay"])
+        .arg(&spec)
+        .arg("--rootfs-dir")
+        .arg(&stage)));
+    for gone in ["etc/motd", "var/lib/dbus/machine-id", "etc/azaion/samples"] {
+        assert!(!stage.join(gone).exists(), "{gone}");
+    }
+    let m = fs::metadata(stage.join("etc/machine-id")).unwrap();
+    assert_eq!((m.len(), m.mode() & 0o7777), (0, 0o444));
+    // Again: nothing left to remove is not an error.
+    ok(&run(offline(d, &["--serial", SERIAL, "--overlay"])
+        .arg(&spec)
+        .arg("--rootfs-dir")
+        .arg(&stage)));
+}
