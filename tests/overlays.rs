@@ -719,3 +719,17 @@ fn example_remove_defaults_in_a_staging_tree() {
         .arg("--rootfs-dir")
         .arg(&stage)));
 }
+
+#[test]
+fn the_demo_stamps_a_hostname_from_a_device_variable_and_looks_inside() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(bin().arg("demo").arg("--dir").arg(dir.path()));
+    ok(&o);
+    assert!(
+        stdout(&o).contains("and /etc/hostname says \"jetson-0042\""),
+        "{}",
+        stdout(&o)
+    );
+    let out = dir.path().join("AZJN-0042-rootfs.tar.gz");
+    assert_eq!(tar_file(&out, "etc/hostname"), b"jetson-0042\n");
+}
