@@ -734,3 +734,51 @@ fn the_demo_stamps_a_hostname_from_a_device_variable_and_looks_inside() {
     let gnu = sh(&format!("tar -xOf {} etc/hostname", out.display())).stdout;
     assert_eq!(gnu, b"jetson-0042\n");
 }
+
+/// Issue 13, case 12 for staging trees (and dry runs of any format):
+/// /etc/passwd as a symlink resolves inside the image, as in a chroot.
+#[test]
+fn passwd_behind_a_symlink_is_read_inside_the_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let stage = make_rootfs(d, "stage");
+    fs::create_dir_all(stage.join("usr/lib")).unwrap();
+    fs::rename(stage.join("etc/passwd"), stage.join("usr/lib/passwd")).unwrap();
+    std::os::unix::fs::symlink("/usr/lib/passwd", stage.join("etc/passwd")).unwrap();
+    let tar = d.join("linked.tar");
+    make_tar(&stage, &tar, "tar", "gnu", true);
+    let o = run(offline(
+        d,
+        &[
+            "--serial",
+            SERIAL,
+            "--owner",
+            "azaion",
+            "--dry-run",
+            "--json",
+        ],
+    )
+    .arg("--image")
+    .arg(&tar)
+    .arg("--output")
+    .arg(d.join("out.tar")));
+    ok(&o);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let conf = doc["devices"][0]["images"][0]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "/etc/azaion/device.conf")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (conf["uid"].as_u64(), conf["user"].as_str()),
+        (Some(1001), Some("azaion"))
+    );
+
+    ok(&run(offline(d, &["--serial", SERIAL, "--owner", "azaion"])
+        .arg("--rootfs-dir")
+        .arg(&stage)));
+    let m = fs::metadata(stage.join("etc/azaion/device.conf")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (1001, 1001));
+}

@@ -119,8 +119,17 @@ fn plans_for(
         .map(|p| ImagePath::parse(p).expect("constant"))
         .collect();
     let found = reader.lookup_many(&facts, MAX_DB)?;
-    let content = |i: usize| found[i].as_ref().and_then(|(_, c)| c.clone());
-    let db = UserDb::parse(content(0).as_deref(), content(1).as_deref());
+    let mut content = |i: usize| -> Result<Option<Vec<u8>>, ProvisionError> {
+        match &found[i] {
+            Some((meta, _)) if meta.kind == crate::plan::EntryType::Symlink => {
+                read_through_links(reader, &facts[i])
+            }
+            Some((_, c)) => Ok(c.clone()),
+            None => Ok(None),
+        }
+    };
+    let (passwd, group) = (content(0)?, content(1)?);
+    let db = UserDb::parse(passwd.as_deref(), group.as_deref());
     let mtime = settings
         .mtime
         .unwrap_or_else(|| found[2].as_ref().map_or(0, |(m, _)| m.mtime));
@@ -145,6 +154,48 @@ fn plans_for(
             .map_err(ProvisionError::from)
         })
         .collect()
+}
+
+/// A small file behind symlinks, resolved inside the image as a chroot
+/// would (`/etc/passwd -> ../usr/lib/passwd`); `None` if it leads nowhere
+/// or to something too big for a user database.
+fn read_through_links(
+    reader: &mut dyn ImageReader,
+    path: &ImagePath,
+) -> Result<Option<Vec<u8>>, ProvisionError> {
+    /// Keeps at most `MAX_DB` bytes; past that, fails the copy.
+    struct Capped(Vec<u8>);
+    impl std::io::Write for Capped {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.0.len() as u64 + buf.len() as u64 > MAX_DB {
+                return Err(std::io::Error::other("too big"));
+            }
+            self.0.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut path = path.clone();
+    // As the kernel's limit on links followed in one lookup.
+    for _ in 0..40 {
+        let mut out = Capped(Vec::new());
+        let meta = match reader.cat(&path, &mut out) {
+            Ok(Some(meta)) => meta,
+            Ok(None) | Err(crate::image::ImageError::Output(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match (meta.kind, meta.target) {
+            (crate::plan::EntryType::Regular, _) => return Ok(Some(out.0)),
+            (crate::plan::EntryType::Symlink, Some(target)) => match path.follow(&target) {
+                Some(next) => path = next,
+                None => return Ok(None),
+            },
+            _ => return Ok(None),
+        }
+    }
+    Ok(None)
 }
 
 /// What the image holds at every path the plans touch and their parents,

@@ -33,6 +33,9 @@ pub enum DevicesError {
 /// One row: the device and its variables.
 pub type Device = (Serial, ExtraVars);
 
+/// A row as read: its line number and its values by column.
+type Row = (usize, BTreeMap<String, String>);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
     Csv,
@@ -192,10 +195,7 @@ fn split_csv(text: &str, sep: u8, origin: &str) -> Result<Vec<(usize, Vec<String
 }
 
 /// Rows of a table whose first record is the header.
-fn table(
-    records: &[(usize, Vec<String>)],
-    origin: &str,
-) -> Result<Vec<(usize, BTreeMap<String, String>)>, DevicesError> {
+fn table(records: &[(usize, Vec<String>)], origin: &str) -> Result<Vec<Row>, DevicesError> {
     let Some(((_, header), rows)) = records.split_first() else {
         return Err(DevicesError::Format {
             origin: origin.to_string(),
@@ -243,10 +243,7 @@ fn table(
 }
 
 /// One JSON object a line, with string (or number or boolean) values.
-fn json_lines(
-    text: &str,
-    origin: &str,
-) -> Result<Vec<(usize, BTreeMap<String, String>)>, DevicesError> {
+fn json_lines(text: &str, origin: &str) -> Result<Vec<Row>, DevicesError> {
     let mut rows = Vec::new();
     for (i, l) in text.lines().enumerate() {
         if l.trim().is_empty() {
