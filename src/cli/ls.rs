@@ -205,6 +205,6 @@ mod tests {
         assert_eq!(mode_string(&l(EntryType::Regular, 0o4755)), "-rwsr-xr-x");
         assert_eq!(mode_string(&l(EntryType::Dir, 0o1777)), "drwxrwxrwt");
         assert_eq!(mode_string(&l(EntryType::Symlink, 0o777)), "lrwxrwxrwx");
-        assert_eq!(mode_string(&l(EntryType::Regular, 0o2600)), "-rw-r-S---");
+        assert_eq!(mode_string(&l(EntryType::Regular, 0o2640)), "-rw-r-S---");
     }
 }
