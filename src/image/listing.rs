@@ -10,56 +10,30 @@ use super::sparse::SparseReader;
 use super::{FileMeta, ImageError, Inspect, Listed};
 use crate::plan::ImagePath;
 
-impl Inspect for Ext4Reader {
-    fn list(
-        &mut self,
-        path: Option<&ImagePath>,
-        recursive: bool,
-    ) -> Result<Option<Vec<Listed>>, ImageError> {
-        self.image.list(path, recursive)
-    }
+/// `Inspect` for a reader whose `$field` is an `Ext4Inspector` (or another
+/// such reader).
+macro_rules! through {
+    ($reader:ty, $field:ident) => {
+        impl Inspect for $reader {
+            fn list(
+                &mut self,
+                path: Option<&ImagePath>,
+                recursive: bool,
+            ) -> Result<Option<Vec<Listed>>, ImageError> {
+                self.$field.list(path, recursive)
+            }
 
-    fn cat(
-        &mut self,
-        path: &ImagePath,
-        out: &mut dyn Write,
-    ) -> Result<Option<FileMeta>, ImageError> {
-        self.image.cat(path, out)
-    }
+            fn cat(
+                &mut self,
+                path: &ImagePath,
+                out: &mut dyn Write,
+            ) -> Result<Option<FileMeta>, ImageError> {
+                self.$field.cat(path, out)
+            }
+        }
+    };
 }
 
-impl Inspect for SparseReader {
-    fn list(
-        &mut self,
-        path: Option<&ImagePath>,
-        recursive: bool,
-    ) -> Result<Option<Vec<Listed>>, ImageError> {
-        self.image.list(path, recursive)
-    }
-
-    fn cat(
-        &mut self,
-        path: &ImagePath,
-        out: &mut dyn Write,
-    ) -> Result<Option<FileMeta>, ImageError> {
-        self.image.cat(path, out)
-    }
-}
-
-impl Inspect for CompressedReader {
-    fn list(
-        &mut self,
-        path: Option<&ImagePath>,
-        recursive: bool,
-    ) -> Result<Option<Vec<Listed>>, ImageError> {
-        self.inner.list(path, recursive)
-    }
-
-    fn cat(
-        &mut self,
-        path: &ImagePath,
-        out: &mut dyn Write,
-    ) -> Result<Option<FileMeta>, ImageError> {
-        self.inner.cat(path, out)
-    }
-}
+through!(Ext4Reader, image);
+through!(SparseReader, image);
+through!(CompressedReader, inner);

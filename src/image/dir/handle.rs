@@ -136,12 +136,27 @@ fn walk_with(root: BorrowedFd, parts: &[String], try_openat2: bool) -> Result<Wa
 /// openat2 with every component required to be a real directory below
 /// `root`: no symlink anywhere, no escape by `..`.
 fn openat2_beneath(root: BorrowedFd, relative: &str) -> io::Result<OwnedFd> {
+    openat2(
+        root,
+        relative,
+        libc::O_RDONLY | libc::O_DIRECTORY,
+        libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH,
+    )
+}
+
+/// The openat2 system call (Linux 5.6 and later; ENOSYS before).
+fn openat2(
+    root: BorrowedFd,
+    relative: &str,
+    flags: libc::c_int,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
     let path = c_name(relative)?;
     // SAFETY: open_how is plain integers; all zeros is its "no options"
     // value, and the fields are set below.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH;
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = resolve;
     // SAFETY: the pointers are valid for the call and the size is that of
     // the struct passed; a returned descriptor is ours alone.
     let fd = unsafe {
@@ -304,23 +319,9 @@ pub(super) fn remove_dir_at(dir: BorrowedFd, name: &str) -> io::Result<()> {
 /// there): openat2 with RESOLVE_IN_ROOT. `Ok(None)` where the kernel has
 /// no openat2 (before Linux 5.6).
 pub(super) fn open_in_root(root: BorrowedFd, relative: &str) -> io::Result<Option<File>> {
-    let path = c_name(relative)?;
-    // SAFETY: open_how is plain integers; all zeros is "no options".
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: the pointers are valid for the call and the size is that of
-    // the struct passed; a returned descriptor is ours alone.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            path.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    match owned(fd as libc::c_int) {
+    let flags = libc::O_RDONLY | libc::O_NONBLOCK;
+    let resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    match openat2(root, relative, flags, resolve) {
         Ok(fd) => Ok(Some(File::from(fd))),
         Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => Ok(None),
         Err(e) => Err(e),

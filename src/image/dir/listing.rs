@@ -6,14 +6,14 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
 use super::handle::{self, Stat};
-use super::{io_err, DirError, DirReader, StagingDir};
+use super::{io_err, DirError, DirReader, Located, StagingDir};
 use crate::image::{EntryType, FileMeta, ImageError, Inspect, Listed};
 use crate::plan::ImagePath;
 
 /// How deep `ls -R` goes.
 const MAX_DEPTH: usize = 256;
 
-fn meta_of(st: &Stat, target: Option<String>) -> FileMeta {
+pub(super) fn meta_of(st: &Stat, target: Option<String>) -> FileMeta {
     FileMeta {
         kind: st.kind,
         mode: st.mode,
@@ -76,11 +76,23 @@ fn list_into(
 }
 
 impl DirReader {
-    fn tree(&mut self) -> Result<&StagingDir, DirError> {
+    pub(super) fn tree(&mut self) -> Result<&StagingDir, DirError> {
         Ok(match &mut self.dir {
             Some(dir) => dir,
             none => none.insert(StagingDir::open(&self.root)?),
         })
+    }
+
+    /// Where `path` is and what is there (with a symlink's target); `None`
+    /// when nothing is, or a component on the way is not a directory.
+    fn entry(&mut self, path: &ImagePath) -> Result<Option<(Located, FileMeta)>, DirError> {
+        let found = match self.tree()?.locate(path) {
+            Ok(Some(found)) => found,
+            Ok(None) | Err(DirError::NotDirectory { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let meta = entry_meta(found.parent.as_fd(), &found.name, &found.host())?;
+        Ok(meta.map(|meta| (found, meta)))
     }
 }
 
@@ -90,21 +102,16 @@ impl Inspect for DirReader {
         path: Option<&ImagePath>,
         recursive: bool,
     ) -> Result<Option<Vec<Listed>>, ImageError> {
-        let tree = self.tree()?;
         let mut out = Vec::new();
         let Some(path) = path else {
+            let tree = self.tree()?;
             list_into(tree.fd.as_fd(), &tree.root, "", recursive, 0, &mut out)?;
             return Ok(Some(out));
         };
-        let found = match tree.locate(path) {
-            Ok(Some(found)) => found,
-            Ok(None) | Err(DirError::NotDirectory { .. }) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let host = found.host();
-        let Some(meta) = entry_meta(found.parent.as_fd(), &found.name, &host)? else {
+        let Some((found, meta)) = self.entry(path)? else {
             return Ok(None);
         };
+        let host = found.host();
         if meta.kind != EntryType::Dir {
             return Ok(Some(vec![Listed {
                 path: path.relative(),
@@ -123,16 +130,10 @@ impl Inspect for DirReader {
         path: &ImagePath,
         out: &mut dyn Write,
     ) -> Result<Option<FileMeta>, ImageError> {
-        let tree = self.tree()?;
-        let found = match tree.locate(path) {
-            Ok(Some(found)) => found,
-            Ok(None) | Err(DirError::NotDirectory { .. }) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let host = found.host();
-        let Some(meta) = entry_meta(found.parent.as_fd(), &found.name, &host)? else {
+        let Some((found, meta)) = self.entry(path)? else {
             return Ok(None);
         };
+        let host = found.host();
         if meta.kind != EntryType::Regular {
             return Ok(Some(meta));
         }

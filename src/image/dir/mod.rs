@@ -18,7 +18,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use thiserror::Error;
 
-use super::{EntryType, FileMeta, Found, ImageError, ImageFacts, ImageReader};
+use super::{EntryType, Found, ImageError, ImageFacts, ImageReader};
 use crate::io::output;
 use crate::plan::{Existing, ImagePath, Plan, PlanKind};
 use changes::Removal;
@@ -474,11 +474,7 @@ impl DirReader {
 
 impl ImageReader for DirReader {
     fn lookup(&mut self, path: &ImagePath, max_content: u64) -> Result<Option<Found>, ImageError> {
-        let dir = match &mut self.dir {
-            Some(dir) => dir,
-            none => none.insert(StagingDir::open(&self.root)?),
-        };
-        let found = match dir.locate(path) {
+        let found = match self.tree()?.locate(path) {
             Ok(Some(found)) => found,
             Ok(None) | Err(DirError::NotDirectory { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
@@ -490,16 +486,7 @@ impl ImageReader for DirReader {
         if st.kind == EntryType::Regular && st.size <= max_content {
             (st, content) = read_file(&found, max_content)?;
         }
-        let info = FileMeta {
-            kind: st.kind,
-            mode: st.mode,
-            uid: st.uid,
-            gid: st.gid,
-            mtime: st.mtime,
-            size: st.size,
-            ..Default::default()
-        };
-        Ok(Some((info, content)))
+        Ok(Some((listing::meta_of(&st, None), content)))
     }
 }
 
