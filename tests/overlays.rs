@@ -782,3 +782,56 @@ fn passwd_behind_a_symlink_is_read_inside_the_tree() {
     let m = fs::metadata(stage.join("etc/azaion/device.conf")).unwrap();
     assert_eq!((m.uid(), m.gid()), (1001, 1001));
 }
+
+#[test]
+fn dry_run_on_an_ext4_image_reads_it_and_leaves_it_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let img = small_ext4(d, "rootfs.img");
+    let before = sha256(&img);
+    let spec = d.join("hostname.toml");
+    fs::write(&spec, HOSTNAME_SPEC).unwrap();
+    let devices = d.join("devices.csv");
+    fs::write(&devices, "serial,hostname,site\nAZJN-0042,jet,HH\n").unwrap();
+    let o = run(
+        offline(d, &["--serial", SERIAL, "--dry-run", "--json", "--overlay"])
+            .arg(&spec)
+            .arg("--devices")
+            .arg(&devices)
+            .arg("--image")
+            .arg(&img)
+            .arg("--output")
+            .arg(d.join("out.img")),
+    );
+    ok(&o);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let image = &doc["devices"][0]["images"][0];
+    assert_eq!(image["input_kind"], "raw ext2/3/4 image");
+    let actions: BTreeMap<String, String> = image["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["path"].as_str().unwrap().to_string(),
+                e["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    // What debugfs sees decides create or replace.
+    let has = |p: &str| !debugfs(&img, &format!("stat {p}")).is_empty();
+    for (path, action) in &actions {
+        let want = match (path.as_str(), has(path)) {
+            ("/etc/azaion", true) => "keep",
+            (_, true) => "replace",
+            (_, false) => "create",
+        };
+        assert_eq!(action, want, "{path}");
+    }
+    assert!(
+        actions.contains_key("/etc/hostname") && actions.len() == 4,
+        "{actions:?}"
+    );
+    assert_eq!(sha256(&img), before);
+    assert!(!d.join("out.img").exists());
+}
