@@ -24,6 +24,8 @@ fn tree(dir: &Path) -> PathBuf {
     fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
     symlink("../usr/lib/passwd", root.join("etc/passwd")).unwrap();
     symlink("/usr/lib/passwd", root.join("etc/passwd.abs")).unwrap();
+    // A merged-/usr image: /lib is a symlink to a directory.
+    symlink("usr/lib", root.join("lib")).unwrap();
     fs::write(root.join("etc/azaion/bin"), b"a\0b\0\xff\xfe").unwrap();
     let big: Vec<u8> = (0..3_000_000u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
@@ -36,9 +38,9 @@ fn tree(dir: &Path) -> PathBuf {
         fs::Permissions::from_mode(0o4755),
     )
     .unwrap();
-    fs::set_permissions(root.join("var/tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
     sh(&format!(
-        "chown -R 0:0 {r} && chown 1001:996 {r}/etc/azaion/bin && find {r} -exec touch -h -d @1700000000 {{}} +",
+        "chown -R 0:0 {r} && chown 1001:996 {r}/etc/azaion/bin && chmod 4755 {r}/usr/lib/suid && chmod 1777 {r}/var/tmp \
+         && find {r} -exec touch -h -d @1700000000 {{}} +",
         r = root.display()
     ));
     root
@@ -125,7 +127,7 @@ fn tar_listing_and_content_match_gnu_tar_in_every_codec() {
             // Through a hard link and through symlinks, inside the archive.
             let big = fs::read(root.join("opt/a/b/c/big")).unwrap();
             assert!(imprint(&["cat", "/opt/big.link"], &archive) == big);
-            for link in ["/etc/passwd", "/etc/passwd.abs"] {
+            for link in ["/etc/passwd", "/etc/passwd.abs", "/lib/passwd"] {
                 assert_eq!(
                     imprint(&["cat", link], &archive),
                     b"root:x:0:0::/root:/bin/sh\n"
@@ -232,9 +234,18 @@ fn ext4_matches_debugfs(image: &Path, raw: &Path, extra: &[&str]) {
             image.display()
         );
     }
-    let args = with(&["cat", "/etc/passwd"]);
+    for link in ["/etc/passwd", "/lib/passwd"] {
+        let args = with(&["cat", link]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_eq!(imprint(&args, image), b"root:x:0:0::/root:/bin/sh\n");
+    }
+    // `ls` goes through a symlinked directory on the way (and shows a
+    // symlink itself as the link, as ls -l does).
+    let args = with(&["ls", "/lib/suid"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    assert_eq!(imprint(&args, image), b"root:x:0:0::/root:/bin/sh\n");
+    let listed = String::from_utf8(imprint(&args, image)).unwrap();
+    assert!(listed.trim_end().ends_with(" /usr/lib/suid"), "{listed}");
+    assert!(listed.starts_with("-rwsr-xr-x "), "{listed}");
     let links: Vec<_> = entries
         .iter()
         .filter(|e| e["type"] == "symlink")
@@ -244,7 +255,8 @@ fn ext4_matches_debugfs(image: &Path, raw: &Path, extra: &[&str]) {
         links,
         [
             ("/etc/passwd", "../usr/lib/passwd"),
-            ("/etc/passwd.abs", "/usr/lib/passwd")
+            ("/etc/passwd.abs", "/usr/lib/passwd"),
+            ("/lib", "usr/lib")
         ]
     );
 }
@@ -340,6 +352,10 @@ fn staging_tree_listing_and_content_match_the_host() {
     );
     assert_eq!(
         imprint(&["cat", "/etc/passwd"], &root),
+        b"root:x:0:0::/root:/bin/sh\n"
+    );
+    assert_eq!(
+        imprint(&["cat", "/lib/passwd"], &root),
         b"root:x:0:0::/root:/bin/sh\n"
     );
     // A symlink that climbs out of the tree stays inside it, as in a chroot.

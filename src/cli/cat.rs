@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 
-use imprint::image::{self, EntryType, ImageError, ImageOptions};
+use imprint::image::{self, EntryType, ImageError, ImageOptions, ImageReader};
+use imprint::plan::ImagePath;
 
 use super::args::CatArgs;
 
@@ -35,7 +36,13 @@ pub(crate) fn run(args: CatArgs) -> Result<ExitCode> {
             Err(e) => return Err(e.into()),
         };
         let Some(meta) = meta else {
-            bail!("{} has no {path}", args.image.display());
+            match through_parent_link(reader.as_mut(), &path)? {
+                Some(next) => {
+                    path = next;
+                    continue;
+                }
+                None => bail!("{} has no {path}", args.image.display()),
+            }
         };
         match (meta.kind, meta.target.as_deref()) {
             (EntryType::Regular, _) => {
@@ -58,4 +65,35 @@ pub(crate) fn run(args: CatArgs) -> Result<ExitCode> {
         args.image.display(),
         args.path
     )
+}
+
+/// Where `path` leads when one of its directories is a symlink (`/lib` ->
+/// `usr/lib` in a merged-/usr image): the path with its first symlinked
+/// directory resolved inside the image; `None` when no directory on the
+/// way is a symlink.
+pub(super) fn through_parent_link(
+    reader: &mut dyn ImageReader,
+    path: &ImagePath,
+) -> Result<Option<ImagePath>> {
+    let parts = path.components();
+    for depth in 1..parts.len() {
+        let prefix = ImagePath::parse(&format!("/{}", parts[..depth].join("/")))
+            .expect("components of a valid path");
+        let Some(found) = reader.list(Some(&prefix), false)? else {
+            return Ok(None);
+        };
+        let link = match &found[..] {
+            [one] if one.path == prefix.relative() => one.meta.target.as_deref(),
+            _ => None,
+        };
+        let Some(target) = link else {
+            continue;
+        };
+        let Some(base) = prefix.follow(target) else {
+            return Ok(None);
+        };
+        let rest = parts[depth..].join("/");
+        return Ok(ImagePath::parse(&format!("{base}/{rest}")));
+    }
+    Ok(None)
 }

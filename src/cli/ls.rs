@@ -19,7 +19,20 @@ pub(crate) fn run(args: LsArgs) -> Result<ExitCode> {
         ..Default::default()
     };
     let mut reader = image::open_reader(&args.image, &options)?;
-    let Some(entries) = reader.list(path.as_ref(), args.recursive)? else {
+    let mut path = path;
+    let mut listed = reader.list(path.as_ref(), args.recursive)?;
+    // A directory on the way may be a symlink (`/lib` -> `usr/lib`).
+    for _ in 0..40 {
+        let Some(p) = path.as_ref().filter(|_| listed.is_none()) else {
+            break;
+        };
+        let Some(next) = super::cat::through_parent_link(reader.as_mut(), p)? else {
+            break;
+        };
+        listed = reader.list(Some(&next), args.recursive)?;
+        path = Some(next);
+    }
+    let Some(entries) = listed else {
         bail!(
             "{} has nothing at {}",
             args.image.display(),
