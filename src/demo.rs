@@ -16,7 +16,7 @@ use imprint::image::{self, sparse};
 use imprint::io::output::TempOutput;
 use imprint::owner::Owner;
 use imprint::pipeline::{self, Request, Settings, Source};
-use imprint::plan::{ImagePath, Plan, PlanEntry, PlanKind};
+use imprint::plan::{ExtraVars, ImagePath, OverlaySpec, Plan, PlanEntry, PlanKind};
 use imprint::stub::StubServer;
 use imprint::verify::{self, Expectations};
 use zeroize::Zeroizing;
@@ -242,7 +242,11 @@ pub fn run(dir: &Path) -> Result<()> {
         provision_and_verify(&server, &img_serial, &system_img, dir, 4)?;
     }
     println!(
-        "Done. Try: tar -tvzf {}/{tar_serial}-rootfs.tar.gz ./etc/azaion/device.conf",
+        "Done. Try: imprint ls {}/{tar_serial}-rootfs.tar.gz /etc/azaion",
+        dir.display()
+    );
+    println!(
+        "     and: tar -tvzf {}/{tar_serial}-rootfs.tar.gz ./etc/azaion/device.conf",
         dir.display()
     );
     if sparse {
@@ -269,11 +273,21 @@ fn provision_and_verify(
         .to_string_lossy();
     let output = dir.join(format!("{serial}-{name}"));
     let _ = std::fs::remove_file(&output);
+    // An extra overlay with a per-device variable, as `--overlay` and
+    // `--devices` give one (overlays/README.md).
+    let mut settings = Settings::new("azaion".parse()?);
+    settings
+        .overlay
+        .extend(OverlaySpec::parse(DEMO_OVERLAY, "demo overlay")?);
+    let number = serial.as_str().rsplit('-').next().unwrap_or_default();
+    let hostname = format!("jetson-{number}");
+    let vars = ExtraVars::new([("hostname".to_string(), hostname)].into());
+    settings.devices = std::sync::Arc::new([(serial.to_string(), vars)].into());
     let request = Request {
         serial: serial.clone(),
         inputs: vec![(Source::Image(input.to_path_buf()), Some(output.clone()))],
         password: None,
-        settings: Settings::new("azaion".parse()?),
+        settings,
         api: Some(AdminConfig::new(&server.url())),
     };
     let report = pipeline::run(request, &mut |line| println!("   {line}"))?;
@@ -310,5 +324,33 @@ fn provision_and_verify(
         "the demo image {} did not verify",
         emitted.path.display()
     );
+    // What `imprint ls OUT /etc/azaion` and `imprint cat OUT /etc/hostname` show.
+    let mut reader = image::open_reader(&emitted.path, &Default::default())?;
+    let azaion = ImagePath::parse("/etc/azaion").expect("constant");
+    println!("   Inside it, /etc/azaion holds:");
+    for l in reader.list(Some(&azaion), false)?.unwrap_or_default() {
+        let m = &l.meta;
+        println!(
+            "     {:04o} {}:{} {:>4} bytes  /{}",
+            m.mode, m.uid, m.gid, m.size, l.path
+        );
+    }
+    let mut hostname = Vec::new();
+    let hostname_path = ImagePath::parse("/etc/hostname").expect("constant");
+    reader.cat(&hostname_path, &mut hostname)?;
+    println!(
+        "   and /etc/hostname says {:?}",
+        String::from_utf8_lossy(&hostname).trim_end()
+    );
     Ok(())
 }
+
+/// The demo's extra overlay: a hostname from a device variable.
+const DEMO_OVERLAY: &str = r#"
+[[entry]]
+path = "/etc/hostname"
+type = "file"
+mode = "0644"
+owner = "0:0"
+content = "{hostname}\n"
+"#;

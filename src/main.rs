@@ -58,6 +58,8 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Provision(args) => cli::provision::run(args),
         Command::Verify(args) => cli::verify::run(args),
         Command::Manifest { command } => cli::manifest::run(command),
+        Command::Ls(args) => cli::ls::run(args),
+        Command::Cat(args) => cli::cat::run(args),
         Command::Completions { shell } => {
             let mut cli = Cli::command();
             clap_complete::generate(shell, &mut cli, "imprint", &mut std::io::stdout());

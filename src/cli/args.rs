@@ -29,6 +29,10 @@ Examples:
   # Check what a built image carries, and that it logs in
   imprint verify out/AZJN-0042-rootfs.tbz2 --serial AZJN-0042 --login-url http://loader:8080
 
+  # Look inside an image: list a directory, print a file
+  imprint ls out/AZJN-0042-rootfs.tbz2 /etc/azaion
+  imprint cat out/AZJN-0042-system.img /etc/hostname
+
   # See it all work against a local stand-in API
   imprint demo";
 
@@ -58,6 +62,10 @@ pub(crate) enum Command {
     /// Check the credentials inside a built image or staging tree
     #[command(after_help = EXAMPLES)]
     Verify(VerifyArgs),
+    /// List what is at a path inside an image or staging tree, like ls -l (read-only)
+    Ls(LsArgs),
+    /// Write a file from inside an image or staging tree to stdout (read-only)
+    Cat(CatArgs),
     /// Build a sample rootfs, provision it against a local stand-in API, verify it
     #[cfg(feature = "demo")]
     Demo(DemoArgs),
@@ -80,11 +88,17 @@ pub(crate) enum Command {
 #[command(group(clap::ArgGroup::new("input").required(true).args(["image", "rootfs_dir"])))]
 pub(crate) struct ProvisionArgs {
     /// Device serial, e.g. AZJN-0042 (uppercase letters, digits, hyphens); repeat for a batch
-    #[arg(long, required_unless_present = "serials")]
+    #[arg(long, required_unless_present_any = ["serials", "devices"])]
     pub(crate) serial: Vec<String>,
-    /// Batch: a file of serials, one a line (# starts a comment); --output must be a directory
-    #[arg(long, value_name = "FILE")]
+    /// Batch: a file of serials, one a line (# starts a comment), or - for stdin; --output must be a directory
+    #[arg(long, value_name = "FILE", conflicts_with = "devices")]
     pub(crate) serials: Option<PathBuf>,
+    /// Devices and their own overlay variables: CSV (or TSV, or JSON lines) with a header row and a serial column, or - for stdin. Alone it is a batch like --serials; with --serial it gives those devices' variables
+    #[arg(long, value_name = "FILE")]
+    pub(crate) devices: Option<PathBuf>,
+    /// Resolve everything and print what each image would get (never file content); write nothing, call no API
+    #[arg(long)]
+    pub(crate) dry_run: bool,
     /// Batch: skip serials whose output already exists, verifies and was made from this base; outputs made from another base are rebuilt keeping their password
     #[arg(long)]
     pub(crate) skip_existing: bool,
@@ -95,7 +109,7 @@ pub(crate) struct ProvisionArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub(crate) jobs: u16,
     /// Admin API base URL (http:// or https://)
-    #[arg(long, required_unless_present = "offline")]
+    #[arg(long, required_unless_present_any = ["offline", "dry_run"])]
     pub(crate) api_url: Option<String>,
     /// Input image: tar, raw ext2/3/4 or GPT/MBR disk image (each plain, .gz, .bz2, .zst or .xz), or Android sparse. Repeat it to stamp several images of one device with the same credentials and one account call (--output is then a directory)
     #[arg(long, requires = "output")]
@@ -124,7 +138,7 @@ pub(crate) struct ProvisionArgs {
     /// Make no API call; requires --password-file
     #[arg(long, requires = "password_file", conflicts_with = "api_url")]
     pub(crate) offline: bool,
-    /// Extra overlay spec (TOML) to apply after the built-in device.conf one
+    /// Extra overlay spec (TOML) to apply after the built-in device.conf one, or - for stdin; repeatable (overlays/README.md)
     #[arg(long = "overlay", value_name = "FILE")]
     pub(crate) overlays: Vec<PathBuf>,
     #[command(flatten)]
@@ -132,7 +146,7 @@ pub(crate) struct ProvisionArgs {
     /// Print only the result line
     #[arg(long, short)]
     pub(crate) quiet: bool,
-    /// Print the result as one JSON document (schema imprint.provision/1 or imprint.batch/1)
+    /// Print the result as one JSON document (schema imprint.provision/1, imprint.batch/1 or, with --dry-run, imprint.dry-run/1)
     #[arg(long)]
     pub(crate) json: bool,
     /// Checksum files to write beside each image: sha256 (NAME.sha256, always) and sha1 (NAME.sha1sum, for NVIDIA's kernel-flash tools)
@@ -196,6 +210,34 @@ pub(crate) struct VerifyArgs {
     /// Print the report as JSON
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct LsArgs {
+    /// Image (any input provision reads) or staging directory
+    pub(crate) image: PathBuf,
+    /// Absolute path inside the image (default: /)
+    pub(crate) path: Option<String>,
+    /// List subdirectories too
+    #[arg(short = 'R', long)]
+    pub(crate) recursive: bool,
+    /// The partition of a disk image to look in: its GPT name or its number
+    #[arg(long, value_name = "NAME|NUMBER")]
+    pub(crate) partition: Option<PartitionChoice>,
+    /// Print the listing as JSON (schema imprint.ls/1)
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct CatArgs {
+    /// Image (any input provision reads) or staging directory
+    pub(crate) image: PathBuf,
+    /// Absolute path of a file inside the image; symlinks are followed inside the image
+    pub(crate) path: String,
+    /// The partition of a disk image to read from: its GPT name or its number
+    #[arg(long, value_name = "NAME|NUMBER")]
+    pub(crate) partition: Option<PartitionChoice>,
 }
 
 #[cfg(feature = "demo")]

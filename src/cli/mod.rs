@@ -3,11 +3,16 @@
 //! the library's report into output for a person or a script.
 
 pub(crate) mod args;
+pub(crate) mod cat;
+mod devices;
+mod dry_run;
+pub(crate) mod ls;
 pub(crate) mod manifest;
 pub(crate) mod manpages;
 pub(crate) mod panic;
 pub(crate) mod provision;
 mod report;
+mod stdin;
 mod token;
 pub(crate) mod verify;
 

@@ -16,6 +16,7 @@ use super::args::{ChecksumKind, ProvisionArgs};
 use super::report::{BatchDocument, ProvisionDocument};
 
 pub(crate) fn run(args: ProvisionArgs) -> Result<ExitCode> {
+    let mut stdin = super::stdin::Stdin::for_args(&args)?;
     let password = args
         .password_file
         .as_deref()
@@ -23,28 +24,51 @@ pub(crate) fn run(args: ProvisionArgs) -> Result<ExitCode> {
         .transpose()?;
     let mut settings = Settings::new(args.owner.parse::<OwnerSpec>()?);
     for path in &args.overlays {
-        settings.overlay.extend(OverlaySpec::load(path)?);
+        settings.overlay.extend(match stdin.take(path)? {
+            Some(text) => OverlaySpec::parse(&text, "the overlay on stdin")?,
+            None => OverlaySpec::load(path)?,
+        });
     }
     settings.sha1sum = args.checksum.contains(&ChecksumKind::Sha1);
     settings.mtime = source_date_epoch()?;
     // The slow path the fast paths are tested and benchmarked against.
     settings.options.full_rewrite = std::env::var_os("IMPRINT_FULL_REWRITE").is_some();
     settings.options.partition = args.partition.clone();
-    let api = match (&args.api_url, args.offline) {
-        (Some(url), false) => Some(args.api.config(url)?),
-        _ => None,
-    };
     let mut serials = args
         .serial
         .iter()
         .map(|s| Serial::parse(s))
         .collect::<Result<Vec<_>, _>>()?;
     if let Some(file) = &args.serials {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read the serials file {}", file.display()))?;
+        let text = match stdin.take(file)? {
+            Some(text) => text,
+            None => std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the serials file {}", file.display()))?,
+        };
         serials.extend(batch::read_serials(&text, &file.display().to_string())?);
     }
-    if serials.len() != 1 || args.serials.is_some() {
+    if let Some(file) = &args.devices {
+        let given = serials.clone();
+        serials = super::devices::load(file, &mut stdin, &given, &mut settings)?;
+    }
+    // Everything that can be known before any work: each device's
+    // template variables, rendered paths and host source files.
+    for serial in &serials {
+        settings
+            .overlay
+            .check_device(serial, &settings.vars_of(serial))?;
+    }
+    let batch_run = serials.len() != 1
+        || args.serials.is_some()
+        || (args.devices.is_some() && args.serial.is_empty() && args.rootfs_dir.is_none());
+    if args.dry_run {
+        return super::dry_run::run(&args, &serials, batch_run, password.as_ref(), &settings);
+    }
+    let api = match (&args.api_url, args.offline) {
+        (Some(url), false) => Some(args.api.config(url)?),
+        _ => None,
+    };
+    if batch_run {
         let Some(output) = &args.output else {
             bail!("a batch needs --image IN and --output DIR");
         };

@@ -11,6 +11,7 @@ use serde::Serialize;
 use imprint::admin::Provisioned;
 use imprint::io::output::sidecar_path;
 use imprint::pipeline::batch::{BatchReport, Outcome};
+use imprint::pipeline::dry_run::PlannedDevice;
 use imprint::pipeline::Report;
 use imprint::verify::{Check, VerifyReport};
 
@@ -191,6 +192,84 @@ impl<'a> CheckDocument<'a> {
             detail: &check.detail,
             name: &check.name,
             passed: check.passed,
+        }
+    }
+}
+
+/// `imprint provision --dry-run --json`.
+#[derive(Serialize)]
+pub(crate) struct DryRunDocument<'a> {
+    devices: Vec<DryRunDevice<'a>>,
+    schema: &'static str,
+}
+
+#[derive(Serialize)]
+struct DryRunDevice<'a> {
+    email: &'a str,
+    images: Vec<DryRunImage<'a>>,
+    serial: &'a str,
+}
+
+#[derive(Serialize)]
+struct DryRunImage<'a> {
+    entries: Vec<DryRunEntry<'a>>,
+    input: String,
+    input_kind: &'a str,
+    output: Option<String>,
+}
+
+/// One entry: never its content, only its size.
+#[derive(Serialize)]
+struct DryRunEntry<'a> {
+    action: &'static str,
+    gid: Option<u32>,
+    group: Option<&'a str>,
+    mode: Option<String>,
+    path: &'a str,
+    size: Option<u64>,
+    target: Option<&'a str>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    uid: Option<u32>,
+    user: Option<&'a str>,
+}
+
+impl<'a> DryRunDocument<'a> {
+    pub(crate) fn new(devices: &'a [PlannedDevice]) -> Self {
+        DryRunDocument {
+            devices: devices
+                .iter()
+                .map(|d| DryRunDevice {
+                    email: &d.email,
+                    serial: &d.serial,
+                    images: d
+                        .images
+                        .iter()
+                        .map(|i| DryRunImage {
+                            input: i.input.display().to_string(),
+                            input_kind: &i.kind,
+                            output: i.output.as_ref().map(|o| o.display().to_string()),
+                            entries: i
+                                .entries
+                                .iter()
+                                .map(|e| DryRunEntry {
+                                    action: e.action.name(),
+                                    gid: e.owner.as_ref().map(|o| o.gid),
+                                    group: e.owner.as_ref().and_then(|o| o.group_name.as_deref()),
+                                    mode: e.mode.map(|m| format!("{m:04o}")),
+                                    path: &e.path,
+                                    size: e.size,
+                                    target: e.target.as_deref(),
+                                    kind: e.kind,
+                                    uid: e.owner.as_ref().map(|o| o.uid),
+                                    user: e.owner.as_ref().and_then(|o| o.user_name.as_deref()),
+                                })
+                                .collect(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            schema: "imprint.dry-run/1",
         }
     }
 }

@@ -204,7 +204,7 @@ impl ImageBackend for CompressedBackend {
 
 /// Reads files out of a compressed raw image for `verify`.
 pub(crate) struct CompressedReader {
-    inner: Ext4Reader,
+    pub(crate) inner: Ext4Reader,
     _scratch: Scratch,
 }
 

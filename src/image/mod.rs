@@ -6,6 +6,7 @@ mod detect;
 pub mod dir;
 pub mod disk;
 pub mod ext4;
+mod listing;
 pub mod resolve;
 pub mod sparse;
 pub mod tar;
@@ -63,6 +64,8 @@ pub enum ImageError {
     Bmap(#[from] crate::io::bmap::BmapError),
     #[error("writing the output failed")]
     Output(#[source] std::io::Error),
+    #[error("{path} is {what} in the archive; imprint cannot read its content")]
+    Unreadable { path: String, what: &'static str },
     #[error("the block map beside {image} describes an image of {bmap_size} bytes, but the image has {image_size}; it belongs to another image. Remove or replace it")]
     BmapMismatch {
         image: PathBuf,
@@ -91,8 +94,43 @@ pub trait ImageBackend {
     fn apply(&mut self, plan: &Plan, out: &mut TempOutput) -> Result<(), ImageError>;
 }
 
-/// Reads single files out of an image, for `verify`.
-pub trait ImageReader {
+/// One name found by [`Inspect::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Relative to the image's root, e.g. `etc/azaion/device.conf`.
+    pub path: String,
+    pub meta: FileMeta,
+    /// A tar hard-link entry: the path (relative) it names.
+    pub hard_link: Option<String>,
+}
+
+/// Looking inside an image (`imprint ls` and `cat`), read-only, through
+/// the same readers as `verify`.
+pub trait Inspect {
+    /// What is at `path` (`None`: the root): a directory's entries (with
+    /// `recursive`, everything below it), or the one entry for anything
+    /// else; sorted by path. `None` when nothing is there. Symlinks are
+    /// listed, not followed; their `meta.target` is set.
+    fn list(
+        &mut self,
+        path: Option<&ImagePath>,
+        recursive: bool,
+    ) -> Result<Option<Vec<Listed>>, ImageError>;
+
+    /// Copies the content of the regular file at `path` to `out` as it is
+    /// read (never the whole file in memory) and returns its metadata.
+    /// Anything but a regular file is returned without writing (a symlink
+    /// with its `target`: the caller decides whether to follow it); `None`
+    /// when nothing is there.
+    fn cat(
+        &mut self,
+        path: &ImagePath,
+        out: &mut dyn std::io::Write,
+    ) -> Result<Option<FileMeta>, ImageError>;
+}
+
+/// Reads single files out of an image, for `verify`, `ls` and `cat`.
+pub trait ImageReader: Inspect {
     /// Metadata and, for a regular file, the content of `path`. The content
     /// of files larger than `max_content` is not read.
     fn lookup(&mut self, path: &ImagePath, max_content: u64) -> Result<Option<Found>, ImageError>;

@@ -15,6 +15,7 @@
 //! carries a password the server does not have.
 
 pub mod batch;
+pub mod dry_run;
 pub mod manifest;
 
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ use crate::image::dir::{DirError, Staged, StagingDir};
 use crate::image::{self, ImageBackend, ImageError, ImageFacts, ImageOptions};
 use crate::io::output::{self, Emitted, TempOutput};
 use crate::owner::{Owner, OwnerSpec, UserDb};
-use crate::plan::{DeviceVars, ImagePath, OverlayError, OverlaySpec, Plan};
+use crate::plan::{DeviceVars, ExtraVars, ImagePath, OverlayError, OverlaySpec, Plan};
 
 /// The file the default overlay writes; its owner is what reports show.
 pub const DEVICE_CONF: &str = "/etc/azaion/device.conf";
@@ -102,6 +103,18 @@ pub struct Settings {
     pub options: ImageOptions,
     /// Also write `NAME.sha1sum`, as NVIDIA's kernel-flash tools check.
     pub sha1sum: bool,
+    /// Each device's own template variables (`--devices`), by serial.
+    pub devices: std::sync::Arc<std::collections::BTreeMap<String, ExtraVars>>,
+}
+
+impl Settings {
+    /// The variables of `serial` beyond the built-in ones.
+    pub fn vars_of(&self, serial: &Serial) -> ExtraVars {
+        self.devices
+            .get(serial.as_str())
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 impl Settings {
@@ -113,6 +126,7 @@ impl Settings {
             mtime: None,
             options: ImageOptions::default(),
             sha1sum: false,
+            devices: Default::default(),
         }
     }
 }
@@ -237,9 +251,10 @@ impl Opened {
             password: &job.password,
         };
         let mtime = self.settings.mtime.unwrap_or(self.facts.reference_mtime);
-        Ok(Plan::resolve(
+        Ok(Plan::resolve_for(
             &self.settings.overlay,
             &vars,
+            &self.settings.vars_of(&job.serial),
             &db,
             &self.settings.owner,
             mtime,

@@ -6,7 +6,9 @@
 //! Every image backend applies the same plan, so the rules about modes,
 //! owners, parents and replacement live here and in [`PlanEntry`] only.
 
+pub mod devices;
 pub mod model;
+mod source;
 pub mod spec;
 
 use std::fmt;
@@ -15,9 +17,11 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 use crate::owner::{Owner, OwnerError, OwnerSpec, UserDb};
+pub use devices::DevicesError;
 pub use model::{EntryType, Existing, FileMeta, ImagePath};
-use spec::{parse_mode, render, SpecKind};
-pub use spec::{DeviceVars, OverlaySpec, DEFAULT_OVERLAY};
+pub use source::MAX_SOURCE;
+use spec::{parse_mode, render_content, render_name, source_path, SpecKind};
+pub use spec::{DeviceVars, ExtraVars, OverlaySpec, DEFAULT_OVERLAY};
 
 #[derive(Debug, Error)]
 pub enum OverlayError {
@@ -36,6 +40,20 @@ pub enum OverlayError {
     },
     #[error("entry {path}")]
     Owner { path: String, source: OwnerError },
+    #[error("device {serial}: the overlay uses {{{name}}}, which has no value for it; add a {name} column to --devices (and a value in every row), or remove it from the overlay")]
+    MissingVariable { serial: String, name: String },
+    #[error("device {serial}: the overlay path {template:?} becomes {path:?}, which is not an absolute path without '..'")]
+    BadRenderedPath {
+        serial: String,
+        template: String,
+        path: String,
+    },
+    #[error("device {serial}: cannot use the overlay source {path}: {why}")]
+    Source {
+        serial: String,
+        path: String,
+        why: String,
+    },
     #[error("two overlay entries write {0}")]
     Duplicate(String),
     #[error(
@@ -50,6 +68,8 @@ pub enum OverlayError {
     NotRegular { path: String, what: String },
     #[error("{path} is {what}; a symlink replaces only a file or another symlink. Remove it and try again")]
     NotReplaceableBySymlink { path: String, what: String },
+    #[error("{path} is a directory that is not empty; imprint removes it only with `recursive = true` in its entry")]
+    NotEmpty { path: String },
     #[error("{path} lies inside {absent}, which the overlay removes; drop one of the two entries")]
     InsideAbsent { path: String, absent: String },
     #[error("{path}: imprint cannot write a {kind} entry into {format} yet")]
@@ -167,9 +187,32 @@ impl Plan {
         default_owner: &OwnerSpec,
         mtime: i64,
     ) -> Result<Plan, OverlayError> {
+        Plan::resolve_for(spec, vars, &ExtraVars::default(), db, default_owner, mtime)
+    }
+
+    /// [`Plan::resolve`] with the device's own variables (`--devices`).
+    pub fn resolve_for(
+        spec: &OverlaySpec,
+        vars: &DeviceVars,
+        extra: &ExtraVars,
+        db: &UserDb,
+        default_owner: &OwnerSpec,
+        mtime: i64,
+    ) -> Result<Plan, OverlayError> {
+        let missing = |name: String| OverlayError::MissingVariable {
+            serial: vars.serial.to_string(),
+            name,
+        };
+        let name = |text: &str| render_name(text, vars.serial, vars.email, extra).map_err(missing);
         let mut entries: Vec<PlanEntry> = Vec::new();
-        for (_, e) in &spec.entries {
-            let path = ImagePath::parse(&e.path).expect("checked when parsed");
+        for (origin, e) in &spec.entries {
+            let rendered = name(&e.path)?;
+            let path =
+                ImagePath::parse(&rendered).ok_or_else(|| OverlayError::BadRenderedPath {
+                    serial: vars.serial.to_string(),
+                    template: e.path.clone(),
+                    path: rendered.clone(),
+                })?;
             if entries.iter().any(|p| p.path == path) {
                 return Err(OverlayError::Duplicate(path.to_string()));
             }
@@ -195,12 +238,18 @@ impl Plan {
             };
             let kind = match e.kind {
                 SpecKind::Dir => PlanKind::Dir,
-                SpecKind::File => {
-                    PlanKind::File(render(e.content.as_deref().unwrap_or_default(), vars))
-                }
+                SpecKind::File => match (&e.content, &e.source) {
+                    (_, Some(source)) => {
+                        let host = source_path(origin, source, (vars.serial, vars.email), extra)?;
+                        PlanKind::File(source::read(&host, vars.serial)?)
+                    }
+                    (content, None) => PlanKind::File(
+                        render_content(content.as_deref().unwrap_or_default(), vars, extra)
+                            .map_err(missing)?,
+                    ),
+                },
                 SpecKind::Symlink => {
-                    let target = render(e.target.as_deref().unwrap_or_default(), vars);
-                    PlanKind::Symlink(String::from_utf8_lossy(&target).into_owned())
+                    PlanKind::Symlink(name(e.target.as_deref().unwrap_or_default())?)
                 }
                 SpecKind::Absent => PlanKind::Absent {
                     recursive: e.recursive.unwrap_or(false),
@@ -220,11 +269,13 @@ impl Plan {
                 .xattrs
                 .iter()
                 .flatten()
-                .map(|(name, value)| Xattr {
-                    name: name.clone(),
-                    value: render(value, vars).to_vec(),
+                .map(|(key, value)| {
+                    Ok(Xattr {
+                        name: key.clone(),
+                        value: name(value)?.into_bytes(),
+                    })
                 })
-                .collect();
+                .collect::<Result<_, OverlayError>>()?;
             entries.push(PlanEntry {
                 path,
                 kind,
@@ -351,10 +402,59 @@ impl Plan {
     }
 }
 
+/// What applying an entry does to the image, as a dry run reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing is there: the entry is created.
+    Create,
+    /// A file or symlink is there and is replaced.
+    Replace,
+    /// Something is there and is removed.
+    Remove,
+    /// Nothing changes: a directory already there, or nothing to remove.
+    Keep,
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Replace => "replace",
+            Action::Remove => "remove",
+            Action::Keep => "keep",
+        }
+    }
+}
+
+impl Plan {
+    /// What each entry does, in the plan's order, given what the image
+    /// holds (run [`Plan::check_existing`] first: this does not judge
+    /// whether the change is allowed).
+    pub fn classify<E>(
+        &self,
+        mut existing: impl FnMut(&ImagePath) -> Result<Option<Existing>, E>,
+    ) -> Result<Vec<Action>, E> {
+        self.entries
+            .iter()
+            .map(|entry| {
+                let there = existing(&entry.path)?;
+                Ok(match (&entry.kind, there) {
+                    (PlanKind::Absent { .. }, Some(_)) => Action::Remove,
+                    (PlanKind::Absent { .. }, None) => Action::Keep,
+                    (PlanKind::Dir, Some(_)) => Action::Keep,
+                    (_, Some(_)) => Action::Replace,
+                    (_, None) => Action::Create,
+                })
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::identity::Password;
+    use spec::render;
 
     fn vars(p: &Password) -> DeviceVars<'_> {
         DeviceVars {
@@ -497,6 +597,117 @@ xattrs = { "security.selinux" = "system_u:object_r:etc_t:s0", "user.b" = "2" }
         let err =
             Plan::resolve(&spec, &vars(&p), &db, &OwnerSpec::User("root".into()), 7).unwrap_err();
         assert!(matches!(err, OverlayError::InsideAbsent { .. }), "{err}");
+    }
+
+    #[test]
+    fn sources_and_device_variables() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("certs")).unwrap();
+        let cert = b"\0\x01binary\xff\0";
+        std::fs::write(dir.path().join("certs/AZJN-0042.pem"), cert).unwrap();
+        let spec_path = dir.path().join("spec.toml");
+        std::fs::write(
+            &spec_path,
+            "[[entry]]\npath='/etc/{site}/{serial}.pem'\ntype='file'\nmode='0600'\nowner='0:0'\nsource='certs/{serial}.pem'\n\
+             [[entry]]\npath='/etc/hostname'\ntype='file'\nmode='0644'\nowner='0:0'\ncontent='{hostname}\\n${HOME} {\"json\": 1}'\n",
+        )
+        .unwrap();
+        let spec = OverlaySpec::load(&spec_path).unwrap();
+        let names: Vec<String> = spec.variables().into_iter().collect();
+        assert_eq!(names, ["hostname", "serial", "site"]);
+        let serial = crate::identity::Serial::parse("AZJN-0042").unwrap();
+        let extra = ExtraVars::new(
+            [("site", "berlin"), ("hostname", "jetson-42")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
+        );
+        spec.check_device(&serial, &extra).unwrap();
+        let p = Password::from_plain("0123");
+        let db = UserDb::parse(Some(b"root:x:0:0::/:/bin/sh\n"), Some(b"root:x:0:\n"));
+        let owner = OwnerSpec::User("root".into());
+        let plan = Plan::resolve_for(&spec, &vars(&p), &extra, &db, &owner, 7).unwrap();
+        let by = |p: &str| {
+            plan.entries
+                .iter()
+                .find(|e| e.path.to_string() == p)
+                .unwrap()
+        };
+        assert_eq!(by("/etc/berlin/AZJN-0042.pem").content().unwrap(), cert);
+        assert_eq!(
+            by("/etc/hostname").content().unwrap(),
+            b"jetson-42\\n${HOME} {\"json\": 1}"
+        );
+        // A blank or absent value, and a missing source, fail up front.
+        let blank = ExtraVars::new([("site".to_string(), String::new())].into());
+        let err = spec.check_device(&serial, &blank).unwrap_err();
+        assert!(
+            matches!(&err, OverlayError::MissingVariable { name, .. } if name == "hostname" || name == "site"),
+            "{err}"
+        );
+        let other = crate::identity::Serial::parse("AZJN-0043").unwrap();
+        let err = spec.check_device(&other, &extra).unwrap_err().to_string();
+        assert!(
+            err.contains("AZJN-0043") && err.contains("certs/AZJN-0043.pem"),
+            "{err}"
+        );
+        // A value that would climb out of the image is refused.
+        let climb = ExtraVars::new(
+            [("site", ".."), ("hostname", "x")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
+        );
+        let err = spec.check_device(&serial, &climb).unwrap_err();
+        assert!(matches!(err, OverlayError::BadRenderedPath { .. }), "{err}");
+        // The password never goes into names.
+        for bad in ["path='/etc/{password}'", "target='{password}'"] {
+            let text = format!(
+                "[[entry]]\n{bad}\ntype='symlink'\n{}",
+                if bad.starts_with("path") {
+                    "target='x'"
+                } else {
+                    "path='/etc/x'"
+                }
+            );
+            assert!(OverlaySpec::parse(&text, "t").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn entries_are_classified_against_the_image() {
+        let spec = OverlaySpec::parse(
+            "[[entry]]\npath='/etc/a'\ntype='dir'\nmode='0755'\nowner='0:0'\n\
+             [[entry]]\npath='/etc/a/f'\ntype='file'\nmode='0600'\nowner='0:0'\ncontent=''\n\
+             [[entry]]\npath='/etc/l'\ntype='symlink'\ntarget='x'\n\
+             [[entry]]\npath='/etc/gone'\ntype='absent'\n\
+             [[entry]]\npath='/etc/never'\ntype='absent'\n",
+            "t",
+        )
+        .unwrap();
+        let p = Password::from_plain("0123");
+        let db = UserDb::parse(Some(b"root:x:0:0::/:/bin/sh\n"), Some(b"root:x:0:\n"));
+        let plan =
+            Plan::resolve(&spec, &vars(&p), &db, &OwnerSpec::User("root".into()), 7).unwrap();
+        let image = |p: &ImagePath| -> Result<Option<Existing>, OverlayError> {
+            Ok(match p.to_string().as_str() {
+                "/etc/a" => Some(Existing::new(EntryType::Dir, 2, "here")),
+                "/etc/l" | "/etc/gone" => Some(Existing::new(EntryType::Regular, 1, "here")),
+                _ => None,
+            })
+        };
+        let actions: Vec<(String, &str)> = plan
+            .entries
+            .iter()
+            .zip(plan.classify(image).unwrap())
+            .map(|(e, a)| (e.path.to_string(), a.name()))
+            .collect();
+        let want = [
+            ("/etc/a", "keep"),
+            ("/etc/l", "replace"),
+            ("/etc/gone", "remove"),
+            ("/etc/never", "keep"),
+            ("/etc/a/f", "create"),
+        ];
+        assert_eq!(actions, want.map(|(p, a)| (p.to_string(), a)));
     }
 
     #[test]

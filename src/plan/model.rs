@@ -106,6 +106,29 @@ impl ImagePath {
     pub fn file_name(&self) -> &str {
         self.0.last().map(String::as_str).unwrap_or("")
     }
+
+    /// Where the symlink at this path points, resolved as a chroot at the
+    /// image's root would: an absolute target starts at the root, a
+    /// relative one at the link's directory, and `..` never climbs above
+    /// the root. `None` when the target is the root itself.
+    pub fn follow(&self, target: &str) -> Option<ImagePath> {
+        let mut parts: Vec<String> = if target.starts_with('/') {
+            Vec::new()
+        } else {
+            self.0[..self.0.len() - 1].to_vec()
+        };
+        for part in target.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => {
+                    parts.pop();
+                }
+                p => parts.push(p.to_string()),
+            }
+        }
+        let ok = !parts.is_empty() && parts.iter().all(|p| !p.contains('\0') && p.len() <= 255);
+        ok.then_some(ImagePath(parts))
+    }
 }
 
 impl fmt::Display for ImagePath {
@@ -124,6 +147,25 @@ mod tests {
         assert_eq!(p.to_string(), "/etc/azaion/device.conf");
         for bad in ["etc/x", "/", "//", "/etc/../x", "/a\0b"] {
             assert!(ImagePath::parse(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn links_resolve_inside_the_image() {
+        let link = ImagePath::parse("/etc/passwd").unwrap();
+        for (target, want) in [
+            ("../usr/lib/passwd", Some("/usr/lib/passwd")),
+            ("/usr/lib/passwd", Some("/usr/lib/passwd")),
+            ("../../../../x", Some("/x")),
+            ("./passwd.real", Some("/etc/passwd.real")),
+            ("/", None),
+            ("..", None),
+        ] {
+            assert_eq!(
+                link.follow(target).map(|p| p.to_string()).as_deref(),
+                want,
+                "{target}"
+            );
         }
     }
 }

@@ -2,15 +2,15 @@
 //! (`overlays/device-conf.toml` is the default), parsed and checked before
 //! any image is opened.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::model::ImagePath;
 use super::OverlayError;
-use crate::identity::Password;
+use crate::identity::{Password, Serial};
 use crate::owner::OwnerSpec;
 
 /// The overlay that writes `/etc/azaion/device.conf`.
@@ -37,6 +37,9 @@ pub(super) struct SpecEntry {
     pub(super) owner: Option<String>,
     /// File content, with `{email}`, `{password}` and `{serial}` replaced.
     pub(super) content: Option<String>,
+    /// Instead of content: a host file (templated path, relative to the
+    /// spec's directory), copied byte for byte.
+    pub(super) source: Option<String>,
     /// A symlink's target, templated like content.
     pub(super) target: Option<String>,
     /// An absent directory's contents go too.
@@ -58,10 +61,18 @@ pub(super) enum SpecKind {
 /// other binary kernel formats that a text value cannot express.
 const XATTR_NAMESPACES: [&str; 3] = ["security.", "user.", "trusted."];
 
+/// Where an entry was read from: the directory its `source` paths are
+/// relative to (`None`: the current directory, for the
+/// built-in spec and one read from stdin).
+#[derive(Debug, Clone)]
+pub(super) struct Origin {
+    pub(super) dir: Option<PathBuf>,
+}
+
 /// A parsed, checked overlay spec, ready to be resolved per device.
 #[derive(Debug, Clone)]
 pub struct OverlaySpec {
-    pub(super) entries: Vec<(String, SpecEntry)>,
+    pub(super) entries: Vec<(Origin, SpecEntry)>,
 }
 
 impl OverlaySpec {
@@ -75,7 +86,12 @@ impl OverlaySpec {
             path: path.display().to_string(),
             source,
         })?;
-        OverlaySpec::parse(&text, &path.display().to_string())
+        let mut spec = OverlaySpec::parse(&text, &path.display().to_string())?;
+        let dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
+        for (origin, _) in &mut spec.entries {
+            origin.dir = Some(dir.clone());
+        }
+        Ok(spec)
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<OverlaySpec, OverlayError> {
@@ -98,17 +114,76 @@ impl OverlaySpec {
             entries: file
                 .entries
                 .into_iter()
-                .map(|e| (origin.to_string(), e))
+                .map(|e| (Origin { dir: None }, e))
                 .collect(),
         })
     }
 
-    /// The paths the spec writes, for backends that must look for them.
+    /// The paths the spec writes, for backends that must look for them
+    /// (templated paths as written: a backend looks again for the
+    /// rendered ones).
     pub fn targets(&self) -> Vec<ImagePath> {
         self.entries
             .iter()
             .filter_map(|(_, e)| ImagePath::parse(&e.path))
             .collect()
+    }
+
+    /// The `{name}` variables the templates use, built-in ones included.
+    pub fn variables(&self) -> BTreeSet<String> {
+        let mut names = BTreeSet::new();
+        for (_, e) in &self.entries {
+            for text in e.templates() {
+                names.extend(template_names(text).map(str::to_string));
+            }
+        }
+        names
+    }
+
+    /// Checks what can be known of one device before any work: every
+    /// variable the templates use has a value, rendered paths are valid,
+    /// and every `source` file exists, is a regular file and is within
+    /// [`MAX_SOURCE`]. `serial` names the device in errors.
+    pub fn check_device(
+        &self,
+        serial: &Serial,
+        extra: &ExtraVars,
+    ) -> Result<(), super::OverlayError> {
+        let email = serial.email();
+        let serial = serial.as_str();
+        // A blank cell is a missing value.
+        let defined =
+            |name: &str| BUILT_IN.contains(&name) || extra.get(name).is_some_and(|v| !v.is_empty());
+        if let Some(missing) = self
+            .variables()
+            .into_iter()
+            .find(|n| extra.strict && !defined(n))
+        {
+            return Err(super::OverlayError::MissingVariable {
+                serial: serial.to_string(),
+                name: missing,
+            });
+        }
+        for (origin, e) in &self.entries {
+            let path = render_name(&e.path, serial, &email, extra).map_err(|name| {
+                super::OverlayError::MissingVariable {
+                    serial: serial.to_string(),
+                    name,
+                }
+            })?;
+            if ImagePath::parse(&path).is_none() {
+                return Err(super::OverlayError::BadRenderedPath {
+                    serial: serial.to_string(),
+                    template: e.path.clone(),
+                    path,
+                });
+            }
+            if let Some(source) = &e.source {
+                let host = source_path(origin, source, (serial, &email), extra)?;
+                super::source::check(&host, serial)?;
+            }
+        }
+        Ok(())
     }
 
     /// Adds another spec's entries after this one's.
@@ -141,12 +216,32 @@ fn check_entry(e: &SpecEntry) -> Result<(), String> {
         }
         None => {}
     }
-    if is(SpecKind::File) != e.content.is_some() {
+    if e.content.is_some() && e.source.is_some() {
+        return Err("a file takes content or source, not both".into());
+    }
+    if is(SpecKind::File) != (e.content.is_some() || e.source.is_some()) {
         return Err(if is(SpecKind::File) {
-            "a file needs content".into()
+            "a file needs content or source".into()
         } else {
-            format!("a {} entry has no content", kind.name())
+            format!("a {} entry has no content or source", kind.name())
         });
+    }
+    // Paths and names show up in listings, dry runs and errors.
+    let secret_in = [
+        ("path", Some(&e.path)),
+        ("source", e.source.as_ref()),
+        ("target", e.target.as_ref()),
+    ];
+    let in_xattrs = e.xattrs.iter().flatten().map(|(_, v)| ("xattrs", Some(v)));
+    for (what, text) in secret_in.into_iter().chain(in_xattrs) {
+        if text.is_some_and(|t| t.contains("{password}")) {
+            return Err(format!(
+                "{{password}} may appear only in content, not in {what}"
+            ));
+        }
+    }
+    if e.source.as_ref().is_some_and(|s| s.is_empty()) {
+        return Err("source must name a file".into());
     }
     if is(SpecKind::Symlink) != e.target.is_some() {
         return Err(if is(SpecKind::Symlink) {
@@ -205,24 +300,168 @@ pub struct DeviceVars<'a> {
     pub password: &'a Password,
 }
 
-pub(super) fn render(template: &str, vars: &DeviceVars) -> Zeroizing<Vec<u8>> {
+/// The variables every device has.
+const BUILT_IN: [&str; 4] = ["serial", "email", "password", "owner"];
+
+/// A device's own `{name}` values beyond the built-in ones: the columns of
+/// `--devices`. With `strict` (a devices file was given), a `{name}` that
+/// is neither built in nor a column is an error; without, it is left as
+/// written (as are shell's `${VAR}` and JSON's braces always).
+#[derive(Debug, Clone, Default)]
+pub struct ExtraVars {
+    values: BTreeMap<String, String>,
+    pub strict: bool,
+}
+
+impl ExtraVars {
+    /// Values by name; names must not be built-in ones.
+    pub fn new(values: BTreeMap<String, String>) -> ExtraVars {
+        ExtraVars {
+            values,
+            strict: true,
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
+    }
+
+    /// Whether `name` may be a column: not a built-in variable.
+    pub fn is_reserved(name: &str) -> bool {
+        BUILT_IN.contains(&name)
+    }
+}
+
+/// Whether `name` may be a template variable: `[A-Za-z_][A-Za-z0-9_-]*`.
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// The `{name}` variables in `template` (not `${name}`, which is shell's).
+fn template_names(template: &str) -> impl Iterator<Item = &str> {
+    let bytes = template.as_bytes();
+    template.match_indices('{').filter_map(move |(at, _)| {
+        if at > 0 && bytes[at - 1] == b'$' {
+            return None;
+        }
+        let rest = &template[at + 1..];
+        let end = rest.find('}')?;
+        let name = &rest[..end];
+        is_identifier(name).then_some(name)
+    })
+}
+
+/// Renders `template` with `lookup` giving each variable's value: `None`
+/// leaves `{name}` as written, `Err` stops with the variable's name.
+fn render_with(
+    template: &str,
+    mut lookup: impl FnMut(&str) -> Result<Option<String>, String>,
+) -> Result<Zeroizing<String>, String> {
     let mut out = Zeroizing::new(String::with_capacity(template.len() + 64));
     let mut rest = template;
     while let Some(start) = rest.find('{') {
         out.push_str(&rest[..start]);
         let after = &rest[start..];
-        let (value, len) = [
-            ("{email}", vars.email),
-            ("{password}", vars.password.expose()),
-            ("{serial}", vars.serial),
-        ]
-        .iter()
-        .find(|(key, _)| after.starts_with(key))
-        .map(|(key, value)| (*value, key.len()))
-        .unwrap_or(("{", 1));
-        out.push_str(value);
-        rest = &after[len..];
+        let shell = out.ends_with('$');
+        let name = after[1..]
+            .find('}')
+            .map(|end| &after[1..1 + end])
+            .filter(|n| !shell && is_identifier(n));
+        match name.map(|n| (n, lookup(n))) {
+            Some((n, Ok(Some(value)))) => {
+                out.push_str(&value);
+                rest = &after[n.len() + 2..];
+            }
+            Some((_, Err(missing))) => return Err(missing),
+            _ => {
+                out.push('{');
+                rest = &after[1..];
+            }
+        }
     }
     out.push_str(rest);
-    Zeroizing::new(std::mem::take(&mut *out).into_bytes())
+    Ok(out)
+}
+
+/// The value of `name` among the extra variables; an error in strict mode
+/// when it has none (or an empty one: a blank cell is a missing value).
+fn extra_value(name: &str, extra: &ExtraVars) -> Result<Option<String>, String> {
+    match extra.get(name) {
+        Some(v) if !v.is_empty() || !extra.strict => Ok(Some(v.to_string())),
+        _ if extra.strict => Err(name.to_string()),
+        _ => Ok(None),
+    }
+}
+
+/// A template holding no secret (path, source, target, xattr value):
+/// `{serial}` and the extra variables.
+pub(super) fn render_name(
+    template: &str,
+    serial: &str,
+    email: &str,
+    extra: &ExtraVars,
+) -> Result<String, String> {
+    render_with(template, |name| match name {
+        "serial" => Ok(Some(serial.to_string())),
+        "email" => Ok(Some(email.to_string())),
+        "password" | "owner" => Ok(None),
+        other => extra_value(other, extra),
+    })
+    .map(|s| s.to_string())
+}
+
+/// File content: every variable, the password included.
+pub(super) fn render_content(
+    template: &str,
+    vars: &DeviceVars,
+    extra: &ExtraVars,
+) -> Result<Zeroizing<Vec<u8>>, String> {
+    let mut text = render_with(template, |name| match name {
+        "serial" => Ok(Some(vars.serial.to_string())),
+        "email" => Ok(Some(vars.email.to_string())),
+        "password" => Ok(Some(vars.password.expose().to_string())),
+        "owner" => Ok(None),
+        other => extra_value(other, extra),
+    })?;
+    Ok(Zeroizing::new(std::mem::take(&mut *text).into_bytes()))
+}
+
+/// Where an entry's `source` is on the host, for one device.
+pub(super) fn source_path(
+    origin: &Origin,
+    source: &str,
+    (serial, email): (&str, &str),
+    extra: &ExtraVars,
+) -> Result<PathBuf, super::OverlayError> {
+    let rendered = render_name(source, serial, email, extra).map_err(|name| {
+        super::OverlayError::MissingVariable {
+            serial: serial.to_string(),
+            name,
+        }
+    })?;
+    let path = Path::new(&rendered);
+    Ok(match &origin.dir {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_path_buf(),
+    })
+}
+
+#[cfg(test)]
+pub(super) fn render(template: &str, vars: &DeviceVars) -> Zeroizing<Vec<u8>> {
+    render_content(template, vars, &ExtraVars::default()).expect("not strict")
+}
+
+impl SpecEntry {
+    /// Every templated text of the entry.
+    fn templates(&self) -> impl Iterator<Item = &String> {
+        [&self.content, &self.source, &self.target]
+            .into_iter()
+            .flatten()
+            .chain(std::iter::once(&self.path))
+            .chain(self.xattrs.iter().flat_map(|x| x.values()))
+    }
 }

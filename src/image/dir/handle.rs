@@ -136,12 +136,27 @@ fn walk_with(root: BorrowedFd, parts: &[String], try_openat2: bool) -> Result<Wa
 /// openat2 with every component required to be a real directory below
 /// `root`: no symlink anywhere, no escape by `..`.
 fn openat2_beneath(root: BorrowedFd, relative: &str) -> io::Result<OwnedFd> {
+    openat2(
+        root,
+        relative,
+        libc::O_RDONLY | libc::O_DIRECTORY,
+        libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH,
+    )
+}
+
+/// The openat2 system call (Linux 5.6 and later; ENOSYS before).
+fn openat2(
+    root: BorrowedFd,
+    relative: &str,
+    flags: libc::c_int,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
     let path = c_name(relative)?;
     // SAFETY: open_how is plain integers; all zeros is its "no options"
     // value, and the fields are set below.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH;
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = resolve;
     // SAFETY: the pointers are valid for the call and the size is that of
     // the struct passed; a returned descriptor is ours alone.
     let fd = unsafe {
@@ -261,6 +276,187 @@ pub(super) fn remove_at(dir: BorrowedFd, name: &str) -> io::Result<()> {
     let name = c_name(name)?;
     // SAFETY: `name` is a valid C string for the call.
     check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) })
+}
+
+/// Creates the symlink `name` inside `dir`, pointing at `target`.
+pub(super) fn symlink_at(dir: BorrowedFd, name: &str, target: &str) -> io::Result<()> {
+    let (name, target) = (c_name(name)?, c_name(target)?);
+    // SAFETY: both are valid C strings for the call.
+    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })
+}
+
+/// Gives the symlink `name` inside `dir` its owner and time, never
+/// following it.
+pub(super) fn own_link_at(
+    dir: BorrowedFd,
+    name: &str,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+) -> io::Result<()> {
+    let name = c_name(name)?;
+    let flags = libc::AT_SYMLINK_NOFOLLOW;
+    // SAFETY: `name` is a valid C string for the call.
+    check(unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), uid, gid, flags) })?;
+    let time = libc::timespec {
+        tv_sec: mtime as libc::time_t,
+        tv_nsec: 0,
+    };
+    let times = [time, time];
+    // SAFETY: `name` is a valid C string and `times` holds two timespecs.
+    check(unsafe { libc::utimensat(dir.as_raw_fd(), name.as_ptr(), times.as_ptr(), flags) })
+}
+
+/// Removes the empty directory `name` inside `dir`.
+pub(super) fn remove_dir_at(dir: BorrowedFd, name: &str) -> io::Result<()> {
+    let name = c_name(name)?;
+    // SAFETY: `name` is a valid C string for the call.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) })
+}
+
+/// Opens `relative` below `root` for reading, resolving symlinks as a
+/// chroot at `root` would (absolute targets start at `root`, `..` stops
+/// there): openat2 with RESOLVE_IN_ROOT. `Ok(None)` where the kernel has
+/// no openat2 (before Linux 5.6).
+pub(super) fn open_in_root(root: BorrowedFd, relative: &str) -> io::Result<Option<File>> {
+    let flags = libc::O_RDONLY | libc::O_NONBLOCK;
+    let resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    match openat2(root, relative, flags, resolve) {
+        Ok(fd) => Ok(Some(File::from(fd))),
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The names of the extended attributes of an open file.
+pub(super) fn xattr_names(file: BorrowedFd) -> io::Result<Vec<String>> {
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: `buf` has the length passed.
+    let n = unsafe { libc::flistxattr(file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        // A filesystem without xattrs has none to keep.
+        return match e.raw_os_error() {
+            Some(libc::ENOTSUP) => Ok(Vec::new()),
+            _ => Err(e),
+        };
+    }
+    buf.truncate(n as usize);
+    Ok(buf
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect())
+}
+
+/// The value of one extended attribute of an open file.
+pub(super) fn get_xattr(file: BorrowedFd, name: &str) -> io::Result<Vec<u8>> {
+    let name = c_name(name)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: `name` is a valid C string and `buf` has the length passed.
+    let n = unsafe {
+        libc::fgetxattr(
+            file.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// Sets one extended attribute of an open file.
+pub(super) fn set_xattr(file: BorrowedFd, name: &str, value: &[u8]) -> io::Result<()> {
+    let name = c_name(name)?;
+    // SAFETY: `name` is a valid C string and `value` has the length passed.
+    check(unsafe {
+        libc::fsetxattr(
+            file.as_raw_fd(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
+}
+
+/// Sets one extended attribute of the symlink `name` inside `dir`
+/// (through /proc, as no call takes a directory and a name; `lsetxattr`
+/// does not follow the link itself).
+pub(super) fn set_link_xattr(
+    dir: BorrowedFd,
+    name: &str,
+    attr: &str,
+    value: &[u8],
+) -> io::Result<()> {
+    let path = c_name(&format!("/proc/self/fd/{}/{name}", dir.as_raw_fd()))?;
+    let attr = c_name(attr)?;
+    // SAFETY: both are valid C strings and `value` has the length passed.
+    check(unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            attr.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
+}
+
+/// The names in the open directory `dir`, without `.` and `..`.
+pub(super) fn names_in(dir: BorrowedFd) -> io::Result<Vec<String>> {
+    let dup = dir.try_clone_to_owned()?;
+    // SAFETY: fdopendir takes over the duplicate descriptor, which is ours
+    // alone; closedir below releases both.
+    let stream = unsafe { libc::fdopendir(dup.as_raw_fd()) };
+    if stream.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    std::mem::forget(dup);
+    // The duplicate shares its offset with `dir`: start from the top.
+    // SAFETY: `stream` is a valid directory stream until closedir.
+    unsafe { libc::rewinddir(stream) };
+    let mut names = Vec::new();
+    loop {
+        // SAFETY: as above; a null return ends the stream.
+        let entry = unsafe { libc::readdir(stream) };
+        if entry.is_null() {
+            break;
+        }
+        // SAFETY: readdir returned a valid entry with a NUL-terminated name.
+        let name = unsafe { std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()) };
+        let name = name.to_string_lossy().into_owned();
+        if name != "." && name != ".." {
+            names.push(name);
+        }
+    }
+    // SAFETY: the stream opened above, closed once.
+    unsafe { libc::closedir(stream) };
+    Ok(names)
+}
+
+/// The target of the symlink `name` inside `dir`.
+pub(super) fn read_link_at(dir: BorrowedFd, name: &str) -> io::Result<String> {
+    let name = c_name(name)?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: `name` is a valid C string and `buf` has the length passed.
+    let n = unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 fn c_name(name: &str) -> io::Result<CString> {

@@ -5,7 +5,9 @@
 //! writable by another user while imprint runs, so it is only ever walked
 //! from directory handles (see `handle.rs`).
 
+mod changes;
 mod handle;
+mod listing;
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -16,9 +18,10 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use thiserror::Error;
 
-use super::{EntryType, FileMeta, Found, ImageError, ImageFacts, ImageReader};
+use super::{EntryType, Found, ImageError, ImageFacts, ImageReader};
 use crate::io::output;
 use crate::plan::{Existing, ImagePath, Plan, PlanKind};
+use changes::Removal;
 use handle::{Stat, Walk, WalkError};
 
 #[derive(Debug, Error)]
@@ -44,6 +47,15 @@ pub enum DirError {
     NotDirectory { path: PathBuf, kind: &'static str },
     #[error("{path} was replaced while imprint was using it; make sure nothing else changes the staging tree while imprint runs, and try again")]
     Replaced { path: PathBuf },
+    #[error("{path} is a directory that is not empty; imprint removes it only with `recursive = true` in its entry")]
+    NotEmpty { path: PathBuf },
+    // As for Chown: the cause is in the message, with the advice after it.
+    #[error("cannot set the attribute {name} on {path}: {cause}. security.* and trusted.* need root, and the staging tree's filesystem must support extended attributes")]
+    Xattr {
+        path: PathBuf,
+        name: String,
+        cause: io::Error,
+    },
 }
 
 fn io_err<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> DirError + 'p {
@@ -168,8 +180,34 @@ impl StagingDir {
     }
 
     /// A small regular file's bytes; `None` if it is absent or anything
-    /// but a regular file (or a path component is not a directory).
+    /// but a regular file. Symlinks on the way resolve as in a chroot at
+    /// the tree's root (an `/etc/passwd -> ../usr/lib/passwd` image), never
+    /// leaving it; where the kernel cannot do that (no openat2), none is
+    /// followed.
     fn read_small(&self, rel: &str) -> Result<Option<Vec<u8>>, DirError> {
+        const MAX: u64 = 16 << 20;
+        let host = self.root.join(rel);
+        match handle::open_in_root(self.fd.as_fd(), rel) {
+            Ok(Some(mut file)) => {
+                let st = handle::stat(file.as_fd()).map_err(io_err("read", &host))?;
+                if st.kind != EntryType::Regular || st.size > MAX {
+                    return Ok(None);
+                }
+                let mut data = Vec::new();
+                file.read_to_end(&mut data).map_err(io_err("read", &host))?;
+                return Ok(Some(data));
+            }
+            Ok(None) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV)
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(io_err("read", &host)(e)),
+        }
         let path = ImagePath::parse(&format!("/{rel}")).expect("static path");
         let found = match self.locate(&path) {
             Ok(Some(found)) => found,
@@ -179,7 +217,7 @@ impl StagingDir {
         if found.stat.map(|s| s.kind) != Some(EntryType::Regular) {
             return Ok(None);
         }
-        read_file(&found, u64::MAX).map(|(_, data)| data)
+        read_file(&found, MAX).map(|(_, data)| data)
     }
 
     pub fn facts(&self) -> Result<ImageFacts, DirError> {
@@ -202,7 +240,10 @@ impl StagingDir {
             let found = self.locate(p)?;
             Ok::<_, ImageError>(found.and_then(|f| f.stat).map(|s| existing(&s)))
         })?;
-        let mut staged = Staged { files: Vec::new() };
+        let mut staged = Staged {
+            files: Vec::new(),
+            removals: Vec::new(),
+        };
         let mtime = UNIX_EPOCH + Duration::from_secs(plan.mtime.max(0) as u64);
         for entry in &plan.entries {
             let at = self.locate_for_write(&entry.path)?;
@@ -217,19 +258,39 @@ impl StagingDir {
                         .map_err(io_err("create directory", &host))?;
                     let dir = File::from(open_created_dir(&at)?);
                     finish(&dir, &host, entry.mode, uid, gid, mtime)?;
+                    changes::set_xattrs(&dir, &host, &entry.xattrs)?;
                 }
                 PlanKind::File(content) => {
-                    let file = StagedFile::create(at)?;
+                    let xattrs = changes::xattrs_for(entry, &at)?;
+                    let file = StagedFile::create(at, None)?;
                     // Registered from here on: dropping `staged` removes it.
                     staged.files.push(file);
                     let file = staged.files.last().expect("just pushed");
-                    let (mut f, temp) = (&file.temp, &file.temp_path);
+                    let temp = &file.temp_path;
+                    let mut f = file.temp.as_ref().expect("a file");
                     f.write_all(content).map_err(io_err("write", temp))?;
-                    finish(&file.temp, temp, entry.mode, uid, gid, mtime)?;
+                    finish(f, temp, entry.mode, uid, gid, mtime)?;
+                    // After chown, which drops security.capability.
+                    changes::set_xattrs(f, temp, &xattrs)?;
                     f.sync_all().map_err(io_err("sync", temp))?;
                 }
-                PlanKind::Symlink(_) | PlanKind::Absent { .. } => {
-                    return Err(entry.not_supported("a staging directory").into())
+                PlanKind::Symlink(target) => {
+                    let link = StagedFile::create(at, Some(target))?;
+                    staged.files.push(link);
+                    let link = staged.files.last().expect("just pushed");
+                    let (dir, temp) = (link.dir.as_fd(), &link.temp_path);
+                    handle::own_link_at(dir, &link.temp_name, uid, gid, plan.mtime).map_err(
+                        |cause| DirError::Chown {
+                            path: temp.clone(),
+                            uid,
+                            gid,
+                            cause,
+                        },
+                    )?;
+                    changes::set_link_xattrs(dir, &link.temp_name, temp, &entry.xattrs)?;
+                }
+                PlanKind::Absent { recursive } => {
+                    staged.removals.extend(Removal::plan(at, *recursive)?);
                 }
             }
         }
@@ -296,12 +357,14 @@ fn read_file(found: &Located, max_content: u64) -> Result<(Stat, Option<Vec<u8>>
     Ok((st, Some(data)))
 }
 
-/// One file written under a temp name in the directory it is for.
+/// One file (or symlink) written under a temp name in the directory it is
+/// for.
 struct StagedFile {
     dir: File,
     temp_name: String,
     name: String,
-    temp: File,
+    /// The open file; `None` for a symlink.
+    temp: Option<File>,
     /// Full paths, for messages and the signal handler's cleanup.
     temp_path: PathBuf,
     target: PathBuf,
@@ -311,7 +374,8 @@ impl StagedFile {
     /// Creates `.NAME.imprint-PID-RANDOM.tmp` (the names
     /// [`output`] uses, so a batch removes one left by a killed run) next to
     /// the final name.
-    fn create(at: Located) -> Result<StagedFile, DirError> {
+    /// A symlink to `link` instead of a file, when given.
+    fn create(at: Located, link: Option<&str>) -> Result<StagedFile, DirError> {
         let target = at.host();
         let mut random = [0u8; 8];
         getrandom::getrandom(&mut random).map_err(|e| {
@@ -325,7 +389,11 @@ impl StagedFile {
         );
         let temp_path = at.parent_path.join(&temp_name);
         output::register(&temp_path);
-        match handle::create_at(at.parent.as_fd(), &temp_name) {
+        let made = match link {
+            None => handle::create_at(at.parent.as_fd(), &temp_name).map(Some),
+            Some(target) => handle::symlink_at(at.parent.as_fd(), &temp_name, target).map(|_| None),
+        };
+        match made {
             Ok(temp) => Ok(StagedFile {
                 dir: File::from(at.parent),
                 temp_name,
@@ -352,10 +420,12 @@ impl StagedFile {
     }
 }
 
-/// Files written under temp names, waiting for the API to accept the
-/// password. Dropping it uncommitted removes them.
+/// Files written under temp names, and removals, waiting for the API to
+/// accept the password. Dropping it uncommitted removes the temp files and
+/// removes nothing else.
 pub struct Staged {
     files: Vec<StagedFile>,
+    removals: Vec<Removal>,
 }
 
 impl Staged {
@@ -370,6 +440,9 @@ impl Staged {
                 return Err(e);
             }
             done.push(file.target);
+        }
+        for removal in std::mem::take(&mut self.removals) {
+            removal.commit()?;
         }
         Ok(done)
     }
@@ -401,11 +474,7 @@ impl DirReader {
 
 impl ImageReader for DirReader {
     fn lookup(&mut self, path: &ImagePath, max_content: u64) -> Result<Option<Found>, ImageError> {
-        let dir = match &mut self.dir {
-            Some(dir) => dir,
-            none => none.insert(StagingDir::open(&self.root)?),
-        };
-        let found = match dir.locate(path) {
+        let found = match self.tree()?.locate(path) {
             Ok(Some(found)) => found,
             Ok(None) | Err(DirError::NotDirectory { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
@@ -417,16 +486,7 @@ impl ImageReader for DirReader {
         if st.kind == EntryType::Regular && st.size <= max_content {
             (st, content) = read_file(&found, max_content)?;
         }
-        let info = FileMeta {
-            kind: st.kind,
-            mode: st.mode,
-            uid: st.uid,
-            gid: st.gid,
-            mtime: st.mtime,
-            size: st.size,
-            ..Default::default()
-        };
-        Ok(Some((info, content)))
+        Ok(Some((listing::meta_of(&st, None), content)))
     }
 }
 
@@ -611,6 +671,113 @@ mod tests {
         assert_eq!(content.as_deref(), Some(&b"root:x:0:\n"[..]));
         let (_, content) = reader.lookup(&group, 9).unwrap().unwrap();
         assert_eq!(content, None);
+    }
+
+    #[test]
+    fn passwd_behind_a_symlink_resolves_inside_the_tree() {
+        let (_tmp, root, _host) = tree();
+        fs::create_dir_all(root.join("usr/lib")).unwrap();
+        fs::rename(root.join("etc/passwd"), root.join("usr/lib/passwd")).unwrap();
+        for target in [
+            "../usr/lib/passwd",
+            "/usr/lib/passwd",
+            "../../../../usr/lib/passwd",
+        ] {
+            let _ = fs::remove_file(root.join("etc/passwd"));
+            symlink(target, root.join("etc/passwd")).unwrap();
+            let facts = StagingDir::open(&root).unwrap().facts().unwrap();
+            assert_eq!(
+                facts.passwd.as_deref(),
+                Some(&b"root:x:0:0::/:/bin/sh\n"[..]),
+                "{target}"
+            );
+        }
+    }
+
+    #[test]
+    fn symlinks_removals_and_xattrs_are_staged_and_committed() {
+        let (_tmp, root, host) = tree();
+        fs::write(root.join("etc/motd"), "old").unwrap();
+        fs::create_dir_all(root.join("etc/old/deep/er")).unwrap();
+        fs::write(root.join("etc/old/deep/er/f"), "x").unwrap();
+        symlink(&host, root.join("etc/old/deep/out")).unwrap();
+        fs::create_dir(root.join("etc/empty")).unwrap();
+        fs::create_dir(root.join("etc/full")).unwrap();
+        fs::write(root.join("etc/full/f"), "x").unwrap();
+        fs::write(root.join("etc/labelled"), "old").unwrap();
+        let set = |name: &str, value: &str| {
+            let p = std::ffi::CString::new(root.join("etc/labelled").to_str().unwrap()).unwrap();
+            let n = std::ffi::CString::new(name).unwrap();
+            // SAFETY: valid C strings and a buffer of the length given.
+            unsafe {
+                libc::setxattr(
+                    p.as_ptr(),
+                    n.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    0,
+                )
+            }
+        };
+        let have_xattrs = set("security.imprint-test", "label") == 0 && set("user.old", "u") == 0;
+        let spec = OverlaySpec::parse(
+            "[[entry]]\npath='/etc/motd'\ntype='symlink'\ntarget='../run/motd'\n\
+             [[entry]]\npath='/etc/old'\ntype='absent'\nrecursive=true\n\
+             [[entry]]\npath='/etc/empty'\ntype='absent'\n\
+             [[entry]]\npath='/etc/never'\ntype='absent'\n\
+             [[entry]]\npath='/etc/labelled'\ntype='file'\nmode='0644'\nowner='0:0'\ncontent='new'\nxattrs={'user.new'='n'}\n",
+            "t",
+        )
+        .unwrap();
+        let db = UserDb::parse(Some(b"root:x:0:0::/:/bin/sh\n"), Some(b"root:x:0:\n"));
+        let password = Password::from_plain("pw");
+        let vars = DeviceVars {
+            serial: "AZJN-0042",
+            email: "e",
+            password: &password,
+        };
+        let plan =
+            Plan::resolve(&spec, &vars, &db, &OwnerSpec::User("root".into()), MTIME).unwrap();
+        let dir = StagingDir::open(&root).unwrap();
+        // Dropped uncommitted: nothing changes.
+        drop(dir.stage(&plan).unwrap());
+        assert!(root.join("etc/old/deep/er/f").exists() && root.join("etc/empty").exists());
+        assert_eq!(fs::read_to_string(root.join("etc/motd")).unwrap(), "old");
+        dir.stage(&plan).unwrap().commit().unwrap();
+        assert_eq!(
+            fs::read_link(root.join("etc/motd")).unwrap(),
+            Path::new("../run/motd")
+        );
+        assert_eq!(
+            fs::symlink_metadata(root.join("etc/motd")).unwrap().mtime(),
+            MTIME
+        );
+        assert!(!root.join("etc/old").exists() && !root.join("etc/empty").exists());
+        assert!(
+            host.join("passwd").exists(),
+            "the removal followed a symlink"
+        );
+        assert_eq!(
+            fs::read_to_string(root.join("etc/labelled")).unwrap(),
+            "new"
+        );
+        if have_xattrs {
+            let f = File::open(root.join("etc/labelled")).unwrap();
+            let names = handle::xattr_names(f.as_fd()).unwrap();
+            assert!(
+                names.contains(&"security.imprint-test".to_string()),
+                "{names:?}"
+            );
+            assert!(names.contains(&"user.new".to_string()), "{names:?}");
+            assert!(!names.contains(&"user.old".to_string()), "{names:?}");
+        }
+        // A full directory without `recursive` is refused before anything.
+        let spec = OverlaySpec::parse("[[entry]]\npath='/etc/full'\ntype='absent'\n", "t").unwrap();
+        let plan =
+            Plan::resolve(&spec, &vars, &db, &OwnerSpec::User("root".into()), MTIME).unwrap();
+        let err = dir.stage(&plan).err().unwrap();
+        assert!(err.to_string().contains("not empty"), "{err}");
+        assert!(root.join("etc/full/f").exists());
     }
 
     #[test]

@@ -152,7 +152,7 @@ impl ImageBackend for Ext4Backend {
 pub(crate) struct Ext4Reader {
     path: PathBuf,
     region: Region,
-    image: Ext4Inspector<Window<File>>,
+    pub(crate) image: Ext4Inspector<Window<File>>,
 }
 
 impl Ext4Reader {

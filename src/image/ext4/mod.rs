@@ -16,6 +16,7 @@ mod entries;
 mod format;
 mod io_manager;
 mod libext2fs;
+mod listing;
 mod raw;
 pub mod reader;
 mod xattrs;
@@ -28,7 +29,7 @@ use zeroize::Zeroizing;
 
 use super::{Found, ImageError, ImageFacts};
 use crate::io::read_at::ReadAt;
-use crate::plan::{Existing, FileMeta, ImagePath, Plan, PlanKind};
+use crate::plan::{Existing, ImagePath, Plan, PlanKind};
 use format::feature;
 use reader::{FsReader, Superblock};
 
@@ -171,33 +172,6 @@ impl<R: ReadAt> Ext4Inspector<R> {
             None
         };
         Ok(Some((meta, content)))
-    }
-
-    /// The entries of the directory at `components` (the root when
-    /// empty; symlinks not followed), without `.` and `..`, sorted by name,
-    /// each with what `lookup` reports; None when it is not a directory.
-    // For `imprint ls`, which the CLI wires through the image readers.
-    #[allow(dead_code)]
-    pub(crate) fn list(
-        &self,
-        components: &[String],
-    ) -> Result<Option<Vec<(String, FileMeta)>>, Ext4Error> {
-        let Some((_, dir)) = self.fs.resolve(components)? else {
-            return Ok(None);
-        };
-        if dir.kind() != super::EntryType::Dir {
-            return Ok(None);
-        }
-        let mut out = Vec::new();
-        for (name, ino) in self.fs.dir_entries(&dir)? {
-            if name == b"." || name == b".." {
-                continue;
-            }
-            let meta = self.fs.meta(&self.fs.inode(ino)?)?;
-            out.push((String::from_utf8_lossy(&name).into_owned(), meta));
-        }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(Some(out))
     }
 
     fn existing(&self, path: &ImagePath) -> Result<Option<Existing>, Ext4Error> {
@@ -362,14 +336,17 @@ mod tests {
             }
             let bytes = std::fs::read(&img).unwrap();
             let fs = Ext4Inspector::open(bytes.clone(), bytes.len() as u64).unwrap();
-            let etc = fs.list(&["etc".to_string()]).unwrap().unwrap();
-            let names: Vec<&str> = etc.iter().map(|(n, _)| n.as_str()).collect();
-            assert_eq!(names, ["link", "passwd", "sub"], "{opts:?}");
-            assert_eq!(etc[0].1.target.as_deref(), Some("passwd"));
-            assert_eq!(etc[2].1.kind, super::super::EntryType::Dir);
-            let root = fs.list(&[]).unwrap().unwrap();
-            assert!(root.iter().any(|(n, _)| n == "etc"), "{root:?}");
-            assert!(fs.list(&["etc".into(), "passwd".into()]).unwrap().is_none());
+            let path = |p: &str| ImagePath::parse(p).unwrap();
+            let etc = fs.list(Some(&path("/etc")), false).unwrap().unwrap();
+            let names: Vec<&str> = etc.iter().map(|l| l.path.as_str()).collect();
+            assert_eq!(names, ["etc/link", "etc/passwd", "etc/sub"], "{opts:?}");
+            assert_eq!(etc[0].meta.target.as_deref(), Some("passwd"));
+            assert_eq!(etc[2].meta.kind, super::super::EntryType::Dir);
+            let root = fs.list(None, false).unwrap().unwrap();
+            assert!(root.iter().any(|l| l.path == "etc"), "{root:?}");
+            // A file lists as itself, as `ls -l FILE` does.
+            let file = fs.list(Some(&path("/etc/passwd")), false).unwrap().unwrap();
+            assert_eq!(file.len(), 1);
         }
     }
 

@@ -288,7 +288,7 @@ impl<R: ReadAt> FsReader<R> {
         Ok(buf)
     }
 
-    fn read_block(&self, block: u64) -> Result<Vec<u8>, Ext4Error> {
+    pub(crate) fn read_block(&self, block: u64) -> Result<Vec<u8>, Ext4Error> {
         if block >= self.sb.blocks_count {
             return Err(corrupt(format!(
                 "block {block} is beyond the end of the filesystem"
@@ -335,7 +335,7 @@ impl<R: ReadAt> FsReader<R> {
 
     /// The physical block holding logical block `logical`, or None for a
     /// hole or an unwritten extent (both read as zeros).
-    fn map_block(&self, inode: &Inode, logical: u64) -> Result<Option<u64>, Ext4Error> {
+    pub(crate) fn map_block(&self, inode: &Inode, logical: u64) -> Result<Option<u64>, Ext4Error> {
         if inode.flags & EXTENTS_FL != 0 {
             self.map_extent(inode.block_area().to_vec(), logical, 0)
         } else {

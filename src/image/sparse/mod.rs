@@ -140,7 +140,7 @@ impl ImageBackend for SparseBackend {
 /// Reads files out of a sparse image for `verify`, without expanding it.
 pub struct SparseReader {
     path: PathBuf,
-    image: Ext4Inspector<SparseView>,
+    pub(crate) image: Ext4Inspector<SparseView>,
 }
 
 impl SparseReader {

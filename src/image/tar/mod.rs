@@ -19,6 +19,7 @@
 
 mod edit;
 mod header;
+mod listing;
 mod pax;
 mod scan;
 mod speculate;

@@ -1,0 +1,59 @@
+//! `-` for a file flag (`--serials -`, `--devices -`, `--overlay -`):
+//! standard input, read once, so only one of them may take it.
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use super::args::ProvisionArgs;
+
+/// Standard input, for the one flag that names it.
+pub(crate) struct Stdin {
+    taken: bool,
+}
+
+fn is_stdin(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+impl Stdin {
+    /// Refuses more than one flag reading stdin.
+    pub(crate) fn for_args(args: &ProvisionArgs) -> Result<Stdin> {
+        let mut readers: Vec<&str> = Vec::new();
+        if args.serials.as_deref().is_some_and(is_stdin) {
+            readers.push("--serials -");
+        }
+        if args.devices.as_deref().is_some_and(is_stdin) {
+            readers.push("--devices -");
+        }
+        for p in &args.overlays {
+            if is_stdin(p) {
+                readers.push("--overlay -");
+            }
+        }
+        if readers.len() > 1 {
+            bail!(
+                "{} each read standard input, which can be read only once: give all but one as files",
+                readers.join(", ")
+            );
+        }
+        Ok(Stdin { taken: false })
+    }
+
+    /// The text of standard input if `path` is `-`, else `None`.
+    pub(crate) fn take(&mut self, path: &Path) -> Result<Option<String>> {
+        if !is_stdin(path) {
+            return Ok(None);
+        }
+        if self.taken {
+            bail!("standard input was already read for another flag");
+        }
+        self.taken = true;
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read standard input (it must be UTF-8 text)")?;
+        Ok(Some(text))
+    }
+}

@@ -1,0 +1,122 @@
+//! `imprint ls` and `cat` on an ext2/3/4 filesystem (raw, in a disk image,
+//! sparse or expanded from a compressed file), through imprint's own
+//! reader: directory entries read from the directory's blocks, file
+//! content streamed block by block.
+
+use std::io::Write;
+
+use super::format::INLINE_DATA_FL;
+use super::reader::{FsReader, Inode};
+use super::{Ext4Error, Ext4Inspector};
+use crate::image::{EntryType, FileMeta, ImageError, Listed};
+use crate::io::read_at::ReadAt;
+use crate::plan::ImagePath;
+
+/// How deep `ls -R` goes: deeper trees are loops in a damaged image.
+const MAX_DEPTH: usize = 64;
+
+impl<R: ReadAt> FsReader<R> {
+    fn list_into(
+        &self,
+        dir: &Inode,
+        prefix: &str,
+        recursive: bool,
+        depth: usize,
+        out: &mut Vec<Listed>,
+    ) -> Result<(), Ext4Error> {
+        if depth > MAX_DEPTH {
+            return Err(Ext4Error::Corrupt {
+                why: format!("directories nest deeper than {MAX_DEPTH} levels at {prefix}"),
+            });
+        }
+        let mut children: Vec<(String, u32)> = self
+            .dir_entries(dir)?
+            .into_iter()
+            .filter(|(name, ino)| *ino != 0 && name != b"." && name != b"..")
+            .map(|(name, ino)| (String::from_utf8_lossy(&name).into_owned(), ino))
+            .collect();
+        children.sort();
+        for (name, ino) in children {
+            let inode = self.inode(ino)?;
+            let path = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            out.push(Listed {
+                path: path.clone(),
+                meta: self.meta(&inode)?,
+                hard_link: None,
+            });
+            if recursive && inode.kind() == EntryType::Dir {
+                self.list_into(&inode, &path, true, depth + 1, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a regular file's content to `out`, one block at a time.
+    fn copy_content(&self, inode: &Inode, out: &mut dyn Write) -> Result<(), ImageError> {
+        let write =
+            |out: &mut dyn Write, data: &[u8]| out.write_all(data).map_err(ImageError::Output);
+        if inode.flags & INLINE_DATA_FL != 0 {
+            return write(out, &self.read_content(inode, inode.size)?);
+        }
+        let bs = self.sb.block_size;
+        let zeros = vec![0u8; bs as usize];
+        let mut left = inode.size;
+        let mut logical = 0;
+        while left > 0 {
+            let want = left.min(bs) as usize;
+            match self.map_block(inode, logical)? {
+                Some(block) => write(out, &self.read_block(block)?[..want])?,
+                None => write(out, &zeros[..want])?,
+            }
+            left -= want as u64;
+            logical += 1;
+        }
+        Ok(())
+    }
+}
+
+impl<R: ReadAt> Ext4Inspector<R> {
+    /// See [`crate::image::Inspect::list`].
+    pub(crate) fn list(
+        &self,
+        path: Option<&ImagePath>,
+        recursive: bool,
+    ) -> Result<Option<Vec<Listed>>, ImageError> {
+        let parts = path.map(|p| p.components()).unwrap_or_default();
+        let Some((_, inode)) = self.fs.resolve(parts)? else {
+            return Ok(None);
+        };
+        let prefix = path.map(ImagePath::relative).unwrap_or_default();
+        if inode.kind() != EntryType::Dir {
+            return Ok(Some(vec![Listed {
+                path: prefix,
+                meta: self.fs.meta(&inode)?,
+                hard_link: None,
+            }]));
+        }
+        let mut out = Vec::new();
+        self.fs.list_into(&inode, &prefix, recursive, 0, &mut out)?;
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(Some(out))
+    }
+
+    /// See [`crate::image::Inspect::cat`].
+    pub(crate) fn cat(
+        &self,
+        path: &ImagePath,
+        out: &mut dyn Write,
+    ) -> Result<Option<FileMeta>, ImageError> {
+        let Some((_, inode)) = self.fs.resolve(path.components())? else {
+            return Ok(None);
+        };
+        let meta = self.fs.meta(&inode)?;
+        if meta.kind == EntryType::Regular {
+            self.fs.copy_content(&inode, out)?;
+        }
+        Ok(Some(meta))
+    }
+}
