@@ -835,3 +835,81 @@ fn dry_run_on_an_ext4_image_reads_it_and_leaves_it_as_it_was() {
     assert_eq!(sha256(&img), before);
     assert!(!d.join("out.img").exists());
 }
+
+/// The enable-unit and remove-defaults examples in a tarball and in a raw
+/// ext4 image: the same tree in, the same result out, read back with GNU
+/// tar and bsdtar, and with debugfs and `e2fsck -fn`.
+#[test]
+fn examples_enable_unit_and_remove_defaults_in_an_archive_and_an_ext4_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let root = make_rootfs(d, "rootfs");
+    fs::write(root.join("etc/motd"), "welcome\n").unwrap();
+    fs::create_dir_all(root.join("var/lib/dbus")).unwrap();
+    fs::write(root.join("var/lib/dbus/machine-id"), "0123\n").unwrap();
+    fs::create_dir_all(root.join("etc/azaion/samples/more")).unwrap();
+    fs::write(root.join("etc/azaion/samples/more/a.conf"), "x").unwrap();
+    fs::write(root.join("etc/machine-id"), "0123\n").unwrap();
+    let wants = root.join("etc/systemd/system/multi-user.target.wants");
+    fs::create_dir_all(&wants).unwrap();
+    std::os::unix::fs::symlink("/dev/null", wants.join("azaion-loader.service")).unwrap();
+    let unit_path = "etc/systemd/system/azaion-loader.service";
+    let link_path = "etc/systemd/system/multi-user.target.wants/azaion-loader.service";
+    let stamp = |input: &Path, out: &Path| {
+        ok(&run(offline(d, &["--serial", SERIAL, "--overlay"])
+            .arg(example("enable-unit.toml"))
+            .arg("--overlay")
+            .arg(example("remove-defaults.toml"))
+            .arg("--image")
+            .arg(input)
+            .arg("--output")
+            .arg(out)));
+    };
+
+    // A gzip tar, as GNU tar makes it.
+    let tar = d.join("rootfs.tar.gz");
+    make_tar(&root, &tar, "tar.gz", "gnu", true);
+    let out_tar = d.join("out.tar.gz");
+    stamp(&tar, &out_tar);
+    let unit = String::from_utf8(tar_file(&out_tar, unit_path)).unwrap();
+    assert!(unit.contains("Description=Azaion loader for AZJN-0042"), "{unit}");
+    for tool in ["gnutar", "bsdtar"] {
+        let into = d.join(format!("x-{tool}"));
+        extract(tool, &out_tar, &into);
+        assert_eq!(
+            fs::read_link(into.join(link_path)).unwrap(),
+            Path::new("/etc/systemd/system/azaion-loader.service"),
+            "{tool}"
+        );
+        for gone in ["etc/motd", "var/lib/dbus/machine-id", "etc/azaion/samples"] {
+            assert!(!into.join(gone).exists(), "{tool}: {gone} is still there");
+        }
+        assert!(into.join("var/lib/dbus").is_dir(), "{tool}");
+        let m = fs::metadata(into.join("etc/machine-id")).unwrap();
+        assert_eq!((m.len(), m.mode() & 0o7777), (0, 0o444), "{tool}");
+    }
+
+    // A raw ext4 image, as mke2fs -d makes it.
+    let img = d.join("rootfs.ext4");
+    let o = mkfs(&root, &img, &["-t", "ext4"], "32M");
+    assert!(o.status.success(), "mke2fs: {}", stderr(&o));
+    let out_img = d.join("out.ext4");
+    stamp(&img, &out_img);
+    assert_fsck_clean(&out_img);
+    let unit = debugfs(&out_img, &format!("cat /{unit_path}"));
+    assert!(unit.contains("Description=Azaion loader for AZJN-0042"), "{unit}");
+    let link = debugfs(&out_img, &format!("stat /{link_path}"));
+    assert!(
+        link.contains("Fast link dest: \"/etc/systemd/system/azaion-loader.service\""),
+        "{link}"
+    );
+    assert!(!debugfs_names(&out_img, "/etc").contains(&"motd".to_string()));
+    assert!(debugfs_names(&out_img, "/var/lib/dbus").is_empty());
+    assert!(!debugfs_names(&out_img, "/etc/azaion").contains(&"samples".to_string()));
+    let (mode, uid, gid) = debugfs_stat(&out_img, "/etc/machine-id");
+    assert_eq!((mode & 0o7777, uid, gid), (0o444, 0, 0));
+    // imprint's own reader agrees with debugfs.
+    let o = run(bin().arg("cat").arg(&out_img).arg(format!("/{link_path}")));
+    ok(&o);
+    assert_eq!(stdout(&o), unit);
+}
