@@ -13,7 +13,7 @@ use std::io::{self, Read};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use sha2::{Digest, Sha256};
+use crate::io::sha256::Sha256;
 
 use super::header::{self, BadHeader, DataSize, Extensions, HeaderStyle};
 use super::speculate::{Speculated, Speculation};

@@ -14,7 +14,7 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
+use crate::io::sha256::Sha256;
 
 use super::edit::{self, Piece};
 use super::scan::{Boundary, Scan};
