@@ -17,6 +17,7 @@
 //! (`stream.rs`). Every entry the plan does not touch is copied byte for
 //! byte, headers included. `verify` reads entries with the scan alone.
 
+mod cached;
 mod edit;
 mod header;
 mod scan;
@@ -24,12 +25,15 @@ mod speculate;
 mod stream;
 mod write;
 
+use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
 use super::{EntryType, ImageBackend, ImageError, ImageFacts, ImageOptions, ImageReader};
+use crate::cache::{Identity, Miss};
 use crate::compress::Compression;
 use crate::io::output::TempOutput;
 use crate::plan::{ImagePath, Plan};
@@ -110,6 +114,11 @@ pub(crate) struct TarBackend {
     scan: Option<Scan>,
     /// The hash of the kept prefix, shared by a batch's outputs.
     prefixes: PrefixCache,
+    /// The input's identity when it was scanned, if the scan cache is on:
+    /// what a cache entry for this scan is keyed by.
+    cache_id: Option<Identity>,
+    /// The scan came from the cache, or was saved to it.
+    cached: bool,
 }
 
 impl TarBackend {
@@ -131,10 +140,15 @@ impl TarBackend {
             watch: watch_list(targets),
             scan: None,
             prefixes: PrefixCache::default(),
+            cache_id: None,
+            cached: false,
         }
     }
 
     fn scan(&mut self) -> Result<&Scan, TarError> {
+        if self.scan.is_none() {
+            self.scan = self.from_cache();
+        }
         if self.scan.is_none() {
             let captured = CAPTURED.map(String::from);
             let writing = ForWriting {
@@ -154,6 +168,94 @@ impl TarBackend {
             )?);
         }
         Ok(self.scan.as_ref().expect("just set"))
+    }
+
+    /// What the scan cache holds for this input and plan, if the cache is
+    /// on, applies and holds a usable entry. Notes the input's identity
+    /// either way, so that a full scan can be saved under it.
+    fn from_cache(&mut self) -> Option<Scan> {
+        self.cache_id = None;
+        self.cached = false;
+        let cache = self.options.cache.as_ref()?;
+        let path = self.path.display();
+        if self.options.full_rewrite || self.codec == Compression::Xz {
+            // xz keeps no boundaries: its fast path compresses while it
+            // scans, which a cached scan would skip.
+            tracing::info!("{path}: scan cache not used for this input");
+            return None;
+        }
+        let id = File::open(&self.path)
+            .and_then(|f| Identity::of(&f, &self.cache_needs()))
+            .map_err(|e| tracing::debug!(error = %e, "scan cache: no identity"))
+            .ok()?;
+        let found = cache
+            .load(&id)
+            .and_then(|bytes| cached::decode(&bytes).ok_or(Miss::Damaged));
+        self.cache_id = Some(id);
+        match found {
+            Ok((scan, kept)) => {
+                tracing::info!("{path}: scan cache hit");
+                self.prefixes.seed(kept);
+                self.cached = true;
+                Some(scan)
+            }
+            Err(miss) => {
+                tracing::info!("{path}: scan cache miss ({miss}): reading it whole");
+                None
+            }
+        }
+    }
+
+    fn cache_needs(&self) -> Vec<u8> {
+        cached::needs(
+            self.codec,
+            &self.watch,
+            &self.targets,
+            &CAPTURED.map(String::from),
+            MAX_DB_SIZE,
+        )
+    }
+
+    /// Keeps the scan and the prefix states for the next run, if the
+    /// input is still what was scanned. A failure only costs the next run
+    /// a full scan.
+    fn save_to_cache(&mut self) {
+        let (Some(cache), Some(id), Some(scan)) = (&self.options.cache, &self.cache_id, &self.scan)
+        else {
+            return;
+        };
+        if self.cached && !self.prefixes.added {
+            return;
+        }
+        let mut head = [0u8; 32];
+        let same = File::open(&self.path).and_then(|f| {
+            let n = f.read_at(&mut head, 0)?;
+            Ok((Identity::of(&f, &self.cache_needs())?, n))
+        });
+        let n = match same {
+            Ok((now, n)) if now == *id && !id.is_racy() => n,
+            _ => {
+                tracing::info!(
+                    "{}: not cached: it changed during the run or just before it",
+                    self.path.display()
+                );
+                return;
+            }
+        };
+        let Some(payload) = cached::encode(scan, self.prefixes.entries(), &head[..n]) else {
+            return;
+        };
+        match cache.save(id, &payload) {
+            Ok(()) => {
+                tracing::debug!(dir = %cache.dir().display(), "scan cache: saved");
+                self.cached = true;
+                self.prefixes.added = false;
+            }
+            Err(e) => tracing::info!(
+                "scan cache: cannot save in {}: {e}",
+                cache.dir().display()
+            ),
+        }
     }
 }
 
@@ -199,6 +301,7 @@ impl ImageBackend for TarBackend {
             &mut self.prefixes,
             self.options.full_rewrite,
         )?;
+        self.save_to_cache();
         Ok(())
     }
 }

@@ -44,8 +44,8 @@ pub(super) struct Scan {
     pub(super) watched: Vec<WatchedEntry>,
     /// Watched paths that are parents of some entry, even without an
     /// explicit directory entry of their own.
-    implicit_dirs: Vec<String>,
-    captured: Vec<(String, Vec<u8>)>,
+    pub(super) implicit_dirs: Vec<String>,
+    pub(super) captured: Vec<(String, Vec<u8>)>,
     /// Offset of the first end-of-archive zero block (or of the end, if the
     /// archive has none).
     pub(super) end_of_entries: u64,
