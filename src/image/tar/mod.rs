@@ -147,7 +147,7 @@ impl TarBackend {
 
     fn scan(&mut self) -> Result<&Scan, TarError> {
         if self.scan.is_none() {
-            self.scan = self.from_cache();
+            self.scan = self.load_cached();
         }
         if self.scan.is_none() {
             let captured = CAPTURED.map(String::from);
@@ -173,7 +173,7 @@ impl TarBackend {
     /// What the scan cache holds for this input and plan, if the cache is
     /// on, applies and holds a usable entry. Notes the input's identity
     /// either way, so that a full scan can be saved under it.
-    fn from_cache(&mut self) -> Option<Scan> {
+    fn load_cached(&mut self) -> Option<Scan> {
         self.cache_id = None;
         self.cached = false;
         let cache = self.options.cache.as_ref()?;
