@@ -58,12 +58,13 @@ pub(super) fn encode(scan: &Scan, kept: &[KeptPrefix], file_head: &[u8]) -> Opti
         e.u64(w.start);
         e.u64(w.end);
     }
-    e.count(scan.implicit_dirs.len());
-    for d in &scan.implicit_dirs {
+    let (implicit_dirs, captured) = scan.kept();
+    e.count(implicit_dirs.len());
+    for d in implicit_dirs {
         e.str(d);
     }
-    e.count(scan.captured.len());
-    for (p, data) in &scan.captured {
+    e.count(captured.len());
+    for (p, data) in captured {
         e.str(p);
         e.bytes(data);
     }
@@ -121,12 +122,15 @@ pub(super) fn decode(bytes: &[u8]) -> Option<(Scan, Vec<KeptPrefix>)> {
         (w.start < w.end).then_some(())?;
         scan.watched.push(w);
     }
+    let mut implicit_dirs = Vec::new();
     for _ in 0..d.count()? {
-        scan.implicit_dirs.push(d.str()?);
+        implicit_dirs.push(d.str()?);
     }
+    let mut captured = Vec::new();
     for _ in 0..d.count()? {
-        scan.captured.push((d.str()?, d.bytes()?.to_vec()));
+        captured.push((d.str()?, d.bytes()?.to_vec()));
     }
+    let mut scan = scan.with_kept(implicit_dirs, captured);
     scan.end_of_entries = d.u64()?;
     scan.total_len = d.u64()?;
     let whole = scan.end_of_entries <= scan.total_len

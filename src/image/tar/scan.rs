@@ -44,8 +44,8 @@ pub(super) struct Scan {
     pub(super) watched: Vec<WatchedEntry>,
     /// Watched paths that are parents of some entry, even without an
     /// explicit directory entry of their own.
-    pub(super) implicit_dirs: Vec<String>,
-    pub(super) captured: Vec<(String, Vec<u8>)>,
+    implicit_dirs: Vec<String>,
+    captured: Vec<(String, Vec<u8>)>,
     /// Offset of the first end-of-archive zero block (or of the end, if the
     /// archive has none).
     pub(super) end_of_entries: u64,
@@ -90,6 +90,22 @@ impl Scan {
             Some(f) => f.meta.kind == EntryType::Dir,
             None => self.implicit_dirs.iter().any(|d| d == path),
         }
+    }
+
+    /// Implicit parents and captured data, for the scan cache.
+    pub(super) fn kept(&self) -> (&[String], &[(String, Vec<u8>)]) {
+        (&self.implicit_dirs, &self.captured)
+    }
+
+    /// A scan read back from the scan cache, with what [`Scan::kept`] gave.
+    pub(super) fn with_kept(
+        mut self,
+        implicit_dirs: Vec<String>,
+        captured: Vec<(String, Vec<u8>)>,
+    ) -> Scan {
+        self.implicit_dirs = implicit_dirs;
+        self.captured = captured;
+        self
     }
 
     pub(super) fn captured(&self, path: &str) -> Option<Vec<u8>> {
