@@ -108,7 +108,10 @@ mod tests {
         let path = dir.path().join("in");
         std::fs::write(&path, vec![1u8; 100_000]).unwrap();
         let a = Identity::of(&File::open(&path).unwrap(), b"plan").unwrap();
-        assert_eq!(a, Identity::of(&File::open(&path).unwrap(), b"plan").unwrap());
+        assert_eq!(
+            a,
+            Identity::of(&File::open(&path).unwrap(), b"plan").unwrap()
+        );
         let other_plan = Identity::of(&File::open(&path).unwrap(), b"other").unwrap();
         assert_ne!(a.name, other_plan.name);
         assert!(a.is_racy(), "just written");

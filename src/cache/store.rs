@@ -304,7 +304,12 @@ mod tests {
         // Make "a" the older one, then use it: "b" is now the least recent.
         let old = SystemTime::now() - Duration::from_secs(100);
         for p in entries(cache.dir()) {
-            File::options().write(true).open(&p).unwrap().set_modified(old).unwrap();
+            File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
         }
         assert!(cache.load(&ids[0]).is_ok());
         cache.save(&ids[2], &[3u8; 1000]).unwrap();

@@ -95,21 +95,19 @@ pub(super) fn encode(scan: &Scan, kept: &[KeptPrefix], file_head: &[u8]) -> Opti
 /// writes.
 pub(super) fn decode(bytes: &[u8]) -> Option<(Scan, Vec<KeptPrefix>)> {
     let mut d = Dec::new(bytes);
-    let mut scan = Scan {
-        style: match d.u8()? {
-            0 => None,
-            1 => Some(HeaderStyle::Ustar),
-            2 => Some(HeaderStyle::Pax),
-            3 => Some(HeaderStyle::Gnu),
-            _ => return None,
-        },
-        dot_slash: match d.u8()? {
-            0 => None,
-            1 => Some(false),
-            2 => Some(true),
-            _ => return None,
-        },
-        ..Scan::default()
+    let mut scan = Scan::default();
+    scan.style = match d.u8()? {
+        0 => None,
+        1 => Some(HeaderStyle::Ustar),
+        2 => Some(HeaderStyle::Pax),
+        3 => Some(HeaderStyle::Gnu),
+        _ => return None,
+    };
+    scan.dot_slash = match d.u8()? {
+        0 => None,
+        1 => Some(false),
+        2 => Some(true),
+        _ => return None,
     };
     for _ in 0..d.count()? {
         let w = WatchedEntry {
@@ -130,7 +128,7 @@ pub(super) fn decode(bytes: &[u8]) -> Option<(Scan, Vec<KeptPrefix>)> {
     for _ in 0..d.count()? {
         captured.push((d.str()?, d.bytes()?.to_vec()));
     }
-    let mut scan = scan.with_kept(implicit_dirs, captured);
+    scan = scan.with_kept(implicit_dirs, captured);
     scan.end_of_entries = d.u64()?;
     scan.total_len = d.u64()?;
     let whole = scan.end_of_entries <= scan.total_len

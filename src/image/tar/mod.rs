@@ -251,10 +251,7 @@ impl TarBackend {
                 self.cached = true;
                 self.prefixes.added = false;
             }
-            Err(e) => tracing::info!(
-                "scan cache: cannot save in {}: {e}",
-                cache.dir().display()
-            ),
+            Err(e) => tracing::info!("scan cache: cannot save in {}: {e}", cache.dir().display()),
         }
     }
 }
