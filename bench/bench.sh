@@ -4,7 +4,7 @@
 #
 #   bench/bench.sh [SIZE_MB] [WORKDIR]     (defaults: 1024, /tmp/imprint-bench)
 #   ONLY='^tar,' bench/bench.sh            (only the rows whose case matches)
-#   IMPRINT=BIN bench/bench.sh     (time BIN, do not build)
+#   IMPRINT=BIN bench/bench.sh             (time BIN instead of building this tree)
 #
 # imprint fsyncs its output before calling the API; the baselines do not
 # sync, so their writes may still be in the page cache when they finish.

@@ -67,7 +67,8 @@ impl Cache {
         &self.dir
     }
 
-    fn entry_path(&self, id: &Identity) -> PathBuf {
+    /// The file that holds `id`'s entry.
+    pub fn entry_path(&self, id: &Identity) -> PathBuf {
         self.dir.join(format!("{}{SUFFIX}", id.name))
     }
 

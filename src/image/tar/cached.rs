@@ -91,9 +91,9 @@ pub(super) fn encode(scan: &Scan, kept: &[KeptPrefix], file_head: &[u8]) -> Opti
     Some(e.0)
 }
 
-/// The scan and prefix states `bytes` hold, if they are what [`encode`]
-/// writes.
-pub(super) fn decode(bytes: &[u8]) -> Option<(Scan, Vec<KeptPrefix>)> {
+/// The scan and prefix states `bytes` hold for an input compressed with
+/// `codec`, if they are what [`encode`] writes.
+pub(super) fn decode(bytes: &[u8], codec: Compression) -> Option<(Scan, Vec<KeptPrefix>)> {
     let mut d = Dec::new(bytes);
     let mut scan = Scan::default();
     scan.style = match d.u8()? {
@@ -138,7 +138,12 @@ pub(super) fn decode(bytes: &[u8]) -> Option<(Scan, Vec<KeptPrefix>)> {
     let mut boundaries = Vec::new();
     for _ in 0..d.count()? {
         let b = get_boundary(&mut d)?;
-        (b.out() <= scan.end_of_entries).then_some(())?;
+        let codec_of = match b {
+            Boundary::Gzip(_) => Compression::Gzip,
+            Boundary::Bzip2(_) => Compression::Bzip2,
+            Boundary::Zstd(_) => Compression::Zstd,
+        };
+        (b.out() <= scan.end_of_entries && codec_of == codec).then_some(())?;
         boundaries.push(b);
     }
     scan.boundaries = if has_boundaries {

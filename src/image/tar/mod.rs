@@ -190,7 +190,7 @@ impl TarBackend {
             .ok()?;
         let found = cache
             .load(&id)
-            .and_then(|bytes| cached::decode(&bytes).ok_or(Miss::Damaged));
+            .and_then(|bytes| cached::decode(&bytes, self.codec).ok_or(Miss::Damaged));
         self.cache_id = Some(id);
         match found {
             Ok((scan, kept)) => {
@@ -301,6 +301,34 @@ impl ImageBackend for TarBackend {
         self.save_to_cache();
         Ok(())
     }
+}
+
+/// For the `cache_index` fuzz target: the scan cache's identity of the
+/// tar archive `path` for the default overlay's plan, and whether
+/// `payload` reads back as a cached scan (which must then write again).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_cache(
+    path: &Path,
+    codec: Compression,
+    payload: &[u8],
+) -> Option<crate::cache::Identity> {
+    if let Some((scan, kept)) = cached::decode(payload, codec) {
+        if let Some(again) = cached::encode(&scan, &kept, &[]) {
+            assert!(
+                cached::decode(&again, codec).is_some(),
+                "a re-encoded scan reads back"
+            );
+        }
+    }
+    let targets = crate::plan::OverlaySpec::default_spec().targets();
+    let backend = TarBackend::open(
+        path,
+        codec,
+        &targets,
+        Path::new("."),
+        &ImageOptions::default(),
+    );
+    Identity::of(&File::open(path).ok()?, &backend.cache_needs()).ok()
 }
 
 /// A tar archive opened for reading single entries (verify).
