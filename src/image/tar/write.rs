@@ -203,9 +203,16 @@ pub(super) fn write(
             let hashed = prefixes
                 .state(&file, &header, from, boundary.offset)
                 .map_err(read_err)?;
-            out.write_all(&header).map_err(write_err)?;
-            out.splice(&file, from, boundary.offset - from, hashed)
-                .map_err(write_err)?;
+            if header.len() as u64 == from {
+                // Same length: the kept blocks stay where the input has
+                // them, which lets the kernel share them.
+                out.splice_prefix_with_head(&file, boundary.offset, &header, hashed)
+                    .map_err(write_err)?;
+            } else {
+                out.write_all(&header).map_err(write_err)?;
+                out.splice(&file, from, boundary.offset - from, hashed)
+                    .map_err(write_err)?;
+            }
             // The block that holds the first change was kept whole by the
             // scan.
             let block = io::Cursor::new(boundary.data.as_ref().clone());
