@@ -10,7 +10,7 @@ mod common;
 use std::fs;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, SystemTime};
 
 use common::*;
@@ -100,8 +100,9 @@ fn let_inputs_age() {
     std::thread::sleep(Duration::from_millis(2100));
 }
 
-/// One run with the cache in `home/imprint` and `-v`.
-fn provision(input: &Path, output: &Path, home: &Path, serial: &str, extra: &[&str]) -> Output {
+/// `imprint -v provision` of `input` into `output` (removed first), with
+/// the cache in `home/imprint`.
+fn command(input: &Path, output: &Path, home: &Path, serial: &str) -> Command {
     let _ = fs::remove_file(output);
     let pw = write_password(output.parent().unwrap(), PASSWORD);
     let mut cmd = bin();
@@ -114,9 +115,13 @@ fn provision(input: &Path, output: &Path, home: &Path, serial: &str, extra: &[&s
         .arg("--image")
         .arg(input)
         .arg("--output")
-        .arg(output)
-        .args(extra);
-    let o = run(&mut cmd);
+        .arg(output);
+    cmd
+}
+
+/// One run, which must succeed.
+fn provision(input: &Path, output: &Path, home: &Path, serial: &str, extra: &[&str]) -> Output {
+    let o = run(command(input, output, home, serial).args(extra));
     assert!(o.status.success(), "{}", stderr(&o));
     o
 }
@@ -331,7 +336,6 @@ fn processes_racing_on_the_cache_do_not_corrupt_it() {
         archive(d, Place::Middle, 1, "tar"),
     ];
     let_inputs_age();
-    let pw = write_password(d, PASSWORD);
     let wants: Vec<Vec<u8>> = inputs
         .iter()
         .enumerate()
@@ -341,20 +345,12 @@ fn processes_racing_on_the_cache_do_not_corrupt_it() {
         let _ = fs::remove_dir_all(&home);
         let children: Vec<_> = (0..6)
             .map(|n| {
-                let out = d.join(format!("race-{n}"));
-                let _ = fs::remove_file(&out);
-                let mut cmd = bin();
-                cmd.env("XDG_CACHE_HOME", &home)
-                    .env("SOURCE_DATE_EPOCH", "1700000000")
-                    .args(["provision", "--serial", SERIAL, "--offline"])
-                    .args(["--owner", "azaion", "--password-file"])
-                    .arg(&pw)
-                    .arg("--image")
-                    .arg(&inputs[n % 2])
-                    .arg("--output")
-                    .arg(&out)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null());
+                // Each in a directory of its own: `command` writes the
+                // password file beside the output.
+                let out = d.join(format!("race-{n}/out"));
+                fs::create_dir_all(out.parent().unwrap()).unwrap();
+                let mut cmd = command(&inputs[n % 2], &out, &home, SERIAL);
+                cmd.stdout(Stdio::null()).stderr(Stdio::null());
                 (n, out, cmd.spawn().unwrap())
             })
             .collect();
@@ -389,20 +385,11 @@ fn no_cache_reads_and_writes_nothing_and_home_is_the_fallback() {
     assert!(!home.exists(), "--no-cache created the cache");
     let user_home = d.join("user");
     fs::create_dir(&user_home).unwrap();
-    let pw = write_password(d, PASSWORD);
     for expect in ["miss", "hit"] {
-        let o = run(bin()
+        let output = d.join(format!("o-{expect}"));
+        let o = run(command(&input, &output, &home, SERIAL)
             .env_remove("XDG_CACHE_HOME")
-            .env_remove("IMPRINT_CACHE_DIR")
-            .env("HOME", &user_home)
-            .args(["-v", "provision", "--serial", SERIAL, "--offline"])
-            .arg("--password-file")
-            .arg(&pw)
-            .arg("--image")
-            .arg(&input)
-            .arg("--output")
-            .arg(d.join(format!("o-{expect}")))
-            .arg("--force"));
+            .env("HOME", &user_home));
         assert!(o.status.success(), "{}", stderr(&o));
         assert!(
             stderr(&o).contains(&format!("scan cache {expect}")),
