@@ -90,14 +90,14 @@ impl Cache {
             Err(_) => return Err(Miss::Absent),
         };
         let mut bytes = Vec::new();
-        file.take(MAX_ENTRY + 1)
+        (&file)
+            .take(MAX_ENTRY + 1)
             .read_to_end(&mut bytes)
             .map_err(|_| Miss::Damaged)?;
         let payload = decode_entry(&bytes, &id.key)?;
-        // Recency for eviction: the entry file's mtime.
-        if let Ok(f) = fs::OpenOptions::new().write(true).open(&path) {
-            let _ = f.set_modified(SystemTime::now());
-        }
+        // Recency for eviction: the entry file's mtime (its owner may set
+        // it through a read-only descriptor).
+        let _ = file.set_modified(SystemTime::now());
         Ok(payload)
     }
 
