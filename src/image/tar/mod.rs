@@ -13,6 +13,10 @@
 //!    the input's bytes before the first change where the codec allows and
 //!    streams the rest of the list through the encoder.
 //!
+//! With the scan cache on (`src/cache/`), the first pass is read back from
+//! it when the input and the plan's needs are those of an earlier run
+//! (`cached.rs`), and saved after a full scan otherwise.
+//!
 //! Both passes read the decompressed archive through a counting reader
 //! (`stream.rs`). Every entry the plan does not touch is copied byte for
 //! byte, headers included. `verify` reads entries with the scan alone.
