@@ -4,6 +4,7 @@
 #
 #   bench/bench.sh [SIZE_MB] [WORKDIR]     (defaults: 1024, /tmp/imprint-bench)
 #   ONLY='^tar,' bench/bench.sh            (only the rows whose case matches)
+#   IMPRINT=BIN bench/bench.sh             (time BIN instead of building this tree)
 #
 # imprint fsyncs its output before calling the API; the baselines do not
 # sync, so their writes may still be in the page cache when they finish.
@@ -11,6 +12,10 @@
 # The rootfs is generated from this machine's /usr (real binaries, libraries
 # and text), copied until it reaches SIZE_MB, so it compresses like a real
 # Jetson rootfs. Built inputs are kept in WORKDIR between runs.
+#
+# Rows marked "cold" read the input whole (--no-cache); "warm" rows run
+# with the scan cache (in WORKDIR/cache) primed by one run before, as at a
+# flashing station where every device is stamped from the same base.
 #
 # The disk image row needs sgdisk; its baseline mounts the partition
 # through a loop device where the machine allows (root), else edits it
@@ -20,12 +25,17 @@ set -euo pipefail
 SIZE_MB=${1:-1024}
 WORK=${2:-/tmp/imprint-bench}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
-IMPRINT="$ROOT/target/release/imprint"
+# IMPRINT=/path/to/imprint times that binary instead of building this tree.
+if [ -z "${IMPRINT:-}" ]; then
+  cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
+  IMPRINT="$ROOT/target/release/imprint"
+fi
 mkdir -p "$WORK"
 cd "$WORK"
 export SOURCE_DATE_EPOCH=1700000000
 printf '5f0c2a9e8b7d6c4e3f2a1b0c9d8e7f6a\n' > pw
+export XDG_CACHE_HOME="$WORK/cache"
+unset IMPRINT_CACHE_DIR
 
 if [ ! -f rootfs.tar ]; then
   echo "building a ${SIZE_MB} MB rootfs from /usr ..." >&2
@@ -78,8 +88,16 @@ measure() {
   tail -1 .time
 }
 
-provision() { # INPUT OUTPUT
-  echo "rm -f $2 $2.sha256; $IMPRINT provision --quiet --serial AZJN-0042 --offline --password-file pw --image $1 --output $2"
+provision() { # INPUT OUTPUT [FLAGS]: a cold run unless FLAGS say otherwise
+  echo "rm -f $2 $2.sha256; $IMPRINT provision --quiet --serial AZJN-0042 --offline --password-file pw --image $1 --output $2 ${3---no-cache}"
+}
+
+warm() { # INPUT OUTPUT: a run with the scan cache primed for INPUT
+  echo "rm -f $2 $2.sha256; $IMPRINT provision --quiet --serial AZJN-0043 --offline --password-file pw --image $1 --output $2"
+}
+
+prime() { # INPUT OUTPUT: fills the scan cache for INPUT (not timed)
+  bash -c "$(provision "$1" "$2" "")"
 }
 
 settle() { # INPUT
@@ -154,14 +172,41 @@ row "GPT disk 2 GiB, APP 1 GiB" disk.img "$DISK_BASE" \
 row "system.img.zst (2 GiB ext4)" system.img.zst "zstd -d + debugfs write + zstd -T0 + sha256" \
   "rm -f copy.raw copy.img.zst && zstd -q -d system.img.zst -o copy.raw && debugfs -w -f debugfs.cmds copy.raw && zstd -q -T0 copy.raw -o copy.img.zst && openssl dgst -sha256 copy.img.zst" \
   "$(provision system.img.zst out.img.zst)" 1.0
+# Warm single runs: the scan cache primed by one run, then another serial
+# from the same base, against the cold run and the user's alternative.
+warm_rows() { # case, input, ext, alternative-label, alternative-cmd, target vs cold
+  if [ -n "${ONLY:-}" ] && ! [[ "$1, warm vs cold" =~ $ONLY || "$1, warm vs $4" =~ $ONLY ]]; then
+    return
+  fi
+  prime "$2" "out.$3"
+  row "$1, warm vs cold" "$2" "imprint cold (--no-cache)" \
+    "$(provision "$2" "cold.$3")" "$(warm "$2" "out.$3")" "$6"
+  row "$1, warm vs $4" "$2" "$4" "$5" "$(warm "$2" "out.$3")" "-"
+}
+warm_rows "tar" rootfs.tar tar "cp + sha256" \
+  "cp rootfs.tar copy.tar && openssl dgst -sha256 copy.tar" 1.0
+warm_rows "tar.zst" rootfs.tar.zst tar.zst "zstd -dc, zstd -3 -T2" \
+  "zstd -q -dc rootfs.tar.zst | zstd -q -3 -T2 > copy.tar.zst" 0.1
+warm_rows "tar.gz" rootfs.tar.gz tar.gz "gzip -dc" \
+  "gzip -dc rootfs.tar.gz > /dev/null" 0.1
+warm_rows ".tbz2" rootfs.tbz2 tbz2 "lbzip2 -n2 -dc" \
+  "lbzip2 -n2 -dc rootfs.tbz2 > /dev/null" 0.1
+# xz takes minutes to build: only when its rows are asked for.
+if [ -z "${ONLY:-}" ] || [[ "tar.xz, warm vs cold" =~ $ONLY ]]; then
+  [ -f rootfs.tar.xz ] || xz -6 -T2 -c rootfs.tar > rootfs.tar.xz
+  warm_rows "tar.xz" rootfs.tar.xz tar.xz "xz -dc" "xz -dc rootfs.tar.xz > /dev/null" 0.1
+fi
+warm_rows "ext4 raw 2 GiB" system.img.raw img.raw "cp --sparse=always" \
+  "cp --sparse=always system.img.raw copy.raw" 1.0
+warm_rows "sparse system.img" system.img img "cp" "cp system.img copy.img" 1.0
 seq -f 'AZJN-%04g' 1 20 > serials.txt
 SINGLES=""
 for s in $(cat serials.txt); do
-  SINGLES+="rm -f single-$s.tar.gz*; $IMPRINT provision --quiet --serial $s --offline --password-file pw --image rootfs.tar.gz --output single-$s.tar.gz; "
+  SINGLES+="rm -f single-$s.tar.gz*; $IMPRINT provision --quiet --serial $s --offline --password-file pw --image rootfs.tar.gz --output single-$s.tar.gz --no-cache; "
 done
 row "20 serials from one tar.gz" rootfs.tar.gz "20 single-serial runs" \
-  "$SINGLES" "rm -rf batch && mkdir batch && $IMPRINT provision --quiet --serials serials.txt --offline --password-file pw --image rootfs.tar.gz --output batch/" 0.15
-rm -f copy.* scripted.* out.* single-* debugfs.cmds && rm -rf add batch mnt
+  "$SINGLES" "rm -rf batch && mkdir batch && $IMPRINT provision --quiet --serials serials.txt --offline --password-file pw --image rootfs.tar.gz --output batch/ --no-cache" 0.15
+rm -f copy.* cold.* scripted.* out.* single-* debugfs.cmds && rm -rf add batch mnt
 
 echo
 echo "imprint $("$IMPRINT" --version | cut -d' ' -f2), $(nproc) cores, rootfs.tar $(( $(stat -c %s rootfs.tar) / 1000000 )) MB"

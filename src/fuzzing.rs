@@ -409,6 +409,70 @@ pub fn overlay(data: &[u8]) {
     }
 }
 
+/// The small gzip tarball the `cache_index` target's entries describe.
+pub fn cache_index_input() -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let files: [(&str, &[u8]); 4] = [
+        ("etc/passwd", b"root:x:0:0::/root:/bin/sh\n"),
+        ("etc/group", b"root:x:0:\n"),
+        ("usr/share/a", &[b'a'; 70_000]),
+        ("usr/share/b", &[b'b'; 70_000]),
+    ];
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        tar.append_data(&mut h, path, data).expect("in memory");
+    }
+    let plain = tar.into_inner().expect("in memory");
+    let mut gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::new(6));
+    gz.write_all(&plain).expect("in memory");
+    gz.finish().expect("in memory")
+}
+
+/// Any bytes as a scan cache entry of a real input, two ways: as the
+/// payload of a well-formed entry (read back as a cached scan: nothing may
+/// panic; such an entry is as trusted as the user's own files, so the run
+/// may fail, cleanly), and as a whole entry file (whose key cannot match
+/// this input's inode and change time: a miss, so the run succeeds and its
+/// output reads back).
+pub fn cache_index(data: &[u8]) {
+    let _ = crate::cache::decode_entry(data, b"key");
+    let dir = scratch();
+    let input = dir.path().join("in.tar.gz");
+    std::fs::write(&input, cache_index_input()).expect("scratch write");
+    let Some(id) = image::tar::fuzz_cache(&input, Compression::Gzip, data) else {
+        return;
+    };
+    let cache = crate::cache::Cache::at(dir.path().join("cache"), 1 << 20);
+    let provision = |out: &str| {
+        let mut settings = Settings::new("root".parse().expect("constant"));
+        settings.options.cache = Some(cache.clone());
+        let request = Request {
+            serial: Serial::parse("AZJN-0042").expect("constant"),
+            inputs: vec![(Source::Image(input.clone()), Some(dir.path().join(out)))],
+            password: Some(Password::from_plain(PASSWORD)),
+            settings,
+            api: None,
+        };
+        pipeline::run(request, &mut |_| {})
+    };
+    if cache.save(&id, data).is_ok() {
+        let _ = provision("out-payload");
+    }
+    if std::fs::write(cache.entry_path(&id), data).is_ok() {
+        let out = dir.path().join("out-entry");
+        provision("out-entry").expect("a damaged entry is a miss, not an error");
+        let mut reader = image::open_reader(&out, &Default::default()).expect("output opens");
+        let conf = ImagePath::parse(pipeline::DEVICE_CONF).expect("constant");
+        let found = reader.lookup(&conf, 4096).expect("output reads back");
+        assert!(found.is_some(), "device.conf is in the output");
+    }
+}
+
 /// The harness for a target name, for replaying corpora.
 pub fn harness(target: &str) -> Option<fn(&[u8])> {
     Some(match target {
@@ -420,6 +484,7 @@ pub fn harness(target: &str) -> Option<fn(&[u8])> {
         "userdb" => userdb,
         "device_conf" => device_conf,
         "overlay" => overlay,
+        "cache_index" => cache_index,
         _ => return None,
     })
 }

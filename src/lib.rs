@@ -92,6 +92,7 @@
 //! depends on imprint with `default-features = false`.
 
 pub mod admin;
+pub mod cache;
 pub mod compress;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

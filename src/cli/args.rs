@@ -149,6 +149,9 @@ pub(crate) struct ProvisionArgs {
     /// Print the result as one JSON document (schema imprint.provision/1, imprint.batch/1 or, with --dry-run, imprint.dry-run/1)
     #[arg(long)]
     pub(crate) json: bool,
+    /// Do not use the scan cache ($XDG_CACHE_HOME/imprint) that lets the next run from the same tarball skip reading it whole
+    #[arg(long)]
+    pub(crate) no_cache: bool,
     /// Checksum files to write beside each image: sha256 (NAME.sha256, always) and sha1 (NAME.sha1sum, for NVIDIA's kernel-flash tools)
     #[arg(long, value_delimiter = ',', default_value = "sha256")]
     pub(crate) checksum: Vec<ChecksumKind>,

@@ -10,6 +10,7 @@
 pub(crate) mod bzip2;
 pub(crate) mod gzip;
 mod recent;
+pub(crate) mod xxh64;
 pub(crate) mod zstd;
 
 use std::fs::File;

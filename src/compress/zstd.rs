@@ -15,11 +15,11 @@ use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::sync::{Arc, Mutex};
 
-use xxhash_rust::xxh64::Xxh64;
 use zstd::zstd_safe::{self, DCtx, InBuffer, OutBuffer};
 
 use super::invalid_data;
 use super::recent::RecentBoundaries;
+use super::xxh64::Xxh64;
 
 const MAGIC: u32 = 0xFD2F_B528;
 /// The largest block: min(window size, 128 KiB).
@@ -28,7 +28,7 @@ const MAX_BLOCK: usize = 128 * 1024;
 /// A hash of the content so far: XXH64 with seed 0, whose low 32 bits are
 /// the checksum a zstd frame may end with.
 fn content_hash() -> Xxh64 {
-    Xxh64::new(0)
+    Xxh64::new()
 }
 
 /// A skippable frame's magic: 0x184D2A50 to 0x184D2A5F, little-endian.
@@ -182,6 +182,47 @@ impl std::fmt::Debug for Boundary {
             "Boundary {{ offset: {}, out: {} }}",
             self.offset, self.out
         )
+    }
+}
+
+/// A boundary's parts as the scan cache (`src/cache/`) keeps them.
+pub struct BoundaryParts {
+    pub offset: u64,
+    pub out: u64,
+    /// [`Xxh64::export`] of the content hash before the block.
+    pub hash: Vec<u8>,
+    pub data: Vec<u8>,
+    /// The frame header's bytes as the input has them.
+    pub header: Vec<u8>,
+}
+
+impl Boundary {
+    /// Its parts; `file_head` is the input's first bytes (at least the
+    /// frame header).
+    pub fn export(&self, file_head: &[u8]) -> Option<BoundaryParts> {
+        Some(BoundaryParts {
+            offset: self.offset,
+            out: self.out,
+            hash: self.hash.export().to_vec(),
+            data: self.data.as_ref().clone(),
+            header: file_head.get(..self.header.len)?.to_vec(),
+        })
+    }
+
+    /// The boundary `parts` describe, if they can describe one.
+    pub fn import(parts: BoundaryParts) -> Option<Boundary> {
+        let header = FrameHeader::parse(&parts.header).ok()?;
+        (header.len == parts.header.len()
+            && parts.data.len() <= MAX_BLOCK
+            && parts.offset >= header.len as u64)
+            .then_some(())?;
+        Some(Boundary {
+            offset: parts.offset,
+            out: parts.out,
+            hash: Xxh64::import(&parts.hash)?,
+            data: Arc::new(parts.data),
+            header: Arc::new(header),
+        })
     }
 }
 
@@ -477,6 +518,7 @@ mod tests {
             h.update(data);
             h.digest()
         };
+        assert_eq!(digest(b"abc"), xxhash_rust::xxh64::xxh64(b"abc", 0));
         assert_eq!(digest(b""), 0xEF46_DB37_51D8_E999);
         assert_eq!(digest(b"a"), 0xD24E_C4F1_A98C_6E5B);
         assert_eq!(digest(b"abc"), 0x44BC_2CF5_AD77_0999);

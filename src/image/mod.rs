@@ -164,6 +164,9 @@ pub struct ImageOptions {
     /// The partition of a disk image to stamp; by default the one named
     /// `APP`, else the only ext2/3/4 partition with `/etc`.
     pub partition: Option<disk::PartitionChoice>,
+    /// Where tar scans are kept for the next run from the same input
+    /// (`src/cache/`); `None` scans every time.
+    pub cache: Option<crate::cache::Cache>,
 }
 
 /// Opens `path` for writing plans over `targets` into outputs that go in

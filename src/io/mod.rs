@@ -6,4 +6,5 @@ pub mod bmap;
 pub mod output;
 pub mod progress;
 pub mod read_at;
+pub mod sha256;
 pub mod sink;

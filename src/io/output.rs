@@ -11,7 +11,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use sha2::{Digest, Sha256};
+use crate::io::sha256::Sha256;
 
 static LIVE_TEMPS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
@@ -143,6 +143,24 @@ impl TempOutput {
     pub fn splice_prefix(&mut self, src: &File, len: u64, hashed: Sha256) -> io::Result<()> {
         assert_eq!(self.written, 0, "splice_prefix must come first");
         self.splice(src, 0, len, hashed)
+    }
+
+    /// Starts the output with `head` and then the bytes of `src` from
+    /// `head.len()` to `len`: `src`'s own first bytes are copied and then
+    /// overwritten, so that the rest lies at the offsets it has in `src`
+    /// and the kernel can share it (a reflink on XFS or btrfs) instead of
+    /// copying. `hashed` is the SHA-256 state after `head` and those bytes.
+    pub fn splice_prefix_with_head(
+        &mut self,
+        src: &File,
+        len: u64,
+        head: &[u8],
+        hashed: Sha256,
+    ) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        assert!(head.len() as u64 <= len, "the head is part of the prefix");
+        self.splice_prefix(src, len, hashed)?;
+        self.file.write_all_at(head, 0)
     }
 
     /// Appends `len` bytes of `src` from offset `from`, copied in the

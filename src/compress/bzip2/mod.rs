@@ -53,6 +53,24 @@ pub struct Boundary {
     crc: u32,
 }
 
+impl Boundary {
+    /// The block size digit and the CRC fold so far, which the scan cache
+    /// (`src/cache/`) keeps with `bit` and `out`.
+    pub fn parts(&self) -> (u8, u32) {
+        (self.level, self.crc)
+    }
+
+    /// The boundary [`Boundary::parts`] described, if `level` is a level.
+    pub fn from_parts(bit: u64, out: u64, level: u8, crc: u32) -> Option<Boundary> {
+        is_level(level).then_some(Boundary {
+            bit,
+            out,
+            level,
+            crc,
+        })
+    }
+}
+
 /// What the parallel reader learned, shared with the tar scan.
 #[derive(Default)]
 pub struct Index {

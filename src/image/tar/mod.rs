@@ -13,10 +13,15 @@
 //!    the input's bytes before the first change where the codec allows and
 //!    streams the rest of the list through the encoder.
 //!
+//! With the scan cache on (`src/cache/`), the first pass is read back from
+//! it when the input and the plan's needs are those of an earlier run
+//! (`cached.rs`), and saved after a full scan otherwise.
+//!
 //! Both passes read the decompressed archive through a counting reader
 //! (`stream.rs`). Every entry the plan does not touch is copied byte for
 //! byte, headers included. `verify` reads entries with the scan alone.
 
+mod cached;
 mod edit;
 mod header;
 mod listing;
@@ -26,12 +31,15 @@ mod speculate;
 mod stream;
 mod write;
 
+use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
 use super::{EntryType, ImageBackend, ImageError, ImageFacts, ImageOptions, ImageReader};
+use crate::cache::{Identity, Miss};
 use crate::compress::Compression;
 use crate::io::output::TempOutput;
 use crate::plan::{ImagePath, Plan};
@@ -133,6 +141,11 @@ pub(crate) struct TarBackend {
     scan: Option<Scan>,
     /// The hash of the kept prefix, shared by a batch's outputs.
     prefixes: PrefixCache,
+    /// The input's identity when it was scanned, if the scan cache is on:
+    /// what a cache entry for this scan is keyed by.
+    cache_id: Option<Identity>,
+    /// The scan came from the cache, or was saved to it.
+    cached: bool,
 }
 
 impl TarBackend {
@@ -159,6 +172,8 @@ impl TarBackend {
             watch,
             scan: None,
             prefixes: PrefixCache::default(),
+            cache_id: None,
+            cached: false,
         }
     }
 
@@ -191,6 +206,9 @@ impl TarBackend {
 
     fn scan_once(&mut self) -> Result<&Scan, TarError> {
         if self.scan.is_none() {
+            self.scan = self.load_cached();
+        }
+        if self.scan.is_none() {
             let writing = ForWriting {
                 scratch_dir: &self.scratch_dir,
                 targets: &self.targets,
@@ -208,6 +226,91 @@ impl TarBackend {
             )?);
         }
         Ok(self.scan.as_ref().expect("just set"))
+    }
+
+    /// What the scan cache holds for this input and plan, if the cache is
+    /// on, applies and holds a usable entry. Notes the input's identity
+    /// either way, so that a full scan can be saved under it.
+    fn load_cached(&mut self) -> Option<Scan> {
+        self.cache_id = None;
+        self.cached = false;
+        let cache = self.options.cache.as_ref()?;
+        let path = self.path.display();
+        if self.options.full_rewrite || self.codec == Compression::Xz {
+            // xz keeps no boundaries: its fast path compresses while it
+            // scans, which a cached scan would skip.
+            tracing::info!("{path}: scan cache not used for this input");
+            return None;
+        }
+        let id = File::open(&self.path)
+            .and_then(|f| Identity::of(&f, &self.cache_needs()))
+            .map_err(|e| tracing::debug!(error = %e, "scan cache: no identity"))
+            .ok()?;
+        let found = cache
+            .load(&id)
+            .and_then(|bytes| cached::decode(&bytes, self.codec).ok_or(Miss::Damaged));
+        self.cache_id = Some(id);
+        match found {
+            Ok((scan, kept)) => {
+                tracing::info!("{path}: scan cache hit");
+                self.prefixes.seed(kept);
+                self.cached = true;
+                Some(scan)
+            }
+            Err(miss) => {
+                tracing::info!("{path}: scan cache miss ({miss}): reading it whole");
+                None
+            }
+        }
+    }
+
+    fn cache_needs(&self) -> Vec<u8> {
+        cached::needs(
+            self.codec,
+            &self.watch,
+            &self.targets,
+            &self.capture,
+            MAX_DB_SIZE,
+        )
+    }
+
+    /// Keeps the scan and the prefix states for the next run, if the
+    /// input is still what was scanned. A failure only costs the next run
+    /// a full scan.
+    fn save_to_cache(&mut self) {
+        let (Some(cache), Some(id), Some(scan)) = (&self.options.cache, &self.cache_id, &self.scan)
+        else {
+            return;
+        };
+        if self.cached && !self.prefixes.added {
+            return;
+        }
+        let mut head = [0u8; 32];
+        let same = File::open(&self.path).and_then(|f| {
+            let n = f.read_at(&mut head, 0)?;
+            Ok((Identity::of(&f, &self.cache_needs())?, n))
+        });
+        let n = match same {
+            Ok((now, n)) if now == *id && !id.is_racy() => n,
+            _ => {
+                tracing::info!(
+                    "{}: not cached: it changed during the run or just before it",
+                    self.path.display()
+                );
+                return;
+            }
+        };
+        let Some(payload) = cached::encode(scan, self.prefixes.entries(), &head[..n]) else {
+            return;
+        };
+        match cache.save(id, &payload) {
+            Ok(()) => {
+                tracing::debug!(dir = %cache.dir().display(), "scan cache: saved");
+                self.cached = true;
+                self.prefixes.added = false;
+            }
+            Err(e) => tracing::info!("scan cache: cannot save in {}: {e}", cache.dir().display()),
+        }
     }
 
     /// The data of passwd or group, following symlinks and hard links; a
@@ -317,8 +420,37 @@ impl ImageBackend for TarBackend {
             &mut self.prefixes,
             self.options.full_rewrite,
         )?;
+        self.save_to_cache();
         Ok(())
     }
+}
+
+/// For the `cache_index` fuzz target: the scan cache's identity of the
+/// tar archive `path` for the default overlay's plan, and whether
+/// `payload` reads back as a cached scan (which must then write again).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_cache(
+    path: &Path,
+    codec: Compression,
+    payload: &[u8],
+) -> Option<crate::cache::Identity> {
+    if let Some((scan, kept)) = cached::decode(payload, codec) {
+        if let Some(again) = cached::encode(&scan, &kept, &[]) {
+            assert!(
+                cached::decode(&again, codec).is_some(),
+                "a re-encoded scan reads back"
+            );
+        }
+    }
+    let targets = crate::plan::OverlaySpec::default_spec().targets();
+    let backend = TarBackend::open(
+        path,
+        codec,
+        &targets,
+        Path::new("."),
+        &ImageOptions::default(),
+    );
+    Identity::of(&File::open(path).ok()?, &backend.cache_needs()).ok()
 }
 
 /// A tar archive opened for reading single entries (verify).

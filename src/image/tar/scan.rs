@@ -13,7 +13,7 @@ use std::io::{self, Read};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use sha2::{Digest, Sha256};
+use crate::io::sha256::Sha256;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -91,6 +91,14 @@ pub(super) struct Scan {
     /// The paths the scan watched and kept the data of.
     watch: Vec<String>,
     capture: Vec<String>,
+}
+
+/// The private parts of a [`Scan`], for the scan cache.
+pub(super) struct Kept<'a> {
+    pub(super) implicit_dirs: &'a [String],
+    pub(super) captured: &'a [(String, Vec<u8>)],
+    pub(super) watch: &'a [String],
+    pub(super) capture: &'a [String],
 }
 
 /// Where the data of a file is, after symlinks and hard links.
@@ -228,6 +236,31 @@ impl Scan {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Implicit parents and captured data, for the scan cache.
+    pub(super) fn kept(&self) -> Kept<'_> {
+        Kept {
+            implicit_dirs: &self.implicit_dirs,
+            captured: &self.captured,
+            watch: &self.watch,
+            capture: &self.capture,
+        }
+    }
+
+    /// A scan read back from the scan cache, with what [`Scan::kept`] gave.
+    pub(super) fn with_kept(
+        mut self,
+        implicit_dirs: Vec<String>,
+        captured: Vec<(String, Vec<u8>)>,
+        watch: Vec<String>,
+        capture: Vec<String>,
+    ) -> Scan {
+        self.implicit_dirs = implicit_dirs;
+        self.captured = captured;
+        self.watch = watch;
+        self.capture = capture;
+        self
     }
 
     pub(super) fn captured(&self, path: &str) -> Option<Vec<u8>> {

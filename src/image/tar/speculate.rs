@@ -14,7 +14,7 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use sha2::{Digest, Sha256};
+use crate::io::sha256::Sha256;
 
 use super::BLOCK;
 use crate::compress::{Compression, Encoder};

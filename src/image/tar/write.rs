@@ -14,7 +14,7 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
+use crate::io::sha256::Sha256;
 
 use super::edit::{self, Piece};
 use super::scan::{Boundary, Scan};
@@ -203,9 +203,16 @@ pub(super) fn write(
             let hashed = prefixes
                 .state(&file, &header, from, boundary.offset)
                 .map_err(read_err)?;
-            out.write_all(&header).map_err(write_err)?;
-            out.splice(&file, from, boundary.offset - from, hashed)
-                .map_err(write_err)?;
+            if header.len() as u64 == from {
+                // Same length: the kept blocks stay where the input has
+                // them, which lets the kernel share them.
+                out.splice_prefix_with_head(&file, boundary.offset, &header, hashed)
+                    .map_err(write_err)?;
+            } else {
+                out.write_all(&header).map_err(write_err)?;
+                out.splice(&file, from, boundary.offset - from, hashed)
+                    .map_err(write_err)?;
+            }
             // The block that holds the first change was kept whole by the
             // scan.
             let block = io::Cursor::new(boundary.data.as_ref().clone());
@@ -265,28 +272,50 @@ fn keep_bits(
 }
 
 /// The start of an output: new bytes, then the input's bytes in a range.
-type PrefixKey = (Vec<u8>, u64, u64);
+pub(super) type PrefixKey = (Vec<u8>, u64, u64);
 
-/// The SHA-256 state after an output's kept prefix, computed once and
-/// reused: every serial of a batch shares the prefix.
+/// The SHA-256 states after outputs' kept prefixes, computed once and
+/// reused: every serial of a batch shares the prefix, and the scan cache
+/// keeps them for the next run.
 #[derive(Default)]
-pub(super) struct PrefixCache(Option<(PrefixKey, Sha256)>);
+pub(super) struct PrefixCache {
+    entries: Vec<(PrefixKey, Sha256)>,
+    /// A state was computed since [`PrefixCache::seed`]: worth caching.
+    pub(super) added: bool,
+}
+
+/// States kept: a plan keeps one prefix; a few cover plans whose first
+/// change moves (a zstd header with another content size).
+const PREFIX_STATES: usize = 4;
 
 impl PrefixCache {
     /// SHA-256 state after `head` and then the input's bytes `from..end`
     /// (the input's own head may be replaced, e.g. a zstd frame header).
     fn state(&mut self, file: &File, head: &[u8], from: u64, end: u64) -> io::Result<Sha256> {
         let key = (head.to_vec(), from, end);
-        if let Some((cached, state)) = &self.0 {
-            if *cached == key {
-                return Ok(state.clone());
-            }
+        if let Some((_, state)) = self.entries.iter().find(|(k, _)| *k == key) {
+            return Ok(state.clone());
         }
         let mut start = Sha256::new();
         start.update(head);
         let state = output::hash_range(start, file, from, end.saturating_sub(from))?;
-        self.0 = Some((key, state.clone()));
+        if self.entries.len() == PREFIX_STATES {
+            self.entries.remove(0);
+        }
+        self.entries.push((key, state.clone()));
+        self.added = true;
         Ok(state)
+    }
+
+    pub(super) fn entries(&self) -> &[(PrefixKey, Sha256)] {
+        &self.entries
+    }
+
+    /// Starts from states a cached scan kept.
+    pub(super) fn seed(&mut self, entries: Vec<(PrefixKey, Sha256)>) {
+        self.entries = entries;
+        self.entries.truncate(PREFIX_STATES);
+        self.added = false;
     }
 }
 

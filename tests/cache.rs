@@ -1,0 +1,493 @@
+//! The scan cache: a warm run (the scan read back from the cache, the
+//! prefix copied, the tail rewritten) gives exactly the bytes of a cold
+//! run; anything that does not match the input or does not read back whole
+//! is a miss, never an error or a wrong output; processes racing on the
+//! cache leave it whole. Every test points XDG_CACHE_HOME at its own
+//! temp dir.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use tempfile::TempDir;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// device.conf exists and is the first entry with data.
+    Start,
+    /// device.conf exists between megabytes of data.
+    Middle,
+    /// No device.conf: the new entries go at the end.
+    End,
+}
+
+/// Text-like bytes that compress, but not trivially.
+fn filler(seed: u64, len: usize) -> Vec<u8> {
+    let words = ["jetson", "rootfs", "kernel", "module", "loader", "\n"];
+    let mut x = seed.wrapping_mul(6364136223846793005) | 1;
+    let mut out = Vec::with_capacity(len + 16);
+    while out.len() < len {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        out.extend_from_slice(words[(x >> 33) as usize % words.len()].as_bytes());
+        out.push(b' ' + ((x >> 20) as u8 % 64));
+    }
+    out.truncate(len);
+    out
+}
+
+/// A rootfs tree with 3 MB of data around /etc; `seed` varies the data.
+fn tree(dir: &Path, place: Place, seed: u64) -> PathBuf {
+    let root = dir.join(format!("tree-{place:?}-{seed}"));
+    let _ = fs::remove_dir_all(&root);
+    fs::create_dir_all(root.join("etc")).unwrap();
+    fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0::/root:/bin/sh\nazaion:x:1001:1001::/home/azaion:/bin/sh\n",
+    )
+    .unwrap();
+    fs::write(root.join("etc/group"), "root:x:0:\nazaion:x:1001:\n").unwrap();
+    if place != Place::End {
+        fs::create_dir(root.join("etc/azaion")).unwrap();
+        fs::write(
+            root.join("etc/azaion/device.conf"),
+            "AZAION_DEVICE_EMAIL=old\n",
+        )
+        .unwrap();
+    }
+    // --sort=name: "a-..." comes before "etc", "z..." after it.
+    let before = if place == Place::Start {
+        "zz-data"
+    } else {
+        "a-data"
+    };
+    let mut dirs = vec![before];
+    if place == Place::Middle {
+        dirs.push("z-data");
+    }
+    for (n, d) in dirs.iter().enumerate() {
+        fs::create_dir_all(root.join(d)).unwrap();
+        for i in 0..4 {
+            let data = filler(seed * 100 + n as u64 * 10 + i, 3 << 18);
+            fs::write(root.join(d).join(format!("f{i}")), data).unwrap();
+        }
+    }
+    root
+}
+
+/// `tree` as a tarball compressed with `ext`'s tool.
+fn archive(dir: &Path, place: Place, seed: u64, ext: &str) -> PathBuf {
+    let root = tree(dir, place, seed);
+    let out = dir.join(format!("in-{place:?}-{seed}.{ext}"));
+    sh(&format!(
+        "tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@1700000000 -C {} -cf - . | {} > {}",
+        root.display(),
+        compressor(ext),
+        out.display()
+    ));
+    out
+}
+
+/// A file changed within the last seconds is never cached (its change
+/// time may not tell a later change apart): let the inputs age.
+fn let_inputs_age() {
+    std::thread::sleep(Duration::from_millis(2100));
+}
+
+/// `imprint -v provision` of `input` into `output` (removed first), with
+/// the cache in `home/imprint`.
+fn command(input: &Path, output: &Path, home: &Path, serial: &str) -> Command {
+    let _ = fs::remove_file(output);
+    let pw = write_password(output.parent().unwrap(), PASSWORD);
+    let mut cmd = bin();
+    cmd.env("XDG_CACHE_HOME", home)
+        .env_remove("IMPRINT_CACHE_DIR")
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .args(["-v", "provision", "--serial", serial, "--offline"])
+        .args(["--owner", "azaion", "--password-file"])
+        .arg(pw)
+        .arg("--image")
+        .arg(input)
+        .arg("--output")
+        .arg(output);
+    cmd
+}
+
+/// One run, which must succeed.
+fn provision(input: &Path, output: &Path, home: &Path, serial: &str, extra: &[&str]) -> Output {
+    let o = run(command(input, output, home, serial).args(extra));
+    assert!(o.status.success(), "{}", stderr(&o));
+    o
+}
+
+/// Runs and returns the output's bytes and whether the cache was hit.
+fn stamp(input: &Path, output: &Path, home: &Path, serial: &str) -> (Vec<u8>, bool) {
+    let o = provision(input, output, home, serial, &[]);
+    let err = stderr(&o);
+    let hit = err.contains("scan cache hit");
+    assert!(hit || err.contains("scan cache miss"), "{err}");
+    (fs::read(output).unwrap(), hit)
+}
+
+/// The output without the cache, to compare with.
+fn reference(input: &Path, output: &Path, home: &Path, serial: &str) -> Vec<u8> {
+    let o = provision(input, output, home, serial, &["--no-cache"]);
+    assert!(!stderr(&o).contains("scan cache"), "{}", stderr(&o));
+    fs::read(output).unwrap()
+}
+
+fn entries(home: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(home.join("imprint"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.retain(|p| p.extension().is_some_and(|e| e == "idx"));
+    v.sort();
+    v
+}
+
+#[test]
+fn warm_runs_equal_cold_runs_for_every_codec_and_place() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let home = d.join("cache-home");
+    let mut inputs = Vec::new();
+    for ext in ["tar", "tar.zst", "tar.gz", "tbz2"] {
+        for place in [Place::Start, Place::Middle, Place::End] {
+            inputs.push((ext, place, archive(d, place, 1, ext)));
+        }
+    }
+    let_inputs_age();
+    for (ext, place, input) in &inputs {
+        let label = format!("{ext} {place:?}");
+        let out = d.join(format!("out.{ext}"));
+        let want = reference(input, &out, &home, SERIAL);
+        let (cold, hit) = stamp(input, &out, &home, SERIAL);
+        assert!(!hit, "{label}: the first run cannot hit");
+        assert!(cold == want, "{label}: the cold run differs");
+        let (warm, hit) = stamp(input, &out, &home, SERIAL);
+        assert!(hit, "{label}: the second run must hit");
+        assert!(
+            warm == want,
+            "{label}: the warm run differs from the cold run"
+        );
+        // The next device: another serial, same base.
+        let want = reference(input, &out, &home, "AZJN-7");
+        let (warm, hit) = stamp(input, &out, &home, "AZJN-7");
+        assert!(hit, "{label}");
+        assert!(warm == want, "{label}: another serial's warm run differs");
+        check_archive(&out, ext);
+    }
+    // One entry per input, private.
+    assert_eq!(entries(&home).len(), inputs.len());
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&home.join("imprint")), 0o700);
+    for e in entries(&home) {
+        assert_eq!(mode(&e), 0o600, "{}", e.display());
+    }
+}
+
+/// GNU tar and bsdtar read the output and find the device's file in it.
+fn check_archive(path: &Path, ext: &str) {
+    for tool in ["gnutar", "bsdtar"] {
+        let x = path.with_extension(format!("x-{tool}-{}", ext.replace('.', "")));
+        let _ = fs::remove_dir_all(&x);
+        extract(tool, path, &x);
+        assert_eq!(
+            fs::read_to_string(x.join("etc/azaion/device.conf")).unwrap(),
+            conf_text("azaion-jetson-7@azaion.com", PASSWORD)
+        );
+    }
+}
+
+/// xz keeps no boundaries to cache: its output is still right.
+#[test]
+fn xz_is_not_cached_and_still_right() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let home = d.join("h");
+    let input = archive(d, Place::End, 1, "tar.xz");
+    let_inputs_age();
+    let out = d.join("out.tar.xz");
+    let want = reference(&input, &out, &home, SERIAL);
+    for _ in 0..2 {
+        let o = provision(&input, &out, &home, SERIAL, &[]);
+        assert!(stderr(&o).contains("scan cache not used"), "{}", stderr(&o));
+        assert!(fs::read(&out).unwrap() == want);
+    }
+    assert!(entries(&home).is_empty());
+}
+
+/// Rewritten in place with other content of the same size, and its mtime
+/// set back: the change time gives it away, and the run reads it whole.
+#[test]
+fn an_input_changed_in_place_is_a_miss() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let home = d.join("h");
+    // Another archive of the same layout and sizes, other bytes.
+    let input = archive(d, Place::Middle, 1, "tar");
+    let other = fs::read(archive(d, Place::Middle, 2, "tar")).unwrap();
+    assert_eq!(fs::metadata(&input).unwrap().len(), other.len() as u64);
+    let_inputs_age();
+    let out = d.join("out.tar");
+    stamp(&input, &out, &home, SERIAL);
+    assert!(stamp(&input, &out, &home, SERIAL).1, "warm");
+    let mtime = fs::metadata(&input).unwrap().modified().unwrap();
+    let f = fs::OpenOptions::new().write(true).open(&input).unwrap();
+    f.write_all_at(&other, 0).unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+    assert_eq!(fs::metadata(&input).unwrap().modified().unwrap(), mtime);
+    let want = reference(&input, &d.join("ref"), &home, SERIAL);
+    let (got, hit) = stamp(&input, &out, &home, SERIAL);
+    assert!(!hit, "a changed input must miss");
+    assert!(got == want, "the output must be the new input's");
+    // A plain archive is easy to change in place: new bytes inside a file
+    // of the bulk data, same size, same mtime.
+    let input = archive(d, Place::Middle, 3, "tar");
+    let_inputs_age();
+    let out = d.join("out.tar");
+    stamp(&input, &out, &home, SERIAL);
+    assert!(stamp(&input, &out, &home, SERIAL).1);
+    let mtime = fs::metadata(&input).unwrap().modified().unwrap();
+    let f = fs::OpenOptions::new().write(true).open(&input).unwrap();
+    // a-data/f0's content starts after its header, early in the archive.
+    let data = fs::read(&input).unwrap();
+    let at = data
+        .windows(6)
+        .position(|w| w == b"jetson" || w == b"rootfs")
+        .unwrap();
+    f.write_all_at(b"XXXXXX", at as u64).unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+    let want = reference(&input, &d.join("ref"), &home, SERIAL);
+    let (got, hit) = stamp(&input, &out, &home, SERIAL);
+    assert!(!hit, "a changed input must miss");
+    assert!(got == want);
+    assert!(got.windows(6).any(|w| w == b"XXXXXX"));
+}
+
+/// An entry cut short, zeroed, flipped, or written by another version:
+/// a miss, the right output, and the entry rewritten for the next run.
+#[test]
+fn a_damaged_or_foreign_entry_is_a_miss() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let home = d.join("h");
+    let input = archive(d, Place::Middle, 1, "tar.gz");
+    let_inputs_age();
+    let out = d.join("out.tar.gz");
+    let want = reference(&input, &out, &home, SERIAL);
+    stamp(&input, &out, &home, SERIAL);
+    let entry = entries(&home).pop().expect("an entry");
+    let good = fs::read(&entry).unwrap();
+    let version = env!("CARGO_PKG_VERSION").as_bytes();
+    let at = good
+        .windows(version.len())
+        .position(|w| w == version)
+        .unwrap();
+    let mut foreign = good.clone();
+    foreign[at] = b'9';
+    // With the checksum made right again: only the version is wrong.
+    let body = foreign.len() - 32;
+    let sum = imprint::io::sha256::Sha256::digest(&foreign[..body]);
+    foreign[body..].copy_from_slice(&sum);
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0x40;
+    let damages: [(&str, Vec<u8>); 6] = [
+        ("cut in half", good[..good.len() / 2].to_vec()),
+        ("cut by a byte", good[..good.len() - 1].to_vec()),
+        ("empty", Vec::new()),
+        ("zeroed", vec![0u8; good.len()]),
+        ("one bit flipped", flipped),
+        ("another version", foreign),
+    ];
+    for (what, bytes) in damages {
+        fs::write(&entry, &bytes).unwrap();
+        let o = provision(&input, &out, &home, SERIAL, &[]);
+        let err = stderr(&o);
+        assert!(err.contains("scan cache miss"), "{what}: {err}");
+        if what == "another version" {
+            assert!(err.contains("another imprint version"), "{err}");
+        }
+        assert!(fs::read(&out).unwrap() == want, "{what}: wrong output");
+        assert!(
+            stamp(&input, &out, &home, SERIAL).1,
+            "{what}: not rewritten"
+        );
+    }
+}
+
+/// Processes stamping from one base at once, each saving its entry: every
+/// output is right, and the entry left behind is whole.
+#[test]
+fn processes_racing_on_the_cache_do_not_corrupt_it() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let home = d.join("h");
+    let inputs = [
+        archive(d, Place::End, 1, "tar.zst"),
+        archive(d, Place::Middle, 1, "tar"),
+    ];
+    let_inputs_age();
+    let wants: Vec<Vec<u8>> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, input)| reference(input, &d.join(format!("ref{i}")), &home, SERIAL))
+        .collect();
+    for round in 0..3 {
+        let _ = fs::remove_dir_all(&home);
+        let children: Vec<_> = (0..6)
+            .map(|n| {
+                // Each in a directory of its own: `command` writes the
+                // password file beside the output.
+                let out = d.join(format!("race-{n}/out"));
+                fs::create_dir_all(out.parent().unwrap()).unwrap();
+                let mut cmd = command(&inputs[n % 2], &out, &home, SERIAL);
+                cmd.stdout(Stdio::null()).stderr(Stdio::null());
+                (n, out, cmd.spawn().unwrap())
+            })
+            .collect();
+        for (n, out, mut child) in children {
+            assert!(child.wait().unwrap().success(), "round {round}");
+            assert!(fs::read(&out).unwrap() == wants[n % 2], "round {round}");
+        }
+        assert_eq!(entries(&home).len(), 2, "round {round}");
+        let leftovers: Vec<_> = fs::read_dir(home.join("imprint"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+        for (i, input) in inputs.iter().enumerate() {
+            let (got, hit) = stamp(input, &d.join("after"), &home, SERIAL);
+            assert!(hit && got == wants[i], "round {round}: entry {i} damaged");
+        }
+    }
+}
+
+/// --no-cache neither reads nor writes the cache; without XDG_CACHE_HOME
+/// the cache goes to ~/.cache/imprint.
+#[test]
+fn no_cache_reads_and_writes_nothing_and_home_is_the_fallback() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let input = archive(d, Place::End, 1, "tar");
+    let_inputs_age();
+    let home = d.join("h");
+    reference(&input, &d.join("o"), &home, SERIAL);
+    assert!(!home.exists(), "--no-cache created the cache");
+    let user_home = d.join("user");
+    fs::create_dir(&user_home).unwrap();
+    for expect in ["miss", "hit"] {
+        let output = d.join(format!("o-{expect}"));
+        let o = run(command(&input, &output, &home, SERIAL)
+            .env_remove("XDG_CACHE_HOME")
+            .env("HOME", &user_home));
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("scan cache {expect}")),
+            "{}",
+            stderr(&o)
+        );
+    }
+    assert_eq!(entries(&user_home.join(".cache")).len(), 1);
+}
+
+/// A file changed in the last two seconds is read but not cached: a change
+/// within the same clock tick could keep its change time.
+#[test]
+fn a_just_written_input_is_not_cached() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let home = d.join("h");
+    let input = archive(d, Place::End, 1, "tar");
+    // Made "now": its change time is now, whatever its mtime says.
+    let f = fs::OpenOptions::new().write(true).open(&input).unwrap();
+    f.set_modified(SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+    drop(f);
+    let o = provision(&input, &d.join("o"), &home, SERIAL, &[]);
+    assert!(stderr(&o).contains("not cached"), "{}", stderr(&o));
+    assert!(entries(&home).is_empty());
+}
+
+/// What the tar scan learns beyond entry offsets — pax global records,
+/// hard links naming device.conf, passwd behind a symlink, owner names —
+/// comes back from the cache whole: a warm run of such an archive (made by
+/// Python's tarfile) equals the cold run, for plain tar and zstd.
+#[test]
+fn a_warm_run_keeps_globals_hard_links_and_symlinked_passwd() {
+    if !require(
+        sh("command -v python3").status.success(),
+        "python3 builds the archive",
+    ) {
+        return;
+    }
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let home = d.join("cache-home");
+    let script = r#"
+import io, sys, tarfile
+def add(t, name, data=None, **kw):
+    i = tarfile.TarInfo(name)
+    for k, v in kw.items(): setattr(i, k, v)
+    if data is not None: i.size = len(data)
+    t.addfile(i, io.BytesIO(data) if data is not None else None)
+with tarfile.open(sys.argv[1], "w", format=tarfile.PAX_FORMAT,
+                  pax_headers={"uid": "0", "gid": "0", "uname": "root", "gname": "root"}) as t:
+    D, S, L = tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE
+    add(t, "./etc", type=D, mode=0o755, mtime=1600000000)
+    add(t, "./usr", type=D, mode=0o755, mtime=1600000000)
+    add(t, "./usr/lib", type=D, mode=0o755, mtime=1600000000)
+    add(t, "./usr/lib/passwd", b"root:x:0:0::/root:/bin/sh\nazaion:x:1001:996::/home/azaion:/bin/sh\n", mode=0o644, mtime=1600000000)
+    add(t, "./etc/passwd", type=S, linkname="../usr/lib/passwd", mtime=1600000000)
+    add(t, "./etc/group", b"root:x:0:\nazaion:x:996:\n", mode=0o644, mtime=1600000000)
+    for i in range(200):
+        add(t, "./usr/lib/f%03d" % i, bytes([i % 251]) * 5000, mode=0o644, mtime=1600000000)
+    add(t, "./etc/azaion", type=D, mode=0o755, mtime=1600000000)
+    add(t, "./etc/azaion/device.conf", b"AZAION_DEVICE_EMAIL=old@azaion.com\nAZAION_DEVICE_PASSWORD=old\n", mode=0o600, mtime=1600000000)
+    add(t, "./etc/azaion/device.conf.bak", type=L, linkname="./etc/azaion/device.conf", mtime=1600000000)
+"#;
+    let tar = d.join("globals.tar");
+    let o = run(Command::new("python3").arg("-c").arg(script).arg(&tar));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let zst = d.join("globals.tar.zst");
+    assert!(sh(&format!(
+        "zstd -q -19 {} -o {}",
+        tar.display(),
+        zst.display()
+    ))
+    .status
+    .success());
+    let_inputs_age();
+    for (ext, input) in [("tar", &tar), ("tar.zst", &zst)] {
+        let out = d.join(format!("out.{ext}"));
+        let want = reference(input, &out, &home, SERIAL);
+        let (cold, hit) = stamp(input, &out, &home, SERIAL);
+        assert!(!hit && cold == want, "{ext}: cold run");
+        let (warm, hit) = stamp(input, &out, &home, SERIAL);
+        assert!(hit, "{ext}: the second run must hit");
+        assert!(
+            warm == want,
+            "{ext}: the warm run differs from the cold run"
+        );
+        // The old password stays with the other name; the new file is 1001:996.
+        let bak = sh(&format!(
+            "tar -xOf {} ./etc/azaion/device.conf.bak",
+            out.display()
+        ));
+        assert_eq!(
+            stdout(&bak),
+            "AZAION_DEVICE_EMAIL=old@azaion.com\nAZAION_DEVICE_PASSWORD=old\n"
+        );
+        let v = run(bin().arg("verify").arg(&out).args(["--owner", "azaion"]));
+        assert!(v.status.success(), "{}", stdout(&v));
+    }
+}
