@@ -12,9 +12,9 @@ pub enum OwnerError {
     #[error("invalid owner {0:?}: expected USER, USER:GROUP or UID:GID")]
     Syntax(String),
     #[error("user {name:?} is not in the image's /etc/passwd{hint}")]
-    UnknownUser { name: String, hint: &'static str },
+    UnknownUser { name: String, hint: String },
     #[error("group {name:?} is not in the image's /etc/group{hint}")]
-    UnknownGroup { name: String, hint: &'static str },
+    UnknownGroup { name: String, hint: String },
 }
 
 /// What the caller asked for with `--owner`.
@@ -115,6 +115,11 @@ pub struct UserDb {
     groups: Vec<DbEntry>,
     has_passwd: bool,
     has_group: bool,
+    /// What the image has at /etc/passwd (or /etc/group) when it is not a
+    /// readable file, e.g. "a symlink to /usr/lib/passwd, which the image
+    /// does not hold": said in the error instead of a bare "no file".
+    passwd_found: Option<String>,
+    group_found: Option<String>,
 }
 
 fn parse_db(text: &[u8], is_passwd: bool) -> Vec<DbEntry> {
@@ -148,7 +153,17 @@ impl UserDb {
             groups: group.map(|t| parse_db(t, false)).unwrap_or_default(),
             has_passwd: passwd.is_some(),
             has_group: group.is_some(),
+            passwd_found: None,
+            group_found: None,
         }
+    }
+
+    /// Adds what was found at /etc/passwd and /etc/group where they could
+    /// not be read (see [`crate::image::ImageFacts`]).
+    pub fn with_found(mut self, passwd: Option<String>, group: Option<String>) -> UserDb {
+        self.passwd_found = passwd;
+        self.group_found = group;
+        self
     }
 
     fn user_by_name(&self, name: &str) -> Option<&DbEntry> {
@@ -178,10 +193,10 @@ impl UserDb {
     fn unknown_user(&self, name: &str) -> OwnerError {
         OwnerError::UnknownUser {
             name: name.to_string(),
-            hint: if self.has_passwd {
-                "; add the user to the image or pass --owner UID:GID"
-            } else {
-                " (the image has no /etc/passwd); pass --owner UID:GID"
+            hint: match (&self.passwd_found, self.has_passwd) {
+                (_, true) => "; add the user to the image or pass --owner UID:GID".into(),
+                (Some(found), false) => format!(" ({found}); pass --owner UID:GID"),
+                (None, false) => " (the image has no /etc/passwd); pass --owner UID:GID".into(),
             },
         }
     }
@@ -189,10 +204,10 @@ impl UserDb {
     fn unknown_group(&self, name: &str) -> OwnerError {
         OwnerError::UnknownGroup {
             name: name.to_string(),
-            hint: if self.has_group {
-                "; add the group to the image or pass --owner UID:GID"
-            } else {
-                " (the image has no /etc/group); pass --owner UID:GID"
+            hint: match (&self.group_found, self.has_group) {
+                (_, true) => "; add the group to the image or pass --owner UID:GID".into(),
+                (Some(found), false) => format!(" ({found}); pass --owner UID:GID"),
+                (None, false) => " (the image has no /etc/group); pass --owner UID:GID".into(),
             },
         }
     }

@@ -83,6 +83,11 @@ pub struct ImageFacts {
     /// taken from the image itself (e.g. the mtime of its `etc/`), so that
     /// the same input gives the same output.
     pub reference_mtime: i64,
+    /// What is at /etc/passwd and /etc/group when it is there but cannot be
+    /// read as a file (a dangling or looping symlink, a directory), for the
+    /// error that a missing user then gives.
+    pub passwd_found: Option<String>,
+    pub group_found: Option<String>,
 }
 
 /// A format backend for an input image file. Backends never open the input

@@ -244,7 +244,11 @@ impl Opened {
     }
 
     fn plan(&self, job: &Job, email: &str) -> Result<Plan, ProvisionError> {
-        let db = UserDb::parse(self.facts.passwd.as_deref(), self.facts.group.as_deref());
+        let db = UserDb::parse(self.facts.passwd.as_deref(), self.facts.group.as_deref())
+            .with_found(
+                self.facts.passwd_found.clone(),
+                self.facts.group_found.clone(),
+            );
         let vars = DeviceVars {
             serial: job.serial.as_str(),
             email,

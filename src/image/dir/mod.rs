@@ -229,6 +229,7 @@ impl StagingDir {
             passwd: self.read_small("etc/passwd")?,
             group: self.read_small("etc/group")?,
             reference_mtime,
+            ..ImageFacts::default()
         })
     }
 

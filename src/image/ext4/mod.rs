@@ -186,22 +186,46 @@ impl<R: ReadAt> Ext4Inspector<R> {
         const MAX_DB: u64 = 16 << 20;
         // Symlinks are followed inside the image, as a chroot would
         // (/etc/passwd -> ../usr/lib/passwd on some distributions).
-        let read = |p: &str| -> Result<Option<Vec<u8>>, Ext4Error> {
+        // The data, or what is there instead (said in the owner error).
+        type Read = (Option<Vec<u8>>, Option<String>);
+        let read = |p: &str| -> Result<Read, Ext4Error> {
             let path = ImagePath::parse(p).expect("constant path");
             match self.fs.resolve_following(path.components())? {
                 Some((_, inode))
                     if inode.kind() == super::EntryType::Regular && inode.size <= MAX_DB =>
                 {
-                    Ok(Some(self.fs.read_content(&inode, MAX_DB)?))
+                    return Ok((Some(self.fs.read_content(&inode, MAX_DB)?), None));
                 }
-                _ => Ok(None),
+                Some((_, inode)) if inode.kind() == super::EntryType::Regular => {
+                    return Ok((None, Some(format!("{p} is {} bytes, larger than imprint reads", inode.size))));
+                }
+                Some((_, inode)) => {
+                    let what = Existing::new(inode.kind(), u32::from(inode.links), "");
+                    return Ok((None, Some(format!("{p} leads to {}", what.what.trim_end()))));
+                }
+                None => {}
             }
+            // Not there, or a symlink that leads nowhere: say which.
+            let found = match self.fs.resolve(path.components())? {
+                Some((_, inode)) if inode.kind() == super::EntryType::Symlink => {
+                    let target = self.fs.meta(&inode)?.target.unwrap_or_default();
+                    Some(format!(
+                        "{p} is a symlink to {target:?}, which leads to no file inside the image (a dangling link or a loop)"
+                    ))
+                }
+                _ => None,
+            };
+            Ok((None, found))
         };
         let etc = self.fs.resolve_following(&["etc".to_string()])?;
+        let (passwd, passwd_found) = read("/etc/passwd")?;
+        let (group, group_found) = read("/etc/group")?;
         Ok(ImageFacts {
-            passwd: read("/etc/passwd")?,
-            group: read("/etc/group")?,
+            passwd,
+            group,
             reference_mtime: etc.map(|(_, i)| i.mtime).unwrap_or(0),
+            passwd_found,
+            group_found,
         })
     }
 

@@ -315,14 +315,15 @@ impl TarBackend {
 
     /// The data of passwd or group, following symlinks and hard links; a
     /// warning says what was found where it leads nowhere.
-    fn database(&self, scan: &Scan, path: &str) -> Option<Vec<u8>> {
+    /// The data, or what was found instead (said in the owner error).
+    fn database(&self, scan: &Scan, path: &str) -> (Option<Vec<u8>>, Option<String>) {
         match scan.follow(path) {
-            Follow::Data(at) => scan.captured(&at),
+            Follow::Data(at) => (scan.captured(&at), None),
             Follow::Missing(Some(why)) => {
                 tracing::warn!("{}: cannot read /{path}: {why}", self.path.display());
-                None
+                (None, Some(why))
             }
-            _ => None,
+            _ => (None, None),
         }
     }
 }
@@ -372,10 +373,14 @@ impl ImageBackend for TarBackend {
             .or_else(|| scan.watched.iter().max_by_key(|f| f.meta.mtime))
             .map(|f| f.meta.mtime)
             .unwrap_or(0);
+        let passwd = self.database(scan, "etc/passwd");
+        let group = self.database(scan, "etc/group");
         Ok(ImageFacts {
-            passwd: self.database(scan, "etc/passwd"),
-            group: self.database(scan, "etc/group"),
+            passwd: passwd.0,
+            group: group.0,
             reference_mtime,
+            passwd_found: passwd.1,
+            group_found: group.1,
         })
     }
 
