@@ -316,3 +316,51 @@ fn zstd_windows_past_128_mib_are_refused_with_what_to_do() {
         }
     }
 }
+
+const MIB: u64 = 1 << 20;
+
+/// A 2 GiB raw ext4 image in xz (as `xz -T2 -6` makes it, which itself
+/// peaks near 300 MiB) holding 48 MiB of incompressible files: imprint
+/// recompresses it in less than 100 MiB, and the output passes `xz -t`,
+/// e2fsck and `verify`.
+#[test]
+fn xz_around_a_large_image_is_recompressed_in_little_memory() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let pw = write_password(d, PASSWORD);
+    let tree = ext4_tree(d, 20, Azaion::Absent);
+    fs::create_dir_all(tree.join("usr/lib")).unwrap();
+    for i in 0..3 {
+        sh(&format!(
+            "head -c {} /dev/urandom > {}/usr/lib/lib{i}.so",
+            16 * MIB,
+            tree.display()
+        ));
+    }
+    let raw = d.join("system.img");
+    let o = mkfs(&tree, &raw, &["-t", "ext4"], "2G");
+    assert!(o.status.success(), "mke2fs: {}", stderr(&o));
+    sh(&format!("xz -T2 -6 {}", raw.display()));
+    let input = d.join("system.img.xz");
+    let out = d.join("out");
+    fs::create_dir(&out).unwrap();
+    let written = out.join("system.img.xz");
+    let log = d.join("run.log");
+    let started = std::time::Instant::now();
+    let (ok, rss) = peak_rss(&mut provision_offline(&input, &written, "azaion", &pw), &log);
+    let err = fs::read_to_string(log.with_extension("err")).unwrap();
+    assert!(ok, "provision: {err}");
+    eprintln!(
+        "system.img.xz: {:.1} s, peak RSS {} MiB, {} -> {} bytes",
+        started.elapsed().as_secs_f64(),
+        rss / MIB,
+        fs::metadata(&input).unwrap().len(),
+        fs::metadata(&written).unwrap().len()
+    );
+    assert!(rss < 100 * MIB, "peak RSS {} MiB", rss / MIB);
+    sh(&format!("xz -t {}", written.display()));
+    let back = d.join("back.img");
+    sh(&format!("xz -dc {} > {}", written.display(), back.display()));
+    assert_fsck_clean(&back);
+    verify(&written);
+}

@@ -24,6 +24,7 @@ use crate::io::output::{Scratch, TempOutput};
 use crate::io::sink::RawSink;
 use crate::plan::{ImagePath, Plan};
 use std::io::Write;
+use xz2::stream::{Check, Filters, LzmaOptions, MtStreamBuilder};
 
 /// The suffix a codec's files usually carry, to find `NAME.wic.bmap` for
 /// `NAME.wic.zst` and to name the output's block map the same way.
@@ -134,7 +135,7 @@ const XZ_DICT_MAX: u32 = 2 << 20;
 const XZ_BLOCK: u64 = 6 << 20;
 /// What liblzma's own estimate (`lzma_stream_encoder_mt_memusage`) may
 /// reach; the rest of imprint needs about 20 MiB besides.
-const XZ_MEMORY: u64 = 80 << 20;
+const XZ_MEMORY: u64 = 85 << 20;
 
 /// The LZMA2 dictionary size in the first block header of an xz file: the
 /// output uses no larger one than the input did.
@@ -185,25 +186,31 @@ fn vli(bytes: &[u8], at: &mut usize) -> Option<u64> {
     None
 }
 
-/// The xz encoder for the output (see XZ_MEMORY).
-fn xz_encoder(input: &Path) -> io::Result<xz2::stream::Stream> {
-    use xz2::stream::{Check, Filters, LzmaOptions, MtStreamBuilder};
-    let dict = xz_input_dict(input).map_or(XZ_DICT_MAX, |d| d.min(XZ_DICT_MAX));
+/// The xz encoder settings for the output, with as many threads (up to
+/// `cores`) as fit in XZ_MEMORY, and that many.
+fn xz_builder(input_dict: Option<u32>, cores: u32) -> io::Result<(MtStreamBuilder, u32)> {
+    let dict = input_dict.map_or(XZ_DICT_MAX, |d| d.min(XZ_DICT_MAX));
     let mut lzma = LzmaOptions::new_preset(6).map_err(io::Error::other)?;
     lzma.dict_size(dict);
     let mut builder = MtStreamBuilder::new();
     builder.block_size(XZ_BLOCK).check(Check::Crc64);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(8)) as u32;
-    let mut threads = cores;
+    let mut threads = cores.max(1);
     loop {
         let mut filters = Filters::new();
         filters.lzma2(&lzma);
         builder.filters(filters).threads(threads);
         if threads == 1 || builder.memusage() <= XZ_MEMORY {
-            break;
+            return Ok((builder, threads));
         }
         threads -= 1;
     }
+}
+
+/// The xz encoder for the output (see XZ_MEMORY).
+fn xz_encoder(input: &Path) -> io::Result<xz2::stream::Stream> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(8)) as u32;
+    let (builder, threads) = xz_builder(xz_input_dict(input), cores)?;
+    tracing::debug!(threads, memusage = builder.memusage(), "xz encoder");
     builder.encoder().map_err(io::Error::other)
 }
 
@@ -388,5 +395,22 @@ mod tests {
         }
         std::fs::write(&path, b"not xz at all").unwrap();
         assert_eq!(xz_input_dict(&path), None);
+    }
+
+    #[test]
+    fn xz_threads_fit_the_memory_bound() {
+        // Two cores (the common CI and build machine) get both threads.
+        let (b, threads) = xz_builder(None, 2).unwrap();
+        eprintln!("2 cores: {threads} threads, {} MiB", b.memusage() >> 20);
+        assert_eq!(threads, 2);
+        assert!(b.memusage() <= XZ_MEMORY);
+        // More cores never take more memory than the bound.
+        let (b, threads) = xz_builder(None, 8).unwrap();
+        eprintln!("8 cores: {threads} threads, {} MiB", b.memusage() >> 20);
+        assert!(b.memusage() <= XZ_MEMORY);
+        // A smaller dictionary in the input is kept.
+        let (small, _) = xz_builder(Some(1 << 20), 2).unwrap();
+        eprintln!("1 MiB dictionary: {} MiB", small.memusage() >> 20);
+        assert!(small.memusage() < b.memusage());
     }
 }
