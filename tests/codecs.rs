@@ -175,7 +175,12 @@ fn zeros_then_garbage_after_gzip_are_refused() {
     let (tar, ext4) = inputs(d);
     for (plain, kind) in [(&tar, "tar"), (&ext4, "ext4")] {
         for (label, compress) in [("gzip", "gzip -c"), ("bzip2", "bzip2 -c")] {
-            let input = padded(plain, compress, &d.join(format!("bad-{label}.{kind}")), 4096);
+            let input = padded(
+                plain,
+                compress,
+                &d.join(format!("bad-{label}.{kind}")),
+                4096,
+            );
             sh(&format!("printf garbage >> {}", input.display()));
             let out = d.join("out");
             fs::create_dir_all(&out).unwrap();
@@ -228,10 +233,9 @@ fn zstd_and_xz_padding_as_their_tools_take_it() {
             let input = padded(plain, compress, &d.join(format!("pad.{kind}.{codec}")), pad);
             let data_end = fs::metadata(&input).unwrap().len() - pad;
             // The codec's own tool refuses it.
-            let t = run(Command::new("sh").arg("-c").arg(format!(
-                "{test} {} 2>/dev/null",
-                input.display()
-            )));
+            let t = run(Command::new("sh")
+                .arg("-c")
+                .arg(format!("{test} {} 2>/dev/null", input.display())));
             assert!(!t.status.success(), "{what}: {test} accepted it");
             let before = fs::read(&input).unwrap();
             let o = provision(&input, &out.join("o"), &pw);
@@ -284,12 +288,23 @@ fn zstd_windows_past_128_mib_are_refused_with_what_to_do() {
     for (how, window) in [("pipe", 2048), ("file", 300)] {
         let input = d.join(format!("{how}.ext4.zst"));
         let cmd = match how {
-            "pipe" => format!("zstd -q --long=31 -c < {} > {}", ext4.display(), input.display()),
-            _ => format!("zstd -q -f --long=31 {} -o {}", ext4.display(), input.display()),
+            "pipe" => format!(
+                "zstd -q --long=31 -c < {} > {}",
+                ext4.display(),
+                input.display()
+            ),
+            _ => format!(
+                "zstd -q -f --long=31 {} -o {}",
+                ext4.display(),
+                input.display()
+            ),
         };
         sh(&cmd);
         let plain = run(Command::new("zstd").arg("-q").arg("-t").arg(&input));
-        assert!(!plain.status.success(), "{how}: zstd -t read a 2 GiB window");
+        assert!(
+            !plain.status.success(),
+            "{how}: zstd -t read a 2 GiB window"
+        );
         let o = provision(&input, &out.join("o"), &pw);
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(1), "{how}: {err}");
@@ -347,7 +362,10 @@ fn xz_around_a_large_image_is_recompressed_in_little_memory() {
     let written = out.join("system.img.xz");
     let log = d.join("run.log");
     let started = std::time::Instant::now();
-    let (ok, rss) = peak_rss(&mut provision_offline(&input, &written, "azaion", &pw), &log);
+    let (ok, rss) = peak_rss(
+        &mut provision_offline(&input, &written, "azaion", &pw),
+        &log,
+    );
     let err = fs::read_to_string(log.with_extension("err")).unwrap();
     assert!(ok, "provision: {err}");
     eprintln!(
@@ -360,7 +378,11 @@ fn xz_around_a_large_image_is_recompressed_in_little_memory() {
     assert!(rss < 100 * MIB, "peak RSS {} MiB", rss / MIB);
     sh(&format!("xz -t {}", written.display()));
     let back = d.join("back.img");
-    sh(&format!("xz -dc {} > {}", written.display(), back.display()));
+    sh(&format!(
+        "xz -dc {} > {}",
+        written.display(),
+        back.display()
+    ));
     assert_fsck_clean(&back);
     verify(&written);
 }

@@ -113,7 +113,11 @@ pub(crate) fn frames_end(file: &File, len: u64) -> io::Result<Option<u64>> {
             }
             let raw = u32::from_le_bytes([bh[0], bh[1], bh[2], 0]);
             // An RLE block's body is the one byte it repeats.
-            let body = if (raw >> 1) & 3 == 1 { 1 } else { u64::from(raw >> 3) };
+            let body = if (raw >> 1) & 3 == 1 {
+                1
+            } else {
+                u64::from(raw >> 3)
+            };
             at += 3 + body;
             if raw & 1 == 1 {
                 break;

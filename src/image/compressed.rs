@@ -24,7 +24,7 @@ use crate::io::output::{Scratch, TempOutput};
 use crate::io::sink::RawSink;
 use crate::plan::{ImagePath, Plan};
 use std::io::Write;
-use xz2::stream::{Check, Filters, LzmaOptions, MtStreamBuilder};
+use xz2::stream::{Check, Filters, LzmaOptions};
 
 /// The suffix a codec's files usually carry, to find `NAME.wic.bmap` for
 /// `NAME.wic.zst` and to name the output's block map the same way.
@@ -122,20 +122,18 @@ const ZSTD_JOB_SIZE: u32 = 2 << 20;
 /// for about 5% more CPU time.
 const ZSTD_OVERLAP_LOG: u32 = 8;
 
-/// xz output: LZMA2 at preset 6 (`xz`'s default), in blocks compressed on
-/// up to one thread per core as `xz -T0` does. Memory is what bounds it:
-/// each thread holds a match finder of about 11 x the dictionary and its
-/// block in and out, so `xz -T2 -6` (8 MiB dictionary, 24 MiB blocks)
-/// peaks near 300 MiB. A 2 MiB dictionary in 6 MiB blocks keeps liblzma
-/// under XZ_MEMORY on two threads; more threads are used only while they
-/// fit. The block size, not the thread count, decides the bytes, so every
-/// machine writes the same output. README "Compressed raw images" has
-/// the measured cost in ratio.
-const XZ_DICT_MAX: u32 = 2 << 20;
-const XZ_BLOCK: u64 = 6 << 20;
-/// What liblzma's own estimate (`lzma_stream_encoder_mt_memusage`) may
-/// reach; the rest of imprint needs about 20 MiB besides.
-const XZ_MEMORY: u64 = 85 << 20;
+/// xz output: LZMA2 at preset 6 (`xz`'s default) with a dictionary of at
+/// most 4 MiB (or the input's, if smaller), in one thread. Memory is what
+/// decides this: `xz -T2 -6` (an 8 MiB dictionary in 24 MiB blocks, each
+/// thread holding a match finder of about 11 x the dictionary and its
+/// block in and out) peaks near 300 MiB, and even one thread of it in 24
+/// MiB blocks needs 165 MiB. Multi-threaded blocks small enough for two
+/// threads in 85 MiB (a 2 MiB dictionary, 6 MiB blocks) came out 7.8%
+/// larger than `xz -T2 -6`; one thread with a 4 MiB dictionary and no
+/// blocks came out 0.4% smaller, in about 50 MiB and the same CPU time, at
+/// half the speed on two cores. README "Compressed inputs" has the
+/// numbers.
+const XZ_DICT_MAX: u32 = 4 << 20;
 
 /// The LZMA2 dictionary size in the first block header of an xz file: the
 /// output uses no larger one than the input did.
@@ -186,32 +184,14 @@ fn vli(bytes: &[u8], at: &mut usize) -> Option<u64> {
     None
 }
 
-/// The xz encoder settings for the output, with as many threads (up to
-/// `cores`) as fit in XZ_MEMORY, and that many.
-fn xz_builder(input_dict: Option<u32>, cores: u32) -> io::Result<(MtStreamBuilder, u32)> {
-    let dict = input_dict.map_or(XZ_DICT_MAX, |d| d.min(XZ_DICT_MAX));
+/// The xz encoder for the output (see XZ_DICT_MAX).
+fn xz_encoder(input: &Path) -> io::Result<xz2::stream::Stream> {
+    let dict = xz_input_dict(input).map_or(XZ_DICT_MAX, |d| d.min(XZ_DICT_MAX));
     let mut lzma = LzmaOptions::new_preset(6).map_err(io::Error::other)?;
     lzma.dict_size(dict);
-    let mut builder = MtStreamBuilder::new();
-    builder.block_size(XZ_BLOCK).check(Check::Crc64);
-    let mut threads = cores.max(1);
-    loop {
-        let mut filters = Filters::new();
-        filters.lzma2(&lzma);
-        builder.filters(filters).threads(threads);
-        if threads == 1 || builder.memusage() <= XZ_MEMORY {
-            return Ok((builder, threads));
-        }
-        threads -= 1;
-    }
-}
-
-/// The xz encoder for the output (see XZ_MEMORY).
-fn xz_encoder(input: &Path) -> io::Result<xz2::stream::Stream> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(8)) as u32;
-    let (builder, threads) = xz_builder(xz_input_dict(input), cores)?;
-    tracing::debug!(threads, memusage = builder.memusage(), "xz encoder");
-    builder.encoder().map_err(io::Error::other)
+    let mut filters = Filters::new();
+    filters.lzma2(&lzma);
+    xz2::stream::Stream::new_stream_encoder(&filters, Check::Crc64).map_err(io::Error::other)
 }
 
 /// An encoder for the output, like the input's.
@@ -377,10 +357,17 @@ mod tests {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 253) as u8).collect();
         // Single-threaded (no sizes in the block header) and multi-threaded
         // (both sizes) streams, at presets with 256 KiB to 64 MiB.
-        for (preset, dict) in [(0u32, 256u32 << 10), (1, 1 << 20), (6, 8 << 20), (9, 64 << 20)] {
+        for (preset, dict) in [
+            (0u32, 256u32 << 10),
+            (1, 1 << 20),
+            (6, 8 << 20),
+            (9, 64 << 20),
+        ] {
             for threads in [None, Some(2)] {
                 let stream = match threads {
-                    None => xz2::stream::Stream::new_easy_encoder(preset, xz2::stream::Check::Crc64),
+                    None => {
+                        xz2::stream::Stream::new_easy_encoder(preset, xz2::stream::Check::Crc64)
+                    }
                     Some(t) => xz2::stream::MtStreamBuilder::new()
                         .preset(preset)
                         .threads(t)
@@ -395,22 +382,5 @@ mod tests {
         }
         std::fs::write(&path, b"not xz at all").unwrap();
         assert_eq!(xz_input_dict(&path), None);
-    }
-
-    #[test]
-    fn xz_threads_fit_the_memory_bound() {
-        // Two cores (the common CI and build machine) get both threads.
-        let (b, threads) = xz_builder(None, 2).unwrap();
-        eprintln!("2 cores: {threads} threads, {} MiB", b.memusage() >> 20);
-        assert_eq!(threads, 2);
-        assert!(b.memusage() <= XZ_MEMORY);
-        // More cores never take more memory than the bound.
-        let (b, threads) = xz_builder(None, 8).unwrap();
-        eprintln!("8 cores: {threads} threads, {} MiB", b.memusage() >> 20);
-        assert!(b.memusage() <= XZ_MEMORY);
-        // A smaller dictionary in the input is kept.
-        let (small, _) = xz_builder(Some(1 << 20), 2).unwrap();
-        eprintln!("1 MiB dictionary: {} MiB", small.memusage() >> 20);
-        assert!(small.memusage() < b.memusage());
     }
 }

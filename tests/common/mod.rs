@@ -513,7 +513,7 @@ pub fn provision_online(input: &Path, output: &Path, url: &str) -> Command {
 /// of the process (and any it waited for), from wait4's rusage.
 // wait4 below reaps the child; std's `Child` never learns of it.
 #[allow(clippy::zombie_processes)]
-fn peak_rss(cmd: &mut Command, log: &Path) -> (bool, u64) {
+pub fn peak_rss(cmd: &mut Command, log: &Path) -> (bool, u64) {
     let child = cmd
         .stdout(fs::File::create(log).unwrap())
         .stderr(fs::File::create(log.with_extension("err")).unwrap())
