@@ -3,7 +3,8 @@
 //! scratch file beside the output (zero runs become holes, so a mostly
 //! empty 16 GiB image costs its data on disk), the filesystem inside is
 //! edited like any raw image, and the output streams from that scratch
-//! file through the input's codec, on all cores where the codec allows.
+//! file through the input's codec, on all cores where the codec allows
+//! (xz: one thread, to stay in its memory bound; see XZ_DICT_MAX).
 //!
 //! Unlike tar archives, no compressed prefix is kept: ext4 changes its
 //! superblock (at byte 1024) on every write, so the first changed block is
