@@ -32,6 +32,39 @@ fn inputs(dir: &Path) -> (PathBuf, PathBuf) {
     (tar, ext4)
 }
 
+/// A directory with a password file, [`inputs`] and an empty `out/`.
+struct Fixture {
+    dir: TempDir,
+    pw: PathBuf,
+    tar: PathBuf,
+    ext4: PathBuf,
+    out: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = TempDir::new().unwrap();
+        let pw = write_password(dir.path(), PASSWORD);
+        let (tar, ext4) = inputs(dir.path());
+        let out = dir.path().join("out");
+        fs::create_dir(&out).unwrap();
+        Fixture {
+            dir,
+            pw,
+            tar,
+            ext4,
+            out,
+        }
+    }
+}
+
+/// Removes everything in `dir`.
+fn empty(dir: &Path) {
+    for f in listing(dir) {
+        fs::remove_file(dir.join(f)).unwrap();
+    }
+}
+
 /// `plain` compressed with `compress` (a shell command reading stdin),
 /// then `pad` zero bytes appended by `dd` in 512-byte blocks as a block
 /// device would leave them, or by `truncate` for odd lengths.
@@ -100,12 +133,8 @@ const READ_PADDING: [(&str, &str, &str, &str); 4] = [
 /// with its stream: the padding is dropped.
 #[test]
 fn zero_padding_after_gzip_and_bzip2_is_read_and_dropped() {
-    let dir = TempDir::new().unwrap();
-    let d = dir.path();
-    let pw = write_password(d, PASSWORD);
-    let (tar, ext4) = inputs(d);
-    let out = d.join("out");
-    fs::create_dir(&out).unwrap();
+    let f = Fixture::new();
+    let (d, pw, tar, ext4, out) = (f.dir.path(), &f.pw, &f.tar, &f.ext4, &f.out);
     for (label, compress, test, decompress) in READ_PADDING {
         let tool = compress.split_whitespace().next().unwrap();
         if !require(tool_exists(tool), &format!("{tool} is not installed")) {
@@ -119,7 +148,7 @@ fn zero_padding_after_gzip_and_bzip2_is_read_and_dropped() {
                 sh(&format!("{test} {}", input.display()));
                 let before = fs::read(&input).unwrap();
                 let written = out.join(format!("{label}-{pad}.{kind}"));
-                let o = provision(&input, &written, &pw);
+                let o = provision(&input, &written, pw);
                 assert!(o.status.success(), "{what}: {}", stderr(&o));
                 assert_eq!(fs::read(&input).unwrap(), before, "{what}: input changed");
                 sh(&format!("{test} {}", written.display()));
@@ -149,7 +178,7 @@ fn zero_padding_after_gzip_and_bzip2_is_read_and_dropped() {
                     unpadded.display()
                 ));
                 let again = out.join("unpadded-out");
-                let o = provision(&unpadded, &again, &pw);
+                let o = provision(&unpadded, &again, pw);
                 assert!(o.status.success(), "{what} unpadded: {}", stderr(&o));
                 let same = sh(&format!(
                     "cmp <({decompress} {}) <({decompress} {})",
@@ -157,9 +186,7 @@ fn zero_padding_after_gzip_and_bzip2_is_read_and_dropped() {
                     again.display()
                 ));
                 assert!(same.status.success(), "{what}");
-                for f in listing(&out) {
-                    fs::remove_file(out.join(f)).unwrap();
-                }
+                empty(out);
             }
         }
     }
@@ -201,27 +228,21 @@ fn zeros_then_garbage_after_gzip_are_refused() {
 /// names the length to cut the file to, which then works.
 #[test]
 fn zstd_and_xz_padding_as_their_tools_take_it() {
-    let dir = TempDir::new().unwrap();
-    let d = dir.path();
-    let pw = write_password(d, PASSWORD);
-    let (tar, ext4) = inputs(d);
-    let out = d.join("out");
-    fs::create_dir(&out).unwrap();
+    let f = Fixture::new();
+    let (d, pw, tar, ext4, out) = (f.dir.path(), &f.pw, &f.tar, &f.ext4, &f.out);
     for (plain, kind) in [(&tar, "tar"), (&ext4, "ext4")] {
         // xz, 4 KiB of padding: read, and the output passes `xz -t`.
         let input = padded(plain, "xz -6 -c", &d.join(format!("in.{kind}.xz")), 4096);
         sh(&format!("xz -t {}", input.display()));
         let written = out.join(format!("ok.{kind}.xz"));
-        let o = provision(&input, &written, &pw);
+        let o = provision(&input, &written, pw);
         assert!(o.status.success(), "xz {kind}: {}", stderr(&o));
         sh(&format!("xz -t {}", written.display()));
         verify(&written);
         if kind == "tar" {
             check_tar_output(&written, d);
         }
-        for f in listing(&out) {
-            fs::remove_file(out.join(f)).unwrap();
-        }
+        empty(out);
 
         for (codec, compress, test, pad) in [
             ("xz", "xz -6 -c", "xz -t", 4097u64),
@@ -238,7 +259,7 @@ fn zstd_and_xz_padding_as_their_tools_take_it() {
                 .arg(format!("{test} {} 2>/dev/null", input.display())));
             assert!(!t.status.success(), "{what}: {test} accepted it");
             let before = fs::read(&input).unwrap();
-            let o = provision(&input, &out.join("o"), &pw);
+            let o = provision(&input, &out.join("o"), pw);
             let err = stderr(&o);
             assert_eq!(o.status.code(), Some(1), "{what}: {err}");
             assert!(
@@ -247,18 +268,16 @@ fn zstd_and_xz_padding_as_their_tools_take_it() {
                 )) && err.contains(&format!("truncate -s {data_end} COPY")),
                 "{what}: {err}"
             );
-            assert!(listing(&out).is_empty(), "{what}: output left");
+            assert!(listing(out).is_empty(), "{what}: output left");
             assert_eq!(fs::read(&input).unwrap(), before, "{what}: input changed");
             // Doing what it says works.
             sh(&format!("truncate -s {data_end} {}", input.display()));
             sh(&format!("{test} {}", input.display()));
             let written = out.join(format!("cut.{kind}.{codec}"));
-            let o = provision(&input, &written, &pw);
+            let o = provision(&input, &written, pw);
             assert!(o.status.success(), "{what}, cut: {}", stderr(&o));
             verify(&written);
-            for f in listing(&out) {
-                fs::remove_file(out.join(f)).unwrap();
-            }
+            empty(out);
         }
     }
 }
@@ -326,9 +345,7 @@ fn zstd_windows_past_128_mib_are_refused_with_what_to_do() {
         assert!(o.status.success(), "{how} recompressed: {}", stderr(&o));
         sh(&format!("zstd -q -t {}", written.display()));
         verify(&written);
-        for f in listing(&out) {
-            fs::remove_file(out.join(f)).unwrap();
-        }
+        empty(&out);
     }
 }
 
