@@ -1014,27 +1014,6 @@ fn block_maps_follow_their_images() {
 
 // ---- size and memory ---------------------------------------------------
 
-/// Runs `cmd` and returns its exit status and the peak resident memory
-/// of the process (and any it waited for), from wait4's rusage.
-// wait4 below reaps the child; std's `Child` never learns of it.
-#[allow(clippy::zombie_processes)]
-fn peak_rss(cmd: &mut Command, log: &Path) -> (bool, u64) {
-    let child = cmd
-        .stdout(fs::File::create(log).unwrap())
-        .stderr(fs::File::create(log.with_extension("err")).unwrap())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: wait4 on our own child, with pointers to locals; `child` is
-    // never waited for again.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(got, pid, "wait4: {}", std::io::Error::last_os_error());
-    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    (ok, usage.ru_maxrss as u64 * 1024)
-}
-
 /// Real sizes: a disk image with a 1 GiB APP partition and a 2 GiB raw
 /// ext4 image inside zstd, each holding 64 MiB of incompressible files:
 /// imprint stays under 100 MiB of memory and the outputs verify.

@@ -312,6 +312,13 @@ impl IndexingDecoder {
             self.done = true;
             return Ok(());
         }
+        // A member never starts with a zero: zeros after the last one are
+        // padding (as `dd` to a block device leaves), which gzip reads.
+        if self.input[self.used] == 0 {
+            self.skip_padding()?;
+            self.done = true;
+            return Ok(());
+        }
         self.first_member = false;
         crate::sync::lock(&self.index).single_member = false;
         self.member_out = 0;
@@ -319,6 +326,24 @@ impl IndexingDecoder {
         let code = unsafe { z::inflateReset(&mut *self.z.strm) };
         check("cannot reset inflate for the next gzip member", code)?;
         self.start_member()
+    }
+}
+
+impl IndexingDecoder {
+    /// Reads the rest of the file, which must be zeros.
+    fn skip_padding(&mut self) -> io::Result<()> {
+        loop {
+            if self.input[self.used..].iter().any(|&b| b != 0) {
+                return Err(invalid_data(
+                    "the gzip stream is followed by zero padding and then other bytes; only zeros may follow the last stream",
+                ));
+            }
+            self.used = self.input.len();
+            self.refill(1)?;
+            if self.used == self.input.len() {
+                return Ok(());
+            }
+        }
     }
 }
 

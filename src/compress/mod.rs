@@ -10,6 +10,7 @@
 pub(crate) mod bzip2;
 pub(crate) mod gzip;
 mod recent;
+pub(crate) mod trailing;
 pub(crate) mod xxh64;
 pub(crate) mod zstd;
 
@@ -54,13 +55,15 @@ impl Compression {
     }
 
     /// A streaming decoder over `file`. Multi-member gzip, multi-stream
-    /// bzip2 (as pbzip2/lbzip2 write) and multi-frame zstd/xz are read whole.
+    /// bzip2 (as pbzip2/lbzip2 write) and multi-frame zstd/xz are read
+    /// whole, and so is the zero padding gzip, bzip2 and xz allow after the
+    /// last stream (see [`trailing`]).
     pub fn decoder(self, file: File) -> Box<dyn Read + Send> {
         let buffered = BufReader::with_capacity(1 << 20, crate::io::progress::Reader(file));
         match self {
             Compression::None => Box::new(buffered),
-            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-            Compression::Bzip2 => Box::new(::bzip2::bufread::MultiBzDecoder::new(buffered)),
+            Compression::Gzip => Box::new(trailing::gzip_reader(buffered)),
+            Compression::Bzip2 => Box::new(trailing::bzip2_reader(buffered)),
             Compression::Zstd => match ::zstd::stream::read::Decoder::with_buffer(buffered) {
                 Ok(d) => Box::new(d),
                 Err(e) => Box::new(FailingReader(Some(e))),

@@ -13,6 +13,7 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 
 use zstd::zstd_safe::{self, DCtx, InBuffer, OutBuffer};
@@ -46,6 +47,89 @@ pub(crate) fn after_skippable(head: &[u8]) -> bool {
     let size = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
     let at = 8usize.saturating_add(size);
     head.get(at..at + 4) == Some(&MAGIC.to_le_bytes()[..])
+}
+
+/// The largest window imprint decodes: 2^27 bytes, libzstd's default
+/// limit and what `zstd -d` accepts without `--long`/`--memory`. The
+/// decoder holds a window of this size at most, which bounds its memory.
+pub(crate) const MAX_WINDOW: u64 = 1 << 27;
+
+/// The window the first zstd frame in `head` (after a pzstd skippable
+/// frame) needs to be decoded: the window descriptor's size, or the
+/// content size of a single-segment frame (libzstd's rule).
+pub(crate) fn window_needed(head: &[u8]) -> Option<u64> {
+    let at = if after_skippable(head) {
+        8 + u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize
+    } else {
+        0
+    };
+    let header = FrameHeader::parse(head.get(at..)?).ok()?;
+    match header.window {
+        Some(w) => {
+            let base = 1u64 << (10 + (w >> 3));
+            Some(base + (base / 8) * u64::from(w & 7))
+        }
+        None => header.content_size,
+    }
+}
+
+/// Where the zstd and skippable frames at the start of a file of `len`
+/// bytes end (the first byte that starts neither), found by walking frame
+/// and block headers without decoding; None if a frame runs past the end
+/// of the file.
+pub(crate) fn frames_end(file: &File, len: u64) -> io::Result<Option<u64>> {
+    let read = |buf: &mut [u8], at: u64| -> io::Result<bool> {
+        if at.saturating_add(buf.len() as u64) > len {
+            return Ok(false);
+        }
+        file.read_exact_at(buf, at)?;
+        Ok(true)
+    };
+    let mut at = 0u64;
+    loop {
+        let mut magic = [0u8; 8];
+        if !read(&mut magic[..4], at)? {
+            return Ok(Some(at));
+        }
+        if is_skippable(&magic) {
+            if !read(&mut magic[4..], at + 4)? {
+                return Ok(None);
+            }
+            at += 8 + u64::from(u32::from_le_bytes([magic[4], magic[5], magic[6], magic[7]]));
+            continue;
+        }
+        if u32::from_le_bytes([magic[0], magic[1], magic[2], magic[3]]) != MAGIC {
+            return Ok(Some(at));
+        }
+        let mut d = [0u8; 1];
+        if !read(&mut d, at + 4)? {
+            return Ok(None);
+        }
+        at += 5 + FrameHeader::rest_len(d[0]) as u64;
+        loop {
+            let mut bh = [0u8; 3];
+            if !read(&mut bh, at)? {
+                return Ok(None);
+            }
+            let raw = u32::from_le_bytes([bh[0], bh[1], bh[2], 0]);
+            // An RLE block's body is the one byte it repeats.
+            let body = if (raw >> 1) & 3 == 1 {
+                1
+            } else {
+                u64::from(raw >> 3)
+            };
+            at += 3 + body;
+            if raw & 1 == 1 {
+                break;
+            }
+        }
+        if d[0] & 0x04 != 0 {
+            at += 4;
+        }
+        if at > len {
+            return Ok(None);
+        }
+    }
 }
 
 /// The frame checksum for the content `hash` has seen.

@@ -10,7 +10,7 @@ use std::io::Read;
 use std::path::Path;
 
 use super::{disk, sparse, tar, ImageError};
-use crate::compress::Compression;
+use crate::compress::{trailing, zstd, Compression};
 
 /// How much of an input (decompressed, if it is compressed) detection
 /// reads: a GPT header on a 4 KiB-sector disk sits at byte 4096.
@@ -101,6 +101,7 @@ pub fn detect(path: &Path) -> Result<ImageKind, ImageError> {
             None => Err(unknown("its first bytes match no known format".into())),
         };
     };
+    refuse_what_the_codec_refuses(path, compression, &head)?;
     let file = File::open(path).map_err(open_err)?;
     let mut decoder = compression.decoder(file);
     let inner = match read_head(&mut decoder) {
@@ -129,4 +130,38 @@ pub fn detect(path: &Path) -> Result<ImageKind, ImageError> {
             compression.name()
         ))),
     }
+}
+
+/// Valid-looking inputs the codec's own tool refuses, said before any
+/// decoding: zero padding zstd (or xz, in lengths not a multiple of 4)
+/// does not allow, and zstd windows past imprint's memory bound.
+fn refuse_what_the_codec_refuses(
+    path: &Path,
+    compression: Compression,
+    head: &[u8],
+) -> Result<(), ImageError> {
+    let open_err = |source| ImageError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(open_err)?;
+    if let Some(p) = trailing::padding_refused(&file, compression).map_err(open_err)? {
+        return Err(ImageError::Padding {
+            path: path.to_path_buf(),
+            codec: compression.name(),
+            data_end: p.data_end,
+            zeros: p.zeros,
+            rule: p.rule,
+        });
+    }
+    if compression == Compression::Zstd {
+        if let Some(window) = zstd::window_needed(head).filter(|&w| w > zstd::MAX_WINDOW) {
+            return Err(ImageError::ZstdWindow {
+                path: path.to_path_buf(),
+                window_mib: window.div_ceil(1 << 20),
+                max_mib: zstd::MAX_WINDOW >> 20,
+            });
+        }
+    }
+    Ok(())
 }

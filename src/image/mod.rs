@@ -31,6 +31,20 @@ pub enum ImageError {
     Unknown { path: PathBuf, found: String },
     #[error("{path} is {found}; imprint does not edit that. Decompress it first (e.g. `zstd -d`), stamp the result, and compress it again")]
     Unsupported { path: PathBuf, found: String },
+    #[error("{path}: the {codec} data ends at byte {data_end} and {zeros} zero bytes of padding follow it (as `dd` to a block device leaves); {rule}, and so does imprint. Cut it off a copy (`truncate -s {data_end} COPY`) and stamp that")]
+    Padding {
+        path: PathBuf,
+        codec: &'static str,
+        data_end: u64,
+        zeros: u64,
+        rule: &'static str,
+    },
+    #[error("{path}: its zstd frame needs a {window_mib} MiB window (as `zstd --long=31` makes); imprint decodes windows up to {max_mib} MiB, as `zstd -d` does without --long, to keep its memory bounded. Recompress it with a smaller window (`zstd -d --long=31 -c IN | zstd -T0 --long=27 -o OUT.zst`) and stamp that")]
+    ZstdWindow {
+        path: PathBuf,
+        window_mib: u64,
+        max_mib: u64,
+    },
     #[error(transparent)]
     Disk(#[from] disk::DiskError),
     #[error("partition {wanted} was asked for (--partition), but {path} is a {found}, not a partitioned disk image; leave --partition out")]

@@ -162,6 +162,13 @@ impl<R: Read> Scanner<R> {
                         self.at = Position::Done;
                         continue;
                     }
+                    if self.buf[(byte - self.base) as usize] == 0 {
+                        // Zeros after the last stream: padding, as bzip2
+                        // reads it.
+                        self.skip_padding(byte)?;
+                        self.at = Position::Done;
+                        continue;
+                    }
                     self.fill_to(byte + 4)?;
                     let i = (byte - self.base) as usize;
                     let head = &self.buf[i..(i + 4).min(self.buf.len())];
@@ -227,6 +234,26 @@ impl<R: Read> Scanner<R> {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Reads the file from `byte` to its end, which must be zeros, holding
+    /// no more than a buffer of it.
+    fn skip_padding(&mut self, byte: u64) -> io::Result<()> {
+        let mut from = (byte - self.base) as usize;
+        loop {
+            if let Some(i) = self.buf[from..].iter().position(|&b| b != 0) {
+                return Err(invalid_data(format!(
+                    "the bzip2 stream is followed by zero padding and then other bytes (at byte {}); only zeros may follow the last stream",
+                    self.base + (from + i) as u64
+                )));
+            }
+            self.base += self.buf.len() as u64;
+            self.buf.clear();
+            from = 0;
+            if !self.fill_to(self.base + 1)? {
+                return Ok(());
             }
         }
     }
