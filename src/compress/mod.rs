@@ -57,7 +57,7 @@ impl Compression {
     /// A streaming decoder over `file`. Multi-member gzip, multi-stream
     /// bzip2 (as pbzip2/lbzip2 write) and multi-frame zstd/xz are read
     /// whole, and so is the zero padding gzip, bzip2 and xz allow after the
-    /// last stream (see [`trailing`]).
+    /// last stream (see `compress::trailing`).
     pub fn decoder(self, file: File) -> Box<dyn Read + Send> {
         let buffered = BufReader::with_capacity(1 << 20, crate::io::progress::Reader(file));
         match self {

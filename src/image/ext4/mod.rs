@@ -197,7 +197,13 @@ impl<R: ReadAt> Ext4Inspector<R> {
                     return Ok((Some(self.fs.read_content(&inode, MAX_DB)?), None));
                 }
                 Some((_, inode)) if inode.kind() == super::EntryType::Regular => {
-                    return Ok((None, Some(format!("{p} is {} bytes, larger than imprint reads", inode.size))));
+                    return Ok((
+                        None,
+                        Some(format!(
+                            "{p} is {} bytes, larger than imprint reads",
+                            inode.size
+                        )),
+                    ));
                 }
                 Some((_, inode)) => {
                     let what = Existing::new(inode.kind(), u32::from(inode.links), "");
