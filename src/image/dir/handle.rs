@@ -352,16 +352,24 @@ pub(super) fn xattr_names(file: BorrowedFd) -> io::Result<Vec<String>> {
 /// The value of one extended attribute of an open file.
 pub(super) fn get_xattr(file: BorrowedFd, name: &str) -> io::Result<Vec<u8>> {
     let name = c_name(name)?;
-    let mut buf = vec![0u8; 64 * 1024];
-    // SAFETY: `name` is a valid C string and `buf` has the length passed.
-    let n = unsafe {
-        libc::fgetxattr(
-            file.as_raw_fd(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
+    read_into(64 * 1024, |buf| {
+        // SAFETY: `name` is a valid C string and `buf` has the length passed.
+        unsafe {
+            libc::fgetxattr(
+                file.as_raw_fd(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        }
+    })
+}
+
+/// A buffer of `len` bytes filled by `call`, a system call that returns
+/// how many bytes it wrote or -1 with errno set.
+fn read_into(len: usize, call: impl FnOnce(&mut [u8]) -> isize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let n = call(&mut buf);
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -442,20 +450,17 @@ pub(super) fn names_in(dir: BorrowedFd) -> io::Result<Vec<String>> {
 /// The target of the symlink `name` inside `dir`.
 pub(super) fn read_link_at(dir: BorrowedFd, name: &str) -> io::Result<String> {
     let name = c_name(name)?;
-    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-    // SAFETY: `name` is a valid C string and `buf` has the length passed.
-    let n = unsafe {
-        libc::readlinkat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
+    let buf = read_into(libc::PATH_MAX as usize + 1, |buf| {
+        // SAFETY: `name` is a valid C string and `buf` has the length passed.
+        unsafe {
+            libc::readlinkat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        }
+    })?;
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
