@@ -72,12 +72,6 @@ pub enum OverlayError {
     NotEmpty { path: String },
     #[error("{path} lies inside {absent}, which the overlay removes; drop one of the two entries")]
     InsideAbsent { path: String, absent: String },
-    #[error("{path}: imprint cannot write a {kind} entry into {format} yet")]
-    NotSupported {
-        path: String,
-        kind: &'static str,
-        format: &'static str,
-    },
 }
 
 #[derive(Clone)]
@@ -157,15 +151,6 @@ impl PlanEntry {
         match &self.kind {
             PlanKind::File(bytes) => Some(bytes),
             _ => None,
-        }
-    }
-
-    /// An error for a backend that cannot write this kind of entry yet.
-    pub fn not_supported(&self, format: &'static str) -> OverlayError {
-        OverlayError::NotSupported {
-            path: self.path.to_string(),
-            kind: self.kind.name(),
-            format,
         }
     }
 }
