@@ -14,7 +14,9 @@ pub const EMAIL: &str = "azaion-jetson-0042@azaion.com";
 pub fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_imprint"));
     // The scan cache of test runs stays out of the user's own.
-    let cache = std::env::temp_dir().join(format!("imprint-test-cache-{}", std::process::id()));
+    // (under target/tmp, which cargo keeps for tests, not the system's /tmp)
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("imprint-test-cache-{}", std::process::id()));
     c.env_remove("IMPRINT_API_TOKEN")
         .env_remove("SOURCE_DATE_EPOCH")
         .env_remove("IMPRINT_CACHE_DIR")
