@@ -7,6 +7,7 @@
 //! continuation, so a small change near the end of a big file does not
 //! recompress all of it.
 
+pub(crate) mod boundary;
 pub(crate) mod bzip2;
 pub(crate) mod gzip;
 mod recent;

@@ -8,14 +8,15 @@
 //! payload that is not exactly what [`encode`] writes is `None`, a miss.
 
 use super::header::HeaderStyle;
-use super::scan::{Boundary, PrefixState, Scan, WatchedEntry};
-use super::write::PrefixKey;
+use super::scan::{PrefixState, Scan, WatchedEntry};
 use crate::cache::format::{Dec, Enc};
+use crate::compress::boundary::Boundary;
 use crate::compress::{bzip2 as bz2, gzip, zstd as zst, Compression};
 use crate::image::{EntryType, FileMeta};
+use crate::io::prefix::PrefixKey;
 use crate::io::sha256::Sha256;
 
-/// A kept prefix's state, as [`super::write::PrefixCache`] holds it.
+/// A kept prefix's state, as [`crate::io::prefix::PrefixCache`] holds it.
 pub(super) type KeptPrefix = (PrefixKey, Sha256);
 
 /// What changes what a scan records, beyond the input: part of the key.

@@ -42,11 +42,11 @@ use super::{EntryType, ImageBackend, ImageError, ImageFacts, ImageOptions, Image
 use crate::cache::{Identity, Miss};
 use crate::compress::Compression;
 use crate::io::output::TempOutput;
+use crate::io::prefix::PrefixCache;
 use crate::plan::{ImagePath, Plan};
 use edit::EditError;
 pub(crate) use header::looks_like_tar;
 use scan::{Capture, Follow, ForWriting, Scan};
-use write::PrefixCache;
 
 const BLOCK: u64 = 512;
 /// GNU tar's and bsdtar's default record: 20 blocks.

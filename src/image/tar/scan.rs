@@ -23,7 +23,8 @@ use super::pax::Record;
 use super::speculate::{Speculated, Speculation};
 use super::stream::Stream;
 use super::{TarError, BLOCK, MAX_DB_SIZE};
-use crate::compress::{bzip2 as bz2, gzip, zstd as zst, Compression};
+use crate::compress::boundary::{BlockIndex, Boundary};
+use crate::compress::Compression;
 use crate::image::resolve;
 use crate::image::{EntryType, FileMeta};
 use crate::io::progress;
@@ -275,61 +276,6 @@ impl Scan {
 /// filesystem has a few thousand symlinks, well under this.
 const MAX_SYMLINK_BYTES: usize = 64 << 20;
 
-/// Where a compressed stream can be cut and continued, as the decoder
-/// found them while the scan read.
-enum BlockIndex {
-    Gzip(gzip::SharedIndex),
-    Bzip2(bz2::SharedIndex),
-    Zstd(zst::SharedIndex),
-}
-
-impl BlockIndex {
-    /// The boundary the decoder remembers at or before uncompressed
-    /// `offset`.
-    fn boundary_before(&self, offset: u64) -> Option<Boundary> {
-        match self {
-            BlockIndex::Gzip(i) => crate::sync::lock(i)
-                .boundary_before(offset)
-                .map(Boundary::Gzip),
-            BlockIndex::Bzip2(i) => crate::sync::lock(i)
-                .boundary_before(offset)
-                .map(Boundary::Bzip2),
-            BlockIndex::Zstd(i) => crate::sync::lock(i)
-                .boundary_before(offset)
-                .map(Boundary::Zstd),
-        }
-    }
-
-    /// Whether the file is one stream the tail technique can continue
-    /// (one gzip member, one zstd frame; bzip2 streams chain freely).
-    fn whole_file(&self) -> bool {
-        match self {
-            BlockIndex::Gzip(i) => crate::sync::lock(i).single_member,
-            BlockIndex::Bzip2(_) => true,
-            BlockIndex::Zstd(i) => crate::sync::lock(i).single_frame,
-        }
-    }
-}
-
-/// A block boundary of the compressed input the rewrite may start from.
-#[derive(Debug, Clone)]
-pub(super) enum Boundary {
-    Gzip(gzip::Boundary),
-    Bzip2(bz2::Boundary),
-    Zstd(zst::Boundary),
-}
-
-impl Boundary {
-    /// Uncompressed bytes before it.
-    pub(super) fn out(&self) -> u64 {
-        match self {
-            Boundary::Gzip(b) => b.out,
-            Boundary::Bzip2(b) => b.out,
-            Boundary::Zstd(b) => b.out,
-        }
-    }
-}
-
 /// SHA-256 of an archive's first `len` bytes, taken during the scan.
 #[derive(Clone)]
 pub(super) struct PrefixState {
@@ -416,22 +362,17 @@ fn scan_with(
         source,
     })?;
     progress::start("reading", file.metadata().map(|m| m.len()).unwrap_or(0));
-    let (inner, index): (Box<dyn Read + Send>, _) = match codec {
-        // Only a scan for writing needs block boundaries (and their
-        // windows); `verify` reads with the plain decoder.
-        Compression::Gzip if for_writing => {
-            let (decoder, index) = gzip::IndexingDecoder::new(file);
-            (Box::new(decoder), Some(BlockIndex::Gzip(index)))
-        }
-        Compression::Bzip2 if parallel_bzip2 => {
-            let (decoder, index) = bz2::ParallelDecoder::open(file);
-            (Box::new(decoder), Some(BlockIndex::Bzip2(index)))
-        }
-        Compression::Zstd if for_writing => {
-            let (decoder, index) = zst::IndexingDecoder::new(file);
-            (Box::new(decoder), Some(BlockIndex::Zstd(index)))
-        }
-        _ => (codec.decoder(file), None),
+    // Only a scan for writing needs block boundaries (and their windows);
+    // `verify` reads with the plain decoder, as does a bzip2 scan asked
+    // not to use the parallel one.
+    let indexed = match codec {
+        Compression::Bzip2 => parallel_bzip2,
+        _ => for_writing,
+    };
+    let (inner, index) = if indexed {
+        BlockIndex::decoder(codec, file)
+    } else {
+        (codec.decoder(file), None)
     };
     // A plain archive's kept prefix is its own bytes: hash them now, while
     // they pass by anyway.

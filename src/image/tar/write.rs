@@ -11,18 +11,17 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::io::sha256::Sha256;
-
 use super::edit::{self, Piece};
-use super::scan::{Boundary, Scan};
+use super::scan::Scan;
 use super::speculate::Speculated;
 use super::stream::Stream;
 use super::TarError;
+use crate::compress::boundary::Boundary;
 use crate::compress::{bzip2 as bz2, gzip, zstd as zst, Compression};
-use crate::io::output::{self, TempOutput};
+use crate::io::output::TempOutput;
+use crate::io::prefix::{KeepError, PrefixCache};
 use crate::io::progress;
 
 /// The input archive as the writer reads it.
@@ -242,10 +241,8 @@ pub(super) fn write(
     Ok(())
 }
 
-/// Starts `out` with the input's bytes before bit `bit` (a block boundary
-/// of a gzip or bzip2 stream), hashed once per batch, and returns the byte
-/// that holds the bits before `bit` in its partial byte (0 when `bit` is on
-/// a byte boundary): the tail writer carries them on.
+/// Starts `out` with the input's bytes before bit `bit` (see
+/// [`PrefixCache::keep_bits`]).
 fn keep_bits(
     prefixes: &mut PrefixCache,
     file: &File,
@@ -253,70 +250,16 @@ fn keep_bits(
     bit: u64,
     out: &mut TempOutput,
 ) -> Result<u8, TarError> {
-    let read_err = |source| TarError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let keep = bit / 8;
-    let hashed = prefixes.state(file, &[], 0, keep).map_err(read_err)?;
-    out.splice_prefix(file, keep, hashed)
-        .map_err(|source| TarError::Write {
+    prefixes.keep_bits(file, bit, out).map_err(|e| match e {
+        KeepError::Read(source) => TarError::Read {
+            path: path.to_path_buf(),
+            source,
+        },
+        KeepError::Write(source) => TarError::Write {
             path: out.final_path().to_path_buf(),
             source,
-        })?;
-    let mut last = [0u8; 1];
-    if bit % 8 != 0 {
-        file.read_exact_at(&mut last, keep).map_err(read_err)?;
-    }
-    Ok(last[0])
-}
-
-/// The start of an output: new bytes, then the input's bytes in a range.
-pub(super) type PrefixKey = (Vec<u8>, u64, u64);
-
-/// The SHA-256 states after outputs' kept prefixes, computed once and
-/// reused: every serial of a batch shares the prefix, and the scan cache
-/// keeps them for the next run.
-#[derive(Default)]
-pub(super) struct PrefixCache {
-    entries: Vec<(PrefixKey, Sha256)>,
-    /// A state was computed since [`PrefixCache::seed`]: worth caching.
-    pub(super) added: bool,
-}
-
-/// States kept: a plan keeps one prefix; a few cover plans whose first
-/// change moves (a zstd header with another content size).
-const PREFIX_STATES: usize = 4;
-
-impl PrefixCache {
-    /// SHA-256 state after `head` and then the input's bytes `from..end`
-    /// (the input's own head may be replaced, e.g. a zstd frame header).
-    fn state(&mut self, file: &File, head: &[u8], from: u64, end: u64) -> io::Result<Sha256> {
-        let key = (head.to_vec(), from, end);
-        if let Some((_, state)) = self.entries.iter().find(|(k, _)| *k == key) {
-            return Ok(state.clone());
-        }
-        let mut start = Sha256::new();
-        start.update(head);
-        let state = output::hash_range(start, file, from, end.saturating_sub(from))?;
-        if self.entries.len() == PREFIX_STATES {
-            self.entries.remove(0);
-        }
-        self.entries.push((key, state.clone()));
-        self.added = true;
-        Ok(state)
-    }
-
-    pub(super) fn entries(&self) -> &[(PrefixKey, Sha256)] {
-        &self.entries
-    }
-
-    /// Starts from states a cached scan kept.
-    pub(super) fn seed(&mut self, entries: Vec<(PrefixKey, Sha256)>) {
-        self.entries = entries;
-        self.entries.truncate(PREFIX_STATES);
-        self.added = false;
-    }
+        },
+    })
 }
 
 /// Streams the edit list from `input` (which may start part-way, at

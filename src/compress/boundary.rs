@@ -1,0 +1,87 @@
+//! A boundary of any codec that has them (gzip, bzip2, zstd), and the index
+//! its decoder fills while it reads: what both the tar scan and the codec
+//! layer around raw images use to keep the input's compressed bytes before
+//! a first change.
+
+use std::fs::File;
+use std::io::Read;
+
+use super::{bzip2 as bz2, gzip, zstd as zst, Compression};
+
+/// A block boundary of a compressed input a rewrite may start from.
+#[derive(Debug, Clone)]
+pub(crate) enum Boundary {
+    Gzip(gzip::Boundary),
+    Bzip2(bz2::Boundary),
+    Zstd(zst::Boundary),
+}
+
+impl Boundary {
+    /// Uncompressed bytes before it.
+    pub(crate) fn out(&self) -> u64 {
+        match self {
+            Boundary::Gzip(b) => b.out,
+            Boundary::Bzip2(b) => b.out,
+            Boundary::Zstd(b) => b.out,
+        }
+    }
+}
+
+/// Where a compressed stream can be cut and continued, as its decoder
+/// found them while reading.
+pub(crate) enum BlockIndex {
+    Gzip(gzip::SharedIndex),
+    Bzip2(bz2::SharedIndex),
+    Zstd(zst::SharedIndex),
+}
+
+impl BlockIndex {
+    /// A decoder over `file` that fills an index as it reads, for the
+    /// codecs that have boundaries; the plain decoder for the others.
+    pub(crate) fn decoder(
+        codec: Compression,
+        file: File,
+    ) -> (Box<dyn Read + Send>, Option<BlockIndex>) {
+        match codec {
+            Compression::Gzip => {
+                let (decoder, index) = gzip::IndexingDecoder::new(file);
+                (Box::new(decoder), Some(BlockIndex::Gzip(index)))
+            }
+            Compression::Bzip2 => {
+                let (decoder, index) = bz2::ParallelDecoder::open(file);
+                (Box::new(decoder), Some(BlockIndex::Bzip2(index)))
+            }
+            Compression::Zstd => {
+                let (decoder, index) = zst::IndexingDecoder::new(file);
+                (Box::new(decoder), Some(BlockIndex::Zstd(index)))
+            }
+            Compression::None | Compression::Xz => (codec.decoder(file), None),
+        }
+    }
+
+    /// The boundary the decoder remembers at or before uncompressed
+    /// `offset`.
+    pub(crate) fn boundary_before(&self, offset: u64) -> Option<Boundary> {
+        match self {
+            BlockIndex::Gzip(i) => crate::sync::lock(i)
+                .boundary_before(offset)
+                .map(Boundary::Gzip),
+            BlockIndex::Bzip2(i) => crate::sync::lock(i)
+                .boundary_before(offset)
+                .map(Boundary::Bzip2),
+            BlockIndex::Zstd(i) => crate::sync::lock(i)
+                .boundary_before(offset)
+                .map(Boundary::Zstd),
+        }
+    }
+
+    /// Whether the file is one stream the tail technique can continue
+    /// (one gzip member, one zstd frame; bzip2 streams chain freely).
+    pub(crate) fn whole_file(&self) -> bool {
+        match self {
+            BlockIndex::Gzip(i) => crate::sync::lock(i).single_member,
+            BlockIndex::Bzip2(_) => true,
+            BlockIndex::Zstd(i) => crate::sync::lock(i).single_frame,
+        }
+    }
+}
