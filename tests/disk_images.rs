@@ -818,6 +818,157 @@ fn compressed_raw_and_disk_images_in_every_codec() {
     assert_eq!(zstd_check(&probe), "XXH64");
 }
 
+/// How many bytes two files share at the same offsets from `from` on.
+fn same_bytes_from(a: &Path, b: &Path, from: usize) -> usize {
+    let (a, b) = (fs::read(a).unwrap(), fs::read(b).unwrap());
+    a.iter()
+        .zip(&b)
+        .skip(from)
+        .take_while(|(x, y)| x == y)
+        .count()
+}
+
+/// A compressed disk whose rootfs is not the first partition (a `.wic` or
+/// genimage layout: boot first) keeps the input's compressed bytes before
+/// the rootfs partition, in every codec that has block boundaries (zstd
+/// closes the kept frame at the boundary and starts a new one); the output
+/// passes the codec's own test and decompresses to what a run on the
+/// plain disk writes. Inputs the boundaries cannot serve (several gzip
+/// members, pzstd's frames, xz) are compressed anew, as correctly.
+#[test]
+fn compressed_disks_keep_the_bytes_before_the_rootfs() {
+    let dir = TempDir::new().unwrap();
+    let pw = write_password(dir.path(), PASSWORD);
+    let tree = ext4_tree(dir.path(), 20, Azaion::Absent);
+    let disk = dir.path().join("core-image.wic");
+    let parts = sgdisk_disk(
+        &disk,
+        64 * MIB,
+        &[
+            part("boot", "0700", 24 * MIB),
+            part("root", "8300", 32 * MIB),
+        ],
+        2048,
+        2048,
+    );
+    // A boot partition's kernel and firmware compress, as text does.
+    sh(&format!(
+        "{{ seq 1 4000000 || true; }} | head -c {} | dd of={} bs=1M iflag=fullblock oflag=seek_bytes seek={} conv=notrunc status=none",
+        parts[0].len,
+        disk.display(),
+        parts[0].offset
+    ));
+    mkfs_in_place(&disk, parts[1], &tree);
+    let out = out_dir(dir.path(), "out");
+    let reference = out.join("plain.wic");
+    provisioned(&disk, &reference, &pw, None);
+    let want = sha256(&reference);
+
+    // (label, how the input is made from `disk` (IN) into OUT, codec's
+    // test, decompressor, whether the prefix is kept)
+    let cases: [(&str, &str, &str, &str, bool); 8] = [
+        (
+            "gzip",
+            "gzip -6 -n -c IN > OUT",
+            "gzip -t",
+            "gzip -dc",
+            true,
+        ),
+        ("pigz", "pigz -c IN > OUT", "gzip -t", "gzip -dc", true),
+        (
+            "bzip2",
+            "bzip2 -9 -c IN > OUT",
+            "bzip2 -t",
+            "bzip2 -dc",
+            true,
+        ),
+        (
+            "pbzip2",
+            "pbzip2 -c IN > OUT",
+            "bzip2 -t",
+            "bzip2 -dc",
+            true,
+        ),
+        // From a file zstd records the content size; from a pipe it cannot.
+        (
+            "zstd",
+            "zstd -q -T0 -c IN > OUT",
+            "zstd -q -t",
+            "zstd -q -dc",
+            true,
+        ),
+        (
+            "zstd-pipe",
+            "zstd -q --no-check -c < IN > OUT",
+            "zstd -q -t",
+            "zstd -q -dc",
+            true,
+        ),
+        (
+            "gzip-members",
+            "head -c 1M IN | gzip -c > OUT && tail -c +1048577 IN | gzip -c >> OUT",
+            "gzip -t",
+            "gzip -dc",
+            false,
+        ),
+        (
+            "pzstd",
+            "pzstd -q -p 2 -c IN > OUT",
+            "zstd -q -t",
+            "zstd -q -dc",
+            false,
+        ),
+    ];
+    for (label, make, test, decompress, kept) in cases {
+        let tool = make.split_whitespace().next().unwrap();
+        if !require(tool_exists(tool), &format!("{tool} is not installed")) {
+            continue;
+        }
+        let (suffix, sizing) = match test.split_whitespace().next().unwrap() {
+            "gzip" => (".gz", "gzip -6 -c"),
+            "bzip2" => (".bz2", "bzip2 -9 -c"),
+            _ => (".zst", "zstd -q -c"),
+        };
+        let input = dir.path().join(format!("{label}.wic{suffix}"));
+        sh(&make
+            .replace("IN", &disk.display().to_string())
+            .replace("OUT", &input.display().to_string()));
+        let written = out.join(format!("{label}.wic{suffix}"));
+        provisioned(&input, &written, &pw, None);
+        sh(&format!("{test} {}", written.display()));
+        let o = sh(&format!("{decompress} {} | sha256sum", written.display()));
+        assert_eq!(
+            stdout(&o).split_whitespace().next().unwrap(),
+            want,
+            "{label}: decompressed, the output differs from the plain run's"
+        );
+        assert_verifies(&written, None);
+        // What the boot partition and the table before it take compressed
+        // on their own: the kept prefix is about that (it ends at a block
+        // boundary a little before the rootfs). Past a zstd frame header,
+        // whose content size changes.
+        let before = sh(&format!(
+            "head -c {} {} | {sizing} | wc -c",
+            parts[1].offset,
+            disk.display(),
+        ));
+        let before: usize = stdout(&before).trim().parse().unwrap();
+        let same = same_bytes_from(&input, &written, 32);
+        eprintln!("{label}: {same} bytes kept; before the rootfs alone: {before}");
+        if kept {
+            assert!(
+                same * 10 >= before * 9,
+                "{label}: {same} bytes kept of the {before} the partitions before the rootfs take"
+            );
+        } else {
+            assert!(same * 2 < before, "{label}: {same} of {before} bytes kept");
+        }
+        fs::remove_file(&input).unwrap();
+        fs::remove_file(&written).unwrap();
+        fs::remove_file(out.join(format!("{label}.wic{suffix}.sha256"))).unwrap();
+    }
+}
+
 /// Compressed data that is no image: refused, saying what was found, and
 /// no output.
 #[test]

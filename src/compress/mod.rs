@@ -164,6 +164,12 @@ impl<W: Write> Encoder for flate2::write::GzEncoder<W> {
     }
 }
 
+impl<W: Write> Encoder for gzip::TailDeflater<W> {
+    fn finish_stream(self: Box<Self>) -> io::Result<()> {
+        self.finish()?.flush()
+    }
+}
+
 impl<W: Write> Encoder for ::zstd::stream::write::Encoder<'_, W> {
     fn finish_stream(self: Box<Self>) -> io::Result<()> {
         self.finish()?.flush()

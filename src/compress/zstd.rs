@@ -310,6 +310,24 @@ impl Boundary {
     }
 }
 
+impl Boundary {
+    /// Cuts the frame here, for a rewrite that keeps the blocks before the
+    /// boundary and starts a new frame after them: the frame header for
+    /// the `out` bytes before the boundary, and what ends the frame after
+    /// those blocks (an empty last block, and the checksum if the frame has
+    /// one). Header, the input's bytes from the end of its own header to
+    /// `offset`, and the end make one valid frame.
+    pub fn cut_frame(&self) -> (Vec<u8>, Vec<u8>) {
+        let header = self.header.with_content_size(self.out);
+        // A raw block of no bytes, marked last: 3 bytes, little-endian.
+        let mut end = vec![1, 0, 0];
+        if self.header.has_checksum() {
+            end.extend(frame_checksum(&self.hash));
+        }
+        (header, end)
+    }
+}
+
 /// What the decoder learned about the file, shared with the tar scan.
 #[derive(Default)]
 pub struct Index {
@@ -665,6 +683,46 @@ mod tests {
                 assert_eq!(back.content_size, want, "{descriptor:#x} {size}");
                 assert_eq!(back.has_checksum(), h.has_checksum());
             }
+        }
+    }
+
+    #[test]
+    fn a_frame_cut_at_any_boundary_decodes_to_the_bytes_before_it() {
+        let data: Vec<u8> = (0..3_000_000u32)
+            .map(|i| ((i / 7) % 251) as u8 ^ (i % 13) as u8)
+            .collect();
+        for checksum in [true, false] {
+            let mut e = ::zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+            e.include_checksum(checksum).unwrap();
+            e.set_pledged_src_size(Some(data.len() as u64)).unwrap();
+            e.write_all(&data).unwrap();
+            let file = e.finish().unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("x.zst");
+            std::fs::write(&path, &file).unwrap();
+            let (mut d, index) = IndexingDecoder::new(File::open(&path).unwrap());
+            let mut cut_any = false;
+            let mut buf = vec![0u8; 200_000];
+            let mut at = 0u64;
+            loop {
+                let n = d.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                at += n as u64;
+                let Some(b) = crate::sync::lock(&index).boundary_before(at) else {
+                    continue;
+                };
+                let (head, end) = b.cut_frame();
+                let old_header = b.header.len;
+                let mut frame = head;
+                frame.extend_from_slice(&file[old_header..b.offset as usize]);
+                frame.extend_from_slice(&end);
+                let back = ::zstd::stream::decode_all(&frame[..]).unwrap();
+                assert!(back == data[..b.out as usize], "cut at {}", b.out);
+                cut_any = true;
+            }
+            assert!(cut_any);
         }
     }
 }

@@ -13,6 +13,13 @@ pub trait RawSink {
     fn write_all(&mut self, data: &[u8]) -> io::Result<()>;
     /// `len` zero bytes: a hole where the sink can keep one.
     fn skip_zeros(&mut self, len: u64) -> io::Result<()>;
+    /// Told before the first byte: the stream will be the input's own
+    /// bytes up to `offset` (a sink that can keep those of the input's
+    /// encoding may do so).
+    fn first_change(&mut self, offset: u64) -> io::Result<()> {
+        let _ = offset;
+        Ok(())
+    }
 }
 
 impl RawSink for TempOutput {
@@ -40,5 +47,9 @@ impl RawSink for BmapTap<'_> {
     fn skip_zeros(&mut self, len: u64) -> io::Result<()> {
         self.hasher.update_zeros(len);
         self.inner.skip_zeros(len)
+    }
+
+    fn first_change(&mut self, offset: u64) -> io::Result<()> {
+        self.inner.first_change(offset)
     }
 }

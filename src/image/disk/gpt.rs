@@ -191,6 +191,29 @@ pub(super) fn partitions(
     Ok(found)
 }
 
+/// Where the partitions of the primary table start, read from the disk's
+/// first bytes alone: `None` while `head` does not hold the header and the
+/// whole entry array, or when they are not valid. (The codec layer asks
+/// this while it decompresses, to keep its place before each partition;
+/// [`partitions`] is what decides.)
+pub(super) fn starts_in_head(head: &[u8], sector: u64) -> Option<Vec<u64>> {
+    let block = head.get(sector as usize..2 * sector as usize)?;
+    let header = parse_header(block, 1, "primary").ok()?;
+    let from = usize::try_from(header.entries_lba.checked_mul(sector)?).ok()?;
+    let len = header.entry_count as usize * header.entry_size as usize;
+    let entries = head.get(from..from.checked_add(len)?)?;
+    if crc32fast::hash(entries) != header.entries_crc {
+        return None;
+    }
+    let mut starts: Vec<u64> = entries
+        .chunks(header.entry_size as usize)
+        .filter(|e| e[..16].iter().any(|&b| b != 0))
+        .filter_map(|e| u64_at(e, 32).checked_mul(sector))
+        .collect();
+    starts.sort_unstable();
+    Some(starts)
+}
+
 /// A GUID in its usual text form (the first three fields little-endian).
 fn guid_text(g: &[u8]) -> String {
     format!(
@@ -249,5 +272,48 @@ mod tests {
         block[40] ^= 1;
         let err = parse_header(&block, 1, "primary").unwrap_err().to_string();
         assert!(err.contains("CRC32"), "{err}");
+    }
+
+    /// A protective MBR, a primary header at LBA 1 and 128 entries at
+    /// LBA 2 with partitions starting at the given LBAs.
+    fn head_with(first_lbas: &[u64]) -> Vec<u8> {
+        let mut head = vec![0u8; 34 * 512];
+        head[446 + 4] = 0xEE;
+        head[510] = 0x55;
+        head[511] = 0xAA;
+        let entries = &mut head[1024..1024 + 128 * 128];
+        for (i, &first) in first_lbas.iter().enumerate() {
+            let e = &mut entries[i * 128..(i + 1) * 128];
+            e[0] = 1; // any type GUID but zero
+            e[32..40].copy_from_slice(&first.to_le_bytes());
+            e[40..48].copy_from_slice(&(first + 99).to_le_bytes());
+        }
+        let entries_crc = crc32fast::hash(&head[1024..1024 + 128 * 128]);
+        let h = &mut head[512..1024];
+        h[..8].copy_from_slice(SIGNATURE);
+        h[12..16].copy_from_slice(&92u32.to_le_bytes());
+        h[24..32].copy_from_slice(&1u64.to_le_bytes());
+        h[72..80].copy_from_slice(&2u64.to_le_bytes());
+        h[80..84].copy_from_slice(&128u32.to_le_bytes());
+        h[84..88].copy_from_slice(&128u32.to_le_bytes());
+        h[88..92].copy_from_slice(&entries_crc.to_le_bytes());
+        let crc = crc32fast::hash(&h[..92]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        head
+    }
+
+    #[test]
+    fn partition_starts_from_the_head_alone() {
+        let head = head_with(&[34816, 2048]);
+        assert!(present(&head, 512));
+        assert_eq!(
+            starts_in_head(&head, 512),
+            Some(vec![2048 * 512, 34816 * 512])
+        );
+        // Not all of the entry array yet, or a damaged one: not known.
+        assert_eq!(starts_in_head(&head[..10_000], 512), None);
+        let mut bad = head.clone();
+        bad[1024 + 40] ^= 1;
+        assert_eq!(starts_in_head(&bad, 512), None);
     }
 }

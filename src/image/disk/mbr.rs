@@ -151,6 +151,42 @@ pub(super) fn partitions(file: &File, disk_size: u64) -> Result<Vec<Partition>, 
     Ok(found)
 }
 
+/// Where the partitions start, read from the disk's first bytes alone:
+/// the primary entries, and the logical ones as far as their chain of
+/// extended boot records lies in `head` (the extended partition's own
+/// start stands in for the rest). For the codec layer, as in
+/// `gpt::starts_in_head`.
+pub(super) fn starts_in_head(head: &[u8]) -> Option<Vec<u64>> {
+    let mbr = head.get(..SECTOR as usize)?;
+    let mut starts = Vec::new();
+    for e in entries(mbr).into_iter().filter(|e| e.kind != 0) {
+        starts.push(e.start * SECTOR);
+        if !is_extended(e.kind) {
+            continue;
+        }
+        let mut ebr_lba = e.start;
+        for _ in 0..MAX_LOGICAL {
+            let at = usize::try_from(ebr_lba * SECTOR).ok()?;
+            let Some(ebr) = head.get(at..at + SECTOR as usize) else {
+                break;
+            };
+            let [logical, next, ..] = entries(ebr);
+            if ebr[510..512] != [0x55, 0xAA] {
+                break;
+            }
+            if logical.kind != 0 {
+                starts.push((ebr_lba + logical.start) * SECTOR);
+            }
+            if !is_extended(next.kind) || next.start == 0 {
+                break;
+            }
+            ebr_lba = e.start + next.start;
+        }
+    }
+    starts.sort_unstable();
+    Some(starts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +216,26 @@ mod tests {
         // No entry, or a garbage status byte: a boot sector, not a table.
         assert!(!present(&table(&[])));
         assert!(!present(&table(&[(0x12, 0x83, 1, 2)])));
+    }
+
+    #[test]
+    fn partition_starts_from_the_head_alone() {
+        // Boot at sector 64, an extended partition at 1024 whose first EBR
+        // holds a logical partition 64 sectors in and links to a second
+        // EBR 4096 sectors into the extended partition.
+        let mut head = table(&[(0x80, 0x0C, 64, 512), (0, 0x05, 1024, 65536)]);
+        head.resize(1 << 20, 0);
+        let first = table(&[(0, 0x83, 64, 2048), (0, 0x05, 4096, 8192)]);
+        head[1024 * 512..1025 * 512].copy_from_slice(&first);
+        let mut want = vec![64 * 512, 1024 * 512, (1024 + 64) * 512];
+        // The second EBR lies past the first MiB: only what is in `head`.
+        assert_eq!(starts_in_head(&head), Some(want.clone()));
+        let second = table(&[(0, 0x83, 64, 2048)]);
+        head.resize(4 << 20, 0);
+        let at = (1024 + 4096) * 512;
+        head[at..at + 512].copy_from_slice(&second);
+        want.push((1024 + 4096 + 64) * 512);
+        assert_eq!(starts_in_head(&head), Some(want));
+        assert_eq!(starts_in_head(&head[..100]), None);
     }
 }

@@ -164,6 +164,16 @@ pub fn detect(head: &[u8]) -> Option<Scheme> {
     }
 }
 
+/// Where a disk's partitions start, from its first bytes alone (see
+/// `gpt::starts_in_head`): `None` if `head` is not (yet) enough to tell.
+pub(crate) fn starts_in_head(head: &[u8]) -> Option<Vec<u64>> {
+    match detect(head)? {
+        Scheme::Gpt if gpt::present(head, 512) => gpt::starts_in_head(head, 512),
+        Scheme::Gpt => gpt::starts_in_head(head, 4096),
+        Scheme::Mbr => mbr::starts_in_head(head),
+    }
+}
+
 /// Reads the partition table of a disk image.
 pub fn partitions(file: &File, head: &[u8], disk_size: u64) -> Result<Vec<Partition>, DiskError> {
     match detect(head) {

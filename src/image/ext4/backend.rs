@@ -111,6 +111,9 @@ impl Ext4Backend {
             .collect();
         let (input, _) = open_file(&self.input)?;
         let write_err = |source| ImageError::Output(source);
+        let first_change = patches.iter().map(|(at, _)| *at).min();
+        sink.first_change(first_change.unwrap_or(self.file_len))
+            .map_err(write_err)?;
         crate::io::progress::start("writing", self.file_len);
         let Some(map) = &self.bmap else {
             write_patched(&input, self.file_len, &patches, sink).map_err(write_err)?;

@@ -1,0 +1,153 @@
+//! The codec layer around a raw image (`system.img.zst`, `rootfs.ext4.gz`,
+//! `core-image.wic.xz`): the input is decompressed once into a private
+//! scratch file (`expand`), the filesystem inside is edited like any raw
+//! image, and the output streams from that scratch file through the
+//! input's codec (`recompress`, with the encoders of `encoders`).
+//!
+//! A disk image keeps the input's compressed bytes before its rootfs
+//! partition where the codec has boundaries (gzip, bzip2, zstd). A raw
+//! ext4 image has nothing to keep: ext4 changes its superblock (at byte
+//! 1024) on every write, so its first changed block is the first.
+
+mod encoders;
+mod expand;
+mod recompress;
+
+use std::path::Path;
+
+use self::expand::expand;
+use self::recompress::{Recompressing, Start};
+use super::ext4::{Ext4Backend, Ext4Reader, Region};
+use super::{
+    disk, Content, Found, ImageBackend, ImageError, ImageFacts, ImageOptions, ImageReader,
+};
+use crate::compress::boundary::Boundary;
+use crate::compress::Compression;
+use crate::io::bmap::Bmap;
+use crate::io::output::{Scratch, TempOutput};
+use crate::io::prefix::PrefixCache;
+use crate::plan::{ImagePath, Plan};
+
+/// The suffix a codec's files usually carry, to find `NAME.wic.bmap` for
+/// `NAME.wic.zst` and to name the output's block map the same way.
+fn codec_suffix(codec: Compression) -> Option<&'static str> {
+    match codec {
+        Compression::None => None,
+        Compression::Gzip => Some(".gz"),
+        Compression::Bzip2 => Some(".bz2"),
+        Compression::Zstd => Some(".zst"),
+        Compression::Xz => Some(".xz"),
+    }
+}
+
+/// The filesystem's region inside the expanded image.
+fn region_of(
+    scratch: &Path,
+    content: Content,
+    options: &ImageOptions,
+) -> Result<Option<Region>, ImageError> {
+    match content {
+        Content::Disk(_) => Ok(Some(disk::locate(scratch, options.partition.as_ref())?)),
+        _ => Ok(None),
+    }
+}
+
+/// Writes plans into recompressed copies of a compressed raw image.
+pub(crate) struct CompressedBackend {
+    input: std::path::PathBuf,
+    codec: Compression,
+    inner: Ext4Backend,
+    /// The raw image's length.
+    len: u64,
+    /// The input's boundaries before partition starts.
+    boundaries: Vec<Boundary>,
+    /// The kept prefix's SHA-256 state, shared by every serial of a batch.
+    prefixes: PrefixCache,
+    // Dropped after `inner`, which reads from it.
+    _scratch: Scratch,
+}
+
+impl CompressedBackend {
+    pub(crate) fn open(
+        path: &Path,
+        codec: Compression,
+        content: Content,
+        output_dir: &Path,
+        options: &ImageOptions,
+    ) -> Result<CompressedBackend, ImageError> {
+        let is_disk = matches!(content, Content::Disk(_));
+        let expanded = expand(path, codec, output_dir, is_disk)?;
+        let scratch = expanded.scratch;
+        let len = scratch.file().metadata().map_err(ImageError::Output)?.len();
+        let region = region_of(scratch.path(), content, options)?;
+        let bmap = super::bmap_of(path, codec_suffix(codec))?;
+        let inner = Ext4Backend::open(scratch.path(), region, bmap)?;
+        Ok(CompressedBackend {
+            input: path.to_path_buf(),
+            codec,
+            inner,
+            len,
+            boundaries: expanded.boundaries,
+            prefixes: PrefixCache::default(),
+            _scratch: scratch,
+        })
+    }
+}
+
+impl ImageBackend for CompressedBackend {
+    fn facts(&mut self) -> Result<ImageFacts, ImageError> {
+        self.inner.facts()
+    }
+
+    fn apply(&mut self, plan: &Plan, out: &mut TempOutput) -> Result<(), ImageError> {
+        let mut sink = Recompressing::new(Start {
+            out: &mut *out,
+            input: &self.input,
+            codec: self.codec,
+            len: self.len,
+            boundaries: &self.boundaries,
+            prefixes: &mut self.prefixes,
+        });
+        let bmap = self.inner.write_raw(plan, &mut sink)?;
+        sink.finish().map_err(ImageError::Output)?;
+        if let Some(bmap) = bmap {
+            let path = Bmap::for_output(out.final_path(), codec_suffix(self.codec));
+            out.add_sidecar(path, bmap.into_bytes());
+        }
+        Ok(())
+    }
+}
+
+/// Reads files out of a compressed raw image for `verify`.
+pub(crate) struct CompressedReader {
+    pub(crate) inner: Ext4Reader,
+    _scratch: Scratch,
+}
+
+impl CompressedReader {
+    pub(crate) fn open(
+        path: &Path,
+        codec: Compression,
+        content: Content,
+        options: &ImageOptions,
+    ) -> Result<CompressedReader, ImageError> {
+        let dir = std::env::temp_dir();
+        let scratch = expand(path, codec, &dir, false)?.scratch;
+        let region = region_of(scratch.path(), content, options)?;
+        let inner = Ext4Reader::open(scratch.path(), region)?;
+        Ok(CompressedReader {
+            inner,
+            _scratch: scratch,
+        })
+    }
+}
+
+impl ImageReader for CompressedReader {
+    fn lookup(&mut self, path: &ImagePath, max_content: u64) -> Result<Option<Found>, ImageError> {
+        self.inner.lookup(path, max_content)
+    }
+
+    fn fsck(&mut self) -> Option<Result<(), String>> {
+        self.inner.fsck()
+    }
+}
