@@ -1,6 +1,6 @@
 //! Where a raw image's bytes go as they are written front to back: the
 //! output file itself (zero runs become holes), a compressor (in the codec
-//! layer, `image/compressed.rs`), and taps that watch the stream on its
+//! layer, `image/compressed/`), and taps that watch the stream on its
 //! way (the block map's range digests).
 
 use std::io::{self, Write};
