@@ -66,6 +66,16 @@ fn provision_offline_with(
     owner: &str,
     extra: Option<&str>,
 ) -> Option<(image::FileMeta, Option<Vec<u8>>)> {
+    try_provision_offline(input, output, owner, extra).ok()
+}
+
+/// As [`provision_offline_with`], saying why provisioning refused.
+fn try_provision_offline(
+    input: &Path,
+    output: &Path,
+    owner: &str,
+    extra: Option<&str>,
+) -> Result<(image::FileMeta, Option<Vec<u8>>), String> {
     let mut settings = Settings::new(owner.parse().expect("constant"));
     if let Some(text) = extra {
         settings
@@ -82,13 +92,13 @@ fn provision_offline_with(
         settings,
         api: None,
     };
-    pipeline::run(request, &mut |_| {}).ok()?;
+    pipeline::run(request, &mut |_| {}).map_err(|e| crate::error_chain(&e))?;
     let mut reader = image::open_reader(output, &Default::default()).expect("our own output opens");
     let conf = ImagePath::parse(pipeline::DEVICE_CONF).expect("constant");
     let found = reader
         .lookup(&conf, 4096)
         .expect("our own output reads back");
-    Some(found.expect("device.conf is in our own output"))
+    Ok(found.expect("device.conf is in our own output"))
 }
 
 /// Any bytes as a bzip2 file for the parallel block reader and the block
@@ -323,6 +333,81 @@ content = "x"
 xattrs = { "security.selinux" = "system_u:object_r:etc_t:s0" }
 "#;
 
+/// Any bytes as a partitioned disk image: the table readers must not
+/// panic and report only partitions inside the disk; a disk imprint stamps
+/// keeps every byte outside its rootfs partition; and the same disk in
+/// gzip and in zstd, stamped, decompresses to the plain run's bytes (the
+/// codec layer keeps the input's compressed bytes before the rootfs where
+/// a block boundary allows, from partition starts read off the table).
+pub fn disk(data: &[u8]) {
+    use crate::image::disk;
+    let _ = disk::starts_in_head(data);
+    let dir = scratch();
+    let input = dir.path().join("in.img");
+    std::fs::write(&input, data).expect("scratch write");
+    let file = std::fs::File::open(&input).expect("scratch open");
+    let len = data.len() as u64;
+    if let Ok(parts) = disk::partitions(&file, data, len) {
+        for p in &parts {
+            let end = p.offset.checked_add(p.size);
+            assert!(
+                end.is_some_and(|end| end <= len),
+                "partition {} at {}+{} lies outside a disk of {len} bytes",
+                p.number,
+                p.offset,
+                p.size
+            );
+        }
+    }
+    if !matches!(image::detect(&input), Ok(k) if matches!(k.content, Content::Disk(_))) {
+        return;
+    }
+    let out = dir.path().join("out.img");
+    if provision_offline(&input, &out, "root").is_none() {
+        return;
+    }
+    let region = disk::locate(&input, None).expect("the disk just stamped has a rootfs");
+    let written = std::fs::read(&out).expect("our own output");
+    assert_eq!(written.len(), data.len(), "the output's length");
+    let (start, end) = (
+        region.offset as usize,
+        (region.offset + region.len) as usize,
+    );
+    assert!(
+        written[..start] == data[..start],
+        "bytes before the rootfs changed"
+    );
+    assert!(
+        written[end..] == data[end..],
+        "bytes after the rootfs changed"
+    );
+    for codec in [Compression::Gzip, Compression::Zstd] {
+        let packed = dir.path().join(format!("in.{}", codec.name()));
+        let mut encoder = codec
+            .encoder(std::fs::File::create(&packed).expect("scratch create"))
+            .expect("an encoder");
+        encoder.write_all(data).expect("scratch write");
+        encoder.finish_stream().expect("scratch write");
+        let out_packed = dir.path().join(format!("out.{}", codec.name()));
+        if let Err(why) = try_provision_offline(&packed, &out_packed, "root", None) {
+            panic!(
+                "{} refused a disk its plain form takes: {why}",
+                codec.name()
+            );
+        }
+        let mut back = Vec::new();
+        codec
+            .decoder(std::fs::File::open(&out_packed).expect("our own output"))
+            .read_to_end(&mut back)
+            .expect("our own output decompresses");
+        assert!(
+            back == written,
+            "{} output differs from the plain one",
+            codec.name()
+        );
+    }
+}
+
 /// `passwd`, a NUL byte, `group`: parsing and owner resolution.
 pub fn userdb(data: &[u8]) {
     let (passwd, group) = match data.iter().position(|&b| b == 0) {
@@ -487,6 +572,7 @@ pub fn harness(target: &str) -> Option<fn(&[u8])> {
         "device_conf" => device_conf,
         "overlay" => overlay,
         "cache_index" => cache_index,
+        "disk" => disk,
         _ => return None,
     })
 }

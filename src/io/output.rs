@@ -370,6 +370,9 @@ fn copy_range(input: &File, from: u64, out: &File, to: u64, len: u64) -> io::Res
         if n < 0 {
             let err = io::Error::last_os_error();
             return match err.raw_os_error() {
+                // A signal whose handler does not ask for restarted calls
+                // may end the call before it copied anything: go on.
+                Some(libc::EINTR) => continue,
                 Some(libc::ENOSYS | libc::EXDEV | libc::EINVAL | libc::EOPNOTSUPP) => {
                     copy_buffered(input, from + done, out, to + done, len - done)
                 }

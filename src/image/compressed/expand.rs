@@ -25,9 +25,9 @@ const HEAD: usize = 1 << 20;
 /// so that no partition start is passed before it is known.
 const HEAD_STEP: usize = 64 << 10;
 
-/// A kept prefix shorter than this is not worth its bookkeeping (and
-/// a zstd frame cut shorter than a block could not be valid).
-pub(super) const MIN_KEPT: u64 = 1 << 20;
+/// A kept prefix shorter than this is not worth a second zstd frame or a
+/// primed deflate stream (the partition table alone is below it).
+pub(super) const MIN_KEPT: u64 = 64 << 10;
 
 /// A compressed raw image, decompressed.
 pub(super) struct Expanded {
