@@ -115,8 +115,8 @@ impl<W: Write> BlockEncoder<W> {
             pending: Vec::new(),
             in_flight: VecDeque::new(),
             workers: Workers::start(n, encode_block),
-            // One queued behind each busy worker is enough to keep them
-            // busy; more would only hold memory.
+            // A block for each worker and one waiting keeps them busy;
+            // more would only hold memory.
             max_in_flight: n + 1,
         }
     }

@@ -29,6 +29,10 @@ const HEAD_STEP: usize = 64 << 10;
 /// primed deflate stream (the partition table alone is below it).
 pub(super) const MIN_KEPT: u64 = 64 << 10;
 
+/// Boundaries noted at most: a real disk has a handful of partitions, a
+/// hostile table thousands, and a gzip boundary holds a 32 KiB window.
+const MAX_NOTED: usize = 64;
+
 /// A compressed raw image, decompressed.
 pub(super) struct Expanded {
     pub(super) scratch: Scratch,
@@ -124,6 +128,8 @@ fn expand_with(
 struct Notes {
     index: BlockIndex,
     head: Vec<u8>,
+    /// How much of the head the partition table was last read from.
+    parsed: usize,
     /// Partition starts not yet reached.
     pending: BTreeSet<u64>,
     /// Starts already handled.
@@ -136,6 +142,7 @@ impl Notes {
         Notes {
             index,
             head: Vec::new(),
+            parsed: 0,
             pending: BTreeSet::new(),
             seen: BTreeSet::new(),
             boundaries: Vec::new(),
@@ -160,21 +167,33 @@ impl Notes {
         if self.head.len() < HEAD {
             let take = data.len().min(HEAD - self.head.len());
             self.head.extend_from_slice(&data[..take]);
-            // Starts only grow as more of the head (EBR chains) is seen.
-            for start in disk::starts_in_head(&self.head).unwrap_or_default() {
-                if !self.seen.contains(&start) {
-                    self.pending.insert(start);
+            // Starts only grow as more of the head (EBR chains) is seen;
+            // reading the table once a step would cost a CRC of up to a
+            // MiB each time a hostile table puts starts 512 bytes apart.
+            if self.head.len() >= self.parsed + HEAD_STEP || self.head.len() == HEAD {
+                self.parsed = self.head.len();
+                for start in disk::starts_in_head(&self.head).unwrap_or_default() {
+                    if !self.seen.contains(&start) {
+                        self.pending.insert(start);
+                    }
                 }
             }
         }
         while let Some(&start) = self.pending.first().filter(|&&s| s <= at) {
             self.pending.remove(&start);
             self.seen.insert(start);
-            let Some(b) = self.index.boundary_before(start) else {
+            if self.boundaries.len() == MAX_NOTED {
                 continue;
-            };
-            if b.out() >= MIN_KEPT {
-                self.boundaries.push(b);
+            }
+            match self.index.boundary_before(start) {
+                Some(Boundary::Zstd(mut b)) if b.out >= MIN_KEPT => {
+                    // A zstd cut needs no block content (the tar layer's
+                    // raw tail does): do not hold 128 KiB a boundary.
+                    b.data = Default::default();
+                    self.boundaries.push(Boundary::Zstd(b));
+                }
+                Some(b) if b.out() >= MIN_KEPT => self.boundaries.push(b),
+                _ => {}
             }
         }
     }

@@ -13,10 +13,11 @@ mod encoders;
 mod expand;
 mod recompress;
 
+use std::io;
 use std::path::Path;
 
 use self::expand::expand;
-use self::recompress::{Recompressing, Start};
+use self::recompress::{InputRead, Recompressing, Start};
 use super::ext4::{Ext4Backend, Ext4Reader, Region};
 use super::{
     disk, Content, Found, ImageBackend, ImageError, ImageFacts, ImageOptions, ImageReader,
@@ -108,8 +109,15 @@ impl ImageBackend for CompressedBackend {
             boundaries: &self.boundaries,
             prefixes: &mut self.prefixes,
         });
-        let bmap = self.inner.write_raw(plan, &mut sink)?;
-        sink.finish().map_err(ImageError::Output)?;
+        let read_or_write = |e: io::Error| match InputRead::take(e) {
+            Ok(InputRead { path, source }) => ImageError::Open { path, source },
+            Err(e) => ImageError::Output(e),
+        };
+        let bmap = self.inner.write_raw(plan, &mut sink).map_err(|e| match e {
+            ImageError::Output(e) => read_or_write(e),
+            other => other,
+        })?;
+        sink.finish().map_err(read_or_write)?;
         if let Some(bmap) = bmap {
             let path = Bmap::for_output(out.final_path(), codec_suffix(self.codec));
             out.add_sidecar(path, bmap.into_bytes());

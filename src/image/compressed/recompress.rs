@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::encoders::encoder_for;
 use super::expand::MIN_KEPT;
@@ -142,8 +142,14 @@ fn continue_after<'a>(start: Start<'a>, b: &Boundary) -> io::Result<Box<dyn Enco
             let hashed = prefixes
                 .state(&file, &header, from, b.offset)
                 .map_err(|e| read_error(input, e))?;
-            Write::write_all(out, &header)?;
-            out.splice(&file, from, b.offset - from, hashed)?;
+            if header.len() as u64 == from {
+                // Kept blocks at the offsets the input has them, which
+                // lets the kernel share them.
+                out.splice_prefix_with_head(&file, b.offset, &header, hashed)?;
+            } else {
+                Write::write_all(out, &header)?;
+                out.splice(&file, from, b.offset - from, hashed)?;
+            }
             Write::write_all(out, &end)?;
             encoder_for(codec, input, out, len - b.out)?
         }
@@ -156,9 +162,33 @@ fn continue_after<'a>(start: Start<'a>, b: &Boundary) -> io::Result<Box<dyn Enco
     Ok(encoder)
 }
 
-/// An input read error on the output's way, said as such.
-fn read_error(input: &Path, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("cannot read {}: {e}", input.display()))
+/// The input could not be read while its prefix was kept: carried
+/// through the sink's `io::Error` and said as a read error by the backend
+/// (see [`InputRead::take`]).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {}", path.display())]
+pub(super) struct InputRead {
+    pub(super) path: PathBuf,
+    #[source]
+    pub(super) source: io::Error,
+}
+
+impl InputRead {
+    /// The read error inside `e`, if that is what `e` carries.
+    pub(super) fn take(e: io::Error) -> Result<InputRead, io::Error> {
+        if !e.get_ref().is_some_and(|inner| inner.is::<InputRead>()) {
+            return Err(e);
+        }
+        let inner = e.into_inner().expect("checked above");
+        Ok(*inner.downcast::<InputRead>().expect("checked above"))
+    }
+}
+
+fn read_error(input: &Path, source: io::Error) -> io::Error {
+    io::Error::other(InputRead {
+        path: input.to_path_buf(),
+        source,
+    })
 }
 
 impl RawSink for Recompressing<'_> {
@@ -185,5 +215,24 @@ impl RawSink for Recompressing<'_> {
             rest -= n as u64;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_input_read_error_comes_back_out_of_the_sink_error() {
+        let e = read_error(
+            Path::new("/images/in.wic.gz"),
+            io::Error::from_raw_os_error(libc::EIO),
+        );
+        let back = InputRead::take(e).expect("a read error");
+        assert_eq!(back.path, Path::new("/images/in.wic.gz"));
+        assert_eq!(back.source.raw_os_error(), Some(libc::EIO));
+        assert_eq!(back.to_string(), "cannot read /images/in.wic.gz");
+        let other = InputRead::take(io::Error::other("disk full")).unwrap_err();
+        assert_eq!(other.to_string(), "disk full");
     }
 }
