@@ -162,9 +162,9 @@ impl<R: Read> Scanner<R> {
                         self.at = Position::Done;
                         continue;
                     }
-                    if self.buf[(byte - self.base) as usize] == 0 {
+                    if byte > 0 && self.buf[(byte - self.base) as usize] == 0 {
                         // Zeros after the last stream: padding, as bzip2
-                        // reads it.
+                        // reads it (zeros before any stream are no bzip2).
                         self.skip_padding(byte)?;
                         self.at = Position::Done;
                         continue;
