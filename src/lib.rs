@@ -82,17 +82,21 @@
 //!
 //! # Features
 //!
-//! - `demo` (default): the `imprint demo` subcommand and `stub`, the
-//!   loopback stand-in API it and the tests run against (tiny_http).
+//! - `cli` (default): the `imprint` command, [`cli::main`], and what only
+//!   it needs (clap, anyhow, the log formatter); brings `demo`.
+//! - `demo`: `stub`, the loopback stand-in API that `imprint demo` and
+//!   the tests run against (tiny_http).
 //! - `fuzzing`: the harnesses the fuzz crate in `fuzz/` calls (tempfile).
 //! - `test-hooks`: for the integration tests only, which turn it on; lets
 //!   them make the command panic with secrets in the message.
 //!
-//! A library user who wants neither an HTTP server nor the harnesses
-//! depends on imprint with `default-features = false`.
+//! A library user depends on imprint with `default-features = false`: the
+//! library alone, with no command line and no HTTP server.
 
 pub mod admin;
 pub mod cache;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod compress;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -6,9 +6,9 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
-use imprint::admin::AdminConfig;
-use imprint::identity::PasswordPolicy;
-use imprint::image::disk::PartitionChoice;
+use crate::admin::AdminConfig;
+use crate::identity::PasswordPolicy;
+use crate::image::disk::PartitionChoice;
 
 use super::token;
 

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 
-use imprint::image::{self, EntryType, ImageError, ImageOptions, ImageReader};
-use imprint::plan::ImagePath;
+use crate::image::{self, EntryType, ImageError, ImageOptions, ImageReader};
+use crate::plan::ImagePath;
 
 use super::args::CatArgs;
 

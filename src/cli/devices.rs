@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
-use imprint::identity::Serial;
-use imprint::pipeline::Settings;
-use imprint::plan::devices;
+use crate::identity::Serial;
+use crate::pipeline::Settings;
+use crate::plan::devices;
 
 use super::stdin::Stdin;
 

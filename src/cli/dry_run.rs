@@ -7,9 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 
-use imprint::identity::{Password, Serial};
-use imprint::pipeline::dry_run::{self, PlannedDevice};
-use imprint::pipeline::{ProvisionError, Settings, Source};
+use crate::identity::{Password, Serial};
+use crate::pipeline::dry_run::{self, PlannedDevice};
+use crate::pipeline::{ProvisionError, Settings, Source};
 
 use super::args::ProvisionArgs;
 use super::report::DryRunDocument;

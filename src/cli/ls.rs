@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use imprint::image::{self, EntryType, ImageOptions, Listed};
-use imprint::plan::ImagePath;
+use crate::image::{self, EntryType, ImageOptions, Listed};
+use crate::plan::ImagePath;
 
 use super::args::LsArgs;
 
@@ -208,7 +208,7 @@ mod tests {
         assert_eq!(date(-631_152_000), "1950-01-01 00:00");
         let l = |kind, mode| Listed {
             path: "x".into(),
-            meta: imprint::image::FileMeta {
+            meta: crate::image::FileMeta {
                 kind,
                 mode,
                 ..Default::default()

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use imprint::pipeline::manifest;
+use crate::pipeline::manifest;
 
 #[derive(Subcommand)]
 pub(crate) enum ManifestCommand {

@@ -4,6 +4,8 @@
 
 pub(crate) mod args;
 pub(crate) mod cat;
+#[cfg(feature = "demo")]
+mod demo;
 mod devices;
 mod dry_run;
 pub(crate) mod ls;
@@ -17,16 +19,83 @@ mod token;
 pub(crate) mod verify;
 
 use std::io::IsTerminal;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
+use clap::{CommandFactory, Parser};
 use serde::Serialize;
 
-use imprint::io::progress;
+use crate::io::progress;
+use args::{Cli, Command};
 
 /// Milliseconds a step runs before its progress bar appears; tests set it
 /// to 0 to see bars on small inputs.
 const PROGRESS_DELAY_VAR: &str = "IMPRINT_PROGRESS_DELAY_MS";
+
+/// The `imprint` command: parse the flags, set up logging and the panic
+/// report, and hand the subcommand to its module.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        _ => tracing::Level::DEBUG,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .without_time()
+        .init();
+    // Before any secret is read: no core dump or ptrace can copy it out.
+    if let Err(e) = crate::redact::protect_process() {
+        eprintln!("imprint: warning: cannot keep secrets out of core dumps: {e}");
+    }
+    if let Some(path) = std::env::var_os("IMPRINT_LIBEXT2FS") {
+        crate::image::ext4::use_library(path.into());
+    }
+    panic::install_report();
+    if let Err(e) = crate::io::output::install_signal_cleanup() {
+        eprintln!("imprint: warning: cannot install signal handlers: {e}");
+    }
+    match run(cli.command) {
+        Ok(code) => code,
+        // A closed pipe (`imprint man | head`) is the reader's choice.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("imprint: error: {}", error_line(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Provision(args) => provision::run(args),
+        Command::Verify(args) => verify::run(args),
+        Command::Manifest { command } => manifest::run(command),
+        Command::Ls(args) => ls::run(args),
+        Command::Cat(args) => cat::run(args),
+        Command::Completions { shell } => {
+            let mut cli = Cli::command();
+            clap_complete::generate(shell, &mut cli, "imprint", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => manpages::run(dir.as_deref()),
+        #[cfg(feature = "demo")]
+        Command::Demo(args) => {
+            demo::run(&args.dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
 
 /// Turns progress bars on when `wanted` (neither --quiet nor --json) and
 /// stderr is a terminal.

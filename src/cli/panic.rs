@@ -17,7 +17,7 @@ pub(crate) fn install_report() {
             .unwrap_or_default();
         eprintln!(
             "imprint: internal error{at}: {}. This is a bug in imprint; please report it (see SECURITY.md). The input image is never modified.",
-            imprint::redact::scrub(&payload)
+            crate::redact::scrub(&payload)
         );
     }));
 }
@@ -28,7 +28,7 @@ pub(crate) fn install_report() {
 /// integration tests turn on (Cargo.toml); never in an installed binary.
 #[cfg(feature = "test-hooks")]
 #[track_caller]
-pub(crate) fn panic_if_asked(request: &imprint::pipeline::Request) {
+pub(crate) fn panic_if_asked(request: &crate::pipeline::Request) {
     if std::env::var_os("IMPRINT_TEST_PANIC").is_some() {
         let token = request.api.as_ref().and_then(|a| a.token.as_deref());
         panic!(

@@ -5,12 +5,12 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 
-use imprint::identity::{Password, Serial};
-use imprint::io::progress;
-use imprint::owner::OwnerSpec;
-use imprint::pipeline::batch::{self, BatchRequest, Outcome};
-use imprint::pipeline::{self, Request, Settings, Source};
-use imprint::plan::OverlaySpec;
+use crate::identity::{Password, Serial};
+use crate::io::progress;
+use crate::owner::OwnerSpec;
+use crate::pipeline::batch::{self, BatchRequest, Outcome};
+use crate::pipeline::{self, Request, Settings, Source};
+use crate::plan::OverlaySpec;
 
 use super::args::{ChecksumKind, ProvisionArgs};
 use super::report::{BatchDocument, ProvisionDocument};
@@ -37,7 +37,7 @@ pub(crate) fn run(args: ProvisionArgs) -> Result<ExitCode> {
     settings.options.cache = if args.no_cache {
         None
     } else {
-        imprint::cache::Cache::from_env()
+        crate::cache::Cache::from_env()
     };
     let mut serials = args
         .serial

@@ -8,12 +8,12 @@
 
 use serde::Serialize;
 
-use imprint::admin::Provisioned;
-use imprint::io::output::sidecar_path;
-use imprint::pipeline::batch::{BatchReport, Outcome};
-use imprint::pipeline::dry_run::PlannedDevice;
-use imprint::pipeline::Report;
-use imprint::verify::{Check, VerifyReport};
+use crate::admin::Provisioned;
+use crate::io::output::sidecar_path;
+use crate::pipeline::batch::{BatchReport, Outcome};
+use crate::pipeline::dry_run::PlannedDevice;
+use crate::pipeline::Report;
+use crate::verify::{Check, VerifyReport};
 
 /// Where provisioning puts the credentials, in every image.
 const DEVICE_CONF_PATH: &str = "/etc/azaion/device.conf";

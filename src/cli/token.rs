@@ -26,6 +26,6 @@ pub(crate) fn read(file: Option<&Path>) -> Result<Option<Zeroizing<String>>> {
     if token.is_empty() {
         bail!("the API token is empty; put the token in the file or {TOKEN_VAR}");
     }
-    imprint::redact::register(token);
+    crate::redact::register(token);
     Ok(Some(Zeroizing::new(token.to_string())))
 }

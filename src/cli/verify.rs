@@ -5,16 +5,16 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use imprint::identity::Serial;
-use imprint::io::progress;
-use imprint::verify::{self, Expectations};
+use crate::identity::Serial;
+use crate::io::progress;
+use crate::verify::{self, Expectations};
 
 use super::args::VerifyArgs;
 use super::report::VerifyDocument;
 
 pub(crate) fn run(args: VerifyArgs) -> Result<ExitCode> {
     if let Some(url) = args.login_url.as_deref() {
-        if imprint::admin::is_plain_http(url) && !imprint::admin::is_loopback(url) {
+        if crate::admin::is_plain_http(url) && !crate::admin::is_loopback(url) {
             eprintln!(
                 "imprint: warning: {url} is plain http: the device's password crosses the network unencrypted"
             );
@@ -22,7 +22,7 @@ pub(crate) fn run(args: VerifyArgs) -> Result<ExitCode> {
     }
     let expect = Expectations {
         password_policy: args.password_policy,
-        image: imprint::image::ImageOptions {
+        image: crate::image::ImageOptions {
             partition: args.partition.clone(),
             ..Default::default()
         },

@@ -9,16 +9,16 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use imprint::admin::AdminConfig;
-use imprint::compress::Compression;
-use imprint::identity::Serial;
-use imprint::image::{self, sparse};
-use imprint::io::output::TempOutput;
-use imprint::owner::Owner;
-use imprint::pipeline::{self, Request, Settings, Source};
-use imprint::plan::{ExtraVars, ImagePath, OverlaySpec, Plan, PlanEntry, PlanKind};
-use imprint::stub::StubServer;
-use imprint::verify::{self, Expectations};
+use crate::admin::AdminConfig;
+use crate::compress::Compression;
+use crate::identity::Serial;
+use crate::image::{self, sparse};
+use crate::io::output::TempOutput;
+use crate::owner::Owner;
+use crate::pipeline::{self, Request, Settings, Source};
+use crate::plan::{ExtraVars, ImagePath, OverlaySpec, Plan, PlanEntry, PlanKind};
+use crate::stub::StubServer;
+use crate::verify::{self, Expectations};
 use zeroize::Zeroizing;
 
 /// A small rootfs, the files in `testdata/rootfs` (built into the binary so
@@ -29,42 +29,42 @@ pub const SAMPLE_FILES: &[(&str, u32, u32, u32, &[u8])] = &[
         0o644,
         0,
         0,
-        include_bytes!("../testdata/rootfs/etc/passwd"),
+        include_bytes!("../../testdata/rootfs/etc/passwd"),
     ),
     (
         "etc/group",
         0o644,
         0,
         0,
-        include_bytes!("../testdata/rootfs/etc/group"),
+        include_bytes!("../../testdata/rootfs/etc/group"),
     ),
     (
         "etc/hostname",
         0o644,
         0,
         0,
-        include_bytes!("../testdata/rootfs/etc/hostname"),
+        include_bytes!("../../testdata/rootfs/etc/hostname"),
     ),
     (
         "etc/os-release",
         0o644,
         0,
         0,
-        include_bytes!("../testdata/rootfs/etc/os-release"),
+        include_bytes!("../../testdata/rootfs/etc/os-release"),
     ),
     (
         "usr/bin/azaion-loader",
         0o755,
         0,
         0,
-        include_bytes!("../testdata/rootfs/usr/bin/azaion-loader"),
+        include_bytes!("../../testdata/rootfs/usr/bin/azaion-loader"),
     ),
     (
         "home/azaion/.profile",
         0o644,
         1001,
         1001,
-        include_bytes!("../testdata/rootfs/home/azaion/.profile"),
+        include_bytes!("../../testdata/rootfs/home/azaion/.profile"),
     ),
 ];
 
@@ -305,7 +305,7 @@ fn provision_and_verify(
     println!(
         "   sha256 {} recorded in {}",
         emitted.sha256,
-        imprint::io::output::sidecar_path(&emitted.path).display()
+        crate::io::output::sidecar_path(&emitted.path).display()
     );
     let expect = Expectations {
         password_policy: Default::default(),
