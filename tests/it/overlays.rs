@@ -3,7 +3,7 @@
 //! examples in overlays/examples/. The real binary against the real stub,
 //! outputs read back with GNU tar, bsdtar, debugfs and the host.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::fs;
