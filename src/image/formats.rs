@@ -180,7 +180,10 @@ fn filesystems(
     };
     let mut found = Vec::new();
     for volume in inner {
-        let row = row_inside(&*volume).map_err(ImageError::Output)?;
+        let row = row_inside(&*volume).map_err(|source| ImageError::Open {
+            path: file.to_path_buf(),
+            source,
+        })?;
         found.extend(filesystems(row, volume, file, options)?);
     }
     Ok(found)
@@ -304,7 +307,10 @@ pub(crate) fn open_reader(
         .volumes
         .into_iter()
         .next()
-        .ok_or_else(|| ImageError::Output(std::io::Error::other("no filesystem found")))?;
+        .ok_or_else(|| ImageError::Unknown {
+            path: path.to_path_buf(),
+            found: "a container with no filesystem inside".into(),
+        })?;
     Ok(Box::new(Ext4Reader::open(&stack.file, volume, scratch)?))
 }
 
