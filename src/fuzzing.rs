@@ -576,6 +576,30 @@ pub fn cache_index(data: &[u8]) {
     }
 }
 
+/// Any bytes as a LUKS device: detection and the header reader (both
+/// LUKS2 copies, their checksums, the JSON metadata, LUKS1's binary
+/// keyslots) refuse or accept without panicking, and what they accept is
+/// self-consistent. Keyslots are not opened: their KDF costs come from the
+/// input.
+pub fn luks(data: &[u8]) {
+    use crate::image::luks::header;
+    let head = &data[..data.len().min(64 << 10)];
+    let found = header::detect(head);
+    let dev = data.to_vec();
+    let Ok(h) = header::read(&dev, dev.len() as u64) else {
+        return;
+    };
+    assert!(
+        found.is_some() || h.version == 2,
+        "a header read was detected"
+    );
+    assert!(matches!(h.key_size, 32 | 64));
+    for slot in &h.keyslots {
+        assert!(slot.area_offset + slot.area_len() <= dev.len() as u64);
+    }
+    assert!(h.segment.sector_size.is_power_of_two());
+}
+
 /// The harness for a target name, for replaying corpora.
 pub fn harness(target: &str) -> Option<fn(&[u8])> {
     Some(match target {
@@ -589,6 +613,7 @@ pub fn harness(target: &str) -> Option<fn(&[u8])> {
         "overlay" => overlay,
         "cache_index" => cache_index,
         "disk" => disk,
+        "luks" => luks,
         _ => return None,
     })
 }

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::admin::AdminConfig;
 use crate::identity::PasswordPolicy;
 use crate::image::disk::PartitionChoice;
+use crate::image::luks::LuksKey;
 
 use super::token;
 
@@ -132,6 +133,8 @@ pub(crate) struct ProvisionArgs {
     /// The partition of a disk image to stamp: its GPT name or its number (default: the one named APP, else the only ext2/3/4 partition holding /etc)
     #[arg(long, value_name = "NAME|NUMBER")]
     pub(crate) partition: Option<PartitionChoice>,
+    #[command(flatten)]
+    pub(crate) luks: LuksArgs,
     /// Which passwords to accept: runbook (32 lowercase hex, as openssl rand -hex 16) or any (printable ASCII)
     #[arg(long, default_value = "runbook")]
     pub(crate) password_policy: PasswordPolicy,
@@ -189,6 +192,30 @@ pub(crate) struct ApiArgs {
     pub(crate) api_retries: u32,
 }
 
+/// How a LUKS container in the image is opened (key material from files
+/// only, never from the command line).
+#[derive(Args)]
+pub(crate) struct LuksArgs {
+    /// File whose every byte is the passphrase of the LUKS container inside the image (as cryptsetup --key-file)
+    #[arg(long, value_name = "FILE", conflicts_with = "luks_volume_key_file")]
+    pub(crate) luks_passphrase_file: Option<PathBuf>,
+    /// File holding the LUKS container's volume key, raw bytes (as cryptsetup --volume-key-file)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) luks_volume_key_file: Option<PathBuf>,
+}
+
+impl LuksArgs {
+    pub(crate) fn key(&self) -> Result<Option<LuksKey>> {
+        Ok(
+            match (&self.luks_passphrase_file, &self.luks_volume_key_file) {
+                (Some(path), _) => Some(LuksKey::passphrase_file(path)?),
+                (None, Some(path)) => Some(LuksKey::volume_key_file(path)?),
+                (None, None) => None,
+            },
+        )
+    }
+}
+
 #[derive(Args)]
 pub(crate) struct VerifyArgs {
     /// Built image or staging directory
@@ -205,6 +232,8 @@ pub(crate) struct VerifyArgs {
     /// The partition of a disk image to check: its GPT name or its number
     #[arg(long, value_name = "NAME|NUMBER")]
     pub(crate) partition: Option<PartitionChoice>,
+    #[command(flatten)]
+    pub(crate) luks: LuksArgs,
     /// Which passwords pass: runbook (32 lowercase hex) or any (printable ASCII)
     #[arg(long, default_value = "runbook")]
     pub(crate) password_policy: PasswordPolicy,
@@ -227,6 +256,8 @@ pub(crate) struct LsArgs {
     /// The partition of a disk image to look in: its GPT name or its number
     #[arg(long, value_name = "NAME|NUMBER")]
     pub(crate) partition: Option<PartitionChoice>,
+    #[command(flatten)]
+    pub(crate) luks: LuksArgs,
     /// Print the listing as JSON (schema imprint.ls/1)
     #[arg(long)]
     pub(crate) json: bool,
@@ -241,6 +272,8 @@ pub(crate) struct CatArgs {
     /// The partition of a disk image to read from: its GPT name or its number
     #[arg(long, value_name = "NAME|NUMBER")]
     pub(crate) partition: Option<PartitionChoice>,
+    #[command(flatten)]
+    pub(crate) luks: LuksArgs,
 }
 
 #[cfg(feature = "demo")]

@@ -21,6 +21,7 @@ pub(crate) fn run(args: CatArgs) -> Result<ExitCode> {
     };
     let options = ImageOptions {
         partition: args.partition.clone(),
+        luks: args.luks.key()?,
         ..Default::default()
     };
     let mut reader = image::open_reader(&args.image, &options)?;

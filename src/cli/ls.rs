@@ -16,6 +16,7 @@ pub(crate) fn run(args: LsArgs) -> Result<ExitCode> {
     let path = image_path(args.path.as_deref())?;
     let options = ImageOptions {
         partition: args.partition.clone(),
+        luks: args.luks.key()?,
         ..Default::default()
     };
     let mut reader = image::open_reader(&args.image, &options)?;

@@ -34,6 +34,7 @@ pub(crate) fn run(args: ProvisionArgs) -> Result<ExitCode> {
     // The slow path the fast paths are tested and benchmarked against.
     settings.options.full_rewrite = std::env::var_os("IMPRINT_FULL_REWRITE").is_some();
     settings.options.partition = args.partition.clone();
+    settings.options.luks = args.luks.key()?;
     settings.options.cache = if args.no_cache {
         None
     } else {

@@ -24,6 +24,7 @@ pub(crate) fn run(args: VerifyArgs) -> Result<ExitCode> {
         password_policy: args.password_policy,
         image: crate::image::ImageOptions {
             partition: args.partition.clone(),
+            luks: args.luks.key()?,
             ..Default::default()
         },
         serial: args.serial.as_deref().map(Serial::parse).transpose()?,

@@ -97,6 +97,7 @@ const ROWS: &[Format] = &[
             nests: false,
         },
     },
+    super::luks::ROW,
     Format {
         // The ext2/3/4 superblock sits at byte 1024, its magic 0xEF53 at +56.
         detect: |head| {

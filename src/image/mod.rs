@@ -8,6 +8,7 @@ pub mod disk;
 pub mod ext4;
 mod formats;
 mod listing;
+pub mod luks;
 pub mod resolve;
 pub mod sparse;
 pub mod tar;
@@ -76,6 +77,8 @@ pub enum ImageError {
     },
     #[error(transparent)]
     Dir(#[from] dir::DirError),
+    #[error(transparent)]
+    Luks(#[from] luks::LuksError),
     #[error(transparent)]
     Plan(#[from] OverlayError),
     #[error(transparent)]
@@ -190,6 +193,9 @@ pub struct ImageOptions {
     /// Where tar scans are kept for the next run from the same input
     /// (`src/cache/`); `None` scans every time.
     pub cache: Option<crate::cache::Cache>,
+    /// How a LUKS container in the image is opened (`image::luks`);
+    /// `None` refuses one, saying what to pass.
+    pub luks: Option<luks::LuksKey>,
 }
 
 /// Opens `path` for writing plans over `targets` into outputs that go in

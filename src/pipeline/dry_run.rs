@@ -85,6 +85,7 @@ pub fn plan(
         };
         let options = ImageOptions {
             partition: settings.options.partition.clone(),
+            luks: settings.options.luks.clone(),
             ..Default::default()
         };
         let mut reader = image::open_reader(path, &options)?;

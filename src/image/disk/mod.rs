@@ -278,6 +278,19 @@ pub(crate) fn locate(
 /// Looks into a partition with imprint's own ext2/3/4 reader.
 fn probe(file: &File, part: &Partition) -> Probe {
     let window = Window::new(file, part.offset, part.size);
+    // A LUKS container (L4T's APP_ENC) is stamped through, once a key
+    // opens it: chosen by --partition (its /etc cannot be seen before).
+    let mut head = vec![0u8; (64 << 10).min(part.size as usize)];
+    if window.read_at(0, &mut head).is_ok() {
+        if let Some(version) = crate::image::luks::header::detect(&head) {
+            return Probe {
+                is_ext: true,
+                has_etc: false,
+                description: Some(format!("LUKS{version} container")),
+                unusable: None,
+            };
+        }
+    }
     let mut magic = [0u8; 2];
     // The ext2/3/4 superblock sits at byte 1024, its magic 0xEF53 at +56.
     if window.read_at(1024 + 56, &mut magic).is_err() || magic != [0x53, 0xEF] {
@@ -320,6 +333,7 @@ fn probe(file: &File, part: &Partition) -> Probe {
 /// What a partition holds, for choosing and for listing.
 #[derive(Debug, Clone, Default)]
 pub struct Probe {
+    /// An ext2/3/4 filesystem, or a container that holds one (LUKS).
     pub is_ext: bool,
     pub has_etc: bool,
     /// e.g. "ext4, holds /etc"; `None` when nothing known was found.
