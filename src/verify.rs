@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use crate::admin::{self, AdminConfig};
 use crate::identity::{self, PasswordPolicy, Serial};
-use crate::image::{self, EntryType, ImageError, ImageOptions};
+use crate::image::disk::PartitionId;
+use crate::image::{self, EntryType, ImageError, ImageOptions, ImageReader};
 use crate::io::output;
 use crate::owner::{OwnerSpec, UserDb};
 use crate::plan::ImagePath;
@@ -28,7 +29,8 @@ pub struct Expectations {
     pub login: Option<AdminConfig>,
     /// The form the password must have.
     pub password_policy: PasswordPolicy,
-    /// How to read the image (which partition of a disk image).
+    /// How to read the image (which partitions of a disk image: each one
+    /// is checked).
     pub image: ImageOptions,
 }
 
@@ -37,13 +39,20 @@ pub struct Check {
     pub name: String,
     pub passed: bool,
     pub detail: String,
+    /// The partition of a disk image the check looked in; `None` for the
+    /// image as a whole (its checksum) and for other inputs.
+    pub partition: Option<PartitionId>,
 }
 
-/// One report line: `pass NAME DETAIL` or `FAIL NAME DETAIL`.
+/// One report line: `pass NAME DETAIL` or `FAIL NAME DETAIL`, the detail
+/// after the partition's name for a check inside a disk image.
 impl std::fmt::Display for Check {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let verdict = if self.passed { "pass" } else { "FAIL" };
-        write!(f, "{verdict} {:<22} {}", self.name, self.detail)
+        match &self.partition {
+            Some(p) => write!(f, "{verdict} {:<22} {p}: {}", self.name, self.detail),
+            None => write!(f, "{verdict} {:<22} {}", self.name, self.detail),
+        }
     }
 }
 
@@ -51,6 +60,9 @@ impl std::fmt::Display for Check {
 pub struct VerifyReport {
     pub image: PathBuf,
     pub checks: Vec<Check>,
+    /// The partitions of a disk image checked, in table order (empty for
+    /// other inputs).
+    pub partitions: Vec<PartitionId>,
 }
 
 impl VerifyReport {
@@ -58,11 +70,34 @@ impl VerifyReport {
         !self.checks.is_empty() && self.checks.iter().all(|c| c.passed)
     }
 
+    /// The partitions with a failed check, in table order.
+    pub fn failed_partitions(&self) -> Vec<PartitionId> {
+        let mut failed: Vec<PartitionId> = Vec::new();
+        for c in self.checks.iter().filter(|c| !c.passed) {
+            if let Some(p) = &c.partition {
+                if !failed.contains(p) {
+                    failed.push(p.clone());
+                }
+            }
+        }
+        failed
+    }
+}
+
+/// The checks of one filesystem (a disk image's partition, or the whole
+/// input), added to the report under its partition.
+struct Checks<'r> {
+    report: &'r mut VerifyReport,
+    partition: Option<PartitionId>,
+}
+
+impl Checks<'_> {
     fn add(&mut self, name: &str, passed: bool, detail: impl Into<String>) -> bool {
-        self.checks.push(Check {
+        self.report.checks.push(Check {
             name: name.to_string(),
             passed,
             detail: detail.into(),
+            partition: self.partition.clone(),
         });
         passed
     }
@@ -86,51 +121,81 @@ fn names_problem(meta: &image::FileMeta, db: &UserDb) -> Option<String> {
         .or_else(|| wrong(group, db.group_name_of(meta.gid), "group", meta.gid))
 }
 
-/// Runs every check. An image that cannot be read at all is an error; a
+/// Runs every check, on every partition [`Expectations::image`] selects
+/// for a disk image. An image that cannot be read at all is an error; a
 /// readable image with wrong contents is a report with failed checks.
 pub fn verify(path: &Path, expect: &Expectations) -> Result<VerifyReport, ImageError> {
     let mut report = VerifyReport {
         image: path.to_path_buf(),
         checks: Vec::new(),
+        partitions: Vec::new(),
     };
     if path.is_file() {
-        match output::read_sidecar(path) {
-            Ok(Some(recorded)) => {
-                let actual = output::sha256_file(path).map_err(|source| ImageError::Open {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-                report.add(
-                    "checksum",
-                    actual == recorded,
-                    if actual == recorded {
-                        format!(
-                            "sha256 {actual} matches {}",
-                            output::sidecar_path(path).display()
-                        )
-                    } else {
-                        format!("sha256 is {actual} but the sidecar says {recorded}")
-                    },
-                );
-            }
-            Ok(None) if output::sidecar_path(path).exists() => {
-                report.add(
-                    "checksum",
-                    false,
+        check_sidecar(
+            path,
+            &mut Checks {
+                report: &mut report,
+                partition: None,
+            },
+        )?;
+    }
+    for (partition, mut reader) in image::open_readers(path, &expect.image)? {
+        let partition = partition.map(|p| p.id());
+        report.partitions.extend(partition.clone());
+        let mut checks = Checks {
+            report: &mut report,
+            partition,
+        };
+        check_filesystem(reader.as_mut(), expect, &mut checks)?;
+    }
+    Ok(report)
+}
+
+/// The image's SHA-256 against its `sha256sum -c` sidecar, if it has one.
+fn check_sidecar(path: &Path, report: &mut Checks) -> Result<(), ImageError> {
+    match output::read_sidecar(path) {
+        Ok(Some(recorded)) => {
+            let actual = output::sha256_file(path).map_err(|source| ImageError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            report.add(
+                "checksum",
+                actual == recorded,
+                if actual == recorded {
                     format!(
-                        "{} has no line for this file",
+                        "sha256 {actual} matches {}",
                         output::sidecar_path(path).display()
-                    ),
-                );
-            }
-            Ok(None) => {}
-            Err(e) => {
-                report.add("checksum", false, format!("cannot read the sidecar: {e}"));
-            }
+                    )
+                } else {
+                    format!("sha256 is {actual} but the sidecar says {recorded}")
+                },
+            );
+        }
+        Ok(None) if output::sidecar_path(path).exists() => {
+            report.add(
+                "checksum",
+                false,
+                format!(
+                    "{} has no line for this file",
+                    output::sidecar_path(path).display()
+                ),
+            );
+        }
+        Ok(None) => {}
+        Err(e) => {
+            report.add("checksum", false, format!("cannot read the sidecar: {e}"));
         }
     }
+    Ok(())
+}
 
-    let mut reader = image::open_reader(path, &expect.image)?;
+/// Every check of device.conf in one filesystem.
+fn check_filesystem(
+    reader: &mut dyn ImageReader,
+    expect: &Expectations,
+    report: &mut Checks,
+) -> Result<(), ImageError> {
     let conf_path = ImagePath::parse(DEVICE_CONF).expect("constant");
     let paths = [
         conf_path,
@@ -143,12 +208,13 @@ pub fn verify(path: &Path, expect: &Expectations) -> Result<VerifyReport, ImageE
     let conf = found.pop().flatten();
 
     let Some((meta, content)) = conf else {
-        report.add(
-            "present",
-            false,
-            format!("{DEVICE_CONF} is not in the image"),
-        );
-        return Ok(report);
+        let place = if report.partition.is_some() {
+            "this partition"
+        } else {
+            "the image"
+        };
+        report.add("present", false, format!("{DEVICE_CONF} is not in {place}"));
+        return Ok(());
     };
     report.add("present", true, DEVICE_CONF);
     if !report.add(
@@ -162,7 +228,7 @@ pub fn verify(path: &Path, expect: &Expectations) -> Result<VerifyReport, ImageE
             kind => format!("{kind:?}").to_lowercase(),
         },
     ) {
-        return Ok(report);
+        return Ok(());
     }
     let acls: Vec<&str> = meta
         .xattrs
@@ -214,7 +280,7 @@ pub fn verify(path: &Path, expect: &Expectations) -> Result<VerifyReport, ImageE
                 false,
                 format!("{} bytes is too large for device.conf", meta.size),
             );
-            return Ok(report);
+            return Ok(());
         }
     };
     let parsed = identity::parse_device_conf(&content);
@@ -279,5 +345,5 @@ pub fn verify(path: &Path, expect: &Expectations) -> Result<VerifyReport, ImageE
             _ => report.add("login", false, "no credentials to try"),
         };
     }
-    Ok(report)
+    Ok(())
 }

@@ -155,6 +155,92 @@ fn buildroot_post_image_script() {
     assert!(stderr(&o).contains("no rootfs.tar"), "{}", stderr(&o));
 }
 
+/// genimage's A/B sdcard.img, as MBR (a boot partition, then rootfsA and
+/// rootfsB; MBR stores no names) and as GPT (named rootfsA and rootfsB):
+/// post-image.sh stamps both slots of each serial's copy with one
+/// password and one account call, and each slot logs in.
+#[test]
+fn buildroot_post_image_ab_sdcard() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let tree = ext4_tree(d, 0, Azaion::Absent);
+    for gpt in [false, true] {
+        let images = d.join(if gpt { "gpt" } else { "mbr" });
+        fs::create_dir_all(&images).unwrap();
+        let ext2 = images.join("rootfs.ext2");
+        assert!(mkfs(&tree, &ext2, &["-t", "ext4"], "8M").status.success());
+        let table = if gpt {
+            "label: gpt\nstart=2048, size=4096, type=uefi, name=boot\nstart=8192, size=16384, name=rootfsA\nstart=24576, size=16384, name=rootfsB\n"
+        } else {
+            "label: dos\nstart=2048, size=4096, type=c\nstart=8192, size=16384, type=83\nstart=24576, size=16384, type=83\n"
+        };
+        sh(&format!(
+            "truncate -s 21M {i}/sdcard.img && printf '{table}' | sfdisk -q {i}/sdcard.img && \
+             dd if={e} of={i}/sdcard.img bs=512 seek=8192 conv=notrunc status=none && \
+             dd if={e} of={i}/sdcard.img bs=512 seek=24576 conv=notrunc status=none",
+            i = images.display(),
+            e = ext2.display()
+        ));
+        let server = StubServer::start().unwrap();
+        let o = run(shell(&recipe("buildroot/post-image.sh"))
+            .arg(&images)
+            .env("IMPRINT_SERIALS", serials_file(d))
+            .env("IMPRINT_API_URL", server.url()));
+        assert!(
+            o.status.success(),
+            "gpt {gpt}: {}\n{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        assert!(stdout(&o).contains("4 images"), "{}", stdout(&o));
+        let posts = server
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST")
+            .count();
+        assert_eq!(posts, 2, "one account call per serial");
+        assert_eq!(server.requests().len(), 2);
+        for s in ["AZJN-0101", "AZJN-0102"] {
+            let card = images.join(format!("per-serial/{s}-sdcard.img"));
+            let mut confs = Vec::new();
+            for slot in ["2", "3"] {
+                let v = run(bin().arg("verify").arg(&card).args([
+                    "--serial",
+                    s,
+                    "--owner",
+                    "azaion",
+                    "--partition",
+                    slot,
+                    "--login-url",
+                    &server.url(),
+                ]));
+                assert!(
+                    v.status.success(),
+                    "gpt {gpt} {s} partition {slot}: {}{}",
+                    stdout(&v),
+                    stderr(&v)
+                );
+                let c = run(bin()
+                    .arg("cat")
+                    .arg(&card)
+                    .arg("/etc/azaion/device.conf")
+                    .args(["--partition", slot]));
+                assert!(c.status.success(), "{}", stderr(&c));
+                confs.push(c.stdout);
+            }
+            assert_eq!(
+                confs[0], confs[1],
+                "gpt {gpt} {s}: both slots, one device.conf"
+            );
+            logs_in(
+                &images.join(format!("per-serial/{s}-rootfs.ext2")),
+                s,
+                &server,
+            );
+        }
+    }
+}
+
 /// The stand-ins for NVIDIA's scripts (tests/standins/l4t): flash.sh and
 /// tools/kernel_flash/l4t_initrd_flash.sh, with the files and flags of the
 /// real ones.

@@ -3,12 +3,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::admin::AdminConfig;
 use crate::identity::PasswordPolicy;
 use crate::image::disk::PartitionChoice;
+use crate::image::ImageOptions;
 
 use super::token;
 
@@ -129,9 +130,8 @@ pub(crate) struct ProvisionArgs {
     /// Read the password from this file (first line) instead of generating one
     #[arg(long)]
     pub(crate) password_file: Option<PathBuf>,
-    /// The partition of a disk image to stamp: its GPT name or its number (default: the one named APP, else the only ext2/3/4 partition holding /etc)
-    #[arg(long, value_name = "NAME|NUMBER")]
-    pub(crate) partition: Option<PartitionChoice>,
+    #[command(flatten)]
+    pub(crate) image_args: ImageArgs,
     /// Which passwords to accept: runbook (32 lowercase hex, as openssl rand -hex 16) or any (printable ASCII)
     #[arg(long, default_value = "runbook")]
     pub(crate) password_policy: PasswordPolicy,
@@ -189,6 +189,14 @@ pub(crate) struct ApiArgs {
     pub(crate) api_retries: u32,
 }
 
+/// How every subcommand reads an image: which partitions of a disk image.
+#[derive(Args)]
+pub(crate) struct ImageArgs {
+    /// The partition of a disk image: its GPT name, its number, or all-rootfs (every rootfs slot: APP and APP_b when there is an APP, else every ext2/3/4 partition holding /etc). provision and verify take it repeated, each partition with the same credentials (default: the one named APP, else the only ext2/3/4 partition holding /etc); ls and cat read one
+    #[arg(long, value_name = "NAME|NUMBER|all-rootfs")]
+    pub(crate) partition: Vec<PartitionChoice>,
+}
+
 #[derive(Args)]
 pub(crate) struct VerifyArgs {
     /// Built image or staging directory
@@ -202,9 +210,8 @@ pub(crate) struct VerifyArgs {
     /// Loader base URL: also check the credentials with POST {URL}/login
     #[arg(long)]
     pub(crate) login_url: Option<String>,
-    /// The partition of a disk image to check: its GPT name or its number
-    #[arg(long, value_name = "NAME|NUMBER")]
-    pub(crate) partition: Option<PartitionChoice>,
+    #[command(flatten)]
+    pub(crate) image_args: ImageArgs,
     /// Which passwords pass: runbook (32 lowercase hex) or any (printable ASCII)
     #[arg(long, default_value = "runbook")]
     pub(crate) password_policy: PasswordPolicy,
@@ -224,9 +231,8 @@ pub(crate) struct LsArgs {
     /// List subdirectories too
     #[arg(short = 'R', long)]
     pub(crate) recursive: bool,
-    /// The partition of a disk image to look in: its GPT name or its number
-    #[arg(long, value_name = "NAME|NUMBER")]
-    pub(crate) partition: Option<PartitionChoice>,
+    #[command(flatten)]
+    pub(crate) image_args: ImageArgs,
     /// Print the listing as JSON (schema imprint.ls/1)
     #[arg(long)]
     pub(crate) json: bool,
@@ -238,9 +244,8 @@ pub(crate) struct CatArgs {
     pub(crate) image: PathBuf,
     /// Absolute path of a file inside the image; symlinks are followed inside the image
     pub(crate) path: String,
-    /// The partition of a disk image to read from: its GPT name or its number
-    #[arg(long, value_name = "NAME|NUMBER")]
-    pub(crate) partition: Option<PartitionChoice>,
+    #[command(flatten)]
+    pub(crate) image_args: ImageArgs,
 }
 
 #[cfg(feature = "demo")]
@@ -249,6 +254,38 @@ pub(crate) struct DemoArgs {
     /// Where to put the demo's files
     #[arg(long, default_value = "imprint-demo")]
     pub(crate) dir: PathBuf,
+}
+
+impl ImageArgs {
+    /// The image options for provision and verify: every partition named.
+    pub(crate) fn options(&self) -> ImageOptions {
+        ImageOptions {
+            partitions: self.partition.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// The image options for a command that reads one partition (`ls`,
+    /// `cat`): a repeated --partition, or all-rootfs, is refused saying so.
+    pub(crate) fn one_partition(&self, command: &str) -> Result<ImageOptions> {
+        match &self.partition[..] {
+            [] | [PartitionChoice::Number(_) | PartitionChoice::Name(_)] => Ok(self.options()),
+            [PartitionChoice::AllRootfs] => bail!(
+                "imprint {command} reads one partition, and --partition all-rootfs names every rootfs slot; give one partition's name or number (run it once per slot)"
+            ),
+            many => bail!(
+                "imprint {command} reads one partition, but --partition was given {} times ({}); give one (run it once per partition)",
+                many.len(),
+                many.iter()
+                    .map(|p| match p {
+                        PartitionChoice::Name(n) => n.clone(),
+                        other => other.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
 }
 
 impl ApiArgs {

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 
 use crate::identity::{Password, Serial};
+use crate::image::disk::PartitionId;
 use crate::io::progress;
 use crate::owner::OwnerSpec;
 use crate::pipeline::batch::{self, BatchRequest, Outcome};
@@ -33,7 +34,7 @@ pub(crate) fn run(args: ProvisionArgs) -> Result<ExitCode> {
     settings.mtime = source_date_epoch()?;
     // The slow path the fast paths are tested and benchmarked against.
     settings.options.full_rewrite = std::env::var_os("IMPRINT_FULL_REWRITE").is_some();
-    settings.options.partition = args.partition.clone();
+    settings.options.partitions = args.image_args.partition.clone();
     settings.options.cache = if args.no_cache {
         None
     } else {
@@ -158,11 +159,12 @@ pub(crate) fn run(args: ProvisionArgs) -> Result<ExitCode> {
         let owner = format!("{}:{}", out.owner.uid, out.owner.gid);
         match &out.emitted {
             Some(image) => println!(
-                "{}: wrote {} ({} bytes, sha256 {}), device.conf owner {owner}, mode 0600",
+                "{}: wrote {} ({} bytes, sha256 {}), {}mode 0600",
                 report.serial,
                 image.path.display(),
                 image.size,
-                image.sha256
+                image.sha256,
+                stamped(out)
             ),
             None => {
                 for f in &out.staged {
@@ -172,6 +174,32 @@ pub(crate) fn run(args: ProvisionArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where device.conf went in an image and whose it is: `device.conf owner
+/// 1001:1001, ` for an image without partitions; for a disk image the
+/// partitions too, each with its owner where they differ (each partition
+/// has its own /etc/passwd).
+fn stamped(out: &crate::pipeline::OutputReport) -> String {
+    let ids = |o: &crate::owner::Owner| format!("{}:{}", o.uid, o.gid);
+    let parts = &out.partitions;
+    if parts.is_empty() {
+        return format!("device.conf owner {}, ", ids(&out.owner));
+    }
+    let list: Vec<PartitionId> = parts.iter().map(|p| p.partition.clone()).collect();
+    let first = ids(&parts[0].owner);
+    if parts.iter().all(|p| ids(&p.owner) == first) {
+        return format!("{}, device.conf owner {first}, ", PartitionId::list(&list));
+    }
+    let owners: Vec<String> = parts
+        .iter()
+        .map(|p| format!("{} in {}", ids(&p.owner), p.partition))
+        .collect();
+    format!(
+        "{}, device.conf owner {}, ",
+        PartitionId::list(&list),
+        owners.join(", ")
+    )
 }
 
 /// SOURCE_DATE_EPOCH, the reproducible-builds time for new entries.

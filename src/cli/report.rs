@@ -9,10 +9,11 @@
 use serde::Serialize;
 
 use crate::admin::Provisioned;
+use crate::image::disk::PartitionId;
 use crate::io::output::sidecar_path;
 use crate::pipeline::batch::{BatchReport, Outcome};
 use crate::pipeline::dry_run::PlannedDevice;
-use crate::pipeline::Report;
+use crate::pipeline::{OutputReport, Report};
 use crate::verify::{Check, VerifyReport};
 
 /// Where provisioning puts the credentials, in every image.
@@ -31,6 +32,10 @@ pub(crate) struct ProvisionDocument<'a> {
     images: Vec<ImageDocument<'a>>,
     input_kind: &'a str,
     output: Option<String>,
+    /// The partitions of a disk image stamped (of the first image); absent
+    /// for other inputs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    partitions: Vec<PartitionDocument<'a>>,
     schema: &'static str,
     serial: &'a str,
     sha1sum: Option<String>,
@@ -46,10 +51,34 @@ pub(crate) struct ProvisionDocument<'a> {
 struct ImageDocument<'a> {
     input_kind: &'a str,
     output: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    partitions: Vec<PartitionDocument<'a>>,
     sha1sum: Option<String>,
     sha256: &'a str,
     sidecar: String,
     size: u64,
+}
+
+/// A partition of a disk image that got the credentials, with device.conf's
+/// owner there.
+#[derive(Serialize)]
+struct PartitionDocument<'a> {
+    gid: u32,
+    name: Option<&'a str>,
+    number: u32,
+    uid: u32,
+}
+
+fn partitions(out: &OutputReport) -> Vec<PartitionDocument<'_>> {
+    out.partitions
+        .iter()
+        .map(|p| PartitionDocument {
+            gid: p.owner.gid,
+            name: p.partition.name.as_deref(),
+            number: p.partition.number,
+            uid: p.owner.uid,
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -88,6 +117,7 @@ impl<'a> ProvisionDocument<'a> {
                     Some(ImageDocument {
                         input_kind: &o.kind,
                         output: e.path.display().to_string(),
+                        partitions: partitions(o),
                         sha1sum: o.sha1sum.as_ref().map(|p| p.display().to_string()),
                         sha256: &e.sha256,
                         sidecar: sidecar_path(&e.path).display().to_string(),
@@ -97,6 +127,7 @@ impl<'a> ProvisionDocument<'a> {
                 .collect(),
             input_kind: &first.kind,
             output: emitted.map(|e| e.path.display().to_string()),
+            partitions: partitions(first),
             schema: "imprint.provision/1",
             serial: &report.serial,
             sha1sum: first.sha1sum.as_ref().map(|p| p.display().to_string()),
@@ -163,6 +194,9 @@ impl<'a> BatchDocument<'a> {
 pub(crate) struct VerifyDocument<'a> {
     checks: Vec<CheckDocument<'a>>,
     image: String,
+    /// The partitions of a disk image checked; absent for other inputs.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    partitions: &'a [PartitionId],
     passed: bool,
     schema: &'static str,
 }
@@ -172,6 +206,10 @@ pub(crate) struct VerifyDocument<'a> {
 struct CheckDocument<'a> {
     detail: &'a str,
     name: &'a str,
+    /// The partition it looked in; absent for the image as a whole and
+    /// for inputs without partitions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partition: Option<&'a PartitionId>,
     passed: bool,
 }
 
@@ -180,6 +218,7 @@ impl<'a> VerifyDocument<'a> {
         VerifyDocument {
             checks: report.checks.iter().map(CheckDocument::new).collect(),
             image: report.image.display().to_string(),
+            partitions: &report.partitions,
             passed: report.passed(),
             schema: "imprint.verify/1",
         }
@@ -191,6 +230,7 @@ impl<'a> CheckDocument<'a> {
         CheckDocument {
             detail: &check.detail,
             name: &check.name,
+            partition: check.partition.as_ref(),
             passed: check.passed,
         }
     }
@@ -216,6 +256,10 @@ struct DryRunImage<'a> {
     input: String,
     input_kind: &'a str,
     output: Option<String>,
+    /// The partition of a disk image the entries go into; absent for
+    /// other inputs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partition: Option<&'a PartitionId>,
 }
 
 /// One entry: never its content, only its size.
@@ -249,6 +293,7 @@ impl<'a> DryRunDocument<'a> {
                             input: i.input.display().to_string(),
                             input_kind: &i.kind,
                             output: i.output.as_ref().map(|o| o.display().to_string()),
+                            partition: i.partition.as_ref(),
                             entries: i
                                 .entries
                                 .iter()

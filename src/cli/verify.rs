@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use crate::identity::Serial;
+use crate::image::disk::PartitionId;
 use crate::io::progress;
 use crate::verify::{self, Expectations};
 
@@ -22,10 +23,7 @@ pub(crate) fn run(args: VerifyArgs) -> Result<ExitCode> {
     }
     let expect = Expectations {
         password_policy: args.password_policy,
-        image: crate::image::ImageOptions {
-            partition: args.partition.clone(),
-            ..Default::default()
-        },
+        image: args.image_args.options(),
         serial: args.serial.as_deref().map(Serial::parse).transpose()?,
         owner: args.owner.as_deref().map(str::parse).transpose()?,
         login: args
@@ -44,15 +42,14 @@ pub(crate) fn run(args: VerifyArgs) -> Result<ExitCode> {
         for c in &report.checks {
             println!("{c}");
         }
-        println!(
-            "{}: {}",
-            args.image.display(),
-            if report.passed() {
-                "all checks passed"
-            } else {
-                "verification FAILED"
-            }
-        );
+        let failed = report.failed_partitions();
+        let verdict = match (report.passed(), &report.partitions[..], &failed[..]) {
+            (true, [], _) => "all checks passed".to_string(),
+            (true, checked, _) => format!("all checks passed in {}", PartitionId::list(checked)),
+            (false, _, []) => "verification FAILED".to_string(),
+            (false, _, failed) => format!("verification FAILED: {}", PartitionId::list(failed)),
+        };
+        println!("{}: {verdict}", args.image.display());
     }
     Ok(if report.passed() {
         ExitCode::SUCCESS

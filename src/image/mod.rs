@@ -53,6 +53,14 @@ pub enum ImageError {
         wanted: disk::PartitionChoice,
         found: String,
     },
+    #[error(
+        "{path}: this reads one partition, and --partition chose {}; name one",
+        disk::PartitionId::list(chosen)
+    )]
+    SeveralPartitions {
+        path: PathBuf,
+        chosen: Vec<disk::PartitionId>,
+    },
     #[error("{path}: cannot decompress the {codec} stream (the file is corrupt or truncated; fetch or rebuild it)")]
     Decompress {
         path: PathBuf,
@@ -106,11 +114,32 @@ pub struct ImageFacts {
 
 /// A format backend for an input image file. Backends never open the input
 /// for writing; they write a complete new image into `out`.
+///
+/// An output holds one filesystem, or, for a disk image stamped in several
+/// partitions (the slots of an A/B layout), one per partition: each is
+/// planned against its own users (`facts`) and gets its own plan.
 pub trait ImageBackend {
-    /// Reads /etc/passwd, /etc/group and the reference mtime.
-    fn facts(&mut self) -> Result<ImageFacts, ImageError>;
-    /// Writes the input with `plan` applied into `out`.
-    fn apply(&mut self, plan: &Plan, out: &mut TempOutput) -> Result<(), ImageError>;
+    /// Reads /etc/passwd, /etc/group and the reference mtime of each
+    /// filesystem the output holds, in the order of [`partitions`].
+    ///
+    /// [`partitions`]: ImageBackend::partitions
+    fn facts(&mut self) -> Result<Vec<ImageFacts>, ImageError>;
+    /// Writes the input with `plans[i]` applied to its filesystem `i` (one
+    /// plan per entry of [`facts`]) into `out`.
+    ///
+    /// [`facts`]: ImageBackend::facts
+    fn apply(&mut self, plans: &[Plan], out: &mut TempOutput) -> Result<(), ImageError>;
+    /// The partitions of a disk image written into, in table order; empty
+    /// for inputs without partitions.
+    fn partitions(&self) -> Vec<disk::PartitionId> {
+        Vec::new()
+    }
+}
+
+/// The one plan of a backend whose output holds one filesystem.
+pub(crate) fn single(plans: &[Plan]) -> &Plan {
+    assert_eq!(plans.len(), 1, "one plan per filesystem (a bug in imprint)");
+    &plans[0]
 }
 
 /// One name found by [`Inspect::list`].
@@ -180,9 +209,10 @@ pub struct ImageOptions {
     /// Decompress and recompress the whole image even where a faster path
     /// would keep the input's bytes: tests and benchmarks compare the two.
     pub full_rewrite: bool,
-    /// The partition of a disk image to stamp; by default the one named
-    /// `APP`, else the only ext2/3/4 partition with `/etc`.
-    pub partition: Option<disk::PartitionChoice>,
+    /// The partitions of a disk image to stamp (each with the device's
+    /// credentials, in one output) or read (see [`disk::select`]); empty:
+    /// the one named `APP`, else the only ext2/3/4 partition with `/etc`.
+    pub partitions: Vec<disk::PartitionChoice>,
     /// Where tar scans are kept for the next run from the same input
     /// (`src/cache/`); `None` scans every time.
     pub cache: Option<crate::cache::Cache>,
@@ -205,14 +235,16 @@ pub fn open_backend(
     Ok(match (kind.compression, kind.content) {
         (c, Content::Tar) => Box::new(tar::TarBackend::open(path, c, targets, output_dir, options)),
         (Compression::None, Content::Sparse) => Box::new(sparse::SparseBackend::open(path)?),
-        (Compression::None, Content::Ext4) => {
-            Box::new(ext4::Ext4Backend::open(path, None, bmap_of(path, None)?)?)
-        }
+        (Compression::None, Content::Ext4) => Box::new(ext4::Ext4Backend::open(
+            path,
+            Vec::new(),
+            bmap_of(path, None)?,
+        )?),
         (Compression::None, Content::Disk(_)) => {
-            let region = disk::locate(path, options.partition.as_ref())?;
+            let partitions = disk::locate(path, &options.partitions)?;
             Box::new(ext4::Ext4Backend::open(
                 path,
-                Some(region),
+                partitions,
                 bmap_of(path, None)?,
             )?)
         }
@@ -229,15 +261,24 @@ pub fn open_backend(
 }
 
 /// `--partition` names a partition of a disk image; for any other input it
-/// is a mistake worth saying, not an option to ignore.
+/// is a mistake worth saying, not an option to ignore. `all-rootfs` alone
+/// is the exception: an input without partitions is its one rootfs, so
+/// one run (a Buildroot post-image script) can say it for every image.
 fn check_partition_applies(
     path: &Path,
     kind: ImageKind,
     options: &ImageOptions,
 ) -> Result<(), ImageError> {
-    match (&options.partition, kind.content) {
-        (Some(_), Content::Disk(_)) | (None, _) => Ok(()),
-        (Some(wanted), _) => Err(ImageError::NotADisk {
+    if matches!(kind.content, Content::Disk(_)) {
+        return Ok(());
+    }
+    match options
+        .partitions
+        .iter()
+        .find(|p| **p != disk::PartitionChoice::AllRootfs)
+    {
+        None => Ok(()),
+        Some(wanted) => Err(ImageError::NotADisk {
             path: path.to_path_buf(),
             wanted: wanted.clone(),
             found: kind.describe(),
@@ -257,33 +298,57 @@ fn bmap_of(
         .map_err(ImageError::from)
 }
 
-/// Opens an image (or a staging directory) for reading, for `verify`.
+/// One filesystem of an image opened for reading, with the partition of a
+/// disk image it is in (`None` for other inputs).
+pub type SlotReader = (Option<disk::Partition>, Box<dyn ImageReader>);
+
+/// Opens an image (or a staging directory) for reading, for `verify`,
+/// `ls` and `cat`: one reader, or for a disk image one per partition
+/// [`ImageOptions::partitions`] selects, in table order.
+pub fn open_readers(path: &Path, options: &ImageOptions) -> Result<Vec<SlotReader>, ImageError> {
+    use crate::compress::Compression;
+    if path.is_dir() {
+        return Ok(vec![(None, Box::new(dir::DirReader::new(path)))]);
+    }
+    let kind = detect(path)?;
+    check_partition_applies(path, kind, options)?;
+    let one = |reader: Box<dyn ImageReader>| Ok(vec![(None, reader)]);
+    match (kind.compression, kind.content) {
+        (c, Content::Tar) => one(Box::new(tar::TarReader::open(path, c)?)),
+        (Compression::None, Content::Ext4) => one(Box::new(ext4::Ext4Reader::open(path, None)?)),
+        (Compression::None, Content::Sparse) => one(Box::new(sparse::SparseReader::open(path)?)),
+        (Compression::None, Content::Disk(_)) => disk::locate(path, &options.partitions)?
+            .into_iter()
+            .map(|p| {
+                let reader = ext4::Ext4Reader::open(path, Some(p.region()))?;
+                Ok((Some(p), Box::new(reader) as Box<dyn ImageReader>))
+            })
+            .collect(),
+        (c, content @ (Content::Ext4 | Content::Disk(_))) => {
+            compressed::CompressedReader::open(path, c, content, options)
+        }
+        (_, Content::Sparse) => Err(ImageError::Unsupported {
+            path: path.to_path_buf(),
+            found: kind.describe(),
+        }),
+    }
+}
+
+/// Opens an image (or a staging directory) for reading one filesystem:
+/// [`open_readers`] where the options select one partition at most.
 pub fn open_reader(
     path: &Path,
     options: &ImageOptions,
 ) -> Result<Box<dyn ImageReader>, ImageError> {
-    use crate::compress::Compression;
-    if path.is_dir() {
-        return Ok(Box::new(dir::DirReader::new(path)));
+    let mut readers = open_readers(path, options)?;
+    if readers.len() != 1 {
+        return Err(ImageError::SeveralPartitions {
+            path: path.to_path_buf(),
+            chosen: readers
+                .iter()
+                .filter_map(|(p, _)| p.as_ref().map(disk::Partition::id))
+                .collect(),
+        });
     }
-    let kind = detect(path)?;
-    check_partition_applies(path, kind, options)?;
-    Ok(match (kind.compression, kind.content) {
-        (c, Content::Tar) => Box::new(tar::TarReader::open(path, c)?),
-        (Compression::None, Content::Ext4) => Box::new(ext4::Ext4Reader::open(path, None)?),
-        (Compression::None, Content::Sparse) => Box::new(sparse::SparseReader::open(path)?),
-        (Compression::None, Content::Disk(_)) => {
-            let region = disk::locate(path, options.partition.as_ref())?;
-            Box::new(ext4::Ext4Reader::open(path, Some(region))?)
-        }
-        (c, content @ (Content::Ext4 | Content::Disk(_))) => Box::new(
-            compressed::CompressedReader::open(path, c, content, options)?,
-        ),
-        (_, Content::Sparse) => {
-            return Err(ImageError::Unsupported {
-                path: path.to_path_buf(),
-                found: kind.describe(),
-            })
-        }
-    })
+    Ok(readers.remove(0).1)
 }

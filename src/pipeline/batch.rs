@@ -257,14 +257,23 @@ impl Existing {
     }
 }
 
-/// The password in the device.conf of a built image (one that verified).
+/// The password in the device.conf of a built image (one that verified):
+/// the one every partition stamped carries, `None` if they differ.
 fn read_password(path: &Path, options: &ImageOptions) -> Option<Password> {
-    let mut reader = image::open_reader(path, options).ok()?;
     let conf = ImagePath::parse(pipeline::DEVICE_CONF)?;
-    let (_, content) = reader.lookup(&conf, 64 << 10).ok()??;
-    // The file holds the password: wiped once parsed.
-    let content = zeroize::Zeroizing::new(content?);
-    identity::parse_device_conf(&content).password
+    let mut found: Option<Password> = None;
+    for (_, mut reader) in image::open_readers(path, options).ok()? {
+        let (_, content) = reader.lookup(&conf, 64 << 10).ok()??;
+        // The file holds the password: wiped once parsed.
+        let content = zeroize::Zeroizing::new(content?);
+        let password = identity::parse_device_conf(&content).password?;
+        match &found {
+            Some(first) if first.expose() != password.expose() => return None,
+            Some(_) => {}
+            None => found = Some(password),
+        }
+    }
+    found
 }
 
 /// The serial that `output_dir`'s manifest already gives `serial`'s account

@@ -25,6 +25,7 @@ use thiserror::Error;
 use crate::admin::{AdminClient, AdminConfig, AdminError, Provisioned};
 use crate::identity::{IdentityError, Password, Serial};
 use crate::image::dir::{DirError, Staged, StagingDir};
+use crate::image::disk::PartitionId;
 use crate::image::{self, ImageBackend, ImageError, ImageFacts, ImageOptions};
 use crate::io::output::{self, Emitted, TempOutput};
 use crate::owner::{Owner, OwnerSpec, UserDb};
@@ -149,7 +150,11 @@ pub struct Opened {
     source: Source,
     kind: String,
     content: Content,
-    facts: ImageFacts,
+    /// One per filesystem written into: several for the partitions of a
+    /// disk image stamped together.
+    facts: Vec<ImageFacts>,
+    /// The partitions of a disk image written into, one per `facts`.
+    partitions: Vec<PartitionId>,
     settings: Settings,
 }
 
@@ -176,15 +181,19 @@ impl Opened {
                 Content::Staging(StagingDir::open(root)?),
             ),
         };
-        let facts = match &mut content {
-            Content::Image(backend) => backend.facts()?,
-            Content::Staging(dir) => dir.facts()?,
+        let (facts, partitions) = match &mut content {
+            Content::Image(backend) => (backend.facts()?, backend.partitions()),
+            Content::Staging(dir) => (vec![dir.facts()?], Vec::new()),
         };
+        if !partitions.is_empty() {
+            say(&format!("stamping {}", PartitionId::list(&partitions)));
+        }
         Ok(Opened {
             source,
             kind,
             content,
             facts,
+            partitions,
             settings,
         })
     }
@@ -202,6 +211,12 @@ impl Opened {
         &self.settings
     }
 
+    /// The partitions of a disk image each output is written into (empty
+    /// for other inputs).
+    pub fn partitions(&self) -> &[PartitionId] {
+        &self.partitions
+    }
+
     /// Plans the device's files against this input and writes them into
     /// `prepared`: for an image, a new image in a temp file beside `output`
     /// (its final name); for a staging tree, temp files in the tree
@@ -214,7 +229,11 @@ impl Opened {
         output: Option<&Path>,
         say: &mut dyn FnMut(&str),
     ) -> Result<(), ProvisionError> {
-        let plan = self.plan(&prepared.job, &prepared.email)?;
+        let plans = self
+            .facts
+            .iter()
+            .map(|facts| self.plan(facts, &prepared.job, &prepared.email))
+            .collect::<Result<Vec<_>, _>>()?;
         let pending = match &mut self.content {
             Content::Image(backend) => {
                 let output = output.ok_or(ProvisionError::NoOutput)?;
@@ -223,7 +242,7 @@ impl Opened {
                     .map_err(|source| ProvisionError::CreateOutput { dir, source })?;
                 say(&format!("writing {}", output.display()));
                 // A full disk or a file-size limit names the output.
-                backend.apply(&plan, &mut temp).map_err(|e| match e {
+                backend.apply(&plans, &mut temp).map_err(|e| match e {
                     ImageError::Output(source) => ProvisionError::WriteOutput {
                         path: output.to_path_buf(),
                         source,
@@ -232,29 +251,36 @@ impl Opened {
                 })?;
                 Pending::Image(Box::new(temp))
             }
-            Content::Staging(dir) => Pending::Staged(dir.stage(&plan)?),
+            Content::Staging(dir) => Pending::Staged(dir.stage(crate::image::single(&plans))?),
         };
         prepared.pending.push(PendingOutput {
             kind: self.kind.clone(),
-            owner: device_conf_owner(&plan),
+            owner: device_conf_owner(&plans[0]),
+            partitions: self
+                .partitions
+                .iter()
+                .zip(&plans)
+                .map(|(id, plan)| StampedPartition {
+                    partition: id.clone(),
+                    owner: device_conf_owner(plan),
+                })
+                .collect(),
             pending,
             sha1sum: self.settings.sha1sum,
         });
         Ok(())
     }
 
-    fn plan(&self, job: &Job, email: &str) -> Result<Plan, ProvisionError> {
-        let db = UserDb::parse(self.facts.passwd.as_deref(), self.facts.group.as_deref())
-            .with_found(
-                self.facts.passwd_found.clone(),
-                self.facts.group_found.clone(),
-            );
+    /// The device's plan for one filesystem, against its own users.
+    fn plan(&self, facts: &ImageFacts, job: &Job, email: &str) -> Result<Plan, ProvisionError> {
+        let db = UserDb::parse(facts.passwd.as_deref(), facts.group.as_deref())
+            .with_found(facts.passwd_found.clone(), facts.group_found.clone());
         let vars = DeviceVars {
             serial: job.serial.as_str(),
             email,
             password: &job.password,
         };
-        let mtime = self.settings.mtime.unwrap_or(self.facts.reference_mtime);
+        let mtime = self.settings.mtime.unwrap_or(facts.reference_mtime);
         Ok(Plan::resolve_for(
             &self.settings.overlay,
             &vars,
@@ -286,6 +312,7 @@ enum Pending {
 struct PendingOutput {
     kind: String,
     owner: Owner,
+    partitions: Vec<StampedPartition>,
     pending: Pending,
     sha1sum: bool,
 }
@@ -337,6 +364,7 @@ impl Prepared {
             let mut report = OutputReport {
                 kind: out.kind,
                 owner: out.owner,
+                partitions: out.partitions,
                 emitted: None,
                 staged: Vec::new(),
                 sha1sum: None,
@@ -384,14 +412,26 @@ pub struct Report {
 pub struct OutputReport {
     /// What the input was, e.g. "tar archive (gzip)".
     pub kind: String,
-    /// device.conf's owner.
+    /// device.conf's owner (in the first partition written into).
     pub owner: Owner,
+    /// The partitions of a disk image written into, in table order, each
+    /// with device.conf's owner there (looked up in its own /etc/passwd);
+    /// empty for other inputs.
+    pub partitions: Vec<StampedPartition>,
     /// The image written, with its digest; `None` for a staging directory.
     pub emitted: Option<Emitted>,
     /// Files written into a staging directory.
     pub staged: Vec<PathBuf>,
     /// The `NAME.sha1sum` written, if asked for.
     pub sha1sum: Option<PathBuf>,
+}
+
+/// A partition of a disk image that got the device's credentials.
+#[derive(Debug, Clone)]
+pub struct StampedPartition {
+    pub partition: PartitionId,
+    /// device.conf's owner in this partition.
+    pub owner: Owner,
 }
 
 /// One device end to end, as `imprint provision --serial` runs it.

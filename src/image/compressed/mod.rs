@@ -15,10 +15,11 @@ mod recompress;
 
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 
 use self::expand::expand;
 use self::recompress::{InputRead, Recompressing, Start};
-use super::ext4::{Ext4Backend, Ext4Reader, Region};
+use super::ext4::{Ext4Backend, Ext4Reader};
 use super::{
     disk, Content, Found, ImageBackend, ImageError, ImageFacts, ImageOptions, ImageReader,
 };
@@ -41,15 +42,16 @@ fn codec_suffix(codec: Compression) -> Option<&'static str> {
     }
 }
 
-/// The filesystem's region inside the expanded image.
-fn region_of(
+/// The partitions chosen inside the expanded image (none for a raw
+/// filesystem image: the whole of it).
+fn partitions_of(
     scratch: &Path,
     content: Content,
     options: &ImageOptions,
-) -> Result<Option<Region>, ImageError> {
+) -> Result<Vec<disk::Partition>, ImageError> {
     match content {
-        Content::Disk(_) => Ok(Some(disk::locate(scratch, options.partition.as_ref())?)),
-        _ => Ok(None),
+        Content::Disk(_) => disk::locate(scratch, &options.partitions),
+        _ => Ok(Vec::new()),
     }
 }
 
@@ -80,9 +82,9 @@ impl CompressedBackend {
         let expanded = expand(path, codec, output_dir, is_disk)?;
         let scratch = expanded.scratch;
         let len = scratch.file().metadata().map_err(ImageError::Output)?.len();
-        let region = region_of(scratch.path(), content, options)?;
+        let partitions = partitions_of(scratch.path(), content, options)?;
         let bmap = super::bmap_of(path, codec_suffix(codec))?;
-        let inner = Ext4Backend::open(scratch.path(), region, bmap)?;
+        let inner = Ext4Backend::open(scratch.path(), partitions, bmap)?;
         Ok(CompressedBackend {
             input: path.to_path_buf(),
             codec,
@@ -96,11 +98,15 @@ impl CompressedBackend {
 }
 
 impl ImageBackend for CompressedBackend {
-    fn facts(&mut self) -> Result<ImageFacts, ImageError> {
+    fn facts(&mut self) -> Result<Vec<ImageFacts>, ImageError> {
         self.inner.facts()
     }
 
-    fn apply(&mut self, plan: &Plan, out: &mut TempOutput) -> Result<(), ImageError> {
+    fn partitions(&self) -> Vec<disk::PartitionId> {
+        self.inner.partitions()
+    }
+
+    fn apply(&mut self, plans: &[Plan], out: &mut TempOutput) -> Result<(), ImageError> {
         let mut sink = Recompressing::new(Start {
             out: &mut *out,
             input: &self.input,
@@ -113,10 +119,13 @@ impl ImageBackend for CompressedBackend {
             Ok(InputRead { path, source }) => ImageError::Open { path, source },
             Err(e) => ImageError::Output(e),
         };
-        let bmap = self.inner.write_raw(plan, &mut sink).map_err(|e| match e {
-            ImageError::Output(e) => read_or_write(e),
-            other => other,
-        })?;
+        let bmap = self
+            .inner
+            .write_raw(plans, &mut sink)
+            .map_err(|e| match e {
+                ImageError::Output(e) => read_or_write(e),
+                other => other,
+            })?;
         sink.finish().map_err(read_or_write)?;
         if let Some(bmap) = bmap {
             let path = Bmap::for_output(out.final_path(), codec_suffix(self.codec));
@@ -129,24 +138,38 @@ impl ImageBackend for CompressedBackend {
 /// Reads files out of a compressed raw image for `verify`.
 pub(crate) struct CompressedReader {
     pub(crate) inner: Ext4Reader,
-    _scratch: Scratch,
+    /// The expanded image, shared by the readers of its partitions.
+    _scratch: Arc<Scratch>,
 }
 
 impl CompressedReader {
+    /// One reader for a raw filesystem image, one per partition chosen
+    /// for a disk image, over one expansion of it.
     pub(crate) fn open(
         path: &Path,
         codec: Compression,
         content: Content,
         options: &ImageOptions,
-    ) -> Result<CompressedReader, ImageError> {
+    ) -> Result<Vec<super::SlotReader>, ImageError> {
         let dir = std::env::temp_dir();
-        let scratch = expand(path, codec, &dir, false)?.scratch;
-        let region = region_of(scratch.path(), content, options)?;
-        let inner = Ext4Reader::open(scratch.path(), region)?;
-        Ok(CompressedReader {
-            inner,
-            _scratch: scratch,
-        })
+        let scratch = Arc::new(expand(path, codec, &dir, false)?.scratch);
+        let partitions = partitions_of(scratch.path(), content, options)?;
+        let slots: Vec<Option<disk::Partition>> = if partitions.is_empty() {
+            vec![None]
+        } else {
+            partitions.into_iter().map(Some).collect()
+        };
+        slots
+            .into_iter()
+            .map(|p| {
+                let inner = Ext4Reader::open(scratch.path(), p.as_ref().map(|p| p.region()))?;
+                let reader = CompressedReader {
+                    inner,
+                    _scratch: Arc::clone(&scratch),
+                };
+                Ok((p, Box::new(reader) as Box<dyn ImageReader>))
+            })
+            .collect()
     }
 }
 

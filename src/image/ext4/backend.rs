@@ -13,6 +13,7 @@ use std::process::Command;
 
 use super::raw::{write_patched, Patches};
 use super::{ensure_loaded, write_plan_to_device, ChangedBlocks, Ext4Inspector};
+use crate::image::disk::{Partition, PartitionId};
 use crate::image::{Found, ImageBackend, ImageError, ImageFacts, ImageReader};
 use crate::io::bmap::{Bmap, RangeHasher};
 use crate::io::output::TempOutput;
@@ -51,24 +52,52 @@ fn inspect(
     Ok((file_len, region, Ext4Inspector::open(window, region.len)?))
 }
 
-/// Writes plans into copies of a file holding an ext2/3/4 filesystem.
+/// One filesystem written into: the whole file, or a partition.
+struct Slot {
+    partition: Option<Partition>,
+    region: Region,
+    image: Ext4Inspector<Window<File>>,
+}
+
+/// Writes plans into copies of a file holding ext2/3/4 filesystems: the
+/// whole file, or partitions of a disk image (several slots of an A/B
+/// layout into one output).
 pub(crate) struct Ext4Backend {
     input: PathBuf,
     file_len: u64,
-    region: Region,
-    image: Ext4Inspector<Window<File>>,
+    slots: Vec<Slot>,
     /// The input's block map, if it came with one: the output gets one.
     bmap: Option<Bmap>,
 }
 
 impl Ext4Backend {
+    /// Over the whole file (`partitions` empty) or each partition in it.
     pub(crate) fn open(
         path: &Path,
-        region: Option<Region>,
+        partitions: Vec<Partition>,
         bmap: Option<Bmap>,
     ) -> Result<Ext4Backend, ImageError> {
-        let (file_len, region, image) = inspect(path, region)?;
-        image.check_writable()?;
+        let regions: Vec<Option<Partition>> = if partitions.is_empty() {
+            vec![None]
+        } else {
+            partitions.into_iter().map(Some).collect()
+        };
+        let mut slots = Vec::with_capacity(regions.len());
+        let mut file_len = 0;
+        for partition in regions {
+            let region = partition.as_ref().map(|p| Region {
+                offset: p.offset,
+                len: p.size,
+            });
+            let (len, region, image) = inspect(path, region)?;
+            image.check_writable()?;
+            file_len = len;
+            slots.push(Slot {
+                partition,
+                region,
+                image,
+            });
+        }
         ensure_loaded()?;
         if let Some(map) = &bmap {
             if map.image_size != file_len {
@@ -82,33 +111,45 @@ impl Ext4Backend {
         Ok(Ext4Backend {
             input: path.to_path_buf(),
             file_len,
-            region,
-            image,
+            slots,
             bmap,
         })
     }
 
-    /// Edits the filesystem in memory (nothing is written if libext2fs
-    /// fails, e.g. for want of space), then writes the whole file with the
-    /// changed blocks into `sink`. Returns the output's block map, if the
-    /// input had one.
+    /// Edits each filesystem in memory with its plan (nothing is written
+    /// if libext2fs fails, e.g. for want of space), then writes the whole
+    /// file with the changed blocks of all into `sink`. Returns the
+    /// output's block map, if the input had one.
     pub(crate) fn write_raw(
         &mut self,
-        plan: &Plan,
+        plans: &[Plan],
         sink: &mut dyn RawSink,
     ) -> Result<Option<String>, ImageError> {
-        self.image.preflight(plan)?;
-        let sb = self.image.superblock();
-        let mut changed =
-            ChangedBlocks::new(self.image.device(), self.region.len, sb.block_size as u32);
-        write_plan_to_device(&mut changed, sb, plan)?;
-        tracing::debug!(written_blocks = changed.written().len(), "libext2fs done");
-        let block = changed.block_size();
-        let patches: Vec<(u64, &[u8])> = changed
-            .written()
+        assert_eq!(plans.len(), self.slots.len(), "one plan per filesystem");
+        for (slot, plan) in self.slots.iter().zip(plans) {
+            slot.image.preflight(plan)?;
+        }
+        let mut edited = Vec::with_capacity(self.slots.len());
+        for (slot, plan) in self.slots.iter().zip(plans) {
+            let sb = slot.image.superblock();
+            let mut changed =
+                ChangedBlocks::new(slot.image.device(), slot.region.len, sb.block_size as u32);
+            write_plan_to_device(&mut changed, sb, plan)?;
+            tracing::debug!(written_blocks = changed.written().len(), "libext2fs done");
+            edited.push((slot.region.offset, changed));
+        }
+        // Partitions do not overlap: the patches of all, sorted, do not.
+        let mut patches: Vec<(u64, &[u8])> = edited
             .iter()
-            .map(|(&n, data)| (self.region.offset + n * block, &data[..]))
+            .flat_map(|(offset, changed)| {
+                let block = changed.block_size();
+                changed
+                    .written()
+                    .iter()
+                    .map(move |(&n, data)| (offset + n * block, &data[..]))
+            })
             .collect();
+        patches.sort_by_key(|(at, _)| *at);
         let (input, _) = open_file(&self.input)?;
         let write_err = |source| ImageError::Output(source);
         let first_change = patches.iter().map(|(at, _)| *at).min();
@@ -138,12 +179,19 @@ impl Ext4Backend {
 }
 
 impl ImageBackend for Ext4Backend {
-    fn facts(&mut self) -> Result<ImageFacts, ImageError> {
-        Ok(self.image.facts()?)
+    fn facts(&mut self) -> Result<Vec<ImageFacts>, ImageError> {
+        self.slots.iter().map(|s| Ok(s.image.facts()?)).collect()
     }
 
-    fn apply(&mut self, plan: &Plan, out: &mut TempOutput) -> Result<(), ImageError> {
-        if let Some(bmap) = self.write_raw(plan, out)? {
+    fn partitions(&self) -> Vec<PartitionId> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.partition.as_ref().map(Partition::id))
+            .collect()
+    }
+
+    fn apply(&mut self, plans: &[Plan], out: &mut TempOutput) -> Result<(), ImageError> {
+        if let Some(bmap) = self.write_raw(plans, out)? {
             let path = Bmap::for_output(out.final_path(), None);
             out.add_sidecar(path, bmap.into_bytes());
         }

@@ -104,8 +104,8 @@ impl SparseBackend {
 }
 
 impl ImageBackend for SparseBackend {
-    fn facts(&mut self) -> Result<ImageFacts, ImageError> {
-        Ok(self.image.facts()?)
+    fn facts(&mut self) -> Result<Vec<ImageFacts>, ImageError> {
+        Ok(vec![self.image.facts()?])
     }
 
     /// libext2fs edits the filesystem through an I/O manager that reads the
@@ -113,7 +113,8 @@ impl ImageBackend for SparseBackend {
     /// memory; the output is then the input's chunks with those blocks
     /// spliced in. Nothing is expanded, and only the written blocks are
     /// compared.
-    fn apply(&mut self, plan: &Plan, out: &mut TempOutput) -> Result<(), ImageError> {
+    fn apply(&mut self, plans: &[Plan], out: &mut TempOutput) -> Result<(), ImageError> {
+        let plan = crate::image::single(plans);
         self.image.preflight(plan)?;
         let view = self.image.device();
         let mut edited = writable(view);

@@ -365,7 +365,7 @@ impl TarBackend {
 }
 
 impl ImageBackend for TarBackend {
-    fn facts(&mut self) -> Result<ImageFacts, ImageError> {
+    fn facts(&mut self) -> Result<Vec<ImageFacts>, ImageError> {
         self.scan()?;
         let scan = self.scan.as_ref().expect("scanned above");
         let reference_mtime = scan
@@ -375,16 +375,17 @@ impl ImageBackend for TarBackend {
             .unwrap_or(0);
         let passwd = self.database(scan, "etc/passwd");
         let group = self.database(scan, "etc/group");
-        Ok(ImageFacts {
+        Ok(vec![ImageFacts {
             passwd: passwd.0,
             group: group.0,
             reference_mtime,
             passwd_found: passwd.1,
             group_found: group.1,
-        })
+        }])
     }
 
-    fn apply(&mut self, plan: &Plan, out: &mut TempOutput) -> Result<(), ImageError> {
+    fn apply(&mut self, plans: &[Plan], out: &mut TempOutput) -> Result<(), ImageError> {
+        let plan = super::single(plans);
         let missing: Vec<ImagePath> = plan
             .entries
             .iter()
