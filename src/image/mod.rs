@@ -6,10 +6,14 @@ mod detect;
 pub mod dir;
 pub mod disk;
 pub mod ext4;
+mod formats;
 mod listing;
 pub mod resolve;
 pub mod sparse;
 pub mod tar;
+mod volume;
+#[cfg(test)]
+mod xor_test;
 
 use std::path::{Path, PathBuf};
 
@@ -220,9 +224,10 @@ pub struct ImageOptions {
 
 /// Opens `path` for writing plans over `targets` into outputs that go in
 /// `output_dir` (where a backend may keep large scratch files). The layers
-/// compose outside in: a codec around a raw image decompresses it into a
-/// scratch file first; a disk image narrows to its rootfs partition; the
-/// content (tar, ext2/3/4, sparse) is what the plan is written into.
+/// compose outside in, as the format table (`formats.rs`) says: a codec
+/// around a raw image decompresses it into a scratch file first; a disk
+/// image narrows to its rootfs partition; the content (tar, ext2/3/4) is
+/// what the plan is written into.
 pub fn open_backend(
     path: &Path,
     kind: ImageKind,
@@ -230,34 +235,15 @@ pub fn open_backend(
     output_dir: &Path,
     options: &ImageOptions,
 ) -> Result<Box<dyn ImageBackend>, ImageError> {
-    use crate::compress::Compression;
     check_partition_applies(path, kind, options)?;
-    Ok(match (kind.compression, kind.content) {
-        (c, Content::Tar) => Box::new(tar::TarBackend::open(path, c, targets, output_dir, options)),
-        (Compression::None, Content::Sparse) => Box::new(sparse::SparseBackend::open(path)?),
-        (Compression::None, Content::Ext4) => Box::new(ext4::Ext4Backend::open(
-            path,
-            Vec::new(),
-            bmap_of(path, None)?,
-        )?),
-        (Compression::None, Content::Disk(_)) => {
-            let partitions = disk::locate(path, &options.partitions)?;
-            Box::new(ext4::Ext4Backend::open(
-                path,
-                partitions,
-                bmap_of(path, None)?,
-            )?)
-        }
-        (c, content @ (Content::Ext4 | Content::Disk(_))) => Box::new(
-            compressed::CompressedBackend::open(path, c, content, output_dir, options)?,
-        ),
-        (_, Content::Sparse) => {
-            return Err(ImageError::Unsupported {
-                path: path.to_path_buf(),
-                found: kind.describe(),
-            })
-        }
-    })
+    formats::open_backend(
+        path,
+        kind.compression,
+        kind.content,
+        targets,
+        output_dir,
+        options,
+    )
 }
 
 /// `--partition` names a partition of a disk image; for any other input it
@@ -269,7 +255,7 @@ fn check_partition_applies(
     kind: ImageKind,
     options: &ImageOptions,
 ) -> Result<(), ImageError> {
-    if matches!(kind.content, Content::Disk(_)) {
+    if formats::row_of(kind.content).partitioned {
         return Ok(());
     }
     match options
@@ -306,32 +292,12 @@ pub type SlotReader = (Option<disk::Partition>, Box<dyn ImageReader>);
 /// `ls` and `cat`: one reader, or for a disk image one per partition
 /// [`ImageOptions::partitions`] selects, in table order.
 pub fn open_readers(path: &Path, options: &ImageOptions) -> Result<Vec<SlotReader>, ImageError> {
-    use crate::compress::Compression;
     if path.is_dir() {
         return Ok(vec![(None, Box::new(dir::DirReader::new(path)))]);
     }
     let kind = detect(path)?;
     check_partition_applies(path, kind, options)?;
-    let one = |reader: Box<dyn ImageReader>| Ok(vec![(None, reader)]);
-    match (kind.compression, kind.content) {
-        (c, Content::Tar) => one(Box::new(tar::TarReader::open(path, c)?)),
-        (Compression::None, Content::Ext4) => one(Box::new(ext4::Ext4Reader::open(path, None)?)),
-        (Compression::None, Content::Sparse) => one(Box::new(sparse::SparseReader::open(path)?)),
-        (Compression::None, Content::Disk(_)) => disk::locate(path, &options.partitions)?
-            .into_iter()
-            .map(|p| {
-                let reader = ext4::Ext4Reader::open(path, Some(p.region()))?;
-                Ok((Some(p), Box::new(reader) as Box<dyn ImageReader>))
-            })
-            .collect(),
-        (c, content @ (Content::Ext4 | Content::Disk(_))) => {
-            compressed::CompressedReader::open(path, c, content, options)
-        }
-        (_, Content::Sparse) => Err(ImageError::Unsupported {
-            path: path.to_path_buf(),
-            found: kind.describe(),
-        }),
-    }
+    formats::open_readers(path, kind.compression, kind.content, options)
 }
 
 /// Opens an image (or a staging directory) for reading one filesystem:

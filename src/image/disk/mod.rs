@@ -16,7 +16,7 @@ use std::str::FromStr;
 
 use thiserror::Error;
 
-use crate::image::ext4::{Ext4Error, Ext4Inspector, Region};
+use crate::image::ext4::{Ext4Error, Ext4Inspector};
 use crate::io::read_at::{ReadAt, Window};
 use crate::plan::{EntryType, ImagePath};
 
@@ -89,14 +89,6 @@ impl Partition {
     /// How errors and `-v` name it: `partition 1 "APP"`.
     pub fn label(&self) -> String {
         self.id().to_string()
-    }
-
-    /// Where its bytes lie in the image.
-    pub(crate) fn region(&self) -> Region {
-        Region {
-            offset: self.offset,
-            len: self.size,
-        }
     }
 
     /// Its number and name, as reports show it.
