@@ -245,8 +245,16 @@ fn run_batch(req: BatchRequest, quiet: bool, json: bool) -> Result<ExitCode> {
         .iter()
         .filter(|(_, o)| *o == Outcome::Skipped)
         .count();
+    let stamped: String = report
+        .partitions
+        .iter()
+        .map(|(input, parts)| {
+            let name = input.file_name().unwrap_or_default().to_string_lossy();
+            format!("; {name}: {}", PartitionId::list(parts))
+        })
+        .collect();
     println!(
-        "{} of {total} written, {skipped} skipped, {failed} failed; manifest {}",
+        "{} of {total} written, {skipped} skipped, {failed} failed; manifest {}{stamped}",
         total - failed - skipped,
         report.manifest_path.display()
     );

@@ -148,8 +148,19 @@ impl<'a> ProvisionDocument<'a> {
 pub(crate) struct BatchDocument<'a> {
     failed: usize,
     manifest: String,
+    /// The partitions stamped in each disk image input; absent when no
+    /// input is a disk image.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    partitions: Vec<BatchPartitions<'a>>,
     results: Vec<BatchResult<'a>>,
     schema: &'static str,
+}
+
+/// The partitions of one disk image input that every serial's copy got.
+#[derive(Serialize)]
+struct BatchPartitions<'a> {
+    input: String,
+    partitions: &'a [PartitionId],
 }
 
 /// One serial of a batch, in the order given.
@@ -167,6 +178,14 @@ impl<'a> BatchDocument<'a> {
         BatchDocument {
             failed: report.failed(),
             manifest: report.manifest_path.display().to_string(),
+            partitions: report
+                .partitions
+                .iter()
+                .map(|(input, partitions)| BatchPartitions {
+                    input: input.display().to_string(),
+                    partitions,
+                })
+                .collect(),
             results: report
                 .outcomes
                 .iter()

@@ -19,6 +19,7 @@ use thiserror::Error;
 
 use crate::admin::{AdminClient, AdminConfig};
 use crate::identity::{self, IdentityError, Password, PasswordPolicy, Serial};
+use crate::image::disk::PartitionId;
 use crate::image::{self, ImageError, ImageOptions};
 use crate::io::output;
 use crate::owner::OwnerSpec;
@@ -145,6 +146,9 @@ pub enum Outcome {
 pub struct BatchReport {
     pub outcomes: Vec<(String, Outcome)>,
     pub manifest_path: PathBuf,
+    /// The partitions stamped in each disk image input (each serial's copy
+    /// of it has them all); inputs without partitions are not listed.
+    pub partitions: Vec<(PathBuf, Vec<PartitionId>)>,
 }
 
 impl BatchReport {
@@ -330,6 +334,13 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
             &mut |line| say(line),
         )?);
     }
+    let partitions: Vec<(PathBuf, Vec<PartitionId>)> = req
+        .inputs
+        .iter()
+        .zip(&opened)
+        .filter(|(_, o)| !o.partitions().is_empty())
+        .map(|(input, o)| (input.clone(), o.partitions().to_vec()))
+        .collect();
     let mut inputs = Vec::with_capacity(req.inputs.len());
     for (input, digest) in req.inputs.iter().zip(digests) {
         let sha256 = digest
@@ -521,6 +532,7 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
     Ok(BatchReport {
         outcomes,
         manifest_path,
+        partitions,
     })
 }
 

@@ -1520,6 +1520,28 @@ fn ab_gpt_slots_get_one_identity() {
         );
         assert!(!text.contains("RECROOTFS"), "{text}");
     }
+    // A dry run lists each slot's entries.
+    let o = run(bin()
+        .args([
+            "provision",
+            "--dry-run",
+            "--json",
+            "--serial",
+            SERIAL,
+            "--image",
+        ])
+        .arg(&img)
+        .arg("--output")
+        .arg(out.join("dry.img"))
+        .args(["--partition", "all-rootfs", "--owner", "azaion"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let images = doc["devices"][0]["images"].as_array().unwrap();
+    let listed: Vec<u64> = images
+        .iter()
+        .map(|i| i["partition"]["number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, [2, 4], "{doc}");
     let v = verify_slots(&written, &["all-rootfs"], true);
     let doc: serde_json::Value = serde_json::from_str(&stdout(&v)).unwrap();
     assert_eq!(named(&doc["partitions"]), slots, "{doc}");

@@ -193,6 +193,12 @@ fn buildroot_post_image_ab_sdcard() {
             stderr(&o)
         );
         assert!(stdout(&o).contains("4 images"), "{}", stdout(&o));
+        let slots = if gpt {
+            "sdcard.img: partitions 2 \"rootfsA\", 3 \"rootfsB\""
+        } else {
+            "sdcard.img: partitions 2, 3"
+        };
+        assert!(stdout(&o).contains(slots), "{}", stdout(&o));
         let posts = server
             .requests()
             .iter()
@@ -237,6 +243,47 @@ fn buildroot_post_image_ab_sdcard() {
                 s,
                 &server,
             );
+        }
+        // A rebuilt sdcard.img (a new boot partition) is stamped again in
+        // both slots with the password its copies carry: no account call
+        // changes a password.
+        let passwords: Vec<String> = ["AZJN-0101", "AZJN-0102"]
+            .iter()
+            .map(|s| server.password_of(&email_of(s)).unwrap())
+            .collect();
+        sh(&format!(
+            "printf new | dd of={}/sdcard.img bs=512 seek=2048 conv=notrunc status=none",
+            images.display()
+        ));
+        let o = run(shell(&recipe("buildroot/post-image.sh"))
+            .arg(&images)
+            .env("IMPRINT_SERIALS", serials_file(d))
+            .env("IMPRINT_API_URL", server.url()));
+        assert!(
+            o.status.success(),
+            "gpt {gpt}: {}\n{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        assert!(
+            stdout(&o).contains("AZJN-0101: rebuilt from the new base, password kept"),
+            "{}",
+            stdout(&o)
+        );
+        for (s, pw) in ["AZJN-0101", "AZJN-0102"].iter().zip(&passwords) {
+            assert_eq!(&server.password_of(&email_of(s)).unwrap(), pw, "{s}");
+            let card = images.join(format!("per-serial/{s}-sdcard.img"));
+            for slot in ["2", "3"] {
+                let c = run(bin()
+                    .arg("cat")
+                    .arg(&card)
+                    .arg("/etc/azaion/device.conf")
+                    .args(["--partition", slot]));
+                assert!(
+                    String::from_utf8_lossy(&c.stdout).contains(pw.as_str()),
+                    "gpt {gpt} {s} partition {slot}"
+                );
+            }
         }
     }
 }
