@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
+use super::formats::content_of;
 use super::{disk, ImageError};
 use crate::compress::{trailing, zstd, Compression};
 
@@ -66,8 +67,6 @@ fn read_head(reader: &mut dyn Read) -> std::io::Result<Vec<u8>> {
     head.truncate(filled);
     Ok(head)
 }
-
-use super::formats::content_of;
 
 /// Detects an input's layers from its first bytes.
 pub fn detect(path: &Path) -> Result<ImageKind, ImageError> {

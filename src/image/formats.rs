@@ -208,7 +208,10 @@ fn filesystems(
     };
     let mut found = Vec::new();
     for mut inside in inner {
-        let row = row_inside(&*inside.volume).map_err(ImageError::Output)?;
+        let row = row_inside(&*inside.volume).map_err(|source| ImageError::Open {
+            path: file.to_path_buf(),
+            source,
+        })?;
         if inside.partition.is_none() {
             inside.partition = slot.partition.clone();
         }
@@ -331,9 +334,10 @@ pub(crate) fn open_readers(
         (Open::Base(_), _) => return Err(unsupported(path, codec, content)),
     };
     if stack.volumes.is_empty() {
-        return Err(ImageError::Output(std::io::Error::other(
-            "no filesystem found",
-        )));
+        return Err(ImageError::Unknown {
+            path: path.to_path_buf(),
+            found: "a container with no filesystem inside".into(),
+        });
     }
     stack
         .volumes

@@ -173,9 +173,10 @@ impl Ext4Backend {
             .map(|s| open_filesystem(s.volume))
             .collect::<Result<Vec<_>, _>>()?;
         if filesystems.is_empty() {
-            return Err(ImageError::Output(std::io::Error::other(
-                "no filesystem to write into (a bug in imprint)",
-            )));
+            return Err(Ext4Error::NotExt4 {
+                why: "the container holds no filesystem".into(),
+            }
+            .into());
         }
         for fs in &filesystems {
             fs.check_writable()?;
