@@ -108,6 +108,9 @@ pub(crate) struct ProvisionArgs {
     /// Batch with --skip-existing: give outputs rebuilt from another base new passwords instead of keeping theirs
     #[arg(long, requires = "skip_existing")]
     pub(crate) rotate: bool,
+    /// Create or reuse, never rotate: an account that exists keeps the password this device's earlier output carries (--skip-existing, or the output --force replaces), or gets the --password-file one; with neither, the device fails instead of getting a new password
+    #[arg(long, conflicts_with_all = ["rotate", "offline"])]
+    pub(crate) no_rotate: bool,
     /// Batch: API calls in flight at once
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub(crate) jobs: u16,

@@ -30,6 +30,7 @@ pub(crate) fn run(args: ProvisionArgs) -> Result<ExitCode> {
         });
     }
     settings.sha1sum = args.checksum.contains(&ChecksumKind::Sha1);
+    settings.no_rotate = args.no_rotate;
     settings.mtime = source_date_epoch()?;
     // The slow path the fast paths are tested and benchmarked against.
     settings.options.full_rewrite = std::env::var_os("IMPRINT_FULL_REWRITE").is_some();

@@ -71,6 +71,7 @@ impl<'a> ProvisionDocument<'a> {
             account: report.account.map(|a| match a {
                 Provisioned::Created => "created",
                 Provisioned::PasswordUpdated => "password_updated",
+                Provisioned::Existing => "existing",
             }),
             device_conf: DeviceConfDocument {
                 gid: first.owner.gid,
