@@ -22,7 +22,13 @@ pub(crate) fn run(args: ProvisionArgs) -> Result<ExitCode> {
         .as_deref()
         .map(|path| Password::from_file(path, args.password_policy))
         .transpose()?;
-    let mut settings = Settings::new(args.owner.parse::<OwnerSpec>()?);
+    let mut settings = Settings::new(
+        args.owner
+            .as_deref()
+            .unwrap_or("root:root")
+            .parse::<OwnerSpec>()?,
+    );
+    settings.default_owner = args.owner.is_none();
     for path in &args.overlays {
         settings.overlay.extend(match stdin.take(path)? {
             Some(text) => OverlaySpec::parse(&text, "the overlay on stdin")?,
@@ -151,6 +157,7 @@ pub(crate) fn run(args: ProvisionArgs) -> Result<ExitCode> {
     });
     progress::finish();
     let report = report?;
+    warn(&report.warnings);
     if args.json {
         super::print_json(&ProvisionDocument::new(&report))?;
         return Ok(ExitCode::SUCCESS);
@@ -195,6 +202,7 @@ fn run_batch(req: BatchRequest, quiet: bool, json: bool) -> Result<ExitCode> {
     });
     progress::finish();
     let report = report?;
+    warn(&report.warnings);
     let failed = report.failed();
     let code = if failed == 0 {
         ExitCode::SUCCESS
@@ -224,4 +232,12 @@ fn run_batch(req: BatchRequest, quiet: bool, json: bool) -> Result<ExitCode> {
         report.manifest_path.display()
     );
     Ok(code)
+}
+
+/// Warnings go to stderr whatever --quiet and --json say (the JSON
+/// documents carry them too).
+fn warn(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("imprint: warning: {w}");
+    }
 }

@@ -39,6 +39,9 @@ pub(crate) struct ProvisionDocument<'a> {
     sidecar: Option<String>,
     size: Option<u64>,
     staged: Vec<String>,
+    /// Only when there is one: documents without stay as they were.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    warnings: &'a [String],
 }
 
 /// One image of a provision document (fields in alphabetical order, as
@@ -110,6 +113,7 @@ impl<'a> ProvisionDocument<'a> {
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect(),
+            warnings: &report.warnings,
         }
     }
 }
@@ -121,6 +125,9 @@ pub(crate) struct BatchDocument<'a> {
     manifest: String,
     results: Vec<BatchResult<'a>>,
     schema: &'static str,
+    /// Only when there is one: documents without stay as they were.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    warnings: &'a [String],
 }
 
 /// One serial of a batch, in the order given.
@@ -156,6 +163,7 @@ impl<'a> BatchDocument<'a> {
                 })
                 .collect(),
             schema: "imprint.batch/1",
+            warnings: &report.warnings,
         }
     }
 }

@@ -146,6 +146,9 @@ pub enum Outcome {
 pub struct BatchReport {
     pub outcomes: Vec<(String, Outcome)>,
     pub manifest_path: PathBuf,
+    /// What the caller should be told once for the run (e.g. an owner the
+    /// Loader's service user cannot read); never a secret.
+    pub warnings: Vec<String>,
 }
 
 impl BatchReport {
@@ -282,6 +285,10 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
         .map_err(ProvisionError::from)?
         .map(Arc::new);
     let (mut opened, inputs) = open_inputs(&req, say)?;
+    let warnings: Vec<String> = opened
+        .iter()
+        .flat_map(|o| o.warnings().iter().cloned())
+        .collect();
     let manifest_path = req.output_dir.join("manifest.json");
     // What an earlier run left: which base each existing output came from.
     // An unreadable one only costs rebuilds (its outputs count as stale).
@@ -321,7 +328,7 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
         }
         drop(send);
     });
-    run.finish()
+    run.finish(warnings)
 }
 
 /// Checks and creates the output directory and clears it of an
@@ -632,7 +639,7 @@ impl Run<'_> {
 
     /// The report, in the order the serials were given; the manifest is
     /// written even when nothing succeeded, so a run always leaves one.
-    fn finish(self) -> Result<BatchReport, BatchError> {
+    fn finish(self, warnings: Vec<String>) -> Result<BatchReport, BatchError> {
         let mut outcomes = self
             .outcomes
             .into_inner()
@@ -643,6 +650,7 @@ impl Run<'_> {
         Ok(BatchReport {
             outcomes,
             manifest_path: self.manifest_path,
+            warnings,
         })
     }
 }

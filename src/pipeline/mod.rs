@@ -110,6 +110,10 @@ pub struct Settings {
     /// password is new (none given, none carried by an earlier output)
     /// fails if its account exists, instead of getting that password.
     pub no_rotate: bool,
+    /// `owner` is the default (no `--owner` given): an image with the
+    /// Loader's service user then gets a warning, as that user cannot read
+    /// a root-owned 0600 device.conf.
+    pub default_owner: bool,
 }
 
 impl Settings {
@@ -133,6 +137,7 @@ impl Settings {
             sha1sum: false,
             devices: Default::default(),
             no_rotate: false,
+            default_owner: false,
         }
     }
 
@@ -178,6 +183,8 @@ enum Content {
 /// devices.
 pub struct Opened {
     source: Source,
+    /// What every device written from this input should hear of.
+    warnings: Vec<String>,
     kind: String,
     content: Content,
     facts: ImageFacts,
@@ -211,8 +218,12 @@ impl Opened {
             Content::Image(backend) => backend.facts()?,
             Content::Staging(dir) => dir.facts()?,
         };
+        let warnings = owner_warning(&source, &facts, &settings)
+            .into_iter()
+            .collect();
         Ok(Opened {
             source,
+            warnings,
             kind,
             content,
             facts,
@@ -223,6 +234,12 @@ impl Opened {
     /// What the input is, e.g. "tar archive (gzip)".
     pub fn kind(&self) -> &str {
         &self.kind
+    }
+
+    /// What every device written from this input should hear of (each
+    /// also goes into its [`Report::warnings`]).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     pub fn source(&self) -> &Source {
@@ -265,6 +282,11 @@ impl Opened {
             }
             Content::Staging(dir) => Pending::Staged(dir.stage(&plan)?),
         };
+        for w in &self.warnings {
+            if !prepared.warnings.contains(w) {
+                prepared.warnings.push(w.clone());
+            }
+        }
         prepared.pending.push(PendingOutput {
             kind: self.kind.clone(),
             owner: device_conf_owner(&plan),
@@ -297,6 +319,33 @@ impl Opened {
     }
 }
 
+/// The Loader's service user, as the provisioning runbook names it.
+const SERVICE_USER: &str = "azaion";
+
+/// The owner rule: device.conf belongs to whoever `--owner` names, and a
+/// run that did not name one (root:root) over an image that has the
+/// Loader's service user is warned: that user cannot read a root-owned
+/// 0600 file. Root stays the default because the image may have no such
+/// user, and a guessed owner would differ from what `verify` expects.
+fn owner_warning(source: &Source, facts: &ImageFacts, settings: &Settings) -> Option<String> {
+    if !settings.default_owner {
+        return None;
+    }
+    let db = UserDb::parse(facts.passwd.as_deref(), facts.group.as_deref());
+    let service = db.resolve(&OwnerSpec::User(SERVICE_USER.into())).ok()?;
+    let owner = db.resolve(&settings.owner).ok()?;
+    if owner.uid == service.uid {
+        return None;
+    }
+    let input = match source {
+        Source::Image(p) | Source::StagingDir(p) => p.display(),
+    };
+    Some(format!(
+        "{input}: device.conf gets owner {}:{} and mode 0600, but the image has the user {SERVICE_USER} (uid {}), which then cannot read it; pass --owner {SERVICE_USER} for the Loader's service user, or --owner {} to keep this owner and silence this warning",
+        owner.uid, owner.gid, service.uid, settings.owner
+    ))
+}
+
 /// The owner the plan gives device.conf, looked up by path (an extra
 /// overlay may add other files before or after it).
 fn device_conf_owner(plan: &Plan) -> Owner {
@@ -327,6 +376,7 @@ pub struct Prepared {
     job: Job,
     email: String,
     pending: Vec<PendingOutput>,
+    warnings: Vec<String>,
 }
 
 impl Prepared {
@@ -337,6 +387,7 @@ impl Prepared {
             job,
             email,
             pending: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -395,6 +446,7 @@ impl Prepared {
             email: self.email,
             outputs,
             account,
+            warnings: self.warnings,
         })
     }
 }
@@ -408,6 +460,9 @@ pub struct Report {
     pub outputs: Vec<OutputReport>,
     /// `None` when offline.
     pub account: Option<Provisioned>,
+    /// What the caller should be told (e.g. an owner the Loader's service
+    /// user cannot read); never a secret.
+    pub warnings: Vec<String>,
 }
 
 /// What was written for one input.
