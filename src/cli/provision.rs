@@ -22,6 +22,55 @@ pub(crate) fn run(args: ProvisionArgs) -> Result<ExitCode> {
         .as_deref()
         .map(|path| Password::from_file(path, args.password_policy))
         .transpose()?;
+    let mut settings = settings(&args, &mut stdin)?;
+    let mut serials = serials(&args, &mut stdin, &mut settings)?;
+    let batch_run = serials.len() != 1
+        || args.serials.is_some()
+        || (args.devices.is_some() && args.serial.is_empty() && args.rootfs_dir.is_none());
+    if args.dry_run {
+        return super::dry_run::run(&args, &serials, batch_run, password.as_ref(), &settings);
+    }
+    let api = match (&args.api_url, args.offline) {
+        (Some(url), false) => Some(args.api.config(url)?),
+        _ => None,
+    };
+    if batch_run {
+        let (Some(output), false) = (&args.output, args.image.is_empty()) else {
+            bail!("a batch needs --image IN and --output DIR");
+        };
+        return run_batch(
+            BatchRequest {
+                serials,
+                inputs: args.image.clone(),
+                output_dir: output.clone(),
+                settings,
+                password,
+                api,
+                force: args.force,
+                skip_existing: args.skip_existing,
+                rotate: args.rotate,
+                password_policy: args.password_policy,
+                jobs: args.jobs as usize,
+            },
+            args.quiet,
+            args.json,
+        );
+    }
+    let serial = serials.remove(0);
+    let inputs = single_inputs(&args, &serial)?;
+    warn_account_taken(&inputs, &serial);
+    let request = Request {
+        serial,
+        inputs,
+        password,
+        settings,
+        api,
+    };
+    run_single(request, args.quiet, args.json)
+}
+
+/// What every device of the run gets, from the flags.
+fn settings(args: &ProvisionArgs, stdin: &mut super::stdin::Stdin) -> Result<Settings> {
     let mut settings = Settings::new(
         args.owner
             .as_deref()
@@ -46,6 +95,17 @@ pub(crate) fn run(args: ProvisionArgs) -> Result<ExitCode> {
     } else {
         crate::cache::Cache::from_env()
     };
+    Ok(settings)
+}
+
+/// The serials of the run (`--serial`, `--serials`, `--devices`), each
+/// checked against the overlay before any work: its template variables,
+/// rendered paths and host source files.
+fn serials(
+    args: &ProvisionArgs,
+    stdin: &mut super::stdin::Stdin,
+    settings: &mut Settings,
+) -> Result<Vec<Serial>> {
     let mut serials = args
         .serial
         .iter()
@@ -61,55 +121,26 @@ pub(crate) fn run(args: ProvisionArgs) -> Result<ExitCode> {
     }
     if let Some(file) = &args.devices {
         let given = serials.clone();
-        serials = super::devices::load(file, &mut stdin, &given, &mut settings)?;
+        serials = super::devices::load(file, stdin, &given, settings)?;
     }
-    // Everything that can be known before any work: each device's
-    // template variables, rendered paths and host source files.
     for serial in &serials {
         settings
             .overlay
             .check_device(serial, &settings.vars_of(serial))?;
     }
-    let batch_run = serials.len() != 1
-        || args.serials.is_some()
-        || (args.devices.is_some() && args.serial.is_empty() && args.rootfs_dir.is_none());
-    if args.dry_run {
-        return super::dry_run::run(&args, &serials, batch_run, password.as_ref(), &settings);
-    }
-    let api = match (&args.api_url, args.offline) {
-        (Some(url), false) => Some(args.api.config(url)?),
-        _ => None,
-    };
-    if batch_run {
-        let Some(output) = &args.output else {
-            bail!("a batch needs --image IN and --output DIR");
-        };
-        if args.image.is_empty() {
-            bail!("a batch needs --image IN and --output DIR");
-        }
-        return run_batch(
-            BatchRequest {
-                serials,
-                inputs: args.image.clone(),
-                output_dir: output.clone(),
-                settings,
-                password,
-                api,
-                force: args.force,
-                skip_existing: args.skip_existing,
-                rotate: args.rotate,
-                password_policy: args.password_policy,
-                jobs: args.jobs as usize,
-            },
-            args.quiet,
-            args.json,
-        );
-    }
-    let serial = serials.remove(0);
-    let inputs = match (&args.image[..], &args.rootfs_dir, &args.output) {
+    Ok(serials)
+}
+
+/// One device's inputs, each with its output's final name (`None` for a
+/// staging directory).
+fn single_inputs(
+    args: &ProvisionArgs,
+    serial: &Serial,
+) -> Result<Vec<(Source, Option<std::path::PathBuf>)>> {
+    Ok(match (&args.image[..], &args.rootfs_dir, &args.output) {
         ([input], None, Some(output)) => vec![(
             Source::Image(input.clone()),
-            Some(pipeline::output_path(input, output, &serial, args.force)?),
+            Some(pipeline::output_path(input, output, serial, args.force)?),
         )],
         // Several images of one device: each gets `<serial>-<its name>`
         // in the output directory.
@@ -121,33 +152,35 @@ pub(crate) fn run(args: ProvisionArgs) -> Result<ExitCode> {
             images
                 .iter()
                 .map(|input| {
-                    let out = pipeline::output_path(input, &dir, &serial, args.force)?;
+                    let out = pipeline::output_path(input, &dir, serial, args.force)?;
                     Ok((Source::Image(input.clone()), Some(out)))
                 })
                 .collect::<Result<Vec<_>>>()?
         }
         ([], Some(dir), None) => vec![(Source::StagingDir(dir.clone()), None)],
         _ => bail!("give --image IN --output OUT, or --rootfs-dir DIR"),
-    };
-    for (_, out) in &inputs {
+    })
+}
+
+/// A batch's manifest in an output's directory that gives this account to
+/// another serial: that serial's image stops logging in.
+fn warn_account_taken(inputs: &[(Source, Option<std::path::PathBuf>)], serial: &Serial) {
+    for (_, out) in inputs {
         let dir = out.as_deref().and_then(std::path::Path::parent);
-        if let Some(other) = dir.and_then(|d| batch::account_taken_by(d, &serial)) {
+        if let Some(other) = dir.and_then(|d| batch::account_taken_by(d, serial)) {
             eprintln!(
                 "imprint: warning: manifest.json in that directory already holds {} for {other}, whose image will stop logging in once {serial} is provisioned",
                 serial.email()
             );
         }
     }
-    let request = Request {
-        serial,
-        inputs,
-        password,
-        settings,
-        api,
-    };
+}
+
+/// One device end to end, and its result line (or document).
+fn run_single(request: Request, quiet: bool, json: bool) -> Result<ExitCode> {
     #[cfg(feature = "test-hooks")]
     super::panic::panic_if_asked(&request);
-    let quiet = args.quiet || args.json;
+    let quiet = quiet || json;
     super::show_progress(!quiet);
     let report = pipeline::run(request, &mut |line| {
         progress::finish();
@@ -158,7 +191,7 @@ pub(crate) fn run(args: ProvisionArgs) -> Result<ExitCode> {
     progress::finish();
     let report = report?;
     warn(&report.warnings);
-    if args.json {
+    if json {
         super::print_json(&ProvisionDocument::new(&report))?;
         return Ok(ExitCode::SUCCESS);
     }
