@@ -10,8 +10,8 @@
 #   p2972-0000.conf.common:249-265, p3767.conf.common:204-208) choose the
 #   layout: APP; APP + APP_b; APP (system_boot.img) + APP_ENC
 #   (system_root_encrypted.img); or all four with _b.
-# - `-c LAYOUT`: another partition layout (XML) to substitute, as
-#   CFGFILE=${OPTARG} (flash.sh:1780) does.
+# - `-c LAYOUT` (CFGFILE=${OPTARG}, flash.sh:1780) or EMMC_CFG=LAYOUT in
+#   the board config: another partition layout (XML) to substitute.
 # - `--no-flash`: everything but flashing (flash.sh:1809, 4181-4184).
 # - `-r`: "skip building and reuse existing system.img" (flash.sh:272, 1789):
 #   nothing is built, and sysfile_exist (flash.sh:1077-1106) requires
@@ -66,6 +66,12 @@ done
 [ $# -eq 2 ] || { echo "Usage: flash.sh [options] <target_board> <rootdev>" >&2; exit 1; }
 board=$1 rootdev=$2
 [ -f "$board.conf" ] || { echo "Error: $board.conf is not found" >&2; exit 1; }
+# The board config may name its own layout (EMMC_CFG, as
+# p2972-0000.conf.common:254 does; flash.sh sources it at :1665).
+EMMC_CFG=""
+# shellcheck disable=SC1090
+source "./$board.conf"
+[ -z "$layout" ] && [ -n "$EMMC_CFG" ] && layout=$EMMC_CFG
 rootfs_ab=0 disk_enc=0
 [ "${ROOTFS_AB:-}" = 1 ] && rootfs_ab=1
 [ "${ROOTFS_ENC:-}" = 1 ] && disk_enc=1
