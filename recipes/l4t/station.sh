@@ -21,7 +21,9 @@
 # bootloader/system.img.base, system.img_b (APP_b) as
 # bootloader/system.img_b.base, each with the UUID file it was built with
 # (l4t-rootfs-uuid.txt, l4t-rootfs-uuid.txt_b) as <base>.uuid, and the
-# layout as bootloader/system.img.base.layout. Each image's extlinux.conf
+# layout as bootloader/system.img.base.layout (with the board config's
+# digest: a changed config means another layout, and is refused until
+# --prepare runs again). Each image's extlinux.conf
 # boots root=PARTUUID=<its UUID>, and flash.sh gives APP and APP_b the UUIDs
 # in those files, so image and file must match or the slot does not boot.
 #
@@ -94,13 +96,14 @@ slots_of() {
 }
 
 if [ "$what" = --prepare ]; then
+    # A failed --prepare leaves nothing an earlier one kept.
+    rm -f bootloader/system.img.base* bootloader/system.img_b.base*
     as_root ./flash.sh --no-flash "$board" "$rootdev"
     [ -f bootloader/flash.xml ] || die "flash.sh left no bootloader/flash.xml to read the layout from"
     slots=$(slots_of bootloader/flash.xml)
     if [ "$ab" = 1 ] && ! grep -q '^APP_b ' <<< "$slots"; then
         die "ROOTFS_AB=1 but bootloader/flash.xml has no APP_b partition: this board's layout has one rootfs slot. Run without ROOTFS_AB."
     fi
-    rm -f bootloader/system.img.base* bootloader/system.img_b.base*
     while read -r _ file uuid; do
         [ -f "bootloader/$file" ] || die "the layout flashes bootloader/$file, which flash.sh did not build"
         [ -f "$uuid" ] || die "no $uuid beside bootloader/$file"
@@ -109,12 +112,16 @@ if [ "$what" = --prepare ]; then
         echo "station: kept bootloader/$file as bootloader/$file.base, $uuid as bootloader/$file.base.uuid"
     done <<< "$slots"
     cp -p bootloader/flash.xml "$saved_layout"
+    # The board config chooses the layout flash.sh -r will use again.
+    sha256sum "$board.conf" > "$saved_layout.conf.sha256"
     exit 0
 fi
 
 serial=$what
 [ -f "$saved_layout" ] || die "no $saved_layout; run station.sh --prepare $board $rootdev first"
 slots=$(slots_of "$saved_layout")
+sha256sum --quiet -c "$saved_layout.conf.sha256" > /dev/null 2>&1 ||
+    die "$board.conf is not the one --prepare read (another board, or it changed): flash.sh could flash another layout. Run station.sh --prepare $board $rootdev again"
 if [ "$ab" = 1 ] && ! grep -q '^APP_b ' <<< "$slots"; then
     die "ROOTFS_AB=1, but --prepare ran without it: flash.sh -r would also flash system.img_b, which holds no credentials. Run station.sh --prepare with ROOTFS_AB=1 first"
 fi
