@@ -481,8 +481,18 @@ fn l4t_station_ab_stamps_both_slots_with_one_password() {
         sha256(&bl.join("system.img_b")),
     ];
 
+    let modes = dir.path().join("modes");
+    let mut ab_modes = ab.to_vec();
+    let modes_str = modes.to_string_lossy().to_string();
+    ab_modes.push(("L4T_STANDIN_MODES", &modes_str));
     for (n, serial) in ["AZJN-0042", "AZJN-0043"].iter().enumerate() {
-        let o = station_online(&l4t, &device, &server, &ab, &[serial, BOARD, "mmcblk0p1"]);
+        let o = station_online(
+            &l4t,
+            &device,
+            &server,
+            &ab_modes,
+            &[serial, BOARD, "mmcblk0p1"],
+        );
         assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
         let calls = account_calls(&server);
         assert_eq!(calls.len(), n + 1, "one account call per device: {calls:?}");
@@ -509,6 +519,11 @@ fn l4t_station_ab_stamps_both_slots_with_one_password() {
         assert_ne!(
             fs::read_to_string(device.join("APP.partuuid")).unwrap(),
             fs::read_to_string(device.join("APP_b.partuuid")).unwrap()
+        );
+        assert_eq!(
+            fs::read_to_string(&modes).unwrap(),
+            "system.img 600\nsystem.img_b 600\n".repeat(n + 1),
+            "the stamped copies flashed are 0600"
         );
         assert_eq!(sha256(&bl.join("system.img")), bases[0], "base A is back");
         assert_eq!(sha256(&bl.join("system.img_b")), bases[1], "base B is back");

@@ -18,7 +18,8 @@
 #   system.img, and system.img_b with ROOTFS_AB=1; with ROOTFS_ENC=1
 #   system_boot.img and system_root_encrypted.img (and their _b).
 # - `--sign`, `--no-systemimg`, `--external-device`, `-S SIZE`: accepted.
-# - L4T_STANDIN_FAIL=1 makes the flash fail after the images were read.
+# - L4T_STANDIN_FAIL=1 makes the flash fail after the images were read;
+#   L4T_STANDIN_MODES=FILE gets "FILE MODE" for each file flashed.
 #
 # Files, as the real script handles them:
 # - bootloader/l4t-rootfs-uuid.txt (and _b with ROOTFS_AB=1): read when
@@ -181,6 +182,8 @@ device=${L4T_STANDIN_DEVICE:?}
 mkdir -p "$device"
 while read -r name file guid; do
     [ -f "bootloader/$file" ] || { echo "Error: bootloader/$file ($name) not found" >&2; exit 1; }
+    # For the tests (not NVIDIA's): the mode of each file flashed.
+    [ -z "${L4T_STANDIN_MODES:-}" ] || stat -c "$file %a" "bootloader/$file" >> "$L4T_STANDIN_MODES"
     if [ "$(head -c4 "bootloader/$file" | od -An -tx1 | tr -d ' \n')" = 3aff26ed ]; then
         simg2img "bootloader/$file" "$device/$name.img"
     else
