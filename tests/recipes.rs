@@ -622,6 +622,21 @@ fn l4t_station_refuses_what_it_cannot_stamp() {
     )
     .unwrap();
     fs::write(l4t.join(format!("{BOARD}.conf")), "EMMC_CFG=custom.xml\n").unwrap();
+    // The board config changed after --prepare: refused per device.
+    let o = station_online(
+        &l4t,
+        &device,
+        &server,
+        &[],
+        &["AZJN-0043", BOARD, "mmcblk0p1"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("is not the one --prepare read"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!device.exists());
     let o = station_online(
         &l4t,
         &device,
