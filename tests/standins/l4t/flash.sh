@@ -1,5 +1,5 @@
 #!/bin/bash
-# Stand-in for NVIDIA's Linux_for_Tegra/flash.sh, used by tests/recipes.rs.
+# Stand-in for NVIDIA's Linux_for_Tegra/flash.sh, used by tests/it/recipes.rs.
 # Our own code: it reproduces the files the real script (release r35.3.1,
 # cited below as flash.sh:LINE) reads and writes for the flags and
 # variables users pass, and flashes nothing; the "device" is the directory

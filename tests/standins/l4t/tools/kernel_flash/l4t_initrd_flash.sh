@@ -1,6 +1,6 @@
 #!/bin/bash
 # Stand-in for NVIDIA's tools/kernel_flash/l4t_initrd_flash.sh, used by
-# tests/recipes.rs. Our own code: it reproduces the files the real scripts
+# tests/it/recipes.rs. Our own code: it reproduces the files the real scripts
 # (release r35.3.1: l4t_initrd_flash.sh, l4t_initrd_flash.func,
 # l4t_create_images_for_kernel_flash.sh, l4t_flash_from_kernel.sh, cited
 # below by name and line) read and write, and flashes nothing; each

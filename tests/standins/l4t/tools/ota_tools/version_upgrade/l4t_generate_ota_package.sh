@@ -1,6 +1,6 @@
 #!/bin/bash
 # Stand-in for NVIDIA's tools/ota_tools/version_upgrade/l4t_generate_ota_package.sh,
-# used by tests/recipes.rs. Our own code reproducing the files the real one
+# used by tests/it/recipes.rs. Our own code reproducing the files the real one
 # reads and writes (R35 OTA tools, 2019-2024 version, as stored in
 # Seeed-Studio/Linux_for_Tegra; not in the r35.3.1 BSP mirror: NVIDIA ships
 # the OTA tools as a separate tarball). Cited by the real script's

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Stand-in for NVIDIA's tools/ota_tools/version_upgrade/nv_ota_preserve_data.sh,
-# used by tests/recipes.rs. Our own code reproducing what the real one does
+# used by tests/it/recipes.rs. Our own code reproducing what the real one does
 # (cited as preserve:LINE from the R35 OTA tools, 2020-2023 version, stored
 # in Seeed-Studio/Linux_for_Tegra at commit 573eaf03; the r35.3.1 BSP
 # mirror does not carry the OTA tools, which NVIDIA ships as a separate

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Stand-in for NVIDIA's tools/ota_tools/version_upgrade/nv_ota_rootfs_updater.sh,
-# used by tests/recipes.rs. Our own code reproducing what the real one does
+# used by tests/it/recipes.rs. Our own code reproducing what the real one does
 # to the rootfs partition (R35 OTA tools, stored in
 # Seeed-Studio/Linux_for_Tegra at commit 573eaf03; not in the r35.3.1 BSP
 # mirror: NVIDIA ships the OTA tools as a separate tarball). Cited by the
