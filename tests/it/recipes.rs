@@ -1720,7 +1720,7 @@ fn ci_recipes_parse_and_use_real_flags() {
                     .split_whitespace()
                     .filter(|w| w.starts_with("--"))
                 {
-                    let flag = flag.trim_end_matches(['"', ';', ')']);
+                    let flag = flag.trim_end_matches(['"', ';', ')', '`']);
                     assert!(help.contains(flag), "{file}: `{sub}` has no flag {flag}");
                     checked += 1;
                 }
