@@ -72,7 +72,7 @@ for arg in "$@"; do
     fi
 done
 if [ "${ROOTFS_ENC:-}" = 1 ]; then
-    die "ROOTFS_ENC=1: encrypted rootfs is not served yet. The rootfs would be inside the LUKS container system_root_encrypted.img, which imprint cannot write into yet (see imprint issue 24). Flash without ROOTFS_ENC, or wait for encrypted-rootfs support; nothing was changed."
+    die "ROOTFS_ENC=1: encrypted rootfs is not served yet. The rootfs would be inside the LUKS container system_root_encrypted.img, which imprint cannot write into yet (see imprint issue 24). Flash without ROOTFS_ENC, or use the staging flow (sample-rootfs.sh --rootfs-dir rootfs SERIAL -- ./tools/kernel_flash/l4t_initrd_flash.sh ...), where the flash tool builds the encrypted image from the stamped rootfs/; nothing was changed."
 fi
 
 # The APP images the layout writes, one "LOCATION FILE" a line: the files

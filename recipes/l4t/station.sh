@@ -62,7 +62,7 @@ die() { echo "station: $*" >&2; exit 1; }
 
 # The board configs enable a mode only when the variable is exactly 1.
 if [ "${ROOTFS_ENC:-}" = 1 ]; then
-    die "ROOTFS_ENC=1: encrypted rootfs is not served yet. flash.sh would flash system_boot.img and the LUKS container system_root_encrypted.img, not system.img, and imprint cannot write into the container yet (see imprint issue 24). Flash without ROOTFS_ENC, or wait for encrypted-rootfs support; nothing was changed."
+    die "ROOTFS_ENC=1: encrypted rootfs is not served yet. flash.sh would flash system_boot.img and the LUKS container system_root_encrypted.img, not system.img, and imprint cannot write into the container yet (see imprint issue 24). Flash without ROOTFS_ENC, or use the staging flow (sample-rootfs.sh --rootfs-dir rootfs SERIAL -- ./flash.sh BOARD ROOTDEV), where flash.sh builds the encrypted image from the stamped rootfs/; nothing was changed."
 fi
 ab=0
 [ "${ROOTFS_AB:-}" = 1 ] && ab=1

@@ -1047,6 +1047,38 @@ fn l4t_sample_rootfs_staging_tree_after_the_user_exists() {
     assert!(!root.join("etc/azaion/device.conf").exists());
 }
 
+/// The staging flow with the stand-in flash.sh and ROOTFS_ENC=1: flash.sh
+/// builds the encrypted rootfs image from the stamped rootfs/, so the
+/// device's APP_ENC partition carries the credentials (the stand-in does
+/// not encrypt: this checks which file goes where), and rootfs/ is clean
+/// afterwards.
+#[test]
+fn l4t_sample_rootfs_staging_tree_serves_encrypted_rootfs() {
+    let dir = TempDir::new().unwrap();
+    let l4t = l4t_tree(dir.path());
+    let device = dir.path().join("device");
+    let pw = write_password(dir.path(), PASSWORD);
+    let o = run(shell(&recipe("l4t/sample-rootfs.sh"))
+        .current_dir(&l4t)
+        .args([
+            "--rootfs-dir",
+            "rootfs",
+            "AZJN-0042",
+            "--",
+            "./flash.sh",
+            BOARD,
+            "mmcblk0p1",
+        ])
+        .env("IMPRINT_OFFLINE_PASSWORD_FILE", &pw)
+        .env("ROOTFS_ENC", "1")
+        .env("L4T_STANDIN_DEVICE", &device));
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let (conf, owner, _) = app_partition(&device.join("APP_ENC.img"));
+    assert_eq!(conf, conf_text(EMAIL, PASSWORD));
+    assert_eq!(owner, "1001:1001 600");
+    assert!(!l4t.join("rootfs/etc/azaion/device.conf").exists());
+}
+
 /// Where .ci/run installs BitBake's `bb` package (the bitbake-setup wheel
 /// from PyPI carries it), for the class to be parsed and run by BitBake.
 fn bitbake_pythonpath() -> Option<PathBuf> {
