@@ -14,6 +14,9 @@ use crate::io::output;
 use crate::owner::{OwnerSpec, UserDb};
 use crate::plan::ImagePath;
 
+mod clean;
+pub use clean::{check_clean, CleanReport, FoundSecret};
+
 /// Where the runbook puts the credentials.
 pub const DEVICE_CONF: &str = "/etc/azaion/device.conf";
 const MAX_CONF: u64 = 64 << 10;
@@ -29,8 +32,7 @@ pub struct Expectations {
     pub login: Option<AdminConfig>,
     /// The form the password must have.
     pub password_policy: PasswordPolicy,
-    /// How to read the image (which partitions of a disk image: each one
-    /// is checked).
+    /// How to read the image (which partition of a disk image).
     pub image: ImageOptions,
 }
 
@@ -151,7 +153,57 @@ pub fn verify(path: &Path, expect: &Expectations) -> Result<VerifyReport, ImageE
     Ok(report)
 }
 
-/// The image's SHA-256 against its `sha256sum -c` sidecar, if it has one.
+/// Every check of device.conf in one filesystem (a partition of a disk
+/// image, or the whole input).
+fn check_filesystem(
+    reader: &mut dyn ImageReader,
+    expect: &Expectations,
+    report: &mut Checks,
+) -> Result<(), ImageError> {
+    let (conf, passwd, group) = read_files(reader)?;
+    let Some((meta, content)) = conf else {
+        let place = if report.partition.is_some() {
+            "this partition"
+        } else {
+            "the image"
+        };
+        report.add("present", false, format!("{DEVICE_CONF} is not in {place}"));
+        return Ok(());
+    };
+    report.add("present", true, DEVICE_CONF);
+    if !check_file(report, &meta) {
+        return Ok(());
+    }
+    let db = UserDb::parse(passwd.as_deref(), group.as_deref());
+    check_owner(report, &meta, &db, expect.owner.as_ref());
+    // The file holds the password: wiped when this check is done with it.
+    let content = match content {
+        Some(c) if meta.size <= MAX_CONF => zeroize::Zeroizing::new(c),
+        _ => {
+            report.add(
+                "contents",
+                false,
+                format!("{} bytes is too large for device.conf", meta.size),
+            );
+            return Ok(());
+        }
+    };
+    let parsed = identity::parse_device_conf(&content);
+    check_credentials(report, &parsed, expect);
+    if let Some(result) = reader.fsck() {
+        match result {
+            Ok(()) => report.add("e2fsck", true, "e2fsck -fn found no problems"),
+            Err(why) => report.add("e2fsck", false, why),
+        };
+    }
+    if let Some(login) = &expect.login {
+        check_login(report, &parsed, login);
+    }
+    Ok(())
+}
+
+/// The `checksum` check, when the image has a sidecar (or a sidecar
+/// without its line).
 fn check_sidecar(path: &Path, report: &mut Checks) -> Result<(), ImageError> {
     match output::read_sidecar(path) {
         Ok(Some(recorded)) => {
@@ -190,15 +242,14 @@ fn check_sidecar(path: &Path, report: &mut Checks) -> Result<(), ImageError> {
     Ok(())
 }
 
-/// Every check of device.conf in one filesystem.
-fn check_filesystem(
-    reader: &mut dyn ImageReader,
-    expect: &Expectations,
-    report: &mut Checks,
-) -> Result<(), ImageError> {
-    let conf_path = ImagePath::parse(DEVICE_CONF).expect("constant");
+/// device.conf (if there) and the content of /etc/passwd and /etc/group.
+type Files = (Option<image::Found>, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// device.conf (metadata and content) and the user database, in one
+/// lookup (one pass over a tar).
+fn read_files(reader: &mut dyn image::ImageReader) -> Result<Files, ImageError> {
     let paths = [
-        conf_path,
+        ImagePath::parse(DEVICE_CONF).expect("constant"),
         ImagePath::parse("/etc/passwd").expect("constant"),
         ImagePath::parse("/etc/group").expect("constant"),
     ];
@@ -206,17 +257,12 @@ fn check_filesystem(
     let group = found.pop().flatten().and_then(|(_, c)| c);
     let passwd = found.pop().flatten().and_then(|(_, c)| c);
     let conf = found.pop().flatten();
+    Ok((conf, passwd, group))
+}
 
-    let Some((meta, content)) = conf else {
-        let place = if report.partition.is_some() {
-            "this partition"
-        } else {
-            "the image"
-        };
-        report.add("present", false, format!("{DEVICE_CONF} is not in {place}"));
-        return Ok(());
-    };
-    report.add("present", true, DEVICE_CONF);
+/// The `regular file` and `mode` checks; false when the file is not one
+/// whose content is worth reading.
+fn check_file(report: &mut Checks, meta: &image::FileMeta) -> bool {
     if !report.add(
         "regular file",
         meta.kind == EntryType::Regular && meta.links <= 1,
@@ -228,7 +274,7 @@ fn check_filesystem(
             kind => format!("{kind:?}").to_lowercase(),
         },
     ) {
-        return Ok(());
+        return false;
     }
     let acls: Vec<&str> = meta
         .xattrs
@@ -249,16 +295,22 @@ fn check_filesystem(
             )
         },
     );
+    true
+}
 
-    let db = UserDb::parse(passwd.as_deref(), group.as_deref());
-    let spec = expect
-        .owner
-        .clone()
-        .unwrap_or(OwnerSpec::User("root".into()));
+/// The `owner` check: the ids `expected` names in the image's own
+/// database (root:root when not given), and names that map to them.
+fn check_owner(
+    report: &mut Checks,
+    meta: &image::FileMeta,
+    db: &UserDb,
+    expected: Option<&OwnerSpec>,
+) {
+    let spec = expected.cloned().unwrap_or(OwnerSpec::User("root".into()));
     match db.resolve(&spec) {
         Ok(owner) => {
             let ids = meta.uid == owner.uid && meta.gid == owner.gid;
-            let names = names_problem(&meta, &db);
+            let names = names_problem(meta, db);
             let detail = format!(
                 "{}:{} (expected {}:{} for {spec})",
                 meta.uid, meta.gid, owner.uid, owner.gid
@@ -270,20 +322,10 @@ fn check_filesystem(
         }
         Err(e) => report.add("owner", false, e.to_string()),
     };
+}
 
-    // The file holds the password: wiped when this check is done with it.
-    let content = match content {
-        Some(c) if meta.size <= MAX_CONF => zeroize::Zeroizing::new(c),
-        _ => {
-            report.add(
-                "contents",
-                false,
-                format!("{} bytes is too large for device.conf", meta.size),
-            );
-            return Ok(());
-        }
-    };
-    let parsed = identity::parse_device_conf(&content);
+/// The `email`, `password` and `email matches serial` checks.
+fn check_credentials(report: &mut Checks, parsed: &identity::DeviceConf, expect: &Expectations) {
     let email_ok = parsed
         .email
         .as_deref()
@@ -323,27 +365,22 @@ fn check_filesystem(
             format!("expected {want} for {serial}"),
         );
     }
-    if let Some(result) = reader.fsck() {
-        match result {
-            Ok(()) => report.add("e2fsck", true, "e2fsck -fn found no problems"),
-            Err(why) => report.add("e2fsck", false, why),
-        };
-    }
-    if let Some(login) = &expect.login {
-        match (&parsed.email, &parsed.password) {
-            (Some(email), Some(password)) => match admin::login(login, email, password) {
-                Ok(()) => report.add(
-                    "login",
-                    true,
-                    format!(
-                        "POST {}/login accepted",
-                        login.base_url.trim_end_matches('/')
-                    ),
+}
+
+/// The `login` check: the credentials tried at the Loader.
+fn check_login(report: &mut Checks, parsed: &identity::DeviceConf, login: &AdminConfig) {
+    match (&parsed.email, &parsed.password) {
+        (Some(email), Some(password)) => match admin::login(login, email, password) {
+            Ok(()) => report.add(
+                "login",
+                true,
+                format!(
+                    "POST {}/login accepted",
+                    login.base_url.trim_end_matches('/')
                 ),
-                Err(e) => report.add("login", false, e.to_string()),
-            },
-            _ => report.add("login", false, "no credentials to try"),
-        };
-    }
-    Ok(())
+            ),
+            Err(e) => report.add("login", false, e.to_string()),
+        },
+        _ => report.add("login", false, "no credentials to try"),
+    };
 }
