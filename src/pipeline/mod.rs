@@ -527,8 +527,7 @@ fn check_output_dir(dir: &Path) -> Result<(), ProvisionError> {
         dir: dir.to_path_buf(),
         source,
     })?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = rustix::process::geteuid().as_raw();
     let foreign_owner = meta.uid() != me && meta.uid() != 0;
     let open_to_others = meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0;
     if foreign_owner || open_to_others {
