@@ -2,7 +2,7 @@
 //! binary under test, and it is installed into a scratch root with
 //! `dpkg -x` and run from there.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;
