@@ -94,24 +94,34 @@
 //! library alone, with no command line and no HTTP server.
 
 pub mod admin;
-pub mod cache;
+pub(crate) mod cache;
 #[cfg(feature = "cli")]
 pub mod cli;
-pub mod compress;
+pub(crate) mod compress;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod identity;
 pub mod image;
-pub mod io;
+pub(crate) mod io;
 pub mod owner;
 pub mod pipeline;
 pub mod plan;
-pub mod redact;
+pub(crate) mod redact;
 #[cfg(feature = "demo")]
 pub mod stub;
 mod sync;
 pub mod verify;
+
+// The entry points, for `use imprint::{...}`; each module has the rest of
+// its part (its errors, the types its entry points take and give).
+pub use admin::{AdminConfig, AdminError};
+pub use identity::{IdentityError, Password, PasswordPolicy, Serial};
+pub use image::{open_reader, ImageError, ImageOptions, Inspect};
+pub use owner::{OwnerError, OwnerSpec};
+pub use pipeline::{run, OutputReport, ProvisionError, Report, Request, Settings, Source};
+pub use plan::{OverlayError, OverlaySpec};
+pub use verify::{verify, Expectations, VerifyReport};
 
 /// An error and its causes on one line, as the CLI prints them: each
 /// error in imprint says its own part once and leaves the cause to the

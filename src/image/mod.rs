@@ -3,24 +3,35 @@
 
 mod compressed;
 mod detect;
-pub mod dir;
-pub mod disk;
-pub mod ext4;
+pub(crate) mod dir;
+pub(crate) mod disk;
+pub(crate) mod ext4;
 mod listing;
-pub mod resolve;
+pub(crate) mod resolve;
+// Public for the integration tests and the demo alone, which need sparse
+// images with DONT_CARE chunks that no installed tool makes.
+#[doc(hidden)]
 pub mod sparse;
-pub mod tar;
+pub(crate) mod tar;
 
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+pub use crate::io::bmap::BmapError;
 use crate::io::output::TempOutput;
 pub use crate::plan::model::{EntryType, FileMeta};
 use crate::plan::{ImagePath, OverlayError, Plan};
-pub use detect::{detect, Content, ImageKind};
+pub use detect::ImageKind;
+pub(crate) use detect::{detect, Content};
+pub use dir::DirError;
+pub use disk::{DiskError, PartitionChoice};
+pub use ext4::{use_library, Ext4Error};
+pub use sparse::SparseError;
+pub use tar::TarError;
 
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ImageError {
     #[error("cannot read {path}")]
     Open {
@@ -90,7 +101,7 @@ pub enum ImageError {
 
 /// What planning needs to know about an image before writing into it.
 #[derive(Debug, Default)]
-pub struct ImageFacts {
+pub(crate) struct ImageFacts {
     pub passwd: Option<Vec<u8>>,
     pub group: Option<Vec<u8>>,
     /// The time new entries get when SOURCE_DATE_EPOCH is unset: a time
@@ -106,7 +117,7 @@ pub struct ImageFacts {
 
 /// A format backend for an input image file. Backends never open the input
 /// for writing; they write a complete new image into `out`.
-pub trait ImageBackend {
+pub(crate) trait ImageBackend {
     /// Reads /etc/passwd, /etc/group and the reference mtime.
     fn facts(&mut self) -> Result<ImageFacts, ImageError>;
     /// Writes the input with `plan` applied into `out`.
@@ -115,6 +126,7 @@ pub trait ImageBackend {
 
 /// One name found by [`Inspect::list`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Listed {
     /// Relative to the image's root, e.g. `etc/azaion/device.conf`.
     pub path: String,
@@ -176,6 +188,7 @@ pub type Found = (FileMeta, Option<Vec<u8>>);
 
 /// How inputs are read and outputs written, beyond the plan itself.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct ImageOptions {
     /// Decompress and recompress the whole image even where a faster path
     /// would keep the input's bytes: tests and benchmarks compare the two.
@@ -185,7 +198,7 @@ pub struct ImageOptions {
     pub partition: Option<disk::PartitionChoice>,
     /// Where tar scans are kept for the next run from the same input
     /// (`src/cache/`); `None` scans every time.
-    pub cache: Option<crate::cache::Cache>,
+    pub(crate) cache: Option<crate::cache::Cache>,
 }
 
 /// Opens `path` for writing plans over `targets` into outputs that go in
@@ -193,7 +206,7 @@ pub struct ImageOptions {
 /// compose outside in: a codec around a raw image decompresses it into a
 /// scratch file first; a disk image narrows to its rootfs partition; the
 /// content (tar, ext2/3/4, sparse) is what the plan is written into.
-pub fn open_backend(
+pub(crate) fn open_backend(
     path: &Path,
     kind: ImageKind,
     targets: &[ImagePath],

@@ -49,19 +49,6 @@ impl<R: ReadAt> Window<R> {
     pub fn new(inner: R, offset: u64, len: u64) -> Window<R> {
         Window { inner, offset, len }
     }
-
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Where the window starts in the underlying device.
-    pub fn offset(&self) -> u64 {
-        self.offset
-    }
 }
 
 impl<R: ReadAt> ReadAt for Window<R> {
