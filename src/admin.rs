@@ -12,6 +12,7 @@ use zeroize::Zeroizing;
 use crate::identity::Password;
 
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum AdminError {
     #[error("invalid API URL {url:?}: {why}")]
     BadUrl { url: String, why: &'static str },
@@ -117,6 +118,7 @@ fn check_token(token: &str) -> Result<(), AdminError> {
 
 /// What the provisioning call did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Provisioned {
     /// POST /users answered 200 or 201.
     Created,
@@ -487,7 +489,7 @@ pub fn login(config: &AdminConfig, email: &str, password: &Password) -> Result<(
 
 /// True when the URL's host is this machine (127.0.0.0/8, ::1,
 /// localhost): plain http there never crosses a network.
-pub fn is_loopback(url: &str) -> bool {
+pub(crate) fn is_loopback(url: &str) -> bool {
     let Ok(parsed) = reqwest::Url::parse(url) else {
         return false;
     };
@@ -500,7 +502,7 @@ pub fn is_loopback(url: &str) -> bool {
 }
 
 /// True for a plain-http URL (credentials would cross the network in clear).
-pub fn is_plain_http(url: &str) -> bool {
+pub(crate) fn is_plain_http(url: &str) -> bool {
     url.get(..7)
         .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
 }

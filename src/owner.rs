@@ -8,6 +8,7 @@ use std::str::FromStr;
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OwnerError {
     #[error("invalid owner {0:?}: expected USER, USER:GROUP or UID:GID")]
     Syntax(String),
@@ -81,6 +82,7 @@ impl fmt::Display for OwnerSpec {
 
 /// A resolved owner: numeric ids plus the names tar headers carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Owner {
     pub uid: u32,
     pub gid: u32,
@@ -110,7 +112,7 @@ struct DbEntry {
 
 /// The image's user and group databases.
 #[derive(Debug, Clone, Default)]
-pub struct UserDb {
+pub(crate) struct UserDb {
     users: Vec<DbEntry>,
     groups: Vec<DbEntry>,
     has_passwd: bool,

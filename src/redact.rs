@@ -29,9 +29,6 @@ pub fn register(secret: &str) {
 /// file is written (RLIMIT_CORE 0) and the process is not dumpable
 /// (PR_SET_DUMPABLE 0 also blocks ptrace attach and /proc/PID/mem reads by
 /// non-root users). Called first thing by the CLI.
-// Only the command line (src/cli/) calls this: the library alone leaves
-// signals, panics and process limits to its caller.
-#[cfg_attr(not(feature = "cli"), allow(dead_code))]
 pub fn protect_process() -> std::io::Result<()> {
     use rustix::process::{self, DumpableBehavior, Resource, Rlimit};
     let no_core = Rlimit {
@@ -44,9 +41,6 @@ pub fn protect_process() -> std::io::Result<()> {
 }
 
 /// `text` with every registered secret replaced by `<redacted>`.
-// Only the command line (src/cli/) calls this: the library alone leaves
-// signals, panics and process limits to its caller.
-#[cfg_attr(not(feature = "cli"), allow(dead_code))]
 pub fn scrub(text: &str) -> String {
     let known = crate::sync::lock(&KNOWN).clone();
     let bytes = text.as_bytes();

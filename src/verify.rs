@@ -14,7 +14,7 @@ use crate::owner::{OwnerSpec, UserDb};
 use crate::plan::ImagePath;
 
 /// Where the runbook puts the credentials.
-pub const DEVICE_CONF: &str = "/etc/azaion/device.conf";
+pub(crate) const DEVICE_CONF: &str = "/etc/azaion/device.conf";
 const MAX_CONF: u64 = 64 << 10;
 const MAX_DB: u64 = 16 << 20;
 
@@ -33,6 +33,7 @@ pub struct Expectations {
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Check {
     pub name: String,
     pub passed: bool,
@@ -48,6 +49,7 @@ impl std::fmt::Display for Check {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct VerifyReport {
     pub image: PathBuf,
     pub checks: Vec<Check>,

@@ -28,8 +28,8 @@ pub enum Content {
 /// An input's layers: its compression and what is inside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImageKind {
-    pub compression: Compression,
-    pub content: Content,
+    pub(crate) compression: Compression,
+    pub(crate) content: Content,
 }
 
 impl ImageKind {

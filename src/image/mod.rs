@@ -201,6 +201,24 @@ pub struct ImageOptions {
     pub(crate) cache: Option<crate::cache::Cache>,
 }
 
+impl ImageOptions {
+    /// Keeps what a tarball's scan learned for the next run from the same
+    /// input, in the scan cache where the environment puts it
+    /// (`$IMPRINT_CACHE_DIR`, else `$XDG_CACHE_HOME/imprint`, else
+    /// `~/.cache/imprint`; docs/formats.md, "Scan cache"), as `imprint
+    /// provision` does unless `--no-cache`. Without such a place, every
+    /// run scans.
+    ///
+    /// ```
+    /// let options = imprint::ImageOptions::default().with_scan_cache();
+    /// # let _ = options;
+    /// ```
+    pub fn with_scan_cache(mut self) -> ImageOptions {
+        self.cache = crate::cache::Cache::from_env();
+        self
+    }
+}
+
 /// Opens `path` for writing plans over `targets` into outputs that go in
 /// `output_dir` (where a backend may keep large scratch files). The layers
 /// compose outside in: a codec around a raw image decompresses it into a

@@ -29,9 +29,6 @@ pub fn unregister(path: &Path) {
 }
 
 /// Removes every live temp file. Called from the signal handler thread.
-// Only the command line (src/cli/) calls this: the library alone leaves
-// signals, panics and process limits to its caller.
-#[cfg_attr(not(feature = "cli"), allow(dead_code))]
 pub fn remove_live_temps() {
     let paths = std::mem::take(&mut *crate::sync::lock(&LIVE_TEMPS));
     for p in paths {
@@ -42,9 +39,6 @@ pub fn remove_live_temps() {
 /// Installs handlers so SIGINT, SIGTERM, SIGHUP and SIGQUIT remove temp
 /// files and exit with 128 + the signal number (130 for Ctrl-C, 143 for
 /// SIGTERM). SIGQUIT would otherwise dump core with the password inside.
-// Only the command line (src/cli/) calls this: the library alone leaves
-// signals, panics and process limits to its caller.
-#[cfg_attr(not(feature = "cli"), allow(dead_code))]
 pub fn install_signal_cleanup() -> io::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])?;

@@ -31,9 +31,6 @@ struct Step {
 /// Turns drawing on or off for the whole process; a step's bar appears
 /// once the step has run for `delay` (tests shorten it to see a bar on
 /// small inputs).
-// Only the command line (src/cli/) calls this: the library alone leaves
-// signals, panics and process limits to its caller.
-#[cfg_attr(not(feature = "cli"), allow(dead_code))]
 pub fn enable(on: bool, delay: Duration) {
     *crate::sync::lock(&SHOW_AFTER) = delay;
     ENABLED.store(on, Ordering::Relaxed);
