@@ -317,6 +317,25 @@ impl std::io::Read for WipingBody {
 }
 
 impl AdminClient {
+    /// A client for the admin API `config` names. Nothing is sent yet; a
+    /// token is never sent over plain `http://` to another machine unless
+    /// `allow_http` says so.
+    ///
+    /// ```
+    /// use imprint::admin::{AdminClient, AdminConfig, AdminError};
+    ///
+    /// let mut config = AdminConfig::new("http://admin.example");
+    /// config.token = Some(String::from("t0ken").into());
+    /// assert!(matches!(AdminClient::new(config), Err(AdminError::PlainHttp { .. })));
+    ///
+    /// let mut config = AdminConfig::new("https://admin.example");
+    /// config.retries = 5;
+    /// let client = AdminClient::new(config).unwrap();
+    /// # let _ = client;
+    /// ```
+    ///
+    /// `imprint::stub` (feature `demo`) has an example against a stand-in
+    /// API on 127.0.0.1.
     pub fn new(config: AdminConfig) -> Result<AdminClient, AdminError> {
         let base = check_url(&config.base_url)?;
         if let Some(token) = &config.token {

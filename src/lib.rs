@@ -132,7 +132,9 @@ pub use admin::{AdminConfig, AdminError};
 pub use identity::{IdentityError, Password, PasswordPolicy, Serial};
 pub use image::{open_reader, ImageError, ImageOptions, Inspect};
 pub use owner::{OwnerError, OwnerSpec};
-pub use pipeline::{run, OutputReport, ProvisionError, Report, Request, Settings, Source};
+pub use pipeline::{
+    run, InputKind, OutputReport, ProvisionError, Report, Request, Settings, Source,
+};
 pub use plan::{OverlayError, OverlaySpec};
 pub use verify::{verify, Expectations, VerifyReport};
 

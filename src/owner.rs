@@ -18,7 +18,20 @@ pub enum OwnerError {
     UnknownGroup { name: String, hint: String },
 }
 
-/// What the caller asked for with `--owner`.
+/// What the caller asked for with `--owner`: `USER`, `USER:GROUP` or
+/// `UID:GID`, resolved later in the image's own `/etc/passwd` and
+/// `/etc/group`.
+///
+/// ```
+/// use imprint::owner::{IdOrName, OwnerSpec};
+///
+/// assert_eq!("azaion".parse(), Ok(OwnerSpec::User("azaion".into())));
+/// assert_eq!(
+///     "1000:video".parse(),
+///     Ok(OwnerSpec::UserGroup(IdOrName::Id(1000), IdOrName::Name("video".into())))
+/// );
+/// assert!("a:b:c".parse::<OwnerSpec>().is_err());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OwnerSpec {
     /// A user name; the group is the user's primary group.

@@ -288,7 +288,31 @@ fn bmap_of(
         .map_err(ImageError::from)
 }
 
-/// Opens an image (or a staging directory) for reading, for `verify`.
+/// Opens an image (or a staging directory) for reading, for `verify`,
+/// `imprint ls` and `imprint cat`. Every format imprint writes is read, and
+/// nothing is ever written.
+///
+/// ```
+/// use imprint::image::{open_reader, ImageOptions, Inspect};
+/// use imprint::plan::ImagePath;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// # let root = dir.path();
+/// # std::fs::create_dir(root.join("etc"))?;
+/// # std::fs::write(root.join("etc/hostname"), "jetson\n")?;
+/// // `root` is a staging tree; an image file is opened the same way.
+/// let mut reader = open_reader(root, &ImageOptions::default())?;
+/// let etc = ImagePath::parse("/etc").unwrap();
+/// let names: Vec<_> = reader.list(Some(&etc), false)?.unwrap()
+///     .into_iter().map(|l| l.path).collect();
+/// assert_eq!(names, ["etc/hostname"]);
+/// let mut text = Vec::new();
+/// reader.cat(&ImagePath::parse("/etc/hostname").unwrap(), &mut text)?;
+/// assert_eq!(text, b"jetson\n");
+/// # Ok(())
+/// # }
+/// ```
 pub fn open_reader(
     path: &Path,
     options: &ImageOptions,

@@ -418,6 +418,48 @@ pub struct Request {
 }
 
 /// Provisions one device. `say` receives progress lines (never secrets).
+///
+/// Offline, with the caller's password, into a new tarball (`input` is a
+/// rootfs tar with an `azaion` user):
+///
+/// ```
+/// use imprint::{InputKind, Password, Request, Serial, Settings, Source};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// # let input = dir.path().join("rootfs.tar");
+/// # {
+/// #     let mut tar = tar::Builder::new(std::fs::File::create(&input)?);
+/// #     for (path, body) in [
+/// #         ("etc/passwd", &b"root:x:0:0::/root:/bin/sh\nazaion:x:1001:1001::/:/bin/sh\n"[..]),
+/// #         ("etc/group", &b"root:x:0:\nazaion:x:1001:\n"[..]),
+/// #     ] {
+/// #         let mut h = tar::Header::new_ustar();
+/// #         h.set_size(body.len() as u64);
+/// #         h.set_mode(0o644);
+/// #         tar.append_data(&mut h, path, body)?;
+/// #     }
+/// #     tar.finish()?;
+/// # }
+/// let output = dir.path().join("AZJN-0042-rootfs.tar");
+/// let report = imprint::run(
+///     Request {
+///         serial: Serial::parse("AZJN-0042")?,
+///         inputs: vec![(Source::Image(input), Some(output.clone()))],
+///         password: Some(Password::from_plain("0123456789abcdef0123456789abcdef")),
+///         settings: Settings::new("azaion".parse()?),
+///         api: None, // Some(AdminConfig) creates the account first
+///     },
+///     &mut |line| eprintln!("{line}"),
+/// )?;
+/// assert_eq!(report.email, "azaion-jetson-0042@azaion.com");
+/// let written = &report.outputs[0];
+/// assert!(matches!(written.kind, InputKind::Image(_)));
+/// assert_eq!(written.kind.to_string(), "tar archive (uncompressed)");
+/// assert_eq!(written.emitted.as_ref().unwrap().path, output);
+/// # Ok(())
+/// # }
+/// ```
 pub fn run(req: Request, say: &mut dyn FnMut(&str)) -> Result<Report, ProvisionError> {
     // Build the client first: a bad URL or certificate fails before any
     // work is done.
