@@ -89,7 +89,7 @@
 //!
 //! # Features
 //!
-//! - `cli` (default): the `imprint` command, [`cli::main`], and what only
+//! - `cli` (default): the `imprint` command, `cli::main`, and what only
 //!   it needs (clap, anyhow, the log formatter); brings `demo`.
 //! - `demo`: `stub`, the loopback stand-in API that `imprint demo` and
 //!   the tests run against (tiny_http).
