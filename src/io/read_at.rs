@@ -49,6 +49,20 @@ impl<R: ReadAt> Window<R> {
     pub fn new(inner: R, offset: u64, len: u64) -> Window<R> {
         Window { inner, offset, len }
     }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Where the window starts in the underlying device.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The device the window looks into.
+    pub fn inner(&self) -> &R {
+        &self.inner
+    }
 }
 
 impl<R: ReadAt> ReadAt for Window<R> {

@@ -144,8 +144,7 @@ pub(super) fn encoder_for<'w>(
         if flags.content_size {
             encoder.set_pledged_src_size(Some(len))?;
         }
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-        encoder.multithread(threads as u32)?;
+        encoder.multithread(codec.workers() as u32)?;
         // The job size and overlap, not the thread count, decide the
         // bytes, so every machine writes the same output.
         encoder.set_parameter(CParameter::JobSize(ZSTD_JOB_SIZE))?;
