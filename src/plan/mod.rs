@@ -8,6 +8,7 @@
 
 pub mod devices;
 pub(crate) mod model;
+mod pattern;
 mod source;
 pub(crate) mod spec;
 
@@ -20,6 +21,7 @@ use crate::owner::{Owner, OwnerError, OwnerSpec, UserDb};
 pub use devices::DevicesError;
 pub(crate) use model::Existing;
 pub use model::{EntryType, FileMeta, ImagePath};
+pub(crate) use pattern::PathTemplate;
 pub(crate) use spec::DeviceVars;
 use spec::{parse_mode, render_content, render_name, source_path, SpecKind};
 pub use spec::{ExtraVars, OverlaySpec};
