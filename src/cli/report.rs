@@ -31,7 +31,7 @@ pub(crate) struct ProvisionDocument<'a> {
     /// Every image written for the device (several with repeated --image);
     /// the top-level fields describe the first.
     images: Vec<ImageDocument<'a>>,
-    input_kind: &'a str,
+    input_kind: String,
     output: Option<String>,
     /// The partitions of a disk image stamped (of the first image); absent
     /// for other inputs.
@@ -53,7 +53,7 @@ pub(crate) struct ProvisionDocument<'a> {
 /// serde_json writes maps).
 #[derive(Serialize)]
 struct ImageDocument<'a> {
-    input_kind: &'a str,
+    input_kind: String,
     output: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     partitions: Vec<PartitionDocument<'a>>,
@@ -120,7 +120,7 @@ impl<'a> ProvisionDocument<'a> {
                 .filter_map(|o| {
                     let e = o.emitted.as_ref()?;
                     Some(ImageDocument {
-                        input_kind: &o.kind,
+                        input_kind: o.kind.to_string(),
                         output: e.path.display().to_string(),
                         partitions: partitions(o),
                         sha1sum: o.sha1sum.as_ref().map(|p| p.display().to_string()),
@@ -130,7 +130,7 @@ impl<'a> ProvisionDocument<'a> {
                     })
                 })
                 .collect(),
-            input_kind: &first.kind,
+            input_kind: first.kind.to_string(),
             output: emitted.map(|e| e.path.display().to_string()),
             partitions: partitions(first),
             schema: "imprint.provision/1",
