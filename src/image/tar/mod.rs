@@ -23,6 +23,7 @@
 
 mod cached;
 mod edit;
+mod entries;
 mod header;
 mod listing;
 mod pax;
