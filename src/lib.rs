@@ -98,6 +98,8 @@ pub mod cache;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod compress;
+#[cfg(test)]
+mod error_style;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
