@@ -29,6 +29,9 @@ Examples:
   # Check what a built image carries, and that it logs in
   imprint verify out/AZJN-0042-rootfs.tbz2 --serial AZJN-0042 --login-url http://loader:8080
 
+  # Check that a base (or an OTA payload's rootfs) holds no device's credentials
+  imprint verify --no-credentials Linux_for_Tegra/rootfs
+
   # Look inside an image: list a directory, print a file
   imprint ls out/AZJN-0042-rootfs.tbz2 /etc/azaion
   imprint cat out/AZJN-0042-system.img /etc/hostname
@@ -193,6 +196,15 @@ pub(crate) struct ApiArgs {
 pub(crate) struct VerifyArgs {
     /// Built image or staging directory
     pub(crate) image: PathBuf,
+    /// Check a base instead: pass only if no file that holds a password (device.conf, or an --overlay file using {password}) is in it
+    #[arg(long, conflicts_with_all = [
+        "serial", "owner", "login_url", "password_policy", "api_token_file", "allow_http",
+        "ca_cert", "client_cert", "client_key", "api_timeout", "api_retries",
+    ])]
+    pub(crate) no_credentials: bool,
+    /// With --no-credentials: also look for the files this overlay spec (TOML) fills with {password}; repeatable
+    #[arg(long = "overlay", value_name = "FILE", requires = "no_credentials")]
+    pub(crate) overlays: Vec<PathBuf>,
     /// Check that the email matches this serial
     #[arg(long)]
     pub(crate) serial: Option<String>,

@@ -25,7 +25,7 @@ use super::speculate::{Speculated, Speculation};
 use super::stream::Stream;
 use super::TarError;
 use crate::compress::boundary::{BlockIndex, Boundary};
-use crate::compress::Compression;
+use crate::compress::{Compression, Tail};
 use crate::image::resolve;
 use crate::image::{EntryType, FileMeta};
 use crate::io::progress;
@@ -335,7 +335,7 @@ pub(super) fn scan(
 ) -> Result<Scan, TarError> {
     let scan_once =
         |parallel_bzip2| scan_with(path, codec, watch, capture, writing, parallel_bzip2);
-    if writing.is_some() && codec == Compression::Bzip2 {
+    if writing.is_some() && codec.facts().parallel_decode {
         match scan_once(true) {
             // The parallel reader only knows well-formed files; the
             // sequential decoder reads everything bzip2 does and says
@@ -418,9 +418,10 @@ fn open(
     // Only a scan for writing needs block boundaries (and their windows);
     // `verify` reads with the plain decoder, as does a bzip2 scan asked
     // not to use the parallel one.
-    let indexed = match codec {
-        Compression::Bzip2 => parallel_bzip2,
-        _ => for_writing,
+    let indexed = if codec.facts().parallel_decode {
+        parallel_bzip2
+    } else {
+        for_writing
     };
     let (inner, index) = if indexed {
         BlockIndex::decoder(codec, file)
@@ -429,8 +430,8 @@ fn open(
     };
     // A plain archive's kept prefix is its own bytes: hash them now, while
     // they pass by anyway.
-    let hashing =
-        (for_writing && codec == Compression::None).then(|| Arc::new(Mutex::new(Sha256::new())));
+    let hashing = (for_writing && matches!(codec.facts().tail, Tail::Plain))
+        .then(|| Arc::new(Mutex::new(Sha256::new())));
     let inner: Box<dyn Read + Send> = match &hashing {
         Some(state) => Box::new(HashingReader {
             inner,
@@ -452,7 +453,7 @@ fn start_speculation(
     codec: Compression,
     writing: Option<&ForWriting>,
 ) -> Option<Speculation> {
-    let w = writing.filter(|w| codec == Compression::Xz && w.speculate)?;
+    let w = writing.filter(|w| matches!(codec.facts().tail, Tail::Speculated) && w.speculate)?;
     let name = path
         .file_name()
         .map_or("image".into(), |n| n.to_string_lossy());

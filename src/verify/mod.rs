@@ -13,6 +13,9 @@ use crate::io::output;
 use crate::owner::{OwnerSpec, UserDb};
 use crate::plan::ImagePath;
 
+mod clean;
+pub use clean::{check_clean, CleanReport, FoundSecret};
+
 /// Where the runbook puts the credentials.
 pub const DEVICE_CONF: &str = "/etc/azaion/device.conf";
 const MAX_CONF: u64 = 64 << 10;
