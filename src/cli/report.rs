@@ -30,7 +30,7 @@ pub(crate) struct ProvisionDocument<'a> {
     /// Every image written for the device (several with repeated --image);
     /// the top-level fields describe the first.
     images: Vec<ImageDocument<'a>>,
-    input_kind: &'a str,
+    input_kind: String,
     output: Option<String>,
     schema: &'static str,
     serial: &'a str,
@@ -39,13 +39,16 @@ pub(crate) struct ProvisionDocument<'a> {
     sidecar: Option<String>,
     size: Option<u64>,
     staged: Vec<String>,
+    /// Only when there is one: documents without stay as they were.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    warnings: &'a [String],
 }
 
 /// One image of a provision document (fields in alphabetical order, as
 /// serde_json writes maps).
 #[derive(Serialize)]
 struct ImageDocument<'a> {
-    input_kind: &'a str,
+    input_kind: String,
     output: String,
     sha1sum: Option<String>,
     sha256: &'a str,
@@ -71,6 +74,7 @@ impl<'a> ProvisionDocument<'a> {
             account: report.account.map(|a| match a {
                 Provisioned::Created => "created",
                 Provisioned::PasswordUpdated => "password_updated",
+                Provisioned::Existing => "existing",
             }),
             device_conf: DeviceConfDocument {
                 gid: first.owner.gid,
@@ -87,7 +91,7 @@ impl<'a> ProvisionDocument<'a> {
                 .filter_map(|o| {
                     let e = o.emitted.as_ref()?;
                     Some(ImageDocument {
-                        input_kind: &o.kind,
+                        input_kind: o.kind.to_string(),
                         output: e.path.display().to_string(),
                         sha1sum: o.sha1sum.as_ref().map(|p| p.display().to_string()),
                         sha256: &e.sha256,
@@ -96,7 +100,7 @@ impl<'a> ProvisionDocument<'a> {
                     })
                 })
                 .collect(),
-            input_kind: &first.kind,
+            input_kind: first.kind.to_string(),
             output: emitted.map(|e| e.path.display().to_string()),
             schema: "imprint.provision/1",
             serial: &report.serial,
@@ -109,6 +113,7 @@ impl<'a> ProvisionDocument<'a> {
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect(),
+            warnings: &report.warnings,
         }
     }
 }
@@ -120,6 +125,9 @@ pub(crate) struct BatchDocument<'a> {
     manifest: String,
     results: Vec<BatchResult<'a>>,
     schema: &'static str,
+    /// Only when there is one: documents without stay as they were.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    warnings: &'a [String],
 }
 
 /// One serial of a batch, in the order given.
@@ -155,6 +163,7 @@ impl<'a> BatchDocument<'a> {
                 })
                 .collect(),
             schema: "imprint.batch/1",
+            warnings: &report.warnings,
         }
     }
 }

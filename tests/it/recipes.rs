@@ -1311,6 +1311,10 @@ struct CiRun {
     server: StubServer,
     base: PathBuf,
     base_sha256: String,
+    /// `github.run_id`: one per workflow run (all jobs of a run share it).
+    run_id: std::cell::Cell<u32>,
+    /// The `rotate` input (GitHub) or `ROTATE` pipeline variable (GitLab).
+    rotate: std::cell::Cell<bool>,
 }
 
 impl CiRun {
@@ -1333,6 +1337,93 @@ impl CiRun {
             server: StubServer::start().unwrap(),
             base,
             base_sha256,
+            run_id: std::cell::Cell::new(1),
+            rotate: std::cell::Cell::new(false),
+        }
+    }
+
+    /// A new release of the base: the same tree with an /etc/version.
+    fn rebuild_base(&mut self, version: &str) {
+        let tree = self.dir.path().join("tree");
+        fs::write(tree.join("etc/version"), version).unwrap();
+        assert!(mkfs(&tree, &self.base, &["-t", "ext4"], "16M")
+            .status
+            .success());
+        self.base_sha256 = sha256(&self.base);
+    }
+
+    /// Every serial's password at the API.
+    fn passwords(&self, serials: &[String]) -> Vec<String> {
+        serials
+            .iter()
+            .map(|s| self.server.password_of(&email_of(s)).unwrap())
+            .collect()
+    }
+
+    fn patches(&self) -> usize {
+        let r = self.server.requests();
+        r.iter().filter(|q| q.method == "PATCH").count()
+    }
+
+    /// The next workflow run.
+    fn next_run(&self) {
+        self.run_id.set(self.run_id.get() + 1);
+    }
+
+    /// Where the CI keeps caches (GitHub: immutable entries by key, in the
+    /// order saved; GitLab: one per key, overwritten).
+    fn caches(&self) -> PathBuf {
+        self.dir.path().join("caches")
+    }
+
+    /// The cache entries saved so far, oldest first.
+    fn cache_keys(&self) -> Vec<String> {
+        fs::read_to_string(self.caches().join("index"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Copies `ws/path` into the cache under `key` (nothing when the path
+    /// is absent, as the cache actions and GitLab only warn then).
+    fn save_cache(&self, ws: &Path, path: &str, key: &str, immutable: bool) {
+        let from = ws.join(path.trim_end_matches('/'));
+        if !from.exists() {
+            return;
+        }
+        let entry = self.caches().join(key);
+        if immutable {
+            assert!(!entry.exists(), "cache key {key} saved twice");
+        }
+        let _ = fs::remove_dir_all(&entry);
+        fs::create_dir_all(&entry).unwrap();
+        sh(&format!(
+            "cd {} && cp -a --parents {} {}/",
+            ws.display(),
+            path.trim_end_matches('/'),
+            entry.display()
+        ));
+        let mut keys = self.cache_keys();
+        keys.retain(|k| k != key);
+        keys.push(key.to_string());
+        fs::write(self.caches().join("index"), keys.join("\n")).unwrap();
+    }
+
+    /// Restores the entry `key`, else the newest whose key starts with
+    /// `prefix`, into the workspace.
+    fn restore_cache(&self, ws: &Path, key: &str, prefix: Option<&str>) {
+        let keys = self.cache_keys();
+        let hit = keys.iter().find(|k| *k == key).or_else(|| {
+            let prefix = prefix?;
+            keys.iter().rev().find(|k| k.starts_with(prefix))
+        });
+        if let Some(hit) = hit {
+            sh(&format!(
+                "cp -a {}/. {}/",
+                self.caches().join(hit).display(),
+                ws.display()
+            ));
         }
     }
 
@@ -1348,8 +1439,11 @@ impl CiRun {
         ws
     }
 
+    /// This run's artifact store.
     fn artifacts(&self) -> PathBuf {
-        self.dir.path().join("artifacts")
+        self.dir
+            .path()
+            .join(format!("artifacts/run{}", self.run_id.get()))
     }
 
     /// What the CI's variables and secrets hold.
@@ -1357,6 +1451,9 @@ impl CiRun {
         match expr {
             "inputs.serials" => "factory/serials.txt".into(),
             "inputs.base_sha256" => self.base_sha256.clone(),
+            "inputs.rotate" => self.rotate.get().to_string(),
+            "github.run_id" => self.run_id.get().to_string(),
+            "github.run_attempt" => "1".into(),
             "vars.BASE_IMAGE_URL" => format!("file://{}", self.base.display()),
             "vars.IMPRINT_API_URL" => self.server.url(),
             "secrets.IMPRINT_API_TOKEN" => "ci-token".into(),
@@ -1425,17 +1522,33 @@ fn github_job(
     matrix: Option<&str>,
 ) -> std::process::Output {
     let spec = &workflow["jobs"][job];
-    let ws = ci.workspace(&format!("{job}-{}", matrix.unwrap_or("")));
+    let ws = ci.workspace(&format!(
+        "{job}-{}-run{}",
+        matrix.unwrap_or(""),
+        ci.run_id.get()
+    ));
     let mut env = yaml_env(&workflow["env"], ci, matrix);
     env.extend(yaml_env(&spec["env"], ci, matrix));
     let mut last = None;
+    let mut failed = None;
     for step in spec["steps"].as_sequence().unwrap() {
+        // After a failure only `if: always()` steps run; no other
+        // condition is used by the recipes.
+        let always = match step["if"].as_str() {
+            None => false,
+            Some("always()") => true,
+            Some(other) => panic!("{job}: unexpected if: {other}"),
+        };
+        if failed.is_some() && !always {
+            continue;
+        }
         if let Some(script) = step["run"].as_str() {
             let mut step_env = env.clone();
             step_env.extend(yaml_env(&step["env"], ci, matrix));
             let o = ci.script(&ws, script, &step_env);
             if !o.status.success() {
-                return o;
+                failed = Some(o);
+                continue;
             }
             last = Some(o);
             continue;
@@ -1443,7 +1556,11 @@ fn github_job(
         let uses = step["uses"].as_str().unwrap();
         let with = yaml_env(&step["with"], ci, matrix);
         let get = |k: &str| with.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        if uses.starts_with("actions/upload-artifact") {
+        if uses.starts_with("actions/cache/restore") {
+            ci.restore_cache(&ws, &get("key").unwrap(), get("restore-keys").as_deref());
+        } else if uses.starts_with("actions/cache/save") {
+            ci.save_cache(&ws, &get("path").unwrap(), &get("key").unwrap(), true);
+        } else if uses.starts_with("actions/upload-artifact") {
             let name = get("name").unwrap();
             let days: u32 = get("retention-days")
                 .expect("retention-days")
@@ -1472,7 +1589,7 @@ fn github_job(
             assert!(uses.starts_with("actions/checkout"), "{job}: {uses}");
         }
     }
-    last.unwrap()
+    failed.or(last).unwrap()
 }
 
 fn serials(n: usize) -> Vec<String> {
@@ -1538,10 +1655,50 @@ fn ci_github_workflow_runs() {
     let workflow = ci_yaml("ci/github-actions.yml");
     github_rules(&workflow, "github-actions.yml");
     let list = serials(3);
-    let ci = CiRun::new(&list);
+    let mut ci = CiRun::new(&list);
     let o = github_job(&ci, &workflow, "images", None);
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
     assert_images_log_in(&ci, &ci.artifacts().join("per-serial-images/out"), &list);
+    let first = ci.passwords(&list);
+
+    // Reruns on fresh runners keep every password (no PATCH): of the same
+    // base (nothing rebuilt), and of a new base (rebuilt, passwords kept).
+    for version in [None, Some("release 2\n")] {
+        if let Some(v) = version {
+            ci.rebuild_base(v);
+        }
+        ci.next_run();
+        let o = github_job(&ci, &workflow, "images", None);
+        assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+        assert_eq!(ci.passwords(&list), first, "a rerun changed passwords");
+        assert_eq!(ci.patches(), 0);
+        assert_images_log_in(&ci, &ci.artifacts().join("per-serial-images/out"), &list);
+    }
+    // Rotation is asked for explicitly: every serial gets a new password.
+    ci.next_run();
+    ci.rotate.set(true);
+    let o = github_job(&ci, &workflow, "images", None);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let rotated = ci.passwords(&list);
+    assert!(rotated.iter().zip(&first).all(|(a, b)| a != b));
+    assert_images_log_in(&ci, &ci.artifacts().join("per-serial-images/out"), &list);
+    ci.rotate.set(false);
+
+    // A base that already holds a device's credentials stops the job
+    // before any API call.
+    let calls = ci.server.requests().len();
+    let pw = write_password(ci.dir.path(), PASSWORD);
+    let stamped = ci.dir.path().join("stamped.img");
+    let o = run(&mut provision_offline(&ci.base, &stamped, "azaion", &pw));
+    assert!(o.status.success(), "{}", stderr(&o));
+    fs::copy(&stamped, &ci.base).unwrap();
+    ci.base_sha256 = sha256(&ci.base);
+    ci.next_run();
+    let o = github_job(&ci, &workflow, "images", None);
+    assert!(!o.status.success());
+    assert!(stdout(&o).contains("NOT CLEAN"), "{}", stdout(&o));
+    assert_eq!(ci.server.requests().len(), calls);
+    assert_eq!(ci.passwords(&list), rotated);
 
     let mut bad = CiRun::new(&list);
     bad.base_sha256 = "0".repeat(64);
@@ -1582,12 +1739,27 @@ fn ci_github_sharded_workflow_runs_and_merges() {
         stdout(&o)
     );
     let merged = ci.artifacts().join("per-serial-manifest/manifest.json");
-    let out = ci.dir.path().join("ws/manifest-/out");
+    let out = ci.dir.path().join("ws/manifest--run1/out");
     assert_eq!(
         fs::read_to_string(&merged).unwrap(),
         fs::read_to_string(out.join("manifest.json")).unwrap()
     );
     assert_images_log_in(&ci, &out, &list);
+
+    // A rerun: every shard's outputs come back from its cache; no
+    // password changes, and the merge lists every serial again.
+    let first = ci.passwords(&list);
+    ci.next_run();
+    for shard in &shards {
+        let shard = shard.as_u64().unwrap().to_string();
+        let o = github_job(&ci, &workflow, "images", Some(&shard));
+        assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    }
+    let o = github_job(&ci, &workflow, "manifest", None);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert_eq!(ci.passwords(&list), first);
+    assert_eq!(ci.patches(), 0);
+    assert_images_log_in(&ci, &ci.dir.path().join("ws/manifest--run2/out"), &list);
 }
 
 /// One GitLab job, `parallel` runs of it if it has them, with the hidden
@@ -1606,7 +1778,14 @@ fn gitlab_job(ci: &CiRun, file: &serde_yaml::Value, job: &str) -> Vec<std::proce
     let total = spec["parallel"].as_u64().unwrap_or(1);
     let mut outputs = Vec::new();
     for index in 1..=total {
-        let ws = ci.workspace(&format!("{job}-{index}"));
+        let ws = ci.workspace(&format!("{job}-{index}-run{}", ci.run_id.get()));
+        let cache = &spec["cache"];
+        let cache_key = cache["key"]
+            .as_str()
+            .map(|k| k.replace("$CI_NODE_INDEX", &index.to_string()));
+        if let Some(key) = &cache_key {
+            ci.restore_cache(&ws, key, None);
+        }
         for need in spec["needs"].as_sequence().into_iter().flatten() {
             sh(&format!(
                 "for a in {}/{}-*; do cp -a \"$a\"/. {}/; done",
@@ -1624,12 +1803,23 @@ fn gitlab_job(ci: &CiRun, file: &serde_yaml::Value, job: &str) -> Vec<std::proce
             ("CI_NODE_INDEX".into(), index.to_string()),
             ("CI_NODE_TOTAL".into(), total.to_string()),
         ]);
+        // A pipeline variable overrides the job's.
+        if ci.rotate.get() {
+            env.push(("ROTATE".into(), "true".into()));
+        }
         let lines: Vec<&str> = ["before_script", "script"]
             .iter()
             .flat_map(|k| spec[*k].as_sequence().into_iter().flatten())
             .map(|l| l.as_str().unwrap())
             .collect();
         let o = ci.script(&ws, &lines.join("\n"), &env);
+        if let Some(key) = &cache_key {
+            if o.status.success() || cache["when"].as_str() == Some("always") {
+                for path in cache["paths"].as_sequence().unwrap() {
+                    ci.save_cache(&ws, path.as_str().unwrap(), key, false);
+                }
+            }
+        }
         if o.status.success() {
             let into = ci.artifacts().join(format!("{job}-{index}"));
             fs::create_dir_all(&into).unwrap();
@@ -1678,26 +1868,49 @@ fn ci_gitlab_jobs_run() {
         assert!(!rules[0]["if"].as_str().unwrap().contains("push"), "{job}");
     }
 
+    // One batch: run, rerun (same base, then a new one), then ROTATE.
     let list = serials(5);
-    let ci = CiRun::new(&list);
+    let mut ci = CiRun::new(&list);
+    let mut first = None;
+    for version in [None, None, Some("release 2\n")] {
+        if let Some(v) = version {
+            ci.rebuild_base(v);
+        }
+        for o in gitlab_job(&ci, &file, "per-serial-images") {
+            assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+        }
+        assert_images_log_in(&ci, &ci.artifacts().join("per-serial-images-1/out"), &list);
+        let now = ci.passwords(&list);
+        assert_eq!(first.get_or_insert_with(|| now.clone()), &now);
+        assert_eq!(ci.patches(), 0);
+        ci.next_run();
+    }
+    ci.rotate.set(true);
     for o in gitlab_job(&ci, &file, "per-serial-images") {
         assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
     }
     assert_images_log_in(&ci, &ci.artifacts().join("per-serial-images-1/out"), &list);
+    let first = first.unwrap();
+    assert!(ci.passwords(&list).iter().zip(&first).all(|(a, b)| a != b));
 
+    // Sharded: run and rerun, each merged; no password changes.
     let list = serials(9);
     let ci = CiRun::new(&list);
-    for o in gitlab_job(&ci, &file, "per-serial-images-sharded") {
-        assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let mut first = None;
+    for _ in 0..2 {
+        for o in gitlab_job(&ci, &file, "per-serial-images-sharded") {
+            assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+        }
+        for o in gitlab_job(&ci, &file, "per-serial-manifest") {
+            assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+        }
+        let ws = format!("ws/per-serial-manifest-1-run{}/out", ci.run_id.get());
+        assert_images_log_in(&ci, &ci.dir.path().join(ws), &list);
+        let now = ci.passwords(&list);
+        assert_eq!(first.get_or_insert_with(|| now.clone()), &now);
+        assert_eq!(ci.patches(), 0);
+        ci.next_run();
     }
-    for o in gitlab_job(&ci, &file, "per-serial-manifest") {
-        assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
-    }
-    assert_images_log_in(
-        &ci,
-        &ci.dir.path().join("ws/per-serial-manifest-1/out"),
-        &list,
-    );
 }
 
 /// Every imprint flag the recipes use exists.
