@@ -111,6 +111,8 @@ pub(crate) mod cache;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub(crate) mod compress;
+#[cfg(test)]
+mod error_style;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

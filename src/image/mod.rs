@@ -86,8 +86,8 @@ pub enum ImageError {
     Tar(#[from] tar::TarError),
     #[error(transparent)]
     Ext4(#[from] ext4::Ext4Error),
-    #[error(transparent)]
-    Sparse(#[from] sparse::SparseError),
+    /// The one way a sparse image's error reaches the user: with the
+    /// file's name (a write error of the output is [`ImageError::Output`]).
     #[error("{path}")]
     SparseInput {
         path: PathBuf,

@@ -2,8 +2,9 @@
 //!
 //! Writing a plan into an archive takes two passes over the input:
 //!
-//! 1. The scan (`scan.rs`) decompresses the archive and walks its headers
-//!    (`header.rs`), noting the byte ranges of the few entries the plan cares
+//! 1. The scan (`scan.rs`) decompresses the archive and walks its entries
+//!    (`entries.rs`, the walk `ls`/`cat` in `listing.rs` share; headers
+//!    in `header.rs`), noting the byte ranges of the few entries the plan cares
 //!    about, the archive's path convention and header style, and where the
 //!    entries end. For an xz input it also compresses what it reads
 //!    (`speculate.rs`), so that a plan which only appends finds its output's
@@ -23,6 +24,7 @@
 
 mod cached;
 mod edit;
+mod entries;
 mod header;
 mod listing;
 mod pax;
