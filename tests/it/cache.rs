@@ -424,12 +424,7 @@ fn a_just_written_input_is_not_cached() {
 /// Python's tarfile) equals the cold run, for plain tar and zstd.
 #[test]
 fn a_warm_run_keeps_globals_hard_links_and_symlinked_passwd() {
-    if !require(
-        sh("command -v python3").status.success(),
-        "python3 builds the archive",
-    ) {
-        return;
-    }
+    require_tool("python3");
     let dir = TempDir::new().unwrap();
     let d = dir.path();
     let home = d.join("cache-home");

@@ -12,14 +12,6 @@ use std::process::Command;
 use common::*;
 use tempfile::TempDir;
 
-fn tool_exists(name: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 /// A tarball and a raw ext4 image of the same kind of rootfs, uncompressed.
 fn inputs(dir: &Path) -> (PathBuf, PathBuf) {
     let root = make_rootfs(dir, "rootfs");
@@ -136,10 +128,7 @@ fn zero_padding_after_gzip_and_bzip2_is_read_and_dropped() {
     let f = Fixture::new();
     let (d, pw, tar, ext4, out) = (f.dir.path(), &f.pw, &f.tar, &f.ext4, &f.out);
     for (label, compress, test, decompress) in READ_PADDING {
-        let tool = compress.split_whitespace().next().unwrap();
-        if !require(tool_exists(tool), &format!("{tool} is not installed")) {
-            continue;
-        }
+        require_tool(compress.split_whitespace().next().unwrap());
         for (plain, kind) in [(&tar, "tar"), (&ext4, "ext4")] {
             for pad in [4608u64, 1_000_003] {
                 let what = format!("{kind} by {label} + {pad} zeros");
@@ -288,9 +277,7 @@ fn zstd_and_xz_padding_as_their_tools_take_it() {
 /// recompressed file (as the message says) is stamped.
 #[test]
 fn zstd_windows_past_128_mib_are_refused_with_what_to_do() {
-    if !require(tool_exists("zstd"), "zstd is not installed") {
-        return;
-    }
+    require_tool("zstd");
     let dir = TempDir::new().unwrap();
     let d = dir.path();
     let pw = write_password(d, PASSWORD);

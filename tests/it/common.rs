@@ -359,31 +359,8 @@ pub fn debugfs_names(img: &Path, dir: &str) -> Vec<String> {
 
 // ---- capabilities ------------------------------------------------------
 
-/// Whether this run is CI's (.ci/run sets CI=true, runs as root and
-/// installs every tool the tests use).
-pub fn under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
-/// Whether a check that needs a capability of the machine (root, loop
-/// devices, a tool) may run. Without the capability the check is skipped
-/// with a note that shows even when cargo captures the test's output; but
-/// under CI, which has every capability, that is a failure, so no check is
-/// ever skipped there unnoticed.
-pub fn require(available: bool, why: &str) -> bool {
-    if available {
-        return true;
-    }
-    assert!(
-        !under_ci(),
-        "{why}: CI runs as root with every tool .ci/run installs, so this check must run"
-    );
-    // Straight to the process's stderr: the test harness captures only
-    // eprintln!, and a skip should not pass unseen.
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
-    false
-}
+// The policy for missing tools and privileges (tests/it/require.rs).
+pub use crate::require::*;
 
 /// Whether the machine lets us loop-mount an ext4 image (root and loop
 /// devices), found once by mounting a small image mke2fs just made.

@@ -47,14 +47,6 @@ fn part(name: &'static str, kind: &'static str, size: u64) -> Layout {
     Layout { name, kind, size }
 }
 
-fn tool_exists(name: &str) -> bool {
-    run(Command::new("bash")
-        .arg("-c")
-        .arg(format!("command -v {name}")))
-    .status
-    .success()
-}
-
 /// A private directory for outputs (imprint refuses shared ones).
 fn out_dir(dir: &Path, name: &str) -> PathBuf {
     let out = dir.join(name);
@@ -768,10 +760,7 @@ fn compressed_raw_and_disk_images_in_every_codec() {
         provisioned(plain, &reference, &pw, None);
         let want = sha256(&reference);
         for codec in &CODECS {
-            let tool = codec.compress.split_whitespace().next().unwrap();
-            if !require(tool_exists(tool), &format!("{tool} is not installed")) {
-                continue;
-            }
+            require_tool(codec.compress.split_whitespace().next().unwrap());
             let what = format!("{name} with {}", codec.label);
             let input = dir
                 .path()
@@ -920,10 +909,7 @@ fn compressed_disks_keep_the_bytes_before_the_rootfs() {
         ),
     ];
     for (label, make, test, decompress, kept) in cases {
-        let tool = make.split_whitespace().next().unwrap();
-        if !require(tool_exists(tool), &format!("{tool} is not installed")) {
-            continue;
-        }
+        require_tool(make.split_whitespace().next().unwrap());
         let (suffix, sizing) = match test.split_whitespace().next().unwrap() {
             "gzip" => (".gz", "gzip -6 -c"),
             "bzip2" => (".bz2", "bzip2 -9 -c"),
@@ -1090,9 +1076,7 @@ fn bmaptool_copy(bmap: &Path, image: &Path, raw: &Path, dir: &Path) {
 
 #[test]
 fn block_maps_follow_their_images() {
-    if !require(tool_exists("bmaptool"), "bmaptool is not installed") {
-        return;
-    }
+    require_tool("bmaptool");
     let dir = TempDir::new().unwrap();
     let (pw, ext4, disk, parts) = raw_and_disk(dir.path());
     let out = out_dir(dir.path(), "out");
