@@ -276,6 +276,7 @@ fn zstd_and_xz_padding_as_their_tools_take_it() {
 /// decoding with the window it needs and how to recompress it; the
 /// recompressed file (as the message says) is stamped.
 #[test]
+#[ignore = "slow tier: a 300 MiB image through zstd --long=31 and back"]
 fn zstd_windows_past_128_mib_are_refused_with_what_to_do() {
     require_tool("zstd");
     let dir = TempDir::new().unwrap();
@@ -343,6 +344,7 @@ const MIB: u64 = 1 << 20;
 /// recompresses it in less than 100 MiB, and the output passes `xz -t`,
 /// e2fsck and `verify`.
 #[test]
+#[ignore = "slow tier: a 2 GiB image with 48 MiB of random data through xz"]
 fn xz_around_a_large_image_is_recompressed_in_little_memory() {
     let dir = TempDir::new().unwrap();
     let d = dir.path();
