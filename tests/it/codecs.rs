@@ -339,6 +339,56 @@ fn zstd_windows_past_128_mib_are_refused_with_what_to_do() {
 
 const MIB: u64 = 1 << 20;
 
+/// Memory does not grow with the image in xz either, shown at two sizes
+/// instead of 2 GiB (which the slow tier's
+/// [`xz_around_a_large_image_is_recompressed_in_little_memory`] adds): a
+/// 32 MiB raw ext4 image with 2 MiB of incompressible files and a 128 MiB
+/// one with 8 MiB, each as `xz -T2 -6` makes it. The larger run's peak RSS
+/// is within 8 MiB of the smaller one's, both under 100 MiB, and the
+/// outputs pass `xz -t` and `verify`.
+#[test]
+fn xz_memory_does_not_grow_with_the_image() {
+    let dir = TempDir::new().unwrap();
+    let pw = write_password(dir.path(), PASSWORD);
+    let mut peaks = Vec::new();
+    for scale in [1, 4] {
+        let d = dir.path().join(format!("x{scale}"));
+        fs::create_dir(&d).unwrap();
+        let tree = ext4_tree(&d, 20, Azaion::Absent);
+        fs::create_dir_all(tree.join("usr/lib")).unwrap();
+        for i in 0..2 {
+            sh(&format!(
+                "head -c {} /dev/urandom > {}/usr/lib/lib{i}.so",
+                scale * MIB,
+                tree.display()
+            ));
+        }
+        let raw = d.join("system.img");
+        let o = mkfs(&tree, &raw, &["-t", "ext4"], &format!("{}M", 32 * scale));
+        assert!(o.status.success(), "mke2fs: {}", stderr(&o));
+        sh(&format!("xz -T2 -6 {}", raw.display()));
+        let written = d.join("out.img.xz");
+        let log = d.join("run.log");
+        let (ok, rss) = peak_rss(
+            &mut provision_offline(&d.join("system.img.xz"), &written, "azaion", &pw),
+            &log,
+        );
+        let err = fs::read_to_string(log.with_extension("err")).unwrap();
+        assert!(ok, "provision x{scale}: {err}");
+        eprintln!("x{scale}: peak RSS {} KiB", rss >> 10);
+        assert!(rss < 100 * MIB, "x{scale}: peak RSS {} MiB", rss / MIB);
+        sh(&format!("xz -t {}", written.display()));
+        verify(&written);
+        peaks.push(rss);
+    }
+    assert!(
+        peaks[1] <= peaks[0] + 8 * MIB,
+        "peak RSS {} KiB for 32 MiB, {} KiB for 128 MiB",
+        peaks[0] >> 10,
+        peaks[1] >> 10
+    );
+}
+
 /// A 2 GiB raw ext4 image in xz (as `xz -T2 -6` makes it, which itself
 /// peaks near 300 MiB) holding 48 MiB of incompressible files: imprint
 /// recompresses it in less than 100 MiB, and the output passes `xz -t`,
