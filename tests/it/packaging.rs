@@ -87,6 +87,9 @@ fn the_deb_installs_and_runs() {
         "usr/share/zsh/vendor-completions/_imprint",
         "usr/share/fish/vendor_completions.d/imprint.fish",
         "usr/share/doc/imprint/README.md",
+        "usr/share/doc/imprint/usage.md",
+        "usr/share/doc/imprint/formats.md",
+        "usr/share/doc/imprint/json.md",
         "usr/share/doc/imprint/copyright",
         "usr/share/doc/imprint/recipes/l4t/initrd-station.sh",
     ] {
