@@ -342,8 +342,9 @@ const MIB: u64 = 1 << 20;
 /// Memory does not grow with the image in xz either, shown at two sizes
 /// instead of 2 GiB (which the slow tier's
 /// [`xz_around_a_large_image_is_recompressed_in_little_memory`] adds): a
-/// 32 MiB raw ext4 image with 2 MiB of incompressible files and a 128 MiB
-/// one with 8 MiB, each as `xz -T2 -6` makes it. The larger run's peak RSS
+/// 16 MiB raw ext4 image with 1 MiB of incompressible files and a 64 MiB
+/// one with 4 MiB (both past xz -6's 8 MiB dictionary), each as
+/// `xz -T2 -6` makes it. The larger run's peak RSS
 /// is within 8 MiB of the smaller one's, both under 100 MiB, and the
 /// outputs pass `xz -t` and `verify`.
 #[test]
@@ -359,12 +360,12 @@ fn xz_memory_does_not_grow_with_the_image() {
         for i in 0..2 {
             sh(&format!(
                 "head -c {} /dev/urandom > {}/usr/lib/lib{i}.so",
-                scale * MIB,
+                scale * MIB / 2,
                 tree.display()
             ));
         }
         let raw = d.join("system.img");
-        let o = mkfs(&tree, &raw, &["-t", "ext4"], &format!("{}M", 32 * scale));
+        let o = mkfs(&tree, &raw, &["-t", "ext4"], &format!("{}M", 16 * scale));
         assert!(o.status.success(), "mke2fs: {}", stderr(&o));
         sh(&format!("xz -T2 -6 {}", raw.display()));
         let written = d.join("out.img.xz");
@@ -383,7 +384,7 @@ fn xz_memory_does_not_grow_with_the_image() {
     }
     assert!(
         peaks[1] <= peaks[0] + 8 * MIB,
-        "peak RSS {} KiB for 32 MiB, {} KiB for 128 MiB",
+        "peak RSS {} KiB for 16 MiB, {} KiB for 64 MiB",
         peaks[0] >> 10,
         peaks[1] >> 10
     );
