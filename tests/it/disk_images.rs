@@ -1156,8 +1156,8 @@ fn block_maps_follow_their_images() {
 
 /// Memory does not grow with the image, shown at two sizes instead of a
 /// gigabyte (which the slow tier's [`gigabyte_images_in_little_memory`]
-/// adds): a disk whose APP partition is 64 MiB holding 4 MiB of
-/// incompressible files, and 256 MiB holding 16 MiB, plain and in zstd,
+/// adds): a disk whose APP partition is 32 MiB holding 2 MiB of
+/// incompressible files, and 128 MiB holding 8 MiB, plain and in zstd,
 /// bzip2 (pbzip2) and gzip (pigz). The larger run's peak RSS is within
 /// 8 MiB of the smaller one's, both are under 100 MiB, and the outputs
 /// verify.
@@ -1169,7 +1169,7 @@ fn memory_does_not_grow_with_the_image() {
     let out = out_dir(dir.path(), "out");
     let names = ["sd.img", "sd.img.zst", "sd.img.bz2", "sd.img.gz"];
     let mut peaks = Vec::new();
-    for (scale, app) in [(1, 64 * MIB), (4, 256 * MIB)] {
+    for (scale, app) in [(1, 32 * MIB), (4, 128 * MIB)] {
         let d = dir.path().join(format!("x{scale}"));
         fs::create_dir(&d).unwrap();
         let tree = ext4_tree(&d, 20, Azaion::Absent);
@@ -1177,7 +1177,7 @@ fn memory_does_not_grow_with_the_image() {
         for i in 0..4 {
             sh(&format!(
                 "head -c {} /dev/urandom > {}/usr/lib/lib{i}.so",
-                scale * MIB,
+                scale * MIB / 2,
                 tree.display()
             ));
         }
@@ -1216,7 +1216,7 @@ fn memory_does_not_grow_with_the_image() {
     for (k, name) in names.iter().enumerate() {
         assert!(
             peaks[1][k] <= peaks[0][k] + 8 * MIB,
-            "{name}: peak RSS {} KiB for the 64 MiB partition, {} KiB for the 256 MiB one",
+            "{name}: peak RSS {} KiB for the 32 MiB partition, {} KiB for the 128 MiB one",
             peaks[0][k] >> 10,
             peaks[1][k] >> 10
         );
