@@ -40,6 +40,8 @@ pub enum AdminError {
         url: String,
         cause: String,
     },
+    #[error("the account {email} already exists (POST /users answered 409) and --no-rotate forbids giving it a new password: no earlier output of this device holds its current one. Rebuild from the previous run's outputs (--skip-existing over the directory that holds them), give the device's password with --password-file, or leave out --no-rotate to rotate it on purpose (every device flashed with the old password stops logging in)")]
+    Exists { email: String },
     #[error("{step} answered {status}: {message}")]
     Status {
         step: &'static str,
@@ -122,6 +124,24 @@ pub enum Provisioned {
     Created,
     /// POST /users answered 409 and PATCH /users/password succeeded.
     PasswordUpdated,
+    /// POST /users answered 409 and the account kept its password
+    /// ([`OnConflict::Keep`]).
+    Existing,
+}
+
+/// What to do when POST /users answers 409: the account exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnConflict {
+    /// PATCH /users/password to this password, as the runbook does.
+    #[default]
+    SetPassword,
+    /// Send nothing more: the account has this password already (it is
+    /// the one an earlier output carries, set when that output was made).
+    Keep,
+    /// Fail with [`AdminError::Exists`] and send nothing more: the
+    /// password is a new one, and setting it would lock out every device
+    /// that carries the account's current one (`--no-rotate`).
+    Refuse,
 }
 
 pub struct AdminClient {
@@ -400,6 +420,16 @@ impl AdminClient {
 
     /// Creates the account or, if it exists, sets its password.
     pub fn provision(&self, email: &str, password: &Password) -> Result<Provisioned, AdminError> {
+        self.provision_with(email, password, OnConflict::SetPassword)
+    }
+
+    /// Creates the account; if it exists, does what `on_conflict` says.
+    pub fn provision_with(
+        &self,
+        email: &str,
+        password: &Password,
+        on_conflict: OnConflict,
+    ) -> Result<Provisioned, AdminError> {
         let body = json_body(&[
             ("email", email),
             ("password", password.expose()),
@@ -408,6 +438,12 @@ impl AdminClient {
         let resp = self.send("POST /users", reqwest::Method::POST, "/users", &body)?;
         match resp.status().as_u16() {
             200 | 201 => return Ok(Provisioned::Created),
+            409 if on_conflict == OnConflict::Refuse => {
+                return Err(AdminError::Exists {
+                    email: email.to_string(),
+                })
+            }
+            409 if on_conflict == OnConflict::Keep => return Ok(Provisioned::Existing),
             409 => {}
             status => {
                 return Err(AdminError::Status {

@@ -15,7 +15,7 @@ use super::token;
 const EXAMPLES: &str = "\
 Examples:
   # Provision AZJN-0042 and write a new image with its credentials
-  IMPRINT_API_TOKEN=... imprint provision --serial AZJN-0042 \\
+  IMPRINT_API_TOKEN=... imprint provision --serial AZJN-0042 --owner azaion \\
       --api-url https://admin.example --image rootfs.tbz2 --output out/
 
   # The runbook's flow: write into an extracted staging tree
@@ -24,10 +24,14 @@ Examples:
 
   # No API call: stamp a known password (from a file, never a flag)
   imprint provision --offline --password-file pw.txt --serial AZJN-0042 \\
-      --image system.img --output bootloader/system.img --force
+      --owner azaion --image system.img --output bootloader/system.img --force
 
   # Check what a built image carries, and that it logs in
-  imprint verify out/AZJN-0042-rootfs.tbz2 --serial AZJN-0042 --login-url http://loader:8080
+  imprint verify out/AZJN-0042-rootfs.tbz2 --serial AZJN-0042 --owner azaion \\
+      --login-url http://loader:8080
+
+  # Check that a base (or an OTA payload's rootfs) holds no device's credentials
+  imprint verify --no-credentials Linux_for_Tegra/rootfs
 
   # Look inside an image: list a directory, print a file
   imprint ls out/AZJN-0042-rootfs.tbz2 /etc/azaion
@@ -105,6 +109,9 @@ pub(crate) struct ProvisionArgs {
     /// Batch with --skip-existing: give outputs rebuilt from another base new passwords instead of keeping theirs
     #[arg(long, requires = "skip_existing")]
     pub(crate) rotate: bool,
+    /// Create or reuse, never rotate: an account that exists keeps the password this device's earlier output carries (--skip-existing, or the output --force replaces), or gets the --password-file one; with neither, the device fails instead of getting a new password
+    #[arg(long, conflicts_with_all = ["rotate", "offline"])]
+    pub(crate) no_rotate: bool,
     /// Batch: API calls in flight at once
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub(crate) jobs: u16,
@@ -123,9 +130,9 @@ pub(crate) struct ProvisionArgs {
     /// Replace an existing output file
     #[arg(long)]
     pub(crate) force: bool,
-    /// Owner of device.conf: USER, USER:GROUP or UID:GID, looked up in the image's own /etc/passwd and /etc/group
-    #[arg(long, default_value = "root:root")]
-    pub(crate) owner: String,
+    /// Owner of device.conf: USER, USER:GROUP or UID:GID, looked up in the image's own /etc/passwd and /etc/group (default root:root; the Loader's service user is azaion: pass --owner azaion, a run without --owner over an image that has that user warns)
+    #[arg(long)]
+    pub(crate) owner: Option<String>,
     /// Read the password from this file (first line) instead of generating one
     #[arg(long)]
     pub(crate) password_file: Option<PathBuf>,
@@ -193,6 +200,15 @@ pub(crate) struct ApiArgs {
 pub(crate) struct VerifyArgs {
     /// Built image or staging directory
     pub(crate) image: PathBuf,
+    /// Check a base instead: pass only if no file that holds a password (device.conf, or an --overlay file using {password}) is in it
+    #[arg(long, conflicts_with_all = [
+        "serial", "owner", "login_url", "password_policy", "api_token_file", "allow_http",
+        "ca_cert", "client_cert", "client_key", "api_timeout", "api_retries",
+    ])]
+    pub(crate) no_credentials: bool,
+    /// With --no-credentials: also look for the files this overlay spec (TOML) fills with {password}; repeatable
+    #[arg(long = "overlay", value_name = "FILE", requires = "no_credentials")]
+    pub(crate) overlays: Vec<PathBuf>,
     /// Check that the email matches this serial
     #[arg(long)]
     pub(crate) serial: Option<String>,

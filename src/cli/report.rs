@@ -1,5 +1,6 @@
 //! The `--json` documents (docs/json.md): `imprint.provision/1`,
-//! `imprint.batch/1` and `imprint.verify/1`. They carry no secret.
+//! `imprint.batch/1`, `imprint.verify/1` and `imprint.verify-clean/1`.
+//! They carry no secret.
 //!
 //! Fields are declared in alphabetical order: that is the order the
 //! documents have always been printed in (they were first built as
@@ -13,7 +14,7 @@ use crate::io::output::sidecar_path;
 use crate::pipeline::batch::{BatchReport, Outcome};
 use crate::pipeline::dry_run::PlannedDevice;
 use crate::pipeline::Report;
-use crate::verify::{Check, VerifyReport};
+use crate::verify::{Check, CleanReport, VerifyReport};
 
 /// Where provisioning puts the credentials, in every image.
 const DEVICE_CONF_PATH: &str = "/etc/azaion/device.conf";
@@ -38,6 +39,9 @@ pub(crate) struct ProvisionDocument<'a> {
     sidecar: Option<String>,
     size: Option<u64>,
     staged: Vec<String>,
+    /// Only when there is one: documents without stay as they were.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    warnings: &'a [String],
 }
 
 /// One image of a provision document (fields in alphabetical order, as
@@ -70,6 +74,7 @@ impl<'a> ProvisionDocument<'a> {
             account: report.account.map(|a| match a {
                 Provisioned::Created => "created",
                 Provisioned::PasswordUpdated => "password_updated",
+                Provisioned::Existing => "existing",
             }),
             device_conf: DeviceConfDocument {
                 gid: first.owner.gid,
@@ -108,6 +113,7 @@ impl<'a> ProvisionDocument<'a> {
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect(),
+            warnings: &report.warnings,
         }
     }
 }
@@ -119,6 +125,9 @@ pub(crate) struct BatchDocument<'a> {
     manifest: String,
     results: Vec<BatchResult<'a>>,
     schema: &'static str,
+    /// Only when there is one: documents without stay as they were.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    warnings: &'a [String],
 }
 
 /// One serial of a batch, in the order given.
@@ -154,6 +163,7 @@ impl<'a> BatchDocument<'a> {
                 })
                 .collect(),
             schema: "imprint.batch/1",
+            warnings: &report.warnings,
         }
     }
 }
@@ -192,6 +202,60 @@ impl<'a> CheckDocument<'a> {
             detail: &check.detail,
             name: &check.name,
             passed: check.passed,
+        }
+    }
+}
+
+/// `imprint verify --no-credentials --json`.
+#[derive(Serialize)]
+pub(crate) struct CleanDocument<'a> {
+    found: Vec<FoundDocument<'a>>,
+    image: String,
+    passed: bool,
+    schema: &'static str,
+    targets: &'a [String],
+}
+
+/// One file that should not be in a base: what it is, never what it holds.
+#[derive(Serialize)]
+struct FoundDocument<'a> {
+    gid: u32,
+    mode: String,
+    path: &'a str,
+    size: u64,
+    target: Option<&'a str>,
+    template: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    uid: u32,
+}
+
+impl<'a> CleanDocument<'a> {
+    pub(crate) fn new(report: &'a CleanReport) -> Self {
+        CleanDocument {
+            found: report
+                .found
+                .iter()
+                .map(|f| FoundDocument {
+                    gid: f.meta.gid,
+                    mode: format!("{:04o}", f.meta.mode),
+                    path: &f.path,
+                    size: f.meta.size,
+                    target: f.meta.target.as_deref(),
+                    template: &f.template,
+                    kind: match f.meta.kind {
+                        crate::image::EntryType::Regular => "file",
+                        crate::image::EntryType::Dir => "dir",
+                        crate::image::EntryType::Symlink => "symlink",
+                        crate::image::EntryType::Other => "other",
+                    },
+                    uid: f.meta.uid,
+                })
+                .collect(),
+            image: report.image.display().to_string(),
+            passed: report.passed(),
+            schema: "imprint.verify-clean/1",
+            targets: &report.targets,
         }
     }
 }

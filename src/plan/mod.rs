@@ -8,6 +8,7 @@
 
 pub mod devices;
 pub mod model;
+mod pattern;
 mod source;
 pub mod spec;
 
@@ -19,6 +20,7 @@ use zeroize::Zeroizing;
 use crate::owner::{Owner, OwnerError, OwnerSpec, UserDb};
 pub use devices::DevicesError;
 pub use model::{EntryType, Existing, FileMeta, ImagePath};
+pub use pattern::PathTemplate;
 pub use source::MAX_SOURCE;
 use spec::{parse_mode, render_content, render_name, source_path, SpecKind};
 pub use spec::{DeviceVars, ExtraVars, OverlaySpec, DEFAULT_OVERLAY};

@@ -1401,3 +1401,35 @@ fn disk_overlay_symlinks_and_removals() {
     assert_gpt_clean(&out);
     assert_verifies(&out, None);
 }
+
+/// `verify --no-credentials` on a GPT SD card image: the fresh one passes,
+/// the stamped one fails on its APP partition, and `--partition` checks
+/// another (the recovery rootfs, which the run left alone).
+#[test]
+fn no_credentials_on_a_disk_image() {
+    let dir = TempDir::new().unwrap();
+    let pw = write_password(dir.path(), PASSWORD);
+    let img = dir.path().join("sd-blob.img");
+    jetson_sd_card(dir.path(), &img, 2048, 2048);
+    let stamped = dir.path().join("stamped.img");
+    provisioned(&img, &stamped, &pw, None);
+    let check = |image: &Path, extra: &[&str]| {
+        let o = run(bin()
+            .args(["verify", "--no-credentials"])
+            .arg(image)
+            .args(extra));
+        assert!(!stdout(&o).contains(PASSWORD));
+        (o.status.code(), stdout(&o))
+    };
+    let (code, out) = check(&img, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("clean, no device credentials"), "{out}");
+    let (code, out) = check(&stamped, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("/etc/azaion/device.conf is present: file 0600 1001:1001"),
+        "{out}"
+    );
+    let (code, out) = check(&stamped, &["--partition", "RECROOTFS"]);
+    assert_eq!(code, Some(0), "{out}");
+}

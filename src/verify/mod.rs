@@ -13,6 +13,9 @@ use crate::io::output;
 use crate::owner::{OwnerSpec, UserDb};
 use crate::plan::ImagePath;
 
+mod clean;
+pub use clean::{check_clean, CleanReport, FoundSecret};
+
 /// Where the runbook puts the credentials.
 pub const DEVICE_CONF: &str = "/etc/azaion/device.conf";
 const MAX_CONF: u64 = 64 << 10;
@@ -94,54 +97,10 @@ pub fn verify(path: &Path, expect: &Expectations) -> Result<VerifyReport, ImageE
         checks: Vec::new(),
     };
     if path.is_file() {
-        match output::read_sidecar(path) {
-            Ok(Some(recorded)) => {
-                let actual = output::sha256_file(path).map_err(|source| ImageError::Open {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-                report.add(
-                    "checksum",
-                    actual == recorded,
-                    if actual == recorded {
-                        format!(
-                            "sha256 {actual} matches {}",
-                            output::sidecar_path(path).display()
-                        )
-                    } else {
-                        format!("sha256 is {actual} but the sidecar says {recorded}")
-                    },
-                );
-            }
-            Ok(None) if output::sidecar_path(path).exists() => {
-                report.add(
-                    "checksum",
-                    false,
-                    format!(
-                        "{} has no line for this file",
-                        output::sidecar_path(path).display()
-                    ),
-                );
-            }
-            Ok(None) => {}
-            Err(e) => {
-                report.add("checksum", false, format!("cannot read the sidecar: {e}"));
-            }
-        }
+        check_sidecar(path, &mut report)?;
     }
-
     let mut reader = image::open_reader(path, &expect.image)?;
-    let conf_path = ImagePath::parse(DEVICE_CONF).expect("constant");
-    let paths = [
-        conf_path,
-        ImagePath::parse("/etc/passwd").expect("constant"),
-        ImagePath::parse("/etc/group").expect("constant"),
-    ];
-    let mut found = reader.lookup_many(&paths, MAX_DB)?;
-    let group = found.pop().flatten().and_then(|(_, c)| c);
-    let passwd = found.pop().flatten().and_then(|(_, c)| c);
-    let conf = found.pop().flatten();
-
+    let (conf, passwd, group) = read_files(reader.as_mut())?;
     let Some((meta, content)) = conf else {
         report.add(
             "present",
@@ -151,6 +110,98 @@ pub fn verify(path: &Path, expect: &Expectations) -> Result<VerifyReport, ImageE
         return Ok(report);
     };
     report.add("present", true, DEVICE_CONF);
+    if !check_file(&mut report, &meta) {
+        return Ok(report);
+    }
+    let db = UserDb::parse(passwd.as_deref(), group.as_deref());
+    check_owner(&mut report, &meta, &db, expect.owner.as_ref());
+    // The file holds the password: wiped when this check is done with it.
+    let content = match content {
+        Some(c) if meta.size <= MAX_CONF => zeroize::Zeroizing::new(c),
+        _ => {
+            report.add(
+                "contents",
+                false,
+                format!("{} bytes is too large for device.conf", meta.size),
+            );
+            return Ok(report);
+        }
+    };
+    let parsed = identity::parse_device_conf(&content);
+    check_credentials(&mut report, &parsed, expect);
+    if let Some(result) = reader.fsck() {
+        match result {
+            Ok(()) => report.add("e2fsck", true, "e2fsck -fn found no problems"),
+            Err(why) => report.add("e2fsck", false, why),
+        };
+    }
+    if let Some(login) = &expect.login {
+        check_login(&mut report, &parsed, login);
+    }
+    Ok(report)
+}
+
+/// The `checksum` check, when the image has a sidecar (or a sidecar
+/// without its line).
+fn check_sidecar(path: &Path, report: &mut VerifyReport) -> Result<(), ImageError> {
+    match output::read_sidecar(path) {
+        Ok(Some(recorded)) => {
+            let actual = output::sha256_file(path).map_err(|source| ImageError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            report.add(
+                "checksum",
+                actual == recorded,
+                if actual == recorded {
+                    format!(
+                        "sha256 {actual} matches {}",
+                        output::sidecar_path(path).display()
+                    )
+                } else {
+                    format!("sha256 is {actual} but the sidecar says {recorded}")
+                },
+            );
+        }
+        Ok(None) if output::sidecar_path(path).exists() => {
+            report.add(
+                "checksum",
+                false,
+                format!(
+                    "{} has no line for this file",
+                    output::sidecar_path(path).display()
+                ),
+            );
+        }
+        Ok(None) => {}
+        Err(e) => {
+            report.add("checksum", false, format!("cannot read the sidecar: {e}"));
+        }
+    }
+    Ok(())
+}
+
+/// device.conf (if there) and the content of /etc/passwd and /etc/group.
+type Files = (Option<image::Found>, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// device.conf (metadata and content) and the user database, in one
+/// lookup (one pass over a tar).
+fn read_files(reader: &mut dyn image::ImageReader) -> Result<Files, ImageError> {
+    let paths = [
+        ImagePath::parse(DEVICE_CONF).expect("constant"),
+        ImagePath::parse("/etc/passwd").expect("constant"),
+        ImagePath::parse("/etc/group").expect("constant"),
+    ];
+    let mut found = reader.lookup_many(&paths, MAX_DB)?;
+    let group = found.pop().flatten().and_then(|(_, c)| c);
+    let passwd = found.pop().flatten().and_then(|(_, c)| c);
+    let conf = found.pop().flatten();
+    Ok((conf, passwd, group))
+}
+
+/// The `regular file` and `mode` checks; false when the file is not one
+/// whose content is worth reading.
+fn check_file(report: &mut VerifyReport, meta: &image::FileMeta) -> bool {
     if !report.add(
         "regular file",
         meta.kind == EntryType::Regular && meta.links <= 1,
@@ -162,7 +213,7 @@ pub fn verify(path: &Path, expect: &Expectations) -> Result<VerifyReport, ImageE
             kind => format!("{kind:?}").to_lowercase(),
         },
     ) {
-        return Ok(report);
+        return false;
     }
     let acls: Vec<&str> = meta
         .xattrs
@@ -183,16 +234,22 @@ pub fn verify(path: &Path, expect: &Expectations) -> Result<VerifyReport, ImageE
             )
         },
     );
+    true
+}
 
-    let db = UserDb::parse(passwd.as_deref(), group.as_deref());
-    let spec = expect
-        .owner
-        .clone()
-        .unwrap_or(OwnerSpec::User("root".into()));
+/// The `owner` check: the ids `expected` names in the image's own
+/// database (root:root when not given), and names that map to them.
+fn check_owner(
+    report: &mut VerifyReport,
+    meta: &image::FileMeta,
+    db: &UserDb,
+    expected: Option<&OwnerSpec>,
+) {
+    let spec = expected.cloned().unwrap_or(OwnerSpec::User("root".into()));
     match db.resolve(&spec) {
         Ok(owner) => {
             let ids = meta.uid == owner.uid && meta.gid == owner.gid;
-            let names = names_problem(&meta, &db);
+            let names = names_problem(meta, db);
             let detail = format!(
                 "{}:{} (expected {}:{} for {spec})",
                 meta.uid, meta.gid, owner.uid, owner.gid
@@ -204,20 +261,14 @@ pub fn verify(path: &Path, expect: &Expectations) -> Result<VerifyReport, ImageE
         }
         Err(e) => report.add("owner", false, e.to_string()),
     };
+}
 
-    // The file holds the password: wiped when this check is done with it.
-    let content = match content {
-        Some(c) if meta.size <= MAX_CONF => zeroize::Zeroizing::new(c),
-        _ => {
-            report.add(
-                "contents",
-                false,
-                format!("{} bytes is too large for device.conf", meta.size),
-            );
-            return Ok(report);
-        }
-    };
-    let parsed = identity::parse_device_conf(&content);
+/// The `email`, `password` and `email matches serial` checks.
+fn check_credentials(
+    report: &mut VerifyReport,
+    parsed: &identity::DeviceConf,
+    expect: &Expectations,
+) {
     let email_ok = parsed
         .email
         .as_deref()
@@ -257,27 +308,22 @@ pub fn verify(path: &Path, expect: &Expectations) -> Result<VerifyReport, ImageE
             format!("expected {want} for {serial}"),
         );
     }
-    if let Some(result) = reader.fsck() {
-        match result {
-            Ok(()) => report.add("e2fsck", true, "e2fsck -fn found no problems"),
-            Err(why) => report.add("e2fsck", false, why),
-        };
-    }
-    if let Some(login) = &expect.login {
-        match (&parsed.email, &parsed.password) {
-            (Some(email), Some(password)) => match admin::login(login, email, password) {
-                Ok(()) => report.add(
-                    "login",
-                    true,
-                    format!(
-                        "POST {}/login accepted",
-                        login.base_url.trim_end_matches('/')
-                    ),
+}
+
+/// The `login` check: the credentials tried at the Loader.
+fn check_login(report: &mut VerifyReport, parsed: &identity::DeviceConf, login: &AdminConfig) {
+    match (&parsed.email, &parsed.password) {
+        (Some(email), Some(password)) => match admin::login(login, email, password) {
+            Ok(()) => report.add(
+                "login",
+                true,
+                format!(
+                    "POST {}/login accepted",
+                    login.base_url.trim_end_matches('/')
                 ),
-                Err(e) => report.add("login", false, e.to_string()),
-            },
-            _ => report.add("login", false, "no credentials to try"),
-        };
-    }
-    Ok(report)
+            ),
+            Err(e) => report.add("login", false, e.to_string()),
+        },
+        _ => report.add("login", false, "no credentials to try"),
+    };
 }

@@ -1,0 +1,31 @@
+//! The password an earlier output of a device carries: what a rerun
+//! reuses (a `--skip-existing` rebuild, or `--no-rotate`) so that devices
+//! already flashed with it keep logging in.
+
+use std::path::Path;
+
+use crate::identity::{self, Password, PasswordPolicy, Serial};
+use crate::image::{self, ImageOptions};
+use crate::plan::ImagePath;
+
+/// The password in the device.conf of `path` (an image or a staging
+/// tree), if that file names `serial`'s account. Whatever its form (any
+/// printable password): it is the one the account has, if any has.
+pub(crate) fn password_of(
+    path: &Path,
+    serial: &Serial,
+    options: &ImageOptions,
+) -> Option<Password> {
+    let mut reader = image::open_reader(path, options).ok()?;
+    let conf = ImagePath::parse(super::DEVICE_CONF)?;
+    let (_, content) = reader.lookup(&conf, 64 << 10).ok()??;
+    // The file holds the password: wiped once parsed.
+    let content = zeroize::Zeroizing::new(content?);
+    let parsed = identity::parse_device_conf(&content);
+    if parsed.email.as_deref() != Some(serial.email().as_str()) {
+        return None;
+    }
+    parsed
+        .password
+        .filter(|p| PasswordPolicy::Any.accepts(p.expose()))
+}
