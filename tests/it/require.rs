@@ -45,6 +45,9 @@ pub fn require(available: bool, why: &str) -> bool {
 /// Whether `name` is a program on PATH (or in the system's sbin
 /// directories, where e2fsprogs puts its tools).
 pub fn tool_exists(name: &str) -> bool {
+    if name.contains('/') {
+        return is_executable(Path::new(name));
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin"].map(Into::into))
@@ -96,6 +99,7 @@ fn how_to_install(name: &str) -> String {
         "dpkg-deb" => "dpkg",
         "mount" | "umount" => "mount",
         "taskset" | "script" => "util-linux",
+        "/usr/bin/time" => "time",
         "cargo-deb" => return "cargo install cargo-deb --locked --version 3.6.0".to_string(),
         other => other,
     };
