@@ -12,6 +12,7 @@ use zeroize::Zeroizing;
 use crate::identity::Password;
 
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum AdminError {
     #[error("invalid API URL {url:?}: {why}")]
     BadUrl { url: String, why: &'static str },
@@ -119,6 +120,7 @@ fn check_token(token: &str) -> Result<(), AdminError> {
 
 /// What the provisioning call did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Provisioned {
     /// POST /users answered 200 or 201.
     Created,
@@ -335,6 +337,25 @@ impl std::io::Read for WipingBody {
 }
 
 impl AdminClient {
+    /// A client for the admin API `config` names. Nothing is sent yet; a
+    /// token is never sent over plain `http://` to another machine unless
+    /// `allow_http` says so.
+    ///
+    /// ```
+    /// use imprint::admin::{AdminClient, AdminConfig, AdminError};
+    ///
+    /// let mut config = AdminConfig::new("http://admin.example");
+    /// config.token = Some(String::from("t0ken").into());
+    /// assert!(matches!(AdminClient::new(config), Err(AdminError::PlainHttp { .. })));
+    ///
+    /// let mut config = AdminConfig::new("https://admin.example");
+    /// config.retries = 5;
+    /// let client = AdminClient::new(config).unwrap();
+    /// # let _ = client;
+    /// ```
+    ///
+    /// `imprint::stub` (feature `demo`) has an example against a stand-in
+    /// API on 127.0.0.1.
     pub fn new(config: AdminConfig) -> Result<AdminClient, AdminError> {
         let base = check_url(&config.base_url)?;
         if let Some(token) = &config.token {
@@ -523,7 +544,7 @@ pub fn login(config: &AdminConfig, email: &str, password: &Password) -> Result<(
 
 /// True when the URL's host is this machine (127.0.0.0/8, ::1,
 /// localhost): plain http there never crosses a network.
-pub fn is_loopback(url: &str) -> bool {
+pub(crate) fn is_loopback(url: &str) -> bool {
     let Ok(parsed) = reqwest::Url::parse(url) else {
         return false;
     };
@@ -536,7 +557,7 @@ pub fn is_loopback(url: &str) -> bool {
 }
 
 /// True for a plain-http URL (credentials would cross the network in clear).
-pub fn is_plain_http(url: &str) -> bool {
+pub(crate) fn is_plain_http(url: &str) -> bool {
     url.get(..7)
         .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
 }

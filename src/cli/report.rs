@@ -30,7 +30,7 @@ pub(crate) struct ProvisionDocument<'a> {
     /// Every image written for the device (several with repeated --image);
     /// the top-level fields describe the first.
     images: Vec<ImageDocument<'a>>,
-    input_kind: &'a str,
+    input_kind: String,
     output: Option<String>,
     schema: &'static str,
     serial: &'a str,
@@ -48,7 +48,7 @@ pub(crate) struct ProvisionDocument<'a> {
 /// serde_json writes maps).
 #[derive(Serialize)]
 struct ImageDocument<'a> {
-    input_kind: &'a str,
+    input_kind: String,
     output: String,
     sha1sum: Option<String>,
     sha256: &'a str,
@@ -91,7 +91,7 @@ impl<'a> ProvisionDocument<'a> {
                 .filter_map(|o| {
                     let e = o.emitted.as_ref()?;
                     Some(ImageDocument {
-                        input_kind: &o.kind,
+                        input_kind: o.kind.to_string(),
                         output: e.path.display().to_string(),
                         sha1sum: o.sha1sum.as_ref().map(|p| p.display().to_string()),
                         sha256: &e.sha256,
@@ -100,7 +100,7 @@ impl<'a> ProvisionDocument<'a> {
                     })
                 })
                 .collect(),
-            input_kind: &first.kind,
+            input_kind: first.kind.to_string(),
             output: emitted.map(|e| e.path.display().to_string()),
             schema: "imprint.provision/1",
             serial: &report.serial,

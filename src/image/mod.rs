@@ -3,14 +3,17 @@
 
 mod compressed;
 mod detect;
-pub mod dir;
-pub mod disk;
-pub mod ext4;
+pub(crate) mod dir;
+pub(crate) mod disk;
+pub(crate) mod ext4;
 mod formats;
 mod listing;
-pub mod resolve;
+pub(crate) mod resolve;
+// Public for the integration tests and the demo alone, which need sparse
+// images with DONT_CARE chunks that no installed tool makes.
+#[doc(hidden)]
 pub mod sparse;
-pub mod tar;
+pub(crate) mod tar;
 mod volume;
 #[cfg(test)]
 mod xor_test;
@@ -19,12 +22,20 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+pub use crate::io::bmap::BmapError;
 use crate::io::output::TempOutput;
 pub use crate::plan::model::{EntryType, FileMeta};
 use crate::plan::{ImagePath, OverlayError, Plan};
-pub use detect::{detect, Content, ImageKind};
+pub use detect::ImageKind;
+pub(crate) use detect::{detect, Content};
+pub use dir::DirError;
+pub use disk::{DiskError, PartitionChoice};
+pub use ext4::{use_library, Ext4Error};
+pub use sparse::SparseError;
+pub use tar::TarError;
 
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ImageError {
     #[error("cannot read {path}")]
     Open {
@@ -94,7 +105,7 @@ pub enum ImageError {
 
 /// What planning needs to know about an image before writing into it.
 #[derive(Debug, Default)]
-pub struct ImageFacts {
+pub(crate) struct ImageFacts {
     pub passwd: Option<Vec<u8>>,
     pub group: Option<Vec<u8>>,
     /// The time new entries get when SOURCE_DATE_EPOCH is unset: a time
@@ -110,7 +121,7 @@ pub struct ImageFacts {
 
 /// A format backend for an input image file. Backends never open the input
 /// for writing; they write a complete new image into `out`.
-pub trait ImageBackend {
+pub(crate) trait ImageBackend {
     /// Reads /etc/passwd, /etc/group and the reference mtime.
     fn facts(&mut self) -> Result<ImageFacts, ImageError>;
     /// Writes the input with `plan` applied into `out`.
@@ -119,6 +130,7 @@ pub trait ImageBackend {
 
 /// One name found by [`Inspect::list`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Listed {
     /// Relative to the image's root, e.g. `etc/azaion/device.conf`.
     pub path: String,
@@ -180,6 +192,7 @@ pub type Found = (FileMeta, Option<Vec<u8>>);
 
 /// How inputs are read and outputs written, beyond the plan itself.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct ImageOptions {
     /// Decompress and recompress the whole image even where a faster path
     /// would keep the input's bytes: tests and benchmarks compare the two.
@@ -189,7 +202,25 @@ pub struct ImageOptions {
     pub partition: Option<disk::PartitionChoice>,
     /// Where tar scans are kept for the next run from the same input
     /// (`src/cache/`); `None` scans every time.
-    pub cache: Option<crate::cache::Cache>,
+    pub(crate) cache: Option<crate::cache::Cache>,
+}
+
+impl ImageOptions {
+    /// Keeps what a tarball's scan learned for the next run from the same
+    /// input, in the scan cache where the environment puts it
+    /// (`$IMPRINT_CACHE_DIR`, else `$XDG_CACHE_HOME/imprint`, else
+    /// `~/.cache/imprint`; docs/formats.md, "Scan cache"), as `imprint
+    /// provision` does unless `--no-cache`. Without such a place, every
+    /// run scans.
+    ///
+    /// ```
+    /// let options = imprint::ImageOptions::default().with_scan_cache();
+    /// # let _ = options;
+    /// ```
+    pub fn with_scan_cache(mut self) -> ImageOptions {
+        self.cache = crate::cache::Cache::from_env();
+        self
+    }
 }
 
 /// Opens `path` for writing plans over `targets` into outputs that go in
@@ -198,7 +229,7 @@ pub struct ImageOptions {
 /// around a raw image decompresses it into a scratch file first; a disk
 /// image narrows to its rootfs partition; the content (tar, ext2/3/4) is
 /// what the plan is written into.
-pub fn open_backend(
+pub(crate) fn open_backend(
     path: &Path,
     kind: ImageKind,
     targets: &[ImagePath],
@@ -246,7 +277,31 @@ fn bmap_of(
         .map_err(ImageError::from)
 }
 
-/// Opens an image (or a staging directory) for reading, for `verify`.
+/// Opens an image (or a staging directory) for reading, for `verify`,
+/// `imprint ls` and `imprint cat`. Every format imprint writes is read, and
+/// nothing is ever written.
+///
+/// ```
+/// use imprint::image::{open_reader, ImageOptions, Inspect};
+/// use imprint::plan::ImagePath;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// # let root = dir.path();
+/// # std::fs::create_dir(root.join("etc"))?;
+/// # std::fs::write(root.join("etc/hostname"), "jetson\n")?;
+/// // `root` is a staging tree; an image file is opened the same way.
+/// let mut reader = open_reader(root, &ImageOptions::default())?;
+/// let etc = ImagePath::parse("/etc").unwrap();
+/// let names: Vec<_> = reader.list(Some(&etc), false)?.unwrap()
+///     .into_iter().map(|l| l.path).collect();
+/// assert_eq!(names, ["etc/hostname"]);
+/// let mut text = Vec::new();
+/// reader.cat(&ImagePath::parse("/etc/hostname").unwrap(), &mut text)?;
+/// assert_eq!(text, b"jetson\n");
+/// # Ok(())
+/// # }
+/// ```
 pub fn open_reader(
     path: &Path,
     options: &ImageOptions,

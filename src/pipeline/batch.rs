@@ -30,11 +30,6 @@ use crate::verify::{self, Expectations};
 
 #[derive(Debug, Error)]
 pub enum BatchError {
-    #[error("cannot read the serials file {path}")]
-    ReadSerials {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error("{path}, line {line}: {error}")]
     BadSerial {
         path: String,

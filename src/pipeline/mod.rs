@@ -14,9 +14,9 @@
 //! final name only after the API accepted the password, so no image ever
 //! carries a password the server does not have.
 
-pub mod batch;
-pub mod dry_run;
-pub mod manifest;
+pub(crate) mod batch;
+pub(crate) mod dry_run;
+pub(crate) mod manifest;
 mod previous;
 
 use std::path::{Path, PathBuf};
@@ -26,15 +26,17 @@ use thiserror::Error;
 use crate::admin::{AdminClient, AdminConfig, AdminError, OnConflict, Provisioned};
 use crate::identity::{IdentityError, Password, Serial};
 use crate::image::dir::{DirError, Staged, StagingDir};
-use crate::image::{self, ImageBackend, ImageError, ImageFacts, ImageOptions};
-use crate::io::output::{self, Emitted, TempOutput};
+use crate::image::{self, ImageBackend, ImageError, ImageFacts, ImageKind, ImageOptions};
+pub use crate::io::output::Emitted;
+use crate::io::output::{self, TempOutput};
 use crate::owner::{Owner, OwnerSpec, UserDb};
 use crate::plan::{DeviceVars, ExtraVars, ImagePath, OverlayError, OverlaySpec, Plan};
 
 /// The file the default overlay writes; its owner is what reports show.
-pub const DEVICE_CONF: &str = "/etc/azaion/device.conf";
+pub(crate) const DEVICE_CONF: &str = "/etc/azaion/device.conf";
 
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ProvisionError {
     #[error(transparent)]
     Identity(#[from] IdentityError),
@@ -167,26 +169,26 @@ pub enum PasswordOrigin {
 
 /// One device: who it is, its password, and what to do if its account
 /// exists already.
-pub struct Job {
+pub(crate) struct Job {
     pub serial: Serial,
     pub password: Password,
     pub on_conflict: OnConflict,
 }
 
-/// The content of an opened input.
-enum Content {
+/// What an opened input is written into: an image's format backend, or
+/// a staging tree.
+enum Target {
     Image(Box<dyn ImageBackend>),
     Staging(StagingDir),
 }
 
 /// An input opened and scanned once, ready to be written for any number of
 /// devices.
-pub struct Opened {
-    source: Source,
+pub(crate) struct Opened {
     /// What every device written from this input should hear of.
     warnings: Vec<String>,
-    kind: String,
-    content: Content,
+    kind: InputKind,
+    target: Target,
     facts: ImageFacts,
     settings: Settings,
 }
@@ -200,54 +202,40 @@ impl Opened {
         scratch_dir: &Path,
         say: &mut dyn FnMut(&str),
     ) -> Result<Opened, ProvisionError> {
-        let (kind, mut content) = match &source {
+        let (kind, mut target) = match &source {
             Source::Image(input) => {
                 let kind = image::detect(input)?;
                 say(&format!("{}: {}", input.display(), kind.describe()));
                 let targets = settings.overlay.targets();
                 let backend =
                     image::open_backend(input, kind, &targets, scratch_dir, &settings.options)?;
-                (kind.describe(), Content::Image(backend))
+                (InputKind::Image(kind), Target::Image(backend))
             }
             Source::StagingDir(root) => (
-                "staging directory".to_string(),
-                Content::Staging(StagingDir::open(root)?),
+                InputKind::StagingDir,
+                Target::Staging(StagingDir::open(root)?),
             ),
         };
-        let facts = match &mut content {
-            Content::Image(backend) => backend.facts()?,
-            Content::Staging(dir) => dir.facts()?,
+        let facts = match &mut target {
+            Target::Image(backend) => backend.facts()?,
+            Target::Staging(dir) => dir.facts()?,
         };
         let warnings = owner_warning(&source, &facts, &settings)
             .into_iter()
             .collect();
         Ok(Opened {
-            source,
             warnings,
             kind,
-            content,
+            target,
             facts,
             settings,
         })
-    }
-
-    /// What the input is, e.g. "tar archive (gzip)".
-    pub fn kind(&self) -> &str {
-        &self.kind
     }
 
     /// What every device written from this input should hear of (each
     /// also goes into its [`Report::warnings`]).
     pub fn warnings(&self) -> &[String] {
         &self.warnings
-    }
-
-    pub fn source(&self) -> &Source {
-        &self.source
-    }
-
-    pub fn settings(&self) -> &Settings {
-        &self.settings
     }
 
     /// Plans the device's files against this input and writes them into
@@ -263,8 +251,8 @@ impl Opened {
         say: &mut dyn FnMut(&str),
     ) -> Result<(), ProvisionError> {
         let plan = self.plan(&prepared.job, &prepared.email)?;
-        let pending = match &mut self.content {
-            Content::Image(backend) => {
+        let pending = match &mut self.target {
+            Target::Image(backend) => {
                 let output = output.ok_or(ProvisionError::NoOutput)?;
                 let dir = output.parent().unwrap_or(Path::new(".")).to_path_buf();
                 let mut temp = TempOutput::create(output)
@@ -280,7 +268,7 @@ impl Opened {
                 })?;
                 Pending::Image(Box::new(temp))
             }
-            Content::Staging(dir) => Pending::Staged(dir.stage(&plan)?),
+            Target::Staging(dir) => Pending::Staged(dir.stage(&plan)?),
         };
         for w in &self.warnings {
             if !prepared.warnings.contains(w) {
@@ -288,7 +276,7 @@ impl Opened {
             }
         }
         prepared.pending.push(PendingOutput {
-            kind: self.kind.clone(),
+            kind: self.kind,
             owner: device_conf_owner(&plan),
             pending,
             sha1sum: self.settings.sha1sum,
@@ -364,7 +352,7 @@ enum Pending {
 }
 
 struct PendingOutput {
-    kind: String,
+    kind: InputKind,
     owner: Owner,
     pending: Pending,
     sha1sum: bool,
@@ -372,7 +360,7 @@ struct PendingOutput {
 
 /// A device's files, written but not yet under their final names. Dropped
 /// without [`Prepared::commit`], its temp files are removed.
-pub struct Prepared {
+pub(crate) struct Prepared {
     job: Job,
     email: String,
     pending: Vec<PendingOutput>,
@@ -453,6 +441,7 @@ impl Prepared {
 
 /// What a run did for one device. Carries no secret.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Report {
     pub serial: String,
     pub email: String,
@@ -465,11 +454,32 @@ pub struct Report {
     pub warnings: Vec<String>,
 }
 
+/// What an input was. Its text (`Display`) is what reports and `--json`
+/// (`input_kind`) say, e.g. "tar archive (gzip)" or "staging directory".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InputKind {
+    /// An image file, of this kind.
+    Image(ImageKind),
+    /// A staging directory, written in place.
+    StagingDir,
+}
+
+impl std::fmt::Display for InputKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InputKind::Image(kind) => f.write_str(&kind.describe()),
+            InputKind::StagingDir => f.write_str("staging directory"),
+        }
+    }
+}
+
 /// What was written for one input.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct OutputReport {
-    /// What the input was, e.g. "tar archive (gzip)".
-    pub kind: String,
+    /// What the input was.
+    pub kind: InputKind,
     /// device.conf's owner.
     pub owner: Owner,
     /// The image written, with its digest; `None` for a staging directory.
@@ -494,6 +504,48 @@ pub struct Request {
 }
 
 /// Provisions one device. `say` receives progress lines (never secrets).
+///
+/// Offline, with the caller's password, into a new tarball (`input` is a
+/// rootfs tar with an `azaion` user):
+///
+/// ```
+/// use imprint::{InputKind, Password, Request, Serial, Settings, Source};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// # let input = dir.path().join("rootfs.tar");
+/// # {
+/// #     let mut tar = tar::Builder::new(std::fs::File::create(&input)?);
+/// #     for (path, body) in [
+/// #         ("etc/passwd", &b"root:x:0:0::/root:/bin/sh\nazaion:x:1001:1001::/:/bin/sh\n"[..]),
+/// #         ("etc/group", &b"root:x:0:\nazaion:x:1001:\n"[..]),
+/// #     ] {
+/// #         let mut h = tar::Header::new_ustar();
+/// #         h.set_size(body.len() as u64);
+/// #         h.set_mode(0o644);
+/// #         tar.append_data(&mut h, path, body)?;
+/// #     }
+/// #     tar.finish()?;
+/// # }
+/// let output = dir.path().join("AZJN-0042-rootfs.tar");
+/// let report = imprint::run(
+///     Request {
+///         serial: Serial::parse("AZJN-0042")?,
+///         inputs: vec![(Source::Image(input), Some(output.clone()))],
+///         password: Some(Password::from_plain("0123456789abcdef0123456789abcdef")),
+///         settings: Settings::new("azaion".parse()?),
+///         api: None, // Some(AdminConfig) creates the account first
+///     },
+///     &mut |line| eprintln!("{line}"),
+/// )?;
+/// assert_eq!(report.email, "azaion-jetson-0042@azaion.com");
+/// let written = &report.outputs[0];
+/// assert!(matches!(written.kind, InputKind::Image(_)));
+/// assert_eq!(written.kind.to_string(), "tar archive (uncompressed)");
+/// assert_eq!(written.emitted.as_ref().unwrap().path, output);
+/// # Ok(())
+/// # }
+/// ```
 pub fn run(req: Request, say: &mut dyn FnMut(&str)) -> Result<Report, ProvisionError> {
     // Build the client first: a bad URL or certificate fails before any
     // work is done.
@@ -569,7 +621,7 @@ fn scratch_dir(output: Option<&Path>) -> PathBuf {
 /// Works out the final output path: a file, or a directory (existing, or
 /// named with a trailing `/`, then created) in which the name is
 /// `<serial>-<input name>`.
-pub fn output_path(
+pub(crate) fn output_path(
     input: &Path,
     output: &Path,
     serial: &Serial,
@@ -606,7 +658,7 @@ pub fn output_path(
 
 /// `dir` spelled as a directory (with a trailing `/`), so [`output_path`]
 /// treats it as one even before it exists.
-pub fn as_directory(dir: &Path) -> PathBuf {
+pub(crate) fn as_directory(dir: &Path) -> PathBuf {
     let mut text = dir.as_os_str().to_owned();
     if !text.to_string_lossy().ends_with('/') {
         text.push("/");
@@ -617,7 +669,7 @@ pub fn as_directory(dir: &Path) -> PathBuf {
 /// Makes sure `dir` exists as a directory outputs may go into: created if
 /// missing (with its parents; mode 0700 less the umask, so never writable
 /// by others), and refused if another user could swap files in it.
-pub fn output_dir(dir: &Path) -> Result<(), ProvisionError> {
+pub(crate) fn output_dir(dir: &Path) -> Result<(), ProvisionError> {
     use std::os::unix::fs::DirBuilderExt;
     if !dir.exists() {
         std::fs::DirBuilder::new()
@@ -644,8 +696,7 @@ fn check_output_dir(dir: &Path) -> Result<(), ProvisionError> {
         dir: dir.to_path_buf(),
         source,
     })?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = rustix::process::geteuid().as_raw();
     let foreign_owner = meta.uid() != me && meta.uid() != 0;
     let open_to_others = meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0;
     if foreign_owner || open_to_others {

@@ -13,6 +13,7 @@ use super::ExtraVars;
 use crate::identity::{IdentityError, Serial};
 
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum DevicesError {
     #[error("{origin}: {why}")]
     Format { origin: String, why: String },

@@ -144,7 +144,7 @@ impl OverlaySpec {
     /// Checks what can be known of one device before any work: every
     /// variable the templates use has a value, rendered paths are valid,
     /// and every `source` file exists, is a regular file and is within
-    /// [`super::source::MAX_SOURCE`]. `serial` names the device in errors.
+    /// `MAX_SOURCE` (16 MiB). `serial` names the device in errors.
     pub fn check_device(
         &self,
         serial: &Serial,

@@ -12,6 +12,7 @@ use crate::plan::{OverlaySpec, PathTemplate};
 
 /// A file that should not be in a base, as found.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FoundSecret {
     /// Where it is, e.g. `/etc/azaion/device.conf`.
     pub path: String,
@@ -22,6 +23,7 @@ pub struct FoundSecret {
 
 /// What the clean-base check looked for and found.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct CleanReport {
     pub image: PathBuf,
     /// Every path looked for, as the overlays write them.
@@ -82,6 +84,24 @@ fn describe(meta: &FileMeta) -> String {
 /// Looks in `path` (any input `verify` reads) for every file `spec`
 /// fills with the password. Anything at such a path counts (a symlink or
 /// a directory there would be replaced by the credentials just the same).
+///
+/// ```
+/// use imprint::verify::check_clean;
+/// use imprint::{ImageOptions, OverlaySpec};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// # let root = dir.path();
+/// # std::fs::create_dir_all(root.join("etc/azaion"))?;
+/// // `root` is a staging tree (an image file is checked the same way).
+/// let spec = OverlaySpec::default_spec();
+/// assert!(check_clean(root, &spec, &ImageOptions::default())?.passed());
+/// std::fs::write(root.join("etc/azaion/device.conf"), "left behind")?;
+/// let report = check_clean(root, &spec, &ImageOptions::default())?;
+/// assert_eq!(report.found[0].path, "/etc/azaion/device.conf");
+/// # Ok(())
+/// # }
+/// ```
 pub fn check_clean(
     path: &Path,
     spec: &OverlaySpec,

@@ -17,7 +17,7 @@ mod clean;
 pub use clean::{check_clean, CleanReport, FoundSecret};
 
 /// Where the runbook puts the credentials.
-pub const DEVICE_CONF: &str = "/etc/azaion/device.conf";
+pub(crate) const DEVICE_CONF: &str = "/etc/azaion/device.conf";
 const MAX_CONF: u64 = 64 << 10;
 const MAX_DB: u64 = 16 << 20;
 
@@ -36,6 +36,7 @@ pub struct Expectations {
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Check {
     pub name: String,
     pub passed: bool,
@@ -51,6 +52,7 @@ impl std::fmt::Display for Check {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct VerifyReport {
     pub image: PathBuf,
     pub checks: Vec<Check>,
@@ -91,6 +93,41 @@ fn names_problem(meta: &image::FileMeta, db: &UserDb) -> Option<String> {
 
 /// Runs every check. An image that cannot be read at all is an error; a
 /// readable image with wrong contents is a report with failed checks.
+///
+/// An image without credentials fails (`input` is a rootfs tar that was
+/// never stamped):
+///
+/// ```
+/// use imprint::{Expectations, Serial};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// # let input = dir.path().join("rootfs.tar");
+/// # {
+/// #     let mut tar = tar::Builder::new(std::fs::File::create(&input)?);
+/// #     for (path, body) in [
+/// #         ("etc/passwd", &b"root:x:0:0::/root:/bin/sh\nazaion:x:1001:1001::/:/bin/sh\n"[..]),
+/// #         ("etc/group", &b"root:x:0:\nazaion:x:1001:\n"[..]),
+/// #     ] {
+/// #         let mut h = tar::Header::new_ustar();
+/// #         h.set_size(body.len() as u64);
+/// #         h.set_mode(0o644);
+/// #         tar.append_data(&mut h, path, body)?;
+/// #     }
+/// #     tar.finish()?;
+/// # }
+/// let expect = Expectations {
+///     serial: Some(Serial::parse("AZJN-0042")?),
+///     ..Expectations::default()
+/// };
+/// let report = imprint::verify(&input, &expect)?;
+/// assert!(!report.passed());
+/// for check in report.checks.iter().filter(|c| !c.passed) {
+///     eprintln!("{}: {}", check.name, check.detail);
+/// }
+/// # Ok(())
+/// # }
+/// ```
 pub fn verify(path: &Path, expect: &Expectations) -> Result<VerifyReport, ImageError> {
     let mut report = VerifyReport {
         image: path.to_path_buf(),
