@@ -140,6 +140,12 @@ pub use pipeline::{
 pub use plan::{OverlayError, OverlaySpec};
 pub use verify::{verify, Expectations, VerifyReport};
 
+// What a unit test needs of the machine (a tool, root) and what happens
+// when it is missing: the integration tests' policy, from the same file.
+#[cfg(test)]
+#[path = "../tests/it/require.rs"]
+mod require;
+
 /// An error and its causes on one line, as the CLI prints them: each
 /// error in imprint says its own part once and leaves the cause to the
 /// next link of the chain.

@@ -734,21 +734,12 @@ fn no_credentials_on_raw_sparse_and_compressed_ext4() {
     let pw = write_password(d, PASSWORD);
     let o = run(&mut provision_offline(&clean, &stamped, "azaion", &pw));
     assert!(o.status.success(), "{}", stderr(&o));
-    let sparse = require(
-        run(std::process::Command::new("bash")
-            .arg("-c")
-            .arg("command -v img2simg"))
-        .status
-        .success(),
-        "img2simg (android-sdk-libsparse-utils) not installed",
-    );
+    require_tool("img2simg");
     for (name, image, want) in [("clean", &clean, 0), ("stamped", &stamped, 1)] {
         let mut forms = vec![image.clone()];
-        if sparse {
-            let simg = d.join(format!("{name}.simg"));
-            sh(&format!("img2simg {} {}", image.display(), simg.display()));
-            forms.push(simg);
-        }
+        let simg = d.join(format!("{name}.simg"));
+        sh(&format!("img2simg {} {}", image.display(), simg.display()));
+        forms.push(simg);
         for (codec, suffix) in [("zstd -q -k -f", "zst"), ("xz -k -f -T1", "xz")] {
             sh(&format!("{codec} {}", image.display()));
             forms.push(PathBuf::from(format!("{}.{suffix}", image.display())));

@@ -1305,13 +1305,13 @@ fn tegraflash_package(d: &Path, image: &Path, fs_type: &str, out: &Path, compres
 /// (ext4.simg, tegraflash-tar.zst); a missing image type is fatal.
 #[test]
 fn yocto_class_runs_in_bitbake() {
-    let Some(pythonpath) = bitbake_pythonpath() else {
-        require(
-            false,
-            "BitBake's bb package in target/bitbake-py (pip install --target target/bitbake-py bitbake-setup==2.19.0, as .ci/run does)",
-        );
-        return;
-    };
+    let pythonpath = bitbake_pythonpath();
+    require_installed(
+        pythonpath.is_some(),
+        "BitBake's bb package in target/bitbake-py",
+        "python3 -m pip install --target target/bitbake-py bitbake-setup==2.19.0",
+    );
+    let pythonpath = pythonpath.unwrap();
     for (fs_type, fstypes, pkg_type, compress) in [
         ("ext4", "ext4 tegraflash", "tegraflash.tar.gz", "gzip -n"),
         (

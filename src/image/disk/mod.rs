@@ -564,9 +564,7 @@ mod tests {
     }
 
     fn run(cmd: &mut std::process::Command) {
-        let out = cmd
-            .output()
-            .unwrap_or_else(|e| panic!("{cmd:?}: {e} (install gdisk and fdisk)"));
+        let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
         assert!(
             out.status.success(),
             "{cmd:?}: {}",
@@ -586,6 +584,7 @@ mod tests {
     /// Tables as sgdisk and sfdisk write them, read back as they list them.
     #[test]
     fn reads_sgdisk_and_sfdisk_tables() {
+        crate::require::require_tools(&["sgdisk", "sfdisk"]);
         let dir = tempfile::tempdir().unwrap();
         let gpt = dir.path().join("gpt.img");
         std::fs::File::create(&gpt)
@@ -628,7 +627,7 @@ mod tests {
             .arg(&dos)
             .stdin(std::process::Stdio::piped())
             .spawn()
-            .expect("sfdisk (install fdisk)");
+            .expect("sfdisk");
         use std::io::Write;
         child
             .stdin
