@@ -10,7 +10,7 @@
 
 use std::io;
 
-use super::formats::{Format, Open};
+use super::formats::{Format, Open, Slot};
 use super::volume::Volume;
 use super::{Content, ImageError, ImageOptions};
 use crate::io::read_at::ReadAt;
@@ -35,11 +35,11 @@ fn open(
     outer: Box<dyn Volume>,
     _: &std::path::Path,
     _: &ImageOptions,
-) -> Result<Vec<Box<dyn Volume>>, ImageError> {
+) -> Result<Vec<Slot>, ImageError> {
     let mut header = [0u8; 16];
     outer.read_at(0, &mut header).map_err(ImageError::Output)?;
     let seed = u64::from_le_bytes(header[8..].try_into().expect("8 bytes"));
-    Ok(vec![Box::new(Xor { outer, seed })])
+    Ok(vec![Slot::whole(Box::new(Xor { outer, seed }))])
 }
 
 /// The key byte at byte `at` of the payload.
@@ -105,24 +105,6 @@ mod tests {
     const SEED: u64 = 0x0123_4567_89ab_cdef;
     const EMAIL: &str = "azaion-jetson-0042@azaion.com";
 
-    /// The tools the test needs; a missing one fails under CI and is said
-    /// loudly elsewhere.
-    fn have(tools: &[&str]) -> bool {
-        let missing: Vec<&&str> = tools
-            .iter()
-            .filter(|t| Command::new(t).arg("-V").output().is_err())
-            .collect();
-        if missing.is_empty() {
-            return true;
-        }
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{missing:?} missing (install e2fsprogs and android-sdk-libsparse-utils)"
-        );
-        eprintln!("SKIPPED: {missing:?} not installed");
-        false
-    }
-
     fn run(cmd: &mut Command) -> Vec<u8> {
         let out = cmd.output().unwrap();
         assert!(
@@ -187,9 +169,10 @@ mod tests {
         let mut backend =
             crate::image::open_backend(input, kind, &targets, dir, &Default::default()).unwrap();
         let facts = backend.facts().unwrap();
-        assert!(facts.passwd.is_some(), "read through the container");
+        assert_eq!(facts.len(), 1, "one filesystem");
+        assert!(facts[0].passwd.is_some(), "read through the container");
         let mut temp = TempOutput::create(out).unwrap();
-        backend.apply(&plan(), &mut temp).unwrap();
+        backend.apply(&[plan()], &mut temp).unwrap();
         temp.commit().unwrap();
     }
 
@@ -215,9 +198,7 @@ mod tests {
 
     #[test]
     fn a_transforming_container_is_stamped_read_and_checked_through() {
-        if !have(&["mke2fs", "e2fsck", "debugfs"]) {
-            return;
-        }
+        crate::require::require_tools(&["mke2fs", "e2fsck", "debugfs"]);
         let dir = tempfile::tempdir().unwrap();
         let plain = plain_ext4(dir.path());
         let input = dir.path().join("in.xor");
@@ -265,9 +246,7 @@ mod tests {
     /// and its changed sectors are spliced into the sparse chunks.
     #[test]
     fn a_transforming_container_nests_inside_a_sparse_image() {
-        if !have(&["mke2fs", "e2fsck", "debugfs", "img2simg", "simg2img"]) {
-            return;
-        }
+        crate::require::require_tools(&["mke2fs", "e2fsck", "debugfs", "img2simg", "simg2img"]);
         let dir = tempfile::tempdir().unwrap();
         let plain = plain_ext4(dir.path());
         let raw = dir.path().join("in.xor");

@@ -359,31 +359,8 @@ pub fn debugfs_names(img: &Path, dir: &str) -> Vec<String> {
 
 // ---- capabilities ------------------------------------------------------
 
-/// Whether this run is CI's (.ci/run sets CI=true, runs as root and
-/// installs every tool the tests use).
-pub fn under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
-/// Whether a check that needs a capability of the machine (root, loop
-/// devices, a tool) may run. Without the capability the check is skipped
-/// with a note that shows even when cargo captures the test's output; but
-/// under CI, which has every capability, that is a failure, so no check is
-/// ever skipped there unnoticed.
-pub fn require(available: bool, why: &str) -> bool {
-    if available {
-        return true;
-    }
-    assert!(
-        !under_ci(),
-        "{why}: CI runs as root with every tool .ci/run installs, so this check must run"
-    );
-    // Straight to the process's stderr: the test harness captures only
-    // eprintln!, and a skip should not pass unseen.
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
-    false
-}
+// The policy for missing tools and privileges (tests/it/require.rs).
+pub use crate::require::*;
 
 /// Whether the machine lets us loop-mount an ext4 image (root and loop
 /// devices), found once by mounting a small image mke2fs just made.
@@ -515,23 +492,51 @@ pub fn provision_online(input: &Path, output: &Path, url: &str) -> Command {
     c
 }
 
-/// Runs `cmd` and returns its exit status and the peak resident memory
-/// of the process (and any it waited for), from wait4's rusage.
-// wait4 below reaps the child; std's `Child` never learns of it.
-#[allow(clippy::zombie_processes)]
+/// Runs `cmd` and returns its exit status and its peak resident memory,
+/// with stdout in `log` and stderr in `log` with extension `err`.
+///
+/// The peak comes from GNU time, not from this process's wait4: Linux's
+/// exec records the peak of the memory it replaces, which for a child that
+/// std spawns (vfork, sharing this process's memory) is the test binary's
+/// own, and one test binary runs every test. GNU time forks the command
+/// from its own small process, so `%M` is the command's alone.
 pub fn peak_rss(cmd: &mut Command, log: &Path) -> (bool, u64) {
-    let child = cmd
+    let rss = log.with_extension("rss");
+    let status = timed(cmd, &rss)
         .stdout(fs::File::create(log).unwrap())
         .stderr(fs::File::create(log.with_extension("err")).unwrap())
-        .spawn()
+        .status()
         .unwrap();
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: wait4 on our own child, with pointers to locals; `child` is
-    // never waited for again.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(got, pid, "wait4: {}", std::io::Error::last_os_error());
-    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    (ok, usage.ru_maxrss as u64 * 1024)
+    (status.success(), read_peak_kib(&rss) * 1024)
+}
+
+/// `cmd` (program, arguments, environment, directory; stdin null) under
+/// `/usr/bin/time -f %M -o rss`.
+pub fn timed(cmd: &Command, rss: &Path) -> Command {
+    require_tool("/usr/bin/time");
+    let mut t = Command::new("/usr/bin/time");
+    t.args(["-f", "%M", "-o"])
+        .arg(rss)
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .stdin(Stdio::null());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(v) => t.env(key, v),
+            None => t.env_remove(key),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        t.current_dir(dir);
+    }
+    t
+}
+
+/// The peak in KiB that [`timed`] wrote (its last line: before it, GNU
+/// time notes a non-zero exit).
+pub fn read_peak_kib(rss: &Path) -> u64 {
+    let text = fs::read_to_string(rss).unwrap();
+    let last = text.lines().last().unwrap_or_default().trim();
+    last.parse()
+        .unwrap_or_else(|_| panic!("GNU time wrote {text:?} to {}", rss.display()))
 }

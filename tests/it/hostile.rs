@@ -513,40 +513,14 @@ fn secrets_seen(seen: &[Seen]) -> BTreeSet<String> {
 }
 
 /// Runs `cmd` and returns its output, wall time and peak resident set
-/// size in KiB (from wait4, for this child alone).
-// The child is reaped by wait4, which std's Child cannot see.
-#[allow(clippy::zombie_processes)]
+/// size in KiB (from GNU time, for the command alone: see
+/// [`common::peak_rss`]).
 fn run_measured(cmd: &mut Command) -> (std::process::Output, Duration, u64) {
+    let rss = tempfile::NamedTempFile::new().unwrap();
     let start = Instant::now();
-    let mut child: Child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            v
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = child.id() as libc::pid_t;
-    // SAFETY: waits for the child this function spawned (std never reaps it
-    // behind our back: we call no wait on `child`).
-    let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(got, pid, "wait4: {}", std::io::Error::last_os_error());
+    let output = timed(cmd, rss.path()).output().unwrap();
     let elapsed = start.elapsed();
-    let output = std::process::Output {
-        status: std::process::ExitStatus::from_raw(status),
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    };
-    (output, elapsed, usage.ru_maxrss as u64)
+    (output, elapsed, read_peak_kib(rss.path()))
 }
 
 #[test]

@@ -48,16 +48,20 @@ for at in (0, size):
     f.seek(at); f.write(h)
 "#;
 
+/// cryptsetup, e2fsprogs and Python's `cryptography`: a missing one fails
+/// the test (tests/it/require.rs).
 fn tools_ok() -> bool {
-    let have = |t: &str| Command::new(t).arg("--version").output().is_ok();
+    require_tools(&["cryptsetup", "mke2fs", "e2fsck", "debugfs", "python3"]);
     let py = Command::new("python3")
         .args(["-c", "import cryptography"])
         .status()
         .is_ok_and(|s| s.success());
-    require(
-        have("cryptsetup") && have("mke2fs") && have("e2fsck") && have("debugfs") && py,
-        "cryptsetup, e2fsprogs and python3 cryptography are needed",
-    )
+    require_installed(
+        py,
+        "python3 cryptography",
+        "apt-get install python3-cryptography",
+    );
+    true
 }
 
 fn ok(cmd: &mut Command) -> String {
@@ -473,15 +477,8 @@ fn an_unknown_cipher_is_refused_by_name() {
 /// a stamped one.
 #[test]
 fn a_container_nests_in_sparse_disk_and_compressed_images() {
-    let have = |t: &str| Command::new(t).arg("--help").output().is_ok();
-    if !tools_ok()
-        || !require(
-            have("img2simg") && have("simg2img") && have("sgdisk") && have("zstd"),
-            "img2simg, simg2img, sgdisk and zstd are needed",
-        )
-    {
-        return;
-    }
+    tools_ok();
+    require_tools(&["img2simg", "simg2img", "sgdisk", "zstd"]);
     let f = luks2(512, &pbkdf2_fast());
     let p = |n: &str| f.path(n);
     // Sparse.

@@ -11,10 +11,6 @@ use std::process::Command;
 use common::*;
 use tempfile::TempDir;
 
-fn tool_runs(cmd: &mut Command) -> bool {
-    cmd.output().is_ok_and(|o| o.status.success())
-}
-
 #[test]
 fn the_deb_installs_and_runs() {
     let root_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -26,15 +22,10 @@ fn the_deb_installs_and_runs() {
     if !require(
         same,
         "the package is built from target/release/imprint: run the tests with --release",
-    ) || !require(
-        tool_runs(Command::new("cargo").args(["deb", "--version"])),
-        "cargo-deb (cargo install cargo-deb --locked, as .ci/run does)",
-    ) || !require(
-        tool_runs(Command::new("dpkg-deb").arg("--version")),
-        "dpkg-deb",
     ) {
         return;
     }
+    require_tools(&["cargo-deb", "dpkg-deb"]);
     let dir = TempDir::new().unwrap();
     let out = dir.path().join("deb");
     let o = run(Command::new(root_dir.join("packaging/deb.sh"))

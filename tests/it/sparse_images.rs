@@ -20,15 +20,7 @@ fn provision(input: &Path, output: &Path, pw: &Path) -> std::process::Output {
 }
 
 fn tool(name: &str) -> Command {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .output()
-        .unwrap();
-    assert!(
-        found.status.success(),
-        "{name} is not installed: install the Debian package android-sdk-libsparse-utils"
-    );
+    require_tool(name);
     Command::new(name)
 }
 

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-use super::formats::{Format, Open};
+use super::formats::{Format, Open, Slot};
 use super::volume::Volume;
 use super::{Content, ImageError, ImageOptions};
 
@@ -146,7 +146,7 @@ fn open(
     outer: Box<dyn Volume>,
     file: &Path,
     options: &ImageOptions,
-) -> Result<Vec<Box<dyn Volume>>, ImageError> {
+) -> Result<Vec<Slot>, ImageError> {
     let invalid = |why: String| LuksError::Invalid {
         path: file.to_path_buf(),
         why,
@@ -213,5 +213,5 @@ fn open(
         },
     };
     let volume = crypt::Crypt::new(outer, &header, &key).map_err(invalid)?;
-    Ok(vec![Box::new(volume)])
+    Ok(vec![Slot::whole(Box::new(volume))])
 }

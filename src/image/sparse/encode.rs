@@ -299,7 +299,6 @@ mod tests {
     use super::super::format::{le16, le32};
     use super::super::testing::*;
     use super::*;
-    use std::io;
     use std::path::Path;
     use std::process::Command;
     use tempfile::{NamedTempFile, TempDir};
@@ -519,13 +518,11 @@ mod tests {
     /// Runs an AOSP libsparse tool, failing with the package to install if
     /// it is missing.
     fn libsparse_tool(name: &str, args: &[&Path]) -> std::process::Output {
-        match Command::new(name).args(args).output() {
-            Ok(o) => o,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => panic!(
-                "{name} is not installed: install the Debian package android-sdk-libsparse-utils"
-            ),
-            Err(e) => panic!("cannot run {name}: {e}"),
-        }
+        crate::require::require_tool(name);
+        Command::new(name)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
     }
 
     /// A 4 MiB raw image with data, zero runs and a repeated-pattern run
