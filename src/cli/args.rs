@@ -211,11 +211,20 @@ pub(crate) struct ImageArgs {
 #[derive(Args)]
 pub(crate) struct LuksArgs {
     /// File whose every byte is the passphrase of the LUKS container inside the image (as cryptsetup --key-file)
-    #[arg(long, value_name = "FILE", conflicts_with = "luks_volume_key_file")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["luks_volume_key_file", "ecid", "l4t_generic"])]
     pub(crate) luks_passphrase_file: Option<PathBuf>,
     /// File holding the LUKS container's volume key, raw bytes (as cryptsetup --volume-key-file)
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["ecid", "l4t_generic"])]
     pub(crate) luks_volume_key_file: Option<PathBuf>,
+    /// L4T disk encryption: file with the 16-byte EKB key as 32 hex digits (default: all zeros, as flash.sh without a key); with --ecid or --l4t-generic
+    #[arg(long, value_name = "FILE")]
+    pub(crate) l4t_ekb_key: Option<PathBuf>,
+    /// L4T disk encryption: the chip's ECID (hex, as flash.sh reads it with the RCM tool's --uid); the passphrase is this device's
+    #[arg(long, value_name = "HEX", conflicts_with = "l4t_generic")]
+    pub(crate) ecid: Option<String>,
+    /// L4T disk encryption: the generic passphrase (no ECID)
+    #[arg(long)]
+    pub(crate) l4t_generic: bool,
 }
 
 impl LuksArgs {
@@ -224,6 +233,13 @@ impl LuksArgs {
             match (&self.luks_passphrase_file, &self.luks_volume_key_file) {
                 (Some(path), _) => Some(LuksKey::passphrase_file(path)?),
                 (None, Some(path)) => Some(LuksKey::volume_key_file(path)?),
+                (None, None) if self.ecid.is_some() || self.l4t_generic => Some(LuksKey::l4t(
+                    self.l4t_ekb_key.as_deref(),
+                    self.ecid.as_deref(),
+                )?),
+                (None, None) if self.l4t_ekb_key.is_some() => {
+                    bail!("--l4t-ekb-key needs --ecid ECID (this device's passphrase) or --l4t-generic")
+                }
                 (None, None) => None,
             },
         )

@@ -376,7 +376,7 @@ fn without_a_key_or_with_a_wrong_one_the_error_says_what_to_pass() {
     let o = run(&mut provision_offline(&f.img, &out, "root:root", &pw));
     assert!(!o.status.success());
     let expect = format!(
-        "{}: LUKS2 container (aes-xts-plain64, UUID {}): pass --luks-passphrase-file FILE, or --luks-volume-key-file FILE",
+        "{}: LUKS2 container (aes-xts-plain64, UUID {}): pass --luks-passphrase-file FILE, or --luks-volume-key-file FILE, or (L4T) --l4t-ekb-key FILE with --ecid ECID or --l4t-generic",
         f.img.display(),
         uuid.trim()
     );
@@ -535,4 +535,79 @@ fn a_container_nests_in_sparse_disk_and_compressed_images() {
         .arg("-o")
         .arg(p("out-zst.raw")));
     check_stamped(&f, &f.img, &p("out-zst.raw"));
+}
+
+/// L4T's passphrase (NIST SP 800-108 counter-mode KDF with AES-CMAC, as
+/// NVIDIA's gen_luks_passphrase.py), written independently with Python's
+/// `cryptography`: `ekb_hex ecid|- uuid` -> the passphrase.
+const L4T_PY: &str = r#"
+import sys
+from cryptography.hazmat.primitives import cmac
+from cryptography.hazmat.primitives.ciphers import algorithms
+ekb, ecid, uuid = sys.argv[1:]
+def kdf(key, context, label):
+    c = cmac.CMAC(algorithms.AES(key))
+    c.update(b"\x01" + label.encode() + b"\x00" + context.encode() + (128).to_bytes(4, "big"))
+    return c.finalize()
+key = bytes.fromhex(ekb)
+if ecid == "-":
+    k = kdf(key, "generic-key", "luks-srv-generic"); label = "luks-srv-passphrase-generic"
+else:
+    e = int(ecid, 16) & ((1 << 100) - 1)
+    k = kdf(key, "%032x" % e, "luks-srv-ecid"); label = "luks-srv-passphrase-unique"
+sys.stdout.write(kdf(k, uuid, label).hex())
+"#;
+
+/// A container made as flash.sh makes APP_ENC (`--uuid`, the derived
+/// passphrase) opens with the EKB key file and the ECID, or generic.
+#[test]
+fn l4t_passphrases_from_the_ekb_key_and_ecid() {
+    tools_ok();
+    const UUID: &str = "5a6b7c8d-0000-4000-8000-123456789abc";
+    const EKB: &str = "f0e1d2c3b4a5968778695a4b3c2d1e0f";
+    const ECID: &str = "0x0123456789abcdef0123456789abcdef";
+    for ecid in [Some(ECID), None] {
+        let derived =
+            ok(Command::new("python3").args(["-c", L4T_PY, EKB, ecid.unwrap_or("-"), UUID]));
+        assert_eq!(derived.len(), 32);
+        let f = luks2(512, &[&pbkdf2_fast()[..], &["--uuid", UUID]].concat());
+        fs::write(f.path("old"), PASSPHRASE).unwrap();
+        fs::write(&f.pass, &derived).unwrap();
+        ok(Command::new("cryptsetup")
+            .args([
+                "luksChangeKey",
+                "-q",
+                "--pbkdf",
+                "pbkdf2",
+                "--pbkdf-force-iterations",
+                "1000",
+                "--key-file",
+            ])
+            .arg(f.path("old"))
+            .arg(&f.img)
+            .arg(&f.pass));
+        let ekb = f.path("ekb.txt");
+        fs::write(&ekb, format!("0x{EKB}\n")).unwrap();
+        let mut ls = bin();
+        ls.arg("ls")
+            .arg(&f.img)
+            .arg("/etc")
+            .arg("--l4t-ekb-key")
+            .arg(&ekb);
+        match ecid {
+            Some(e) => ls.args(["--ecid", e]),
+            None => ls.arg("--l4t-generic"),
+        };
+        let o = run(&mut ls);
+        assert!(o.status.success(), "{ecid:?}: {}", stderr(&o));
+        assert!(stdout(&o).contains("passwd"), "{}", stdout(&o));
+        // Another chip's ECID is a wrong passphrase.
+        let o = run(bin()
+            .arg("ls")
+            .arg(&f.img)
+            .arg("--l4t-ekb-key")
+            .arg(&ekb)
+            .args(["--ecid", "0x1"]));
+        assert!(stderr(&o).contains("opens none of its"), "{}", stderr(&o));
+    }
 }

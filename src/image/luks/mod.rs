@@ -9,6 +9,7 @@
 
 mod crypt;
 pub(crate) mod header;
+mod l4t;
 mod unlock;
 mod xts;
 
@@ -50,6 +51,13 @@ pub enum LuksKey {
     Passphrase(Arc<Zeroizing<Vec<u8>>>),
     /// The volume key itself, raw bytes (as `cryptsetup --volume-key-file`).
     VolumeKey(Arc<Zeroizing<Vec<u8>>>),
+    /// L4T's passphrase (`l4t.rs`), derived from the EKB key (all zeros
+    /// when none was given) and the chip's ECID (`None`: the generic
+    /// passphrase), with the container's UUID as context.
+    L4t {
+        ekb: Arc<Zeroizing<[u8; 16]>>,
+        ecid: Option<String>,
+    },
 }
 
 impl fmt::Debug for LuksKey {
@@ -57,6 +65,7 @@ impl fmt::Debug for LuksKey {
         match self {
             LuksKey::Passphrase(_) => f.write_str("LuksKey::Passphrase(..)"),
             LuksKey::VolumeKey(_) => f.write_str("LuksKey::VolumeKey(..)"),
+            LuksKey::L4t { ecid, .. } => write!(f, "LuksKey::L4t {{ ecid: {ecid:?}, .. }}"),
         }
     }
 }
@@ -65,6 +74,32 @@ impl LuksKey {
     /// A passphrase file's bytes.
     pub fn passphrase_file(path: &Path) -> Result<LuksKey, LuksError> {
         read_key_file(path).map(|k| LuksKey::Passphrase(Arc::new(k)))
+    }
+
+    /// L4T's derivation: the EKB key from a file of 32 hex digits (as
+    /// NVIDIA's script reads it: surrounding blanks and a 0x prefix
+    /// allowed), or all zeros; per chip with `ecid`, else generic.
+    pub fn l4t(ekb_file: Option<&Path>, ecid: Option<&str>) -> Result<LuksKey, LuksError> {
+        let mut ekb = Zeroizing::new([0u8; 16]);
+        if let Some(path) = ekb_file {
+            let text = read_key_file(path)?;
+            let bad = || LuksError::EkbKey {
+                path: path.to_path_buf(),
+            };
+            let text = std::str::from_utf8(&text).map_err(|_| bad())?.trim();
+            let digits = text
+                .strip_prefix("0x")
+                .or_else(|| text.strip_prefix("0X"))
+                .unwrap_or(text);
+            hex::decode_to_slice(digits, &mut ekb[..]).map_err(|_| bad())?;
+        }
+        if let Some(ecid) = ecid {
+            l4t::ecid_hex(ecid).map_err(|why| LuksError::Ecid { why })?;
+        }
+        Ok(LuksKey::L4t {
+            ekb: Arc::new(ekb),
+            ecid: ecid.map(str::to_string),
+        })
     }
 
     /// A volume key file's bytes.
@@ -101,7 +136,7 @@ fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, LuksError> {
 pub enum LuksError {
     #[error("{path}: {why}")]
     Invalid { path: PathBuf, why: String },
-    #[error("{path}: {kind} ({cipher}, UUID {uuid}): pass --luks-passphrase-file FILE, or --luks-volume-key-file FILE")]
+    #[error("{path}: {kind} ({cipher}, UUID {uuid}): pass --luks-passphrase-file FILE, or --luks-volume-key-file FILE, or (L4T) --l4t-ekb-key FILE with --ecid ECID or --l4t-generic")]
     NeedKey {
         path: PathBuf,
         kind: &'static str,
@@ -131,6 +166,10 @@ pub enum LuksError {
     },
     #[error("{path}: {why}")]
     Unlock { path: PathBuf, why: String },
+    #[error("the EKB key file {path} does not hold a 16-byte key as 32 hex digits (as NVIDIA's gen_luks_passphrase.py reads it)")]
+    EkbKey { path: PathBuf },
+    #[error("--ecid: {why}")]
+    Ecid { why: String },
     #[error("cannot read the LUKS key file {path}")]
     KeyFile {
         path: PathBuf,
@@ -184,34 +223,38 @@ fn open(
             }
             Zeroizing::new(key.to_vec())
         }
-        Some(LuksKey::Passphrase(pass)) => match unlock::volume_key(&header, &outer, pass) {
-            Ok(key) => key,
-            Err(unlock::Failed::Wrong) => {
-                return Err(LuksError::WrongPassphrase {
-                    path: file.to_path_buf(),
-                    kind,
-                    uuid: header.uuid,
-                    keyslots: header.keyslots.len(),
-                }
-                .into())
-            }
-            Err(unlock::Failed::NoKeyslot) => {
-                return Err(LuksError::NoKeyslot {
-                    path: file.to_path_buf(),
-                    kind,
-                    uuid: header.uuid,
-                }
-                .into())
-            }
-            Err(unlock::Failed::Io(why)) => {
-                return Err(LuksError::Unlock {
-                    path: file.to_path_buf(),
-                    why,
-                }
-                .into())
-            }
-        },
+        Some(key @ (LuksKey::Passphrase(_) | LuksKey::L4t { .. })) => {
+            let pass = match key {
+                LuksKey::L4t { ekb, ecid } => l4t::passphrase(ekb, ecid.as_deref(), &header.uuid)
+                    .map_err(|why| LuksError::Ecid { why })?,
+                LuksKey::Passphrase(pass) => Zeroizing::new(pass.to_vec()),
+                LuksKey::VolumeKey(_) => unreachable!("matched above"),
+            };
+            open_with_passphrase(&header, &outer, &pass, file, kind)?
+        }
     };
     let volume = crypt::Crypt::new(outer, &header, &key).map_err(invalid)?;
     Ok(vec![Slot::whole(Box::new(volume))])
+}
+
+/// The volume key from a passphrase, or the error that says why not.
+fn open_with_passphrase(
+    header: &header::Header,
+    outer: &dyn Volume,
+    pass: &[u8],
+    file: &Path,
+    kind: &'static str,
+) -> Result<Zeroizing<Vec<u8>>, LuksError> {
+    let path = file.to_path_buf();
+    let uuid = header.uuid.clone();
+    unlock::volume_key(header, outer, pass).map_err(|e| match e {
+        unlock::Failed::Wrong => LuksError::WrongPassphrase {
+            path,
+            kind,
+            uuid,
+            keyslots: header.keyslots.len(),
+        },
+        unlock::Failed::NoKeyslot => LuksError::NoKeyslot { path, kind, uuid },
+        unlock::Failed::Io(why) => LuksError::Unlock { path, why },
+    })
 }
