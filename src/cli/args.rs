@@ -78,7 +78,7 @@ pub(crate) enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the manual page (roff) to stdout
     Man {
-        /// Write imprint.1 and an imprint-SUBCOMMAND.1 page for each subcommand into DIR instead
+        /// Write imprint.1 and an imprint-SUBCOMMAND.1 page for each subcommand (nested ones too) into DIR instead
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
