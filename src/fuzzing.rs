@@ -1,5 +1,5 @@
 //! The fuzz harnesses: one function per target, called by the cargo-fuzz
-//! targets in `fuzz/` and, on stable in CI, by `tests/fuzz_corpus.rs`,
+//! targets in `fuzz/` and, on stable in CI, by `tests/it/fuzz_corpus.rs`,
 //! which replays every seed and every past crash in `testdata/fuzz/`.
 //!
 //! Each function takes arbitrary bytes and must return without panicking

@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::io::Read;
 
-use super::{bzip2 as bz2, gzip, zstd as zst, Compression};
+use super::{bzip2 as bz2, gzip, zstd as zst, Compression, Tail};
 
 /// A block boundary of a compressed input a rewrite may start from.
 #[derive(Debug, Clone)]
@@ -42,21 +42,31 @@ impl BlockIndex {
         codec: Compression,
         file: File,
     ) -> (Box<dyn Read + Send>, Option<BlockIndex>) {
-        match codec {
-            Compression::Gzip => {
-                let (decoder, index) = gzip::IndexingDecoder::new(file);
-                (Box::new(decoder), Some(BlockIndex::Gzip(index)))
+        match codec.facts().tail {
+            Tail::Boundaries { indexing } => {
+                let (decoder, index) = indexing(file);
+                (decoder, Some(index))
             }
-            Compression::Bzip2 => {
-                let (decoder, index) = bz2::ParallelDecoder::open(file);
-                (Box::new(decoder), Some(BlockIndex::Bzip2(index)))
-            }
-            Compression::Zstd => {
-                let (decoder, index) = zst::IndexingDecoder::new(file);
-                (Box::new(decoder), Some(BlockIndex::Zstd(index)))
-            }
-            Compression::None | Compression::Xz => (codec.decoder(file), None),
+            Tail::Plain | Tail::Speculated | Tail::Rewrite => (codec.decoder(file), None),
         }
+    }
+
+    /// gzip's indexing decoder ([`Tail::Boundaries`]).
+    pub(crate) fn gzip(file: File) -> (Box<dyn Read + Send>, BlockIndex) {
+        let (decoder, index) = gzip::IndexingDecoder::new(file);
+        (Box::new(decoder), BlockIndex::Gzip(index))
+    }
+
+    /// bzip2's, which also decodes on all cores.
+    pub(crate) fn bzip2(file: File) -> (Box<dyn Read + Send>, BlockIndex) {
+        let (decoder, index) = bz2::ParallelDecoder::open(file);
+        (Box::new(decoder), BlockIndex::Bzip2(index))
+    }
+
+    /// zstd's.
+    pub(crate) fn zstd(file: File) -> (Box<dyn Read + Send>, BlockIndex) {
+        let (decoder, index) = zst::IndexingDecoder::new(file);
+        (Box::new(decoder), BlockIndex::Zstd(index))
     }
 
     /// The boundary the decoder remembers at or before uncompressed

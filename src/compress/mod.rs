@@ -28,7 +28,139 @@ pub enum Compression {
     Xz,
 }
 
+/// What may follow a codec's last stream (see `trailing.rs`): each codec's
+/// own tool decides, and imprint does as it does.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Padding {
+    /// Nothing is compressed, nothing is padding.
+    None,
+    /// Any number of zero bytes, read as padding (`gzip -t`, `bzip2 -t`).
+    AnyZeros,
+    /// Zeros in multiples of `unit` bytes after the stream's `footer`
+    /// magic (xz); other lengths are refused, as `xz -t` refuses them.
+    Multiple {
+        unit: u64,
+        footer: &'static [u8],
+        rule: &'static str,
+    },
+    /// None at all (zstd): `data_end` finds where the codec's data ends
+    /// in a file of the given length (`None`: it cannot tell, damage).
+    Refused {
+        data_end: fn(&File, u64) -> io::Result<Option<u64>>,
+        rule: &'static str,
+    },
+}
+
+/// How a rewrite keeps the input's compressed bytes before the first
+/// change (`image/tar/write.rs`, `image/compressed/recompress.rs`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Tail {
+    /// Uncompressed: the input's own bytes up to the change.
+    Plain,
+    /// `indexing` decodes while noting boundaries (`boundary::BlockIndex`),
+    /// and a tail writer continues the stream after one (gzip, bzip2,
+    /// zstd; see "Adding a compression" in docs/architecture.md).
+    Boundaries {
+        indexing: fn(File) -> (Box<dyn Read + Send>, boundary::BlockIndex),
+    },
+    /// No boundaries; the tar scan compresses speculatively as it reads
+    /// (xz, `image/tar/speculate.rs`), and a scan cache would skip that.
+    Speculated,
+    /// Nothing kept: every rewrite compresses the whole output anew (what
+    /// a new codec gets until it has boundaries).
+    #[allow(dead_code)]
+    Rewrite,
+}
+
+/// Everything imprint knows about one codec, in one place: adding a codec
+/// is a [`Compression`] variant, its row in [`Compression::facts`], its
+/// magic in `detect`, and its `decoder` and `encoder`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Codec {
+    /// As messages to users name it.
+    pub(crate) name: &'static str,
+    /// The suffix its files usually carry: `NAME.wic.bmap` is found for
+    /// `NAME.wic.zst`, and the output's block map named the same way.
+    pub(crate) suffix: Option<&'static str>,
+    /// The magic every stream starts with: what may follow a stream's end
+    /// besides padding (concatenated gzip members, bzip2 streams).
+    pub(crate) stream_magic: &'static [u8],
+    pub(crate) padding: Padding,
+    pub(crate) tail: Tail,
+    /// Compresses on [`worker_count`] threads (the bytes do not depend on
+    /// how many).
+    pub(crate) parallel_encode: bool,
+    /// Its boundary-noting decoder also decodes on [`worker_count`]
+    /// threads (bzip2's blocks), so it is worth using even where no
+    /// boundary is needed.
+    pub(crate) parallel_decode: bool,
+}
+
 impl Compression {
+    /// What imprint knows about the codec (see [`Codec`]).
+    pub(crate) const fn facts(self) -> Codec {
+        match self {
+            Compression::None => Codec {
+                name: "uncompressed",
+                suffix: None,
+                stream_magic: &[],
+                padding: Padding::None,
+                tail: Tail::Plain,
+                parallel_encode: false,
+                parallel_decode: false,
+            },
+            Compression::Gzip => Codec {
+                name: "gzip",
+                suffix: Some(".gz"),
+                stream_magic: &[0x1f, 0x8b],
+                padding: Padding::AnyZeros,
+                tail: Tail::Boundaries {
+                    indexing: boundary::BlockIndex::gzip,
+                },
+                parallel_encode: false,
+                parallel_decode: false,
+            },
+            Compression::Bzip2 => Codec {
+                name: "bzip2",
+                suffix: Some(".bz2"),
+                stream_magic: b"BZh",
+                padding: Padding::AnyZeros,
+                tail: Tail::Boundaries {
+                    indexing: boundary::BlockIndex::bzip2,
+                },
+                parallel_encode: true,
+                parallel_decode: true,
+            },
+            Compression::Zstd => Codec {
+                name: "zstd",
+                suffix: Some(".zst"),
+                stream_magic: &[0x28, 0xb5, 0x2f, 0xfd],
+                padding: Padding::Refused {
+                    data_end: zstd::frames_end,
+                    rule: "zstd, GNU tar and bsdtar refuse anything after the last zstd frame",
+                },
+                tail: Tail::Boundaries {
+                    indexing: boundary::BlockIndex::zstd,
+                },
+                parallel_encode: true,
+                parallel_decode: false,
+            },
+            Compression::Xz => Codec {
+                name: "xz",
+                suffix: Some(".xz"),
+                stream_magic: &[0xfd, b'7', b'z', b'X', b'Z', 0x00],
+                padding: Padding::Multiple {
+                    unit: 4,
+                    footer: b"YZ",
+                    rule: "xz allows zero padding only in multiples of 4 bytes (`xz -t` refuses this file too)",
+                },
+                tail: Tail::Speculated,
+                parallel_encode: true,
+                parallel_decode: false,
+            },
+        }
+    }
+
     /// Recognises the compressed formats by their magic numbers.
     pub fn detect(head: &[u8]) -> Option<Compression> {
         if head.starts_with(&[0x1f, 0x8b]) {
@@ -46,13 +178,7 @@ impl Compression {
 
     /// The format's name, as in messages to users.
     pub fn name(self) -> &'static str {
-        match self {
-            Compression::None => "uncompressed",
-            Compression::Gzip => "gzip",
-            Compression::Bzip2 => "bzip2",
-            Compression::Zstd => "zstd",
-            Compression::Xz => "xz",
-        }
+        self.facts().name
     }
 
     /// A streaming decoder over `file`. Multi-member gzip, multi-stream
@@ -91,7 +217,7 @@ impl Compression {
                 let mut encoder = ::zstd::stream::write::Encoder::new(sink, 3)?;
                 // Worker threads compress while this thread reads the input;
                 // the output bytes do not depend on the thread count.
-                encoder.multithread(worker_count() as u32)?;
+                encoder.multithread(self.workers() as u32)?;
                 Box::new(encoder)
             }
             Compression::Xz => {
@@ -100,7 +226,7 @@ impl Compression {
                 // the same on any machine.
                 let stream = xz2::stream::MtStreamBuilder::new()
                     .preset(6)
-                    .threads(worker_count() as u32)
+                    .threads(self.workers() as u32)
                     .check(xz2::stream::Check::Crc64)
                     .encoder()
                     .map_err(io::Error::other)?;
@@ -110,7 +236,19 @@ impl Compression {
     }
 }
 
-/// Threads a codec compresses or decodes on: one per core, at most 8.
+impl Compression {
+    /// Threads the codec compresses on.
+    pub(crate) fn workers(self) -> usize {
+        if self.facts().parallel_encode {
+            worker_count()
+        } else {
+            1
+        }
+    }
+}
+
+/// Threads a parallel codec compresses or decodes on: one per core, at
+/// most 8.
 fn worker_count() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())

@@ -18,7 +18,7 @@ use std::io::{self, BufRead, Read};
 use std::marker::PhantomData;
 use std::os::unix::fs::FileExt;
 
-use super::{invalid_data, zstd, Compression};
+use super::{invalid_data, Compression, Padding};
 
 /// A single-stream decoder over a buffered reader that stops exactly at
 /// its stream's end, leaving what follows unread.
@@ -70,15 +70,6 @@ impl<R: BufRead, D: Member<R>> Members<R, D> {
     }
 }
 
-/// The magic every stream of `codec` starts with.
-fn stream_magic(codec: Compression) -> &'static [u8] {
-    match codec {
-        Compression::Gzip => &[0x1f, 0x8b],
-        Compression::Bzip2 => b"BZh",
-        _ => &[],
-    }
-}
-
 /// What comes after a stream's end.
 enum After {
     End,
@@ -93,7 +84,7 @@ fn after_stream(input: &mut impl BufRead, codec: Compression) -> io::Result<Afte
         return Ok(After::End);
     };
     if first != 0 {
-        let magic = stream_magic(codec);
+        let magic = codec.facts().stream_magic;
         let n = next.len().min(magic.len());
         if next[..n] != magic[..n] {
             return Err(invalid_data(format!(
@@ -164,50 +155,46 @@ pub struct RefusedPadding {
     pub rule: &'static str,
 }
 
-/// Zero padding at the end of `file` that `codec`'s tool refuses: any for
-/// zstd, a length that is not a multiple of 4 for xz. None if the file
-/// does not end in such padding (damage is left to the decoder).
+/// Zero padding at the end of `file` that `codec`'s tool refuses, as its
+/// [`Padding`] says: any for zstd, a length that is not a multiple of 4
+/// for xz. None if the file does not end in such padding (damage is left
+/// to the decoder).
 pub fn padding_refused(file: &File, codec: Compression) -> io::Result<Option<RefusedPadding>> {
     let len = file.metadata()?.len();
-    let (data_end, rule) = match codec {
-        Compression::Zstd => {
+    let (data_end, rule) = match codec.facts().padding {
+        Padding::None | Padding::AnyZeros => return Ok(None),
+        Padding::Refused { data_end, rule } => {
             // Quick answer for the usual file, which ends in non-zero.
             if last_nonzero(file, len, 1)?.is_some_and(|at| at + 1 == len) {
                 return Ok(None);
             }
-            let Some(end) = zstd::frames_end(file, len)? else {
+            let Some(end) = data_end(file, len)? else {
                 return Ok(None);
             };
-            // Only zeros after the frames make padding; anything else is
+            // Only zeros after the data make padding; anything else is
             // damage, for the decoder to report.
             if end == 0 || last_nonzero(file, len, len - end)?.is_some() {
                 return Ok(None);
             }
-            (
-                end,
-                "zstd, GNU tar and bsdtar refuse anything after the last zstd frame",
-            )
+            (end, rule)
         }
-        Compression::Xz => {
-            // An xz stream ends with its footer's magic "YZ", never a zero,
-            // so the padding is exactly the zeros at the end.
+        Padding::Multiple { unit, footer, rule } => {
+            // The stream ends with its footer's magic (xz: "YZ"), never a
+            // zero, so the padding is exactly the zeros at the end.
             let Some(last) = last_nonzero(file, len, u64::MAX)? else {
                 return Ok(None);
             };
             let end = last + 1;
-            let mut footer = [0u8; 2];
-            if end < 2 || file.read_exact_at(&mut footer, end - 2).is_err() || footer != *b"YZ" {
+            let n = footer.len() as u64;
+            let mut found = vec![0u8; footer.len()];
+            if end < n || file.read_exact_at(&mut found, end - n).is_err() || found != footer {
                 return Ok(None);
             }
-            if (len - end) % 4 == 0 {
+            if (len - end) % unit == 0 {
                 return Ok(None);
             }
-            (
-                end,
-                "xz allows zero padding only in multiples of 4 bytes (`xz -t` refuses this file too)",
-            )
+            (end, rule)
         }
-        _ => return Ok(None),
     };
     Ok((data_end < len).then_some(RefusedPadding {
         data_end,

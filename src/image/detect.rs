@@ -9,7 +9,8 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-use super::{disk, sparse, tar, ImageError};
+use super::formats::content_of;
+use super::{disk, ImageError};
 use crate::compress::{trailing, zstd, Compression};
 
 /// How much of an input (decompressed, if it is compressed) detection
@@ -23,6 +24,8 @@ pub enum Content {
     Ext4,
     Sparse,
     Disk(disk::Scheme),
+    /// A container row of the format table (`formats.rs`) names itself.
+    Container(&'static str),
 }
 
 /// An input's layers: its compression and what is inside.
@@ -40,6 +43,7 @@ impl ImageKind {
             Content::Ext4 => "raw ext2/3/4 image".to_string(),
             Content::Sparse => "Android sparse image".to_string(),
             Content::Disk(scheme) => format!("{} disk image", scheme.name()),
+            Content::Container(name) => name.to_string(),
         };
         match self.compression {
             Compression::None => inner,
@@ -62,21 +66,6 @@ fn read_head(reader: &mut dyn Read) -> std::io::Result<Vec<u8>> {
     }
     head.truncate(filled);
     Ok(head)
-}
-
-/// What uncompressed bytes are, if imprint knows.
-fn content_of(head: &[u8]) -> Option<Content> {
-    if head.len() >= 4 && head[..4] == sparse::MAGIC.to_le_bytes() {
-        return Some(Content::Sparse);
-    }
-    if let Some(scheme) = disk::detect(head) {
-        return Some(Content::Disk(scheme));
-    }
-    // The ext2/3/4 superblock sits at byte 1024, its magic 0xEF53 at +56.
-    if head.len() >= 1024 + 58 && head[1024 + 56..1024 + 58] == [0x53, 0xEF] {
-        return Some(Content::Ext4);
-    }
-    tar::looks_like_tar(head).then_some(Content::Tar)
 }
 
 /// Detects an input's layers from its first bytes.

@@ -1,12 +1,10 @@
-//! [`Inspect`] for the readers that hold an ext2/3/4 filesystem: raw or in
-//! a disk image, sparse, or expanded from a compressed file. The tar and
+//! [`Inspect`] for the reader of an ext2/3/4 filesystem on any volume: raw
+//! or in a disk image, sparse, or expanded from a compressed file. The tar and
 //! staging-directory readers have their own, in their modules.
 
 use std::io::Write;
 
-use super::compressed::CompressedReader;
 use super::ext4::Ext4Reader;
-use super::sparse::SparseReader;
 use super::{FileMeta, ImageError, Inspect, Listed};
 use crate::plan::ImagePath;
 
@@ -35,5 +33,3 @@ macro_rules! through {
 }
 
 through!(Ext4Reader, image);
-through!(SparseReader, image);
-through!(CompressedReader, inner);

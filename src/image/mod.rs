@@ -6,10 +6,14 @@ mod detect;
 pub mod dir;
 pub mod disk;
 pub mod ext4;
+mod formats;
 mod listing;
 pub mod resolve;
 pub mod sparse;
 pub mod tar;
+mod volume;
+#[cfg(test)]
+mod xor_test;
 
 use std::path::{Path, PathBuf};
 
@@ -190,9 +194,10 @@ pub struct ImageOptions {
 
 /// Opens `path` for writing plans over `targets` into outputs that go in
 /// `output_dir` (where a backend may keep large scratch files). The layers
-/// compose outside in: a codec around a raw image decompresses it into a
-/// scratch file first; a disk image narrows to its rootfs partition; the
-/// content (tar, ext2/3/4, sparse) is what the plan is written into.
+/// compose outside in, as the format table (`formats.rs`) says: a codec
+/// around a raw image decompresses it into a scratch file first; a disk
+/// image narrows to its rootfs partition; the content (tar, ext2/3/4) is
+/// what the plan is written into.
 pub fn open_backend(
     path: &Path,
     kind: ImageKind,
@@ -200,32 +205,15 @@ pub fn open_backend(
     output_dir: &Path,
     options: &ImageOptions,
 ) -> Result<Box<dyn ImageBackend>, ImageError> {
-    use crate::compress::Compression;
     check_partition_applies(path, kind, options)?;
-    Ok(match (kind.compression, kind.content) {
-        (c, Content::Tar) => Box::new(tar::TarBackend::open(path, c, targets, output_dir, options)),
-        (Compression::None, Content::Sparse) => Box::new(sparse::SparseBackend::open(path)?),
-        (Compression::None, Content::Ext4) => {
-            Box::new(ext4::Ext4Backend::open(path, None, bmap_of(path, None)?)?)
-        }
-        (Compression::None, Content::Disk(_)) => {
-            let region = disk::locate(path, options.partition.as_ref())?;
-            Box::new(ext4::Ext4Backend::open(
-                path,
-                Some(region),
-                bmap_of(path, None)?,
-            )?)
-        }
-        (c, content @ (Content::Ext4 | Content::Disk(_))) => Box::new(
-            compressed::CompressedBackend::open(path, c, content, output_dir, options)?,
-        ),
-        (_, Content::Sparse) => {
-            return Err(ImageError::Unsupported {
-                path: path.to_path_buf(),
-                found: kind.describe(),
-            })
-        }
-    })
+    formats::open_backend(
+        path,
+        kind.compression,
+        kind.content,
+        targets,
+        output_dir,
+        options,
+    )
 }
 
 /// `--partition` names a partition of a disk image; for any other input it
@@ -235,9 +223,10 @@ fn check_partition_applies(
     kind: ImageKind,
     options: &ImageOptions,
 ) -> Result<(), ImageError> {
-    match (&options.partition, kind.content) {
-        (Some(_), Content::Disk(_)) | (None, _) => Ok(()),
-        (Some(wanted), _) => Err(ImageError::NotADisk {
+    match &options.partition {
+        Some(_) if formats::row_of(kind.content).partitioned => Ok(()),
+        None => Ok(()),
+        Some(wanted) => Err(ImageError::NotADisk {
             path: path.to_path_buf(),
             wanted: wanted.clone(),
             found: kind.describe(),
@@ -262,28 +251,10 @@ pub fn open_reader(
     path: &Path,
     options: &ImageOptions,
 ) -> Result<Box<dyn ImageReader>, ImageError> {
-    use crate::compress::Compression;
     if path.is_dir() {
         return Ok(Box::new(dir::DirReader::new(path)));
     }
     let kind = detect(path)?;
     check_partition_applies(path, kind, options)?;
-    Ok(match (kind.compression, kind.content) {
-        (c, Content::Tar) => Box::new(tar::TarReader::open(path, c)?),
-        (Compression::None, Content::Ext4) => Box::new(ext4::Ext4Reader::open(path, None)?),
-        (Compression::None, Content::Sparse) => Box::new(sparse::SparseReader::open(path)?),
-        (Compression::None, Content::Disk(_)) => {
-            let region = disk::locate(path, options.partition.as_ref())?;
-            Box::new(ext4::Ext4Reader::open(path, Some(region))?)
-        }
-        (c, content @ (Content::Ext4 | Content::Disk(_))) => Box::new(
-            compressed::CompressedReader::open(path, c, content, options)?,
-        ),
-        (_, Content::Sparse) => {
-            return Err(ImageError::Unsupported {
-                path: path.to_path_buf(),
-                found: kind.describe(),
-            })
-        }
-    })
+    formats::open_reader(path, kind.compression, kind.content, options)
 }

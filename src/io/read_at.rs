@@ -62,6 +62,11 @@ impl<R: ReadAt> Window<R> {
     pub fn offset(&self) -> u64 {
         self.offset
     }
+
+    /// The device the window looks into.
+    pub fn inner(&self) -> &R {
+        &self.inner
+    }
 }
 
 impl<R: ReadAt> ReadAt for Window<R> {

@@ -65,7 +65,7 @@ const ZSTD_OVERLAP_LOG: u32 = 8;
 /// threads in 85 MiB (a 2 MiB dictionary, 6 MiB blocks) came out 7.8%
 /// larger than `xz -T2 -6`; one thread with a 4 MiB dictionary and no
 /// blocks came out 0.4% smaller, in about 50 MiB and the same CPU time, at
-/// half the speed on two cores. README "Compressed inputs" has the
+/// half the speed on two cores. docs/formats.md "Compressed inputs" has the
 /// numbers.
 const XZ_DICT_MAX: u32 = 4 << 20;
 
@@ -144,8 +144,7 @@ pub(super) fn encoder_for<'w>(
         if flags.content_size {
             encoder.set_pledged_src_size(Some(len))?;
         }
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-        encoder.multithread(threads as u32)?;
+        encoder.multithread(codec.workers() as u32)?;
         // The job size and overlap, not the thread count, decide the
         // bytes, so every machine writes the same output.
         encoder.set_parameter(CParameter::JobSize(ZSTD_JOB_SIZE))?;

@@ -52,7 +52,7 @@ pub(super) fn expand(
     find_boundaries: bool,
 ) -> Result<Expanded, ImageError> {
     // bzip2's indexing decoder is also the one that decodes on all cores.
-    if find_boundaries || codec == Compression::Bzip2 {
+    if find_boundaries || codec.facts().parallel_decode {
         match expand_with(path, codec, dir, true) {
             Err(ImageError::Decompress { source, .. }) => {
                 tracing::debug!(error = %source, "the indexing decoder stopped; decoding plainly");

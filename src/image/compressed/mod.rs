@@ -13,99 +13,103 @@ mod encoders;
 mod expand;
 mod recompress;
 
+use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use self::expand::expand;
 use self::recompress::{InputRead, Recompressing, Start};
-use super::ext4::{Ext4Backend, Ext4Reader, Region};
-use super::{
-    disk, Content, Found, ImageBackend, ImageError, ImageFacts, ImageOptions, ImageReader,
-};
+use super::ext4::{Outlet, PatchOutlet};
+use super::volume::{Changes, FileVolume, Volume};
+use super::ImageError;
 use crate::compress::boundary::Boundary;
 use crate::compress::Compression;
 use crate::io::bmap::Bmap;
 use crate::io::output::{Scratch, TempOutput};
 use crate::io::prefix::PrefixCache;
-use crate::plan::{ImagePath, Plan};
 
-/// The suffix a codec's files usually carry, to find `NAME.wic.bmap` for
-/// `NAME.wic.zst` and to name the output's block map the same way.
-fn codec_suffix(codec: Compression) -> Option<&'static str> {
-    match codec {
-        Compression::None => None,
-        Compression::Gzip => Some(".gz"),
-        Compression::Bzip2 => Some(".bz2"),
-        Compression::Zstd => Some(".zst"),
-        Compression::Xz => Some(".xz"),
-    }
-}
-
-/// The filesystem's region inside the expanded image.
-fn region_of(
-    scratch: &Path,
-    content: Content,
-    options: &ImageOptions,
-) -> Result<Option<Region>, ImageError> {
-    match content {
-        Content::Disk(_) => Ok(Some(disk::locate(scratch, options.partition.as_ref())?)),
-        _ => Ok(None),
-    }
-}
-
-/// Writes plans into recompressed copies of a compressed raw image.
-pub(crate) struct CompressedBackend {
-    input: std::path::PathBuf,
-    codec: Compression,
-    inner: Ext4Backend,
+/// A compressed raw image, decompressed into a scratch file: the base the
+/// layers inside read, as an uncompressed image's own file would be.
+pub(crate) struct Base {
+    pub(crate) scratch: Scratch,
     /// The raw image's length.
-    len: u64,
-    /// The input's boundaries before partition starts.
+    pub(crate) len: u64,
+    /// The input's boundaries before partition starts (a disk image
+    /// being written).
     boundaries: Vec<Boundary>,
-    /// The kept prefix's SHA-256 state, shared by every serial of a batch.
-    prefixes: PrefixCache,
-    // Dropped after `inner`, which reads from it.
-    _scratch: Scratch,
 }
 
-impl CompressedBackend {
-    pub(crate) fn open(
+impl Base {
+    /// Decompresses `path` into a scratch file in `dir`; `for_disk` notes
+    /// the codec's boundaries before partition starts, so that a rewrite
+    /// can keep the compressed bytes before the rootfs.
+    pub(crate) fn expand(
         path: &Path,
         codec: Compression,
-        content: Content,
-        output_dir: &Path,
-        options: &ImageOptions,
-    ) -> Result<CompressedBackend, ImageError> {
-        let is_disk = matches!(content, Content::Disk(_));
-        let expanded = expand(path, codec, output_dir, is_disk)?;
-        let scratch = expanded.scratch;
-        let len = scratch.file().metadata().map_err(ImageError::Output)?.len();
-        let region = region_of(scratch.path(), content, options)?;
-        let bmap = super::bmap_of(path, codec_suffix(codec))?;
-        let inner = Ext4Backend::open(scratch.path(), region, bmap)?;
-        Ok(CompressedBackend {
-            input: path.to_path_buf(),
-            codec,
-            inner,
+        dir: &Path,
+        for_disk: bool,
+    ) -> Result<Base, ImageError> {
+        let expanded = expand(path, codec, dir, for_disk)?;
+        let len = expanded
+            .scratch
+            .file()
+            .metadata()
+            .map_err(ImageError::Output)?
+            .len();
+        Ok(Base {
+            scratch: expanded.scratch,
             len,
             boundaries: expanded.boundaries,
+        })
+    }
+
+    /// The decompressed bytes, as a volume.
+    pub(crate) fn volume(&self) -> Result<Box<dyn Volume>, ImageError> {
+        let file = File::open(self.scratch.path()).map_err(ImageError::Output)?;
+        Ok(Box::new(FileVolume::new(file, self.len)))
+    }
+
+    /// The way out: the decompressed bytes with the changes patched in,
+    /// through the input's codec. `path` is the compressed input.
+    pub(crate) fn outlet(
+        self,
+        path: &Path,
+        codec: Compression,
+    ) -> Result<RecompressOutlet, ImageError> {
+        let bmap = super::bmap_of(path, codec.facts().suffix)?;
+        let raw = PatchOutlet::new(self.scratch.path(), self.len, bmap, path)?;
+        Ok(RecompressOutlet {
+            input: path.to_path_buf(),
+            codec,
+            raw,
+            boundaries: self.boundaries,
             prefixes: PrefixCache::default(),
-            _scratch: scratch,
+            _scratch: self.scratch,
         })
     }
 }
 
-impl ImageBackend for CompressedBackend {
-    fn facts(&mut self) -> Result<ImageFacts, ImageError> {
-        self.inner.facts()
-    }
+/// Writes the raw output through the input's codec, keeping the input's
+/// compressed bytes before the first change where the codec allows.
+pub(crate) struct RecompressOutlet {
+    input: PathBuf,
+    codec: Compression,
+    raw: PatchOutlet,
+    /// The input's boundaries before partition starts.
+    boundaries: Vec<Boundary>,
+    /// The kept prefix's SHA-256 state, shared by every serial of a batch.
+    prefixes: PrefixCache,
+    // The file `raw` reads.
+    _scratch: Scratch,
+}
 
-    fn apply(&mut self, plan: &Plan, out: &mut TempOutput) -> Result<(), ImageError> {
+impl Outlet for RecompressOutlet {
+    fn write(&mut self, changes: &Changes, out: &mut TempOutput) -> Result<(), ImageError> {
         let mut sink = Recompressing::new(Start {
             out: &mut *out,
             input: &self.input,
             codec: self.codec,
-            len: self.len,
+            len: self.raw.len(),
             boundaries: &self.boundaries,
             prefixes: &mut self.prefixes,
         });
@@ -113,49 +117,18 @@ impl ImageBackend for CompressedBackend {
             Ok(InputRead { path, source }) => ImageError::Open { path, source },
             Err(e) => ImageError::Output(e),
         };
-        let bmap = self.inner.write_raw(plan, &mut sink).map_err(|e| match e {
-            ImageError::Output(e) => read_or_write(e),
-            other => other,
-        })?;
+        let bmap = self
+            .raw
+            .write_raw(changes, &mut sink)
+            .map_err(|e| match e {
+                ImageError::Output(e) => read_or_write(e),
+                other => other,
+            })?;
         sink.finish().map_err(read_or_write)?;
         if let Some(bmap) = bmap {
-            let path = Bmap::for_output(out.final_path(), codec_suffix(self.codec));
+            let path = Bmap::for_output(out.final_path(), self.codec.facts().suffix);
             out.add_sidecar(path, bmap.into_bytes());
         }
         Ok(())
-    }
-}
-
-/// Reads files out of a compressed raw image for `verify`.
-pub(crate) struct CompressedReader {
-    pub(crate) inner: Ext4Reader,
-    _scratch: Scratch,
-}
-
-impl CompressedReader {
-    pub(crate) fn open(
-        path: &Path,
-        codec: Compression,
-        content: Content,
-        options: &ImageOptions,
-    ) -> Result<CompressedReader, ImageError> {
-        let dir = std::env::temp_dir();
-        let scratch = expand(path, codec, &dir, false)?.scratch;
-        let region = region_of(scratch.path(), content, options)?;
-        let inner = Ext4Reader::open(scratch.path(), region)?;
-        Ok(CompressedReader {
-            inner,
-            _scratch: scratch,
-        })
-    }
-}
-
-impl ImageReader for CompressedReader {
-    fn lookup(&mut self, path: &ImagePath, max_content: u64) -> Result<Option<Found>, ImageError> {
-        self.inner.lookup(path, max_content)
-    }
-
-    fn fsck(&mut self) -> Option<Result<(), String>> {
-        self.inner.fsck()
     }
 }

@@ -16,7 +16,8 @@ use std::str::FromStr;
 
 use thiserror::Error;
 
-use crate::image::ext4::{Ext4Error, Ext4Inspector, Region};
+use crate::image::ext4::{Ext4Error, Ext4Inspector};
+use crate::image::volume::Region;
 use crate::io::read_at::{ReadAt, Window};
 use crate::plan::{EntryType, ImagePath};
 

@@ -1,122 +1,120 @@
-//! The ext2/3/4 content layer over a region of a file: the whole file for
-//! a raw image, one partition for a disk image. libext2fs edits the
-//! filesystem in memory over the input; the output is then the whole file,
-//! written front to back with the changed blocks in place (see [`raw`]),
-//! into the output file or a compressor, with a block map when the input
-//! came with one.
-//!
-//! [`raw`]: super::raw
+//! The ext2/3/4 content layer over a [`Volume`]: the bytes a container
+//! gives it (a whole raw image, one partition of a disk, a sparse image
+//! through its chunk index, anything that transforms bytes on the way).
+//! libext2fs edits the filesystem in memory over the volume; the changed
+//! blocks are then carried out through the volume's layers to the base
+//! ([`Changes`]), and the base's [`Outlet`] writes the output from them.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::raw::{write_patched, Patches};
-use super::{ensure_loaded, write_plan_to_device, ChangedBlocks, Ext4Inspector};
+use super::{ensure_loaded, write_plan_to_device, ChangedBlocks, Ext4Error, Ext4Inspector};
+use crate::image::volume::{Changes, Volume};
 use crate::image::{Found, ImageBackend, ImageError, ImageFacts, ImageReader};
 use crate::io::bmap::{Bmap, RangeHasher};
-use crate::io::output::TempOutput;
-use crate::io::read_at::Window;
+use crate::io::output::{Scratch, TempOutput};
 use crate::io::sink::{BmapTap, RawSink};
 use crate::plan::{ImagePath, Plan};
 
-/// Where the filesystem lies in its file: bytes `[offset, offset + len)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Region {
-    pub offset: u64,
-    pub len: u64,
+/// A filesystem read through imprint's own reader over its volume.
+pub(crate) type Filesystem = Ext4Inspector<Box<dyn Volume>>;
+
+/// Opens the filesystem on `volume`.
+pub(crate) fn open_filesystem(volume: Box<dyn Volume>) -> Result<Filesystem, ImageError> {
+    let len = volume.len();
+    Ok(Ext4Inspector::open(volume, len)?)
 }
 
-fn open_file(path: &Path) -> Result<(File, u64), ImageError> {
-    let open = |source| ImageError::Open {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = File::open(path).map_err(open)?;
-    let len = file.metadata().map_err(open)?.len();
-    Ok((file, len))
+/// Edits `fs` in memory (nothing is written if libext2fs fails, e.g. for
+/// want of space) and returns the changed blocks as they arrive at the
+/// base.
+pub(crate) fn edit(fs: &Filesystem, plan: &Plan) -> Result<Changes, ImageError> {
+    fs.preflight(plan)?;
+    let sb = fs.superblock();
+    let volume = fs.device();
+    // A transforming layer turns whole sectors back; the filesystem's
+    // blocks are kept in memory in units of both.
+    let block = sb.block_size.max(volume.unit());
+    let block = u32::try_from(block).map_err(|_| Ext4Error::Corrupt {
+        why: format!("a block of {block} bytes is too large"),
+    })?;
+    let mut changed = ChangedBlocks::new(volume, volume.len(), block);
+    write_plan_to_device(&mut changed, sb, plan)?;
+    tracing::debug!(written_blocks = changed.written().len(), "libext2fs done");
+    let changes =
+        Changes::carry(volume.as_ref(), changed.take_written()).map_err(Ext4Error::Device)?;
+    Ok(changes)
 }
 
-/// Opens the filesystem in `region` of `path` (the whole file if `None`).
-fn inspect(
-    path: &Path,
-    region: Option<Region>,
-) -> Result<(u64, Region, Ext4Inspector<Window<File>>), ImageError> {
-    let (file, file_len) = open_file(path)?;
-    let region = region.unwrap_or(Region {
-        offset: 0,
-        len: file_len,
-    });
-    let window = Window::new(file, region.offset, region.len);
-    Ok((file_len, region, Ext4Inspector::open(window, region.len)?))
+/// How the output is made from the changed blocks that arrived at the
+/// base: a copy of the base file with them patched in ([`PatchOutlet`]),
+/// recompressed ([the codec layer](crate::image::compressed)), or the
+/// base's sparse chunks with them spliced in (`sparse::SpliceOutlet`).
+pub(crate) trait Outlet: Send {
+    fn write(&mut self, changes: &Changes, out: &mut TempOutput) -> Result<(), ImageError>;
 }
 
-/// Writes plans into copies of a file holding an ext2/3/4 filesystem.
-pub(crate) struct Ext4Backend {
-    input: PathBuf,
-    file_len: u64,
-    region: Region,
-    image: Ext4Inspector<Window<File>>,
+/// The output is the base file, front to back, with the changed bytes in
+/// place (see [`raw`](super::raw)): holes stay holes, and a block map comes
+/// with it when the input had one.
+pub(crate) struct PatchOutlet {
+    base: PathBuf,
+    len: u64,
     /// The input's block map, if it came with one: the output gets one.
     bmap: Option<Bmap>,
 }
 
-impl Ext4Backend {
-    pub(crate) fn open(
-        path: &Path,
-        region: Option<Region>,
+impl PatchOutlet {
+    /// Over the base file at `base`, `len` bytes; `input` names the image
+    /// the block map belongs to in errors.
+    pub(crate) fn new(
+        base: &Path,
+        len: u64,
         bmap: Option<Bmap>,
-    ) -> Result<Ext4Backend, ImageError> {
-        let (file_len, region, image) = inspect(path, region)?;
-        image.check_writable()?;
-        ensure_loaded()?;
+        input: &Path,
+    ) -> Result<PatchOutlet, ImageError> {
         if let Some(map) = &bmap {
-            if map.image_size != file_len {
+            if map.image_size != len {
                 return Err(ImageError::BmapMismatch {
-                    image: path.to_path_buf(),
+                    image: input.to_path_buf(),
                     bmap_size: map.image_size,
-                    image_size: file_len,
+                    image_size: len,
                 });
             }
         }
-        Ok(Ext4Backend {
-            input: path.to_path_buf(),
-            file_len,
-            region,
-            image,
+        Ok(PatchOutlet {
+            base: base.to_path_buf(),
+            len,
             bmap,
         })
     }
 
-    /// Edits the filesystem in memory (nothing is written if libext2fs
-    /// fails, e.g. for want of space), then writes the whole file with the
-    /// changed blocks into `sink`. Returns the output's block map, if the
-    /// input had one.
+    /// The base's length.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Writes the whole base with `changes` in place into `sink`. Returns
+    /// the output's block map, if the input had one.
     pub(crate) fn write_raw(
-        &mut self,
-        plan: &Plan,
+        &self,
+        changes: &Changes,
         sink: &mut dyn RawSink,
     ) -> Result<Option<String>, ImageError> {
-        self.image.preflight(plan)?;
-        let sb = self.image.superblock();
-        let mut changed =
-            ChangedBlocks::new(self.image.device(), self.region.len, sb.block_size as u32);
-        write_plan_to_device(&mut changed, sb, plan)?;
-        tracing::debug!(written_blocks = changed.written().len(), "libext2fs done");
-        let block = changed.block_size();
-        let patches: Vec<(u64, &[u8])> = changed
-            .written()
-            .iter()
-            .map(|(&n, data)| (self.region.offset + n * block, &data[..]))
-            .collect();
-        let (input, _) = open_file(&self.input)?;
+        let patches: Vec<(u64, &[u8])> = changes.iter().collect();
+        let input = File::open(&self.base).map_err(|source| ImageError::Open {
+            path: self.base.clone(),
+            source,
+        })?;
         let write_err = |source| ImageError::Output(source);
-        let first_change = patches.iter().map(|(at, _)| *at).min();
-        sink.first_change(first_change.unwrap_or(self.file_len))
+        let first_change = patches.first().map(|(at, _)| *at);
+        sink.first_change(first_change.unwrap_or(self.len))
             .map_err(write_err)?;
-        crate::io::progress::start("writing", self.file_len);
+        crate::io::progress::start("writing", self.len);
         let Some(map) = &self.bmap else {
-            write_patched(&input, self.file_len, &patches, sink).map_err(write_err)?;
+            write_patched(&input, self.len, &patches, sink).map_err(write_err)?;
             return Ok(None);
         };
         let mut map = map.clone();
@@ -127,7 +125,7 @@ impl Ext4Backend {
             inner: sink,
             hasher: RangeHasher::new(map.byte_ranges()),
         };
-        write_patched(&input, self.file_len, &patches as &Patches, &mut tap).map_err(write_err)?;
+        write_patched(&input, self.len, &patches as &Patches, &mut tap).map_err(write_err)?;
         let digests = tap.hasher.finish().ok_or_else(|| {
             ImageError::Output(std::io::Error::other(
                 "the block map's ranges outrun the image",
@@ -137,13 +135,9 @@ impl Ext4Backend {
     }
 }
 
-impl ImageBackend for Ext4Backend {
-    fn facts(&mut self) -> Result<ImageFacts, ImageError> {
-        Ok(self.image.facts()?)
-    }
-
-    fn apply(&mut self, plan: &Plan, out: &mut TempOutput) -> Result<(), ImageError> {
-        if let Some(bmap) = self.write_raw(plan, out)? {
+impl Outlet for PatchOutlet {
+    fn write(&mut self, changes: &Changes, out: &mut TempOutput) -> Result<(), ImageError> {
+        if let Some(bmap) = self.write_raw(changes, out)? {
             let path = Bmap::for_output(out.final_path(), None);
             out.add_sidecar(path, bmap.into_bytes());
         }
@@ -151,20 +145,82 @@ impl ImageBackend for Ext4Backend {
     }
 }
 
-/// Reads files out of an ext2/3/4 filesystem in a file, for `verify`.
+/// Writes plans into the ext2/3/4 filesystems on the volumes a container
+/// gave (one, or several partitions of one disk), all into one output.
+pub(crate) struct Ext4Backend {
+    filesystems: Vec<Filesystem>,
+    // Dropped after the filesystems, whose volumes may read its files.
+    outlet: Box<dyn Outlet>,
+}
+
+impl Ext4Backend {
+    pub(crate) fn open(
+        volumes: Vec<Box<dyn Volume>>,
+        outlet: Box<dyn Outlet>,
+    ) -> Result<Ext4Backend, ImageError> {
+        let filesystems = volumes
+            .into_iter()
+            .map(open_filesystem)
+            .collect::<Result<Vec<_>, _>>()?;
+        if filesystems.is_empty() {
+            return Err(Ext4Error::NotExt4 {
+                why: "the container holds no filesystem".into(),
+            }
+            .into());
+        }
+        for fs in &filesystems {
+            fs.check_writable()?;
+        }
+        ensure_loaded()?;
+        Ok(Ext4Backend {
+            filesystems,
+            outlet,
+        })
+    }
+}
+
+impl ImageBackend for Ext4Backend {
+    /// The facts of the first filesystem: with several, the plan is the
+    /// same for each (one identity in every rootfs slot).
+    fn facts(&mut self) -> Result<ImageFacts, ImageError> {
+        Ok(self.filesystems[0].facts()?)
+    }
+
+    fn apply(&mut self, plan: &Plan, out: &mut TempOutput) -> Result<(), ImageError> {
+        let mut changes = Changes::default();
+        for fs in &self.filesystems {
+            changes.extend(edit(fs, plan)?).map_err(Ext4Error::Device)?;
+        }
+        tracing::debug!(
+            changed_blocks = changes.len(),
+            filesystems = self.filesystems.len(),
+            "changes carried out to the base"
+        );
+        self.outlet.write(&changes, out)
+    }
+}
+
+/// Reads files out of an ext2/3/4 filesystem on a volume, for `verify`,
+/// `ls` and `cat`.
 pub(crate) struct Ext4Reader {
-    path: PathBuf,
-    region: Region,
-    pub(crate) image: Ext4Inspector<Window<File>>,
+    /// The base file, for e2fsck where the volume is plain bytes in it.
+    base: PathBuf,
+    pub(crate) image: Filesystem,
+    /// A scratch file the volume reads (a codec's expansion), kept while
+    /// the reader lives.
+    _scratch: Option<Scratch>,
 }
 
 impl Ext4Reader {
-    pub(crate) fn open(path: &Path, region: Option<Region>) -> Result<Ext4Reader, ImageError> {
-        let (_, region, image) = inspect(path, region)?;
+    pub(crate) fn open(
+        base: &Path,
+        volume: Box<dyn Volume>,
+        scratch: Option<Scratch>,
+    ) -> Result<Ext4Reader, ImageError> {
         Ok(Ext4Reader {
-            path: path.to_path_buf(),
-            region,
-            image,
+            base: base.to_path_buf(),
+            image: open_filesystem(volume)?,
+            _scratch: scratch,
         })
     }
 }
@@ -174,8 +230,27 @@ impl ImageReader for Ext4Reader {
         Ok(self.image.lookup(path, max_content)?)
     }
 
+    /// e2fsck reads the filesystem where it lies as it is in the base file;
+    /// anything else (a sparse image, a transforming container) is expanded
+    /// into a private scratch file in the temp directory first.
     fn fsck(&mut self) -> Option<Result<(), String>> {
-        e2fsck(&self.path, self.region.offset)
+        let volume = self.image.device();
+        if let Some(offset) = volume.plain_at() {
+            return e2fsck(&self.base, offset);
+        }
+        let name = self
+            .base
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "image".into());
+        let scratch = match Scratch::create_in(&std::env::temp_dir(), &name) {
+            Ok(s) => s,
+            Err(e) => return Some(Err(format!("cannot create a scratch file for e2fsck: {e}"))),
+        };
+        if let Err(e) = volume.expand_into(scratch.file()) {
+            return Some(Err(format!("cannot expand the image for e2fsck: {e}")));
+        }
+        e2fsck(scratch.path(), 0)
     }
 }
 

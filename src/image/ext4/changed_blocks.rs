@@ -48,6 +48,15 @@ impl<R: ReadAt> ChangedBlocks<R> {
         &self.written
     }
 
+    /// Takes the blocks written, as (byte offset, bytes), in order; the
+    /// caller wipes them.
+    pub(crate) fn take_written(&mut self) -> impl Iterator<Item = (u64, Box<[u8]>)> {
+        let block = self.block;
+        std::mem::take(&mut self.written)
+            .into_iter()
+            .map(move |(n, data)| (n * block, data))
+    }
+
     fn check(&self, offset: u64, len: usize) -> io::Result<()> {
         if self.block == 0 {
             return Err(io::Error::new(

@@ -33,7 +33,7 @@ use crate::plan::{Existing, ImagePath, Plan, PlanKind};
 use format::feature;
 use reader::{FsReader, Superblock};
 
-pub(crate) use backend::{e2fsck, Ext4Backend, Ext4Reader, Region};
+pub(crate) use backend::{Ext4Backend, Ext4Reader, Outlet, PatchOutlet};
 pub(crate) use changed_blocks::ChangedBlocks;
 pub(crate) use io_manager::Device;
 pub(crate) use libext2fs::ensure_loaded;

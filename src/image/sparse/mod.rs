@@ -8,13 +8,14 @@
 //! alone) or a CRC32 of what came before. Both header sizes are recorded in
 //! the file header and honoured, so newer, longer headers still parse.
 //!
-//! The ext4 inside is edited by the ext4 module without expanding the image:
-//! libext2fs reads it through `SparseView` (the chunk index) and its writes
-//! stay in memory (`writable`); `encode_edited` then writes the input's
-//! chunks with the changed blocks spliced in, keeping every untouched chunk
-//! as it was. `expand` is used only where a raw image is needed (e2fsck in
-//! `verify`), and [`encode_raw`] turns a raw image into a sparse one through
-//! the same encoder (the demo, tests).
+//! The sparse image is a base in the volume stack (see `image::volume`):
+//! the ext4 inside (or a container around it) reads it through
+//! `SparseView` (the chunk index), without expanding it; the changed blocks
+//! that come back are spliced into the input's chunks (`SpliceOutlet`,
+//! `encode_edited`), keeping every untouched chunk as it was. `expand` is
+//! used only where a raw image is needed (e2fsck in `verify`), and
+//! [`encode_raw`] turns a raw image into a sparse one through the same
+//! encoder (the demo, tests).
 
 mod encode;
 mod format;
@@ -28,10 +29,12 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use super::ext4::{self, Ext4Inspector};
-use super::{Found, ImageBackend, ImageError, ImageFacts, ImageReader};
-use crate::io::output::{Scratch, TempOutput};
-use crate::plan::{ImagePath, Plan};
+use std::sync::Arc;
+
+use super::ext4::{Device, Outlet};
+use super::volume::{Changes, Volume};
+use super::ImageError;
+use crate::io::output::TempOutput;
 
 pub use encode::encode_raw;
 pub(crate) use encode::{encode_edited, writable};
@@ -70,7 +73,8 @@ pub enum SparseError {
     TooLarge { blocks: u64 },
 }
 
-fn open_sparse(path: &Path) -> Result<(SparseView, u64), ImageError> {
+/// Opens the sparse image at `path`: its chunk index, read in place.
+pub(crate) fn open_view(path: &Path) -> Result<SparseView, ImageError> {
     let file = File::open(path).map_err(|source| ImageError::Open {
         path: path.to_path_buf(),
         source,
@@ -79,46 +83,60 @@ fn open_sparse(path: &Path) -> Result<(SparseView, u64), ImageError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let size = layout.raw_size();
-    Ok((SparseView::new(file, layout), size))
+    Ok(SparseView::new(file, layout))
 }
 
-/// Writes plans into copies of an Android sparse image of an ext2/3/4
-/// filesystem.
-pub struct SparseBackend {
-    path: PathBuf,
-    image: Ext4Inspector<SparseView>,
-}
+/// The expanded image as a volume: read through the chunk index, changed
+/// blocks a sparse block each (the output splices whole blocks).
+impl Volume for SparseView {
+    fn len(&self) -> u64 {
+        self.layout().raw_size()
+    }
 
-impl SparseBackend {
-    pub fn open(path: &Path) -> Result<SparseBackend, ImageError> {
-        let (view, size) = open_sparse(path)?;
-        let image = Ext4Inspector::open(view, size)?;
-        image.check_writable()?;
-        ext4::ensure_loaded()?;
-        Ok(SparseBackend {
-            path: path.to_path_buf(),
-            image,
+    fn unit(&self) -> u64 {
+        u64::from(self.layout().block_size)
+    }
+
+    fn carry_out(&self, offset: u64, _: &mut [u8]) -> io::Result<u64> {
+        Ok(offset)
+    }
+
+    fn expand_into(&self, out: &File) -> io::Result<()> {
+        expand(self, out).map_err(|e| match e {
+            SparseError::Read(e) | SparseError::Write(e) => e,
+            other => io::Error::other(other),
         })
     }
 }
 
-impl ImageBackend for SparseBackend {
-    fn facts(&mut self) -> Result<ImageFacts, ImageError> {
-        Ok(self.image.facts()?)
-    }
+/// The output of a sparse base: the input's chunks with the changed blocks
+/// spliced in. Nothing is expanded, and only the changed blocks are
+/// compared; every untouched chunk is kept as it was.
+pub(crate) struct SpliceOutlet {
+    path: PathBuf,
+    view: Arc<SparseView>,
+}
 
-    /// libext2fs edits the filesystem through an I/O manager that reads the
-    /// sparse file through its chunk index and keeps the blocks it writes in
-    /// memory; the output is then the input's chunks with those blocks
-    /// spliced in. Nothing is expanded, and only the written blocks are
-    /// compared.
-    fn apply(&mut self, plan: &Plan, out: &mut TempOutput) -> Result<(), ImageError> {
-        self.image.preflight(plan)?;
-        let view = self.image.device();
-        let mut edited = writable(view);
-        ext4::write_plan_to_device(&mut edited, self.image.superblock(), plan)?;
-        tracing::debug!(written_blocks = edited.written().len(), "libext2fs done");
+impl SpliceOutlet {
+    pub(crate) fn new(path: &Path, view: Arc<SparseView>) -> SpliceOutlet {
+        SpliceOutlet {
+            path: path.to_path_buf(),
+            view,
+        }
+    }
+}
+
+impl Outlet for SpliceOutlet {
+    fn write(&mut self, changes: &Changes, out: &mut TempOutput) -> Result<(), ImageError> {
+        let mut edited = writable(&self.view);
+        for (at, data) in changes.iter() {
+            edited
+                .write_at(at, data)
+                .map_err(|source| ImageError::SparseInput {
+                    path: self.path.clone(),
+                    source: SparseError::Read(source),
+                })?;
+        }
         // A write error is the output's (the pipeline names it); anything
         // else came from reading the input.
         let changed = encode_edited(&edited, out).map_err(|e| match e {
@@ -130,49 +148,9 @@ impl ImageBackend for SparseBackend {
         })?;
         tracing::debug!(
             changed_blocks = changed,
-            chunks = view.layout().chunks.len(),
+            chunks = self.view.layout().chunks.len(),
             "sparse re-encoded"
         );
         Ok(())
-    }
-}
-
-/// Reads files out of a sparse image for `verify`, without expanding it.
-pub struct SparseReader {
-    path: PathBuf,
-    pub(crate) image: Ext4Inspector<SparseView>,
-}
-
-impl SparseReader {
-    pub fn open(path: &Path) -> Result<SparseReader, ImageError> {
-        let (view, size) = open_sparse(path)?;
-        Ok(SparseReader {
-            path: path.to_path_buf(),
-            image: Ext4Inspector::open(view, size)?,
-        })
-    }
-}
-
-impl ImageReader for SparseReader {
-    fn lookup(&mut self, path: &ImagePath, max_content: u64) -> Result<Option<Found>, ImageError> {
-        Ok(self.image.lookup(path, max_content)?)
-    }
-
-    /// e2fsck needs a raw image: expand into a private scratch file in the
-    /// temp directory first.
-    fn fsck(&mut self) -> Option<Result<(), String>> {
-        let name = self
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "image".into());
-        let scratch = match Scratch::create_in(&std::env::temp_dir(), &name) {
-            Ok(s) => s,
-            Err(e) => return Some(Err(format!("cannot create a scratch file for e2fsck: {e}"))),
-        };
-        if let Err(e) = expand(self.image.device(), scratch.file()) {
-            return Some(Err(format!("cannot expand the image for e2fsck: {e}")));
-        }
-        ext4::e2fsck(scratch.path(), 0)
     }
 }

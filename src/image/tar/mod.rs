@@ -40,7 +40,7 @@ use thiserror::Error;
 
 use super::{EntryType, ImageBackend, ImageError, ImageFacts, ImageOptions, ImageReader};
 use crate::cache::{Identity, Miss};
-use crate::compress::Compression;
+use crate::compress::{Compression, Tail};
 use crate::io::output::TempOutput;
 use crate::io::prefix::PrefixCache;
 use crate::plan::{ImagePath, Plan};
@@ -236,7 +236,7 @@ impl TarBackend {
         self.cached = false;
         let cache = self.options.cache.as_ref()?;
         let path = self.path.display();
-        if self.options.full_rewrite || self.codec == Compression::Xz {
+        if self.options.full_rewrite || matches!(self.codec.facts().tail, Tail::Speculated) {
             // xz keeps no boundaries: its fast path compresses while it
             // scans, which a cached scan would skip.
             tracing::info!("{path}: scan cache not used for this input");

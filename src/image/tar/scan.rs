@@ -24,7 +24,7 @@ use super::speculate::{Speculated, Speculation};
 use super::stream::Stream;
 use super::{TarError, BLOCK, MAX_DB_SIZE};
 use crate::compress::boundary::{BlockIndex, Boundary};
-use crate::compress::Compression;
+use crate::compress::{Compression, Tail};
 use crate::image::resolve;
 use crate::image::{EntryType, FileMeta};
 use crate::io::progress;
@@ -334,7 +334,7 @@ pub(super) fn scan(
 ) -> Result<Scan, TarError> {
     let scan_once =
         |parallel_bzip2| scan_with(path, codec, watch, capture, writing, parallel_bzip2);
-    if writing.is_some() && codec == Compression::Bzip2 {
+    if writing.is_some() && codec.facts().parallel_decode {
         match scan_once(true) {
             // The parallel reader only knows well-formed files; the
             // sequential decoder reads everything bzip2 does and says
@@ -365,9 +365,10 @@ fn scan_with(
     // Only a scan for writing needs block boundaries (and their windows);
     // `verify` reads with the plain decoder, as does a bzip2 scan asked
     // not to use the parallel one.
-    let indexed = match codec {
-        Compression::Bzip2 => parallel_bzip2,
-        _ => for_writing,
+    let indexed = if codec.facts().parallel_decode {
+        parallel_bzip2
+    } else {
+        for_writing
     };
     let (inner, index) = if indexed {
         BlockIndex::decoder(codec, file)
@@ -376,8 +377,8 @@ fn scan_with(
     };
     // A plain archive's kept prefix is its own bytes: hash them now, while
     // they pass by anyway.
-    let hashing =
-        (for_writing && codec == Compression::None).then(|| Arc::new(Mutex::new(Sha256::new())));
+    let hashing = (for_writing && matches!(codec.facts().tail, Tail::Plain))
+        .then(|| Arc::new(Mutex::new(Sha256::new())));
     let inner: Box<dyn Read + Send> = match &hashing {
         Some(state) => Box::new(HashingReader {
             inner,
@@ -388,7 +389,7 @@ fn scan_with(
     let snapshot = || hashing.as_ref().map(|h| crate::sync::lock(h).clone());
     let mut s = Stream::new(inner, 0, path, codec);
     s.speculation = match writing {
-        Some(w) if codec == Compression::Xz && w.speculate => {
+        Some(w) if matches!(codec.facts().tail, Tail::Speculated) && w.speculate => {
             let name = path
                 .file_name()
                 .map_or("image".into(), |n| n.to_string_lossy());

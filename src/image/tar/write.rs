@@ -19,7 +19,7 @@ use super::speculate::Speculated;
 use super::stream::Stream;
 use super::TarError;
 use crate::compress::boundary::Boundary;
-use crate::compress::{bzip2 as bz2, gzip, zstd as zst, Compression};
+use crate::compress::{bzip2 as bz2, gzip, zstd as zst, Compression, Tail};
 use crate::io::output::TempOutput;
 use crate::io::prefix::{KeepError, PrefixCache};
 use crate::io::progress;
@@ -75,45 +75,38 @@ fn tail_start<'a>(
     pieces: &[Piece],
     first_change: u64,
 ) -> Option<TailStart<'a>> {
-    match codec {
-        // The raw tail holds new bytes and the kept block's own: every
-        // input byte it copies must lie in that block.
-        Compression::Zstd => scan
-            .boundaries
-            .as_ref()?
-            .iter()
-            .filter_map(|b| match b {
-                Boundary::Zstd(b) => Some(b),
-                _ => None,
-            })
-            .filter(|b| b.out <= first_change)
-            .max_by_key(|b| b.out)
-            .filter(|b| {
-                let held = b.out + b.data.len() as u64;
-                pieces.iter().all(|p| match p {
-                    Piece::Copy { end, .. } => *end <= held,
-                    Piece::Insert(_) => true,
-                })
-            })
-            .cloned()
-            .map(TailStart::Zstd),
-        Compression::Xz => scan
+    match codec.facts().tail {
+        Tail::Plain => Some(TailStart::Plain),
+        Tail::Rewrite => None,
+        Tail::Speculated => scan
             .speculated
             .as_ref()
             .filter(|s| s.uncompressed == first_change)
             .map(TailStart::Speculated),
-        Compression::None => Some(TailStart::Plain),
-        Compression::Gzip | Compression::Bzip2 => scan
-            .boundaries
-            .as_ref()?
-            .iter()
-            .filter(|b| b.out() <= first_change)
-            .max_by_key(|b| b.out())
-            .map(|boundary| match boundary {
-                Boundary::Gzip(b) => TailStart::Gzip(b.clone()),
-                Boundary::Bzip2(b) => TailStart::Bzip2(b.clone()),
-                Boundary::Zstd(b) => TailStart::Zstd(b.clone()),
-            }),
+        Tail::Boundaries { .. } => {
+            let boundary = scan
+                .boundaries
+                .as_ref()?
+                .iter()
+                .filter(|b| b.out() <= first_change)
+                .max_by_key(|b| b.out())?;
+            match boundary {
+                Boundary::Gzip(b) => Some(TailStart::Gzip(b.clone())),
+                Boundary::Bzip2(b) => Some(TailStart::Bzip2(b.clone())),
+                // The raw tail holds new bytes and the kept block's own:
+                // every input byte it copies must lie in that block.
+                Boundary::Zstd(b) => {
+                    let held = b.out + b.data.len() as u64;
+                    pieces
+                        .iter()
+                        .all(|p| match p {
+                            Piece::Copy { end, .. } => *end <= held,
+                            Piece::Insert(_) => true,
+                        })
+                        .then(|| TailStart::Zstd(b.clone()))
+                }
+            }
+        }
     }
 }
 

@@ -4,7 +4,7 @@ BitBake's own parser (the `bb` package; the bitbake-setup wheel on PyPI
 carries it) and prints what BitBake would run, as JSON: the task graph
 entry and flags of do_imprint, and the shell script BitBake would write to
 temp/run.do_imprint for each shell function (with its variables expanded,
-as bb.build does), for tests/recipes.rs to check and run.
+as bb.build does), for tests/it/recipes.rs to check and run.
 
 usage: parse.py LAYER RECIPE [run]
 LAYER has conf/bitbake.conf and classes/; RECIPE is a .bb file in it.

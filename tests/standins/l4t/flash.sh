@@ -1,6 +1,6 @@
 #!/bin/bash
 # Stand-in for NVIDIA's Linux_for_Tegra/flash.sh (R35/R36), used by
-# tests/recipes.rs. It reproduces the files and flags the recipes rely on
+# tests/it/recipes.rs. It reproduces the files and flags the recipes rely on
 # and flashes nothing; the "device" is the directory $L4T_STANDIN_DEVICE.
 #
 # - `--no-flash BOARD ROOTDEV`: builds bootloader/system.img.raw from

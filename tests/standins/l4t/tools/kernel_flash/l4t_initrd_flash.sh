@@ -1,6 +1,6 @@
 #!/bin/bash
 # Stand-in for NVIDIA's tools/kernel_flash/l4t_initrd_flash.sh, used by
-# tests/recipes.rs. It reproduces the files and flags the recipes rely on
+# tests/it/recipes.rs. It reproduces the files and flags the recipes rely on
 # (from l4t_create_images_for_kernel_flash.sh and l4t_flash_from_kernel.sh)
 # and flashes nothing; the "device" is the directory $L4T_STANDIN_DEVICE.
 #

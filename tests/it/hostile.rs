@@ -3,7 +3,7 @@
 //! endless error body or redirects elsewhere, a process someone asks for a
 //! core dump, and batches killed at random moments.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::fs;

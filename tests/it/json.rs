@@ -1,7 +1,7 @@
 //! The JSON documents of provision and verify (docs/json.md), parsed and
 //! checked field by field.
 
-mod common;
+use crate::common;
 
 use std::fs;
 

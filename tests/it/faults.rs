@@ -4,7 +4,7 @@
 //! final name, and every image that exists holds the password the server
 //! has.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

@@ -2,7 +2,7 @@
 //! here: Buildroot's post-image script, the L4T station and sample-rootfs
 //! scripts, and the Yocto class's shell function.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

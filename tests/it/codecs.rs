@@ -3,7 +3,7 @@
 //! accepts what each codec's own tool accepts and refuses the rest with a
 //! message that says what to do; outputs end with their last stream.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

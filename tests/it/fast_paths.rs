@@ -3,7 +3,7 @@
 //! before the first change kept) must give exactly the archive the full
 //! rewrite gives, once decompressed.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

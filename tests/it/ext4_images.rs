@@ -2,8 +2,8 @@
 //! real binary, checked with e2fsck -fn, debugfs, imprint verify and, where
 //! the machine allows, a read-only loop mount through the kernel.
 
-mod common;
-mod ext4_overlay;
+use crate::common;
+use crate::ext4_overlay;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@
 //! extracted by GNU tar and bsdtar (as root, with and without
 //! `--numeric-owner`) and checked with `imprint verify`.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;

@@ -4,7 +4,7 @@
 //! sparse images (expanded by simg2img), and the host's own view of a
 //! staging tree.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt};

@@ -7,8 +7,8 @@
 //! `-t`, `bmaptool copy` and, where the machine allows, the kernel check
 //! the outputs.
 
-mod common;
-mod ext4_overlay;
+use crate::common;
+use crate::ext4_overlay;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;

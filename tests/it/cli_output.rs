@@ -1,7 +1,7 @@
 //! What the CLI prints around the result: progress only on a terminal,
 //! -v/-vv detail, and never a secret in any of it.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

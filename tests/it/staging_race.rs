@@ -6,7 +6,7 @@
 //! run either writes device.conf inside the tree or fails with a clear
 //! error.
 
-mod common;
+use crate::common;
 
 use std::ffi::{CStr, CString};
 use std::fs;

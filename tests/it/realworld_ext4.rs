@@ -5,7 +5,7 @@
 //! and debugfs; outputs checked with e2fsck, debugfs, imprint verify and,
 //! where the machine allows, a read-only loop mount with getfacl/getfattr.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! The tarball and staging-directory paths, end to end: the real binary
 //! against the loopback stub API, outputs extracted by GNU tar and bsdtar.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -1,7 +1,7 @@
 //! Batches: many serials from one base image, a manifest, failures that do
 //! not stop the others, and --skip-existing.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;

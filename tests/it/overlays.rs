@@ -3,7 +3,7 @@
 //! examples in overlays/examples/. The real binary against the real stub,
 //! outputs read back with GNU tar, bsdtar, debugfs and the host.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -378,7 +378,7 @@ fn devices_csv_values_with_quotes_commas_and_newlines_reach_each_image() {
     )
     .unwrap();
     let stage = make_rootfs(d, "stage");
-    // (A hostname with a second name is never rewritten: see tests/tar.rs.)
+    // (A hostname with a second name is never rewritten: see tests/it/tar.rs.)
     fs::remove_file(stage.join("etc/hostname.hardlink")).unwrap();
     ok(&run(offline(
         d,

@@ -2,7 +2,7 @@
 //! binary under test, and it is installed into a scratch root with
 //! `dpkg -x` and run from there.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;
@@ -96,6 +96,9 @@ fn the_deb_installs_and_runs() {
         "usr/share/zsh/vendor-completions/_imprint",
         "usr/share/fish/vendor_completions.d/imprint.fish",
         "usr/share/doc/imprint/README.md",
+        "usr/share/doc/imprint/usage.md",
+        "usr/share/doc/imprint/formats.md",
+        "usr/share/doc/imprint/json.md",
         "usr/share/doc/imprint/copyright",
         "usr/share/doc/imprint/recipes/l4t/initrd-station.sh",
     ] {

@@ -2,8 +2,8 @@
 //! encoder, which emits DONT_CARE), outputs checked with simg2img, e2fsck,
 //! debugfs and imprint verify.
 
-mod common;
-mod ext4_overlay;
+use crate::common;
+use crate::ext4_overlay;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! come first), names what is wrong, and leaves nothing behind. Format-specific shapes (ext4 refusals, sparse chunks, archive
 //! entries in the way) have their own files; this covers the rest.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

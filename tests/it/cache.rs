@@ -5,7 +5,7 @@
 //! cache leave it whole. Every test points XDG_CACHE_HOME at its own
 //! temp dir.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::{FileExt, PermissionsExt};

@@ -1,0 +1,31 @@
+//! The integration tests, as one test binary: each file here was once its
+//! own binary under tests/, and each linked the whole of imprint, reqwest
+//! and rustls again. As modules they share one link and one process; the
+//! helpers are `common` (running the binary, building rootfs trees and
+//! archives, `require`) and `ext4_overlay`.
+
+mod common;
+mod ext4_overlay;
+
+mod admin;
+mod bad_input;
+mod batch;
+mod cache;
+mod cli_output;
+mod codecs;
+mod disk_images;
+mod ext4_images;
+mod fast_paths;
+mod faults;
+mod fuzz_corpus;
+mod hostile;
+mod inspect;
+mod json;
+mod overlays;
+mod packaging;
+mod realworld_ext4;
+mod realworld_tar;
+mod recipes;
+mod sparse_images;
+mod staging_race;
+mod tar;
