@@ -138,7 +138,7 @@ pub(crate) struct ProvisionArgs {
     /// Make no API call; requires --password-file
     #[arg(long, requires = "password_file", conflicts_with = "api_url")]
     pub(crate) offline: bool,
-    /// Extra overlay spec (TOML) to apply after the built-in device.conf one, or - for stdin; repeatable (overlays/README.md)
+    /// Extra overlay spec (TOML) to apply after the built-in device.conf one, or - for stdin; repeatable (overlays/README.md; from the .deb, /usr/share/imprint/overlays/)
     #[arg(long = "overlay", value_name = "FILE")]
     pub(crate) overlays: Vec<PathBuf>,
     #[command(flatten)]
