@@ -12,6 +12,7 @@ use zeroize::Zeroizing;
 use crate::identity::Password;
 
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum AdminError {
     #[error("invalid API URL {url:?}: {why}")]
     BadUrl { url: String, why: &'static str },
@@ -40,6 +41,8 @@ pub enum AdminError {
         url: String,
         cause: String,
     },
+    #[error("the account {email} already exists (POST /users answered 409) and --no-rotate forbids giving it a new password: no earlier output of this device holds its current one. Rebuild from the previous run's outputs (--skip-existing over the directory that holds them), give the device's password with --password-file, or leave out --no-rotate to rotate it on purpose (every device flashed with the old password stops logging in)")]
+    Exists { email: String },
     #[error("{step} answered {status}: {message}")]
     Status {
         step: &'static str,
@@ -117,11 +120,30 @@ fn check_token(token: &str) -> Result<(), AdminError> {
 
 /// What the provisioning call did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Provisioned {
     /// POST /users answered 200 or 201.
     Created,
     /// POST /users answered 409 and PATCH /users/password succeeded.
     PasswordUpdated,
+    /// POST /users answered 409 and the account kept its password
+    /// ([`OnConflict::Keep`]).
+    Existing,
+}
+
+/// What to do when POST /users answers 409: the account exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnConflict {
+    /// PATCH /users/password to this password, as the runbook does.
+    #[default]
+    SetPassword,
+    /// Send nothing more: the account has this password already (it is
+    /// the one an earlier output carries, set when that output was made).
+    Keep,
+    /// Fail with [`AdminError::Exists`] and send nothing more: the
+    /// password is a new one, and setting it would lock out every device
+    /// that carries the account's current one (`--no-rotate`).
+    Refuse,
 }
 
 pub struct AdminClient {
@@ -315,6 +337,25 @@ impl std::io::Read for WipingBody {
 }
 
 impl AdminClient {
+    /// A client for the admin API `config` names. Nothing is sent yet; a
+    /// token is never sent over plain `http://` to another machine unless
+    /// `allow_http` says so.
+    ///
+    /// ```
+    /// use imprint::admin::{AdminClient, AdminConfig, AdminError};
+    ///
+    /// let mut config = AdminConfig::new("http://admin.example");
+    /// config.token = Some(String::from("t0ken").into());
+    /// assert!(matches!(AdminClient::new(config), Err(AdminError::PlainHttp { .. })));
+    ///
+    /// let mut config = AdminConfig::new("https://admin.example");
+    /// config.retries = 5;
+    /// let client = AdminClient::new(config).unwrap();
+    /// # let _ = client;
+    /// ```
+    ///
+    /// `imprint::stub` (feature `demo`) has an example against a stand-in
+    /// API on 127.0.0.1.
     pub fn new(config: AdminConfig) -> Result<AdminClient, AdminError> {
         let base = check_url(&config.base_url)?;
         if let Some(token) = &config.token {
@@ -400,6 +441,16 @@ impl AdminClient {
 
     /// Creates the account or, if it exists, sets its password.
     pub fn provision(&self, email: &str, password: &Password) -> Result<Provisioned, AdminError> {
+        self.provision_with(email, password, OnConflict::SetPassword)
+    }
+
+    /// Creates the account; if it exists, does what `on_conflict` says.
+    pub fn provision_with(
+        &self,
+        email: &str,
+        password: &Password,
+        on_conflict: OnConflict,
+    ) -> Result<Provisioned, AdminError> {
         let body = json_body(&[
             ("email", email),
             ("password", password.expose()),
@@ -408,6 +459,12 @@ impl AdminClient {
         let resp = self.send("POST /users", reqwest::Method::POST, "/users", &body)?;
         match resp.status().as_u16() {
             200 | 201 => return Ok(Provisioned::Created),
+            409 if on_conflict == OnConflict::Refuse => {
+                return Err(AdminError::Exists {
+                    email: email.to_string(),
+                })
+            }
+            409 if on_conflict == OnConflict::Keep => return Ok(Provisioned::Existing),
             409 => {}
             status => {
                 return Err(AdminError::Status {
@@ -487,7 +544,7 @@ pub fn login(config: &AdminConfig, email: &str, password: &Password) -> Result<(
 
 /// True when the URL's host is this machine (127.0.0.0/8, ::1,
 /// localhost): plain http there never crosses a network.
-pub fn is_loopback(url: &str) -> bool {
+pub(crate) fn is_loopback(url: &str) -> bool {
     let Ok(parsed) = reqwest::Url::parse(url) else {
         return false;
     };
@@ -500,7 +557,7 @@ pub fn is_loopback(url: &str) -> bool {
 }
 
 /// True for a plain-http URL (credentials would cross the network in clear).
-pub fn is_plain_http(url: &str) -> bool {
+pub(crate) fn is_plain_http(url: &str) -> bool {
     url.get(..7)
         .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
 }

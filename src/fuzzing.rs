@@ -366,12 +366,12 @@ pub fn disk(data: &[u8]) {
     if provision_offline(&input, &out, "root").is_none() {
         return;
     }
-    let region = disk::locate(&input, None).expect("the disk just stamped has a rootfs");
+    let rootfs = disk::locate(&input, &[]).expect("the disk just stamped has a rootfs");
     let written = std::fs::read(&out).expect("our own output");
     assert_eq!(written.len(), data.len(), "the output's length");
     let (start, end) = (
-        region.offset as usize,
-        (region.offset + region.len) as usize,
+        rootfs[0].offset as usize,
+        (rootfs[0].offset + rootfs[0].size) as usize,
     );
     assert!(
         written[..start] == data[..start],

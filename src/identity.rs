@@ -8,6 +8,7 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum IdentityError {
     #[error("invalid serial {serial:?}: {why} (expected uppercase letters, digits and hyphens, like AZJN-0042)")]
     BadSerial { serial: String, why: &'static str },
@@ -167,18 +168,18 @@ impl PartialEq for Password {
     }
 }
 
-pub const EMAIL_KEY: &str = "AZAION_DEVICE_EMAIL";
-pub const PASSWORD_KEY: &str = "AZAION_DEVICE_PASSWORD";
+pub(crate) const EMAIL_KEY: &str = "AZAION_DEVICE_EMAIL";
+pub(crate) const PASSWORD_KEY: &str = "AZAION_DEVICE_PASSWORD";
 
 /// The two values found in a device.conf.
 #[derive(Debug)]
-pub struct DeviceConf {
+pub(crate) struct DeviceConf {
     pub email: Option<String>,
     pub password: Option<Password>,
 }
 
 /// Parses `KEY=value` lines; unknown keys and blank or `#` lines are ignored.
-pub fn parse_device_conf(bytes: &[u8]) -> DeviceConf {
+pub(crate) fn parse_device_conf(bytes: &[u8]) -> DeviceConf {
     let mut conf = DeviceConf {
         email: None,
         password: None,

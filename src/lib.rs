@@ -1,12 +1,19 @@
 //! imprint: stamp a device's identity into a root-filesystem image without
 //! extracting or mounting it.
 //!
-//! The flow, as the `imprint` command drives it: validate the serial
-//! ([`identity`]), open the image ([`image`]), resolve the overlay into a
-//! [`plan::Plan`] against the image's own users ([`owner`]), write a new
-//! image into a temp file ([`io::output`]), provision the account
-//! ([`admin`]), then commit the image and its checksum. [`verify`] reads a
-//! built image back.
+//! The flow, as the `imprint` command drives it and [`run`] does it:
+//! validate the serial ([`identity`]), open the image ([`image`]), resolve
+//! the overlay ([`plan`]) against the image's own users ([`owner`]), write
+//! a new image into a temp file, provision the account ([`admin`]), then
+//! give the image its final name and its checksum. [`verify()`] reads a
+//! built image back; [`open_reader`] looks inside any image.
+//!
+//! The entry points are re-exported here: [`run`] with [`Request`],
+//! [`Settings`], [`Source`] and its [`Report`]; [`verify()`] with
+//! [`Expectations`] and its [`VerifyReport`]; [`open_reader`] with
+//! [`ImageOptions`] and [`Inspect`]; [`OverlaySpec`], [`OwnerSpec`],
+//! [`Serial`], [`Password`] and [`AdminConfig`] to fill them in; and the
+//! errors each returns.
 //!
 //! # Provision and verify from Rust
 //!
@@ -82,7 +89,7 @@
 //!
 //! # Features
 //!
-//! - `cli` (default): the `imprint` command, [`cli::main`], and what only
+//! - `cli` (default): the `imprint` command, `cli::main`, and what only
 //!   it needs (clap, anyhow, the log formatter); brings `demo`.
 //! - `demo`: `stub`, the loopback stand-in API that `imprint demo` and
 //!   the tests run against (tiny_http).
@@ -93,25 +100,45 @@
 //! A library user depends on imprint with `default-features = false`: the
 //! library alone, with no command line and no HTTP server.
 
+// Without the `cli` feature, what only the command line uses (batches,
+// dry runs, manifests, signal and process set-up) is compiled but unused.
+// Dead code is still found where CI looks for it: clippy with the default
+// features, `cli` on.
+#![cfg_attr(not(feature = "cli"), allow(dead_code))]
+
 pub mod admin;
-pub mod cache;
+pub(crate) mod cache;
 #[cfg(feature = "cli")]
 pub mod cli;
-pub mod compress;
+pub(crate) mod compress;
+#[cfg(test)]
+mod error_style;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod identity;
 pub mod image;
-pub mod io;
+pub(crate) mod io;
 pub mod owner;
 pub mod pipeline;
 pub mod plan;
-pub mod redact;
+pub(crate) mod redact;
 #[cfg(feature = "demo")]
 pub mod stub;
 mod sync;
 pub mod verify;
+
+// The entry points, for `use imprint::{...}`; each module has the rest of
+// its part (its errors, the types its entry points take and give).
+pub use admin::{AdminConfig, AdminError};
+pub use identity::{IdentityError, Password, PasswordPolicy, Serial};
+pub use image::{open_reader, ImageError, ImageOptions, Inspect};
+pub use owner::{OwnerError, OwnerSpec};
+pub use pipeline::{
+    run, InputKind, OutputReport, ProvisionError, Report, Request, Settings, Source,
+};
+pub use plan::{OverlayError, OverlaySpec};
+pub use verify::{verify, Expectations, VerifyReport};
 
 /// An error and its causes on one line, as the CLI prints them: each
 /// error in imprint says its own part once and leaves the cause to the

@@ -8,6 +8,7 @@ use std::str::FromStr;
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OwnerError {
     #[error("invalid owner {0:?}: expected USER, USER:GROUP or UID:GID")]
     Syntax(String),
@@ -17,7 +18,20 @@ pub enum OwnerError {
     UnknownGroup { name: String, hint: String },
 }
 
-/// What the caller asked for with `--owner`.
+/// What the caller asked for with `--owner`: `USER`, `USER:GROUP` or
+/// `UID:GID`, resolved later in the image's own `/etc/passwd` and
+/// `/etc/group`.
+///
+/// ```
+/// use imprint::owner::{IdOrName, OwnerSpec};
+///
+/// assert_eq!("azaion".parse(), Ok(OwnerSpec::User("azaion".into())));
+/// assert_eq!(
+///     "1000:video".parse(),
+///     Ok(OwnerSpec::UserGroup(IdOrName::Id(1000), IdOrName::Name("video".into())))
+/// );
+/// assert!("a:b:c".parse::<OwnerSpec>().is_err());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OwnerSpec {
     /// A user name; the group is the user's primary group.
@@ -81,6 +95,7 @@ impl fmt::Display for OwnerSpec {
 
 /// A resolved owner: numeric ids plus the names tar headers carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Owner {
     pub uid: u32,
     pub gid: u32,
@@ -110,7 +125,7 @@ struct DbEntry {
 
 /// The image's user and group databases.
 #[derive(Debug, Clone, Default)]
-pub struct UserDb {
+pub(crate) struct UserDb {
     users: Vec<DbEntry>,
     groups: Vec<DbEntry>,
     has_passwd: bool,

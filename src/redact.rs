@@ -30,20 +30,13 @@ pub fn register(secret: &str) {
 /// (PR_SET_DUMPABLE 0 also blocks ptrace attach and /proc/PID/mem reads by
 /// non-root users). Called first thing by the CLI.
 pub fn protect_process() -> std::io::Result<()> {
-    let no_core = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use rustix::process::{self, DumpableBehavior, Resource, Rlimit};
+    let no_core = Rlimit {
+        current: Some(0),
+        maximum: Some(0),
     };
-    // SAFETY: setrlimit and prctl with these arguments only change this
-    // process's own limits and flags.
-    unsafe {
-        if libc::setrlimit(libc::RLIMIT_CORE, &no_core) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
+    process::setrlimit(Resource::Core, no_core)?;
+    process::set_dumpable_behavior(DumpableBehavior::NotDumpable)?;
     Ok(())
 }
 

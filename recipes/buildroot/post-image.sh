@@ -9,7 +9,11 @@
 # ($BINARIES_DIR) as $1; list this one after genimage so that sdcard.img
 # exists. Images taken from $1: rootfs.tar, rootfs.tar.{gz,bz2,xz,zst},
 # rootfs.ext2/ext3/ext4 (Buildroot's rootfs.ext4 is a symlink to
-# rootfs.ext2: taken once) and sdcard.img (its one ext partition holding /etc).
+# rootfs.ext2: taken once) and sdcard.img. In sdcard.img every rootfs slot
+# is stamped (`--partition all-rootfs`): the one ext partition holding /etc,
+# or both of an A/B layout (genimage's rootfsA and rootfsB, MBR or GPT),
+# each with the same credentials in the one per-serial copy, and each is
+# verified.
 #
 # Environment (set in the build's environment or a wrapper):
 #   IMPRINT_SERIALS     file of serials, one a line (required)
@@ -53,13 +57,16 @@ else
         set -- "$@" --api-token-file "$IMPRINT_API_TOKEN_FILE"
     fi
 fi
-imprint provision --serials "$serials" "$@" --output "$out/" --owner "$owner" --skip-existing
+# all-rootfs: every rootfs slot of sdcard.img; the other images have one.
+imprint provision --serials "$serials" "$@" --output "$out/" --owner "$owner" --skip-existing \
+    --partition all-rootfs
 
 listed=$(grep -v '^[[:space:]]*\(#\|$\)' "$serials" | sed 's/[[:space:]]*#.*//')
 expected=0 found=0
 for serial in $listed; do
     for name in $names; do
-        imprint verify "$out/$serial-$name" --serial "$serial" --owner "$owner" >/dev/null ||
+        imprint verify "$out/$serial-$name" --serial "$serial" --owner "$owner" \
+            --partition all-rootfs >/dev/null ||
             { echo "post-image: $out/$serial-$name does not verify" >&2; exit 1; }
     done
     expected=$((expected + count))

@@ -23,14 +23,29 @@
 #
 # FLASH OPTIONS go to l4t_initrd_flash.sh unchanged (before the board). The
 # pristine images are kept in $IMPRINT_STATION_DIR (default
-# imprint-station/), outside images/, whose whole content is flashed. After
-# each device, pass or fail, the pristine images are put back (trap), so no
+# imprint-station/), outside images/, whose whole content is flashed. The
+# layout is read from images/*/flash.cfg (APP, APP_b, APP_ext, APP_b_ext:
+# with ROOTFS_AB=1 both slots) and flash.idx: every APP image is stamped in
+# one call (one password for all slots), put in place (mode 0600) and, right
+# before flashing, checked to carry this device's credentials. After each
+# device, pass or fail, the pristine images are put back (trap), so no
 # device's password stays in images/.
+#
+# Refused, with what to do instead:
+# - --massflash: every device it flashes reads the same images/, so all of
+#   them would get one serial's credentials. Flash one device at a time
+#   (one in recovery mode, or pick it with --usb-instance BUS-PORT), or
+#   give each USB port its own Linux_for_Tegra tree (own images/ and
+#   imprint-station/) and run this script in each with its --usb-instance.
+# - ROOTFS_ENC=1 (or a layout with APP_ENC): the rootfs is then inside a
+#   LUKS container imprint cannot write into yet.
+# - an APP* entry in flash.cfg other than the four above.
 #
 # Environment: IMPRINT_API_URL, IMPRINT_API_TOKEN_FILE (or IMPRINT_API_TOKEN),
 # IMPRINT_OWNER (default azaion: create the user in rootfs/ with
 # tools/l4t_create_default_user.sh -u azaion before --prepare),
-# IMPRINT_OFFLINE_PASSWORD_FILE (test stations only: no API call).
+# IMPRINT_OFFLINE_PASSWORD_FILE (test stations only: no API call), ROOTFS_AB
+# (passed to the flash tool).
 set -euo pipefail
 
 usage() {
@@ -45,23 +60,51 @@ images=tools/kernel_flash/images
 station=${IMPRINT_STATION_DIR:-imprint-station}
 owner=${IMPRINT_OWNER:-azaion}
 [ -x "$flash_tool" ] || { echo "initrd-station: run me in Linux_for_Tegra ($flash_tool not found)" >&2; exit 1; }
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+# sudo drops the environment: the board configs read ROOTFS_AB/ROOTFS_ENC.
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo env "ROOTFS_AB=${ROOTFS_AB:-}" "ROOTFS_ENC=${ROOTFS_ENC:-}" "$@"; fi
+}
+die() { echo "initrd-station: $*" >&2; exit 1; }
 
-# The APP images flash.cfg names, one "LOCATION FILE" a line.
+for arg in "$@"; do
+    if [[ "$arg" = --massflash* ]]; then
+        die "--massflash is refused: every device it flashes reads the same tools/kernel_flash/images/, so all of them would get one serial's credentials (one account, one password on every device). Flash one device at a time (one in recovery mode, or choose it with --usb-instance BUS-PORT), or keep one Linux_for_Tegra tree per USB port, each with its own --prepare and --usb-instance, and run them side by side."
+    fi
+done
+if [ "${ROOTFS_ENC:-}" = 1 ]; then
+    die "ROOTFS_ENC=1: encrypted rootfs is not served yet. The rootfs would be inside the LUKS container system_root_encrypted.img, which imprint cannot write into yet (see imprint issue 24). Flash without ROOTFS_ENC, or use the staging flow (sample-rootfs.sh --rootfs-dir rootfs SERIAL -- ./tools/kernel_flash/l4t_initrd_flash.sh ...), where the flash tool builds the encrypted image from the stamped rootfs/; nothing was changed."
+fi
+
+# The APP images the layout writes, one "LOCATION FILE" a line: the files
+# flash.cfg names for APP and APP_b (APP_ext, APP_b_ext for the external
+# device), which l4t_flash_from_kernel.sh writes to the rootfs slots.
+# Anything else that would write a rootfs is refused.
 app_images() {
-    local loc cfg
+    local loc cfg var file
     for loc in internal external; do
         cfg="$images/$loc/flash.cfg"
         [ -f "$cfg" ] || continue
-        sed -n 's/^APP\(_b\)\{0,1\}\(_ext\)\{0,1\}=\(.*\)$/\3/p' "$cfg" | sort -u |
-            while read -r file; do echo "$loc $file"; done
+        if grep -q ':APP_ENC' "$images/$loc/flash.idx" 2> /dev/null; then
+            die "$images/$loc/flash.idx has an encrypted rootfs partition (APP_ENC): encrypted rootfs is not served yet (see imprint issue 24). Prepare without ROOTFS_ENC."
+        fi
+        while IFS='=' read -r var file; do
+            case "$var" in
+                APP|APP_b|APP_ext|APP_b_ext) ;;
+                *) die "$cfg names $var=$file, an image this script does not know how to stamp (it stamps APP, APP_b, APP_ext and APP_b_ext). Remove it, or stamp and flash that image yourself." ;;
+            esac
+            case "$file" in
+                system_boot.img*) die "$cfg flashes $file to $var: that is the boot partition of an encrypted rootfs, which is not served yet (see imprint issue 24). Prepare without ROOTFS_ENC." ;;
+                ""|*/*) die "$cfg names '$file' for $var: not a file in $images/$loc" ;;
+            esac
+            echo "$loc $file"
+        done < <(grep '^APP[A-Za-z_]*=' "$cfg") | sort -u
     done
 }
 
 if [ "$what" = --prepare ]; then
     as_root "$flash_tool" --no-flash "$@"
     list=$(app_images)
-    [ -n "$list" ] || { echo "initrd-station: no APP image in $images/*/flash.cfg" >&2; exit 1; }
+    [ -n "$list" ] || die "no APP image in $images/*/flash.cfg"
     rm -rf "$station"
     mkdir -p -m 0700 "$station"
     while read -r loc file; do
@@ -78,7 +121,11 @@ serial=$what
 (cd "$station" && sha256sum --quiet -c SHA256SUMS) ||
     { echo "initrd-station: the pristine images in $station changed; run --prepare again" >&2; exit 1; }
 list=$(app_images)
-[ -n "$list" ] || { echo "initrd-station: no APP image in $images/*/flash.cfg; run --prepare" >&2; exit 1; }
+[ -n "$list" ] || die "no APP image in $images/*/flash.cfg; run --prepare"
+while read -r loc file; do
+    [ -f "$station/$loc-$file" ] ||
+        die "$images/$loc/flash.cfg flashes $file, which --prepare did not keep (the layout changed?); run --prepare again"
+done <<< "$list"
 
 work=$(mktemp -d)
 restore() {
@@ -107,10 +154,17 @@ while read -r loc file; do
     out="$work/$serial-$loc-$file"
     imprint verify "$out" --serial "$serial" --owner "$owner" > /dev/null ||
         { echo "initrd-station: $out does not verify" >&2; exit 1; }
-    cp "$out" "$images/$loc/$file"
+    install -m 0600 "$out" "$images/$loc/$file"
     cp "$out.sha1sum" "$images/$loc/$file.sha1sum"
     [ "$(sha1sum "$images/$loc/$file" | cut -d' ' -f1)" = "$(cat "$images/$loc/$file.sha1sum")" ] ||
-        { echo "initrd-station: $images/$loc/$file.sha1sum does not match" >&2; exit 1; }
+        die "$images/$loc/$file.sha1sum does not match"
+done <<< "$list"
+# Right before flashing: every image the layout writes carries this
+# device's credentials.
+list=$(app_images)
+while read -r loc file; do
+    imprint verify "$images/$loc/$file" --serial "$serial" --owner "$owner" > /dev/null ||
+        die "$images/$loc/$file does not carry $serial's credentials; not flashing"
 done <<< "$list"
 as_root "$flash_tool" --flash-only "$@"
 echo "initrd-station: $serial flashed"

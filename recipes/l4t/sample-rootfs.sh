@@ -17,18 +17,26 @@
 #
 # 2. The staging tree, after apply_binaries.sh and l4t_create_default_user.sh
 #    created the user: device.conf is written into Linux_for_Tegra/rootfs in
-#    place, owned by that user by name (default azaion), and the next
-#    flash.sh (without -r) builds system.img from it. The tree then holds
-#    this device's password until the next device's run.
+#    place, owned by that user by name (default azaion), checked, and the
+#    flash command given after -- runs (flash.sh without -r builds
+#    system.img from the tree). Then, whether the flash worked or not,
+#    device.conf is removed from the tree and `imprint verify
+#    --no-credentials` checks that the tree is a clean base again: an OTA
+#    payload (ota-package.sh) or the next device's image built from it
+#    must not carry this device's password.
 #
-#      sample-rootfs.sh --rootfs-dir Linux_for_Tegra/rootfs AZJN-0042
+#      cd Linux_for_Tegra
+#      sample-rootfs.sh --rootfs-dir rootfs AZJN-0042 -- sudo ./flash.sh BOARD mmcblk0p1
+#
+#    flash.sh leaves the images it built (bootloader/system.img and
+#    system.img.raw) with this device's password until its next run.
 #
 # IMPRINT_OWNER overrides the owner in either way. IMPRINT_API_URL,
 # IMPRINT_API_TOKEN_FILE (or IMPRINT_API_TOKEN), IMPRINT_OFFLINE_PASSWORD_FILE
 # (test builds only: no API call) as in the other recipes.
 set -euo pipefail
 usage() {
-    echo "usage: sample-rootfs.sh TARBALL SERIALS OUTDIR | --rootfs-dir DIR SERIAL" >&2
+    echo "usage: sample-rootfs.sh TARBALL SERIALS OUTDIR | --rootfs-dir DIR SERIAL -- FLASH COMMAND..." >&2
     exit 2
 }
 if [ -n "${IMPRINT_OFFLINE_PASSWORD_FILE:-}" ]; then
@@ -38,11 +46,23 @@ else
     [ -n "${IMPRINT_API_TOKEN_FILE:-}" ] && api+=(--api-token-file "$IMPRINT_API_TOKEN_FILE")
 fi
 if [ "${1:-}" = --rootfs-dir ]; then
-    [ $# -eq 3 ] || usage
+    [ $# -ge 5 ] && [ "$4" = -- ] || usage
     dir=$2 serial=$3
+    shift 4
     owner=${IMPRINT_OWNER:-azaion}
+    conf="$dir/etc/azaion/device.conf"
+    # Whatever happens from here on, the tree loses this device's password.
+    trap 'rm -f -- "$conf"' EXIT
     imprint provision --serial "$serial" --rootfs-dir "$dir" --owner "$owner" "${api[@]}"
     imprint verify "$dir" --serial "$serial" --owner "$owner" > /dev/null
+    "$@"
+    rm -f -- "$conf"
+    trap - EXIT
+    imprint verify --no-credentials "$dir" || {
+        echo "sample-rootfs: $serial flashed, but $dir still holds credentials (see above): remove them before building anything else from it" >&2
+        exit 1
+    }
+    echo "sample-rootfs: $serial flashed; $conf removed, $dir is a clean base again"
     exit 0
 fi
 [ $# -eq 3 ] || usage

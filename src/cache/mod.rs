@@ -22,7 +22,9 @@ mod store;
 use std::path::PathBuf;
 
 pub use key::Identity;
-pub use store::{decode_entry, Cache, Miss};
+#[cfg(feature = "fuzzing")]
+pub use store::decode_entry;
+pub use store::{Cache, Miss};
 
 /// The size bound when none is set: entries are tens to hundreds of KiB.
 pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;

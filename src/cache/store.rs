@@ -140,8 +140,7 @@ impl Cache {
         let Ok(meta) = fs::symlink_metadata(&self.dir) else {
             return false;
         };
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let uid = unsafe { libc::geteuid() };
+        let uid = rustix::process::geteuid().as_raw();
         if !meta.is_dir() || meta.uid() != uid {
             return false;
         }

@@ -3,19 +3,20 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::admin::AdminConfig;
 use crate::identity::PasswordPolicy;
 use crate::image::disk::PartitionChoice;
+use crate::image::ImageOptions;
 
 use super::token;
 
 const EXAMPLES: &str = "\
 Examples:
   # Provision AZJN-0042 and write a new image with its credentials
-  IMPRINT_API_TOKEN=... imprint provision --serial AZJN-0042 \\
+  IMPRINT_API_TOKEN=... imprint provision --serial AZJN-0042 --owner azaion \\
       --api-url https://admin.example --image rootfs.tbz2 --output out/
 
   # The runbook's flow: write into an extracted staging tree
@@ -24,10 +25,14 @@ Examples:
 
   # No API call: stamp a known password (from a file, never a flag)
   imprint provision --offline --password-file pw.txt --serial AZJN-0042 \\
-      --image system.img --output bootloader/system.img --force
+      --owner azaion --image system.img --output bootloader/system.img --force
 
   # Check what a built image carries, and that it logs in
-  imprint verify out/AZJN-0042-rootfs.tbz2 --serial AZJN-0042 --login-url http://loader:8080
+  imprint verify out/AZJN-0042-rootfs.tbz2 --serial AZJN-0042 --owner azaion \\
+      --login-url http://loader:8080
+
+  # Check that a base (or an OTA payload's rootfs) holds no device's credentials
+  imprint verify --no-credentials Linux_for_Tegra/rootfs
 
   # Look inside an image: list a directory, print a file
   imprint ls out/AZJN-0042-rootfs.tbz2 /etc/azaion
@@ -105,6 +110,9 @@ pub(crate) struct ProvisionArgs {
     /// Batch with --skip-existing: give outputs rebuilt from another base new passwords instead of keeping theirs
     #[arg(long, requires = "skip_existing")]
     pub(crate) rotate: bool,
+    /// Create or reuse, never rotate: an account that exists keeps the password this device's earlier output carries (--skip-existing, or the output --force replaces), or gets the --password-file one; with neither, the device fails instead of getting a new password
+    #[arg(long, conflicts_with_all = ["rotate", "offline"])]
+    pub(crate) no_rotate: bool,
     /// Batch: API calls in flight at once
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub(crate) jobs: u16,
@@ -123,15 +131,14 @@ pub(crate) struct ProvisionArgs {
     /// Replace an existing output file
     #[arg(long)]
     pub(crate) force: bool,
-    /// Owner of device.conf: USER, USER:GROUP or UID:GID, looked up in the image's own /etc/passwd and /etc/group
-    #[arg(long, default_value = "root:root")]
-    pub(crate) owner: String,
+    /// Owner of device.conf: USER, USER:GROUP or UID:GID, looked up in the image's own /etc/passwd and /etc/group (default root:root; the Loader's service user is azaion: pass --owner azaion, a run without --owner over an image that has that user warns)
+    #[arg(long)]
+    pub(crate) owner: Option<String>,
     /// Read the password from this file (first line) instead of generating one
     #[arg(long)]
     pub(crate) password_file: Option<PathBuf>,
-    /// The partition of a disk image to stamp: its GPT name or its number (default: the one named APP, else the only ext2/3/4 partition holding /etc)
-    #[arg(long, value_name = "NAME|NUMBER")]
-    pub(crate) partition: Option<PartitionChoice>,
+    #[command(flatten)]
+    pub(crate) image_args: ImageArgs,
     /// Which passwords to accept: runbook (32 lowercase hex, as openssl rand -hex 16) or any (printable ASCII)
     #[arg(long, default_value = "runbook")]
     pub(crate) password_policy: PasswordPolicy,
@@ -189,10 +196,27 @@ pub(crate) struct ApiArgs {
     pub(crate) api_retries: u32,
 }
 
+/// How every subcommand reads an image: which partitions of a disk image.
+#[derive(Args)]
+pub(crate) struct ImageArgs {
+    /// The partition of a disk image: its GPT name, its number, or all-rootfs (every rootfs slot: APP and APP_b when there is an APP, else every ext2/3/4 partition holding /etc). provision and verify take it repeated, each partition with the same credentials (default: the one named APP, else the only ext2/3/4 partition holding /etc); ls and cat read one
+    #[arg(long, value_name = "NAME|NUMBER|all-rootfs")]
+    pub(crate) partition: Vec<PartitionChoice>,
+}
+
 #[derive(Args)]
 pub(crate) struct VerifyArgs {
     /// Built image or staging directory
     pub(crate) image: PathBuf,
+    /// Check a base instead: pass only if no file that holds a password (device.conf, or an --overlay file using {password}) is in it
+    #[arg(long, conflicts_with_all = [
+        "serial", "owner", "login_url", "password_policy", "api_token_file", "allow_http",
+        "ca_cert", "client_cert", "client_key", "api_timeout", "api_retries",
+    ])]
+    pub(crate) no_credentials: bool,
+    /// With --no-credentials: also look for the files this overlay spec (TOML) fills with {password}; repeatable
+    #[arg(long = "overlay", value_name = "FILE", requires = "no_credentials")]
+    pub(crate) overlays: Vec<PathBuf>,
     /// Check that the email matches this serial
     #[arg(long)]
     pub(crate) serial: Option<String>,
@@ -202,9 +226,8 @@ pub(crate) struct VerifyArgs {
     /// Loader base URL: also check the credentials with POST {URL}/login
     #[arg(long)]
     pub(crate) login_url: Option<String>,
-    /// The partition of a disk image to check: its GPT name or its number
-    #[arg(long, value_name = "NAME|NUMBER")]
-    pub(crate) partition: Option<PartitionChoice>,
+    #[command(flatten)]
+    pub(crate) image_args: ImageArgs,
     /// Which passwords pass: runbook (32 lowercase hex) or any (printable ASCII)
     #[arg(long, default_value = "runbook")]
     pub(crate) password_policy: PasswordPolicy,
@@ -224,9 +247,8 @@ pub(crate) struct LsArgs {
     /// List subdirectories too
     #[arg(short = 'R', long)]
     pub(crate) recursive: bool,
-    /// The partition of a disk image to look in: its GPT name or its number
-    #[arg(long, value_name = "NAME|NUMBER")]
-    pub(crate) partition: Option<PartitionChoice>,
+    #[command(flatten)]
+    pub(crate) image_args: ImageArgs,
     /// Print the listing as JSON (schema imprint.ls/1)
     #[arg(long)]
     pub(crate) json: bool,
@@ -238,9 +260,8 @@ pub(crate) struct CatArgs {
     pub(crate) image: PathBuf,
     /// Absolute path of a file inside the image; symlinks are followed inside the image
     pub(crate) path: String,
-    /// The partition of a disk image to read from: its GPT name or its number
-    #[arg(long, value_name = "NAME|NUMBER")]
-    pub(crate) partition: Option<PartitionChoice>,
+    #[command(flatten)]
+    pub(crate) image_args: ImageArgs,
 }
 
 #[cfg(feature = "demo")]
@@ -249,6 +270,38 @@ pub(crate) struct DemoArgs {
     /// Where to put the demo's files
     #[arg(long, default_value = "imprint-demo")]
     pub(crate) dir: PathBuf,
+}
+
+impl ImageArgs {
+    /// The image options for provision and verify: every partition named.
+    pub(crate) fn options(&self) -> ImageOptions {
+        ImageOptions {
+            partitions: self.partition.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// The image options for a command that reads one partition (`ls`,
+    /// `cat`): a repeated --partition, or all-rootfs, is refused saying so.
+    pub(crate) fn one_partition(&self, command: &str) -> Result<ImageOptions> {
+        match &self.partition[..] {
+            [] | [PartitionChoice::Number(_) | PartitionChoice::Name(_)] => Ok(self.options()),
+            [PartitionChoice::AllRootfs] => bail!(
+                "imprint {command} reads one partition, and --partition all-rootfs names every rootfs slot; give one partition's name or number (run it once per slot)"
+            ),
+            many => bail!(
+                "imprint {command} reads one partition, but --partition was given {} times ({}); give one (run it once per partition)",
+                many.len(),
+                many.iter()
+                    .map(|p| match p {
+                        PartitionChoice::Name(n) => n.clone(),
+                        other => other.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
 }
 
 impl ApiArgs {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 
-use crate::image::{self, EntryType, ImageError, ImageOptions, ImageReader};
+use crate::image::{self, EntryType, ImageError, ImageReader};
 use crate::plan::ImagePath;
 
 use super::args::CatArgs;
@@ -19,10 +19,7 @@ pub(crate) fn run(args: CatArgs) -> Result<ExitCode> {
     let Some(mut path) = super::ls::image_path(Some(&args.path))? else {
         bail!("/ is a directory; `imprint ls` lists it");
     };
-    let options = ImageOptions {
-        partition: args.partition.clone(),
-        ..Default::default()
-    };
+    let options = args.image_args.one_partition("cat")?;
     let mut reader = image::open_reader(&args.image, &options)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());

@@ -157,7 +157,7 @@ fn fill_sample(empty: &Path, path: &Path, mtime: i64) -> Result<()> {
         image::open_backend(empty, image::detect(empty)?, &[], dir, &Default::default())?;
     let mut out =
         TempOutput::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    backend.apply(&sample_plan(mtime), &mut out)?;
+    backend.apply(&[sample_plan(mtime)], &mut out)?;
     out.commit_without_sidecar()?;
     // Outputs are private; the sample is readable like the sample tarball.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;

@@ -20,15 +20,15 @@ pub(crate) fn load(
     given: &[Serial],
     settings: &mut Settings,
 ) -> Result<Vec<Serial>> {
-    let (text, origin) = match stdin.take(file)? {
-        Some(text) => (text, "-".to_string()),
+    let (data, origin) = match stdin.take_bytes(file)? {
+        Some(data) => (data, "-".to_string()),
         None => (
-            std::fs::read_to_string(file)
+            std::fs::read(file)
                 .with_context(|| format!("cannot read the devices file {}", file.display()))?,
             file.display().to_string(),
         ),
     };
-    let rows = devices::parse(&text, &origin)?;
+    let rows = devices::parse(&data, &origin)?;
     let serials: Vec<Serial> = if given.is_empty() {
         rows.iter().map(|(s, _)| s.clone()).collect()
     } else {

@@ -80,8 +80,13 @@ fn print_device(device: &PlannedDevice) {
             Some(out) => format!(" -> {}", out.display()),
             None => " (in place)".to_string(),
         };
+        let partition = image
+            .partition
+            .as_ref()
+            .map(|p| format!(", {p}"))
+            .unwrap_or_default();
         println!(
-            "{} ({}): {}, {}{to}",
+            "{} ({}): {}, {}{partition}{to}",
             device.serial,
             device.email,
             image.input.display(),

@@ -7,17 +7,14 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::image::{self, EntryType, ImageOptions, Listed};
+use crate::image::{self, EntryType, Listed};
 use crate::plan::ImagePath;
 
 use super::args::LsArgs;
 
 pub(crate) fn run(args: LsArgs) -> Result<ExitCode> {
     let path = image_path(args.path.as_deref())?;
-    let options = ImageOptions {
-        partition: args.partition.clone(),
-        ..Default::default()
-    };
+    let options = args.image_args.one_partition("ls")?;
     let mut reader = image::open_reader(&args.image, &options)?;
     let mut path = path;
     let mut listed = reader.list(path.as_ref(), args.recursive)?;

@@ -1,5 +1,6 @@
 //! The `--json` documents (docs/json.md): `imprint.provision/1`,
-//! `imprint.batch/1` and `imprint.verify/1`. They carry no secret.
+//! `imprint.batch/1`, `imprint.verify/1` and `imprint.verify-clean/1`.
+//! They carry no secret.
 //!
 //! Fields are declared in alphabetical order: that is the order the
 //! documents have always been printed in (they were first built as
@@ -9,11 +10,12 @@
 use serde::Serialize;
 
 use crate::admin::Provisioned;
+use crate::image::disk::PartitionId;
 use crate::io::output::sidecar_path;
 use crate::pipeline::batch::{BatchReport, Outcome};
 use crate::pipeline::dry_run::PlannedDevice;
-use crate::pipeline::Report;
-use crate::verify::{Check, VerifyReport};
+use crate::pipeline::{OutputReport, Report};
+use crate::verify::{Check, CleanReport, VerifyReport};
 
 /// Where provisioning puts the credentials, in every image.
 const DEVICE_CONF_PATH: &str = "/etc/azaion/device.conf";
@@ -29,8 +31,12 @@ pub(crate) struct ProvisionDocument<'a> {
     /// Every image written for the device (several with repeated --image);
     /// the top-level fields describe the first.
     images: Vec<ImageDocument<'a>>,
-    input_kind: &'a str,
+    input_kind: String,
     output: Option<String>,
+    /// The partitions of a disk image stamped (of the first image); absent
+    /// for other inputs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    partitions: Vec<PartitionDocument<'a>>,
     schema: &'static str,
     serial: &'a str,
     sha1sum: Option<String>,
@@ -38,18 +44,45 @@ pub(crate) struct ProvisionDocument<'a> {
     sidecar: Option<String>,
     size: Option<u64>,
     staged: Vec<String>,
+    /// Only when there is one: documents without stay as they were.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    warnings: &'a [String],
 }
 
 /// One image of a provision document (fields in alphabetical order, as
 /// serde_json writes maps).
 #[derive(Serialize)]
 struct ImageDocument<'a> {
-    input_kind: &'a str,
+    input_kind: String,
     output: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    partitions: Vec<PartitionDocument<'a>>,
     sha1sum: Option<String>,
     sha256: &'a str,
     sidecar: String,
     size: u64,
+}
+
+/// A partition of a disk image that got the credentials, with device.conf's
+/// owner there.
+#[derive(Serialize)]
+struct PartitionDocument<'a> {
+    gid: u32,
+    name: Option<&'a str>,
+    number: u32,
+    uid: u32,
+}
+
+fn partitions(out: &OutputReport) -> Vec<PartitionDocument<'_>> {
+    out.partitions
+        .iter()
+        .map(|p| PartitionDocument {
+            gid: p.owner.gid,
+            name: p.partition.name.as_deref(),
+            number: p.partition.number,
+            uid: p.owner.uid,
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -70,6 +103,7 @@ impl<'a> ProvisionDocument<'a> {
             account: report.account.map(|a| match a {
                 Provisioned::Created => "created",
                 Provisioned::PasswordUpdated => "password_updated",
+                Provisioned::Existing => "existing",
             }),
             device_conf: DeviceConfDocument {
                 gid: first.owner.gid,
@@ -86,8 +120,9 @@ impl<'a> ProvisionDocument<'a> {
                 .filter_map(|o| {
                     let e = o.emitted.as_ref()?;
                     Some(ImageDocument {
-                        input_kind: &o.kind,
+                        input_kind: o.kind.to_string(),
                         output: e.path.display().to_string(),
+                        partitions: partitions(o),
                         sha1sum: o.sha1sum.as_ref().map(|p| p.display().to_string()),
                         sha256: &e.sha256,
                         sidecar: sidecar_path(&e.path).display().to_string(),
@@ -95,8 +130,9 @@ impl<'a> ProvisionDocument<'a> {
                     })
                 })
                 .collect(),
-            input_kind: &first.kind,
+            input_kind: first.kind.to_string(),
             output: emitted.map(|e| e.path.display().to_string()),
+            partitions: partitions(first),
             schema: "imprint.provision/1",
             serial: &report.serial,
             sha1sum: first.sha1sum.as_ref().map(|p| p.display().to_string()),
@@ -108,6 +144,7 @@ impl<'a> ProvisionDocument<'a> {
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect(),
+            warnings: &report.warnings,
         }
     }
 }
@@ -117,8 +154,22 @@ impl<'a> ProvisionDocument<'a> {
 pub(crate) struct BatchDocument<'a> {
     failed: usize,
     manifest: String,
+    /// The partitions stamped in each disk image input; absent when no
+    /// input is a disk image.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    partitions: Vec<BatchPartitions<'a>>,
     results: Vec<BatchResult<'a>>,
     schema: &'static str,
+    /// Only when there is one: documents without stay as they were.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    warnings: &'a [String],
+}
+
+/// The partitions of one disk image input that every serial's copy got.
+#[derive(Serialize)]
+struct BatchPartitions<'a> {
+    input: String,
+    partitions: &'a [PartitionId],
 }
 
 /// One serial of a batch, in the order given.
@@ -136,6 +187,14 @@ impl<'a> BatchDocument<'a> {
         BatchDocument {
             failed: report.failed(),
             manifest: report.manifest_path.display().to_string(),
+            partitions: report
+                .partitions
+                .iter()
+                .map(|(input, partitions)| BatchPartitions {
+                    input: input.display().to_string(),
+                    partitions,
+                })
+                .collect(),
             results: report
                 .outcomes
                 .iter()
@@ -154,6 +213,7 @@ impl<'a> BatchDocument<'a> {
                 })
                 .collect(),
             schema: "imprint.batch/1",
+            warnings: &report.warnings,
         }
     }
 }
@@ -163,6 +223,9 @@ impl<'a> BatchDocument<'a> {
 pub(crate) struct VerifyDocument<'a> {
     checks: Vec<CheckDocument<'a>>,
     image: String,
+    /// The partitions of a disk image checked; absent for other inputs.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    partitions: &'a [PartitionId],
     passed: bool,
     schema: &'static str,
 }
@@ -172,6 +235,10 @@ pub(crate) struct VerifyDocument<'a> {
 struct CheckDocument<'a> {
     detail: &'a str,
     name: &'a str,
+    /// The partition it looked in; absent for the image as a whole and
+    /// for inputs without partitions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partition: Option<&'a PartitionId>,
     passed: bool,
 }
 
@@ -180,6 +247,7 @@ impl<'a> VerifyDocument<'a> {
         VerifyDocument {
             checks: report.checks.iter().map(CheckDocument::new).collect(),
             image: report.image.display().to_string(),
+            partitions: &report.partitions,
             passed: report.passed(),
             schema: "imprint.verify/1",
         }
@@ -191,7 +259,62 @@ impl<'a> CheckDocument<'a> {
         CheckDocument {
             detail: &check.detail,
             name: &check.name,
+            partition: check.partition.as_ref(),
             passed: check.passed,
+        }
+    }
+}
+
+/// `imprint verify --no-credentials --json`.
+#[derive(Serialize)]
+pub(crate) struct CleanDocument<'a> {
+    found: Vec<FoundDocument<'a>>,
+    image: String,
+    passed: bool,
+    schema: &'static str,
+    targets: &'a [String],
+}
+
+/// One file that should not be in a base: what it is, never what it holds.
+#[derive(Serialize)]
+struct FoundDocument<'a> {
+    gid: u32,
+    mode: String,
+    path: &'a str,
+    size: u64,
+    target: Option<&'a str>,
+    template: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    uid: u32,
+}
+
+impl<'a> CleanDocument<'a> {
+    pub(crate) fn new(report: &'a CleanReport) -> Self {
+        CleanDocument {
+            found: report
+                .found
+                .iter()
+                .map(|f| FoundDocument {
+                    gid: f.meta.gid,
+                    mode: format!("{:04o}", f.meta.mode),
+                    path: &f.path,
+                    size: f.meta.size,
+                    target: f.meta.target.as_deref(),
+                    template: &f.template,
+                    kind: match f.meta.kind {
+                        crate::image::EntryType::Regular => "file",
+                        crate::image::EntryType::Dir => "dir",
+                        crate::image::EntryType::Symlink => "symlink",
+                        crate::image::EntryType::Other => "other",
+                    },
+                    uid: f.meta.uid,
+                })
+                .collect(),
+            image: report.image.display().to_string(),
+            passed: report.passed(),
+            schema: "imprint.verify-clean/1",
+            targets: &report.targets,
         }
     }
 }
@@ -216,6 +339,10 @@ struct DryRunImage<'a> {
     input: String,
     input_kind: &'a str,
     output: Option<String>,
+    /// The partition of a disk image the entries go into; absent for
+    /// other inputs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partition: Option<&'a PartitionId>,
 }
 
 /// One entry: never its content, only its size.
@@ -249,6 +376,7 @@ impl<'a> DryRunDocument<'a> {
                             input: i.input.display().to_string(),
                             input_kind: &i.kind,
                             output: i.output.as_ref().map(|o| o.display().to_string()),
+                            partition: i.partition.as_ref(),
                             entries: i
                                 .entries
                                 .iter()

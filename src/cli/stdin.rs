@@ -43,6 +43,17 @@ impl Stdin {
 
     /// The text of standard input if `path` is `-`, else `None`.
     pub(crate) fn take(&mut self, path: &Path) -> Result<Option<String>> {
+        self.take_bytes(path)?
+            .map(|bytes| {
+                String::from_utf8(bytes)
+                    .context("cannot read standard input (it must be UTF-8 text)")
+            })
+            .transpose()
+    }
+
+    /// The bytes of standard input if `path` is `-`, else `None`: for a
+    /// reader that says itself where they are not text.
+    pub(crate) fn take_bytes(&mut self, path: &Path) -> Result<Option<Vec<u8>>> {
         if !is_stdin(path) {
             return Ok(None);
         }
@@ -50,10 +61,10 @@ impl Stdin {
             bail!("standard input was already read for another flag");
         }
         self.taken = true;
-        let mut text = String::new();
+        let mut bytes = Vec::new();
         std::io::stdin()
-            .read_to_string(&mut text)
-            .context("cannot read standard input (it must be UTF-8 text)")?;
-        Ok(Some(text))
+            .read_to_end(&mut bytes)
+            .context("cannot read standard input")?;
+        Ok(Some(bytes))
     }
 }

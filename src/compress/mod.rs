@@ -343,6 +343,8 @@ mod tests {
             if c != Compression::None {
                 assert_eq!(Compression::detect(&head), Some(c));
             }
+            // The facts row says what the codec writes.
+            assert!(head.starts_with(c.facts().stream_magic), "{c:?}");
             let mut back = Vec::new();
             c.decoder(File::open(&path).unwrap())
                 .read_to_end(&mut back)

@@ -10,12 +10,15 @@
 //! outlet makes the output from the changed blocks that come back.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use super::compressed;
 use super::disk;
 use super::ext4::{Ext4Backend, Ext4Reader, Outlet, PatchOutlet};
 use super::volume::{FileVolume, Volume};
-use super::{sparse, tar, Content, ImageBackend, ImageError, ImageOptions, ImageReader};
+use super::{
+    sparse, tar, Content, ImageBackend, ImageError, ImageOptions, ImageReader, SlotReader,
+};
 use crate::compress::Compression;
 use crate::io::read_at::Window;
 use crate::plan::ImagePath;
@@ -35,8 +38,26 @@ pub(crate) type StreamReader = fn(&Path, Compression) -> Result<Box<dyn ImageRea
 
 /// The volumes inside a container: `(the container's bytes, the base file
 /// they are read from, options)`.
-pub(crate) type Inner =
-    fn(Box<dyn Volume>, &Path, &ImageOptions) -> Result<Vec<Box<dyn Volume>>, ImageError>;
+pub(crate) type Inner = fn(Box<dyn Volume>, &Path, &ImageOptions) -> Result<Vec<Slot>, ImageError>;
+
+/// A volume inside a container, with the partition of a disk image it is
+/// (or is inside of): reports name it, and each gets its own plan.
+pub(crate) struct Slot {
+    pub(crate) volume: Box<dyn Volume>,
+    /// `None` where no disk partition is involved, or for a volume inside
+    /// a container that is itself in a partition (it inherits that one).
+    pub(crate) partition: Option<disk::Partition>,
+}
+
+impl Slot {
+    /// A volume that is no partition of its own.
+    pub(crate) fn whole(volume: Box<dyn Volume>) -> Slot {
+        Slot {
+            volume,
+            partition: None,
+        }
+    }
+}
 
 /// A base's bytes as a volume, and the way out.
 pub(crate) type Base = (Box<dyn Volume>, Box<dyn Outlet>);
@@ -144,15 +165,22 @@ pub(crate) fn row_of(content: Content) -> &'static Format {
         .expect("every content detection reports has a row")
 }
 
-/// The partition of a disk image the options ask for (the default rootfs
-/// if none), as a window onto the disk's bytes.
+/// The partitions of a disk image the options ask for (the default rootfs
+/// if none; several for the slots of an A/B layout), each a window onto
+/// the disk's bytes.
 fn disk_partitions(
     disk: Box<dyn Volume>,
     file: &Path,
     options: &ImageOptions,
-) -> Result<Vec<Box<dyn Volume>>, ImageError> {
-    let region = disk::locate(file, options.partition.as_ref())?;
-    Ok(vec![Box::new(Window::new(disk, region.offset, region.len))])
+) -> Result<Vec<Slot>, ImageError> {
+    let disk: Arc<dyn Volume> = Arc::from(disk);
+    Ok(disk::locate(file, &options.partitions)?
+        .into_iter()
+        .map(|p| Slot {
+            volume: Box::new(Window::new(Arc::clone(&disk), p.offset, p.size)),
+            partition: Some(p),
+        })
+        .collect())
 }
 
 fn open_sparse(path: &Path) -> Result<Base, ImageError> {
@@ -168,23 +196,26 @@ const HEAD: u64 = 64 * 1024;
 /// volumes, each looked into in turn, down to the filesystems.
 fn filesystems(
     row: &Format,
-    volume: Box<dyn Volume>,
+    slot: Slot,
     file: &Path,
     options: &ImageOptions,
-) -> Result<Vec<Box<dyn Volume>>, ImageError> {
+) -> Result<Vec<Slot>, ImageError> {
     let inner = match row.open {
-        Open::Filesystem => return Ok(vec![volume]),
-        Open::Container { inner, .. } => inner(volume, file, options)?,
+        Open::Filesystem => return Ok(vec![slot]),
+        Open::Container { inner, .. } => inner(slot.volume, file, options)?,
         // A base's bytes, or bytes a stream format would read: look inside.
-        Open::Base(_) | Open::Stream { .. } => vec![volume],
+        Open::Base(_) | Open::Stream { .. } => vec![Slot::whole(slot.volume)],
     };
     let mut found = Vec::new();
-    for volume in inner {
-        let row = row_inside(&*volume).map_err(|source| ImageError::Open {
+    for mut inside in inner {
+        let row = row_inside(&*inside.volume).map_err(|source| ImageError::Open {
             path: file.to_path_buf(),
             source,
         })?;
-        found.extend(filesystems(row, volume, file, options)?);
+        if inside.partition.is_none() {
+            inside.partition = slot.partition.clone();
+        }
+        found.extend(filesystems(row, inside, file, options)?);
     }
     Ok(found)
 }
@@ -209,7 +240,7 @@ fn row_inside(volume: &dyn Volume) -> std::io::Result<&'static Format> {
 /// reading.
 struct Stack {
     /// The filesystems to stamp.
-    volumes: Vec<Box<dyn Volume>>,
+    volumes: Vec<Slot>,
     /// The file the base reads (the input, or a codec's scratch file).
     file: std::path::PathBuf,
 }
@@ -231,7 +262,7 @@ fn stack(
     options: &ImageOptions,
 ) -> Result<Stack, ImageError> {
     Ok(Stack {
-        volumes: filesystems(row, base, file, options)?,
+        volumes: filesystems(row, Slot::whole(base), file, options)?,
         file: file.to_path_buf(),
     })
 }
@@ -277,16 +308,16 @@ pub(crate) fn open_backend(
 }
 
 /// Opens `path`, of `content` under `codec`, for reading (see
-/// `image::open_reader`).
-pub(crate) fn open_reader(
+/// `image::open_readers`): one reader per filesystem the layers give.
+pub(crate) fn open_readers(
     path: &Path,
     codec: Compression,
     content: Content,
     options: &ImageOptions,
-) -> Result<Box<dyn ImageReader>, ImageError> {
+) -> Result<Vec<SlotReader>, ImageError> {
     let row = row_of(content);
     let (stack, scratch) = match (&row.open, codec) {
-        (Open::Stream { reader, .. }, codec) => return reader(path, codec),
+        (Open::Stream { reader, .. }, codec) => return Ok(vec![(None, reader(path, codec)?)]),
         (Open::Base(open), Compression::None) => {
             let (base, _) = open(path)?;
             (stack(row, base, path, options)?, None)
@@ -298,20 +329,24 @@ pub(crate) fn open_reader(
         (Open::Container { .. } | Open::Filesystem, codec) => {
             let base = compressed::Base::expand(path, codec, &std::env::temp_dir(), false)?;
             let stack = stack(row, base.volume()?, base.scratch.path(), options)?;
-            (stack, Some(base.scratch))
+            (stack, Some(Arc::new(base.scratch)))
         }
         (Open::Base(_), _) => return Err(unsupported(path, codec, content)),
     };
-    // A reader reads one filesystem: the first the layers gave.
-    let volume = stack
-        .volumes
-        .into_iter()
-        .next()
-        .ok_or_else(|| ImageError::Unknown {
+    if stack.volumes.is_empty() {
+        return Err(ImageError::Unknown {
             path: path.to_path_buf(),
             found: "a container with no filesystem inside".into(),
-        })?;
-    Ok(Box::new(Ext4Reader::open(&stack.file, volume, scratch)?))
+        });
+    }
+    stack
+        .volumes
+        .into_iter()
+        .map(|slot| {
+            let reader = Ext4Reader::open(&stack.file, slot.volume, scratch.clone())?;
+            Ok((slot.partition, Box::new(reader) as Box<dyn ImageReader>))
+        })
+        .collect()
 }
 
 fn unsupported(path: &Path, codec: Compression, content: Content) -> ImageError {

@@ -3,14 +3,17 @@
 
 mod compressed;
 mod detect;
-pub mod dir;
-pub mod disk;
-pub mod ext4;
+pub(crate) mod dir;
+pub(crate) mod disk;
+pub(crate) mod ext4;
 mod formats;
 mod listing;
-pub mod resolve;
+pub(crate) mod resolve;
+// Public for the integration tests and the demo alone, which need sparse
+// images with DONT_CARE chunks that no installed tool makes.
+#[doc(hidden)]
 pub mod sparse;
-pub mod tar;
+pub(crate) mod tar;
 mod volume;
 #[cfg(test)]
 mod xor_test;
@@ -19,12 +22,20 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+pub use crate::io::bmap::BmapError;
 use crate::io::output::TempOutput;
 pub use crate::plan::model::{EntryType, FileMeta};
 use crate::plan::{ImagePath, OverlayError, Plan};
-pub use detect::{detect, Content, ImageKind};
+pub use detect::ImageKind;
+pub(crate) use detect::{detect, Content};
+pub use dir::DirError;
+pub use disk::{DiskError, PartitionChoice};
+pub use ext4::{use_library, Ext4Error};
+pub use sparse::SparseError;
+pub use tar::TarError;
 
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ImageError {
     #[error("cannot read {path}")]
     Open {
@@ -57,6 +68,14 @@ pub enum ImageError {
         wanted: disk::PartitionChoice,
         found: String,
     },
+    #[error(
+        "{path}: this reads one partition, and --partition chose {}; name one",
+        disk::PartitionId::list(chosen)
+    )]
+    SeveralPartitions {
+        path: PathBuf,
+        chosen: Vec<disk::PartitionId>,
+    },
     #[error("{path}: cannot decompress the {codec} stream (the file is corrupt or truncated; fetch or rebuild it)")]
     Decompress {
         path: PathBuf,
@@ -67,8 +86,8 @@ pub enum ImageError {
     Tar(#[from] tar::TarError),
     #[error(transparent)]
     Ext4(#[from] ext4::Ext4Error),
-    #[error(transparent)]
-    Sparse(#[from] sparse::SparseError),
+    /// The one way a sparse image's error reaches the user: with the
+    /// file's name (a write error of the output is [`ImageError::Output`]).
     #[error("{path}")]
     SparseInput {
         path: PathBuf,
@@ -94,7 +113,7 @@ pub enum ImageError {
 
 /// What planning needs to know about an image before writing into it.
 #[derive(Debug, Default)]
-pub struct ImageFacts {
+pub(crate) struct ImageFacts {
     pub passwd: Option<Vec<u8>>,
     pub group: Option<Vec<u8>>,
     /// The time new entries get when SOURCE_DATE_EPOCH is unset: a time
@@ -110,15 +129,37 @@ pub struct ImageFacts {
 
 /// A format backend for an input image file. Backends never open the input
 /// for writing; they write a complete new image into `out`.
-pub trait ImageBackend {
-    /// Reads /etc/passwd, /etc/group and the reference mtime.
-    fn facts(&mut self) -> Result<ImageFacts, ImageError>;
-    /// Writes the input with `plan` applied into `out`.
-    fn apply(&mut self, plan: &Plan, out: &mut TempOutput) -> Result<(), ImageError>;
+///
+/// An output holds one filesystem, or, for a disk image stamped in several
+/// partitions (the slots of an A/B layout), one per partition: each is
+/// planned against its own users (`facts`) and gets its own plan.
+pub(crate) trait ImageBackend {
+    /// Reads /etc/passwd, /etc/group and the reference mtime of each
+    /// filesystem the output holds, in the order of [`partitions`].
+    ///
+    /// [`partitions`]: ImageBackend::partitions
+    fn facts(&mut self) -> Result<Vec<ImageFacts>, ImageError>;
+    /// Writes the input with `plans[i]` applied to its filesystem `i` (one
+    /// plan per entry of [`facts`]) into `out`.
+    ///
+    /// [`facts`]: ImageBackend::facts
+    fn apply(&mut self, plans: &[Plan], out: &mut TempOutput) -> Result<(), ImageError>;
+    /// The partitions of a disk image written into, in table order; empty
+    /// for inputs without partitions.
+    fn partitions(&self) -> Vec<disk::PartitionId> {
+        Vec::new()
+    }
+}
+
+/// The one plan of a backend whose output holds one filesystem.
+pub(crate) fn single(plans: &[Plan]) -> &Plan {
+    assert_eq!(plans.len(), 1, "one plan per filesystem (a bug in imprint)");
+    &plans[0]
 }
 
 /// One name found by [`Inspect::list`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Listed {
     /// Relative to the image's root, e.g. `etc/azaion/device.conf`.
     pub path: String,
@@ -180,16 +221,36 @@ pub type Found = (FileMeta, Option<Vec<u8>>);
 
 /// How inputs are read and outputs written, beyond the plan itself.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct ImageOptions {
     /// Decompress and recompress the whole image even where a faster path
     /// would keep the input's bytes: tests and benchmarks compare the two.
     pub full_rewrite: bool,
-    /// The partition of a disk image to stamp; by default the one named
-    /// `APP`, else the only ext2/3/4 partition with `/etc`.
-    pub partition: Option<disk::PartitionChoice>,
+    /// The partitions of a disk image to stamp (each with the device's
+    /// credentials, in one output) or read (see [`disk::select`]); empty:
+    /// the one named `APP`, else the only ext2/3/4 partition with `/etc`.
+    pub partitions: Vec<disk::PartitionChoice>,
     /// Where tar scans are kept for the next run from the same input
     /// (`src/cache/`); `None` scans every time.
-    pub cache: Option<crate::cache::Cache>,
+    pub(crate) cache: Option<crate::cache::Cache>,
+}
+
+impl ImageOptions {
+    /// Keeps what a tarball's scan learned for the next run from the same
+    /// input, in the scan cache where the environment puts it
+    /// (`$IMPRINT_CACHE_DIR`, else `$XDG_CACHE_HOME/imprint`, else
+    /// `~/.cache/imprint`; docs/formats.md, "Scan cache"), as `imprint
+    /// provision` does unless `--no-cache`. Without such a place, every
+    /// run scans.
+    ///
+    /// ```
+    /// let options = imprint::ImageOptions::default().with_scan_cache();
+    /// # let _ = options;
+    /// ```
+    pub fn with_scan_cache(mut self) -> ImageOptions {
+        self.cache = crate::cache::Cache::from_env();
+        self
+    }
 }
 
 /// Opens `path` for writing plans over `targets` into outputs that go in
@@ -198,7 +259,7 @@ pub struct ImageOptions {
 /// around a raw image decompresses it into a scratch file first; a disk
 /// image narrows to its rootfs partition; the content (tar, ext2/3/4) is
 /// what the plan is written into.
-pub fn open_backend(
+pub(crate) fn open_backend(
     path: &Path,
     kind: ImageKind,
     targets: &[ImagePath],
@@ -217,14 +278,22 @@ pub fn open_backend(
 }
 
 /// `--partition` names a partition of a disk image; for any other input it
-/// is a mistake worth saying, not an option to ignore.
+/// is a mistake worth saying, not an option to ignore. `all-rootfs` alone
+/// is the exception: an input without partitions is its one rootfs, so
+/// one run (a Buildroot post-image script) can say it for every image.
 fn check_partition_applies(
     path: &Path,
     kind: ImageKind,
     options: &ImageOptions,
 ) -> Result<(), ImageError> {
-    match &options.partition {
-        Some(_) if formats::row_of(kind.content).partitioned => Ok(()),
+    if formats::row_of(kind.content).partitioned {
+        return Ok(());
+    }
+    match options
+        .partitions
+        .iter()
+        .find(|p| **p != disk::PartitionChoice::AllRootfs)
+    {
         None => Ok(()),
         Some(wanted) => Err(ImageError::NotADisk {
             path: path.to_path_buf(),
@@ -246,15 +315,61 @@ fn bmap_of(
         .map_err(ImageError::from)
 }
 
-/// Opens an image (or a staging directory) for reading, for `verify`.
+/// One filesystem of an image opened for reading, with the partition of a
+/// disk image it is in (`None` for other inputs).
+pub type SlotReader = (Option<disk::Partition>, Box<dyn ImageReader>);
+
+/// Opens an image (or a staging directory) for reading, for `verify`,
+/// `ls` and `cat`: one reader, or for a disk image one per partition
+/// [`ImageOptions::partitions`] selects, in table order.
+pub fn open_readers(path: &Path, options: &ImageOptions) -> Result<Vec<SlotReader>, ImageError> {
+    if path.is_dir() {
+        return Ok(vec![(None, Box::new(dir::DirReader::new(path)))]);
+    }
+    let kind = detect(path)?;
+    check_partition_applies(path, kind, options)?;
+    formats::open_readers(path, kind.compression, kind.content, options)
+}
+
+/// Opens an image (or a staging directory) for reading one filesystem
+/// ([`open_readers`] where the options select one partition at most), for
+/// `verify`, `imprint ls` and `imprint cat`. Every format imprint writes
+/// is read, and nothing is ever written.
+///
+/// ```
+/// use imprint::image::{open_reader, ImageOptions, Inspect};
+/// use imprint::plan::ImagePath;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// # let root = dir.path();
+/// # std::fs::create_dir(root.join("etc"))?;
+/// # std::fs::write(root.join("etc/hostname"), "jetson\n")?;
+/// // `root` is a staging tree; an image file is opened the same way.
+/// let mut reader = open_reader(root, &ImageOptions::default())?;
+/// let etc = ImagePath::parse("/etc").unwrap();
+/// let names: Vec<_> = reader.list(Some(&etc), false)?.unwrap()
+///     .into_iter().map(|l| l.path).collect();
+/// assert_eq!(names, ["etc/hostname"]);
+/// let mut text = Vec::new();
+/// reader.cat(&ImagePath::parse("/etc/hostname").unwrap(), &mut text)?;
+/// assert_eq!(text, b"jetson\n");
+/// # Ok(())
+/// # }
+/// ```
 pub fn open_reader(
     path: &Path,
     options: &ImageOptions,
 ) -> Result<Box<dyn ImageReader>, ImageError> {
-    if path.is_dir() {
-        return Ok(Box::new(dir::DirReader::new(path)));
+    let mut readers = open_readers(path, options)?;
+    if readers.len() != 1 {
+        return Err(ImageError::SeveralPartitions {
+            path: path.to_path_buf(),
+            chosen: readers
+                .iter()
+                .filter_map(|(p, _)| p.as_ref().map(disk::Partition::id))
+                .collect(),
+        });
     }
-    let kind = detect(path)?;
-    check_partition_applies(path, kind, options)?;
-    formats::open_reader(path, kind.compression, kind.content, options)
+    Ok(readers.remove(0).1)
 }

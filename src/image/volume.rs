@@ -174,14 +174,6 @@ impl<V: Volume + ?Sized> Volume for Arc<V> {
     }
 }
 
-/// Where a filesystem lies in its base file: bytes `[offset, offset + len)`
-/// (a partition of a disk image).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Region {
-    pub offset: u64,
-    pub len: u64,
-}
-
 /// Changed blocks as they arrived at the base: the bytes stored there, by
 /// offset in the base, sorted and not overlapping. They may hold
 /// device.conf, password included: overwritten before they are freed.

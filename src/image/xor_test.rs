@@ -10,7 +10,7 @@
 
 use std::io;
 
-use super::formats::{Format, Open};
+use super::formats::{Format, Open, Slot};
 use super::volume::Volume;
 use super::{Content, ImageError, ImageOptions};
 use crate::io::read_at::ReadAt;
@@ -35,11 +35,11 @@ fn open(
     outer: Box<dyn Volume>,
     _: &std::path::Path,
     _: &ImageOptions,
-) -> Result<Vec<Box<dyn Volume>>, ImageError> {
+) -> Result<Vec<Slot>, ImageError> {
     let mut header = [0u8; 16];
     outer.read_at(0, &mut header).map_err(ImageError::Output)?;
     let seed = u64::from_le_bytes(header[8..].try_into().expect("8 bytes"));
-    Ok(vec![Box::new(Xor { outer, seed })])
+    Ok(vec![Slot::whole(Box::new(Xor { outer, seed }))])
 }
 
 /// The key byte at byte `at` of the payload.
@@ -187,9 +187,10 @@ mod tests {
         let mut backend =
             crate::image::open_backend(input, kind, &targets, dir, &Default::default()).unwrap();
         let facts = backend.facts().unwrap();
-        assert!(facts.passwd.is_some(), "read through the container");
+        assert_eq!(facts.len(), 1, "one filesystem");
+        assert!(facts[0].passwd.is_some(), "read through the container");
         let mut temp = TempOutput::create(out).unwrap();
-        backend.apply(&plan(), &mut temp).unwrap();
+        backend.apply(&[plan()], &mut temp).unwrap();
         temp.commit().unwrap();
     }
 

@@ -9,6 +9,8 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use quick_xml::events::Event;
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
@@ -19,8 +21,35 @@ pub enum BmapError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the block map {path} is not one imprint can read: {why}")]
-    Format { path: PathBuf, why: String },
+    #[error("the block map {path} is not one imprint can read")]
+    Format {
+        path: PathBuf,
+        #[source]
+        problem: BmapProblem,
+    },
+}
+
+/// What is wrong with a block map's content.
+#[derive(Debug, Error)]
+pub enum BmapProblem {
+    #[error("it is not well-formed XML")]
+    Xml(#[source] quick_xml::DeError),
+    #[error("it has no <bmap> element")]
+    NoBmap,
+    #[error("it has no version")]
+    NoVersion,
+    #[error("format version {0} is not supported (1.x and 2.x are)")]
+    Version(String),
+    #[error("<{0}> is missing")]
+    Missing(&'static str),
+    #[error("<{0}> is not a number")]
+    NotANumber(&'static str),
+    #[error("its image size, block size and block count disagree")]
+    Disagree,
+    #[error("range {0:?} is not a block range")]
+    NotARange(String),
+    #[error("range {0:?} is out of order or outside the image")]
+    OutOfOrder(String),
 }
 
 /// A block map: which blocks of an image of `image_size` bytes hold data.
@@ -32,29 +61,48 @@ pub struct Bmap {
     pub ranges: Vec<(u64, u64)>,
 }
 
-/// `xml` without its `<!-- ... -->` comments: bmaptool's own header
-/// comment names `<MappedBlocksCount>` and `<BlocksCount>` in its prose,
-/// which a search for the element would otherwise find first.
-fn without_comments(xml: &str) -> Result<String, String> {
-    let mut out = String::with_capacity(xml.len());
-    let mut rest = xml;
-    while let Some(start) = rest.find("<!--") {
-        out.push_str(&rest[..start]);
-        let end = rest[start + 4..]
-            .find("-->")
-            .ok_or("a comment is not closed")?;
-        rest = &rest[start + 4 + end + 3..];
-    }
-    out.push_str(rest);
-    Ok(out)
+/// The elements of a bmap file imprint reads, as bmaptool writes them
+/// (format 1.x and 2.x name them alike); the others (checksums, counts
+/// bmaptool recomputes) are ignored. Text is kept as written: bmaptool
+/// pads values with spaces.
+#[derive(Deserialize)]
+struct BmapXml {
+    #[serde(rename = "@version")]
+    version: Option<String>,
+    #[serde(rename = "ImageSize")]
+    image_size: Option<String>,
+    #[serde(rename = "BlockSize")]
+    block_size: Option<String>,
+    #[serde(rename = "BlocksCount")]
+    blocks_count: Option<String>,
+    #[serde(rename = "BlockMap")]
+    block_map: Option<BlockMapXml>,
 }
 
-/// The text between `<tag>` and `</tag>`, trimmed.
-fn element<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
-    let open = format!("<{tag}>");
-    let start = xml.find(&open)? + open.len();
-    let end = start + xml[start..].find(&format!("</{tag}>"))?;
-    Some(xml[start..end].trim())
+#[derive(Deserialize)]
+struct BlockMapXml {
+    #[serde(rename = "Range", default)]
+    ranges: Vec<RangeXml>,
+}
+
+#[derive(Deserialize)]
+struct RangeXml {
+    #[serde(rename = "$text", default)]
+    text: String,
+}
+
+/// Whether the document's root element is `<bmap>` (the deserializer
+/// takes any root).
+fn root_is_bmap(xml: &str) -> Result<bool, BmapProblem> {
+    let mut reader = quick_xml::Reader::from_str(xml);
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e) | Event::Empty(e)) => return Ok(e.name().as_ref() == b"bmap"),
+            Ok(Event::Eof) => return Ok(false),
+            Ok(_) => {}
+            Err(e) => return Err(BmapProblem::Xml(e.into())),
+        }
+    }
 }
 
 impl Bmap {
@@ -86,59 +134,49 @@ impl Bmap {
             path: path.to_path_buf(),
             source,
         })?;
-        Bmap::parse(&text).map_err(|why| BmapError::Format {
+        Bmap::parse(&text).map_err(|problem| BmapError::Format {
             path: path.to_path_buf(),
-            why,
+            problem,
         })
     }
 
     /// Reads the fields imprint needs from a format 1.x or 2.x bmap.
-    pub fn parse(xml: &str) -> Result<Bmap, String> {
-        let xml = &without_comments(xml)?;
-        let start = xml.find("<bmap").ok_or("it has no <bmap> element")?;
-        let version = xml[start..]
-            .split_once("version=\"")
-            .and_then(|(_, rest)| rest.split_once('"'))
-            .map(|(v, _)| v)
-            .ok_or("it has no version")?;
+    pub fn parse(xml: &str) -> Result<Bmap, BmapProblem> {
+        if !root_is_bmap(xml)? {
+            return Err(BmapProblem::NoBmap);
+        }
+        let doc: BmapXml = quick_xml::de::from_str(xml).map_err(BmapProblem::Xml)?;
+        let version = doc.version.ok_or(BmapProblem::NoVersion)?;
         if !(version.starts_with("1.") || version.starts_with("2.")) {
-            return Err(format!(
-                "format version {version} is not supported (1.x and 2.x are)"
-            ));
+            return Err(BmapProblem::Version(version));
         }
-        let number = |tag: &str| -> Result<u64, String> {
-            element(xml, tag)
-                .ok_or(format!("<{tag}> is missing"))?
+        let number = |text: Option<String>, tag: &'static str| -> Result<u64, BmapProblem> {
+            text.ok_or(BmapProblem::Missing(tag))?
+                .trim()
                 .parse()
-                .map_err(|_| format!("<{tag}> is not a number"))
+                .map_err(|_| BmapProblem::NotANumber(tag))
         };
-        let image_size = number("ImageSize")?;
-        let block_size = number("BlockSize")?;
-        let blocks = number("BlocksCount")?;
+        let image_size = number(doc.image_size, "ImageSize")?;
+        let block_size = number(doc.block_size, "BlockSize")?;
+        let blocks = number(doc.blocks_count, "BlocksCount")?;
         if block_size == 0 || image_size.div_ceil(block_size) != blocks {
-            return Err("its image size, block size and block count disagree".into());
+            return Err(BmapProblem::Disagree);
         }
-        let map = element(xml, "BlockMap").ok_or("<BlockMap> is missing")?;
+        let map = doc.block_map.ok_or(BmapProblem::Missing("BlockMap"))?;
         let mut ranges: Vec<(u64, u64)> = Vec::new();
-        for piece in map.split("<Range").skip(1) {
-            let body = piece
-                .split_once('>')
-                .and_then(|(_, rest)| rest.split_once("</Range>"))
-                .map(|(b, _)| b.trim())
-                .ok_or("a <Range> is not closed")?;
+        for range in map.ranges {
+            let body = range.text.trim();
             let (first, last) = match body.split_once('-') {
                 Some((a, b)) => (a.trim(), b.trim()),
                 None => (body, body),
             };
             let parse = |t: &str| {
                 t.parse::<u64>()
-                    .map_err(|_| format!("range {body:?} is not a block range"))
+                    .map_err(|_| BmapProblem::NotARange(body.to_string()))
             };
             let (first, last) = (parse(first)?, parse(last)?);
             if last < first || last >= blocks || ranges.last().is_some_and(|&(_, l)| first <= l) {
-                return Err(format!(
-                    "range {body:?} is out of order or outside the image"
-                ));
+                return Err(BmapProblem::OutOfOrder(body.to_string()));
             }
             ranges.push((first, last));
         }
@@ -341,13 +379,82 @@ mod tests {
         let map = Bmap::parse(xml).unwrap();
         assert_eq!((map.image_size, map.block_size), (8192, 4096));
         assert_eq!(map.ranges, vec![(1, 1)]);
-        assert!(Bmap::parse("<bmap version=\"2.0\"> <!-- open").is_err());
+        assert!(matches!(
+            Bmap::parse("<bmap version=\"2.0\"> <!-- open"),
+            Err(BmapProblem::Xml(_))
+        ));
+    }
+
+    /// A map as `bmaptool create` writes it (format 2.0, its header
+    /// comment naming the elements, values padded with spaces) reads as
+    /// the blocks the image holds data in.
+    #[test]
+    fn reads_what_bmaptool_writes() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.img");
+        let file = std::fs::File::create(&image).unwrap();
+        // Data in blocks 0, 5-6 and the last (partial) block; holes between.
+        let size = 40 * 4096 + 100;
+        file.set_len(size).unwrap();
+        file.write_all_at(&[1u8; 4096], 0).unwrap();
+        file.write_all_at(&[2u8; 2 * 4096], 5 * 4096).unwrap();
+        file.write_all_at(&[3u8; 100], 40 * 4096).unwrap();
+        file.sync_all().unwrap();
+        let bmap = dir.path().join("disk.bmap");
+        let status = std::process::Command::new("bmaptool")
+            .arg("create")
+            .arg("-o")
+            .arg(&bmap)
+            .arg(&image)
+            .status()
+            .expect("bmaptool (bmap-tools) is needed: .ci/run installs it");
+        assert!(status.success());
+        let map = Bmap::load(&bmap).unwrap();
+        assert_eq!((map.image_size, map.block_size), (size, 4096));
+        assert_eq!(map.ranges, vec![(0, 0), (5, 6), (40, 40)]);
+        // And a map imprint renders from it reads back the same.
+        let digests = vec!["0".repeat(64); map.ranges.len()];
+        assert_eq!(Bmap::parse(&map.render(&digests)).unwrap(), map);
     }
 
     #[test]
     fn rejects_what_it_cannot_trust() {
-        assert!(Bmap::parse("<bmap version=\"3.0\"></bmap>").is_err());
+        assert!(matches!(
+            Bmap::parse("<bmap version=\"3.0\"></bmap>"),
+            Err(BmapProblem::Version(v)) if v == "3.0"
+        ));
         let bad = "<bmap version=\"2.0\"><ImageSize> 8192 </ImageSize><BlockSize> 4096 </BlockSize><BlocksCount> 2 </BlocksCount><BlockMap><Range> 1-5 </Range></BlockMap></bmap>";
-        assert!(Bmap::parse(bad).unwrap_err().contains("outside"));
+        assert!(matches!(Bmap::parse(bad), Err(BmapProblem::OutOfOrder(r)) if r == "1-5"));
+        let no_map = "<bmap version=\"2.0\"><ImageSize> 8192 </ImageSize><BlockSize> 4096 </BlockSize><BlocksCount> 2 </BlocksCount></bmap>";
+        assert!(matches!(
+            Bmap::parse(no_map),
+            Err(BmapProblem::Missing("BlockMap"))
+        ));
+        let text = no_map.replace(" 8192 ", " 8k ");
+        assert!(matches!(
+            Bmap::parse(&text),
+            Err(BmapProblem::NotANumber("ImageSize"))
+        ));
+        assert!(matches!(
+            Bmap::parse("<other version=\"2.0\"/>"),
+            Err(BmapProblem::NoBmap)
+        ));
+        assert!(matches!(
+            Bmap::parse("<bmap><BlockMap/></bmap>"),
+            Err(BmapProblem::NoVersion)
+        ));
+        let range = "<bmap version=\"2.0\"><ImageSize> 8192 </ImageSize><BlockSize> 4096 </BlockSize><BlocksCount> 2 </BlocksCount><BlockMap><Range> one </Range></BlockMap></bmap>";
+        assert!(matches!(Bmap::parse(range), Err(BmapProblem::NotARange(r)) if r == "one"));
+        // The cause is said once: the file's error names the file, the
+        // problem follows as its source.
+        let err = BmapError::Format {
+            path: "x.bmap".into(),
+            problem: BmapProblem::Disagree,
+        };
+        assert_eq!(
+            crate::error_chain(&err),
+            "the block map x.bmap is not one imprint can read: its image size, block size and block count disagree"
+        );
     }
 }

@@ -113,6 +113,7 @@ impl TempOutput {
         })
     }
 
+    #[cfg(test)]
     pub fn temp_path(&self) -> &Path {
         &self.temp_path
     }
@@ -275,8 +276,7 @@ fn create_registered(dir: &Path, name: &str, suffix: &str) -> io::Result<(PathBu
 /// was removed.
 pub fn remove_stale_temps(dir: &Path) -> io::Result<Vec<PathBuf>> {
     use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::geteuid() };
+    let uid = rustix::process::geteuid().as_raw();
     let mut removed = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -350,35 +350,24 @@ fn sync_parent(path: &Path) {
 /// (copy_file_range, which may share extents instead of copying), or
 /// through a buffer where the kernel cannot.
 fn copy_range(input: &File, from: u64, out: &File, to: u64, len: u64) -> io::Result<()> {
-    use std::os::unix::io::AsRawFd;
+    use rustix::io::Errno;
     let mut done = 0u64;
     while done < len {
-        let mut off_in = (from + done) as libc::loff_t;
-        let mut off_out = (to + done) as libc::loff_t;
+        let mut off_in = from + done;
+        let mut off_out = to + done;
         let chunk = (len - done).min(1 << 30) as usize;
-        // SAFETY: both descriptors are open; the offsets are valid pointers.
-        let n = unsafe {
-            libc::copy_file_range(
-                input.as_raw_fd(),
-                &mut off_in,
-                out.as_raw_fd(),
-                &mut off_out,
-                chunk,
-                0,
-            )
+        let copied =
+            rustix::fs::copy_file_range(input, Some(&mut off_in), out, Some(&mut off_out), chunk);
+        let n = match copied {
+            Ok(n) => n,
+            // A signal whose handler does not ask for restarted calls
+            // may end the call before it copied anything: go on.
+            Err(Errno::INTR) => continue,
+            Err(Errno::NOSYS | Errno::XDEV | Errno::INVAL | Errno::OPNOTSUPP) => {
+                return copy_buffered(input, from + done, out, to + done, len - done)
+            }
+            Err(e) => return Err(e.into()),
         };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            return match err.raw_os_error() {
-                // A signal whose handler does not ask for restarted calls
-                // may end the call before it copied anything: go on.
-                Some(libc::EINTR) => continue,
-                Some(libc::ENOSYS | libc::EXDEV | libc::EINVAL | libc::EOPNOTSUPP) => {
-                    copy_buffered(input, from + done, out, to + done, len - done)
-                }
-                _ => Err(err),
-            };
-        }
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,

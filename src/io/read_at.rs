@@ -54,10 +54,6 @@ impl<R: ReadAt> Window<R> {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Where the window starts in the underlying device.
     pub fn offset(&self) -> u64 {
         self.offset

@@ -68,10 +68,6 @@ impl Sha256 {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     fn held(&self) -> usize {
         (self.len % BLOCK as u64) as usize
     }

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 
 use crate::sync::lock;
@@ -18,22 +18,19 @@ use crate::sync::lock;
 use thiserror::Error;
 
 use crate::admin::{AdminClient, AdminConfig};
-use crate::identity::{self, IdentityError, Password, PasswordPolicy, Serial};
-use crate::image::{self, ImageError, ImageOptions};
+use crate::identity::{IdentityError, Password, PasswordPolicy, Serial};
+use crate::image::disk::PartitionId;
+use crate::image::{ImageError, ImageOptions};
 use crate::io::output;
 use crate::owner::OwnerSpec;
 pub use crate::pipeline::manifest::{Manifest, ManifestEntry, ManifestError, ManifestInput};
-use crate::pipeline::{self, Job, Opened, Prepared, ProvisionError, Settings, Source};
-use crate::plan::ImagePath;
+use crate::pipeline::{
+    self, previous, Job, Opened, PasswordOrigin, Prepared, ProvisionError, Settings, Source,
+};
 use crate::verify::{self, Expectations};
 
 #[derive(Debug, Error)]
 pub enum BatchError {
-    #[error("cannot read the serials file {path}")]
-    ReadSerials {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error("{path}, line {line}: {error}")]
     BadSerial {
         path: String,
@@ -145,6 +142,12 @@ pub enum Outcome {
 pub struct BatchReport {
     pub outcomes: Vec<(String, Outcome)>,
     pub manifest_path: PathBuf,
+    /// The partitions stamped in each disk image input (each serial's copy
+    /// of it has them all); inputs without partitions are not listed.
+    pub partitions: Vec<(PathBuf, Vec<PartitionId>)>,
+    /// What the caller should be told once for the run (e.g. an owner the
+    /// Loader's service user cannot read); never a secret.
+    pub warnings: Vec<String>,
 }
 
 impl BatchReport {
@@ -257,16 +260,6 @@ impl Existing {
     }
 }
 
-/// The password in the device.conf of a built image (one that verified).
-fn read_password(path: &Path, options: &ImageOptions) -> Option<Password> {
-    let mut reader = image::open_reader(path, options).ok()?;
-    let conf = ImagePath::parse(pipeline::DEVICE_CONF)?;
-    let (_, content) = reader.lookup(&conf, 64 << 10).ok()??;
-    // The file holds the password: wiped once parsed.
-    let content = zeroize::Zeroizing::new(content?);
-    identity::parse_device_conf(&content).password
-}
-
 /// The serial that `output_dir`'s manifest already gives `serial`'s account
 /// to, if it is another one (two serials, one account: the earlier image's
 /// password would go stale).
@@ -282,21 +275,7 @@ pub fn account_taken_by(output_dir: &Path, serial: &Serial) -> Option<String> {
 
 pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport, BatchError> {
     check_unique(&req.serials)?;
-    if req.output_dir.exists() && !req.output_dir.is_dir() {
-        return Err(BatchError::OutputNotDir);
-    }
-    pipeline::output_dir(&req.output_dir)?;
-    for stale in
-        output::remove_stale_temps(&req.output_dir).map_err(|source| BatchError::StaleTemps {
-            path: req.output_dir.clone(),
-            source,
-        })?
-    {
-        say(&format!(
-            "removed {} left by an interrupted run",
-            stale.display()
-        ));
-    }
+    prepare_output_dir(&req, say)?;
     let client = req
         .api
         .clone()
@@ -304,8 +283,87 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
         .transpose()
         .map_err(ProvisionError::from)?
         .map(Arc::new);
-    // The manifest's digests of the base images are taken on other cores
-    // while the scans decompress (without progress: the scans report).
+    let (mut opened, inputs) = open_inputs(&req, say)?;
+    let warnings: Vec<String> = opened
+        .iter()
+        .flat_map(|o| o.warnings().iter().cloned())
+        .collect();
+    let partitions: Vec<(PathBuf, Vec<PartitionId>)> = req
+        .inputs
+        .iter()
+        .zip(&opened)
+        .filter(|(_, o)| !o.partitions().is_empty())
+        .map(|(input, o)| (input.clone(), o.partitions().to_vec()))
+        .collect();
+    let manifest_path = req.output_dir.join("manifest.json");
+    // What an earlier run left: which base each existing output came from.
+    // An unreadable one only costs rebuilds (its outputs count as stale).
+    let old = Manifest::load(&manifest_path).unwrap_or_else(|e| {
+        say(&format!(
+            "{}; its images count as stale",
+            crate::error_chain(&e)
+        ));
+        None
+    });
+    let run = Run {
+        manifest: Mutex::new(Manifest::new(inputs.clone())),
+        req: &req,
+        inputs,
+        old,
+        manifest_path,
+        outcomes: Mutex::new(Vec::new()),
+        say,
+    };
+    // Written before any image gets its final name: the manifest then
+    // always names the base of the last run that wrote into the directory,
+    // which is what an image that run renamed but did not list yet (it was
+    // killed in between) was made from.
+    run.write_manifest()?;
+    let jobs = req.jobs.max(1);
+    // Sealed images wait here for an API worker; the bound keeps the number
+    // of finished-but-unconfirmed temp files small.
+    let (send, receive) = sync_channel::<(Prepared, bool)>(jobs);
+    let receive = Mutex::new(receive);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            let (run, receive, client) = (&run, &receive, client.as_deref());
+            scope.spawn(move || run.commit_worker(receive, client));
+        }
+        for serial in &req.serials {
+            run.write_serial(serial, &mut opened, &send);
+        }
+        drop(send);
+    });
+    run.finish(warnings, partitions)
+}
+
+/// Checks and creates the output directory and clears it of an
+/// interrupted run's temp files.
+fn prepare_output_dir(req: &BatchRequest, say: &dyn Fn(&str)) -> Result<(), BatchError> {
+    if req.output_dir.exists() && !req.output_dir.is_dir() {
+        return Err(BatchError::OutputNotDir);
+    }
+    pipeline::output_dir(&req.output_dir)?;
+    let stale =
+        output::remove_stale_temps(&req.output_dir).map_err(|source| BatchError::StaleTemps {
+            path: req.output_dir.clone(),
+            source,
+        })?;
+    for path in stale {
+        say(&format!(
+            "removed {} left by an interrupted run",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Opens and scans every base once, and takes their digests for the
+/// manifest on other cores meanwhile (without progress: the scans report).
+fn open_inputs(
+    req: &BatchRequest,
+    say: &dyn Fn(&str),
+) -> Result<(Vec<Opened>, Vec<ManifestInput>), BatchError> {
     let digests: Vec<_> = req
         .inputs
         .iter()
@@ -335,184 +393,277 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
             sha256,
         });
     }
-    let manifest_path = req.output_dir.join("manifest.json");
-    // What an earlier run left: which base each existing output came from.
-    // An unreadable one only costs rebuilds (its outputs count as stale).
-    let old = Manifest::load(&manifest_path).unwrap_or_else(|e| {
-        say(&format!(
-            "{}; its images count as stale",
-            crate::error_chain(&e)
-        ));
-        None
-    });
-    let manifest = Mutex::new(Manifest::new(inputs.clone()));
-    // Written before any image gets its final name: the manifest then
-    // always names the base of the last run that wrote into the directory,
-    // which is what an image that run renamed but did not list yet (it was
-    // killed in between) was made from.
-    lock(&manifest).write(&manifest_path, old.as_ref())?;
-    // Recorded images go into the manifest at once, which is rewritten
-    // atomically each time: after a crash it lists exactly what exists.
-    let record_images = |entries: Vec<ManifestEntry>| -> Result<(), BatchError> {
-        let mut manifest = lock(&manifest);
-        manifest.images.extend(entries);
-        Ok(manifest.write(&manifest_path, old.as_ref())?)
-    };
+    Ok((opened, inputs))
+}
 
-    let outcomes = Mutex::new(Vec::new());
-    let jobs = req.jobs.max(1);
-    // Sealed images wait here for an API worker; the bound keeps the number
-    // of finished-but-unconfirmed temp files small.
-    let (send, receive) = sync_channel::<(Prepared, bool)>(jobs);
-    let receive = Mutex::new(receive);
-    std::thread::scope(|scope| {
-        for _ in 0..jobs {
-            let (receive, client, outcomes, record_images, inputs) =
-                (&receive, &client, &outcomes, &record_images, &inputs);
-            scope.spawn(move || loop {
-                let next = lock(receive).recv();
-                let Ok((prepared, kept_password)) = next else {
-                    break;
-                };
-                let serial = prepared.serial().to_string();
-                let mut tell = |line: &str| say(&format!("{serial}: {line}"));
-                let result = prepared.commit(client.as_deref(), &mut tell);
-                let outcome = match result {
-                    Ok(report) => {
-                        let entries = report
-                            .outputs
-                            .into_iter()
-                            .zip(inputs)
-                            .filter_map(|(o, input)| {
-                                let e = o.emitted?;
-                                Some(ManifestEntry {
-                                    serial: report.serial.clone(),
-                                    email: report.email.clone(),
-                                    output: file_name(&e.path),
-                                    sha256: e.sha256,
-                                    size: e.size,
-                                    input: input.name.clone(),
-                                    input_sha256: input.sha256.clone(),
-                                })
-                            })
-                            .collect();
-                        match record_images(entries) {
-                            Ok(()) if kept_password => Outcome::Rebuilt,
-                            Ok(()) => Outcome::Written,
-                            Err(e) => Outcome::Failed(crate::error_chain(&e)),
-                        }
-                    }
-                    Err(e) => Outcome::Failed(crate::error_chain(&e)),
-                };
-                lock(outcomes).push((serial, outcome));
-            });
-        }
-        for serial in &req.serials {
-            let record = |o: Outcome| lock(&outcomes).push((serial.to_string(), o));
-            let out_paths: Vec<PathBuf> = req
-                .inputs
-                .iter()
-                .map(|input| {
-                    req.output_dir
-                        .join(format!("{serial}-{}", file_name(input)))
-                })
-                .collect();
-            // With --skip-existing, outputs that verify are this run's to
-            // replace (they are rebuilt from the current base), and the
-            // password they carry is kept unless --rotate.
-            let mut ours = vec![false; out_paths.len()];
-            let mut keep_from = None;
-            if req.skip_existing {
-                let found: Vec<Existing> = out_paths
-                    .iter()
-                    .zip(&inputs)
-                    .map(|(out, input)| Existing::find(out, serial, input, old.as_ref(), &req))
-                    .collect();
-                if found.iter().all(|f| matches!(f, Existing::Current(_))) {
-                    let entries = found
+/// What the steps of one batch share, across the writing thread and the
+/// API workers.
+struct Run<'a> {
+    req: &'a BatchRequest,
+    /// The bases, with their digests.
+    inputs: Vec<ManifestInput>,
+    /// The manifest an earlier run left, if any could be read.
+    old: Option<Manifest>,
+    manifest: Mutex<Manifest>,
+    manifest_path: PathBuf,
+    outcomes: Mutex<Vec<(String, Outcome)>>,
+    say: &'a (dyn Fn(&str) + Sync),
+}
+
+/// What a serial's earlier outputs mean for this run.
+enum Reuse {
+    /// Every output is current: nothing to write.
+    Skip(Vec<ManifestEntry>),
+    /// Write every output; `ours[i]` outputs may be replaced (they are
+    /// this run's earlier work), and `password_from` is the output whose
+    /// password to keep.
+    Write {
+        ours: Vec<bool>,
+        password_from: Option<usize>,
+    },
+}
+
+impl Run<'_> {
+    fn write_manifest(&self) -> Result<(), BatchError> {
+        Ok(lock(&self.manifest).write(&self.manifest_path, self.old.as_ref())?)
+    }
+
+    /// Lists images in the manifest at once, which is rewritten atomically
+    /// each time: after a crash it lists exactly what exists.
+    fn record_images(&self, entries: Vec<ManifestEntry>) -> Result<(), BatchError> {
+        let mut manifest = lock(&self.manifest);
+        manifest.images.extend(entries);
+        Ok(manifest.write(&self.manifest_path, self.old.as_ref())?)
+    }
+
+    fn record(&self, serial: &str, outcome: Outcome) {
+        lock(&self.outcomes).push((serial.to_string(), outcome));
+    }
+
+    /// An API worker: commits sealed images as they come, one account
+    /// call each, and lists what it committed.
+    fn commit_worker(
+        &self,
+        receive: &Mutex<Receiver<(Prepared, bool)>>,
+        client: Option<&AdminClient>,
+    ) {
+        loop {
+            let next = lock(receive).recv();
+            let Ok((prepared, kept_password)) = next else {
+                break;
+            };
+            let serial = prepared.serial().to_string();
+            let mut tell = |line: &str| (self.say)(&format!("{serial}: {line}"));
+            let outcome = match prepared.commit(client, &mut tell) {
+                Ok(report) => {
+                    let entries = report
+                        .outputs
                         .into_iter()
-                        .filter_map(|f| match f {
-                            Existing::Current(e) => Some(e),
-                            _ => None,
+                        .zip(&self.inputs)
+                        .filter_map(|(o, input)| {
+                            let e = o.emitted?;
+                            Some(ManifestEntry {
+                                serial: report.serial.clone(),
+                                email: report.email.clone(),
+                                output: file_name(&e.path),
+                                sha256: e.sha256,
+                                size: e.size,
+                                input: input.name.clone(),
+                                input_sha256: input.sha256.clone(),
+                            })
                         })
                         .collect();
-                    say(&format!(
-                        "{serial}: every output already verifies and was made from this base; skipped"
-                    ));
-                    record(match record_images(entries) {
+                    match self.record_images(entries) {
+                        Ok(()) if kept_password => Outcome::Rebuilt,
+                        Ok(()) => Outcome::Written,
+                        Err(e) => Outcome::Failed(crate::error_chain(&e)),
+                    }
+                }
+                Err(e) => Outcome::Failed(crate::error_chain(&e)),
+            };
+            self.record(&serial, outcome);
+        }
+    }
+
+    /// One serial on the writing thread: skipped, or written and handed to
+    /// an API worker.
+    fn write_serial(
+        &self,
+        serial: &Serial,
+        opened: &mut [Opened],
+        send: &SyncSender<(Prepared, bool)>,
+    ) {
+        let req = self.req;
+        let out_paths: Vec<PathBuf> = req
+            .inputs
+            .iter()
+            .map(|input| {
+                req.output_dir
+                    .join(format!("{serial}-{}", file_name(input)))
+            })
+            .collect();
+        let (ours, password_from) = match self.reuse(serial, &out_paths) {
+            Reuse::Skip(entries) => {
+                (self.say)(&format!(
+                    "{serial}: every output already verifies and was made from this base; skipped"
+                ));
+                self.record(
+                    serial.as_str(),
+                    match self.record_images(entries) {
                         Ok(()) => Outcome::Skipped,
                         Err(e) => Outcome::Failed(crate::error_chain(&e)),
-                    });
-                    continue;
-                }
-                for (i, f) in found.iter().enumerate() {
-                    if matches!(f, Existing::Current(_) | Existing::Stale) {
-                        ours[i] = true;
-                        keep_from = keep_from.or(Some(i));
-                    }
-                }
-                if keep_from.is_some() {
-                    say(&format!(
-                        "{serial}: not every output was made from this base; rebuilding them{}",
-                        if req.rotate {
-                            " with a new password (--rotate)"
-                        } else {
-                            ", keeping the password they carry"
-                        }
-                    ));
+                    },
+                );
+                return;
+            }
+            Reuse::Write {
+                ours,
+                password_from,
+            } => (ours, password_from),
+        };
+        let kept = match (&req.password, password_from) {
+            (None, Some(i)) if !req.rotate => {
+                previous::password_of(&out_paths[i], serial, &req.settings.options)
+            }
+            _ => None,
+        };
+        match self.prepare(serial, kept, &ours, opened) {
+            Ok(p) => {
+                if send.send(p).is_err() {
+                    self.record(
+                        serial.as_str(),
+                        Outcome::Failed("the API workers stopped".into()),
+                    );
                 }
             }
-            let prepared = (|| -> Result<(Prepared, bool), ProvisionError> {
-                let kept = match (&req.password, keep_from) {
-                    (None, Some(i)) if !req.rotate => {
-                        read_password(&out_paths[i], &req.settings.options)
-                    }
-                    _ => None,
-                };
-                let kept_password = kept.is_some();
-                let password = match (&req.password, kept) {
-                    (Some(p), _) => p.clone(),
-                    (None, Some(p)) => p,
-                    (None, None) => Password::generate()?,
-                };
-                let mut prepared = Prepared::new(Job {
-                    serial: serial.clone(),
-                    password,
-                });
-                let mut tell = |line: &str| say(&format!("{serial}: {line}"));
-                for ((input, opened), ours) in req.inputs.iter().zip(opened.iter_mut()).zip(&ours) {
-                    let replace = req.force || *ours;
-                    let out = pipeline::output_path(input, &req.output_dir, serial, replace)?;
-                    opened.write(&mut prepared, Some(&out), &mut tell)?;
-                }
-                Ok((prepared, kept_password))
-            })();
-            match prepared {
-                Ok(p) => {
-                    if send.send(p).is_err() {
-                        record(Outcome::Failed("the API workers stopped".into()));
-                    }
-                }
-                Err(e) => {
-                    let line = crate::error_chain(&e);
-                    say(&format!("{serial}: failed: {line}"));
-                    record(Outcome::Failed(line));
-                }
+            Err(e) => {
+                let line = crate::error_chain(&e);
+                (self.say)(&format!("{serial}: failed: {line}"));
+                self.record(serial.as_str(), Outcome::Failed(line));
             }
         }
-        drop(send);
-    });
+    }
 
-    // Report in the order the serials were given.
-    let mut outcomes = outcomes.into_inner().unwrap_or_else(|e| e.into_inner());
-    let order = |s: &str| req.serials.iter().position(|x| x.as_str() == s);
-    outcomes.sort_by_key(|(s, _)| order(s));
-    // Written even when nothing succeeded, so a run always leaves one.
-    lock(&manifest).write(&manifest_path, old.as_ref())?;
-    Ok(BatchReport {
-        outcomes,
-        manifest_path,
-    })
+    /// With `--skip-existing`, outputs that verify are this run's to
+    /// replace (they are rebuilt from the current base), and the password
+    /// they carry is kept unless `--rotate`. With `--no-rotate` alone, an
+    /// output that verifies (replaced only with `--force`) lends its
+    /// password all the same.
+    fn reuse(&self, serial: &Serial, out_paths: &[PathBuf]) -> Reuse {
+        let req = self.req;
+        let mut ours = vec![false; out_paths.len()];
+        if !req.skip_existing {
+            let settings = &req.settings;
+            let password_from = settings
+                .no_rotate
+                .then(|| {
+                    out_paths.iter().position(|out| {
+                        verifies(
+                            out,
+                            serial,
+                            &settings.owner,
+                            req.password_policy,
+                            &settings.options,
+                        )
+                    })
+                })
+                .flatten();
+            return Reuse::Write {
+                ours,
+                password_from,
+            };
+        }
+        let found: Vec<Existing> = out_paths
+            .iter()
+            .zip(&self.inputs)
+            .map(|(out, input)| Existing::find(out, serial, input, self.old.as_ref(), req))
+            .collect();
+        if found.iter().all(|f| matches!(f, Existing::Current(_))) {
+            return Reuse::Skip(
+                found
+                    .into_iter()
+                    .filter_map(|f| match f {
+                        Existing::Current(e) => Some(e),
+                        _ => None,
+                    })
+                    .collect(),
+            );
+        }
+        let mut password_from = None;
+        for (i, f) in found.iter().enumerate() {
+            if matches!(f, Existing::Current(_) | Existing::Stale) {
+                ours[i] = true;
+                password_from = password_from.or(Some(i));
+            }
+        }
+        if password_from.is_some() {
+            (self.say)(&format!(
+                "{serial}: not every output was made from this base; rebuilding them{}",
+                if req.rotate {
+                    " with a new password (--rotate)"
+                } else {
+                    ", keeping the password they carry"
+                }
+            ));
+        }
+        Reuse::Write {
+            ours,
+            password_from,
+        }
+    }
+
+    /// Writes every output of one device into temp files, with the
+    /// password `kept` from an earlier output, the run's own, or a new one.
+    /// Returns it sealed-to-be, and whether its password was kept.
+    fn prepare(
+        &self,
+        serial: &Serial,
+        kept: Option<Password>,
+        ours: &[bool],
+        opened: &mut [Opened],
+    ) -> Result<(Prepared, bool), ProvisionError> {
+        let req = self.req;
+        let kept_password = kept.is_some();
+        let (password, origin) = match (&req.password, kept) {
+            (Some(p), _) => (p.clone(), PasswordOrigin::Given),
+            (None, Some(p)) => (p, PasswordOrigin::Carried),
+            (None, None) => (Password::generate()?, PasswordOrigin::New),
+        };
+        let mut prepared = Prepared::new(Job {
+            serial: serial.clone(),
+            password,
+            on_conflict: req.settings.on_conflict(origin),
+        });
+        let mut tell = |line: &str| (self.say)(&format!("{serial}: {line}"));
+        for ((input, opened), ours) in req.inputs.iter().zip(opened.iter_mut()).zip(ours) {
+            let replace = req.force || *ours;
+            let out = pipeline::output_path(input, &req.output_dir, serial, replace)?;
+            opened.write(&mut prepared, Some(&out), &mut tell)?;
+        }
+        Ok((prepared, kept_password))
+    }
+
+    /// The report, in the order the serials were given; the manifest is
+    /// written even when nothing succeeded, so a run always leaves one.
+    fn finish(
+        self,
+        warnings: Vec<String>,
+        partitions: Vec<(PathBuf, Vec<PartitionId>)>,
+    ) -> Result<BatchReport, BatchError> {
+        let mut outcomes = self
+            .outcomes
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
+        let order = |s: &str| self.req.serials.iter().position(|x| x.as_str() == s);
+        outcomes.sort_by_key(|(s, _)| order(s));
+        lock(&self.manifest).write(&self.manifest_path, self.old.as_ref())?;
+        Ok(BatchReport {
+            outcomes,
+            manifest_path: self.manifest_path,
+            partitions,
+            warnings,
+        })
+    }
 }
 
 fn file_name(path: &Path) -> String {

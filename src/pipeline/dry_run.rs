@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::identity::{Password, Serial};
+use crate::image::disk::PartitionId;
 use crate::image::{self, ImageOptions, ImageReader};
 use crate::owner::{Owner, UserDb};
 use crate::plan::{Action, DeviceVars, Existing, ImagePath, OverlayError, Plan, PlanKind};
@@ -39,6 +40,9 @@ pub struct PlannedImage {
     pub kind: String,
     /// The output it would be written to; `None` for a staging tree.
     pub output: Option<PathBuf>,
+    /// The partition of a disk image these entries go into (a disk image
+    /// stamped in several partitions is listed once per partition).
+    pub partition: Option<PartitionId>,
     pub entries: Vec<PlannedEntry>,
 }
 
@@ -84,24 +88,26 @@ pub fn plan(
             Source::StagingDir(p) => (p, "staging directory".to_string()),
         };
         let options = ImageOptions {
-            partition: settings.options.partition.clone(),
+            partitions: settings.options.partitions.clone(),
             ..Default::default()
         };
-        let mut reader = image::open_reader(path, &options)?;
-        let plans = plans_for(reader.as_mut(), serials, password, settings)?;
-        let existing = existing_paths(reader.as_mut(), &plans)?;
-        for ((device, serial), plan) in devices.iter_mut().zip(serials).zip(&plans) {
-            let lookup =
-                |p: &ImagePath| Ok::<_, ProvisionError>(existing.get(p).cloned().flatten());
-            plan.check_existing(lookup)?;
-            check_removals(reader.as_mut(), plan, &existing)?;
-            let actions = plan.classify(lookup)?;
-            device.images.push(PlannedImage {
-                input: path.clone(),
-                kind: kind.clone(),
-                output: outputs(i, serial),
-                entries: plan.entries.iter().zip(actions).map(describe).collect(),
-            });
+        for (partition, mut reader) in image::open_readers(path, &options)? {
+            let plans = plans_for(reader.as_mut(), serials, password, settings)?;
+            let existing = existing_paths(reader.as_mut(), &plans)?;
+            for ((device, serial), plan) in devices.iter_mut().zip(serials).zip(&plans) {
+                let lookup =
+                    |p: &ImagePath| Ok::<_, ProvisionError>(existing.get(p).cloned().flatten());
+                plan.check_existing(lookup)?;
+                check_removals(reader.as_mut(), plan, &existing)?;
+                let actions = plan.classify(lookup)?;
+                device.images.push(PlannedImage {
+                    input: path.clone(),
+                    kind: kind.clone(),
+                    output: outputs(i, serial),
+                    partition: partition.as_ref().map(|p| p.id()),
+                    entries: plan.entries.iter().zip(actions).map(describe).collect(),
+                });
+            }
         }
     }
     Ok(devices)

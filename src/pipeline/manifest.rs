@@ -20,7 +20,7 @@ pub enum ManifestError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is not an imprint manifest: {source}")]
+    #[error("{path} is not an imprint manifest")]
     Parse {
         path: PathBuf,
         source: serde_json::Error,
@@ -270,6 +270,23 @@ mod tests {
         let e = merge(&[a, twice]).unwrap_err().to_string();
         assert!(e.contains("AZJN-0001") && e.contains("d.json"), "{e}");
         assert!(matches!(merge(&[]), Err(ManifestError::Nothing)));
+    }
+
+    /// The parser's complaint is said once, after the file's name.
+    #[test]
+    fn a_damaged_manifest_says_why_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        std::fs::write(&path, "{\"tool\": ").unwrap();
+        let err = Manifest::load(&path).unwrap_err();
+        let cause = serde_json::from_str::<Manifest>("{\"tool\": ")
+            .unwrap_err()
+            .to_string();
+        let said = crate::error_chain(&err);
+        assert_eq!(
+            said,
+            format!("{} is not an imprint manifest: {cause}", path.display())
+        );
     }
 
     /// A manifest of an earlier version (no per-image input digest) still

@@ -1,9 +1,10 @@
 //! `--devices FILE`: one device a row, with its own template variables.
-//! CSV (RFC 4180 quoting), TSV (by a `.tsv` name, or tabs and no comma in
-//! the header)
-//! or JSON lines (by a `.jsonl`/`.ndjson` name or a first line starting
-//! with `{`). The header names the columns; one must be `serial`, the
-//! others become `{name}` variables for that device.
+//! CSV (RFC 4180 quoting, read by the `csv` crate), TSV (by a `.tsv` name,
+//! or tabs and no comma in the header) or JSON lines (by a
+//! `.jsonl`/`.ndjson` name or a first line starting with `{`). The header
+//! names the columns; one must be `serial`, the others become `{name}`
+//! variables for that device. The file is UTF-8 text: other bytes are an
+//! error naming their line, never replaced.
 
 use std::collections::BTreeMap;
 
@@ -13,6 +14,7 @@ use super::ExtraVars;
 use crate::identity::{IdentityError, Serial};
 
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum DevicesError {
     #[error("{origin}: {why}")]
     Format { origin: String, why: String },
@@ -21,6 +23,12 @@ pub enum DevicesError {
         origin: String,
         line: usize,
         why: String,
+    },
+    #[error("{origin}, line {line}: not UTF-8 text (byte {byte} of the file); save it as UTF-8")]
+    NotUtf8 {
+        origin: String,
+        line: usize,
+        byte: usize,
     },
     #[error("{origin}, line {line}")]
     Serial {
@@ -43,9 +51,18 @@ enum Format {
     JsonLines,
 }
 
-/// Reads a devices file; `origin` is its name (its extension picks the
-/// format; `-` or any other name sniffs the first line).
-pub fn parse(text: &str, origin: &str) -> Result<Vec<Device>, DevicesError> {
+/// Reads a devices file's bytes; `origin` is its name (its extension
+/// picks the format; `-` or any other name sniffs the first line).
+pub fn parse(data: impl AsRef<[u8]>, origin: &str) -> Result<Vec<Device>, DevicesError> {
+    let data = data.as_ref();
+    let text = std::str::from_utf8(data).map_err(|e| {
+        let byte = e.valid_up_to();
+        DevicesError::NotUtf8 {
+            origin: origin.to_string(),
+            line: line_at(data, byte),
+            byte,
+        }
+    })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
     let format = if origin.ends_with(".jsonl") || origin.ends_with(".ndjson") {
@@ -61,8 +78,8 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<Device>, DevicesError> {
     };
     let rows = match format {
         Format::JsonLines => json_lines(text, origin)?,
-        Format::Csv => table(&split_csv(text, b',', origin)?, origin)?,
-        Format::Tsv => table(&split_csv(text, b'\t', origin)?, origin)?,
+        Format::Csv => table(&records(text, b',', origin)?, origin)?,
+        Format::Tsv => table(&records(text, b'\t', origin)?, origin)?,
     };
     let mut devices: Vec<Device> = Vec::with_capacity(rows.len());
     for (line, mut values) in rows {
@@ -115,83 +132,88 @@ fn check_column(name: &str, origin: &str) -> Result<(), DevicesError> {
     })
 }
 
-/// Records of a CSV/TSV text with their line numbers: fields may be
+/// The line (from 1) that byte `at` of `data` is on.
+fn line_at(data: &[u8], at: usize) -> usize {
+    1 + data[..at].iter().filter(|&&b| b == b'\n').count()
+}
+
+/// Records of a CSV/TSV text with the lines they start on: fields may be
 /// quoted with `"` (holding separators, newlines and `""` for a quote).
-fn split_csv(text: &str, sep: u8, origin: &str) -> Result<Vec<(usize, Vec<String>)>, DevicesError> {
-    let bytes = text.as_bytes();
+fn records(text: &str, sep: u8, origin: &str) -> Result<Vec<(usize, Vec<String>)>, DevicesError> {
+    check_quoting(text, sep).map_err(|(line, why)| DevicesError::Row {
+        origin: origin.to_string(),
+        line,
+        why: why.into(),
+    })?;
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(sep)
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text.as_bytes());
     let mut records = Vec::new();
-    let mut record: Vec<String> = Vec::new();
-    let mut field: Vec<u8> = Vec::new();
-    let (mut line, mut record_line) = (1usize, 1usize);
-    let mut i = 0;
-    let mut quoted_field = false;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'"' && field.is_empty() && !quoted_field {
-            // A quoted field, up to its closing quote.
-            quoted_field = true;
-            i += 1;
-            loop {
-                match bytes.get(i) {
-                    None => {
-                        return Err(DevicesError::Row {
-                            origin: origin.to_string(),
-                            line: record_line,
-                            why: "a quoted field is not closed".into(),
-                        })
-                    }
-                    Some(b'"') if bytes.get(i + 1) == Some(&b'"') => {
-                        field.push(b'"');
-                        i += 2;
-                    }
-                    Some(b'"') => {
-                        i += 1;
-                        break;
-                    }
-                    Some(&c) => {
-                        line += usize::from(c == b'\n');
-                        field.push(c);
-                        i += 1;
-                    }
-                }
-            }
-            continue;
-        }
-        match b {
-            _ if b == sep => {
-                record.push(String::from_utf8_lossy(&field).into_owned());
-                field.clear();
-                quoted_field = false;
-            }
-            b'\r' if bytes.get(i + 1) == Some(&b'\n') => {}
-            b'\n' => {
-                record.push(String::from_utf8_lossy(&field).into_owned());
-                field.clear();
-                quoted_field = false;
-                records.push((record_line, std::mem::take(&mut record)));
-                line += 1;
-                record_line = line;
-            }
-            _ if quoted_field => {
-                return Err(DevicesError::Row {
-                    origin: origin.to_string(),
-                    line: record_line,
-                    why: "text after a quoted field's closing quote".into(),
-                })
-            }
-            _ => field.push(b),
-        }
-        i += 1;
-    }
-    if !field.is_empty() || !record.is_empty() || quoted_field {
-        record.push(String::from_utf8_lossy(&field).into_owned());
-        records.push((record_line, record));
+    let (mut counted, mut line) = (0, 1);
+    for record in reader.records() {
+        // The text is a str already: neither invalid UTF-8 nor a read
+        // error can come from it.
+        let record = record.map_err(|e| DevicesError::Format {
+            origin: origin.to_string(),
+            why: e.to_string(),
+        })?;
+        // A record's position is where the reader stood before it, blank
+        // lines included: its own line is past those.
+        let mut start = record.position().map_or(0, |p| p.byte() as usize);
+        start += text[start..]
+            .bytes()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
+        line += line_at(&text.as_bytes()[counted..start], start - counted) - 1;
+        counted = start;
+        records.push((line, record.iter().map(str::to_string).collect::<Vec<_>>()));
     }
     // Blank lines and `#` comments are skipped, as in a serials file.
     records.retain(|(_, r)| {
         !(r.len() == 1 && (r[0].trim().is_empty() || r[0].trim_start().starts_with('#')))
     });
     Ok(records)
+}
+
+/// The csv crate takes malformed quoting as it comes: a quote left open
+/// takes the rest of the file into one field, text after a closing quote
+/// joins the field. In a devices file both are mistakes: the line where
+/// one is, and what.
+fn check_quoting(text: &str, sep: u8) -> Result<(), (usize, &'static str)> {
+    #[derive(Clone, Copy)]
+    enum At {
+        FieldStart,
+        Unquoted,
+        Quoted,
+        /// Just after a quote inside a quoted field: its end, or the first
+        /// of `""`.
+        Closed,
+    }
+    let (mut at, mut line, mut opened) = (At::FieldStart, 1, 1);
+    for b in text.bytes() {
+        let ends_field = b == sep || b == b'\n' || b == b'\r';
+        at = match (at, b) {
+            (At::FieldStart, b'"') => {
+                opened = line;
+                At::Quoted
+            }
+            (At::Quoted, b'"') => At::Closed,
+            (At::Quoted, _) => At::Quoted,
+            (At::Closed, b'"') => At::Quoted,
+            (At::Closed, _) if !ends_field => {
+                return Err((line, "text after a quoted field's closing quote"))
+            }
+            (_, _) if ends_field => At::FieldStart,
+            (_, _) => At::Unquoted,
+        };
+        line += usize::from(b == b'\n');
+    }
+    match at {
+        At::Quoted => Err((opened, "a quoted field is not closed")),
+        _ => Ok(()),
+    }
 }
 
 /// Rows of a table whose first record is the header.
@@ -317,9 +339,50 @@ mod tests {
             ("serial\nazjn-1\n", "line 2"),
             ("serial,a,a\n", "appears twice"),
             ("", "empty"),
+            (
+                "serial,a\nAZJN-0001,\"x\"y\n",
+                "line 2: text after a quoted field",
+            ),
+            // Line numbers count the blank lines and comments before.
+            ("serial\n\n# c\n\nAZJN-0001,x\n", "d.csv, line 5: 2 fields"),
+            ("serial\tx\n\nAZJN-0001\n", "d.csv, line 3: 1 fields"),
         ] {
             let err = parse(text, "d.csv").unwrap_err().to_string();
             assert!(err.contains(says), "{text:?}: {err}");
         }
+    }
+
+    /// Bytes that are not UTF-8 are refused where they are, in every
+    /// format, never replaced.
+    #[test]
+    fn bytes_that_are_not_utf8_name_their_line() {
+        for (data, origin) in [
+            (
+                &b"serial,site\nAZJN-0001,ok\nAZJN-0002,caf\xe9\n"[..],
+                "d.csv",
+            ),
+            (
+                b"serial\tsite\nAZJN-0001\tok\nAZJN-0002\tcaf\xe9\n",
+                "d.tsv",
+            ),
+            (
+                b"{\"serial\":\"AZJN-0001\"}\n\n{\"serial\":\"AZJN-0002\",\"s\":\"\xff\"}\n",
+                "d.jsonl",
+            ),
+        ] {
+            let err = parse(data, origin).unwrap_err();
+            assert!(
+                matches!(err, DevicesError::NotUtf8 { line: 3, .. }),
+                "{err}"
+            );
+            let says = err.to_string();
+            assert!(
+                says.starts_with(&format!("{origin}, line 3: not UTF-8")),
+                "{says}"
+            );
+        }
+        // UTF-8 text that is not ASCII is as it was.
+        let d = parse("serial,site\nAZJN-0001,café\n".as_bytes(), "d.csv").unwrap();
+        assert_eq!(vars(&d[0], "site"), "café");
     }
 }

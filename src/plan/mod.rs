@@ -2,14 +2,15 @@
 //!
 //! A spec is declarative TOML (see `overlays/device-conf.toml`, the default).
 //! Resolving it against an image's user database and a device's identity
-//! gives a [`Plan`]: concrete paths, modes, numeric owners, mtime and bytes.
+//! gives a plan: concrete paths, modes, numeric owners, mtime and bytes.
 //! Every image backend applies the same plan, so the rules about modes,
-//! owners, parents and replacement live here and in [`PlanEntry`] only.
+//! owners, parents and replacement live here and in `PlanEntry` only.
 
 pub mod devices;
-pub mod model;
+pub(crate) mod model;
+mod pattern;
 mod source;
-pub mod spec;
+pub(crate) mod spec;
 
 use std::fmt;
 
@@ -18,12 +19,15 @@ use zeroize::Zeroizing;
 
 use crate::owner::{Owner, OwnerError, OwnerSpec, UserDb};
 pub use devices::DevicesError;
-pub use model::{EntryType, Existing, FileMeta, ImagePath};
-pub use source::MAX_SOURCE;
+pub(crate) use model::Existing;
+pub use model::{EntryType, FileMeta, ImagePath};
+pub(crate) use pattern::PathTemplate;
+pub(crate) use spec::DeviceVars;
 use spec::{parse_mode, render_content, render_name, source_path, SpecKind};
-pub use spec::{DeviceVars, ExtraVars, OverlaySpec, DEFAULT_OVERLAY};
+pub use spec::{ExtraVars, OverlaySpec};
 
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum OverlayError {
     #[error("cannot read overlay {path}")]
     Read {
@@ -75,7 +79,7 @@ pub enum OverlayError {
 }
 
 #[derive(Clone)]
-pub enum PlanKind {
+pub(crate) enum PlanKind {
     /// Create the directory if it is absent; an existing directory is kept
     /// as it is. Anything else at that path is an error.
     Dir,
@@ -114,7 +118,7 @@ impl fmt::Debug for PlanKind {
 
 /// One extended attribute an entry sets, e.g. `security.selinux`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Xattr {
+pub(crate) struct Xattr {
     pub name: String,
     pub value: Vec<u8>,
 }
@@ -129,12 +133,12 @@ impl fmt::Debug for Xattr {
 /// security label (SELinux, AppArmor, IMA, capabilities) stays with the
 /// path; ACLs and user/trusted attributes go, so that a replaced file gets
 /// exactly the access the plan gives it, in every format alike.
-pub fn kept_on_replace(name: &str) -> bool {
+pub(crate) fn kept_on_replace(name: &str) -> bool {
     name.starts_with("security.")
 }
 
 #[derive(Debug, Clone)]
-pub struct PlanEntry {
+pub(crate) struct PlanEntry {
     pub path: ImagePath,
     pub kind: PlanKind,
     /// Permission bits only (no file type), e.g. 0o600. Symlinks: 0o777.
@@ -158,7 +162,7 @@ impl PlanEntry {
 /// Everything a backend needs to write: entries with parents before
 /// children, and the mtime (seconds since the epoch) to give new entries.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub entries: Vec<PlanEntry>,
     pub mtime: i64,
 }
@@ -389,7 +393,7 @@ impl Plan {
 
 /// What applying an entry does to the image, as a dry run reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Nothing is there: the entry is created.
     Create,
     /// A file or symlink is there and is replaced.

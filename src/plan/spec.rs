@@ -9,6 +9,7 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::model::ImagePath;
+use super::pattern::PathTemplate;
 use super::OverlayError;
 use crate::identity::{Password, Serial};
 use crate::owner::OwnerSpec;
@@ -143,7 +144,7 @@ impl OverlaySpec {
     /// Checks what can be known of one device before any work: every
     /// variable the templates use has a value, rendered paths are valid,
     /// and every `source` file exists, is a regular file and is within
-    /// [`super::source::MAX_SOURCE`]. `serial` names the device in errors.
+    /// `MAX_SOURCE` (16 MiB). `serial` names the device in errors.
     pub fn check_device(
         &self,
         serial: &Serial,
@@ -184,6 +185,29 @@ impl OverlaySpec {
             }
         }
         Ok(())
+    }
+
+    /// The paths of the files whose content holds the password: what a
+    /// base image (one every device is stamped from, or an OTA payload is
+    /// built from) must not contain. Templated paths as written.
+    pub fn secret_paths(&self) -> Vec<PathTemplate> {
+        let mut paths: Vec<PathTemplate> = Vec::new();
+        let secrets = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.kind == SpecKind::File)
+            .filter(|(_, e)| {
+                e.content
+                    .as_deref()
+                    .is_some_and(|c| template_names(c).any(|n| n == "password"))
+            })
+            .filter_map(|(_, e)| PathTemplate::parse(&e.path));
+        for path in secrets {
+            if !paths.contains(&path) {
+                paths.push(path);
+            }
+        }
+        paths
     }
 
     /// Adds another spec's entries after this one's.
@@ -385,6 +409,15 @@ fn render_with(
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// `template` with each variable (as rendering finds them) replaced by
+/// `hole`, for matching paths a template can take.
+pub(super) fn mark_variables(template: &str, hole: char) -> String {
+    let hole = hole.to_string();
+    render_with(template, |_| Ok(Some(hole.clone())))
+        .expect("the lookup never fails")
+        .to_string()
 }
 
 /// The value of `name` among the extra variables; an error in strict mode

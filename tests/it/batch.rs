@@ -674,3 +674,196 @@ fn manifest_merge_joins_shards_and_refuses_other_bases() {
     );
     assert!(!refused.exists());
 }
+
+/// How many requests of each kind the stub has seen.
+fn calls(server: &StubServer) -> (usize, usize) {
+    let r = server.requests();
+    let count = |m: &str| r.iter().filter(|q| q.method == m).count();
+    (count("POST"), count("PATCH"))
+}
+
+/// `--no-rotate`: "create or reuse, never rotate". A rerun over the
+/// previous outputs keeps every password without a PATCH (a changed base
+/// included); a rerun without them fails every existing account loudly,
+/// writing nothing and changing no password; `--password-file` is a
+/// password given on purpose and is set. One device alone: the output
+/// `--force` replaces, or the staging tree, lends its password.
+#[test]
+fn no_rotate_reuses_earlier_passwords_or_fails_and_never_patches() {
+    let (dir, input, out) = setup();
+    let server = StubServer::start().unwrap();
+    let serials_file = dir.path().join("serials.txt");
+    let args = [
+        "--serials",
+        serials_file.to_str().unwrap(),
+        "--skip-existing",
+        "--no-rotate",
+    ];
+    let serials = ["AZJN-0001", "AZJN-0002", "AZJN-0003"];
+    let image = |d: &Path, s: &str| d.join(format!("{s}-base.tar.gz"));
+    let email = |s: &str| format!("azaion-jetson-{}@azaion.com", &s[5..]);
+    let passwords = || -> Vec<String> {
+        serials
+            .iter()
+            .map(|s| server.password_of(&email(s)).unwrap())
+            .collect()
+    };
+    let o = batch(&server, &input, &out, &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(calls(&server), (3, 0));
+    let first = passwords();
+
+    // A rebuilt base, the previous outputs kept: every password stays,
+    // in the images and at the API, and nothing is PATCHed.
+    let root = dir.path().join("rootfs");
+    fs::write(root.join("etc/version"), "base 2\n").unwrap();
+    make_tar(&root, &input, "tar.gz", "gnu", true);
+    let o = batch(&server, &input, &out, &args);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert_eq!(calls(&server), (6, 0), "one POST each (409), no PATCH");
+    assert_eq!(passwords(), first);
+    for (s, pw) in serials.iter().zip(&first) {
+        assert!(
+            stdout(&o).contains(&format!("{s}: rebuilt from the new base, password kept")),
+            "{}",
+            stdout(&o)
+        );
+        let (conf, version) = conf_and_version(&image(&out, s));
+        assert_eq!(
+            (conf, version),
+            (conf_text(&email(s), pw), "base 2\n".into())
+        );
+    }
+    assert!(
+        stderr(&o).contains("it keeps its password (--no-rotate)"),
+        "{}",
+        stderr(&o)
+    );
+
+    // The previous outputs lost: every account exists and no password is
+    // known, so every device fails, saying what to do, and none is written.
+    let fresh = dir.path().join("fresh");
+    let o = batch(&server, &input, &fresh, &args);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    for s in serials {
+        let line = stdout(&o)
+            .lines()
+            .find(|l| l.starts_with(&format!("{s}: FAILED")))
+            .unwrap_or_else(|| panic!("no failure for {s}:\n{}", stdout(&o)))
+            .to_string();
+        for what in [
+            "already exists",
+            "--no-rotate",
+            "--skip-existing",
+            "--password-file",
+        ] {
+            assert!(line.contains(what), "{what}: {line}");
+        }
+        assert!(!image(&fresh, s).exists());
+    }
+    assert!(
+        stdout(&o).contains("0 of 3 written, 0 skipped, 3 failed"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(calls(&server), (9, 0));
+    assert_eq!(passwords(), first);
+    assert_eq!(manifest(&fresh)["images"], serde_json::json!([]));
+    assert_eq!(listing(&fresh), ["manifest.json"], "no temp file left");
+
+    // A password given on purpose is set (that is no silent rotation).
+    let pw = write_password(dir.path(), PASSWORD);
+    let o = batch(
+        &server,
+        &input,
+        &fresh,
+        &[
+            "--serial",
+            "AZJN-0001",
+            "--no-rotate",
+            "--password-file",
+            pw.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(calls(&server), (10, 1));
+    assert_eq!(server.password_of(&email("AZJN-0001")).unwrap(), PASSWORD);
+
+    // One device: a new output elsewhere fails the same way ...
+    let single = |out: &Path, extra: &[&str]| {
+        run(bin()
+            .args([
+                "provision",
+                "--serial",
+                "AZJN-0002",
+                "--no-rotate",
+                "--owner",
+                "azaion",
+            ])
+            .args(["--api-url", &server.url(), "--image"])
+            .arg(&input)
+            .arg("--output")
+            .arg(out)
+            .args(extra))
+    };
+    let elsewhere = dir.path().join("one.tar.gz");
+    let o = single(&elsewhere, &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+    assert!(!elsewhere.exists());
+    assert_eq!(calls(&server), (11, 1));
+    // ... and replacing its earlier output reuses that output's password.
+    let o = single(&image(&out, "AZJN-0002"), &["--force"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("reusing the password"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(calls(&server), (12, 1));
+    assert_eq!(passwords()[1], first[1]);
+    let (conf, _) = conf_and_version(&image(&out, "AZJN-0002"));
+    assert_eq!(conf, conf_text(&email("AZJN-0002"), &first[1]));
+
+    // The runbook's staging tree: a rerun keeps the password it holds.
+    let staging = make_rootfs(dir.path(), "staging");
+    let stage = |extra: &[&str]| {
+        run(bin()
+            .args([
+                "provision",
+                "--serial",
+                "AZJN-0042",
+                "--api-url",
+                &server.url(),
+            ])
+            .args(extra)
+            .arg("--rootfs-dir")
+            .arg(&staging))
+    };
+    assert!(stage(&[]).status.success());
+    let staged = server.password_of(EMAIL).unwrap();
+    let o = stage(&["--no-rotate"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(calls(&server), (14, 1));
+    assert_eq!(server.password_of(EMAIL).unwrap(), staged);
+
+    // Meaningless combinations are refused.
+    let o = batch(&server, &input, &out, &[&args[..], &["--rotate"]].concat());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = run(bin()
+        .args([
+            "provision",
+            "--serial",
+            "AZJN-0002",
+            "--no-rotate",
+            "--offline",
+        ])
+        .arg("--password-file")
+        .arg(&pw)
+        .arg("--image")
+        .arg(&input)
+        .arg("--output")
+        .arg(&elsewhere));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--no-rotate"), "{}", stderr(&o));
+}

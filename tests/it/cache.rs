@@ -296,7 +296,7 @@ fn a_damaged_or_foreign_entry_is_a_miss() {
     foreign[at] = b'9';
     // With the checksum made right again: only the version is wrong.
     let body = foreign.len() - 32;
-    let sum = imprint::io::sha256::Sha256::digest(&foreign[..body]);
+    let sum = <sha2::Sha256 as sha2::Digest>::digest(&foreign[..body]);
     foreign[body..].copy_from_slice(&sum);
     let mut flipped = good.clone();
     flipped[good.len() / 2] ^= 0x40;

@@ -134,3 +134,78 @@ fn demo_runs_end_to_end_and_without_e2fsprogs_skips_only_the_sparse_part() {
     );
     assert!(dir.path().join("AZJN-0042-rootfs.tar.gz").is_file());
 }
+
+/// The owner rule: without --owner, device.conf is root's, and an image
+/// with the Loader's service user `azaion` (which cannot read a root-owned
+/// 0600 file) gets a warning on stderr and in the JSON documents, once per
+/// batch; --owner (azaion, or root:root on purpose) and images without
+/// that user are quiet, and their documents have no `warnings` field.
+#[test]
+fn a_default_owner_the_service_user_cannot_read_warns() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let pw = write_password(d, PASSWORD);
+    let with_user = d.join("with.tar");
+    make_tar(&make_rootfs(d, "with"), &with_user, "tar", "gnu", true);
+    let plain_root = make_rootfs(d, "plain");
+    std::fs::write(
+        plain_root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/bash\n",
+    )
+    .unwrap();
+    let without_user = d.join("without.tar");
+    make_tar(&plain_root, &without_user, "tar", "gnu", true);
+    let provision = |input: &std::path::Path, name: &str, extra: &[&str]| {
+        let o = run(bin()
+            .args(["provision", "--offline", "--serial", SERIAL, "--json"])
+            .arg("--password-file")
+            .arg(&pw)
+            .arg("--image")
+            .arg(input)
+            .arg("--output")
+            .arg(d.join(name))
+            .args(extra));
+        assert!(o.status.success(), "{}", stderr(&o));
+        let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (stderr(&o), doc)
+    };
+    let (err, doc) = provision(&with_user, "a.tar", &[]);
+    assert!(
+        err.contains("imprint: warning: ")
+            && err.contains("device.conf gets owner 0:0 and mode 0600, but the image has the user azaion (uid 1001)")
+            && err.contains("pass --owner azaion"),
+        "{err}"
+    );
+    assert_eq!(doc["device_conf"]["uid"], 0);
+    let warnings = doc["warnings"].as_array().expect("a warnings field");
+    assert_eq!(warnings.len(), 1);
+    assert!(err.contains(warnings[0].as_str().unwrap()));
+    for (input, name, extra) in [
+        (&with_user, "b.tar", &["--owner", "azaion"][..]),
+        (&with_user, "c.tar", &["--owner", "root:root"]),
+        (&without_user, "d.tar", &[]),
+    ] {
+        let (err, doc) = provision(input, name, extra);
+        assert!(!err.contains("warning"), "{extra:?}: {err}");
+        assert!(doc.get("warnings").is_none(), "{extra:?}: {doc}");
+    }
+    // A batch says it once, and its document carries it once.
+    let out = d.join("out");
+    let o = run(bin()
+        .args(["provision", "--offline", "--json", "--serial", "AZJN-0001"])
+        .args(["--serial", "AZJN-0002", "--password-file"])
+        .arg(&pw)
+        .arg("--image")
+        .arg(&with_user)
+        .arg("--output")
+        .arg(&out));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o).matches("imprint: warning:").count(),
+        1,
+        "{}",
+        stderr(&o)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["warnings"].as_array().unwrap().len(), 1);
+}

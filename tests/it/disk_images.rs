@@ -1342,3 +1342,405 @@ fn disk_overlay_symlinks_and_removals() {
     assert_gpt_clean(&out);
     assert_verifies(&out, None);
 }
+
+/// Every byte of `out` outside `slots` is the input's (`cmp` over each gap:
+/// the tables, the gaps and every other partition).
+fn same_outside(input: &Path, out: &Path, slots: &[Span]) {
+    assert_eq!(
+        fs::metadata(out).unwrap().len(),
+        fs::metadata(input).unwrap().len(),
+        "the output's size"
+    );
+    let mut slots = slots.to_vec();
+    slots.sort_by_key(|s| s.offset);
+    let mut at = 0;
+    let end = fs::metadata(input).unwrap().len();
+    for gap_end in slots.iter().map(|s| s.offset).chain([end]) {
+        if gap_end > at {
+            sh(&format!(
+                "cmp -n {n} <(tail -c +{from} {i}) <(tail -c +{from} {o})",
+                n = gap_end - at,
+                from = at + 1,
+                i = input.display(),
+                o = out.display()
+            ));
+        }
+        at = slots
+            .iter()
+            .find(|s| s.offset == gap_end)
+            .map_or(end, |s| s.end());
+    }
+}
+
+/// The device.conf in the filesystem at `span` of `img` (dd'ed out, clean
+/// to e2fsck -fn): its text and `(mode, uid, gid)`.
+fn slot_conf(img: &Path, span: Span, scratch: &Path) -> (String, (u32, u32, u32)) {
+    let fs_img = scratch.join("slot.ext4");
+    extract(img, span, &fs_img);
+    assert_fsck_clean(&fs_img);
+    let found = (
+        debugfs(&fs_img, "cat /etc/azaion/device.conf"),
+        debugfs_stat(&fs_img, "/etc/azaion/device.conf"),
+    );
+    fs::remove_file(fs_img).unwrap();
+    found
+}
+
+/// `imprint provision` of `input` for SERIAL against `url`, with each of
+/// `partitions` as a --partition.
+fn provision_slots(input: &Path, output: &Path, url: &str, partitions: &[&str]) -> Command {
+    let mut c = provision_online(input, output, url);
+    c.args(["--owner", "azaion"]);
+    for p in partitions {
+        c.args(["--partition", p]);
+    }
+    c
+}
+
+/// `imprint verify` of `out` with each of `partitions`.
+fn verify_slots(out: &Path, partitions: &[&str], json: bool) -> std::process::Output {
+    let mut c = bin();
+    c.arg("verify")
+        .arg(out)
+        .args(["--serial", SERIAL, "--owner", "azaion"]);
+    for p in partitions {
+        c.args(["--partition", p]);
+    }
+    if json {
+        c.arg("--json");
+    }
+    run(&mut c)
+}
+
+/// An NVIDIA A/B SD card layout (APP and APP_b, a recovery rootfs that
+/// also holds /etc, blobs between them), each rootfs made with mke2fs -d:
+/// `--partition APP --partition APP_b` stamps both slots in one output
+/// with one account call and the same device.conf; every byte outside
+/// the two slots stays the input's; `all-rootfs` picks the same two slots
+/// (not the recovery rootfs) and writes the same bytes; verify checks
+/// each slot and names one without credentials; a missing partition among
+/// several is refused naming it, with nothing written and no API call;
+/// ls and cat read one partition and say so when given several.
+#[test]
+fn ab_gpt_slots_get_one_identity() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let tree = ext4_tree(d, 0, Azaion::Absent);
+    let img = d.join("sd-blob.img");
+    let parts = sgdisk_disk(
+        &img,
+        40 * MIB,
+        &[
+            part("kernel", "8300", MIB),
+            part("APP", "8300", 12 * MIB),
+            part("kernel_b", "8300", MIB),
+            part("APP_b", "8300", 12 * MIB),
+            part("RECROOTFS", "8300", 8 * MIB),
+        ],
+        2048,
+        2048,
+    );
+    for i in [0, 2] {
+        fill_random(&img, parts[i]);
+    }
+    for i in [1, 3, 4] {
+        mkfs_in_place(&img, parts[i], &tree);
+    }
+    assert_gpt_clean(&img);
+    let input_sha = sha256(&img);
+    let server = imprint::stub::StubServer::start().unwrap();
+    let out = out_dir(d, "out");
+
+    // A partition that is not there, among several: refused naming it,
+    // before any API call, with nothing written.
+    let o = run(&mut provision_slots(
+        &img,
+        &out,
+        &server.url(),
+        &["APP", "APP_c"],
+    ));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no partition named \"APP_c\"") && stderr(&o).contains("APP_b"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(listing(&out).is_empty(), "{:?}", listing(&out));
+    assert!(server.requests().is_empty(), "{:?}", server.requests());
+
+    let written = out.join("sd-blob.img");
+    let o = run(provision_slots(&img, &written, &server.url(), &["APP", "APP_b"]).arg("--json"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(sha256(&img), input_sha, "the input was modified");
+    let posts: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    assert_eq!(posts.len(), 1, "{posts:?}");
+    assert_eq!(server.requests().len(), 1);
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let named = |v: &serde_json::Value| -> Vec<(u64, String)> {
+        v.as_array()
+            .unwrap_or_else(|| panic!("no partitions in {doc}"))
+            .iter()
+            .map(|p| {
+                (
+                    p["number"].as_u64().unwrap(),
+                    p["name"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let slots = vec![(2, "APP".to_string()), (4, "APP_b".to_string())];
+    assert_eq!(named(&doc["partitions"]), slots, "{doc}");
+    assert_eq!(named(&doc["images"][0]["partitions"]), slots, "{doc}");
+
+    let password = server.password_of(EMAIL).unwrap();
+    for i in [1, 3] {
+        assert_eq!(
+            slot_conf(&written, parts[i], d),
+            (conf_text(EMAIL, &password), (0o600, 1001, 1001)),
+            "partition {}",
+            i + 1
+        );
+    }
+    same_outside(&img, &written, &[parts[1], parts[3]]);
+    assert_eq!(span_sha(&written, parts[4]), span_sha(&img, parts[4]));
+    assert_gpt_clean(&written);
+
+    // verify checks every slot named, and all-rootfs means the same two.
+    for partitions in [&["APP", "APP_b"][..], &["all-rootfs"]] {
+        let v = verify_slots(&written, partitions, false);
+        assert!(v.status.success(), "{partitions:?}:\n{}", stdout(&v));
+        let text = stdout(&v);
+        assert!(
+            text.contains("partition 2 \"APP\"") && text.contains("partition 4 \"APP_b\""),
+            "{text}"
+        );
+        assert!(!text.contains("RECROOTFS"), "{text}");
+    }
+    // A dry run lists each slot's entries.
+    let o = run(bin()
+        .args([
+            "provision",
+            "--dry-run",
+            "--json",
+            "--serial",
+            SERIAL,
+            "--image",
+        ])
+        .arg(&img)
+        .arg("--output")
+        .arg(out.join("dry.img"))
+        .args(["--partition", "all-rootfs", "--owner", "azaion"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let images = doc["devices"][0]["images"].as_array().unwrap();
+    let listed: Vec<u64> = images
+        .iter()
+        .map(|i| i["partition"]["number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, [2, 4], "{doc}");
+    let v = verify_slots(&written, &["all-rootfs"], true);
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&v)).unwrap();
+    assert_eq!(named(&doc["partitions"]), slots, "{doc}");
+    assert_eq!(doc["passed"], true);
+
+    // all-rootfs writes what naming both slots writes (one password).
+    let pw = write_password(d, PASSWORD);
+    let (by_name, all) = (out.join("by-name.img"), out.join("all.img"));
+    for (to, partitions) in [(&by_name, &["APP", "APP_b"][..]), (&all, &["all-rootfs"])] {
+        let mut c = provision_offline(&img, to, "azaion", &pw);
+        for p in partitions {
+            c.args(["--partition", p]);
+        }
+        let o = run(c.env("SOURCE_DATE_EPOCH", "1700000000"));
+        assert!(o.status.success(), "{partitions:?}: {}", stderr(&o));
+        let line = stdout(&o);
+        assert!(
+            line.contains("partitions 2 \"APP\", 4 \"APP_b\""),
+            "the result line names the slots: {line}"
+        );
+    }
+    sh(&format!("cmp {} {}", by_name.display(), all.display()));
+
+    // One slot stamped: verify of both names the one without credentials.
+    let one = out.join("one.img");
+    let o = run(provision_offline(&img, &one, "azaion", &pw).args(["--partition", "APP"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = verify_slots(&one, &["all-rootfs"], false);
+    assert_eq!(v.status.code(), Some(1), "{}", stdout(&v));
+    let text = stdout(&v);
+    let failed: Vec<&str> = text.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert!(
+        failed.len() == 1 && failed[0].contains("partition 4 \"APP_b\""),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .last()
+            .unwrap()
+            .contains("verification FAILED: partition 4 \"APP_b\""),
+        "{text}"
+    );
+
+    // ls and cat read one partition.
+    for cmd in ["ls", "cat"] {
+        let o = run(bin().arg(cmd).arg(&written).arg("/etc/hostname").args([
+            "--partition",
+            "APP",
+            "--partition",
+            "APP_b",
+        ]));
+        assert_eq!(o.status.code(), Some(1), "{cmd}");
+        assert!(
+            stderr(&o).contains(&format!("imprint {cmd} reads one partition"))
+                && stderr(&o).contains("APP, APP_b"),
+            "{cmd}: {}",
+            stderr(&o)
+        );
+        let o = run(bin()
+            .arg(cmd)
+            .arg(&written)
+            .arg("/etc/hostname")
+            .args(["--partition", "APP_b"]));
+        assert!(o.status.success(), "{cmd}: {}", stderr(&o));
+    }
+}
+
+/// A genimage-style MBR disk with two ext4 rootfs slots (mke2fs -d, dd'ed
+/// in) whose images differ: slot B's /etc/passwd gives azaion another uid.
+/// `--partition 2 --partition 3` and `all-rootfs` stamp both, each slot's
+/// owner looked up in its own /etc/passwd, one account call; the same
+/// through gzip; the partition table and every byte outside the slots
+/// stay the input's.
+#[test]
+fn ab_mbr_slots_get_one_identity() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let img = d.join("sdcard.img");
+    let parts = sfdisk_disk(
+        &img,
+        36 * MIB,
+        "label: dos\nstart=2048, size=4096, type=c, bootable\nstart=6144, size=28672, type=83\nstart=34816, size=28672, type=83\n",
+    );
+    assert_eq!(parts.iter().map(|p| p.0).collect::<Vec<_>>(), [1, 2, 3]);
+    let spans: Vec<Span> = parts.iter().map(|p| p.1).collect();
+    fill_random(&img, spans[0]);
+    let tree = ext4_tree(d, 0, Azaion::Absent);
+    mkfs_and_dd(&img, spans[1], &tree);
+    let tree = ext4_tree(d, 0, Azaion::Absent);
+    fs::write(
+        tree.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/bash\nazaion:x:1002:1002::/home/azaion:/bin/bash\n",
+    )
+    .unwrap();
+    fs::write(tree.join("etc/group"), "root:x:0:\nazaion:x:1002:\n").unwrap();
+    mkfs_and_dd(&img, spans[2], &tree);
+    let table = |p: &Path| {
+        stdout(&sh(&format!("sfdisk -d {} | sed 1,3d", p.display())))
+            .replace(&p.display().to_string(), "X")
+    };
+    let server = imprint::stub::StubServer::start().unwrap();
+    let out = out_dir(d, "out");
+    let gz = d.join("sdcard.img.gz");
+    sh(&format!("gzip -c {} > {}", img.display(), gz.display()));
+    for (input, name, partitions) in [
+        (&img, "numbers.img", &["2", "3"][..]),
+        (&img, "all.img", &["all-rootfs"]),
+        (&gz, "all.img.gz", &["all-rootfs"]),
+    ] {
+        // The first run creates the account (POST); the next ones find it
+        // (409) and set the new password (PATCH): once per run either way.
+        let posts = || {
+            server
+                .requests()
+                .iter()
+                .filter(|r| r.method == "POST")
+                .count()
+        };
+        let before = posts();
+        let written = out.join(name);
+        let o = run(&mut provision_slots(
+            input,
+            &written,
+            &server.url(),
+            partitions,
+        ));
+        assert!(o.status.success(), "{partitions:?}: {}", stderr(&o));
+        assert_eq!(posts(), before + 1, "one account call");
+        assert!(
+            stdout(&o).contains("partitions 2, 3"),
+            "{partitions:?}: {}",
+            stdout(&o)
+        );
+        let raw = if name.ends_with(".gz") {
+            let raw = d.join("unzipped.img");
+            sh(&format!(
+                "gzip -dc {} > {}",
+                written.display(),
+                raw.display()
+            ));
+            raw
+        } else {
+            written.clone()
+        };
+        let password = server.password_of(EMAIL).unwrap();
+        let conf = conf_text(EMAIL, &password);
+        assert_eq!(
+            slot_conf(&raw, spans[1], d),
+            (conf.clone(), (0o600, 1001, 1001))
+        );
+        assert_eq!(slot_conf(&raw, spans[2], d), (conf, (0o600, 1002, 1002)));
+        same_outside(&img, &raw, &spans[1..]);
+        assert_eq!(table(&raw), table(&img));
+        let v = verify_slots(&written, partitions, false);
+        assert!(v.status.success(), "{partitions:?}:\n{}", stdout(&v));
+        let v = verify_slots(&written, &["2", "3"], false);
+        assert!(v.status.success(), "{partitions:?}:\n{}", stdout(&v));
+    }
+    // Without --partition the two slots are still ambiguous.
+    let o = run(&mut provision_online(
+        &img,
+        &out.join("none.img"),
+        &server.url(),
+    ));
+    assert!(
+        !o.status.success() && stderr(&o).contains("all-rootfs"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// `verify --no-credentials` on a GPT SD card image: the fresh one passes,
+/// the stamped one fails on its APP partition, and `--partition` checks
+/// another (the recovery rootfs, which the run left alone).
+#[test]
+fn no_credentials_on_a_disk_image() {
+    let dir = TempDir::new().unwrap();
+    let pw = write_password(dir.path(), PASSWORD);
+    let img = dir.path().join("sd-blob.img");
+    jetson_sd_card(dir.path(), &img, 2048, 2048);
+    let stamped = dir.path().join("stamped.img");
+    provisioned(&img, &stamped, &pw, None);
+    let check = |image: &Path, extra: &[&str]| {
+        let o = run(bin()
+            .args(["verify", "--no-credentials"])
+            .arg(image)
+            .args(extra));
+        assert!(!stdout(&o).contains(PASSWORD));
+        (o.status.code(), stdout(&o))
+    };
+    let (code, out) = check(&img, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("clean, no device credentials"), "{out}");
+    let (code, out) = check(&stamped, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("/etc/azaion/device.conf is present: file 0600 1001:1001"),
+        "{out}"
+    );
+    let (code, out) = check(&stamped, &["--partition", "RECROOTFS"]);
+    assert_eq!(code, Some(0), "{out}");
+}

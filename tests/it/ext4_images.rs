@@ -720,3 +720,60 @@ fn a_symlink_target_longer_than_a_block_is_refused() {
     assert_eq!(sha256(&img), before);
     assert!(listing(&outdir).is_empty(), "{:?}", listing(&outdir));
 }
+
+/// `verify --no-credentials` on raw ext4 (mke2fs -d), its img2simg sparse
+/// form and zstd/xz compressed copies: a fresh base passes, a stamped
+/// image fails naming device.conf. Metadata only: the password is never
+/// read, so never shown.
+#[test]
+fn no_credentials_on_raw_sparse_and_compressed_ext4() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let clean = small_ext4(d, "clean.img");
+    let stamped = d.join("stamped.img");
+    let pw = write_password(d, PASSWORD);
+    let o = run(&mut provision_offline(&clean, &stamped, "azaion", &pw));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sparse = require(
+        run(std::process::Command::new("bash")
+            .arg("-c")
+            .arg("command -v img2simg"))
+        .status
+        .success(),
+        "img2simg (android-sdk-libsparse-utils) not installed",
+    );
+    for (name, image, want) in [("clean", &clean, 0), ("stamped", &stamped, 1)] {
+        let mut forms = vec![image.clone()];
+        if sparse {
+            let simg = d.join(format!("{name}.simg"));
+            sh(&format!("img2simg {} {}", image.display(), simg.display()));
+            forms.push(simg);
+        }
+        for (codec, suffix) in [("zstd -q -k -f", "zst"), ("xz -k -f -T1", "xz")] {
+            sh(&format!("{codec} {}", image.display()));
+            forms.push(PathBuf::from(format!("{}.{suffix}", image.display())));
+        }
+        for form in &forms {
+            let o = run(bin().args(["verify", "--no-credentials"]).arg(form));
+            let out = stdout(&o);
+            assert_eq!(
+                o.status.code(),
+                Some(want),
+                "{}: {out}{}",
+                form.display(),
+                stderr(&o)
+            );
+            assert!(!out.contains(PASSWORD));
+            if want == 0 {
+                assert!(out.contains("pass absent"), "{out}");
+                assert!(out.contains("clean, no device credentials"), "{out}");
+            } else {
+                assert!(
+                    out.contains("FAIL absent                 /etc/azaion/device.conf is present: file 0600 1001:1001, 106 bytes"),
+                    "{}: {out}",
+                    form.display()
+                );
+            }
+        }
+    }
+}

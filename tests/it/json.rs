@@ -272,9 +272,11 @@ fn documents_keep_their_text() {
     let out = d.join("out");
     fs::create_dir(&out).unwrap();
     fs::write(out.join("AZJN-0002-base.tar"), "not ours").unwrap();
+    // An owner given (no warning): the document as it always was.
     let b = run(bin()
         .args(["provision", "--json", "--offline", "--password-file"])
         .arg(&pw)
+        .args(["--owner", "root:root"])
         .args(["--serial", "AZJN-0001", "--serial", "AZJN-0002", "--image"])
         .arg(&input)
         .arg("--output")

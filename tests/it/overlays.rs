@@ -342,21 +342,28 @@ fn devices_csv_values_with_quotes_commas_and_newlines_reach_each_image() {
 
     // A blank value, or a variable with no column, stops the run before
     // any device is written; the message names the device and the name.
+    // Bytes that are not UTF-8 are refused where they are, not replaced.
+    let not_utf8 = format!("{}, line 3: not UTF-8 text", devices.display());
     for (csv, says) in [
         (
-            "serial,hostname,site\nAZJN-0001,a,b\nAZJN-0002,,b\n",
+            &b"serial,hostname,site\nAZJN-0001,a,b\nAZJN-0002,,b\n"[..],
             "device AZJN-0002: the overlay uses {hostname}",
         ),
         (
-            "serial,hostname\nAZJN-0001,a\n",
+            b"serial,hostname\nAZJN-0001,a\n",
             "device AZJN-0001: the overlay uses {site}",
         ),
         (
-            "serial,hostname,site\nAZJN-0001,a\n",
+            b"serial,hostname,site\nAZJN-0001,a\n",
             "line 2: 2 fields, but the header names 3",
+        ),
+        (
+            b"serial,hostname,site\nAZJN-0001,a,b\nAZJN-0002,b,M\xfcnchen\n",
+            &not_utf8,
         ),
     ] {
         fs::write(&devices, csv).unwrap();
+        let csv = String::from_utf8_lossy(csv);
         let out = d.join("refused");
         let o = run(offline(d, &["--overlay", spec.to_str().unwrap()])
             .arg("--devices")

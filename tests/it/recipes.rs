@@ -156,6 +156,139 @@ fn buildroot_post_image_script() {
     assert!(stderr(&o).contains("no rootfs.tar"), "{}", stderr(&o));
 }
 
+/// genimage's A/B sdcard.img, as MBR (a boot partition, then rootfsA and
+/// rootfsB; MBR stores no names) and as GPT (named rootfsA and rootfsB):
+/// post-image.sh stamps both slots of each serial's copy with one
+/// password and one account call, and each slot logs in.
+#[test]
+fn buildroot_post_image_ab_sdcard() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let tree = ext4_tree(d, 0, Azaion::Absent);
+    for gpt in [false, true] {
+        let images = d.join(if gpt { "gpt" } else { "mbr" });
+        fs::create_dir_all(&images).unwrap();
+        let ext2 = images.join("rootfs.ext2");
+        assert!(mkfs(&tree, &ext2, &["-t", "ext4"], "8M").status.success());
+        let table = if gpt {
+            "label: gpt\nstart=2048, size=4096, type=uefi, name=boot\nstart=8192, size=16384, name=rootfsA\nstart=24576, size=16384, name=rootfsB\n"
+        } else {
+            "label: dos\nstart=2048, size=4096, type=c\nstart=8192, size=16384, type=83\nstart=24576, size=16384, type=83\n"
+        };
+        sh(&format!(
+            "truncate -s 21M {i}/sdcard.img && printf '{table}' | sfdisk -q {i}/sdcard.img && \
+             dd if={e} of={i}/sdcard.img bs=512 seek=8192 conv=notrunc status=none && \
+             dd if={e} of={i}/sdcard.img bs=512 seek=24576 conv=notrunc status=none",
+            i = images.display(),
+            e = ext2.display()
+        ));
+        let server = StubServer::start().unwrap();
+        let o = run(shell(&recipe("buildroot/post-image.sh"))
+            .arg(&images)
+            .env("IMPRINT_SERIALS", serials_file(d))
+            .env("IMPRINT_API_URL", server.url()));
+        assert!(
+            o.status.success(),
+            "gpt {gpt}: {}\n{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        assert!(stdout(&o).contains("4 images"), "{}", stdout(&o));
+        let slots = if gpt {
+            "sdcard.img: partitions 2 \"rootfsA\", 3 \"rootfsB\""
+        } else {
+            "sdcard.img: partitions 2, 3"
+        };
+        assert!(stdout(&o).contains(slots), "{}", stdout(&o));
+        let posts = server
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST")
+            .count();
+        assert_eq!(posts, 2, "one account call per serial");
+        assert_eq!(server.requests().len(), 2);
+        for s in ["AZJN-0101", "AZJN-0102"] {
+            let card = images.join(format!("per-serial/{s}-sdcard.img"));
+            let mut confs = Vec::new();
+            for slot in ["2", "3"] {
+                let v = run(bin().arg("verify").arg(&card).args([
+                    "--serial",
+                    s,
+                    "--owner",
+                    "azaion",
+                    "--partition",
+                    slot,
+                    "--login-url",
+                    &server.url(),
+                ]));
+                assert!(
+                    v.status.success(),
+                    "gpt {gpt} {s} partition {slot}: {}{}",
+                    stdout(&v),
+                    stderr(&v)
+                );
+                let c = run(bin()
+                    .arg("cat")
+                    .arg(&card)
+                    .arg("/etc/azaion/device.conf")
+                    .args(["--partition", slot]));
+                assert!(c.status.success(), "{}", stderr(&c));
+                confs.push(c.stdout);
+            }
+            assert_eq!(
+                confs[0], confs[1],
+                "gpt {gpt} {s}: both slots, one device.conf"
+            );
+            logs_in(
+                &images.join(format!("per-serial/{s}-rootfs.ext2")),
+                s,
+                &server,
+            );
+        }
+        // A rebuilt sdcard.img (a new boot partition) is stamped again in
+        // both slots with the password its copies carry: no account call
+        // changes a password.
+        let passwords: Vec<String> = ["AZJN-0101", "AZJN-0102"]
+            .iter()
+            .map(|s| server.password_of(&email_of(s)).unwrap())
+            .collect();
+        sh(&format!(
+            "printf new | dd of={}/sdcard.img bs=512 seek=2048 conv=notrunc status=none",
+            images.display()
+        ));
+        let o = run(shell(&recipe("buildroot/post-image.sh"))
+            .arg(&images)
+            .env("IMPRINT_SERIALS", serials_file(d))
+            .env("IMPRINT_API_URL", server.url()));
+        assert!(
+            o.status.success(),
+            "gpt {gpt}: {}\n{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        assert!(
+            stdout(&o).contains("AZJN-0101: rebuilt from the new base, password kept"),
+            "{}",
+            stdout(&o)
+        );
+        for (s, pw) in ["AZJN-0101", "AZJN-0102"].iter().zip(&passwords) {
+            assert_eq!(&server.password_of(&email_of(s)).unwrap(), pw, "{s}");
+            let card = images.join(format!("per-serial/{s}-sdcard.img"));
+            for slot in ["2", "3"] {
+                let c = run(bin()
+                    .arg("cat")
+                    .arg(&card)
+                    .arg("/etc/azaion/device.conf")
+                    .args(["--partition", slot]));
+                assert!(
+                    String::from_utf8_lossy(&c.stdout).contains(pw.as_str()),
+                    "gpt {gpt} {s} partition {slot}"
+                );
+            }
+        }
+    }
+}
+
 /// The stand-ins for NVIDIA's scripts (tests/standins/l4t): flash.sh and
 /// tools/kernel_flash/l4t_initrd_flash.sh, with the files and flags of the
 /// real ones.
@@ -407,6 +540,548 @@ fn l4t_initrd_station_stamps_what_initrd_flash_reads() {
     }
 }
 
+/// station.sh run in `l4t` with the stand-in flash.sh against the stub
+/// API: `env` adds to the environment (ROOTFS_AB, ROOTFS_ENC, ...).
+fn station_online(
+    l4t: &Path,
+    device: &Path,
+    server: &StubServer,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> std::process::Output {
+    let mut c = shell(&recipe("l4t/station.sh"));
+    c.current_dir(l4t)
+        .args(args)
+        .env("IMPRINT_API_URL", server.url())
+        .env("L4T_STANDIN_DEVICE", device)
+        .env_remove("ROOTFS_AB")
+        .env_remove("ROOTFS_ENC");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    run(&mut c)
+}
+
+/// The account calls the stub saw (its /login checks left out).
+fn account_calls(server: &StubServer) -> Vec<String> {
+    server
+        .requests()
+        .iter()
+        .filter(|r| r.path != "/login")
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}
+
+/// The password in a device.conf.
+fn password_in(conf: &str) -> String {
+    conf.lines()
+        .find_map(|l| l.strip_prefix("AZAION_DEVICE_PASSWORD="))
+        .unwrap_or_else(|| panic!("no password in {conf}"))
+        .trim_matches('"')
+        .to_string()
+}
+
+/// ROOTFS_AB=1: flash.sh -r also flashes bootloader/system.img_b to APP_b
+/// and boots it with the UUID in l4t-rootfs-uuid.txt_b. --prepare keeps
+/// both images and both UUID files; each device gets its credentials in
+/// both slots with one password and one account call; slot B boots under
+/// its own UUID; both bases are back afterwards, also when flashing fails;
+/// a run without ROOTFS_AB after an A/B --prepare is refused.
+#[test]
+fn l4t_station_ab_stamps_both_slots_with_one_password() {
+    let dir = TempDir::new().unwrap();
+    let l4t = l4t_tree(dir.path());
+    let device = dir.path().join("device");
+    let server = StubServer::start().unwrap();
+    let ab = [("ROOTFS_AB", "1")];
+    let o = station_online(
+        &l4t,
+        &device,
+        &server,
+        &ab,
+        &["--prepare", BOARD, "mmcblk0p1"],
+    );
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let bl = l4t.join("bootloader");
+    for f in ["system.img", "system.img_b"] {
+        assert_eq!(sha256(&bl.join(format!("{f}.base"))), sha256(&bl.join(f)));
+    }
+    assert_eq!(
+        fs::read(bl.join("system.img_b.base.uuid")).unwrap(),
+        fs::read(bl.join("l4t-rootfs-uuid.txt_b")).unwrap()
+    );
+    let bases = [
+        sha256(&bl.join("system.img")),
+        sha256(&bl.join("system.img_b")),
+    ];
+
+    let modes = dir.path().join("modes");
+    let mut ab_modes = ab.to_vec();
+    let modes_str = modes.to_string_lossy().to_string();
+    ab_modes.push(("L4T_STANDIN_MODES", &modes_str));
+    for (n, serial) in ["AZJN-0042", "AZJN-0043"].iter().enumerate() {
+        let o = station_online(
+            &l4t,
+            &device,
+            &server,
+            &ab_modes,
+            &[serial, BOARD, "mmcblk0p1"],
+        );
+        assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+        let calls = account_calls(&server);
+        assert_eq!(calls.len(), n + 1, "one account call per device: {calls:?}");
+        assert_eq!(calls[n], "POST /users");
+        let pw = server.password_of(&email_of(serial)).unwrap();
+        for slot in ["APP", "APP_b"] {
+            let img = device.join(format!("{slot}.img"));
+            let (conf, owner, cap) = app_partition(&img);
+            assert_eq!(
+                password_in(&conf),
+                pw,
+                "{serial} {slot}: the API's password"
+            );
+            assert_eq!(owner, "1001:1001 600", "{serial} {slot}");
+            assert_eq!(cap, CAPABILITY_HEX, "{serial} {slot}");
+            logs_in(&img, serial, &server);
+            let uuid = fs::read_to_string(device.join(format!("{slot}.partuuid"))).unwrap();
+            let extlinux = debugfs(&img, "cat /boot/extlinux/extlinux.conf");
+            assert!(
+                extlinux.contains(&format!("root=PARTUUID={}", uuid.trim())),
+                "{slot}: {extlinux}"
+            );
+        }
+        assert_ne!(
+            fs::read_to_string(device.join("APP.partuuid")).unwrap(),
+            fs::read_to_string(device.join("APP_b.partuuid")).unwrap()
+        );
+        assert_eq!(
+            fs::read_to_string(&modes).unwrap(),
+            "system.img 600\nsystem.img_b 600\n".repeat(n + 1),
+            "the stamped copies flashed are 0600"
+        );
+        assert_eq!(sha256(&bl.join("system.img")), bases[0], "base A is back");
+        assert_eq!(sha256(&bl.join("system.img_b")), bases[1], "base B is back");
+    }
+
+    // A failed flash puts both bases back.
+    let mut fail = ab.to_vec();
+    fail.push(("L4T_STANDIN_FAIL", "1"));
+    let o = station_online(
+        &l4t,
+        &device,
+        &server,
+        &fail,
+        &["AZJN-0044", BOARD, "mmcblk0p1"],
+    );
+    assert!(!o.status.success());
+    assert_eq!(sha256(&bl.join("system.img")), bases[0]);
+    assert_eq!(sha256(&bl.join("system.img_b")), bases[1]);
+
+    // Without ROOTFS_AB after an A/B --prepare: refused, no account call.
+    let calls = account_calls(&server).len();
+    let o = station_online(
+        &l4t,
+        &device,
+        &server,
+        &[],
+        &["AZJN-0045", BOARD, "mmcblk0p1"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("ROOTFS_AB=1"), "{}", stderr(&o));
+    assert_eq!(account_calls(&server).len(), calls);
+}
+
+/// ROOTFS_ENC=1 makes flash.sh flash system_boot.img and the LUKS container
+/// system_root_encrypted.img, not system.img: refused with a message that
+/// says so, on a fresh tree and on one prepared without it, before any
+/// account call or flash. A layout whose APP image is not the system.img
+/// flash.sh builds is refused too.
+#[test]
+fn l4t_station_refuses_what_it_cannot_stamp() {
+    let dir = TempDir::new().unwrap();
+    let l4t = l4t_tree(dir.path());
+    let device = dir.path().join("device");
+    let server = StubServer::start().unwrap();
+    let enc = [("ROOTFS_ENC", "1")];
+    let o = station_online(
+        &l4t,
+        &device,
+        &server,
+        &enc,
+        &["--prepare", BOARD, "mmcblk0p1"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("encrypted rootfs is not served yet"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("cannot stat"), "{}", stderr(&o));
+
+    let o = station_online(
+        &l4t,
+        &device,
+        &server,
+        &[],
+        &["--prepare", BOARD, "mmcblk0p1"],
+    );
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let o = station_online(
+        &l4t,
+        &device,
+        &server,
+        &enc,
+        &["AZJN-0043", BOARD, "mmcblk0p1"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("encrypted rootfs is not served yet"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stdout(&o).contains("flashed"), "{}", stdout(&o));
+    assert!(!device.exists(), "nothing was flashed");
+    assert_eq!(server.requests().len(), 0);
+
+    // A board whose layout flashes another file to APP.
+    fs::write(
+        l4t.join("custom.xml"),
+        "<partition_layout>\n    <device type=\"sdmmc_user\">\n        <partition name=\"APP\" type=\"data\">\n            <unique_guid> APPUUID </unique_guid>\n            <filename> custom_rootfs.img </filename>\n        </partition>\n    </device>\n</partition_layout>\n",
+    )
+    .unwrap();
+    fs::write(l4t.join("custom_rootfs.img"), "").unwrap();
+    fs::copy(
+        l4t.join("custom_rootfs.img"),
+        l4t.join("bootloader/custom_rootfs.img"),
+    )
+    .unwrap();
+    fs::write(l4t.join(format!("{BOARD}.conf")), "EMMC_CFG=custom.xml\n").unwrap();
+    // The board config changed after --prepare: refused per device.
+    let o = station_online(
+        &l4t,
+        &device,
+        &server,
+        &[],
+        &["AZJN-0043", BOARD, "mmcblk0p1"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("is not the one --prepare read"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!device.exists());
+    let o = station_online(
+        &l4t,
+        &device,
+        &server,
+        &[],
+        &["--prepare", BOARD, "mmcblk0p1"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("custom_rootfs.img"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cannot stamp"), "{}", stderr(&o));
+    assert!(!l4t.join("bootloader/system.img.base").exists());
+}
+
+fn initrd_station(
+    l4t: &Path,
+    device: &Path,
+    server: &StubServer,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> std::process::Output {
+    let mut c = shell(&recipe("l4t/initrd-station.sh"));
+    c.current_dir(l4t)
+        .args(args)
+        .env("IMPRINT_API_URL", server.url())
+        .env("L4T_STANDIN_DEVICE", device)
+        .env_remove("ROOTFS_AB")
+        .env_remove("ROOTFS_ENC");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    run(&mut c)
+}
+
+/// --massflash flashes every device in recovery mode from one images/, so
+/// they would all get one serial's credentials: refused at --prepare and
+/// per device, before any account call or flash, with what to do instead.
+/// ROOTFS_ENC=1 is refused too.
+#[test]
+fn l4t_initrd_station_refuses_massflash_and_encryption() {
+    let dir = TempDir::new().unwrap();
+    let l4t = l4t_tree(dir.path());
+    let device = dir.path().join("device");
+    let server = StubServer::start().unwrap();
+    let rcm = [("L4T_STANDIN_RCM", "1-1 1-2 1-3")];
+    let o = initrd_station(
+        &l4t,
+        &device,
+        &server,
+        &rcm,
+        &["--prepare", "--massflash", "3", BOARD, "internal"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    for what in [
+        "--massflash",
+        "same tools/kernel_flash/images/",
+        "--usb-instance",
+    ] {
+        assert!(stderr(&o).contains(what), "{what}: {}", stderr(&o));
+    }
+    let o = initrd_station(
+        &l4t,
+        &device,
+        &server,
+        &rcm,
+        &["--prepare", BOARD, "internal"],
+    );
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let o = initrd_station(
+        &l4t,
+        &device,
+        &server,
+        &rcm,
+        &["AZJN-0042", "--massflash", "3", BOARD, "internal"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("--massflash"), "{}", stderr(&o));
+    assert_eq!(server.requests().len(), 0);
+    assert!(!device.exists(), "nothing was flashed");
+
+    // One device of the three, chosen by its USB port, is fine.
+    let o = initrd_station(
+        &l4t,
+        &device,
+        &server,
+        &rcm,
+        &["AZJN-0042", "--usb-instance", "1-2", BOARD, "internal"],
+    );
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    verifies(&device.join("internal-APP"), "AZJN-0042");
+
+    let o = initrd_station(
+        &l4t,
+        &device,
+        &server,
+        &[("ROOTFS_ENC", "1")],
+        &["--prepare", BOARD, "internal"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("encrypted rootfs is not served yet"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// Initrd flash with ROOTFS_AB=1: flash.cfg names APP=system.img and
+/// APP_b=system.img_b; both slots get the device's credentials with one
+/// password and one account call, and images/ is pristine afterwards.
+#[test]
+fn l4t_initrd_station_ab_stamps_both_slots() {
+    let dir = TempDir::new().unwrap();
+    let l4t = l4t_tree(dir.path());
+    let device = dir.path().join("device");
+    let server = StubServer::start().unwrap();
+    let ab = [("ROOTFS_AB", "1")];
+    let o = initrd_station(
+        &l4t,
+        &device,
+        &server,
+        &ab,
+        &["--prepare", BOARD, "internal"],
+    );
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let images = l4t.join("tools/kernel_flash/images/internal");
+    let cfg = fs::read_to_string(images.join("flash.cfg")).unwrap();
+    assert!(
+        cfg.contains("APP=system.img\n") && cfg.contains("APP_b=system.img_b\n"),
+        "{cfg}"
+    );
+    let pristine = [
+        sha256(&images.join("system.img")),
+        sha256(&images.join("system.img_b")),
+    ];
+    let o = initrd_station(
+        &l4t,
+        &device,
+        &server,
+        &ab,
+        &["AZJN-0042", BOARD, "internal"],
+    );
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert_eq!(account_calls(&server), ["POST /users"]);
+    let pw = server.password_of(&email_of("AZJN-0042")).unwrap();
+    for slot in ["APP", "APP_b"] {
+        let target = device.join(format!("internal-{slot}"));
+        let (conf, owner, _) = app_partition(&target);
+        assert_eq!(password_in(&conf), pw, "{slot}");
+        assert_eq!(owner, "1001:1001 600", "{slot}");
+        logs_in(&target, "AZJN-0042", &server);
+    }
+    assert_eq!(sha256(&images.join("system.img")), pristine[0]);
+    assert_eq!(sha256(&images.join("system.img_b")), pristine[1]);
+}
+
+/// Image-based OTA: ota-package.sh refuses to build the payload from a
+/// stamped rootfs/, adds etc/azaion/device.conf to the backup list, and
+/// builds it from the clean tree; the payload carries no credentials; the
+/// OTA updater run over a stamped device keeps its device.conf (content,
+/// owner, mode) while replacing the rest. With the list as NVIDIA ships it
+/// the same update loses the file.
+#[test]
+fn l4t_ota_keeps_device_conf_and_builds_only_from_a_clean_base() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let l4t = l4t_tree(d);
+    let ota = l4t.join("tools/ota_tools/version_upgrade");
+    fs::create_dir_all(&ota).unwrap();
+    for f in [
+        "l4t_generate_ota_package.sh",
+        "nv_ota_preserve_data.sh",
+        "nv_ota_rootfs_updater.sh",
+        "ota_backup_files_list.txt",
+    ] {
+        fs::copy(
+            standin(&format!("tools/ota_tools/version_upgrade/{f}")),
+            ota.join(f),
+        )
+        .unwrap();
+    }
+    let pw = write_password(d, PASSWORD);
+    // A device in the field, flashed with its credentials (release 1).
+    fs::write(l4t.join("rootfs/etc/release"), "1\n").unwrap();
+    let app = d.join("device-APP");
+    sh(&format!("cp -a {}/rootfs {}", l4t.display(), app.display()));
+    let stamp = |tree: &Path| {
+        let o = run(&mut provision_offline_dir(tree, &pw));
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    stamp(&app);
+    let stamped = fs::read_to_string(app.join("etc/azaion/device.conf")).unwrap();
+
+    // Release 2, with the runbook's staging tree left stamped: refused.
+    fs::write(l4t.join("rootfs/etc/release"), "2\n").unwrap();
+    stamp(&l4t.join("rootfs"));
+    let package = |env: &[(&str, &str)]| {
+        let mut c = shell(&recipe("l4t/ota-package.sh"));
+        c.current_dir(&l4t).args([BOARD, "R35-3"]);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        run(&mut c)
+    };
+    let payload = l4t.join(format!("bootloader/{BOARD}/ota_payload_package.tar.gz"));
+    let o = package(&[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("holds device credentials"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!payload.exists(), "no payload from a stamped tree");
+
+    fs::remove_file(l4t.join("rootfs/etc/azaion/device.conf")).unwrap();
+    let o = package(&[]);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let list = fs::read_to_string(ota.join("ota_backup_files_list.txt")).unwrap();
+    assert!(
+        list.lines().any(|l| l == "etc/azaion/device.conf"),
+        "{list}"
+    );
+    // Run again: the entry is not added twice.
+    assert!(package(&[]).status.success());
+    let list = fs::read_to_string(ota.join("ota_backup_files_list.txt")).unwrap();
+    assert_eq!(list.matches("etc/azaion/device.conf").count(), 1, "{list}");
+
+    // On the device: the payload unpacked into the OTA work directory,
+    // then the rootfs updater.
+    let update = |app: &Path, payload: &Path| {
+        let work = d.join(format!(
+            "work-{}",
+            app.file_name().unwrap().to_string_lossy()
+        ));
+        fs::create_dir_all(&work).unwrap();
+        sh(&format!(
+            "tar -xzf {p} -C {w} && tar -xf {w}/ota_package.tar -C {w}",
+            p = payload.display(),
+            w = work.display()
+        ));
+        let listing = stdout(&sh(&format!(
+            "tar -tzf {}",
+            work.join("internal_device/system.img").display()
+        )));
+        assert!(
+            !listing.contains("azaion/device.conf"),
+            "the payload carries credentials"
+        );
+        let o = run(Command::new(work.join("nv_ota_rootfs_updater.sh"))
+            .arg("-p")
+            .arg(app)
+            .arg("-d")
+            .arg(&work)
+            .arg(work.join("internal_device/system.img")));
+        assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+        assert_eq!(fs::read_to_string(app.join("etc/release")).unwrap(), "2\n");
+    };
+    update(&app, &payload);
+    let conf = app.join("etc/azaion/device.conf");
+    assert_eq!(fs::read_to_string(&conf).unwrap(), stamped);
+    let o = sh(&format!("stat -c '%u:%g %a' {}", conf.display()));
+    assert_eq!(stdout(&o).trim(), "1001:1001 600");
+    verifies(&app, "AZJN-0042");
+
+    // The list as shipped: the update deletes device.conf.
+    fs::copy(
+        standin("tools/ota_tools/version_upgrade/ota_backup_files_list.txt"),
+        ota.join("ota_backup_files_list.txt"),
+    )
+    .unwrap();
+    let o = run(Command::new(ota.join("l4t_generate_ota_package.sh"))
+        .current_dir(&l4t)
+        .args([BOARD, "R35-3"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let other = d.join("device2-APP");
+    sh(&format!("cp -a {} {}", app.display(), other.display()));
+    update(&other, &payload);
+    assert!(!other.join("etc/azaion/device.conf").exists());
+
+    // A list naming /etc/azaion/device.conf is refused: that form is not kept.
+    fs::write(
+        ota.join("ota_backup_files_list.txt"),
+        "/etc/azaion/device.conf\n",
+    )
+    .unwrap();
+    let o = package(&[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("Write it as etc/azaion/device.conf"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// `imprint provision --offline --rootfs-dir TREE` for AZJN-0042, owned by
+/// azaion.
+fn provision_offline_dir(tree: &Path, pw: &Path) -> Command {
+    let mut c = bin();
+    c.args([
+        "provision",
+        "--offline",
+        "--serial",
+        "AZJN-0042",
+        "--owner",
+        "azaion",
+    ])
+    .arg("--password-file")
+    .arg(pw)
+    .arg("--rootfs-dir")
+    .arg(tree);
+    c
+}
+
 /// The sample rootfs has no user yet (l4t_create_default_user.sh adds one
 /// later): per-serial tarballs get a numeric owner, 1000:1000 (useradd's
 /// first UID), which is the azaion user once it is created.
@@ -456,24 +1131,86 @@ fn l4t_sample_rootfs_tarballs_get_the_first_users_ids() {
 }
 
 /// The staging flow: after apply_binaries.sh and l4t_create_default_user.sh
-/// the user exists, and device.conf is written into rootfs/ in place,
-/// owned by it by name.
+/// the user exists, device.conf is written into rootfs/ in place, owned by
+/// it by name, the flash command runs with it there, and afterwards the
+/// file is gone and the tree passes the clean-base check, also when the
+/// flash fails.
 #[test]
 fn l4t_sample_rootfs_staging_tree_after_the_user_exists() {
     let dir = TempDir::new().unwrap();
     let root = make_rootfs(dir.path(), "rootfs");
     let pw = write_password(dir.path(), PASSWORD);
+    let flashed = dir.path().join("flashed.conf");
+    // The flash command: copies what flash.sh would build system.img from.
+    let flash = format!(
+        "cp {} {}",
+        root.join("etc/azaion/device.conf").display(),
+        flashed.display()
+    );
+    let staging = |cmd: &str| {
+        run(shell(&recipe("l4t/sample-rootfs.sh"))
+            .arg("--rootfs-dir")
+            .arg(&root)
+            .args(["AZJN-0042", "--", "sh", "-c", cmd])
+            .env("IMPRINT_OFFLINE_PASSWORD_FILE", &pw))
+    };
+    let o = staging(&flash);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert_eq!(
+        fs::read_to_string(&flashed).unwrap(),
+        conf_text(EMAIL, PASSWORD)
+    );
+    assert!(!root.join("etc/azaion/device.conf").exists());
+    let clean = run(bin().args(["verify", "--no-credentials"]).arg(&root));
+    assert!(clean.status.success(), "{}", stderr(&clean));
+
+    let o = staging("exit 3");
+    assert!(!o.status.success());
+    assert!(
+        !root.join("etc/azaion/device.conf").exists(),
+        "removed after a failed flash"
+    );
+
+    // No flash command: refused, nothing written.
     let o = run(shell(&recipe("l4t/sample-rootfs.sh"))
         .arg("--rootfs-dir")
         .arg(&root)
         .arg("AZJN-0042")
         .env("IMPRINT_OFFLINE_PASSWORD_FILE", &pw));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!root.join("etc/azaion/device.conf").exists());
+}
+
+/// The staging flow with the stand-in flash.sh and ROOTFS_ENC=1: flash.sh
+/// builds the encrypted rootfs image from the stamped rootfs/, so the
+/// device's APP_ENC partition carries the credentials (the stand-in does
+/// not encrypt: this checks which file goes where), and rootfs/ is clean
+/// afterwards.
+#[test]
+fn l4t_sample_rootfs_staging_tree_serves_encrypted_rootfs() {
+    let dir = TempDir::new().unwrap();
+    let l4t = l4t_tree(dir.path());
+    let device = dir.path().join("device");
+    let pw = write_password(dir.path(), PASSWORD);
+    let o = run(shell(&recipe("l4t/sample-rootfs.sh"))
+        .current_dir(&l4t)
+        .args([
+            "--rootfs-dir",
+            "rootfs",
+            "AZJN-0042",
+            "--",
+            "./flash.sh",
+            BOARD,
+            "mmcblk0p1",
+        ])
+        .env("IMPRINT_OFFLINE_PASSWORD_FILE", &pw)
+        .env("ROOTFS_ENC", "1")
+        .env("L4T_STANDIN_DEVICE", &device));
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
-    assert_eq!(
-        fs::read_to_string(root.join("etc/azaion/device.conf")).unwrap(),
-        conf_text(EMAIL, PASSWORD)
-    );
-    verifies(&root, "AZJN-0042");
+    let (conf, owner, _) = app_partition(&device.join("APP_ENC.img"));
+    assert_eq!(conf, conf_text(EMAIL, PASSWORD));
+    assert_eq!(owner, "1001:1001 600");
+    assert!(!l4t.join("rootfs/etc/azaion/device.conf").exists());
 }
 
 /// Where .ci/run installs BitBake's `bb` package (the bitbake-setup wheel
@@ -941,6 +1678,10 @@ struct CiRun {
     server: StubServer,
     base: PathBuf,
     base_sha256: String,
+    /// `github.run_id`: one per workflow run (all jobs of a run share it).
+    run_id: std::cell::Cell<u32>,
+    /// The `rotate` input (GitHub) or `ROTATE` pipeline variable (GitLab).
+    rotate: std::cell::Cell<bool>,
 }
 
 impl CiRun {
@@ -963,6 +1704,93 @@ impl CiRun {
             server: StubServer::start().unwrap(),
             base,
             base_sha256,
+            run_id: std::cell::Cell::new(1),
+            rotate: std::cell::Cell::new(false),
+        }
+    }
+
+    /// A new release of the base: the same tree with an /etc/version.
+    fn rebuild_base(&mut self, version: &str) {
+        let tree = self.dir.path().join("tree");
+        fs::write(tree.join("etc/version"), version).unwrap();
+        assert!(mkfs(&tree, &self.base, &["-t", "ext4"], "16M")
+            .status
+            .success());
+        self.base_sha256 = sha256(&self.base);
+    }
+
+    /// Every serial's password at the API.
+    fn passwords(&self, serials: &[String]) -> Vec<String> {
+        serials
+            .iter()
+            .map(|s| self.server.password_of(&email_of(s)).unwrap())
+            .collect()
+    }
+
+    fn patches(&self) -> usize {
+        let r = self.server.requests();
+        r.iter().filter(|q| q.method == "PATCH").count()
+    }
+
+    /// The next workflow run.
+    fn next_run(&self) {
+        self.run_id.set(self.run_id.get() + 1);
+    }
+
+    /// Where the CI keeps caches (GitHub: immutable entries by key, in the
+    /// order saved; GitLab: one per key, overwritten).
+    fn caches(&self) -> PathBuf {
+        self.dir.path().join("caches")
+    }
+
+    /// The cache entries saved so far, oldest first.
+    fn cache_keys(&self) -> Vec<String> {
+        fs::read_to_string(self.caches().join("index"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Copies `ws/path` into the cache under `key` (nothing when the path
+    /// is absent, as the cache actions and GitLab only warn then).
+    fn save_cache(&self, ws: &Path, path: &str, key: &str, immutable: bool) {
+        let from = ws.join(path.trim_end_matches('/'));
+        if !from.exists() {
+            return;
+        }
+        let entry = self.caches().join(key);
+        if immutable {
+            assert!(!entry.exists(), "cache key {key} saved twice");
+        }
+        let _ = fs::remove_dir_all(&entry);
+        fs::create_dir_all(&entry).unwrap();
+        sh(&format!(
+            "cd {} && cp -a --parents {} {}/",
+            ws.display(),
+            path.trim_end_matches('/'),
+            entry.display()
+        ));
+        let mut keys = self.cache_keys();
+        keys.retain(|k| k != key);
+        keys.push(key.to_string());
+        fs::write(self.caches().join("index"), keys.join("\n")).unwrap();
+    }
+
+    /// Restores the entry `key`, else the newest whose key starts with
+    /// `prefix`, into the workspace.
+    fn restore_cache(&self, ws: &Path, key: &str, prefix: Option<&str>) {
+        let keys = self.cache_keys();
+        let hit = keys.iter().find(|k| *k == key).or_else(|| {
+            let prefix = prefix?;
+            keys.iter().rev().find(|k| k.starts_with(prefix))
+        });
+        if let Some(hit) = hit {
+            sh(&format!(
+                "cp -a {}/. {}/",
+                self.caches().join(hit).display(),
+                ws.display()
+            ));
         }
     }
 
@@ -978,8 +1806,11 @@ impl CiRun {
         ws
     }
 
+    /// This run's artifact store.
     fn artifacts(&self) -> PathBuf {
-        self.dir.path().join("artifacts")
+        self.dir
+            .path()
+            .join(format!("artifacts/run{}", self.run_id.get()))
     }
 
     /// What the CI's variables and secrets hold.
@@ -987,6 +1818,9 @@ impl CiRun {
         match expr {
             "inputs.serials" => "factory/serials.txt".into(),
             "inputs.base_sha256" => self.base_sha256.clone(),
+            "inputs.rotate" => self.rotate.get().to_string(),
+            "github.run_id" => self.run_id.get().to_string(),
+            "github.run_attempt" => "1".into(),
             "vars.BASE_IMAGE_URL" => format!("file://{}", self.base.display()),
             "vars.IMPRINT_API_URL" => self.server.url(),
             "secrets.IMPRINT_API_TOKEN" => "ci-token".into(),
@@ -1055,17 +1889,33 @@ fn github_job(
     matrix: Option<&str>,
 ) -> std::process::Output {
     let spec = &workflow["jobs"][job];
-    let ws = ci.workspace(&format!("{job}-{}", matrix.unwrap_or("")));
+    let ws = ci.workspace(&format!(
+        "{job}-{}-run{}",
+        matrix.unwrap_or(""),
+        ci.run_id.get()
+    ));
     let mut env = yaml_env(&workflow["env"], ci, matrix);
     env.extend(yaml_env(&spec["env"], ci, matrix));
     let mut last = None;
+    let mut failed = None;
     for step in spec["steps"].as_sequence().unwrap() {
+        // After a failure only `if: always()` steps run; no other
+        // condition is used by the recipes.
+        let always = match step["if"].as_str() {
+            None => false,
+            Some("always()") => true,
+            Some(other) => panic!("{job}: unexpected if: {other}"),
+        };
+        if failed.is_some() && !always {
+            continue;
+        }
         if let Some(script) = step["run"].as_str() {
             let mut step_env = env.clone();
             step_env.extend(yaml_env(&step["env"], ci, matrix));
             let o = ci.script(&ws, script, &step_env);
             if !o.status.success() {
-                return o;
+                failed = Some(o);
+                continue;
             }
             last = Some(o);
             continue;
@@ -1073,7 +1923,11 @@ fn github_job(
         let uses = step["uses"].as_str().unwrap();
         let with = yaml_env(&step["with"], ci, matrix);
         let get = |k: &str| with.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        if uses.starts_with("actions/upload-artifact") {
+        if uses.starts_with("actions/cache/restore") {
+            ci.restore_cache(&ws, &get("key").unwrap(), get("restore-keys").as_deref());
+        } else if uses.starts_with("actions/cache/save") {
+            ci.save_cache(&ws, &get("path").unwrap(), &get("key").unwrap(), true);
+        } else if uses.starts_with("actions/upload-artifact") {
             let name = get("name").unwrap();
             let days: u32 = get("retention-days")
                 .expect("retention-days")
@@ -1102,7 +1956,7 @@ fn github_job(
             assert!(uses.starts_with("actions/checkout"), "{job}: {uses}");
         }
     }
-    last.unwrap()
+    failed.or(last).unwrap()
 }
 
 fn serials(n: usize) -> Vec<String> {
@@ -1168,10 +2022,50 @@ fn ci_github_workflow_runs() {
     let workflow = ci_yaml("ci/github-actions.yml");
     github_rules(&workflow, "github-actions.yml");
     let list = serials(3);
-    let ci = CiRun::new(&list);
+    let mut ci = CiRun::new(&list);
     let o = github_job(&ci, &workflow, "images", None);
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
     assert_images_log_in(&ci, &ci.artifacts().join("per-serial-images/out"), &list);
+    let first = ci.passwords(&list);
+
+    // Reruns on fresh runners keep every password (no PATCH): of the same
+    // base (nothing rebuilt), and of a new base (rebuilt, passwords kept).
+    for version in [None, Some("release 2\n")] {
+        if let Some(v) = version {
+            ci.rebuild_base(v);
+        }
+        ci.next_run();
+        let o = github_job(&ci, &workflow, "images", None);
+        assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+        assert_eq!(ci.passwords(&list), first, "a rerun changed passwords");
+        assert_eq!(ci.patches(), 0);
+        assert_images_log_in(&ci, &ci.artifacts().join("per-serial-images/out"), &list);
+    }
+    // Rotation is asked for explicitly: every serial gets a new password.
+    ci.next_run();
+    ci.rotate.set(true);
+    let o = github_job(&ci, &workflow, "images", None);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let rotated = ci.passwords(&list);
+    assert!(rotated.iter().zip(&first).all(|(a, b)| a != b));
+    assert_images_log_in(&ci, &ci.artifacts().join("per-serial-images/out"), &list);
+    ci.rotate.set(false);
+
+    // A base that already holds a device's credentials stops the job
+    // before any API call.
+    let calls = ci.server.requests().len();
+    let pw = write_password(ci.dir.path(), PASSWORD);
+    let stamped = ci.dir.path().join("stamped.img");
+    let o = run(&mut provision_offline(&ci.base, &stamped, "azaion", &pw));
+    assert!(o.status.success(), "{}", stderr(&o));
+    fs::copy(&stamped, &ci.base).unwrap();
+    ci.base_sha256 = sha256(&ci.base);
+    ci.next_run();
+    let o = github_job(&ci, &workflow, "images", None);
+    assert!(!o.status.success());
+    assert!(stdout(&o).contains("NOT CLEAN"), "{}", stdout(&o));
+    assert_eq!(ci.server.requests().len(), calls);
+    assert_eq!(ci.passwords(&list), rotated);
 
     let mut bad = CiRun::new(&list);
     bad.base_sha256 = "0".repeat(64);
@@ -1212,12 +2106,27 @@ fn ci_github_sharded_workflow_runs_and_merges() {
         stdout(&o)
     );
     let merged = ci.artifacts().join("per-serial-manifest/manifest.json");
-    let out = ci.dir.path().join("ws/manifest-/out");
+    let out = ci.dir.path().join("ws/manifest--run1/out");
     assert_eq!(
         fs::read_to_string(&merged).unwrap(),
         fs::read_to_string(out.join("manifest.json")).unwrap()
     );
     assert_images_log_in(&ci, &out, &list);
+
+    // A rerun: every shard's outputs come back from its cache; no
+    // password changes, and the merge lists every serial again.
+    let first = ci.passwords(&list);
+    ci.next_run();
+    for shard in &shards {
+        let shard = shard.as_u64().unwrap().to_string();
+        let o = github_job(&ci, &workflow, "images", Some(&shard));
+        assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    }
+    let o = github_job(&ci, &workflow, "manifest", None);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert_eq!(ci.passwords(&list), first);
+    assert_eq!(ci.patches(), 0);
+    assert_images_log_in(&ci, &ci.dir.path().join("ws/manifest--run2/out"), &list);
 }
 
 /// One GitLab job, `parallel` runs of it if it has them, with the hidden
@@ -1236,7 +2145,14 @@ fn gitlab_job(ci: &CiRun, file: &serde_yaml::Value, job: &str) -> Vec<std::proce
     let total = spec["parallel"].as_u64().unwrap_or(1);
     let mut outputs = Vec::new();
     for index in 1..=total {
-        let ws = ci.workspace(&format!("{job}-{index}"));
+        let ws = ci.workspace(&format!("{job}-{index}-run{}", ci.run_id.get()));
+        let cache = &spec["cache"];
+        let cache_key = cache["key"]
+            .as_str()
+            .map(|k| k.replace("$CI_NODE_INDEX", &index.to_string()));
+        if let Some(key) = &cache_key {
+            ci.restore_cache(&ws, key, None);
+        }
         for need in spec["needs"].as_sequence().into_iter().flatten() {
             sh(&format!(
                 "for a in {}/{}-*; do cp -a \"$a\"/. {}/; done",
@@ -1254,12 +2170,23 @@ fn gitlab_job(ci: &CiRun, file: &serde_yaml::Value, job: &str) -> Vec<std::proce
             ("CI_NODE_INDEX".into(), index.to_string()),
             ("CI_NODE_TOTAL".into(), total.to_string()),
         ]);
+        // A pipeline variable overrides the job's.
+        if ci.rotate.get() {
+            env.push(("ROTATE".into(), "true".into()));
+        }
         let lines: Vec<&str> = ["before_script", "script"]
             .iter()
             .flat_map(|k| spec[*k].as_sequence().into_iter().flatten())
             .map(|l| l.as_str().unwrap())
             .collect();
         let o = ci.script(&ws, &lines.join("\n"), &env);
+        if let Some(key) = &cache_key {
+            if o.status.success() || cache["when"].as_str() == Some("always") {
+                for path in cache["paths"].as_sequence().unwrap() {
+                    ci.save_cache(&ws, path.as_str().unwrap(), key, false);
+                }
+            }
+        }
         if o.status.success() {
             let into = ci.artifacts().join(format!("{job}-{index}"));
             fs::create_dir_all(&into).unwrap();
@@ -1308,26 +2235,49 @@ fn ci_gitlab_jobs_run() {
         assert!(!rules[0]["if"].as_str().unwrap().contains("push"), "{job}");
     }
 
+    // One batch: run, rerun (same base, then a new one), then ROTATE.
     let list = serials(5);
-    let ci = CiRun::new(&list);
+    let mut ci = CiRun::new(&list);
+    let mut first = None;
+    for version in [None, None, Some("release 2\n")] {
+        if let Some(v) = version {
+            ci.rebuild_base(v);
+        }
+        for o in gitlab_job(&ci, &file, "per-serial-images") {
+            assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+        }
+        assert_images_log_in(&ci, &ci.artifacts().join("per-serial-images-1/out"), &list);
+        let now = ci.passwords(&list);
+        assert_eq!(first.get_or_insert_with(|| now.clone()), &now);
+        assert_eq!(ci.patches(), 0);
+        ci.next_run();
+    }
+    ci.rotate.set(true);
     for o in gitlab_job(&ci, &file, "per-serial-images") {
         assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
     }
     assert_images_log_in(&ci, &ci.artifacts().join("per-serial-images-1/out"), &list);
+    let first = first.unwrap();
+    assert!(ci.passwords(&list).iter().zip(&first).all(|(a, b)| a != b));
 
+    // Sharded: run and rerun, each merged; no password changes.
     let list = serials(9);
     let ci = CiRun::new(&list);
-    for o in gitlab_job(&ci, &file, "per-serial-images-sharded") {
-        assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let mut first = None;
+    for _ in 0..2 {
+        for o in gitlab_job(&ci, &file, "per-serial-images-sharded") {
+            assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+        }
+        for o in gitlab_job(&ci, &file, "per-serial-manifest") {
+            assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+        }
+        let ws = format!("ws/per-serial-manifest-1-run{}/out", ci.run_id.get());
+        assert_images_log_in(&ci, &ci.dir.path().join(ws), &list);
+        let now = ci.passwords(&list);
+        assert_eq!(first.get_or_insert_with(|| now.clone()), &now);
+        assert_eq!(ci.patches(), 0);
+        ci.next_run();
     }
-    for o in gitlab_job(&ci, &file, "per-serial-manifest") {
-        assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
-    }
-    assert_images_log_in(
-        &ci,
-        &ci.dir.path().join("ws/per-serial-manifest-1/out"),
-        &list,
-    );
 }
 
 /// Every imprint flag the recipes use exists.
@@ -1367,6 +2317,7 @@ fn ci_recipes_parse_and_use_real_flags() {
         "l4t/station.sh",
         "l4t/initrd-station.sh",
         "l4t/sample-rootfs.sh",
+        "l4t/ota-package.sh",
     ] {
         let text = fs::read_to_string(recipe(file))
             .unwrap()
@@ -1381,7 +2332,7 @@ fn ci_recipes_parse_and_use_real_flags() {
                     .split_whitespace()
                     .filter(|w| w.starts_with("--"))
                 {
-                    let flag = flag.trim_end_matches(['"', ';', ')']);
+                    let flag = flag.trim_end_matches(['"', ';', ')', '`']);
                     assert!(help.contains(flag), "{file}: `{sub}` has no flag {flag}");
                     checked += 1;
                 }

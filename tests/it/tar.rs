@@ -901,3 +901,182 @@ fn a_pzstd_archive_is_read_and_rewritten() {
         check_extracted(&c, tool, &server, (0, 0), true);
     }
 }
+
+/// `verify --no-credentials PATH` of one base: exit code and stdout.
+fn check_clean(base: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    let o = run(bin()
+        .args(["verify", "--no-credentials"])
+        .arg(base)
+        .args(extra));
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+    (o.status.code(), stdout(&o))
+}
+
+/// The clean-base check on a staging tree and on GNU tar archives of it
+/// in every codec: passes before the tree is stamped, fails after naming
+/// each file that holds a password (device.conf and an overlay's own),
+/// never showing the password; files without one are not its business.
+#[test]
+fn no_credentials_on_a_staging_tree_and_every_tar_codec() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = make_rootfs(tmp.path(), "rootfs");
+    let key_spec = tmp.path().join("key.toml");
+    fs::write(
+        &key_spec,
+        r#"
+[[entry]]
+path = "/etc/azaion/keys"
+type = "dir"
+mode = "0700"
+owner = "0:0"
+
+[[entry]]
+path = "/etc/azaion/keys/{serial}.secret"
+type = "file"
+mode = "0600"
+owner = "0:0"
+content = "{email} {password}\n"
+
+[[entry]]
+path = "/etc/azaion/serial"
+type = "file"
+mode = "0644"
+owner = "0:0"
+content = "{serial}\n"
+"#,
+    )
+    .unwrap();
+    let with_key = ["--overlay", key_spec.to_str().unwrap()];
+    let archives = |tag: &str| -> Vec<PathBuf> {
+        EXTENSIONS
+            .iter()
+            .map(|ext| {
+                let out = tmp.path().join(format!("{tag}.{ext}"));
+                make_tar(&root, &out, ext, "gnu", true);
+                out
+            })
+            .collect()
+    };
+    for base in std::iter::once(root.clone()).chain(archives("clean")) {
+        let (code, out) = check_clean(&base, &with_key);
+        assert_eq!(code, Some(0), "{}: {out}", base.display());
+        assert!(out.contains("pass absent"), "{out}");
+        assert!(out.contains("/etc/azaion/keys/{serial}.secret"), "{out}");
+        assert!(
+            out.ends_with(&format!(
+                "{}: clean, no device credentials in it\n",
+                base.display()
+            )),
+            "{out}"
+        );
+        let json = run(bin()
+            .args(["verify", "--no-credentials", "--json"])
+            .arg(&base));
+        assert_eq!(json.status.code(), Some(0));
+        let doc: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+        assert_eq!(
+            doc,
+            serde_json::json!({
+                "schema": "imprint.verify-clean/1",
+                "image": base.display().to_string(),
+                "passed": true,
+                "targets": ["/etc/azaion/device.conf"],
+                "found": [],
+            })
+        );
+    }
+
+    // The runbook's flow stamps the tree in place, with the extra overlay.
+    let pw = write_password(tmp.path(), PASSWORD);
+    let o = run(bin()
+        .args(["provision", "--offline", "--serial", SERIAL])
+        .args(with_key)
+        .arg("--password-file")
+        .arg(&pw)
+        .arg("--rootfs-dir")
+        .arg(&root));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let dirty = archives("stamped");
+    for base in std::iter::once(root.clone()).chain(dirty.iter().cloned()) {
+        let (code, out) = check_clean(&base, &with_key);
+        assert_eq!(code, Some(1), "{}: {out}", base.display());
+        assert!(!out.contains(PASSWORD), "{out}");
+        for found in [
+            "FAIL absent                 /etc/azaion/device.conf is present: file 0600 0:0, 106 bytes",
+            &format!("FAIL absent                 /etc/azaion/keys/{SERIAL}.secret is present: file 0600 0:0"),
+        ] {
+            assert!(out.contains(found), "{}: no {found:?} in\n{out}", base.display());
+        }
+        assert!(!out.contains("/etc/azaion/serial"), "{out}");
+        assert!(out.contains("NOT CLEAN"), "{out}");
+        // Without the overlay, only device.conf is looked for.
+        let (code, out) = check_clean(&base, &[]);
+        assert_eq!(code, Some(1));
+        assert!(out.contains("/etc/azaion/device.conf is present"), "{out}");
+        assert!(!out.contains(".secret"), "{out}");
+    }
+    let json = run(bin()
+        .args(["verify", "--no-credentials", "--json"])
+        .args(with_key)
+        .arg(&dirty[1]));
+    assert_eq!(json.status.code(), Some(1));
+    assert!(!stdout(&json).contains(PASSWORD));
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(doc["schema"], "imprint.verify-clean/1");
+    assert_eq!(doc["passed"], false);
+    assert_eq!(
+        doc["targets"],
+        serde_json::json!([
+            "/etc/azaion/device.conf",
+            "/etc/azaion/keys/{serial}.secret"
+        ])
+    );
+    assert_eq!(
+        doc["found"][0],
+        serde_json::json!({
+            "path": "/etc/azaion/device.conf",
+            "template": "/etc/azaion/device.conf",
+            "type": "file",
+            "mode": "0600",
+            "uid": 0,
+            "gid": 0,
+            "size": 106,
+            "target": null,
+        })
+    );
+    assert_eq!(
+        doc["found"][1]["path"],
+        format!("/etc/azaion/keys/{SERIAL}.secret")
+    );
+    assert_eq!(doc["found"].as_array().unwrap().len(), 2);
+}
+
+/// What a clean-base check cannot mean is refused by the command line.
+#[test]
+fn no_credentials_refuses_device_checks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = make_rootfs(tmp.path(), "rootfs");
+    for extra in [
+        &["--serial", SERIAL][..],
+        &["--owner", "azaion"],
+        &["--login-url", "http://127.0.0.1:9"],
+        &["--password-policy", "any"],
+        &["--api-timeout", "3"],
+    ] {
+        let o = run(bin()
+            .args(["verify", "--no-credentials"])
+            .arg(&root)
+            .args(extra));
+        assert_eq!(o.status.code(), Some(2), "{extra:?}");
+        assert!(
+            stderr(&o).contains("cannot be used with"),
+            "{extra:?}: {}",
+            stderr(&o)
+        );
+    }
+    let spec = tmp.path().join("x.toml");
+    fs::write(&spec, "").unwrap();
+    let o = run(bin().arg("verify").arg(&root).arg("--overlay").arg(&spec));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--no-credentials"), "{}", stderr(&o));
+}

@@ -9,10 +9,12 @@
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
 
 use crate::plan::EntryType;
 
@@ -30,21 +32,22 @@ pub(super) struct Stat {
 }
 
 impl Stat {
-    // nlink_t is u64 on some targets and u32 on others.
+    // The field types of `struct stat` differ between targets (nlink is
+    // u64 on some and u32 on others).
     #[allow(clippy::unnecessary_cast)]
-    fn from_raw(st: &libc::stat) -> Stat {
-        let kind = match st.st_mode & libc::S_IFMT {
-            libc::S_IFLNK => EntryType::Symlink,
-            libc::S_IFDIR => EntryType::Dir,
-            libc::S_IFREG => EntryType::Regular,
+    fn from_raw(st: &rustix::fs::Stat) -> Stat {
+        let kind = match FileType::from_raw_mode(st.st_mode as _) {
+            FileType::Symlink => EntryType::Symlink,
+            FileType::Directory => EntryType::Dir,
+            FileType::RegularFile => EntryType::Regular,
             _ => EntryType::Other,
         };
         Stat {
             kind,
-            mode: st.st_mode & 0o7777,
-            uid: st.st_uid,
-            gid: st.st_gid,
-            mtime: st.st_mtime,
+            mode: (st.st_mode as u32) & 0o7777,
+            uid: st.st_uid as u32,
+            gid: st.st_gid as u32,
+            mtime: st.st_mtime as i64,
             size: st.st_size as u64,
             links: (st.st_nlink as u64).min(u64::from(u32::MAX)) as u32,
         }
@@ -139,8 +142,8 @@ fn openat2_beneath(root: BorrowedFd, relative: &str) -> io::Result<OwnedFd> {
     openat2(
         root,
         relative,
-        libc::O_RDONLY | libc::O_DIRECTORY,
-        libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH,
+        OFlags::RDONLY | OFlags::DIRECTORY,
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH,
     )
 }
 
@@ -148,141 +151,87 @@ fn openat2_beneath(root: BorrowedFd, relative: &str) -> io::Result<OwnedFd> {
 fn openat2(
     root: BorrowedFd,
     relative: &str,
-    flags: libc::c_int,
-    resolve: u64,
+    flags: OFlags,
+    resolve: ResolveFlags,
 ) -> io::Result<OwnedFd> {
     let path = c_name(relative)?;
-    // SAFETY: open_how is plain integers; all zeros is its "no options"
-    // value, and the fields are set below.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (flags | libc::O_CLOEXEC) as u64;
-    how.resolve = resolve;
-    // SAFETY: the pointers are valid for the call and the size is that of
-    // the struct passed; a returned descriptor is ours alone.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            path.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    owned(fd as libc::c_int)
+    let flags = flags | OFlags::CLOEXEC;
+    Ok(rustix::fs::openat2(
+        root,
+        &path,
+        flags,
+        Mode::empty(),
+        resolve,
+    )?)
 }
 
 /// Opens the directory `name` inside `dir`, refusing a symlink there.
 pub(super) fn open_dir_at(dir: BorrowedFd, name: &str) -> io::Result<OwnedFd> {
-    open_at(
-        dir,
-        name,
-        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-        0,
-    )
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW;
+    open_at(dir, name, flags, Mode::empty())
 }
 
 /// Opens the file `name` inside `dir` for reading, refusing a symlink;
 /// non-blocking, so a fifo put there after a check cannot hang the read.
 pub(super) fn open_file_at(dir: BorrowedFd, name: &str) -> io::Result<File> {
-    open_at(
-        dir,
-        name,
-        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
-        0,
-    )
-    .map(File::from)
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK;
+    open_at(dir, name, flags, Mode::empty()).map(File::from)
 }
 
 /// Creates the new file `name` inside `dir`, 0600 (the umask can only
 /// remove bits); fails if anything, a symlink included, is there.
 pub(super) fn create_at(dir: BorrowedFd, name: &str) -> io::Result<File> {
-    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
-    open_at(dir, name, flags, 0o600).map(File::from)
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
+    open_at(dir, name, flags, Mode::RUSR | Mode::WUSR).map(File::from)
 }
 
-fn open_at(
-    dir: BorrowedFd,
-    name: &str,
-    flags: libc::c_int,
-    mode: libc::mode_t,
-) -> io::Result<OwnedFd> {
+fn open_at(dir: BorrowedFd, name: &str, flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
     let name = c_name(name)?;
-    // SAFETY: `name` is a valid C string for the call; a returned
-    // descriptor is ours alone.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            flags | libc::O_CLOEXEC,
-            libc::c_uint::from(mode),
-        )
-    };
-    owned(fd)
+    Ok(rustix::fs::openat(
+        dir,
+        &name,
+        flags | OFlags::CLOEXEC,
+        mode,
+    )?)
 }
 
 /// `lstat` of `name` inside `dir`; `None` if it is absent.
 pub(super) fn stat_at(dir: BorrowedFd, name: &str) -> io::Result<Option<Stat>> {
     let name = c_name(name)?;
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `name` is a valid C string and `st` has room for the result.
-    let ret = unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            st.as_mut_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    match ret {
-        0 => {
-            // SAFETY: fstatat succeeded, so it filled `st`.
-            Ok(Some(Stat::from_raw(unsafe { &st.assume_init() })))
-        }
-        _ => match io::Error::last_os_error() {
-            e if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            e => Err(e),
-        },
+    match rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(Stat::from_raw(&st))),
+        Err(rustix::io::Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
 /// `fstat` of an open descriptor.
 pub(super) fn stat(fd: BorrowedFd) -> io::Result<Stat> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `st` has room for the result.
-    if unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fstat succeeded, so it filled `st`.
-    Ok(Stat::from_raw(unsafe { &st.assume_init() }))
+    Ok(Stat::from_raw(&rustix::fs::fstat(fd)?))
 }
 
 /// Creates the directory `name` inside `dir` with `mode` (less the umask).
-pub(super) fn make_dir_at(dir: BorrowedFd, name: &str, mode: libc::mode_t) -> io::Result<()> {
+pub(super) fn make_dir_at(dir: BorrowedFd, name: &str, mode: u32) -> io::Result<()> {
     let name = c_name(name)?;
-    // SAFETY: `name` is a valid C string for the call.
-    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) })
+    Ok(rustix::fs::mkdirat(dir, &name, Mode::from_raw_mode(mode))?)
 }
 
 /// Renames `from` to `to`, both inside `dir`.
 pub(super) fn rename_at(dir: BorrowedFd, from: &str, to: &str) -> io::Result<()> {
     let (from, to) = (c_name(from)?, c_name(to)?);
-    let fd = dir.as_raw_fd();
-    // SAFETY: both names are valid C strings for the call.
-    check(unsafe { libc::renameat(fd, from.as_ptr(), fd, to.as_ptr()) })
+    Ok(rustix::fs::renameat(dir, &from, dir, &to)?)
 }
 
 /// Removes the file `name` inside `dir`.
 pub(super) fn remove_at(dir: BorrowedFd, name: &str) -> io::Result<()> {
     let name = c_name(name)?;
-    // SAFETY: `name` is a valid C string for the call.
-    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) })
+    Ok(rustix::fs::unlinkat(dir, &name, AtFlags::empty())?)
 }
 
 /// Creates the symlink `name` inside `dir`, pointing at `target`.
 pub(super) fn symlink_at(dir: BorrowedFd, name: &str, target: &str) -> io::Result<()> {
     let (name, target) = (c_name(name)?, c_name(target)?);
-    // SAFETY: both are valid C strings for the call.
-    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })
+    Ok(rustix::fs::symlinkat(&target, dir, &name)?)
 }
 
 /// Gives the symlink `name` inside `dir` its owner and time, never
@@ -295,23 +244,29 @@ pub(super) fn own_link_at(
     mtime: i64,
 ) -> io::Result<()> {
     let name = c_name(name)?;
-    let flags = libc::AT_SYMLINK_NOFOLLOW;
-    // SAFETY: `name` is a valid C string for the call.
-    check(unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), uid, gid, flags) })?;
-    let time = libc::timespec {
-        tv_sec: mtime as libc::time_t,
+    let flags = AtFlags::SYMLINK_NOFOLLOW;
+    // from_raw_unchecked: any u32 is passed on as the kernel takes it, as
+    // fchownat(2) would (-1, "leave as is", is never asked for here).
+    let (uid, gid) = (
+        rustix::fs::Uid::from_raw_unchecked(uid),
+        rustix::fs::Gid::from_raw_unchecked(gid),
+    );
+    rustix::fs::chownat(dir, &name, Some(uid), Some(gid), flags)?;
+    let time = Timespec {
+        tv_sec: mtime,
         tv_nsec: 0,
     };
-    let times = [time, time];
-    // SAFETY: `name` is a valid C string and `times` holds two timespecs.
-    check(unsafe { libc::utimensat(dir.as_raw_fd(), name.as_ptr(), times.as_ptr(), flags) })
+    let times = Timestamps {
+        last_access: time,
+        last_modification: time,
+    };
+    Ok(rustix::fs::utimensat(dir, &name, &times, flags)?)
 }
 
 /// Removes the empty directory `name` inside `dir`.
 pub(super) fn remove_dir_at(dir: BorrowedFd, name: &str) -> io::Result<()> {
     let name = c_name(name)?;
-    // SAFETY: `name` is a valid C string for the call.
-    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) })
+    Ok(rustix::fs::unlinkat(dir, &name, AtFlags::REMOVEDIR)?)
 }
 
 /// Opens `relative` below `root` for reading, resolving symlinks as a
@@ -319,8 +274,8 @@ pub(super) fn remove_dir_at(dir: BorrowedFd, name: &str) -> io::Result<()> {
 /// there): openat2 with RESOLVE_IN_ROOT. `Ok(None)` where the kernel has
 /// no openat2 (before Linux 5.6).
 pub(super) fn open_in_root(root: BorrowedFd, relative: &str) -> io::Result<Option<File>> {
-    let flags = libc::O_RDONLY | libc::O_NONBLOCK;
-    let resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK;
+    let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
     match openat2(root, relative, flags, resolve) {
         Ok(fd) => Ok(Some(File::from(fd))),
         Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => Ok(None),
@@ -331,17 +286,13 @@ pub(super) fn open_in_root(root: BorrowedFd, relative: &str) -> io::Result<Optio
 /// The names of the extended attributes of an open file.
 pub(super) fn xattr_names(file: BorrowedFd) -> io::Result<Vec<String>> {
     let mut buf = vec![0u8; 64 * 1024];
-    // SAFETY: `buf` has the length passed.
-    let n = unsafe { libc::flistxattr(file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
+    let n = match rustix::fs::flistxattr(file, &mut buf[..]) {
+        Ok(n) => n,
         // A filesystem without xattrs has none to keep.
-        return match e.raw_os_error() {
-            Some(libc::ENOTSUP) => Ok(Vec::new()),
-            _ => Err(e),
-        };
-    }
-    buf.truncate(n as usize);
+        Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    buf.truncate(n);
     Ok(buf
         .split(|&b| b == 0)
         .filter(|n| !n.is_empty())
@@ -352,44 +303,17 @@ pub(super) fn xattr_names(file: BorrowedFd) -> io::Result<Vec<String>> {
 /// The value of one extended attribute of an open file.
 pub(super) fn get_xattr(file: BorrowedFd, name: &str) -> io::Result<Vec<u8>> {
     let name = c_name(name)?;
-    read_into(64 * 1024, |buf| {
-        // SAFETY: `name` is a valid C string and `buf` has the length passed.
-        unsafe {
-            libc::fgetxattr(
-                file.as_raw_fd(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        }
-    })
-}
-
-/// A buffer of `len` bytes filled by `call`, a system call that returns
-/// how many bytes it wrote or -1 with errno set.
-fn read_into(len: usize, call: impl FnOnce(&mut [u8]) -> isize) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    let n = call(&mut buf);
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = rustix::fs::fgetxattr(file, &name, &mut buf[..])?;
+    buf.truncate(n);
     Ok(buf)
 }
 
 /// Sets one extended attribute of an open file.
 pub(super) fn set_xattr(file: BorrowedFd, name: &str, value: &[u8]) -> io::Result<()> {
     let name = c_name(name)?;
-    // SAFETY: `name` is a valid C string and `value` has the length passed.
-    check(unsafe {
-        libc::fsetxattr(
-            file.as_raw_fd(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    })
+    let flags = rustix::fs::XattrFlags::empty();
+    Ok(rustix::fs::fsetxattr(file, &name, value, flags)?)
 }
 
 /// Sets one extended attribute of the symlink `name` inside `dir`
@@ -403,84 +327,36 @@ pub(super) fn set_link_xattr(
 ) -> io::Result<()> {
     let path = c_name(&format!("/proc/self/fd/{}/{name}", dir.as_raw_fd()))?;
     let attr = c_name(attr)?;
-    // SAFETY: both are valid C strings and `value` has the length passed.
-    check(unsafe {
-        libc::lsetxattr(
-            path.as_ptr(),
-            attr.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    })
+    let flags = rustix::fs::XattrFlags::empty();
+    Ok(rustix::fs::lsetxattr(&path, &attr, value, flags)?)
 }
 
 /// The names in the open directory `dir`, without `.` and `..`.
 pub(super) fn names_in(dir: BorrowedFd) -> io::Result<Vec<String>> {
-    let dup = dir.try_clone_to_owned()?;
-    // SAFETY: fdopendir takes over the duplicate descriptor, which is ours
-    // alone; closedir below releases both.
-    let stream = unsafe { libc::fdopendir(dup.as_raw_fd()) };
-    if stream.is_null() {
-        return Err(io::Error::last_os_error());
-    }
-    std::mem::forget(dup);
-    // The duplicate shares its offset with `dir`: start from the top.
-    // SAFETY: `stream` is a valid directory stream until closedir.
-    unsafe { libc::rewinddir(stream) };
+    // A duplicate shares its offset with `dir`: the stream starts from the
+    // top (rewind), and closing it leaves `dir` open.
+    let mut stream = rustix::fs::Dir::new(dir.try_clone_to_owned()?)?;
+    stream.rewind();
     let mut names = Vec::new();
-    loop {
-        // SAFETY: as above; a null return ends the stream.
-        let entry = unsafe { libc::readdir(stream) };
-        if entry.is_null() {
-            break;
-        }
-        // SAFETY: readdir returned a valid entry with a NUL-terminated name.
-        let name = unsafe { std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()) };
-        let name = name.to_string_lossy().into_owned();
+    while let Some(entry) = stream.read() {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
         if name != "." && name != ".." {
             names.push(name);
         }
     }
-    // SAFETY: the stream opened above, closed once.
-    unsafe { libc::closedir(stream) };
     Ok(names)
 }
 
 /// The target of the symlink `name` inside `dir`.
 pub(super) fn read_link_at(dir: BorrowedFd, name: &str) -> io::Result<String> {
     let name = c_name(name)?;
-    let buf = read_into(libc::PATH_MAX as usize + 1, |buf| {
-        // SAFETY: `name` is a valid C string and `buf` has the length passed.
-        unsafe {
-            libc::readlinkat(
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        }
-    })?;
-    Ok(String::from_utf8_lossy(&buf).into_owned())
+    let target = rustix::fs::readlinkat(dir, &name, Vec::new())?;
+    Ok(String::from_utf8_lossy(target.as_bytes()).into_owned())
 }
 
 fn c_name(name: &str) -> io::Result<CString> {
     CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-}
-
-fn check(ret: libc::c_int) -> io::Result<()> {
-    match ret {
-        0 => Ok(()),
-        _ => Err(io::Error::last_os_error()),
-    }
-}
-
-fn owned(fd: libc::c_int) -> io::Result<OwnedFd> {
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a descriptor a syscall just returned, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 #[cfg(test)]

@@ -525,8 +525,8 @@ mod tests {
             email: "azaion-jetson-0042@azaion.com",
             password: &password,
         };
-        // SAFETY: geteuid and getegid have no preconditions.
-        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let uid = rustix::process::geteuid().as_raw();
+        let gid = rustix::process::getegid().as_raw();
         let owner: OwnerSpec = format!("{uid}:{gid}").parse().unwrap();
         let db = UserDb::parse(None, None);
         Plan::resolve(&OverlaySpec::default_spec(), &vars, &db, &owner, MTIME).unwrap()
@@ -707,20 +707,11 @@ mod tests {
         fs::write(root.join("etc/full/f"), "x").unwrap();
         fs::write(root.join("etc/labelled"), "old").unwrap();
         let set = |name: &str, value: &str| {
-            let p = std::ffi::CString::new(root.join("etc/labelled").to_str().unwrap()).unwrap();
-            let n = std::ffi::CString::new(name).unwrap();
-            // SAFETY: valid C strings and a buffer of the length given.
-            unsafe {
-                libc::setxattr(
-                    p.as_ptr(),
-                    n.as_ptr(),
-                    value.as_ptr().cast(),
-                    value.len(),
-                    0,
-                )
-            }
+            let flags = rustix::fs::XattrFlags::empty();
+            rustix::fs::setxattr(root.join("etc/labelled"), name, value.as_bytes(), flags)
         };
-        let have_xattrs = set("security.imprint-test", "label") == 0 && set("user.old", "u") == 0;
+        let have_xattrs =
+            set("security.imprint-test", "label").is_ok() && set("user.old", "u").is_ok();
         let spec = OverlaySpec::parse(
             "[[entry]]\npath='/etc/motd'\ntype='symlink'\ntarget='../run/motd'\n\
              [[entry]]\npath='/etc/old'\ntype='absent'\nrecursive=true\n\

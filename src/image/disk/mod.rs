@@ -17,13 +17,19 @@ use std::str::FromStr;
 use thiserror::Error;
 
 use crate::image::ext4::{Ext4Error, Ext4Inspector};
-use crate::image::volume::Region;
 use crate::io::read_at::{ReadAt, Window};
 use crate::plan::{EntryType, ImagePath};
 
 /// The rootfs partition name in NVIDIA's flash layouts, and so in the SD
 /// card images jetson-disk-image-creator.sh writes.
 pub const NVIDIA_ROOTFS_NAME: &str = "APP";
+
+/// The second rootfs slot in NVIDIA's A/B layouts (`ROOTFS_AB=1`: flash.sh
+/// writes `system.img_b` into it).
+pub const NVIDIA_ROOTFS_B_NAME: &str = "APP_b";
+
+/// What `--partition` takes for "every rootfs slot" (see [`select`]).
+pub const ALL_ROOTFS: &str = "all-rootfs";
 
 #[derive(Debug, Error)]
 pub enum DiskError {
@@ -39,8 +45,10 @@ pub enum DiskError {
         wanted: PartitionChoice,
         candidates: Candidates,
     },
-    #[error("imprint cannot tell which partition holds the root filesystem; name it with --partition NAME or NUMBER. The image has:\n{candidates}")]
+    #[error("imprint cannot tell which partition holds the root filesystem; name it with --partition NAME or NUMBER (repeat it for several slots, or --partition all-rootfs for every one). The image has:\n{candidates}")]
     Ambiguous { candidates: Candidates },
+    #[error("--partition all-rootfs found no rootfs slot: no GPT partition is named APP and no partition holds an ext2/3/4 filesystem with /etc. The image has:\n{candidates}")]
+    NoRootfs { candidates: Candidates },
     #[error("partition {number} is not an ext2/3/4 filesystem; choose the rootfs partition with --partition. The image has:\n{candidates}")]
     NotExt4 { number: u32, candidates: Candidates },
     #[error("{partition} holds an ext2/3/4 filesystem imprint cannot use: {why}")]
@@ -80,10 +88,49 @@ pub struct Partition {
 impl Partition {
     /// How errors and `-v` name it: `partition 1 "APP"`.
     pub fn label(&self) -> String {
-        match &self.name {
-            Some(n) if !n.is_empty() => format!("partition {} \"{n}\"", self.number),
-            _ => format!("partition {}", self.number),
+        self.id().to_string()
+    }
+
+    /// Its number and name, as reports show it.
+    pub fn id(&self) -> PartitionId {
+        PartitionId {
+            number: self.number,
+            name: self.name.clone().filter(|n| !n.is_empty()),
         }
+    }
+}
+
+/// A partition as reports name it: its number and, on GPT, its name.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PartitionId {
+    // In alphabetical order, as the JSON documents' fields are.
+    pub name: Option<String>,
+    pub number: u32,
+}
+
+impl PartitionId {
+    /// `2 "APP"` (or `2` without a name), as lists of them show it.
+    pub fn short(&self) -> String {
+        match &self.name {
+            Some(n) => format!("{} \"{n}\"", self.number),
+            None => self.number.to_string(),
+        }
+    }
+
+    /// `partition 2 "APP"`, or `partitions 2 "APP", 4 "APP_b"`.
+    pub fn list(ids: &[PartitionId]) -> String {
+        let all: Vec<String> = ids.iter().map(PartitionId::short).collect();
+        match ids.len() {
+            1 => format!("partition {}", all[0]),
+            _ => format!("partitions {}", all.join(", ")),
+        }
+    }
+}
+
+/// `partition 1 "APP"`.
+impl fmt::Display for PartitionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "partition {}", self.short())
     }
 }
 
@@ -92,6 +139,8 @@ impl Partition {
 pub enum PartitionChoice {
     Number(u32),
     Name(String),
+    /// Every rootfs slot (`all-rootfs`): see [`select`].
+    AllRootfs,
 }
 
 impl FromStr for PartitionChoice {
@@ -99,6 +148,7 @@ impl FromStr for PartitionChoice {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s.parse::<u32>() {
             Ok(n) => PartitionChoice::Number(n),
+            Err(_) if s == ALL_ROOTFS => PartitionChoice::AllRootfs,
             Err(_) => PartitionChoice::Name(s.to_string()),
         })
     }
@@ -109,6 +159,7 @@ impl fmt::Display for PartitionChoice {
         match self {
             PartitionChoice::Number(n) => write!(f, "{n}"),
             PartitionChoice::Name(n) => write!(f, "named \"{n}\""),
+            PartitionChoice::AllRootfs => f.write_str(ALL_ROOTFS),
         }
     }
 }
@@ -187,35 +238,22 @@ pub fn partitions(file: &File, head: &[u8], disk_size: u64) -> Result<Vec<Partit
     }
 }
 
-/// Chooses the rootfs partition: the one asked for; else the GPT partition
-/// named `APP`; else the only ext2/3/4 partition holding `/etc`. `probe`
-/// says what a partition holds ("ext4, has /etc", "ext4, no /etc", or
-/// `None` for anything else) and whether it is a candidate.
-pub fn choose(
+/// Chooses the partitions to stamp or read, in table order, each once:
+/// with nothing asked for, the GPT partition named `APP`, else the only
+/// ext2/3/4 partition holding `/etc`; else each one asked for by number or
+/// GPT name, and for [`PartitionChoice::AllRootfs`] every rootfs slot: the
+/// GPT partitions named `APP` and `APP_b` when there is an `APP` (NVIDIA's
+/// slots; its recovery rootfs is not one), else every partition holding an
+/// ext2/3/4 filesystem with `/etc`. Every partition chosen must hold a
+/// usable ext2/3/4 filesystem. `probe` says what a partition holds.
+pub fn select(
     parts: &[Partition],
-    wanted: Option<&PartitionChoice>,
+    wanted: &[PartitionChoice],
     mut probe: impl FnMut(&Partition) -> Probe,
-) -> Result<Partition, DiskError> {
+) -> Result<Vec<Partition>, DiskError> {
     let mut probes: Vec<Option<Probe>> = vec![None; parts.len()];
     let mut probe_at =
         |i: usize| -> Probe { probes[i].get_or_insert_with(|| probe(&parts[i])).clone() };
-    let picked = match wanted {
-        Some(PartitionChoice::Number(n)) => parts.iter().position(|p| p.number == *n),
-        Some(PartitionChoice::Name(name)) => {
-            parts.iter().position(|p| p.name.as_deref() == Some(name))
-        }
-        None => parts
-            .iter()
-            .position(|p| p.scheme == Scheme::Gpt && p.name.as_deref() == Some(NVIDIA_ROOTFS_NAME)),
-    };
-    let index = match (picked, wanted) {
-        (Some(i), _) => Some(i),
-        (None, Some(_)) => None,
-        (None, None) => {
-            let rootfs: Vec<usize> = (0..parts.len()).filter(|&i| probe_at(i).has_etc).collect();
-            (rootfs.len() == 1).then(|| rootfs[0])
-        }
-    };
     let list = |probe_at: &mut dyn FnMut(usize) -> Probe| {
         Candidates(
             (0..parts.len())
@@ -223,40 +261,83 @@ pub fn choose(
                 .collect(),
         )
     };
-    match (index, wanted) {
-        (Some(i), _) => {
-            let found = probe_at(i);
-            if let Some(why) = found.unusable {
-                return Err(DiskError::Unusable {
-                    partition: parts[i].label(),
-                    why,
-                });
-            }
-            if !found.is_ext {
-                return Err(DiskError::NotExt4 {
-                    number: parts[i].number,
+    let named = |name: &str| {
+        parts
+            .iter()
+            .position(|p| p.scheme == Scheme::Gpt && p.name.as_deref() == Some(name))
+    };
+    let mut chosen: Vec<usize> = Vec::new();
+    if wanted.is_empty() {
+        let index = named(NVIDIA_ROOTFS_NAME).or_else(|| {
+            let rootfs: Vec<usize> = (0..parts.len()).filter(|&i| probe_at(i).has_etc).collect();
+            (rootfs.len() == 1).then(|| rootfs[0])
+        });
+        match index {
+            Some(i) => chosen.push(i),
+            None => {
+                return Err(DiskError::Ambiguous {
                     candidates: list(&mut probe_at),
-                });
+                })
             }
-            Ok(parts[i].clone())
         }
-        (None, Some(w)) => Err(DiskError::NoSuchPartition {
-            wanted: w.clone(),
-            candidates: list(&mut probe_at),
-        }),
-        (None, None) => Err(DiskError::Ambiguous {
-            candidates: list(&mut probe_at),
-        }),
     }
+    for w in wanted {
+        let found: Vec<usize> = match w {
+            PartitionChoice::Number(n) => parts
+                .iter()
+                .position(|p| p.number == *n)
+                .into_iter()
+                .collect(),
+            PartitionChoice::Name(name) => parts
+                .iter()
+                .position(|p| p.name.as_deref() == Some(name))
+                .into_iter()
+                .collect(),
+            PartitionChoice::AllRootfs => match named(NVIDIA_ROOTFS_NAME) {
+                Some(app) => std::iter::once(app)
+                    .chain(named(NVIDIA_ROOTFS_B_NAME))
+                    .collect(),
+                None => (0..parts.len()).filter(|&i| probe_at(i).has_etc).collect(),
+            },
+        };
+        if found.is_empty() {
+            let candidates = list(&mut probe_at);
+            return Err(match w {
+                PartitionChoice::AllRootfs => DiskError::NoRootfs { candidates },
+                _ => DiskError::NoSuchPartition {
+                    wanted: w.clone(),
+                    candidates,
+                },
+            });
+        }
+        chosen.extend(found);
+    }
+    chosen.sort_unstable();
+    chosen.dedup();
+    for &i in &chosen {
+        let found = probe_at(i);
+        if let Some(why) = found.unusable {
+            return Err(DiskError::Unusable {
+                partition: parts[i].label(),
+                why,
+            });
+        }
+        if !found.is_ext {
+            return Err(DiskError::NotExt4 {
+                number: parts[i].number,
+                candidates: list(&mut probe_at),
+            });
+        }
+    }
+    Ok(chosen.into_iter().map(|i| parts[i].clone()).collect())
 }
 
 /// Opens the disk image at `path`, reads its partition table and chooses
-/// the partition to stamp (see [`choose`]): the region of the file that
-/// holds the root filesystem.
+/// the partitions to stamp or read (see [`select`]), in table order.
 pub(crate) fn locate(
     path: &Path,
-    wanted: Option<&PartitionChoice>,
-) -> Result<Region, crate::image::ImageError> {
+    wanted: &[PartitionChoice],
+) -> Result<Vec<Partition>, crate::image::ImageError> {
     use crate::image::ImageError;
     let open = |source| ImageError::Open {
         path: path.to_path_buf(),
@@ -267,12 +348,11 @@ pub(crate) fn locate(
     let mut head = vec![0u8; 8192.min(size as usize)];
     file.read_exact_at(&mut head, 0).map_err(open)?;
     let parts = partitions(&file, &head, size)?;
-    let chosen = choose(&parts, wanted, |p| probe(&file, p))?;
-    tracing::info!(partition = %chosen.label(), offset = chosen.offset, size = chosen.size, "rootfs partition");
-    Ok(Region {
-        offset: chosen.offset,
-        len: chosen.size,
-    })
+    let chosen = select(&parts, wanted, |p| probe(&file, p))?;
+    for p in &chosen {
+        tracing::info!(partition = %p.label(), offset = p.offset, size = p.size, "rootfs partition");
+    }
+    Ok(chosen)
 }
 
 /// Looks into a partition with imprint's own ext2/3/4 reader.
@@ -344,6 +424,18 @@ mod tests {
         }
     }
 
+    /// One partition asked for (or none), as `--partition` once.
+    fn choose(
+        parts: &[Partition],
+        wanted: Option<&PartitionChoice>,
+        probe: impl FnMut(&Partition) -> Probe,
+    ) -> Result<Partition, DiskError> {
+        let wanted: Vec<PartitionChoice> = wanted.into_iter().cloned().collect();
+        let mut chosen = select(parts, &wanted, probe)?;
+        assert_eq!(chosen.len(), 1);
+        Ok(chosen.remove(0))
+    }
+
     fn ext(has_etc: bool) -> Probe {
         Probe {
             is_ext: true,
@@ -392,6 +484,65 @@ mod tests {
         })
         .unwrap_err();
         assert!(not_ext.to_string().contains("not an ext2/3/4"), "{not_ext}");
+    }
+
+    /// Several partitions, in table order and each once; all-rootfs is
+    /// APP and APP_b on an NVIDIA layout (not its recovery rootfs), else
+    /// every ext partition holding /etc; a missing one among several is
+    /// named.
+    #[test]
+    fn several_partitions_and_all_rootfs() {
+        let choices = |text: &[&str]| -> Vec<PartitionChoice> {
+            text.iter().map(|t| t.parse().unwrap()).collect()
+        };
+        let numbers = |chosen: Vec<Partition>| chosen.iter().map(|p| p.number).collect::<Vec<_>>();
+        let nvidia = [
+            part(1, "kernel", Scheme::Gpt),
+            part(2, "APP", Scheme::Gpt),
+            part(3, "RECROOTFS", Scheme::Gpt),
+            part(4, "APP_b", Scheme::Gpt),
+        ];
+        let rootfs = |p: &Partition| ext(p.number != 1);
+        let all = choices(&["all-rootfs"]);
+        assert_eq!(all, vec![PartitionChoice::AllRootfs]);
+        assert_eq!(numbers(select(&nvidia, &all, rootfs).unwrap()), [2, 4]);
+        let both = choices(&["APP_b", "APP", "2"]);
+        assert_eq!(numbers(select(&nvidia, &both, rootfs).unwrap()), [2, 4]);
+        let err = select(&nvidia, &choices(&["APP", "APP_c"]), rootfs)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("no partition named \"APP_c\""), "{err}");
+        // APP_b without a filesystem is refused, not skipped.
+        let err = select(&nvidia, &all, |p| {
+            if p.number == 4 {
+                Probe::default()
+            } else {
+                rootfs(p)
+            }
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("partition 4 is not an ext2/3/4"), "{err}");
+
+        let wic = [
+            part(1, "boot", Scheme::Gpt),
+            part(2, "rootfsA", Scheme::Gpt),
+            part(3, "rootfsB", Scheme::Gpt),
+            part(4, "data", Scheme::Gpt),
+        ];
+        let slots = |p: &Partition| ext(matches!(p.number, 2 | 3));
+        assert_eq!(numbers(select(&wic, &all, slots).unwrap()), [2, 3]);
+        let mbr = [
+            part(1, "", Scheme::Mbr),
+            part(2, "", Scheme::Mbr),
+            part(3, "", Scheme::Mbr),
+        ];
+        let slots = |p: &Partition| ext(p.number != 1);
+        assert_eq!(numbers(select(&mbr, &all, slots).unwrap()), [2, 3]);
+        let err = select(&mbr, &all, |_| Probe::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("all-rootfs found no rootfs slot"), "{err}");
     }
 
     /// A damaged filesystem where one was asked for is said to be one, in

@@ -8,9 +8,12 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use super::raw::{write_patched, Patches};
 use super::{ensure_loaded, write_plan_to_device, ChangedBlocks, Ext4Error, Ext4Inspector};
+use crate::image::disk::{Partition, PartitionId};
+use crate::image::formats::Slot;
 use crate::image::volume::{Changes, Volume};
 use crate::image::{Found, ImageBackend, ImageError, ImageFacts, ImageReader};
 use crate::io::bmap::{Bmap, RangeHasher};
@@ -146,21 +149,28 @@ impl Outlet for PatchOutlet {
 }
 
 /// Writes plans into the ext2/3/4 filesystems on the volumes a container
-/// gave (one, or several partitions of one disk), all into one output.
+/// gave (one, or several partitions of one disk: the slots of an A/B
+/// layout), all into one output, each with its own plan.
 pub(crate) struct Ext4Backend {
     filesystems: Vec<Filesystem>,
+    /// The partition each filesystem is in (disk images only).
+    partitions: Vec<PartitionId>,
     // Dropped after the filesystems, whose volumes may read its files.
     outlet: Box<dyn Outlet>,
 }
 
 impl Ext4Backend {
     pub(crate) fn open(
-        volumes: Vec<Box<dyn Volume>>,
+        slots: Vec<Slot>,
         outlet: Box<dyn Outlet>,
     ) -> Result<Ext4Backend, ImageError> {
-        let filesystems = volumes
+        let partitions = slots
+            .iter()
+            .filter_map(|s| s.partition.as_ref().map(Partition::id))
+            .collect();
+        let filesystems = slots
             .into_iter()
-            .map(open_filesystem)
+            .map(|s| open_filesystem(s.volume))
             .collect::<Result<Vec<_>, _>>()?;
         if filesystems.is_empty() {
             return Err(Ext4Error::NotExt4 {
@@ -174,21 +184,33 @@ impl Ext4Backend {
         ensure_loaded()?;
         Ok(Ext4Backend {
             filesystems,
+            partitions,
             outlet,
         })
     }
 }
 
 impl ImageBackend for Ext4Backend {
-    /// The facts of the first filesystem: with several, the plan is the
-    /// same for each (one identity in every rootfs slot).
-    fn facts(&mut self) -> Result<ImageFacts, ImageError> {
-        Ok(self.filesystems[0].facts()?)
+    /// Each filesystem's own: the slots of one disk may differ (another
+    /// release in slot B, another uid for the same user).
+    fn facts(&mut self) -> Result<Vec<ImageFacts>, ImageError> {
+        self.filesystems.iter().map(|fs| Ok(fs.facts()?)).collect()
     }
 
-    fn apply(&mut self, plan: &Plan, out: &mut TempOutput) -> Result<(), ImageError> {
+    fn partitions(&self) -> Vec<PartitionId> {
+        self.partitions.clone()
+    }
+
+    /// Every filesystem is edited in memory before anything is written:
+    /// one that cannot take its plan (no space) fails the whole output.
+    fn apply(&mut self, plans: &[Plan], out: &mut TempOutput) -> Result<(), ImageError> {
+        assert_eq!(
+            plans.len(),
+            self.filesystems.len(),
+            "one plan per filesystem (a bug in imprint)"
+        );
         let mut changes = Changes::default();
-        for fs in &self.filesystems {
+        for (fs, plan) in self.filesystems.iter().zip(plans) {
             changes.extend(edit(fs, plan)?).map_err(Ext4Error::Device)?;
         }
         tracing::debug!(
@@ -207,15 +229,15 @@ pub(crate) struct Ext4Reader {
     base: PathBuf,
     pub(crate) image: Filesystem,
     /// A scratch file the volume reads (a codec's expansion), kept while
-    /// the reader lives.
-    _scratch: Option<Scratch>,
+    /// the reader lives (the readers of a disk's partitions share it).
+    _scratch: Option<Arc<Scratch>>,
 }
 
 impl Ext4Reader {
     pub(crate) fn open(
         base: &Path,
         volume: Box<dyn Volume>,
-        scratch: Option<Scratch>,
+        scratch: Option<Arc<Scratch>>,
     ) -> Result<Ext4Reader, ImageError> {
         Ok(Ext4Reader {
             base: base.to_path_buf(),

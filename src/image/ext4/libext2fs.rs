@@ -469,6 +469,8 @@ impl Ext2fsHandle<'_> {
             while done < content.len() {
                 let mut written: c_uint = 0;
                 let rest = &content[done..];
+                // SAFETY: file is open; `rest` is valid for the length
+                // passed and `written` is a valid out pointer.
                 let code = unsafe {
                     (self.api.file_write)(
                         file,

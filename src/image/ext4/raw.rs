@@ -8,7 +8,6 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 
 use crate::io::sink::RawSink;
 
@@ -18,29 +17,22 @@ pub(crate) type Patches<'a> = [(u64, &'a [u8])];
 /// The data regions of `file` (start, end), as SEEK_DATA/SEEK_HOLE see
 /// them; everything else reads as zeros.
 pub(crate) fn data_regions(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
-    let fd = file.as_raw_fd();
+    use rustix::fs::{seek, SeekFrom};
     let mut regions = Vec::new();
     let mut pos: u64 = 0;
     while pos < len {
-        let Ok(at) = libc::off_t::try_from(pos) else {
+        // lseek takes a signed offset: past i64::MAX there is nothing.
+        if i64::try_from(pos).is_err() {
             break;
+        }
+        let data = match seek(file, SeekFrom::Data(pos)) {
+            Ok(data) => data,
+            Err(rustix::io::Errno::NXIO) => break, // only a hole remains
+            Err(e) => return Err(e.into()),
         };
-        // SAFETY: lseek on a file descriptor we own.
-        let data = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
-        if data < 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::ENXIO) {
-                break; // only a hole remains
-            }
-            return Err(err);
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        regions.push((data as u64, (hole as u64).min(len)));
-        pos = hole as u64;
+        let hole = seek(file, SeekFrom::Hole(data))?;
+        regions.push((data, hole.min(len)));
+        pos = hole;
     }
     Ok(regions)
 }

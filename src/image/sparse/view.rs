@@ -120,7 +120,6 @@ mod tests {
     use super::super::testing::*;
     use super::*;
     use std::os::unix::fs::MetadataExt;
-    use std::os::unix::io::AsRawFd;
 
     #[test]
     fn read_at_matches_the_expansion_everywhere() {
@@ -188,13 +187,12 @@ mod tests {
     /// Where the next data is at or after `from`, per SEEK_DATA; the file
     /// size if there is none.
     fn next_data(file: &File, from: u64) -> u64 {
-        // SAFETY: lseek on a descriptor this test owns; no memory is shared.
-        let at = unsafe { libc::lseek(file.as_raw_fd(), from as libc::off_t, libc::SEEK_DATA) };
-        if at < 0 {
-            assert_eq!(io::Error::last_os_error().raw_os_error(), Some(libc::ENXIO));
-            file.metadata().unwrap().len()
-        } else {
-            at as u64
+        match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(from)) {
+            Ok(at) => at,
+            Err(e) => {
+                assert_eq!(e, rustix::io::Errno::NXIO);
+                file.metadata().unwrap().len()
+            }
         }
     }
 

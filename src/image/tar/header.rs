@@ -123,7 +123,9 @@ pub(super) fn describe(typeflag: u8) -> &'static str {
     }
 }
 
-pub(super) fn normalise(raw: &str) -> String {
+/// An archive path as imprint names it: no leading `./` or `/`, no
+/// trailing `/`.
+fn normalise(raw: &str) -> String {
     let mut p = raw;
     while let Some(rest) = p.strip_prefix("./") {
         p = rest;
@@ -372,6 +374,18 @@ impl Extensions {
     /// The global records seen so far.
     pub(super) fn globals(&self) -> &[Record] {
         &self.global.records
+    }
+}
+
+impl Header {
+    /// A hard link's linked name as a path of the archive (tar writes it
+    /// like the entry names: maybe with `./`), or a symlink's target as
+    /// written.
+    pub(super) fn link(&self) -> Option<String> {
+        match self.typeflag {
+            b'1' => self.linkname.as_deref().map(normalise),
+            _ => self.linkname.clone(),
+        }
     }
 }
 

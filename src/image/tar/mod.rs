@@ -2,8 +2,9 @@
 //!
 //! Writing a plan into an archive takes two passes over the input:
 //!
-//! 1. The scan (`scan.rs`) decompresses the archive and walks its headers
-//!    (`header.rs`), noting the byte ranges of the few entries the plan cares
+//! 1. The scan (`scan.rs`) decompresses the archive and walks its entries
+//!    (`entries.rs`, the walk `ls`/`cat` in `listing.rs` share; headers
+//!    in `header.rs`), noting the byte ranges of the few entries the plan cares
 //!    about, the archive's path convention and header style, and where the
 //!    entries end. For an xz input it also compresses what it reads
 //!    (`speculate.rs`), so that a plan which only appends finds its output's
@@ -23,6 +24,7 @@
 
 mod cached;
 mod edit;
+mod entries;
 mod header;
 mod listing;
 mod pax;
@@ -365,7 +367,7 @@ impl TarBackend {
 }
 
 impl ImageBackend for TarBackend {
-    fn facts(&mut self) -> Result<ImageFacts, ImageError> {
+    fn facts(&mut self) -> Result<Vec<ImageFacts>, ImageError> {
         self.scan()?;
         let scan = self.scan.as_ref().expect("scanned above");
         let reference_mtime = scan
@@ -375,16 +377,17 @@ impl ImageBackend for TarBackend {
             .unwrap_or(0);
         let passwd = self.database(scan, "etc/passwd");
         let group = self.database(scan, "etc/group");
-        Ok(ImageFacts {
+        Ok(vec![ImageFacts {
             passwd: passwd.0,
             group: group.0,
             reference_mtime,
             passwd_found: passwd.1,
             group_found: group.1,
-        })
+        }])
     }
 
-    fn apply(&mut self, plan: &Plan, out: &mut TempOutput) -> Result<(), ImageError> {
+    fn apply(&mut self, plans: &[Plan], out: &mut TempOutput) -> Result<(), ImageError> {
+        let plan = super::single(plans);
         let missing: Vec<ImagePath> = plan
             .entries
             .iter()

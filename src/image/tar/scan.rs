@@ -18,11 +18,12 @@ use crate::io::sha256::Sha256;
 use std::collections::HashMap;
 use std::convert::Infallible;
 
-use super::header::{self, BadHeader, DataSize, Extensions, HeaderStyle};
+use super::entries::{End, Entries, Entry};
+use super::header::{self, Header, HeaderStyle};
 use super::pax::Record;
 use super::speculate::{Speculated, Speculation};
 use super::stream::Stream;
-use super::{TarError, BLOCK, MAX_DB_SIZE};
+use super::TarError;
 use crate::compress::boundary::{BlockIndex, Boundary};
 use crate::compress::{Compression, Tail};
 use crate::image::resolve;
@@ -356,7 +357,59 @@ fn scan_with(
     writing: Option<&ForWriting>,
     parallel_bzip2: bool,
 ) -> Result<Scan, TarError> {
-    let for_writing = writing.is_some();
+    let Reading {
+        stream,
+        index,
+        hashing,
+    } = open(path, codec, writing.is_some(), parallel_bzip2)?;
+    let snapshot = || hashing.as_ref().map(|h| crate::sync::lock(h).clone());
+    let mut entries = Entries::new(stream, path, snapshot);
+    entries.stream().speculation = start_speculation(path, codec, writing);
+    let mut visitor = Visitor {
+        out: Scan {
+            watch: watch.to_vec(),
+            capture: capture.paths.to_vec(),
+            ..Scan::default()
+        },
+        capture,
+        subtrees: writing.map_or(&[], |w| w.targets),
+        index: index.as_ref(),
+        boundaries: Vec::new(),
+        symlink_bytes: 0,
+    };
+    while let Some(entry) = entries.next_entry()? {
+        visitor.entry(entry, &mut entries)?;
+    }
+    let end = entries.end().expect("the walk has ended");
+    visitor.end(end, entries.stream())?;
+    let Visitor {
+        mut out,
+        boundaries,
+        ..
+    } = visitor;
+    out.style = entries.style();
+    out.globals = entries.globals().to_vec();
+    out.total_len = entries.stream().pos;
+    drop(entries);
+    out.boundaries = index.filter(BlockIndex::whole_file).map(|_| boundaries);
+    Ok(out)
+}
+
+/// The decompressed archive, and what comes of reading it: the block
+/// index of a compressed input, the running hash of a plain one.
+struct Reading<'a> {
+    stream: Stream<'a>,
+    index: Option<BlockIndex>,
+    hashing: Option<Arc<Mutex<Sha256>>>,
+}
+
+/// Opens the archive for a scan, for writing or not.
+fn open(
+    path: &Path,
+    codec: Compression,
+    for_writing: bool,
+    parallel_bzip2: bool,
+) -> Result<Reading<'_>, TarError> {
     let file = File::open(path).map_err(|source| TarError::Open {
         path: path.to_path_buf(),
         source,
@@ -386,233 +439,195 @@ fn scan_with(
         }),
         None => inner,
     };
-    let snapshot = || hashing.as_ref().map(|h| crate::sync::lock(h).clone());
-    let mut s = Stream::new(inner, 0, path, codec);
-    s.speculation = match writing {
-        Some(w) if matches!(codec.facts().tail, Tail::Speculated) && w.speculate => {
-            let name = path
-                .file_name()
-                .map_or("image".into(), |n| n.to_string_lossy());
-            Speculation::start(codec, w.scratch_dir, &format!("{name}.prefix"))
-                .map_err(|e| tracing::debug!(error = %e, "no speculative compression"))
-                .ok()
+    Ok(Reading {
+        stream: Stream::new(inner, 0, path, codec),
+        index,
+        hashing,
+    })
+}
+
+/// For a scan of an xz archive for writing: the speculative compressor
+/// of the entries read (see `speculate.rs`), if one can start.
+fn start_speculation(
+    path: &Path,
+    codec: Compression,
+    writing: Option<&ForWriting>,
+) -> Option<Speculation> {
+    let w = writing.filter(|w| matches!(codec.facts().tail, Tail::Speculated) && w.speculate)?;
+    let name = path
+        .file_name()
+        .map_or("image".into(), |n| n.to_string_lossy());
+    Speculation::start(codec, w.scratch_dir, &format!("{name}.prefix"))
+        .map_err(|e| tracing::debug!(error = %e, "no speculative compression"))
+        .ok()
+}
+
+/// The scan as a visitor on the walk: what it notes of each entry.
+struct Visitor<'a> {
+    out: Scan,
+    capture: &'a Capture<'a>,
+    /// Paths the plan may write (for writing): an entry under one may
+    /// change with it.
+    subtrees: &'a [String],
+    index: Option<&'a BlockIndex>,
+    boundaries: Vec<Boundary>,
+    symlink_bytes: usize,
+}
+
+/// The mark the scan takes at each header: the SHA-256 state of a plain
+/// archive's prefix, when it hashes one.
+type Mark = Option<Sha256>;
+
+impl Visitor<'_> {
+    fn entry(
+        &mut self,
+        mut entry: Entry<Mark>,
+        entries: &mut Entries<Mark, impl FnMut() -> Mark>,
+    ) -> Result<(), TarError> {
+        let h = &entry.header;
+        self.note_conventions(h);
+        self.note_symlink(h);
+        self.note_implicit_dirs(&h.path);
+        let watched = self.out.watch.contains(&h.path) || self.under_subtree(&h.path);
+        let linkname = h.link();
+        let links_to_watched = h.typeflag == b'1'
+            && linkname
+                .as_deref()
+                .is_some_and(|l| self.out.watch.iter().any(|w| w == l) || self.under_subtree(l));
+        if watched {
+            self.may_change_at(entry.start, entry.start_mark.take());
         }
-        _ => None,
-    };
-    let mut out = Scan {
-        watch: watch.to_vec(),
-        capture: capture.paths.to_vec(),
-        ..Scan::default()
-    };
-    let mut boundaries = Vec::new();
-    let mut prefix_states = Vec::new();
-    // At a place the plan may change: note what lets the writer keep the
-    // bytes before it.
-    let mut may_change_at = |offset: u64, state: Option<Sha256>| {
-        if let Some(state) = state {
-            prefix_states.push(PrefixState { len: offset, state });
+        if h.meta.kind != EntryType::Dir
+            && self.subtrees.contains(&h.path)
+            && entries.stream().speculation.take().is_some()
+        {
+            tracing::debug!(path = %h.path, "an existing entry will be replaced: no speculative prefix");
         }
-        // Entries in one compressed block share its boundary: keep one
-        // (a gzip boundary holds a 32 KiB window).
-        if let Some(b) = index.as_ref().and_then(|i| i.boundary_before(offset)) {
-            if boundaries
-                .last()
-                .is_none_or(|last: &Boundary| last.out() != b.out())
-            {
-                boundaries.push(b);
-            }
+        self.capture_data(&entry, entries)?;
+        if !(watched || links_to_watched) {
+            return Ok(());
         }
-    };
-    let mut block = [0u8; 512];
-    // Extension headers seen since the last real entry: where the first
-    // starts, the prefix state there, and what they say.
-    let mut pending_start: Option<u64> = None;
-    let mut pending_state: Option<Sha256> = None;
-    let mut pending_raw: Vec<u8> = Vec::new();
-    let mut ext = Extensions::default();
-    let mut symlink_bytes = 0;
-    let subtrees: &[String] = writing.map_or(&[], |w| w.targets);
-    let under_subtree = |p: &str| {
-        subtrees.iter().any(|t| {
-            p.len() > t.len() && p.starts_with(t.as_str()) && p.as_bytes()[t.len()] == b'/'
-        })
-    };
-    loop {
-        let at = s.pos;
-        let at_state = snapshot();
-        let n = s.fill(&mut block)?;
-        if n == 0 {
-            // No end-of-archive marker; tolerated as GNU tar does.
-            out.end_of_entries = at;
-            may_change_at(at, at_state);
-            out.speculated = end_speculation(&mut s, at);
-            break;
+        let end = entry.end();
+        let h = entry.header;
+        let recorded = WatchedEntry {
+            path: h.path,
+            typeflag: h.typeflag,
+            meta: h.meta,
+            linkname,
+            records: h.records,
+            raw_header: entries.raw_header().to_vec(),
+            start: entry.start,
+            end,
+        };
+        if links_to_watched {
+            self.out.links.push(recorded.clone());
         }
-        if n < block.len() {
-            return Err(TarError::Truncated {
-                path: path.to_path_buf(),
-                offset: at,
-            });
+        if watched {
+            self.out.watched.push(recorded);
         }
-        if block.iter().all(|&b| b == 0) {
-            out.end_of_entries = at;
-            may_change_at(at, at_state);
-            out.speculated = end_speculation(&mut s, at);
-            s.pos = at + BLOCK;
-            s.drain()?;
-            break;
+        Ok(())
+    }
+
+    /// The archive's path convention and whether it names owners, from
+    /// its first entries.
+    fn note_conventions(&mut self, h: &Header) {
+        if self.out.dot_slash.is_none() && !h.path.is_empty() {
+            self.out.dot_slash = Some(h.dot_slash);
         }
-        if !header::checksum_ok(&block) {
-            return Err(TarError::BadChecksum {
-                path: path.to_path_buf(),
-                offset: at,
-            });
-        }
-        let bad_header = |e: BadHeader| e.at(path, at);
-        let typeflag = header::typeflag(&block);
-        let size = header::size(&block).map_err(bad_header)?;
-        if matches!(out.style, None | Some(HeaderStyle::Ustar)) {
-            if let Some(style) = header::style_of(&block) {
-                out.style = Some(style);
-            }
-        }
-        if header::is_extension(typeflag) || typeflag == b'g' {
-            if size.bytes() > MAX_DB_SIZE {
-                return Err(bad_header(BadHeader::Unreadable("extended header size")));
-            }
-            let mut data = buffer(size, path, at)?;
-            s.read_exact(&mut data)?;
-            s.skip(size.padding())?;
-            ext.add(typeflag, &data).map_err(bad_header)?;
-            if typeflag == b'g' {
-                // Global pax headers apply to the archive, not one entry:
-                // they stay where they are.
-                continue;
-            }
-            pending_start.get_or_insert(at);
-            if pending_state.is_none() {
-                pending_state = at_state;
-            }
-            pending_raw.extend_from_slice(&block);
-            pending_raw.extend_from_slice(&data);
-            pending_raw.resize(pending_raw.len() + size.padding() as usize, 0);
-            continue;
-        }
-        let mut raw_header = std::mem::take(&mut pending_raw);
-        raw_header.extend_from_slice(&block);
-        if header::sparse_headers_follow(&block) {
-            loop {
-                let mut more = [0u8; 512];
-                s.read_exact(&mut more)?;
-                raw_header.extend_from_slice(&more);
-                if !header::sparse_extension_continues(&more) {
-                    break;
-                }
-            }
-        }
-        let entry = header::parse_entry(&block, size, &mut ext).map_err(bad_header)?;
-        if out.dot_slash.is_none() && !entry.path.is_empty() {
-            out.dot_slash = Some(entry.dot_slash);
-        }
-        if !out.names_seen {
-            out.names_seen = entry
+        if !self.out.names_seen {
+            self.out.names_seen = h
                 .meta
                 .names
                 .as_ref()
                 .is_some_and(|(u, g)| !u.is_empty() || !g.is_empty());
         }
-        match (&entry.linkname, entry.typeflag) {
+    }
+
+    /// Keeps the symlinks at the end of the archive, for [`Scan::follow`].
+    fn note_symlink(&mut self, h: &Header) {
+        match (&h.linkname, h.typeflag) {
             // Bounded: a hostile archive of endless symlinks must not
             // exhaust memory; past the bound, later links are not
             // followed.
-            (Some(target), b'2') if symlink_bytes < MAX_SYMLINK_BYTES => {
-                symlink_bytes += entry.path.len() + target.len();
-                out.symlinks.insert(entry.path.clone(), target.clone());
+            (Some(target), b'2') if self.symlink_bytes < MAX_SYMLINK_BYTES => {
+                self.symlink_bytes += h.path.len() + target.len();
+                self.out.symlinks.insert(h.path.clone(), target.clone());
             }
             _ => {
-                out.symlinks.remove(&entry.path);
-            }
-        }
-        let start = pending_start.take().unwrap_or(at);
-        let start_state = pending_state.take().or(at_state);
-        for w in watch {
-            if entry.path.len() > w.len()
-                && entry.path.starts_with(w.as_str())
-                && entry.path.as_bytes()[w.len()] == b'/'
-                && !out.implicit_dirs.contains(w)
-            {
-                out.implicit_dirs.push(w.clone());
-            }
-        }
-        let watched = watch.contains(&entry.path) || under_subtree(&entry.path);
-        // A hard link names an archive path: normalised like one.
-        let linkname = match entry.typeflag {
-            b'1' => entry.linkname.as_deref().map(header::normalise),
-            _ => entry.linkname.clone(),
-        };
-        let links_to_watched = entry.typeflag == b'1'
-            && linkname
-                .as_deref()
-                .is_some_and(|l| watch.iter().any(|w| w == l) || under_subtree(l));
-        if watched {
-            may_change_at(start, start_state);
-        }
-        if entry.meta.kind != EntryType::Dir
-            && writing.is_some_and(|w| w.targets.contains(&entry.path))
-            && s.speculation.take().is_some()
-        {
-            tracing::debug!(path = %entry.path, "an existing entry will be replaced: no speculative prefix");
-        }
-        let want_data = capture.paths.contains(&entry.path)
-            && entry.meta.kind == EntryType::Regular
-            && entry.data_size.bytes() <= capture.max_size;
-        if want_data {
-            let mut data = buffer(entry.data_size, path, at)?;
-            s.read_exact(&mut data)?;
-            s.skip(entry.data_size.padding())?;
-            out.captured.retain(|(p, _)| p != &entry.path);
-            out.captured.push((entry.path.clone(), data));
-        } else {
-            s.skip(entry.data_size.padded())?;
-        }
-        if watched || links_to_watched {
-            let recorded = WatchedEntry {
-                path: entry.path,
-                typeflag: entry.typeflag,
-                meta: entry.meta,
-                linkname,
-                records: entry.records,
-                raw_header,
-                start,
-                end: s.pos,
-            };
-            if links_to_watched {
-                out.links.push(recorded.clone());
-            }
-            if watched {
-                out.watched.push(recorded);
+                self.out.symlinks.remove(&h.path);
             }
         }
     }
-    out.globals = ext.globals().to_vec();
-    out.total_len = s.pos;
-    drop(s);
-    out.prefix_states = prefix_states;
-    out.boundaries = index.filter(BlockIndex::whole_file).map(|_| boundaries);
-    Ok(out)
+
+    /// Notes the watched paths that `path` lies under.
+    fn note_implicit_dirs(&mut self, path: &str) {
+        for w in &self.out.watch {
+            if is_under(path, w) && !self.out.implicit_dirs.contains(w) {
+                self.out.implicit_dirs.push(w.clone());
+            }
+        }
+    }
+
+    fn under_subtree(&self, p: &str) -> bool {
+        self.subtrees.iter().any(|t| is_under(p, t))
+    }
+
+    /// Keeps the data of an entry the scan captures.
+    fn capture_data(
+        &mut self,
+        entry: &Entry<Mark>,
+        entries: &mut Entries<Mark, impl FnMut() -> Mark>,
+    ) -> Result<(), TarError> {
+        let h = &entry.header;
+        if self.capture.paths.contains(&h.path)
+            && h.meta.kind == EntryType::Regular
+            && h.data_size.bytes() <= self.capture.max_size
+        {
+            let data = entries.read_data(entry)?;
+            self.out.captured.retain(|(p, _)| p != &h.path);
+            self.out.captured.push((h.path.clone(), data));
+        }
+        Ok(())
+    }
+
+    /// At a place the plan may change: notes what lets the writer keep
+    /// the bytes before it.
+    fn may_change_at(&mut self, offset: u64, state: Mark) {
+        if let Some(state) = state {
+            self.out
+                .prefix_states
+                .push(PrefixState { len: offset, state });
+        }
+        // Entries in one compressed block share its boundary: keep one
+        // (a gzip boundary holds a 32 KiB window).
+        if let Some(b) = self.index.and_then(|i| i.boundary_before(offset)) {
+            if self
+                .boundaries
+                .last()
+                .is_none_or(|last: &Boundary| last.out() != b.out())
+            {
+                self.boundaries.push(b);
+            }
+        }
+    }
+
+    /// The end of the entries: the plan may append there. After an end
+    /// marker the rest of the stream is read, so that a damaged one says
+    /// so now.
+    fn end(&mut self, end: End<Mark>, stream: &mut Stream) -> Result<(), TarError> {
+        self.out.end_of_entries = end.at;
+        self.may_change_at(end.at, end.mark);
+        self.out.speculated = end_speculation(stream, end.at);
+        if end.marker {
+            stream.drain()?;
+        }
+        Ok(())
+    }
 }
 
-/// A buffer for data of `size`, which the header at `offset` of `path`
-/// gives; the callers bound `size` well below what memory holds.
-fn buffer(size: DataSize, path: &Path, offset: u64) -> Result<Vec<u8>, TarError> {
-    let len = usize::try_from(size.bytes()).map_err(|_| {
-        BadHeader::OutOfRange {
-            field: "size",
-            value: size.bytes().to_string(),
-        }
-        .at(path, offset)
-    })?;
-    Ok(vec![0u8; len])
+/// Whether `path` lies strictly below `dir`.
+fn is_under(path: &str, dir: &str) -> bool {
+    path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/'
 }
 
 /// Closes the speculative stream at the end of the entries, if one is open.
