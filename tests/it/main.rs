@@ -23,6 +23,7 @@ mod fuzz_corpus;
 mod hostile;
 mod inspect;
 mod json;
+mod manpages;
 mod overlays;
 mod packaging;
 mod realworld_ext4;
