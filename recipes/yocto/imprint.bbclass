@@ -2,14 +2,29 @@
 # root filesystem image(s) per serial, with a manifest, each verified, and
 # with meta-tegra a per-serial tegraflash package that flashes it.
 #
-# local.conf:
-#   INHERIT += "imprint"
+# Copy this file to your layer's classes/ (or classes-recipe/) and either
+# inherit it in the image recipe:
+#
+#   inherit imprint
+#
+# or, in local.conf, add it to every image recipe of the build through
+# OE-core's IMAGE_CLASSES (image.bbclass inherits ${IMAGE_CLASSES}):
+#
+#   IMAGE_CLASSES += "imprint"
+#   # which images to stamp (meta-tegra's initramfs images are image
+#   # recipes too); empty: every image recipe that inherits the class
+#   IMPRINT_IMAGES = "azaion-image"
 #   # imprint runs from the build host (cargo install, or the .deb):
 #   HOSTTOOLS += "imprint"
 #   IMPRINT_SERIALS = "/srv/factory/serials-batch-17.txt"
 #   IMPRINT_API_URL = "https://admin.example"
 #   IMPRINT_API_TOKEN_FILE = "/srv/factory/imprint-token"
 #   IMPRINT_OWNER = "azaion"
+#
+# Only image recipes get a do_imprint task: a recipe that does not inherit
+# OE-core's image class (busybox, the kernel, ...) is left as it was, even
+# with a global INHERIT += "imprint", and a non-image recipe that inherits
+# the class itself is refused at parse time.
 #
 # The API token stays in its file: imprint reads it (--api-token-file). It
 # is never a BitBake variable or exported (an exported value lands in the
@@ -29,6 +44,7 @@
 # serial's images get one password and one account call.
 
 IMPRINT_SERIALS ??= ""
+IMPRINT_IMAGES ??= ""
 IMPRINT_API_URL ??= ""
 IMPRINT_API_TOKEN_FILE ??= ""
 IMPRINT_OWNER ??= "azaion"
@@ -45,7 +61,7 @@ imprint_images() {
     set --
     for type in ${IMPRINT_IMAGE_TYPES}; do
         base="${DEPLOY_DIR_IMAGE}/${IMAGE_LINK_NAME}.$type"
-        [ -f "$base" ] || bbfatal "imprint: $base does not exist (IMPRINT_IMAGE_TYPES = \"${IMPRINT_IMAGE_TYPES}\"; IMAGE_FSTYPES = \"${IMAGE_FSTYPES}\")"
+        [ -f "$base" ] || bbfatal "imprint: $base does not exist (IMPRINT_IMAGE_TYPES = \"${IMPRINT_IMAGE_TYPES}\"; IMAGE_FSTYPES = \"${IMAGE_FSTYPES}\"; IMPRINT_IMAGES names the images to stamp)"
         set -- "$@" --image "$base"
     done
     [ $# -gt 0 ] || bbfatal "imprint: IMPRINT_IMAGE_TYPES is empty"
@@ -100,7 +116,21 @@ python do_imprint() {
         bb.fatal("imprint: set IMPRINT_API_URL")
     bb.build.exec_func('imprint_images', d)
 }
-addtask imprint after do_image_complete before do_build
+# The task is added here, per recipe, and only to image recipes: a static
+# addtask in a class that is inherited globally would put do_imprint
+# before do_build in every recipe of the build.
+python __anonymous() {
+    pn = d.getVar('PN')
+    if not bb.data.inherits_class('image', d):
+        if 'imprint' in (d.getVar('INHERIT') or '').split():
+            return
+        bb.fatal("imprint: %s is not an image recipe (it does not inherit image): "
+                 "inherit imprint in an image recipe, or add it to IMAGE_CLASSES in local.conf" % pn)
+    images = (d.getVar('IMPRINT_IMAGES') or '').split()
+    if images and pn not in images:
+        return
+    bb.build.addtask('do_imprint', 'do_build', 'do_image_complete', d)
+}
 # The admin API is a network call; BitBake gives tasks no network otherwise.
 do_imprint[network] = "1"
 # Rerun when the serials file changes, not only when its name does.

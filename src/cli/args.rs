@@ -83,7 +83,7 @@ pub(crate) enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the manual page (roff) to stdout
     Man {
-        /// Write imprint.1 and an imprint-SUBCOMMAND.1 page for each subcommand into DIR instead
+        /// Write imprint.1 and an imprint-SUBCOMMAND.1 page for each subcommand (nested ones too) into DIR instead
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
@@ -145,7 +145,7 @@ pub(crate) struct ProvisionArgs {
     /// Make no API call; requires --password-file
     #[arg(long, requires = "password_file", conflicts_with = "api_url")]
     pub(crate) offline: bool,
-    /// Extra overlay spec (TOML) to apply after the built-in device.conf one, or - for stdin; repeatable (overlays/README.md)
+    /// Extra overlay spec (TOML) to apply after the built-in device.conf one, or - for stdin; repeatable (overlays/README.md; from the .deb, /usr/share/imprint/overlays/)
     #[arg(long = "overlay", value_name = "FILE")]
     pub(crate) overlays: Vec<PathBuf>,
     #[command(flatten)]

@@ -24,6 +24,7 @@ mod hostile;
 mod inspect;
 mod json;
 mod luks;
+mod manpages;
 mod overlays;
 mod packaging;
 mod realworld_ext4;

@@ -18,19 +18,20 @@ fn recipe(path: &str) -> PathBuf {
         .join(path)
 }
 
-/// A shell command with the built imprint first on PATH.
-fn shell(script: &Path) -> Command {
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_imprint"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let path = format!(
+/// PATH with the built imprint first.
+fn task_path() -> String {
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_imprint")).parent().unwrap();
+    format!(
         "{}:{}",
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
-    );
+    )
+}
+
+/// A shell command with the built imprint first on PATH.
+fn shell(script: &Path) -> Command {
     let mut c = Command::new(script);
-    c.env("PATH", path)
+    c.env("PATH", task_path())
         .env_remove("IMPRINT_API_TOKEN")
         .env_remove("SOURCE_DATE_EPOCH");
     c
@@ -1250,13 +1251,27 @@ fn bitbake_layer(d: &Path, recipe_lines: &str) -> PathBuf {
         "addtask build\nbbnote() {\n    echo \"NOTE: $*\"\n}\nbbfatal() {\n    echo \"ERROR: $*\"\n    exit 1\n}\n",
     )
     .unwrap();
+    fs::write(layer.join("classes/image.bbclass"), IMAGE_BBCLASS).unwrap();
     fs::write(
         layer.join("azaion-image.bb"),
-        format!("inherit imprint\naddtask image_complete\n{recipe_lines}"),
+        format!("inherit image\ninherit imprint\n{recipe_lines}"),
     )
     .unwrap();
     layer
 }
+
+/// A stand-in for OE-core's meta/classes-recipe/image.bbclass with what
+/// imprint.bbclass relies on: every image recipe inherits the classes of
+/// IMAGE_CLASSES (oe-core image.bbclass, line 14: `IMGCLASSES =
+/// "rootfs_${IMAGE_PKGTYPE} image_types ${IMAGE_CLASSES}"`, line 24:
+/// `inherit ${IMGCLASSES}`, at 10cbde44), and do_image_complete comes
+/// before do_build. Here the images are put in DEPLOY_DIR_IMAGE by the
+/// test; do_image_complete notes that it ran.
+const IMAGE_BBCLASS: &str = "IMAGE_CLASSES ??= \"\"\n\
+    IMGCLASSES = \"${IMAGE_CLASSES}\"\n\
+    inherit ${IMGCLASSES}\n\
+    do_image_complete() {\n    echo \"${PN} image complete\" > ${T}/image_complete\n}\n\
+    addtask image_complete before do_build\n";
 
 fn bitbake(pythonpath: &Path, layer: &Path, run_task: bool) -> std::process::Output {
     let mut c = shell(Path::new("python3"));
@@ -1432,6 +1447,225 @@ fn yocto_class_runs_in_bitbake() {
             stdout(&o)
         );
     }
+}
+
+/// A build directory and a layer as a user has them, built by
+/// tests/standins/bitbake/build.py (BitBake's cooker parsing and task
+/// runner): conf/bblayers.conf, conf/local.conf with `local_conf`, the
+/// class in the layer's classes/, the image.bbclass stand-in, and three
+/// recipes: the image to stamp, meta-tegra's initramfs image (an image
+/// recipe too, inherits core-image, cpio only) and busybox (no image).
+fn bitbake_build_dir(d: &Path, local_conf: &str, busybox_lines: &str) -> PathBuf {
+    let build = d.join("build");
+    let layer = d.join("meta-azaion");
+    for dir in [
+        build.join("conf"),
+        layer.join("conf"),
+        layer.join("classes"),
+        layer.join("classes-global"),
+        layer.join("classes-recipe"),
+        layer.join("recipes"),
+    ] {
+        fs::create_dir_all(dir).unwrap();
+    }
+    fs::write(
+        build.join("conf/bblayers.conf"),
+        format!(
+            "BBPATH = \"${{TOPDIR}}\"\nBBFILES ?= \"\"\nBBLAYERS = \"{}\"\n",
+            layer.display()
+        ),
+    )
+    .unwrap();
+    fs::write(build.join("conf/local.conf"), local_conf).unwrap();
+    fs::write(
+        layer.join("conf/layer.conf"),
+        "BBPATH .= \":${LAYERDIR}\"\n\
+         BBFILES += \"${LAYERDIR}/recipes/*.bb\"\n\
+         BBFILE_COLLECTIONS += \"azaion\"\n\
+         BBFILE_PATTERN_azaion = \"^${LAYERDIR}/\"\n\
+         LAYERSERIES_CORENAMES = \"scarthgap\"\n\
+         LAYERSERIES_COMPAT_azaion = \"scarthgap\"\n",
+    )
+    .unwrap();
+    // OE-core's conf/bitbake.conf, reduced to the variables the class
+    // uses; it ends with `include conf/local.conf` as OE-core's does.
+    // Tasks run with the PATH it exports (OE's has HOSTTOOLS_DIR, where
+    // `HOSTTOOLS += "imprint"` links imprint): here the test's, which
+    // starts with the built imprint's directory.
+    fs::write(
+        layer.join("conf/bitbake.conf"),
+        format!(
+            "PN = \"${{@bb.parse.vars_from_file(d.getVar('FILE', False), d)[0]}}\"\n\
+         TMPDIR = \"${{TOPDIR}}/tmp\"\n\
+         WORKDIR = \"${{TMPDIR}}/work/${{PN}}\"\n\
+         T = \"${{WORKDIR}}/temp\"\n\
+         B = \"${{WORKDIR}}/build\"\n\
+         STAMP = \"${{TMPDIR}}/stamps/${{PN}}\"\n\
+         DEPLOY_DIR_IMAGE = \"${{TOPDIR}}/deploy\"\n\
+         MACHINE = \"jetson-orin-nano-devkit\"\n\
+         IMAGE_BASENAME = \"${{PN}}\"\n\
+         IMAGE_LINK_NAME = \"${{IMAGE_BASENAME}}-${{MACHINE}}\"\n\
+         export PATH = \"{path}\"\n\
+         include conf/local.conf\n",
+            path = task_path()
+        ),
+    )
+    .unwrap();
+    fs::write(
+        layer.join("classes-global/base.bbclass"),
+        "bbnote() {\n    echo \"NOTE: $*\"\n}\nbbfatal() {\n    echo \"ERROR: $*\"\n    exit 1\n}\n\
+         do_build[noexec] = \"1\"\naddtask build\n",
+    )
+    .unwrap();
+    fs::write(layer.join("classes-recipe/image.bbclass"), IMAGE_BBCLASS).unwrap();
+    fs::copy(
+        recipe("yocto/imprint.bbclass"),
+        layer.join("classes/imprint.bbclass"),
+    )
+    .unwrap();
+    fs::write(
+        layer.join("recipes/azaion-image.bb"),
+        "IMAGE_FSTYPES = \"ext4\"\ninherit image\n",
+    )
+    .unwrap();
+    fs::write(
+        layer.join("recipes/tegra-minimal-initramfs.bb"),
+        "IMAGE_FSTYPES = \"cpio.gz\"\ninherit image\n",
+    )
+    .unwrap();
+    fs::write(
+        layer.join("recipes/busybox.bb"),
+        format!(
+            "do_compile() {{\n    mkdir -p ${{B}}\n    echo busybox > ${{B}}/busybox\n}}\n\
+             addtask compile before do_build\n{busybox_lines}"
+        ),
+    )
+    .unwrap();
+    let deploy = build.join("deploy");
+    fs::create_dir_all(&deploy).unwrap();
+    small_ext4(&deploy, "azaion-image-jetson-orin-nano-devkit.ext4");
+    fs::write(
+        deploy.join("tegra-minimal-initramfs-jetson-orin-nano-devkit.cpio.gz"),
+        "initramfs",
+    )
+    .unwrap();
+    build
+}
+
+fn bitbake_build(pythonpath: &Path, build: &Path, targets: &[&str]) -> std::process::Output {
+    let mut c = shell(Path::new("python3"));
+    c.arg(standin_dir("bitbake/build.py"))
+        .arg(build)
+        .args(targets)
+        .env("PYTHONPATH", pythonpath);
+    run(&mut c)
+}
+
+/// The tasks `build.py` says a recipe has.
+fn tasks_of(out: &str, pn: &str) -> Vec<String> {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&format!("TASKS {pn}:")))
+        .unwrap_or_else(|| panic!("no tasks for {pn} in\n{out}"));
+    line.split_whitespace().skip(2).map(String::from).collect()
+}
+
+/// The forms users write in local.conf, built with BitBake's cooker
+/// parsing and task runner in one run with a non-image recipe:
+/// `IMAGE_CLASSES += "imprint"` (OE-core's image.bbclass inherits it in
+/// every image recipe) with IMPRINT_IMAGES naming the image to stamp, and
+/// a global `INHERIT += "imprint"`. The image is stamped for every serial;
+/// busybox and the initramfs image are built with the tasks they have
+/// without the class, and nothing of theirs is stamped. A non-image recipe
+/// that inherits the class itself is refused at parse time, naming it.
+#[test]
+fn yocto_local_conf_forms_stamp_images_only() {
+    let Some(pythonpath) = bitbake_pythonpath() else {
+        require(
+            false,
+            "BitBake's bb package in target/bitbake-py (pip install --target target/bitbake-py bitbake-setup==2.19.0, as .ci/run does)",
+        );
+        return;
+    };
+    let link = "azaion-image-jetson-orin-nano-devkit";
+    for form in ["IMAGE_CLASSES += \"imprint\"", "INHERIT += \"imprint\""] {
+        let dir = TempDir::new().unwrap();
+        let d = dir.path();
+        let server = StubServer::start().unwrap();
+        let token = "tok-77e2d0";
+        server.require_token(Some(token.into()));
+        fs::write(d.join("token"), format!("{token}\n")).unwrap();
+        let local_conf = format!(
+            "{form}\n\
+             IMPRINT_IMAGES = \"azaion-image\"\n\
+             IMPRINT_SERIALS = \"{serials}\"\n\
+             IMPRINT_API_URL = \"{url}\"\n\
+             IMPRINT_API_TOKEN_FILE = \"{token_file}\"\n",
+            serials = serials_file(d).display(),
+            url = server.url(),
+            token_file = d.join("token").display()
+        );
+        let build = bitbake_build_dir(d, &local_conf, "");
+        let o = bitbake_build(
+            &pythonpath,
+            &build,
+            &["azaion-image", "tegra-minimal-initramfs", "busybox"],
+        );
+        let out = stdout(&o);
+        assert!(o.status.success(), "{form}: {out}\n{}", stderr(&o));
+        assert_eq!(
+            tasks_of(&out, "azaion-image"),
+            ["do_build", "do_image_complete", "do_imprint"],
+            "{form}"
+        );
+        assert!(
+            out.contains("NOTE: azaion-image:do_imprint Succeeded"),
+            "{out}"
+        );
+        for s in ["AZJN-0101", "AZJN-0102"] {
+            logs_in(
+                &build.join(format!("imprint/{link}/{s}-{link}.ext4")),
+                s,
+                &server,
+            );
+        }
+        // Untouched: the tasks they have without the class, built, and
+        // no output of imprint for them.
+        assert_eq!(
+            tasks_of(&out, "busybox"),
+            ["do_build", "do_compile"],
+            "{form}"
+        );
+        assert_eq!(
+            tasks_of(&out, "tegra-minimal-initramfs"),
+            ["do_build", "do_image_complete"],
+            "{form}"
+        );
+        assert!(out.contains("NOTE: busybox:do_compile Succeeded"), "{out}");
+        assert!(out.contains("NOTE: tegra-minimal-initramfs:do_image_complete Succeeded"));
+        assert_eq!(
+            fs::read_to_string(build.join("tmp/work/busybox/build/busybox")).unwrap(),
+            "busybox\n"
+        );
+        let outputs: Vec<_> = fs::read_dir(build.join("imprint"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(outputs, [link], "{form}");
+        assert_eq!(server.user_count(), 2);
+    }
+
+    // `inherit imprint` in a recipe that is no image: refused, by name.
+    let dir = TempDir::new().unwrap();
+    let build = bitbake_build_dir(dir.path(), "IMPRINT_SERIALS = \"\"\n", "inherit imprint\n");
+    let o = bitbake_build(&pythonpath, &build, &["busybox"]);
+    let out = stdout(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains("imprint: busybox is not an image recipe") && out.contains("IMAGE_CLASSES"),
+        "{out}"
+    );
+    assert!(!out.contains("do_compile Succeeded"), "{out}");
 }
 
 // ---- CI recipes, run step by step ------------------------------------------

@@ -98,6 +98,8 @@ fn how_to_install(name: &str) -> String {
         "setfacl" | "getfacl" => "acl",
         "setfattr" | "getfattr" => "attr",
         "dpkg-deb" => "dpkg",
+        "objdump" => "binutils",
+        "groff" => "groff-base",
         "mount" | "umount" => "mount",
         "taskset" | "script" => "util-linux",
         "/usr/bin/time" => "time",
