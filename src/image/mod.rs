@@ -231,7 +231,7 @@ pub struct ImageOptions {
     /// would keep the input's bytes: tests and benchmarks compare the two.
     pub full_rewrite: bool,
     /// The partitions of a disk image to stamp (each with the device's
-    /// credentials, in one output) or read (see [`disk::select`]); empty:
+    /// credentials, in one output) or read ([`disk::PartitionChoice`]); empty:
     /// the one named `APP`, else the only ext2/3/4 partition with `/etc`.
     pub partitions: Vec<disk::PartitionChoice>,
     /// Where tar scans are kept for the next run from the same input

@@ -139,7 +139,9 @@ impl fmt::Display for PartitionId {
 pub enum PartitionChoice {
     Number(u32),
     Name(String),
-    /// Every rootfs slot (`all-rootfs`): see [`select`].
+    /// Every rootfs slot (`all-rootfs`): `APP` and `APP_b` on a disk with a
+    /// partition named `APP`, else every ext2/3/4 partition holding `/etc`
+    /// (docs/formats.md).
     AllRootfs,
 }
 
