@@ -230,11 +230,23 @@ fn open(
                 LuksKey::Passphrase(pass) => Zeroizing::new(pass.to_vec()),
                 LuksKey::VolumeKey(_) => unreachable!("matched above"),
             };
+            register_passphrase(&pass);
             open_with_passphrase(&header, &outer, &pass, file, kind)?
         }
     };
     let volume = crypt::Crypt::new(outer, &header, &key).map_err(invalid)?;
     Ok(vec![Slot::whole(Box::new(volume))])
+}
+
+/// Makes a passphrase known to the panic scrubber (`crate::redact`), as
+/// the password and the API token are: a passphrase file as read (with
+/// its newline, as cryptsetup takes it) and trimmed, and L4T's derived
+/// hex passphrase. Binary key material never reaches text.
+fn register_passphrase(pass: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(pass) {
+        crate::redact::register(text);
+        crate::redact::register(text.trim());
+    }
 }
 
 /// The volume key from a passphrase, or the error that says why not.
