@@ -540,16 +540,18 @@ fn l4t_initrd_station_stamps_what_initrd_flash_reads() {
     }
 }
 
-/// station.sh run in `l4t` with the stand-in flash.sh against the stub
-/// API: `env` adds to the environment (ROOTFS_AB, ROOTFS_ENC, ...).
-fn station_online(
+/// An L4T recipe (`l4t/station.sh`, `l4t/initrd-station.sh`) run in `l4t`
+/// with the stand-in flash tools against the stub API: `env` adds to the
+/// environment (ROOTFS_AB, ROOTFS_ENC, ...).
+fn l4t_recipe(
+    script: &str,
     l4t: &Path,
     device: &Path,
     server: &StubServer,
     env: &[(&str, &str)],
     args: &[&str],
 ) -> std::process::Output {
-    let mut c = shell(&recipe("l4t/station.sh"));
+    let mut c = shell(&recipe(script));
     c.current_dir(l4t)
         .args(args)
         .env("IMPRINT_API_URL", server.url())
@@ -560,6 +562,16 @@ fn station_online(
         c.env(k, v);
     }
     run(&mut c)
+}
+
+fn station_online(
+    l4t: &Path,
+    device: &Path,
+    server: &StubServer,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> std::process::Output {
+    l4t_recipe("l4t/station.sh", l4t, device, server, env, args)
 }
 
 /// The account calls the stub saw (its /login checks left out).
@@ -791,17 +803,7 @@ fn initrd_station(
     env: &[(&str, &str)],
     args: &[&str],
 ) -> std::process::Output {
-    let mut c = shell(&recipe("l4t/initrd-station.sh"));
-    c.current_dir(l4t)
-        .args(args)
-        .env("IMPRINT_API_URL", server.url())
-        .env("L4T_STANDIN_DEVICE", device)
-        .env_remove("ROOTFS_AB")
-        .env_remove("ROOTFS_ENC");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    run(&mut c)
+    l4t_recipe("l4t/initrd-station.sh", l4t, device, server, env, args)
 }
 
 /// --massflash flashes every device in recovery mode from one images/, so
