@@ -111,6 +111,16 @@ fn print_device(device: &PlannedDevice) -> std::io::Result<()> {
                 e.kind,
                 e.path
             );
+            for (name, value) in &e.xattrs {
+                let shown = match super::report::xattr_text(value) {
+                    Some(text) => format!("{text:?}"),
+                    None => {
+                        let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
+                        format!("0x{hex}")
+                    }
+                };
+                outln!("  {:<17} xattr {name}={shown}", "");
+            }
         }
     }
     Ok(())

@@ -359,6 +359,38 @@ struct DryRunEntry<'a> {
     kind: &'static str,
     uid: Option<u32>,
     user: Option<&'a str>,
+    /// The extended attributes it sets; absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    xattrs: Vec<DryRunXattr<'a>>,
+}
+
+/// An extended attribute: its value in hex always, and as text when it
+/// is printable UTF-8 (an SELinux label; not a binary capability set).
+#[derive(Serialize)]
+struct DryRunXattr<'a> {
+    hex: String,
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+}
+
+impl<'a> DryRunXattr<'a> {
+    fn new((name, value): &'a (String, Vec<u8>)) -> Self {
+        DryRunXattr {
+            hex: value.iter().map(|b| format!("{b:02x}")).collect(),
+            name,
+            text: xattr_text(value),
+        }
+    }
+}
+
+/// An attribute's value as text, when it is printable UTF-8 (a trailing
+/// NUL, as SELinux labels carry, dropped).
+pub(crate) fn xattr_text(value: &[u8]) -> Option<&str> {
+    let value = value.strip_suffix(b"\0").unwrap_or(value);
+    std::str::from_utf8(value)
+        .ok()
+        .filter(|t| !t.chars().any(char::is_control))
 }
 
 impl<'a> DryRunDocument<'a> {
@@ -391,6 +423,7 @@ impl<'a> DryRunDocument<'a> {
                                     kind: e.kind,
                                     uid: e.owner.as_ref().map(|o| o.uid),
                                     user: e.owner.as_ref().and_then(|o| o.user_name.as_deref()),
+                                    xattrs: e.xattrs.iter().map(DryRunXattr::new).collect(),
                                 })
                                 .collect(),
                         })

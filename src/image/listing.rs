@@ -21,6 +21,15 @@ macro_rules! through {
                 self.$field.list(path, recursive)
             }
 
+            fn list_each(
+                &mut self,
+                path: Option<&ImagePath>,
+                recursive: bool,
+                visit: &mut dyn FnMut(&Listed) -> Result<(), ImageError>,
+            ) -> Result<bool, ImageError> {
+                self.$field.list_each(path, recursive, visit)
+            }
+
             fn cat(
                 &mut self,
                 path: &ImagePath,

@@ -30,6 +30,9 @@ pub struct PlannedEntry {
     /// A file's size in bytes (its content is never shown).
     pub size: Option<u64>,
     pub target: Option<String>,
+    /// The extended attributes the entry sets (name, value), sorted by
+    /// name. Values never hold the password (a plan refuses that).
+    pub xattrs: Vec<(String, Vec<u8>)>,
 }
 
 /// One input of one device.
@@ -281,5 +284,10 @@ fn describe((entry, action): (&crate::plan::PlanEntry, Action)) -> PlannedEntry 
             PlanKind::Symlink(t) => Some(t.clone()),
             _ => None,
         },
+        xattrs: entry
+            .xattrs
+            .iter()
+            .map(|x| (x.name.clone(), x.value.clone()))
+            .collect(),
     }
 }

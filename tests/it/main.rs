@@ -23,6 +23,7 @@ mod fuzz_corpus;
 mod hostile;
 mod inspect;
 mod json;
+mod listing;
 mod luks;
 mod manpages;
 mod overlays;

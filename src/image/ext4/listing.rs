@@ -25,7 +25,7 @@ impl<R: ReadAt> FsReader<R> {
         prefix: &str,
         recursive: bool,
         ancestors: &mut Vec<u32>,
-        out: &mut Vec<Listed>,
+        visit: &mut dyn FnMut(&Listed) -> Result<(), ImageError>,
     ) -> Result<(), ImageError> {
         if ancestors.len() > MAX_DEPTH {
             return Err(Ext4Error::TooDeep {
@@ -48,11 +48,11 @@ impl<R: ReadAt> FsReader<R> {
             } else {
                 format!("{prefix}/{name}")
             };
-            out.push(Listed {
+            visit(&Listed {
                 path: path.clone(),
                 meta: self.meta(&inode)?,
                 hard_link: None,
-            });
+            })?;
             if recursive && inode.kind() == EntryType::Dir {
                 // A directory that is its own ancestor: the tree loops,
                 // which only damage does (directories have one parent).
@@ -63,7 +63,7 @@ impl<R: ReadAt> FsReader<R> {
                     .into());
                 }
                 ancestors.push(ino);
-                self.list_into(&inode, &path, true, ancestors, out)?;
+                self.list_into(&inode, &path, true, ancestors, visit)?;
                 ancestors.pop();
             }
         }
@@ -101,24 +101,41 @@ impl<R: ReadAt> Ext4Inspector<R> {
         path: Option<&ImagePath>,
         recursive: bool,
     ) -> Result<Option<Vec<Listed>>, ImageError> {
+        let mut out = Vec::new();
+        let found = self.list_each(path, recursive, &mut |l| {
+            out.push(l.clone());
+            Ok(())
+        })?;
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(found.then_some(out))
+    }
+
+    /// See [`crate::image::Inspect::list_each`]: each directory's entries
+    /// sorted by name, a directory's contents right after it; memory holds
+    /// one directory's names per level, never the whole tree.
+    pub(crate) fn list_each(
+        &self,
+        path: Option<&ImagePath>,
+        recursive: bool,
+        visit: &mut dyn FnMut(&Listed) -> Result<(), ImageError>,
+    ) -> Result<bool, ImageError> {
         let parts = path.map(|p| p.components()).unwrap_or_default();
         let Some((ino, inode)) = self.fs.resolve(parts)? else {
-            return Ok(None);
+            return Ok(false);
         };
         let prefix = path.map(ImagePath::relative).unwrap_or_default();
         if inode.kind() != EntryType::Dir {
-            return Ok(Some(vec![Listed {
+            visit(&Listed {
                 path: prefix,
                 meta: self.fs.meta(&inode)?,
                 hard_link: None,
-            }]));
+            })?;
+            return Ok(true);
         }
-        let mut out = Vec::new();
         let mut ancestors = vec![ino];
         self.fs
-            .list_into(&inode, &prefix, recursive, &mut ancestors, &mut out)?;
-        out.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(Some(out))
+            .list_into(&inode, &prefix, recursive, &mut ancestors, visit)?;
+        Ok(true)
     }
 
     /// See [`crate::image::Inspect::cat`].
