@@ -643,7 +643,7 @@ fn the_preview_shows_the_xattrs_an_overlay_writes() {
     }
     assert!(!out.exists());
     // Written, `ls --xattrs` names them (as GNU tar lists them).
-    let o = run(&mut provision_offline(&archive, &out, "azaion", &pw)
+    let o = run(provision_offline(&archive, &out, "azaion", &pw)
         .arg("--overlay")
         .arg(&spec));
     assert!(o.status.success(), "{}", stderr(&o));
