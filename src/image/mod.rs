@@ -30,7 +30,7 @@ use crate::plan::{ImagePath, OverlayError, Plan};
 pub use detect::ImageKind;
 pub(crate) use detect::{detect, Content};
 pub use dir::DirError;
-pub use disk::{DiskError, PartitionChoice};
+pub use disk::{DiskError, GptCopy, PartitionChoice, TablePart, TableProblem};
 pub use ext4::{use_library, Ext4Error};
 pub use luks::{LuksError, LuksKey};
 pub use sparse::SparseError;

@@ -7,6 +7,7 @@ use crate::image::EntryType;
 
 /// Superblock feature bits.
 pub(crate) mod feature {
+    pub(crate) const COMPAT_HAS_JOURNAL: u32 = 0x4;
     pub(crate) const COMPAT_SPARSE_SUPER2: u32 = 0x200;
 
     pub(crate) const INCOMPAT_FILETYPE: u32 = 0x2;
