@@ -1,4 +1,4 @@
-//! A boundary of any codec that has them (gzip, bzip2, zstd), and the index
+//! A boundary of any codec that has them (gzip, bzip2, zstd, xz), and the index
 //! its decoder fills while it reads: what both the tar scan and the codec
 //! layer around raw images use to keep the input's compressed bytes before
 //! a first change.
@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::io::Read;
 
-use super::{bzip2 as bz2, gzip, zstd as zst, Compression, Tail};
+use super::{bzip2 as bz2, gzip, xz, zstd as zst, Compression, Tail};
 
 /// A block boundary of a compressed input a rewrite may start from.
 #[derive(Debug, Clone)]
@@ -14,6 +14,7 @@ pub(crate) enum Boundary {
     Gzip(gzip::Boundary),
     Bzip2(bz2::Boundary),
     Zstd(zst::Boundary),
+    Xz(xz::Boundary),
 }
 
 impl Boundary {
@@ -23,6 +24,7 @@ impl Boundary {
             Boundary::Gzip(b) => b.out,
             Boundary::Bzip2(b) => b.out,
             Boundary::Zstd(b) => b.out,
+            Boundary::Xz(b) => b.out,
         }
     }
 }
@@ -33,6 +35,8 @@ pub(crate) enum BlockIndex {
     Gzip(gzip::SharedIndex),
     Bzip2(bz2::SharedIndex),
     Zstd(zst::SharedIndex),
+    /// None: the file's layout could not be read (it is decoded plainly).
+    Xz(Option<xz::SharedIndex>),
 }
 
 impl BlockIndex {
@@ -47,7 +51,7 @@ impl BlockIndex {
                 let (decoder, index) = indexing(file);
                 (decoder, Some(index))
             }
-            Tail::Plain | Tail::Speculated | Tail::Rewrite => (codec.decoder(file), None),
+            Tail::Plain | Tail::Rewrite => (codec.decoder(file), None),
         }
     }
 
@@ -69,6 +73,12 @@ impl BlockIndex {
         (Box::new(decoder), BlockIndex::Zstd(index))
     }
 
+    /// xz's: the layout from the file's indexes; every block start.
+    pub(crate) fn xz(file: File) -> (Box<dyn Read + Send>, BlockIndex) {
+        let (decoder, index) = xz::indexing_decoder(file);
+        (decoder, BlockIndex::Xz(index))
+    }
+
     /// The boundary the decoder remembers at or before uncompressed
     /// `offset`.
     pub(crate) fn boundary_before(&self, offset: u64) -> Option<Boundary> {
@@ -82,6 +92,7 @@ impl BlockIndex {
             BlockIndex::Zstd(i) => crate::sync::lock(i)
                 .boundary_before(offset)
                 .map(Boundary::Zstd),
+            BlockIndex::Xz(i) => i.as_ref()?.boundary_before(offset).map(Boundary::Xz),
         }
     }
 
@@ -92,6 +103,17 @@ impl BlockIndex {
             BlockIndex::Gzip(i) => crate::sync::lock(i).single_member,
             BlockIndex::Bzip2(_) => true,
             BlockIndex::Zstd(i) => crate::sync::lock(i).single_frame,
+            // Any block of any stream can be continued.
+            BlockIndex::Xz(i) => i.is_some(),
+        }
+    }
+
+    /// Whether a rewrite could keep anything: an xz file of one block
+    /// cannot (its scan compresses speculatively instead).
+    pub(crate) fn keeps_blocks(&self) -> bool {
+        match self {
+            BlockIndex::Xz(i) => i.as_ref().is_some_and(|i| i.has_later_blocks()),
+            _ => true,
         }
     }
 }

@@ -13,6 +13,7 @@ pub(crate) mod gzip;
 mod recent;
 pub(crate) mod trailing;
 pub(crate) mod xxh64;
+pub(crate) mod xz;
 pub(crate) mod zstd;
 
 use std::fs::File;
@@ -59,13 +60,12 @@ pub(crate) enum Tail {
     Plain,
     /// `indexing` decodes while noting boundaries (`boundary::BlockIndex`),
     /// and a tail writer continues the stream after one (gzip, bzip2,
-    /// zstd; see "Adding a compression" in docs/architecture.md).
+    /// zstd, xz; see "Adding a compression" in docs/architecture.md). An
+    /// xz file of a single block has none past its start: the tar scan
+    /// compresses it speculatively as it reads (`image/tar/speculate.rs`).
     Boundaries {
         indexing: fn(File) -> (Box<dyn Read + Send>, boundary::BlockIndex),
     },
-    /// No boundaries; the tar scan compresses speculatively as it reads
-    /// (xz, `image/tar/speculate.rs`), and a scan cache would skip that.
-    Speculated,
     /// Nothing kept: every rewrite compresses the whole output anew (what
     /// a new codec gets until it has boundaries).
     #[allow(dead_code)]
@@ -154,7 +154,9 @@ impl Compression {
                     footer: b"YZ",
                     rule: "xz allows zero padding only in multiples of 4 bytes (`xz -t` refuses this file too)",
                 },
-                tail: Tail::Speculated,
+                tail: Tail::Boundaries {
+                    indexing: boundary::BlockIndex::xz,
+                },
                 parallel_encode: true,
                 parallel_decode: false,
             },
@@ -195,7 +197,7 @@ impl Compression {
                 Ok(d) => Box::new(d),
                 Err(e) => Box::new(FailingReader(Some(e))),
             },
-            Compression::Xz => Box::new(xz2::bufread::XzDecoder::new_multi_decoder(buffered)),
+            Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(buffered)),
         }
     }
 
@@ -220,19 +222,41 @@ impl Compression {
                 encoder.multithread(self.workers() as u32)?;
                 Box::new(encoder)
             }
-            Compression::Xz => {
-                // Multithreaded xz cuts the input into blocks of a size set
-                // by the preset, not by the thread count, so the bytes are
-                // the same on any machine.
-                let stream = xz2::stream::MtStreamBuilder::new()
-                    .preset(6)
-                    .threads(self.workers() as u32)
-                    .check(xz2::stream::Check::Crc64)
-                    .encoder()
-                    .map_err(io::Error::other)?;
-                Box::new(xz2::write::XzEncoder::new_stream(sink, stream))
-            }
+            Compression::Xz => self.xz_encoder(sink, liblzma::stream::Check::Crc64)?,
         })
+    }
+
+    /// An encoder like [`Compression::encoder`] for an output made from
+    /// `input`: xz keeps the input's check type (none, CRC32, CRC64,
+    /// SHA-256).
+    pub(crate) fn encoder_like<'w, W: Write + Send + 'w>(
+        self,
+        sink: W,
+        input: &File,
+    ) -> io::Result<Box<dyn Encoder + 'w>> {
+        match self {
+            Compression::Xz => self.xz_encoder(sink, xz::input_check(input)),
+            _ => self.encoder(sink),
+        }
+    }
+
+    fn xz_encoder<'w, W: Write + Send + 'w>(
+        self,
+        sink: W,
+        check: liblzma::stream::Check,
+    ) -> io::Result<Box<dyn Encoder + 'w>> {
+        // Multithreaded xz cuts the input into blocks of a size set by the
+        // preset, not by the thread count, so the bytes are the same on
+        // any machine.
+        let stream = liblzma::stream::MtStreamBuilder::new()
+            .preset(6)
+            .threads(self.workers() as u32)
+            .check(check)
+            .encoder()
+            .map_err(io::Error::other)?;
+        Ok(Box::new(liblzma::write::XzEncoder::new_stream(
+            sink, stream,
+        )))
     }
 }
 
@@ -314,7 +338,7 @@ impl<W: Write> Encoder for ::zstd::stream::write::Encoder<'_, W> {
     }
 }
 
-impl<W: Write> Encoder for xz2::write::XzEncoder<W> {
+impl<W: Write> Encoder for liblzma::write::XzEncoder<W> {
     fn finish_stream(self: Box<Self>) -> io::Result<()> {
         self.finish()?.flush()
     }

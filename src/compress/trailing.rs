@@ -297,7 +297,7 @@ mod tests {
         let refused = check(Compression::Zstd, &zst, 4096).unwrap();
         assert_eq!((refused.data_end, refused.zeros), (zst.len() as u64, 4096));
         let mut xz = Vec::new();
-        xz2::read::XzEncoder::new(&data[..], 6)
+        liblzma::read::XzEncoder::new(&data[..], 6)
             .read_to_end(&mut xz)
             .unwrap();
         assert_eq!(check(Compression::Xz, &xz, 0), None);

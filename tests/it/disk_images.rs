@@ -823,7 +823,8 @@ fn same_bytes_from(a: &Path, b: &Path, from: usize) -> usize {
 /// closes the kept frame at the boundary and starts a new one); the output
 /// passes the codec's own test and decompresses to what a run on the
 /// plain disk writes. Inputs the boundaries cannot serve (several gzip
-/// members, pzstd's frames, xz) are compressed anew, as correctly.
+/// members, pzstd's frames, single-block xz) are compressed anew, as
+/// correctly. Multi-block xz keeps its blocks before the rootfs.
 #[test]
 fn compressed_disks_keep_the_bytes_before_the_rootfs() {
     let dir = TempDir::new().unwrap();
@@ -855,7 +856,7 @@ fn compressed_disks_keep_the_bytes_before_the_rootfs() {
 
     // (label, how the input is made from `disk` (IN) into OUT, codec's
     // test, decompressor, whether the prefix is kept)
-    let cases: [(&str, &str, &str, &str, bool); 8] = [
+    let cases: [(&str, &str, &str, &str, bool); 10] = [
         (
             "gzip",
             "gzip -6 -n -c IN > OUT",
@@ -907,6 +908,22 @@ fn compressed_disks_keep_the_bytes_before_the_rootfs() {
             "zstd -q -dc",
             false,
         ),
+        // Yocto's `xz -T`: blocks, the ones before the rootfs kept.
+        (
+            "xz-blocks",
+            "xz -T2 -6 --block-size=1MiB -c IN > OUT",
+            "xz -t",
+            "xz -dc",
+            true,
+        ),
+        // Plain `xz`: one block, nothing to keep.
+        (
+            "xz-one-block",
+            "xz -3 -c IN > OUT",
+            "xz -t",
+            "xz -dc",
+            false,
+        ),
     ];
     // What the partitions before the rootfs take compressed, per codec
     // (the same for every tool of one codec).
@@ -916,6 +933,7 @@ fn compressed_disks_keep_the_bytes_before_the_rootfs() {
         let (suffix, sizing) = match test.split_whitespace().next().unwrap() {
             "gzip" => (".gz", "gzip -6 -c"),
             "bzip2" => (".bz2", "bzip2 -9 -c"),
+            "xz" => (".xz", "xz -6 -c"),
             _ => (".zst", "zstd -q -c"),
         };
         let input = dir.path().join(format!("{label}.wic{suffix}"));

@@ -13,7 +13,7 @@ use common::*;
 use tempfile::TempDir;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Place {
+pub(crate) enum Place {
     /// /etc/azaion/device.conf exists and is the first entry with data.
     Start,
     /// It exists between a lot of data before and after.
@@ -23,7 +23,7 @@ enum Place {
 }
 
 /// Deterministic text-like bytes: compressible, but not trivially.
-fn filler(seed: u64, len: usize) -> Vec<u8> {
+pub(crate) fn filler(seed: u64, len: usize) -> Vec<u8> {
     let words = [
         "jetson", "rootfs", "kernel", "module", "azaion", "device", "loader", "config", "\n",
     ];
@@ -42,7 +42,7 @@ fn filler(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
-fn tree(dir: &Path, place: Place, big: bool) -> PathBuf {
+pub(crate) fn tree(dir: &Path, place: Place, big: bool) -> PathBuf {
     let root = dir.join(format!("tree-{place:?}-{big}"));
     let _ = fs::remove_dir_all(&root);
     let bulk = if big { 3 << 20 } else { 2000 };
@@ -83,7 +83,7 @@ fn tree(dir: &Path, place: Place, big: bool) -> PathBuf {
     root
 }
 
-fn tar_of(root: &Path, out: &Path) {
+pub(crate) fn tar_of(root: &Path, out: &Path) {
     sh(&format!(
         "tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@1700000000 -C {} -cf {} .",
         root.display(),
@@ -91,7 +91,7 @@ fn tar_of(root: &Path, out: &Path) {
     ));
 }
 
-fn provision(input: &Path, output: &Path, pw: &Path, full: bool) {
+pub(crate) fn provision(input: &Path, output: &Path, pw: &Path, full: bool) {
     let mut cmd = provision_offline(input, output, "azaion", pw);
     cmd.env("SOURCE_DATE_EPOCH", "1700000000");
     if full {
@@ -109,7 +109,7 @@ fn tool_of(compress: &str) -> &str {
     }
 }
 
-fn decompressed(path: &Path, tool: &str) -> Vec<u8> {
+pub(crate) fn decompressed(path: &Path, tool: &str) -> Vec<u8> {
     let o = run(Command::new(tool).arg("-dc").arg(path));
     assert!(
         o.status.success(),
@@ -121,7 +121,7 @@ fn decompressed(path: &Path, tool: &str) -> Vec<u8> {
 }
 
 /// `tool -t` (when compressed), GNU tar and bsdtar all accept the archive.
-fn check_archive(path: &Path, tool: Option<&str>) {
+pub(crate) fn check_archive(path: &Path, tool: Option<&str>) {
     if let Some(tool) = tool {
         sh(&format!("{tool} -t {}", path.display()));
     }

@@ -36,3 +36,4 @@ mod recipes;
 mod sparse_images;
 mod staging_race;
 mod tar;
+mod xz;

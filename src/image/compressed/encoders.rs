@@ -8,7 +8,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use xz2::stream::{Check, Filters, LzmaOptions};
+use liblzma::stream::{Check, Filters, LzmaOptions};
 
 use crate::compress::{Compression, Encoder};
 use crate::io::output::TempOutput;
@@ -119,13 +119,14 @@ fn vli(bytes: &[u8], at: &mut usize) -> Option<u64> {
 }
 
 /// The xz encoder for the output (see XZ_DICT_MAX).
-fn xz_encoder(input: &Path) -> io::Result<xz2::stream::Stream> {
+fn xz_encoder(input: &Path) -> io::Result<liblzma::stream::Stream> {
     let dict = xz_input_dict(input).map_or(XZ_DICT_MAX, |d| d.min(XZ_DICT_MAX));
     let mut lzma = LzmaOptions::new_preset(6).map_err(io::Error::other)?;
     lzma.dict_size(dict);
     let mut filters = Filters::new();
     filters.lzma2(&lzma);
-    xz2::stream::Stream::new_stream_encoder(&filters, Check::Crc64).map_err(io::Error::other)
+    let check = File::open(input).map_or(Check::Crc64, |f| crate::compress::xz::input_check(&f));
+    liblzma::stream::Stream::new_stream_encoder(&filters, check).map_err(io::Error::other)
 }
 
 /// An encoder for the output, like the input's, that will be given `len`
@@ -153,7 +154,7 @@ pub(super) fn encoder_for<'w>(
     }
     if codec == Compression::Xz {
         let stream = xz_encoder(input)?;
-        return Ok(Box::new(xz2::write::XzEncoder::new_stream(out, stream)));
+        return Ok(Box::new(liblzma::write::XzEncoder::new_stream(out, stream)));
     }
     codec.encoder(out)
 }
@@ -178,16 +179,18 @@ mod tests {
         ] {
             for threads in [None, Some(2)] {
                 let stream = match threads {
-                    None => {
-                        xz2::stream::Stream::new_easy_encoder(preset, xz2::stream::Check::Crc64)
-                    }
-                    Some(t) => xz2::stream::MtStreamBuilder::new()
+                    None => liblzma::stream::Stream::new_easy_encoder(
+                        preset,
+                        liblzma::stream::Check::Crc64,
+                    ),
+                    Some(t) => liblzma::stream::MtStreamBuilder::new()
                         .preset(preset)
                         .threads(t)
                         .encoder(),
                 }
                 .unwrap();
-                let mut e = xz2::write::XzEncoder::new_stream(File::create(&path).unwrap(), stream);
+                let mut e =
+                    liblzma::write::XzEncoder::new_stream(File::create(&path).unwrap(), stream);
                 e.write_all(&data).unwrap();
                 e.finish().unwrap();
                 assert_eq!(xz_input_dict(&path), Some(dict), "-{preset} {threads:?}");

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use super::encoders::encoder_for;
 use super::expand::MIN_KEPT;
 use crate::compress::boundary::Boundary;
-use crate::compress::{bzip2 as bz2, gzip, Compression, Encoder};
+use crate::compress::{bzip2 as bz2, gzip, xz, Compression, Encoder};
 use crate::io::output::TempOutput;
 use crate::io::prefix::{KeepError, PrefixCache};
 use crate::io::sink::RawSink;
@@ -135,6 +135,23 @@ fn continue_after<'a>(start: Start<'a>, b: &Boundary) -> io::Result<Box<dyn Enco
         Boundary::Bzip2(b) => {
             let last = keep_bits(prefixes, out, b.bit)?;
             Box::new(bz2::BlockEncoder::resume(out, b, last))
+        }
+        Boundary::Xz(b) => {
+            let len = file.metadata().map_err(|e| read_error(input, e))?.len();
+            let more = xz::Continuation::at(&file, len, b)
+                .map_err(|e| read_error(input, e))?
+                .ok_or_else(|| {
+                    read_error(
+                        input,
+                        io::Error::other("the xz file changed while it was read"),
+                    )
+                })?;
+            let hashed = prefixes
+                .state(&file, &[], 0, b.offset)
+                .map_err(|e| read_error(input, e))?;
+            out.splice_prefix(&file, b.offset, hashed)?;
+            let threads = more.threads_within(codec.workers() as u32, xz::ENCODE_MEMORY);
+            Box::new(more.encoder(out, threads)?)
         }
         Boundary::Zstd(b) => {
             let (header, end) = b.cut_frame();

@@ -11,7 +11,7 @@ use super::header::HeaderStyle;
 use super::scan::{PrefixState, Scan, WatchedEntry};
 use crate::cache::format::{Dec, Enc};
 use crate::compress::boundary::Boundary;
-use crate::compress::{bzip2 as bz2, gzip, zstd as zst, Compression};
+use crate::compress::{bzip2 as bz2, gzip, xz, zstd as zst, Compression};
 use crate::image::{EntryType, FileMeta};
 use crate::io::prefix::PrefixKey;
 use crate::io::sha256::Sha256;
@@ -152,6 +152,7 @@ pub(super) fn decode(bytes: &[u8], codec: Compression) -> Option<(Scan, Vec<Kept
             Boundary::Gzip(_) => Compression::Gzip,
             Boundary::Bzip2(_) => Compression::Bzip2,
             Boundary::Zstd(_) => Compression::Zstd,
+            Boundary::Xz(_) => Compression::Xz,
         };
         (b.out() <= scan.end_of_entries && codec_of == codec).then_some(())?;
         boundaries.push(b);
@@ -311,6 +312,7 @@ fn get_meta(d: &mut Dec) -> Option<FileMeta> {
 const GZIP: u8 = 1;
 const BZIP2: u8 = 2;
 const ZSTD: u8 = 3;
+const XZ: u8 = 4;
 /// A deflate window: 32 KiB at most.
 const WINDOW: usize = 32 * 1024;
 
@@ -330,6 +332,13 @@ fn put_boundary(e: &mut Enc, b: &Boundary, file_head: &[u8]) -> Option<()> {
             e.u64(z.out);
             e.u8(level);
             e.u32(crc);
+        }
+        // The rest (the kept blocks' records, the filters) is read from
+        // the input's own index when the output is written.
+        Boundary::Xz(x) => {
+            e.u8(XZ);
+            e.u64(x.offset);
+            e.u64(x.out);
         }
         Boundary::Zstd(z) => {
             let parts = z.export(file_head)?;
@@ -369,6 +378,10 @@ fn get_boundary(d: &mut Dec) -> Option<Boundary> {
             data: d.bytes()?.to_vec(),
             header: d.bytes()?.to_vec(),
         })?),
+        XZ => Boundary::Xz(xz::Boundary {
+            offset: d.u64()?,
+            out: d.u64()?,
+        }),
         _ => return None,
     })
 }

@@ -43,7 +43,7 @@ use thiserror::Error;
 
 use super::{EntryType, ImageBackend, ImageError, ImageFacts, ImageOptions, ImageReader};
 use crate::cache::{Identity, Miss};
-use crate::compress::{Compression, Tail};
+use crate::compress::Compression;
 use crate::io::output::TempOutput;
 use crate::io::prefix::PrefixCache;
 use crate::plan::{ImagePath, Plan};
@@ -245,9 +245,13 @@ impl TarBackend {
         self.cached = false;
         let cache = self.options.cache.as_ref()?;
         let path = self.path.display();
-        if self.options.full_rewrite || matches!(self.codec.facts().tail, Tail::Speculated) {
-            // xz keeps no boundaries: its fast path compresses while it
-            // scans, which a cached scan would skip.
+        let single_xz = || {
+            self.codec == Compression::Xz
+                && File::open(&self.path).is_ok_and(|f| crate::compress::xz::single_block(&f))
+        };
+        if self.options.full_rewrite || single_xz() {
+            // A single-block xz file keeps nothing; its fast path
+            // compresses while it scans, which a cached scan would skip.
             tracing::info!("{path}: scan cache not used for this input");
             return None;
         }

@@ -364,7 +364,7 @@ fn scan_with(
     } = open(path, codec, writing.is_some(), parallel_bzip2)?;
     let snapshot = || hashing.as_ref().map(|h| crate::sync::lock(h).clone());
     let mut entries = Entries::new(stream, path, snapshot);
-    entries.stream().speculation = start_speculation(path, codec, writing);
+    entries.stream().speculation = start_speculation(path, codec, writing, index.as_ref());
     let mut visitor = Visitor {
         out: Scan {
             watch: watch.to_vec(),
@@ -446,18 +446,25 @@ fn open(
     })
 }
 
-/// For a scan of an xz archive for writing: the speculative compressor
+/// For a scan of a single-block xz archive for writing: the speculative compressor
 /// of the entries read (see `speculate.rs`), if one can start.
 fn start_speculation(
     path: &Path,
     codec: Compression,
     writing: Option<&ForWriting>,
+    index: Option<&BlockIndex>,
 ) -> Option<Speculation> {
-    let w = writing.filter(|w| matches!(codec.facts().tail, Tail::Speculated) && w.speculate)?;
+    // Only an xz file whose blocks a rewrite cannot keep (one block, as
+    // plain `xz` writes) is worth compressing while it is read.
+    let single_block = index.is_none_or(|i| !i.keeps_blocks());
+    let w = writing.filter(|w| codec == Compression::Xz && single_block && w.speculate)?;
     let name = path
         .file_name()
         .map_or("image".into(), |n| n.to_string_lossy());
-    Speculation::start(codec, w.scratch_dir, &format!("{name}.prefix"))
+    File::open(path)
+        .and_then(|input| {
+            Speculation::start(codec, &input, w.scratch_dir, &format!("{name}.prefix"))
+        })
         .map_err(|e| tracing::debug!(error = %e, "no speculative compression"))
         .ok()
 }

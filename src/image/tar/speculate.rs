@@ -71,7 +71,13 @@ impl Write for HashingFile {
 
 impl Speculation {
     /// Starts a stream in a scratch file `name` in `dir`.
-    pub(super) fn start(codec: Compression, dir: &Path, name: &str) -> io::Result<Speculation> {
+    /// The stream keeps `input`'s check type.
+    pub(super) fn start(
+        codec: Compression,
+        input: &File,
+        dir: &Path,
+        name: &str,
+    ) -> io::Result<Speculation> {
         let scratch = Scratch::create_in(dir, name)?;
         let written = Arc::new(Mutex::new((Sha256::new(), 0)));
         let sink = HashingFile {
@@ -80,7 +86,7 @@ impl Speculation {
         };
         Ok(Speculation {
             scratch,
-            encoder: Some(codec.encoder(sink)?),
+            encoder: Some(codec.encoder_like(sink, input)?),
             written,
             held: Vec::with_capacity(BLOCK as usize),
             emitted: 0,
@@ -152,7 +158,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
         for chunk in [1usize, 100, 512, 513, 4096] {
-            let mut s = Speculation::start(Compression::Xz, dir.path(), "p").unwrap();
+            let mut s = Speculation::start(
+                Compression::Xz,
+                &File::open("/dev/null").unwrap(),
+                dir.path(),
+                "p",
+            )
+            .unwrap();
             for part in data.chunks(chunk) {
                 s.feed(part).unwrap();
             }
@@ -175,7 +187,13 @@ mod tests {
     #[test]
     fn an_end_already_compressed_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Speculation::start(Compression::Xz, dir.path(), "p").unwrap();
+        let mut s = Speculation::start(
+            Compression::Xz,
+            &File::open("/dev/null").unwrap(),
+            dir.path(),
+            "p",
+        )
+        .unwrap();
         s.feed(&[1u8; 4096]).unwrap();
         assert!(s.end_at(100).is_err());
     }

@@ -19,7 +19,7 @@ use super::speculate::Speculated;
 use super::stream::Stream;
 use super::TarError;
 use crate::compress::boundary::Boundary;
-use crate::compress::{bzip2 as bz2, gzip, zstd as zst, Compression, Tail};
+use crate::compress::{bzip2 as bz2, gzip, xz, zstd as zst, Compression, Tail};
 use crate::io::output::TempOutput;
 use crate::io::prefix::{KeepError, PrefixCache};
 use crate::io::progress;
@@ -43,6 +43,8 @@ enum TailStart<'a> {
     Bzip2(bz2::Boundary),
     /// zstd: keep the blocks before this one; the rest goes raw.
     Zstd(zst::Boundary),
+    /// xz: keep the blocks before this one; new blocks like them follow.
+    Xz(xz::Boundary),
 }
 
 /// For the debug log.
@@ -57,6 +59,10 @@ fn describe(start: &Option<TailStart>) -> String {
         }
         Some(TailStart::Zstd(b)) => format!(
             "zstd blocks kept up to byte {}, raw blocks from byte {} of output",
+            b.offset, b.out
+        ),
+        Some(TailStart::Xz(b)) => format!(
+            "xz blocks kept up to byte {}, new blocks from byte {} of output",
             b.offset, b.out
         ),
         Some(TailStart::Speculated(s)) => format!(
@@ -78,19 +84,26 @@ fn tail_start<'a>(
     match codec.facts().tail {
         Tail::Plain => Some(TailStart::Plain),
         Tail::Rewrite => None,
-        Tail::Speculated => scan
-            .speculated
-            .as_ref()
-            .filter(|s| s.uncompressed == first_change)
-            .map(TailStart::Speculated),
         Tail::Boundaries { .. } => {
             let boundary = scan
                 .boundaries
-                .as_ref()?
-                .iter()
-                .filter(|b| b.out() <= first_change)
-                .max_by_key(|b| b.out())?;
+                .as_ref()
+                .and_then(|b| {
+                    b.iter()
+                        .filter(|b| b.out() <= first_change)
+                        .max_by_key(|b| b.out())
+                })
+                .filter(|b| b.out() > 0);
+            let Some(boundary) = boundary else {
+                // A single-block xz stream was compressed as it was read.
+                return scan
+                    .speculated
+                    .as_ref()
+                    .filter(|s| s.uncompressed == first_change)
+                    .map(TailStart::Speculated);
+            };
             match boundary {
+                Boundary::Xz(b) => Some(TailStart::Xz(*b)),
                 Boundary::Gzip(b) => Some(TailStart::Gzip(b.clone())),
                 Boundary::Bzip2(b) => Some(TailStart::Bzip2(b.clone())),
                 // The raw tail holds new bytes and the kept block's own:
@@ -184,7 +197,7 @@ pub(super) fn write(
             // Everything from the first change on is new bytes: nothing
             // more of the input is read.
             let mut input = stream(Box::new(io::empty()), first_change);
-            let mut encoder = codec.encoder(&mut *out).map_err(write_err)?;
+            let mut encoder = codec.encoder_like(&mut *out, &file).map_err(write_err)?;
             write_pieces(&mut input, pieces, &mut encoder, &out_path)?;
             encoder.finish_stream().map_err(write_err)?;
         }
@@ -213,6 +226,27 @@ pub(super) fn write(
             write_pieces(&mut input, pieces, &mut tail, &out_path)?;
             tail.finish().map_err(write_err)?;
         }
+        Some(TailStart::Xz(boundary)) => {
+            let len = file.metadata().map_err(read_err)?.len();
+            let Some(more) = xz::Continuation::at(&file, len, &boundary).map_err(read_err)? else {
+                // The scan read this layout; the file changed under us.
+                return Err(read_err(io::Error::other(
+                    "the xz file changed while it was being rewritten",
+                )));
+            };
+            let hashed = prefixes
+                .state(&file, &[], 0, boundary.offset)
+                .map_err(read_err)?;
+            out.splice_prefix(&file, boundary.offset, hashed)
+                .map_err(write_err)?;
+            let tail = more.input(&file).map_err(read_err)?;
+            let mut input = stream(tail, boundary.out);
+            let mut encoder = more
+                .encoder(&mut *out, codec.workers() as u32)
+                .map_err(write_err)?;
+            write_pieces(&mut input, pieces, &mut encoder, &out_path)?;
+            encoder.finish().map_err(write_err)?;
+        }
         Some(TailStart::Bzip2(boundary)) => {
             let last = keep_bits(prefixes, &file, path, boundary.bit, out)?;
             let mut rest = file.try_clone().map_err(read_err)?;
@@ -225,8 +259,8 @@ pub(super) fn write(
             encoder.finish().map_err(write_err)?;
         }
         None => {
+            let mut encoder = codec.encoder_like(&mut *out, &file).map_err(write_err)?;
             let mut input = stream(codec.decoder(file), 0);
-            let mut encoder = codec.encoder(&mut *out).map_err(write_err)?;
             write_pieces(&mut input, pieces, &mut encoder, &out_path)?;
             encoder.finish_stream().map_err(write_err)?;
         }

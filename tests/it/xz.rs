@@ -1,0 +1,201 @@
+//! xz tarballs as `xz -T`, pixz and Yocto write them (many blocks) and as
+//! plain `xz` writes them (one block): the output keeps the input's blocks
+//! before the one holding the first change byte for byte, decompresses to
+//! what a full rewrite gives, keeps the input's check type and filters,
+//! and passes `xz -t`, `xz -lvv`, GNU tar and bsdtar.
+//!
+//! The system `xz` (5.4.1 on the CI image) writes every BCJ filter but
+//! RISC-V (`--riscv` came with 5.6), so RISC-V inputs are not built here.
+
+use crate::common::*;
+use crate::fast_paths::{check_archive, decompressed, provision, tar_of, tree, Place};
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use tempfile::TempDir;
+
+/// A 3 MB tarball with the device file at `place`, compressed by the shell
+/// command `compress` (reading stdin).
+fn input(d: &Path, label: &str, place: Place, compress: &str) -> PathBuf {
+    let root = tree(d, place, true);
+    let plain = d.join(format!("{label}.tar"));
+    tar_of(&root, &plain);
+    let xz = d.join(format!("{label}.tar.xz"));
+    sh(&format!(
+        "{compress} < {} > {}",
+        plain.display(),
+        xz.display()
+    ));
+    xz
+}
+
+/// The output of the fast path and of a full rewrite of `input`: both
+/// decompress to the same archive, which GNU tar and bsdtar read; the
+/// fast one is returned.
+fn rewrite(d: &Path, label: &str, input: &Path) -> PathBuf {
+    let pw = write_password(d, PASSWORD);
+    let fast = d.join(format!("{label}-fast.tar.xz"));
+    let slow = d.join(format!("{label}-slow.tar.xz"));
+    provision(input, &fast, &pw, false);
+    provision(input, &slow, &pw, true);
+    assert!(
+        decompressed(&fast, "xz") == decompressed(&slow, "xz"),
+        "{label}: contents differ"
+    );
+    check_archive(&fast, Some("xz"));
+    fast
+}
+
+/// The fast path's output alone (the full rewrite's equality is shown by
+/// the tests above): `xz -t`, GNU tar and bsdtar read it.
+fn fast_only(d: &Path, label: &str, input: &Path) -> PathBuf {
+    let pw = write_password(d, PASSWORD);
+    let fast = d.join(format!("{label}-fast.tar.xz"));
+    provision(input, &fast, &pw, false);
+    check_archive(&fast, Some("xz"));
+    fast
+}
+
+/// How many leading bytes two files share.
+fn same_prefix(a: &Path, b: &Path) -> usize {
+    let (a, b) = (fs::read(a).unwrap(), fs::read(b).unwrap());
+    a.iter().zip(&b).take_while(|(x, y)| x == y).count()
+}
+
+/// `xz -lvv`'s line for the whole file, and its block lines.
+fn listing_of(path: &Path) -> String {
+    let o = run(std::process::Command::new("xz").arg("-lvv").arg(path));
+    assert!(o.status.success(), "xz -lvv: {}", stderr(&o));
+    stdout(&o)
+}
+
+/// The check `xz -lvv` names for the file.
+fn check_named(path: &Path) -> String {
+    listing_of(path)
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Check:")
+                .map(|c| c.trim().to_string())
+        })
+        .expect("a Check: line")
+}
+
+/// Blocks of `xz -T2` in 256 KiB: a change at the start rewrites all,
+/// in the middle keeps the blocks before it, at the end keeps all but the
+/// last; a fast path that kept nothing fails the prefix assertions.
+#[test]
+fn multi_block_xz_keeps_the_blocks_before_the_change() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    for place in [Place::Start, Place::Middle, Place::End] {
+        let label = format!("{place:?}");
+        let xz = input(d, &label, place, "xz -T2 -6 --block-size=256KiB");
+        let fast = rewrite(d, &label, &xz);
+        let kept = same_prefix(&xz, &fast);
+        let len = fs::metadata(&xz).unwrap().len() as usize;
+        match place {
+            // The device file sorts after the first half of the data.
+            Place::Middle => assert!(kept > len * 4 / 10, "{label}: {kept} of {len} kept"),
+            Place::End => assert!(kept > len * 8 / 10, "{label}: {kept} of {len} kept"),
+            Place::Start => {}
+        }
+        // The index lists every block, kept and new, as xz reads them.
+        let listing = listing_of(&fast);
+        assert!(listing.contains("Sizes in headers:  Yes"), "{listing}");
+        let out_len = fs::metadata(&fast).unwrap().len();
+        // Within 1% (plus a block's worth of slack for tiny inputs).
+        assert!(
+            out_len.abs_diff(len as u64) < (len as u64 / 100).max(64 << 10),
+            "{label}: {len} -> {out_len}"
+        );
+    }
+}
+
+/// The output keeps the input's check (none, CRC32, CRC64, SHA-256),
+/// kept blocks or not: multi-block and single-block inputs.
+#[test]
+fn the_check_type_is_kept() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    for (check, named) in [
+        ("none", "None"),
+        ("crc32", "CRC32"),
+        ("crc64", "CRC64"),
+        ("sha256", "SHA-256"),
+    ] {
+        for (kind, command) in [
+            ("multi", format!("xz -T2 -3 --block-size=512KiB -C {check}")),
+            ("single", format!("xz -3 -C {check}")),
+        ] {
+            let label = format!("{check}-{kind}");
+            let xz = input(d, &label, Place::End, &command);
+            assert_eq!(check_named(&xz), named);
+            let fast = fast_only(d, &label, &xz);
+            assert_eq!(check_named(&fast), named, "{label}");
+            if kind == "multi" {
+                let kept = same_prefix(&xz, &fast);
+                let len = fs::metadata(&xz).unwrap().len() as usize;
+                assert!(kept > len / 2, "{label}: only {kept} of {len} bytes kept");
+            }
+        }
+    }
+}
+
+/// Every BCJ filter the system xz writes, before LZMA2: read, its blocks
+/// kept, and the new blocks use the same filter chain.
+#[test]
+fn bcj_filters_are_read_and_repeated() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    for filter in [
+        "x86", "arm64", "arm", "armthumb", "powerpc", "sparc", "ia64",
+    ] {
+        let xz = input(
+            d,
+            filter,
+            Place::End,
+            &format!("xz -T2 --block-size=512KiB --{filter} --lzma2=preset=3"),
+        );
+        let fast = fast_only(d, filter, &xz);
+        let kept = same_prefix(&xz, &fast);
+        let len = fs::metadata(&xz).unwrap().len() as usize;
+        assert!(kept > len / 2, "{filter}: only {kept} of {len} bytes kept");
+        let listing = listing_of(&fast);
+        let blocks: Vec<&str> = listing.lines().filter(|l| l.contains("--lzma2=")).collect();
+        assert!(blocks.len() > 2, "{listing}");
+        for b in blocks {
+            assert!(b.contains(&format!("--{filter} ")), "{filter}: {b}");
+        }
+    }
+}
+
+/// Several streams with stream padding between and after them (`cat` of
+/// two `xz -T2` files, as split builds produce): the first stream is kept
+/// whole, the second up to its block holding the change; padding and
+/// stream count as xz reads them.
+#[test]
+fn several_streams_and_padding() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let root = tree(d, Place::End, true);
+    let plain = d.join("in.tar");
+    tar_of(&root, &plain);
+    let xz = d.join("two.tar.xz");
+    sh(&format!(
+        "(head -c 1500000 {p} | xz -T2 -3 --block-size=256KiB -C crc32; \
+          head -c 8 /dev/zero; \
+          tail -c +1500001 {p} | xz -T2 -3 --block-size=256KiB -C crc32; \
+          head -c 12 /dev/zero) > {x}",
+        p = plain.display(),
+        x = xz.display()
+    ));
+    sh(&format!("xz -t {}", xz.display()));
+    let fast = rewrite(d, "two", &xz);
+    let kept = same_prefix(&xz, &fast);
+    let len = fs::metadata(&xz).unwrap().len() as usize;
+    assert!(kept > len * 8 / 10, "{kept} of {len} kept");
+    let listing = listing_of(&fast);
+    assert!(listing.contains("Streams:           2"), "{listing}");
+}
