@@ -18,8 +18,10 @@
 //! falls back to the sequential decoder, whose errors users already know.
 
 mod bits;
+mod block;
 mod decode;
 mod encode;
+mod inverse;
 mod scan;
 #[cfg(test)]
 mod test_data;
