@@ -54,6 +54,41 @@ impl BlockDecoder {
         stream: &[u8],
         mut emit: impl FnMut(Vec<u8>) -> bool,
     ) -> Result<(), BlockError> {
+        let want_crc = self.symbols(stream)?;
+        self.invert();
+        let crc = self.unrun(&mut emit)?;
+        check(crc, want_crc)
+    }
+
+    /// [`BlockDecoder::decode_stream`], adding the CPU time of its three
+    /// stages to `stages`.
+    #[cfg(test)]
+    pub(crate) fn decode_stream_timed(
+        &mut self,
+        stream: &[u8],
+        stages: &mut [std::time::Duration; 3],
+        mut emit: impl FnMut(Vec<u8>) -> bool,
+    ) -> Result<(), BlockError> {
+        let cpu = || {
+            let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+            std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+        };
+        let t0 = cpu();
+        let want_crc = self.symbols(stream)?;
+        let t1 = cpu();
+        self.invert();
+        let t2 = cpu();
+        let crc = self.unrun(&mut emit)?;
+        let t3 = cpu();
+        stages[0] += t1 - t0;
+        stages[1] += t2 - t1;
+        stages[2] += t3 - t2;
+        check(crc, want_crc)
+    }
+
+    /// Reads the stream up to its end into `self.block`; returns the
+    /// block's CRC.
+    fn symbols(&mut self, stream: &[u8]) -> Result<u32, BlockError> {
         let mut bits = Bits::new(stream);
         let head = bits.take(32).to_be_bytes();
         if &head[..3] != b"BZh" || !(b'1'..=b'9').contains(&head[3]) {
@@ -68,18 +103,14 @@ impl BlockDecoder {
         if bits.take_wide(48) != END_MAGIC {
             return Err(BlockError::Unsupported("not a one-block stream"));
         }
-        let stream_crc = bits.take(32);
+        // A one-block stream's CRC is its block's.
+        if bits.take(32) != want_crc {
+            return Err(BlockError::Corrupt("the stream CRC is not its block's"));
+        }
         if bits.overran() {
             return Err(BlockError::Corrupt("the stream is cut short"));
         }
-        self.invert();
-        let crc = self.unrun(&mut emit)?;
-        if crc != want_crc || stream_crc != want_crc {
-            return Err(BlockError::Corrupt(
-                "the block's CRC does not match its data",
-            ));
-        }
-        Ok(())
+        Ok(want_crc)
     }
 
     /// Undoes the BWT of `self.block` into `self.bwt`.
@@ -163,6 +194,16 @@ impl BlockDecoder {
             emit(piece);
         }
         Ok(crc.value())
+    }
+}
+
+fn check(crc: u32, want: u32) -> Result<(), BlockError> {
+    if crc == want {
+        Ok(())
+    } else {
+        Err(BlockError::Corrupt(
+            "the block's CRC does not match its data",
+        ))
     }
 }
 
@@ -259,7 +300,7 @@ mod tests {
         let mut c = Crc::new();
         c.update(b"123456789");
         assert_eq!(c.value(), 0xfc89_1918);
-        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7919 >> 3) as u8).collect();
+        let data: Vec<u8> = (0..1000u32).map(|i| ((i * 7919) >> 3) as u8).collect();
         for split in [0, 1, 7, 8, 9, 500, 999] {
             let mut c = Crc::new();
             c.update(&data[..split]);
