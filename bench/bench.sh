@@ -132,8 +132,10 @@ row "tar.gz, one serial" rootfs.tar.gz "gzip -dc IN > /dev/null" \
 row "tar.gz, one serial" rootfs.tar.gz "gzip -dc | add file | gzip -6" \
   "mkdir -p add/etc/azaion && echo x > add/etc/azaion/device.conf && gzip -dc rootfs.tar.gz > scripted.tar && tar -rf scripted.tar -C add ./etc/azaion/device.conf && gzip -6 -c scripted.tar > scripted.tar.gz" \
   "$(provision rootfs.tar.gz out.tar.gz)" 0.06
+# Cold .tbz2 (NVIDIA's sample rootfs, and every CI runner's first run): the
+# scan decodes every block, on all cores, with imprint's own block decoder.
 row ".tbz2, one serial" rootfs.tbz2 "lbzip2 -n2 -dc IN > /dev/null" \
-  "lbzip2 -n2 -dc rootfs.tbz2 > /dev/null" "$(provision rootfs.tbz2 out.tbz2)" 1.5
+  "lbzip2 -n2 -dc rootfs.tbz2 > /dev/null" "$(provision rootfs.tbz2 out.tbz2)" 1.0
 row "tar, one serial" rootfs.tar "cp IN OUT && openssl dgst -sha256 OUT" \
   "cp rootfs.tar copy.tar && openssl dgst -sha256 copy.tar" "$(provision rootfs.tar out.tar)" 1.5
 # imprint makes its output durable before the API call; the same baseline

@@ -141,6 +141,34 @@ pub fn bzip2(data: &[u8]) {
     }
 }
 
+/// Any bytes as a one-block bzip2 stream for imprint's own block decoder
+/// (`compress/bzip2/block.rs`, `inverse.rs`), judged against libbz2 (the
+/// bzip2 crate): what it decodes, libbz2 decodes to the same bytes, and
+/// what it calls corrupt, libbz2 refuses too. What it leaves to libbz2
+/// (randomised blocks, more than one block) is not judged.
+pub fn bzip2_block(data: &[u8]) {
+    let mut own = Vec::new();
+    let result = bzip2::BlockDecoder::default().decode_stream(data, |piece| {
+        own.extend_from_slice(&piece);
+        true
+    });
+    let mut reference = Vec::new();
+    let reference_ok = ::bzip2::read::BzDecoder::new(data)
+        .read_to_end(&mut reference)
+        .is_ok();
+    match result {
+        Ok(()) => assert!(
+            reference_ok && reference == own,
+            "imprint's bzip2 block decoder accepted what libbz2 reads differently"
+        ),
+        Err(bzip2::BlockError::Corrupt(why)) => assert!(
+            !reference_ok,
+            "imprint's bzip2 block decoder refused ({why}) what libbz2 reads"
+        ),
+        Err(bzip2::BlockError::Unsupported(_)) => {}
+    }
+}
+
 /// Any bytes as an Android sparse image: parse, read and expand it, then
 /// write blocks into it and encode it as provisioning does (the input's
 /// chunks with the changed blocks spliced in). The encoding must parse, read
@@ -606,6 +634,7 @@ pub fn harness(target: &str) -> Option<fn(&[u8])> {
         "tarball" => tarball,
         "sparse" => sparse,
         "bzip2" => bzip2,
+        "bzip2_block" => bzip2_block,
         "ext4" => ext4,
         "ext4_write" => ext4_write,
         "userdb" => userdb,

@@ -100,6 +100,20 @@ fn bad_inputs_give_one_clear_line_and_leave_nothing() {
             "cannot decompress the bzip2 stream",
         ),
         (
+            // A bzip2 block whose CRC does not match its data: the
+            // parallel reader's own decoder finds it, and the sequential
+            // libbz2 read it falls back to says so.
+            {
+                let bad = d.join("bad-crc.tbz2");
+                sh(&format!("bzip2 -c {} > {}", i.tar.display(), bad.display()));
+                let mut bytes = fs::read(&bad).unwrap();
+                bytes[12] ^= 0x01; // the first block's CRC (bytes 10..14)
+                fs::write(&bad, bytes).unwrap();
+                bad
+            },
+            "bad-crc.tbz2: cannot decompress the bzip2 stream",
+        ),
+        (
             truncated(d, &i.tar, "zstd"),
             "cannot decompress the zstd stream",
         ),

@@ -1,19 +1,20 @@
 //! The parallel reader: the scanner cuts the file into blocks, workers
 //! decode them, and the reader hands their output on in file order.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, Read};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 
+use super::inverse::BlockDecoder;
 use super::scan::Scanner;
 use super::workers::{stopped, Workers};
 use super::{Boundary, SharedIndex};
 use crate::compress::{invalid_data, worker_count};
 
-/// Decoded output is handed over in pieces of this size, a few per block at
-/// a time, so memory stays small even for blocks that decode to 45 MB
-/// (bzip2's run-length step turns a run of 255 bytes into 5).
-const PIECE: usize = 256 * 1024;
+/// Decoded output is handed over in pieces (`inverse::PIECE`), a few per
+/// block at a time, so memory stays small even for blocks that decode to
+/// 45 MB (bzip2's run-length step turns a run of 255 bytes into 5).
 const PIECES_IN_FLIGHT: usize = 4;
 
 /// Part of one block's decoded output.
@@ -42,36 +43,23 @@ struct DecodeJob {
 }
 
 fn decode_block(job: DecodeJob) {
-    let mut d = ::bzip2::Decompress::new(false);
-    let mut input = &job.stream[..];
-    loop {
-        let mut piece = Vec::with_capacity(PIECE);
-        let before = d.total_in();
-        let status = d.decompress_vec(input, &mut piece);
-        let consumed = (d.total_in() - before) as usize;
-        input = &input[consumed..];
-        let next = match status {
-            Ok(::bzip2::Status::StreamEnd) => {
-                if !piece.is_empty() && job.pieces.send(Piece::Data(piece)).is_err() {
-                    return;
-                }
-                Piece::End
-            }
-            Ok(_) if piece.is_empty() && consumed == 0 => Piece::Failed(invalid_data(format!(
-                "the bzip2 block at byte {} is cut short",
-                job.byte
-            ))),
-            Ok(_) => Piece::Data(piece),
-            Err(e) => Piece::Failed(invalid_data(format!(
-                "the bzip2 block at byte {} is corrupt ({e})",
-                job.byte
-            ))),
-        };
-        let last = !matches!(next, Piece::Data(_));
-        if job.pieces.send(next).is_err() || last {
-            return;
-        }
+    thread_local! {
+        // Each worker keeps its decoder's buffers from block to block.
+        static DECODER: RefCell<BlockDecoder> = RefCell::default();
     }
+    let result = DECODER.with_borrow_mut(|d| {
+        d.decode_stream(&job.stream, |piece| {
+            job.pieces.send(Piece::Data(piece)).is_ok()
+        })
+    });
+    let last = match result {
+        Ok(()) => Piece::End,
+        Err(e) => Piece::Failed(invalid_data(format!(
+            "the bzip2 block at byte {} is corrupt ({e})",
+            job.byte
+        ))),
+    };
+    let _ = job.pieces.send(last);
 }
 
 /// The scanner's thread: each block goes to a worker, and its place in

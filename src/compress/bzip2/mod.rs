@@ -18,8 +18,12 @@
 //! falls back to the sequential decoder, whose errors users already know.
 
 mod bits;
+mod block;
 mod decode;
+#[cfg(test)]
+mod decoder_tests;
 mod encode;
+mod inverse;
 mod scan;
 #[cfg(test)]
 mod test_data;
@@ -31,8 +35,13 @@ use std::sync::{Arc, Mutex};
 use self::bits::BitWriter;
 use super::recent::RecentBoundaries;
 
+// For the fuzz harness of the block decoder (src/fuzzing.rs).
+#[cfg(feature = "fuzzing")]
+pub(crate) use self::block::BlockError;
 pub use self::decode::ParallelDecoder;
 pub use self::encode::BlockEncoder;
+#[cfg(feature = "fuzzing")]
+pub(crate) use self::inverse::BlockDecoder;
 
 /// Starts every block (the digits of pi).
 const BLOCK_MAGIC: u64 = 0x3141_5926_5359;
