@@ -104,12 +104,14 @@ impl InputPin {
     /// by path between [`InputPin::open`] and a passing check was read from
     /// the pinned file as it was.
     pub fn check(&self) -> Result<(), Changed> {
-        let held = Stamp::of(&self.file.metadata().map_err(Changed::Gone)?);
-        if let Some(what) = self.stamp.differs(&held) {
+        // The path first: a replaced file is said as such (the held one's
+        // ctime changed too, when it lost its name).
+        let named = Stamp::of(&std::fs::metadata(&self.path).map_err(Changed::Gone)?);
+        if let Some(what) = self.stamp.differs(&named) {
             return Err(Changed::Differs(what));
         }
-        let named = Stamp::of(&std::fs::metadata(&self.path).map_err(Changed::Gone)?);
-        match self.stamp.differs(&named) {
+        let held = Stamp::of(&self.file.metadata().map_err(Changed::Gone)?);
+        match self.stamp.differs(&held) {
             Some(what) => Err(Changed::Differs(what)),
             None => Ok(()),
         }
