@@ -104,8 +104,9 @@ impl InputPin {
     /// by path between [`InputPin::open`] and a passing check was read from
     /// the pinned file as it was.
     pub fn check(&self) -> Result<(), Changed> {
-        // The path first: a replaced file is said as such (the held one's
-        // ctime changed too, when it lost its name).
+        // The path first: a file renamed over it also changes the pinned
+        // inode's ctime (its link count dropped), and "another file" is
+        // the truer reason.
         let named = Stamp::of(&std::fs::metadata(&self.path).map_err(Changed::Gone)?);
         if let Some(what) = self.stamp.differs(&named) {
             return Err(Changed::Differs(what));

@@ -30,6 +30,7 @@ mod manpages;
 mod overlays;
 mod packaging;
 mod realworld_ext4;
+mod realworld_round3;
 mod realworld_tar;
 mod recipes;
 mod sparse_images;
