@@ -14,7 +14,7 @@ use crate::identity::Password;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum AdminError {
-    #[error("invalid API URL {url:?}: {why}")]
+    #[error("invalid API URL {}: {why}", crate::excerpt::quoted(url))]
     BadUrl { url: String, why: &'static str },
     #[error("cannot use {what} {path}: {why}")]
     Tls {

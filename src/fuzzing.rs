@@ -187,7 +187,7 @@ pub fn sparse(data: &[u8]) {
     let view = SparseView::new(file, layout);
     let original = read_all(&view);
     let raw = scratch_file(&dir, "raw", &[]);
-    sparse::expand(&view, &raw).expect("a parsed image expands");
+    sparse::expand(&view, &raw, u64::MAX).expect("a parsed image expands");
     let mut expanded = vec![0u8; original.len()];
     raw.read_exact_at(&mut expanded, 0).expect("scratch read");
     assert!(

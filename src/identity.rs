@@ -43,7 +43,7 @@ impl Serial {
     /// ```
     pub fn parse(text: &str) -> Result<Serial, IdentityError> {
         let bad = |why| IdentityError::BadSerial {
-            serial: text.to_string(),
+            serial: crate::excerpt::cut(text),
             why,
         };
         if text.is_empty() {

@@ -113,6 +113,7 @@ pub mod cli;
 pub(crate) mod compress;
 #[cfg(test)]
 mod error_style;
+pub(crate) mod excerpt;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -10,11 +10,17 @@ use thiserror::Error;
 #[derive(Debug, Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum OwnerError {
-    #[error("invalid owner {0:?}: expected USER, USER:GROUP or UID:GID")]
+    #[error("invalid owner {}: expected USER, USER:GROUP or UID:GID", crate::excerpt::quoted(.0))]
     Syntax(String),
-    #[error("user {name:?} is not in the image's /etc/passwd{hint}")]
+    #[error(
+        "user {} is not in the image's /etc/passwd{hint}",
+        crate::excerpt::quoted(name)
+    )]
     UnknownUser { name: String, hint: String },
-    #[error("group {name:?} is not in the image's /etc/group{hint}")]
+    #[error(
+        "group {} is not in the image's /etc/group{hint}",
+        crate::excerpt::quoted(name)
+    )]
     UnknownGroup { name: String, hint: String },
 }
 

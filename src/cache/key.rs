@@ -7,6 +7,9 @@
 //! one with the same identity (a restored backup on another filesystem).
 //! A file changed within the clock tick of its ctime can keep it, so a file
 //! changed in the last seconds is never cached (git's "racy" rule).
+//! On a filesystem without a trustworthy ctime (`fs_trust.rs`: FUSE, NFS,
+//! SMB, 9p, overlayfs, anything not known to keep one) the samples are
+//! replaced by the SHA-256 of the whole file.
 
 use std::fs::File;
 use std::io;
@@ -29,6 +32,9 @@ pub struct Identity {
     /// Everything compared on a lookup.
     pub(super) key: Vec<u8>,
     changed_ns: i128,
+    /// The filesystem, when it keeps no trustworthy ctime and the key is
+    /// the whole file's SHA-256 (`fs_trust.rs`).
+    hashed_whole: Option<String>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -47,13 +53,29 @@ impl Identity {
         let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
         let ctime_ns = i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec());
         let mut samples = Sha256::new();
-        let mut block = vec![0u8; SAMPLE_LEN];
-        let last = size.saturating_sub(SAMPLE_LEN as u64);
-        for i in 0..SAMPLES {
-            let at = last / (SAMPLES - 1) * i;
-            let at = if i == SAMPLES - 1 { last } else { at };
-            let n = read_full_at(file, &mut block, at)?;
-            samples.update(&block[..n]);
+        let hashed_whole = super::fs_trust::classify(super::fs_trust::magic_of(file)?).err();
+        if hashed_whole.is_some() {
+            // No ctime to trust: only the very same bytes match.
+            samples.update(b"whole");
+            let mut block = vec![0u8; 1 << 20];
+            let mut at = 0;
+            loop {
+                let n = read_full_at(file, &mut block, at)?;
+                if n == 0 {
+                    break;
+                }
+                samples.update(&block[..n]);
+                at += n as u64;
+            }
+        } else {
+            let mut block = vec![0u8; SAMPLE_LEN];
+            let last = size.saturating_sub(SAMPLE_LEN as u64);
+            for i in 0..SAMPLES {
+                let at = last / (SAMPLES - 1) * i;
+                let at = if i == SAMPLES - 1 { last } else { at };
+                let n = read_full_at(file, &mut block, at)?;
+                samples.update(&block[..n]);
+            }
         }
         let mut name = Sha256::new();
         name.update(meta.dev().to_le_bytes());
@@ -71,7 +93,14 @@ impl Identity {
             name: hex::encode(&name.finalize()[..16]),
             key,
             changed_ns: mtime_ns.max(ctime_ns),
+            hashed_whole,
         })
+    }
+
+    /// The filesystem named when the key had to be the whole file's
+    /// digest (its ctime cannot be trusted), for `-v`.
+    pub fn hashed_whole(&self) -> Option<&str> {
+        self.hashed_whole.as_deref()
     }
 
     /// Whether the file changed so recently that a change within the same

@@ -16,9 +16,11 @@
 //! is the tar backend's business (`src/image/tar/cached.rs`).
 
 pub mod format;
+pub(crate) mod fs_trust;
 mod key;
 mod store;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 pub use key::Identity;
@@ -33,16 +35,36 @@ impl Cache {
     /// The cache where the environment puts it: `$IMPRINT_CACHE_DIR`, else
     /// `$XDG_CACHE_HOME/imprint`, else `$HOME/.cache/imprint` (relative
     /// paths are ignored, as the XDG specification says). `None` when
-    /// there is no such place.
+    /// there is no such place, or when that place is under another user's
+    /// `$XDG_CACHE_HOME` or `$HOME` (root run with `sudo -E` keeps the
+    /// user's): root's files there would be the user's to delete and stop
+    /// the user's own runs from caching; said as a warning.
     pub fn from_env() -> Option<Cache> {
         let absolute = |var: &str| {
             std::env::var_os(var)
                 .map(PathBuf::from)
                 .filter(|p| p.is_absolute())
         };
-        let dir = absolute("IMPRINT_CACHE_DIR")
-            .or_else(|| absolute("XDG_CACHE_HOME").map(|d| d.join("imprint")))
-            .or_else(|| absolute("HOME").map(|d| d.join(".cache").join("imprint")))?;
-        Some(Cache::at(dir, DEFAULT_MAX_BYTES))
+        if let Some(dir) = absolute("IMPRINT_CACHE_DIR") {
+            return Some(Cache::at(dir, DEFAULT_MAX_BYTES));
+        }
+        let (var, base, dir) = if let Some(d) = absolute("XDG_CACHE_HOME") {
+            ("XDG_CACHE_HOME", d.clone(), d.join("imprint"))
+        } else {
+            let home = absolute("HOME")?;
+            ("HOME", home.clone(), home.join(".cache").join("imprint"))
+        };
+        let me = rustix::process::geteuid().as_raw();
+        match std::fs::metadata(&base) {
+            Ok(meta) if meta.uid() != me => {
+                tracing::warn!(
+                    "${var} ({}) belongs to uid {}, not to this process's uid {me} (sudo -E keeps the user's): the scan cache is off for this run; set IMPRINT_CACHE_DIR to use one",
+                    base.display(),
+                    meta.uid()
+                );
+                None
+            }
+            _ => Some(Cache::at(dir, DEFAULT_MAX_BYTES)),
+        }
     }
 }

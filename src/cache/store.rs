@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -20,6 +20,10 @@ const FORMAT: u32 = 1;
 /// No entry is near this big (a few boundaries of at most 128 KiB).
 const MAX_ENTRY: u64 = 16 << 20;
 const SUFFIX: &str = ".idx";
+/// Every file imprint makes in the directory starts so: the directory may
+/// be one the user shares with other tools (`IMPRINT_CACHE_DIR`), whose
+/// files are never counted, evicted or removed.
+const PREFIX: &str = "imprint-scan-";
 /// Temp files older than this are a killed run's.
 const STALE_TEMP: Duration = Duration::from_secs(3600);
 
@@ -69,7 +73,7 @@ impl Cache {
 
     /// The file that holds `id`'s entry.
     pub fn entry_path(&self, id: &Identity) -> PathBuf {
-        self.dir.join(format!("{}{SUFFIX}", id.name))
+        self.dir.join(format!("{PREFIX}{}{SUFFIX}", id.name))
     }
 
     /// The payload stored for `id`. A hit marks the entry recently used.
@@ -111,7 +115,7 @@ impl Cache {
         let mut random = [0u8; 8];
         getrandom::getrandom(&mut random).map_err(|e| io::Error::other(e.to_string()))?;
         let temp = self.dir.join(format!(
-            ".{}.{}-{}.tmp",
+            ".{PREFIX}{}.{}-{}.tmp",
             id.name,
             std::process::id(),
             hex::encode(random)
@@ -129,7 +133,9 @@ impl Cache {
     }
 
     /// Whether the directory is ours alone (created 0700 if `create`): a
-    /// directory another user can write could feed us entries.
+    /// directory another user can write could feed us entries. One that
+    /// exists is never chmodded: it may be shared with other tools, and
+    /// its entries are 0600 whatever the directory's mode.
     fn private_dir(&self, create: bool) -> bool {
         if create {
             if let Some(parent) = self.dir.parent() {
@@ -144,13 +150,8 @@ impl Cache {
         if !meta.is_dir() || meta.uid() != uid {
             return false;
         }
-        if meta.mode() & 0o022 != 0 {
-            // Someone else may have planted entries in it.
-            return false;
-        }
-        // Readable by others: entries hold pieces of the input.
-        meta.mode() & 0o077 == 0
-            || fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700)).is_ok()
+        // Writable by others: someone else may have planted entries.
+        meta.mode() & 0o022 == 0
     }
 
     /// Removes the oldest entries until the rest fit the bound (`keep`,
@@ -167,11 +168,14 @@ impl Cache {
                 continue;
             };
             let used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-            if name.starts_with('.') && name.ends_with(".tmp") {
+            let ours = |prefix: &str, suffix: &str| {
+                name.starts_with(prefix) && name.ends_with(suffix) && meta.is_file()
+            };
+            if ours(&format!(".{PREFIX}"), ".tmp") {
                 if now.duration_since(used).unwrap_or_default() > STALE_TEMP {
                     let _ = fs::remove_file(entry.path());
                 }
-            } else if name.ends_with(SUFFIX) && meta.is_file() {
+            } else if ours(PREFIX, SUFFIX) && starts_with_magic(&entry.path()) {
                 entries.push((used, meta.len(), entry.path()));
             }
         }
@@ -187,6 +191,15 @@ impl Cache {
             }
         }
     }
+}
+
+/// Whether the file at `path` begins as an entry does: a file that only
+/// has our name is still not ours to evict.
+fn starts_with_magic(path: &Path) -> bool {
+    let mut head = [0u8; MAGIC.len()];
+    fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| head == *MAGIC)
 }
 
 fn encode_entry(key: &[u8], payload: &[u8]) -> Vec<u8> {
@@ -242,6 +255,7 @@ fn entries(dir: &Path) -> Vec<PathBuf> {
 mod tests {
     use super::*;
     use std::fs::File;
+    use std::os::unix::fs::PermissionsExt;
 
     fn input(dir: &Path, name: &str) -> (PathBuf, File) {
         let path = dir.join(name);
@@ -319,7 +333,7 @@ mod tests {
     }
 
     #[test]
-    fn a_directory_others_can_write_is_refused_and_one_they_can_read_closed() {
+    fn a_directory_others_can_write_is_refused_and_one_they_can_read_left_as_it_is() {
         let dir = tempfile::tempdir().unwrap();
         let open = dir.path().join("open");
         fs::create_dir(&open).unwrap();
@@ -330,7 +344,9 @@ mod tests {
         assert_eq!(cache.load(&id), Err(Miss::Unusable));
         fs::set_permissions(&open, fs::Permissions::from_mode(0o755)).unwrap();
         cache.save(&id, b"x").unwrap();
-        assert_eq!(fs::metadata(&open).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(fs::metadata(&open).unwrap().mode() & 0o777, 0o755);
+        let entry = fs::metadata(cache.entry_path(&id)).unwrap();
+        assert_eq!(entry.mode() & 0o777, 0o600);
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&open, &link).unwrap();
         let linked = Cache::at(link, 1 << 20);

@@ -51,11 +51,13 @@ const ENVIRONMENT: &[(&str, &str)] = &[
     (
         "IMPRINT_CACHE_DIR",
         "The scan cache directory. Else $XDG_CACHE_HOME/imprint, else \
-         $HOME/.cache/imprint; relative paths are ignored. --no-cache turns the cache off.",
+         $HOME/.cache/imprint; relative paths are ignored. --no-cache turns the cache off. \
+         An existing directory keeps its mode; imprint touches only its own imprint-scan-* files there.",
     ),
     (
         "XDG_CACHE_HOME, HOME",
-        "Where the scan cache is when IMPRINT_CACHE_DIR is not set.",
+        "Where the scan cache is when IMPRINT_CACHE_DIR is not set. One owned by another \
+         user (root run with sudo -E) is not used: the run says so and caches nothing.",
     ),
     (
         "SOURCE_DATE_EPOCH",

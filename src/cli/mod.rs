@@ -70,6 +70,18 @@ pub fn main() -> ExitCode {
     if let Err(e) = crate::io::output::install_signal_cleanup() {
         eprintln!("imprint: warning: cannot install signal handlers: {e}");
     }
+    // verify, ls and cat expand compressed images into the temp directory;
+    // a run killed by SIGKILL left its expansion (which may hold a
+    // password) there. Ours by name, owner and a dead pid only.
+    let tmp = std::env::temp_dir();
+    match crate::io::output::remove_stale_temps(&tmp) {
+        Ok(removed) => {
+            for path in removed {
+                tracing::info!("removed {} left by an interrupted run", path.display());
+            }
+        }
+        Err(e) => tracing::debug!("cannot clear {} of stale scratch files: {e}", tmp.display()),
+    }
     match run(cli.command) {
         Ok(code) => code,
         // A closed pipe (`imprint man | head`) is the reader's choice.

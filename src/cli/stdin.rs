@@ -13,6 +13,10 @@ pub(crate) struct Stdin {
     taken: bool,
 }
 
+/// What `-` reads at most: a serials, devices or overlay file is far
+/// smaller, and a runaway pipe must not fill memory.
+pub(crate) const MAX_BYTES: u64 = 64 << 20;
+
 fn is_stdin(path: &Path) -> bool {
     path.as_os_str() == "-"
 }
@@ -63,8 +67,15 @@ impl Stdin {
         self.taken = true;
         let mut bytes = Vec::new();
         std::io::stdin()
+            .take(MAX_BYTES + 1)
             .read_to_end(&mut bytes)
             .context("cannot read standard input")?;
+        if bytes.len() as u64 > MAX_BYTES {
+            bail!(
+                "standard input is larger than {} MiB, more than any serials, devices or overlay file; check what is piped in",
+                MAX_BYTES >> 20
+            );
+        }
         Ok(Some(bytes))
     }
 }

@@ -46,10 +46,12 @@ pub(crate) trait Volume: ReadAt + Send + Sync {
         None
     }
 
-    /// Writes the inner layer's bytes into the empty file `out`, zero runs
-    /// left as holes (e2fsck reads a raw file; see `plain_at`).
-    fn expand_into(&self, out: &File) -> io::Result<()> {
-        let len = self.len();
+    /// Writes the inner layer's first `limit` bytes (at most its length)
+    /// into the empty file `out`, zero runs left as holes (e2fsck reads a
+    /// raw file; see `plain_at`). The limit is the filesystem's own size:
+    /// a container may claim far more than its filesystem holds.
+    fn expand_into(&self, out: &File, limit: u64) -> io::Result<()> {
+        let len = self.len().min(limit);
         out.set_len(len)?;
         let mut buf = vec![0u8; 1 << 20];
         let mut at = 0;
@@ -143,8 +145,8 @@ impl Volume for Box<dyn Volume> {
     fn plain_at(&self) -> Option<u64> {
         (**self).plain_at()
     }
-    fn expand_into(&self, out: &File) -> io::Result<()> {
-        (**self).expand_into(out)
+    fn expand_into(&self, out: &File, limit: u64) -> io::Result<()> {
+        (**self).expand_into(out, limit)
     }
 }
 
@@ -169,8 +171,8 @@ impl<V: Volume + ?Sized> Volume for Arc<V> {
     fn plain_at(&self) -> Option<u64> {
         (**self).plain_at()
     }
-    fn expand_into(&self, out: &File) -> io::Result<()> {
-        (**self).expand_into(out)
+    fn expand_into(&self, out: &File, limit: u64) -> io::Result<()> {
+        (**self).expand_into(out, limit)
     }
 }
 

@@ -46,9 +46,9 @@ pub enum BmapProblem {
     NotANumber(&'static str),
     #[error("its image size, block size and block count disagree")]
     Disagree,
-    #[error("range {0:?} is not a block range")]
+    #[error("range {} is not a block range", crate::excerpt::quoted(.0))]
     NotARange(String),
-    #[error("range {0:?} is out of order or outside the image")]
+    #[error("range {} is out of order or outside the image", crate::excerpt::quoted(.0))]
     OutOfOrder(String),
 }
 

@@ -329,6 +329,17 @@ impl Scratch {
     pub fn file(&self) -> &File {
         &self.file
     }
+
+    /// The file with its name removed: what only this process reads
+    /// through its descriptor (or hands to a child) leaves nothing behind
+    /// even after SIGKILL.
+    pub fn into_unlinked(self) -> io::Result<File> {
+        std::fs::remove_file(&self.path)?;
+        unregister(&self.path);
+        let file = self.file.try_clone()?;
+        drop(self);
+        Ok(file)
+    }
 }
 
 impl Drop for Scratch {

@@ -18,7 +18,7 @@ use crate::identity::{IdentityError, Serial};
 pub enum DevicesError {
     #[error("{origin}: {why}")]
     Format { origin: String, why: String },
-    #[error("{origin}, line {line}: {why}")]
+    #[error("{origin}, line {line}: {}", crate::excerpt::Cut(why))]
     Row {
         origin: String,
         line: usize,

@@ -34,9 +34,9 @@ pub enum OverlayError {
         path: String,
         source: std::io::Error,
     },
-    #[error("overlay {origin}: {message}")]
+    #[error("overlay {origin}: {}", crate::excerpt::Cut(message))]
     Syntax { origin: String, message: String },
-    #[error("overlay {origin}, entry {path:?}: {why}")]
+    #[error("overlay {origin}, entry {}: {why}", crate::excerpt::quoted(path))]
     Entry {
         origin: String,
         path: String,
@@ -46,7 +46,7 @@ pub enum OverlayError {
     Owner { path: String, source: OwnerError },
     #[error("device {serial}: the overlay uses {{{name}}}, which has no value for it; add a {name} column to --devices (and a value in every row), or remove it from the overlay")]
     MissingVariable { serial: String, name: String },
-    #[error("device {serial}: the overlay path {template:?} becomes {path:?}, which is not an absolute path without '..'")]
+    #[error("device {serial}: the overlay path {} becomes {}, which is not an absolute path without '..'", crate::excerpt::quoted(template), crate::excerpt::quoted(path))]
     BadRenderedPath {
         serial: String,
         template: String,

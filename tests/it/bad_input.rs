@@ -347,3 +347,52 @@ fn a_gnu_tar_entry_from_before_1970_is_kept_as_it_was() {
     );
     assert!(stdout(&listed).contains("./etc/azaion/device.conf"));
 }
+
+/// 30 MB of zeros on `--serials -` is one enormous "serial": the error
+/// quotes at most a few hundred bytes of it, and the run stays small in
+/// memory (it once printed a 63 MB line and used 1.5 GB for 300 MB).
+/// More than 64 MiB on standard input is refused without reading it all.
+#[test]
+fn an_enormous_serial_on_stdin_gives_a_short_error() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let zeros = d.join("zeros");
+    fs::write(&zeros, vec![0u8; 30 << 20]).unwrap();
+    let input = small_ext4(d, "base.ext4");
+    let pw = write_password(d, PASSWORD);
+    let args = |c: &mut std::process::Command| {
+        c.arg("provision")
+            .arg("--password-file")
+            .arg(&pw)
+            .args(["--offline", "--owner", "azaion", "--serials", "-"])
+            .arg("--image")
+            .arg(&input)
+            .arg("--output")
+            .arg(d.join("out"));
+    };
+    let mut cmd = bin();
+    args(&mut cmd);
+    let rss = d.join("rss");
+    let o = timed(&cmd, &rss)
+        .stdin(fs::File::open(&zeros).unwrap())
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{}", &err[..err.len().min(2000)]);
+    assert!(err.len() < 2000, "{} bytes of error", err.len());
+    assert!(err.contains("invalid serial"), "{err}");
+    assert!(err.contains("bytes in all"), "{err}");
+    let peak = read_peak_kib(&rss) << 10;
+    assert!(peak < 200 << 20, "peak {peak} bytes for 30 MB on stdin");
+    // Past the bound: refused, whatever it holds.
+    let big = d.join("big");
+    fs::File::create(&big).unwrap().set_len(65 << 20).unwrap();
+    let mut cmd = bin();
+    args(&mut cmd);
+    let o = run(cmd.stdin(fs::File::open(&big).unwrap()));
+    assert!(
+        stderr(&o).contains("larger than 64 MiB"),
+        "{}",
+        stderr(&o).len()
+    );
+}

@@ -8,7 +8,7 @@
 use crate::common;
 
 use std::fs;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, SystemTime};
@@ -507,5 +507,202 @@ with tarfile.open(sys.argv[1], "w", format=tarfile.PAX_FORMAT,
         );
         let v = run(bin().arg("verify").arg(&out).args(["--owner", "azaion"]));
         assert!(v.status.success(), "{}", stdout(&v));
+    }
+}
+
+/// An sshfs mount of `dir` (SFTP to a local sftp-server, no ssh): a FUSE
+/// filesystem whose ctime is the mtime, as at stations that stamp from an
+/// image share. Unmounted when dropped.
+struct Sshfs(PathBuf);
+
+impl Sshfs {
+    fn mount(dir: &Path, at: &Path) -> Option<Sshfs> {
+        crate::require::require_tools(&["sshfs", "fusermount"]);
+        let server = ["/usr/lib/openssh/sftp-server", "/usr/lib/sftp-server"]
+            .into_iter()
+            .find(|p| Path::new(p).exists());
+        crate::require::require_installed(
+            server.is_some(),
+            "sftp-server",
+            "apt-get install openssh-sftp-server",
+        );
+        let script = dir.parent().unwrap().join("sftp-over-stdio.sh");
+        fs::write(&script, format!("#!/bin/sh\nexec {}\n", server.unwrap())).unwrap();
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::create_dir_all(at).unwrap();
+        let o = run(Command::new("sshfs")
+            .arg(format!("localhost:{}", dir.display()))
+            .arg(at)
+            .arg("-o")
+            .arg(format!(
+                "ssh_command={},dir_cache=no,attr_timeout=0,entry_timeout=0",
+                script.display()
+            )));
+        crate::require::require(
+            o.status.success(),
+            &format!("cannot mount sshfs (needs /dev/fuse): {}", stderr(&o)),
+        )
+        .then(|| Sshfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Sshfs {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount").arg("-u").arg(&self.0).status();
+    }
+}
+
+/// On sshfs the ctime is the mtime: /etc/passwd changed in place, away
+/// from the sampled blocks, with the mtime put back keeps every field of
+/// the identity. The key is then the whole file's digest (said in -v):
+/// the changed input is a miss, and the output is the new input's.
+#[test]
+fn an_input_changed_in_place_on_sshfs_is_a_miss() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let share = d.join("share");
+    fs::create_dir(&share).unwrap();
+    let served = archive(&share, Place::Middle, 5, "tar");
+    let Some(mount) = Sshfs::mount(&share, &d.join("mnt")) else {
+        return;
+    };
+    // SFTP keeps whole seconds: so that the mtime can be put back as seen.
+    let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    fs::File::options()
+        .write(true)
+        .open(&served)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let input = mount.0.join(served.file_name().unwrap());
+    let home = d.join("h");
+    let out = d.join("out.tar");
+    let_inputs_age();
+    stamp(&input, &out, &home, SERIAL);
+    let o = provision(&input, &out, &home, SERIAL, &[]);
+    let err = stderr(&o);
+    assert!(err.contains("scan cache hit"), "warm: {err}");
+    assert!(
+        err.contains("FUSE") && err.contains("keyed by the whole file's SHA-256"),
+        "{err}"
+    );
+    // azaion's uid 1001 becomes 1002, outside every sampled block.
+    let data = fs::read(&served).unwrap();
+    let at = data
+        .windows(13)
+        .position(|w| w == b"azaion:x:1001")
+        .unwrap() as u64
+        + 9;
+    let size = data.len() as u64;
+    let last = size - 4096;
+    for i in 0..16u64 {
+        let s = if i == 15 { last } else { last / 15 * i };
+        assert!(!(s..s + 4096).contains(&at), "the change is in sample {i}");
+    }
+    let f = fs::OpenOptions::new().write(true).open(&served).unwrap();
+    f.write_all_at(b"1002", at).unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+    let seen = fs::metadata(&input).unwrap();
+    assert_eq!(seen.modified().unwrap(), mtime);
+    assert_eq!(
+        seen.ctime(),
+        seen.mtime(),
+        "sshfs reports the mtime as ctime"
+    );
+    let want = reference(&input, &d.join("ref"), &home, SERIAL);
+    let (got, hit) = stamp(&input, &out, &home, SERIAL);
+    assert!(!hit, "a changed input must miss");
+    assert!(got == want, "the output must be the new input's");
+}
+
+/// `IMPRINT_CACHE_DIR` at a directory the user shares with other tools:
+/// its mode stays as it is, and only imprint's own files (named so, and
+/// entries beginning as entries do) are counted, evicted or cleaned.
+#[test]
+fn a_shared_cache_directory_is_neither_chmodded_nor_cleaned_of_others_files() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let input = archive(d, Place::End, 1, "tar");
+    let shared = d.join("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o755)).unwrap();
+    let old = SystemTime::now() - Duration::from_secs(7200);
+    let plant = |name: &str, len: u64| {
+        let f = fs::File::create(shared.join(name)).unwrap();
+        f.set_len(len).unwrap();
+        f.set_modified(old).unwrap();
+    };
+    // Another tool's temp file and index (bigger than the whole bound),
+    // and a file that only has imprint's name.
+    plant(".important.tmp", 10);
+    plant("other.idx", 80 << 20);
+    plant("imprint-scan-0123.idx", 10);
+    // A temp file a killed imprint left: ours, cleaned.
+    plant(".imprint-scan-0123.99999-0011223344556677.tmp", 10);
+    let_inputs_age();
+    for expect in ["miss", "hit"] {
+        let o = run(
+            command(&input, &d.join(format!("o-{expect}")), &d.join("h"), SERIAL)
+                .env("IMPRINT_CACHE_DIR", &shared),
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("scan cache {expect}")),
+            "{}",
+            stderr(&o)
+        );
+    }
+    assert_eq!(fs::metadata(&shared).unwrap().mode() & 0o777, 0o755);
+    let names = listing(&shared);
+    for kept in [".important.tmp", "other.idx", "imprint-scan-0123.idx"] {
+        assert!(names.iter().any(|n| n == kept), "{kept} removed: {names:?}");
+    }
+    assert!(
+        !names.iter().any(|n| n.starts_with(".imprint-scan-0123.")),
+        "{names:?}"
+    );
+    let ours: Vec<_> = names
+        .iter()
+        .filter(|n| n.starts_with("imprint-scan-") && *n != "imprint-scan-0123.idx")
+        .collect();
+    assert_eq!(ours.len(), 1, "{names:?}");
+    let mode = fs::metadata(shared.join(ours[0])).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+/// Root with a user's `$HOME` (`sudo -E`): the run says so and caches
+/// nothing; no root-owned `~/.cache` appears in the user's home. The same
+/// for a user's `$XDG_CACHE_HOME`.
+#[test]
+fn root_with_another_users_home_says_so_and_leaves_it_alone() {
+    let root = rustix::process::geteuid().is_root();
+    if !crate::require::require(root, "only root can own files as another uid") {
+        return;
+    }
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let input = archive(d, Place::End, 1, "tar");
+    let user = d.join("user");
+    fs::create_dir(&user).unwrap();
+    std::os::unix::fs::chown(&user, Some(4321), Some(4321)).unwrap();
+    let_inputs_age();
+    for (var, home) in [("HOME", &user), ("XDG_CACHE_HOME", &user)] {
+        let mut cmd = command(&input, &d.join("o"), &d.join("h"), SERIAL);
+        cmd.env_remove("XDG_CACHE_HOME")
+            .env("HOME", d)
+            .env(var, home);
+        let o = run(&mut cmd);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!("${var} ({}) belongs to uid 4321", home.display())),
+            "{err}"
+        );
+        assert!(
+            !err.contains("scan cache hit") && !err.contains("scan cache miss"),
+            "{err}"
+        );
+        assert!(listing(&user).is_empty(), "{:?}", listing(&user));
     }
 }

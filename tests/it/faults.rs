@@ -426,3 +426,63 @@ fn decompress_entry(archive: &Path, path: &str) -> Vec<u8> {
     assert!(o.status.success(), "{}", stderr(&o));
     o.stdout
 }
+
+/// `imprint ls` of a compressed raw image expands it into `$TMPDIR`; a
+/// SIGKILL leaves that expansion (of a stamped image: its password). The
+/// next imprint run removes it (ours by name and owner, its pid dead), and
+/// leaves a live one's and other files alone.
+#[test]
+fn a_scratch_file_left_by_sigkill_is_removed_by_the_next_run() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let tmp = d.join("tmp");
+    fs::create_dir(&tmp).unwrap();
+    let tree = ext4_tree(d, 0, Azaion::Absent);
+    let raw = d.join("big.ext4");
+    assert!(mkfs(&tree, &raw, &["-t", "ext4"], "768M").status.success());
+    sh(&format!("zstd -q -1 --rm {}", raw.display()));
+    let image = d.join("big.ext4.zst");
+    let mut child = bin()
+        .env("TMPDIR", &tmp)
+        .args(["ls"])
+        .arg(&image)
+        .arg("/etc")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The scratch file exists from the start of the expansion.
+    let mut seen = false;
+    for _ in 0..5000 {
+        if listing(&tmp).iter().any(|n| n.ends_with(".scratch")) {
+            seen = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(seen, "no scratch file appeared");
+    let left = listing(&tmp);
+    assert_eq!(left.len(), 1, "{left:?}");
+    // Someone else's file of a similar name, and a live process's.
+    fs::write(tmp.join("notes.scratch"), "x").unwrap();
+    let live = format!(".x.imprint-{}-0123456789abcdef.scratch", std::process::id());
+    fs::write(tmp.join(&live), "x").unwrap();
+    let o = run(bin()
+        .env("TMPDIR", &tmp)
+        .args(["-v", "ls"])
+        .arg(&image)
+        .arg("/etc"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("left by an interrupted run"),
+        "{}",
+        stderr(&o)
+    );
+    let mut now = listing(&tmp);
+    now.sort();
+    let mut want = vec![live, "notes.scratch".to_string()];
+    want.sort();
+    assert_eq!(now, want);
+}

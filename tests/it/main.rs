@@ -13,6 +13,7 @@ mod admin;
 mod bad_input;
 mod base_swap;
 mod batch;
+mod bombs;
 mod cache;
 mod cli_output;
 mod codecs;

@@ -103,6 +103,7 @@ fn how_to_install(name: &str) -> String {
         "mount" | "umount" => "mount",
         "taskset" | "script" => "util-linux",
         "/usr/bin/time" => "time",
+        "fusermount" => "fuse3",
         "cargo-deb" => return "cargo install cargo-deb --locked --version 3.6.0".to_string(),
         other => other,
     };

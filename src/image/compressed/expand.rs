@@ -90,7 +90,19 @@ fn expand_with(
     let mut notes = index.map(Notes::new);
     let mut buf = vec![0u8; 1 << 20];
     let mut at = 0u64;
+    // A bare ext2/3/4 image ends where its superblock says: what a codec
+    // decodes past it (a bomb of 0xFF, a gigabyte of zeros) is not read.
+    let mut limit = u64::MAX;
+    let mut head = Vec::new();
     loop {
+        if at >= limit {
+            tracing::warn!(
+                "{}: decoding stops at the end of its ext2/3/4 filesystem ({limit} bytes); what the stream holds past it is not read, and no output carries it",
+                path.display()
+            );
+            at = limit;
+            break;
+        }
         let want = notes.as_ref().map_or(buf.len(), |n| n.step(at, buf.len()));
         let n = fill(&mut decoder, &mut buf[..want]).map_err(|source| ImageError::Decompress {
             path: path.to_path_buf(),
@@ -100,6 +112,14 @@ fn expand_with(
         if n == 0 {
             break;
         }
+        if head.len() < FS_HEAD {
+            let take = n.min(FS_HEAD - head.len());
+            head.extend_from_slice(&buf[..take]);
+            if head.len() == FS_HEAD {
+                limit = bare_filesystem_size(&head).unwrap_or(u64::MAX);
+            }
+        }
+        let n = n.min(usize::try_from(limit - at).unwrap_or(usize::MAX));
         for piece in buf[..n].chunks(4096) {
             if piece.iter().any(|&b| b != 0) {
                 scratch
@@ -207,6 +227,21 @@ impl Notes {
         self.boundaries.dedup_by_key(|b| b.out());
         self.boundaries
     }
+}
+
+/// Bytes that tell a bare ext2/3/4 image: its boot block and superblock.
+const FS_HEAD: usize = 2048;
+
+/// The size an ext2/3/4 filesystem says it has, if `head` (its first
+/// 2 KiB) is one and not a disk (an MBR or protective MBR signature at
+/// 510: a disk's own end is its partition table's business).
+fn bare_filesystem_size(head: &[u8]) -> Option<u64> {
+    if head[510..512] == [0x55, 0xAA] {
+        return None;
+    }
+    crate::image::ext4::reader::Superblock::parse(&head[1024..2048])
+        .ok()
+        .map(|sb| sb.image_bytes())
 }
 
 /// Reads until `buf` is full or the stream ends.

@@ -11,6 +11,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use super::raw::{write_patched, Patches};
+use super::reader::Superblock;
 use super::{ensure_loaded, write_plan_to_device, ChangedBlocks, Ext4Error, Ext4Inspector};
 use crate::image::disk::{Partition, PartitionId};
 use crate::image::formats::Slot;
@@ -265,14 +266,23 @@ impl ImageReader for Ext4Reader {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "image".into());
-        let scratch = match Scratch::create_in(&std::env::temp_dir(), &name) {
-            Ok(s) => s,
+        // Unlinked before a byte is written: the expansion holds the
+        // image's password, and a SIGKILL must leave no file behind.
+        let scratch = match Scratch::create_in(&std::env::temp_dir(), &name)
+            .and_then(Scratch::into_unlinked)
+        {
+            Ok(f) => f,
             Err(e) => return Some(Err(format!("cannot create a scratch file for e2fsck: {e}"))),
         };
-        if let Err(e) = volume.expand_into(scratch.file()) {
+        // Only the filesystem's own blocks: whatever its container claims
+        // past them (a FILL chunk of terabytes) is not e2fsck's business.
+        let limit = Superblock::read(volume)
+            .map(|sb| sb.image_bytes())
+            .unwrap_or(u64::MAX);
+        if let Err(e) = volume.expand_into(&scratch, limit) {
             return Some(Err(format!("cannot expand the image for e2fsck: {e}")));
         }
-        e2fsck(scratch.path(), 0)
+        e2fsck_inherited(&scratch)
     }
 }
 
@@ -284,18 +294,45 @@ const E2FSCK: [&str; 2] = ["/usr/sbin/e2fsck", "/sbin/e2fsck"];
 /// empty environment (it needs none, and must not see the API token).
 /// `None` when e2fsck is not installed.
 pub(crate) fn e2fsck(raw: &Path, offset: u64) -> Option<Result<(), String>> {
-    let program = E2FSCK.iter().find(|p| Path::new(p).is_file())?;
     // e2fsprogs reads `FILE?offset=N` as the filesystem at byte N.
     let mut target = raw.as_os_str().to_owned();
     if offset > 0 {
         target.push(format!("?offset={offset}"));
     }
-    let out = match Command::new(program)
-        .env_clear()
-        .arg("-fn")
-        .arg(&target)
-        .output()
-    {
+    run_e2fsck(&target, None)
+}
+
+/// Runs `e2fsck -fn` on an unlinked file: e2fsck inherits its descriptor
+/// and opens it as `/proc/self/fd/N` (its own), so no name ever exists.
+fn e2fsck_inherited(file: &std::fs::File) -> Option<Result<(), String>> {
+    use std::os::fd::AsRawFd;
+    let target = format!("/proc/self/fd/{}", file.as_raw_fd());
+    run_e2fsck(std::ffi::OsStr::new(&target), Some(file))
+}
+
+fn run_e2fsck(
+    target: &std::ffi::OsStr,
+    inherit: Option<&std::fs::File>,
+) -> Option<Result<(), String>> {
+    let program = E2FSCK.iter().find(|p| Path::new(p).is_file())?;
+    let mut command = Command::new(program);
+    command.env_clear().arg("-fn").arg(target);
+    if let Some(file) = inherit {
+        use std::os::fd::{AsRawFd, BorrowedFd};
+        use std::os::unix::process::CommandExt;
+        let fd = file.as_raw_fd();
+        // SAFETY: between fork and exec the closure only calls fcntl
+        // (async-signal-safe) on a descriptor this process holds open
+        // for the whole call (`file` outlives `output()`).
+        unsafe {
+            command.pre_exec(move || {
+                let fd = BorrowedFd::borrow_raw(fd);
+                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+                Ok(())
+            });
+        }
+    }
+    let out = match command.output() {
         Ok(o) => o,
         Err(e) => return Some(Err(format!("cannot run {program}: {e}"))),
     };

@@ -101,8 +101,8 @@ impl Volume for SparseView {
         Ok(offset)
     }
 
-    fn expand_into(&self, out: &File) -> io::Result<()> {
-        expand(self, out).map_err(|e| match e {
+    fn expand_into(&self, out: &File, limit: u64) -> io::Result<()> {
+        expand(self, out, limit).map_err(|e| match e {
             SparseError::Read(e) | SparseError::Write(e) => e,
             other => io::Error::other(other),
         })

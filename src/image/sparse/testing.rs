@@ -131,7 +131,7 @@ pub(super) fn view_of(bytes: &[u8]) -> SparseView {
 
 pub(super) fn expand_to_vec(view: &SparseView) -> Vec<u8> {
     let out = tempfile::tempfile().unwrap();
-    expand(view, &out).unwrap();
+    expand(view, &out, u64::MAX).unwrap();
     let mut bytes = vec![0u8; out.metadata().unwrap().len() as usize];
     out.read_exact_at(&mut bytes, 0).unwrap();
     bytes

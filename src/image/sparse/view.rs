@@ -83,12 +83,14 @@ impl ReadAt for SparseView {
     }
 }
 
-/// Writes the expanded image into the empty file `out`. DONT_CARE and
-/// all-zero FILL chunks stay holes.
-pub(crate) fn expand(view: &SparseView, out: &File) -> Result<(), SparseError> {
+/// Writes the expanded image's first `limit` bytes (the filesystem's own
+/// size; a FILL chunk can claim terabytes) into the empty file `out`.
+/// DONT_CARE and all-zero FILL chunks stay holes.
+pub(crate) fn expand(view: &SparseView, out: &File, limit: u64) -> Result<(), SparseError> {
     let layout = view.layout();
-    crate::io::progress::start("expanding", layout.raw_size());
-    out.set_len(layout.raw_size()).map_err(SparseError::Write)?;
+    let size = layout.raw_size().min(limit);
+    crate::io::progress::start("expanding", size);
+    out.set_len(size).map_err(SparseError::Write)?;
     let bs = layout.block_size as u64;
     let mut buf = vec![0u8; IO_BUF];
     for chunk in &layout.chunks {
@@ -99,7 +101,10 @@ pub(crate) fn expand(view: &SparseView, out: &File) -> Result<(), SparseError> {
             continue;
         }
         let start = chunk.first_block * bs;
-        let len = chunk.blocks * bs;
+        if start >= size {
+            continue;
+        }
+        let len = (chunk.blocks * bs).min(size - start);
         let mut done = 0u64;
         while done < len {
             let n = (len - done).min(IO_BUF as u64) as usize;
@@ -209,7 +214,7 @@ mod tests {
         ];
         let view = view_of(&build(PLAIN_4K, &specs));
         let out = tempfile::tempfile().unwrap();
-        expand(&view, &out).unwrap();
+        expand(&view, &out, u64::MAX).unwrap();
         let meta = out.metadata().unwrap();
         assert_eq!(meta.len(), 517 * 4096);
         let mut got = vec![0u8; meta.len() as usize];

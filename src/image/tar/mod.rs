@@ -259,6 +259,11 @@ impl TarBackend {
             .and_then(|f| Identity::of(&f, &self.cache_needs()))
             .map_err(|e| tracing::debug!(error = %e, "scan cache: no identity"))
             .ok()?;
+        if let Some(fs) = id.hashed_whole() {
+            tracing::info!(
+                "{path}: scan cache: {fs} keeps no trustworthy change time; the entry is keyed by the whole file's SHA-256"
+            );
+        }
         let found = cache
             .load(&id)
             .and_then(|bytes| cached::decode(&bytes, self.codec).ok_or(Miss::Damaged));
