@@ -708,10 +708,10 @@ xattrs = { "security.selinux" = "system_u:object_r:etc_t:s0", "user.b" = "2" }
                 "{err}"
             );
             assert!(err.contains(want), "{want}: {err}");
-            let err = Plan::resolve_for(&spec, &vars(&p), &extra, &db, &owner, 7)
-                .err()
-                .expect("refused when resolving too")
-                .to_string();
+            let Err(err) = Plan::resolve_for(&spec, &vars(&p), &extra, &db, &owner, 7) else {
+                panic!("{want}: not refused when resolving");
+            };
+            let err = err.to_string();
             assert!(err.contains(want), "{want}: {err}");
         }
         // The entry that lists {b} in multiline takes its line breaks;
