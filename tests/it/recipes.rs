@@ -2156,8 +2156,10 @@ fn gitlab_job(ci: &CiRun, file: &serde_yaml::Value, job: &str) -> Vec<std::proce
             ci.restore_cache(&ws, key, None);
         }
         for need in spec["needs"].as_sequence().into_iter().flatten() {
+            // imprint-build's artifact is not made here: the test's
+            // imprint is on PATH already.
             sh(&format!(
-                "for a in {}/{}-*; do cp -a \"$a\"/. {}/; done",
+                "for a in {}/{}-*; do if [ -e \"$a\" ]; then cp -a \"$a\"/. {}/; fi; done",
                 ci.artifacts().display(),
                 need.as_str().unwrap(),
                 ws.display()
@@ -2168,10 +2170,13 @@ fn gitlab_job(ci: &CiRun, file: &serde_yaml::Value, job: &str) -> Vec<std::proce
             ("BASE_IMAGE_URL".into(), ci.value("vars.BASE_IMAGE_URL")),
             ("BASE_SHA256".into(), ci.base_sha256.clone()),
             ("IMPRINT_API_URL".into(), ci.value("vars.IMPRINT_API_URL")),
-            ("IMPRINT_API_TOKEN".into(), "ci-token".into()),
             ("CI_NODE_INDEX".into(), index.to_string()),
             ("CI_NODE_TOTAL".into(), total.to_string()),
         ]);
+        // The token's environment scope: only jobs of that environment.
+        if spec["environment"]["name"].as_str() == Some("factory") {
+            env.push(("IMPRINT_API_TOKEN".into(), "ci-token".into()));
+        }
         // A pipeline variable overrides the job's.
         if ci.rotate.get() {
             env.push(("ROTATE".into(), "true".into()));
@@ -2279,6 +2284,117 @@ fn ci_gitlab_jobs_run() {
         assert_eq!(first.get_or_insert_with(|| now.clone()), &now);
         assert_eq!(ci.patches(), 0);
         ci.next_run();
+    }
+}
+
+/// The API token reaches only the steps that provision: on GitLab it is
+/// scoped to the `factory` environment, and no job of that environment
+/// builds anything (cargo's build scripts run in imprint-build, without
+/// it), nor does the merge job have it; on GitHub it is in the provision
+/// step's env alone. GitHub installs a pinned imprint release, never the
+/// moving default branch.
+#[test]
+fn ci_recipes_scope_the_token_and_pin_imprint() {
+    let gitlab = ci_yaml("ci/gitlab-ci.yml");
+    let jobs = gitlab.as_mapping().unwrap();
+    let merged = |job: &serde_yaml::Value| -> serde_yaml::Mapping {
+        let mut spec = job.as_mapping().unwrap().clone();
+        if let Some(parent) = job["extends"].as_str() {
+            for (k, v) in gitlab[parent].as_mapping().unwrap() {
+                if !spec.contains_key(k) {
+                    spec.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        spec
+    };
+    let mut with_token = Vec::new();
+    for (name, job) in jobs {
+        let name = name.as_str().unwrap();
+        if name.starts_with('.') || !job.is_mapping() {
+            continue;
+        }
+        let spec = serde_yaml::Value::Mapping(merged(job));
+        let lines: Vec<&str> = ["before_script", "script"]
+            .iter()
+            .flat_map(|k| spec[*k].as_sequence().into_iter().flatten())
+            .map(|l| l.as_str().unwrap())
+            .collect();
+        if spec["environment"]["name"].as_str() == Some("factory") {
+            with_token.push(name.to_string());
+            assert!(
+                !lines.iter().any(|l| l.contains("cargo")),
+                "{name}: builds with the token present: {lines:?}"
+            );
+            assert!(
+                spec["needs"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .any(|n| n == "imprint-build"),
+                "{name}"
+            );
+        } else {
+            assert!(spec["environment"].is_null(), "{name}");
+        }
+        let text = serde_yaml::to_string(&spec).unwrap();
+        assert!(
+            !text.contains("IMPRINT_API_TOKEN"),
+            "{name}: names the token itself"
+        );
+    }
+    with_token.sort();
+    assert_eq!(
+        with_token,
+        ["per-serial-images", "per-serial-images-sharded"]
+    );
+    assert!(gitlab["imprint-build"]["script"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|l| l
+            .as_str()
+            .unwrap()
+            .contains("cargo install --locked --path .")));
+    let manifest = &gitlab["per-serial-manifest"];
+    assert!(manifest["environment"].is_null() && manifest["before_script"].is_null());
+
+    let version = env!("CARGO_PKG_VERSION");
+    for file in ["ci/github-actions.yml", "ci/github-actions-sharded.yml"] {
+        let workflow = ci_yaml(file);
+        let text = fs::read_to_string(recipe(file)).unwrap();
+        assert!(
+            text.contains(&format!("IMPRINT_TAG: v{version}")),
+            "{file}: pins imprint {version}"
+        );
+        for (job, spec) in workflow["jobs"].as_mapping().unwrap() {
+            for step in spec["steps"].as_sequence().unwrap() {
+                let run = step["run"].as_str().unwrap_or_default();
+                for line in run.lines().filter(|l| l.contains("cargo install")) {
+                    assert!(
+                        line.contains("--locked") && line.contains("--tag \"$IMPRINT_TAG\""),
+                        "{file} {job:?}: unpinned: {line}"
+                    );
+                }
+                let has_token = serde_yaml::to_string(&step["env"])
+                    .unwrap()
+                    .contains("IMPRINT_API_TOKEN");
+                assert_eq!(
+                    has_token,
+                    step["name"] == "provision",
+                    "{file} {job:?}: the token only in the provision step"
+                );
+            }
+            assert!(
+                !serde_yaml::to_string(&spec["env"])
+                    .unwrap()
+                    .contains("IMPRINT_API_TOKEN"),
+                "{file} {job:?}"
+            );
+        }
+        assert!(!serde_yaml::to_string(&workflow["env"])
+            .unwrap()
+            .contains("IMPRINT_API_TOKEN"));
     }
 }
 
