@@ -1432,7 +1432,38 @@ fn yocto_class_runs_in_bitbake() {
                 "{fs_type}: {s}"
             );
             assert!(x.join("doflash.sh").is_file() && x.join("flash.xml.in").is_file());
+            // The stamped image in it is 0600, and so is the package.
+            let pack = out.join(format!("{s}-{link}.tegraflash.tar"));
+            let listing = stdout(&sh(&format!("tar -tvf {}", pack.display())));
+            let entry = listing
+                .lines()
+                .find(|l| l.ends_with(&format!("azaion-image.{fs_type}")))
+                .unwrap();
+            assert!(entry.starts_with("-rw------- "), "{fs_type}: {entry}");
+            let mode = stdout(&sh(&format!("stat -c %a {}", pack.display())));
+            assert_eq!(mode.trim(), "600", "{fs_type}");
         }
+        // No per-serial copy is left beside the outputs.
+        let left: Vec<_> = fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".tegraflash"))
+            .collect();
+        assert!(left.is_empty(), "{fs_type}: {left:?}");
+        // A package that cannot be written (here: a directory in its
+        // place) fails the task and still leaves no copy behind.
+        let blocked = out.join(format!("AZJN-0101-{link}.tegraflash.tar"));
+        fs::remove_file(&blocked).unwrap();
+        fs::create_dir_all(blocked.join("x")).unwrap();
+        let o = bitbake(&pythonpath, &layer, true);
+        assert!(!o.status.success(), "{fs_type}: {}", stdout(&o));
+        let left: Vec<_> = fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".tegraflash"))
+            .collect();
+        assert!(left.is_empty(), "{fs_type}: {left:?}");
+        fs::remove_dir_all(&blocked).unwrap();
         let temp = layer.join("tmp/work/azaion-image/temp");
         for f in fs::read_dir(&temp).unwrap() {
             let text = fs::read_to_string(f.unwrap().path()).unwrap();
