@@ -439,6 +439,98 @@ fn l4t_station_flashes_each_device_and_restores_the_base() {
     assert_eq!(sha256(&system), base_sha);
 }
 
+/// Files that hold `needle` (the password, stored as is in ext4 and
+/// sparse images), below each of `dirs`.
+fn holding(needle: &str, dirs: &[&Path]) -> Vec<String> {
+    let list = dirs
+        .iter()
+        .map(|d| format!("'{}'", d.display()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let o = sh_status(&format!("grep -rlaF -- '{needle}' {list} || true"));
+    stdout(&o).lines().map(str::to_string).collect()
+}
+
+fn sh_status(script: &str) -> std::process::Output {
+    Command::new("bash").args(["-c", script]).output().unwrap()
+}
+
+/// The station keeps the password only in 0600 files while it flashes,
+/// and nowhere after, also when flashing fails and a slot's base is lost
+/// meanwhile (the restore trap goes on with the other slot and the work
+/// directory instead of stopping at the first failure under set -e).
+#[test]
+fn l4t_station_leaves_no_copy_of_the_password() {
+    let dir = TempDir::new().unwrap();
+    let l4t = l4t_tree(dir.path());
+    let device = dir.path().join("device");
+    let tmp = dir.path().join("tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    let pw = write_password(dir.path(), PASSWORD);
+    // flash.sh, wrapped: on -r it records the mode of every file below
+    // the tree and TMPDIR that holds the password, and with LOSE_BASE
+    // removes slot A's base and fails, as a lost disk would.
+    fs::rename(l4t.join("flash.sh"), l4t.join("flash-standin.sh")).unwrap();
+    let seen = dir.path().join("seen");
+    fs::write(
+        l4t.join("flash.sh"),
+        format!(
+            "#!/bin/bash\nset -e\ncd \"$(dirname \"$0\")\"\n\
+             if [ \"$1\" = -r ]; then grep -rlaF -f '{pw}' . '{tmp}' | xargs -r stat -c '%a %n' >> '{seen}'; fi\n\
+             if [ \"$1\" = -r ] && [ -n \"$LOSE_BASE\" ]; then rm -f bootloader/system.img.base; exit 1; fi\n\
+             exec ./flash-standin.sh \"$@\"\n",
+            tmp = tmp.display(),
+            seen = seen.display(),
+            pw = pw.display()
+        ),
+    )
+    .unwrap();
+    sh(&format!("chmod +x {}/flash.sh", l4t.display()));
+    let station = |args: &[&str], lose: bool| {
+        let mut c = shell(&recipe("l4t/station.sh"));
+        c.current_dir(&l4t)
+            .args(args)
+            .env("ROOTFS_AB", "1")
+            .env("TMPDIR", &tmp)
+            .env("IMPRINT_OFFLINE_PASSWORD_FILE", &pw)
+            .env("L4T_STANDIN_DEVICE", &device);
+        if lose {
+            c.env("LOSE_BASE", "1");
+        }
+        run(&mut c)
+    };
+    let o = station(&["--prepare", BOARD, "mmcblk0p1"], false);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let o = station(&["AZJN-0042", BOARD, "mmcblk0p1"], false);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let during = fs::read_to_string(&seen).unwrap();
+    assert!(during.lines().count() >= 2, "both slots hold it: {during}");
+    for line in during.lines() {
+        assert!(
+            line.starts_with("600 "),
+            "readable by others while flashing: {line}"
+        );
+    }
+    assert_eq!(holding(PASSWORD, &[&l4t, &tmp]), Vec::<String>::new());
+
+    let o = station(&["AZJN-0043", BOARD, "mmcblk0p1"], true);
+    assert!(!o.status.success());
+    assert_eq!(
+        holding(PASSWORD, &[&l4t, &tmp]),
+        Vec::<String>::new(),
+        "after a failure"
+    );
+    assert!(
+        stderr(&o).contains("could not be put back"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        fs::read_dir(&tmp).unwrap().next().is_none(),
+        "the work directory is gone"
+    );
+}
+
 /// Initrd flash, in every form the APP image takes: the R35/R36 xattr tar
 /// and sparse image, and the newer zstd tar and zstd raw image, internal
 /// and external. Each device's credentials reach the partition that
