@@ -129,10 +129,15 @@ done <<< "$list"
 
 work=$(mktemp -d)
 restore() {
-    # The pristine images back in place, with their digests: the next
-    # device, or a plain --flash-only, never gets this one's password.
+    # The stamped copies gone and the pristine images back in place, with
+    # their digests: the next device, or a plain --flash-only, never gets
+    # this one's password. Each step runs even when one before it fails
+    # (under set -e the trap would stop at the first and leave copies).
+    set +e
     while read -r loc file; do
-        cp -p "$station/$loc-$file" "$images/$loc/$file"
+        rm -f "$images/$loc/$file"
+        cp -p "$station/$loc-$file" "$images/$loc/$file" ||
+            echo "initrd-station: $station/$loc-$file could not be put back; run --prepare again" >&2
         sha1sum "$images/$loc/$file" | cut -d' ' -f1 > "$images/$loc/$file.sha1sum"
     done <<< "$list"
     rm -rf "$work"

@@ -139,9 +139,14 @@ done <<< "$slots"
 
 work=$(mktemp -d)
 restore() {
-    # Every slot's base back in place, the stamped copies gone.
+    # Every slot's stamped copy gone and its base back, the work directory
+    # removed: each step runs even when one before it fails (under set -e
+    # the trap would stop at the first failure and leave copies behind).
+    set +e
     while read -r _ file _; do
-        cp -p "bootloader/$file.base" "bootloader/$file"
+        rm -f "bootloader/$file"
+        cp -p "bootloader/$file.base" "bootloader/$file" ||
+            echo "station: bootloader/$file.base could not be put back; run station.sh --prepare again" >&2
     done <<< "$slots"
     rm -rf "$work"
 }

@@ -98,13 +98,20 @@ imprint_tegraflash_package() {
     [ -f "$out/$serial-${IMAGE_LINK_NAME}.$fs_type" ] ||
         bbfatal "imprint: add $fs_type (IMAGE_TEGRAFLASH_FS_TYPE) to IMPRINT_IMAGE_TYPES for per-serial tegraflash packages"
     work="$out/.tegraflash-$serial"
-    rm -rf "$work"
-    mkdir -p "$work"
-    tar -xf "$pkg" -C "$work"
-    [ -f "$work/${IMAGE_BASENAME}.$fs_type" ] ||
-        bbfatal "imprint: $pkg has no ${IMAGE_BASENAME}.$fs_type to replace"
-    cp "$out/$serial-${IMAGE_LINK_NAME}.$fs_type" "$work/${IMAGE_BASENAME}.$fs_type"
-    (umask 077 && tar --sparse --numeric-owner -cf "$out/$serial-${IMAGE_LINK_NAME}.tegraflash.tar" -C "$work" .)
+    pack="$out/$serial-${IMAGE_LINK_NAME}.tegraflash.tar"
+    rm -rf "$work" "$pack.tmp"
+    # The copy holds the serial's password: the directory is 0700 and the
+    # image 0600 (install, not cp, which would keep the 0644 of the file
+    # it replaces), and it is removed whatever fails (one && chain: under
+    # BitBake's set -e a failed step would otherwise skip the cleanup).
+    if ! (umask 077 && mkdir -m 0700 "$work" && tar -xf "$pkg" -C "$work" &&
+        [ -f "$work/${IMAGE_BASENAME}.$fs_type" ] &&
+        install -m 0600 "$out/$serial-${IMAGE_LINK_NAME}.$fs_type" "$work/${IMAGE_BASENAME}.$fs_type" &&
+        tar --sparse --numeric-owner -cf "$pack.tmp" -C "$work" . &&
+        mv -fT "$pack.tmp" "$pack"); then
+        rm -rf "$work" "$pack.tmp"
+        bbfatal "imprint: cannot make $pack from $pkg (see the lines above; is ${IMAGE_BASENAME}.$fs_type in it?)"
+    fi
     rm -rf "$work"
 }
 

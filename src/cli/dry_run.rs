@@ -29,6 +29,12 @@ pub(crate) fn run(
         ([], None) => bail!("give --image IN --output OUT, or --rootfs-dir DIR"),
         (images, _) => images.iter().cloned().map(Source::Image).collect(),
     };
+    // The serials a batch would refuse (one listed twice, two of one
+    // account) are refused here too: a sharded run checks its whole list
+    // this way before any shard calls the API.
+    if batch {
+        crate::pipeline::batch::check_unique(serials)?;
+    }
     let output = args.output.clone();
     // Where each input would be written: a directory for a batch or several
     // images, else --output itself (unless it names a directory).

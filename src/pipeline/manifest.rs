@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::identity::Serial;
 use crate::io::output;
 
 #[derive(Debug, Error)]
@@ -43,6 +44,23 @@ pub enum ManifestError {
     },
     #[error("no manifests to merge")]
     Nothing,
+    #[error("{path}, image {index}: {why}; merge only manifests imprint wrote, unchanged")]
+    BadEntry {
+        path: PathBuf,
+        /// From 1, in the file's order.
+        index: usize,
+        why: String,
+    },
+    #[error("{path}: {why}; merge only manifests imprint wrote, unchanged")]
+    BadManifest { path: PathBuf, why: String },
+    #[error("serials {first} ({first_path}) and {second} ({second_path}) both map to the account {email}: whichever was provisioned first now carries a stale password. Reprovision one of the two devices alone (imprint provision --serial), and give the two devices serials that map to different accounts")]
+    SameAccount {
+        first: String,
+        first_path: PathBuf,
+        second: String,
+        second_path: PathBuf,
+        email: String,
+    },
 }
 
 /// One image of the manifest.
@@ -171,17 +189,40 @@ impl Manifest {
 
 /// Joins the manifests of one sharded run (each shard a batch of part of
 /// the serials, from the same base images) into one: every part must list
-/// the same inputs, and no serial or output may appear in two parts.
+/// the same inputs, and no serial or output may appear in two parts. Each
+/// shard is checked again as a batch checks its own serials (a shard comes
+/// from another job, maybe another machine): every serial valid, its email
+/// the one the serial maps to, no two serials of the whole run mapping to
+/// one account, output names plain file names of the serial's own, and
+/// every digest 64 hex digits.
 pub fn merge(parts: &[PathBuf]) -> Result<Manifest, ManifestError> {
     let first_path = parts.first().ok_or(ManifestError::Nothing)?;
     let mut merged: Option<Manifest> = None;
     let mut serials: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut outputs: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut accounts: BTreeMap<String, (String, PathBuf)> = BTreeMap::new();
     for path in parts {
         let part = Manifest::load(path)?.ok_or_else(|| ManifestError::Read {
             path: path.clone(),
             source: std::io::ErrorKind::NotFound.into(),
         })?;
+        check_part(path, &part)?;
+        for image in &part.images {
+            match accounts.get(&image.email) {
+                Some((serial, first)) if *serial != image.serial => {
+                    return Err(ManifestError::SameAccount {
+                        first: serial.clone(),
+                        first_path: first.clone(),
+                        second: image.serial.clone(),
+                        second_path: path.clone(),
+                        email: image.email.clone(),
+                    })
+                }
+                _ => {
+                    accounts.insert(image.email.clone(), (image.serial.clone(), path.clone()));
+                }
+            }
+        }
         let merged = merged.get_or_insert_with(|| Manifest::new(part.inputs.clone()));
         if !same_inputs(&part.inputs, &merged.inputs) {
             return Err(ManifestError::OtherInputs {
@@ -220,6 +261,92 @@ pub fn merge(parts: &[PathBuf]) -> Result<Manifest, ManifestError> {
     Ok(merged)
 }
 
+/// At most this much of a value is quoted in an error.
+const QUOTED: usize = 200;
+
+/// `value` as a quoted string of at most [`QUOTED`] characters.
+fn quote(value: &str) -> String {
+    match value.char_indices().nth(QUOTED) {
+        Some((at, _)) => format!("{:?}...", &value[..at]),
+        None => format!("{value:?}"),
+    }
+}
+
+fn is_sha256(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The rules one shard's manifest must keep, as a batch writes it.
+fn check_part(path: &Path, part: &Manifest) -> Result<(), ManifestError> {
+    let bad = |why: String| ManifestError::BadManifest {
+        path: path.to_path_buf(),
+        why,
+    };
+    if !part.tool.starts_with("imprint ") {
+        return Err(bad(format!(
+            "its tool is {}, not imprint",
+            quote(&part.tool)
+        )));
+    }
+    for input in &part.inputs {
+        if !is_sha256(&input.sha256) {
+            return Err(bad(format!(
+                "the input {} has the digest {}, not 64 hex digits",
+                quote(&input.name),
+                quote(&input.sha256)
+            )));
+        }
+    }
+    for (i, image) in part.images.iter().enumerate() {
+        check_entry(image).map_err(|why| ManifestError::BadEntry {
+            path: path.to_path_buf(),
+            index: i + 1,
+            why,
+        })?;
+    }
+    Ok(())
+}
+
+/// One image's entry: the serial a batch accepts, its own account, a
+/// plain file name of its own, and real digests.
+fn check_entry(image: &ManifestEntry) -> Result<(), String> {
+    let serial = Serial::parse(&image.serial).map_err(|_| {
+        format!(
+            "the serial {} is not one imprint accepts (uppercase letters, digits and hyphens, like AZJN-0042)",
+            quote(&image.serial)
+        )
+    })?;
+    if image.email != serial.email() {
+        return Err(format!(
+            "serial {serial} has the email {}, but its account is {}",
+            quote(&image.email),
+            serial.email()
+        ));
+    }
+    let output = &image.output;
+    let plain = !output.contains(['/', '\\', '\0'])
+        && !output.chars().any(char::is_control)
+        && output.starts_with(&format!("{serial}-"));
+    if !plain {
+        return Err(format!(
+            "serial {serial} has the output {}, not a file name of the form {serial}-INPUT beside the manifest",
+            quote(output)
+        ));
+    }
+    for (what, digest) in [
+        ("sha256", &image.sha256),
+        ("input_sha256", &image.input_sha256),
+    ] {
+        if !is_sha256(digest) {
+            return Err(format!(
+                "serial {serial} has the {what} {}, not 64 hex digits",
+                quote(digest)
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn same_inputs(a: &[ManifestInput], b: &[ManifestInput]) -> bool {
     let digests = |v: &[ManifestInput]| {
         let mut d: Vec<String> = v.iter().map(|i| i.sha256.clone()).collect();
@@ -233,43 +360,142 @@ fn same_inputs(a: &[ManifestInput], b: &[ManifestInput]) -> bool {
 mod tests {
     use super::*;
 
-    fn part(dir: &Path, name: &str, base: &str, serials: &[&str]) -> PathBuf {
+    fn digest(c: char) -> String {
+        c.to_string().repeat(64)
+    }
+
+    fn entry(serial: &str, base: &str) -> ManifestEntry {
+        let email = Serial::parse(serial).map(|s| s.email()).unwrap_or_default();
+        ManifestEntry {
+            serial: serial.to_string(),
+            email,
+            output: format!("{serial}-system.img"),
+            sha256: digest('0'),
+            size: 1,
+            input: "system.img".into(),
+            input_sha256: base.into(),
+        }
+    }
+
+    fn part_of(dir: &Path, name: &str, base: &str, images: Vec<ManifestEntry>) -> PathBuf {
         let mut m = Manifest::new(vec![ManifestInput {
             name: "system.img".into(),
             sha256: base.into(),
         }]);
-        for s in serials {
-            m.images.push(ManifestEntry {
-                serial: s.to_string(),
-                email: format!("{s}@x"),
-                output: format!("{s}-system.img"),
-                sha256: "00".into(),
-                size: 1,
-                input: "system.img".into(),
-                input_sha256: base.into(),
-            });
-        }
+        m.images = images;
         let path = dir.join(name);
         m.write(&path, None).unwrap();
         path
     }
 
+    fn part(dir: &Path, name: &str, base: &str, serials: &[&str]) -> PathBuf {
+        let images = serials.iter().map(|s| entry(s, base)).collect();
+        part_of(dir, name, base, images)
+    }
+
     #[test]
     fn shards_of_one_run_merge_and_others_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let a = part(dir.path(), "a.json", "aa", &["AZJN-0002", "AZJN-0001"]);
-        let b = part(dir.path(), "b.json", "aa", &["AZJN-0003"]);
+        let (aa, bb) = (digest('a'), digest('b'));
+        let a = part(dir.path(), "a.json", &aa, &["AZJN-0002", "AZJN-0001"]);
+        let b = part(dir.path(), "b.json", &aa, &["AZJN-0003"]);
         let m = merge(&[a.clone(), b.clone()]).unwrap();
         let serials: Vec<&str> = m.images.iter().map(|e| e.serial.as_str()).collect();
         assert_eq!(serials, ["AZJN-0001", "AZJN-0002", "AZJN-0003"]);
 
-        let other = part(dir.path(), "c.json", "bb", &["AZJN-0004"]);
+        let other = part(dir.path(), "c.json", &bb, &["AZJN-0004"]);
         let e = merge(&[a.clone(), other]).unwrap_err().to_string();
         assert!(e.contains("c.json") && e.contains("other base"), "{e}");
-        let twice = part(dir.path(), "d.json", "aa", &["AZJN-0001"]);
+        let twice = part(dir.path(), "d.json", &aa, &["AZJN-0001"]);
         let e = merge(&[a, twice]).unwrap_err().to_string();
         assert!(e.contains("AZJN-0001") && e.contains("d.json"), "{e}");
         assert!(matches!(merge(&[]), Err(ManifestError::Nothing)));
+    }
+
+    /// Each rule a batch keeps is checked again in every shard: the
+    /// error names the shard, the image and what is wrong with it.
+    #[test]
+    fn merge_rechecks_what_a_batch_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = digest('a');
+        let good = part(dir.path(), "good.json", &base, &["AZJN-0001"]);
+        // Two serials of one account, in two shards and in one.
+        let other = part(dir.path(), "other.json", &base, &["AZXB-0001"]);
+        let e = merge(&[good.clone(), other.clone()]).unwrap_err();
+        let said = e.to_string();
+        assert!(matches!(e, ManifestError::SameAccount { .. }), "{said}");
+        for want in [
+            "AZJN-0001",
+            "AZXB-0001",
+            "good.json",
+            "other.json",
+            "azaion-jetson-0001@azaion.com",
+        ] {
+            assert!(said.contains(want), "{want}: {said}");
+        }
+        let both = part(dir.path(), "both.json", &base, &["AZJN-0007", "AZXB-0007"]);
+        let said = merge(&[both]).unwrap_err().to_string();
+        assert!(
+            said.contains("AZXB-0007") && said.contains("both.json"),
+            "{said}"
+        );
+
+        let mut hostile = entry("AZJN-0002", &base);
+        hostile.serial = "AZJN-9999; rm -rf /".into();
+        let mut foreign = entry("AZJN-0002", &base);
+        foreign.email = "root@example.com".into();
+        let mut escape = entry("AZJN-0002", &base);
+        escape.output = "../../../etc/shadow".into();
+        let mut slash = entry("AZJN-0002", &base);
+        slash.output = "AZJN-0002-x/../../y".into();
+        let mut digest_bad = entry("AZJN-0002", &base);
+        digest_bad.sha256 = "not-a-digest".into();
+        let mut input_bad = entry("AZJN-0002", &base);
+        input_bad.input_sha256 = digest('A');
+        for (image, want) in [
+            (
+                hostile,
+                "\"AZJN-9999; rm -rf /\" is not one imprint accepts",
+            ),
+            (
+                foreign,
+                "\"root@example.com\", but its account is azaion-jetson-0002@",
+            ),
+            (escape, "\"../../../etc/shadow\", not a file name"),
+            (slash, "\"AZJN-0002-x/../../y\", not a file name"),
+            (digest_bad, "sha256 \"not-a-digest\", not 64 hex"),
+            (input_bad, "input_sha256 \"AAAA"),
+        ] {
+            let bad = part_of(
+                dir.path(),
+                "bad.json",
+                &base,
+                vec![entry("AZJN-0000", &base), image],
+            );
+            let said = merge(&[good.clone(), bad.clone()]).unwrap_err().to_string();
+            assert!(
+                said.starts_with(&format!("{}, image 2: ", bad.display())),
+                "{said}"
+            );
+            assert!(said.contains(want), "{want}: {said}");
+        }
+        // The shard's own inputs and tool, too.
+        let bad = part(dir.path(), "short.json", "ab", &["AZJN-0004"]);
+        let said = merge(&[bad]).unwrap_err().to_string();
+        assert!(
+            said.contains("short.json") && said.contains("\"ab\", not 64 hex"),
+            "{said}"
+        );
+        let text = std::fs::read_to_string(&good)
+            .unwrap()
+            .replace("\"imprint ", "\"other ");
+        let forged = dir.path().join("forged.json");
+        std::fs::write(&forged, text).unwrap();
+        let said = merge(&[forged]).unwrap_err().to_string();
+        assert!(
+            said.contains("forged.json") && said.contains("not imprint"),
+            "{said}"
+        );
     }
 
     /// The parser's complaint is said once, after the file's name.

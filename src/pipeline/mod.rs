@@ -262,6 +262,7 @@ impl Opened {
             .filter_map(|f| owner_warning(&source, f, &settings))
             .collect();
         warnings.dedup();
+        warnings.extend(settings.overlay.exposed_secrets());
         Ok(Opened {
             pin,
             warnings,

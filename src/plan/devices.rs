@@ -99,7 +99,8 @@ pub fn parse(data: impl AsRef<[u8]>, origin: &str) -> Result<Vec<Device>, Device
         if devices.iter().any(|(s, _)| s == &serial) {
             return Err(row_error(format!("{serial} is listed twice")));
         }
-        devices.push((serial, ExtraVars::new(values)));
+        let vars = ExtraVars::new(values).with_origin(format!("{origin}, line {line}"));
+        devices.push((serial, vars));
     }
     if devices.is_empty() {
         return Err(DevicesError::Format {

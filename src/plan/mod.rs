@@ -52,6 +52,14 @@ pub enum OverlayError {
         template: String,
         path: String,
     },
+    #[error("device {serial} ({at}): the value of {{{name}}} {why}")]
+    BadValue {
+        serial: String,
+        /// Where the value was given: `devices.csv, line 3`.
+        at: String,
+        name: String,
+        why: String,
+    },
     #[error("device {serial}: cannot use the overlay source {path}: {why}")]
     Source {
         serial: String,
@@ -193,6 +201,7 @@ impl Plan {
             name,
         };
         let name = |text: &str| render_name(text, vars.serial, vars.email, extra).map_err(missing);
+        spec.check_values(vars.serial, extra)?;
         let mut entries: Vec<PlanEntry> = Vec::new();
         for (origin, e) in &spec.entries {
             let rendered = name(&e.path)?;
@@ -657,6 +666,68 @@ xattrs = { "security.selinux" = "system_u:object_r:etc_t:s0", "user.b" = "2" }
                     "path='/etc/x'"
                 }
             );
+            assert!(OverlaySpec::parse(&text, "t").is_err(), "{bad}");
+        }
+    }
+
+    /// Values are checked where they go, in `check_device` and again when
+    /// resolving (the library's callers may skip the first).
+    #[test]
+    fn values_stay_in_their_place() {
+        let spec = OverlaySpec::parse(
+            "[[entry]]\npath='/etc/env'\ntype='file'\nmode='0644'\nowner='0:0'\ncontent='A={a}\\nB={b}\\n'\nmultiline=['b']\n\
+             [[entry]]\npath='/etc/k'\ntype='file'\nmode='0600'\nowner='0:0'\nsource='/srv/{k}'\n",
+            "t",
+        )
+        .unwrap();
+        let serial = crate::identity::Serial::parse("AZJN-0042").unwrap();
+        let vars_of = |a: &str, b: &str, k: &str| {
+            ExtraVars::new(
+                [("a", a), ("b", b), ("k", k)]
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .into(),
+            )
+            .with_origin("d.csv, line 2")
+        };
+        let p = Password::from_plain("0123");
+        let db = UserDb::parse(Some(b"root:x:0:0::/:/bin/sh\n"), Some(b"root:x:0:\n"));
+        let owner = OwnerSpec::User("root".into());
+        for (a, b, k, want) in [
+            ("x\ny", "ok", "k", "{a} holds a line break"),
+            ("x\ry", "ok", "k", "{a} holds a line break"),
+            ("x", "o\0k", "k", "{b} holds a NUL byte"),
+            ("x", "ok", "../etc/shadow", "{k} climbs out with '..'"),
+            ("x", "ok", "a/../../b", "{k} climbs out with '..'"),
+            ("x", "ok", "/etc/shadow", "{k} is an absolute path"),
+            ("x", "ok", "k\n", "{k} holds a line break"),
+        ] {
+            let extra = vars_of(a, b, k);
+            let err = spec.check_device(&serial, &extra).unwrap_err().to_string();
+            assert!(
+                err.starts_with("device AZJN-0042 (d.csv, line 2): the value of "),
+                "{err}"
+            );
+            assert!(err.contains(want), "{want}: {err}");
+            let Err(err) = Plan::resolve_for(&spec, &vars(&p), &extra, &db, &owner, 7) else {
+                panic!("{want}: not refused when resolving");
+            };
+            let err = err.to_string();
+            assert!(err.contains(want), "{want}: {err}");
+        }
+        // The entry that lists {b} in multiline takes its line breaks;
+        // a value with '..' inside a name is no climb.
+        let extra = vars_of("x", "l1\nl2", "..k");
+        let err = spec.check_device(&serial, &extra).unwrap_err().to_string();
+        assert!(
+            err.contains("/srv/..k"),
+            "only the missing source is left: {err}"
+        );
+        // multiline names --devices variables of a file with content.
+        for bad in [
+            "type='file'\nmode='0600'\nowner='0:0'\nsource='x'\nmultiline=['a']",
+            "type='file'\nmode='0600'\nowner='0:0'\ncontent='{password}'\nmultiline=['password']",
+        ] {
+            let text = format!("[[entry]]\npath='/etc/x'\n{bad}\n");
             assert!(OverlaySpec::parse(&text, "t").is_err(), "{bad}");
         }
     }

@@ -47,6 +47,10 @@ pub(super) struct SpecEntry {
     pub(super) recursive: Option<bool>,
     /// Extended attributes (`security.*`, `user.*`, `trusted.*`) as text.
     pub(super) xattrs: Option<BTreeMap<String, String>>,
+    /// The `--devices` variables whose values may span lines in this
+    /// file's content (a PEM certificate); any other value with a line
+    /// break is refused, as it would add lines to the file.
+    pub(super) multiline: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -165,6 +169,7 @@ impl OverlaySpec {
                 name: missing,
             });
         }
+        self.check_values(serial, extra)?;
         for (origin, e) in &self.entries {
             let path = render_name(&e.path, serial, &email, extra).map_err(|name| {
                 super::OverlayError::MissingVariable {
@@ -208,6 +213,76 @@ impl OverlaySpec {
             }
         }
         paths
+    }
+
+    /// Checks the device's own values where the templates use them: in a
+    /// `source`, a path relative to the overlay's directory that stays
+    /// there (not absolute, no `..` part); in an image path or a symlink
+    /// target, one line; in content, one line unless the entry lists the
+    /// variable in `multiline`. NUL is refused everywhere.
+    pub(super) fn check_values(
+        &self,
+        serial: &str,
+        extra: &ExtraVars,
+    ) -> Result<(), super::OverlayError> {
+        for (_, e) in &self.entries {
+            let multiline = e.multiline.as_deref().unwrap_or_default();
+            let places = [
+                (Some(&e.path), Place::Name("path")),
+                (e.target.as_ref(), Place::Name("target")),
+                (e.source.as_ref(), Place::Source),
+                (e.content.as_ref(), Place::Content),
+            ];
+            let xattrs = e
+                .xattrs
+                .iter()
+                .flatten()
+                .map(|(_, v)| (Some(v), Place::Xattr));
+            for (template, place) in places.into_iter().chain(xattrs) {
+                let Some(template) = template else { continue };
+                for name in template_names(template) {
+                    let Some(value) = extra.get(name) else {
+                        continue;
+                    };
+                    let allowed = multiline.iter().any(|m| m == name);
+                    check_value(value, place, allowed, &e.path).map_err(|why| {
+                        super::OverlayError::BadValue {
+                            serial: serial.to_string(),
+                            at: extra.origin.clone().unwrap_or_else(|| "--devices".into()),
+                            name: name.to_string(),
+                            why,
+                        }
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Warnings for files whose content holds the password while their
+    /// mode lets the group or others read them (anyone with a shell on the
+    /// device could read the credentials).
+    pub fn exposed_secrets(&self) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.kind == SpecKind::File)
+            .filter(|(_, e)| {
+                e.content
+                    .as_deref()
+                    .is_some_and(|c| template_names(c).any(|n| n == "password"))
+            })
+            .filter_map(|(_, e)| {
+                let mode = e.mode.as_deref().and_then(parse_mode)?;
+                (mode & 0o044 != 0).then(|| {
+                    format!(
+                        "the overlay writes {{password}} into {} with mode {mode:04o}, which lets {} read it; give the entry mode \"{:04o}\"",
+                        e.path,
+                        if mode & 0o004 != 0 { "every user of the device" } else { "its group" },
+                        mode & 0o7700
+                    )
+                })
+            })
+            .collect()
     }
 
     /// Adds another spec's entries after this one's.
@@ -274,6 +349,16 @@ fn check_entry(e: &SpecEntry) -> Result<(), String> {
             format!("only a symlink has a target, not a {} entry", kind.name())
         });
     }
+    for name in e.multiline.iter().flatten() {
+        if e.content.is_none() {
+            return Err("multiline applies only to a file with content".into());
+        }
+        if !is_identifier(name) || BUILT_IN.contains(&name.as_str()) {
+            return Err(format!(
+                "multiline lists {name:?}: it names --devices variables, not imprint's own"
+            ));
+        }
+    }
     if e.recursive.is_some() && !is(SpecKind::Absent) {
         return Err("recursive applies only to absent entries".into());
     }
@@ -299,6 +384,44 @@ fn check_entry(e: &SpecEntry) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Where a template puts a value.
+#[derive(Clone, Copy)]
+enum Place {
+    /// An image path or a symlink target (the word is the field).
+    Name(&'static str),
+    /// A host path under the overlay's directory.
+    Source,
+    Content,
+    Xattr,
+}
+
+/// Why `value` cannot go where `place` puts it in the entry at `path`.
+fn check_value(value: &str, place: Place, multiline: bool, path: &str) -> Result<(), String> {
+    if value.contains('\0') {
+        return Err("holds a NUL byte".into());
+    }
+    let line_break = value.contains(['\n', '\r']);
+    match place {
+        Place::Source if value.starts_with('/') => Err(format!(
+            "is an absolute path; the source of {path} must stay in the overlay's directory: give a path relative to it"
+        )),
+        Place::Source if value.split('/').any(|part| part == "..") => Err(format!(
+            "climbs out with '..'; the source of {path} must stay in the overlay's directory"
+        )),
+        Place::Source | Place::Name(_) if line_break => {
+            let what = match place {
+                Place::Name(what) => what,
+                _ => "source",
+            };
+            Err(format!("holds a line break, which the {what} of {path} cannot take"))
+        }
+        Place::Content if line_break && !multiline => Err(format!(
+            "holds a line break, which would add lines to {path}; if the file takes multi-line values, list the variable in the entry's multiline = [...]"
+        )),
+        _ => Ok(()),
+    }
 }
 
 impl SpecKind {
@@ -335,6 +458,8 @@ const BUILT_IN: [&str; 4] = ["serial", "email", "password", "owner"];
 pub struct ExtraVars {
     values: BTreeMap<String, String>,
     pub strict: bool,
+    /// Where the values come from, for errors: `devices.csv, line 3`.
+    origin: Option<String>,
 }
 
 impl ExtraVars {
@@ -343,7 +468,14 @@ impl ExtraVars {
         ExtraVars {
             values,
             strict: true,
+            origin: None,
         }
+    }
+
+    /// Says where the values come from (a devices file and its line).
+    pub fn with_origin(mut self, origin: impl Into<String>) -> ExtraVars {
+        self.origin = Some(origin.into());
+        self
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {

@@ -675,6 +675,102 @@ fn manifest_merge_joins_shards_and_refuses_other_bases() {
     assert!(!refused.exists());
 }
 
+/// Sharded runs: two shards whose serials map to one account (`AZJN-0007`
+/// and `AZXB-0007`) are caught before any API call by a dry run of the
+/// whole list (as the CI recipes run it), and by `manifest merge`, which
+/// names both shards; a shard edited by hand (a serial with a shell
+/// command, an output climbing out, a foreign email, a digest that is
+/// none) is refused naming the shard and the image, and nothing is
+/// written.
+#[test]
+fn manifest_merge_rechecks_every_shard() {
+    let (dir, input, _) = setup();
+    let server = StubServer::start().unwrap();
+    let shard = |name: &str, serial: &str| {
+        let out = dir.path().join(name);
+        let o = batch(
+            &server,
+            &input,
+            &out,
+            &["--serial", serial, "--serial", "AZJN-1000"],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        out.join("manifest.json")
+    };
+    let merge = |output: &Path, parts: &[&Path]| {
+        run(bin()
+            .args(["manifest", "merge", "--output"])
+            .arg(output)
+            .args(parts))
+    };
+    // The whole list, checked as one batch before any shard runs.
+    let all = dir.path().join("all.txt");
+    fs::write(&all, "AZJN-0007\nAZJN-1000\nAZXB-0007\n").unwrap();
+    let o = run(bin()
+        .args(["provision", "--dry-run", "--owner", "azaion", "--image"])
+        .arg(&input)
+        .arg("--output")
+        .arg(dir.path().join("dry"))
+        .arg("--serials")
+        .arg(&all));
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("AZJN-0007 and AZXB-0007 both map to the account"),
+        "{}",
+        stderr(&o)
+    );
+
+    let a = shard("a", "AZJN-0007");
+    let b = shard("b", "AZXB-0007");
+    let merged = dir.path().join("merged.json");
+    let o = merge(&merged, &[&a, &b]);
+    assert_eq!(o.status.code(), Some(1));
+    let said = stderr(&o);
+    for want in [
+        "AZJN-0007",
+        "AZXB-0007",
+        &a.display().to_string(),
+        &b.display().to_string(),
+        "azaion-jetson-0007@azaion.com",
+    ] {
+        assert!(said.contains(want), "{want}: {said}");
+    }
+    assert!(!merged.exists());
+
+    let text = fs::read_to_string(&a).unwrap();
+    let digest = serde_json::from_str::<Value>(&text).unwrap()["images"][0]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let email = "azaion-jetson-0007@azaion.com";
+    for (from, to, want) in [
+        (
+            "\"serial\": \"AZJN-0007\"",
+            "\"serial\": \"AZJN-9999; rm -rf /\"",
+            "serial \"AZJN-9999; rm -rf /\"",
+        ),
+        (
+            "\"AZJN-0007-base.tar.gz\"",
+            "\"../../../etc/shadow\"",
+            "output \"../../../etc/shadow\"",
+        ),
+        (email, "admin@example.com", "email \"admin@example.com\""),
+        (digest.as_str(), "not-a-digest", "sha256 \"not-a-digest\""),
+    ] {
+        assert!(text.contains(from), "{from}: {text}");
+        let crafted = dir.path().join("crafted.json");
+        fs::write(&crafted, text.replacen(from, to, 1)).unwrap();
+        let o = merge(&merged, &[&crafted]);
+        assert_eq!(o.status.code(), Some(1), "{to}");
+        let said = stderr(&o);
+        assert!(
+            said.contains(&format!("{}, image ", crafted.display())) && said.contains(want),
+            "{want}: {said}"
+        );
+        assert!(!merged.exists(), "{to}");
+    }
+}
+
 /// How many requests of each kind the stub has seen.
 fn calls(server: &StubServer) -> (usize, usize) {
     let r = server.requests();

@@ -209,3 +209,71 @@ fn a_default_owner_the_service_user_cannot_read_warns() {
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(doc["warnings"].as_array().unwrap().len(), 1);
 }
+
+/// An overlay that writes `{password}` into a file the group or others
+/// can read is warned about, on stderr and in the JSON document, as the
+/// owner rule is; the same file 0600 is quiet.
+#[test]
+fn a_password_in_a_file_others_can_read_warns() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let pw = write_password(d, PASSWORD);
+    let input = d.join("in.tar");
+    make_tar(&make_rootfs(d, "root"), &input, "tar", "gnu", true);
+    for (mode, says) in [
+        (
+            "0644",
+            Some("mode 0644, which lets every user of the device read it"),
+        ),
+        ("0640", Some("mode 0640, which lets its group read it")),
+        ("0600", None),
+    ] {
+        let spec = d.join(format!("env-{mode}.toml"));
+        std::fs::write(
+            &spec,
+            format!("[[entry]]\npath='/etc/azaion/env'\ntype='file'\nmode='{mode}'\nowner='{{owner}}'\ncontent='PW={{password}}\\n'\n"),
+        )
+        .unwrap();
+        let o = run(bin()
+            .args([
+                "provision",
+                "--offline",
+                "--serial",
+                SERIAL,
+                "--json",
+                "--owner",
+                "azaion",
+            ])
+            .arg("--password-file")
+            .arg(&pw)
+            .arg("--overlay")
+            .arg(&spec)
+            .arg("--image")
+            .arg(&input)
+            .arg("--output")
+            .arg(d.join(format!("out-{mode}.tar"))));
+        assert!(o.status.success(), "{}", stderr(&o));
+        let err = stderr(&o);
+        let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        match says {
+            Some(says) => {
+                let want = format!("imprint: warning: the overlay writes {{password}} into /etc/azaion/env with {says}; give the entry mode \"0600\"");
+                assert!(err.contains(&want), "{mode}: {err}");
+                let warnings = doc["warnings"].as_array().expect("a warnings field");
+                assert_eq!(warnings.len(), 1, "{mode}: {doc}");
+                assert!(err.contains(warnings[0].as_str().unwrap()));
+                assert!(
+                    !err.contains(PASSWORD)
+                        && !o
+                            .stdout
+                            .windows(PASSWORD.len())
+                            .any(|w| w == PASSWORD.as_bytes())
+                );
+            }
+            None => {
+                assert!(!err.contains("warning"), "{mode}: {err}");
+                assert!(doc.get("warnings").is_none(), "{mode}: {doc}");
+            }
+        }
+    }
+}

@@ -305,6 +305,7 @@ type = "file"
 mode = "0644"
 owner = "0:0"
 content = "Site {site}; shell vars like ${HOME} and JSON {\"a\": 1} stay as written\n"
+multiline = ["site"]
 "#;
 
 #[test]
@@ -374,6 +375,52 @@ fn devices_csv_values_with_quotes_commas_and_newlines_reach_each_image() {
             .arg(&out));
         assert_eq!(o.status.code(), Some(1), "{csv:?}");
         assert!(stderr(&o).contains(says), "{csv:?}: {}", stderr(&o));
+        assert!(!out.exists(), "{csv:?} left output");
+    }
+
+    // A value with a line break goes only where the entry allows it
+    // (motd lists {site} in multiline, hostname does not), and a source
+    // path from a value stays in the overlay's directory: refused before
+    // any output, naming the devices file's line.
+    fs::create_dir_all(d.join("certs")).unwrap();
+    fs::write(d.join("certs/AZJN-0001.pem"), "cert\n").unwrap();
+    fs::write(d.join("hostsecret"), "host secret\n").unwrap();
+    let cert_spec = d.join("cert.toml");
+    fs::write(
+        &cert_spec,
+        "[[entry]]\npath='/etc/c.pem'\ntype='file'\nmode='0644'\nowner='0:0'\nsource='certs/{cert}'\n\
+         [[entry]]\npath='/etc/d.pem'\ntype='file'\nmode='0644'\nowner='0:0'\nsource='{other}'\n",
+    )
+    .unwrap();
+    let dev_line = |n: usize| format!("{}, line {n}", devices.display());
+    for (overlay, csv, says) in [
+        (
+            &spec,
+            "serial,hostname,site\nAZJN-0001,a,b\nAZJN-0002,\"jet\nAZAION_DEVICE_PASSWORD=x\",b\n",
+            format!("device AZJN-0002 ({}): the value of {{hostname}} holds a line break, which would add lines to /etc/hostname", dev_line(3)),
+        ),
+        (
+            &cert_spec,
+            "serial,cert,other\nAZJN-0001,AZJN-0001.pem,certs/AZJN-0001.pem\nAZJN-0002,../hostsecret,certs/AZJN-0001.pem\n",
+            format!("device AZJN-0002 ({}): the value of {{cert}} climbs out with '..'", dev_line(3)),
+        ),
+        (
+            &cert_spec,
+            "serial,cert,other\nAZJN-0001,AZJN-0001.pem,/etc/passwd\n",
+            format!("device AZJN-0001 ({}): the value of {{other}} is an absolute path", dev_line(2)),
+        ),
+    ] {
+        fs::write(&devices, csv).unwrap();
+        let out = d.join("refused");
+        let o = run(offline(d, &["--overlay", overlay.to_str().unwrap()])
+            .arg("--devices")
+            .arg(&devices)
+            .arg("--image")
+            .arg(&tar)
+            .arg("--output")
+            .arg(&out));
+        assert_eq!(o.status.code(), Some(1), "{csv:?}");
+        assert!(stderr(&o).contains(&says), "{csv:?}: {}", stderr(&o));
         assert!(!out.exists(), "{csv:?} left output");
     }
 

@@ -439,6 +439,98 @@ fn l4t_station_flashes_each_device_and_restores_the_base() {
     assert_eq!(sha256(&system), base_sha);
 }
 
+/// Files that hold `needle` (the password, stored as is in ext4 and
+/// sparse images), below each of `dirs`.
+fn holding(needle: &str, dirs: &[&Path]) -> Vec<String> {
+    let list = dirs
+        .iter()
+        .map(|d| format!("'{}'", d.display()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let o = sh_status(&format!("grep -rlaF -- '{needle}' {list} || true"));
+    stdout(&o).lines().map(str::to_string).collect()
+}
+
+fn sh_status(script: &str) -> std::process::Output {
+    Command::new("bash").args(["-c", script]).output().unwrap()
+}
+
+/// The station keeps the password only in 0600 files while it flashes,
+/// and nowhere after, also when flashing fails and a slot's base is lost
+/// meanwhile (the restore trap goes on with the other slot and the work
+/// directory instead of stopping at the first failure under set -e).
+#[test]
+fn l4t_station_leaves_no_copy_of_the_password() {
+    let dir = TempDir::new().unwrap();
+    let l4t = l4t_tree(dir.path());
+    let device = dir.path().join("device");
+    let tmp = dir.path().join("tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    let pw = write_password(dir.path(), PASSWORD);
+    // flash.sh, wrapped: on -r it records the mode of every file below
+    // the tree and TMPDIR that holds the password, and with LOSE_BASE
+    // removes slot A's base and fails, as a lost disk would.
+    fs::rename(l4t.join("flash.sh"), l4t.join("flash-standin.sh")).unwrap();
+    let seen = dir.path().join("seen");
+    fs::write(
+        l4t.join("flash.sh"),
+        format!(
+            "#!/bin/bash\nset -e\ncd \"$(dirname \"$0\")\"\n\
+             if [ \"$1\" = -r ]; then grep -rlaF -f '{pw}' . '{tmp}' | xargs -r stat -c '%a %n' >> '{seen}'; fi\n\
+             if [ \"$1\" = -r ] && [ -n \"$LOSE_BASE\" ]; then rm -f bootloader/system.img.base; exit 1; fi\n\
+             exec ./flash-standin.sh \"$@\"\n",
+            tmp = tmp.display(),
+            seen = seen.display(),
+            pw = pw.display()
+        ),
+    )
+    .unwrap();
+    sh(&format!("chmod +x {}/flash.sh", l4t.display()));
+    let station = |args: &[&str], lose: bool| {
+        let mut c = shell(&recipe("l4t/station.sh"));
+        c.current_dir(&l4t)
+            .args(args)
+            .env("ROOTFS_AB", "1")
+            .env("TMPDIR", &tmp)
+            .env("IMPRINT_OFFLINE_PASSWORD_FILE", &pw)
+            .env("L4T_STANDIN_DEVICE", &device);
+        if lose {
+            c.env("LOSE_BASE", "1");
+        }
+        run(&mut c)
+    };
+    let o = station(&["--prepare", BOARD, "mmcblk0p1"], false);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let o = station(&["AZJN-0042", BOARD, "mmcblk0p1"], false);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let during = fs::read_to_string(&seen).unwrap();
+    assert!(during.lines().count() >= 2, "both slots hold it: {during}");
+    for line in during.lines() {
+        assert!(
+            line.starts_with("600 "),
+            "readable by others while flashing: {line}"
+        );
+    }
+    assert_eq!(holding(PASSWORD, &[&l4t, &tmp]), Vec::<String>::new());
+
+    let o = station(&["AZJN-0043", BOARD, "mmcblk0p1"], true);
+    assert!(!o.status.success());
+    assert_eq!(
+        holding(PASSWORD, &[&l4t, &tmp]),
+        Vec::<String>::new(),
+        "after a failure"
+    );
+    assert!(
+        stderr(&o).contains("could not be put back"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        fs::read_dir(&tmp).unwrap().next().is_none(),
+        "the work directory is gone"
+    );
+}
+
 /// Initrd flash, in every form the APP image takes: the R35/R36 xattr tar
 /// and sparse image, and the newer zstd tar and zstd raw image, internal
 /// and external. Each device's credentials reach the partition that
@@ -1432,7 +1524,38 @@ fn yocto_class_runs_in_bitbake() {
                 "{fs_type}: {s}"
             );
             assert!(x.join("doflash.sh").is_file() && x.join("flash.xml.in").is_file());
+            // The stamped image in it is 0600, and so is the package.
+            let pack = out.join(format!("{s}-{link}.tegraflash.tar"));
+            let listing = stdout(&sh(&format!("tar -tvf {}", pack.display())));
+            let entry = listing
+                .lines()
+                .find(|l| l.ends_with(&format!("azaion-image.{fs_type}")))
+                .unwrap();
+            assert!(entry.starts_with("-rw------- "), "{fs_type}: {entry}");
+            let mode = stdout(&sh(&format!("stat -c %a {}", pack.display())));
+            assert_eq!(mode.trim(), "600", "{fs_type}");
         }
+        // No per-serial copy is left beside the outputs.
+        let left: Vec<_> = fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".tegraflash"))
+            .collect();
+        assert!(left.is_empty(), "{fs_type}: {left:?}");
+        // A package that cannot be written (here: a directory in its
+        // place) fails the task and still leaves no copy behind.
+        let blocked = out.join(format!("AZJN-0101-{link}.tegraflash.tar"));
+        fs::remove_file(&blocked).unwrap();
+        fs::create_dir_all(blocked.join("x")).unwrap();
+        let o = bitbake(&pythonpath, &layer, true);
+        assert!(!o.status.success(), "{fs_type}: {}", stdout(&o));
+        let left: Vec<_> = fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".tegraflash"))
+            .collect();
+        assert!(left.is_empty(), "{fs_type}: {left:?}");
+        fs::remove_dir_all(&blocked).unwrap();
         let temp = layer.join("tmp/work/azaion-image/temp");
         for f in fs::read_dir(&temp).unwrap() {
             let text = fs::read_to_string(f.unwrap().path()).unwrap();
@@ -2156,8 +2279,10 @@ fn gitlab_job(ci: &CiRun, file: &serde_yaml::Value, job: &str) -> Vec<std::proce
             ci.restore_cache(&ws, key, None);
         }
         for need in spec["needs"].as_sequence().into_iter().flatten() {
+            // imprint-build's artifact is not made here: the test's
+            // imprint is on PATH already.
             sh(&format!(
-                "for a in {}/{}-*; do cp -a \"$a\"/. {}/; done",
+                "for a in {}/{}-*; do if [ -e \"$a\" ]; then cp -a \"$a\"/. {}/; fi; done",
                 ci.artifacts().display(),
                 need.as_str().unwrap(),
                 ws.display()
@@ -2168,10 +2293,13 @@ fn gitlab_job(ci: &CiRun, file: &serde_yaml::Value, job: &str) -> Vec<std::proce
             ("BASE_IMAGE_URL".into(), ci.value("vars.BASE_IMAGE_URL")),
             ("BASE_SHA256".into(), ci.base_sha256.clone()),
             ("IMPRINT_API_URL".into(), ci.value("vars.IMPRINT_API_URL")),
-            ("IMPRINT_API_TOKEN".into(), "ci-token".into()),
             ("CI_NODE_INDEX".into(), index.to_string()),
             ("CI_NODE_TOTAL".into(), total.to_string()),
         ]);
+        // The token's environment scope: only jobs of that environment.
+        if spec["environment"]["name"].as_str() == Some("factory") {
+            env.push(("IMPRINT_API_TOKEN".into(), "ci-token".into()));
+        }
         // A pipeline variable overrides the job's.
         if ci.rotate.get() {
             env.push(("ROTATE".into(), "true".into()));
@@ -2279,6 +2407,117 @@ fn ci_gitlab_jobs_run() {
         assert_eq!(first.get_or_insert_with(|| now.clone()), &now);
         assert_eq!(ci.patches(), 0);
         ci.next_run();
+    }
+}
+
+/// The API token reaches only the steps that provision: on GitLab it is
+/// scoped to the `factory` environment, and no job of that environment
+/// builds anything (cargo's build scripts run in imprint-build, without
+/// it), nor does the merge job have it; on GitHub it is in the provision
+/// step's env alone. GitHub installs a pinned imprint release, never the
+/// moving default branch.
+#[test]
+fn ci_recipes_scope_the_token_and_pin_imprint() {
+    let gitlab = ci_yaml("ci/gitlab-ci.yml");
+    let jobs = gitlab.as_mapping().unwrap();
+    let merged = |job: &serde_yaml::Value| -> serde_yaml::Mapping {
+        let mut spec = job.as_mapping().unwrap().clone();
+        if let Some(parent) = job["extends"].as_str() {
+            for (k, v) in gitlab[parent].as_mapping().unwrap() {
+                if !spec.contains_key(k) {
+                    spec.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        spec
+    };
+    let mut with_token = Vec::new();
+    for (name, job) in jobs {
+        let name = name.as_str().unwrap();
+        if name.starts_with('.') || !job.is_mapping() {
+            continue;
+        }
+        let spec = serde_yaml::Value::Mapping(merged(job));
+        let lines: Vec<&str> = ["before_script", "script"]
+            .iter()
+            .flat_map(|k| spec[*k].as_sequence().into_iter().flatten())
+            .map(|l| l.as_str().unwrap())
+            .collect();
+        if spec["environment"]["name"].as_str() == Some("factory") {
+            with_token.push(name.to_string());
+            assert!(
+                !lines.iter().any(|l| l.contains("cargo")),
+                "{name}: builds with the token present: {lines:?}"
+            );
+            assert!(
+                spec["needs"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .any(|n| n == "imprint-build"),
+                "{name}"
+            );
+        } else {
+            assert!(spec["environment"].is_null(), "{name}");
+        }
+        let text = serde_yaml::to_string(&spec).unwrap();
+        assert!(
+            !text.contains("IMPRINT_API_TOKEN"),
+            "{name}: names the token itself"
+        );
+    }
+    with_token.sort();
+    assert_eq!(
+        with_token,
+        ["per-serial-images", "per-serial-images-sharded"]
+    );
+    assert!(gitlab["imprint-build"]["script"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|l| l
+            .as_str()
+            .unwrap()
+            .contains("cargo install --locked --path .")));
+    let manifest = &gitlab["per-serial-manifest"];
+    assert!(manifest["environment"].is_null() && manifest["before_script"].is_null());
+
+    let version = env!("CARGO_PKG_VERSION");
+    for file in ["ci/github-actions.yml", "ci/github-actions-sharded.yml"] {
+        let workflow = ci_yaml(file);
+        let text = fs::read_to_string(recipe(file)).unwrap();
+        assert!(
+            text.contains(&format!("IMPRINT_TAG: v{version}")),
+            "{file}: pins imprint {version}"
+        );
+        for (job, spec) in workflow["jobs"].as_mapping().unwrap() {
+            for step in spec["steps"].as_sequence().unwrap() {
+                let run = step["run"].as_str().unwrap_or_default();
+                for line in run.lines().filter(|l| l.contains("cargo install")) {
+                    assert!(
+                        line.contains("--locked") && line.contains("--tag \"$IMPRINT_TAG\""),
+                        "{file} {job:?}: unpinned: {line}"
+                    );
+                }
+                let has_token = serde_yaml::to_string(&step["env"])
+                    .unwrap()
+                    .contains("IMPRINT_API_TOKEN");
+                assert_eq!(
+                    has_token,
+                    step["name"] == "provision",
+                    "{file} {job:?}: the token only in the provision step"
+                );
+            }
+            assert!(
+                !serde_yaml::to_string(&spec["env"])
+                    .unwrap()
+                    .contains("IMPRINT_API_TOKEN"),
+                "{file} {job:?}"
+            );
+        }
+        assert!(!serde_yaml::to_string(&workflow["env"])
+            .unwrap()
+            .contains("IMPRINT_API_TOKEN"));
     }
 }
 
