@@ -243,3 +243,142 @@ fn an_external_journal_is_refused_with_the_way_through_which_works() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_fsck_clean(&out);
 }
+
+// ---- items 3 and 4: overlapping and same-named GPT partitions ------------
+
+/// A 48 MiB GPT disk from sgdisk: partitions named `names`, 16 MiB each
+/// from sector 2048, each holding an ext4 rootfs (mke2fs -E offset).
+fn gpt_rootfs_disk(d: &Path, names: &[&str]) -> PathBuf {
+    let img = d.join("disk.img");
+    fs::File::create(&img).unwrap().set_len(48 << 20).unwrap();
+    sh(&format!("sgdisk -og {} >/dev/null", img.display()));
+    let tree = ext4_tree(d, 0, Azaion::Absent);
+    for (i, name) in names.iter().enumerate() {
+        let n = i + 1;
+        let start = 2048 + i as u64 * 32768;
+        let o = sh(&format!(
+            "sgdisk -n {n}:{start}:{end} -c {n}:{name} -t {n}:8300 {img} >/dev/null && \
+             mke2fs -F -q -t ext4 -E offset={off},root_owner=0:0 -d {tree} {img} 16M",
+            end = start + 32767,
+            off = start * 512,
+            tree = tree.display(),
+            img = img.display()
+        ));
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    img
+}
+
+#[test]
+fn overlapping_gpt_partitions_are_refused_naming_both() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let img = d.join("disk.img");
+    fs::File::create(&img).unwrap().set_len(48 << 20).unwrap();
+    sh(&format!(
+        "sgdisk -og -n 1:2048:+16M -c 1:esp -t 1:ef00 -n 2:0:+16M -c 2:APP -t 2:8300 {} >/dev/null",
+        img.display()
+    ));
+    // Move APP's start 8 MiB back, into the ESP, rewriting both entry
+    // arrays and headers with their CRCs (as a hand-edited or buggy
+    // generator leaves it); then put its filesystem there.
+    let o = run(Command::new("python3").arg("-c").arg(
+        r#"
+import struct, sys, zlib
+p = sys.argv[1]
+b = bytearray(open(p, 'rb').read())
+def fix(hdr_lba):
+    h = hdr_lba * 512
+    entries_lba, count, size = struct.unpack_from('<QII', b, h + 72)
+    e = entries_lba * 512 + size          # entry 2
+    first, last = struct.unpack_from('<QQ', b, e + 32)
+    struct.pack_into('<Q', b, e + 32, first - 16384)
+    struct.pack_into('<I', b, h + 88, zlib.crc32(b[entries_lba * 512:entries_lba * 512 + count * size]))
+    hsize = struct.unpack_from('<I', b, h + 12)[0]
+    struct.pack_into('<I', b, h + 16, 0)
+    struct.pack_into('<I', b, h + 16, zlib.crc32(b[h:h + hsize]))
+    return first - 16384
+start = fix(1)
+fix(len(b) // 512 - 1)
+open(p, 'wb').write(b)
+print(start)
+"#,
+    ).arg(&img));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let start: u64 = stdout(&o).trim().parse().unwrap();
+    let tree = ext4_tree(d, 0, Azaion::Absent);
+    sh(&format!(
+        "mke2fs -F -q -t ext4 -E offset={},root_owner=0:0 -d {} {} 16M",
+        start * 512,
+        tree.display(),
+        img.display()
+    ));
+    let v = stdout(&sh(&format!("sgdisk -v {}", img.display())));
+    assert!(v.contains("overlap"), "sgdisk -v does not see it:\n{v}");
+
+    let before = sha256(&img);
+    fs::create_dir(d.join("out")).unwrap();
+    let out = d.join("out").join("o.img");
+    let o = provision(&img, &out, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("overlap")
+            && err.contains("partition 1 \"esp\"")
+            && err.contains("partition 2 \"APP\""),
+        "{err}"
+    );
+    assert_eq!(sha256(&img), before);
+    assert!(listing(&d.join("out")).is_empty());
+    // inspect and verify read the same table.
+    let o = run(bin().arg("ls").arg(&img).arg("/etc"));
+    assert!(
+        !o.status.success() && stderr(&o).contains("overlap"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn two_partitions_named_app_are_refused_listing_both() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let img = gpt_rootfs_disk(d, &["APP", "APP"]);
+    fs::create_dir(d.join("out")).unwrap();
+    let out = d.join("out").join("o.img");
+    for extra in [
+        &[][..],
+        &["--partition", "APP"],
+        &["--partition", "all-rootfs"],
+    ] {
+        let o = provision(&img, &out, extra);
+        assert_eq!(o.status.code(), Some(1), "{extra:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("more than one partition is named \"APP\"")
+                && err.contains("partitions 1 \"APP\", 2 \"APP\"")
+                && err.contains("--partition N"),
+            "{extra:?}: {err}"
+        );
+        assert!(listing(&d.join("out")).is_empty());
+    }
+    // Chosen by number: the result line and the JSON name it.
+    let o = provision(&img, &out, &["--partition", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("partition 2 \"APP\""), "{}", stdout(&o));
+    let o = provision(&img, &out, &["--partition", "2", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(doc["partitions"][0]["number"], 2, "{doc}");
+    assert_eq!(doc["partitions"][0]["name"], "APP", "{doc}");
+    let v = verify(&out, &["--partition", "2"]);
+    assert!(v.status.success(), "{}", stdout(&v));
+    // Only partition 2 changed: partition 1 reads as the input's.
+    let span1 = |p: &Path| {
+        stdout(&sh(&format!(
+            "dd if={} bs=1M skip=1 count=16 status=none | sha256sum",
+            p.display()
+        )))
+    };
+    assert_eq!(span1(&img), span1(&out));
+}
