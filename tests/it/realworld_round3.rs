@@ -382,3 +382,157 @@ fn two_partitions_named_app_are_refused_listing_both() {
     };
     assert_eq!(span1(&img), span1(&out));
 }
+
+// ---- item 6: lz4, read and written; other codecs named --------------------
+
+/// The stamped device.conf of an lz4 tar as GNU tar lists it, after `lz4
+/// -t` passed on the archive.
+fn check_lz4_tar(out: &Path) {
+    let t = sh(&format!("lz4 -t {}", out.display()));
+    assert!(t.status.success(), "lz4 -t: {}", stderr(&t));
+    let list = stdout(&sh(&format!("lz4 -dc {} | tar -tvf -", out.display())));
+    let line = list
+        .lines()
+        .find(|l| l.ends_with("etc/azaion/device.conf"))
+        .unwrap_or_else(|| panic!("no device.conf in:\n{list}"));
+    assert!(line.starts_with("-rw-------"), "{line}");
+    let v = verify(out, &[]);
+    assert!(v.status.success(), "{}", stdout(&v));
+}
+
+#[test]
+fn lz4_tars_from_lz4_bsdtar_and_zstd_are_stamped_as_lz4() {
+    require_tools(&["lz4", "bsdtar", "zstd"]);
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let root = make_rootfs(d, "root");
+    let r = root.display();
+    // (bsdtar writing to a pipe pads its last block with zeros, which
+    // `lz4 -t` refuses; to a file it writes the frame alone.)
+    for (name, cmd) in [
+        ("lz4", "tar --format=gnu -C ROOT -cf - . | lz4 -q > OUT"),
+        ("bsdtar", "bsdtar --lz4 -C ROOT -cf OUT ."),
+        (
+            "zstd",
+            "tar --format=pax -C ROOT -cf - . | zstd -q --format=lz4 > OUT",
+        ),
+    ] {
+        let input = d.join(format!("{name}.tar.lz4"));
+        let cmd = cmd
+            .replace("ROOT", &r.to_string())
+            .replace("OUT", &input.to_string_lossy());
+        let o = sh(&cmd);
+        assert!(o.status.success(), "{cmd}: {}", stderr(&o));
+        let out = d.join(format!("{name}-out.tar.lz4"));
+        let p = provision(&input, &out, &[]);
+        assert!(p.status.success(), "{name}: {}", stderr(&p));
+        check_lz4_tar(&out);
+    }
+    // lz4 -t refuses zeros after the last frame; so does imprint, with
+    // the length to cut to.
+    let input = d.join("lz4.tar.lz4");
+    let len = fs::metadata(&input).unwrap().len();
+    let padded = d.join("padded.tar.lz4");
+    sh(&format!(
+        "cat {} > {p} && head -c 4096 /dev/zero >> {p}",
+        input.display(),
+        p = padded.display()
+    ));
+    assert!(!run(Command::new("lz4").arg("-t").arg(&padded))
+        .status
+        .success());
+    let p = provision(&padded, &d.join("x.tar.lz4"), &[]);
+    assert_eq!(p.status.code(), Some(1));
+    assert!(
+        stderr(&p).contains(&format!("truncate -s {len}")),
+        "{}",
+        stderr(&p)
+    );
+}
+
+#[test]
+fn lz4_raw_and_disk_images_are_stamped_as_lz4() {
+    require_tools(&["lz4", "sgdisk", "e2fsck"]);
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let raw = small_ext4(d, "rootfs.ext4");
+    let disk = gpt_rootfs_disk(d, &["APP"]);
+    for img in [raw, disk] {
+        let input = img.with_extension("lz4");
+        sh(&format!("lz4 -q {} {}", img.display(), input.display()));
+        let out = d.join("out.lz4");
+        let p = provision(&input, &out, &[]);
+        assert!(p.status.success(), "{}", stderr(&p));
+        assert!(sh(&format!("lz4 -t {}", out.display())).status.success());
+        let plain = d.join("out.plain");
+        sh(&format!("lz4 -dc {} > {}", out.display(), plain.display()));
+        if input.to_string_lossy().contains("disk") {
+            let v = stdout(&sh(&format!("sgdisk -v {}", plain.display())));
+            assert!(v.contains("No problems found"), "{v}");
+            let part = d.join("part.img");
+            sh(&format!(
+                "dd if={} of={} bs=512 skip=2048 count=32768 status=none",
+                plain.display(),
+                part.display()
+            ));
+            assert_fsck_clean(&part);
+        } else {
+            assert_fsck_clean(&plain);
+        }
+        let v = verify(&out, &[]);
+        assert!(v.status.success(), "{}", stdout(&v));
+    }
+}
+
+#[test]
+fn codecs_imprint_does_not_read_are_named_with_a_command_that_converts_them() {
+    require_tools(&["lzip", "lzop", "compress", "lz4", "xz", "lrzip", "zstd"]);
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let root = make_rootfs(d, "root");
+    let tar = d.join("rootfs.tar");
+    make_tar(&root, &tar, "tar", "gnu", true);
+    let t = tar.display();
+    for (file, make, name) in [
+        ("rootfs.tar.lz", format!("lzip -c {t}"), "lzip"),
+        ("rootfs.tar.lzo", format!("lzop -c {t}"), "lzop"),
+        ("rootfs.tar.Z", format!("compress -c {t}"), "compress"),
+        ("rootfs.tar.lz4", format!("lz4 -l -c {t}"), "legacy lz4"),
+        (
+            "rootfs.tar.lzma",
+            format!("xz --format=lzma -c {t}"),
+            "legacy lzma",
+        ),
+        ("rootfs.tar.lrz", format!("lrzip -q -o - {t}"), "lrzip"),
+    ] {
+        let sub = d.join(name.replace(' ', "-"));
+        fs::create_dir(&sub).unwrap();
+        let input = sub.join(file);
+        let o = sh(&format!("{make} > {}", input.display()));
+        assert!(o.status.success(), "{make}: {}", stderr(&o));
+        let out = d.join("out.tar.zst");
+        let p = provision(&input, &out, &[]);
+        assert_eq!(p.status.code(), Some(1), "{name}");
+        let err = stderr(&p);
+        assert!(
+            err.contains(name) && err.contains("which imprint does not read"),
+            "{err}"
+        );
+        // The command the message gives, run as it is, makes an input
+        // imprint stamps.
+        let cmd = err
+            .split('`')
+            .nth(1)
+            .unwrap_or_else(|| panic!("no command in: {err}"));
+        let o = sh(cmd);
+        assert!(o.status.success(), "{cmd}: {}", stderr(&o));
+        let converted = sub.join("rootfs.tar.zst");
+        assert!(
+            converted.exists(),
+            "{cmd} did not write {}",
+            converted.display()
+        );
+        let p = provision(&converted, &out, &[]);
+        assert!(p.status.success(), "{name}: {}", stderr(&p));
+    }
+}
