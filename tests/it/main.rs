@@ -11,6 +11,7 @@ mod require;
 
 mod admin;
 mod bad_input;
+mod base_swap;
 mod batch;
 mod cache;
 mod cli_output;

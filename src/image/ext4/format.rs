@@ -100,3 +100,15 @@ pub(crate) fn kind_of_mode(mode: u16) -> EntryType {
         _ => EntryType::Other,
     }
 }
+
+/// What kind of special file an inode's `i_mode` describes, if any.
+pub(crate) fn special_of_mode(mode: u16) -> Option<crate::plan::model::Special> {
+    use crate::plan::model::Special;
+    match mode & S_IFMT {
+        0x1000 => Some(Special::Fifo),
+        0x2000 => Some(Special::CharDevice),
+        0x6000 => Some(Special::BlockDevice),
+        0xC000 => Some(Special::Socket),
+        _ => None,
+    }
+}

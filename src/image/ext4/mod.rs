@@ -45,6 +45,9 @@ pub enum Ext4Error {
     NotExt4 { why: String },
     #[error("the ext2/3/4 filesystem is damaged: {why}. Check it with e2fsck -f")]
     Corrupt { why: String },
+    /// Not damage: a tree deeper than `ls -R` walks.
+    #[error("directories below {path} nest more than {levels} levels deep, further than `imprint ls -R` goes; list a directory deeper down")]
+    TooDeep { path: String, levels: usize },
     #[error("the image is truncated: its superblock describes {expected} bytes but there are only {actual}")]
     Truncated { expected: u64, actual: u64 },
     #[error("the filesystem's journal needs recovery (it was not cleanly unmounted). Replay it on a copy with `e2fsck -fy`, or rebuild the image, then try again")]

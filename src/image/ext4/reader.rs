@@ -527,6 +527,7 @@ impl<R: ReadAt> FsReader<R> {
             target,
             xattrs: self.xattr_names(inode)?,
             names: None,
+            special: super::format::special_of_mode(inode.mode),
         })
     }
 
