@@ -1,5 +1,5 @@
 //! The compression layer: detection by magic bytes, and streaming decoders
-//! and encoders for gzip, bzip2, zstd and xz.
+//! and encoders for gzip, bzip2, zstd, xz and lz4.
 //!
 //! For gzip, bzip2 and zstd the codec modules also read with an index of
 //! *boundaries* (places where decoding can resume and a rewrite can
@@ -10,8 +10,10 @@
 pub(crate) mod boundary;
 pub(crate) mod bzip2;
 pub(crate) mod gzip;
+pub(crate) mod lz4;
 mod recent;
 pub(crate) mod trailing;
+pub(crate) mod unsupported;
 pub(crate) mod xxh64;
 pub(crate) mod xz;
 pub(crate) mod zstd;
@@ -27,6 +29,7 @@ pub enum Compression {
     Bzip2,
     Zstd,
     Xz,
+    Lz4,
 }
 
 /// What may follow a codec's last stream (see `trailing.rs`): each codec's
@@ -67,8 +70,7 @@ pub(crate) enum Tail {
         indexing: fn(File) -> (Box<dyn Read + Send>, boundary::BlockIndex),
     },
     /// Nothing kept: every rewrite compresses the whole output anew (what
-    /// a new codec gets until it has boundaries).
-    #[allow(dead_code)]
+    /// a new codec gets until it has boundaries; lz4, see `lz4.rs`).
     Rewrite,
 }
 
@@ -160,6 +162,18 @@ impl Compression {
                 parallel_encode: true,
                 parallel_decode: false,
             },
+            Compression::Lz4 => Codec {
+                name: "lz4",
+                suffix: Some(".lz4"),
+                stream_magic: &lz4::MAGIC,
+                padding: Padding::Refused {
+                    data_end: lz4::frames_end,
+                    rule: "`lz4 -t` refuses anything after the last lz4 frame",
+                },
+                tail: Tail::Rewrite,
+                parallel_encode: false,
+                parallel_decode: false,
+            },
         }
     }
 
@@ -173,6 +187,8 @@ impl Compression {
             Some(Compression::Zstd)
         } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
             Some(Compression::Xz)
+        } else if head.starts_with(&lz4::MAGIC) {
+            Some(Compression::Lz4)
         } else {
             None
         }
@@ -198,6 +214,7 @@ impl Compression {
                 Err(e) => Box::new(FailingReader(Some(e))),
             },
             Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(buffered)),
+            Compression::Lz4 => Box::new(lz4::Frames::new(buffered)),
         }
     }
 
@@ -223,6 +240,7 @@ impl Compression {
                 Box::new(encoder)
             }
             Compression::Xz => self.xz_encoder(sink, liblzma::stream::Check::Crc64)?,
+            Compression::Lz4 => Box::new(lz4::encoder(sink)),
         })
     }
 
@@ -338,6 +356,12 @@ impl<W: Write> Encoder for ::zstd::stream::write::Encoder<'_, W> {
     }
 }
 
+impl<W: Write> Encoder for lz4_flex::frame::FrameEncoder<W> {
+    fn finish_stream(self: Box<Self>) -> io::Result<()> {
+        self.finish().map_err(io::Error::other)?.flush()
+    }
+}
+
 impl<W: Write> Encoder for liblzma::write::XzEncoder<W> {
     fn finish_stream(self: Box<Self>) -> io::Result<()> {
         self.finish()?.flush()
@@ -357,6 +381,7 @@ mod tests {
             Compression::Bzip2,
             Compression::Zstd,
             Compression::Xz,
+            Compression::Lz4,
         ] {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("x");

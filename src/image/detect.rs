@@ -11,7 +11,7 @@ use std::path::Path;
 
 use super::formats::content_of;
 use super::{disk, ImageError};
-use crate::compress::{trailing, zstd, Compression};
+use crate::compress::{trailing, unsupported, zstd, Compression};
 
 /// How much of an input (decompressed, if it is compressed) detection
 /// reads: a GPT header on a 4 KiB-sector disk sits at byte 4096.
@@ -90,7 +90,14 @@ pub fn detect(path: &Path) -> Result<ImageKind, ImageError> {
                 content,
             }),
             None if head.is_empty() => Err(unknown("the file is empty".into())),
-            None => Err(unknown("its first bytes match no known format".into())),
+            None => match unsupported::detect(&head) {
+                Some(codec) => Err(ImageError::UnreadCodec {
+                    path: path.to_path_buf(),
+                    codec: codec.name,
+                    convert: codec.convert(path),
+                }),
+                None => Err(unknown("its first bytes match no known format".into())),
+            },
         };
     };
     refuse_what_the_codec_refuses(path, compression, &head)?;

@@ -44,8 +44,14 @@ pub enum ImageError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is not a rootfs image imprint knows ({found}): expected a tar archive, a raw ext2/3/4 image, a GPT or MBR disk image (each plain or compressed with gzip, bzip2, zstd or xz), or an Android sparse image")]
+    #[error("{path} is not a rootfs image imprint knows ({found}): expected a tar archive, a raw ext2/3/4 image, a GPT or MBR disk image (each plain or compressed with gzip, bzip2, zstd, xz or lz4), or an Android sparse image")]
     Unknown { path: PathBuf, found: String },
+    #[error("{path} is compressed with {codec}, which imprint does not read. Convert it to zstd (which imprint reads and writes back) and stamp that: `{convert}`")]
+    UnreadCodec {
+        path: PathBuf,
+        codec: &'static str,
+        convert: String,
+    },
     #[error("{path} is {found}; imprint does not edit that. Decompress it first (e.g. `zstd -d`), stamp the result, and compress it again")]
     Unsupported { path: PathBuf, found: String },
     #[error("{path}: the {codec} data ends at byte {data_end} and {zeros} zero bytes of padding follow it (as `dd` to a block device leaves); {rule}, and so does imprint. Cut it off a copy (`truncate -s {data_end} COPY`) and stamp that")]

@@ -56,6 +56,19 @@ pub enum DiskError {
     NotExt4 { number: u32, candidates: Candidates },
     #[error("{partition} holds an ext2/3/4 filesystem imprint cannot use: {why}")]
     Unusable { partition: String, why: String },
+    #[error("more than one partition is named \"{name}\" ({}), so imprint cannot tell which is meant; choose by number with --partition N (repeat it for several). The image has:\n{candidates}", PartitionId::list(.matches))]
+    DuplicateName {
+        name: String,
+        matches: Vec<PartitionId>,
+        candidates: Candidates,
+    },
+    #[error("the {scheme} is corrupt: {} and {} overlap (LBA {}..={} and {}..={} in {sector}-byte sectors), so a write into one would change the other. Repair the table (`sgdisk -v` shows the problem) or rebuild the image", .first.0, .second.0, .first.1, .first.2, .second.1, .second.2)]
+    Overlap {
+        scheme: &'static str,
+        sector: u64,
+        first: (PartitionId, u64, u64),
+        second: (PartitionId, u64, u64),
+    },
 }
 
 /// The partition table's kind.
@@ -233,14 +246,40 @@ pub(crate) fn starts_in_head(head: &[u8]) -> Option<Vec<u64>> {
 
 /// Reads the partition table of a disk image.
 pub fn partitions(file: &File, head: &[u8], disk_size: u64) -> Result<Vec<Partition>, DiskError> {
-    match detect(head) {
+    let (parts, sector) = match detect(head) {
         Some(Scheme::Gpt) => {
             let sector = if gpt::present(head, 512) { 512 } else { 4096 };
-            gpt::partitions(file, disk_size, sector)
+            (gpt::partitions(file, disk_size, sector)?, sector)
         }
-        Some(Scheme::Mbr) => mbr::partitions(file, disk_size),
-        None => Ok(Vec::new()),
+        Some(Scheme::Mbr) => (mbr::partitions(file, disk_size)?, 512),
+        None => return Ok(Vec::new()),
+    };
+    no_overlap(&parts, sector)?;
+    Ok(parts)
+}
+
+/// Refuses two partitions sharing bytes (as `sgdisk -v` reports "partitions
+/// 2 and 1 overlap"): a write into either would change the other.
+fn no_overlap(parts: &[Partition], sector: u64) -> Result<(), DiskError> {
+    let mut by_start: Vec<&Partition> = parts.iter().collect();
+    by_start.sort_by_key(|p| (p.offset, p.number));
+    let lba = |p: &Partition| (p.id(), p.offset / sector, (p.offset + p.size) / sector - 1);
+    for pair in by_start.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        if b.offset < a.offset + a.size {
+            let (first, second) = if a.number < b.number { (a, b) } else { (b, a) };
+            return Err(DiskError::Overlap {
+                scheme: match a.scheme {
+                    Scheme::Gpt => "GPT",
+                    Scheme::Mbr => "partition table",
+                },
+                sector,
+                first: lba(first),
+                second: lba(second),
+            });
+        }
     }
+    Ok(())
 }
 
 /// Chooses the partitions to stamp or read, in table order, each once:
@@ -266,14 +305,24 @@ pub fn select(
                 .collect(),
         )
     };
-    let named = |name: &str| {
-        parts
-            .iter()
-            .position(|p| p.scheme == Scheme::Gpt && p.name.as_deref() == Some(name))
+    // Every partition of that GPT name; two of them is an error, since
+    // taking the first would stamp a slot that may not be the live one.
+    let named = |name: &str, probe_at: &mut dyn FnMut(usize) -> Probe| {
+        let all: Vec<usize> = (0..parts.len())
+            .filter(|&i| parts[i].scheme == Scheme::Gpt && parts[i].name.as_deref() == Some(name))
+            .collect();
+        if all.len() > 1 {
+            return Err(DiskError::DuplicateName {
+                name: name.to_string(),
+                matches: all.iter().map(|&i| parts[i].id()).collect(),
+                candidates: list(probe_at),
+            });
+        }
+        Ok(all.first().copied())
     };
     let mut chosen: Vec<usize> = Vec::new();
     if wanted.is_empty() {
-        let index = named(NVIDIA_ROOTFS_NAME).or_else(|| {
+        let index = named(NVIDIA_ROOTFS_NAME, &mut probe_at)?.or_else(|| {
             let rootfs: Vec<usize> = (0..parts.len()).filter(|&i| probe_at(i).has_etc).collect();
             (rootfs.len() == 1).then(|| rootfs[0])
         });
@@ -293,14 +342,10 @@ pub fn select(
                 .position(|p| p.number == *n)
                 .into_iter()
                 .collect(),
-            PartitionChoice::Name(name) => parts
-                .iter()
-                .position(|p| p.name.as_deref() == Some(name))
-                .into_iter()
-                .collect(),
-            PartitionChoice::AllRootfs => match named(NVIDIA_ROOTFS_NAME) {
+            PartitionChoice::Name(name) => named(name, &mut probe_at)?.into_iter().collect(),
+            PartitionChoice::AllRootfs => match named(NVIDIA_ROOTFS_NAME, &mut probe_at)? {
                 Some(app) => std::iter::once(app)
-                    .chain(named(NVIDIA_ROOTFS_B_NAME))
+                    .chain(named(NVIDIA_ROOTFS_B_NAME, &mut probe_at)?)
                     .collect(),
                 None => (0..parts.len()).filter(|&i| probe_at(i).has_etc).collect(),
             },
@@ -566,6 +611,40 @@ mod tests {
 
     /// A damaged filesystem where one was asked for is said to be one, in
     /// its own words, not called "not ext2/3/4".
+    #[test]
+    fn a_name_two_partitions_carry_is_refused_with_both_numbers() {
+        let gpt = [
+            part(1, "APP", Scheme::Gpt),
+            part(2, "APP", Scheme::Gpt),
+            part(3, "APP_b", Scheme::Gpt),
+        ];
+        for wanted in [None, Some("APP"), Some("all-rootfs")] {
+            let wanted: Vec<PartitionChoice> =
+                wanted.into_iter().map(|w| w.parse().unwrap()).collect();
+            let err = select(&gpt, &wanted, |_| ext(true)).unwrap_err();
+            let text = err.to_string();
+            assert!(matches!(err, DiskError::DuplicateName { .. }), "{text}");
+            assert!(
+                text.contains("partitions 1 \"APP\", 2 \"APP\"") && text.contains("--partition N"),
+                "{text}"
+            );
+        }
+        let chosen = choose(&gpt, Some(&"2".parse().unwrap()), |_| ext(true)).unwrap();
+        assert_eq!(chosen.number, 2);
+    }
+
+    #[test]
+    fn overlapping_partitions_are_refused() {
+        let mut parts = vec![part(1, "esp", Scheme::Gpt), part(2, "APP", Scheme::Gpt)];
+        assert!(no_overlap(&parts, 512).is_ok());
+        parts[1].offset -= 512;
+        let err = no_overlap(&parts, 512).unwrap_err().to_string();
+        assert!(
+            err.contains("partition 1 \"esp\" and partition 2 \"APP\" overlap"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn an_unusable_filesystem_is_named() {
         let gpt = [part(1, "APP", Scheme::Gpt)];
