@@ -31,7 +31,7 @@ pub use detect::ImageKind;
 pub(crate) use detect::{detect, Content};
 pub use dir::DirError;
 pub use disk::{DiskError, GptCopy, PartitionChoice, TablePart, TableProblem};
-pub use ext4::{use_library, Ext4Error};
+pub use ext4::{use_library, CorruptKind, Ext4Error, NotExt4Kind};
 pub use luks::{LuksError, LuksKey};
 pub use sparse::SparseError;
 pub use tar::TarError;

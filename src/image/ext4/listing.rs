@@ -7,7 +7,7 @@ use std::io::Write;
 
 use super::format::INLINE_DATA_FL;
 use super::reader::{FsReader, Inode};
-use super::{Ext4Error, Ext4Inspector};
+use super::{CorruptKind, Ext4Error, Ext4Inspector};
 use crate::image::{EntryType, FileMeta, ImageError, Listed};
 use crate::io::read_at::ReadAt;
 use crate::plan::ImagePath;
@@ -26,7 +26,10 @@ impl<R: ReadAt> FsReader<R> {
     ) -> Result<(), Ext4Error> {
         if depth > MAX_DEPTH {
             return Err(Ext4Error::Corrupt {
-                why: format!("directories nest deeper than {MAX_DEPTH} levels at {prefix}"),
+                why: CorruptKind::TooDeepAt {
+                    at: prefix.to_string(),
+                    max: MAX_DEPTH,
+                },
             });
         }
         let mut children: Vec<(String, u32)> = self

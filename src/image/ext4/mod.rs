@@ -12,6 +12,7 @@
 mod backend;
 mod casefold;
 mod changed_blocks;
+mod corrupt;
 mod entries;
 mod format;
 mod io_manager;
@@ -35,6 +36,7 @@ use reader::{FsReader, Superblock};
 
 pub(crate) use backend::{Ext4Backend, Ext4Reader, Outlet, PatchOutlet};
 pub(crate) use changed_blocks::ChangedBlocks;
+pub use corrupt::{CorruptKind, NotExt4Kind};
 pub(crate) use io_manager::Device;
 pub(crate) use libext2fs::ensure_loaded;
 pub use libext2fs::use_library;
@@ -42,9 +44,9 @@ pub use libext2fs::use_library;
 #[derive(Debug, Error)]
 pub enum Ext4Error {
     #[error("not an ext2/3/4 filesystem: {why}")]
-    NotExt4 { why: String },
+    NotExt4 { why: NotExt4Kind },
     #[error("the ext2/3/4 filesystem is damaged: {why}. Check it with e2fsck -f")]
-    Corrupt { why: String },
+    Corrupt { why: CorruptKind },
     #[error("the image is truncated: its superblock describes {expected} bytes but there are only {actual}")]
     Truncated { expected: u64, actual: u64 },
     #[error("the filesystem's journal needs recovery (it was not cleanly unmounted). Replay it on a copy with `e2fsck -fy`, or rebuild the image, then try again")]
@@ -289,7 +291,7 @@ fn check_written(device: &dyn Device, plan: &Plan) -> Result<(), Ext4Error> {
         };
         if !same {
             return Err(Ext4Error::Corrupt {
-                why: format!("{} does not read back as it was written", entry.path),
+                why: CorruptKind::ReadBack(entry.path.to_string()),
             });
         }
         let Some(want) = entry.content() else {
@@ -306,7 +308,7 @@ fn check_written(device: &dyn Device, plan: &Plan) -> Result<(), Ext4Error> {
         };
         if !same {
             return Err(Ext4Error::Corrupt {
-                why: format!("{} does not read back as it was written", entry.path),
+                why: CorruptKind::ReadBack(entry.path.to_string()),
             });
         }
     }
