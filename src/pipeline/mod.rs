@@ -17,6 +17,7 @@
 pub(crate) mod batch;
 pub(crate) mod dry_run;
 pub(crate) mod manifest;
+mod output_dir;
 mod previous;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +33,8 @@ pub use crate::io::output::Emitted;
 use crate::io::output::{self, TempOutput};
 use crate::owner::{Owner, OwnerSpec, UserDb};
 use crate::plan::{DeviceVars, ExtraVars, ImagePath, OverlayError, OverlaySpec, Plan};
+use output_dir::check_output_dir;
+pub use output_dir::UnsafeDir;
 
 /// The file the default overlay writes; its owner is what reports show.
 pub(crate) const DEVICE_CONF: &str = "/etc/azaion/device.conf";
@@ -63,7 +66,7 @@ pub enum ProvisionError {
         source: std::io::Error,
     },
     #[error("the output directory {dir} is not safe: {why}. Another user could replace the image there; choose a directory of your own")]
-    UnsafeOutputDir { dir: PathBuf, why: String },
+    UnsafeOutputDir { dir: PathBuf, why: UnsafeDir },
     #[error("cannot create the output file in {dir}")]
     CreateOutput {
         dir: PathBuf,
@@ -729,34 +732,6 @@ pub(crate) fn output_dir(dir: &Path) -> Result<(), ProvisionError> {
         return Err(ProvisionError::NoOutputDir(dir.to_path_buf()));
     }
     check_output_dir(dir)
-}
-
-/// Refuses a directory owned by another user (root aside), or writable by
-/// others without the sticky bit: either could replace the image after
-/// imprint wrote it.
-fn check_output_dir(dir: &Path) -> Result<(), ProvisionError> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(dir).map_err(|source| ProvisionError::CreateOutputDir {
-        dir: dir.to_path_buf(),
-        source,
-    })?;
-    let me = rustix::process::geteuid().as_raw();
-    let foreign_owner = meta.uid() != me && meta.uid() != 0;
-    let open_to_others = meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0;
-    if foreign_owner || open_to_others {
-        return Err(ProvisionError::UnsafeOutputDir {
-            dir: dir.to_path_buf(),
-            why: if foreign_owner {
-                format!("it belongs to uid {}, not to you", meta.uid())
-            } else {
-                format!(
-                    "others can write to it (mode {:o}) and it has no sticky bit",
-                    meta.mode() & 0o7777
-                )
-            },
-        });
-    }
-    Ok(())
 }
 
 fn provision_account(
