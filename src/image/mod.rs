@@ -30,7 +30,7 @@ use crate::plan::{ImagePath, OverlayError, Plan};
 pub use detect::ImageKind;
 pub(crate) use detect::{detect, Content};
 pub use dir::DirError;
-pub use disk::{DiskError, GptCopy, PartitionChoice, TablePart, TableProblem};
+pub use disk::{DiskError, GptCopy, PartitionChoice, TablePart, TableProblem, Unusable};
 pub use ext4::{use_library, CorruptKind, Ext4Error, NotExt4Kind};
 pub use luks::{LuksError, LuksKey};
 pub use sparse::SparseError;
