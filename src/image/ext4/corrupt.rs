@@ -53,9 +53,9 @@ pub enum CorruptKind {
     /// Found while changing the tree under `under`.
     #[error("directories under {under} nest deeper than {max} levels")]
     TooDeepUnder { under: String, max: usize },
-    /// Found while listing, at `at`.
-    #[error("directories nest deeper than {max} levels at {at}")]
-    TooDeepAt { at: String, max: usize },
+    /// A directory that is its own ancestor.
+    #[error("directory {path} (inode {ino}) is inside itself")]
+    DirectoryLoop { path: String, ino: u32 },
     /// An entry imprint wrote reads back different.
     #[error("{0} does not read back as it was written")]
     ReadBack(String),
