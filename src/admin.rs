@@ -15,7 +15,7 @@ use crate::identity::Password;
 #[non_exhaustive]
 pub enum AdminError {
     #[error("invalid API URL {}: {why}", crate::excerpt::quoted(url))]
-    BadUrl { url: String, why: &'static str },
+    BadUrl { url: String, why: UrlProblem },
     #[error("cannot use {what} {path}: {why}")]
     Tls {
         what: &'static str,
@@ -49,6 +49,21 @@ pub enum AdminError {
         status: u16,
         message: String,
     },
+}
+
+/// Why an API URL is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum UrlProblem {
+    #[error("expected http://HOST[:PORT][/PATH] or https://...")]
+    Unparsable,
+    #[error("the scheme must be http or https")]
+    Scheme,
+    /// A user name or password in the URL (the error shows neither).
+    #[error("credentials in the URL are refused; use --api-token-file or IMPRINT_API_TOKEN")]
+    Credentials,
+    #[error("it has no host")]
+    NoHost,
 }
 
 /// How to reach and authenticate to the admin API. Its `Debug` shows
@@ -157,10 +172,9 @@ fn check_url(url: &str) -> Result<String, AdminError> {
         url: url.to_string(),
         why,
     };
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|_| bad("expected http://HOST[:PORT][/PATH] or https://..."))?;
+    let parsed = reqwest::Url::parse(url).map_err(|_| bad(UrlProblem::Unparsable))?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(bad("the scheme must be http or https"));
+        return Err(bad(UrlProblem::Scheme));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         // Never echo the URL back: it holds a credential.
@@ -170,11 +184,11 @@ fn check_url(url: &str) -> Result<String, AdminError> {
                 parsed.scheme(),
                 parsed.host_str().unwrap_or("")
             ),
-            why: "credentials in the URL are refused; use --api-token-file or IMPRINT_API_TOKEN",
+            why: UrlProblem::Credentials,
         });
     }
     if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(bad("it has no host"));
+        return Err(bad(UrlProblem::NoHost));
     }
     Ok(url.strip_suffix('/').unwrap_or(url).to_string())
 }
@@ -489,24 +503,28 @@ impl AdminClient {
 }
 
 /// The TLS library's complaint about the server's certificate, if that is
-/// why the request failed. Found by type, not by wording: rustls's error
-/// sits in the chain inside an `io::Error`, whose `source()` skips it, so
-/// each `io::Error` is opened with `get_ref`.
+/// why the request failed. Found by type, not by wording ([`tls_error`]).
 fn certificate_problem(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut src = Some(e);
     while let Some(inner) = src {
-        let tls = inner.downcast_ref::<rustls::Error>().or_else(|| {
-            inner
-                .downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|e| e.downcast_ref::<rustls::Error>())
-        });
-        if let Some(tls) = tls.filter(|t| is_certificate_error(t)) {
+        if let Some(tls) = tls_error(inner).filter(|t| is_certificate_error(t)) {
             return Some(tls.to_string());
         }
         src = inner.source();
     }
     None
+}
+
+/// The rustls error `e` is, or wraps in `io::Error`s: tokio-rustls puts
+/// it in one and hyper-rustls puts that in another (`io::Error::other`),
+/// and an `io::Error`'s `source()` skips what it holds, so each is opened
+/// with `get_ref`.
+fn tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        Some(tls)
+    } else {
+        tls_error(e.downcast_ref::<std::io::Error>()?.get_ref()?)
+    }
 }
 
 /// Whether rustls refused the server's certificate (as opposed to a
@@ -585,13 +603,16 @@ mod tests {
     use super::*;
 
     /// A transport error as reqwest chains it: a wrapper whose source is
-    /// an `io::Error` holding the TLS library's error.
+    /// an `io::Error` holding an `io::Error` holding the TLS library's
+    /// error.
     #[derive(Debug, thiserror::Error)]
     #[error("error sending request")]
     struct Wrapped(#[source] std::io::Error);
 
     fn chained(tls: rustls::Error) -> Wrapped {
-        Wrapped(std::io::Error::new(std::io::ErrorKind::InvalidData, tls))
+        // tokio-rustls's io::Error, wrapped again by hyper-rustls.
+        let inner = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+        Wrapped(std::io::Error::other(inner))
     }
 
     #[test]

@@ -11,16 +11,53 @@ use zeroize::Zeroizing;
 #[non_exhaustive]
 pub enum IdentityError {
     #[error("invalid serial {serial:?}: {why} (expected uppercase letters, digits and hyphens, like AZJN-0042)")]
-    BadSerial { serial: String, why: &'static str },
+    BadSerial { serial: String, why: SerialProblem },
     #[error("cannot read the password file {path}")]
     PasswordFile {
         path: String,
         source: std::io::Error,
     },
     #[error("the password in {path} is unusable: {why}")]
-    BadPassword { path: String, why: &'static str },
+    BadPassword { path: String, why: PasswordProblem },
     #[error("the operating system's random number generator failed: {0}")]
     Random(getrandom::Error),
+}
+
+/// Why a serial is refused, as a kind a caller can match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SerialProblem {
+    #[error("it is empty")]
+    Empty,
+    #[error("it is longer than 64 characters")]
+    TooLong,
+    #[error("it has lowercase letters")]
+    Lowercase,
+    #[error("it has white space")]
+    WhiteSpace,
+    #[error("it has a character other than A-Z, 0-9 and -")]
+    OtherCharacter,
+    #[error("it has no hyphen")]
+    NoHyphen,
+    #[error("nothing follows the last hyphen")]
+    NoSuffix,
+    #[error("it has an empty segment")]
+    EmptySegment,
+}
+
+/// Why a password file's password is refused, as a kind a caller can match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum PasswordProblem {
+    #[error("its first line is empty")]
+    Empty,
+    #[error("it is longer than 256 characters")]
+    TooLong,
+    #[error("it must be printable ASCII without spaces")]
+    NotPrintable,
+    /// Refused by [`PasswordPolicy::Runbook`].
+    #[error("it is not 32 lowercase hex characters as the runbook's `openssl rand -hex 16` makes; pass --password-policy any to stamp it anyway")]
+    Policy,
 }
 
 /// A validated device serial such as `AZJN-0042`.
@@ -47,31 +84,31 @@ impl Serial {
             why,
         };
         if text.is_empty() {
-            return Err(bad("it is empty"));
+            return Err(bad(SerialProblem::Empty));
         }
         if text.len() > 64 {
-            return Err(bad("it is longer than 64 characters"));
+            return Err(bad(SerialProblem::TooLong));
         }
         if let Some(c) = text
             .chars()
             .find(|c| !(c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '-'))
         {
             return Err(bad(if c.is_ascii_lowercase() {
-                "it has lowercase letters"
+                SerialProblem::Lowercase
             } else if c.is_whitespace() {
-                "it has white space"
+                SerialProblem::WhiteSpace
             } else {
-                "it has a character other than A-Z, 0-9 and -"
+                SerialProblem::OtherCharacter
             }));
         }
         let Some((head, suffix)) = text.rsplit_once('-') else {
-            return Err(bad("it has no hyphen"));
+            return Err(bad(SerialProblem::NoHyphen));
         };
         if suffix.is_empty() {
-            return Err(bad("nothing follows the last hyphen"));
+            return Err(bad(SerialProblem::NoSuffix));
         }
         if head.is_empty() || head.split('-').any(str::is_empty) {
-            return Err(bad("it has an empty segment"));
+            return Err(bad(SerialProblem::EmptySegment));
         }
         Ok(Serial(text.to_string()))
     }
@@ -124,18 +161,16 @@ impl Password {
             why,
         };
         if text.is_empty() {
-            return Err(bad("its first line is empty"));
+            return Err(bad(PasswordProblem::Empty));
         }
         if text.len() > 256 {
-            return Err(bad("it is longer than 256 characters"));
+            return Err(bad(PasswordProblem::TooLong));
         }
         if !text.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(bad("it must be printable ASCII without spaces"));
+            return Err(bad(PasswordProblem::NotPrintable));
         }
         if !policy.accepts(&text) {
-            return Err(bad(
-                "it is not 32 lowercase hex characters as the runbook's `openssl rand -hex 16` makes; pass --password-policy any to stamp it anyway",
-            ));
+            return Err(bad(PasswordProblem::Policy));
         }
         Ok(Password::new(text))
     }
@@ -256,20 +291,34 @@ mod tests {
 
     #[test]
     fn bad_serials() {
-        for s in [
-            "",
-            "AZJN0042",
-            "AZJN-",
-            "azjn-0042",
-            "AZJN 0042",
-            "AZ/JN-1",
-            "..-1",
-            "AZJN-00é",
-            "-0042",
-            "A--1",
+        use SerialProblem::*;
+        for (s, want) in [
+            ("", Empty),
+            ("AZJN0042", NoHyphen),
+            ("AZJN-", NoSuffix),
+            ("azjn-0042", Lowercase),
+            ("AZJN 0042", WhiteSpace),
+            ("AZ/JN-1", OtherCharacter),
+            ("..-1", OtherCharacter),
+            ("AZJN-00é", OtherCharacter),
+            ("-0042", EmptySegment),
+            ("A--1", EmptySegment),
         ] {
-            assert!(Serial::parse(s).is_err(), "{s:?} accepted");
+            match Serial::parse(s) {
+                Err(IdentityError::BadSerial { why, .. }) => assert_eq!(why, want, "{s:?}"),
+                other => panic!("{s:?}: {other:?}"),
+            }
         }
+        let long = "A-".repeat(40);
+        assert!(matches!(
+            Serial::parse(&long),
+            Err(IdentityError::BadSerial { why: TooLong, .. })
+        ));
+        // The message is the one it always was.
+        assert_eq!(
+            Serial::parse("azjn-0042").unwrap_err().to_string(),
+            "invalid serial \"azjn-0042\": it has lowercase letters (expected uppercase letters, digits and hyphens, like AZJN-0042)"
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@
 pub(crate) mod batch;
 pub(crate) mod dry_run;
 pub(crate) mod manifest;
+mod output_dir;
 mod previous;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,9 @@ use crate::io::output::{self, TempOutput};
 use crate::io::pin::InputPin;
 use crate::owner::{Owner, OwnerSpec, UserDb};
 use crate::plan::{DeviceVars, ExtraVars, ImagePath, OverlayError, OverlaySpec, Plan};
+use output_dir::scratch_dir;
+pub use output_dir::UnsafeDir;
+pub(crate) use output_dir::{as_directory, output_dir, output_path};
 
 /// The file the default overlay writes; its owner is what reports show.
 pub(crate) const DEVICE_CONF: &str = "/etc/azaion/device.conf";
@@ -65,7 +69,7 @@ pub enum ProvisionError {
         source: std::io::Error,
     },
     #[error("the output directory {dir} is not safe: {why}. Another user could replace the image there; choose a directory of your own")]
-    UnsafeOutputDir { dir: PathBuf, why: String },
+    UnsafeOutputDir { dir: PathBuf, why: UnsafeDir },
     #[error("cannot create the output file in {dir}")]
     CreateOutput {
         dir: PathBuf,
@@ -707,112 +711,6 @@ fn reused_password(
         ));
         Some(p)
     })
-}
-
-/// Where an output's large scratch files may go: its own directory.
-fn scratch_dir(output: Option<&Path>) -> PathBuf {
-    output
-        .and_then(Path::parent)
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf()
-}
-
-/// Works out the final output path: a file, or a directory (existing, or
-/// named with a trailing `/`, then created) in which the name is
-/// `<serial>-<input name>`.
-pub(crate) fn output_path(
-    input: &Path,
-    output: &Path,
-    serial: &Serial,
-    force: bool,
-) -> Result<PathBuf, ProvisionError> {
-    let as_dir = output.as_os_str().to_string_lossy().ends_with('/') || output.is_dir();
-    let path = if as_dir {
-        output_dir(output)?;
-        let name = input.file_name().unwrap_or_default().to_string_lossy();
-        output.join(format!("{serial}-{name}"))
-    } else {
-        output.to_path_buf()
-    };
-    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
-    };
-    if same(input, &path) {
-        return Err(ProvisionError::OutputIsInput(path));
-    }
-    if path.symlink_metadata().is_ok() && !force {
-        return Err(ProvisionError::OutputExists(path));
-    }
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if !parent.is_dir() {
-        return Err(ProvisionError::NoOutputDir(parent.to_path_buf()));
-    }
-    check_output_dir(parent)?;
-    Ok(path)
-}
-
-/// `dir` spelled as a directory (with a trailing `/`), so [`output_path`]
-/// treats it as one even before it exists.
-pub(crate) fn as_directory(dir: &Path) -> PathBuf {
-    let mut text = dir.as_os_str().to_owned();
-    if !text.to_string_lossy().ends_with('/') {
-        text.push("/");
-    }
-    PathBuf::from(text)
-}
-
-/// Makes sure `dir` exists as a directory outputs may go into: created if
-/// missing (with its parents; mode 0700 less the umask, so never writable
-/// by others), and refused if another user could swap files in it.
-pub(crate) fn output_dir(dir: &Path) -> Result<(), ProvisionError> {
-    use std::os::unix::fs::DirBuilderExt;
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|source| ProvisionError::CreateOutputDir {
-                dir: dir.to_path_buf(),
-                source,
-            })?;
-    }
-    if !dir.is_dir() {
-        return Err(ProvisionError::NoOutputDir(dir.to_path_buf()));
-    }
-    check_output_dir(dir)
-}
-
-/// Refuses a directory owned by another user (root aside), or writable by
-/// others without the sticky bit: either could replace the image after
-/// imprint wrote it.
-fn check_output_dir(dir: &Path) -> Result<(), ProvisionError> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(dir).map_err(|source| ProvisionError::CreateOutputDir {
-        dir: dir.to_path_buf(),
-        source,
-    })?;
-    let me = rustix::process::geteuid().as_raw();
-    let foreign_owner = meta.uid() != me && meta.uid() != 0;
-    let open_to_others = meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0;
-    if foreign_owner || open_to_others {
-        return Err(ProvisionError::UnsafeOutputDir {
-            dir: dir.to_path_buf(),
-            why: if foreign_owner {
-                format!("it belongs to uid {}, not to you", meta.uid())
-            } else {
-                format!(
-                    "others can write to it (mode {:o}) and it has no sticky bit",
-                    meta.mode() & 0o7777
-                )
-            },
-        });
-    }
-    Ok(())
 }
 
 fn provision_account(

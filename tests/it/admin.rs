@@ -161,15 +161,17 @@ fn unreachable_and_slow_servers_fail_in_bounded_time() {
 
 #[test]
 fn bad_urls_are_refused_before_any_request() {
-    for url in [
-        "ftp://admin.example",
-        "admin.example",
-        "http://user:secret@admin.example",
-        "",
+    use admin::UrlProblem::*;
+    for (url, want) in [
+        ("ftp://admin.example", Scheme),
+        ("admin.example", Unparsable),
+        ("http://user:secret@admin.example", Credentials),
+        ("", Unparsable),
+        ("http://", Unparsable),
     ] {
         let err = AdminClient::new(config(url)).err();
         assert!(
-            matches!(err, Some(AdminError::BadUrl { .. })),
+            matches!(&err, Some(AdminError::BadUrl { why, .. }) if *why == want),
             "{url}: {err:?}"
         );
     }

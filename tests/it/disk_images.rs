@@ -9,6 +9,7 @@
 
 use crate::common;
 use crate::ext4_overlay;
+use crate::fixtures;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -336,28 +337,33 @@ fn kernel_check(img: &Path, span: Span) {
 /// kernel blobs around `APP`, the rootfs, made in place with
 /// `mke2fs -E offset`. A recovery rootfs that also holds /etc shows the
 /// name `APP` decides, not the contents.
-fn jetson_sd_card(dir: &Path, img: &Path, first: u64, align: u64) -> (Vec<Span>, usize) {
-    let tree = ext4_tree(dir, 40, Azaion::Absent);
-    let parts = sgdisk_disk(
-        img,
-        96 * MIB,
-        &[
-            part("kernel", "8300", MIB),
-            part("kernel-dtb", "8300", MIB / 2),
-            part("APP", "8300", 48 * MIB),
-            part("recovery", "8300", 2 * MIB),
-            part("RECROOTFS", "8300", 16 * MIB),
-            part("kernel_b", "8300", MIB),
-        ],
-        first,
-        align,
-    );
-    for i in [0, 1, 3, 5] {
-        fill_random(img, parts[i]);
-    }
-    mkfs_in_place(img, parts[2], &tree);
-    mkfs_in_place(img, parts[4], &tree);
-    assert_gpt_clean(img);
+fn jetson_sd_card(img: &Path, first: u64, align: u64) -> (Vec<Span>, usize) {
+    let (built, parts) = fixtures::shared(&format!("jetson-sd-{first}-{align}"), |dir| {
+        let tree = ext4_tree(dir, 40, Azaion::Absent);
+        let img = dir.join("disk.img");
+        let parts = sgdisk_disk(
+            &img,
+            96 * MIB,
+            &[
+                part("kernel", "8300", MIB),
+                part("kernel-dtb", "8300", MIB / 2),
+                part("APP", "8300", 48 * MIB),
+                part("recovery", "8300", 2 * MIB),
+                part("RECROOTFS", "8300", 16 * MIB),
+                part("kernel_b", "8300", MIB),
+            ],
+            first,
+            align,
+        );
+        for i in [0, 1, 3, 5] {
+            fill_random(&img, parts[i]);
+        }
+        mkfs_in_place(&img, parts[2], &tree);
+        mkfs_in_place(&img, parts[4], &tree);
+        assert_gpt_clean(&img);
+        parts
+    });
+    fixtures::copy(&built, "disk.img", img);
     (parts, 2)
 }
 
@@ -366,7 +372,7 @@ fn jetson_sd_card_image() {
     let dir = TempDir::new().unwrap();
     let pw = write_password(dir.path(), PASSWORD);
     let img = dir.path().join("sd-blob.img");
-    let (parts, app) = jetson_sd_card(dir.path(), &img, 2048, 2048);
+    let (parts, app) = jetson_sd_card(&img, 2048, 2048);
     let before = sha256(&img);
     let out = out_dir(dir.path(), "out");
     provisioned(&img, &out, &pw, None);
@@ -393,7 +399,7 @@ fn gpt_partitions_on_odd_sectors() {
     let dir = TempDir::new().unwrap();
     let pw = write_password(dir.path(), PASSWORD);
     let img = dir.path().join("odd.img");
-    let (parts, app) = jetson_sd_card(dir.path(), &img, 2049, 1);
+    let (parts, app) = jetson_sd_card(&img, 2049, 1);
     assert!(parts[app].offset % 4096 != 0, "{:?}", parts[app]);
     let out = out_dir(dir.path(), "out");
     let written = out.join("odd.img");
@@ -726,21 +732,26 @@ fn zstd_check(path: &Path) -> String {
 /// (`sd.img`: random `kernel`, the same filesystem in `APP`) in `dir`,
 /// with the disk's partition spans.
 fn raw_and_disk(dir: &Path) -> (PathBuf, PathBuf, PathBuf, Vec<Span>) {
+    let (built, parts) = fixtures::shared("raw-and-disk", |dir| {
+        let tree = ext4_tree(dir, 20, Azaion::Absent);
+        let o = mkfs(&tree, &dir.join("rootfs.ext4"), &["-t", "ext4"], "24M");
+        assert!(o.status.success(), "mke2fs: {}", stderr(&o));
+        let disk = dir.join("sd.img");
+        let parts = sgdisk_disk(
+            &disk,
+            48 * MIB,
+            &[part("kernel", "8300", MIB), part("APP", "8300", 32 * MIB)],
+            2048,
+            2048,
+        );
+        fill_random(&disk, parts[0]);
+        mkfs_in_place(&disk, parts[1], &tree);
+        parts
+    });
     let pw = write_password(dir, PASSWORD);
-    let tree = ext4_tree(dir, 20, Azaion::Absent);
-    let ext4 = dir.join("rootfs.ext4");
-    let o = mkfs(&tree, &ext4, &["-t", "ext4"], "24M");
-    assert!(o.status.success(), "mke2fs: {}", stderr(&o));
-    let disk = dir.join("sd.img");
-    let parts = sgdisk_disk(
-        &disk,
-        48 * MIB,
-        &[part("kernel", "8300", MIB), part("APP", "8300", 32 * MIB)],
-        2048,
-        2048,
-    );
-    fill_random(&disk, parts[0]);
-    mkfs_in_place(&disk, parts[1], &tree);
+    let (ext4, disk) = (dir.join("rootfs.ext4"), dir.join("sd.img"));
+    fixtures::copy(&built, "rootfs.ext4", &ext4);
+    fixtures::copy(&built, "sd.img", &disk);
     (pw, ext4, disk, parts)
 }
 
@@ -1798,7 +1809,7 @@ fn no_credentials_on_a_disk_image() {
     let dir = TempDir::new().unwrap();
     let pw = write_password(dir.path(), PASSWORD);
     let img = dir.path().join("sd-blob.img");
-    jetson_sd_card(dir.path(), &img, 2048, 2048);
+    jetson_sd_card(&img, 2048, 2048);
     let stamped = dir.path().join("stamped.img");
     provisioned(&img, &stamped, &pw, None);
     let check = |image: &Path, extra: &[&str]| {

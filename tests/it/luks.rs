@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::common::*;
+use crate::fixtures;
 
 const PASSPHRASE: &[u8] = b"correct horse battery staple";
 
@@ -138,25 +139,35 @@ impl Fixture {
 /// A small ext4 (8 MiB) encrypted into a LUKS2 container by cryptsetup
 /// itself, `extra` its format options.
 fn luks2(sector: u32, extra: &[&str]) -> Fixture {
+    // Built once per test binary for each set of options (several tests
+    // start from the same container), copied for each test.
+    let key = format!("luks2-{sector}-{}", extra.join("_"));
+    let (built, ()) = fixtures::shared(&key, |dir| {
+        let tree = ext4_tree(dir, 0, Azaion::Absent);
+        let plain = dir.join("plain.img");
+        let o = mkfs(&tree, &plain, &["-t", "ext4", "-b", "4096"], "8M");
+        assert!(o.status.success(), "mke2fs: {}", stderr(&o));
+        let img = dir.join("rootfs.luks");
+        let pass = dir.join("pass");
+        fs::write(&pass, PASSPHRASE).unwrap();
+        let mut data = fs::read(&plain).unwrap();
+        data.resize(data.len() + (4 << 20), 0);
+        fs::write(&img, data).unwrap();
+        ok(Command::new("cryptsetup")
+            .args(["reencrypt", "--encrypt", "--type", "luks2", "-q"])
+            .args(["--reduce-device-size", "4M", "--sector-size"])
+            .arg(sector.to_string())
+            .args(extra)
+            .arg("--key-file")
+            .arg(&pass)
+            .arg(&img));
+    });
     let dir = tempfile::tempdir().unwrap();
-    let tree = ext4_tree(dir.path(), 0, Azaion::Absent);
-    let plain = dir.path().join("plain.img");
-    let o = mkfs(&tree, &plain, &["-t", "ext4", "-b", "4096"], "8M");
-    assert!(o.status.success(), "mke2fs: {}", stderr(&o));
-    let img = dir.path().join("rootfs.luks");
-    let pass = dir.path().join("pass");
-    fs::write(&pass, PASSPHRASE).unwrap();
-    let mut data = fs::read(&plain).unwrap();
-    data.resize(data.len() + (4 << 20), 0);
-    fs::write(&img, data).unwrap();
-    ok(Command::new("cryptsetup")
-        .args(["reencrypt", "--encrypt", "--type", "luks2", "-q"])
-        .args(["--reduce-device-size", "4M", "--sector-size"])
-        .arg(sector.to_string())
-        .args(extra)
-        .arg("--key-file")
-        .arg(&pass)
-        .arg(&img));
+    let [plain, img, pass] = ["plain.img", "rootfs.luks", "pass"].map(|name| {
+        let to = dir.path().join(name);
+        fixtures::copy(&built, name, &to);
+        to
+    });
     Fixture {
         dir,
         plain,

@@ -2,11 +2,13 @@
 //! own binary under tests/, and each linked the whole of imprint, reqwest
 //! and rustls again. As modules they share one link and one process; the
 //! helpers are `common` (running the binary, building rootfs trees and
-//! archives), `ext4_overlay` and `require` (what a test needs of the
+//! archives), `fixtures` (base images built once per binary and copied),
+//! `ext4_overlay` and `require` (what a test needs of the
 //! machine, shared with the unit tests).
 
 mod common;
 mod ext4_overlay;
+mod fixtures;
 mod require;
 
 mod admin;

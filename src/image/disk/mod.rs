@@ -14,6 +14,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -55,7 +56,7 @@ pub enum DiskError {
     #[error("partition {number} is not an ext2/3/4 filesystem; choose the rootfs partition with --partition. The image has:\n{candidates}")]
     NotExt4 { number: u32, candidates: Candidates },
     #[error("{partition} holds an ext2/3/4 filesystem imprint cannot use: {why}")]
-    Unusable { partition: String, why: String },
+    Unusable { partition: String, why: Unusable },
     #[error("more than one partition is named \"{name}\" ({}), so imprint cannot tell which is meant; choose by number with --partition N (repeat it for several). The image has:\n{candidates}", PartitionId::list(.matches))]
     DuplicateName {
         name: String,
@@ -432,12 +433,10 @@ fn probe(file: &File, part: &Partition) -> Probe {
             // Said, not skipped: "not an ext2/3/4 filesystem" would send
             // the user looking in the wrong place.
             let why = match e {
-                Ext4Error::Truncated { expected, actual } => format!(
-                    "it is larger than its partition (its superblock describes {}, the partition has {}); was the partition shrunk, or the filesystem made with the wrong size?",
-                    human_size(expected),
-                    human_size(actual)
-                ),
-                other => other.to_string(),
+                Ext4Error::Truncated { expected, actual } => {
+                    Unusable::LargerThanPartition { expected, actual }
+                }
+                other => Unusable::Refused(Arc::new(other)),
             };
             return Probe {
                 description: Some("ext2/3/4, unusable".to_string()),
@@ -470,7 +469,18 @@ pub struct Probe {
     pub description: Option<String>,
     /// Why the ext2/3/4 filesystem found here cannot be used (larger than
     /// its partition, a damaged superblock), if that is so.
-    pub unusable: Option<String>,
+    pub unusable: Option<Unusable>,
+}
+
+/// Why an ext2/3/4 filesystem found in a partition cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Unusable {
+    #[error("it is larger than its partition (its superblock describes {}, the partition has {}); was the partition shrunk, or the filesystem made with the wrong size?", human_size(*expected), human_size(*actual))]
+    LargerThanPartition { expected: u64, actual: u64 },
+    /// Refused for the reason the ext2/3/4 reader gives, in its words.
+    #[error("{0}")]
+    Refused(Arc<Ext4Error>),
 }
 
 #[cfg(test)]
@@ -650,14 +660,26 @@ mod tests {
         let gpt = [part(1, "APP", Scheme::Gpt)];
         let err = choose(&gpt, None, |_| Probe {
             description: Some("ext2/3/4, unusable".into()),
-            unusable: Some("it is larger than its partition".into()),
+            unusable: Some(Unusable::LargerThanPartition {
+                expected: 64 << 20,
+                actual: 32 << 20,
+            }),
             ..Probe::default()
         })
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DiskError::Unusable {
+                    why: Unusable::LargerThanPartition { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert_eq!(
-            err,
-            "partition 1 \"APP\" holds an ext2/3/4 filesystem imprint cannot use: it is larger than its partition"
+            err.to_string(),
+            "partition 1 \"APP\" holds an ext2/3/4 filesystem imprint cannot use: it is larger than its partition (its superblock describes 64.0 MiB, the partition has 32.0 MiB); was the partition shrunk, or the filesystem made with the wrong size?"
         );
     }
 

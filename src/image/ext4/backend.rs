@@ -12,7 +12,10 @@ use std::sync::Arc;
 
 use super::raw::{write_patched, Patches};
 use super::reader::Superblock;
-use super::{ensure_loaded, write_plan_to_device, ChangedBlocks, Ext4Error, Ext4Inspector};
+use super::{
+    ensure_loaded, write_plan_to_device, ChangedBlocks, CorruptKind, Ext4Error, Ext4Inspector,
+    NotExt4Kind,
+};
 use crate::image::disk::{Partition, PartitionId};
 use crate::image::formats::Slot;
 use crate::image::volume::{Changes, Volume};
@@ -42,7 +45,7 @@ pub(crate) fn edit(fs: &Filesystem, plan: &Plan) -> Result<Changes, ImageError> 
     // blocks are kept in memory in units of both.
     let block = sb.block_size.max(volume.unit());
     let block = u32::try_from(block).map_err(|_| Ext4Error::Corrupt {
-        why: format!("a block of {block} bytes is too large"),
+        why: CorruptKind::BlockTooLarge(block),
     })?;
     let mut changed = ChangedBlocks::new(volume, volume.len(), block);
     write_plan_to_device(&mut changed, sb, plan)?;
@@ -175,7 +178,7 @@ impl Ext4Backend {
             .collect::<Result<Vec<_>, _>>()?;
         if filesystems.is_empty() {
             return Err(Ext4Error::NotExt4 {
-                why: "the container holds no filesystem".into(),
+                why: NotExt4Kind::EmptyContainer,
             }
             .into());
         }

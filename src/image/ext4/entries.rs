@@ -8,7 +8,7 @@ use std::ffi::{c_char, c_int, c_void, CString};
 
 use super::format::{kind_of_mode, CASEFOLD_FL, S_IFLNK};
 use super::libext2fs::{describe, inode_kind, put16, put32, set_attributes, Ext2fsHandle, Ino};
-use super::Ext4Error;
+use super::{CorruptKind, Ext4Error};
 use crate::image::EntryType;
 use crate::plan::PlanEntry;
 
@@ -179,7 +179,10 @@ impl Ext2fsHandle<'_> {
         // The path grows by a component per level walked down.
         if what.matches('/').count() > MAX_DEPTH {
             return Err(Ext4Error::Corrupt {
-                why: format!("directories under {what} nest deeper than {MAX_DEPTH} levels"),
+                why: CorruptKind::TooDeepUnder {
+                    under: what.to_string(),
+                    max: MAX_DEPTH,
+                },
             });
         }
         let children = self.list_dir(ino)?;

@@ -31,7 +31,7 @@ use super::format::{
 };
 use super::io_manager::{self, Device, Errcode};
 use super::reader::Superblock;
-use super::Ext4Error;
+use super::{CorruptKind, Ext4Error};
 use crate::image::EntryType;
 use crate::plan::{Plan, PlanEntry, PlanKind};
 
@@ -287,7 +287,7 @@ impl Ext2fsHandle<'_> {
             | ET_GDESC_BAD_INODE_MAP
             | ET_GDESC_BAD_INODE_TABLE
             | ET_BAD_DESC_SIZE => Err(Ext4Error::Corrupt {
-                why: message(self.api, code),
+                why: CorruptKind::Library(message(self.api, code)),
             }),
             _ => Err(Ext4Error::Library {
                 doing: op(),

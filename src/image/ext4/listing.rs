@@ -7,7 +7,7 @@ use std::io::Write;
 
 use super::format::INLINE_DATA_FL;
 use super::reader::{FsReader, Inode};
-use super::{Ext4Error, Ext4Inspector};
+use super::{CorruptKind, Ext4Error, Ext4Inspector};
 use crate::image::{EntryType, FileMeta, ImageError, Listed};
 use crate::io::read_at::ReadAt;
 use crate::plan::ImagePath;
@@ -58,7 +58,10 @@ impl<R: ReadAt> FsReader<R> {
                 // which only damage does (directories have one parent).
                 if ancestors.contains(&ino) {
                     return Err(Ext4Error::Corrupt {
-                        why: format!("directory /{path} (inode {ino}) is inside itself"),
+                        why: CorruptKind::DirectoryLoop {
+                            path: format!("/{path}"),
+                            ino,
+                        },
                     }
                     .into());
                 }

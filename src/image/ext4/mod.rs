@@ -12,6 +12,7 @@
 mod backend;
 mod casefold;
 mod changed_blocks;
+mod corrupt;
 mod entries;
 mod format;
 mod io_manager;
@@ -35,6 +36,7 @@ use reader::{FsReader, Superblock};
 
 pub(crate) use backend::{Ext4Backend, Ext4Reader, Outlet, PatchOutlet};
 pub(crate) use changed_blocks::ChangedBlocks;
+pub use corrupt::{CorruptKind, NotExt4Kind};
 pub(crate) use io_manager::Device;
 pub(crate) use libext2fs::ensure_loaded;
 pub use libext2fs::use_library;
@@ -42,9 +44,9 @@ pub use libext2fs::use_library;
 #[derive(Debug, Error)]
 pub enum Ext4Error {
     #[error("not an ext2/3/4 filesystem: {why}")]
-    NotExt4 { why: String },
+    NotExt4 { why: NotExt4Kind },
     #[error("the ext2/3/4 filesystem is damaged: {why}. Check it with e2fsck -f")]
-    Corrupt { why: String },
+    Corrupt { why: CorruptKind },
     /// Not damage: a tree deeper than `ls -R` walks.
     #[error("directories below {path} nest more than {levels} levels deep, further than `imprint ls -R` goes; list a directory deeper down")]
     TooDeep { path: String, levels: usize },
@@ -304,7 +306,7 @@ fn check_written(device: &dyn Device, plan: &Plan) -> Result<(), Ext4Error> {
         };
         if !same {
             return Err(Ext4Error::Corrupt {
-                why: format!("{} does not read back as it was written", entry.path),
+                why: CorruptKind::ReadBack(entry.path.to_string()),
             });
         }
         let Some(want) = entry.content() else {
@@ -321,7 +323,7 @@ fn check_written(device: &dyn Device, plan: &Plan) -> Result<(), Ext4Error> {
         };
         if !same {
             return Err(Ext4Error::Corrupt {
-                why: format!("{} does not read back as it was written", entry.path),
+                why: CorruptKind::ReadBack(entry.path.to_string()),
             });
         }
     }

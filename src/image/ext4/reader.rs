@@ -14,7 +14,7 @@ use super::format::{
     feature, kind_of_mode, CASEFOLD_FL, EXTENTS_FL, EXTENT_MAGIC, INLINE_DATA_FL, ROOT_INO,
     STATE_ERRORS,
 };
-use super::Ext4Error;
+use super::{CorruptKind, Ext4Error, NotExt4Kind};
 use crate::image::{EntryType, FileMeta};
 use crate::io::read_at::ReadAt;
 
@@ -56,8 +56,8 @@ fn le32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn corrupt(why: impl Into<String>) -> Ext4Error {
-    Ext4Error::Corrupt { why: why.into() }
+fn corrupt(why: CorruptKind) -> Ext4Error {
+    Ext4Error::Corrupt { why }
 }
 
 impl Superblock {
@@ -68,7 +68,7 @@ impl Superblock {
         let mut raw = vec![0u8; Self::SIZE];
         dev.read_at(Self::OFFSET, &mut raw)
             .map_err(|e| Ext4Error::NotExt4 {
-                why: format!("cannot read the superblock: {e}"),
+                why: NotExt4Kind::Unreadable(e.to_string()),
             })?;
         Self::parse(&raw)
     }
@@ -76,12 +76,12 @@ impl Superblock {
     pub(crate) fn parse(raw: &[u8]) -> Result<Superblock, Ext4Error> {
         if le16(raw, 0x38) != 0xEF53 {
             return Err(Ext4Error::NotExt4 {
-                why: "no ext2/3/4 superblock magic at byte 1080".into(),
+                why: NotExt4Kind::NoMagic,
             });
         }
         let log_block = le32(raw, 0x18);
         if log_block > 6 {
-            return Err(corrupt(format!("block size 2^(10+{log_block}) is invalid")));
+            return Err(corrupt(CorruptKind::BlockSize(log_block)));
         }
         let incompat = le32(raw, 0x60);
         let rev = le32(raw, 0x4C);
@@ -131,7 +131,7 @@ impl Superblock {
             || sb.first_data_block >= sb.blocks_count
             || sb.blocks_count.checked_mul(sb.block_size).is_none()
         {
-            return Err(corrupt("the superblock's geometry is invalid"));
+            return Err(corrupt(CorruptKind::Geometry));
         }
         Ok(sb)
     }
@@ -296,18 +296,18 @@ impl<R: ReadAt> FsReader<R> {
     fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, Ext4Error> {
         let mut buf = vec![0u8; len];
         self.dev.read_at(offset, &mut buf).map_err(|e| {
-            corrupt(format!(
-                "cannot read {len} bytes at offset {offset}: {e} (is the image truncated?)"
-            ))
+            corrupt(CorruptKind::Unreadable {
+                len,
+                offset,
+                cause: e.to_string(),
+            })
         })?;
         Ok(buf)
     }
 
     pub(crate) fn read_block(&self, block: u64) -> Result<Vec<u8>, Ext4Error> {
         if block >= self.sb.blocks_count {
-            return Err(corrupt(format!(
-                "block {block} is beyond the end of the filesystem"
-            )));
+            return Err(corrupt(CorruptKind::BlockOutside(block)));
         }
         self.read(block * self.sb.block_size, self.sb.block_size as usize)
     }
@@ -315,14 +315,12 @@ impl<R: ReadAt> FsReader<R> {
     pub(crate) fn inode(&self, ino: u32) -> Result<Inode, Ext4Error> {
         let sb = &self.sb;
         if ino == 0 || u64::from(ino) > sb.inodes_count {
-            return Err(corrupt(format!("inode number {ino} is out of range")));
+            return Err(corrupt(CorruptKind::InodeNumber(ino)));
         }
         let index = u64::from(ino - 1);
         let group = index / sb.inodes_per_group;
         if group >= sb.group_count() {
-            return Err(corrupt(format!(
-                "inode {ino} is in a group that does not exist"
-            )));
+            return Err(corrupt(CorruptKind::InodeGroup(ino)));
         }
         let desc = self.read(sb.descriptor_offset(group), sb.desc_size as usize)?;
         let mut table = le32(&desc, 8) as u64;
@@ -330,9 +328,7 @@ impl<R: ReadAt> FsReader<R> {
             table |= (le32(&desc, 0x28) as u64) << 32;
         }
         if table >= sb.blocks_count {
-            return Err(corrupt(format!(
-                "group {group}'s inode table lies outside the filesystem"
-            )));
+            return Err(corrupt(CorruptKind::InodeTable(group)));
         }
         let offset = table * sb.block_size + (index % sb.inodes_per_group) * sb.inode_size;
         let raw = self.read(offset, sb.inode_size as usize)?;
@@ -365,12 +361,12 @@ impl<R: ReadAt> FsReader<R> {
         depth_seen: u32,
     ) -> Result<Option<u64>, Ext4Error> {
         if le16(&node, 0) != EXTENT_MAGIC || depth_seen > 5 {
-            return Err(corrupt("an extent tree node is damaged"));
+            return Err(corrupt(CorruptKind::ExtentNode));
         }
         let entries = le16(&node, 2) as usize;
         let depth = le16(&node, 6);
         if 12 + entries * 12 > node.len() {
-            return Err(corrupt("an extent tree node claims too many entries"));
+            return Err(corrupt(CorruptKind::ExtentEntries));
         }
         let entry = |i: usize| &node[12 + i * 12..24 + i * 12];
         if depth == 0 {
@@ -486,7 +482,7 @@ impl<R: ReadAt> FsReader<R> {
         // make us allocate gigabytes. Real /etc directories are kilobytes.
         const MAX_DIR: u64 = 64 << 20;
         if dir.size > MAX_DIR {
-            return Err(corrupt(format!("a directory claims {} bytes", dir.size)));
+            return Err(corrupt(CorruptKind::DirectorySize(dir.size)));
         }
         let content = self.read_content(dir, MAX_DIR)?;
         let filetype = self.sb.incompat & feature::INCOMPAT_FILETYPE != 0;
@@ -547,9 +543,7 @@ impl<R: ReadAt> FsReader<R> {
         if block != 0 {
             let data = self.read_block(block)?;
             if le32(&data, 0) != XATTR_MAGIC {
-                return Err(corrupt(format!(
-                    "the extended attribute block {block} has no magic number"
-                )));
+                return Err(corrupt(CorruptKind::XattrMagic(block)));
             }
             names.extend(xattr_entries(&data[32..]));
         }

@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
+use super::problem::{ChunkProblem, Cut, HeaderProblem};
 use super::SparseError;
 
 /// The sparse file magic, little-endian at offset 0.
@@ -65,11 +66,14 @@ impl ChunkLayout {
     /// is skipped, not read.
     pub fn parse(file: &File) -> Result<ChunkLayout, SparseError> {
         let file_len = file.metadata().map_err(SparseError::Read)?.len();
-        let read = |offset: u64, len: usize, what: &str| -> Result<Vec<u8>, SparseError> {
+        let read = |offset: u64, len: usize, what: &'static str| -> Result<Vec<u8>, SparseError> {
             if offset + len as u64 > file_len {
-                return Err(SparseError::Truncated(format!(
-                    "{what} at byte {offset} needs {len} bytes but the file ends at {file_len}"
-                )));
+                return Err(SparseError::Truncated(Cut::Structure {
+                    what,
+                    offset,
+                    len,
+                    file_len,
+                }));
             }
             let mut buf = vec![0u8; len];
             file.read_exact_at(&mut buf, offset)
@@ -78,13 +82,12 @@ impl ChunkLayout {
         };
         let h = read(0, FILE_HEADER_LEN, "the file header")?;
         if le32(&h, 0) != MAGIC {
-            return Err(SparseError::Header("no sparse magic 0xed26ff3a".into()));
+            return Err(SparseError::Header(HeaderProblem::NoMagic));
         }
         if le16(&h, 4) != 1 {
-            return Err(SparseError::Header(format!(
-                "major version {} (only 1 exists)",
-                le16(&h, 4)
-            )));
+            return Err(SparseError::Header(HeaderProblem::MajorVersion(le16(
+                &h, 4,
+            ))));
         }
         let file_header_len = le16(&h, 8) as usize;
         let chunk_header_len = le16(&h, 10) as usize;
@@ -92,22 +95,25 @@ impl ChunkLayout {
         let total_blocks = le32(&h, 16) as u64;
         let total_chunks = le32(&h, 20);
         if file_header_len < FILE_HEADER_LEN || chunk_header_len < CHUNK_HEADER_LEN {
-            return Err(SparseError::Header(format!(
-                "header sizes {file_header_len}/{chunk_header_len} are below the minimum 28/12"
-            )));
+            return Err(SparseError::Header(HeaderProblem::HeaderSizes {
+                file: file_header_len,
+                chunk: chunk_header_len,
+            }));
         }
         check_block_size(block_size)?;
         // Buffers are sized in blocks; real images use 4 KiB (ext4 blocks
         // are at most 64 KiB), so a huge value is damage, not a format.
         if block_size > MAX_BLOCK_SIZE {
-            return Err(SparseError::Header(format!(
-                "block size {block_size} is larger than the {MAX_BLOCK_SIZE} bytes imprint accepts"
-            )));
+            return Err(SparseError::Header(HeaderProblem::BlockTooLarge {
+                size: block_size,
+                max: MAX_BLOCK_SIZE,
+            }));
         }
         if (file_header_len as u64) > file_len {
-            return Err(SparseError::Truncated(format!(
-                "the file header says it is {file_header_len} bytes but the file ends at {file_len}"
-            )));
+            return Err(SparseError::Truncated(Cut::FileHeader {
+                claimed: file_header_len,
+                file_len,
+            }));
         }
         let bs = block_size as u64;
         let mut chunks = Vec::new();
@@ -118,7 +124,7 @@ impl ChunkLayout {
             let c = read(pos, chunk_header_len, "a chunk header")?;
             let (kind, blocks, total) = (le16(&c, 0), le32(&c, 4) as u64, le32(&c, 8) as u64);
             let body = pos + chunk_header_len as u64;
-            let bad = |why: String| SparseError::Chunk {
+            let bad = |why: ChunkProblem| SparseError::Chunk {
                 index,
                 offset: pos,
                 why,
@@ -128,17 +134,22 @@ impl ChunkLayout {
                     CHUNK_RAW => blocks * bs,
                     CHUNK_FILL | CHUNK_CRC32 => 4,
                     CHUNK_DONT_CARE => 0,
-                    other => return Err(bad(format!("unknown chunk type 0x{other:04X}"))),
+                    other => return Err(bad(ChunkProblem::UnknownType(other))),
                 };
             if total != expected_total {
-                return Err(bad(format!(
-                    "its size field says {total} bytes but a chunk of this type and {blocks} blocks takes {expected_total}"
-                )));
+                return Err(bad(ChunkProblem::Size {
+                    total,
+                    blocks,
+                    expected: expected_total,
+                }));
             }
             if pos + total > file_len {
-                return Err(SparseError::Truncated(format!(
-                    "chunk {index} at byte {pos} needs {total} bytes but the file ends at {file_len}"
-                )));
+                return Err(SparseError::Truncated(Cut::Chunk {
+                    index,
+                    offset: pos,
+                    total,
+                    file_len,
+                }));
             }
             let data = match kind {
                 CHUNK_RAW => Some(ChunkData::Raw { offset: body }),
@@ -166,9 +177,10 @@ impl ChunkLayout {
             // The file ended cleanly after a chunk. If blocks are missing too
             // it was cut short; if not, the chunk count is what is wrong.
             return Err(if next_block < total_blocks {
-                SparseError::Truncated(format!(
-                    "the header promises {total_chunks} chunks but the file ends after {index}"
-                ))
+                SparseError::Truncated(Cut::Chunks {
+                    declared: total_chunks,
+                    found: index,
+                })
             } else {
                 SparseError::ChunkCount {
                     declared: total_chunks,
@@ -206,9 +218,10 @@ impl ChunkLayout {
     ) -> Result<ChunkLayout, SparseError> {
         check_block_size(block_size)?;
         if raw_size % block_size as u64 != 0 {
-            return Err(SparseError::Header(format!(
-                "a {raw_size}-byte image is not a whole number of {block_size}-byte blocks"
-            )));
+            return Err(SparseError::Header(HeaderProblem::PartialBlock {
+                raw_size,
+                block_size,
+            }));
         }
         let blocks = raw_size / block_size as u64;
         if blocks > u32::MAX as u64 {
@@ -229,9 +242,7 @@ impl ChunkLayout {
 /// FILL patterns are 4 bytes and repeat within every block.
 fn check_block_size(block_size: u32) -> Result<(), SparseError> {
     if block_size == 0 || block_size % 4 != 0 {
-        return Err(SparseError::Header(format!(
-            "block size {block_size} is not a positive multiple of 4"
-        )));
+        return Err(SparseError::Header(HeaderProblem::BlockSize(block_size)));
     }
     Ok(())
 }
@@ -357,50 +368,95 @@ mod tests {
         b[0] ^= 1;
         let (e, msg) = parse_error(&b);
         assert!(
-            matches!(e, SparseError::Header(_)) && msg.contains("magic"),
+            matches!(e, SparseError::Header(HeaderProblem::NoMagic)),
             "{msg}"
         );
         let mut b = good();
         b[4..6].copy_from_slice(&2u16.to_le_bytes());
-        assert!(parse_error(&b).1.contains("major version 2"));
+        assert!(matches!(
+            parse_error(&b).0,
+            SparseError::Header(HeaderProblem::MajorVersion(2))
+        ));
     }
 
     #[test]
     fn bad_header_sizes_and_block_sizes_are_refused() {
         let mut b = good();
         b[8..10].copy_from_slice(&24u16.to_le_bytes());
-        assert!(parse_error(&b).1.contains("below the minimum"));
+        assert!(matches!(
+            parse_error(&b).0,
+            SparseError::Header(HeaderProblem::HeaderSizes { file: 24, .. })
+        ));
         let mut b = good();
         b[10..12].copy_from_slice(&8u16.to_le_bytes());
-        assert!(parse_error(&b).1.contains("below the minimum"));
+        let (e, msg) = parse_error(&b);
+        assert!(
+            matches!(
+                e,
+                SparseError::Header(HeaderProblem::HeaderSizes { chunk: 8, .. })
+            ),
+            "{msg}"
+        );
+        assert_eq!(
+            msg,
+            "not a valid sparse image: header sizes 28/8 are below the minimum 28/12"
+        );
         for bs in [0, 1022] {
             let mut b = good();
             set32(&mut b, 12, bs);
-            assert!(parse_error(&b).1.contains("multiple of 4"), "{bs}");
+            assert!(
+                matches!(parse_error(&b).0, SparseError::Header(HeaderProblem::BlockSize(s)) if s == bs),
+                "{bs}"
+            );
         }
     }
 
     #[test]
     fn truncated_headers_are_refused() {
         let (e, msg) = parse_error(&good()[..10]);
-        assert!(matches!(e, SparseError::Truncated(_)), "{msg}");
-        assert!(msg.contains("file header"), "{msg}");
+        assert!(
+            matches!(
+                e,
+                SparseError::Truncated(Cut::Structure {
+                    what: "the file header",
+                    ..
+                })
+            ),
+            "{msg}"
+        );
+        assert_eq!(
+            msg,
+            "the sparse image is truncated: the file header at byte 0 needs 28 bytes but the file ends at 10"
+        );
         // A file header claiming to be longer than the file.
         let mut b = good()[..28].to_vec();
         b[8..10].copy_from_slice(&64u16.to_le_bytes());
-        assert!(matches!(parse_error(&b).0, SparseError::Truncated(_)));
+        assert!(matches!(
+            parse_error(&b).0,
+            SparseError::Truncated(Cut::FileHeader { claimed: 64, .. })
+        ));
         // Cut inside a chunk header.
         let (e, msg) = parse_error(&good()[..chunk_at(1) + 6]);
-        assert!(matches!(e, SparseError::Truncated(_)), "{msg}");
-        assert!(msg.contains("chunk header"), "{msg}");
+        assert!(
+            matches!(
+                e,
+                SparseError::Truncated(Cut::Structure {
+                    what: "a chunk header",
+                    ..
+                })
+            ),
+            "{msg}"
+        );
     }
 
     #[test]
     fn truncated_raw_data_is_refused() {
         let b = good();
         let (e, msg) = parse_error(&b[..b.len() - 1]);
-        assert!(matches!(e, SparseError::Truncated(_)), "{msg}");
-        assert!(msg.contains("chunk 5"), "{msg}");
+        assert!(
+            matches!(e, SparseError::Truncated(Cut::Chunk { index: 5, .. })),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -409,7 +465,17 @@ mod tests {
         let at = chunk_at(2);
         b[at..at + 2].copy_from_slice(&0xCAC9u16.to_le_bytes());
         let (e, msg) = parse_error(&b);
-        assert!(matches!(e, SparseError::Chunk { index: 2, .. }), "{msg}");
+        assert!(
+            matches!(
+                e,
+                SparseError::Chunk {
+                    index: 2,
+                    why: ChunkProblem::UnknownType(0xCAC9),
+                    ..
+                }
+            ),
+            "{msg}"
+        );
         assert!(msg.contains("unknown chunk type 0xCAC9"), "{msg}");
     }
 
@@ -419,7 +485,21 @@ mod tests {
         let mut b = good();
         set32(&mut b, 28 + 8, 12 + 8192);
         let (e, msg) = parse_error(&b);
-        assert!(matches!(e, SparseError::Chunk { index: 0, .. }), "{msg}");
+        assert!(
+            matches!(
+                e,
+                SparseError::Chunk {
+                    index: 0,
+                    why: ChunkProblem::Size {
+                        total: 8204,
+                        blocks: 3,
+                        expected: 12300
+                    },
+                    ..
+                }
+            ),
+            "{msg}"
+        );
         assert!(msg.contains("8204") && msg.contains("12300"), "{msg}");
         // RAW whose block count grew but whose size did not.
         let mut b = good();
@@ -482,7 +562,16 @@ mod tests {
         // Too many and blocks missing: the file was cut at a chunk boundary.
         let b = good();
         let (e, msg) = parse_error(&b[..chunk_at(5)]);
-        assert!(matches!(e, SparseError::Truncated(_)), "{msg}");
+        assert!(
+            matches!(
+                e,
+                SparseError::Truncated(Cut::Chunks {
+                    declared: 6,
+                    found: 5
+                })
+            ),
+            "{msg}"
+        );
         // Too few: what follows the declared chunks is trailing data.
         let mut b = good();
         set32(&mut b, 20, 5);

@@ -19,6 +19,7 @@
 
 mod encode;
 mod format;
+mod problem;
 #[cfg(test)]
 mod testing;
 mod view;
@@ -40,6 +41,7 @@ pub use encode::encode_raw;
 pub(crate) use encode::{encode_edited, writable};
 pub(crate) use format::MAGIC;
 pub use format::{Chunk, ChunkData, ChunkLayout};
+pub use problem::{ChunkProblem, Cut, HeaderProblem};
 pub(crate) use view::{expand, SparseView};
 
 /// Bytes moved per read or write, whatever the image size.
@@ -50,15 +52,15 @@ pub enum SparseError {
     #[error("reading the sparse image failed: {0}")]
     Read(io::Error),
     #[error("not a valid sparse image: {0}")]
-    Header(String),
+    Header(HeaderProblem),
     #[error("sparse image chunk {index} (at byte {offset}): {why}; the file is corrupt")]
     Chunk {
         index: u32,
         offset: u64,
-        why: String,
+        why: ChunkProblem,
     },
     #[error("the sparse image is truncated: {0}")]
-    Truncated(String),
+    Truncated(Cut),
     #[error("the sparse image's chunks cover {found} blocks but its header says {declared}; the file is corrupt")]
     BlockCount { declared: u64, found: u64 },
     #[error("the sparse image has {0} bytes after its last chunk; the file is corrupt")]
