@@ -190,6 +190,21 @@ fn open_sparse(path: &Path) -> Result<Base, ImageError> {
     Ok((Box::new(view), Box::new(outlet)))
 }
 
+/// Two views of a plain image's bytes (a raw file, or an Android sparse
+/// image through its chunk index): one for the filesystem, one for an
+/// outlet that writes the output from the plain bytes (a new LUKS
+/// container, `luks::build`).
+pub(super) fn plain_base(
+    path: &Path,
+    sparse: bool,
+) -> Result<[Box<dyn Volume>; 2], ImageError> {
+    if sparse {
+        let view = Arc::new(sparse::open_view(path)?);
+        return Ok([Box::new(view.clone()), Box::new(view)]);
+    }
+    Ok([file_volume(path)?.0, file_volume(path)?.0])
+}
+
 /// How much of a volume is read to find what is inside it.
 const HEAD: u64 = 64 * 1024;
 
@@ -278,6 +293,9 @@ pub(crate) fn open_backend(
     output_dir: &Path,
     options: &ImageOptions,
 ) -> Result<Box<dyn ImageBackend>, ImageError> {
+    if let Some(build) = &options.luks_build {
+        return super::luks::build::open_backend(path, codec, content, build, options);
+    }
     let row = row_of(content);
     match (&row.open, codec) {
         (Open::Stream { writer, .. }, codec) => writer(path, codec, targets, output_dir, options),

@@ -24,6 +24,7 @@ mod hostile;
 mod inspect;
 mod json;
 mod luks;
+mod luks_build;
 mod manpages;
 mod overlays;
 mod packaging;

@@ -19,6 +19,7 @@ mod libext2fs;
 mod listing;
 mod raw;
 pub mod reader;
+mod used;
 mod xattrs;
 
 use std::io;
@@ -38,6 +39,7 @@ pub(crate) use changed_blocks::ChangedBlocks;
 pub(crate) use io_manager::Device;
 pub(crate) use libext2fs::ensure_loaded;
 pub use libext2fs::use_library;
+pub(crate) use used::{used_blocks, UsedBlocks};
 
 #[derive(Debug, Error)]
 pub enum Ext4Error {
