@@ -201,7 +201,7 @@ pub(crate) struct ApiArgs {
 /// How every subcommand reads an image: which partitions of a disk image.
 #[derive(Args)]
 pub(crate) struct ImageArgs {
-    /// The partition of a disk image: its GPT name, its number, or all-rootfs (every rootfs slot: APP and APP_b when there is an APP, else every ext2/3/4 partition holding /etc). provision and verify take it repeated, each partition with the same credentials (default: the one named APP, else the only ext2/3/4 partition holding /etc); ls and cat read one
+    /// The partition of a disk image: its GPT name, its number, or all-rootfs (every rootfs slot: APP_ENC and APP_ENC_b when there is an APP_ENC, L4T's encrypted layout; else APP and APP_b when there is an APP; else every ext2/3/4 partition holding /etc). provision and verify take it repeated, each partition with the same credentials (default: the one named APP_ENC, else APP, else the only ext2/3/4 partition holding /etc); ls and cat read one
     #[arg(long, value_name = "NAME|NUMBER|all-rootfs")]
     pub(crate) partition: Vec<PartitionChoice>,
     #[command(flatten)]

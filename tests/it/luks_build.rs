@@ -306,3 +306,23 @@ fn missing_keys_and_wrong_inputs_are_refused_clearly() {
     .args(["--luks-encrypt", "--luks-uuid", UUID, "--l4t-generic"]);
     expect_err(run(&mut c), &["one device's container"]);
 }
+
+/// Under a codec the container is read from a scratch file; errors name
+/// the input the user gave, never the scratch file.
+#[test]
+fn errors_inside_a_compressed_container_name_the_input() {
+    require_tool("zstd");
+    let s = setup("4096");
+    let enc = s.path("enc.img");
+    assert!(build(&s, &s.plain, &enc, &[]).status.success());
+    let zst = s.path("enc.img.zst");
+    let o = sh(&format!("zstd -q {} -o {}", enc.display(), zst.display()));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(bin().arg("ls").arg(&zst).arg("/etc"));
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("{}: LUKS2 container", zst.display())) && !err.contains("scratch"),
+        "{err}"
+    );
+}

@@ -189,6 +189,7 @@ pub enum LuksError {
 /// data segment as a decrypting volume.
 fn open(
     outer: Box<dyn Volume>,
+    _base: &Path,
     file: &Path,
     options: &ImageOptions,
 ) -> Result<Vec<Slot>, ImageError> {
