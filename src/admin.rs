@@ -489,17 +489,35 @@ impl AdminClient {
 }
 
 /// The TLS library's complaint about the server's certificate, if that is
-/// why the request failed.
-fn certificate_problem(e: &reqwest::Error) -> Option<String> {
-    let mut src = std::error::Error::source(e);
+/// why the request failed. Found by type, not by wording: rustls's error
+/// sits in the chain inside an `io::Error`, whose `source()` skips it, so
+/// each `io::Error` is opened with `get_ref`.
+fn certificate_problem(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut src = Some(e);
     while let Some(inner) = src {
-        let text = inner.to_string();
-        if text.contains("certificate") {
-            return Some(text);
+        let tls = inner.downcast_ref::<rustls::Error>().or_else(|| {
+            inner
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|e| e.downcast_ref::<rustls::Error>())
+        });
+        if let Some(tls) = tls.filter(|t| is_certificate_error(t)) {
+            return Some(tls.to_string());
         }
         src = inner.source();
     }
     None
+}
+
+/// Whether rustls refused the server's certificate (as opposed to a
+/// protocol or I/O failure, which retrying might cure).
+fn is_certificate_error(e: &rustls::Error) -> bool {
+    matches!(
+        e,
+        rustls::Error::InvalidCertificate(_)
+            | rustls::Error::NoCertificatesPresented
+            | rustls::Error::InvalidCertRevocationList(_)
+    )
 }
 
 fn describe_transport(e: &reqwest::Error) -> String {
@@ -565,6 +583,35 @@ pub(crate) fn is_plain_http(url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A transport error as reqwest chains it: a wrapper whose source is
+    /// an `io::Error` holding the TLS library's error.
+    #[derive(Debug, thiserror::Error)]
+    #[error("error sending request")]
+    struct Wrapped(#[source] std::io::Error);
+
+    fn chained(tls: rustls::Error) -> Wrapped {
+        Wrapped(std::io::Error::new(std::io::ErrorKind::InvalidData, tls))
+    }
+
+    #[test]
+    fn an_untrusted_certificate_is_told_by_its_type_not_its_wording() {
+        let untrusted = chained(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ));
+        assert_eq!(
+            certificate_problem(&untrusted).as_deref(),
+            Some("invalid peer certificate: UnknownIssuer")
+        );
+        // Wording about certificates in another failure is not a refused
+        // certificate: that one is retried and reported as unreachable.
+        let other = chained(rustls::Error::General(
+            "the certificate store is busy".into(),
+        ));
+        assert_eq!(certificate_problem(&other), None);
+        let plain = Wrapped(std::io::Error::other("certificate"));
+        assert_eq!(certificate_problem(&plain), None);
+    }
 
     #[test]
     fn scrubs_every_form_of_each_secret_before_cutting() {

@@ -37,6 +37,26 @@ pub enum Fault {
     CloseConnection,
     /// Apply the change, then answer this error status.
     StatusAfterApplying(u16),
+    /// Run this (a test's own action, e.g. replacing a file the client is
+    /// reading), then handle the request normally: something happens at a
+    /// known step of the client's run, not after a guessed delay.
+    Run(Hook),
+}
+
+/// An action a [`Fault::Run`] performs while the request waits.
+#[derive(Clone)]
+pub struct Hook(pub Arc<dyn Fn() + Send + Sync>);
+
+impl Hook {
+    pub fn new(f: impl Fn() + Send + Sync + 'static) -> Hook {
+        Hook(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
+    }
 }
 
 /// One request as the stub saw it; the password is never recorded.
@@ -185,6 +205,7 @@ fn handle(mut req: Request, state: &Mutex<State>) {
         }
         Some(Fault::Delay(d)) => std::thread::sleep(d),
         Some(Fault::StatusAfterApplying(s)) => after = Some(s),
+        Some(Fault::Run(hook)) => (hook.0)(),
         None => {}
     }
     let mut st = crate::sync::lock(state);

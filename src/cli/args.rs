@@ -352,6 +352,9 @@ pub(crate) struct LsArgs {
     /// List subdirectories too
     #[arg(short = 'R', long)]
     pub(crate) recursive: bool,
+    /// Show the names of each file's extended attributes (security.capability, security.selinux, user.*, ...)
+    #[arg(long)]
+    pub(crate) xattrs: bool,
     #[command(flatten)]
     pub(crate) image_args: ImageArgs,
     /// Print the listing as JSON (schema imprint.ls/1)

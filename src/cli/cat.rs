@@ -11,6 +11,7 @@ use crate::image::{self, EntryType, ImageError, ImageReader};
 use crate::plan::ImagePath;
 
 use super::args::CatArgs;
+use super::quote::escape;
 
 /// As the kernel's limit on symlinks followed in one lookup.
 const MAX_LINKS: usize = 40;
@@ -38,7 +39,11 @@ pub(crate) fn run(args: CatArgs) -> Result<ExitCode> {
                     path = next;
                     continue;
                 }
-                None => bail!("{} has no {path}", args.image.display()),
+                None => bail!(
+                    "{} has no {}",
+                    args.image.display(),
+                    escape(&path.to_string())
+                ),
             }
         };
         match (meta.kind, meta.target.as_deref()) {
@@ -51,16 +56,26 @@ pub(crate) fn run(args: CatArgs) -> Result<ExitCode> {
             }
             (EntryType::Symlink, Some(target)) => match path.follow(target) {
                 Some(next) => path = next,
-                None => bail!("{path} is a symlink to the image's root directory"),
+                None => bail!(
+                    "{} is a symlink to the image's root directory",
+                    escape(&path.to_string())
+                ),
             },
-            (EntryType::Dir, _) => bail!("{path} is a directory; `imprint ls` lists it"),
-            _ => bail!("{path} is not a regular file in {}", args.image.display()),
+            (EntryType::Dir, _) => bail!(
+                "{} is a directory; `imprint ls` lists it",
+                escape(&path.to_string())
+            ),
+            _ => bail!(
+                "{} is not a regular file in {}",
+                escape(&path.to_string()),
+                args.image.display()
+            ),
         }
     }
     bail!(
         "{} has more than {MAX_LINKS} symlinks in a row at {}; it loops",
         args.image.display(),
-        args.path
+        escape(&args.path)
     )
 }
 
@@ -86,9 +101,12 @@ pub(super) fn through_parent_link(
         let Some(target) = link else {
             continue;
         };
-        let Some(base) = prefix.follow(target) else {
-            return Ok(None);
-        };
+        // A link to the root (`/etc/rootlink -> /`) leads to the rest of
+        // the path from the root.
+        let base = prefix
+            .follow(target)
+            .map(|b| b.to_string())
+            .unwrap_or_default();
         let rest = parts[depth..].join("/");
         return Ok(ImagePath::parse(&format!("{base}/{rest}")));
     }

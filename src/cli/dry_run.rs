@@ -56,7 +56,7 @@ pub(crate) fn run(
         return Ok(ExitCode::SUCCESS);
     }
     for device in &planned {
-        print_device(device);
+        print_device(device)?;
     }
     if !args.quiet {
         eprintln!("imprint: dry run: nothing was written and no API was called");
@@ -74,7 +74,7 @@ fn output_for(input: &Path, output: &Path, serial: &Serial, as_dir: bool) -> Pat
     output.join(format!("{serial}-{name}"))
 }
 
-fn print_device(device: &PlannedDevice) {
+fn print_device(device: &PlannedDevice) -> std::io::Result<()> {
     for image in &device.images {
         let to = match &image.output {
             Some(out) => format!(" -> {}", out.display()),
@@ -85,7 +85,7 @@ fn print_device(device: &PlannedDevice) {
             .as_ref()
             .map(|p| format!(", {p}"))
             .unwrap_or_default();
-        println!(
+        outln!(
             "{} ({}): {}, {}{partition}{to}",
             device.serial,
             device.email,
@@ -105,7 +105,7 @@ fn print_device(device: &PlannedDevice) {
                 .as_ref()
                 .map(|t| format!(" -> {t}"))
                 .unwrap_or_default();
-            println!(
+            outln!(
                 "  {:<8} {:<8} {mode:<5} {owner:<11} {size:>12}  {}{target}",
                 e.action.name(),
                 e.kind,
@@ -113,4 +113,5 @@ fn print_device(device: &PlannedDevice) {
             );
         }
     }
+    Ok(())
 }

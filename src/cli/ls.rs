@@ -7,83 +7,156 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::image::{self, EntryType, Listed};
+use super::quote::escape;
+use crate::image::{self, EntryType, ImageError, ImageReader, Listed};
+use crate::plan::model::Special;
 use crate::plan::ImagePath;
 
 use super::args::LsArgs;
 
 pub(crate) fn run(args: LsArgs) -> Result<ExitCode> {
-    let path = image_path(args.path.as_deref())?;
     let options = args.image_args.one_partition("ls")?;
     let mut reader = image::open_reader(&args.image, &options)?;
-    let mut path = path;
-    let mut listed = reader.list(path.as_ref(), args.recursive)?;
+    let mut path = image_path(args.path.as_deref())?;
+    let mut printer = Printer {
+        out: std::io::BufWriter::new(std::io::stdout().lock()),
+        json: args.json,
+        xattrs: args.xattrs,
+        started: false,
+        listed_dir: String::new(),
+    };
+    match list(&args, reader.as_mut(), &mut path, &mut printer) {
+        // `imprint ls IMG | head` is the reader's choice.
+        Err(e) if is_broken_pipe(&e) => Ok(ExitCode::SUCCESS),
+        other => other,
+    }
+}
+
+/// Whether `e` is a write to a reader that has gone.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        let io = match c.downcast_ref::<ImageError>() {
+            Some(ImageError::Output(io)) => Some(io),
+            _ => c.downcast_ref::<std::io::Error>(),
+        };
+        io.is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Streams the listing: each entry is printed as the image yields it, so
+/// memory does not grow with the number of entries.
+fn list(
+    args: &LsArgs,
+    reader: &mut dyn ImageReader,
+    path: &mut Option<ImagePath>,
+    printer: &mut Printer<impl Write>,
+) -> Result<ExitCode> {
     // A directory on the way may be a symlink (`/lib` -> `usr/lib`).
-    for _ in 0..40 {
-        let Some(p) = path.as_ref().filter(|_| listed.is_none()) else {
-            break;
-        };
-        let Some(next) = super::cat::through_parent_link(reader.as_mut(), p)? else {
-            break;
-        };
-        listed = reader.list(Some(&next), args.recursive)?;
-        path = Some(next);
-    }
-    let Some(entries) = listed else {
-        bail!(
-            "{} has nothing at {}",
-            args.image.display(),
-            args.path.as_deref().unwrap_or("/")
-        );
-    };
-    // Names are shown relative to the directory listed, as ls does.
-    let listed_dir = path.as_ref().map(ImagePath::relative).unwrap_or_default();
-    let single = entries.len() == 1 && entries[0].path == listed_dir;
-    let shown = |l: &Listed| -> String {
-        if single {
-            return format!("/{}", l.path);
-        }
-        match l.path.strip_prefix(&listed_dir) {
-            Some(rest) if !listed_dir.is_empty() => rest.trim_start_matches('/').to_string(),
-            _ => l.path.clone(),
-        }
-    };
-    if args.json {
-        super::print_json(&LsDocument {
-            entries: entries.iter().map(EntryDocument::new).collect(),
-            image: args.image.display().to_string(),
-            path: path.map_or("/".to_string(), |p| p.to_string()),
-            schema: "imprint.ls/1",
+    let mut hops = 0;
+    loop {
+        // Names are shown relative to the directory listed, as ls does.
+        printer.listed_dir = path.as_ref().map(ImagePath::relative).unwrap_or_default();
+        let found = reader.list_each(path.as_ref(), args.recursive, &mut |l| {
+            printer.entry(l).map_err(ImageError::Output)
         })?;
-        return Ok(ExitCode::SUCCESS);
+        if found {
+            break;
+        }
+        let next = match path.as_ref() {
+            Some(p) if hops < 40 => super::cat::through_parent_link(reader, p)?,
+            _ => None,
+        };
+        let Some(next) = next else {
+            bail!(
+                "{} has nothing at {}",
+                args.image.display(),
+                super::quote::escape(args.path.as_deref().unwrap_or("/"))
+            );
+        };
+        *path = Some(next);
+        hops += 1;
     }
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let width = entries
-        .iter()
-        .map(|l| l.meta.size.to_string().len())
-        .max()
-        .unwrap_or(1);
-    for l in &entries {
+    let resolved = path.as_ref().map_or("/".to_string(), |p| p.to_string());
+    printer.finish(&args.image.display().to_string(), &resolved)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints entries as they come: lines like `ls -l`, or the
+/// `imprint.ls/1` document with one entry a line.
+struct Printer<W: Write> {
+    out: W,
+    json: bool,
+    xattrs: bool,
+    /// Whether the JSON document's head is out.
+    started: bool,
+    listed_dir: String,
+}
+
+impl<W: Write> Printer<W> {
+    fn entry(&mut self, l: &Listed) -> std::io::Result<()> {
+        if self.json {
+            let doc = serde_json::to_string(&EntryDocument::new(l, self.xattrs))?;
+            let sep = if self.started {
+                ","
+            } else {
+                "{\n  \"entries\": ["
+            };
+            self.started = true;
+            return write!(self.out, "{sep}\n    {doc}");
+        }
         let m = &l.meta;
-        let mut line = format!(
-            "{} {}:{} {:>width$} {} {}",
+        let shown = if l.path == self.listed_dir {
+            format!("/{}", l.path)
+        } else {
+            match l.path.strip_prefix(&self.listed_dir) {
+                Some(rest) if !self.listed_dir.is_empty() => {
+                    rest.trim_start_matches('/').to_string()
+                }
+                _ => l.path.clone(),
+            }
+        };
+        write!(
+            self.out,
+            "{} {}:{} {:>9} {} {}",
             mode_string(l),
             m.uid,
             m.gid,
             m.size,
             date(m.mtime),
-            shown(l)
-        );
+            escape(&shown)
+        )?;
         if let Some(target) = &m.target {
-            line.push_str(&format!(" -> {target}"));
+            write!(self.out, " -> {}", escape(target))?;
         }
         if let Some(link) = &l.hard_link {
-            line.push_str(&format!(" link to /{link}"));
+            write!(self.out, " link to /{}", escape(link))?;
         }
-        writeln!(out, "{line}")?;
+        writeln!(self.out)?;
+        if self.xattrs {
+            for name in &m.xattrs {
+                writeln!(self.out, "    xattr {}", escape(name))?;
+            }
+        }
+        Ok(())
     }
-    out.flush()?;
-    Ok(ExitCode::SUCCESS)
+
+    fn finish(&mut self, image: &str, path: &str) -> std::io::Result<()> {
+        if self.json {
+            if self.started {
+                write!(self.out, "\n  ],")?;
+            } else {
+                write!(self.out, "{{\n  \"entries\": [],")?;
+            }
+            let text = |s: &str| serde_json::to_string(s).expect("a string serialises");
+            writeln!(
+                self.out,
+                "\n  \"image\": {},\n  \"path\": {},\n  \"schema\": \"imprint.ls/1\"\n}}",
+                text(image),
+                text(path)
+            )?;
+        }
+        self.out.flush()
+    }
 }
 
 /// `None` for the root.
@@ -105,7 +178,7 @@ fn mode_string(l: &Listed) -> String {
         (EntryType::Regular, _) => '-',
         (EntryType::Dir, _) => 'd',
         (EntryType::Symlink, _) => 'l',
-        (EntryType::Other, _) => '?',
+        (EntryType::Other, _) => m.special.map_or('?', Special::letter),
     };
     let mut s = String::from(kind);
     for (shift, special, lower, upper) in [
@@ -147,15 +220,8 @@ fn date(mtime: i64) -> String {
     )
 }
 
-/// `imprint ls --json` (fields in alphabetical order, as the other documents).
-#[derive(Serialize)]
-struct LsDocument {
-    entries: Vec<EntryDocument>,
-    image: String,
-    path: String,
-    schema: &'static str,
-}
-
+/// One entry of `imprint ls --json` (`imprint.ls/1`; fields in
+/// alphabetical order, as the other documents).
 #[derive(Serialize)]
 struct EntryDocument {
     gid: u32,
@@ -170,10 +236,13 @@ struct EntryDocument {
     #[serde(rename = "type")]
     kind: &'static str,
     uid: u32,
+    /// With `--xattrs`: the names of the file's extended attributes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    xattrs: Option<Vec<String>>,
 }
 
 impl EntryDocument {
-    fn new(l: &Listed) -> Self {
+    fn new(l: &Listed, xattrs: bool) -> Self {
         EntryDocument {
             gid: l.meta.gid,
             hard_link: l.hard_link.as_ref().map(|p| format!("/{p}")),
@@ -187,9 +256,10 @@ impl EntryDocument {
                 (EntryType::Regular, _) => "file",
                 (EntryType::Dir, _) => "dir",
                 (EntryType::Symlink, _) => "symlink",
-                (EntryType::Other, _) => "other",
+                (EntryType::Other, _) => l.meta.special.map_or("other", Special::word),
             },
             uid: l.meta.uid,
+            xattrs: xattrs.then(|| l.meta.xattrs.clone()),
         }
     }
 }

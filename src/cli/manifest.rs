@@ -30,7 +30,7 @@ pub(crate) fn run(command: ManifestCommand) -> Result<ExitCode> {
         ManifestCommand::Merge(args) => {
             let merged = manifest::merge(&args.parts)?;
             merged.write(&args.output, None)?;
-            println!(
+            outln!(
                 "{} images from {} manifests; wrote {}",
                 merged.images.len(),
                 args.parts.len(),

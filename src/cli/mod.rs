@@ -2,6 +2,15 @@
 //! is the library's; each subcommand here turns flags into a request and
 //! the library's report into output for a person or a script.
 
+/// `println!` that ends quietly when the reader has gone (`imprint verify
+/// IMG | head -1`): the work goes on and the exit code stays the work's;
+/// any other write error is returned.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_line(format_args!($($arg)*))?
+    };
+}
+
 pub(crate) mod args;
 pub(crate) mod cat;
 #[cfg(feature = "demo")]
@@ -13,6 +22,7 @@ pub(crate) mod manifest;
 pub(crate) mod manpages;
 pub(crate) mod panic;
 pub(crate) mod provision;
+mod quote;
 mod report;
 mod stdin;
 mod token;
@@ -108,10 +118,21 @@ fn show_progress(wanted: bool) {
     progress::enable(wanted && std::io::stderr().is_terminal(), delay);
 }
 
-/// Prints one `--json` document on stdout.
+/// Prints one `--json` document on stdout (nothing more once the reader
+/// has gone).
 fn print_json(document: &impl Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(document)?);
+    outln!("{}", serde_json::to_string_pretty(document)?);
     Ok(())
+}
+
+/// One line on stdout; a closed pipe is not an error (see `outln!`).
+pub(crate) fn write_line(args: std::fmt::Arguments) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
+    }
 }
 
 /// The error and its causes on one line (each error says its own part

@@ -206,7 +206,7 @@ fn run_single(request: Request, quiet: bool, json: bool) -> Result<ExitCode> {
     for out in &report.outputs {
         let owner = format!("{}:{}", out.owner.uid, out.owner.gid);
         match &out.emitted {
-            Some(image) => println!(
+            Some(image) => outln!(
                 "{}: wrote {} ({} bytes, sha256 {}), {}mode 0600",
                 report.serial,
                 image.path.display(),
@@ -216,7 +216,7 @@ fn run_single(request: Request, quiet: bool, json: bool) -> Result<ExitCode> {
             ),
             None => {
                 for f in &out.staged {
-                    println!("{}: wrote {} (owner {owner})", report.serial, f.display());
+                    outln!("{}: wrote {} (owner {owner})", report.serial, f.display());
                 }
             }
         }
@@ -283,10 +283,10 @@ fn run_batch(req: BatchRequest, quiet: bool, json: bool) -> Result<ExitCode> {
     }
     for (serial, outcome) in &report.outcomes {
         match outcome {
-            Outcome::Written => println!("{serial}: written"),
-            Outcome::Rebuilt => println!("{serial}: rebuilt from the new base, password kept"),
-            Outcome::Skipped => println!("{serial}: skipped (already built and verified)"),
-            Outcome::Failed(why) => println!("{serial}: FAILED: {why}"),
+            Outcome::Written => outln!("{serial}: written"),
+            Outcome::Rebuilt => outln!("{serial}: rebuilt from the new base, password kept"),
+            Outcome::Skipped => outln!("{serial}: skipped (already built and verified)"),
+            Outcome::Failed(why) => outln!("{serial}: FAILED: {why}"),
         }
     }
     let skipped = report
@@ -302,7 +302,7 @@ fn run_batch(req: BatchRequest, quiet: bool, json: bool) -> Result<ExitCode> {
             format!("; {name}: {}", PartitionId::list(parts))
         })
         .collect();
-    println!(
+    outln!(
         "{} of {total} written, {skipped} skipped, {failed} failed; manifest {}{stamped}",
         total - failed - skipped,
         report.manifest_path.display()

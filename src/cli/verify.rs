@@ -46,7 +46,7 @@ pub(crate) fn run(args: VerifyArgs) -> Result<ExitCode> {
         super::print_json(&VerifyDocument::new(&report))?;
     } else {
         for c in &report.checks {
-            println!("{c}");
+            outln!("{c}");
         }
         let failed = report.failed_partitions();
         let verdict = match (report.passed(), &report.partitions[..], &failed[..]) {
@@ -55,7 +55,7 @@ pub(crate) fn run(args: VerifyArgs) -> Result<ExitCode> {
             (false, _, []) => "verification FAILED".to_string(),
             (false, _, failed) => format!("verification FAILED: {}", PartitionId::list(failed)),
         };
-        println!("{}: {verdict}", args.image.display());
+        outln!("{}: {verdict}", args.image.display());
     }
     Ok(exit_code(report.passed()))
 }
@@ -105,14 +105,14 @@ fn run_clean(args: &VerifyArgs) -> Result<ExitCode> {
         super::print_json(&CleanDocument::new(&report))?;
     } else {
         for c in report.checks() {
-            println!("{c}");
+            outln!("{c}");
         }
         let image = args.image.display();
         if report.passed() {
-            println!("{image}: clean, no device credentials in it");
+            outln!("{image}: clean, no device credentials in it");
         } else {
             let found: Vec<&str> = report.found.iter().map(|f| f.path.as_str()).collect();
-            println!(
+            outln!(
                 "{image}: NOT CLEAN: {} holds a device's credentials; every image or OTA payload built from this base would carry them. Use the pristine base, or remove the file from the staging tree, and check again",
                 found.join(", ")
             );

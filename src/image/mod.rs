@@ -25,12 +25,12 @@ use thiserror::Error;
 
 pub use crate::io::bmap::BmapError;
 use crate::io::output::TempOutput;
-pub use crate::plan::model::{EntryType, FileMeta};
+pub use crate::plan::model::{EntryType, FileMeta, Special};
 use crate::plan::{ImagePath, OverlayError, Plan};
 pub use detect::ImageKind;
 pub(crate) use detect::{detect, Content};
 pub use dir::DirError;
-pub use disk::{DiskError, PartitionChoice};
+pub use disk::{DiskError, GptCopy, PartitionChoice, TablePart, TableProblem};
 pub use ext4::{use_library, Ext4Error};
 pub(crate) use luks::build::LuksBuild;
 pub use luks::{LuksError, LuksKey};
@@ -185,6 +185,27 @@ pub trait Inspect {
         path: Option<&ImagePath>,
         recursive: bool,
     ) -> Result<Option<Vec<Listed>>, ImageError>;
+
+    /// As [`Inspect::list`], handing each entry to `visit` as it is found
+    /// rather than holding them all (`imprint ls` of an archive of a
+    /// million names): in the image's own order (an archive's entries as
+    /// `tar -tv` lists them, a path stored twice twice). Returns whether
+    /// anything is at `path`; `visit`'s error ends the walk and is
+    /// returned.
+    fn list_each(
+        &mut self,
+        path: Option<&ImagePath>,
+        recursive: bool,
+        visit: &mut dyn FnMut(&Listed) -> Result<(), ImageError>,
+    ) -> Result<bool, ImageError> {
+        let Some(found) = self.list(path, recursive)? else {
+            return Ok(false);
+        };
+        for l in &found {
+            visit(l)?;
+        }
+        Ok(true)
+    }
 
     /// Copies the content of the regular file at `path` to `out` as it is
     /// read (never the whole file in memory) and returns its metadata.

@@ -4,6 +4,7 @@
 
 pub mod bmap;
 pub mod output;
+pub(crate) mod pin;
 pub(crate) mod prefix;
 pub mod progress;
 pub mod read_at;

@@ -22,6 +22,7 @@ use crate::identity::{IdentityError, Password, PasswordPolicy, Serial};
 use crate::image::disk::PartitionId;
 use crate::image::{ImageError, ImageOptions};
 use crate::io::output;
+use crate::io::pin::InputPin;
 use crate::owner::OwnerSpec;
 pub use crate::pipeline::manifest::{Manifest, ManifestEntry, ManifestError, ManifestInput};
 use crate::pipeline::{
@@ -313,6 +314,7 @@ pub fn run(req: BatchRequest, say: &(dyn Fn(&str) + Sync)) -> Result<BatchReport
         manifest_path,
         outcomes: Mutex::new(Vec::new()),
         say,
+        stopped: Mutex::new(None),
     };
     // Written before any image gets its final name: the manifest then
     // always names the base of the last run that wrote into the directory,
@@ -360,27 +362,31 @@ fn prepare_output_dir(req: &BatchRequest, say: &dyn Fn(&str)) -> Result<(), Batc
 
 /// Opens and scans every base once, and takes their digests for the
 /// manifest on other cores meanwhile (without progress: the scans report).
+/// Each base is pinned first ([`InputPin`]): the digest reads the pinned
+/// descriptor, and the pin is checked after the scan and after the digest,
+/// so the manifest's digest is of the very file the scan read.
 fn open_inputs(
     req: &BatchRequest,
     say: &dyn Fn(&str),
 ) -> Result<(Vec<Opened>, Vec<ManifestInput>), BatchError> {
-    let digests: Vec<_> = req
+    let pins = req
         .inputs
         .iter()
-        .cloned()
-        .map(digest_in_background)
-        .collect();
+        .map(|input| pipeline::pin_input(input).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    let digests: Vec<_> = pins.iter().cloned().map(digest_in_background).collect();
     let mut opened = Vec::with_capacity(req.inputs.len());
-    for input in &req.inputs {
-        opened.push(Opened::open(
+    for (input, pin) in req.inputs.iter().zip(&pins) {
+        opened.push(Opened::open_pinned(
             Source::Image(input.clone()),
+            Some(Arc::clone(pin)),
             req.settings.clone(),
             &req.output_dir,
             &mut |line| say(line),
         )?);
     }
     let mut inputs = Vec::with_capacity(req.inputs.len());
-    for (input, digest) in req.inputs.iter().zip(digests) {
+    for ((input, digest), pin) in req.inputs.iter().zip(digests).zip(&pins) {
         let sha256 = digest
             .join()
             .unwrap_or_else(|_| Err(std::io::Error::other("the hashing thread panicked")))
@@ -388,6 +394,7 @@ fn open_inputs(
                 path: input.clone(),
                 source,
             })?;
+        pipeline::check_pin(Some(pin))?;
         inputs.push(ManifestInput {
             name: file_name(input),
             sha256,
@@ -408,6 +415,9 @@ struct Run<'a> {
     manifest_path: PathBuf,
     outcomes: Mutex<Vec<(String, Outcome)>>,
     say: &'a (dyn Fn(&str) + Sync),
+    /// Set when a base changed under the batch: every later serial is
+    /// failed without being written (its image would mix two bases).
+    stopped: Mutex<Option<String>>,
 }
 
 /// What a serial's earlier outputs mean for this run.
@@ -493,6 +503,10 @@ impl Run<'_> {
         opened: &mut [Opened],
         send: &SyncSender<(Prepared, bool)>,
     ) {
+        if let Some(why) = lock(&self.stopped).clone() {
+            self.record(serial.as_str(), Outcome::Failed(why));
+            return;
+        }
         let req = self.req;
         let out_paths: Vec<PathBuf> = req
             .inputs
@@ -539,6 +553,16 @@ impl Run<'_> {
             Err(e) => {
                 let line = crate::error_chain(&e);
                 (self.say)(&format!("{serial}: failed: {line}"));
+                if let ProvisionError::InputChanged { path, .. } = &e {
+                    // Images already handed on were checked against the
+                    // base after they were written: they stand.
+                    let why = format!(
+                        "not written: the batch stopped when {} changed",
+                        path.display()
+                    );
+                    (self.say)(&format!("stopping: {why}"));
+                    *lock(&self.stopped) = Some(why);
+                }
                 self.record(serial.as_str(), Outcome::Failed(line));
             }
         }
@@ -673,14 +697,9 @@ fn file_name(path: &Path) -> String {
         .into_owned()
 }
 
-/// The SHA-256 of a file, computed on another thread.
-fn digest_in_background(path: PathBuf) -> std::thread::JoinHandle<std::io::Result<String>> {
-    std::thread::spawn(move || {
-        use sha2::Digest;
-        let mut hasher = sha2::Sha256::new();
-        std::io::copy(&mut std::fs::File::open(&path)?, &mut hasher)?;
-        Ok(hex::encode(hasher.finalize()))
-    })
+/// The SHA-256 of a pinned input, computed on another thread.
+fn digest_in_background(pin: Arc<InputPin>) -> std::thread::JoinHandle<std::io::Result<String>> {
+    std::thread::spawn(move || pin.sha256())
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub(crate) mod manifest;
 mod previous;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -30,6 +31,7 @@ use crate::image::disk::PartitionId;
 use crate::image::{self, ImageBackend, ImageError, ImageFacts, ImageKind, ImageOptions};
 pub use crate::io::output::Emitted;
 use crate::io::output::{self, TempOutput};
+use crate::io::pin::InputPin;
 use crate::owner::{Owner, OwnerSpec, UserDb};
 use crate::plan::{DeviceVars, ExtraVars, ImagePath, OverlayError, OverlaySpec, Plan};
 
@@ -74,6 +76,8 @@ pub enum ProvisionError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{path} changed while imprint was using it ({what}); nothing made from it after the change was kept or provisioned. Let whatever replaces it finish, then run again")]
+    InputChanged { path: PathBuf, what: String },
     #[error("cannot finish the output {path}")]
     Commit {
         path: PathBuf,
@@ -186,6 +190,10 @@ enum Target {
 /// An input opened and scanned once, ready to be written for any number of
 /// devices.
 pub(crate) struct Opened {
+    /// The input image held open since before anything read it, checked
+    /// after the scan and around each output's write (`None`: a staging
+    /// tree, read through its own handles).
+    pin: Option<Arc<InputPin>>,
     /// What every device written from this input should hear of.
     warnings: Vec<String>,
     kind: InputKind,
@@ -203,6 +211,23 @@ impl Opened {
     /// is where large scratch files may go (the output's directory).
     pub fn open(
         source: Source,
+        settings: Settings,
+        scratch_dir: &Path,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<Opened, ProvisionError> {
+        let pin = match &source {
+            Source::Image(input) => Some(Arc::new(pin_input(input)?)),
+            Source::StagingDir(_) => None,
+        };
+        Opened::open_pinned(source, pin, settings, scratch_dir, say)
+    }
+
+    /// [`Opened::open`] with the image input already pinned (`pin` is
+    /// `Some` exactly for [`Source::Image`]): a batch pins its bases first
+    /// and digests them through the pin while they are scanned.
+    pub fn open_pinned(
+        source: Source,
+        pin: Option<Arc<InputPin>>,
         settings: Settings,
         scratch_dir: &Path,
         say: &mut dyn FnMut(&str),
@@ -225,6 +250,8 @@ impl Opened {
             Target::Image(backend) => (backend.facts()?, backend.partitions()),
             Target::Staging(dir) => (vec![dir.facts()?], Vec::new()),
         };
+        // The scan (or the scan cache's lookup) read the pinned file.
+        check_pin(pin.as_deref())?;
         if !partitions.is_empty() {
             say(&format!("stamping {}", PartitionId::list(&partitions)));
         }
@@ -236,6 +263,7 @@ impl Opened {
             .collect();
         warnings.dedup();
         Ok(Opened {
+            pin,
             warnings,
             kind,
             target,
@@ -277,6 +305,7 @@ impl Opened {
         let pending = match &mut self.target {
             Target::Image(backend) => {
                 let output = output.ok_or(ProvisionError::NoOutput)?;
+                check_pin(self.pin.as_deref())?;
                 let dir = output.parent().unwrap_or(Path::new(".")).to_path_buf();
                 let mut temp = TempOutput::create(output)
                     .map_err(|source| ProvisionError::CreateOutput { dir, source })?;
@@ -289,6 +318,11 @@ impl Opened {
                     },
                     other => other.into(),
                 })?;
+                // Every byte this output took from the input came from the
+                // file scanned, as it was: else the temp file is dropped
+                // (removed) here, before any account call, final name,
+                // sidecar or manifest line.
+                check_pin(self.pin.as_deref())?;
                 Pending::Image(Box::new(temp))
             }
             Target::Staging(dir) => Pending::Staged(dir.stage(crate::image::single(&plans))?),
@@ -624,6 +658,27 @@ pub fn run(req: Request, say: &mut dyn FnMut(&str)) -> Result<Report, ProvisionE
         opened.write(&mut prepared, output.as_deref(), say)?;
     }
     prepared.commit(client.as_ref(), say)
+}
+
+/// Opens an image input once, before anything else reads it.
+pub(crate) fn pin_input(input: &Path) -> Result<InputPin, ProvisionError> {
+    InputPin::open(input).map_err(|source| {
+        ProvisionError::Image(ImageError::Open {
+            path: input.to_path_buf(),
+            source,
+        })
+    })
+}
+
+/// Fails when the pinned input is no longer the file it was.
+pub(crate) fn check_pin(pin: Option<&InputPin>) -> Result<(), ProvisionError> {
+    match pin.map(InputPin::check) {
+        Some(Err(changed)) => Err(ProvisionError::InputChanged {
+            path: pin.map(|p| p.path().to_path_buf()).unwrap_or_default(),
+            what: changed.to_string(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// With `--no-rotate`, the password an earlier output of this device

@@ -38,6 +38,41 @@ pub struct FileMeta {
     /// any pax records), which GNU tar running as root maps through the
     /// extracting host's user database. `None` where the format has none.
     pub names: Option<(String, String)>,
+    /// What an [`EntryType::Other`] is, where the format says.
+    pub special: Option<Special>,
+}
+
+/// The kinds of [`EntryType::Other`] a filesystem or archive names, as
+/// `ls -l` shows them (`p`, `s`, `c`, `b`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Special {
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+impl Special {
+    /// The type letter of `ls -l`.
+    pub fn letter(self) -> char {
+        match self {
+            Special::Fifo => 'p',
+            Special::Socket => 's',
+            Special::CharDevice => 'c',
+            Special::BlockDevice => 'b',
+        }
+    }
+
+    /// The word `imprint ls --json` uses.
+    pub fn word(self) -> &'static str {
+        match self {
+            Special::Fifo => "fifo",
+            Special::Socket => "socket",
+            Special::CharDevice => "chardev",
+            Special::BlockDevice => "blockdev",
+        }
+    }
 }
 
 /// What a path in the image is, as far as [`crate::plan::Plan::check_existing`] cares,

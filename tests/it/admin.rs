@@ -250,6 +250,10 @@ fn tls_checks_cannot_be_turned_off() {
         .provision(EMAIL, &password())
         .unwrap_err();
     let text = format!("{untrusted:#}").to_lowercase();
+    assert!(
+        matches!(untrusted, AdminError::Untrusted { .. }),
+        "not reported as an untrusted certificate: {text}"
+    );
     cfg.ca_cert = Some(ca.clone());
     let trusted = AdminClient::new(cfg).unwrap().provision(EMAIL, &password());
     let _ = server.kill();

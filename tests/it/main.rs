@@ -11,6 +11,7 @@ mod require;
 
 mod admin;
 mod bad_input;
+mod base_swap;
 mod batch;
 mod cache;
 mod cli_output;
@@ -29,6 +30,7 @@ mod manpages;
 mod overlays;
 mod packaging;
 mod realworld_ext4;
+mod realworld_round3;
 mod realworld_tar;
 mod recipes;
 mod sparse_images;

@@ -29,6 +29,7 @@ pub(super) struct Stat {
     pub mtime: i64,
     pub size: u64,
     pub links: u32,
+    pub special: Option<crate::plan::model::Special>,
 }
 
 impl Stat {
@@ -42,7 +43,16 @@ impl Stat {
             FileType::RegularFile => EntryType::Regular,
             _ => EntryType::Other,
         };
+        use crate::plan::model::Special;
+        let special = match FileType::from_raw_mode(st.st_mode as _) {
+            FileType::Fifo => Some(Special::Fifo),
+            FileType::Socket => Some(Special::Socket),
+            FileType::CharacterDevice => Some(Special::CharDevice),
+            FileType::BlockDevice => Some(Special::BlockDevice),
+            _ => None,
+        };
         Stat {
+            special,
             kind,
             mode: (st.st_mode as u32) & 0o7777,
             uid: st.st_uid as u32,

@@ -23,6 +23,7 @@ pub(super) fn meta_of(st: &Stat, target: Option<String>) -> FileMeta {
         size: st.size,
         links: st.links,
         target,
+        special: st.special,
         ..Default::default()
     }
 }

@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
+use super::problem::{GptCopy, TablePart, TableProblem};
 use super::{DiskError, Partition, Scheme};
 
 const SIGNATURE: &[u8; 8] = b"EFI PART";
@@ -59,22 +60,22 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-fn parse_header(block: &[u8], lba: u64, which: &str) -> Result<Header, DiskError> {
-    let bad = |why: String| DiskError::Corrupt {
-        what: format!("the {which} GPT header"),
+fn parse_header(block: &[u8], lba: u64, which: GptCopy) -> Result<Header, DiskError> {
+    let bad = |why: TableProblem| DiskError::Corrupt {
+        part: TablePart::GptHeader(which),
         why,
     };
     if &block[..8] != SIGNATURE {
-        return Err(bad("its signature is missing".into()));
+        return Err(bad(TableProblem::NoSignature));
     }
     let size = u32_at(block, 12) as usize;
     if size < MIN_HEADER || size > block.len() {
-        return Err(bad(format!("its size {size} is impossible")));
+        return Err(bad(TableProblem::HeaderSize(size)));
     }
     let mut copy = block[..size].to_vec();
     copy[16..20].fill(0);
     if crc32fast::hash(&copy) != u32_at(block, 16) {
-        return Err(bad("its CRC32 does not match".into()));
+        return Err(bad(TableProblem::Crc32));
     }
     let header = Header {
         current_lba: u64_at(block, 24),
@@ -85,16 +86,16 @@ fn parse_header(block: &[u8], lba: u64, which: &str) -> Result<Header, DiskError
         entries_crc: u32_at(block, 88),
     };
     if header.current_lba != lba {
-        return Err(bad(format!(
-            "it says it is at LBA {} but was read at LBA {lba}",
-            header.current_lba
-        )));
+        return Err(bad(TableProblem::Misplaced {
+            claimed: header.current_lba,
+            read_at: lba,
+        }));
     }
     if header.entry_size < 128 || header.entry_size % 8 != 0 || header.entry_count > MAX_ENTRIES {
-        return Err(bad(format!(
-            "{} entries of {} bytes is not a valid entry array",
-            header.entry_count, header.entry_size
-        )));
+        return Err(bad(TableProblem::EntryArray {
+            count: header.entry_count,
+            size: header.entry_size,
+        }));
     }
     Ok(header)
 }
@@ -103,21 +104,21 @@ fn read_entries(
     file: &File,
     header: &Header,
     sector: u64,
-    which: &str,
+    which: GptCopy,
 ) -> Result<Vec<u8>, DiskError> {
     let len = header.entry_count as usize * header.entry_size as usize;
     let offset = header
         .entries_lba
         .checked_mul(sector)
-        .ok_or_else(|| DiskError::Corrupt {
-            what: format!("the {which} GPT header"),
-            why: "its entry array lies beyond any disk".into(),
+        .ok_or(DiskError::Corrupt {
+            part: TablePart::GptHeader(which),
+            why: TableProblem::EntriesBeyondDisk,
         })?;
-    let entries = read(file, offset, len, &format!("the {which} GPT entry array"))?;
+    let entries = read(file, offset, len, &TablePart::GptEntries(which).to_string())?;
     if crc32fast::hash(&entries) != header.entries_crc {
         return Err(DiskError::Corrupt {
-            what: format!("the {which} GPT entry array"),
-            why: "its CRC32 does not match".into(),
+            part: TablePart::GptEntries(which),
+            why: TableProblem::Crc32,
         });
     }
     Ok(entries)
@@ -130,8 +131,8 @@ pub(super) fn partitions(
     sector: u64,
 ) -> Result<Vec<Partition>, DiskError> {
     let primary = read(file, sector, sector as usize, "the primary GPT header")?;
-    let header = parse_header(&primary, 1, "primary")?;
-    let entries = read_entries(file, &header, sector, "primary")?;
+    let header = parse_header(&primary, 1, GptCopy::Primary)?;
+    let entries = read_entries(file, &header, sector, GptCopy::Primary)?;
 
     // The backup must be where the primary says, valid, and describe the
     // same partitions: a disk whose two tables disagree is not one imprint
@@ -139,11 +140,11 @@ pub(super) fn partitions(
     let last_lba = disk_size / sector - 1;
     if header.backup_lba != last_lba {
         return Err(DiskError::Corrupt {
-            what: "the GPT".into(),
-            why: format!(
-                "the backup header should be at the last LBA {last_lba} but the primary says {} (was the image truncated or grown? `sgdisk -e` moves it)",
-                header.backup_lba
-            ),
+            part: TablePart::Gpt,
+            why: TableProblem::BackupMisplaced {
+                last_lba,
+                claimed: header.backup_lba,
+            },
         });
     }
     let backup_block = read(
@@ -152,12 +153,12 @@ pub(super) fn partitions(
         sector as usize,
         "the backup GPT header",
     )?;
-    let backup = parse_header(&backup_block, last_lba, "backup")?;
-    let backup_entries = read_entries(file, &backup, sector, "backup")?;
+    let backup = parse_header(&backup_block, last_lba, GptCopy::Backup)?;
+    let backup_entries = read_entries(file, &backup, sector, GptCopy::Backup)?;
     if backup_entries != entries {
         return Err(DiskError::Corrupt {
-            what: "the GPT".into(),
-            why: "the primary and backup entry arrays differ".into(),
+            part: TablePart::Gpt,
+            why: TableProblem::CopiesDiffer,
         });
     }
 
@@ -170,8 +171,8 @@ pub(super) fn partitions(
         let (first, last) = (u64_at(e, 32), u64_at(e, 40));
         if last < first || last > last_lba {
             return Err(DiskError::Corrupt {
-                what: format!("GPT partition {}", i + 1),
-                why: format!("it spans LBA {first}..={last}, outside the disk"),
+                part: TablePart::GptPartition(i as u32 + 1),
+                why: TableProblem::OutsideDisk { first, last },
             });
         }
         let name: Vec<u16> = e[56..128]
@@ -198,7 +199,7 @@ pub(super) fn partitions(
 /// [`partitions`] is what decides.)
 pub(super) fn starts_in_head(head: &[u8], sector: u64) -> Option<Vec<u64>> {
     let block = head.get(sector as usize..2 * sector as usize)?;
-    let header = parse_header(block, 1, "primary").ok()?;
+    let header = parse_header(block, 1, GptCopy::Primary).ok()?;
     let from = usize::try_from(header.entries_lba.checked_mul(sector)?).ok()?;
     let len = header.entry_count as usize * header.entry_size as usize;
     let entries = head.get(from..from.checked_add(len)?)?;
@@ -268,10 +269,19 @@ mod tests {
         block[84..88].copy_from_slice(&128u32.to_le_bytes());
         let crc = crc32fast::hash(&block[..92]);
         block[16..20].copy_from_slice(&crc.to_le_bytes());
-        assert!(parse_header(&block, 1, "primary").is_ok());
+        assert!(parse_header(&block, 1, GptCopy::Primary).is_ok());
         block[40] ^= 1;
-        let err = parse_header(&block, 1, "primary").unwrap_err().to_string();
-        assert!(err.contains("CRC32"), "{err}");
+        let err = parse_header(&block, 1, GptCopy::Primary).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DiskError::Corrupt {
+                    why: TableProblem::Crc32,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     /// A protective MBR, a primary header at LBA 1 and 128 entries at

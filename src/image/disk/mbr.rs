@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
+use super::problem::{TablePart, TableProblem};
 use super::{DiskError, Partition, Scheme};
 
 const SECTOR: u64 = 512;
@@ -90,10 +91,8 @@ fn checked(number: u32, e: Entry, base: u64, disk_size: u64) -> Result<Partition
     let end = (start + e.sectors) * SECTOR;
     if end > disk_size {
         return Err(DiskError::Corrupt {
-            what: format!("MBR partition {number}"),
-            why: format!(
-                "it ends at byte {end}, beyond the image's {disk_size} bytes (was the image truncated?)"
-            ),
+            part: TablePart::MbrPartition(number),
+            why: TableProblem::PastEnd { end, disk_size },
         });
     }
     Ok(Partition {
@@ -130,8 +129,8 @@ pub(super) fn partitions(file: &File, disk_size: u64) -> Result<Vec<Partition>, 
             let ebr = read_sector(file, ebr_lba, "an extended boot record")?;
             if ebr[510..512] != [0x55, 0xAA] {
                 return Err(DiskError::Corrupt {
-                    what: format!("the extended boot record at LBA {ebr_lba}"),
-                    why: "its boot signature is missing".into(),
+                    part: TablePart::Ebr(ebr_lba),
+                    why: TableProblem::NoBootSignature,
                 });
             }
             let [logical, next, ..] = entries(&ebr);
@@ -144,8 +143,8 @@ pub(super) fn partitions(file: &File, disk_size: u64) -> Result<Vec<Partition>, 
             ebr_lba = ext.start + next.start;
         }
         return Err(DiskError::Corrupt {
-            what: "the extended partition".into(),
-            why: format!("its chain of logical partitions is longer than {MAX_LOGICAL} (a loop?)"),
+            part: TablePart::Extended,
+            why: TableProblem::LogicalLoop(MAX_LOGICAL),
         });
     }
     Ok(found)

@@ -7,6 +7,7 @@
 
 mod gpt;
 mod mbr;
+mod problem;
 
 use std::fmt;
 use std::fs::File;
@@ -19,6 +20,8 @@ use thiserror::Error;
 use crate::image::ext4::{Ext4Error, Ext4Inspector};
 use crate::io::read_at::{ReadAt, Window};
 use crate::plan::{EntryType, ImagePath};
+
+pub use problem::{GptCopy, TablePart, TableProblem};
 
 /// The rootfs partition name in NVIDIA's flash layouts, and so in the SD
 /// card images jetson-disk-image-creator.sh writes.
@@ -45,8 +48,8 @@ pub enum DiskError {
         what: String,
         source: std::io::Error,
     },
-    #[error("{what} is corrupt: {why}")]
-    Corrupt { what: String, why: String },
+    #[error("{part} is corrupt: {why}")]
+    Corrupt { part: TablePart, why: TableProblem },
     #[error("no partition {wanted} in the image; it has:\n{candidates}")]
     NoSuchPartition {
         wanted: PartitionChoice,
@@ -670,10 +673,21 @@ mod tests {
         let last = bytes.len() - 512;
         bytes[last + 40] ^= 0xFF;
         std::fs::write(&gpt, &bytes).unwrap();
-        let err = read_table(&gpt).unwrap_err().to_string();
+        let err = read_table(&gpt).unwrap_err();
         assert!(
-            err.contains("backup GPT header") && err.contains("CRC32"),
+            matches!(
+                err,
+                DiskError::Corrupt {
+                    part: TablePart::GptHeader(GptCopy::Backup),
+                    why: TableProblem::Crc32,
+                }
+            ),
             "{err}"
+        );
+        // The message a user reads is the one it always was.
+        assert_eq!(
+            err.to_string(),
+            "the backup GPT header is corrupt: its CRC32 does not match"
         );
 
         let dos = dir.path().join("dos.img");

@@ -7,6 +7,7 @@ use crate::image::EntryType;
 
 /// Superblock feature bits.
 pub(crate) mod feature {
+    pub(crate) const COMPAT_HAS_JOURNAL: u32 = 0x4;
     pub(crate) const COMPAT_SPARSE_SUPER2: u32 = 0x200;
 
     pub(crate) const INCOMPAT_FILETYPE: u32 = 0x2;
@@ -97,5 +98,17 @@ pub(crate) fn kind_of_mode(mode: u16) -> EntryType {
         S_IFDIR => EntryType::Dir,
         S_IFLNK => EntryType::Symlink,
         _ => EntryType::Other,
+    }
+}
+
+/// What kind of special file an inode's `i_mode` describes, if any.
+pub(crate) fn special_of_mode(mode: u16) -> Option<crate::plan::model::Special> {
+    use crate::plan::model::Special;
+    match mode & S_IFMT {
+        0x1000 => Some(Special::Fifo),
+        0x2000 => Some(Special::CharDevice),
+        0x6000 => Some(Special::BlockDevice),
+        0xC000 => Some(Special::Socket),
+        _ => None,
     }
 }

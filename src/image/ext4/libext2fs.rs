@@ -108,6 +108,10 @@ pub(super) struct Api {
     pub(super) xattr_remove: unsafe extern "C" fn(*mut c_void, *const c_char) -> Errcode,
     pub(super) xattrs_flags: unsafe extern "C" fn(*mut c_void, *mut c_uint, *mut c_uint) -> Errcode,
     pub(super) xattrs_close: unsafe extern "C" fn(*mut *mut c_void) -> Errcode,
+    pub(super) read_ext_attr3: unsafe extern "C" fn(Fs, u64, *mut u8, Ino) -> Errcode,
+    pub(super) free_ext_attr: unsafe extern "C" fn(Fs, Ino, *mut u8) -> Errcode,
+    pub(super) iblk_add_blocks: unsafe extern "C" fn(Fs, *mut u8, u64) -> Errcode,
+    pub(super) iblk_sub_blocks: unsafe extern "C" fn(Fs, *mut u8, u64) -> Errcode,
     /// Casefolding (e2fsprogs >= 1.45, as is the casefold feature itself).
     pub(super) load_nls_table: Option<unsafe extern "C" fn(c_int) -> *const c_void>,
     pub(super) casefold_cmp:
@@ -208,6 +212,10 @@ unsafe fn load() -> Result<Api, LoadFailure> {
         xattr_remove: sym!("ext2fs_xattr_remove"),
         xattrs_flags: sym!("ext2fs_xattrs_flags"),
         xattrs_close: sym!("ext2fs_xattrs_close"),
+        read_ext_attr3: sym!("ext2fs_read_ext_attr3"),
+        free_ext_attr: sym!("ext2fs_free_ext_attr"),
+        iblk_add_blocks: sym!("ext2fs_iblk_add_blocks"),
+        iblk_sub_blocks: sym!("ext2fs_iblk_sub_blocks"),
         load_nls_table: lib.get(b"ext2fs_load_nls_table\0").ok().map(|s| *s),
         casefold_cmp: lib.get(b"ext2fs_casefold_cmp\0").ok().map(|s| *s),
         error_message,
@@ -238,6 +246,8 @@ pub(super) struct Ext2fsHandle<'a> {
     pub(super) fs: Fs,
     inode_size: usize,
     pub(super) block_size: u64,
+    /// Bytes per allocation cluster: the unit of an EA inode's charge.
+    pub(super) cluster_size: u64,
     inline_data: bool,
     extents: bool,
     /// Set when the filesystem has the casefold feature.
@@ -671,6 +681,7 @@ fn edit(
         fs: if code == 0 { fs } else { std::ptr::null_mut() },
         inode_size: sb.inode_size as usize,
         block_size: sb.block_size,
+        cluster_size: sb.cluster_size,
         casefold: (sb.incompat & feature::INCOMPAT_CASEFOLD != 0).then(|| Casefold {
             encoding: sb.encoding,
             // SAFETY: a plain lookup of a static table.

@@ -12,8 +12,11 @@ use crate::image::{EntryType, FileMeta, ImageError, Listed};
 use crate::io::read_at::ReadAt;
 use crate::plan::ImagePath;
 
-/// How deep `ls -R` goes: deeper trees are loops in a damaged image.
-const MAX_DEPTH: usize = 64;
+/// How deep `ls -R` goes. A real tree can be deeper than a path the
+/// kernel resolves in one call (4096 bytes, so ~2048 levels); loops are
+/// caught apart from the depth (a directory below itself), so the bound
+/// only keeps the recursion's stack in reach.
+const MAX_DEPTH: usize = 4096;
 
 impl<R: ReadAt> FsReader<R> {
     fn list_into(
@@ -21,13 +24,15 @@ impl<R: ReadAt> FsReader<R> {
         dir: &Inode,
         prefix: &str,
         recursive: bool,
-        depth: usize,
+        ancestors: &mut Vec<u32>,
         out: &mut Vec<Listed>,
-    ) -> Result<(), Ext4Error> {
-        if depth > MAX_DEPTH {
-            return Err(Ext4Error::Corrupt {
-                why: format!("directories nest deeper than {MAX_DEPTH} levels at {prefix}"),
-            });
+    ) -> Result<(), ImageError> {
+        if ancestors.len() > MAX_DEPTH {
+            return Err(Ext4Error::TooDeep {
+                path: format!("/{prefix}"),
+                levels: MAX_DEPTH,
+            }
+            .into());
         }
         let mut children: Vec<(String, u32)> = self
             .dir_entries(dir)?
@@ -49,7 +54,17 @@ impl<R: ReadAt> FsReader<R> {
                 hard_link: None,
             });
             if recursive && inode.kind() == EntryType::Dir {
-                self.list_into(&inode, &path, true, depth + 1, out)?;
+                // A directory that is its own ancestor: the tree loops,
+                // which only damage does (directories have one parent).
+                if ancestors.contains(&ino) {
+                    return Err(Ext4Error::Corrupt {
+                        why: format!("directory /{path} (inode {ino}) is inside itself"),
+                    }
+                    .into());
+                }
+                ancestors.push(ino);
+                self.list_into(&inode, &path, true, ancestors, out)?;
+                ancestors.pop();
             }
         }
         Ok(())
@@ -87,7 +102,7 @@ impl<R: ReadAt> Ext4Inspector<R> {
         recursive: bool,
     ) -> Result<Option<Vec<Listed>>, ImageError> {
         let parts = path.map(|p| p.components()).unwrap_or_default();
-        let Some((_, inode)) = self.fs.resolve(parts)? else {
+        let Some((ino, inode)) = self.fs.resolve(parts)? else {
             return Ok(None);
         };
         let prefix = path.map(ImagePath::relative).unwrap_or_default();
@@ -99,7 +114,9 @@ impl<R: ReadAt> Ext4Inspector<R> {
             }]));
         }
         let mut out = Vec::new();
-        self.fs.list_into(&inode, &prefix, recursive, 0, &mut out)?;
+        let mut ancestors = vec![ino];
+        self.fs
+            .list_into(&inode, &prefix, recursive, &mut ancestors, &mut out)?;
         out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(Some(out))
     }

@@ -47,16 +47,19 @@ pub enum Ext4Error {
     NotExt4 { why: String },
     #[error("the ext2/3/4 filesystem is damaged: {why}. Check it with e2fsck -f")]
     Corrupt { why: String },
+    /// Not damage: a tree deeper than `ls -R` walks.
+    #[error("directories below {path} nest more than {levels} levels deep, further than `imprint ls -R` goes; list a directory deeper down")]
+    TooDeep { path: String, levels: usize },
     #[error("the image is truncated: its superblock describes {expected} bytes but there are only {actual}")]
     Truncated { expected: u64, actual: u64 },
     #[error("the filesystem's journal needs recovery (it was not cleanly unmounted). Replay it on a copy with `e2fsck -fy`, or rebuild the image, then try again")]
     NeedsRecovery,
     #[error("the filesystem is marked as having errors. Repair it with `e2fsck -f` (or rebuild the image), then try again")]
     HasErrors,
-    #[error(
-        "the filesystem has orphan inodes waiting to be cleaned up. Run `e2fsck -f` on it first"
-    )]
-    OrphansPresent,
+    #[error("the filesystem has orphan inodes waiting to be cleaned up (deleted or truncated while open when it was last used, as an image cloned from a running device has; {list}), which e2fsck would flag in the output. Clean them up on a copy with `e2fsck -fy COPY` (for a sparse image convert it with simg2img first), then stamp the copy")]
+    OrphansPresent { list: String },
+    #[error("the filesystem keeps its journal on another device (made with `mke2fs -J device=...`), which neither imprint nor e2fsck can see in this image, so the output could not be checked (`e2fsck -fn` and `imprint verify` stop at the missing journal). Drop the journal on a copy with `tune2fs -f -O ^has_journal COPY` (for a sparse image convert it with simg2img first), stamp the copy, and give the output a journal again if it needs one (`tune2fs -j OUTPUT` for an internal one)")]
+    ExternalJournal,
     #[error("the filesystem tracks disk usage in quota files (the quota feature), which imprint does not update, so e2fsck would flag the result. Turn quota off on a copy (`tune2fs -O ^quota COPY`; for a sparse image convert it with simg2img first), stamp the copy, then turn it back on in the output (`tune2fs -O quota -Q usrquota,grpquota OUTPUT`, adding prjquota if it had project quota): tune2fs counts the usage afresh")]
     Quota,
     #[error(
@@ -140,8 +143,20 @@ impl<R: ReadAt> Ext4Inspector<R> {
         if sb.has_errors() {
             return Err(Ext4Error::HasErrors);
         }
+        // The kernel's list (s_last_orphan) and the orphan_file feature's
+        // flag: imprint keeps neither consistent with what it frees.
+        if sb.last_orphan != 0 {
+            return Err(Ext4Error::OrphansPresent {
+                list: format!("the superblock's list starts at inode {}", sb.last_orphan),
+            });
+        }
         if sb.ro_compat & feature::RO_COMPAT_ORPHAN_PRESENT != 0 {
-            return Err(Ext4Error::OrphansPresent);
+            return Err(Ext4Error::OrphansPresent {
+                list: "listed in the orphan file".into(),
+            });
+        }
+        if sb.compat & feature::COMPAT_HAS_JOURNAL != 0 && sb.journal_inum == 0 {
+            return Err(Ext4Error::ExternalJournal);
         }
         // e2fsck checks the quota files' usage against the inodes; imprint
         // does not rewrite the quota tree, so it refuses rather than write

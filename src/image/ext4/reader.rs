@@ -38,6 +38,14 @@ pub struct Superblock {
     /// `s_encoding`: the name encoding of case-folded directories
     /// (1 = UTF-8 12.1).
     pub(crate) encoding: u16,
+    /// Bytes per allocation cluster (the block size unless bigalloc).
+    pub(crate) cluster_size: u64,
+    /// `s_last_orphan`: the head of the orphan list the kernel leaves for
+    /// the next mount (or e2fsck) to finish, 0 when there is none.
+    pub(crate) last_orphan: u32,
+    /// `s_journal_inum`: the journal's inode; 0 with has_journal set
+    /// means the journal lives on another device (`mke2fs -J device=`).
+    pub(crate) journal_inum: u32,
 }
 
 fn le16(b: &[u8], at: usize) -> u16 {
@@ -104,6 +112,13 @@ impl Superblock {
             state: le16(raw, 0x3A),
             backup_bgs: [le32(raw, 0x24C), le32(raw, 0x250)],
             encoding: le16(raw, 0x27C),
+            cluster_size: if le32(raw, 0x64) & feature::RO_COMPAT_BIGALLOC != 0 {
+                1024u64 << le32(raw, 0x1C).min(30)
+            } else {
+                1024 << log_block
+            },
+            last_orphan: le32(raw, 0xE8),
+            journal_inum: le32(raw, 0xE0),
         };
         if sb.blocks_per_group == 0
             || sb.inodes_per_group == 0
@@ -512,6 +527,7 @@ impl<R: ReadAt> FsReader<R> {
             target,
             xattrs: self.xattr_names(inode)?,
             names: None,
+            special: super::format::special_of_mode(inode.mode),
         })
     }
 

@@ -24,6 +24,37 @@ const XATTR_HANDLE_FLAG_RAW: c_uint = 1;
 /// file content, not an attribute anyone set.
 const INLINE_DATA: &str = "system.data";
 
+/// `EXT2_EXT_ATTR_MAGIC`, opening both the in-inode area and a block.
+const EA_MAGIC: u32 = 0xEA02_0000;
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// What [`Ext2fsHandle::ea_store`] finds.
+#[derive(Default)]
+struct EaStore {
+    /// Clusters of values kept in EA inodes (`e_value_inum` set).
+    charge: u64,
+    /// An attribute block is attached and holds no entry.
+    block_empty: bool,
+}
+
+/// `(e_value_inum, e_value_size)` of each entry in an attribute area (the
+/// entries after the magic), up to the zero word that ends them.
+fn entries(area: &[u8]) -> impl Iterator<Item = (u32, u32)> + '_ {
+    let mut at = 0usize;
+    std::iter::from_fn(move || {
+        if at + 16 > area.len() || le32(area, at) == 0 {
+            return None;
+        }
+        let item = (le32(area, at + 4), le32(area, at + 8));
+        // Entry: 16 bytes, then the name, padded to 4 bytes.
+        at += (16 + usize::from(area[at]) + 3) & !3;
+        Some(item)
+    })
+}
+
 /// An open, read xattr handle of one inode; closed on drop.
 struct Handle<'a> {
     fs: &'a Ext2fsHandle<'a>,
@@ -146,6 +177,14 @@ impl Ext2fsHandle<'_> {
     /// `kept` where the plan sets no value of that name. With `in_place`
     /// (a file rewritten in its own inode) every other attribute the inode
     /// has is removed, except kept ones and inline data.
+    ///
+    /// libext2fs leaves two things for the caller, which the kernel does
+    /// itself: an attribute block emptied by the removals stays allocated
+    /// (it is freed here), and a value stored in its own inode (ea_inode)
+    /// is charged to the owner's `i_blocks` by the kernel but not by
+    /// libext2fs, so freeing one leaves a count e2fsck rejects ("i_blocks
+    /// is 32, should be 8"). The charge is settled here by the difference
+    /// before and after.
     pub(super) fn apply_xattrs(
         &self,
         ino: Ino,
@@ -153,10 +192,89 @@ impl Ext2fsHandle<'_> {
         kept: &[Xattr],
         in_place: bool,
     ) -> Result<(), Ext4Error> {
-        let path = entry.path.to_string();
         if entry.xattrs.is_empty() && kept.is_empty() && !in_place {
             return Ok(());
         }
+        let before = self.ea_store(ino)?;
+        self.set_xattrs(ino, entry, kept, in_place)?;
+        let after = self.ea_store(ino)?;
+        let path = entry.path.to_string();
+        let mut raw = self.read_inode(ino)?;
+        let mut dirty = false;
+        if after.block_empty {
+            // SAFETY: raw holds a whole inode; libext2fs reads and updates
+            // its i_file_acl and i_blocks fields through the pointer.
+            let code = unsafe { (self.api.free_ext_attr)(self.fs, ino, raw.as_mut_ptr()) };
+            self.check(code, || {
+                format!("free the emptied attribute block of {path}")
+            })?;
+            dirty = true;
+        }
+        if after.charge != before.charge {
+            let (f, n) = if after.charge > before.charge {
+                (self.api.iblk_add_blocks, after.charge - before.charge)
+            } else {
+                (self.api.iblk_sub_blocks, before.charge - after.charge)
+            };
+            // SAFETY: as above; the count is in clusters, as the kernel's
+            // quota charge for an EA inode is.
+            let code = unsafe { f(self.fs, raw.as_mut_ptr(), n) };
+            // An input made by libext2fs (debugfs ea_set) never charged
+            // the values: nothing to take back (EOVERFLOW), and e2fsck
+            // flagged that input already.
+            if code != 0 && code != i64::from(rustix::io::Errno::OVERFLOW.raw_os_error()) {
+                self.check(code, || format!("count the attribute inodes of {path}"))?;
+            }
+            dirty |= code == 0;
+        }
+        if dirty {
+            self.write_inode(ino, &raw)?;
+        }
+        Ok(())
+    }
+
+    /// Where `ino`'s attributes live: the clusters of values stored in
+    /// their own inodes, and whether an attribute block with no entry is
+    /// attached.
+    fn ea_store(&self, ino: Ino) -> Result<EaStore, Ext4Error> {
+        let raw = self.read_inode(ino)?;
+        let mut store = EaStore::default();
+        let cluster = self.cluster_size.max(1);
+        let mut charge = |area: &[u8]| {
+            for (inum, size) in entries(area) {
+                if inum != 0 {
+                    store.charge += u64::from(size).div_ceil(cluster);
+                }
+            }
+        };
+        if raw.len() > 132 {
+            let at = 128 + usize::from(u16::from_le_bytes([raw[128], raw[129]]));
+            if at + 4 <= raw.len() && le32(&raw, at) == EA_MAGIC {
+                charge(&raw[at + 4..]);
+            }
+        }
+        let block =
+            u64::from(le32(&raw, 104)) | u64::from(u16::from_le_bytes([raw[118], raw[119]])) << 32;
+        if block != 0 {
+            let mut buf = vec![0u8; self.block_size as usize];
+            // SAFETY: buf holds one block, what libext2fs reads into it.
+            let code = unsafe { (self.api.read_ext_attr3)(self.fs, block, buf.as_mut_ptr(), ino) };
+            self.check(code, || format!("read the attribute block of inode {ino}"))?;
+            charge(&buf[32..]);
+            store.block_empty = le32(&buf, 32) == 0;
+        }
+        Ok(store)
+    }
+
+    /// The attribute edits of [`Self::apply_xattrs`].
+    fn set_xattrs(
+        &self,
+        ino: Ino,
+        entry: &PlanEntry,
+        kept: &[Xattr],
+        in_place: bool,
+    ) -> Result<(), Ext4Error> {
+        let path = entry.path.to_string();
         let Some(h) = Handle::open(self, ino)? else {
             return match entry.xattrs.first() {
                 Some(x) => Err(Ext4Error::NoXattrs {

@@ -15,6 +15,7 @@ use crate::compress::{bzip2 as bz2, gzip, zstd as zst, Compression};
 use crate::image::{EntryType, FileMeta};
 use crate::io::prefix::PrefixKey;
 use crate::io::sha256::Sha256;
+use crate::plan::model::Special;
 
 /// A kept prefix's state, as [`crate::io::prefix::PrefixCache`] holds it.
 pub(super) type KeptPrefix = (PrefixKey, Sha256);
@@ -246,7 +247,14 @@ fn put_meta(e: &mut Enc, m: &FileMeta) {
         EntryType::Regular => 0,
         EntryType::Dir => 1,
         EntryType::Symlink => 2,
-        EntryType::Other => 3,
+        // 4.. name the special kind (older entries say 3: unknown).
+        EntryType::Other => match m.special {
+            None => 3,
+            Some(Special::Fifo) => 4,
+            Some(Special::Socket) => 5,
+            Some(Special::CharDevice) => 6,
+            Some(Special::BlockDevice) => 7,
+        },
     });
     e.u32(m.mode);
     e.u32(m.uid);
@@ -264,12 +272,21 @@ fn put_meta(e: &mut Enc, m: &FileMeta) {
 }
 
 fn get_meta(d: &mut Dec) -> Option<FileMeta> {
+    let kind = d.u8()?;
+    let special = match kind {
+        4 => Some(Special::Fifo),
+        5 => Some(Special::Socket),
+        6 => Some(Special::CharDevice),
+        7 => Some(Special::BlockDevice),
+        _ => None,
+    };
     Some(FileMeta {
-        kind: match d.u8()? {
+        special,
+        kind: match kind {
             0 => EntryType::Regular,
             1 => EntryType::Dir,
             2 => EntryType::Symlink,
-            3 => EntryType::Other,
+            3..=7 => EntryType::Other,
             _ => return None,
         },
         mode: d.u32()?,

@@ -13,6 +13,7 @@ use std::path::Path;
 
 use super::header::{self, BadHeader, DataSize, Extensions, Header, HeaderStyle};
 use super::pax::Record;
+use super::sparse;
 use super::stream::Stream;
 use super::{TarError, MAX_DB_SIZE};
 
@@ -137,6 +138,7 @@ impl<'a, M, F: FnMut() -> M> Entries<'a, M, F> {
                 }
                 continue;
             }
+            let header_at = self.raw.len();
             self.raw.extend_from_slice(&block);
             if header::sparse_headers_follow(&block) {
                 loop {
@@ -148,7 +150,16 @@ impl<'a, M, F: FnMut() -> M> Entries<'a, M, F> {
                     }
                 }
             }
-            let header = header::parse_entry(&block, size, &mut self.ext).map_err(bad_header)?;
+            let mut header =
+                header::parse_entry(&block, size, &mut self.ext).map_err(bad_header)?;
+            if typeflag == b'S' {
+                // An old GNU sparse file: its map is in the header blocks.
+                let sparse = sparse::old_gnu(&self.raw[header_at..])
+                    .ok_or(BadHeader::Unreadable("sparse map"))
+                    .map_err(bad_header)?;
+                header.meta.size = sparse.real_size;
+                header.sparse = Some(sparse);
+            }
             let (start, start_mark) = pending.unwrap_or((at, at_mark));
             let data_at = self.stream.pos;
             self.data_end = data_at + header.data_size.padded();

@@ -7,8 +7,10 @@ use std::path::Path;
 use zeroize::Zeroizing;
 
 use super::pax::{self, Record};
+use super::sparse::{PaxSparse, Sparse};
 use super::{TarError, BLOCK};
 use crate::image::{EntryType, FileMeta};
+use crate::plan::model::Special;
 
 /// How the archive writes its headers; new entries follow the same style.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +38,9 @@ pub(super) struct Header {
     pub(super) records: Vec<Record>,
     /// Bytes of data following the header.
     pub(super) data_size: DataSize,
+    /// A GNU sparse file's real size and map (`meta.size` is the real
+    /// size, `data_size` what is stored).
+    pub(super) sparse: Option<Sparse>,
 }
 
 /// The most data one entry can have: GNU tar's limit, the largest file
@@ -103,10 +108,33 @@ impl BadHeader {
 
 pub(super) fn kind_of(typeflag: u8) -> EntryType {
     match typeflag {
-        b'0' | b'\0' | b'7' => EntryType::Regular,
-        b'5' => EntryType::Dir,
+        // `S`: an old GNU sparse file, a regular file once expanded.
+        b'0' | b'\0' | b'7' | b'S' => EntryType::Regular,
+        // `D`: a GNU incremental archive's directory (`tar -g`), its data
+        // the names it held (a dumpdir), which extraction makes a directory.
+        b'5' | b'D' => EntryType::Dir,
         b'2' => EntryType::Symlink,
         _ => EntryType::Other,
+    }
+}
+
+/// What a regular-file typeflag with a name ending in `/` is: a
+/// directory, as v7 and pre-POSIX archives (bsdtar `--format=v7`) write
+/// them, and as GNU tar and bsdtar extract them.
+fn kind_of_named(typeflag: u8, raw_name: &str) -> EntryType {
+    match kind_of(typeflag) {
+        EntryType::Regular if typeflag != b'S' && raw_name.ends_with('/') => EntryType::Dir,
+        kind => kind,
+    }
+}
+
+/// The kind of special file a typeflag names (tar has no sockets).
+fn special_of(typeflag: u8) -> Option<Special> {
+    match typeflag {
+        b'3' => Some(Special::CharDevice),
+        b'4' => Some(Special::BlockDevice),
+        b'6' => Some(Special::Fifo),
+        _ => None,
     }
 }
 
@@ -117,8 +145,10 @@ pub(super) fn describe(typeflag: u8) -> &'static str {
         b'2' => "symbolic link",
         b'3' => "character device",
         b'4' => "block device",
-        b'5' => "directory",
+        b'5' | b'D' => "directory",
         b'6' => "fifo",
+        b'S' => "GNU sparse file",
+        b'V' => "volume label",
         _ => "special entry",
     }
 }
@@ -281,6 +311,8 @@ struct PaxOverrides {
     mtime: Option<i64>,
     uname: Option<String>,
     gname: Option<String>,
+    /// `GNU.sparse.*` records.
+    sparse: PaxSparse,
     /// Every record, in order.
     records: Vec<Record>,
 }
@@ -323,7 +355,7 @@ impl PaxOverrides {
             }
             "uname" => self.uname = Some(value),
             "gname" => self.gname = Some(value),
-            _ => {}
+            _ => self.sparse.set(key, &value),
         }
         self.records.retain(|(k, _)| k != key);
         self.records.push((key.to_string(), raw.to_vec()));
@@ -401,7 +433,11 @@ pub(super) fn parse_entry(
     let long_link = ext.long_link.take();
     let global = &ext.global;
     let size = pax.size.unwrap_or(size);
-    let raw_name = if let Some(p) = pax.path.clone() {
+    // A pax sparse file's real name (0.1, 1.0); its header names a
+    // placeholder, `GNUSparseFile.PID/NAME`.
+    let raw_name = if let Some(p) = pax.sparse.name() {
+        p.to_string()
+    } else if let Some(p) = pax.path.clone() {
         p
     } else if let Some(l) = ext.long_name.take() {
         l
@@ -442,24 +478,32 @@ pub(super) fn parse_entry(
     let uname = name(&pax.uname, &global.uname, &block[265..297]);
     let gname = name(&pax.gname, &global.gname, &block[297..329]);
     let xattrs = pax::xattr_names(global.records.iter().chain(&pax.records));
+    let sparse = pax.sparse.sparse();
+    // A volume label (`tar -V`) names the archive, not a path in it.
+    let path = if typeflag == b'V' {
+        String::new()
+    } else {
+        normalise(&raw_name)
+    };
     Ok(Header {
-        path: normalise(&raw_name),
+        path,
         dot_slash: raw_name.starts_with("./"),
         typeflag,
         linkname: matches!(typeflag, b'1' | b'2').then(|| linkname.clone()),
         records: pax.records,
         meta: FileMeta {
-            kind: kind_of(typeflag),
+            kind: kind_of_named(typeflag, &raw_name),
             // Twelve bits: the cast keeps them all.
             mode: (mode & 0o7777) as u32,
             uid: uid.map_or_else(|| number(block, 108..116, "uid"), Ok)?,
             gid: gid.map_or_else(|| number(block, 116..124, "gid"), Ok)?,
             mtime: mtime.map_or_else(|| number(block, 136..148, "mtime"), Ok)?,
-            size: size.bytes(),
+            size: sparse.as_ref().map_or(size.bytes(), |s| s.real_size),
             links: 1,
             target: (typeflag == b'2').then_some(linkname),
             xattrs,
             names: Some((uname, gname)),
+            special: special_of(typeflag),
         },
         // Links and directories carry no data whatever the size says.
         data_size: if matches!(typeflag, b'1' | b'2' | b'3' | b'4' | b'5' | b'6') {
@@ -467,6 +511,7 @@ pub(super) fn parse_entry(
         } else {
             size
         },
+        sparse,
     })
 }
 

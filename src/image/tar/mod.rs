@@ -29,6 +29,7 @@ mod header;
 mod listing;
 mod pax;
 mod scan;
+mod sparse;
 mod speculate;
 mod stream;
 mod write;
@@ -91,6 +92,12 @@ pub enum TarError {
     Truncated { path: PathBuf, offset: u64 },
     #[error("cannot write {path}")]
     Write { path: PathBuf, source: io::Error },
+    #[error("{path}: after the end-of-archive marker, at byte {offset} of the archive, comes {what}; imprint would not keep it in the output. Make one archive of the parts first (`bsdtar --ignore-zeros -cf ONE.tar @{path}`), or remove what follows the marker")]
+    AfterEnd {
+        path: PathBuf,
+        offset: u64,
+        what: &'static str,
+    },
     #[error("{path}: the overlay removes the directory {dir}, but the archive holds {count} entries under it (such as {inside}); add `recursive = true` to the entry to remove them too")]
     NotEmpty {
         path: PathBuf,

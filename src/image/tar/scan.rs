@@ -381,7 +381,7 @@ fn scan_with(
         visitor.entry(entry, &mut entries)?;
     }
     let end = entries.end().expect("the walk has ended");
-    visitor.end(end, entries.stream())?;
+    visitor.end(end, entries.stream(), path)?;
     let Visitor {
         mut out,
         boundaries,
@@ -614,12 +614,25 @@ impl Visitor<'_> {
     /// The end of the entries: the plan may append there. After an end
     /// marker the rest of the stream is read, so that a damaged one says
     /// so now.
-    fn end(&mut self, end: End<Mark>, stream: &mut Stream) -> Result<(), TarError> {
+    fn end(&mut self, end: End<Mark>, stream: &mut Stream, path: &Path) -> Result<(), TarError> {
         self.out.end_of_entries = end.at;
         self.may_change_at(end.at, end.mark);
         self.out.speculated = end_speculation(stream, end.at);
         if end.marker {
-            stream.drain()?;
+            // What follows the end marker would be lost: a second archive
+            // (`cat a.tar b.tar`; GNU tar -i and bsdtar still read its
+            // entries) or appended data such as a signature.
+            if let Some((offset, second)) = stream.first_data_after()? {
+                return Err(TarError::AfterEnd {
+                    path: path.to_path_buf(),
+                    offset,
+                    what: if second {
+                        "a second tar archive joined on (as `cat a.tar b.tar` makes), whose entries tar reads only with --ignore-zeros"
+                    } else {
+                        "data that is not a tar entry (such as an appended signature)"
+                    },
+                });
+            }
         }
         Ok(())
     }

@@ -136,4 +136,23 @@ impl<'a> Stream<'a> {
         self.buf = buf;
         result
     }
+
+    /// Reads to the end, block by block, as after the end-of-archive
+    /// marker: the offset of the first block that is not all zeros and
+    /// whether it is a tar header (a second archive joined on), if any.
+    pub(super) fn first_data_after(&mut self) -> Result<Option<(u64, bool)>, TarError> {
+        let mut block = [0u8; 512];
+        loop {
+            let at = self.pos;
+            let n = self.fill(&mut block)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            if block[..n].iter().any(|&b| b != 0) {
+                let header = n == block.len() && super::header::checksum_ok(&block);
+                self.drain()?;
+                return Ok(Some((at, header)));
+            }
+        }
+    }
 }
