@@ -255,7 +255,7 @@ pub(crate) struct LuksBuildArgs {
     /// Write the output as a new LUKS2 container (aes-xts-plain64, 256-bit key, random per output) around the stamped filesystem, as L4T's flash.sh builds system_root_encrypted.img with ROOTFS_ENC=1: the input is a plain ext2/3/4 image (raw or Android sparse, which the output then is too); its keyslot opens with the L4T passphrase (--l4t-ekb-key with --ecid or --l4t-generic) or --luks-passphrase-file; needs --luks-uuid or --luks-uuid-file
     #[arg(long, requires = "image")]
     pub(crate) luks_encrypt: bool,
-    /// With --luks-encrypt: the container's UUID (flash.sh's bootloader/l4t-rootfs-uuid.txt_enc)
+    /// With --luks-encrypt: the container's UUID, the one flash.sh keeps in l4t-rootfs-uuid.txt_enc in its bootloader directory
     #[arg(
         long,
         value_name = "UUID",
