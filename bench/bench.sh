@@ -174,6 +174,29 @@ row "GPT disk 2 GiB, APP 1 GiB" disk.img "$DISK_BASE" \
 row "system.img.zst (2 GiB ext4)" system.img.zst "zstd -d + debugfs write + zstd -T0 + sha256" \
   "rm -f copy.raw copy.img.zst && zstd -q -d system.img.zst -o copy.raw && debugfs -w -f debugfs.cmds copy.raw && zstd -q -T0 copy.raw -o copy.img.zst && openssl dgst -sha256 copy.img.zst" \
   "$(provision system.img.zst out.img.zst)" 1.0
+# L4T disk encryption (ROOTFS_ENC=1): a per-device LUKS2 container built
+# from the plain sparse system.img (provision --luks-encrypt) against the
+# closest rootless stand-in of flash.sh's loop + dm-crypt + mkfs + copy +
+# mksparse path: cryptsetup's offline userspace encryption of a copy of
+# the raw image (every block, as dm-crypt writes the whole mapping's used
+# and zeroed blocks), then img2simg. Both with PBKDF2 (100000 iterations).
+LUKS_UUID=2f8e0c1a-5b4d-4e6f-9a7b-3c2d1e0f9a8b
+printf '00112233445566778899aabbccddeeff\n' > ekb.txt
+printf 'passphrase' > lukspass
+row "LUKS2 per-device build, sparse system.img" system.img \
+  "cp + cryptsetup reencrypt --encrypt + img2simg" \
+  "rm -f copy.enc copy.enc.simg && cp --sparse=always system.img.raw copy.enc && truncate -s +16M copy.enc && cryptsetup reencrypt --encrypt --type luks2 -c aes-xts-plain64 -s 256 --uuid $LUKS_UUID --pbkdf pbkdf2 --pbkdf-force-iterations 100000 --reduce-device-size 16M -q --key-file lukspass copy.enc && img2simg copy.enc copy.enc.simg" \
+  "$(provision system.img out.enc.img "--no-cache --luks-encrypt --luks-uuid $LUKS_UUID --l4t-ekb-key ekb.txt --ecid 0x1234")" 0.5
+# Stamping that container again (another serial into an existing encrypted
+# image) against re-encrypting the whole image as above.
+if [ -z "${ONLY:-}" ] || [[ "LUKS2 stamp of an encrypted sparse image" =~ $ONLY ]]; then
+  bash -c "$(provision system.img enc.img "--no-cache --luks-encrypt --luks-uuid $LUKS_UUID --l4t-ekb-key ekb.txt --ecid 0x1234")" >/dev/null
+  row "LUKS2 stamp of an encrypted sparse image" enc.img \
+    "cp + cryptsetup reencrypt --encrypt + img2simg" \
+    "rm -f copy.enc copy.enc.simg && cp --sparse=always system.img.raw copy.enc && truncate -s +16M copy.enc && cryptsetup reencrypt --encrypt --type luks2 -c aes-xts-plain64 -s 256 --uuid $LUKS_UUID --pbkdf pbkdf2 --pbkdf-force-iterations 100000 --reduce-device-size 16M -q --key-file lukspass copy.enc && img2simg copy.enc copy.enc.simg" \
+    "$(provision enc.img out.enc2.img "--no-cache --l4t-ekb-key ekb.txt --ecid 0x1234")" 0.2
+  rm -f enc.img enc.img.sha256
+fi
 # Warm single runs: the scan cache primed by one run, then another serial
 # from the same base, against the cold run and the user's alternative.
 warm_rows() { # case, input, ext, alternative-label, alternative-cmd, target vs cold
@@ -228,7 +251,7 @@ for s in $(cat serials.txt); do
 done
 row "20 serials from one tar.gz" rootfs.tar.gz "20 single-serial runs" \
   "$SINGLES" "rm -rf batch && mkdir batch && $IMPRINT provision --quiet --serials serials.txt --offline --password-file pw --image rootfs.tar.gz --output batch/ --no-cache" 0.15
-rm -f copy.* cold.* scripted.* out.* single-* debugfs.cmds && rm -rf add batch mnt
+rm -f copy.* cold.* scripted.* out.* single-* debugfs.cmds ekb.txt lukspass && rm -rf add batch mnt
 
 echo
 echo "imprint $("$IMPRINT" --version | cut -d' ' -f2), $(nproc) cores, rootfs.tar $(( $(stat -c %s rootfs.tar) / 1000000 )) MB"

@@ -3,13 +3,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::admin::AdminConfig;
 use crate::identity::PasswordPolicy;
 use crate::image::disk::PartitionChoice;
-use crate::image::{ImageOptions, LuksKey};
+use crate::image::{ImageOptions, LuksBuild, LuksKey};
 
 use super::token;
 
@@ -63,7 +63,7 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Create the device's account and write its credentials into an image
     #[command(after_help = EXAMPLES)]
-    Provision(ProvisionArgs),
+    Provision(Box<ProvisionArgs>),
     /// Check the credentials inside a built image or staging tree
     #[command(after_help = EXAMPLES)]
     Verify(VerifyArgs),
@@ -139,6 +139,8 @@ pub(crate) struct ProvisionArgs {
     pub(crate) password_file: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) image_args: ImageArgs,
+    #[command(flatten)]
+    pub(crate) luks_build: LuksBuildArgs,
     /// Which passwords to accept: runbook (32 lowercase hex, as openssl rand -hex 16) or any (printable ASCII)
     #[arg(long, default_value = "runbook")]
     pub(crate) password_policy: PasswordPolicy,
@@ -199,7 +201,7 @@ pub(crate) struct ApiArgs {
 /// How every subcommand reads an image: which partitions of a disk image.
 #[derive(Args)]
 pub(crate) struct ImageArgs {
-    /// The partition of a disk image: its GPT name, its number, or all-rootfs (every rootfs slot: APP and APP_b when there is an APP, else every ext2/3/4 partition holding /etc). provision and verify take it repeated, each partition with the same credentials (default: the one named APP, else the only ext2/3/4 partition holding /etc); ls and cat read one
+    /// The partition of a disk image: its GPT name, its number, or all-rootfs (every rootfs slot: APP_ENC and APP_ENC_b when there is an APP_ENC, L4T's encrypted layout; else APP and APP_b when there is an APP; else every ext2/3/4 partition holding /etc). provision and verify take it repeated, each partition with the same credentials (default: the one named APP_ENC, else APP, else the only ext2/3/4 partition holding /etc); ls and cat read one
     #[arg(long, value_name = "NAME|NUMBER|all-rootfs")]
     pub(crate) partition: Vec<PartitionChoice>,
     #[command(flatten)]
@@ -243,6 +245,67 @@ impl LuksArgs {
                 (None, None) => None,
             },
         )
+    }
+}
+
+/// `provision --luks-encrypt`: the output a new LUKS2 container (L4T's
+/// APP_ENC, system_root_encrypted.img) around the stamped filesystem.
+#[derive(Args)]
+pub(crate) struct LuksBuildArgs {
+    /// Write the output as a new LUKS2 container (aes-xts-plain64, 256-bit key, random per output) around the stamped filesystem, as L4T's flash.sh builds system_root_encrypted.img with ROOTFS_ENC=1: the input is a plain ext2/3/4 image (raw or Android sparse, which the output then is too); its keyslot opens with the L4T passphrase (--l4t-ekb-key with --ecid or --l4t-generic) or --luks-passphrase-file; needs --luks-uuid or --luks-uuid-file
+    #[arg(long, requires = "image")]
+    pub(crate) luks_encrypt: bool,
+    /// With --luks-encrypt: the container's UUID, the one flash.sh keeps in l4t-rootfs-uuid.txt_enc in its bootloader directory
+    #[arg(
+        long,
+        value_name = "UUID",
+        requires = "luks_encrypt",
+        conflicts_with = "luks_uuid_file"
+    )]
+    pub(crate) luks_uuid: Option<String>,
+    /// With --luks-encrypt: read the container's UUID from this file, as flash.sh reads bootloader/l4t-rootfs-uuid.txt_enc
+    #[arg(long, value_name = "FILE", requires = "luks_encrypt")]
+    pub(crate) luks_uuid_file: Option<PathBuf>,
+    /// With --luks-encrypt: the encryption sector size, 512 (cryptsetup on flash.sh's loop device) or 4096
+    #[arg(long, value_name = "BYTES", default_value_t = 512, value_parser = clap::builder::TypedValueParser::map(clap::builder::PossibleValuesParser::new(["512", "4096"]), |s| s.parse::<u64>().expect("listed")), requires = "luks_encrypt")]
+    pub(crate) luks_sector_size: u64,
+}
+
+impl LuksBuildArgs {
+    /// What --luks-encrypt asks for, the UUID read and checked.
+    pub(crate) fn build(&self) -> Result<Option<LuksBuild>> {
+        if !self.luks_encrypt {
+            return Ok(None);
+        }
+        let uuid = match (&self.luks_uuid, &self.luks_uuid_file) {
+            (Some(uuid), _) => uuid.clone(),
+            (None, Some(file)) => {
+                let text = std::fs::read_to_string(file).with_context(|| {
+                    format!("cannot read the LUKS UUID file {}", file.display())
+                })?;
+                // flash.sh takes the first line that is a UUID and nothing
+                // else (sed -nr "s/^${uuid_regex}$/\1/p", line 1027).
+                text.lines()
+                    .find(|l| LuksBuild::is_uuid(l))
+                    .map(str::to_string)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "{} holds no line that is a UUID (8-4-4-4-12 lowercase hex digits), as flash.sh reads it",
+                            file.display()
+                        )
+                    })?
+            }
+            (None, None) => bail!(
+                "--luks-encrypt needs the container's UUID: --luks-uuid UUID, or --luks-uuid-file FILE (flash.sh's bootloader/l4t-rootfs-uuid.txt_enc)"
+            ),
+        };
+        if !LuksBuild::is_uuid(&uuid) {
+            bail!("--luks-uuid {uuid:?} is not a UUID as flash.sh takes it (8-4-4-4-12 lowercase hex digits)");
+        }
+        Ok(Some(LuksBuild {
+            uuid,
+            sector_size: self.luks_sector_size,
+        }))
     }
 }
 

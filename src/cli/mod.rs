@@ -100,7 +100,7 @@ pub fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Provision(args) => provision::run(args),
+        Command::Provision(args) => provision::run(*args),
         Command::Verify(args) => verify::run(args),
         Command::Manifest { command } => manifest::run(command),
         Command::Ls(args) => ls::run(args),

@@ -28,6 +28,11 @@ pub(crate) fn run(args: ProvisionArgs) -> Result<ExitCode> {
     let batch_run = serials.len() != 1
         || args.serials.is_some()
         || (args.devices.is_some() && args.serial.is_empty() && args.rootfs_dir.is_none());
+    if batch_run && args.luks_build.luks_encrypt {
+        // L4T's passphrase is bound to one chip's ECID: a batch would give
+        // every device a container only the first one can open.
+        bail!("--luks-encrypt builds one device's container (its passphrase is bound to that chip's ECID); run it once per device, with one --serial");
+    }
     if args.dry_run {
         return super::dry_run::run(&args, &serials, batch_run, password.as_ref(), &settings);
     }
@@ -92,6 +97,7 @@ fn settings(args: &ProvisionArgs, stdin: &mut super::stdin::Stdin) -> Result<Set
     settings.options.full_rewrite = std::env::var_os("IMPRINT_FULL_REWRITE").is_some();
     settings.options.partitions = args.image_args.partition.clone();
     settings.options.luks = args.image_args.luks.key()?;
+    settings.options.luks_build = args.luks_build.build()?;
     settings.options.cache = if args.no_cache {
         None
     } else {

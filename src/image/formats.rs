@@ -37,8 +37,10 @@ pub(crate) type StreamWriter = fn(
 pub(crate) type StreamReader = fn(&Path, Compression) -> Result<Box<dyn ImageReader>, ImageError>;
 
 /// The volumes inside a container: `(the container's bytes, the base file
-/// they are read from, options)`.
-pub(crate) type Inner = fn(Box<dyn Volume>, &Path, &ImageOptions) -> Result<Vec<Slot>, ImageError>;
+/// they are read from, the input's name for errors (the base file is a
+/// scratch file under a codec), options)`.
+pub(crate) type Inner =
+    fn(Box<dyn Volume>, &Path, &Path, &ImageOptions) -> Result<Vec<Slot>, ImageError>;
 
 /// A volume inside a container, with the partition of a disk image it is
 /// (or is inside of): reports name it, and each gets its own plan.
@@ -172,6 +174,7 @@ pub(crate) fn row_of(content: Content) -> &'static Format {
 fn disk_partitions(
     disk: Box<dyn Volume>,
     file: &Path,
+    _name: &Path,
     options: &ImageOptions,
 ) -> Result<Vec<Slot>, ImageError> {
     let disk: Arc<dyn Volume> = Arc::from(disk);
@@ -190,6 +193,18 @@ fn open_sparse(path: &Path) -> Result<Base, ImageError> {
     Ok((Box::new(view), Box::new(outlet)))
 }
 
+/// Two views of a plain image's bytes (a raw file, or an Android sparse
+/// image through its chunk index): one for the filesystem, one for an
+/// outlet that writes the output from the plain bytes (a new LUKS
+/// container, `luks::build`).
+pub(super) fn plain_base(path: &Path, sparse: bool) -> Result<[Box<dyn Volume>; 2], ImageError> {
+    if sparse {
+        let view = Arc::new(sparse::open_view(path)?);
+        return Ok([Box::new(view.clone()), Box::new(view)]);
+    }
+    Ok([file_volume(path)?.0, file_volume(path)?.0])
+}
+
 /// How much of a volume is read to find what is inside it.
 const HEAD: u64 = 64 * 1024;
 
@@ -199,24 +214,25 @@ fn filesystems(
     row: &Format,
     slot: Slot,
     file: &Path,
+    name: &Path,
     options: &ImageOptions,
 ) -> Result<Vec<Slot>, ImageError> {
     let inner = match row.open {
         Open::Filesystem => return Ok(vec![slot]),
-        Open::Container { inner, .. } => inner(slot.volume, file, options)?,
+        Open::Container { inner, .. } => inner(slot.volume, file, name, options)?,
         // A base's bytes, or bytes a stream format would read: look inside.
         Open::Base(_) | Open::Stream { .. } => vec![Slot::whole(slot.volume)],
     };
     let mut found = Vec::new();
     for mut inside in inner {
         let row = row_inside(&*inside.volume).map_err(|source| ImageError::Open {
-            path: file.to_path_buf(),
+            path: name.to_path_buf(),
             source,
         })?;
         if inside.partition.is_none() {
             inside.partition = slot.partition.clone();
         }
-        found.extend(filesystems(row, inside, file, options)?);
+        found.extend(filesystems(row, inside, file, name, options)?);
     }
     Ok(found)
 }
@@ -256,14 +272,17 @@ fn file_volume(path: &Path) -> Result<(Box<dyn Volume>, u64), ImageError> {
     Ok((Box::new(FileVolume::new(file, len)), len))
 }
 
+/// The stack over `base`, read from `file`; errors name `name` (the
+/// input, where `file` is a codec's scratch file).
 fn stack(
     row: &Format,
     base: Box<dyn Volume>,
     file: &Path,
+    name: &Path,
     options: &ImageOptions,
 ) -> Result<Stack, ImageError> {
     Ok(Stack {
-        volumes: filesystems(row, Slot::whole(base), file, options)?,
+        volumes: filesystems(row, Slot::whole(base), file, name, options)?,
         file: file.to_path_buf(),
     })
 }
@@ -278,18 +297,21 @@ pub(crate) fn open_backend(
     output_dir: &Path,
     options: &ImageOptions,
 ) -> Result<Box<dyn ImageBackend>, ImageError> {
+    if let Some(build) = &options.luks_build {
+        return super::luks::build::open_backend(path, codec, content, build, options);
+    }
     let row = row_of(content);
     match (&row.open, codec) {
         (Open::Stream { writer, .. }, codec) => writer(path, codec, targets, output_dir, options),
         (Open::Base(open), Compression::None) => {
             let (base, outlet) = open(path)?;
-            let stack = stack(row, base, path, options)?;
+            let stack = stack(row, base, path, path, options)?;
             Ok(Box::new(Ext4Backend::open(stack.volumes, outlet)?))
         }
         (Open::Container { .. } | Open::Filesystem, Compression::None) => {
             let (base, len) = file_volume(path)?;
             let outlet = PatchOutlet::new(path, len, super::bmap_of(path, None)?, path)?;
-            let stack = stack(row, base, path, options)?;
+            let stack = stack(row, base, path, path, options)?;
             Ok(Box::new(Ext4Backend::open(
                 stack.volumes,
                 Box::new(outlet),
@@ -297,7 +319,7 @@ pub(crate) fn open_backend(
         }
         (Open::Container { .. } | Open::Filesystem, codec) => {
             let base = compressed::Base::expand(path, codec, output_dir, row.partitioned)?;
-            let stack = stack(row, base.volume()?, base.scratch.path(), options)?;
+            let stack = stack(row, base.volume()?, base.scratch.path(), path, options)?;
             let outlet = base.outlet(path, codec)?;
             Ok(Box::new(Ext4Backend::open(
                 stack.volumes,
@@ -321,15 +343,15 @@ pub(crate) fn open_readers(
         (Open::Stream { reader, .. }, codec) => return Ok(vec![(None, reader(path, codec)?)]),
         (Open::Base(open), Compression::None) => {
             let (base, _) = open(path)?;
-            (stack(row, base, path, options)?, None)
+            (stack(row, base, path, path, options)?, None)
         }
         (Open::Container { .. } | Open::Filesystem, Compression::None) => {
             let (base, _) = file_volume(path)?;
-            (stack(row, base, path, options)?, None)
+            (stack(row, base, path, path, options)?, None)
         }
         (Open::Container { .. } | Open::Filesystem, codec) => {
             let base = compressed::Base::expand(path, codec, &std::env::temp_dir(), false)?;
-            let stack = stack(row, base.volume()?, base.scratch.path(), options)?;
+            let stack = stack(row, base.volume()?, base.scratch.path(), path, options)?;
             (stack, Some(Arc::new(base.scratch)))
         }
         (Open::Base(_), _) => return Err(unsupported(path, codec, content)),

@@ -32,6 +32,7 @@ pub(crate) use detect::{detect, Content};
 pub use dir::DirError;
 pub use disk::{DiskError, GptCopy, PartitionChoice, TablePart, TableProblem, Unusable};
 pub use ext4::{use_library, CorruptKind, Ext4Error, NotExt4Kind};
+pub(crate) use luks::build::LuksBuild;
 pub use luks::{LuksError, LuksKey};
 pub use sparse::SparseError;
 pub use tar::TarError;
@@ -267,6 +268,10 @@ pub struct ImageOptions {
     /// How a LUKS container in the image is opened ([`LuksKey`]);
     /// `None` refuses one, saying what to pass.
     pub luks: Option<LuksKey>,
+    /// Write the output as a new LUKS2 container around the stamped
+    /// filesystem (`provision --luks-encrypt`), its keyslot opened by
+    /// [`ImageOptions::luks`].
+    pub(crate) luks_build: Option<luks::build::LuksBuild>,
 }
 
 impl ImageOptions {

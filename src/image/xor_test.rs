@@ -34,6 +34,7 @@ pub(super) const ROWS: &[Format] = &[Format {
 fn open(
     outer: Box<dyn Volume>,
     _: &std::path::Path,
+    _: &std::path::Path,
     _: &ImageOptions,
 ) -> Result<Vec<Slot>, ImageError> {
     let mut header = [0u8; 16];

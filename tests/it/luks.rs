@@ -16,7 +16,7 @@ const PASSPHRASE: &[u8] = b"correct horse battery staple";
 /// Decrypts (or with `encrypt`, encrypts) `len` bytes at `offset` of
 /// `src` with aes-xts-plain64 (IV: the offset in 512-byte units plus
 /// `tweak`) into `out`, with Python's `cryptography`.
-const XTS_PY: &str = r#"
+pub(crate) const XTS_PY: &str = r#"
 import sys
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 mode, src, keyf, off, length, sec, tweak, out = sys.argv[1:]
@@ -51,7 +51,7 @@ for at in (0, size):
 
 /// cryptsetup, e2fsprogs and Python's `cryptography`: a missing one fails
 /// the test (tests/it/require.rs).
-fn tools_ok() -> bool {
+pub(crate) fn tools_ok() -> bool {
     require_tools(&["cryptsetup", "mke2fs", "e2fsck", "debugfs", "python3"]);
     let py = Command::new("python3")
         .args(["-c", "import cryptography"])
@@ -65,14 +65,14 @@ fn tools_ok() -> bool {
     true
 }
 
-fn ok(cmd: &mut Command) -> String {
+pub(crate) fn ok(cmd: &mut Command) -> String {
     let o = run(cmd);
     assert!(o.status.success(), "{cmd:?}: {}{}", stdout(&o), stderr(&o));
     stdout(&o)
 }
 
 /// The segment of a container as luksDump tells it: (offset, sector size).
-fn segment(img: &Path) -> (u64, u64) {
+pub(crate) fn segment(img: &Path) -> (u64, u64) {
     let dump = ok(Command::new("cryptsetup").arg("luksDump").arg(img));
     if let Some(off) = dump.lines().find_map(|l| l.strip_prefix("Payload offset:")) {
         return (off.trim().parse::<u64>().unwrap() * 512, 512);
@@ -551,7 +551,7 @@ fn a_container_nests_in_sparse_disk_and_compressed_images() {
 /// L4T's passphrase (NIST SP 800-108 counter-mode KDF with AES-CMAC, as
 /// NVIDIA's gen_luks_passphrase.py), written independently with Python's
 /// `cryptography`: `ekb_hex ecid|- uuid` -> the passphrase.
-const L4T_PY: &str = r#"
+pub(crate) const L4T_PY: &str = r#"
 import sys
 from cryptography.hazmat.primitives import cmac
 from cryptography.hazmat.primitives.ciphers import algorithms

@@ -29,6 +29,7 @@ mod inspect;
 mod json;
 mod listing;
 mod luks;
+mod luks_build;
 mod manpages;
 mod overlays;
 mod packaging;

@@ -32,6 +32,13 @@ pub const NVIDIA_ROOTFS_NAME: &str = "APP";
 /// writes `system.img_b` into it).
 pub const NVIDIA_ROOTFS_B_NAME: &str = "APP_b";
 
+/// The rootfs partitions of NVIDIA's encrypted layouts (`ROOTFS_ENC=1`,
+/// e.g. bootloader/t186ref/cfg/flash_t234_qspi_sdmmc_enc_rfs.xml line
+/// 736): LUKS2 containers, while `APP` then holds only `/boot` (flash.sh
+/// builds it from `rootfs/boot`, lines 1260-1262).
+pub const NVIDIA_ENC_ROOTFS_NAME: &str = "APP_ENC";
+pub const NVIDIA_ENC_ROOTFS_B_NAME: &str = "APP_ENC_b";
+
 /// What `--partition` takes for "every rootfs slot" (see [`select`]).
 pub const ALL_ROOTFS: &str = "all-rootfs";
 
@@ -323,7 +330,11 @@ pub fn select(
     };
     let mut chosen: Vec<usize> = Vec::new();
     if wanted.is_empty() {
-        let index = named(NVIDIA_ROOTFS_NAME, &mut probe_at)?.or_else(|| {
+        let index = match named(NVIDIA_ENC_ROOTFS_NAME, &mut probe_at)? {
+            Some(enc) => Some(enc),
+            None => named(NVIDIA_ROOTFS_NAME, &mut probe_at)?,
+        }
+        .or_else(|| {
             let rootfs: Vec<usize> = (0..parts.len()).filter(|&i| probe_at(i).has_etc).collect();
             (rootfs.len() == 1).then(|| rootfs[0])
         });
@@ -344,12 +355,19 @@ pub fn select(
                 .into_iter()
                 .collect(),
             PartitionChoice::Name(name) => named(name, &mut probe_at)?.into_iter().collect(),
-            PartitionChoice::AllRootfs => match named(NVIDIA_ROOTFS_NAME, &mut probe_at)? {
-                Some(app) => std::iter::once(app)
-                    .chain(named(NVIDIA_ROOTFS_B_NAME, &mut probe_at)?)
-                    .collect(),
-                None => (0..parts.len()).filter(|&i| probe_at(i).has_etc).collect(),
-            },
+            PartitionChoice::AllRootfs => {
+                let enc = named(NVIDIA_ENC_ROOTFS_NAME, &mut probe_at)?;
+                let app = named(NVIDIA_ROOTFS_NAME, &mut probe_at)?;
+                match (enc, app) {
+                    (Some(enc), _) => std::iter::once(enc)
+                        .chain(named(NVIDIA_ENC_ROOTFS_B_NAME, &mut probe_at)?)
+                        .collect(),
+                    (None, Some(app)) => std::iter::once(app)
+                        .chain(named(NVIDIA_ROOTFS_B_NAME, &mut probe_at)?)
+                        .collect(),
+                    (None, None) => (0..parts.len()).filter(|&i| probe_at(i).has_etc).collect(),
+                }
+            }
         };
         if found.is_empty() {
             let candidates = list(&mut probe_at);
@@ -534,6 +552,35 @@ mod tests {
             err.contains("--partition") && err.contains("holds /etc"),
             "{err}"
         );
+    }
+
+    /// An encrypted L4T layout: APP holds /boot, APP_ENC (a LUKS
+    /// container) the rootfs, and is the default; all-rootfs is APP_ENC and
+    /// APP_ENC_b.
+    #[test]
+    fn an_encrypted_layout_picks_app_enc() {
+        let enc = [
+            part(1, "APP", Scheme::Gpt),
+            part(2, "APP_ENC", Scheme::Gpt),
+            part(3, "APP_b", Scheme::Gpt),
+            part(4, "APP_ENC_b", Scheme::Gpt),
+        ];
+        let luks = |p: &Partition| {
+            if p.name.as_deref().is_some_and(|n| n.contains("ENC")) {
+                Probe {
+                    is_ext: true,
+                    has_etc: false,
+                    description: Some("LUKS2 container".into()),
+                    unusable: None,
+                }
+            } else {
+                ext(false)
+            }
+        };
+        assert_eq!(choose(&enc, None, luks).unwrap().number, 2);
+        let all = select(&enc, &[PartitionChoice::AllRootfs], luks).unwrap();
+        let numbers: Vec<u32> = all.iter().map(|p| p.number).collect();
+        assert_eq!(numbers, [2, 4]);
     }
 
     #[test]

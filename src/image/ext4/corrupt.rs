@@ -42,6 +42,8 @@ pub enum CorruptKind {
     InodeGroup(u32),
     #[error("group {0}'s inode table lies outside the filesystem")]
     InodeTable(u64),
+    #[error("group {0}'s bitmap or inode table lies outside the filesystem")]
+    GroupTables(u64),
     #[error("an extent tree node is damaged")]
     ExtentNode,
     #[error("an extent tree node claims too many entries")]

@@ -20,6 +20,7 @@ mod libext2fs;
 mod listing;
 mod raw;
 pub mod reader;
+mod used;
 mod xattrs;
 
 use std::io;
@@ -40,6 +41,7 @@ pub use corrupt::{CorruptKind, NotExt4Kind};
 pub(crate) use io_manager::Device;
 pub(crate) use libext2fs::ensure_loaded;
 pub use libext2fs::use_library;
+pub(crate) use used::{used_blocks, UsedBlocks};
 
 #[derive(Debug, Error)]
 pub enum Ext4Error {

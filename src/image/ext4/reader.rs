@@ -144,11 +144,11 @@ impl Superblock {
         self.blocks_count * self.block_size
     }
 
-    fn group_count(&self) -> u64 {
+    pub(crate) fn group_count(&self) -> u64 {
         (self.blocks_count - self.first_data_block).div_ceil(self.blocks_per_group)
     }
 
-    fn group_has_super(&self, group: u64) -> bool {
+    pub(crate) fn group_has_super(&self, group: u64) -> bool {
         if group == 0 {
             return true;
         }
@@ -183,7 +183,7 @@ impl Superblock {
     }
 
     /// Where the descriptor of `group` lives, in bytes.
-    fn descriptor_offset(&self, group: u64) -> u64 {
+    pub(crate) fn descriptor_offset(&self, group: u64) -> u64 {
         let per_block = self.block_size / self.desc_size;
         let meta_group = group / per_block;
         let block =

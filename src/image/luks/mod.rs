@@ -7,7 +7,9 @@
 //! else in the container (its headers, keyslots, untouched ciphertext) is
 //! the input's.
 
+pub(crate) mod build;
 mod crypt;
+mod format;
 pub(crate) mod header;
 mod l4t;
 mod unlock;
@@ -170,6 +172,10 @@ pub enum LuksError {
     EkbKey { path: PathBuf },
     #[error("--ecid: {why}")]
     Ecid { why: String },
+    #[error("{path}: --luks-encrypt builds a new LUKS2 container from a plain ext2/3/4 image (raw or Android sparse, uncompressed), and this is {found}")]
+    BuildInput { path: PathBuf, found: String },
+    #[error("{path}: --luks-encrypt needs the passphrase of the new keyslot: --l4t-ekb-key FILE with --ecid ECID or --l4t-generic (L4T), or --luks-passphrase-file FILE (a new container gets a new random volume key, so --luks-volume-key-file does not apply)")]
+    BuildKey { path: PathBuf },
     #[error("cannot read the LUKS key file {path}")]
     KeyFile {
         path: PathBuf,
@@ -183,6 +189,7 @@ pub enum LuksError {
 /// data segment as a decrypting volume.
 fn open(
     outer: Box<dyn Volume>,
+    _base: &Path,
     file: &Path,
     options: &ImageOptions,
 ) -> Result<Vec<Slot>, ImageError> {
@@ -242,7 +249,7 @@ fn open(
 /// the password and the API token are: a passphrase file as read (with
 /// its newline, as cryptsetup takes it) and trimmed, and L4T's derived
 /// hex passphrase. Binary key material never reaches text.
-fn register_passphrase(pass: &[u8]) {
+pub(super) fn register_passphrase(pass: &[u8]) {
     if let Ok(text) = std::str::from_utf8(pass) {
         crate::redact::register(text);
         crate::redact::register(text.trim());

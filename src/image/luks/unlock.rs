@@ -26,7 +26,7 @@ pub(crate) enum Failed {
 }
 
 /// PBKDF2-HMAC with `hash`.
-fn pbkdf2(hash: Hash, password: &[u8], salt: &[u8], rounds: u32, out: &mut [u8]) {
+pub(super) fn pbkdf2(hash: Hash, password: &[u8], salt: &[u8], rounds: u32, out: &mut [u8]) {
     match hash {
         Hash::Sha1 => pbkdf2::pbkdf2_hmac::<sha1::Sha1>(password, salt, rounds, out),
         Hash::Sha256 => pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password, salt, rounds, out),
@@ -67,7 +67,7 @@ fn digest_len(hash: Hash) -> usize {
 
 /// The AF splitter's diffusion: each digest-sized piece replaced by the
 /// hash of its index and itself (the last piece by a cut hash).
-fn diffuse(hash: Hash, buf: &mut [u8]) {
+pub(super) fn diffuse(hash: Hash, buf: &mut [u8]) {
     let size = digest_len(hash);
     let mut piece = Zeroizing::new(vec![0u8; size]);
     for (i, chunk) in buf.chunks_mut(size).enumerate() {
