@@ -107,3 +107,67 @@ PY"#,
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("e2fsck"), "{}", stdout(&o));
 }
+
+/// A GPT disk (18 MiB: its 16 MiB `APP` partition and both tables, as
+/// `sgdisk` writes them) followed by 256 MiB of 0xFF, zstd-compressed:
+/// `ls`, `cat`, `provision` and `verify` decode it to its backup GPT
+/// header only; the provisioned disk still holds both tables, and ends
+/// where the input's disk ends.
+#[test]
+fn a_compressed_disk_with_a_huge_tail_is_decoded_to_its_backup_gpt() {
+    require_tools(&["sgdisk", "zstd"]);
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let tmp = d.join("tmp");
+    fs::create_dir(&tmp).unwrap();
+    let fs_img = small_ext4(d, "app.ext4");
+    let disk = d.join("bomb.img");
+    sh(&format!(
+        "truncate -s 18M {i} && sgdisk -og {i} >/dev/null && \
+         sgdisk -n 1:2048:+16M -c 1:APP -t 1:8300 {i} >/dev/null && \
+         dd if={f} of={i} bs=512 seek=2048 conv=notrunc status=none && \
+         head -c 268435456 /dev/zero | tr '\\0' '\\377' >> {i} && zstd -q -19 --rm {i}",
+        i = disk.display(),
+        f = fs_img.display()
+    ));
+    let image = d.join("bomb.img.zst");
+    assert!(fs::metadata(&image).unwrap().len() < 4 << 20);
+    let said = "decoding stops at the end of its disk (its backup GPT header) (18874368 bytes)";
+    let mut ls = bin();
+    ls.arg("ls").arg(&image).arg("/etc");
+    let o = limited(&ls, &tmp);
+    assert_eq!(o.status.signal(), None, "killed: {}", stderr(&o));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("hostname"), "{}", stdout(&o));
+    assert!(stderr(&o).contains(said), "{}", stderr(&o));
+    let mut cat = bin();
+    cat.arg("cat").arg(&image).arg("/etc/hostname");
+    let o = limited(&cat, &tmp);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "jetson\n");
+
+    let pw = write_password(d, PASSWORD);
+    let out = d.join("out.img.zst");
+    let mut provision = provision_offline(&image, &out, "azaion", &pw);
+    provision.env("TMPDIR", &tmp);
+    let o = limited(&provision, &tmp);
+    assert_eq!(o.status.signal(), None, "killed: {}", stderr(&o));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains(said), "{}", stderr(&o));
+    let mut verify = bin();
+    verify
+        .arg("verify")
+        .arg(&out)
+        .args(["--owner", "azaion", "--serial", SERIAL]);
+    let o = limited(&verify, &tmp);
+    assert_eq!(o.status.signal(), None, "killed: {}", stderr(&o));
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(!stderr(&o).contains("decoding stops"), "{}", stderr(&o));
+    // The output is the input's disk, both tables included, and no more.
+    let plain = d.join("out.img");
+    sh(&format!("zstd -q -d {} -o {}", out.display(), plain.display()));
+    assert_eq!(fs::metadata(&plain).unwrap().len(), 18 << 20);
+    let v = stdout(&sh(&format!("sgdisk -v {}", plain.display())));
+    assert!(v.contains("No problems found"), "sgdisk -v:\n{v}");
+    assert!(listing(&tmp).is_empty(), "{:?}", listing(&tmp));
+}

@@ -90,17 +90,28 @@ fn expand_with(
     let mut notes = index.map(Notes::new);
     let mut buf = vec![0u8; 1 << 20];
     let mut at = 0u64;
-    // A bare ext2/3/4 image ends where its superblock says: what a codec
-    // decodes past it (a bomb of 0xFF, a gigabyte of zeros) is not read.
+    // A bare ext2/3/4 image ends where its superblock says, a disk where
+    // its partition table says: what a codec decodes past that end (a bomb
+    // of 0xFF, a gigabyte of zeros) is not read.
     let mut limit = u64::MAX;
+    let mut end_of = "";
     let mut head = Vec::new();
     loop {
         if at >= limit {
-            tracing::warn!(
-                "{}: decoding stops at the end of its ext2/3/4 filesystem ({limit} bytes); what the stream holds past it is not read, and no output carries it",
-                path.display()
-            );
-            at = limit;
+            // One more byte tells a tail from a stream ending right here
+            // (whose trailer and checksum this read still checks).
+            let more =
+                fill(&mut decoder, &mut buf[..1]).map_err(|source| ImageError::Decompress {
+                    path: path.to_path_buf(),
+                    codec: codec.name(),
+                    source,
+                })?;
+            if more > 0 {
+                tracing::warn!(
+                    "{}: decoding stops at the end of its {end_of} ({limit} bytes); what the stream holds past it is not read, and no output carries it",
+                    path.display()
+                );
+            }
             break;
         }
         let want = notes.as_ref().map_or(buf.len(), |n| n.step(at, buf.len()));
@@ -112,14 +123,16 @@ fn expand_with(
         if n == 0 {
             break;
         }
-        if head.len() < FS_HEAD {
-            let take = n.min(FS_HEAD - head.len());
+        if head.len() < END_HEAD {
+            let take = n.min(END_HEAD - head.len());
             head.extend_from_slice(&buf[..take]);
-            if head.len() == FS_HEAD {
-                limit = bare_filesystem_size(&head).unwrap_or(u64::MAX);
+            if head.len() == END_HEAD {
+                if let Some((end, what)) = stream_end(&head) {
+                    (limit, end_of) = (end, what);
+                }
             }
         }
-        let n = n.min(usize::try_from(limit - at).unwrap_or(usize::MAX));
+        let n = n.min(usize::try_from(limit.saturating_sub(at)).unwrap_or(usize::MAX));
         for piece in buf[..n].chunks(4096) {
             if piece.iter().any(|&b| b != 0) {
                 scratch
@@ -229,12 +242,31 @@ impl Notes {
     }
 }
 
-/// Bytes that tell a bare ext2/3/4 image: its boot block and superblock.
-const FS_HEAD: usize = 2048;
+/// Bytes that tell where the stream's content ends: an ext2/3/4 boot block
+/// and superblock (2 KiB), or a disk's partition table header.
+const END_HEAD: usize = disk::DETECT_HEAD;
 
-/// The size an ext2/3/4 filesystem says it has, if `head` (its first
-/// 2 KiB) is one and not a disk (an MBR or protective MBR signature at
-/// 510: a disk's own end is its partition table's business).
+/// Where the content of a stream starting with `head` ends, and what says
+/// so: a bare ext2/3/4 filesystem's superblock, else a disk's partition
+/// table (after GPT's backup header, or the end of the DOS partition
+/// reaching furthest). `None` for anything else, decoded to its end.
+fn stream_end(head: &[u8]) -> Option<(u64, &'static str)> {
+    if let Some(size) = bare_filesystem_size(head) {
+        return Some((size, "ext2/3/4 filesystem"));
+    }
+    match disk::detect(head)? {
+        disk::Scheme::Gpt => {
+            disk::end_in_head(head).map(|end| (end, "disk (its backup GPT header)"))
+        }
+        disk::Scheme::Mbr => {
+            disk::end_in_head(head).map(|end| (end, "disk (its last MBR partition)"))
+        }
+    }
+}
+
+/// The size an ext2/3/4 filesystem says it has, if `head` (at least its
+/// first 2 KiB) is one and not a disk (an MBR or protective MBR signature
+/// at 510: a disk's own end is its partition table's business).
 fn bare_filesystem_size(head: &[u8]) -> Option<u64> {
     if head[510..512] == [0x55, 0xAA] {
         return None;

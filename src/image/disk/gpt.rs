@@ -215,6 +215,15 @@ pub(super) fn starts_in_head(head: &[u8], sector: u64) -> Option<Vec<u64>> {
     Some(starts)
 }
 
+/// Where the disk ends by its primary GPT header alone: after the backup
+/// header's sector (the alternate LBA), which `partitions` requires to be
+/// the disk's last. `None` unless `head` holds a valid primary header.
+pub(super) fn end_in_head(head: &[u8], sector: u64) -> Option<u64> {
+    let block = head.get(sector as usize..2 * sector as usize)?;
+    let header = parse_header(block, 1, GptCopy::Primary).ok()?;
+    header.backup_lba.checked_add(1)?.checked_mul(sector)
+}
+
 /// A GUID in its usual text form (the first three fields little-endian).
 fn guid_text(g: &[u8]) -> String {
     format!(

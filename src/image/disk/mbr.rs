@@ -186,6 +186,20 @@ pub(super) fn starts_in_head(head: &[u8]) -> Option<Vec<u64>> {
     Some(starts)
 }
 
+/// Where the disk ends by its primary entries alone: the end of the one
+/// reaching furthest (an extended partition's entry covers its logical
+/// partitions). `None` unless `head` starts with a DOS table.
+pub(super) fn end_in_head(head: &[u8]) -> Option<u64> {
+    if !present(head) {
+        return None;
+    }
+    entries(&head[..SECTOR as usize])
+        .into_iter()
+        .filter(|e| e.kind != 0)
+        .map(|e| (e.start + e.sectors) * SECTOR)
+        .max()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -252,6 +252,23 @@ pub(crate) fn starts_in_head(head: &[u8]) -> Option<Vec<u64>> {
     }
 }
 
+/// Where a disk ends by its partition table, from its first sectors alone
+/// (`DETECT_HEAD` bytes): after GPT's backup header, or at the end of the
+/// DOS partition reaching furthest. `None` if `head` holds no valid table.
+/// (The codec layer stops decoding there; [`partitions`] is what decides
+/// whether the disk is well formed.)
+pub(crate) fn end_in_head(head: &[u8]) -> Option<u64> {
+    match detect(head)? {
+        Scheme::Gpt if gpt::present(head, 512) => gpt::end_in_head(head, 512),
+        Scheme::Gpt => gpt::end_in_head(head, 4096),
+        Scheme::Mbr => mbr::end_in_head(head),
+    }
+}
+
+/// The first bytes [`end_in_head`] needs: a GPT header on a disk of
+/// 4 KiB sectors ends at 8 KiB.
+pub(crate) const DETECT_HEAD: usize = 8192;
+
 /// Reads the partition table of a disk image.
 pub fn partitions(file: &File, head: &[u8], disk_size: u64) -> Result<Vec<Partition>, DiskError> {
     let (parts, sector) = match detect(head) {
