@@ -165,7 +165,11 @@ fn a_compressed_disk_with_a_huge_tail_is_decoded_to_its_backup_gpt() {
     assert!(!stderr(&o).contains("decoding stops"), "{}", stderr(&o));
     // The output is the input's disk, both tables included, and no more.
     let plain = d.join("out.img");
-    sh(&format!("zstd -q -d {} -o {}", out.display(), plain.display()));
+    sh(&format!(
+        "zstd -q -d {} -o {}",
+        out.display(),
+        plain.display()
+    ));
     assert_eq!(fs::metadata(&plain).unwrap().len(), 18 << 20);
     let v = stdout(&sh(&format!("sgdisk -v {}", plain.display())));
     assert!(v.contains("No problems found"), "sgdisk -v:\n{v}");

@@ -247,20 +247,21 @@ impl Notes {
 const END_HEAD: usize = disk::DETECT_HEAD;
 
 /// Where the content of a stream starting with `head` ends, and what says
-/// so: a bare ext2/3/4 filesystem's superblock, else a disk's partition
-/// table (after GPT's backup header, or the end of the DOS partition
-/// reaching furthest). `None` for anything else, decoded to its end.
+/// so: a bare ext2/3/4 filesystem's superblock, else a GPT disk's backup
+/// header. `None` for anything else (a DOS-labelled disk too), decoded to
+/// its end.
 fn stream_end(head: &[u8]) -> Option<(u64, &'static str)> {
     if let Some(size) = bare_filesystem_size(head) {
         return Some((size, "ext2/3/4 filesystem"));
     }
+    // GPT's backup header is the disk's last sector by definition (the
+    // table is refused otherwise). A DOS table says nothing of the disk's
+    // end: space after its last partition is the disk's, kept whole.
     match disk::detect(head)? {
         disk::Scheme::Gpt => {
             disk::end_in_head(head).map(|end| (end, "disk (its backup GPT header)"))
         }
-        disk::Scheme::Mbr => {
-            disk::end_in_head(head).map(|end| (end, "disk (its last MBR partition)"))
-        }
+        disk::Scheme::Mbr => None,
     }
 }
 

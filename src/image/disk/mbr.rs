@@ -219,6 +219,16 @@ mod tests {
     }
 
     #[test]
+    fn the_disk_ends_with_the_entry_reaching_furthest() {
+        // Table order is not disk order; an extended entry counts whole.
+        let t = table(&[(0x80, 0x0C, 40960, 4096), (0, 0x05, 2048, 8192)]);
+        assert_eq!(end_in_head(&t), Some((40960 + 4096) * 512));
+        let t = table(&[(0, 0x83, 2048, 4096), (0, 0x0F, 8192, 65536)]);
+        assert_eq!(end_in_head(&t), Some((8192 + 65536) * 512));
+        assert_eq!(end_in_head(&table(&[])), None);
+    }
+
+    #[test]
     fn tells_tables_from_boot_sectors() {
         assert!(present(&table(&[
             (0x80, 0x0C, 2048, 4096),

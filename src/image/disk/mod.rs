@@ -254,7 +254,7 @@ pub(crate) fn starts_in_head(head: &[u8]) -> Option<Vec<u64>> {
 
 /// Where a disk ends by its partition table, from its first sectors alone
 /// (`DETECT_HEAD` bytes): after GPT's backup header, or at the end of the
-/// DOS partition reaching furthest. `None` if `head` holds no valid table.
+/// DOS partition reaching furthest (which need not be the disk's end). `None` if `head` holds no valid table.
 /// (The codec layer stops decoding there; [`partitions`] is what decides
 /// whether the disk is well formed.)
 pub(crate) fn end_in_head(head: &[u8]) -> Option<u64> {
