@@ -750,6 +750,20 @@ fn l4t_station_enc_builds_each_devices_container() {
             stderr(&o)
         );
     }
+    // Nor without ROOTFS_ENC after an encrypted --prepare.
+    let o = station_online(
+        &l4t,
+        &device,
+        &server,
+        &[],
+        &["AZJN-0042", BOARD, "mmcblk0p1"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--prepare ran with ROOTFS_ENC=1"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(server.requests().len(), 0);
     assert!(!device.exists());
 
