@@ -841,12 +841,14 @@ fn l4t_station_enc_builds_each_devices_container() {
     assert_eq!(sha256(&enc), orig_sha);
     let password = password_in(&conf);
     assert_eq!(holding(&password, &[&l4t]), Vec::<String>::new());
-    let left: Vec<_> = fs::read_dir(&bl)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.starts_with(".station") || n.contains("standin"))
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    let left = || -> Vec<String> {
+        fs::read_dir(&bl)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with(".station") || n.contains("standin"))
+            .collect()
+    };
+    assert_eq!(left(), Vec::<String>::new());
 
     // Another chip's passphrase does not open it: the stand-in refuses to
     // flash a container the device cannot open.
@@ -875,6 +877,7 @@ fn l4t_station_enc_builds_each_devices_container() {
     );
     assert_eq!(sha256(&flashed), before);
     assert_eq!(sha256(&enc), orig_sha);
+    assert_eq!(left(), Vec::<String>::new(), "also when flashing fails");
 }
 
 /// ROOTFS_AB=1: flash.sh -r also flashes bootloader/system.img_b to APP_b
