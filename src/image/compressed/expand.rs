@@ -90,36 +90,42 @@ fn expand_with(
     let mut notes = index.map(Notes::new);
     let mut buf = vec![0u8; 1 << 20];
     let mut at = 0u64;
-    // A bare ext2/3/4 image ends where its superblock says, a disk where
-    // its partition table says: what a codec decodes past that end (a bomb
-    // of 0xFF, a gigabyte of zeros) is not read.
+    // A bare ext2/3/4 image ends where its superblock says, a GPT disk
+    // after its backup header: what a codec decodes past that end (a bomb
+    // of 0xFF, a gigabyte of zeros) is never stored. It is still decoded,
+    // into nothing, because the stream's own checks (gzip's CRC and length,
+    // zstd's checksum, xz's index, what follows the last stream) come at
+    // its end: without them damage inside the image or a cut download
+    // would pass unseen.
     let mut limit = u64::MAX;
     let mut end_of = "";
     let mut head = Vec::new();
+    let decode_error = |source| ImageError::Decompress {
+        path: path.to_path_buf(),
+        codec: codec.name(),
+        source,
+    };
     loop {
         if at >= limit {
-            // One more byte tells a tail from a stream ending right here
-            // (whose trailer and checksum this read still checks).
-            let more =
-                fill(&mut decoder, &mut buf[..1]).map_err(|source| ImageError::Decompress {
-                    path: path.to_path_buf(),
-                    codec: codec.name(),
-                    source,
-                })?;
-            if more > 0 {
+            let mut past = 0u64;
+            loop {
+                let n = fill(&mut decoder, &mut buf).map_err(decode_error)?;
+                if n == 0 {
+                    break;
+                }
+                past += n as u64;
+            }
+            if past > 0 {
                 tracing::warn!(
-                    "{}: decoding stops at the end of its {end_of} ({limit} bytes); what the stream holds past it is not read, and no output carries it",
+                    "{}: its {end_of} at byte {limit}; what the stream holds past it is checked but not kept ({past} bytes), and no output carries it",
                     path.display()
                 );
             }
+            at = limit;
             break;
         }
         let want = notes.as_ref().map_or(buf.len(), |n| n.step(at, buf.len()));
-        let n = fill(&mut decoder, &mut buf[..want]).map_err(|source| ImageError::Decompress {
-            path: path.to_path_buf(),
-            codec: codec.name(),
-            source,
-        })?;
+        let n = fill(&mut decoder, &mut buf[..want]).map_err(decode_error)?;
         if n == 0 {
             break;
         }
@@ -252,14 +258,14 @@ const END_HEAD: usize = disk::DETECT_HEAD;
 /// its end.
 fn stream_end(head: &[u8]) -> Option<(u64, &'static str)> {
     if let Some(size) = bare_filesystem_size(head) {
-        return Some((size, "ext2/3/4 filesystem"));
+        return Some((size, "ext2/3/4 filesystem ends"));
     }
     // GPT's backup header is the disk's last sector by definition (the
     // table is refused otherwise). A DOS table says nothing of the disk's
     // end: space after its last partition is the disk's, kept whole.
     match disk::detect(head)? {
         disk::Scheme::Gpt => {
-            disk::end_in_head(head).map(|end| (end, "disk (its backup GPT header)"))
+            disk::end_in_head(head).map(|end| (end, "GPT disk ends (after its backup header)"))
         }
         disk::Scheme::Mbr => None,
     }
