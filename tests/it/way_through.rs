@@ -134,3 +134,39 @@ fn a_gpt_cut_after_its_last_partition_gets_a_hint_that_works() {
     sh(&hint.replace("FILE", &copy.display().to_string()));
     stamped(&copy, &out_dir(d, "out2"), &pw);
 }
+
+#[test]
+fn a_dos_table_of_4k_sectors_is_read_in_4k_sectors() {
+    require_tools(&["sfdisk", "mke2fs", "debugfs"]);
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let pw = write_password(d, PASSWORD);
+    let tree = ext4_tree(d, 0, Azaion::Absent);
+    let img = d.join("4kn.img");
+    // A 4Kn disk's table: its LBAs count 4096-byte sectors. This sfdisk
+    // has no --sector-size, so the same numbers are written through a
+    // 512-byte view (they fit it: the disk is 8 times larger than they say
+    // there); the table's bytes are what a 4Kn sfdisk writes.
+    let (start, sectors) = (256u64, 40 * 256 - 256);
+    sh(&format!(
+        "truncate -s 40MiB {img} && echo 'start={start}, size={sectors}, type=83' | sfdisk -q {img} && \
+         mke2fs -F -q -t ext4 -E offset={off},root_owner=0:0 -d {tree} {img} {k}k",
+        img = img.display(),
+        off = start * 4096,
+        k = sectors * 4,
+        tree = tree.display()
+    ));
+    let out = out_dir(d, "out");
+    stamped(&img, &out, &pw);
+    let part = d.join("part.ext4");
+    sh(&format!(
+        "dd if={o} of={p} bs=4096 skip={start} count={sectors} status=none",
+        o = out.join("4kn.img").display(),
+        p = part.display()
+    ));
+    assert_fsck_clean(&part);
+    assert!(
+        debugfs(&part, "cat /etc/azaion/device.conf").contains("AZAION_DEVICE_PASSWORD="),
+        "no device.conf in the 4 KiB-sector partition"
+    );
+}
