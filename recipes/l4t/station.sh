@@ -36,15 +36,17 @@
 # or fail, the bases are put back on exit (trap) and the stamped copies
 # removed: no device's password stays in bootloader/.
 #
-# Refused, with what to do instead: ROOTFS_ENC=1 (flash.sh then writes
-# system_boot.img and the LUKS container system_root_encrypted.img, which
-# imprint cannot write into yet); a layout whose APP/APP_b images are not
+# ROOTFS_ENC=1 (one rootfs slot): see station-enc.sh, which this script
+# runs then; ECID and ENC_RFS_KEY are needed per device.
+#
+# Refused, with what to do instead: ROOTFS_ENC=1 with ROOTFS_AB=1; a layout whose APP/APP_b images are not
 # the system.img/system.img_b flash.sh builds, or with other APP_*
 # partitions; a ROOTFS_AB that differs from the one --prepare saw.
 #
 # Environment: IMPRINT_API_URL, IMPRINT_API_TOKEN_FILE (or IMPRINT_API_TOKEN),
 # IMPRINT_OWNER (default azaion), IMPRINT_OFFLINE_PASSWORD_FILE (test
-# stations only: no API call), ROOTFS_AB (passed to flash.sh).
+# stations only: no API call), ROOTFS_AB and ROOTFS_ENC (passed to
+# flash.sh), ECID and ENC_RFS_KEY (ROOTFS_ENC=1, per device).
 set -euo pipefail
 
 usage() { echo "usage: station.sh --prepare|SERIAL BOARD ROOTDEV" >&2; exit 2; }
@@ -61,11 +63,12 @@ as_root() {
 die() { echo "station: $*" >&2; exit 1; }
 
 # The board configs enable a mode only when the variable is exactly 1.
-if [ "${ROOTFS_ENC:-}" = 1 ]; then
-    die "ROOTFS_ENC=1: encrypted rootfs is not served yet. flash.sh would flash system_boot.img and the LUKS container system_root_encrypted.img, not system.img, and imprint cannot write into the container yet (see imprint issue 24). Flash without ROOTFS_ENC, or use the staging flow (sample-rootfs.sh --rootfs-dir rootfs SERIAL -- ./flash.sh BOARD ROOTDEV), where flash.sh builds the encrypted image from the stamped rootfs/; nothing was changed."
-fi
-ab=0
+ab=0 enc=0
 [ "${ROOTFS_AB:-}" = 1 ] && ab=1
+[ "${ROOTFS_ENC:-}" = 1 ] && enc=1
+if [ "$enc" = 1 ] && [ "$ab" = 1 ]; then
+    die "ROOTFS_ENC=1 with ROOTFS_AB=1 is not served: this script builds one encrypted rootfs (APP_ENC) per device, not APP_ENC_b. Flash with one of them, or use the staging flow (sample-rootfs.sh --rootfs-dir rootfs SERIAL -- ./flash.sh BOARD ROOTDEV); nothing was changed."
+fi
 
 # "NAME FILE" for each APP* partition of a flash.sh layout (XML, one
 # element a line, as NVIDIA's layouts and flash.sh's substitution leave it).
@@ -82,7 +85,7 @@ slots_of() {
     while read -r name file; do
         case "$name:$file" in
             APP_ENC*)
-                die "$layout has an encrypted rootfs partition ($name): encrypted rootfs is not served yet (see imprint issue 24). Use a layout without APP_ENC." ;;
+                die "$layout has an encrypted rootfs partition ($name), which flash.sh writes only with ROOTFS_ENC=1: run station.sh with ROOTFS_ENC=1 (--prepare too), or use a layout without APP_ENC." ;;
             APP:system.img) echo "APP system.img bootloader/l4t-rootfs-uuid.txt" ;;
             APP_b:system.img_b) echo "APP_b system.img_b bootloader/l4t-rootfs-uuid.txt_b" ;;
             APP:*|APP_b:*)
@@ -95,7 +98,18 @@ slots_of() {
     [ "$n" -gt 0 ] || die "$layout has no APP partition: nothing to stamp. Is it a flash.sh layout?"
 }
 
+if [ "$enc" = 1 ]; then
+    # shellcheck source=station-enc.sh
+    source "$(dirname "${BASH_SOURCE[0]}")/station-enc.sh"
+    exit 0
+fi
+enc_base=bootloader/system_root_encrypted.img.base
+if [ -f "$enc_base.layout" ] && [ "$what" != --prepare ]; then
+    die "--prepare ran with ROOTFS_ENC=1: set ROOTFS_ENC=1 (and ECID, ENC_RFS_KEY) for each device too, or run --prepare again without it"
+fi
+
 if [ "$what" = --prepare ]; then
+    rm -f "$enc_base"*
     # A failed --prepare leaves nothing an earlier one kept.
     rm -f bootloader/system.img.base* bootloader/system.img_b.base*
     as_root ./flash.sh --no-flash "$board" "$rootdev"

@@ -5,7 +5,7 @@
 //! between and after them). A stream is a 12-byte header (magic, flags
 //! naming the check, CRC32), blocks, an index listing each block's
 //! unpadded and uncompressed size, and a 12-byte footer pointing back at
-//! the index. Blocks are independent of each other: `xz -T`, pixz and Yocto
+//! the index. Blocks are independent of each other: `xz -T`, `pixz -t` and Yocto
 //! write many, plain `xz` one. So the layout of the whole file comes from
 //! the footers and indexes at its end without decoding anything, every
 //! block start is a boundary, and a rewrite keeps the input's bytes before

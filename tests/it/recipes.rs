@@ -685,6 +685,201 @@ fn password_in(conf: &str) -> String {
         .to_string()
 }
 
+/// ROOTFS_ENC=1: --prepare keeps the plain root filesystem the container
+/// holds and its UUID file; per device (ECID, ENC_RFS_KEY), imprint builds
+/// the LUKS2 container system_root_encrypted.img, and flash.sh -r flashes
+/// it: the device's container opens with that chip's passphrase (derived
+/// by Python, as NVIDIA's gen_luks_passphrase.py) and, decrypted by
+/// Python, holds its credentials 0600 under the UUID the command line
+/// boots; one account call; flash.sh's image is back afterwards and no
+/// copy of the password is left. Without ECID or the key nothing happens.
+#[test]
+fn l4t_station_enc_builds_each_devices_container() {
+    use crate::luks::{segment, L4T_PY, XTS_PY};
+    let ecid = "0x0123456789abcdef0123456789abcdef";
+    let ekb = "00112233445566778899aabbccddeeff";
+    let dir = TempDir::new().unwrap();
+    let l4t = l4t_tree(dir.path());
+    let device = dir.path().join("device");
+    let modes = dir.path().join("modes");
+    let server = StubServer::start().unwrap();
+    let key = dir.path().join("ekb.key");
+    fs::write(&key, format!("{ekb}\n")).unwrap();
+    let o = station_online(
+        &l4t,
+        &device,
+        &server,
+        &[("ROOTFS_ENC", "1")],
+        &["--prepare", BOARD, "mmcblk0p1"],
+    );
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let bl = l4t.join("bootloader");
+    let enc = bl.join("system_root_encrypted.img");
+    let orig_sha = sha256(&enc);
+    let uuid = fs::read_to_string(bl.join("l4t-rootfs-uuid.txt_enc")).unwrap();
+    let pass = dir.path().join("device.pass");
+    fs::write(
+        &pass,
+        crate::luks::ok(Command::new("python3").args(["-c", L4T_PY, ekb, ecid, uuid.trim()])),
+    )
+    .unwrap();
+    let key_s = key.to_str().unwrap();
+    let pass_s = pass.to_str().unwrap();
+    let modes_s = modes.to_str().unwrap();
+    let env = [
+        ("ROOTFS_ENC", "1"),
+        ("ECID", ecid),
+        ("ENC_RFS_KEY", key_s),
+        ("L4T_STANDIN_PASSPHRASE_FILE", pass_s),
+        ("L4T_STANDIN_MODES", modes_s),
+    ];
+    // Without the ECID or the key: refused before any account call.
+    for drop in ["ECID", "ENC_RFS_KEY"] {
+        let env: Vec<_> = env.iter().copied().filter(|(k, _)| *k != drop).collect();
+        let o = station_online(
+            &l4t,
+            &device,
+            &server,
+            &env,
+            &["AZJN-0042", BOARD, "mmcblk0p1"],
+        );
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("set {drop}")),
+            "{}",
+            stderr(&o)
+        );
+    }
+    // Nor without ROOTFS_ENC after an encrypted --prepare.
+    let o = station_online(
+        &l4t,
+        &device,
+        &server,
+        &[],
+        &["AZJN-0042", BOARD, "mmcblk0p1"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--prepare ran with ROOTFS_ENC=1"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(server.requests().len(), 0);
+    assert!(!device.exists());
+
+    let o = station_online(
+        &l4t,
+        &device,
+        &server,
+        &env,
+        &["AZJN-0042", BOARD, "mmcblk0p1"],
+    );
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert_eq!(
+        account_calls(&server).len(),
+        1,
+        "{:?}",
+        account_calls(&server)
+    );
+    let flashed = device.join("APP_ENC.img");
+    let dump = crate::luks::ok(Command::new("cryptsetup").arg("luksDump").arg(&flashed));
+    assert!(dump.contains(uuid.trim()), "{dump}");
+    crate::luks::ok(
+        Command::new("cryptsetup")
+            .args(["open", "--test-passphrase", "--key-file"])
+            .arg(&pass)
+            .arg(&flashed),
+    );
+    let vk = dir.path().join("vk.bin");
+    crate::luks::ok(
+        Command::new("cryptsetup")
+            .args(["luksDump", "-q", "--dump-volume-key", "--volume-key-file"])
+            .arg(&vk)
+            .arg("--key-file")
+            .arg(&pass)
+            .arg(&flashed),
+    );
+    let (offset, sector) = segment(&flashed);
+    let len = fs::metadata(&flashed).unwrap().len() - offset;
+    let inner = dir.path().join("inner.img");
+    crate::luks::ok(
+        Command::new("python3")
+            .args(["-c", XTS_PY, "dec"])
+            .arg(&flashed)
+            .arg(&vk)
+            .args([offset.to_string(), len.to_string(), sector.to_string()])
+            .arg("0")
+            .arg(&inner),
+    );
+    assert_fsck_clean(&inner);
+    let conf = debugfs(&inner, "cat /etc/azaion/device.conf");
+    assert!(conf.contains(&email_of("AZJN-0042")), "{conf}");
+    assert_eq!(
+        debugfs_stat(&inner, "/etc/azaion/device.conf"),
+        (0o600, 1001, 1001)
+    );
+    // Filled as build_enc_root_fsimg fills it: no /boot, the crypt_root
+    // line in /etc/fstab; /boot is the APP partition, booting the
+    // container's UUID.
+    let fstab = debugfs(&inner, "cat /etc/fstab");
+    assert!(fstab.contains("/dev/mapper/crypt_root / ext4"), "{fstab}");
+    let boot_uuid = fs::read_to_string(device.join("APP.partuuid")).unwrap();
+    assert!(
+        fstab.contains(&format!("PARTUUID={} /boot", boot_uuid.trim())),
+        "{fstab}"
+    );
+    assert!(debugfs(&inner, "ls /").find("boot").is_none());
+    let extlinux = debugfs(&device.join("APP.img"), "cat /boot/extlinux/extlinux.conf");
+    assert!(
+        extlinux.contains(&format!("root=UUID={}", uuid.trim())),
+        "{extlinux}"
+    );
+    // The container was flashed 0600; flash.sh's image is back; nothing
+    // is left holding the password.
+    let modes = fs::read_to_string(&modes).unwrap();
+    assert!(modes.contains("system_root_encrypted.img 600\n"), "{modes}");
+    assert_eq!(sha256(&enc), orig_sha);
+    let password = password_in(&conf);
+    assert_eq!(holding(&password, &[&l4t]), Vec::<String>::new());
+    let left = || -> Vec<String> {
+        fs::read_dir(&bl)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with(".station") || n.contains("standin"))
+            .collect()
+    };
+    assert_eq!(left(), Vec::<String>::new());
+
+    // Another chip's passphrase does not open it: the stand-in refuses to
+    // flash a container the device cannot open.
+    let other = dir.path().join("other.pass");
+    fs::write(
+        &other,
+        crate::luks::ok(Command::new("python3").args(["-c", L4T_PY, ekb, "0x42", uuid.trim()])),
+    )
+    .unwrap();
+    let other_s = other.to_str().unwrap();
+    let mut env2 = env.to_vec();
+    env2[3] = ("L4T_STANDIN_PASSPHRASE_FILE", other_s);
+    let before = sha256(&flashed);
+    let o = station_online(
+        &l4t,
+        &device,
+        &server,
+        &env2,
+        &["AZJN-0043", BOARD, "mmcblk0p1"],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("does not open with this device's passphrase"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(sha256(&flashed), before);
+    assert_eq!(sha256(&enc), orig_sha);
+    assert_eq!(left(), Vec::<String>::new(), "also when flashing fails");
+}
+
 /// ROOTFS_AB=1: flash.sh -r also flashes bootloader/system.img_b to APP_b
 /// and boots it with the UUID in l4t-rootfs-uuid.txt_b. --prepare keeps
 /// both images and both UUID files; each device gets its credentials in
@@ -811,12 +1006,12 @@ fn l4t_station_refuses_what_it_cannot_stamp() {
         &l4t,
         &device,
         &server,
-        &enc,
+        &[("ROOTFS_ENC", "1"), ("ROOTFS_AB", "1")],
         &["--prepare", BOARD, "mmcblk0p1"],
     );
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("encrypted rootfs is not served yet"),
+        stderr(&o).contains("ROOTFS_ENC=1 with ROOTFS_AB=1 is not served"),
         "{}",
         stderr(&o)
     );
@@ -839,7 +1034,7 @@ fn l4t_station_refuses_what_it_cannot_stamp() {
     );
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        stderr(&o).contains("encrypted rootfs is not served yet"),
+        stderr(&o).contains("run ROOTFS_ENC=1 station.sh --prepare"),
         "{}",
         stderr(&o)
     );

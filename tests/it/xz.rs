@@ -1,4 +1,4 @@
-//! xz tarballs as `xz -T`, pixz and Yocto write them (many blocks) and as
+//! xz tarballs as `xz -T`, `pixz -t` and Yocto write them (many blocks) and as
 //! plain `xz` writes them (one block): the output keeps the input's blocks
 //! before the one holding the first change byte for byte, decompresses to
 //! what a full rewrite gives, keeps the input's check type and filters,
@@ -198,4 +198,66 @@ fn several_streams_and_padding() {
     assert!(kept > len * 8 / 10, "{kept} of {len} kept");
     let listing = listing_of(&fast);
     assert!(listing.contains("Streams:           2"), "{listing}");
+}
+
+/// Issue 26.8: a pixz tarball carries pixz's file index after the tar's
+/// end-of-archive marker, as its last xz block. imprint cannot rebuild it
+/// for the changed entries, and an output without it fails `pixz -x`: the
+/// input is refused naming the index and the way through (unpack with
+/// `pixz -d`, stamp, index again with `pixz`), which this test follows to
+/// an output `pixz -l` lists and `pixz -x` extracts from.
+#[test]
+fn a_pixz_tarball_is_refused_naming_its_index_and_the_way_through() {
+    require_tools(&["pixz", "xz", "tar"]);
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let root = tree(d, Place::Middle, false);
+    let plain = d.join("in.tar");
+    tar_of(&root, &plain);
+    let tpxz = d.join("in.tpxz");
+    sh(&format!("pixz < {} > {}", plain.display(), tpxz.display()));
+    let listed = stdout(&sh(&format!("pixz -l {}", tpxz.display())));
+    assert!(listed.contains("./etc/azaion/device.conf"), "{listed}");
+    let before = fs::read(&tpxz).unwrap();
+
+    let pw = write_password(d, PASSWORD);
+    let out = d.join("out.tar.xz");
+    let o = run(&mut provision_offline(&tpxz, &out, "azaion", &pw));
+    assert!(!o.status.success(), "a pixz tarball was accepted");
+    let err = stderr(&o);
+    assert!(
+        err.contains("pixz's file index")
+            && err.contains(&format!("pixz -d < {}", tpxz.display()))
+            && err.contains("end-of-archive"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    assert!(fs::read(&tpxz).unwrap() == before, "input modified");
+
+    // The way the error gives.
+    let unpacked = d.join("unpacked.tar");
+    sh(&format!(
+        "pixz -d < {} > {}",
+        tpxz.display(),
+        unpacked.display()
+    ));
+    let stamped = d.join("stamped.tar");
+    provision(&unpacked, &stamped, &pw, false);
+    let indexed = d.join("stamped.tpxz");
+    sh(&format!(
+        "pixz < {} > {}",
+        stamped.display(),
+        indexed.display()
+    ));
+    sh(&format!("xz -t {}", indexed.display()));
+    let listed = stdout(&sh(&format!("pixz -l {}", indexed.display())));
+    assert!(listed.contains("./etc/azaion/device.conf"), "{listed}");
+    let conf = "./etc/azaion/device.conf";
+    let by_pixz = sh(&format!(
+        "pixz -x {conf} < {} | tar -xOf - {conf}",
+        indexed.display()
+    ))
+    .stdout;
+    let by_tar = sh(&format!("tar -xOf {} {conf}", stamped.display())).stdout;
+    assert!(!by_tar.is_empty() && by_pixz == by_tar);
 }

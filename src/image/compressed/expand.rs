@@ -91,24 +91,30 @@ fn expand_with(
     let mut buf = vec![0u8; 1 << 20];
     let mut at = 0u64;
     // A bare ext2/3/4 image ends where its superblock says: what a codec
-    // decodes past it (a bomb of 0xFF, a gigabyte of zeros) is not read.
+    // decodes past it (a bomb of 0xFF, a gigabyte of zeros) is never
+    // stored. It is still decoded, into nothing, because the stream's own
+    // checks (gzip's CRC and length, zstd's checksum, xz's index, what
+    // follows the last stream) come at its end: without them damage inside
+    // the filesystem or a cut download would pass unseen.
     let mut limit = u64::MAX;
     let mut head = Vec::new();
+    let decode_error = |source| ImageError::Decompress {
+        path: path.to_path_buf(),
+        codec: codec.name(),
+        source,
+    };
     loop {
         if at >= limit {
             tracing::warn!(
-                "{}: decoding stops at the end of its ext2/3/4 filesystem ({limit} bytes); what the stream holds past it is not read, and no output carries it",
+                "{}: its ext2/3/4 filesystem ends at byte {limit}; what the stream holds past it is checked but not kept, and no output carries it",
                 path.display()
             );
             at = limit;
+            while fill(&mut decoder, &mut buf).map_err(decode_error)? > 0 {}
             break;
         }
         let want = notes.as_ref().map_or(buf.len(), |n| n.step(at, buf.len()));
-        let n = fill(&mut decoder, &mut buf[..want]).map_err(|source| ImageError::Decompress {
-            path: path.to_path_buf(),
-            codec: codec.name(),
-            source,
-        })?;
+        let n = fill(&mut decoder, &mut buf[..want]).map_err(decode_error)?;
         if n == 0 {
             break;
         }

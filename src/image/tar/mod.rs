@@ -98,6 +98,8 @@ pub enum TarError {
         offset: u64,
         what: &'static str,
     },
+    #[error("{path}: after the end-of-archive marker, at byte {offset} of the archive, comes pixz's file index (a pixz tarball), which imprint cannot rebuild for the changed entries, and without which `pixz -x` fails on the output. Unpack it with `pixz -d < {path} > IN.tar`, stamp IN.tar, and index the output again with `pixz OUT.tar`")]
+    PixzIndex { path: PathBuf, offset: u64 },
     #[error("{path}: the overlay removes the directory {dir}, but the archive holds {count} entries under it (such as {inside}); add `recursive = true` to the entry to remove them too")]
     NotEmpty {
         path: PathBuf,

@@ -22,7 +22,7 @@ use super::entries::{End, Entries, Entry};
 use super::header::{self, Header, HeaderStyle};
 use super::pax::Record;
 use super::speculate::{Speculated, Speculation};
-use super::stream::Stream;
+use super::stream::{AfterEnd, Stream};
 use super::TarError;
 use crate::compress::boundary::{BlockIndex, Boundary};
 use crate::compress::{Compression, Tail};
@@ -629,17 +629,24 @@ impl Visitor<'_> {
             // What follows the end marker would be lost: a second archive
             // (`cat a.tar b.tar`; GNU tar -i and bsdtar still read its
             // entries) or appended data such as a signature.
-            if let Some((offset, second)) = stream.first_data_after()? {
-                return Err(TarError::AfterEnd {
-                    path: path.to_path_buf(),
+            let path = path.to_path_buf();
+            return match stream.first_data_after()? {
+                None => Ok(()),
+                // pixz's index names every entry at its offset: the
+                // output's entries move, so a copied index would send
+                // `pixz -x` to the wrong bytes, and a dropped one fails it.
+                Some((offset, AfterEnd::PixzIndex)) => Err(TarError::PixzIndex { path, offset }),
+                Some((offset, AfterEnd::Archive)) => Err(TarError::AfterEnd {
+                    path,
                     offset,
-                    what: if second {
-                        "a second tar archive joined on (as `cat a.tar b.tar` makes), whose entries tar reads only with --ignore-zeros"
-                    } else {
-                        "data that is not a tar entry (such as an appended signature)"
-                    },
-                });
-            }
+                    what: "a second tar archive joined on (as `cat a.tar b.tar` makes), whose entries tar reads only with --ignore-zeros",
+                }),
+                Some((offset, AfterEnd::Data)) => Err(TarError::AfterEnd {
+                    path,
+                    offset,
+                    what: "data that is not a tar entry (such as an appended signature)",
+                }),
+            };
         }
         Ok(())
     }

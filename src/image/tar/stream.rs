@@ -139,8 +139,8 @@ impl<'a> Stream<'a> {
 
     /// Reads to the end, block by block, as after the end-of-archive
     /// marker: the offset of the first block that is not all zeros and
-    /// whether it is a tar header (a second archive joined on), if any.
-    pub(super) fn first_data_after(&mut self) -> Result<Option<(u64, bool)>, TarError> {
+    /// what it is, if any.
+    pub(super) fn first_data_after(&mut self) -> Result<Option<(u64, AfterEnd)>, TarError> {
         let mut block = [0u8; 512];
         loop {
             let at = self.pos;
@@ -149,10 +149,34 @@ impl<'a> Stream<'a> {
                 return Ok(None);
             }
             if block[..n].iter().any(|&b| b != 0) {
-                let header = n == block.len() && super::header::checksum_ok(&block);
+                let what = if n == block.len() && super::header::checksum_ok(&block) {
+                    AfterEnd::Archive
+                } else if block[..n].starts_with(&PIXZ_INDEX_MAGIC) {
+                    AfterEnd::PixzIndex
+                } else {
+                    AfterEnd::Data
+                };
                 self.drain()?;
-                return Ok(Some((at, header)));
+                return Ok(Some((at, what)));
             }
         }
     }
 }
+
+/// What follows a tar's end-of-archive marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AfterEnd {
+    /// A tar header: a second archive joined on.
+    Archive,
+    /// pixz's file index: the magic, then `name\0` and a little-endian u64
+    /// offset per entry (as `xz -dc FILE.tpxz | tail -c` shows), which
+    /// `pixz -l` and `pixz -x` read.
+    PixzIndex,
+    /// Anything else, such as an appended signature.
+    Data,
+}
+
+/// The first 8 bytes of pixz's file index: the little-endian u64
+/// 0xDBAE14D62E324CA6 that pixz writes right after the tar's last record
+/// (seen in `xz -dc` of what pixz 1.0.7 writes).
+const PIXZ_INDEX_MAGIC: [u8; 8] = [0xa6, 0x4c, 0x32, 0x2e, 0xd6, 0x14, 0xae, 0xdb];

@@ -38,7 +38,12 @@
 #   (build_enc_root_fsimg, same file 503-630: a LUKS2 container made with
 #   cryptsetup luksFormat). Here it is the sparse ext4 image itself, NOT
 #   encrypted (cryptsetup needs root and a loop device): only its name,
-#   role and partition are reproduced.
+#   role and partition are reproduced. The UUID files it uses:
+#   l4t-bootpart-uuid.txt for APP, l4t-rootfs-uuid.txt_enc for the
+#   container (cited where they are read below).
+# - With ROOTFS_ENC=1 and -r, the container flashed must be what the
+#   device boots: checked with cryptsetup against
+#   L4T_STANDIN_PASSPHRASE_FILE (the device's passphrase).
 # - bootloader/flash.xml: the layout with its placeholders substituted,
 #   APPUUID_b before APPUUID, APPFILE -> system.img (so APPFILE_b becomes
 #   system.img_b) (APP_TAG, flash.sh:3360-3445; written by `sed
@@ -104,22 +109,34 @@ default_layout() {
 }
 
 uuidfile=bootloader/l4t-rootfs-uuid.txt
-root_uuid() { # SUFFIX: the UUID in the file, or a new one written there
-    if [ ! -f "$uuidfile$1" ]; then
-        cat /proc/sys/kernel/random/uuid > "$uuidfile$1"
+root_uuid() { # SUFFIX [FILE]: the UUID in the file, or a new one written there
+    local file=${2:-$uuidfile}$1
+    if [ ! -f "$file" ]; then
+        cat /proc/sys/kernel/random/uuid > "$file"
     fi
-    sed -n 's/^\([0-9a-f-]\{36\}\)$/\1/p' "$uuidfile$1"
+    sed -n 's/^\([0-9a-f-]\{36\}\)$/\1/p' "$file"
 }
 uuid=$(root_uuid "")
 uuid_b=""
 [ "$rootfs_ab" = 1 ] && uuid_b=$(root_uuid _b)
+# ROOTFS_ENC=1: APP (/boot) gets the UUID in l4t-bootpart-uuid.txt
+# (bootpartuuid_restore, disk_encryption_helper.func:31, 93-99; APPUUID is
+# substituted with it, flash.sh:3402), APP_ENC the rootfs UUID
+# (flash.sh:3403), and the LUKS container's UUID, which the kernel command
+# line boots as root=UUID= (flash.sh:2405-2412), is l4t-rootfs-uuid.txt_enc
+# (rootuuid_restore "_enc", flash.sh:2406).
+boot_uuid="$uuid" enc_uuid=""
+if [ "$disk_enc" = 1 ]; then
+    boot_uuid=$(root_uuid "" bootloader/l4t-bootpart-uuid.txt)
+    enc_uuid=$(root_uuid _enc)
+fi
 
 # flash.xml, substituted in bootloader/.
 if [ -n "$layout" ]; then
     cat "$layout"
 else
     default_layout
-fi | sed -e "s/APPUUID_b/$uuid_b/" -e "s/APPUUID/$uuid/" \
+fi | sed -e "s/APPUUID_b/$uuid_b/" -e "s/APPUUID/$boot_uuid/" \
     -e "s/APP_ENC_UUID_b/$uuid_b/" -e "s/APP_ENC_UUID/$uuid/" \
     -e "s/APPFILE/system.img/" > bootloader/flash.xml
 
@@ -133,8 +150,10 @@ app_partitions() {
 
 extlinux() { # UUID: rootfs/boot/extlinux/extlinux.conf boots it
     mkdir -p rootfs/boot/extlinux
-    printf 'LABEL primary\n      LINUX /boot/Image\n      APPEND ${cbootargs} root=PARTUUID=%s rw rootwait\n' \
-        "$1" > rootfs/boot/extlinux/extlinux.conf
+    local root="PARTUUID=$1"
+    [ "$disk_enc" = 0 ] || root="UUID=$enc_uuid"
+    printf 'LABEL primary\n      LINUX /boot/Image\n      APPEND ${cbootargs} root=%s rw rootwait\n' \
+        "$root" > rootfs/boot/extlinux/extlinux.conf
 }
 fsimg() { # IMAGE WHAT: the sparse image and its .raw; WHAT is all (mke2fs
     # -d reads rootfs/ itself, file capabilities included), boot
@@ -161,6 +180,36 @@ if [ "$reuse" = 1 ]; then
         echo "Reusing existing $file... "
         [ -e "bootloader/$file" ] || { echo "file does not exist." >&2; exit 1; }
     done < <(app_partitions)
+    if [ "$disk_enc" = 1 ]; then
+        # Reused as it is: flash.sh -r builds no container and derives no
+        # passphrase (the ECID and key are read only by build_enc_root_fsimg,
+        # disk_encryption_helper.func:503-545, which -r skips,
+        # flash.sh:3411-3416). What the device then needs (not flash.sh's
+        # check, the device's initrd's): a LUKS container with the UUID
+        # the command line boots (l4t-rootfs-uuid.txt_enc) that opens with
+        # this chip's passphrase (from its EKB key and ECID);
+        # L4T_STANDIN_PASSPHRASE_FILE holds it, derived by the tests.
+        while read -r name file _; do
+            case "$name" in APP_ENC*) ;; *) continue ;; esac
+            enc=bootloader/$file
+            if [ "$(head -c4 "$enc" | od -An -tx1 | tr -d ' \n')" = 3aff26ed ]; then
+                simg2img "$enc" "$enc.standin-raw"
+                enc=$enc.standin-raw
+            fi
+            got=$(cryptsetup luksUUID "$enc" 2> /dev/null) || got=""
+            if [ "$got" != "$enc_uuid" ]; then
+                rm -f "bootloader/$file.standin-raw"
+                echo "flash.sh stand-in: bootloader/$file is not a LUKS container with UUID $enc_uuid (l4t-rootfs-uuid.txt_enc): the device would not find its root" >&2
+                exit 1
+            fi
+            if ! cryptsetup open --test-passphrase --key-file "${L4T_STANDIN_PASSPHRASE_FILE:?}" "$enc"; then
+                rm -f "bootloader/$file.standin-raw"
+                echo "flash.sh stand-in: bootloader/$file does not open with this device's passphrase: the device would not boot" >&2
+                exit 1
+            fi
+            rm -f "bootloader/$file.standin-raw"
+        done < <(app_partitions)
+    fi
 else
     # The kernel and initrd go to rootfs/boot first (flash.sh:3420-3428).
     mkdir -p rootfs/boot
