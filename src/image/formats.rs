@@ -225,6 +225,9 @@ fn filesystems(
     };
     let mut found = Vec::new();
     for mut inside in inner {
+        if let Open::Base(_) = row.open {
+            refuse_disk_inside(&*inside.volume, name)?;
+        }
         let row = row_inside(&*inside.volume).map_err(|source| ImageError::Open {
             path: name.to_path_buf(),
             source,
@@ -235,6 +238,30 @@ fn filesystems(
         found.extend(filesystems(row, inside, file, name, options)?);
     }
     Ok(found)
+}
+
+/// A base (an Android sparse image) of a whole disk, as `img2simg` of a
+/// disk image makes: refused naming what it is and the way through (a
+/// disk's partitions are located in its file, not in a base's volume).
+fn refuse_disk_inside(volume: &dyn Volume, name: &Path) -> Result<(), ImageError> {
+    let mut head = vec![0u8; HEAD.min(volume.len()) as usize];
+    volume
+        .read_at(0, &mut head)
+        .map_err(|source| ImageError::Open {
+            path: name.to_path_buf(),
+            source,
+        })?;
+    match content_of(&head) {
+        Some(content @ Content::Disk(_)) => Err(ImageError::SparseDisk {
+            path: name.to_path_buf(),
+            inside: super::ImageKind {
+                compression: Compression::None,
+                content,
+            }
+            .describe(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// The row of what a volume holds: a container that nests, else the
@@ -380,5 +407,6 @@ fn unsupported(path: &Path, codec: Compression, content: Content) -> ImageError 
             content,
         }
         .describe(),
+        codec: codec.name(),
     }
 }

@@ -53,8 +53,15 @@ pub enum ImageError {
         codec: &'static str,
         convert: String,
     },
-    #[error("{path} is {found}; imprint does not edit that. Decompress it first (e.g. `zstd -d`), stamp the result, and compress it again")]
-    Unsupported { path: PathBuf, found: String },
+    #[error("{path} is {found}; imprint does not edit that under a codec. Decompress it first (`{codec} -dc IN > OUT`), stamp the result, and compress it again")]
+    Unsupported {
+        path: PathBuf,
+        found: String,
+        /// The codec around it, whose own tool decompresses it.
+        codec: &'static str,
+    },
+    #[error("{path} is an Android sparse image of a whole {inside} (as `img2simg` of a disk makes); imprint reads a disk image only as a plain file. Expand it (`simg2img IN OUT.img`), stamp OUT.img, and make that sparse again (`img2simg`) if you need to")]
+    SparseDisk { path: PathBuf, inside: String },
     #[error("{path}: the {codec} data ends at byte {data_end} and {zeros} zero bytes of padding follow it (as `dd` to a block device leaves); {rule}, and so does imprint. Cut it off a copy (`truncate -s {data_end} COPY`) and stamp that")]
     Padding {
         path: PathBuf,

@@ -40,4 +40,5 @@ mod recipes;
 mod sparse_images;
 mod staging_race;
 mod tar;
+mod way_through;
 mod xz;

@@ -138,6 +138,18 @@ pub(super) fn partitions(
     // same partitions: a disk whose two tables disagree is not one imprint
     // can keep intact.
     let last_lba = disk_size / sector - 1;
+    if header.backup_lba > last_lba {
+        // Growing the file back is the way through: `sgdisk -e` alone
+        // refuses when the cut came right after the last partition.
+        return Err(DiskError::Corrupt {
+            part: TablePart::Gpt,
+            why: TableProblem::BackupCut {
+                last_lba,
+                claimed: header.backup_lba,
+                size: header.backup_lba.saturating_add(1).saturating_mul(sector),
+            },
+        });
+    }
     if header.backup_lba != last_lba {
         return Err(DiskError::Corrupt {
             part: TablePart::Gpt,

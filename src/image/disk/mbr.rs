@@ -8,7 +8,9 @@ use std::os::unix::fs::FileExt;
 use super::problem::{TablePart, TableProblem};
 use super::{DiskError, Partition, Scheme};
 
-const SECTOR: u64 = 512;
+/// The sector size a DOS table's LBAs count in, unless the disk is one
+/// of 4 KiB sectors (see `disk::partitions`).
+pub(super) const SECTOR: u64 = 512;
 /// Logical partitions are a linked list on disk; a loop or a runaway chain
 /// is cut here (Linux itself stops far earlier in practice).
 const MAX_LOGICAL: u32 = 256;
@@ -76,9 +78,10 @@ fn type_name(kind: u8) -> String {
     }
 }
 
-fn read_sector(file: &File, lba: u64, what: &str) -> Result<Vec<u8>, DiskError> {
+fn read_sector(file: &File, lba: u64, sector: u64, what: &str) -> Result<Vec<u8>, DiskError> {
+    // The table is in the first 512 bytes of a sector of any size.
     let mut buf = vec![0u8; SECTOR as usize];
-    file.read_exact_at(&mut buf, lba * SECTOR)
+    file.read_exact_at(&mut buf, lba * sector)
         .map_err(|source| DiskError::Read {
             what: what.to_string(),
             source,
@@ -86,9 +89,15 @@ fn read_sector(file: &File, lba: u64, what: &str) -> Result<Vec<u8>, DiskError> 
     Ok(buf)
 }
 
-fn checked(number: u32, e: Entry, base: u64, disk_size: u64) -> Result<Partition, DiskError> {
+fn checked(
+    number: u32,
+    e: Entry,
+    base: u64,
+    disk_size: u64,
+    sector: u64,
+) -> Result<Partition, DiskError> {
     let start = base + e.start;
-    let end = (start + e.sectors) * SECTOR;
+    let end = (start + e.sectors) * sector;
     if end > disk_size {
         return Err(DiskError::Corrupt {
             part: TablePart::MbrPartition(number),
@@ -99,16 +108,21 @@ fn checked(number: u32, e: Entry, base: u64, disk_size: u64) -> Result<Partition
         number,
         name: None,
         type_name: type_name(e.kind),
-        offset: start * SECTOR,
-        size: e.sectors * SECTOR,
+        offset: start * sector,
+        size: e.sectors * sector,
         scheme: Scheme::Mbr,
     })
 }
 
 /// Reads the primary and logical partitions. Numbers follow Linux: 1-4
-/// for primary entries, 5 and up for logical ones in chain order.
-pub(super) fn partitions(file: &File, disk_size: u64) -> Result<Vec<Partition>, DiskError> {
-    let mbr = read_sector(file, 0, "the MBR")?;
+/// for primary entries, 5 and up for logical ones in chain order; LBAs
+/// count `sector`-byte sectors.
+pub(super) fn partitions(
+    file: &File,
+    disk_size: u64,
+    sector: u64,
+) -> Result<Vec<Partition>, DiskError> {
+    let mbr = read_sector(file, 0, sector, "the MBR")?;
     let mut found = Vec::new();
     let mut extended = None;
     for (i, e) in entries(&mbr).into_iter().enumerate() {
@@ -119,14 +133,14 @@ pub(super) fn partitions(file: &File, disk_size: u64) -> Result<Vec<Partition>, 
             extended = Some(e);
             continue;
         }
-        found.push(checked(i as u32 + 1, e, 0, disk_size)?);
+        found.push(checked(i as u32 + 1, e, 0, disk_size, sector)?);
     }
     if let Some(ext) = extended {
         // Each EBR holds one logical partition (relative to the EBR) and a
         // link to the next EBR (relative to the extended partition).
         let mut ebr_lba = ext.start;
         for n in 0..MAX_LOGICAL {
-            let ebr = read_sector(file, ebr_lba, "an extended boot record")?;
+            let ebr = read_sector(file, ebr_lba, sector, "an extended boot record")?;
             if ebr[510..512] != [0x55, 0xAA] {
                 return Err(DiskError::Corrupt {
                     part: TablePart::Ebr(ebr_lba),
@@ -135,7 +149,7 @@ pub(super) fn partitions(file: &File, disk_size: u64) -> Result<Vec<Partition>, 
             }
             let [logical, next, ..] = entries(&ebr);
             if logical.kind != 0 {
-                found.push(checked(5 + n, logical, ebr_lba, disk_size)?);
+                found.push(checked(5 + n, logical, ebr_lba, disk_size, sector)?);
             }
             if !is_extended(next.kind) || next.start == 0 {
                 return Ok(found);

@@ -276,11 +276,38 @@ pub fn partitions(file: &File, head: &[u8], disk_size: u64) -> Result<Vec<Partit
             let sector = if gpt::present(head, 512) { 512 } else { 4096 };
             (gpt::partitions(file, disk_size, sector)?, sector)
         }
-        Some(Scheme::Mbr) => (mbr::partitions(file, disk_size)?, 512),
+        Some(Scheme::Mbr) => mbr_partitions(file, disk_size)?,
         None => return Ok(Vec::new()),
     };
     no_overlap(&parts, sector)?;
     Ok(parts)
+}
+
+/// A DOS table's partitions and its sector size. A DOS table does not say
+/// its sector size: 512 unless no partition holds a filesystem or
+/// container at 512-byte LBAs and one does at 4096-byte LBAs (a 4Kn
+/// disk's image, `sfdisk --sector-size 4096`), which would otherwise be
+/// listed at 1/8 of its sizes with nothing recognisable inside.
+fn mbr_partitions(file: &File, disk_size: u64) -> Result<(Vec<Partition>, u64), DiskError> {
+    let small = mbr::partitions(file, disk_size, mbr::SECTOR)?;
+    let known = |parts: &[Partition]| parts.iter().any(|p| holds_known(file, p));
+    if !known(&small) {
+        if let Ok(large) = mbr::partitions(file, disk_size, 4096) {
+            if known(&large) {
+                return Ok((large, 4096));
+            }
+        }
+    }
+    Ok((small, mbr::SECTOR))
+}
+
+/// Whether a partition starts with an ext2/3/4 superblock or a LUKS header.
+fn holds_known(file: &File, p: &Partition) -> bool {
+    let mut head = [0u8; 1024 + 58];
+    if p.size < head.len() as u64 || file.read_exact_at(&mut head, p.offset).is_err() {
+        return false;
+    }
+    head[1024 + 56..] == [0x53, 0xEF] || head.starts_with(b"LUKS\xba\xbe")
 }
 
 /// Refuses two partitions sharing bytes (as `sgdisk -v` reports "partitions

@@ -58,8 +58,18 @@ pub enum TableProblem {
     EntryArray { count: u32, size: u32 },
     #[error("its entry array lies beyond any disk")]
     EntriesBeyondDisk,
-    #[error("the backup header should be at the last LBA {last_lba} but the primary says {claimed} (was the image truncated or grown? `sgdisk -e` moves it)")]
+    #[error("the backup header should be at the last LBA {last_lba} but the primary says {claimed} (was the image grown? `sgdisk -e` moves it)")]
     BackupMisplaced { last_lba: u64, claimed: u64 },
+    /// The file ends before the backup table: cut short, perhaps right
+    /// after the last partition, where `sgdisk -e` alone refuses (the
+    /// backup table would overlap that partition).
+    #[error("the image ends at LBA {last_lba}, before the backup header the primary places at LBA {claimed} (was it truncated?); grow it back to the size its table says and rebuild the backup from the primary: `truncate -s {size} FILE && sgdisk -e FILE`")]
+    BackupCut {
+        last_lba: u64,
+        claimed: u64,
+        /// The size in bytes the primary header implies.
+        size: u64,
+    },
     #[error("the primary and backup entry arrays differ")]
     CopiesDiffer,
     #[error("it spans LBA {first}..={last}, outside the disk")]
