@@ -32,6 +32,9 @@ pub(crate) use detect::{detect, Content};
 pub use dir::DirError;
 pub use disk::{DiskError, GptCopy, PartitionChoice, TablePart, TableProblem, Unusable};
 pub use ext4::{use_library, CorruptKind, Ext4Error, NotExt4Kind};
+// Built from the command line's flags (a library user leaves
+// `ImageOptions::luks_build` unset).
+#[cfg(feature = "cli")]
 pub(crate) use luks::build::LuksBuild;
 pub use luks::{LuksError, LuksKey};
 pub use sparse::SparseError;

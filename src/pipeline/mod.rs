@@ -35,9 +35,11 @@ use crate::io::output::{self, TempOutput};
 use crate::io::pin::InputPin;
 use crate::owner::{Owner, OwnerSpec, UserDb};
 use crate::plan::{DeviceVars, ExtraVars, ImagePath, OverlayError, OverlaySpec, Plan};
+#[cfg(feature = "cli")]
+pub(crate) use output_dir::as_directory;
 use output_dir::scratch_dir;
 pub use output_dir::UnsafeDir;
-pub(crate) use output_dir::{as_directory, output_dir, output_path};
+pub(crate) use output_dir::{output_dir, output_path};
 
 /// The file the default overlay writes; its owner is what reports show.
 pub(crate) const DEVICE_CONF: &str = "/etc/azaion/device.conf";
