@@ -144,12 +144,8 @@ restore() {
 }
 trap restore EXIT
 
-if [ -n "${IMPRINT_OFFLINE_PASSWORD_FILE:-}" ]; then
-    api=(--offline --password-file "$IMPRINT_OFFLINE_PASSWORD_FILE")
-else
-    api=(--api-url "${IMPRINT_API_URL:?set IMPRINT_API_URL}")
-    [ -n "${IMPRINT_API_TOKEN_FILE:-}" ] && api+=(--api-token-file "$IMPRINT_API_TOKEN_FILE")
-fi
+# shellcheck source=station-api.sh
+source "$(dirname "${BASH_SOURCE[0]}")/station-api.sh"
 # One call for every APP image: one password, one account call.
 inputs=()
 while read -r loc file; do inputs+=(--image "$station/$loc-$file"); done <<< "$list"
