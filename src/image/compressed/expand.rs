@@ -260,15 +260,7 @@ fn stream_end(head: &[u8]) -> Option<(u64, &'static str)> {
     if let Some(size) = bare_filesystem_size(head) {
         return Some((size, "ext2/3/4 filesystem ends"));
     }
-    // GPT's backup header is the disk's last sector by definition (the
-    // table is refused otherwise). A DOS table says nothing of the disk's
-    // end: space after its last partition is the disk's, kept whole.
-    match disk::detect(head)? {
-        disk::Scheme::Gpt => {
-            disk::end_in_head(head).map(|end| (end, "GPT disk ends (after its backup header)"))
-        }
-        disk::Scheme::Mbr => None,
-    }
+    disk::end_in_head(head).map(|end| (end, "GPT disk ends (after its backup header)"))
 }
 
 /// The size an ext2/3/4 filesystem says it has, if `head` (at least its

@@ -200,20 +200,6 @@ pub(super) fn starts_in_head(head: &[u8]) -> Option<Vec<u64>> {
     Some(starts)
 }
 
-/// Where the disk ends by its primary entries alone: the end of the one
-/// reaching furthest (an extended partition's entry covers its logical
-/// partitions). `None` unless `head` starts with a DOS table.
-pub(super) fn end_in_head(head: &[u8]) -> Option<u64> {
-    if !present(head) {
-        return None;
-    }
-    entries(&head[..SECTOR as usize])
-        .into_iter()
-        .filter(|e| e.kind != 0)
-        .map(|e| (e.start + e.sectors) * SECTOR)
-        .max()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,16 +216,6 @@ mod tests {
         s[510] = 0x55;
         s[511] = 0xAA;
         s
-    }
-
-    #[test]
-    fn the_disk_ends_with_the_entry_reaching_furthest() {
-        // Table order is not disk order; an extended entry counts whole.
-        let t = table(&[(0x80, 0x0C, 40960, 4096), (0, 0x05, 2048, 8192)]);
-        assert_eq!(end_in_head(&t), Some((40960 + 4096) * 512));
-        let t = table(&[(0, 0x83, 2048, 4096), (0, 0x0F, 8192, 65536)]);
-        assert_eq!(end_in_head(&t), Some((8192 + 65536) * 512));
-        assert_eq!(end_in_head(&table(&[])), None);
     }
 
     #[test]

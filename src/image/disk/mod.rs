@@ -252,16 +252,17 @@ pub(crate) fn starts_in_head(head: &[u8]) -> Option<Vec<u64>> {
     }
 }
 
-/// Where a disk ends by its partition table, from its first sectors alone
-/// (`DETECT_HEAD` bytes): after GPT's backup header, or at the end of the
-/// DOS partition reaching furthest (which need not be the disk's end). `None` if `head` holds no valid table.
-/// (The codec layer stops decoding there; [`partitions`] is what decides
+/// Where a GPT disk ends, from its first sectors alone (`DETECT_HEAD`
+/// bytes): after its backup header, which is the disk's last sector by
+/// definition. `None` for anything else: a DOS table says nothing of the
+/// disk's end (space after its last partition is the disk's).
+/// (The codec layer stores no further; [`partitions`] is what decides
 /// whether the disk is well formed.)
 pub(crate) fn end_in_head(head: &[u8]) -> Option<u64> {
     match detect(head)? {
         Scheme::Gpt if gpt::present(head, 512) => gpt::end_in_head(head, 512),
         Scheme::Gpt => gpt::end_in_head(head, 4096),
-        Scheme::Mbr => mbr::end_in_head(head),
+        Scheme::Mbr => None,
     }
 }
 
