@@ -176,7 +176,10 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    /// Resolves `spec` for one device against one image's user database.
+    /// Resolves `spec` for one device against one image's user database
+    /// (the shorthand of the unit tests and fuzz harnesses; the pipeline
+    /// always has device variables).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn resolve(
         spec: &OverlaySpec,
         vars: &DeviceVars,
@@ -187,7 +190,8 @@ impl Plan {
         Plan::resolve_for(spec, vars, &ExtraVars::default(), db, default_owner, mtime)
     }
 
-    /// [`Plan::resolve`] with the device's own variables (`--devices`).
+    /// Resolves `spec` for one device, with its own variables (`--devices`),
+    /// against one image's user database.
     pub fn resolve_for(
         spec: &OverlaySpec,
         vars: &DeviceVars,
