@@ -313,6 +313,28 @@ pub(crate) fn single_block(file: &File) -> bool {
     }
 }
 
+/// Where the last block of `file` starts in its decompressed bytes, if
+/// the file is one stream of several blocks: pixz looks for its file index
+/// in the last block of the first stream and only when there is one.
+pub(crate) fn last_block_out(file: &File) -> io::Result<Option<u64>> {
+    let len = file.metadata()?.len();
+    let Some(streams) = layout(file, len)? else {
+        return Ok(None);
+    };
+    let [stream] = &streams[..] else {
+        return Ok(None);
+    };
+    Ok(stream
+        .blocks()
+        .last()
+        .filter(|_| stream.records.len() > 1)
+        .map(|(_, out, _)| out))
+}
+
+/// The first block of a file: a rewrite from it keeps nothing but is
+/// made like the input (its check, filters and block size).
+pub(crate) const FIRST_BLOCK: Boundary = Boundary { offset: 12, out: 0 };
+
 /// What a raw image's new blocks may take for their encoder threads
 /// (liblzma's own estimate); one thread always runs.
 pub(crate) const ENCODE_MEMORY: u64 = 192 << 20;
@@ -672,15 +694,137 @@ impl<W: Write> Write for TailEncoder<W> {
 impl<W: Write> TailEncoder<W> {
     /// Ends the stream: the new blocks, then the index and footer.
     pub(crate) fn finish(self) -> io::Result<W> {
-        let mut blocks = self.inner.finish()?;
+        self.end_blocks()?.finish()
+    }
+
+    /// Ends the new blocks but not the stream, so that blocks of other
+    /// content may follow (pixz's file index, which pixz looks for in the
+    /// stream's last block).
+    pub(crate) fn end_blocks(self) -> io::Result<Blocks<W>> {
+        let blocks = self.inner.finish()?;
         if !matches!(blocks.state, Strip::Index) {
             return Err(io::Error::other("liblzma's stream ended inside a block"));
         }
-        blocks
-            .sink
-            .write_all(&index_and_footer(self.flags, &blocks.records))?;
-        blocks.sink.flush()?;
-        Ok(blocks.sink)
+        Ok(Blocks {
+            sink: blocks.sink,
+            records: blocks.records,
+            flags: self.flags,
+        })
+    }
+}
+
+/// A stream's blocks written so far, its index and footer still to come.
+pub(crate) struct Blocks<W: Write> {
+    sink: W,
+    records: Vec<Record>,
+    flags: [u8; 2],
+}
+
+impl<W: Write> Blocks<W> {
+    /// A writer of one more block, with the stream's check: LZMA2 with a
+    /// 1 MiB dictionary (what goes there is small), its header without
+    /// sizes, as pixz and a single-threaded xz write theirs. pixz, reading
+    /// from a pipe, takes an unsized block after sized ones for its file
+    /// index.
+    pub(crate) fn block(&mut self) -> io::Result<OneBlock<'_, W>> {
+        let check = check_of(self.flags).ok_or_else(|| invalid_data("unknown xz check"))?;
+        let mut lzma = LzmaOptions::new_preset(6).map_err(io::Error::other)?;
+        lzma.dict_size(1 << 20);
+        let mut filters = Filters::new();
+        filters.lzma2(&lzma);
+        let stream = liblzma::stream::Stream::new_stream_encoder(&filters, check)
+            .map_err(io::Error::other)?;
+        let held = HeldBack {
+            sink: &mut self.sink,
+            skip: 12,
+            held: Vec::new(),
+            passed: 0,
+        };
+        Ok(OneBlock {
+            inner: liblzma::write::XzEncoder::new_stream(held, stream),
+            records: &mut self.records,
+        })
+    }
+
+    /// Ends the stream: the index of every block, and the footer.
+    pub(crate) fn finish(mut self) -> io::Result<W> {
+        self.sink
+            .write_all(&index_and_footer(self.flags, &self.records))?;
+        self.sink.flush()?;
+        Ok(self.sink)
+    }
+}
+
+/// One block of a stream: liblzma writes it as a stream of its own, whose
+/// header is dropped and whose index and footer (the last bytes, held
+/// back) give the block's record.
+pub(crate) struct OneBlock<'b, W: Write> {
+    inner: liblzma::write::XzEncoder<HeldBack<&'b mut W>>,
+    records: &'b mut Vec<Record>,
+}
+
+impl<W: Write> Write for OneBlock<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        // Flushing would end an LZMA2 chunk early; nothing needs it.
+        Ok(())
+    }
+}
+
+impl<W: Write> OneBlock<'_, W> {
+    /// Ends the block and notes its record.
+    pub(crate) fn finish(self) -> io::Result<()> {
+        let mut held = self.inner.finish()?;
+        let tail = std::mem::take(&mut held.held);
+        let bad = || invalid_data("liblzma's one-block stream has an unexpected end");
+        let footer = tail.len().checked_sub(12).ok_or_else(bad)?;
+        if tail[footer + 10..] != FOOTER_MAGIC {
+            return Err(bad());
+        }
+        let backward =
+            u32::from_le_bytes(tail[footer + 4..footer + 8].try_into().expect("4 bytes"));
+        let index_len = (backward as usize + 1) * 4;
+        let index_at = footer.checked_sub(index_len).ok_or_else(bad)?;
+        let records = parse_index(&tail[index_at..footer]).ok_or_else(bad)?;
+        let [record] = records[..] else {
+            return Err(bad());
+        };
+        held.sink.write_all(&tail[..index_at])?;
+        if held.passed + index_at as u64 != record.padded() {
+            return Err(bad());
+        }
+        self.records.push(record);
+        Ok(())
+    }
+}
+
+/// Passes bytes on after dropping the first `skip`, holding the last few
+/// back: a one-block stream's index and footer are at most 40 bytes.
+struct HeldBack<W: Write> {
+    sink: W,
+    skip: usize,
+    held: Vec<u8>,
+    passed: u64,
+}
+
+impl<W: Write> Write for HeldBack<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let skip = self.skip.min(buf.len());
+        self.skip -= skip;
+        self.held.extend_from_slice(&buf[skip..]);
+        const KEEP: usize = 64;
+        if self.held.len() > 4 * KEEP {
+            let pass = self.held.len() - KEEP;
+            self.sink.write_all(&self.held[..pass])?;
+            self.passed += pass as u64;
+            self.held.drain(..pass);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

@@ -1,7 +1,8 @@
 //! A tar scan as the scan cache (`src/cache/`) keeps it: what the scan
 //! learned (entries at watched paths, passwd and group, header style, the
-//! end of the entries), the compressed stream's boundaries before the
-//! places the plan may change, and the SHA-256 states of kept prefixes.
+//! end of the entries, where a pixz index starts), the compressed stream's
+//! boundaries before the places the plan may change, and the SHA-256
+//! states of kept prefixes.
 //! None of it comes from a device: only from the base image.
 //!
 //! Reading an entry back checks every field that the writer relies on; a
@@ -30,7 +31,7 @@ pub(super) fn needs(
 ) -> Vec<u8> {
     let mut e = Enc::default();
     // The payload's layout: a new one never reads an old one's entries.
-    e.str("tar/2");
+    e.str("tar/3");
     e.str(codec.name());
     for list in [watch, targets, captured] {
         e.count(list.len());
@@ -79,6 +80,8 @@ pub(super) fn encode(scan: &Scan, kept: &[KeptPrefix], file_head: &[u8]) -> Opti
     put_records(&mut e, kept_parts.captured);
     e.u64(scan.end_of_entries);
     e.u64(scan.total_len);
+    e.bool(scan.pixz_index.is_some());
+    e.u64(scan.pixz_index.unwrap_or_default());
     e.bool(scan.boundaries.is_some());
     let boundaries = scan.boundaries.as_deref().unwrap_or_default();
     e.count(boundaries.len());
@@ -144,6 +147,13 @@ pub(super) fn decode(bytes: &[u8], codec: Compression) -> Option<(Scan, Vec<Kept
             .chain(&scan.links)
             .all(|w| w.end <= scan.end_of_entries);
     whole.then_some(())?;
+    let has_pixz = d.bool()?;
+    let pixz_at = d.u64()?;
+    scan.pixz_index = if has_pixz {
+        (scan.end_of_entries < pixz_at && pixz_at <= scan.total_len).then_some(Some(pixz_at))?
+    } else {
+        (pixz_at == 0).then_some(None)?
+    };
     let has_boundaries = d.bool()?;
     let mut boundaries = Vec::new();
     for _ in 0..d.count()? {

@@ -30,6 +30,9 @@ pub(super) struct Header {
     pub(super) path: String,
     /// Whether the path as written starts with `./`.
     pub(super) dot_slash: bool,
+    /// The path as written (the pax path, the GNU long name, or the ustar
+    /// prefix and name): libarchive's name for the entry, and so pixz's.
+    pub(super) written: String,
     pub(super) typeflag: u8,
     pub(super) meta: FileMeta,
     /// A hard link's or symlink's target, as written.
@@ -479,6 +482,7 @@ pub(super) fn parse_entry(
     let gname = name(&pax.gname, &global.gname, &block[297..329]);
     let xattrs = pax::xattr_names(global.records.iter().chain(&pax.records));
     let sparse = pax.sparse.sparse();
+    let kind = kind_of_named(typeflag, &raw_name);
     // A volume label (`tar -V`) names the archive, not a path in it.
     let path = if typeflag == b'V' {
         String::new()
@@ -492,7 +496,7 @@ pub(super) fn parse_entry(
         linkname: matches!(typeflag, b'1' | b'2').then(|| linkname.clone()),
         records: pax.records,
         meta: FileMeta {
-            kind: kind_of_named(typeflag, &raw_name),
+            kind,
             // Twelve bits: the cast keeps them all.
             mode: (mode & 0o7777) as u32,
             uid: uid.map_or_else(|| number(block, 108..116, "uid"), Ok)?,
@@ -512,6 +516,7 @@ pub(super) fn parse_entry(
             size
         },
         sparse,
+        written: raw_name,
     })
 }
 

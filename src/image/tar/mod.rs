@@ -28,6 +28,7 @@ mod entries;
 mod header;
 mod listing;
 mod pax;
+mod pixz;
 mod scan;
 mod sparse;
 mod speculate;
@@ -98,8 +99,14 @@ pub enum TarError {
         offset: u64,
         what: &'static str,
     },
-    #[error("{path}: after the end-of-archive marker, at byte {offset} of the archive, comes pixz's file index (a pixz tarball), which imprint cannot rebuild for the changed entries, and without which `pixz -x` fails on the output. Unpack it with `pixz -d < {path} > IN.tar`, stamp IN.tar, and index the output again with `pixz OUT.tar`")]
-    PixzIndex { path: PathBuf, offset: u64 },
+    /// pixz's file index where imprint cannot write one for the output,
+    /// or one that does not hold together.
+    #[error("{path}: pixz's file index, at byte {offset} of the archive after its end-of-archive marker, {problem}, so imprint cannot give the output one that `pixz -l` and `pixz -x` read. Copy the entries into a plain archive (`bsdtar -cf IN.tar @{path}`), stamp IN.tar, and index the output with `pixz < OUT.tar > OUT.tpxz`")]
+    PixzIndex {
+        path: PathBuf,
+        offset: u64,
+        problem: String,
+    },
     #[error("{path}: the overlay removes the directory {dir}, but the archive holds {count} entries under it (such as {inside}); add `recursive = true` to the entry to remove them too")]
     NotEmpty {
         path: PathBuf,

@@ -90,6 +90,9 @@ pub(super) struct Scan {
     pub(super) prefix_states: Vec<PrefixState>,
     /// For xz: the entries compressed during the scan.
     pub(super) speculated: Option<Speculated>,
+    /// Where pixz's file index starts (the length of the tar it indexes),
+    /// if the archive has one: the output gets one too.
+    pub(super) pixz_index: Option<u64>,
     /// The paths the scan watched and kept the data of.
     watch: Vec<String>,
     capture: Vec<String>,
@@ -632,16 +635,20 @@ impl Visitor<'_> {
             let path = path.to_path_buf();
             return match stream.first_data_after()? {
                 None => Ok(()),
-                // pixz's index names every entry at its offset: the
-                // output's entries move, so a copied index would send
-                // `pixz -x` to the wrong bytes, and a dropped one fails it.
-                Some((offset, AfterEnd::PixzIndex)) => Err(TarError::PixzIndex { path, offset }),
-                Some((offset, AfterEnd::Archive)) => Err(TarError::AfterEnd {
+                // pixz's index names every entry at its offset: the writer
+                // writes one for the output's entries (`pixz.rs`).
+                Some((offset, AfterEnd::PixzIndex, read)) => {
+                    let codec = stream.codec();
+                    super::pixz::check(stream, offset, &read, &path, codec)?;
+                    self.out.pixz_index = Some(offset);
+                    Ok(())
+                }
+                Some((offset, AfterEnd::Archive, _)) => Err(TarError::AfterEnd {
                     path,
                     offset,
                     what: "a second tar archive joined on (as `cat a.tar b.tar` makes), whose entries tar reads only with --ignore-zeros",
                 }),
-                Some((offset, AfterEnd::Data)) => Err(TarError::AfterEnd {
+                Some((offset, AfterEnd::Data, _)) => Err(TarError::AfterEnd {
                     path,
                     offset,
                     what: "data that is not a tar entry (such as an appended signature)",

@@ -3,6 +3,7 @@
 use std::io::{self, Read, Write};
 use std::path::Path;
 
+use super::pixz::MAGIC;
 use super::speculate::Speculation;
 use super::TarError;
 use crate::compress::Compression;
@@ -37,6 +38,11 @@ impl<'a> Stream<'a> {
             buf: Vec::new(),
             speculation: None,
         }
+    }
+
+    /// The codec the archive is compressed with.
+    pub(super) fn codec(&self) -> Compression {
+        self.codec
     }
 
     fn decode_error(&self, source: io::Error) -> TarError {
@@ -137,10 +143,13 @@ impl<'a> Stream<'a> {
         result
     }
 
-    /// Reads to the end, block by block, as after the end-of-archive
-    /// marker: the offset of the first block that is not all zeros and
-    /// what it is, if any.
-    pub(super) fn first_data_after(&mut self) -> Result<Option<(u64, AfterEnd)>, TarError> {
+    /// Reads block by block, as after the end-of-archive marker, to the
+    /// first block that is not all zeros: its offset, what it is and its
+    /// bytes. What follows is read to the end, except after pixz's file
+    /// index, whose reader goes on from there.
+    pub(super) fn first_data_after(
+        &mut self,
+    ) -> Result<Option<(u64, AfterEnd, Vec<u8>)>, TarError> {
         let mut block = [0u8; 512];
         loop {
             let at = self.pos;
@@ -151,13 +160,15 @@ impl<'a> Stream<'a> {
             if block[..n].iter().any(|&b| b != 0) {
                 let what = if n == block.len() && super::header::checksum_ok(&block) {
                     AfterEnd::Archive
-                } else if block[..n].starts_with(&PIXZ_INDEX_MAGIC) {
+                } else if block[..n].starts_with(&MAGIC) {
                     AfterEnd::PixzIndex
                 } else {
                     AfterEnd::Data
                 };
-                self.drain()?;
-                return Ok(Some((at, what)));
+                if what != AfterEnd::PixzIndex {
+                    self.drain()?;
+                }
+                return Ok(Some((at, what, block[..n].to_vec())));
             }
         }
     }
@@ -168,15 +179,8 @@ impl<'a> Stream<'a> {
 pub(super) enum AfterEnd {
     /// A tar header: a second archive joined on.
     Archive,
-    /// pixz's file index: the magic, then `name\0` and a little-endian u64
-    /// offset per entry (as `xz -dc FILE.tpxz | tail -c` shows), which
-    /// `pixz -l` and `pixz -x` read.
+    /// pixz's file index (`pixz.rs`), which `pixz -l` and `pixz -x` read.
     PixzIndex,
     /// Anything else, such as an appended signature.
     Data,
 }
-
-/// The first 8 bytes of pixz's file index: the little-endian u64
-/// 0xDBAE14D62E324CA6 that pixz writes right after the tar's last record
-/// (seen in `xz -dc` of what pixz 1.0.7 writes).
-const PIXZ_INDEX_MAGIC: [u8; 8] = [0xa6, 0x4c, 0x32, 0x2e, 0xd6, 0x14, 0xae, 0xdb];

@@ -4,16 +4,20 @@
 //!
 //! Plain tar copies its prefix; gzip and bzip2 keep the compressed bytes
 //! before a block boundary and continue the stream from there; zstd keeps
-//! its blocks before one and writes the rest as raw blocks; xz keeps the
-//! stream compressed during the scan and appends a second one. Anything
-//! else, and every input when a full rewrite is asked for, is decompressed
-//! and compressed whole.
+//! its blocks before one and writes the rest as raw blocks; xz keeps its
+//! blocks before one and writes new ones like them, or (one block) keeps
+//! the stream compressed during the scan and appends a second one.
+//! Anything else, and every input when a full rewrite is asked for, is
+//! decompressed and compressed whole; but a pixz tarball is always
+//! continued in its own stream, at its first block at the latest, since
+//! its new file index (`pixz.rs`) must be that stream's last block.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use super::edit::{self, Piece};
+use super::pixz;
 use super::scan::Scan;
 use super::speculate::Speculated;
 use super::stream::Stream;
@@ -153,6 +157,13 @@ pub(super) fn write(
     } else {
         tail_start(codec, scan, pieces, first_change)
     };
+    // pixz's file index goes in the stream's last block: the tail is new
+    // blocks in the input's stream, from its first block at the latest.
+    let start = match start {
+        Some(TailStart::Xz(b)) => Some(TailStart::Xz(b)),
+        _ if scan.pixz_index.is_some() => Some(TailStart::Xz(xz::FIRST_BLOCK)),
+        start => start,
+    };
     tracing::debug!(
         first_change,
         pieces = pieces.len(),
@@ -245,7 +256,18 @@ pub(super) fn write(
                 .encoder(&mut *out, codec.workers() as u32)
                 .map_err(write_err)?;
             write_pieces(&mut input, pieces, &mut encoder, &out_path)?;
-            encoder.finish().map_err(write_err)?;
+            match scan.pixz_index {
+                Some(index_at) => {
+                    let mut blocks = encoder.end_blocks().map_err(write_err)?;
+                    let mut block = blocks.block().map_err(write_err)?;
+                    pixz::rebuild(&mut input, index_at, pieces, &mut block, path, &out_path)?;
+                    block.finish().map_err(write_err)?;
+                    blocks.finish().map_err(write_err)?;
+                }
+                None => {
+                    encoder.finish().map_err(write_err)?;
+                }
+            }
         }
         Some(TailStart::Bzip2(boundary)) => {
             let last = keep_bits(prefixes, &file, path, boundary.bit, out)?;
