@@ -33,6 +33,7 @@ mod luks_build;
 mod manpages;
 mod overlays;
 mod packaging;
+mod pixz;
 mod realworld_ext4;
 mod realworld_round3;
 mod realworld_tar;
