@@ -100,8 +100,11 @@ fn a_pixz_tarball_gets_an_index_of_its_moved_and_new_entries() {
     ));
     let before = fs::read(&input).unwrap();
     let pw = write_password(d, PASSWORD);
+    // The scan cache keeps no input changed within the last 2 s.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
     let out = d.join("out.tpxz");
-    provision(&input, &out, &pw, false);
+    let cold = stamp(&input, &out, &pw);
+    assert!(cold.contains("scan cache miss"), "{cold}");
     assert!(fs::read(&input).unwrap() == before, "input modified");
     judge(
         d,
@@ -151,12 +154,23 @@ fn a_pixz_tarball_gets_an_index_of_its_moved_and_new_entries() {
     );
 
     let warm = d.join("warm.tpxz");
-    provision(&input, &warm, &pw, false);
+    let hit = stamp(&input, &warm, &pw);
+    assert!(hit.contains("scan cache hit"), "{hit}");
     assert!(fs::read(&warm).unwrap() == fs::read(&out).unwrap());
     let full = d.join("full.tpxz");
     provision(&input, &full, &pw, true);
     judge(d, &full, &root, &["z-after/big"]);
     assert!(decompressed(&full, "xz") == decompressed(&out, "xz"));
+}
+
+/// `imprint -v provision` of `input` into `out`, which must succeed: its
+/// stderr.
+fn stamp(input: &Path, out: &Path, pw: &Path) -> String {
+    let mut cmd = provision_offline(input, out, "azaion", pw);
+    cmd.arg("-v").env("SOURCE_DATE_EPOCH", "1700000000");
+    let o = run(&mut cmd);
+    assert!(o.status.success(), "{}", stderr(&o));
+    stderr(&o)
 }
 
 /// Without a device file the new entries are appended (and `./etc/`
