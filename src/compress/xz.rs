@@ -997,6 +997,48 @@ mod tests {
         assert!(back == want);
     }
 
+    /// After new blocks, one more block of other content (pixz's file
+    /// index) ends the same stream, with every check, small or large: the
+    /// file decodes to both, its layout names the last block where the
+    /// extra content starts, and that block's header has no sizes.
+    #[test]
+    fn one_more_block_ends_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.xz");
+        for check in [Check::None, Check::Crc32, Check::Crc64, Check::Sha256] {
+            for extra in [data(20), data(700_000)] {
+                let file = xz(&data(300_000), 2, 100_000, check);
+                std::fs::write(&path, &file).unwrap();
+                let f = File::open(&path).unwrap();
+                let c = Continuation::at(&f, file.len() as u64, &FIRST_BLOCK)
+                    .unwrap()
+                    .unwrap();
+                // The stream header is kept.
+                let mut out = file[..FIRST_BLOCK.offset as usize].to_vec();
+                let mut e = c.encoder(&mut out, 2).unwrap();
+                e.write_all(&data(250_000)).unwrap();
+                let mut blocks = e.end_blocks().unwrap();
+                let mut one = blocks.block().unwrap();
+                one.write_all(&extra).unwrap();
+                one.finish().unwrap();
+                blocks.finish().unwrap();
+                let mut back = Vec::new();
+                liblzma::read::XzDecoder::new_multi_decoder(&out[..])
+                    .read_to_end(&mut back)
+                    .unwrap();
+                let mut want = data(250_000);
+                want.extend(&extra);
+                assert!(back == want, "{check:?} {}", extra.len());
+                std::fs::write(&path, &out).unwrap();
+                let f = File::open(&path).unwrap();
+                assert_eq!(last_block_out(&f).unwrap(), Some(250_000));
+                let streams = layout(&f, out.len() as u64).unwrap().unwrap();
+                let (at, _, _) = streams[0].blocks().last().unwrap();
+                assert_eq!(out[at as usize + 1] & 0xc0, 0, "sizes in the header");
+            }
+        }
+    }
+
     #[test]
     fn damaged_ends_give_no_layout() {
         let file = xz(&data(100_000), 1, 30_000, Check::Crc64);

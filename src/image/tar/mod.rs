@@ -12,7 +12,8 @@
 //! 2. The plan becomes an edit list (`edit.rs`): byte ranges of the input to
 //!    copy verbatim and new bytes to insert. The writer (`write.rs`) keeps
 //!    the input's bytes before the first change where the codec allows and
-//!    streams the rest of the list through the encoder.
+//!    streams the rest of the list through the encoder; a pixz tarball's
+//!    file index is written anew for the output's entries (`pixz.rs`).
 //!
 //! With the scan cache on (`src/cache/`), the first pass is read back from
 //! it when the input and the plan's needs are those of an earlier run

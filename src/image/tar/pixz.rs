@@ -363,6 +363,94 @@ fn entries_in(bytes: &[u8], out_path: &Path) -> Result<Vec<(String, u64)>, TarEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::{EntryType, FileMeta};
+    use header::{HeaderStyle, NewEntry};
+
+    fn entry(style: HeaderStyle, name: &str, content: &[u8]) -> Vec<u8> {
+        let dir = name.ends_with('/');
+        let meta = FileMeta {
+            kind: if dir {
+                EntryType::Dir
+            } else {
+                EntryType::Regular
+            },
+            mode: 0o644,
+            size: content.len() as u64,
+            ..Default::default()
+        };
+        header::encode_entry(
+            style,
+            &NewEntry {
+                name: name.into(),
+                file_name: name.trim_end_matches('/').rsplit('/').next().unwrap(),
+                typeflag: if dir {
+                    ::tar::EntryType::Directory
+                } else {
+                    ::tar::EntryType::Regular
+                },
+                meta,
+                uname: "",
+                gname: "",
+                linkname: None,
+                records: Vec::new(),
+                content,
+            },
+        )
+        .to_vec()
+    }
+
+    /// Inserted entries are named as written (long names through pax
+    /// or GNU extension headers) at their first header, up to the end
+    /// marker.
+    #[test]
+    fn inserted_entries_are_named_as_written_at_their_first_header() {
+        let long = format!("./etc/{}/device.conf", "d".repeat(150));
+        for style in [HeaderStyle::Ustar, HeaderStyle::Pax, HeaderStyle::Gnu] {
+            let mut bytes = entry(style, "./etc/azaion/", b"");
+            let second = bytes.len() as u64;
+            bytes.extend(entry(style, &long, &[7u8; 700]));
+            let third = bytes.len() as u64;
+            bytes.extend(entry(style, "etc/x", b"x"));
+            bytes.extend([0u8; 1024]);
+            bytes.extend(entry(style, "after/the/end", b""));
+            let found = entries_in(&bytes, Path::new("out")).unwrap();
+            let want = [
+                ("./etc/azaion/".to_string(), 0),
+                (long.clone(), second),
+                ("etc/x".to_string(), third),
+            ];
+            assert_eq!(found, want, "{style:?}");
+        }
+    }
+
+    /// `._` entries give their offset to the next record, as pixz's
+    /// `add_file` does; the end record takes a trailing run's.
+    #[test]
+    fn appledouble_entries_fold_into_the_next_record() {
+        let mut out = Vec::new();
+        let mut w = Writer {
+            sink: &mut out,
+            out_path: Path::new("out"),
+            multi_from: None,
+        };
+        for (name, at) in [
+            (&b"./a"[..], 0u64),
+            (b"./d/._b", 512),
+            (b"./d/._c", 1024),
+            (b"./d/b", 1536),
+            (b"._z", 2048),
+            (b"", 2560),
+        ] {
+            w.record(name, at).unwrap();
+        }
+        let mut want = Vec::new();
+        for (name, at) in [(&b"./a"[..], 0u64), (b"./d/b", 512), (b"", 2048)] {
+            want.extend(name);
+            want.push(0);
+            want.extend(at.to_le_bytes());
+        }
+        assert_eq!(out, want);
+    }
 
     #[test]
     fn the_magic_is_what_pixz_writes() {
