@@ -80,15 +80,8 @@ enc_layout_ok() {
     esac
 }
 
-# The bytes an image stands for: Android sparse (block size at byte 12,
-# block count at 16) or raw.
-image_size() {
-    if [ "$(head -c4 "$1" | od -An -tx1 | tr -d ' \n')" = 3aff26ed ]; then
-        echo $(($(od -An -tu4 -j12 -N4 "$1") * $(od -An -tu4 -j16 -N4 "$1")))
-    else
-        stat -c %s "$1"
-    fi
-}
+# shellcheck source=enc-base.sh
+source "$(dirname "${BASH_SOURCE[0]}")/enc-base.sh"
 
 if [ "$what" = --prepare ]; then
     rm -f bootloader/system_root_encrypted.img.base* bootloader/system_root_encrypted.img_b.base* \
@@ -96,8 +89,6 @@ if [ "$what" = --prepare ]; then
     as_root ./flash.sh --no-flash "$board" "$rootdev"
     [ -f bootloader/flash.xml ] || die "flash.sh left no bootloader/flash.xml to read the layout from"
     enc_layout_ok bootloader/flash.xml "this board's layout does not match ROOTFS_AB=${ROOTFS_AB:-}. Set ROOTFS_AB as the board config expects it (or use NVIDIA's layout), and run --prepare again."
-    stage=$(mktemp -d)
-    trap 'rm -rf "$stage"' EXIT
     while read -r _ file uuid bootpart; do
         for f in "bootloader/${file/root_encrypted/boot}" "bootloader/$file" "$uuid" "$bootpart"; do
             [ -f "$f" ] || die "flash.sh --no-flash with ROOTFS_ENC=1 left no $f"
@@ -105,18 +96,8 @@ if [ "$what" = --prepare ]; then
         base=bootloader/$file.base
         size=$(($(image_size "bootloader/$file") - (16 << 20)))
         [ "$size" -gt 0 ] || die "bootloader/$file is too small to hold a LUKS2 header and a filesystem"
-        as_root rm -rf "$stage"
-        mkdir -m 0700 "$stage"
-        # As build_enc_root_fsimg (helper.func 590-610), as root.
-        (cd rootfs && tar --exclude=boot -cf - -- *) | as_root tar -C "$stage" -xpf -
-        as_root bash -c 'f=$1/etc/fstab; if [ -f "$f" ]; then head -n -1 "$f" > "$f.tmp"; mv "$f.tmp" "$f"; else mkdir -p "${f%/*}"; fi
-            { echo "/dev/mapper/crypt_root / ext4 defaults 0 1"; echo "PARTUUID=$2 /boot ext4 defaults 0 1"; } >> "$f"
-            if [ "$3" = 1 ]; then
-                mkdir -p "$1/mnt/crypt_root_other"
-                echo "/dev/mapper/crypt_root_other /mnt/crypt_root_other ext4 defaults 0 2" >> "$f"
-            fi' \
-            _ "$stage" "$(head -n1 "$bootpart")" "$ab"
-        as_root mke2fs -q -t ext4 -d "$stage" "$base" "$((size / 1024))k"
+        enc_base rootfs "$bootpart" "$ab" "$size" "$base" ||
+            die "could not build $base from rootfs/"
         cp -p "$uuid" "$base.uuid"
         cp -p "bootloader/$file" "$base.orig"
         echo "station: built the plain root filesystem $base from rootfs/, kept $uuid as $base.uuid and bootloader/$file as $base.orig"
