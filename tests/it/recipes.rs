@@ -1285,9 +1285,9 @@ fn initrd_station(
 /// --massflash flashes every device in recovery mode from one images/, so
 /// they would all get one serial's credentials: refused at --prepare and
 /// per device, before any account call or flash, with what to do instead.
-/// ROOTFS_ENC=1 is refused too.
+/// ROOTFS_ENC=1 on an external device is refused too.
 #[test]
-fn l4t_initrd_station_refuses_massflash_and_encryption() {
+fn l4t_initrd_station_refuses_massflash_and_external_encryption() {
     let dir = TempDir::new().unwrap();
     let l4t = l4t_tree(dir.path());
     let device = dir.path().join("device");
@@ -1339,19 +1339,165 @@ fn l4t_initrd_station_refuses_massflash_and_encryption() {
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
     verifies(&device.join("internal-APP"), "AZJN-0042");
 
+    // ROOTFS_ENC=1 on an external device is not served: refused before
+    // the flash tool runs.
+    let log = dir.path().join("log");
     let o = initrd_station(
         &l4t,
         &device,
         &server,
-        &[("ROOTFS_ENC", "1")],
-        &["--prepare", BOARD, "internal"],
+        &[
+            ("ROOTFS_ENC", "1"),
+            ("L4T_STANDIN_LOG", log.to_str().unwrap()),
+        ],
+        &[
+            "--prepare",
+            "--external-device",
+            "nvme0n1p1",
+            BOARD,
+            "external",
+        ],
     );
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        stderr(&o).contains("encrypted rootfs is not served yet"),
+        stderr(&o).contains("the external device's encrypted rootfs"),
         "{}",
         stderr(&o)
     );
+    assert!(!log.exists(), "the flash tool ran");
+    assert_eq!(account_calls(&server).len(), 1);
+}
+
+/// Initrd flash with ROOTFS_ENC=1 (and ROOTFS_AB=1 when `ab`): the flash
+/// tool packages system_boot.img(_b) as flash.cfg's APP image(s) and
+/// copies the containers named in flash.idx into images/internal; per
+/// device the station builds each container (one account call, one
+/// password), --flash-only writes them; each opens with its slot's
+/// passphrase (derived by Python) only, holds the device.conf 0600 and
+/// is filled as flash.sh fills it; images/ is as --prepare left it
+/// afterwards and holds no password. Without ECID nothing happens.
+fn initrd_station_enc(ab: bool) {
+    let ecid = "0x0123456789abcdef0123456789abcdef";
+    let ekb = "00112233445566778899aabbccddeeff";
+    let dir = TempDir::new().unwrap();
+    let l4t = l4t_tree(dir.path());
+    let device = dir.path().join("device");
+    let server = StubServer::start().unwrap();
+    let key = dir.path().join("ekb.key");
+    fs::write(&key, format!("{ekb}\n")).unwrap();
+    let mut env = vec![("ROOTFS_ENC", "1")];
+    if ab {
+        env.push(("ROOTFS_AB", "1"));
+    }
+    let o = initrd_station(
+        &l4t,
+        &device,
+        &server,
+        &env,
+        &["--prepare", BOARD, "internal"],
+    );
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let images = l4t.join("tools/kernel_flash/images/internal");
+    let cfg = fs::read_to_string(images.join("flash.cfg")).unwrap();
+    assert!(cfg.contains("APP=system_boot.img\n"), "{cfg}");
+    let bl = l4t.join("bootloader");
+    let mut slots = vec![("APP_ENC", "system_root_encrypted.img", "", "APP")];
+    if ab {
+        slots.push(("APP_ENC_b", "system_root_encrypted.img_b", "_b", "APP_b"));
+    }
+    let pristine: Vec<_> = slots.iter().map(|s| sha256(&images.join(s.1))).collect();
+    let key_s = key.to_str().unwrap();
+    let mut run_env = env.clone();
+    run_env.extend([("ENC_RFS_KEY", key_s)]);
+    let o = initrd_station(
+        &l4t,
+        &device,
+        &server,
+        &run_env,
+        &["AZJN-0042", BOARD, "internal"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("set ECID"), "{}", stderr(&o));
+    assert_eq!(server.requests().len(), 0);
+    assert!(!device.exists());
+    run_env.push(("ECID", ecid));
+    let o = initrd_station(
+        &l4t,
+        &device,
+        &server,
+        &run_env,
+        &["AZJN-0042", BOARD, "internal"],
+    );
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert_eq!(account_calls(&server), ["POST /users"]);
+    let pw = server.password_of(&email_of("AZJN-0042")).unwrap();
+    let passes: Vec<_> = slots
+        .iter()
+        .map(|(slot, _, b, _)| {
+            let uuid = fs::read_to_string(bl.join(format!("l4t-rootfs-uuid.txt{b}_enc"))).unwrap();
+            let uuid = uuid.trim().to_string();
+            (
+                l4t_passphrase(dir.path(), &format!("{slot}.pass"), ekb, ecid, &uuid),
+                uuid,
+            )
+        })
+        .collect();
+    for (i, (slot, _, b, boot)) in slots.iter().enumerate() {
+        let flashed = device.join(format!("internal-{slot}.img"));
+        let (pass, uuid) = &passes[i];
+        if let Some((other, _)) = passes.get(1 - i) {
+            let o = Command::new("cryptsetup")
+                .args(["open", "--test-passphrase", "--key-file"])
+                .arg(other)
+                .arg(&flashed)
+                .output()
+                .unwrap();
+            assert!(
+                !o.status.success(),
+                "{slot} opens with the other slot's passphrase"
+            );
+        }
+        let inner = dir.path().join(format!("{slot}.inner"));
+        decrypted(&flashed, pass, uuid, &inner);
+        let conf = debugfs(&inner, "cat /etc/azaion/device.conf");
+        assert_eq!(password_in(&conf), pw, "{slot}");
+        assert_eq!(
+            debugfs_stat(&inner, "/etc/azaion/device.conf"),
+            (0o600, 1001, 1001)
+        );
+        let fstab = debugfs(&inner, "cat /etc/fstab");
+        let boot_uuid = fs::read_to_string(bl.join(format!("l4t-bootpart-uuid.txt{b}"))).unwrap();
+        assert!(fstab.contains("/dev/mapper/crypt_root / ext4"), "{fstab}");
+        assert!(
+            fstab.contains(&format!("PARTUUID={} /boot", boot_uuid.trim())),
+            "{fstab}"
+        );
+        assert_eq!(
+            fstab.contains("/dev/mapper/crypt_root_other"),
+            ab,
+            "{fstab}"
+        );
+        let extlinux =
+            fs::read_to_string(device.join(format!("internal-{boot}/boot/extlinux/extlinux.conf")))
+                .unwrap();
+        assert!(
+            extlinux.contains(&format!("root=UUID={uuid}")),
+            "{extlinux}"
+        );
+    }
+    let now: Vec<_> = slots.iter().map(|s| sha256(&images.join(s.1))).collect();
+    assert_eq!(now, pristine);
+    assert_eq!(holding(&pw, &[&l4t]), Vec::<String>::new());
+}
+
+#[test]
+fn l4t_initrd_station_enc_builds_each_devices_container() {
+    initrd_station_enc(false);
+}
+
+#[test]
+fn l4t_initrd_station_enc_ab_builds_both_slots_containers() {
+    initrd_station_enc(true);
 }
 
 /// Initrd flash with ROOTFS_AB=1: flash.cfg names APP=system.img and
