@@ -1421,6 +1421,39 @@ fn initrd_station_enc(ab: bool) {
     assert_eq!(server.requests().len(), 0);
     assert!(!device.exists());
     run_env.push(("ECID", ecid));
+    // Without ROOTFS_ENC after this --prepare, or (A/B) without ROOTFS_AB:
+    // refused before any account call.
+    let mut mismatches = vec![(
+        run_env
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "ROOTFS_ENC")
+            .collect::<Vec<_>>(),
+        "ROOTFS_ENC=1",
+    )];
+    if ab {
+        mismatches.push((
+            run_env
+                .iter()
+                .copied()
+                .filter(|(k, _)| *k != "ROOTFS_AB")
+                .collect(),
+            "--prepare ran with ROOTFS_AB=1",
+        ));
+    }
+    for (env, says) in mismatches {
+        let o = initrd_station(
+            &l4t,
+            &device,
+            &server,
+            &env,
+            &["AZJN-0042", BOARD, "internal"],
+        );
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{says}: {}", stderr(&o));
+    }
+    assert_eq!(server.requests().len(), 0);
+    assert!(!device.exists());
     let o = initrd_station(
         &l4t,
         &device,
