@@ -72,7 +72,11 @@ die() { echo "initrd-station: $*" >&2; exit 1; }
 
 for arg in "$@"; do
     if [[ "$arg" = --massflash* ]]; then
-        die "--massflash is refused: every device it flashes reads the same tools/kernel_flash/images/, so all of them would get one serial's credentials (one account, one password on every device). Flash one device at a time (one in recovery mode, or choose it with --usb-instance BUS-PORT), or keep one Linux_for_Tegra tree per USB port, each with its own --prepare and --usb-instance, and run them side by side."
+        why="every device it flashes reads the same tools/kernel_flash/images/, so all of them would get one serial's credentials (one account, one password on every device)"
+        # The container's passphrase is bound to one chip's ECID.
+        [ "${ROOTFS_ENC:-}" = 1 ] &&
+            why+=", and with ROOTFS_ENC=1 one encrypted rootfs, whose passphrase is derived from one chip's ECID: every other device could not open it and would not boot"
+        die "--massflash is refused: $why. Flash one device at a time (one in recovery mode, or choose it with --usb-instance BUS-PORT), or keep one Linux_for_Tegra tree per USB port, each with its own --prepare and --usb-instance, and run them side by side."
     fi
 done
 if [ "${ROOTFS_ENC:-}" = 1 ]; then

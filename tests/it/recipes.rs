@@ -1082,6 +1082,27 @@ fn l4t_station_enc_ab_builds_both_slots_containers() {
         holding(&password_in(&confs[0]), &[&l4t]),
         Vec::<String>::new()
     );
+    // The flash fails: both of flash.sh's containers are back all the same.
+    let mut failing = env.to_vec();
+    failing.push(("L4T_STANDIN_FAIL", "1"));
+    let o = station_online(
+        &l4t,
+        &device,
+        &server,
+        &failing,
+        &["AZJN-0043", BOARD, "mmcblk0p1"],
+    );
+    assert!(!o.status.success());
+    assert_eq!(
+        [
+            sha256(&bl.join("system_root_encrypted.img")),
+            sha256(&bl.join("system_root_encrypted.img_b")),
+        ],
+        orig,
+        "also when flashing fails"
+    );
+    let pw = server.password_of(&email_of("AZJN-0043")).unwrap();
+    assert_eq!(holding(&pw, &[&l4t]), Vec::<String>::new());
 }
 
 /// ROOTFS_AB=1: flash.sh -r also flashes bootloader/system.img_b to APP_b
@@ -1339,6 +1360,18 @@ fn l4t_initrd_station_refuses_massflash_and_external_encryption() {
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
     verifies(&device.join("internal-APP"), "AZJN-0042");
 
+    // With ROOTFS_ENC=1 the container would open on one chip only.
+    let o = initrd_station(
+        &l4t,
+        &device,
+        &server,
+        &[("ROOTFS_ENC", "1"), ("L4T_STANDIN_RCM", "1-1 1-2")],
+        &["--prepare", "--massflash", "2", BOARD, "internal"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    for what in ["--massflash", "one chip's ECID", "--usb-instance"] {
+        assert!(stderr(&o).contains(what), "{what}: {}", stderr(&o));
+    }
     // ROOTFS_ENC=1 on an external device is not served: refused before
     // the flash tool runs.
     let log = dir.path().join("log");
@@ -1520,6 +1553,20 @@ fn initrd_station_enc(ab: bool) {
     }
     let now: Vec<_> = slots.iter().map(|s| sha256(&images.join(s.1))).collect();
     assert_eq!(now, pristine);
+    assert_eq!(holding(&pw, &[&l4t]), Vec::<String>::new());
+    // The flash fails: the containers from --prepare are back all the same.
+    run_env.push(("L4T_STANDIN_FAIL", "1"));
+    let o = initrd_station(
+        &l4t,
+        &device,
+        &server,
+        &run_env,
+        &["AZJN-0043", BOARD, "internal"],
+    );
+    assert!(!o.status.success());
+    let now: Vec<_> = slots.iter().map(|s| sha256(&images.join(s.1))).collect();
+    assert_eq!(now, pristine, "also when flashing fails");
+    let pw = server.password_of(&email_of("AZJN-0043")).unwrap();
     assert_eq!(holding(&pw, &[&l4t]), Vec::<String>::new());
 }
 
