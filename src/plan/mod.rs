@@ -8,6 +8,7 @@
 
 pub mod devices;
 pub(crate) mod model;
+pub(crate) mod name;
 mod pattern;
 mod source;
 pub(crate) mod spec;
