@@ -370,8 +370,8 @@ pub(crate) struct VerifyArgs {
 pub(crate) struct LsArgs {
     /// Image (any input provision reads) or staging directory
     pub(crate) image: PathBuf,
-    /// Absolute path inside the image (default: /)
-    pub(crate) path: Option<String>,
+    /// Absolute path inside the image (default: /); its bytes are taken as they are, as the image's names are bytes
+    pub(crate) path: Option<std::ffi::OsString>,
     /// List subdirectories too
     #[arg(short = 'R', long)]
     pub(crate) recursive: bool,
@@ -389,8 +389,8 @@ pub(crate) struct LsArgs {
 pub(crate) struct CatArgs {
     /// Image (any input provision reads) or staging directory
     pub(crate) image: PathBuf,
-    /// Absolute path of a file inside the image; symlinks are followed inside the image
-    pub(crate) path: String,
+    /// Absolute path of a file inside the image (bytes, as the shell passes them); symlinks are followed inside the image
+    pub(crate) path: std::ffi::OsString,
     #[command(flatten)]
     pub(crate) image_args: ImageArgs,
 }
