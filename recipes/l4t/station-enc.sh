@@ -5,7 +5,7 @@
 # rootfs), whose passphrase is derived from the chip's EKB key and ECID,
 # with the container's UUID as context (build_enc_root_fsimg,
 # tools/disk_encryption/disk_encryption_helper.func 503-630, the passphrase
-# command at 539-546): one container per device, so it is built per device
+# command at 537-548): one container per device, so it is built per device
 # here, by `imprint provision --luks-encrypt`, one device at a time.
 #
 #   sudo [ROOTFS_AB=1] ROOTFS_ENC=1 station.sh --prepare BOARD ROOTDEV
@@ -25,7 +25,7 @@
 # --prepare runs `flash.sh --no-flash` (the boot images, the UUID files,
 # the layout), then builds, for each slot, the plain root filesystem its
 # container holds, bootloader/<container>.base, from rootfs/ as
-# build_enc_root_fsimg fills it (helper.func 590-610: rootfs/ without
+# build_enc_root_fsimg fills it (helper.func 586-602: rootfs/ without
 # boot, /etc/fstab's last line replaced by the crypt_root line, /boot
 # mounted by the slot's APP partition UUID from l4t-bootpart-uuid.txt (_b
 # for slot B, flash.sh:1283); with A/B also the other slot's container on

@@ -47,7 +47,7 @@
 #   "_enc" reads, flash.sh:1053-1056, 2407) and APP_ENC_b
 #   (system_root_encrypted.img_b, a second container under that UUID,
 #   whose passphrase has it as context: build_enc_root_fsimg's
-#   `-c '${__rootfsuuid}'`, helper.func:544-546, called with
+#   `-c '${__rootfsuuid}'`, helper.func:546-548, called with
 #   rootfsuuid_b_enc at flash.sh:1280-1283); APP_b's unique_guid is
 #   l4t-bootpart-uuid.txt_b (APPUUID_b -> bootpartuuid_b, flash.sh:3399).
 # - With ROOTFS_ENC=1 and -r, each container flashed must be what the
