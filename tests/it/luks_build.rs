@@ -305,6 +305,36 @@ fn missing_keys_and_wrong_inputs_are_refused_clearly() {
     .arg(s.path("batch/"))
     .args(["--luks-encrypt", "--luks-uuid", UUID, "--l4t-generic"]);
     expect_err(run(&mut c), &["one device's container"]);
+    // One device's two rootfs slots (APP_ENC, APP_ENC_b): a UUID for
+    // each, and not the same one twice.
+    let copy = s.path("plain_b.img");
+    fs::copy(&s.plain, &copy).unwrap();
+    let slots = |uuids: &[&str]| {
+        let mut c = bin();
+        c.args(["provision", "--offline", "--serial", SERIAL])
+            .arg("--password-file")
+            .arg(&pw)
+            .arg("--image")
+            .arg(&s.plain)
+            .arg("--image")
+            .arg(&copy)
+            .arg("--output")
+            .arg(s.path("slots/"))
+            .args(["--luks-encrypt", "--l4t-generic"]);
+        for uuid in uuids {
+            c.args(["--luks-uuid", uuid]);
+        }
+        run(&mut c)
+    };
+    expect_err(
+        slots(&[UUID]),
+        &[
+            "1 container UUIDs for 2 --image inputs",
+            "l4t-rootfs-uuid.txt_b_enc",
+        ],
+    );
+    expect_err(slots(&[UUID, UUID]), &[UUID, "twice"]);
+    assert!(!s.path("slots").exists());
 }
 
 /// Under a codec the container is read from a scratch file; errors name

@@ -21,6 +21,7 @@ mod cache;
 mod cli_output;
 mod codecs;
 mod disk_images;
+mod etc_link;
 mod ext4_images;
 mod fast_paths;
 mod faults;
