@@ -270,7 +270,8 @@ pub(super) fn rebuild(
             }
             Piece::Insert(bytes) => {
                 for (name, at) in entries_in(bytes, out_path)? {
-                    new.record(name.as_bytes(), out + at)?;
+                    // The name's bytes, as the header holds them.
+                    new.record(&crate::plan::name::to_bytes(&name), out + at)?;
                 }
             }
         }
