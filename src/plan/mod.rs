@@ -9,6 +9,7 @@
 pub mod devices;
 mod links;
 pub(crate) mod model;
+pub(crate) mod name;
 mod pattern;
 mod source;
 pub(crate) mod spec;

@@ -16,6 +16,7 @@ mod bad_input;
 mod base_swap;
 mod batch;
 mod bombs;
+mod byte_names;
 mod cache;
 mod cli_output;
 mod codecs;

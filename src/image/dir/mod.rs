@@ -108,7 +108,7 @@ struct Located {
 
 impl Located {
     fn host(&self) -> PathBuf {
-        self.parent_path.join(&self.name)
+        self.parent_path.join(handle::os_name(&self.name))
     }
 }
 
@@ -128,7 +128,7 @@ impl StagingDir {
     /// and signal cleanup (never for acting on the tree).
     fn host(&self, parts: &[String]) -> PathBuf {
         let mut p = self.root.clone();
-        p.extend(parts);
+        p.extend(parts.iter().map(|part| handle::os_name(part)));
         p
     }
 

@@ -461,7 +461,7 @@ impl<R: ReadAt> FsReader<R> {
 
     /// Finds `name` in directory `dir`.
     pub(crate) fn find_in_dir(&self, dir: &Inode, name: &str) -> Result<Option<u32>, Ext4Error> {
-        let name = name.as_bytes();
+        let name = &*crate::plan::name::to_bytes(name);
         let folds =
             self.sb.incompat & feature::INCOMPAT_CASEFOLD != 0 && dir.flags & CASEFOLD_FL != 0;
         Ok(self
@@ -510,7 +510,7 @@ impl<R: ReadAt> FsReader<R> {
     pub(crate) fn meta(&self, inode: &Inode) -> Result<FileMeta, Ext4Error> {
         let target = if inode.kind() == EntryType::Symlink {
             let bytes = self.read_content(inode, MAX_TARGET)?;
-            Some(String::from_utf8_lossy(&bytes).into_owned())
+            Some(crate::plan::name::from_bytes(&bytes).into_owned())
         } else {
             None
         };
@@ -583,7 +583,7 @@ impl<R: ReadAt> FsReader<R> {
         match self.resolve(path.components())? {
             Some((_, inode)) if inode.kind() == EntryType::Symlink => {
                 let target = self.read_content(&inode, MAX_TARGET)?;
-                Ok(Some(String::from_utf8_lossy(&target).into_owned()))
+                Ok(Some(crate::plan::name::from_bytes(&target).into_owned()))
             }
             _ => Ok(None),
         }
