@@ -95,6 +95,13 @@ pub fn resolve<E>(
                 via,
             }));
         }
+        // As the kernel: an empty target names nothing (ENOENT).
+        if target.is_empty() {
+            return Ok(Err(Unresolved::BadTarget {
+                path: path.to_string(),
+                target,
+            }));
+        }
         done.pop();
         if target.starts_with('/') {
             done.clear();

@@ -7,6 +7,8 @@
 //! extract through a symlink, and GNU tar would follow an absolute one
 //! (`/etc -> /usr/etc`) out of the extraction directory into the host.
 
+use std::collections::HashMap;
+
 use super::{EntryType, Existing, ImagePath, OverlayError, Plan, PlanKind};
 use crate::image::resolve::{self, Resolved, Unresolved};
 
@@ -39,6 +41,17 @@ impl Plan {
         &self,
         mut symlink: impl FnMut(&ImagePath) -> Result<Option<String>, E>,
     ) -> Result<Linked, E> {
+        // Each path asked once: every resolution below sees the same links,
+        // even in a staging tree another user changes meanwhile.
+        let mut seen: HashMap<ImagePath, Option<String>> = HashMap::new();
+        let mut symlink = |p: &ImagePath| -> Result<Option<String>, E> {
+            if let Some(target) = seen.get(p) {
+                return Ok(target.clone());
+            }
+            let target = symlink(p)?;
+            seen.insert(p.clone(), target.clone());
+            Ok(target)
+        };
         let mut plan = self.clone();
         let mut reached = Vec::new();
         for entry in &mut plan.entries {

@@ -56,7 +56,7 @@ fn check_through_link(out: &Path) {
     let o = run(bin().arg("cat").arg(out).arg("/etc/azaion/device.conf"));
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), conf_text(EMAIL, PASSWORD));
-    let o = run(bin().arg("ls").arg(out).arg("/etc/azaion"));
+    let o = run(bin().arg("ls").arg(out).arg("/etc/azaion/device.conf"));
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stdout(&o).contains("-rw------- 1001:1001") && stdout(&o).contains("device.conf"),
@@ -250,4 +250,52 @@ fn a_dangling_or_looping_etc_is_refused_naming_the_link_and_an_escaping_one_stay
         debugfs(&out, "cat /azaion/device.conf"),
         conf_text(EMAIL, PASSWORD)
     );
+}
+
+/// `/etc/azaion` itself a link to a directory (`/etc` real): followed as
+/// `mkdir -p` would; the dry run shows the resolved paths too.
+#[test]
+fn an_etc_azaion_link_to_a_directory_is_followed_and_the_dry_run_says_where() {
+    require_tools(&["tar", "bsdtar"]);
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let tree = d.join("tree");
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    fs::create_dir_all(tree.join("var/lib/azaion")).unwrap();
+    fs::write(
+        tree.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nazaion:x:1001:1001::/home/azaion:/bin/sh\n",
+    )
+    .unwrap();
+    fs::write(tree.join("etc/group"), "root:x:0:\nazaion:x:1001:\n").unwrap();
+    std::os::unix::fs::symlink("../var/lib/azaion", tree.join("etc/azaion")).unwrap();
+    let input = d.join("in.tar");
+    sh(&format!(
+        "tar -cf {} -C {} .",
+        input.display(),
+        tree.display()
+    ));
+    let pw = write_password(d, PASSWORD);
+    let out = d.join("out.tar");
+    let o = run(provision_offline(&input, &out, "azaion", &pw).arg("--dry-run"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("/var/lib/azaion/device.conf") && !out.exists(),
+        "{}",
+        stdout(&o)
+    );
+    let o = provision(&input, &out);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listed = stdout(&sh(&format!("tar -tf {}", out.display())));
+    assert!(
+        listed.lines().any(|l| l == "./var/lib/azaion/device.conf"),
+        "{listed}"
+    );
+    let root = rustix::process::geteuid().is_root();
+    for tool in ["gnutar", "bsdtar"] {
+        let x = d.join(format!("x-{tool}"));
+        extract(tool, &out, &x);
+        check_conf(&x.join("etc/azaion/device.conf"), root);
+    }
+    check_through_link(&out);
 }

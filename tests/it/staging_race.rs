@@ -32,8 +32,11 @@ const SHORT: (u32, Duration) = (60, Duration::from_secs(6));
 /// What a failed run may say: each names the component that was in the
 /// way or was swapped under imprint (a symlinked etc also hides the image's
 /// passwd, so the owner's name is unknown).
-const CLEAR_ERRORS: [&str; 6] = [
+const CLEAR_ERRORS: [&str; 7] = [
     "is a symbolic link in the staging tree, not a directory",
+    // A link seen when resolving: followed inside the tree, where the
+    // host's path it names is not.
+    "lies behind a symlink in the image: ",
     "is a symbolic link, not a directory",
     "is to be created inside /etc, which neither the image nor the overlay provides",
     "was replaced while imprint was using it",

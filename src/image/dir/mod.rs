@@ -1,9 +1,11 @@
 //! A staging directory: the runbook's original flow, where the rootfs is an
 //! extracted tree that flash.sh will pack. Files are written atomically
 //! (temp file, then rename) and never through a symlink, since a symlink in
-//! a rootfs points into the *device's* tree, not the host's. The tree may be
-//! writable by another user while imprint runs, so it is only ever walked
-//! from directory handles (see `handle.rs`).
+//! a rootfs points into the *device's* tree, not the host's: a symlinked
+//! `/etc` is resolved inside the tree first, as for every image format,
+//! and the resolved path walked. The tree may be writable by another user
+//! while imprint runs, so it is only ever walked from directory handles
+//! (see `handle.rs`).
 
 mod changes;
 mod handle;
@@ -617,12 +619,13 @@ mod tests {
                     fs::rename(root.join("etc"), root.join("etc.real")).unwrap();
                     symlink(host, root.join("etc")).unwrap();
                 },
-                "/etc/azaion is to be created inside /etc, which neither the image nor the overlay provides",
+                // Resolved inside the tree, where the host's path is not.
+                "/etc/azaion lies behind a symlink in the image: /etc -> ",
             ),
             (
                 "etc/azaion",
                 &|root, host| symlink(host, root.join("etc/azaion")).unwrap(),
-                "/etc/azaion is a symbolic link in the staging tree, not a directory",
+                "/etc/azaion lies behind a symlink in the image: /etc/azaion -> ",
             ),
             (
                 "device.conf",
@@ -658,11 +661,27 @@ mod tests {
         let err = StagingDir::open(&root).unwrap().stage(&plan).err().unwrap();
         assert!(
             err.to_string().contains(&format!(
-                "{} is a symbolic link, not a directory",
-                root.join("etc").display()
+                "/etc -> {} leads to {}, which the image does not hold",
+                host.display(),
+                host.display()
             )),
             "{err}"
         );
+        assert_eq!(names(&host), ["passwd"]);
+    }
+
+    /// An absolute link resolves from the tree's root, as in a chroot:
+    /// the host's directory of the same name is never written.
+    #[test]
+    fn an_absolute_etc_link_resolves_inside_the_tree() {
+        let (_tmp, root, host) = tree();
+        let inside = root.join(host.strip_prefix("/").unwrap());
+        fs::create_dir_all(&inside).unwrap();
+        fs::rename(root.join("etc"), root.join("etc.real")).unwrap();
+        symlink(&host, root.join("etc")).unwrap();
+        let staged = StagingDir::open(&root).unwrap().stage(&plan()).unwrap();
+        staged.commit().unwrap();
+        assert_eq!(names(&inside.join("azaion")), ["device.conf"]);
         assert_eq!(names(&host), ["passwd"]);
     }
 

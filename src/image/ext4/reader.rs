@@ -15,8 +15,10 @@ use super::format::{
     STATE_ERRORS,
 };
 use super::{CorruptKind, Ext4Error, NotExt4Kind};
+use crate::image::resolve::{self, Unresolved};
 use crate::image::{EntryType, FileMeta};
 use crate::io::read_at::ReadAt;
+use crate::plan::ImagePath;
 
 /// The superblock fields imprint looks at.
 #[derive(Debug, Clone)]
@@ -554,58 +556,37 @@ impl<R: ReadAt> FsReader<R> {
     }
 
     /// Resolves an absolute path as a process chrooted into the image
-    /// would: symlinks are followed (absolute targets from the image's
-    /// root, `..` stopping at the root), at most 40 of them, so a path can
-    /// never leave the image or loop forever.
+    /// would, with the one resolver ([`crate::image::resolve`]): symlinks
+    /// are followed (absolute targets from the image's root, `..` stopping
+    /// at the root), at most 40 of them, so a path can never leave the
+    /// image or loop forever.
     pub(crate) fn resolve_following(
         &self,
         components: &[String],
     ) -> Result<Option<(u32, Inode)>, Ext4Error> {
-        const MAX_LINKS: usize = 40;
-        let mut pending: std::collections::VecDeque<String> = components.iter().cloned().collect();
-        // The directories walked so far, root first, for `..`.
-        let mut walked: Vec<(u32, Inode)> = vec![(ROOT_INO, self.inode(ROOT_INO)?)];
-        let mut followed = 0;
-        while let Some(name) = pending.pop_front() {
-            let (_, dir) = walked.last().expect("the root stays");
-            match name.as_str() {
-                "" | "." => continue,
-                ".." => {
-                    if walked.len() > 1 {
-                        walked.pop();
-                    }
-                    continue;
-                }
-                _ => {}
-            }
-            if dir.kind() != EntryType::Dir {
-                return Ok(None);
-            }
-            let Some(ino) = self.find_in_dir(dir, &name)? else {
-                return Ok(None);
-            };
-            let inode = self.inode(ino)?;
-            if inode.kind() != EntryType::Symlink {
-                walked.push((ino, inode));
-                continue;
-            }
-            followed += 1;
-            if followed > MAX_LINKS {
-                return Ok(None);
-            }
-            let target = self.read_content(&inode, MAX_TARGET)?;
-            let target = crate::plan::name::from_bytes(&target).into_owned();
-            if target.is_empty() {
-                return Ok(None);
-            }
-            if target.starts_with('/') {
-                walked.truncate(1);
-            }
-            for part in target.split('/').rev() {
-                pending.push_front(part.to_string());
-            }
+        let Some(path) = ImagePath::parse(&format!("/{}", components.join("/"))) else {
+            return self
+                .resolve(&[])
+                .map(|root| root.filter(|_| components.is_empty()));
+        };
+        let found = resolve::resolve(&path, |p| self.symlink_target(p))?;
+        match found {
+            Ok(r) => self.resolve(r.path.components()),
+            Err(Unresolved::Root { .. }) => self.resolve(&[]),
+            Err(_) => Ok(None),
         }
-        Ok(walked.pop())
+    }
+
+    /// The target of the symlink at `path` (its parents resolved), if a
+    /// symlink is there.
+    pub(crate) fn symlink_target(&self, path: &ImagePath) -> Result<Option<String>, Ext4Error> {
+        match self.resolve(path.components())? {
+            Some((_, inode)) if inode.kind() == EntryType::Symlink => {
+                let target = self.read_content(&inode, MAX_TARGET)?;
+                Ok(Some(crate::plan::name::from_bytes(&target).into_owned()))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Resolves an absolute path given as components, without following
