@@ -18,6 +18,7 @@ mod format;
 mod io_manager;
 mod libext2fs;
 mod listing;
+pub(crate) mod populate;
 mod raw;
 pub mod reader;
 mod used;
