@@ -22,6 +22,10 @@
 # the container's UUID (root=UUID= on the kernel command line,
 # flash.sh:2405-2412), as <base>.uuid, and flash.sh's own
 # system_root_encrypted.img as <base>.orig.
+# (imprint can also build each container straight from a tarball of
+# rootfs/, without root: --luks-size and --luks-boot-partuuid-file; the
+# base is built once here instead because stamping it per device is
+# several times faster than making the filesystem from the archive again.)
 #
 # Per device: ECID (the chip's, as flash.sh reads it:
 # `tegrarcm_v2 --uid`, the BR_CID line, flash.sh:662) and ENC_RFS_KEY (the
