@@ -408,6 +408,41 @@ fn a_tarball_without_size_or_boot_uuid_is_refused_saying_what_to_pass() {
         stderr(&o)
     );
     assert!(!out.exists());
+    // A hard link to a file flash.sh's copy leaves out (under boot/), and
+    // an archive larger than the size given: each named, with what to do.
+    let o = sh(&format!(
+        "cd {d}/t && mkdir -p boot usr && echo k > boot/x && ln boot/x usr/y && tar -cf ../hl.tar . && rm usr/y && head -c 6000000 /dev/urandom > usr/big && tar -cf ../big.tar .",
+        d = dir.path().display()
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = build(
+        dir.path(),
+        &dir.path().join("hl.tar"),
+        &out,
+        &["--luks-size", "64M"],
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains(
+            "hl.tar: cannot put /usr/y into the new filesystem: it is a hard link to /boot/x"
+        ) && err.contains("give the file its own data")
+            && !err.contains("inconsistent"),
+        "{err}"
+    );
+    let o = build(
+        dir.path(),
+        &dir.path().join("big.tar"),
+        &out,
+        &["--luks-size", "21M"],
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("big.tar: ") && err.contains("larger --luks-size"),
+        "{err}"
+    );
+    assert!(!out.exists());
     let left = fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())

@@ -128,10 +128,10 @@ pub(crate) struct Populator<'h, 'a> {
     fs: &'h Ext2fsHandle<'a>,
 }
 
-fn unexpected(path: &str, what: impl Into<String>) -> ImageError {
-    Ext4Error::Unexpected {
+fn unexpected(path: &str, why: impl Into<String>) -> ImageError {
+    Ext4Error::Member {
         path: format!("/{path}"),
-        what: what.into(),
+        why: why.into(),
     }
     .into()
 }
@@ -155,12 +155,12 @@ impl Populator<'_, '_> {
     fn add_from(&mut self, m: &Member, data: &mut Source) -> Result<(), ImageError> {
         let fs = self.fs;
         let Some(path) = ImagePath::parse(&format!("/{}", m.path)) else {
-            return Err(unexpected(&m.path, "not a path a filesystem holds"));
+            return Err(unexpected(&m.path, "its name is not one a filesystem holds (a component of more than 255 bytes, or `..`); rename it in the archive"));
         };
         if m.acl {
             return Err(unexpected(
                 &m.path,
-                "a member with POSIX ACLs (SCHILY.acl), which imprint does not carry into a new filesystem; remove them from the archive (tar without --acls)",
+                "it carries POSIX ACLs (SCHILY.acl), which imprint does not carry into a new filesystem; make the archive without them (tar without --acls)",
             ));
         }
         let parent = self.parent_of(&path, m.mtime)?;
@@ -192,8 +192,7 @@ impl Populator<'_, '_> {
                 return Err(unexpected(
                     &m.path,
                     format!(
-                        "a directory earlier in the archive, and the member {} replaces it with {}, which tar -x refuses too; remove one of the two",
-                        m.path,
+                        "the archive makes it a directory first, then {}, which tar -x refuses too; remove one of the two members",
                         kind_word(&m.kind)
                     ),
                 ));
@@ -247,7 +246,7 @@ impl Populator<'_, '_> {
                 Some(_) => {
                     return Err(unexpected(
                         &components[..=i].join("/"),
-                        format!("not a directory, and the archive puts {path} inside it"),
+                        format!("it is not a directory, and the archive puts {path} inside it; fix the archive"),
                     ))
                 }
                 None => {
@@ -322,7 +321,7 @@ impl Populator<'_, '_> {
         let Some(ino) = found else {
             return Err(unexpected(
                 &path.relative(),
-                format!("a hard link to /{target}, which the archive does not hold before it (or which flash.sh's copy leaves out, as it does /boot); give the file its own data in the archive"),
+                format!("it is a hard link to /{target}, which the archive does not hold before it (or which flash.sh's copy leaves out, as it does every path with a component named boot); give the file its own data in the archive"),
             ));
         };
         let mut raw = fs.read_inode(ino)?;
@@ -336,7 +335,7 @@ impl Populator<'_, '_> {
             S_IFDIR => {
                 return Err(unexpected(
                     &path.relative(),
-                    format!("a hard link to the directory /{target}, which no filesystem holds"),
+                    format!("it is a hard link to the directory /{target}, which no filesystem holds; fix the archive"),
                 ))
             }
             _ => FT_SOCK,
@@ -345,7 +344,7 @@ impl Populator<'_, '_> {
         if links == u16::MAX {
             return Err(unexpected(
                 &path.relative(),
-                "a link past 65535 names of one file",
+                "it would be the 65536th name of one file, more than ext4 counts; fix the archive",
             ));
         }
         let name = CString::new(path.file_name()).expect("ImagePath has no NUL");

@@ -34,7 +34,7 @@ use super::build::LuksBuild;
 use super::format::DATA_OFFSET;
 use super::LuksError;
 use crate::compress::Compression;
-use crate::image::ext4::populate;
+use crate::image::ext4::{populate, Ext4Error};
 use crate::image::tar::members::{self, Member, MemberKind};
 use crate::image::ImageError;
 use crate::io::output::Scratch;
@@ -108,6 +108,21 @@ pub(super) fn filesystem(
             path: path.to_path_buf(),
         })?;
     let mut members_in = 0u64;
+    let named = |e: ImageError| match e {
+        ImageError::Ext4(e @ Ext4Error::Member { .. }) => LuksError::BuildMember {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        }
+        .into(),
+        ImageError::Ext4(e @ (Ext4Error::NoFreeBlock { .. } | Ext4Error::NoFreeInode { .. })) => {
+            LuksError::BuildMember {
+                path: path.to_path_buf(),
+                why: format!("{e} (here: give a larger --luks-size)"),
+            }
+            .into()
+        }
+        e => e,
+    };
     populate::populate(scratch.file(), &mut |p| {
         let mut fstab = false;
         members::for_each(path, codec, &mut |m, data| {
@@ -148,7 +163,8 @@ pub(super) fn filesystem(
             p.add_bytes(&m, &edited_fstab(b"", boot))?;
         }
         Ok(())
-    })?;
+    })
+    .map_err(named)?;
     tracing::debug!(
         members = members_in,
         bytes = fs_size,

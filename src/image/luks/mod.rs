@@ -181,6 +181,8 @@ pub enum LuksError {
     BuildBootUuid { path: PathBuf },
     #[error("{path}: its etc/fstab is not a regular file of at most 1 MiB, so it cannot be edited as flash.sh edits it (head -n -1, then the crypt_root and /boot lines); make it a plain file in the archive")]
     BuildFstab { path: PathBuf },
+    #[error("{path}: {why}")]
+    BuildMember { path: PathBuf, why: String },
     #[error("{path}: cannot make the new filesystem for --luks-encrypt in {scratch}: {why}")]
     BuildFilesystem {
         path: PathBuf,
