@@ -73,6 +73,22 @@ pub(super) fn filesystem(
     build: &LuksBuild,
     output_dir: &Path,
 ) -> Result<Scratch, ImageError> {
+    if build.slots > 1 {
+        // flash.sh's A/B containers each mount the other slot's
+        // (crypt_root_other, helper.func 599-602) and their own slot's
+        // /boot: not written here.
+        return Err(LuksError::BuildMember {
+            path: path.to_path_buf(),
+            why: "--luks-encrypt from a tarball builds one slot's container (its /etc/fstab as flash.sh writes it without A/B); for A/B containers give plain ext4 images, one per slot".into(),
+        }
+        .into());
+    }
+    let boot = build
+        .boot_partuuid
+        .as_deref()
+        .ok_or_else(|| LuksError::BuildBootUuid {
+            path: path.to_path_buf(),
+        })?;
     let min = DATA_OFFSET + MIN_FS;
     let size = match build.size {
         Some(size) if size >= min => size,
@@ -101,12 +117,6 @@ pub(super) fn filesystem(
         .set_len(fs_size)
         .map_err(|e| failed(format!("cannot size it: {e}")))?;
     populate::make_filesystem(scratch.path(), fs_size, build.epoch).map_err(failed)?;
-    let boot = build
-        .boot_partuuid
-        .as_deref()
-        .ok_or_else(|| LuksError::BuildBootUuid {
-            path: path.to_path_buf(),
-        })?;
     let mut members_in = 0u64;
     let named = |e: ImageError| match e {
         ImageError::Ext4(e @ Ext4Error::Member { .. }) => LuksError::BuildMember {
