@@ -83,12 +83,6 @@ pub(super) fn filesystem(
         }
         .into());
     }
-    let boot = build
-        .boot_partuuid
-        .as_deref()
-        .ok_or_else(|| LuksError::BuildBootUuid {
-            path: path.to_path_buf(),
-        })?;
     let min = DATA_OFFSET + MIN_FS;
     let size = match build.size {
         Some(size) if size >= min => size,
@@ -100,6 +94,12 @@ pub(super) fn filesystem(
             .into())
         }
     };
+    let boot = build
+        .boot_partuuid
+        .as_deref()
+        .ok_or_else(|| LuksError::BuildBootUuid {
+            path: path.to_path_buf(),
+        })?;
     // Whole 4 KiB blocks, as mke2fs uses of a device.
     let fs_size = (size - DATA_OFFSET) / 4096 * 4096;
     let name = path
