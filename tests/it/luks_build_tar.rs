@@ -443,6 +443,34 @@ fn a_tarball_without_size_or_boot_uuid_is_refused_saying_what_to_pass() {
         "{err}"
     );
     assert!(!out.exists());
+    // One device's A/B slots from tarballs: their fstabs (crypt_root_other,
+    // each slot's /boot) are not written, so the run is refused.
+    let ab = dir.path().join("ab");
+    let o = run(bin()
+        .args([
+            "provision",
+            "--offline",
+            "--owner",
+            "root",
+            "--serial",
+            SERIAL,
+        ])
+        .arg("--password-file")
+        .arg(&pw)
+        .arg("--image")
+        .arg(&tar)
+        .args(["--luks-uuid", UUID, "--image"])
+        .arg(dir.path().join("hl.tar"))
+        .args(["--luks-uuid", BOOT_UUID, "--luks-encrypt", "--l4t-generic"])
+        .args(["--luks-size", "64M", "--luks-boot-partuuid", BOOT_UUID])
+        .arg("--output")
+        .arg(format!("{}/", ab.display())));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("one slot's container"),
+        "{}",
+        stderr(&o)
+    );
     let left = fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
