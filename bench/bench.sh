@@ -187,6 +187,14 @@ row "LUKS2 per-device build, sparse system.img" system.img \
   "cp + cryptsetup reencrypt --encrypt + img2simg" \
   "rm -f copy.enc copy.enc.simg && cp --sparse=always system.img.raw copy.enc && truncate -s +16M copy.enc && cryptsetup reencrypt --encrypt --type luks2 -c aes-xts-plain64 -s 256 --uuid $LUKS_UUID --pbkdf pbkdf2 --pbkdf-force-iterations 100000 --reduce-device-size 16M -q --key-file lukspass copy.enc && img2simg copy.enc copy.enc.simg" \
   "$(provision system.img out.enc.img "--no-cache --luks-encrypt --luks-uuid $LUKS_UUID --l4t-ekb-key ekb.txt --ecid 0x1234")" 0.5
+# The same container from the rootfs tarball (L4T's rootfs/ as a tar):
+# imprint makes the ext4 from the archive itself (mke2fs, then every member
+# through libext2fs) against extracting it, mke2fs -d, and the encryption
+# above. The container is the 2 GiB filesystem plus the 16 MiB header.
+row "LUKS2 per-device build, rootfs.tar.gz" rootfs.tar.gz \
+  "tar -x + mke2fs -d + cryptsetup reencrypt --encrypt + img2simg" \
+  "rm -rf x copy.enc copy.enc.simg && mkdir x && tar -C x -xzf rootfs.tar.gz && mke2fs -F -q -t ext4 -d x copy.enc 2G && rm -rf x && truncate -s +16M copy.enc && cryptsetup reencrypt --encrypt --type luks2 -c aes-xts-plain64 -s 256 --uuid $LUKS_UUID --pbkdf pbkdf2 --pbkdf-force-iterations 100000 --reduce-device-size 16M -q --key-file lukspass copy.enc && img2simg copy.enc copy.enc.simg" \
+  "$(provision rootfs.tar.gz out.enc.img "--no-cache --luks-encrypt --luks-uuid $LUKS_UUID --l4t-ekb-key ekb.txt --ecid 0x1234 --luks-size $(((2 << 30) + (16 << 20))) --luks-boot-partuuid 8c3b7d2e-1f4a-4b5c-9d6e-7f8a9b0c1d2e")" 0.5
 # Stamping that container again (another serial into an existing encrypted
 # image) against re-encrypting the whole image as above.
 if [ -z "${ONLY:-}" ] || [[ "LUKS2 stamp of an encrypted sparse image" =~ $ONLY ]]; then
@@ -251,7 +259,7 @@ for s in $(cat serials.txt); do
 done
 row "20 serials from one tar.gz" rootfs.tar.gz "20 single-serial runs" \
   "$SINGLES" "rm -rf batch && mkdir batch && $IMPRINT provision --quiet --serials serials.txt --offline --password-file pw --image rootfs.tar.gz --output batch/ --no-cache" 0.15
-rm -f copy.* cold.* scripted.* out.* single-* debugfs.cmds ekb.txt lukspass && rm -rf add batch mnt
+rm -f copy.* cold.* scripted.* out.* single-* debugfs.cmds ekb.txt lukspass && rm -rf add batch mnt x
 
 echo
 echo "imprint $("$IMPRINT" --version | cut -d' ' -f2), $(nproc) cores, rootfs.tar $(( $(stat -c %s rootfs.tar) / 1000000 )) MB"

@@ -34,6 +34,10 @@
 # keeps the slot's container UUID file (root=UUID= on that slot's kernel
 # command line, flash.sh:2405-2412, 2711-2716) as <base>.uuid, and
 # flash.sh's own container as <base>.orig.
+# (imprint can also build a container straight from a tarball of rootfs/,
+# without root: --luks-size and --luks-boot-partuuid-file; the base is
+# built once here instead because stamping it per device is several times
+# faster than making the filesystem from the archive again.)
 #
 # Per device: ECID (the chip's, as flash.sh reads it:
 # `tegrarcm_v2 --uid`, the BR_CID line, flash.sh:662) and ENC_RFS_KEY (the

@@ -263,7 +263,7 @@ impl LuksArgs {
 /// APP_ENC, system_root_encrypted.img) around the stamped filesystem.
 #[derive(Args)]
 pub(crate) struct LuksBuildArgs {
-    /// Write the output as a new LUKS2 container (aes-xts-plain64, 256-bit key, random per output) around the stamped filesystem, as L4T's flash.sh builds system_root_encrypted.img with ROOTFS_ENC=1: the input is a plain ext2/3/4 image (raw or Android sparse, which the output then is too); its keyslot opens with the L4T passphrase (--l4t-ekb-key with --ecid or --l4t-generic) or --luks-passphrase-file; needs --luks-uuid or --luks-uuid-file
+    /// Write the output as a new LUKS2 container (aes-xts-plain64, 256-bit key, random per output) around the stamped filesystem, as L4T's flash.sh builds system_root_encrypted.img with ROOTFS_ENC=1: the input is a plain ext2/3/4 image (raw or Android sparse, which the output then is too) or a tarball of the rootfs, any codec (then give --luks-size; the output is Android sparse); its keyslot opens with the L4T passphrase (--l4t-ekb-key with --ecid or --l4t-generic) or --luks-passphrase-file; needs --luks-uuid or --luks-uuid-file
     #[arg(long, requires = "image")]
     pub(crate) luks_encrypt: bool,
     /// With --luks-encrypt: the container's UUID, the one flash.sh keeps in l4t-rootfs-uuid.txt_enc in its bootloader directory; with several --image inputs (one device's rootfs slots), once per --image, in the same order
@@ -280,6 +280,45 @@ pub(crate) struct LuksBuildArgs {
     /// With --luks-encrypt: the encryption sector size, 512 (cryptsetup on flash.sh's loop device) or 4096
     #[arg(long, value_name = "BYTES", default_value_t = 512, value_parser = clap::builder::TypedValueParser::map(clap::builder::PossibleValuesParser::new(["512", "4096"]), |s| s.parse::<u64>().expect("listed")), requires = "luks_encrypt")]
     pub(crate) luks_sector_size: u64,
+    /// With --luks-encrypt from a tarball of the rootfs: the container's size, the APP_ENC partition's (flash.sh: the rootfs size less APP's), in bytes or with a K/M/G/T suffix (KiB/MiB/GiB/TiB, powers of 1024); the new ext4 inside takes all but the 16 MiB header
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, requires = "luks_encrypt")]
+    pub(crate) luks_size: Option<u64>,
+    /// With --luks-encrypt from a tarball: the APP partition's UUID, for the /boot line flash.sh writes into /etc/fstab
+    #[arg(
+        long,
+        value_name = "UUID",
+        requires = "luks_encrypt",
+        conflicts_with = "luks_boot_partuuid_file"
+    )]
+    pub(crate) luks_boot_partuuid: Option<String>,
+    /// With --luks-encrypt from a tarball: read the APP partition's UUID from this file, as flash.sh reads bootloader/l4t-bootpart-uuid.txt
+    #[arg(long, value_name = "FILE", requires = "luks_encrypt")]
+    pub(crate) luks_boot_partuuid_file: Option<PathBuf>,
+}
+
+/// A size in bytes: digits, optionally followed by K, M, G or T (with or
+/// without "iB"), each a power of 1024.
+fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let shift = match unit.trim_end_matches("iB").trim_end_matches('B') {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a size: digits, then K, M, G or T (powers of 1024)"
+            ))
+        }
+    };
+    let n: u64 = number.parse().map_err(|_| {
+        format!("{text:?} is not a size: digits, then K, M, G or T (powers of 1024)")
+    })?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 impl LuksBuildArgs {
@@ -291,21 +330,7 @@ impl LuksBuildArgs {
         }
         let mut uuids = self.luks_uuid.clone();
         for file in &self.luks_uuid_file {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("cannot read the LUKS UUID file {}", file.display()))?;
-            // flash.sh takes the first line that is a UUID and nothing
-            // else (sed -nr "s/^${uuid_regex}$/\1/p", line 1027).
-            uuids.push(
-                text.lines()
-                    .find(|l| LuksBuild::is_uuid(l))
-                    .map(str::to_string)
-                    .ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "{} holds no line that is a UUID (8-4-4-4-12 lowercase hex digits), as flash.sh reads it",
-                            file.display()
-                        )
-                    })?,
-            );
+            uuids.push(uuid_in(file, "LUKS UUID")?);
         }
         if uuids.is_empty() {
             bail!(
@@ -335,12 +360,40 @@ impl LuksBuildArgs {
         } else {
             Vec::new()
         };
+        let boot_partuuid = match (&self.luks_boot_partuuid, &self.luks_boot_partuuid_file) {
+            (Some(uuid), _) if !LuksBuild::is_uuid(uuid) => bail!(
+                "--luks-boot-partuuid {uuid:?} is not a UUID as flash.sh takes it (8-4-4-4-12 lowercase hex digits)"
+            ),
+            (Some(uuid), _) => Some(uuid.clone()),
+            (None, Some(file)) => Some(uuid_in(file, "boot partition UUID")?),
+            (None, None) => None,
+        };
         Ok(Some(LuksBuild {
             uuid: uuids.remove(0),
             per_input,
             sector_size: self.luks_sector_size,
+            size: self.luks_size,
+            boot_partuuid,
+            epoch: None,
+            slots: 1,
         }))
     }
+}
+
+/// The first line of `file` that is a UUID and nothing else, as flash.sh
+/// reads its UUID files (sed -nr "s/^${uuid_regex}$/\1/p", line 1027).
+fn uuid_in(file: &std::path::Path, what: &str) -> Result<String> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the {what} file {}", file.display()))?;
+    text.lines()
+        .find(|l| LuksBuild::is_uuid(l))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} holds no line that is a UUID (8-4-4-4-12 lowercase hex digits), as flash.sh reads it",
+                file.display()
+            )
+        })
 }
 
 #[derive(Args)]

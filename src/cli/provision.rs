@@ -98,6 +98,10 @@ fn settings(args: &ProvisionArgs, stdin: &mut super::stdin::Stdin) -> Result<Set
     settings.options.partitions = args.image_args.partition.clone();
     settings.options.luks = args.image_args.luks.key()?;
     settings.options.luks_build = args.luks_build.build(args.image.len())?;
+    if let Some(build) = &mut settings.options.luks_build {
+        // mke2fs's times, for a filesystem made from a tarball.
+        build.epoch = source_date_epoch()?;
+    }
     settings.options.cache = if args.no_cache {
         None
     } else {

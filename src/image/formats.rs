@@ -325,7 +325,7 @@ pub(crate) fn open_backend(
     options: &ImageOptions,
 ) -> Result<Box<dyn ImageBackend>, ImageError> {
     if let Some(build) = &options.luks_build {
-        return super::luks::build::open_backend(path, codec, content, build, options);
+        return super::luks::build::open_backend(path, codec, content, build, output_dir, options);
     }
     let row = row_of(content);
     match (&row.open, codec) {

@@ -32,6 +32,7 @@ mod json;
 mod listing;
 mod luks;
 mod luks_build;
+mod luks_build_tar;
 mod manpages;
 mod overlays;
 mod packaging;

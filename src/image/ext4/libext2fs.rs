@@ -46,12 +46,12 @@ pub(super) type XattrCallback =
     unsafe extern "C" fn(*mut c_char, *mut c_char, usize, *mut c_void) -> c_int;
 
 // Flags and error codes from <ext2fs/ext2fs.h> and <ext2fs/ext2_err.h>.
-const FLAG_RW: c_int = 0x01;
+pub(super) const FLAG_RW: c_int = 0x01;
 /// Write only the primary superblock and group descriptors, as e2fsck
 /// does: backups stay byte-identical to the input.
 const FLAG_MASTER_SB_ONLY: c_int = 0x200;
-const FLAG_64BITS: c_int = 0x20000;
-const FILE_WRITE: c_int = 0x1;
+pub(super) const FLAG_64BITS: c_int = 0x20000;
+pub(super) const FILE_WRITE: c_int = 0x1;
 const FT_REG_FILE: c_int = 1;
 
 const ET_GDESC_BAD_BLOCK_MAP: Errcode = 2133571352;
@@ -83,16 +83,18 @@ pub(super) struct Api {
     lookup: unsafe extern "C" fn(Fs, Ino, *const c_char, c_int, *mut c_char, *mut Ino) -> Errcode,
     mkdir: unsafe extern "C" fn(Fs, Ino, Ino, *const c_char) -> Errcode,
     expand_dir: unsafe extern "C" fn(Fs, Ino) -> Errcode,
-    new_inode: unsafe extern "C" fn(Fs, Ino, c_int, *mut c_void, *mut Ino) -> Errcode,
-    link: unsafe extern "C" fn(Fs, Ino, *const c_char, Ino, c_int) -> Errcode,
+    pub(super) new_inode: unsafe extern "C" fn(Fs, Ino, c_int, *mut c_void, *mut Ino) -> Errcode,
+    pub(super) link: unsafe extern "C" fn(Fs, Ino, *const c_char, Ino, c_int) -> Errcode,
     pub(super) inode_alloc_stats2: unsafe extern "C" fn(Fs, Ino, c_int, c_int),
-    read_inode_full: unsafe extern "C" fn(Fs, Ino, *mut u8, c_int) -> Errcode,
+    pub(super) read_inode_full: unsafe extern "C" fn(Fs, Ino, *mut u8, c_int) -> Errcode,
     write_inode_full: unsafe extern "C" fn(Fs, Ino, *const u8, c_int) -> Errcode,
     inline_data_init: unsafe extern "C" fn(Fs, Ino) -> Errcode,
-    file_open: unsafe extern "C" fn(Fs, Ino, c_int, *mut *mut c_void) -> Errcode,
-    file_write: unsafe extern "C" fn(*mut c_void, *const c_void, c_uint, *mut c_uint) -> Errcode,
-    file_set_size2: unsafe extern "C" fn(*mut c_void, u64) -> Errcode,
-    file_close: unsafe extern "C" fn(*mut c_void) -> Errcode,
+    pub(super) file_open: unsafe extern "C" fn(Fs, Ino, c_int, *mut *mut c_void) -> Errcode,
+    pub(super) file_write:
+        unsafe extern "C" fn(*mut c_void, *const c_void, c_uint, *mut c_uint) -> Errcode,
+    pub(super) file_set_size2: unsafe extern "C" fn(*mut c_void, u64) -> Errcode,
+    pub(super) file_close: unsafe extern "C" fn(*mut c_void) -> Errcode,
+    pub(super) file_llseek: unsafe extern "C" fn(*mut c_void, u64, c_int, *mut u64) -> Errcode,
     pub(super) symlink: unsafe extern "C" fn(Fs, Ino, Ino, *const c_char, *const c_char) -> Errcode,
     pub(super) unlink: unsafe extern "C" fn(Fs, Ino, *const c_char, Ino, c_int) -> Errcode,
     pub(super) punch: unsafe extern "C" fn(Fs, Ino, *mut u8, *mut c_char, u64, u64) -> Errcode,
@@ -146,7 +148,7 @@ enum LoadFailure {
     TooOld(&'static str),
 }
 
-fn api() -> Result<&'static Api, Ext4Error> {
+pub(super) fn api() -> Result<&'static Api, Ext4Error> {
     static API: OnceLock<Result<Api, LoadFailure>> = OnceLock::new();
     // SAFETY: loading libext2fs runs its initialisers, which only set up
     // its error table.
@@ -200,6 +202,7 @@ unsafe fn load() -> Result<Api, LoadFailure> {
         file_write: sym!("ext2fs_file_write"),
         file_set_size2: sym!("ext2fs_file_set_size2"),
         file_close: sym!("ext2fs_file_close"),
+        file_llseek: sym!("ext2fs_file_llseek"),
         symlink: sym!("ext2fs_symlink"),
         unlink: sym!("ext2fs_unlink"),
         punch: sym!("ext2fs_punch"),
@@ -244,7 +247,7 @@ fn message(api: &Api, code: Errcode) -> String {
 pub(super) struct Ext2fsHandle<'a> {
     pub(super) api: &'a Api,
     pub(super) fs: Fs,
-    inode_size: usize,
+    pub(super) inode_size: usize,
     pub(super) block_size: u64,
     /// Bytes per allocation cluster: the unit of an EA inode's charge.
     pub(super) cluster_size: u64,
@@ -354,7 +357,7 @@ impl Ext2fsHandle<'_> {
     }
 
     /// Walks `components` from the root without following symlinks.
-    fn resolve(&self, components: &[String]) -> Result<Option<Ino>, Ext4Error> {
+    pub(super) fn resolve(&self, components: &[String]) -> Result<Option<Ino>, Ext4Error> {
         let mut ino = ROOT_INO;
         for (i, name) in components.iter().enumerate() {
             if i > 0 && inode_kind(&self.read_inode(ino)?) != EntryType::Dir {
@@ -397,7 +400,12 @@ impl Ext2fsHandle<'_> {
             })
     }
 
-    fn make_dir(&self, parent: Ino, entry: &PlanEntry, mtime: i64) -> Result<(), Ext4Error> {
+    pub(super) fn make_dir(
+        &self,
+        parent: Ino,
+        entry: &PlanEntry,
+        mtime: i64,
+    ) -> Result<(), Ext4Error> {
         let name = CString::new(entry.path.file_name()).expect("ImagePath has no NUL");
         let what = entry.path.to_string();
         // SAFETY: name is a valid C string for the duration of the call.
@@ -418,7 +426,12 @@ impl Ext2fsHandle<'_> {
     }
 
     /// Allocates an empty regular file and links it into `parent`.
-    fn create_file(&self, parent: Ino, entry: &PlanEntry, mtime: i64) -> Result<Ino, Ext4Error> {
+    pub(super) fn create_file(
+        &self,
+        parent: Ino,
+        entry: &PlanEntry,
+        mtime: i64,
+    ) -> Result<Ino, Ext4Error> {
         let what = entry.path.to_string();
         let mut ino: Ino = 0;
         // SAFETY: ino is a valid out pointer; a null bitmap means the fs's own.
@@ -577,7 +590,7 @@ impl Ext2fsHandle<'_> {
         self.apply_xattrs(ino, entry, &kept, false)
     }
 
-    fn close(mut self) -> Result<(), Ext4Error> {
+    pub(super) fn close(mut self) -> Result<(), Ext4Error> {
         // SAFETY: close_free flushes, frees and nulls fs.
         let code = unsafe { (self.api.close_free)(&mut self.fs) };
         self.fs = std::ptr::null_mut();
@@ -654,22 +667,22 @@ pub(super) fn apply_to_device(
     }
 }
 
-/// Opens the filesystem named `name` through `manager`, applies the plan,
-/// and closes it (flushing) only if every step succeeded.
-fn edit(
-    api: &Api,
+/// Opens the filesystem named `name` through `manager` with `flags`,
+/// checks its group descriptors and reads its bitmaps.
+pub(super) fn open_fs<'a>(
+    api: &'a Api,
     name: &CStr,
     manager: *const c_void,
     sb: &Superblock,
-    plan: &Plan,
-) -> Result<(), Ext4Error> {
+    flags: c_int,
+) -> Result<Ext2fsHandle<'a>, Ext4Error> {
     let mut fs: Fs = std::ptr::null_mut();
     // SAFETY: name is a valid C string; fs is a valid out pointer.
     let code = unsafe {
         (api.open2)(
             name.as_ptr(),
             std::ptr::null(),
-            FLAG_RW | FLAG_64BITS | FLAG_MASTER_SB_ONLY,
+            flags,
             0,
             0,
             manager,
@@ -705,6 +718,25 @@ fn edit(
     // SAFETY: plain call on an open fs.
     let code = unsafe { (api.read_bitmaps)(open.fs) };
     open.check(code, || "read the allocation bitmaps".into())?;
+    Ok(open)
+}
+
+/// Opens the filesystem named `name` through `manager`, applies the plan,
+/// and closes it (flushing) only if every step succeeded.
+fn edit(
+    api: &Api,
+    name: &CStr,
+    manager: *const c_void,
+    sb: &Superblock,
+    plan: &Plan,
+) -> Result<(), Ext4Error> {
+    let open = open_fs(
+        api,
+        name,
+        manager,
+        sb,
+        FLAG_RW | FLAG_64BITS | FLAG_MASTER_SB_ONLY,
+    )?;
 
     for entry in &plan.entries {
         let components = entry.path.components();

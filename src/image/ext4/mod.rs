@@ -18,6 +18,7 @@ mod format;
 mod io_manager;
 mod libext2fs;
 mod listing;
+pub(crate) mod populate;
 mod raw;
 pub mod reader;
 mod used;
@@ -74,6 +75,10 @@ pub enum Ext4Error {
     NoFreeBlock { doing: String },
     #[error("{path} is {what} to libext2fs, but imprint's own reader saw something writable there; the filesystem is inconsistent. Check it with e2fsck -f")]
     Unexpected { path: String, what: String },
+    /// A tar member that cannot go into a new filesystem as it is
+    /// (`populate.rs`); the caller names the archive.
+    #[error("cannot put {path} into the new filesystem: {why}")]
+    Member { path: String, why: String },
     #[error("{path} is a directory holding {count} entries; imprint removes a directory only when it is empty, or with `recursive = true` in its overlay entry")]
     NotEmpty { path: String, count: usize },
     #[error("cannot make {path} a symlink: its target is {len} bytes, and an ext2/3/4 symlink target must be 1 to {} bytes on this filesystem (block size {block_size})", block_size - 1)]

@@ -41,6 +41,19 @@ pub(crate) struct LuksBuild {
     /// The data segment's sector size: 512 (cryptsetup on a loop device,
     /// as flash.sh runs it) or 4096.
     pub(crate) sector_size: u64,
+    /// The container's size in bytes (APP_ENC's partition), for a tarball
+    /// input: the new filesystem is this less the 16 MiB header. An image
+    /// input has its own size.
+    pub(crate) size: Option<u64>,
+    /// The APP partition's UUID, for the /boot line flash.sh writes into
+    /// /etc/fstab of a filesystem made from a tarball.
+    pub(crate) boot_partuuid: Option<String>,
+    /// The time mke2fs gives a filesystem made from a tarball
+    /// (SOURCE_DATE_EPOCH), instead of now.
+    pub(crate) epoch: Option<i64>,
+    /// How many of one device's containers the run builds (A/B: 2), once
+    /// [`LuksBuild::for_input`] took one out of `per_input`.
+    pub(crate) slots: usize,
 }
 
 impl LuksBuild {
@@ -51,6 +64,10 @@ impl LuksBuild {
             uuid: self.per_input.get(index).unwrap_or(&self.uuid).clone(),
             per_input: Vec::new(),
             sector_size: self.sector_size,
+            size: self.size,
+            boot_partuuid: self.boot_partuuid.clone(),
+            epoch: self.epoch,
+            slots: self.slots.max(self.per_input.len()),
         }
     }
 
@@ -70,19 +87,23 @@ const RUN: u64 = 1 << 20;
 const MAX_CHUNK: u64 = 64 << 20;
 
 /// Opens `path`, a plain ext2/3/4 image (raw or Android sparse,
-/// uncompressed), to be stamped and written as a new LUKS2 container.
+/// uncompressed) or a tarball of the rootfs (any codec), to be stamped and
+/// written as a new LUKS2 container; a tarball's filesystem is made in a
+/// scratch file in `output_dir` (`from_tar.rs`).
 pub(crate) fn open_backend(
     path: &Path,
     codec: Compression,
     content: Content,
     build: &LuksBuild,
+    output_dir: &Path,
     options: &ImageOptions,
 ) -> Result<Box<dyn ImageBackend>, ImageError> {
     let not_plain = |found: String| LuksError::BuildInput {
         path: path.to_path_buf(),
         found,
     };
-    if codec != Compression::None || !matches!(content, Content::Ext4 | Content::Sparse) {
+    let tar = content == Content::Tar;
+    if !tar && (codec != Compression::None || !matches!(content, Content::Ext4 | Content::Sparse)) {
         let kind = crate::image::ImageKind {
             compression: codec,
             content,
@@ -107,8 +128,15 @@ pub(crate) fn open_backend(
         }
     };
     super::register_passphrase(&passphrase);
-    let sparse = content == Content::Sparse;
-    let [fs_volume, plain] = crate::image::formats::plain_base(path, sparse)?;
+    // A tarball gives the sparse form flash.sh -r flashes.
+    let sparse = tar || content == Content::Sparse;
+    let scratch = if tar {
+        Some(super::from_tar::filesystem(path, codec, build, output_dir)?)
+    } else {
+        None
+    };
+    let fs_path = scratch.as_ref().map_or(path, |s| s.path());
+    let [fs_volume, plain] = crate::image::formats::plain_base(fs_path, !tar && sparse)?;
     let mut head = [0u8; 2048];
     fs_volume
         .read_at(0, &mut head[..fs_volume.len().min(2048) as usize])
@@ -143,6 +171,7 @@ pub(crate) fn open_backend(
         sector: build.sector_size,
         passphrase,
         sparse,
+        _scratch: scratch,
     };
     Ok(Box::new(Ext4Backend::open(
         vec![Slot::whole(fs_volume)],
@@ -157,8 +186,12 @@ struct BuildOutlet {
     uuid: String,
     sector: u64,
     passphrase: Zeroizing<Vec<u8>>,
-    /// Android sparse output (the input was sparse), else raw with holes.
+    /// Android sparse output (the input was sparse, or a tarball), else
+    /// raw with holes.
     sparse: bool,
+    /// The filesystem made from a tarball, kept until the output is
+    /// written.
+    _scratch: Option<crate::io::output::Scratch>,
 }
 
 /// A stretch of the output's data segment, in bytes from its start:

@@ -10,6 +10,7 @@
 pub(crate) mod build;
 mod crypt;
 mod format;
+mod from_tar;
 pub(crate) mod header;
 mod l4t;
 mod unlock;
@@ -172,8 +173,22 @@ pub enum LuksError {
     EkbKey { path: PathBuf },
     #[error("--ecid: {why}")]
     Ecid { why: String },
-    #[error("{path}: --luks-encrypt builds a new LUKS2 container from a plain ext2/3/4 image (raw or Android sparse, uncompressed), and this is {found}")]
+    #[error("{path}: --luks-encrypt builds a new LUKS2 container from a plain ext2/3/4 image (raw or Android sparse, uncompressed) or a tarball of the rootfs (any codec), and this is {found}")]
     BuildInput { path: PathBuf, found: String },
+    #[error("{path}: --luks-encrypt from a tarball needs the container's size: --luks-size BYTES, the APP_ENC partition's size (flash.sh: the rootfs size less APP's), at least {min} bytes; the filesystem inside gets all but the 16 MiB header")]
+    BuildSize { path: PathBuf, min: u64 },
+    #[error("{path}: --luks-encrypt from a tarball writes /etc/fstab as flash.sh does, with /boot mounted by the APP partition's UUID: pass --luks-boot-partuuid-file FILE (flash.sh's bootloader/l4t-bootpart-uuid.txt) or --luks-boot-partuuid UUID")]
+    BuildBootUuid { path: PathBuf },
+    #[error("{path}: its etc/fstab is not a regular file of at most 1 MiB, so it cannot be edited as flash.sh edits it (head -n -1, then the crypt_root and /boot lines); make it a plain file in the archive")]
+    BuildFstab { path: PathBuf },
+    #[error("{path}: {why}")]
+    BuildMember { path: PathBuf, why: String },
+    #[error("{path}: cannot make the new filesystem for --luks-encrypt in {scratch}: {why}")]
+    BuildFilesystem {
+        path: PathBuf,
+        scratch: PathBuf,
+        why: String,
+    },
     #[error("{path}: --luks-encrypt needs the passphrase of the new keyslot: --l4t-ekb-key FILE with --ecid ECID or --l4t-generic (L4T), or --luks-passphrase-file FILE (a new container gets a new random volume key, so --luks-volume-key-file does not apply)")]
     BuildKey { path: PathBuf },
     #[error("cannot read the LUKS key file {path}")]

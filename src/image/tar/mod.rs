@@ -28,6 +28,7 @@ mod edit;
 mod entries;
 mod header;
 mod listing;
+pub(crate) mod members;
 mod pax;
 mod pixz;
 mod scan;
@@ -121,6 +122,12 @@ pub enum TarError {
         link: String,
         target: String,
         what: &'static str,
+    },
+    #[error("{path}: the member {member} is {what}; imprint cannot put it into a new filesystem: remove it from the archive")]
+    NotExtractable {
+        path: PathBuf,
+        member: String,
+        what: String,
     },
     #[error("{path}: cannot find the data of {files}, which hard links in the archive name; the archive is inconsistent: rebuild it")]
     LinkedDataMissing { path: PathBuf, files: String },

@@ -161,6 +161,37 @@ pub(super) fn expand(
     out: &mut dyn Write,
     name: &str,
 ) -> Result<(), ImageError> {
+    let mut pos = 0u64;
+    let zeros = |n: u64, out: &mut dyn Write| -> Result<(), ImageError> {
+        let z = [0u8; 1 << 12];
+        let mut n = n;
+        while n > 0 {
+            let k = n.min(z.len() as u64) as usize;
+            out.write_all(&z[..k]).map_err(ImageError::Output)?;
+            n -= k as u64;
+        }
+        Ok(())
+    };
+    extents(sparse, stored, s, name, &mut |off, data| {
+        zeros(off - pos, out)?;
+        out.write_all(data).map_err(ImageError::Output)?;
+        pos = off + data.len() as u64;
+        Ok(())
+    })?;
+    zeros(sparse.real_size - pos, out)
+}
+
+/// Calls `put(offset, bytes)` for the file's data extents in order
+/// (chunks of at most 1 MiB), reading its `stored` bytes of data from `s`;
+/// the rest of the file is holes. The map is checked: extents in order,
+/// inside the real size and the stored data.
+pub(super) fn extents(
+    sparse: &Sparse,
+    stored: u64,
+    s: &mut Stream,
+    name: &str,
+    put: &mut super::members::PutExtent,
+) -> Result<(), ImageError> {
     let damaged = || ImageError::Unreadable {
         path: name.to_string(),
         what: "a GNU sparse file whose map does not fit its data",
@@ -178,34 +209,16 @@ pub(super) fn expand(
         }
     };
     let mut pos = 0u64;
-    let mut buf = vec![0u8; 1 << 16];
-    let zeros = |n: u64, out: &mut dyn Write| -> Result<(), ImageError> {
-        let z = [0u8; 1 << 12];
-        let mut n = n;
-        while n > 0 {
-            let k = n.min(z.len() as u64) as usize;
-            out.write_all(&z[..k]).map_err(ImageError::Output)?;
-            n -= k as u64;
-        }
-        Ok(())
-    };
     for &(off, len) in &map {
         let end = off.checked_add(len).ok_or_else(damaged)?;
         if off < pos || end > sparse.real_size || len > left {
             return Err(damaged());
         }
-        zeros(off - pos, out)?;
-        let mut n = len;
-        while n > 0 {
-            let k = n.min(buf.len() as u64) as usize;
-            s.read_exact(&mut buf[..k])?;
-            out.write_all(&buf[..k]).map_err(ImageError::Output)?;
-            n -= k as u64;
-        }
+        super::members::copy_extent(s, off, len, put)?;
         left -= len;
         pos = end;
     }
-    zeros(sparse.real_size - pos, out)
+    Ok(())
 }
 
 /// Reads a pax 1.0 map at the start of the data: the extents and how many
