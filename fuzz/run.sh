@@ -16,7 +16,7 @@ cd "$(dirname "$0")"
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(tarball bzip2 bzip2_block sparse ext4 ext4_write userdb device_conf overlay cache_index disk luks)
+[ ${#targets[@]} -gt 0 ] || targets=(tarball bzip2 bzip2_block sparse ext4 ext4_write userdb device_conf overlay cache_index disk luks lzma2_chunks)
 command -v cargo-fuzz >/dev/null || { echo "install cargo-fuzz: cargo install cargo-fuzz" >&2; exit 2; }
 if [ -z "${FUZZ_STABLE:-}" ] && cargo +nightly --version >/dev/null 2>&1; then
   fuzz=(cargo +nightly fuzz run)

@@ -628,6 +628,56 @@ pub fn luks(data: &[u8]) {
     assert!(h.segment.sector_size.is_power_of_two());
 }
 
+/// Any bytes as a block's LZMA2 data: the chunk scanner that finds where
+/// a single-block xz file can be cut (`compress/xz/chunks.rs`) never
+/// panics, finds chunk starts in order, and accepts whatever liblzma's
+/// own LZMA2 decoder decodes whole, with the same uncompressed length.
+pub fn lzma2_chunks(data: &[u8]) {
+    use crate::compress::xz::chunks;
+    use liblzma::stream::{Action, Filters, LzmaOptions, Status, Stream};
+    let found = chunks::chunks(data);
+    if let Some((list, total)) = &found {
+        if let Some(first) = list.first() {
+            assert_eq!((first.at, first.out), (0, 0));
+        }
+        for w in list.windows(2) {
+            assert!(w[0].at < w[1].at && w[0].out < w[1].out, "in order");
+        }
+        for c in list {
+            assert!(c.dict_start <= c.out && c.out < *total && (c.at as usize) < data.len());
+        }
+    }
+    // liblzma with the largest dictionary LZMA2 names, its output
+    // counted but bounded (a chunk header can promise 2 MiB from a few
+    // bytes).
+    let mut opts = LzmaOptions::new_preset(0).expect("preset 0");
+    opts.dict_size(64 << 20);
+    let mut filters = Filters::new();
+    filters.lzma2(&opts);
+    let mut d = Stream::new_raw_decoder(&filters).expect("a raw decoder");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut input = data;
+    let decoded = loop {
+        let before = (d.total_in(), d.total_out());
+        let status = match d.process(input, &mut buf, Action::Finish) {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        input = &data[d.total_in() as usize..];
+        if status == Status::StreamEnd {
+            break d.total_out();
+        }
+        if (d.total_in(), d.total_out()) == before || d.total_out() > 256 << 20 {
+            return;
+        }
+    };
+    // Decoded whole, with nothing after its end marker.
+    if input.is_empty() {
+        let (_, total) = found.expect("liblzma decoded what the scanner refused");
+        assert_eq!(total, decoded, "the uncompressed length");
+    }
+}
+
 /// The harness for a target name, for replaying corpora.
 pub fn harness(target: &str) -> Option<fn(&[u8])> {
     Some(match target {
@@ -643,6 +693,7 @@ pub fn harness(target: &str) -> Option<fn(&[u8])> {
         "cache_index" => cache_index,
         "disk" => disk,
         "luks" => luks,
+        "lzma2_chunks" => lzma2_chunks,
         _ => return None,
     })
 }

@@ -109,10 +109,11 @@ impl BlockIndex {
     }
 
     /// Whether a rewrite could keep anything: an xz file of one block
-    /// cannot (its scan compresses speculatively instead).
+    /// with a BCJ or delta filter cannot (its scan compresses
+    /// speculatively instead).
     pub(crate) fn keeps_blocks(&self) -> bool {
         match self {
-            BlockIndex::Xz(i) => i.as_ref().is_some_and(|i| i.has_later_blocks()),
+            BlockIndex::Xz(i) => i.as_ref().is_some_and(|i| i.keeps_something()),
             _ => true,
         }
     }

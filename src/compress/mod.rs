@@ -64,8 +64,10 @@ pub(crate) enum Tail {
     /// `indexing` decodes while noting boundaries (`boundary::BlockIndex`),
     /// and a tail writer continues the stream after one (gzip, bzip2,
     /// zstd, xz; see "Adding a compression" in docs/architecture.md). An
-    /// xz file of a single block has none past its start: the tar scan
-    /// compresses it speculatively as it reads (`image/tar/speculate.rs`).
+    /// xz file of a single block has its LZMA2 chunk starts
+    /// (`compress/xz/cut.rs`); behind a BCJ or delta filter it has none
+    /// past its start, and the tar scan compresses it speculatively as it
+    /// reads (`image/tar/speculate.rs`).
     Boundaries {
         indexing: fn(File) -> (Box<dyn Read + Send>, boundary::BlockIndex),
     },

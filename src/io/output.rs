@@ -122,6 +122,15 @@ impl TempOutput {
         &self.final_path
     }
 
+    /// The directory the output is written in: where scratch files its
+    /// writer needs belong (same filesystem, same privacy).
+    pub fn dir(&self) -> &Path {
+        self.temp_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+    }
+
     /// Appends `len` zero bytes as a hole: hashed, never written.
     pub fn skip_zeros(&mut self, len: u64) -> io::Result<()> {
         static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];

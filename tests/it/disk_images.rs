@@ -834,8 +834,9 @@ fn same_bytes_from(a: &Path, b: &Path, from: usize) -> usize {
 /// closes the kept frame at the boundary and starts a new one); the output
 /// passes the codec's own test and decompresses to what a run on the
 /// plain disk writes. Inputs the boundaries cannot serve (several gzip
-/// members, pzstd's frames, single-block xz) are compressed anew, as
-/// correctly. Multi-block xz keeps its blocks before the rootfs.
+/// members, pzstd's frames, single-block xz behind a BCJ filter) are
+/// compressed anew, as correctly. Multi-block xz keeps its blocks before
+/// the rootfs, single-block xz its LZMA2 chunks.
 #[test]
 fn compressed_disks_keep_the_bytes_before_the_rootfs() {
     let dir = TempDir::new().unwrap();
@@ -867,7 +868,7 @@ fn compressed_disks_keep_the_bytes_before_the_rootfs() {
 
     // (label, how the input is made from `disk` (IN) into OUT, codec's
     // test, decompressor, whether the prefix is kept)
-    let cases: [(&str, &str, &str, &str, bool); 10] = [
+    let cases: [(&str, &str, &str, &str, bool); 11] = [
         (
             "gzip",
             "gzip -6 -n -c IN > OUT",
@@ -927,10 +928,12 @@ fn compressed_disks_keep_the_bytes_before_the_rootfs() {
             "xz -dc",
             true,
         ),
-        // Plain `xz`: one block, nothing to keep.
+        // Plain `xz`: one block, its LZMA2 chunks before the rootfs kept.
+        ("xz-one-block", "xz -3 -c IN > OUT", "xz -t", "xz -dc", true),
+        // One block behind an x86 BCJ filter: not cut inside, nothing kept.
         (
-            "xz-one-block",
-            "xz -3 -c IN > OUT",
+            "xz-one-block-x86",
+            "xz --x86 --lzma2=preset=3 -c IN > OUT",
             "xz -t",
             "xz -dc",
             false,

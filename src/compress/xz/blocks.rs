@@ -429,7 +429,10 @@ mod tests {
         assert_eq!(streams[0].flags[1], 1);
         assert_eq!(streams[1].flags[1], 10);
         // Every block start decodes on its own to the bytes from there.
-        let index = Index { streams };
+        let index = Index {
+            streams,
+            single: None,
+        };
         let b = index.boundary_before(420_000).unwrap();
         assert_eq!(b.out, 400_000);
         let mut whole = first.clone();

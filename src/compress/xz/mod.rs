@@ -15,9 +15,12 @@
 //! the one holding the boundary are part of the rewritten tail.
 
 mod blocks;
+pub(crate) mod chunks;
+mod cut;
 mod decode;
 mod layout;
 mod one_block;
+mod primed;
 
 use std::fs::File;
 use std::io;
@@ -27,6 +30,7 @@ use std::sync::Arc;
 use liblzma::stream::Check;
 
 pub(crate) use self::blocks::Continuation;
+pub(crate) use self::cut::{ChunkCut, Cut};
 pub(crate) use self::decode::{indexing_decoder, Span};
 pub(crate) use self::layout::{index_and_footer, layout, vli, Record, StreamLayout};
 pub(crate) use self::one_block::Blocks;
@@ -73,46 +77,65 @@ pub(crate) fn input_check(file: &File) -> Check {
     check_of([head[6], head[7]]).unwrap_or(Check::Crc64)
 }
 
-/// Where a block starts: a rewrite keeps the input's bytes before it.
+/// Where a rewrite may start: a block start, or in a file of one block
+/// an LZMA2 chunk start inside it (`cut.rs`). A rewrite keeps the
+/// input's bytes before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Boundary {
     /// File offset of the block's header.
     pub(crate) offset: u64,
-    /// Uncompressed bytes before the block.
+    /// Uncompressed bytes before the boundary.
     pub(crate) out: u64,
+    /// Where inside the block, for a chunk start.
+    pub(crate) chunk: Option<ChunkCut>,
 }
 
 /// The input's layout as the decoder found it, shared with the scan.
 pub(crate) struct Index {
     pub(super) streams: Vec<StreamLayout>,
+    /// The chunk starts of a file of one block that can be cut inside.
+    pub(super) single: Option<cut::Single>,
 }
 
 pub(crate) type SharedIndex = Arc<Index>;
 
 impl Index {
-    /// The latest block start at or before uncompressed `out`.
+    /// The latest boundary at or before uncompressed `out`: a chunk start
+    /// in a single-block file, else a block start.
     pub(crate) fn boundary_before(&self, out: u64) -> Option<Boundary> {
+        if let Some(b) = self.single.as_ref().and_then(|s| s.boundary_before(out)) {
+            return Some(b);
+        }
         let s = self.streams.iter().rev().find(|s| s.out <= out)?;
         s.blocks()
             .take_while(|&(_, o, _)| o <= out)
             .last()
-            .map(|(offset, out, _)| Boundary { offset, out })
+            .map(|(offset, out, _)| Boundary {
+                offset,
+                out,
+                chunk: None,
+            })
     }
 
-    /// Whether some block after the first could be a boundary: a single
-    /// block in one stream keeps nothing.
-    pub(crate) fn has_later_blocks(&self) -> bool {
-        self.streams.iter().map(|s| s.records.len()).sum::<usize>() > 1
+    /// Whether a rewrite could keep anything: some block after the first,
+    /// or chunks inside a single block.
+    pub(crate) fn keeps_something(&self) -> bool {
+        self.single.is_some() || self.streams.iter().map(|s| s.records.len()).sum::<usize>() > 1
     }
 }
 
-/// Whether `file` is xz of one block in all (plain `xz`, Buildroot): a
-/// rewrite keeps none of it, so the tar scan compresses it speculatively
-/// and a cached scan (which skips that) is not used.
-pub(crate) fn single_block(file: &File) -> bool {
+/// Whether a rewrite of xz `file` keeps nothing before any change: one
+/// block, with a BCJ or delta filter (which `cut.rs` does not continue),
+/// or a layout that cannot be read. The tar scan compresses such a file
+/// speculatively as it reads, and a cached scan (which skips that) is not
+/// used.
+pub(crate) fn keeps_nothing(file: &File) -> bool {
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     match layout(file, len) {
-        Ok(Some(streams)) => streams.iter().map(|s| s.records.len()).sum::<usize>() <= 1,
+        Ok(Some(streams)) => {
+            streams.iter().map(|s| s.records.len()).sum::<usize>() <= 1
+                && cut::single(file, &streams).is_none()
+        }
         _ => true,
     }
 }
@@ -137,7 +160,11 @@ pub(crate) fn last_block_out(file: &File) -> io::Result<Option<u64>> {
 
 /// The first block of a file: a rewrite from it keeps nothing but is
 /// made like the input (its check, filters and block size).
-pub(crate) const FIRST_BLOCK: Boundary = Boundary { offset: 12, out: 0 };
+pub(crate) const FIRST_BLOCK: Boundary = Boundary {
+    offset: 12,
+    out: 0,
+    chunk: None,
+};
 
 /// What a raw image's new blocks may take for their encoder threads
 /// (liblzma's own estimate); one thread always runs.

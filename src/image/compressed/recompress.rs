@@ -4,7 +4,9 @@
 //! kept as they are and only the rest is compressed, continuing the
 //! stream as the tar layer does (gzip: the deflate stream primed with the
 //! last bits and the window; bzip2: new blocks after the kept ones; zstd:
-//! the kept frame closed at the boundary and a new frame after it).
+//! the kept frame closed at the boundary and a new frame after it; xz: new
+//! blocks after the kept ones, or in a single-block file new LZMA2 chunks
+//! after the kept ones).
 //! Otherwise everything is compressed anew.
 
 use std::fs::File;
@@ -135,6 +137,28 @@ fn continue_after<'a>(start: Start<'a>, b: &Boundary) -> io::Result<Box<dyn Enco
         Boundary::Bzip2(b) => {
             let last = keep_bits(prefixes, out, b.bit)?;
             Box::new(bz2::BlockEncoder::resume(out, b, last))
+        }
+        Boundary::Xz(b) if b.chunk.is_some() => {
+            let len = file.metadata().map_err(|e| read_error(input, e))?.len();
+            let mut cut = xz::Cut::at(&file, len, b)
+                .map_err(|e| read_error(input, e))?
+                .ok_or_else(|| {
+                    read_error(
+                        input,
+                        io::Error::other("the xz file changed while it was read"),
+                    )
+                })?;
+            let keep = cut.kept_as_is();
+            let hashed = prefixes
+                .state(&file, &[], 0, keep)
+                .map_err(|e| read_error(input, e))?;
+            out.splice_prefix(&file, keep, hashed)?;
+            // The raw image's bytes come from its expanded copy: the
+            // decoder is only read up to the cut, for the dictionary and
+            // the block's check.
+            let primed = cut.prime(&file).map_err(|e| read_error(input, e))?;
+            let dir = out.dir().to_path_buf();
+            Box::new(cut.encoder(out, &primed.dict, &file, &dir)?)
         }
         Boundary::Xz(b) => {
             let len = file.metadata().map_err(|e| read_error(input, e))?.len();

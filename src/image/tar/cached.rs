@@ -323,6 +323,8 @@ const GZIP: u8 = 1;
 const BZIP2: u8 = 2;
 const ZSTD: u8 = 3;
 const XZ: u8 = 4;
+/// An LZMA2 chunk start inside a single-block xz file.
+const XZ_CHUNK: u8 = 5;
 /// A deflate window: 32 KiB at most.
 const WINDOW: usize = 32 * 1024;
 
@@ -345,10 +347,15 @@ fn put_boundary(e: &mut Enc, b: &Boundary, file_head: &[u8]) -> Option<()> {
         }
         // The rest (the kept blocks' records, the filters) is read from
         // the input's own index when the output is written.
+        // A chunk start is checked against the input's chunks when used.
         Boundary::Xz(x) => {
-            e.u8(XZ);
+            e.u8(if x.chunk.is_some() { XZ_CHUNK } else { XZ });
             e.u64(x.offset);
             e.u64(x.out);
+            if let Some(c) = x.chunk {
+                e.u64(c.at);
+                e.u64(c.dict_start);
+            }
         }
         Boundary::Zstd(z) => {
             let parts = z.export(file_head)?;
@@ -391,6 +398,15 @@ fn get_boundary(d: &mut Dec) -> Option<Boundary> {
         XZ => Boundary::Xz(xz::Boundary {
             offset: d.u64()?,
             out: d.u64()?,
+            chunk: None,
+        }),
+        XZ_CHUNK => Boundary::Xz(xz::Boundary {
+            offset: d.u64()?,
+            out: d.u64()?,
+            chunk: Some(xz::ChunkCut {
+                at: d.u64()?,
+                dict_start: d.u64()?,
+            }),
         }),
         _ => return None,
     })

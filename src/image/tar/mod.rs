@@ -264,11 +264,12 @@ impl TarBackend {
         let path = self.path.display();
         let single_xz = || {
             self.codec == Compression::Xz
-                && File::open(&self.path).is_ok_and(|f| crate::compress::xz::single_block(&f))
+                && File::open(&self.path).is_ok_and(|f| crate::compress::xz::keeps_nothing(&f))
         };
         if self.options.full_rewrite || single_xz() {
-            // A single-block xz file keeps nothing; its fast path
-            // compresses while it scans, which a cached scan would skip.
+            // A single-block xz file with a BCJ or delta filter keeps
+            // nothing; its fast path compresses while it scans, which a
+            // cached scan would skip.
             tracing::info!("{path}: scan cache not used for this input");
             return None;
         }

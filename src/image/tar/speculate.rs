@@ -1,4 +1,6 @@
-//! Compressing an xz archive's entries while the scan reads them.
+//! Compressing an xz archive's entries while the scan reads them: for a
+//! single-block xz archive behind a BCJ or delta filter, which cannot be
+//! cut inside its block (LZMA2 alone can: `compress/xz/cut.rs`).
 //!
 //! Recompressing an xz archive costs a full decompression and compression
 //! whatever imprint does, but not two decompressions: while the scan

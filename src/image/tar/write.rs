@@ -5,12 +5,13 @@
 //! Plain tar copies its prefix; gzip and bzip2 keep the compressed bytes
 //! before a block boundary and continue the stream from there; zstd keeps
 //! its blocks before one and writes the rest as raw blocks; xz keeps its
-//! blocks before one and writes new ones like them, or (one block) keeps
-//! the stream compressed during the scan and appends a second one.
-//! Anything else, and every input when a full rewrite is asked for, is
-//! decompressed and compressed whole; but a pixz tarball is always
-//! continued in its own stream, at its first block at the latest, since
-//! its new file index (`pixz.rs`) must be that stream's last block.
+//! blocks before one, or in a single-block file its LZMA2 chunks before
+//! one (and with a BCJ filter, the stream compressed during the scan, to
+//! which it appends a second one). Anything else, and every input when a
+//! full rewrite is asked for, is decompressed and compressed whole; but a
+//! pixz tarball is always continued in its own stream, at its first block
+//! at the latest, since its new file index (`pixz.rs`) must be that
+//! stream's last block.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
@@ -65,10 +66,16 @@ fn describe(start: &Option<TailStart>) -> String {
             "zstd blocks kept up to byte {}, raw blocks from byte {} of output",
             b.offset, b.out
         ),
-        Some(TailStart::Xz(b)) => format!(
-            "xz blocks kept up to byte {}, new blocks from byte {} of output",
-            b.offset, b.out
-        ),
+        Some(TailStart::Xz(b)) => match b.chunk {
+            Some(c) => format!(
+                "xz block cut at its LZMA2 chunk at byte {} of its data, new chunks from byte {} of output",
+                c.at, b.out
+            ),
+            None => format!(
+                "xz blocks kept up to byte {}, new blocks from byte {} of output",
+                b.offset, b.out
+            ),
+        },
         Some(TailStart::Speculated(s)) => format!(
             "xz stream of {} bytes kept, new stream from byte {}",
             s.compressed, s.uncompressed
@@ -236,6 +243,26 @@ pub(super) fn write(
             let mut tail = zst::TailWriter::new(&mut *out, &boundary, new_len);
             write_pieces(&mut input, pieces, &mut tail, &out_path)?;
             tail.finish().map_err(write_err)?;
+        }
+        Some(TailStart::Xz(boundary)) if boundary.chunk.is_some() => {
+            let len = file.metadata().map_err(read_err)?.len();
+            let Some(mut cut) = xz::Cut::at(&file, len, &boundary).map_err(read_err)? else {
+                return Err(read_err(io::Error::other(
+                    "the xz file changed while it was being rewritten",
+                )));
+            };
+            let keep = cut.kept_as_is();
+            let hashed = prefixes.state(&file, &[], 0, keep).map_err(read_err)?;
+            out.splice_prefix(&file, keep, hashed).map_err(write_err)?;
+            let primed = cut.prime(&file).map_err(read_err)?;
+            let mut input = stream(primed.input, boundary.out);
+            let scratch_dir = out.dir().to_path_buf();
+            let mut encoder = cut
+                .encoder(&mut *out, &primed.dict, &file, &scratch_dir)
+                .map_err(write_err)?;
+            drop(primed.dict);
+            write_pieces(&mut input, pieces, &mut encoder, &out_path)?;
+            encoder.finish().map_err(write_err)?;
         }
         Some(TailStart::Xz(boundary)) => {
             let len = file.metadata().map_err(read_err)?.len();
