@@ -31,21 +31,25 @@
 # device, pass or fail, the pristine images are put back (trap), so no
 # device's password stays in images/.
 #
+# ROOTFS_ENC=1 (internal storage; one rootfs slot, or two with
+# ROOTFS_AB=1): see initrd-station-enc.sh, which this script runs then; ECID
+# and ENC_RFS_KEY are needed per device.
+#
 # Refused, with what to do instead:
 # - --massflash: every device it flashes reads the same images/, so all of
 #   them would get one serial's credentials. Flash one device at a time
 #   (one in recovery mode, or pick it with --usb-instance BUS-PORT), or
 #   give each USB port its own Linux_for_Tegra tree (own images/ and
 #   imprint-station/) and run this script in each with its --usb-instance.
-# - ROOTFS_ENC=1 (or a layout with APP_ENC): the rootfs is then inside a
-#   LUKS container imprint cannot write into yet.
+# - ROOTFS_ENC=1 on an external device (see initrd-station-enc.sh).
 # - an APP* entry in flash.cfg other than the four above.
 #
 # Environment: IMPRINT_API_URL, IMPRINT_API_TOKEN_FILE (or IMPRINT_API_TOKEN),
 # IMPRINT_OWNER (default azaion: create the user in rootfs/ with
 # tools/l4t_create_default_user.sh -u azaion before --prepare),
 # IMPRINT_OFFLINE_PASSWORD_FILE (test stations only: no API call), ROOTFS_AB
-# (passed to the flash tool).
+# and ROOTFS_ENC (passed to the flash tool), ECID and ENC_RFS_KEY
+# (ROOTFS_ENC=1, per device).
 set -euo pipefail
 
 usage() {
@@ -68,11 +72,17 @@ die() { echo "initrd-station: $*" >&2; exit 1; }
 
 for arg in "$@"; do
     if [[ "$arg" = --massflash* ]]; then
-        die "--massflash is refused: every device it flashes reads the same tools/kernel_flash/images/, so all of them would get one serial's credentials (one account, one password on every device). Flash one device at a time (one in recovery mode, or choose it with --usb-instance BUS-PORT), or keep one Linux_for_Tegra tree per USB port, each with its own --prepare and --usb-instance, and run them side by side."
+        why="every device it flashes reads the same tools/kernel_flash/images/, so all of them would get one serial's credentials (one account, one password on every device)"
+        # The container's passphrase is bound to one chip's ECID.
+        [ "${ROOTFS_ENC:-}" = 1 ] &&
+            why+=", and with ROOTFS_ENC=1 one encrypted rootfs, whose passphrase is derived from one chip's ECID: every other device could not open it and would not boot"
+        die "--massflash is refused: $why. Flash one device at a time (one in recovery mode, or choose it with --usb-instance BUS-PORT), or keep one Linux_for_Tegra tree per USB port, each with its own --prepare and --usb-instance, and run them side by side."
     fi
 done
 if [ "${ROOTFS_ENC:-}" = 1 ]; then
-    die "ROOTFS_ENC=1: encrypted rootfs is not served yet. The rootfs would be inside the LUKS container system_root_encrypted.img, which imprint cannot write into yet (see imprint issue 24). Flash without ROOTFS_ENC, or use the staging flow (sample-rootfs.sh --rootfs-dir rootfs SERIAL -- ./tools/kernel_flash/l4t_initrd_flash.sh ...), where the flash tool builds the encrypted image from the stamped rootfs/; nothing was changed."
+    # shellcheck source=initrd-station-enc.sh
+    source "$(dirname "${BASH_SOURCE[0]}")/initrd-station-enc.sh"
+    exit 0
 fi
 
 # The APP images the layout writes, one "LOCATION FILE" a line: the files
@@ -85,7 +95,7 @@ app_images() {
         cfg="$images/$loc/flash.cfg"
         [ -f "$cfg" ] || continue
         if grep -q ':APP_ENC' "$images/$loc/flash.idx" 2> /dev/null; then
-            die "$images/$loc/flash.idx has an encrypted rootfs partition (APP_ENC): encrypted rootfs is not served yet (see imprint issue 24). Prepare without ROOTFS_ENC."
+            die "$images/$loc/flash.idx has an encrypted rootfs partition (APP_ENC), which the flash tool packages only with ROOTFS_ENC=1: run initrd-station.sh with ROOTFS_ENC=1 (and ECID, ENC_RFS_KEY) for each device, or --prepare again without it."
         fi
         while IFS='=' read -r var file; do
             case "$var" in
@@ -93,7 +103,7 @@ app_images() {
                 *) die "$cfg names $var=$file, an image this script does not know how to stamp (it stamps APP, APP_b, APP_ext and APP_b_ext). Remove it, or stamp and flash that image yourself." ;;
             esac
             case "$file" in
-                system_boot.img*) die "$cfg flashes $file to $var: that is the boot partition of an encrypted rootfs, which is not served yet (see imprint issue 24). Prepare without ROOTFS_ENC." ;;
+                system_boot.img*) die "$cfg flashes $file to $var: that is the boot partition of an encrypted rootfs (ROOTFS_ENC=1): run initrd-station.sh with ROOTFS_ENC=1 (and ECID, ENC_RFS_KEY), or --prepare again without it." ;;
                 ""|*/*) die "$cfg names '$file' for $var: not a file in $images/$loc" ;;
             esac
             echo "$loc $file"

@@ -2,85 +2,106 @@
 # ROOTFS_ENC=1 for station.sh (which sources this file; keep the two side
 # by side). flash.sh then flashes system_boot.img (APP: /boot only) and the
 # LUKS2 container system_root_encrypted.img (APP_ENC: the rest of the
-# rootfs), whose passphrase is derived from the chip's EKB key and ECID
-# (build_enc_root_fsimg, tools/disk_encryption/disk_encryption_helper.func
-# 503-630): one container per device, so it is built per device here, by
-# `imprint provision --luks-encrypt`, one device at a time.
+# rootfs), whose passphrase is derived from the chip's EKB key and ECID,
+# with the container's UUID as context (build_enc_root_fsimg,
+# tools/disk_encryption/disk_encryption_helper.func 503-630, the passphrase
+# command at 537-548): one container per device, so it is built per device
+# here, by `imprint provision --luks-encrypt`, one device at a time.
 #
-#   sudo ROOTFS_ENC=1 station.sh --prepare BOARD ROOTDEV
-#   sudo ROOTFS_ENC=1 ECID=0x... ENC_RFS_KEY=/root/ekb.key IMPRINT_API_URL=... \
+#   sudo [ROOTFS_AB=1] ROOTFS_ENC=1 station.sh --prepare BOARD ROOTDEV
+#   sudo [ROOTFS_AB=1] ROOTFS_ENC=1 ECID=0x... ENC_RFS_KEY=/root/ekb.key IMPRINT_API_URL=... \
 #     station.sh SERIAL BOARD ROOTDEV
 #
-# --prepare runs `flash.sh --no-flash` (system_boot.img, the UUID files,
-# the layout), then builds the plain root filesystem the container holds,
-# bootloader/system_root_encrypted.img.base, from rootfs/ as
-# build_enc_root_fsimg fills it (helper.func 590-600: rootfs/ without
+# With ROOTFS_AB=1 too (the board configs then pick the A/B encrypted
+# layout, e.g. p2972-0000.conf.common:261-265 and
+# flash_t194_sdmmc_enc_rootfs_ab.xml:234-283) there are two slots, each a
+# boot partition and a container: APP (system_boot.img) with APP_ENC
+# (system_root_encrypted.img, UUID in l4t-rootfs-uuid.txt_enc), and APP_b
+# (system_boot.img_b) with APP_ENC_b (system_root_encrypted.img_b, UUID in
+# l4t-rootfs-uuid.txt_b_enc: rootuuid_restore "_enc" reads the _b file
+# too, flash.sh:1045-1056, 2407; flash.sh:1277-1285 builds it with
+# rootfsuuid_b_enc, so its passphrase has that UUID as context).
+#
+# --prepare runs `flash.sh --no-flash` (the boot images, the UUID files,
+# the layout), then builds, for each slot, the plain root filesystem its
+# container holds, bootloader/<container>.base, from rootfs/ as
+# build_enc_root_fsimg fills it (helper.func 586-602: rootfs/ without
 # boot, /etc/fstab's last line replaced by the crypt_root line, /boot
-# mounted by the APP partition's UUID from l4t-bootpart-uuid.txt), sized
-# so that the container (16 MiB of LUKS2 header, then the filesystem) is
-# the size of the one flash.sh built. It keeps l4t-rootfs-uuid.txt_enc,
-# the container's UUID (root=UUID= on the kernel command line,
-# flash.sh:2405-2412), as <base>.uuid, and flash.sh's own
-# system_root_encrypted.img as <base>.orig.
+# mounted by the slot's APP partition UUID from l4t-bootpart-uuid.txt (_b
+# for slot B, flash.sh:1283); with A/B also the other slot's container on
+# /mnt/crypt_root_other), sized so that the container (16 MiB of LUKS2
+# header, then the filesystem) is the size of the one flash.sh built. It
+# keeps the slot's container UUID file (root=UUID= on that slot's kernel
+# command line, flash.sh:2405-2412, 2711-2716) as <base>.uuid, and
+# flash.sh's own container as <base>.orig.
 #
 # Per device: ECID (the chip's, as flash.sh reads it:
 # `tegrarcm_v2 --uid`, the BR_CID line, flash.sh:662) and ENC_RFS_KEY (the
 # EKB key file flash.sh -i reads, flash.sh:2005-2012) give the passphrase;
-# imprint builds the container into a 0700 directory in bootloader/,
-# verifies it with that key, puts it in place (mode 0600) and
-# `flash.sh -r` flashes it as it is. Pass or fail, on exit the container
-# is removed and flash.sh's one put back.
+# one `imprint provision` call builds every slot's container (one account
+# call, one password in A and B; each container under its own UUID, so
+# each opens with its own passphrase) into a 0700 directory in
+# bootloader/, each is verified with that key, put in place (mode 0600)
+# and `flash.sh -r` flashes them as they are. Pass or fail, on exit the
+# containers are removed and flash.sh's put back.
 
-enc_file=system_root_encrypted.img
-enc_uuid=bootloader/l4t-rootfs-uuid.txt_enc
-saved_layout=bootloader/$enc_file.base.layout
-base=bootloader/$enc_file.base
+saved_layout=bootloader/system_root_encrypted.img.base.layout
 
-# The partitions this serves: APP with system_boot.img (no credentials:
-# /boot only, flashed as flash.sh built it) and APP_ENC with the container.
+# The encrypted slots: "CONTAINER_PARTITION FILE UUID_FILE BOOTPART_UUID_FILE"
+# a line (flash.sh's names, flash_t194_sdmmc_enc_rootfs_ab.xml:234-283).
+enc_slots() {
+    echo "APP_ENC system_root_encrypted.img bootloader/l4t-rootfs-uuid.txt_enc bootloader/l4t-bootpart-uuid.txt"
+    [ "$ab" = 0 ] ||
+        echo "APP_ENC_b system_root_encrypted.img_b bootloader/l4t-rootfs-uuid.txt_b_enc bootloader/l4t-bootpart-uuid.txt_b"
+}
+slots=$(enc_slots)
+
+# The partitions this serves: APP (APP_b) with system_boot.img(_b) (no
+# credentials: /boot only, flashed as flash.sh built it) and APP_ENC
+# (APP_ENC_b) with the containers. WHEN says what to do when the slots
+# differ from ROOTFS_AB.
 enc_layout_ok() {
-    local layout=$1 name file seen=""
+    local layout=$1 when=$2 name file seen=""
     while read -r name file; do
         case "$name:$file" in
             APP:system_boot.img) seen+=A ;;
-            APP_ENC:$enc_file) seen+=E ;;
-            *) die "$layout flashes '$file' to $name; with ROOTFS_ENC=1 this script serves APP (system_boot.img) and APP_ENC ($enc_file) only. Stamp that image yourself (imprint provision --luks-encrypt) and check it with imprint verify before flashing." ;;
+            APP_b:system_boot.img_b) seen+=B ;;
+            APP_ENC:system_root_encrypted.img) seen+=E ;;
+            APP_ENC_b:system_root_encrypted.img_b) seen+=F ;;
+            *) die "$layout flashes '$file' to $name; with ROOTFS_ENC=1 this script serves APP and APP_ENC (system_boot.img, system_root_encrypted.img), and with ROOTFS_AB=1 APP_b and APP_ENC_b (the same with _b) only. Stamp that image yourself (imprint provision --luks-encrypt) and check it with imprint verify before flashing." ;;
         esac
     done < <(app_partitions "$layout")
-    [ "$seen" = AE ] || die "$layout has no APP (system_boot.img) and APP_ENC ($enc_file) pair: is it flash.sh's ROOTFS_ENC=1 layout?"
+    seen=$(grep -o . <<< "$seen" | sort | tr -d '\n')
+    case "$ab:$seen" in
+        0:AE|1:ABEF) ;;
+        0:ABEF) die "$layout has two encrypted rootfs slots (APP_ENC and APP_ENC_b): $when" ;;
+        1:AE) die "ROOTFS_AB=1, but $layout has one encrypted rootfs slot (no APP_ENC_b): $when" ;;
+        *) die "$layout has not the APP/APP_ENC partitions (and APP_b/APP_ENC_b with ROOTFS_AB=1) of flash.sh's ROOTFS_ENC=1 layout: is it one?" ;;
+    esac
 }
 
-# The bytes an image stands for: Android sparse (block size at byte 12,
-# block count at 16) or raw.
-image_size() {
-    if [ "$(head -c4 "$1" | od -An -tx1 | tr -d ' \n')" = 3aff26ed ]; then
-        echo $(($(od -An -tu4 -j12 -N4 "$1") * $(od -An -tu4 -j16 -N4 "$1")))
-    else
-        stat -c %s "$1"
-    fi
-}
+# shellcheck source=enc-base.sh
+source "$(dirname "${BASH_SOURCE[0]}")/enc-base.sh"
 
 if [ "$what" = --prepare ]; then
-    rm -f "$base"* bootloader/system.img.base* bootloader/system.img_b.base*
+    rm -f bootloader/system_root_encrypted.img.base* bootloader/system_root_encrypted.img_b.base* \
+        bootloader/system.img.base* bootloader/system.img_b.base*
     as_root ./flash.sh --no-flash "$board" "$rootdev"
     [ -f bootloader/flash.xml ] || die "flash.sh left no bootloader/flash.xml to read the layout from"
-    enc_layout_ok bootloader/flash.xml
-    for f in bootloader/system_boot.img "bootloader/$enc_file" "$enc_uuid" bootloader/l4t-bootpart-uuid.txt; do
-        [ -f "$f" ] || die "flash.sh --no-flash with ROOTFS_ENC=1 left no $f"
-    done
-    size=$(($(image_size "bootloader/$enc_file") - (16 << 20)))
-    [ "$size" -gt 0 ] || die "bootloader/$enc_file is too small to hold a LUKS2 header and a filesystem"
-    stage=$(mktemp -d)
-    trap 'rm -rf "$stage"' EXIT
-    # As build_enc_root_fsimg (helper.func 590-600), as root.
-    (cd rootfs && tar --exclude=boot -cf - -- *) | as_root tar -C "$stage" -xpf -
-    as_root bash -c 'f=$1/etc/fstab; if [ -f "$f" ]; then head -n -1 "$f" > "$f.tmp"; mv "$f.tmp" "$f"; else mkdir -p "${f%/*}"; fi
-        { echo "/dev/mapper/crypt_root / ext4 defaults 0 1"; echo "PARTUUID=$2 /boot ext4 defaults 0 1"; } >> "$f"' \
-        _ "$stage" "$(head -n1 bootloader/l4t-bootpart-uuid.txt)"
-    as_root mke2fs -q -t ext4 -d "$stage" "$base" "$((size / 1024))k"
-    cp -p "$enc_uuid" "$base.uuid"
-    cp -p "bootloader/$enc_file" "$base.orig"
-    echo "station: built the plain root filesystem $base from rootfs/, kept $enc_uuid as $base.uuid and bootloader/$enc_file as $base.orig"
+    enc_layout_ok bootloader/flash.xml "this board's layout does not match ROOTFS_AB=${ROOTFS_AB:-}. Set ROOTFS_AB as the board config expects it (or use NVIDIA's layout), and run --prepare again."
+    while read -r _ file uuid bootpart; do
+        for f in "bootloader/${file/root_encrypted/boot}" "bootloader/$file" "$uuid" "$bootpart"; do
+            [ -f "$f" ] || die "flash.sh --no-flash with ROOTFS_ENC=1 left no $f"
+        done
+        base=bootloader/$file.base
+        size=$(($(image_size "bootloader/$file") - (16 << 20)))
+        [ "$size" -gt 0 ] || die "bootloader/$file is too small to hold a LUKS2 header and a filesystem"
+        enc_base rootfs "$bootpart" "$ab" "$size" "$base" ||
+            die "could not build $base from rootfs/"
+        cp -p "$uuid" "$base.uuid"
+        cp -p "bootloader/$file" "$base.orig"
+        echo "station: built the plain root filesystem $base from rootfs/, kept $uuid as $base.uuid and bootloader/$file as $base.orig"
+    done <<< "$slots"
     cp -p bootloader/flash.xml "$saved_layout"
     sha256sum "$board.conf" > "$saved_layout.conf.sha256"
     exit 0
@@ -88,14 +109,21 @@ fi
 
 serial=$what
 [ -f "$saved_layout" ] || die "no $saved_layout: run ROOTFS_ENC=1 station.sh --prepare $board $rootdev first"
-enc_layout_ok "$saved_layout"
+if [ "$ab" = 1 ]; then
+    enc_layout_ok "$saved_layout" "--prepare ran without ROOTFS_AB=1, so flash.sh -r would flash slot B's container without credentials. Run ROOTFS_AB=1 ROOTFS_ENC=1 station.sh --prepare first."
+else
+    enc_layout_ok "$saved_layout" "--prepare ran with ROOTFS_AB=1: set ROOTFS_AB=1 for each device too, or run --prepare again without it."
+fi
 sha256sum --quiet -c "$saved_layout.conf.sha256" > /dev/null 2>&1 ||
     die "$board.conf is not the one --prepare read (another board, or it changed): flash.sh could flash another layout. Run ROOTFS_ENC=1 station.sh --prepare $board $rootdev again"
-for f in "$base" "$base.uuid" "$base.orig" bootloader/system_boot.img; do
-    [ -f "$f" ] || die "no $f; run ROOTFS_ENC=1 station.sh --prepare $board $rootdev again"
-done
-cmp -s "$enc_uuid" "$base.uuid" ||
-    die "$enc_uuid is not the UUID --prepare kept ($base.uuid): the kernel command line in system_boot.img boots that one, so the device would not boot. Restore it, or run --prepare again"
+while read -r name file uuid _; do
+    base=bootloader/$file.base
+    for f in "$base" "$base.uuid" "$base.orig" "bootloader/${file/root_encrypted/boot}"; do
+        [ -f "$f" ] || die "no $f; run ROOTFS_ENC=1 station.sh --prepare $board $rootdev again"
+    done
+    cmp -s "$uuid" "$base.uuid" ||
+        die "$uuid is not the UUID --prepare kept ($base.uuid): the kernel command line in ${file/root_encrypted/boot} boots that one, so the device would not boot from $name. Restore it, or run --prepare again"
+done <<< "$slots"
 [ -n "${ECID:-}" ] ||
     die "ROOTFS_ENC=1: set ECID to this device's chip ID (hex), as flash.sh reads it: the BR_CID line of 'tegrarcm_v2 --uid' with the device in recovery mode (flash.sh:662); each device's container opens only with its own. Nothing was changed."
 [ -n "${ENC_RFS_KEY:-}" ] && [ -f "$ENC_RFS_KEY" ] ||
@@ -105,9 +133,11 @@ work=$(mktemp -d bootloader/.station.XXXXXX)
 restore() {
     # Each step runs even when one before it fails (see station.sh).
     set +e
-    rm -f "bootloader/$enc_file"
-    cp -p "$base.orig" "bootloader/$enc_file" ||
-        echo "station: $base.orig could not be put back; run ROOTFS_ENC=1 station.sh --prepare again" >&2
+    while read -r _ file _; do
+        rm -f "bootloader/$file"
+        cp -p "bootloader/$file.base.orig" "bootloader/$file" ||
+            echo "station: bootloader/$file.base.orig could not be put back; run ROOTFS_ENC=1 station.sh --prepare again" >&2
+    done <<< "$slots"
     rm -rf "$work"
 }
 trap restore EXIT
@@ -115,18 +145,30 @@ trap restore EXIT
 # shellcheck source=station-api.sh
 source "$(dirname "${BASH_SOURCE[0]}")/station-api.sh"
 key=(--l4t-ekb-key "$ENC_RFS_KEY" --ecid "$ECID")
-out=$work/$enc_file
-imprint provision --serial "$serial" --image "$base" --output "$out" --owner "$owner" "${api[@]}" \
-    --luks-encrypt --luks-uuid-file "$enc_uuid" "${key[@]}"
-imprint verify "$out" --serial "$serial" --owner "$owner" "${key[@]}" > /dev/null ||
-    die "$out does not verify"
-chmod 0600 "$out"
-rm -f "bootloader/$enc_file"
-mv "$out" "bootloader/$enc_file"
-# Right before flashing: the container in place opens with this device's
+# One call for every slot: one account call, one password in A and B,
+# each container under its slot's UUID (given in the same order).
+inputs=()
+while read -r _ file uuid _; do
+    inputs+=(--image "bootloader/$file.base" --luks-uuid-file "$uuid")
+done <<< "$slots"
+imprint provision --serial "$serial" "${inputs[@]}" --output "$work/" --owner "$owner" "${api[@]}" \
+    --luks-encrypt "${key[@]}"
+while read -r _ file _; do
+    out="$work/$serial-$file.base"
+    imprint verify "$out" --serial "$serial" --owner "$owner" "${key[@]}" > /dev/null ||
+        die "$out does not verify"
+    chmod 0600 "$out"
+    rm -f "bootloader/$file"
+    mv "$out" "bootloader/$file"
+done <<< "$slots"
+# Right before flashing: each container in place opens with this device's
 # passphrase and carries its credentials.
-imprint verify "bootloader/$enc_file" --serial "$serial" --owner "$owner" "${key[@]}" > /dev/null ||
-    die "bootloader/$enc_file (APP_ENC) does not carry $serial's credentials; not flashing"
+while read -r name file _; do
+    imprint verify "bootloader/$file" --serial "$serial" --owner "$owner" "${key[@]}" > /dev/null ||
+        die "bootloader/$file ($name) does not carry $serial's credentials; not flashing"
+done <<< "$slots"
 # -r: flash the images as they are.
 as_root ./flash.sh -r "$board" "$rootdev"
-echo "station: $serial flashed (APP APP_ENC, encrypted for ECID $ECID)"
+parts="APP APP_ENC"
+[ "$ab" = 0 ] || parts="APP APP_b APP_ENC APP_ENC_b"
+echo "station: $serial flashed ($parts, encrypted for ECID $ECID)"

@@ -36,10 +36,11 @@
 # or fail, the bases are put back on exit (trap) and the stamped copies
 # removed: no device's password stays in bootloader/.
 #
-# ROOTFS_ENC=1 (one rootfs slot): see station-enc.sh, which this script
-# runs then; ECID and ENC_RFS_KEY are needed per device.
+# ROOTFS_ENC=1 (one rootfs slot, or two with ROOTFS_AB=1): see
+# station-enc.sh, which this script runs then; ECID and ENC_RFS_KEY are
+# needed per device.
 #
-# Refused, with what to do instead: ROOTFS_ENC=1 with ROOTFS_AB=1; a layout whose APP/APP_b images are not
+# Refused, with what to do instead: a layout whose APP/APP_b images are not
 # the system.img/system.img_b flash.sh builds, or with other APP_*
 # partitions; a ROOTFS_AB that differs from the one --prepare saw.
 #
@@ -66,9 +67,6 @@ die() { echo "station: $*" >&2; exit 1; }
 ab=0 enc=0
 [ "${ROOTFS_AB:-}" = 1 ] && ab=1
 [ "${ROOTFS_ENC:-}" = 1 ] && enc=1
-if [ "$enc" = 1 ] && [ "$ab" = 1 ]; then
-    die "ROOTFS_ENC=1 with ROOTFS_AB=1 is not served: this script builds one encrypted rootfs (APP_ENC) per device, not APP_ENC_b. Flash with one of them, or use the staging flow (sample-rootfs.sh --rootfs-dir rootfs SERIAL -- ./flash.sh BOARD ROOTDEV); nothing was changed."
-fi
 
 # "NAME FILE" for each APP* partition of a flash.sh layout (XML, one
 # element a line, as NVIDIA's layouts and flash.sh's substitution leave it).
@@ -109,7 +107,7 @@ if [ -f "$enc_base.layout" ] && [ "$what" != --prepare ]; then
 fi
 
 if [ "$what" = --prepare ]; then
-    rm -f "$enc_base"*
+    rm -f "$enc_base"* bootloader/system_root_encrypted.img_b.base*
     # A failed --prepare leaves nothing an earlier one kept.
     rm -f bootloader/system.img.base* bootloader/system.img_b.base*
     as_root ./flash.sh --no-flash "$board" "$rootdev"

@@ -255,36 +255,36 @@ pub(crate) struct LuksBuildArgs {
     /// Write the output as a new LUKS2 container (aes-xts-plain64, 256-bit key, random per output) around the stamped filesystem, as L4T's flash.sh builds system_root_encrypted.img with ROOTFS_ENC=1: the input is a plain ext2/3/4 image (raw or Android sparse, which the output then is too); its keyslot opens with the L4T passphrase (--l4t-ekb-key with --ecid or --l4t-generic) or --luks-passphrase-file; needs --luks-uuid or --luks-uuid-file
     #[arg(long, requires = "image")]
     pub(crate) luks_encrypt: bool,
-    /// With --luks-encrypt: the container's UUID, the one flash.sh keeps in l4t-rootfs-uuid.txt_enc in its bootloader directory
+    /// With --luks-encrypt: the container's UUID, the one flash.sh keeps in l4t-rootfs-uuid.txt_enc in its bootloader directory; with several --image inputs (one device's rootfs slots), once per --image, in the same order
     #[arg(
         long,
         value_name = "UUID",
         requires = "luks_encrypt",
         conflicts_with = "luks_uuid_file"
     )]
-    pub(crate) luks_uuid: Option<String>,
-    /// With --luks-encrypt: read the container's UUID from this file, as flash.sh reads bootloader/l4t-rootfs-uuid.txt_enc
+    pub(crate) luks_uuid: Vec<String>,
+    /// With --luks-encrypt: read the container's UUID from this file, as flash.sh reads bootloader/l4t-rootfs-uuid.txt_enc; with several --image inputs, once per --image, in the same order (ROOTFS_AB=1: l4t-rootfs-uuid.txt_enc, then l4t-rootfs-uuid.txt_b_enc)
     #[arg(long, value_name = "FILE", requires = "luks_encrypt")]
-    pub(crate) luks_uuid_file: Option<PathBuf>,
+    pub(crate) luks_uuid_file: Vec<PathBuf>,
     /// With --luks-encrypt: the encryption sector size, 512 (cryptsetup on flash.sh's loop device) or 4096
     #[arg(long, value_name = "BYTES", default_value_t = 512, value_parser = clap::builder::TypedValueParser::map(clap::builder::PossibleValuesParser::new(["512", "4096"]), |s| s.parse::<u64>().expect("listed")), requires = "luks_encrypt")]
     pub(crate) luks_sector_size: u64,
 }
 
 impl LuksBuildArgs {
-    /// What --luks-encrypt asks for, the UUID read and checked.
-    pub(crate) fn build(&self) -> Result<Option<LuksBuild>> {
+    /// What --luks-encrypt asks for, the UUIDs read and checked: one, or
+    /// one for each of the `inputs` --image inputs.
+    pub(crate) fn build(&self, inputs: usize) -> Result<Option<LuksBuild>> {
         if !self.luks_encrypt {
             return Ok(None);
         }
-        let uuid = match (&self.luks_uuid, &self.luks_uuid_file) {
-            (Some(uuid), _) => uuid.clone(),
-            (None, Some(file)) => {
-                let text = std::fs::read_to_string(file).with_context(|| {
-                    format!("cannot read the LUKS UUID file {}", file.display())
-                })?;
-                // flash.sh takes the first line that is a UUID and nothing
-                // else (sed -nr "s/^${uuid_regex}$/\1/p", line 1027).
+        let mut uuids = self.luks_uuid.clone();
+        for file in &self.luks_uuid_file {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the LUKS UUID file {}", file.display()))?;
+            // flash.sh takes the first line that is a UUID and nothing
+            // else (sed -nr "s/^${uuid_regex}$/\1/p", line 1027).
+            uuids.push(
                 text.lines()
                     .find(|l| LuksBuild::is_uuid(l))
                     .map(str::to_string)
@@ -293,17 +293,40 @@ impl LuksBuildArgs {
                             "{} holds no line that is a UUID (8-4-4-4-12 lowercase hex digits), as flash.sh reads it",
                             file.display()
                         )
-                    })?
-            }
-            (None, None) => bail!(
+                    })?,
+            );
+        }
+        if uuids.is_empty() {
+            bail!(
                 "--luks-encrypt needs the container's UUID: --luks-uuid UUID, or --luks-uuid-file FILE (flash.sh's bootloader/l4t-rootfs-uuid.txt_enc)"
-            ),
-        };
-        if !LuksBuild::is_uuid(&uuid) {
+            );
+        }
+        if let Some(uuid) = uuids.iter().find(|u| !LuksBuild::is_uuid(u)) {
             bail!("--luks-uuid {uuid:?} is not a UUID as flash.sh takes it (8-4-4-4-12 lowercase hex digits)");
         }
+        // Two containers of one device under one UUID: the initrd's
+        // crypttab (crypt_root, crypt_root_other) could not tell them apart.
+        if uuids.len() != inputs.max(1) {
+            bail!(
+                "--luks-encrypt got {} container UUIDs for {inputs} --image inputs: give one for each --image, in the same order (flash.sh's l4t-rootfs-uuid.txt_enc for APP_ENC, l4t-rootfs-uuid.txt_b_enc for APP_ENC_b)",
+                uuids.len()
+            );
+        }
+        if let Some(twice) = uuids
+            .iter()
+            .enumerate()
+            .find_map(|(i, u)| uuids[..i].contains(u).then_some(u))
+        {
+            bail!("--luks-encrypt got the container UUID {twice} twice: each container needs its own (the initrd opens them by UUID)");
+        }
+        let per_input = if uuids.len() > 1 {
+            uuids.clone()
+        } else {
+            Vec::new()
+        };
         Ok(Some(LuksBuild {
-            uuid,
+            uuid: uuids.remove(0),
+            per_input,
             sector_size: self.luks_sector_size,
         }))
     }
@@ -347,8 +370,8 @@ pub(crate) struct VerifyArgs {
 pub(crate) struct LsArgs {
     /// Image (any input provision reads) or staging directory
     pub(crate) image: PathBuf,
-    /// Absolute path inside the image (default: /)
-    pub(crate) path: Option<String>,
+    /// Absolute path inside the image (default: /); its bytes are taken as they are, as the image's names are bytes
+    pub(crate) path: Option<std::ffi::OsString>,
     /// List subdirectories too
     #[arg(short = 'R', long)]
     pub(crate) recursive: bool,
@@ -366,8 +389,8 @@ pub(crate) struct LsArgs {
 pub(crate) struct CatArgs {
     /// Image (any input provision reads) or staging directory
     pub(crate) image: PathBuf,
-    /// Absolute path of a file inside the image; symlinks are followed inside the image
-    pub(crate) path: String,
+    /// Absolute path of a file inside the image (bytes, as the shell passes them); symlinks are followed inside the image
+    pub(crate) path: std::ffi::OsString,
     #[command(flatten)]
     pub(crate) image_args: ImageArgs,
 }

@@ -75,7 +75,7 @@ pub(crate) fn run(args: CatArgs) -> Result<ExitCode> {
     bail!(
         "{} has more than {MAX_LINKS} symlinks in a row at {}; it loops",
         args.image.display(),
-        escape(&args.path)
+        escape(&super::ls::arg_text(&args.path))
     )
 }
 

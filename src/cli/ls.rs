@@ -1,7 +1,9 @@
 //! `imprint ls IMAGE [PATH]`: what is at a path inside any input imprint
 //! reads, like `ls -l`, or as one JSON document (`imprint.ls/1`).
 
+use std::ffi::OsStr;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -10,7 +12,7 @@ use serde::Serialize;
 use super::quote::escape;
 use crate::image::{self, EntryType, ImageError, ImageReader, Listed};
 use crate::plan::model::Special;
-use crate::plan::ImagePath;
+use crate::plan::{name, ImagePath};
 
 use super::args::LsArgs;
 
@@ -70,7 +72,7 @@ fn list(
             bail!(
                 "{} has nothing at {}",
                 args.image.display(),
-                super::quote::escape(args.path.as_deref().unwrap_or("/"))
+                escape(&arg_text(args.path.as_deref().unwrap_or(OsStr::new("/"))))
             );
         };
         *path = Some(next);
@@ -148,26 +150,42 @@ impl<W: Write> Printer<W> {
                 write!(self.out, "{{\n  \"entries\": [],")?;
             }
             let text = |s: &str| serde_json::to_string(s).expect("a string serialises");
+            let (path, escaped) = json_name(path);
+            let escaped = escaped
+                .map(|e| format!("\n  \"path_escaped\": {},", text(&e)))
+                .unwrap_or_default();
             writeln!(
                 self.out,
-                "\n  \"image\": {},\n  \"path\": {},\n  \"schema\": \"imprint.ls/1\"\n}}",
+                "\n  \"image\": {},\n  \"path\": {},{escaped}\n  \"schema\": \"imprint.ls/1\"\n}}",
                 text(image),
-                text(path)
+                text(&path)
             )?;
         }
         self.out.flush()
     }
 }
 
+/// A path argument as imprint's text for names: its bytes as the shell
+/// passed them, whatever the charset (see `plan::name`).
+pub(super) fn arg_text(arg: &OsStr) -> std::borrow::Cow<'_, str> {
+    name::from_bytes(arg.as_bytes())
+}
+
 /// `None` for the root.
-pub(super) fn image_path(text: Option<&str>) -> Result<Option<ImagePath>> {
-    match text {
-        None => Ok(None),
-        Some(t) if t.trim_matches('/').is_empty() && t.starts_with('/') => Ok(None),
-        Some(t) => ImagePath::parse(t).map(Some).with_context(|| {
-            format!("{t:?} is not a path inside the image: give an absolute path without '..', e.g. /etc/hostname")
-        }),
+pub(super) fn image_path(arg: Option<&OsStr>) -> Result<Option<ImagePath>> {
+    let Some(arg) = arg else {
+        return Ok(None);
+    };
+    let t = arg_text(arg);
+    if t.trim_matches('/').is_empty() && t.starts_with('/') {
+        return Ok(None);
     }
+    ImagePath::from_bytes(arg.as_bytes()).map(Some).with_context(|| {
+        format!(
+            "\"{}\" is not a path inside the image: give an absolute path without '..', e.g. /etc/hostname",
+            escape(&t)
+        )
+    })
 }
 
 /// `-rw-r--r--`, with set-id and sticky bits as ls shows them.
@@ -221,18 +239,27 @@ fn date(mtime: i64) -> String {
 }
 
 /// One entry of `imprint ls --json` (`imprint.ls/1`; fields in
-/// alphabetical order, as the other documents).
+/// alphabetical order, as the other documents). A name whose bytes are not
+/// UTF-8 (a legacy charset) is text with U+FFFD where a byte is not; its
+/// `*_escaped` field then spells it exactly, as `tar -tv` and the text
+/// listing do (`\377`), and is absent otherwise.
 #[derive(Serialize)]
 struct EntryDocument {
     gid: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     hard_link: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hard_link_escaped: Option<String>,
     mode: String,
     mtime: i64,
     path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path_escaped: Option<String>,
     size: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     target: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target_escaped: Option<String>,
     #[serde(rename = "type")]
     kind: &'static str,
     uid: u32,
@@ -241,16 +268,31 @@ struct EntryDocument {
     xattrs: Option<Vec<String>>,
 }
 
+/// A name as JSON text and, when its bytes are not UTF-8, its exact
+/// escaped spelling.
+fn json_name(text: &str) -> (String, Option<String>) {
+    let escaped = (!name::is_utf8(text)).then(|| escape(text).into_owned());
+    (name::lossy(text).into_owned(), escaped)
+}
+
 impl EntryDocument {
     fn new(l: &Listed, xattrs: bool) -> Self {
+        let (path, path_escaped) = json_name(&format!("/{}", l.path));
+        let hard_link = l.hard_link.as_ref().map(|p| json_name(&format!("/{p}")));
+        let target = l.meta.target.as_deref().map(json_name);
+        let (hard_link, hard_link_escaped) = hard_link.unzip();
+        let (target, target_escaped) = target.unzip();
         EntryDocument {
             gid: l.meta.gid,
-            hard_link: l.hard_link.as_ref().map(|p| format!("/{p}")),
+            hard_link,
+            hard_link_escaped: hard_link_escaped.flatten(),
             mode: format!("{:04o}", l.meta.mode),
             mtime: l.meta.mtime,
-            path: format!("/{}", l.path),
+            path,
+            path_escaped,
             size: l.meta.size,
-            target: l.meta.target.clone(),
+            target,
+            target_escaped: target_escaped.flatten(),
             kind: match (l.meta.kind, &l.hard_link) {
                 (_, Some(_)) => "hardlink",
                 (EntryType::Regular, _) => "file",

@@ -97,7 +97,7 @@ fn settings(args: &ProvisionArgs, stdin: &mut super::stdin::Stdin) -> Result<Set
     settings.options.full_rewrite = std::env::var_os("IMPRINT_FULL_REWRITE").is_some();
     settings.options.partitions = args.image_args.partition.clone();
     settings.options.luks = args.image_args.luks.key()?;
-    settings.options.luks_build = args.luks_build.build()?;
+    settings.options.luks_build = args.luks_build.build(args.image.len())?;
     settings.options.cache = if args.no_cache {
         None
     } else {

@@ -182,11 +182,22 @@ pub(crate) fn single(plans: &[Plan]) -> &Plan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Listed {
-    /// Relative to the image's root, e.g. `etc/azaion/device.conf`.
+    /// Relative to the image's root, e.g. `etc/azaion/device.conf`. Names
+    /// in images are bytes: a byte that is not part of valid UTF-8 (a
+    /// legacy charset) is carried as one character of U+10FF80..=U+10FFFF,
+    /// so no two names are alike here; [`Listed::path_bytes`] gives the
+    /// bytes back. `meta.target` and `hard_link` are carried alike.
     pub path: String,
     pub meta: FileMeta,
     /// A tar hard-link entry: the path (relative) it names.
     pub hard_link: Option<String>,
+}
+
+impl Listed {
+    /// The path's bytes as the image stores them.
+    pub fn path_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        crate::plan::name::to_bytes(&self.path)
+    }
 }
 
 /// Looking inside an image (`imprint ls` and `cat`), read-only, through

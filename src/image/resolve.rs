@@ -9,9 +9,11 @@
 //! saw; for ext4, from the inode), and gets back the path with no symlink
 //! left in it, or why there is none.
 
+use std::collections::HashMap;
 use std::fmt;
 
-use crate::plan::ImagePath;
+use super::{ImageError, ImageReader};
+use crate::plan::{EntryType, ImagePath};
 
 /// The kernel's limit on symlinks followed in one lookup.
 pub const MAX_SYMLINKS: usize = 40;
@@ -111,9 +113,75 @@ pub fn resolve<E>(
     }
 }
 
+/// Resolves the directory `path` lies in, and joins its name: the place
+/// a new entry at `path` goes, as `open(O_CREAT)` or `rename` in a chroot
+/// find it. The last component is not followed (a symlink there is the
+/// entry itself, replaced or removed as such).
+pub fn resolve_parent<E>(
+    path: &ImagePath,
+    symlink: impl FnMut(&ImagePath) -> Result<Option<String>, E>,
+) -> Result<Result<Resolved, Unresolved>, E> {
+    let Some(parent) = path.parent() else {
+        return Ok(Ok(Resolved {
+            path: path.clone(),
+            via: Vec::new(),
+        }));
+    };
+    let (dir, via) = match resolve(&parent, symlink)? {
+        Ok(r) => (r.path.to_string(), r.via),
+        // Links to the root: the entry goes into the root.
+        Err(Unresolved::Root { via, .. }) => (String::new(), via),
+        Err(other) => return Ok(Err(other)),
+    };
+    let joined = format!("{dir}/{}", path.file_name());
+    Ok(match ImagePath::parse(&joined) {
+        Some(path) => Ok(Resolved { path, via }),
+        None => Err(Unresolved::BadTarget {
+            path: path.to_string(),
+            target: joined,
+        }),
+    })
+}
+
+/// Runs `run` with the symlinks of the image `reader` reads, as a lookup
+/// "is this path a symlink, and to what?" for [`resolve`]. A reader finds
+/// paths in batches (one pass over a tar archive each), so this asks in
+/// rounds: `run` goes once with what is known, the paths it asked about
+/// and nobody knew are looked up together, and it runs again until it
+/// asked nothing new; then its answer stands.
+pub(crate) fn with_reader_links<T, E: From<ImageError>>(
+    reader: &mut dyn ImageReader,
+    mut run: impl FnMut(&mut dyn FnMut(&ImagePath) -> Option<String>) -> Result<T, E>,
+) -> Result<T, E> {
+    let mut known: HashMap<ImagePath, Option<String>> = HashMap::new();
+    loop {
+        let mut unknown: Vec<ImagePath> = Vec::new();
+        let answer = run(&mut |p: &ImagePath| match known.get(p) {
+            Some(target) => target.clone(),
+            None => {
+                if !unknown.contains(p) {
+                    unknown.push(p.clone());
+                }
+                None
+            }
+        });
+        if unknown.is_empty() {
+            return answer;
+        }
+        // Every round learns at least one path, and a resolution asks
+        // about finitely many: this ends.
+        let found = reader.lookup_many(&unknown, 0)?;
+        for (path, found) in unknown.into_iter().zip(found) {
+            let target = found
+                .filter(|(meta, _)| meta.kind == EntryType::Symlink)
+                .and_then(|(meta, _)| meta.target);
+            known.insert(path, target);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
     use std::convert::Infallible;
 
     use super::*;
@@ -164,5 +232,31 @@ mod tests {
         let err = run(&root, "/etc/passwd").unwrap_err();
         assert!(matches!(err, Unresolved::Root { .. }));
         assert!(err.to_string().contains("/etc/passwd -> /"), "{err}");
+    }
+    #[test]
+    fn a_parent_resolves_and_the_name_stays() {
+        let parent = |links: &[(&str, &str)], path: &str| {
+            let map: HashMap<String, String> = links
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect();
+            resolve_parent(&ImagePath::parse(path).unwrap(), |p| {
+                Ok::<_, Infallible>(map.get(&p.to_string()).cloned())
+            })
+            .unwrap()
+            .map(|r| r.path.to_string())
+        };
+        let etc = [("/etc", "usr/etc"), ("/etc/azaion/device.conf", "x")];
+        assert_eq!(
+            parent(&etc, "/etc/azaion/device.conf").unwrap(),
+            "/usr/etc/azaion/device.conf"
+        );
+        assert_eq!(parent(&etc, "/etc").unwrap(), "/etc");
+        assert_eq!(parent(&[("/etc", "../../..")], "/etc/a").unwrap(), "/a");
+        let looped = [("/etc", "/etc")];
+        assert!(matches!(
+            parent(&looped, "/etc/a"),
+            Err(Unresolved::TooManyLinks { .. })
+        ));
     }
 }

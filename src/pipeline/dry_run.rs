@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use crate::identity::{Password, Serial};
 use crate::image::disk::PartitionId;
-use crate::image::{self, ImageOptions, ImageReader};
+use crate::image::{self, resolve, ImageOptions, ImageReader};
 use crate::owner::{Owner, UserDb};
 use crate::plan::{Action, DeviceVars, Existing, ImagePath, OverlayError, Plan, PlanKind};
 
@@ -97,10 +97,22 @@ pub fn plan(
         };
         for (partition, mut reader) in image::open_readers(path, &options)? {
             let plans = plans_for(reader.as_mut(), serials, password, settings)?;
-            let existing = existing_paths(reader.as_mut(), &plans)?;
+            // Through the image's symlinks, as the writing backends go.
+            let mut linked = Vec::new();
+            for plan in &plans {
+                linked.push(resolve::with_reader_links(reader.as_mut(), |links| {
+                    plan.follow_links(|p| Ok::<_, ProvisionError>(links(p)))
+                })?);
+            }
+            let resolved: Vec<Plan> = linked.iter().map(|l| l.plan().clone()).collect();
+            let existing = existing_paths(reader.as_mut(), &resolved)?;
+            let lookup =
+                |p: &ImagePath| Ok::<_, ProvisionError>(existing.get(p).cloned().flatten());
+            let mut plans = Vec::new();
+            for l in linked {
+                plans.push(l.check(lookup)?);
+            }
             for ((device, serial), plan) in devices.iter_mut().zip(serials).zip(&plans) {
-                let lookup =
-                    |p: &ImagePath| Ok::<_, ProvisionError>(existing.get(p).cloned().flatten());
                 plan.check_existing(lookup)?;
                 check_removals(reader.as_mut(), plan, &existing)?;
                 let actions = plan.classify(lookup)?;
@@ -128,6 +140,15 @@ fn plans_for(
         .iter()
         .map(|p| ImagePath::parse(p).expect("constant"))
         .collect();
+    // passwd and group through symlinks on the way (`/etc -> usr/etc`).
+    let facts = resolve::with_reader_links(reader, |links| {
+        let mut link = |p: &ImagePath| Ok::<_, ProvisionError>(links(p));
+        let mut paths = Vec::new();
+        for p in &facts {
+            paths.push(resolve::resolve(p, &mut link)?.map_or_else(|_| p.clone(), |r| r.path));
+        }
+        Ok::<_, ProvisionError>(paths)
+    })?;
     let found = reader.lookup_many(&facts, MAX_DB)?;
     let mut content = |i: usize| -> Result<Option<Vec<u8>>, ProvisionError> {
         match &found[i] {

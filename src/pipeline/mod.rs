@@ -655,13 +655,16 @@ pub fn run(req: Request, say: &mut dyn FnMut(&str)) -> Result<Report, ProvisionE
         password,
         on_conflict: req.settings.on_conflict(origin),
     });
-    for (source, output) in req.inputs {
-        let mut opened = Opened::open(
-            source,
-            req.settings.clone(),
-            &scratch_dir(output.as_deref()),
-            say,
-        )?;
+    for (index, (source, output)) in req.inputs.into_iter().enumerate() {
+        let mut settings = req.settings.clone();
+        // Each rootfs slot's container under its own UUID (and L4T
+        // passphrase, whose context that UUID is).
+        settings.options.luks_build = settings
+            .options
+            .luks_build
+            .as_ref()
+            .map(|build| build.for_input(index));
+        let mut opened = Opened::open(source, settings, &scratch_dir(output.as_deref()), say)?;
         opened.write(&mut prepared, output.as_deref(), say)?;
     }
     prepared.commit(client.as_ref(), say)

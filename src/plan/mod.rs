@@ -7,7 +7,9 @@
 //! owners, parents and replacement live here and in `PlanEntry` only.
 
 pub mod devices;
+mod links;
 pub(crate) mod model;
+pub(crate) mod name;
 mod pattern;
 mod source;
 pub(crate) mod spec;
@@ -82,6 +84,10 @@ pub enum OverlayError {
     NotReplaceableBySymlink { path: String, what: String },
     #[error("{path} is a directory that is not empty; imprint removes it only with `recursive = true` in its entry")]
     NotEmpty { path: String },
+    /// A symlink on the way to an entry leads nowhere usable inside the
+    /// image (dangling, a loop, not a directory).
+    #[error("{path} lies behind a symlink in the image: {why}")]
+    Link { path: String, why: String },
     #[error("{path} lies inside {absent}, which the overlay removes; drop one of the two entries")]
     InsideAbsent { path: String, absent: String },
 }

@@ -1,7 +1,7 @@
 //! The words every layer shares about what is inside an image: a path, what
 //! kind of thing it is, its metadata. A leaf module: it depends on nothing
-//! else in the crate, so the plan and the image backends can both use it
-//! without depending on each other.
+//! else in the crate but `name` (names are bytes), so the plan and the
+//! image backends can both use it without depending on each other.
 
 use std::fmt;
 
@@ -121,10 +121,18 @@ impl ImagePath {
         let ok = !parts.is_empty()
             && parts
                 .iter()
-                .all(|p| p != ".." && !p.contains('\0') && p.len() <= 255);
+                .all(|p| p != ".." && !p.contains('\0') && byte_len(p) <= 255);
         ok.then_some(ImagePath(parts))
     }
 
+    /// An absolute path given as bytes (a command-line argument, a name
+    /// in a legacy charset), as [`ImagePath::parse`] takes text.
+    pub fn from_bytes(bytes: &[u8]) -> Option<ImagePath> {
+        ImagePath::parse(&super::name::from_bytes(bytes))
+    }
+
+    /// The path's components; a byte that is not UTF-8 is carried as
+    /// described at [`crate::image::Listed::path`].
     pub fn components(&self) -> &[String] {
         &self.0
     }
@@ -161,9 +169,18 @@ impl ImagePath {
                 p => parts.push(p.to_string()),
             }
         }
-        let ok = !parts.is_empty() && parts.iter().all(|p| !p.contains('\0') && p.len() <= 255);
+        let ok = !parts.is_empty()
+            && parts
+                .iter()
+                .all(|p| !p.contains('\0') && byte_len(p) <= 255);
         ok.then_some(ImagePath(parts))
     }
+}
+
+/// A component's length in the image: its bytes, not its text
+/// ([`super::name`] carries a byte that is not UTF-8 as one 4-byte character).
+fn byte_len(part: &str) -> usize {
+    super::name::to_bytes(part).len()
 }
 
 impl fmt::Display for ImagePath {

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::admin::{self, AdminConfig};
 use crate::identity::{self, PasswordPolicy, Serial};
 use crate::image::disk::PartitionId;
+use crate::image::resolve;
 use crate::image::{self, EntryType, ImageError, ImageOptions, ImageReader};
 use crate::io::output;
 use crate::owner::{OwnerSpec, UserDb};
@@ -285,11 +286,22 @@ type Files = (Option<image::Found>, Option<Vec<u8>>, Option<Vec<u8>>);
 /// device.conf (metadata and content) and the user database, in one
 /// lookup (one pass over a tar).
 fn read_files(reader: &mut dyn image::ImageReader) -> Result<Files, ImageError> {
-    let paths = [
-        ImagePath::parse(DEVICE_CONF).expect("constant"),
-        ImagePath::parse("/etc/passwd").expect("constant"),
-        ImagePath::parse("/etc/group").expect("constant"),
-    ];
+    let conf = ImagePath::parse(DEVICE_CONF).expect("constant");
+    let db = ["/etc/passwd", "/etc/group"].map(|p| ImagePath::parse(p).expect("constant"));
+    // Through the image's symlinks, as a chroot (and imprint's writing)
+    // would go: device.conf up to its own name (a symlink there is what
+    // the checks report), the user database wholly. A path that does not
+    // resolve is looked up as it is, and found missing.
+    let paths = resolve::with_reader_links(reader, |links| {
+        let mut link = |p: &ImagePath| Ok::<_, ImageError>(links(p));
+        let mut paths =
+            vec![resolve::resolve_parent(&conf, &mut link)?
+                .map_or_else(|_| conf.clone(), |r| r.path)];
+        for p in &db {
+            paths.push(resolve::resolve(p, &mut link)?.map_or_else(|_| p.clone(), |r| r.path));
+        }
+        Ok::<_, ImageError>(paths)
+    })?;
     let mut found = reader.lookup_many(&paths, MAX_DB)?;
     let group = found.pop().flatten().and_then(|(_, c)| c);
     let passwd = found.pop().flatten().and_then(|(_, c)| c);

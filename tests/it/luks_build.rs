@@ -160,6 +160,73 @@ fn an_l4t_container_is_built_per_device_from_raw_ext4_512_and_4096_byte_sectors(
     );
 }
 
+/// One device's two encrypted rootfs slots (ROOTFS_AB=1: APP_ENC and
+/// APP_ENC_b) in one call: each --image gets the --luks-uuid-file given in
+/// the same place, and its keyslot the passphrase derived with that UUID
+/// as context (as flash.sh builds system_root_encrypted.img_b with
+/// rootfsuuid_b_enc), so each opens with its own slot's passphrase only.
+#[test]
+fn one_devices_slots_get_a_container_uuid_each() {
+    const UUID_B: &str = "7c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f";
+    let s = setup("4096");
+    let slot_b = s.path("plain_b.img");
+    fs::copy(&s.plain, &slot_b).unwrap();
+    let uuid_b = s.path("l4t-rootfs-uuid.txt_b_enc");
+    fs::write(&uuid_b, format!("{UUID_B}\n")).unwrap();
+    let pw = write_password(s.dir.path(), PASSWORD);
+    let out = s.path("out");
+    let mut c = bin();
+    c.args([
+        "provision",
+        "--offline",
+        "--owner",
+        "azaion",
+        "--serial",
+        SERIAL,
+    ])
+    .arg("--password-file")
+    .arg(&pw)
+    .arg("--image")
+    .arg(&s.plain)
+    .arg("--luks-uuid-file")
+    .arg(&s.uuid_file)
+    .arg("--image")
+    .arg(&slot_b)
+    .arg("--luks-uuid-file")
+    .arg(&uuid_b)
+    .arg("--output")
+    .arg(format!("{}/", out.display()))
+    .args(["--luks-encrypt", "--ecid", ECID])
+    .arg("--l4t-ekb-key")
+    .arg(&s.ekb);
+    let o = run(&mut c);
+    assert!(o.status.success(), "{}", stderr(&o));
+    check_built(&s, &out.join(format!("{SERIAL}-plain.img")), 512);
+    let b = out.join(format!("{SERIAL}-plain_b.img"));
+    let dump = ok(Command::new("cryptsetup").arg("luksDump").arg(&b));
+    assert!(
+        dump.contains(&format!("UUID:          \t{UUID_B}")),
+        "{dump}"
+    );
+    let pass_b = s.path("b.pass");
+    fs::write(
+        &pass_b,
+        ok(Command::new("python3").args(["-c", L4T_PY, EKB, ECID, UUID_B])),
+    )
+    .unwrap();
+    ok(Command::new("cryptsetup")
+        .args(["open", "--test-passphrase", "--key-file"])
+        .arg(&pass_b)
+        .arg(&b));
+    let o = Command::new("cryptsetup")
+        .args(["open", "--test-passphrase", "--key-file"])
+        .arg(derived_passphrase(&s))
+        .arg(&b)
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "slot B opens with slot A's passphrase");
+}
+
 /// A sparse input gives the sparse output flash.sh -r flashes: small, and
 /// simg2img expands it to a container that opens and holds the stamp.
 #[test]
@@ -305,6 +372,36 @@ fn missing_keys_and_wrong_inputs_are_refused_clearly() {
     .arg(s.path("batch/"))
     .args(["--luks-encrypt", "--luks-uuid", UUID, "--l4t-generic"]);
     expect_err(run(&mut c), &["one device's container"]);
+    // One device's two rootfs slots (APP_ENC, APP_ENC_b): a UUID for
+    // each, and not the same one twice.
+    let copy = s.path("plain_b.img");
+    fs::copy(&s.plain, &copy).unwrap();
+    let slots = |uuids: &[&str]| {
+        let mut c = bin();
+        c.args(["provision", "--offline", "--serial", SERIAL])
+            .arg("--password-file")
+            .arg(&pw)
+            .arg("--image")
+            .arg(&s.plain)
+            .arg("--image")
+            .arg(&copy)
+            .arg("--output")
+            .arg(s.path("slots/"))
+            .args(["--luks-encrypt", "--l4t-generic"]);
+        for uuid in uuids {
+            c.args(["--luks-uuid", uuid]);
+        }
+        run(&mut c)
+    };
+    expect_err(
+        slots(&[UUID]),
+        &[
+            "1 container UUIDs for 2 --image inputs",
+            "l4t-rootfs-uuid.txt_b_enc",
+        ],
+    );
+    expect_err(slots(&[UUID, UUID]), &[UUID, "twice"]);
+    assert!(!s.path("slots").exists());
 }
 
 /// Under a codec the container is read from a scratch file; errors name

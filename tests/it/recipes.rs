@@ -880,6 +880,231 @@ fn l4t_station_enc_builds_each_devices_container() {
     assert_eq!(left(), Vec::<String>::new(), "also when flashing fails");
 }
 
+/// The L4T passphrase flash.sh pipes to cryptsetup for a container
+/// (EKB key, ECID, the container's UUID as context), derived by Python.
+fn l4t_passphrase(dir: &Path, name: &str, ekb: &str, ecid: &str, uuid: &str) -> PathBuf {
+    let file = dir.join(name);
+    fs::write(
+        &file,
+        crate::luks::ok(Command::new("python3").args(["-c", crate::luks::L4T_PY, ekb, ecid, uuid])),
+    )
+    .unwrap();
+    file
+}
+
+/// A flashed container judged without imprint: cryptsetup reads its UUID
+/// and opens it with `pass`; Python decrypts it with the dumped volume key
+/// into `inner`, a clean ext4.
+fn decrypted(flashed: &Path, pass: &Path, uuid: &str, inner: &Path) {
+    use crate::luks::{segment, XTS_PY};
+    let dump = crate::luks::ok(Command::new("cryptsetup").arg("luksDump").arg(flashed));
+    assert!(dump.contains(&format!("UUID:          \t{uuid}")), "{dump}");
+    crate::luks::ok(
+        Command::new("cryptsetup")
+            .args(["open", "--test-passphrase", "--key-file"])
+            .arg(pass)
+            .arg(flashed),
+    );
+    let vk = inner.with_extension("vk");
+    crate::luks::ok(
+        Command::new("cryptsetup")
+            .args(["luksDump", "-q", "--dump-volume-key", "--volume-key-file"])
+            .arg(&vk)
+            .arg("--key-file")
+            .arg(pass)
+            .arg(flashed),
+    );
+    let (offset, sector) = segment(flashed);
+    let len = fs::metadata(flashed).unwrap().len() - offset;
+    crate::luks::ok(
+        Command::new("python3")
+            .args(["-c", XTS_PY, "dec"])
+            .arg(flashed)
+            .arg(&vk)
+            .args([offset.to_string(), len.to_string(), sector.to_string()])
+            .arg("0")
+            .arg(inner),
+    );
+    fs::remove_file(&vk).unwrap();
+    assert_fsck_clean(inner);
+}
+
+/// ROOTFS_AB=1 with ROOTFS_ENC=1: flash.sh flashes two slots, each a boot
+/// partition and a container (APP_ENC under l4t-rootfs-uuid.txt_enc,
+/// APP_ENC_b under l4t-rootfs-uuid.txt_b_enc, each passphrase derived
+/// with its own UUID as context). Per device both containers are built in
+/// one imprint call (one account call, one password): each opens with its
+/// slot's passphrase (derived by Python) and not the other's, holds the
+/// same device.conf 0600, and is filled as build_enc_root_fsimg fills it
+/// (its slot's /boot, the other slot's container on crypt_root_other);
+/// slot B boots its own UUID. flash.sh's containers are back afterwards,
+/// and a run without ROOTFS_AB after this --prepare is refused.
+#[test]
+fn l4t_station_enc_ab_builds_both_slots_containers() {
+    let ecid = "0x0123456789abcdef0123456789abcdef";
+    let ekb = "00112233445566778899aabbccddeeff";
+    let dir = TempDir::new().unwrap();
+    let l4t = l4t_tree(dir.path());
+    let device = dir.path().join("device");
+    let modes = dir.path().join("modes");
+    let server = StubServer::start().unwrap();
+    let key = dir.path().join("ekb.key");
+    fs::write(&key, format!("{ekb}\n")).unwrap();
+    let ab_enc = [("ROOTFS_ENC", "1"), ("ROOTFS_AB", "1")];
+    let o = station_online(
+        &l4t,
+        &device,
+        &server,
+        &ab_enc,
+        &["--prepare", BOARD, "mmcblk0p1"],
+    );
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let bl = l4t.join("bootloader");
+    let uuid_a = fs::read_to_string(bl.join("l4t-rootfs-uuid.txt_enc")).unwrap();
+    let uuid_b = fs::read_to_string(bl.join("l4t-rootfs-uuid.txt_b_enc")).unwrap();
+    let (uuid_a, uuid_b) = (uuid_a.trim(), uuid_b.trim());
+    assert_ne!(uuid_a, uuid_b);
+    let orig = [
+        sha256(&bl.join("system_root_encrypted.img")),
+        sha256(&bl.join("system_root_encrypted.img_b")),
+    ];
+    let pass_a = l4t_passphrase(dir.path(), "a.pass", ekb, ecid, uuid_a);
+    let pass_b = l4t_passphrase(dir.path(), "b.pass", ekb, ecid, uuid_b);
+    let key_s = key.to_str().unwrap();
+    let (pass_a_s, pass_b_s) = (pass_a.to_str().unwrap(), pass_b.to_str().unwrap());
+    let env = [
+        ("ROOTFS_ENC", "1"),
+        ("ROOTFS_AB", "1"),
+        ("ECID", ecid),
+        ("ENC_RFS_KEY", key_s),
+        ("L4T_STANDIN_PASSPHRASE_FILE", pass_a_s),
+        ("L4T_STANDIN_PASSPHRASE_FILE_B", pass_b_s),
+        ("L4T_STANDIN_MODES", modes.to_str().unwrap()),
+    ];
+    // Without ROOTFS_AB after an A/B --prepare: slot B would be left out.
+    let o = station_online(
+        &l4t,
+        &device,
+        &server,
+        &env[..1]
+            .iter()
+            .chain(&env[2..])
+            .copied()
+            .collect::<Vec<_>>(),
+        &["AZJN-0042", BOARD, "mmcblk0p1"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--prepare ran with ROOTFS_AB=1"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(server.requests().len(), 0);
+    assert!(!device.exists());
+
+    let o = station_online(
+        &l4t,
+        &device,
+        &server,
+        &env,
+        &["AZJN-0042", BOARD, "mmcblk0p1"],
+    );
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert_eq!(
+        account_calls(&server).len(),
+        1,
+        "{:?}",
+        account_calls(&server)
+    );
+    let mut confs = Vec::new();
+    for (slot, uuid, pass, other, boot) in [
+        ("APP_ENC", uuid_a, &pass_a, &pass_b, "APP"),
+        ("APP_ENC_b", uuid_b, &pass_b, &pass_a, "APP_b"),
+    ] {
+        let flashed = device.join(format!("{slot}.img"));
+        // The other slot's passphrase does not open it.
+        let o = Command::new("cryptsetup")
+            .args(["open", "--test-passphrase", "--key-file"])
+            .arg(other)
+            .arg(&flashed)
+            .output()
+            .unwrap();
+        assert!(
+            !o.status.success(),
+            "{slot} opens with the other slot's passphrase"
+        );
+        let inner = dir.path().join(format!("{slot}.inner"));
+        decrypted(&flashed, pass, uuid, &inner);
+        let conf = debugfs(&inner, "cat /etc/azaion/device.conf");
+        assert!(conf.contains(&email_of("AZJN-0042")), "{conf}");
+        assert_eq!(
+            debugfs_stat(&inner, "/etc/azaion/device.conf"),
+            (0o600, 1001, 1001)
+        );
+        let fstab = debugfs(&inner, "cat /etc/fstab");
+        let boot_uuid = fs::read_to_string(device.join(format!("{boot}.partuuid"))).unwrap();
+        assert!(fstab.contains("/dev/mapper/crypt_root / ext4"), "{fstab}");
+        assert!(
+            fstab.contains(&format!("PARTUUID={} /boot", boot_uuid.trim())),
+            "{fstab}"
+        );
+        assert!(
+            fstab.contains("/dev/mapper/crypt_root_other /mnt/crypt_root_other ext4"),
+            "{fstab}"
+        );
+        assert!(debugfs(&inner, "ls /mnt").contains("crypt_root_other"));
+        let extlinux = debugfs(
+            &device.join(format!("{boot}.img")),
+            "cat /boot/extlinux/extlinux.conf",
+        );
+        assert!(
+            extlinux.contains(&format!("root=UUID={uuid}")),
+            "{extlinux}"
+        );
+        confs.push(conf);
+    }
+    assert_eq!(confs[0], confs[1], "one password in both slots");
+    let modes = fs::read_to_string(&modes).unwrap();
+    for file in [
+        "system_root_encrypted.img 600\n",
+        "system_root_encrypted.img_b 600\n",
+    ] {
+        assert!(modes.contains(file), "{modes}");
+    }
+    assert_eq!(
+        [
+            sha256(&bl.join("system_root_encrypted.img")),
+            sha256(&bl.join("system_root_encrypted.img_b")),
+        ],
+        orig
+    );
+    assert_eq!(
+        holding(&password_in(&confs[0]), &[&l4t]),
+        Vec::<String>::new()
+    );
+    // The flash fails: both of flash.sh's containers are back all the same.
+    let mut failing = env.to_vec();
+    failing.push(("L4T_STANDIN_FAIL", "1"));
+    let o = station_online(
+        &l4t,
+        &device,
+        &server,
+        &failing,
+        &["AZJN-0043", BOARD, "mmcblk0p1"],
+    );
+    assert!(!o.status.success());
+    assert_eq!(
+        [
+            sha256(&bl.join("system_root_encrypted.img")),
+            sha256(&bl.join("system_root_encrypted.img_b")),
+        ],
+        orig,
+        "also when flashing fails"
+    );
+    let pw = server.password_of(&email_of("AZJN-0043")).unwrap();
+    assert_eq!(holding(&pw, &[&l4t]), Vec::<String>::new());
+}
+
 /// ROOTFS_AB=1: flash.sh -r also flashes bootloader/system.img_b to APP_b
 /// and boots it with the UUID in l4t-rootfs-uuid.txt_b. --prepare keeps
 /// both images and both UUID files; each device gets its credentials in
@@ -1006,21 +1231,6 @@ fn l4t_station_refuses_what_it_cannot_stamp() {
         &l4t,
         &device,
         &server,
-        &[("ROOTFS_ENC", "1"), ("ROOTFS_AB", "1")],
-        &["--prepare", BOARD, "mmcblk0p1"],
-    );
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("ROOTFS_ENC=1 with ROOTFS_AB=1 is not served"),
-        "{}",
-        stderr(&o)
-    );
-    assert!(!stderr(&o).contains("cannot stat"), "{}", stderr(&o));
-
-    let o = station_online(
-        &l4t,
-        &device,
-        &server,
         &[],
         &["--prepare", BOARD, "mmcblk0p1"],
     );
@@ -1096,9 +1306,9 @@ fn initrd_station(
 /// --massflash flashes every device in recovery mode from one images/, so
 /// they would all get one serial's credentials: refused at --prepare and
 /// per device, before any account call or flash, with what to do instead.
-/// ROOTFS_ENC=1 is refused too.
+/// ROOTFS_ENC=1 on an external device is refused too.
 #[test]
-fn l4t_initrd_station_refuses_massflash_and_encryption() {
+fn l4t_initrd_station_refuses_massflash_and_external_encryption() {
     let dir = TempDir::new().unwrap();
     let l4t = l4t_tree(dir.path());
     let device = dir.path().join("device");
@@ -1150,19 +1360,224 @@ fn l4t_initrd_station_refuses_massflash_and_encryption() {
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
     verifies(&device.join("internal-APP"), "AZJN-0042");
 
+    // With ROOTFS_ENC=1 the container would open on one chip only.
     let o = initrd_station(
         &l4t,
         &device,
         &server,
-        &[("ROOTFS_ENC", "1")],
-        &["--prepare", BOARD, "internal"],
+        &[("ROOTFS_ENC", "1"), ("L4T_STANDIN_RCM", "1-1 1-2")],
+        &["--prepare", "--massflash", "2", BOARD, "internal"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    for what in ["--massflash", "one chip's ECID", "--usb-instance"] {
+        assert!(stderr(&o).contains(what), "{what}: {}", stderr(&o));
+    }
+    // ROOTFS_ENC=1 on an external device is not served: refused before
+    // the flash tool runs.
+    let log = dir.path().join("log");
+    let o = initrd_station(
+        &l4t,
+        &device,
+        &server,
+        &[
+            ("ROOTFS_ENC", "1"),
+            ("L4T_STANDIN_LOG", log.to_str().unwrap()),
+        ],
+        &[
+            "--prepare",
+            "--external-device",
+            "nvme0n1p1",
+            BOARD,
+            "external",
+        ],
     );
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        stderr(&o).contains("encrypted rootfs is not served yet"),
+        stderr(&o).contains("the external device's encrypted rootfs"),
         "{}",
         stderr(&o)
     );
+    assert!(!log.exists(), "the flash tool ran");
+    assert_eq!(account_calls(&server).len(), 1);
+}
+
+/// Initrd flash with ROOTFS_ENC=1 (and ROOTFS_AB=1 when `ab`): the flash
+/// tool packages system_boot.img(_b) as flash.cfg's APP image(s) and
+/// copies the containers named in flash.idx into images/internal; per
+/// device the station builds each container (one account call, one
+/// password), --flash-only writes them; each opens with its slot's
+/// passphrase (derived by Python) only, holds the device.conf 0600 and
+/// is filled as flash.sh fills it; images/ is as --prepare left it
+/// afterwards and holds no password. Without ECID nothing happens.
+fn initrd_station_enc(ab: bool) {
+    let ecid = "0x0123456789abcdef0123456789abcdef";
+    let ekb = "00112233445566778899aabbccddeeff";
+    let dir = TempDir::new().unwrap();
+    let l4t = l4t_tree(dir.path());
+    let device = dir.path().join("device");
+    let server = StubServer::start().unwrap();
+    let key = dir.path().join("ekb.key");
+    fs::write(&key, format!("{ekb}\n")).unwrap();
+    let mut env = vec![("ROOTFS_ENC", "1")];
+    if ab {
+        env.push(("ROOTFS_AB", "1"));
+    }
+    let o = initrd_station(
+        &l4t,
+        &device,
+        &server,
+        &env,
+        &["--prepare", BOARD, "internal"],
+    );
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let images = l4t.join("tools/kernel_flash/images/internal");
+    let cfg = fs::read_to_string(images.join("flash.cfg")).unwrap();
+    assert!(cfg.contains("APP=system_boot.img\n"), "{cfg}");
+    let bl = l4t.join("bootloader");
+    let mut slots = vec![("APP_ENC", "system_root_encrypted.img", "", "APP")];
+    if ab {
+        slots.push(("APP_ENC_b", "system_root_encrypted.img_b", "_b", "APP_b"));
+    }
+    let pristine: Vec<_> = slots.iter().map(|s| sha256(&images.join(s.1))).collect();
+    let key_s = key.to_str().unwrap();
+    let mut run_env = env.clone();
+    run_env.extend([("ENC_RFS_KEY", key_s)]);
+    let o = initrd_station(
+        &l4t,
+        &device,
+        &server,
+        &run_env,
+        &["AZJN-0042", BOARD, "internal"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("set ECID"), "{}", stderr(&o));
+    assert_eq!(server.requests().len(), 0);
+    assert!(!device.exists());
+    run_env.push(("ECID", ecid));
+    // Without ROOTFS_ENC after this --prepare, or (A/B) without ROOTFS_AB:
+    // refused before any account call.
+    let mut mismatches = vec![(
+        run_env
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "ROOTFS_ENC")
+            .collect::<Vec<_>>(),
+        "ROOTFS_ENC=1",
+    )];
+    if ab {
+        mismatches.push((
+            run_env
+                .iter()
+                .copied()
+                .filter(|(k, _)| *k != "ROOTFS_AB")
+                .collect(),
+            "--prepare ran with ROOTFS_AB=1",
+        ));
+    }
+    for (env, says) in mismatches {
+        let o = initrd_station(
+            &l4t,
+            &device,
+            &server,
+            &env,
+            &["AZJN-0042", BOARD, "internal"],
+        );
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{says}: {}", stderr(&o));
+    }
+    assert_eq!(server.requests().len(), 0);
+    assert!(!device.exists());
+    let o = initrd_station(
+        &l4t,
+        &device,
+        &server,
+        &run_env,
+        &["AZJN-0042", BOARD, "internal"],
+    );
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert_eq!(account_calls(&server), ["POST /users"]);
+    let pw = server.password_of(&email_of("AZJN-0042")).unwrap();
+    let passes: Vec<_> = slots
+        .iter()
+        .map(|(slot, _, b, _)| {
+            let uuid = fs::read_to_string(bl.join(format!("l4t-rootfs-uuid.txt{b}_enc"))).unwrap();
+            let uuid = uuid.trim().to_string();
+            (
+                l4t_passphrase(dir.path(), &format!("{slot}.pass"), ekb, ecid, &uuid),
+                uuid,
+            )
+        })
+        .collect();
+    for (i, (slot, _, b, boot)) in slots.iter().enumerate() {
+        let flashed = device.join(format!("internal-{slot}.img"));
+        let (pass, uuid) = &passes[i];
+        if let Some((other, _)) = passes.get(1 - i) {
+            let o = Command::new("cryptsetup")
+                .args(["open", "--test-passphrase", "--key-file"])
+                .arg(other)
+                .arg(&flashed)
+                .output()
+                .unwrap();
+            assert!(
+                !o.status.success(),
+                "{slot} opens with the other slot's passphrase"
+            );
+        }
+        let inner = dir.path().join(format!("{slot}.inner"));
+        decrypted(&flashed, pass, uuid, &inner);
+        let conf = debugfs(&inner, "cat /etc/azaion/device.conf");
+        assert_eq!(password_in(&conf), pw, "{slot}");
+        assert_eq!(
+            debugfs_stat(&inner, "/etc/azaion/device.conf"),
+            (0o600, 1001, 1001)
+        );
+        let fstab = debugfs(&inner, "cat /etc/fstab");
+        let boot_uuid = fs::read_to_string(bl.join(format!("l4t-bootpart-uuid.txt{b}"))).unwrap();
+        assert!(fstab.contains("/dev/mapper/crypt_root / ext4"), "{fstab}");
+        assert!(
+            fstab.contains(&format!("PARTUUID={} /boot", boot_uuid.trim())),
+            "{fstab}"
+        );
+        assert_eq!(
+            fstab.contains("/dev/mapper/crypt_root_other"),
+            ab,
+            "{fstab}"
+        );
+        let extlinux =
+            fs::read_to_string(device.join(format!("internal-{boot}/boot/extlinux/extlinux.conf")))
+                .unwrap();
+        assert!(
+            extlinux.contains(&format!("root=UUID={uuid}")),
+            "{extlinux}"
+        );
+    }
+    let now: Vec<_> = slots.iter().map(|s| sha256(&images.join(s.1))).collect();
+    assert_eq!(now, pristine);
+    assert_eq!(holding(&pw, &[&l4t]), Vec::<String>::new());
+    // The flash fails: the containers from --prepare are back all the same.
+    run_env.push(("L4T_STANDIN_FAIL", "1"));
+    let o = initrd_station(
+        &l4t,
+        &device,
+        &server,
+        &run_env,
+        &["AZJN-0043", BOARD, "internal"],
+    );
+    assert!(!o.status.success());
+    let now: Vec<_> = slots.iter().map(|s| sha256(&images.join(s.1))).collect();
+    assert_eq!(now, pristine, "also when flashing fails");
+    let pw = server.password_of(&email_of("AZJN-0043")).unwrap();
+    assert_eq!(holding(&pw, &[&l4t]), Vec::<String>::new());
+}
+
+#[test]
+fn l4t_initrd_station_enc_builds_each_devices_container() {
+    initrd_station_enc(false);
+}
+
+#[test]
+fn l4t_initrd_station_enc_ab_builds_both_slots_containers() {
+    initrd_station_enc(true);
 }
 
 /// Initrd flash with ROOTFS_AB=1: flash.cfg names APP=system.img and

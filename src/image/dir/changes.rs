@@ -138,7 +138,7 @@ fn remove_tree(dir: BorrowedFd, name: &str, host: &Path, depth: usize) -> Result
     }
     let sub = handle::open_dir_at(dir, name).map_err(io_err("open", host))?;
     for child in handle::names_in(sub.as_fd()).map_err(io_err("list", host))? {
-        let child_host = host.join(&child);
+        let child_host = host.join(handle::os_name(&child));
         match handle::stat_at(sub.as_fd(), &child).map_err(io_err("inspect", &child_host))? {
             Some(st) if st.kind == EntryType::Dir => {
                 remove_tree(sub.as_fd(), &child, &child_host, depth + 1)?

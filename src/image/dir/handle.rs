@@ -350,9 +350,10 @@ pub(super) fn names_in(dir: BorrowedFd) -> io::Result<Vec<String>> {
     let mut names = Vec::new();
     while let Some(entry) = stream.read() {
         let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name != "." && name != ".." {
-            names.push(name);
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            // Names are bytes in any charset; carried losslessly.
+            names.push(crate::plan::name::from_bytes(name).into_owned());
         }
     }
     Ok(names)
@@ -362,11 +363,21 @@ pub(super) fn names_in(dir: BorrowedFd) -> io::Result<Vec<String>> {
 pub(super) fn read_link_at(dir: BorrowedFd, name: &str) -> io::Result<String> {
     let name = c_name(name)?;
     let target = rustix::fs::readlinkat(dir, &name, Vec::new())?;
-    Ok(String::from_utf8_lossy(target.as_bytes()).into_owned())
+    Ok(crate::plan::name::from_bytes(target.as_bytes()).into_owned())
 }
 
+/// A name (or relative path) for a host path (messages, cleanup): the
+/// bytes it was read as (`plan::name`).
+pub(super) fn os_name(name: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    std::ffi::OsString::from_vec(crate::plan::name::to_bytes(name).into_owned())
+}
+
+/// A name (or relative path) for the kernel: the bytes it was read as
+/// (`plan::name`).
 fn c_name(name: &str) -> io::Result<CString> {
-    CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    CString::new(crate::plan::name::to_bytes(name).into_owned())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::path::Path;
 use super::handle::{self, Stat};
 use super::{io_err, DirError, DirReader, Located, StagingDir};
 use crate::image::{EntryType, FileMeta, ImageError, Inspect, Listed};
-use crate::plan::ImagePath;
+use crate::plan::{name, ImagePath};
 
 /// How deep `ls -R` goes.
 const MAX_DEPTH: usize = 256;
@@ -50,14 +50,15 @@ fn list_into(
     out: &mut Vec<Listed>,
 ) -> Result<(), DirError> {
     let mut names = handle::names_in(dir).map_err(io_err("list", host))?;
-    names.sort();
+    // Sorted by their bytes, as `ls` in the C locale sorts.
+    names.sort_by(|a, b| name::to_bytes(a).cmp(&name::to_bytes(b)));
     for name in names {
         let path = if prefix.is_empty() {
             name.clone()
         } else {
             format!("{prefix}/{name}")
         };
-        let child_host = host.join(&name);
+        let child_host = host.join(handle::os_name(&name));
         // Gone since the directory was read: not listed.
         let Some(meta) = entry_meta(dir, &name, &child_host)? else {
             continue;

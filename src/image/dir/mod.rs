@@ -106,7 +106,7 @@ struct Located {
 
 impl Located {
     fn host(&self) -> PathBuf {
-        self.parent_path.join(&self.name)
+        self.parent_path.join(handle::os_name(&self.name))
     }
 }
 
@@ -126,7 +126,7 @@ impl StagingDir {
     /// and signal cleanup (never for acting on the tree).
     fn host(&self, parts: &[String]) -> PathBuf {
         let mut p = self.root.clone();
-        p.extend(parts);
+        p.extend(parts.iter().map(|part| handle::os_name(part)));
         p
     }
 
@@ -168,6 +168,24 @@ impl StagingDir {
             name,
             stat,
         }))
+    }
+
+    /// The target of the symlink at `path` (its parents resolved, so
+    /// none of them is a link), if one is there.
+    fn symlink_at(&self, path: &ImagePath) -> Result<Option<String>, ImageError> {
+        let found = match self.locate(path) {
+            Ok(Some(found)) => found,
+            // A parent that is a file: no link; the plan's checks say what.
+            Ok(None) | Err(DirError::NotDirectory { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if found.stat.map(|s| s.kind) != Some(EntryType::Symlink) {
+            return Ok(None);
+        }
+        let host = found.parent_path.join(&found.name);
+        let target = handle::read_link_at(found.parent.as_fd(), &found.name)
+            .map_err(io_err("read the symlink", &host))?;
+        Ok(Some(target))
     }
 
     /// Like [`locate`](Self::locate), for writing: a parent that is absent
@@ -237,10 +255,17 @@ impl StagingDir {
     /// beside their final names. Nothing is visible under a final name until
     /// [`Staged::commit`].
     pub fn stage(&self, plan: &Plan) -> Result<Staged, ImageError> {
-        plan.check_existing(|p| {
+        let existing = |p: &ImagePath| {
             let found = self.locate(p)?;
             Ok::<_, ImageError>(found.and_then(|f| f.stat).map(|s| existing(&s)))
-        })?;
+        };
+        // Symlinks in the tree resolve as in a chroot at its root, as the
+        // image formats do; the entries are then written to the resolved
+        // paths by the same walk as always, which refuses any symlink on
+        // the way: a link swapped in after this check is refused, never
+        // followed.
+        let plan = &plan.follow_links(|p| self.symlink_at(p))?.check(existing)?;
+        plan.check_existing(existing)?;
         let mut staged = Staged {
             files: Vec::new(),
             removals: Vec::new(),

@@ -38,7 +38,7 @@ pub(crate) fn open_filesystem(volume: Box<dyn Volume>) -> Result<Filesystem, Ima
 /// want of space) and returns the changed blocks as they arrive at the
 /// base.
 pub(crate) fn edit(fs: &Filesystem, plan: &Plan) -> Result<Changes, ImageError> {
-    fs.preflight(plan)?;
+    let plan = &fs.preflight(plan)?;
     let sb = fs.superblock();
     let volume = fs.device();
     // A transforming layer turns whole sectors back; the filesystem's

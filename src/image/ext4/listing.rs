@@ -10,7 +10,7 @@ use super::reader::{FsReader, Inode};
 use super::{CorruptKind, Ext4Error, Ext4Inspector};
 use crate::image::{EntryType, FileMeta, ImageError, Listed};
 use crate::io::read_at::ReadAt;
-use crate::plan::ImagePath;
+use crate::plan::{name, ImagePath};
 
 /// How deep `ls -R` goes. A real tree can be deeper than a path the
 /// kernel resolves in one call (4096 bytes, so ~2048 levels); loops are
@@ -34,14 +34,16 @@ impl<R: ReadAt> FsReader<R> {
             }
             .into());
         }
-        let mut children: Vec<(String, u32)> = self
+        let mut children: Vec<(Vec<u8>, u32)> = self
             .dir_entries(dir)?
             .into_iter()
             .filter(|(name, ino)| *ino != 0 && name != b"." && name != b"..")
-            .map(|(name, ino)| (String::from_utf8_lossy(&name).into_owned(), ino))
             .collect();
+        // Sorted by their bytes, as `ls` in the C locale sorts.
         children.sort();
         for (name, ino) in children {
+            // Names are bytes in any charset; carried losslessly.
+            let name = name::from_bytes(&name).into_owned();
             let inode = self.inode(ino)?;
             let path = if prefix.is_empty() {
                 name

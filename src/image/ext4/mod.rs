@@ -254,10 +254,28 @@ impl<R: ReadAt> Ext4Inspector<R> {
         })
     }
 
-    /// Everything that can be checked before a byte is written.
-    pub(crate) fn preflight(&self, plan: &Plan) -> Result<(), ImageError> {
+    /// The target of the symlink at `path` (its parents resolved), if a
+    /// symlink is there.
+    fn symlink_at(&self, path: &ImagePath) -> Result<Option<String>, Ext4Error> {
+        match self.fs.resolve(path.components())? {
+            Some((_, inode)) if inode.kind() == super::EntryType::Symlink => {
+                Ok(self.fs.meta(&inode)?.target)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Everything that can be checked before a byte is written; gives the
+    /// plan with its paths resolved through the image's symlinks (see
+    /// [`Plan::follow_links`]), the one to write.
+    pub(crate) fn preflight(&self, plan: &Plan) -> Result<Plan, ImageError> {
         self.check_writable()?;
-        plan.check_existing(|p| self.existing(p).map_err(ImageError::from))
+        let existing = |p: &ImagePath| self.existing(p).map_err(ImageError::from);
+        let plan = plan
+            .follow_links(|p| self.symlink_at(p).map_err(ImageError::from))?
+            .check(existing)?;
+        plan.check_existing(existing)?;
+        Ok(plan)
     }
 }
 

@@ -459,7 +459,7 @@ impl<R: ReadAt> FsReader<R> {
 
     /// Finds `name` in directory `dir`.
     pub(crate) fn find_in_dir(&self, dir: &Inode, name: &str) -> Result<Option<u32>, Ext4Error> {
-        let name = name.as_bytes();
+        let name = &*crate::plan::name::to_bytes(name);
         let folds =
             self.sb.incompat & feature::INCOMPAT_CASEFOLD != 0 && dir.flags & CASEFOLD_FL != 0;
         Ok(self
@@ -508,7 +508,7 @@ impl<R: ReadAt> FsReader<R> {
     pub(crate) fn meta(&self, inode: &Inode) -> Result<FileMeta, Ext4Error> {
         let target = if inode.kind() == EntryType::Symlink {
             let bytes = self.read_content(inode, MAX_TARGET)?;
-            Some(String::from_utf8_lossy(&bytes).into_owned())
+            Some(crate::plan::name::from_bytes(&bytes).into_owned())
         } else {
             None
         };
@@ -594,7 +594,7 @@ impl<R: ReadAt> FsReader<R> {
                 return Ok(None);
             }
             let target = self.read_content(&inode, MAX_TARGET)?;
-            let target = String::from_utf8_lossy(&target).into_owned();
+            let target = crate::plan::name::from_bytes(&target).into_owned();
             if target.is_empty() {
                 return Ok(None);
             }

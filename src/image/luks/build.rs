@@ -35,12 +35,25 @@ pub(crate) struct LuksBuild {
     /// The container's UUID: the one flash.sh puts on the kernel command
     /// line and in the initrd's crypttab (bootloader/l4t-rootfs-uuid.txt_enc).
     pub(crate) uuid: String,
+    /// With several inputs (one device's rootfs slots: L4T's APP_ENC and
+    /// APP_ENC_b), each input's UUID in input order; empty: `uuid` only.
+    pub(crate) per_input: Vec<String>,
     /// The data segment's sector size: 512 (cryptsetup on a loop device,
     /// as flash.sh runs it) or 4096.
     pub(crate) sector_size: u64,
 }
 
 impl LuksBuild {
+    /// What input `index` of the run is built with: its own UUID when
+    /// one was given per input.
+    pub(crate) fn for_input(&self, index: usize) -> LuksBuild {
+        LuksBuild {
+            uuid: self.per_input.get(index).unwrap_or(&self.uuid).clone(),
+            per_input: Vec::new(),
+            sector_size: self.sector_size,
+        }
+    }
+
     /// Whether `uuid` is a UUID as flash.sh takes it.
     pub(crate) fn is_uuid(uuid: &str) -> bool {
         format::is_uuid(uuid)

@@ -11,6 +11,7 @@ use super::sparse::{PaxSparse, Sparse};
 use super::{TarError, BLOCK};
 use crate::image::{EntryType, FileMeta};
 use crate::plan::model::Special;
+use crate::plan::name;
 
 /// How the archive writes its headers; new entries follow the same style.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,9 +164,21 @@ fn normalise(raw: &str) -> String {
     p.trim_start_matches('/').trim_end_matches('/').to_string()
 }
 
+/// A text field up to its NUL: an owner name (as UTF-8, for the host's
+/// user database).
 fn field_str(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(till_nul(bytes)).into_owned()
+}
+
+/// A name field up to its NUL (a path, a link target, a GNU long name):
+/// its bytes, whatever the charset, carried losslessly (`plan::name`).
+fn field_name(bytes: &[u8]) -> String {
+    name::from_bytes(till_nul(bytes)).into_owned()
+}
+
+fn till_nul(bytes: &[u8]) -> &[u8] {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    &bytes[..end]
 }
 
 /// Parses a numeric field: octal text, or GNU base-256 when the top bit of
@@ -335,7 +348,11 @@ where
 impl PaxOverrides {
     /// Takes in one record; a later record of the same key wins.
     fn set(&mut self, key: &str, raw: &[u8]) -> Result<(), BadHeader> {
-        let value = String::from_utf8_lossy(raw).into_owned();
+        // Pax says UTF-8, but libarchive writes names it cannot convert
+        // as raw bytes under `hdrcharset=BINARY`, and GNU tar writes what
+        // the file system gave it: names are kept as bytes. Owner names
+        // go to the host's user database as UTF-8.
+        let value = name::from_bytes(raw).into_owned();
         match key {
             "path" => self.path = Some(value),
             "linkpath" => self.linkpath = Some(value),
@@ -353,8 +370,8 @@ impl PaxOverrides {
                 let seconds = value.split('.').next().unwrap_or_default();
                 self.mtime = Some(pax_number(seconds, "pax mtime")?);
             }
-            "uname" => self.uname = Some(value),
-            "gname" => self.gname = Some(value),
+            "uname" => self.uname = Some(String::from_utf8_lossy(raw).into_owned()),
+            "gname" => self.gname = Some(String::from_utf8_lossy(raw).into_owned()),
             _ => self.sparse.set(key, &value),
         }
         self.records.retain(|(k, _)| k != key);
@@ -396,8 +413,8 @@ impl Extensions {
                     self.global.set(&key, &value)?;
                 }
             }
-            b'L' => self.long_name = Some(field_str(data)),
-            b'K' => self.long_link = Some(field_str(data)),
+            b'L' => self.long_name = Some(field_name(data)),
+            b'K' => self.long_link = Some(field_name(data)),
             _ => {}
         }
         Ok(())
@@ -442,9 +459,9 @@ pub(super) fn parse_entry(
     } else if let Some(l) = ext.long_name.take() {
         l
     } else {
-        let name = field_str(&block[0..100]);
+        let name = field_name(&block[0..100]);
         let prefix = if &block[257..263] == b"ustar\0" {
-            field_str(&block[345..500])
+            field_name(&block[345..500])
         } else {
             String::new()
         };
@@ -458,7 +475,7 @@ pub(super) fn parse_entry(
         .linkpath
         .clone()
         .or(long_link)
-        .unwrap_or_else(|| field_str(&block[157..257]));
+        .unwrap_or_else(|| field_name(&block[157..257]));
     let mode: u64 = number(block, 100..108, "mode")?;
     // An entry's own record, else a global one, else the header field: the
     // order GNU tar applies them in.
@@ -539,7 +556,7 @@ const OCTAL_ID_MAX: u64 = 0o7777777;
 
 /// A GNU long name (`L`) or long link (`K`) header and its data.
 fn gnu_long(out: &mut Vec<u8>, typeflag: ::tar::EntryType, text: &str) {
-    let mut long = text.as_bytes().to_vec();
+    let mut long = name::to_bytes(text).into_owned();
     long.push(0);
     let link_meta = FileMeta {
         kind: EntryType::Other,
@@ -581,10 +598,16 @@ pub(super) fn encode_entry(style: HeaderStyle, entry: &NewEntry) -> Zeroizing<Ve
     let mut records = Vec::new();
     if !gnu {
         if short.is_empty() {
-            records.extend(pax::encode_record("path", name.as_bytes()));
+            records.extend(pax::encode_record(
+                "path",
+                &crate::plan::name::to_bytes(name),
+            ));
         }
         if linkname.len() > 100 {
-            records.extend(pax::encode_record("linkpath", linkname.as_bytes()));
+            records.extend(pax::encode_record(
+                "linkpath",
+                &crate::plan::name::to_bytes(linkname),
+            ));
         }
         if meta.uid as u64 > OCTAL_ID_MAX {
             records.extend(pax::encode_record("uid", meta.uid.to_string().as_bytes()));
@@ -723,8 +746,10 @@ fn header_block(
     block
 }
 
+/// A text field: a name goes back to the bytes it was read as
+/// (`plan::name`).
 fn put_str(field: &mut [u8], value: &str) {
-    let bytes = value.as_bytes();
+    let bytes = name::to_bytes(value);
     let n = bytes.len().min(field.len());
     field[..n].copy_from_slice(&bytes[..n]);
 }

@@ -405,7 +405,16 @@ impl ImageBackend for TarBackend {
     }
 
     fn apply(&mut self, plans: &[Plan], out: &mut TempOutput) -> Result<(), ImageError> {
-        let plan = super::single(plans);
+        // Paths resolve through the archive's symlinks (the scan keeps
+        // them all); the entries are written under the resolved paths
+        // (`usr/etc/azaion/device.conf` for `etc -> usr/etc`): bsdtar
+        // refuses to extract through a symlink, and GNU tar follows an
+        // absolute one (`etc -> /usr/etc`) out of the extraction directory.
+        self.scan()?;
+        let scan = self.scan.as_ref().expect("scanned above");
+        let lookup = |p: &ImagePath| Ok::<_, ImageError>(scan.symlinks.get(&p.relative()).cloned());
+        let linked = super::single(plans).follow_links(lookup)?;
+        let plan = linked.plan();
         let missing: Vec<ImagePath> = plan
             .entries
             .iter()
@@ -420,6 +429,8 @@ impl ImageBackend for TarBackend {
             self.scan = None;
         }
         self.scan()?;
+        let scan = self.scan.as_ref().expect("scanned above");
+        let plan = &linked.check(|p| Ok::<_, ImageError>(scan.existing(&p.relative())))?;
         let mut tries = 0;
         let pieces = loop {
             let scan = self.scan.as_ref().expect("scanned above");

@@ -41,16 +41,28 @@
 #   role and partition are reproduced. The UUID files it uses:
 #   l4t-bootpart-uuid.txt for APP, l4t-rootfs-uuid.txt_enc for the
 #   container (cited where they are read below).
-# - With ROOTFS_ENC=1 and -r, the container flashed must be what the
+# - With ROOTFS_ENC=1 and ROOTFS_AB=1 (flash.sh:1277-1285, 2666-2676,
+#   2711-2716, 3392-3401): slot B is APP_b (system_boot.img_b, booting
+#   root=UUID=<l4t-rootfs-uuid.txt_b_enc>, the _b UUID rootuuid_restore
+#   "_enc" reads, flash.sh:1053-1056, 2407) and APP_ENC_b
+#   (system_root_encrypted.img_b, a second container under that UUID,
+#   whose passphrase has it as context: build_enc_root_fsimg's
+#   `-c '${__rootfsuuid}'`, helper.func:546-548, called with
+#   rootfsuuid_b_enc at flash.sh:1280-1283); APP_b's unique_guid is
+#   l4t-bootpart-uuid.txt_b (APPUUID_b -> bootpartuuid_b, flash.sh:3399).
+# - With ROOTFS_ENC=1 and -r, each container flashed must be what the
 #   device boots: checked with cryptsetup against
-#   L4T_STANDIN_PASSPHRASE_FILE (the device's passphrase).
+#   L4T_STANDIN_PASSPHRASE_FILE (slot A's passphrase) and, with
+#   ROOTFS_AB=1, L4T_STANDIN_PASSPHRASE_FILE_B (slot B's).
 # - bootloader/flash.xml: the layout with its placeholders substituted,
 #   APPUUID_b before APPUUID, APPFILE -> system.img (so APPFILE_b becomes
 #   system.img_b) (APP_TAG, flash.sh:3360-3445; written by `sed
 #   ${CFGCONV} > ${localcfgfile}` in bootloader/, flash.sh:2443, 3546-3550,
 #   3614). The partitions and file names come from NVIDIA's layouts
 #   (bootloader/t186ref/cfg/flash_t194_sdmmc_rootfs_ab.xml:234-257,
-#   flash_t194_sdmmc_enc_rfs.xml:234-257).
+#   flash_t194_sdmmc_enc_rfs.xml:234-257,
+#   flash_t194_sdmmc_enc_rootfs_ab.xml:234-283; p2972-0000.conf.common:
+#   261-265 picks the last for ROOTFS_AB=1 with ROOTFS_ENC=1).
 # - Flashing writes each APP* partition of flash.xml with the file it names
 #   from bootloader/ ($DEVICE/<NAME>.img, unsparsed) and its unique_guid
 #   ($DEVICE/<NAME>.partuuid).
@@ -97,12 +109,11 @@ default_layout() {
         partition APP APPFILE APPUUID
         [ "$rootfs_ab" = 1 ] && partition APP_b APPFILE_b APPUUID_b
     else
+        # In NVIDIA's order (flash_t194_sdmmc_enc_rootfs_ab.xml:234-283).
         partition APP system_boot.img APPUUID
+        [ "$rootfs_ab" = 1 ] && partition APP_b system_boot.img_b APPUUID_b
         partition APP_ENC system_root_encrypted.img APP_ENC_UUID
-        if [ "$rootfs_ab" = 1 ]; then
-            partition APP_b system_boot.img_b APPUUID_b
-            partition APP_ENC_b system_root_encrypted.img_b APP_ENC_UUID_b
-        fi
+        [ "$rootfs_ab" = 1 ] && partition APP_ENC_b system_root_encrypted.img_b APP_ENC_UUID_b
     fi
     echo '    </device>'
     echo '</partition_layout>'
@@ -125,10 +136,18 @@ uuid_b=""
 # (flash.sh:3403), and the LUKS container's UUID, which the kernel command
 # line boots as root=UUID= (flash.sh:2405-2412), is l4t-rootfs-uuid.txt_enc
 # (rootuuid_restore "_enc", flash.sh:2406).
-boot_uuid="$uuid" enc_uuid=""
+# With ROOTFS_AB=1 each has its _b twin (bootpartuuid_restore and
+# rootuuid_restore read "_b" too: helper.func:93-99, flash.sh:1053-1056):
+# l4t-bootpart-uuid.txt_b for APP_b, l4t-rootfs-uuid.txt_b_enc for the
+# slot-B container.
+boot_uuid="$uuid" enc_uuid="" boot_uuid_b="$uuid_b" enc_uuid_b=""
 if [ "$disk_enc" = 1 ]; then
     boot_uuid=$(root_uuid "" bootloader/l4t-bootpart-uuid.txt)
     enc_uuid=$(root_uuid _enc)
+    if [ "$rootfs_ab" = 1 ]; then
+        boot_uuid_b=$(root_uuid _b bootloader/l4t-bootpart-uuid.txt)
+        enc_uuid_b=$(root_uuid _b_enc)
+    fi
 fi
 
 # flash.xml, substituted in bootloader/.
@@ -136,7 +155,7 @@ if [ -n "$layout" ]; then
     cat "$layout"
 else
     default_layout
-fi | sed -e "s/APPUUID_b/$uuid_b/" -e "s/APPUUID/$boot_uuid/" \
+fi | sed -e "s/APPUUID_b/$boot_uuid_b/" -e "s/APPUUID/$boot_uuid/" \
     -e "s/APP_ENC_UUID_b/$uuid_b/" -e "s/APP_ENC_UUID/$uuid/" \
     -e "s/APPFILE/system.img/" > bootloader/flash.xml
 
@@ -148,10 +167,9 @@ app_partitions() {
          /<\/partition>/{ if (n ~ /^APP/ && f != "") print n, f, (u == "" ? "-" : u) }' bootloader/flash.xml
 }
 
-extlinux() { # UUID: rootfs/boot/extlinux/extlinux.conf boots it
+extlinux() { # ROOT: rootfs/boot/extlinux/extlinux.conf boots root=ROOT
     mkdir -p rootfs/boot/extlinux
-    local root="PARTUUID=$1"
-    [ "$disk_enc" = 0 ] || root="UUID=$enc_uuid"
+    local root=$1
     printf 'LABEL primary\n      LINUX /boot/Image\n      APPEND ${cbootargs} root=%s rw rootwait\n' \
         "$root" > rootfs/boot/extlinux/extlinux.conf
 }
@@ -190,21 +208,25 @@ if [ "$reuse" = 1 ]; then
         # this chip's passphrase (from its EKB key and ECID);
         # L4T_STANDIN_PASSPHRASE_FILE holds it, derived by the tests.
         while read -r name file _; do
-            case "$name" in APP_ENC*) ;; *) continue ;; esac
+            case "$name" in
+                APP_ENC) want=$enc_uuid pass=${L4T_STANDIN_PASSPHRASE_FILE:?} ;;
+                APP_ENC_b) want=$enc_uuid_b pass=${L4T_STANDIN_PASSPHRASE_FILE_B:?} ;;
+                *) continue ;;
+            esac
             enc=bootloader/$file
             if [ "$(head -c4 "$enc" | od -An -tx1 | tr -d ' \n')" = 3aff26ed ]; then
                 simg2img "$enc" "$enc.standin-raw"
                 enc=$enc.standin-raw
             fi
             got=$(cryptsetup luksUUID "$enc" 2> /dev/null) || got=""
-            if [ "$got" != "$enc_uuid" ]; then
+            if [ "$got" != "$want" ]; then
                 rm -f "bootloader/$file.standin-raw"
-                echo "flash.sh stand-in: bootloader/$file is not a LUKS container with UUID $enc_uuid (l4t-rootfs-uuid.txt_enc): the device would not find its root" >&2
+                echo "flash.sh stand-in: bootloader/$file ($name) is not a LUKS container with UUID $want (l4t-rootfs-uuid.txt${name#APP_ENC}_enc): the device would not find its root" >&2
                 exit 1
             fi
-            if ! cryptsetup open --test-passphrase --key-file "${L4T_STANDIN_PASSPHRASE_FILE:?}" "$enc"; then
+            if ! cryptsetup open --test-passphrase --key-file "$pass" "$enc"; then
                 rm -f "bootloader/$file.standin-raw"
-                echo "flash.sh stand-in: bootloader/$file does not open with this device's passphrase: the device would not boot" >&2
+                echo "flash.sh stand-in: bootloader/$file ($name) does not open with this device's passphrase: the device would not boot" >&2
                 exit 1
             fi
             rm -f "bootloader/$file.standin-raw"
@@ -217,14 +239,16 @@ else
         # Only the files flash.sh builds; a layout naming another file
         # for APP gets that file flashed as it is.
         case "$name:$disk_enc:$file" in
-            APP:0:system.img) extlinux "$uuid"; fsimg "$file" all ;;
-            APP_b:0:system.img_b) extlinux "$uuid_b"; fsimg "$file" all ;;
-            APP:1:system_boot.img) extlinux "$uuid"; fsimg "$file" boot ;;
-            APP_b:1:system_boot.img_b) extlinux "$uuid_b"; fsimg "$file" boot ;;
+            APP:0:system.img) extlinux "PARTUUID=$uuid"; fsimg "$file" all ;;
+            APP_b:0:system.img_b) extlinux "PARTUUID=$uuid_b"; fsimg "$file" all ;;
+            # root=UUID= of the container (flash.sh:2405-2412), slot B's
+            # with the _b_enc UUID in its place (cmdline_b, :2711-2716).
+            APP:1:system_boot.img) extlinux "UUID=$enc_uuid"; fsimg "$file" boot ;;
+            APP_b:1:system_boot.img_b) extlinux "UUID=$enc_uuid_b"; fsimg "$file" boot ;;
             APP_ENC:1:system_root_encrypted.img*|APP_ENC_b:1:system_root_encrypted.img*) fsimg "$file" root ;;
         esac
     done < <(app_partitions)
-    extlinux "$uuid"
+    if [ "$disk_enc" = 1 ]; then extlinux "UUID=$enc_uuid"; else extlinux "PARTUUID=$uuid"; fi
 fi
 [ "$no_flash" = 1 ] && { echo "*** no-flash flag enabled. Exiting now... ***"; exit 0; }
 device=${L4T_STANDIN_DEVICE:?}

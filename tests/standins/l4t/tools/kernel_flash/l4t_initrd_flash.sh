@@ -23,8 +23,11 @@
 #     plus FILE.sha1sum (`sha1sum | cut -f 1 -d ' '`, the digest alone,
 #     :350-351) and the line NAME${ext}=FILE in flash.cfg (:353-355), ext
 #     being _ext for the external device (:290-296);
-#   - any other partition (APP_ENC: system_root_encrypted.img, ...): the
-#     file copied as it is (:364-389);
+#   - any other partition (APP_ENC: system_root_encrypted.img, and
+#     APP_ENC_b: system_root_encrypted.img_b with ROOTFS_AB=1, ...): the
+#     file copied as it is (:364-389); its flash.idx line gives the
+#     partition (field 2), start (3), file (5) and file size (6), as
+#     do_write_storage reads it (l4t_flash_from_kernel.sh:736-742);
 #   then external_device= and CHIPID= in flash.cfg (:392-395).
 # --flash-only: l4t_flash_from_kernel.sh sources images/{internal,external}/
 #   flash.cfg (:1266-1271); APP and APP_b are written by do_write_APP
@@ -32,8 +35,17 @@
 #   .sha1sum must exist (:857-872), a tar is extracted with --xattrs
 #   --numeric-owner (:891-910), anything else written as an image; the
 #   other partitions of flash.idx get their files (do_write_storage,
-#   :722-810). Here a partition is DEVICE/<loc>-<NAME>/ (an extracted tar)
-#   or DEVICE/<loc>-<NAME>.img.
+#   :722-810, flash_partition :443-520): a sparse image through simg2img
+#   (:464-472), anything else as the flash.idx size (field 6) of its
+#   bytes (:512-520), no digest checked (VERIFY_WRITE=0, :1194). Here a
+#   partition is DEVICE/<loc>-<NAME>/ (an extracted tar) or
+#   DEVICE/<loc>-<NAME>.img.
+# ROOTFS_ENC=1 (the environment flash.sh reads; README_initrd_flash.txt
+#   Workflow 10, Workflow 11 examples 3-4): flash.sh builds system_boot.img
+#   (APP, packaged as above) and the container system_root_encrypted.img
+#   for the ECID of the device in recovery mode (see ../../flash.sh), and
+#   the container is an "other partition": copied at --no-flash, written
+#   at --flash-only.
 # Devices: L4T_STANDIN_RCM lists the USB paths of the Jetsons in recovery
 #   mode (default "1-1"; fill_devpaths, l4t_initrd_flash.sh:59-121, keeps
 #   only the one --usb-instance names, :108). Without --massflash one
@@ -82,7 +94,9 @@ package() { # LOCATION EXT
     mkdir -p "$dest"
     rm -f "$dest/flash.cfg" "$dest/flash.idx"
     while read -r name file; do
-        echo "$i, 3:0:$name, 1048576, 33554432, $file, 1, 0" >> "$dest/flash.idx"
+        local size=0
+        [ -f "$bl/$file" ] && size=$(stat -c %s "$bl/$file")
+        echo "$i, 3:0:$name, 1048576, 33554432, $file, $size, 0" >> "$dest/flash.idx"
         i=$((i + 1))
         case "$name" in
             APP|APP_b) ;;
@@ -150,10 +164,11 @@ flash_device() { # DEVICE_DIR
         [ "$loc" = external ] && ext=_ext
         # shellcheck disable=SC1090
         source "$cfg"
-        while read -r _ part _ _ file _; do
+        while read -r _ part _ _ file size _; do
             name=${part##*:}
             name=${name%,}
             file=${file%,}
+            size=${size%,}
             case "$name" in
                 APP|APP_b)
                     var=$name$ext
@@ -167,7 +182,11 @@ flash_device() { # DEVICE_DIR
                     write_app "$image" "$device/$loc-$var"
                     flashed=$((flashed + 1)) ;;
                 *)
-                    cp "$images/$loc/$file" "$device/$loc-$name.img" ;;
+                    if [ "$(head -c4 "$images/$loc/$file" | od -An -tx1 | tr -d ' \n')" = 3aff26ed ]; then
+                        simg2img "$images/$loc/$file" "$device/$loc-$name.img"
+                    else
+                        head -c "$size" "$images/$loc/$file" > "$device/$loc-$name.img"
+                    fi ;;
             esac
         done < "$images/$loc/flash.idx"
         unset APP APP_b APP_ext APP_b_ext

@@ -1,425 +1,20 @@
-//! xz read with the block layout its own index records, and rewritten by
-//! keeping the blocks before the first change.
-//!
-//! An xz file is one or more streams (with zero padding in 4-byte units
-//! between and after them). A stream is a 12-byte header (magic, flags
-//! naming the check, CRC32), blocks, an index listing each block's
-//! unpadded and uncompressed size, and a 12-byte footer pointing back at
-//! the index. Blocks are independent of each other: `xz -T`, `pixz -t` and Yocto
-//! write many, plain `xz` one. So the layout of the whole file comes from
-//! the footers and indexes at its end without decoding anything, every
-//! block start is a boundary, and a rewrite keeps the input's bytes before
-//! the block that holds the first change and writes new blocks (of the
-//! input's block size, with its filters and check) after them, then an
-//! index covering the kept and the new blocks, and a footer. Streams after
-//! the one holding the boundary are part of the rewritten tail.
+//! Keeping the blocks before the one that holds the first change and
+//! writing new blocks like them after it (`xz -T`, pixz, Yocto).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
 
 use liblzma::stream::{Check, Filters, LzmaOptions, MtStreamBuilder};
 
-use super::invalid_data;
-
-pub(crate) const MAGIC: [u8; 6] = [0xfd, b'7', b'z', b'X', b'Z', 0x00];
-const FOOTER_MAGIC: [u8; 2] = *b"YZ";
-/// More blocks than this and the layout is not kept (a hostile index
-/// could otherwise ask for gigabytes); the file is still decoded.
-const MAX_BLOCKS: usize = 1 << 20;
-/// The LZMA2 filter id, and the BCJ/delta filters the output may repeat.
-const LZMA2: u64 = 0x21;
-
-/// Bytes of the check with this id (the xz format's table).
-fn check_len(id: u8) -> u64 {
-    match id {
-        0 => 0,
-        1..=3 => 4,
-        4..=6 => 8,
-        7..=9 => 16,
-        10..=12 => 32,
-        _ => 64,
-    }
-}
-
-/// The check type named in a stream header's flags (second byte), as
-/// liblzma takes it; None for ids liblzma does not write.
-fn check_of(flags: [u8; 2]) -> Option<Check> {
-    match flags[1] & 0x0f {
-        0 => Some(Check::None),
-        1 => Some(Check::Crc32),
-        4 => Some(Check::Crc64),
-        10 => Some(Check::Sha256),
-        _ => None,
-    }
-}
-
-/// The check the first stream of `file` uses, for an output that keeps
-/// it (CRC64, xz's default, if the header cannot be read).
-pub(crate) fn input_check(file: &File) -> Check {
-    let mut head = [0u8; 12];
-    if file.read_exact_at(&mut head, 0).is_err() || head[..6] != MAGIC {
-        return Check::Crc64;
-    }
-    check_of([head[6], head[7]]).unwrap_or(Check::Crc64)
-}
-
-/// An xz variable-length integer at `at`, which it moves past it.
-pub(crate) fn vli(bytes: &[u8], at: &mut usize) -> Option<u64> {
-    let mut value = 0u64;
-    for i in 0..9 {
-        let b = *bytes.get(*at)?;
-        *at += 1;
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return (i == 0 || b != 0).then_some(value);
-        }
-    }
-    None
-}
-
-fn put_vli(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-/// One index record: a block's unpadded and uncompressed size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Record {
-    pub(crate) unpadded: u64,
-    pub(crate) uncompressed: u64,
-}
-
-impl Record {
-    /// The block's bytes in the file, with its padding.
-    fn padded(&self) -> u64 {
-        self.unpadded.div_ceil(4) * 4
-    }
-}
-
-/// One stream of a file, as its footer and index describe it.
-#[derive(Debug, Clone)]
-pub(crate) struct StreamLayout {
-    /// File offset of its header.
-    pub(crate) start: u64,
-    /// File offset just past its footer.
-    pub(crate) end: u64,
-    pub(crate) flags: [u8; 2],
-    /// Uncompressed bytes in the streams before it.
-    pub(crate) out: u64,
-    pub(crate) records: Vec<Record>,
-}
-
-impl StreamLayout {
-    /// Each block's file offset and uncompressed offset (in the file).
-    fn blocks(&self) -> impl Iterator<Item = (u64, u64, &Record)> {
-        let (mut at, mut out) = (self.start + 12, self.out);
-        self.records.iter().map(move |r| {
-            let here = (at, out, r);
-            at += r.padded();
-            out += r.uncompressed;
-            here
-        })
-    }
-
-    fn uncompressed(&self) -> u64 {
-        self.records.iter().map(|r| r.uncompressed).sum()
-    }
-}
-
-/// Reads the layout of every stream of a file of `len` bytes from its
-/// footers and indexes; None when the file is not a well-formed xz file
-/// (the decoder then says what is wrong) or lists too many blocks.
-pub(crate) fn layout(file: &File, len: u64) -> io::Result<Option<Vec<StreamLayout>>> {
-    let mut streams = Vec::new();
-    let mut pos = len;
-    let mut blocks = 0usize;
-    loop {
-        // Stream padding: zeros in 4-byte units before the end or the
-        // next stream.
-        while pos >= 4 {
-            let mut w = [0u8; 4];
-            file.read_exact_at(&mut w, pos - 4)?;
-            if w != [0; 4] {
-                break;
-            }
-            pos -= 4;
-        }
-        if pos == 0 {
-            break;
-        }
-        if pos % 4 != 0 || pos < 24 {
-            return Ok(None);
-        }
-        let mut footer = [0u8; 12];
-        file.read_exact_at(&mut footer, pos - 12)?;
-        if footer[10..] != FOOTER_MAGIC
-            || crc32fast::hash(&footer[4..10])
-                != u32::from_le_bytes(footer[..4].try_into().expect("4"))
-        {
-            return Ok(None);
-        }
-        let flags = [footer[8], footer[9]];
-        let index_len =
-            (u64::from(u32::from_le_bytes(footer[4..8].try_into().expect("4"))) + 1) * 4;
-        let Some(index_start) = (pos - 12).checked_sub(index_len) else {
-            return Ok(None);
-        };
-        if index_len > 64 << 20 {
-            return Ok(None);
-        }
-        let mut index = vec![0u8; index_len as usize];
-        file.read_exact_at(&mut index, index_start)?;
-        let Some(records) = parse_index(&index) else {
-            return Ok(None);
-        };
-        blocks += records.len();
-        if blocks > MAX_BLOCKS {
-            return Ok(None);
-        }
-        let body: u64 = records.iter().map(Record::padded).sum();
-        let Some(start) = index_start
-            .checked_sub(body)
-            .and_then(|s| s.checked_sub(12))
-        else {
-            return Ok(None);
-        };
-        let mut header = [0u8; 12];
-        file.read_exact_at(&mut header, start)?;
-        if header[..6] != MAGIC
-            || header[6..8] != flags
-            || crc32fast::hash(&header[6..8])
-                != u32::from_le_bytes(header[8..].try_into().expect("4"))
-        {
-            return Ok(None);
-        }
-        streams.push(StreamLayout {
-            start,
-            end: pos,
-            flags,
-            out: 0,
-            records,
-        });
-        pos = start;
-    }
-    streams.reverse();
-    let mut out = 0u64;
-    for s in &mut streams {
-        s.out = out;
-        out += s.uncompressed();
-    }
-    Ok((!streams.is_empty()).then_some(streams))
-}
-
-/// An index's records, if its indicator, padding and CRC32 are right.
-fn parse_index(index: &[u8]) -> Option<Vec<Record>> {
-    let n = index.len();
-    if n < 8 || index[0] != 0 {
-        return None;
-    }
-    let crc = u32::from_le_bytes(index[n - 4..].try_into().ok()?);
-    if crc32fast::hash(&index[..n - 4]) != crc {
-        return None;
-    }
-    let mut at = 1;
-    let count = vli(index, &mut at)?;
-    let mut records = Vec::new();
-    for _ in 0..count {
-        let unpadded = vli(index, &mut at)?;
-        let uncompressed = vli(index, &mut at)?;
-        // At least a block header (8) and one byte of data... the xz
-        // format's minimum unpadded size is 5.
-        if unpadded < 5 || records.len() >= MAX_BLOCKS {
-            return None;
-        }
-        records.push(Record {
-            unpadded,
-            uncompressed,
-        });
-    }
-    // Padding to 4 bytes, then the CRC32.
-    if at.div_ceil(4) * 4 != n - 4 || index[at..n - 4].iter().any(|&b| b != 0) {
-        return None;
-    }
-    Some(records)
-}
-
-/// The index and footer of a stream with `flags` holding `records`.
-pub(crate) fn index_and_footer(flags: [u8; 2], records: &[Record]) -> Vec<u8> {
-    let mut index = vec![0u8];
-    put_vli(&mut index, records.len() as u64);
-    for r in records {
-        put_vli(&mut index, r.unpadded);
-        put_vli(&mut index, r.uncompressed);
-    }
-    index.resize(index.len().div_ceil(4) * 4, 0);
-    let crc = crc32fast::hash(&index);
-    index.extend_from_slice(&crc.to_le_bytes());
-    let backward = (index.len() / 4 - 1) as u32;
-    let mut tail = backward.to_le_bytes().to_vec();
-    tail.extend_from_slice(&flags);
-    let crc = crc32fast::hash(&tail);
-    index.extend_from_slice(&crc.to_le_bytes());
-    index.extend_from_slice(&tail);
-    index.extend_from_slice(&FOOTER_MAGIC);
-    index
-}
-
-/// Where a block starts: a rewrite keeps the input's bytes before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Boundary {
-    /// File offset of the block's header.
-    pub(crate) offset: u64,
-    /// Uncompressed bytes before the block.
-    pub(crate) out: u64,
-}
-
-/// The input's layout as the decoder found it, shared with the scan.
-pub(crate) struct Index {
-    streams: Vec<StreamLayout>,
-}
-
-pub(crate) type SharedIndex = Arc<Index>;
-
-impl Index {
-    /// The latest block start at or before uncompressed `out`.
-    pub(crate) fn boundary_before(&self, out: u64) -> Option<Boundary> {
-        let s = self.streams.iter().rev().find(|s| s.out <= out)?;
-        s.blocks()
-            .take_while(|&(_, o, _)| o <= out)
-            .last()
-            .map(|(offset, out, _)| Boundary { offset, out })
-    }
-
-    /// Whether some block after the first could be a boundary: a single
-    /// block in one stream keeps nothing.
-    pub(crate) fn has_later_blocks(&self) -> bool {
-        self.streams.iter().map(|s| s.records.len()).sum::<usize>() > 1
-    }
-}
-
-/// Whether `file` is xz of one block in all (plain `xz`, Buildroot): a
-/// rewrite keeps none of it, so the tar scan compresses it speculatively
-/// and a cached scan (which skips that) is not used.
-pub(crate) fn single_block(file: &File) -> bool {
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    match layout(file, len) {
-        Ok(Some(streams)) => streams.iter().map(|s| s.records.len()).sum::<usize>() <= 1,
-        _ => true,
-    }
-}
-
-/// What a raw image's new blocks may take for their encoder threads
-/// (liblzma's own estimate); one thread always runs.
-pub(crate) const ENCODE_MEMORY: u64 = 192 << 20;
-
-/// Threads the decoder uses, and the memory it may take for them
-/// (liblzma falls back to one thread above it): two 24 MiB blocks of
-/// `xz -T -6` in and out fit.
-const DECODE_MEMLIMIT: u64 = 128 << 20;
-
-/// A decoder over each stream in turn (liblzma's threaded decoder decodes
-/// the blocks of a stream on all cores when their headers carry sizes, as
-/// `xz -T` writes them).
-pub(crate) struct StreamsDecoder {
-    file: File,
-    streams: std::vec::IntoIter<(u64, u64)>,
-    current: Option<liblzma::bufread::XzDecoder<io::BufReader<crate::io::progress::Reader<Span>>>>,
-    threads: u32,
-}
-
-impl StreamsDecoder {
-    fn next_stream(&mut self) -> io::Result<bool> {
-        let Some((start, end)) = self.streams.next() else {
-            self.current = None;
-            return Ok(false);
-        };
-        let part = Span {
-            file: self.file.try_clone()?,
-            at: start,
-            end,
-        };
-        let reader = io::BufReader::with_capacity(1 << 20, crate::io::progress::Reader(part));
-        let stream = MtStreamBuilder::new()
-            .threads(self.threads)
-            .memlimit_threading(DECODE_MEMLIMIT)
-            .memlimit_stop(u64::MAX)
-            .decoder()
-            .map_err(io::Error::other)?;
-        self.current = Some(liblzma::bufread::XzDecoder::new_stream(reader, stream));
-        Ok(true)
-    }
-}
-
-impl Read for StreamsDecoder {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let Some(d) = &mut self.current else {
-                return Ok(0);
-            };
-            let n = d.read(buf)?;
-            if n > 0 || buf.is_empty() {
-                return Ok(n);
-            }
-            if !self.next_stream()? {
-                return Ok(0);
-            }
-        }
-    }
-}
-
-/// Bytes `at..end` of a file, read at their offsets: clones of one file
-/// share its position, so seeking one would move the others.
-pub(crate) struct Span {
-    file: File,
-    at: u64,
-    end: u64,
-}
-
-impl Read for Span {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = buf.len().min((self.end - self.at) as usize);
-        let n = self.file.read_at(&mut buf[..want], self.at)?;
-        if n == 0 && want > 0 {
-            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
-        }
-        self.at += n as u64;
-        Ok(n)
-    }
-}
-
-/// A decoder that notes the file's layout: each block start is a boundary.
-/// A file whose layout cannot be read (damage) is decoded plainly, which
-/// says what is wrong, and has no boundaries.
-pub(crate) fn indexing_decoder(file: File) -> (Box<dyn Read + Send>, Option<SharedIndex>) {
-    let streams = file
-        .metadata()
-        .and_then(|m| layout(&file, m.len()))
-        .ok()
-        .flatten();
-    let Some(streams) = streams else {
-        return (super::Compression::Xz.decoder(file), None);
-    };
-    let spans: Vec<(u64, u64)> = streams.iter().map(|s| (s.start, s.end)).collect();
-    let mut decoder = StreamsDecoder {
-        file,
-        streams: spans.into_iter(),
-        current: None,
-        threads: super::worker_count() as u32,
-    };
-    if let Err(e) = decoder.next_stream() {
-        return (Box::new(super::FailingReader(Some(e))), None);
-    }
-    (Box::new(decoder), Some(Arc::new(Index { streams })))
-}
+use super::super::invalid_data;
+use super::{
+    check_len, check_of, index_and_footer, layout, vli, Boundary, Record, Span, LZMA2, MAGIC,
+};
 
 /// The filter chain of a block header (ids and properties), if it is one
 /// the output can repeat: BCJ or delta filters before LZMA2.
-fn header_filters(header: &[u8]) -> Option<Filters> {
+pub(super) fn header_filters(header: &[u8]) -> Option<Filters> {
     let flags = *header.get(1)?;
     let mut at = 2;
     for bit in [0x40, 0x80] {
@@ -684,7 +279,7 @@ impl<W: Write> TailEncoder<W> {
     }
 }
 
-impl<W: Write> super::Encoder for TailEncoder<W> {
+impl<W: Write> super::super::Encoder for TailEncoder<W> {
     fn finish_stream(self: Box<Self>) -> io::Result<()> {
         self.finish().map(drop)
     }
@@ -774,7 +369,7 @@ impl<W: Write> Write for BlocksOnly<W> {
 }
 
 /// A block header's compressed and uncompressed sizes, if it has both.
-fn header_sizes(header: &[u8]) -> Option<(u64, u64)> {
+pub(super) fn header_sizes(header: &[u8]) -> Option<(u64, u64)> {
     let flags = *header.get(1)?;
     if flags & 0xc0 != 0xc0 {
         return None;
@@ -785,6 +380,7 @@ fn header_sizes(header: &[u8]) -> Option<(u64, u64)> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{indexing_decoder, Index};
     use super::*;
 
     fn xz(data: &[u8], threads: u32, block: u64, check: Check) -> Vec<u8> {
@@ -851,37 +447,5 @@ mod tests {
         let mut want = whole[..400_000].to_vec();
         want.extend_from_slice(b"new bytes");
         assert!(back == want);
-    }
-
-    #[test]
-    fn damaged_ends_give_no_layout() {
-        let file = xz(&data(100_000), 1, 30_000, Check::Crc64);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.xz");
-        for cut in [1usize, 4, 12, 13] {
-            std::fs::write(&path, &file[..file.len() - cut]).unwrap();
-            let f = File::open(&path).unwrap();
-            assert!(
-                layout(&f, (file.len() - cut) as u64).unwrap().is_none(),
-                "{cut}"
-            );
-        }
-    }
-
-    #[test]
-    fn index_round_trips() {
-        let records = [
-            Record {
-                unpadded: 5,
-                uncompressed: 0,
-            },
-            Record {
-                unpadded: 1 << 40,
-                uncompressed: 300,
-            },
-        ];
-        let bytes = index_and_footer([0, 4], &records);
-        let back = parse_index(&bytes[..bytes.len() - 12]).unwrap();
-        assert_eq!(back, records);
     }
 }
