@@ -68,8 +68,19 @@ pub(crate) enum Command {
     #[command(after_help = EXAMPLES)]
     Verify(VerifyArgs),
     /// List what is at a path inside an image or staging tree, like ls -l (read-only)
+    ///
+    /// Names inside images are bytes, in whatever charset the tool that made
+    /// the image was given: they are printed as GNU tar -tv prints them,
+    /// control characters and bytes that are not UTF-8 escaped (\n, \033,
+    /// \377) and backslashes doubled, so two names never print alike. PATH
+    /// is taken as bytes too. With --json, a name that is not UTF-8 has
+    /// U+FFFD in path (target, hard_link) and its exact spelling in
+    /// path_escaped (target_escaped, hard_link_escaped).
     Ls(LsArgs),
     /// Write a file from inside an image or staging tree to stdout (read-only)
+    ///
+    /// PATH is taken as bytes, as the shell passes it: a name in a legacy
+    /// charset is given as it is stored, e.g. $'/etc/caf\xe9' in bash.
     Cat(CatArgs),
     /// Build a sample rootfs, provision it against a local stand-in API, verify it
     #[cfg(feature = "demo")]
