@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 
-/// A 3 MB tarball with the device file at `place`, compressed by the shell
+/// A 1 MiB tarball (2 MiB with data after the device file) with the device file at `place`, compressed by the shell
 /// command `compress` (reading stdin).
 fn input(d: &Path, label: &str, place: Place, compress: &str) -> PathBuf {
     let root = tree(d, place, true);
@@ -268,9 +268,9 @@ fn several_streams_and_padding() {
     tar_of(&root, &plain);
     let xz = d.join("two.tar.xz");
     sh(&format!(
-        "(head -c 1500000 {p} | xz -T2 -3 --block-size=256KiB -C crc32; \
+        "(head -c 500000 {p} | xz -T2 -3 --block-size=256KiB -C crc32; \
           head -c 8 /dev/zero; \
-          tail -c +1500001 {p} | xz -T2 -3 --block-size=256KiB -C crc32; \
+          tail -c +500001 {p} | xz -T2 -3 --block-size=256KiB -C crc32; \
           head -c 12 /dev/zero) > {x}",
         p = plain.display(),
         x = xz.display()
