@@ -181,8 +181,13 @@ fn single_block_xz_keeps_the_chunks_before_the_change() {
             let kept = same_block_data(&xz, &fast);
             let len = fs::metadata(&xz).unwrap().len() as usize;
             match place {
-                Place::Middle => assert!(kept > len * 4 / 10, "{label}: {kept} of {len} kept"),
-                Place::End => assert!(kept > len * 8 / 10, "{label}: {kept} of {len} kept"),
+                // The change lies halfway through the data; up to one
+                // chunk (64 KiB compressed) before it is rewritten too,
+                // which is a seventh of these 2 MiB inputs.
+                Place::Middle => assert!(kept > len * 3 / 10, "{label}: {kept} of {len} kept"),
+                // All but the chunk holding the change (at most 64 KiB
+                // compressed) and the new entries after it.
+                Place::End => assert!(len - kept < 96 << 10, "{label}: {kept} of {len} kept"),
                 Place::Start => {}
             }
             if kind == "plain" && place != Place::Start {
