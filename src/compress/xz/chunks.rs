@@ -156,7 +156,9 @@ pub(crate) fn walk<E>(
 }
 
 /// The chunk starts of LZMA2 data held in memory and its uncompressed
-/// length (see [`walk`]).
+/// length (see [`walk`]); the unit tests' and fuzz harness's entry (the
+/// writer walks a file).
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn chunks(data: &[u8]) -> Option<(Vec<Chunk>, u64)> {
     let read = |at: u64, buf: &mut [u8]| -> Result<usize, std::convert::Infallible> {
         let from = &data[at as usize..];
