@@ -185,8 +185,20 @@ impl StagingDir {
             return Ok(None);
         }
         let host = found.parent_path.join(&found.name);
-        let target = handle::read_link_at(found.parent.as_fd(), &found.name)
-            .map_err(io_err("read the symlink", &host))?;
+        let target = match handle::read_link_at(found.parent.as_fd(), &found.name) {
+            Ok(target) => target,
+            // It was a link when looked at and is not (EINVAL) or gone
+            // (ENOENT) when read: something swapped it meanwhile.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::InvalidInput | io::ErrorKind::NotFound
+                ) =>
+            {
+                return Err(DirError::Replaced { path: host }.into())
+            }
+            Err(e) => return Err(io_err("read the symlink", &host)(e).into()),
+        };
         Ok(Some(target))
     }
 
