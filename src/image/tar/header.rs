@@ -189,7 +189,7 @@ fn till_nul(bytes: &[u8]) -> &[u8] {
 /// next bit is set too: GNU tar writes times before 1970 so. `None` when
 /// the field is not a number. A field is at most 12 bytes, which an `i128`
 /// holds whatever they say.
-fn parse_number(bytes: &[u8]) -> Option<i128> {
+pub(super) fn parse_number(bytes: &[u8]) -> Option<i128> {
     if let Some(&first) = bytes.first().filter(|&&b| b & 0x80 != 0) {
         let negative = first & 0x40 != 0;
         // The top bit marks the encoding; a negative number's sign bit

@@ -231,26 +231,10 @@ fn attributes<'r>(records: impl Iterator<Item = &'r pax::Record>) -> (Vec<Xattr>
     (schily, acl)
 }
 
-/// A device number field: octal digits (NUL or space ended), or GNU's
-/// base-256 form; empty reads as 0.
+/// A device number field (octal or GNU base-256, as every numeric field
+/// of the header), as the u32 a filesystem stores.
 fn octal(field: &[u8]) -> Option<u32> {
-    if field[0] & 0x80 != 0 {
-        let mut n: u64 = u64::from(field[0] & 0x7f);
-        for &b in &field[1..] {
-            n = n.checked_mul(256)? + u64::from(b);
-        }
-        return u32::try_from(n).ok();
-    }
-    let text: String = field
-        .iter()
-        .take_while(|&&b| b != 0)
-        .map(|&b| b as char)
-        .collect();
-    let text = text.trim();
-    if text.is_empty() {
-        return Some(0);
-    }
-    u32::from_str_radix(text, 8).ok()
+    u32::try_from(header::parse_number(field)?).ok()
 }
 
 #[cfg(test)]
