@@ -105,6 +105,10 @@ pub(crate) struct RecompressOutlet {
 
 impl Outlet for RecompressOutlet {
     fn write(&mut self, changes: &Changes, out: &mut TempOutput) -> Result<(), ImageError> {
+        let changed: Vec<(u64, u64)> = changes
+            .iter()
+            .map(|(at, data)| (at, at + data.len() as u64))
+            .collect();
         let mut sink = Recompressing::new(Start {
             out: &mut *out,
             input: &self.input,
@@ -112,6 +116,7 @@ impl Outlet for RecompressOutlet {
             len: self.raw.len(),
             boundaries: &self.boundaries,
             prefixes: &mut self.prefixes,
+            changed: &changed,
         });
         let read_or_write = |e: io::Error| match InputRead::take(e) {
             Ok(InputRead { path, source }) => ImageError::Open { path, source },
