@@ -271,7 +271,7 @@ struct Block {
     record: Record,
     changed: bool,
     /// Its encoder thread, once the block was reached (changed blocks).
-    job: Option<JoinHandle<io::Result<Done>>>,
+    job: Option<Job>,
 }
 
 /// The output, in file order.
@@ -284,6 +284,9 @@ enum Piece {
     /// A stream's index and footer.
     Index(usize),
 }
+
+/// An encoder thread, giving its block when done.
+type Job = JoinHandle<io::Result<Done>>;
 
 /// A block encoded again: its data (LZMA2 with its end marker) in an
 /// unlinked scratch file.
@@ -531,7 +534,7 @@ fn spawn_encoder(
     header: &[u8],
     check_id: u8,
     dir: &Path,
-) -> io::Result<(SyncSender<Vec<u8>>, JoinHandle<io::Result<Done>>)> {
+) -> io::Result<(SyncSender<Vec<u8>>, Job)> {
     let filter_flags =
         filter_flags(header).ok_or_else(|| io::Error::other("unexpected xz filters"))?;
     let filters = (header[1] & 3) + 1;
