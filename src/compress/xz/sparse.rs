@@ -46,7 +46,7 @@ pub(crate) const ENCODERS_MEMORY: u64 = 80 << 20;
 
 /// Raw bytes handed to an encoder thread at a time, and how many such
 /// pieces may wait for it.
-const PIECE: usize = 1 << 20;
+const PIECE: usize = 256 << 10;
 const QUEUED: usize = 2;
 
 /// The rewrite of one file: its layout and, per block, whether it holds a
