@@ -6,8 +6,10 @@
 //!
 //! A disk image keeps the input's compressed bytes before its rootfs
 //! partition where the codec has boundaries (gzip, bzip2, zstd). A raw
-//! ext4 image has nothing to keep: ext4 changes its superblock (at byte
-//! 1024) on every write, so its first changed block is the first.
+//! ext4 image has nothing before its first change to keep: ext4 changes
+//! its superblock (at byte 1024) on every write. A multi-block xz input,
+//! raw or disk, keeps every block that holds no changed byte, wherever it
+//! lies (`xz::Sparse`, given the changed ranges).
 
 mod encoders;
 mod expand;

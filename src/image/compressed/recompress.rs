@@ -7,6 +7,8 @@
 //! the kept frame closed at the boundary and a new frame after it; xz: new
 //! blocks after the kept ones, or in a single-block file new LZMA2 chunks
 //! after the kept ones).
+//! A multi-block xz input goes further: every block without a changed
+//! byte is kept, not only those before the first change (`xz::Sparse`).
 //! Otherwise everything is compressed anew.
 
 use std::fs::File;
