@@ -250,6 +250,9 @@ if [ -z "${ONLY:-}" ] || [[ "tar.xz" =~ $ONLY ]]; then
   for f in rootfs.tar.xz rootfs.1block.tar.xz out.tar.xz; do echo "$f: $(stat -c %s $f) bytes" >&2; done
 fi
 if [ -z "${ONLY:-}" ] || [[ "img.xz" =~ $ONLY ]]; then
+  # ONLY=img.xz means all three rows (the .wic.xz labels do not name it).
+  ONLY_SAVED=${ONLY:-}
+  ONLY=
   [ -f system.img.xz ] || xz -6 -T2 -c system.img.raw > system.img.xz
   row "system.img.xz (2 GiB ext4), cold" system.img.xz "xz -T2 -dc IN > /dev/null" \
     "xz -T2 -dc system.img.xz > /dev/null" "$(provision system.img.xz out.img.xz)" "-"
@@ -260,6 +263,10 @@ if [ -z "${ONLY:-}" ] || [[ "img.xz" =~ $ONLY ]]; then
   [ -f disk.1block.wic.xz ] || xz -6 -T1 -c disk.img > disk.1block.wic.xz
   row "disk.wic.xz single-block (GPT 2 GiB), cold" disk.1block.wic.xz "xz -T2 -dc IN > /dev/null" \
     "xz -T2 -dc disk.1block.wic.xz > /dev/null" "$(provision disk.1block.wic.xz out.wic.xz)" 2.0
+  for f in system.img.xz out.img.xz disk.wic.xz disk.1block.wic.xz out.wic.xz; do
+    echo "$f: $(stat -c %s $f) bytes" >&2
+  done
+  ONLY=$ONLY_SAVED
 fi
 warm_rows "ext4 raw 2 GiB" system.img.raw img.raw "cp --sparse=always" \
   "cp --sparse=always system.img.raw copy.raw" 1.0
