@@ -161,7 +161,12 @@ impl Sparse {
             .iter()
             .flat_map(|s| s.records.iter().map(|r| r.uncompressed))
             .sum();
-        if blocks < 2 || total != raw_len {
+        // (An empty block, which no xz tool writes, would start no
+        // piece of the raw stream: such files take the general path.)
+        let empty = streams
+            .iter()
+            .any(|s| s.records.iter().any(|r| r.uncompressed == 0));
+        if blocks < 2 || total != raw_len || empty {
             return Ok(None);
         }
         let mut ranges = changed.iter().peekable();
