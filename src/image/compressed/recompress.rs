@@ -186,9 +186,10 @@ fn continue_after<'a>(start: Start<'a>, b: &Boundary) -> io::Result<Box<dyn Enco
             // The raw image's bytes come from its expanded copy: the
             // decoder is only read up to the cut, for the dictionary and
             // the block's check.
-            let primed = cut.prime(&file).map_err(|e| read_error(input, e))?;
+            let primed = cut.prime(&file, None).map_err(|e| read_error(input, e))?;
             let dir = out.dir().to_path_buf();
-            Box::new(cut.encoder(out, &primed.dict, &file, &dir)?)
+            let threads = cut.threads_within(codec.workers() as u32, xz::ENCODE_MEMORY);
+            Box::new(cut.encoder(out, &primed.dict, &file, &dir, threads)?)
         }
         Boundary::Xz(b) => {
             let len = file.metadata().map_err(|e| read_error(input, e))?.len();
