@@ -249,10 +249,11 @@ if [ -z "${ONLY:-}" ] || [[ "tar.xz" =~ $ONLY ]]; then
     "xz -T2 -dc rootfs.1block.tar.xz > /dev/null" 0.6
   for f in rootfs.tar.xz rootfs.1block.tar.xz out.tar.xz; do echo "$f: $(stat -c %s $f) bytes" >&2; done
 fi
-if [ -z "${ONLY:-}" ] || [[ "img.xz" =~ $ONLY ]]; then
-  # ONLY=img.xz means all three rows (the .wic.xz labels do not name it).
+if [ -z "${ONLY:-}" ] || [[ "img.xz wic.xz" =~ $ONLY ]]; then
+  # ONLY=img.xz means all three rows (the .wic.xz labels do not name it);
+  # ONLY=system.img or ONLY=wic.xz picks rows by their labels as usual.
   ONLY_SAVED=${ONLY:-}
-  ONLY=
+  [ "$ONLY_SAVED" != img.xz ] || ONLY=
   [ -f system.img.xz ] || xz -6 -T2 -c system.img.raw > system.img.xz
   row "system.img.xz (2 GiB ext4), cold" system.img.xz "xz -T2 -dc IN > /dev/null" \
     "xz -T2 -dc system.img.xz > /dev/null" "$(provision system.img.xz out.img.xz)" "-"
