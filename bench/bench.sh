@@ -249,7 +249,7 @@ if [ -z "${ONLY:-}" ] || [[ "tar.xz" =~ $ONLY ]]; then
     "xz -T2 -dc rootfs.1block.tar.xz > /dev/null" 0.6
   for f in rootfs.tar.xz rootfs.1block.tar.xz out.tar.xz; do echo "$f: $(stat -c %s $f) bytes" >&2; done
 fi
-if [ -z "${ONLY:-}" ] || [[ "img.xz wic.xz" =~ $ONLY ]]; then
+if [ -z "${ONLY:-}" ] || [[ "img.xz system.img.xz disk.wic.xz single-block" =~ $ONLY ]]; then
   # ONLY=img.xz means all three rows (the .wic.xz labels do not name it);
   # ONLY=system.img or ONLY=wic.xz picks rows by their labels as usual.
   ONLY_SAVED=${ONLY:-}
