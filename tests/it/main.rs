@@ -47,3 +47,4 @@ mod tar;
 mod way_through;
 mod xz;
 mod xz_cut;
+mod xz_images;

@@ -419,8 +419,8 @@ impl SymbolDecoder {
         last.reserve(max);
         let mut counts = [0u32; 256];
         // The move-to-front list holds the byte values themselves.
-        let mut mtf = [0u8; 256];
-        mtf[..used.len()].copy_from_slice(used);
+        let mut mtf = Mtf([0u8; 256 + 8]);
+        mtf.0[..used.len()].copy_from_slice(used);
         let mut selectors = self.selectors.iter();
         let mut table = &self.tables[0];
         let mut left_in_group = 0u32;
@@ -450,7 +450,7 @@ impl SymbolDecoder {
                 if last.len() + run > max {
                     return corrupt("a block longer than its stream's block size");
                 }
-                let b = mtf[0];
+                let b = mtf.0[0];
                 counts[usize::from(b)] += run as u32;
                 last.resize(last.len() + run, b);
                 run = 0;
@@ -462,10 +462,7 @@ impl SymbolDecoder {
             if last.len() >= max {
                 return corrupt("a block longer than its stream's block size");
             }
-            let i = usize::from(sym - 1);
-            let b = mtf[i];
-            mtf.copy_within(0..i, 1);
-            mtf[0] = b;
+            let b = mtf.to_front(usize::from(sym - 1));
             counts[usize::from(b)] += 1;
             last.push(b);
         }
@@ -478,6 +475,42 @@ impl SymbolDecoder {
         out.counts = counts;
         out.orig = orig;
         Ok(())
+    }
+}
+
+/// The move-to-front list, with 8 bytes of slack so it can be shifted a
+/// word at a time. Moving a byte to the front was a `memmove` call per
+/// symbol (8% of a cold `.tbz2` scan's CPU, most of them moving a few
+/// bytes); here it is one or two word operations for the usual small
+/// index.
+struct Mtf([u8; 256 + 8]);
+
+impl Mtf {
+    /// Moves the byte at `i` (at most 255) to the front; returns it.
+    #[inline(always)]
+    fn to_front(&mut self, i: usize) -> u8 {
+        let list = &mut self.0;
+        let b = list[i];
+        let word = |list: &[u8; 264], k: usize| {
+            u64::from_le_bytes(list[k..k + 8].try_into().expect("8 bytes"))
+        };
+        // Each byte before `i` moves up one; the one leaving a word is
+        // carried into the next.
+        let mut carry = u64::from(b);
+        let mut k = 0;
+        while k + 8 <= i {
+            let w = word(list, k);
+            list[k..k + 8].copy_from_slice(&(w << 8 | carry).to_le_bytes());
+            carry = w >> 56;
+            k += 8;
+        }
+        // The last word moves its first `i - k + 1` bytes (1..=8): the
+        // byte at `i` is overwritten, those after it stay.
+        let w = word(list, k);
+        let mask = u64::MAX >> (8 * (7 - (i - k)));
+        let moved = (w << 8 | carry) & mask | w & !mask;
+        list[k..k + 8].copy_from_slice(&moved.to_le_bytes());
+        b
     }
 }
 
@@ -495,6 +528,22 @@ mod tests {
         assert!(!b.overran());
         b.take(1);
         assert!(b.overran());
+    }
+
+    #[test]
+    fn move_to_front_moves_one_byte_and_shifts_those_before_it() {
+        for i in 0..256 {
+            let mut mtf = Mtf([0; 264]);
+            for (k, b) in mtf.0.iter_mut().enumerate() {
+                *b = (k as u8).wrapping_mul(151) ^ 0x3c;
+            }
+            let mut want = mtf.0;
+            let b = want[i];
+            want.copy_within(0..i, 1);
+            want[0] = b;
+            assert_eq!(mtf.to_front(i), b, "index {i}");
+            assert_eq!(mtf.0, want, "index {i}");
+        }
     }
 
     #[test]

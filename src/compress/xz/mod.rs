@@ -23,6 +23,7 @@ mod decode;
 mod layout;
 mod one_block;
 mod primed;
+mod sparse;
 
 use std::fs::File;
 use std::io;
@@ -37,6 +38,7 @@ pub(crate) use self::cut_state::{CutState, CutStates};
 pub(crate) use self::decode::{indexing_decoder, Span};
 pub(crate) use self::layout::{index_and_footer, layout, vli, Record, StreamLayout};
 pub(crate) use self::one_block::Blocks;
+pub(crate) use self::sparse::Sparse;
 
 pub(crate) const MAGIC: [u8; 6] = [0xfd, b'7', b'z', b'X', b'Z', 0x00];
 pub(super) const FOOTER_MAGIC: [u8; 2] = *b"YZ";
