@@ -46,3 +46,5 @@ mod staging_race;
 mod tar;
 mod way_through;
 mod xz;
+mod xz_cut;
+mod xz_images;

@@ -462,7 +462,7 @@ impl SymbolDecoder {
             if last.len() >= max {
                 return corrupt("a block longer than its stream's block size");
             }
-            let b = mtf.promote(usize::from(sym - 1));
+            let b = mtf.move_to_front(usize::from(sym - 1));
             counts[usize::from(b)] += 1;
             last.push(b);
         }
@@ -488,7 +488,7 @@ struct Mtf([u8; 256 + 8]);
 impl Mtf {
     /// Moves the byte at `i` (at most 255) to the front; returns it.
     #[inline(always)]
-    fn promote(&mut self, i: usize) -> u8 {
+    fn move_to_front(&mut self, i: usize) -> u8 {
         let list = &mut self.0;
         let b = list[i];
         if i >= 8 {
@@ -547,7 +547,7 @@ mod tests {
             let b = want[i];
             want.copy_within(0..i, 1);
             want[0] = b;
-            assert_eq!(mtf.promote(i), b, "index {i}");
+            assert_eq!(mtf.move_to_front(i), b, "index {i}");
             assert_eq!(mtf.0, want, "index {i}");
         }
     }

@@ -97,6 +97,7 @@ pub(super) fn header_filters(header: &[u8]) -> Option<Filters> {
 /// What the new blocks after a kept prefix are made like: the stream's
 /// flags (its check), the filters of the block the boundary starts and the
 /// input's block size.
+#[derive(Clone)]
 pub(crate) struct Continuation {
     pub(crate) flags: [u8; 2],
     /// The records of the blocks kept before the boundary, in its stream.
@@ -104,7 +105,7 @@ pub(crate) struct Continuation {
     /// The header of the boundary's block, whose filters (checked to be
     /// ones the encoder takes) the new blocks use.
     block_header: Vec<u8>,
-    block_size: u64,
+    pub(super) block_size: u64,
     /// The boundary's block and those after it in its stream: where they
     /// lie, and their records.
     from: u64,
@@ -431,7 +432,7 @@ mod tests {
         // Every block start decodes on its own to the bytes from there.
         let index = Index {
             streams,
-            single: None,
+            cuts: Vec::new(),
         };
         let b = index.boundary_before(420_000).unwrap();
         assert_eq!(b.out, 400_000);

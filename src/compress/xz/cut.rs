@@ -1,65 +1,73 @@
-//! Continuing a single-block xz file (plain `xz`, Buildroot) inside its
-//! block: the input's compressed bytes up to the last LZMA2 chunk start
-//! before the first change are kept, and a raw LZMA2 encoder primed with
-//! the dictionary a decoder holds there writes the rest of the block
-//! (see `primed.rs`); then the block's padding, its check over all its
-//! uncompressed data, an index of the one block and the footer.
+//! Continuing an xz block inside it: the input's compressed bytes up to
+//! the last LZMA2 chunk start before the first change are kept, and a raw
+//! LZMA2 encoder primed with the dictionary a decoder holds there writes
+//! the rest of the block (see `primed.rs`, `chunk_tail.rs`); then the
+//! block's padding, its check over all its uncompressed data, and either
+//! the index and footer or, past the input's block size, new blocks like
+//! the input's (`blocks.rs`).
 //!
-//! The dictionary and the check need the block's uncompressed bytes before
-//! the cut, which only decoding it from its start gives (an LZMA chunk
-//! continues the state of the one before it): the rewrite decodes the
-//! input again up to the cut, taking the dictionary on the way, then goes
-//! on reading the input from there.
+//! Any block whose only filter is LZMA2 can be cut so: the one block of a
+//! plain `xz` file (Buildroot), or the block holding the first change in
+//! a file of many (`xz -T`, Yocto), whose earlier blocks and their index
+//! records are kept as they are. The dictionary and the check need the
+//! block's uncompressed bytes before the cut, which only decoding the
+//! block from its start gives (an LZMA chunk continues the state of the
+//! one before it): the rewrite decodes the block up to the cut, taking
+//! the dictionary on the way, then goes on reading the input from there;
+//! or, when the scan cache kept what that gave (`cut_state.rs`), starts
+//! from that without decoding.
 //!
-//! A block header that carries the block's sizes (`xz -T` of a file
-//! smaller than one block) gets them anew: they are known only at the end,
-//! so the new chunks go to a scratch file and the header, the kept chunks
-//! and those follow it. Blocks with a BCJ or delta filter before LZMA2 are
-//! not cut (those filters have their own state at the cut): they keep
-//! nothing, as before.
+//! A block header that carries the block's sizes (`xz -T`) gets them anew:
+//! they are known only at the block's end, so the new chunks go to a
+//! scratch file and the header, the kept chunks and those follow it.
+//! Blocks with a BCJ or delta filter before LZMA2 are not cut (those
+//! filters have their own state at the cut): a multi-block file keeps the
+//! blocks before theirs, a single-block one nothing.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Seek, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 
 use super::chunks::{self, Chunk};
-use super::layout::{put_vli, Record};
-use super::primed::{BlockCheck, PrimedEncoder};
-use super::{check_len, index_and_footer, layout, vli, Boundary, LZMA2};
-use crate::io::output::Scratch;
+use super::cut_state::{CutState, Fresh, Lazy, Tee};
+use super::layout::Record;
+use super::primed::BlockCheck;
+use super::{check_len, layout, vli, Boundary, Continuation, StreamLayout, LZMA2};
 
 /// The largest dictionary the primed encoder uses (xz -6's).
 const MAX_DICT: u32 = 8 << 20;
 /// The bytes before the cut the encoder is primed with.
-const PRIME: u64 = 1 << 20;
+pub(super) const PRIME: u64 = 1 << 20;
 
-/// Where a cut inside the block falls.
+/// Where a cut inside a block falls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ChunkCut {
     /// Offset of the chunk's control byte in the block's LZMA2 data.
     pub(crate) at: u64,
-    /// Uncompressed offset of the last dictionary reset before it.
+    /// Uncompressed offset (in the file) of the last dictionary reset
+    /// before it.
     pub(crate) dict_start: u64,
 }
 
-/// The one block of a single-block file, with its chunk starts.
-pub(crate) struct Single {
-    offset: u64,
+/// A block that can be cut inside, with its chunk starts.
+pub(crate) struct BlockCuts {
+    /// File offset of its header, and uncompressed bytes before it.
+    pub(super) offset: u64,
+    out: u64,
     chunks: Vec<Chunk>,
 }
 
-impl Single {
-    /// The chunk boundary at or before uncompressed `out`, past the
-    /// block's start.
+impl BlockCuts {
+    /// The chunk boundary at or before uncompressed `out` (in the file),
+    /// past the block's start.
     pub(crate) fn boundary_before(&self, out: u64) -> Option<Boundary> {
-        let c = chunks::last_at_or_before(&self.chunks, out)?;
+        let c = chunks::last_at_or_before(&self.chunks, out.checked_sub(self.out)?)?;
         Some(Boundary {
             offset: self.offset,
-            out: c.out,
+            out: self.out + c.out,
             chunk: Some(ChunkCut {
                 at: c.at,
-                dict_start: c.dict_start,
+                dict_start: self.out + c.dict_start,
             }),
         })
     }
@@ -135,42 +143,62 @@ fn block_chunks(
     }))
 }
 
-/// The chunk starts of a file of one block in one stream (the layout
-/// `streams` read), if it can be cut inside.
-pub(crate) fn single(file: &File, streams: &[super::StreamLayout]) -> Option<Single> {
-    let [s] = streams else { return None };
-    let [record] = &s.records[..] else {
-        return None;
-    };
-    let offset = s.start + 12;
-    let check = check_len(s.flags[1] & 0x0f);
-    let b = block_chunks(file, offset, record, check).ok()??;
-    Some(Single {
-        offset,
-        chunks: b.chunks,
-    })
+/// The blocks of a file (the layout `streams` read) that can be cut
+/// inside, in file order. A hostile file of many tiny chunks is bounded:
+/// past [`chunks::MAX_CHUNKS`] chunks in all, later blocks are not cut
+/// inside (their starts stay boundaries).
+pub(crate) fn cuttable(file: &File, streams: &[StreamLayout]) -> Vec<BlockCuts> {
+    let mut found = Vec::new();
+    let mut total = 0usize;
+    for s in streams {
+        let check = check_len(s.flags[1] & 0x0f);
+        for (offset, out, record) in s.blocks() {
+            let Ok(Some(b)) = block_chunks(file, offset, record, check) else {
+                continue;
+            };
+            total += b.chunks.len();
+            if total > chunks::MAX_CHUNKS {
+                return found;
+            }
+            found.push(BlockCuts {
+                offset,
+                out,
+                chunks: b.chunks,
+            });
+        }
+    }
+    found
 }
 
-/// How to continue a single-block file at a chunk boundary.
+/// How to continue a file at a chunk boundary inside one of its blocks.
 pub(crate) struct Cut {
-    flags: [u8; 2],
-    check: BlockCheck,
-    header: Vec<u8>,
-    dict_size: u32,
+    pub(super) flags: [u8; 2],
+    pub(super) check: BlockCheck,
+    pub(super) header: Vec<u8>,
+    pub(super) dict_size: u32,
     /// File offset of the block's LZMA2 data, and the bytes of it kept.
-    data: u64,
-    kept: u64,
-    /// Uncompressed bytes before the cut, and where the dictionary there
-    /// starts.
-    out: u64,
+    pub(super) data: u64,
+    pub(super) kept: u64,
+    /// Uncompressed bytes of the block before the cut, and where (in the
+    /// block) the dictionary there starts.
+    pub(super) in_block: u64,
     dict_start: u64,
-    /// File offset of the block header.
+    /// File offset of the block header, and the boundary's place in the
+    /// file's uncompressed bytes.
     offset: u64,
+    out: u64,
+    /// The block and what follows it, read from the block's start; the
+    /// blocks after the cut block are made like the input's.
+    pub(super) more: Continuation,
+    /// The most uncompressed bytes the cut block may hold: the input's
+    /// block size in a stream of several blocks; none in a stream of one
+    /// (plain `xz`), which stays one block.
+    pub(super) limit: Option<u64>,
 }
 
 impl Cut {
     /// How to continue `file` (of `len` bytes) at `b`, if `b` is a chunk
-    /// boundary of its one block.
+    /// boundary of one of its LZMA2-only blocks.
     pub(crate) fn at(file: &File, len: u64, b: &Boundary) -> io::Result<Option<Cut>> {
         let Some(cut) = b.chunk else {
             return Ok(None);
@@ -178,28 +206,45 @@ impl Cut {
         let Some(streams) = layout(file, len)? else {
             return Ok(None);
         };
-        let [s] = &streams[..] else {
+        let Some(s) = streams
+            .iter()
+            .find(|s| s.start < b.offset && b.offset < s.end)
+        else {
             return Ok(None);
         };
-        let [record] = &s.records[..] else {
+        let Some((offset, block_out, record)) = s.blocks().find(|&(o, _, _)| o == b.offset) else {
             return Ok(None);
         };
         let Some(check) = BlockCheck::new(s.flags[1] & 0x0f) else {
             return Ok(None);
         };
-        let offset = s.start + 12;
         let check_bytes = check_len(s.flags[1] & 0x0f);
         let Some(block) = block_chunks(file, offset, record, check_bytes)? else {
             return Ok(None);
         };
+        let (Some(in_block), Some(dict_start)) = (
+            b.out.checked_sub(block_out),
+            cut.dict_start.checked_sub(block_out),
+        ) else {
+            return Ok(None);
+        };
         let here = Chunk {
             at: cut.at,
-            out: b.out,
-            dict_start: cut.dict_start,
+            out: in_block,
+            dict_start,
         };
-        if offset != b.offset || here.at == 0 || !block.chunks.contains(&here) {
+        if here.at == 0 || !block.chunks.contains(&here) {
             return Ok(None);
         }
+        let start = Boundary {
+            offset,
+            out: block_out,
+            chunk: None,
+        };
+        let Some(more) = Continuation::at(file, len, &start)? else {
+            return Ok(None);
+        };
+        let limit = (s.records.len() > 1).then(|| more.block_size.max(record.uncompressed));
         Ok(Some(Cut {
             flags: s.flags,
             check,
@@ -210,20 +255,23 @@ impl Cut {
             dict_size: block.dict_size.min(MAX_DICT),
             data: block.data,
             kept: cut.at,
-            out: b.out,
-            dict_start: cut.dict_start,
+            in_block,
+            dict_start,
             offset,
+            out: b.out,
+            more,
+            limit,
         }))
     }
 
     /// Whether the block header carries the block's sizes, which change.
-    fn sized(&self) -> bool {
+    pub(super) fn sized(&self) -> bool {
         self.header[1] & 0xc0 != 0
     }
 
     /// The input's bytes the output starts with, as they are: the stream
-    /// header, and unless the block header carries sizes, the block
-    /// header and the chunks before the cut.
+    /// header and the blocks before the cut one, and unless its header
+    /// carries sizes, its header and the chunks before the cut.
     pub(crate) fn kept_as_is(&self) -> u64 {
         if self.sized() {
             self.offset
@@ -232,36 +280,61 @@ impl Cut {
         }
     }
 
-    /// Decodes the input up to the cut, noting the dictionary and the
-    /// check there; returns the decoder, which goes on from the cut.
-    pub(crate) fn prime(&mut self, file: &File) -> io::Result<Primed> {
-        // From byte 0 by offset: clones of `file` share its position,
-        // which keeping the prefix may have moved.
-        let whole = super::Span {
-            file: file.try_clone()?,
-            at: 0,
-            end: file.metadata()?.len(),
-        };
-        let mut decoder: Box<dyn Read + Send> =
-            Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(
-                io::BufReader::with_capacity(1 << 20, crate::io::progress::Reader(whole)),
-            ));
-        // The encoder is primed with the last MiB only: priming runs its
-        // match finder over every byte given (an 8 MiB dictionary cost
-        // 3 s of CPU on a 50 MB archive whose decoding takes 0.7 s), and
-        // the bytes it touches are its memory. Its window still grows to
-        // the full dictionary as the tail is compressed.
-        let dict_len = self
-            .out
-            .saturating_sub(self.dict_start)
+    /// The most threads up to `max` the blocks after the cut one may use
+    /// within `budget` bytes (see [`Continuation::threads_within`]).
+    pub(crate) fn threads_within(&self, max: u32, budget: u64) -> u32 {
+        self.more.threads_within(max, budget)
+    }
+
+    /// How many bytes before the cut the encoder is primed with: the last
+    /// MiB, within the dictionary and after its last reset. Priming runs
+    /// the match finder over every byte given (an 8 MiB dictionary cost
+    /// 3 s of CPU on a 50 MB archive whose decoding takes 0.7 s), and the
+    /// bytes it touches are its memory; its window still grows to the
+    /// full dictionary as the tail is compressed.
+    fn dict_len(&self) -> u64 {
+        (self.in_block - self.dict_start)
             .min(u64::from(self.dict_size))
-            .min(PRIME);
-        let dict_from = self.out - dict_len;
-        let mut dict = Vec::with_capacity(dict_len as usize);
+            .min(PRIME)
+    }
+
+    /// The dictionary and check at the cut, and a reader of the input's
+    /// uncompressed bytes from the cut on. From `cached` (what an earlier
+    /// run found here, if it matches this cut) nothing is decoded up to
+    /// the cut; else the block is decoded from its start up to the cut,
+    /// and the result says what a later run may keep.
+    pub(crate) fn prime(&mut self, file: &File, cached: Option<&CutState>) -> io::Result<Primed> {
+        if let Some(state) = cached.filter(|s| {
+            s.fits(
+                self.offset,
+                self.kept,
+                self.out,
+                self.dict_len(),
+                &self.check,
+            )
+        }) {
+            self.check = state.check.clone();
+            let decode = self.more.clone();
+            let file = file.try_clone()?;
+            let skip = self.in_block + state.ahead.len() as u64;
+            let rest = Lazy::new(move || decode.input(&file), skip);
+            tracing::info!(
+                "xz block cut at byte {} of its data: dictionary and check from the scan cache, nothing decoded up to the cut",
+                self.kept
+            );
+            return Ok(Primed {
+                input: Box::new(io::Cursor::new(state.ahead.clone()).chain(rest)),
+                dict: state.dict.clone(),
+                fresh: None,
+            });
+        }
+        let mut decoder = self.more.input(file)?;
+        let dict_from = self.in_block - self.dict_len();
+        let mut dict = Vec::with_capacity(self.dict_len() as usize);
         let mut buf = vec![0u8; 1 << 20];
         let mut at = 0u64;
-        while at < self.out {
-            let want = buf.len().min((self.out - at) as usize);
+        while at < self.in_block {
+            let want = buf.len().min((self.in_block - at) as usize);
             let n = decoder.read(&mut buf[..want])?;
             if n == 0 {
                 return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
@@ -274,192 +347,55 @@ impl Cut {
             }
             at += n as u64;
         }
-        Ok(Primed {
-            input: decoder,
-            dict,
-        })
-    }
-
-    /// The encoder of the rest of the block into `sink`, which holds
-    /// [`Cut::kept_as_is`] bytes of the input already; a scratch file in
-    /// `scratch_dir` holds the new chunks when the header needs sizes.
-    pub(crate) fn encoder<W: Write>(
-        self,
-        sink: W,
-        dict: &[u8],
-        file: &File,
-        scratch_dir: &Path,
-    ) -> io::Result<ChunkTail<W>> {
-        let target = if self.sized() {
-            let scratch = Scratch::create_in(scratch_dir, "xz-chunks")?;
-            let buffered = BufWriter::with_capacity(1 << 20, scratch.file().try_clone()?);
-            Target::Later {
-                sink,
-                scratch,
-                buffered,
-            }
-        } else {
-            Target::Sink(sink)
+        tracing::info!(
+            "xz block cut at byte {} of its data: {} bytes of the block decoded up to the cut",
+            self.kept,
+            self.in_block
+        );
+        let (tee, seen) = Tee::new(decoder);
+        let state = CutState {
+            offset: self.offset,
+            at: self.kept,
+            out: self.out,
+            check: self.check.clone(),
+            dict: dict.clone(),
+            ahead: Vec::new(),
         };
-        Ok(ChunkTail {
-            lzma: PrimedEncoder::new(target, self.dict_size, dict)?,
-            input: file.try_clone()?,
-            uncompressed: self.out,
-            cut: self,
+        Ok(Primed {
+            input: Box::new(tee),
+            dict,
+            fresh: Some(Fresh { state, seen }),
         })
     }
 }
 
-/// The input decoded up to a cut.
+/// The input at a cut.
 pub(crate) struct Primed {
     /// The input's uncompressed bytes from the cut on.
     pub(crate) input: Box<dyn Read + Send>,
     /// The bytes before the cut a decoder there holds as its dictionary.
     pub(crate) dict: Vec<u8>,
-}
-
-/// Where the new chunks go.
-enum Target<W: Write> {
-    /// Straight after the kept bytes.
-    Sink(W),
-    /// Into a scratch file, until the block header's sizes are known.
-    Later {
-        sink: W,
-        scratch: Scratch,
-        buffered: BufWriter<File>,
-    },
-}
-
-impl<W: Write> Write for Target<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Target::Sink(w) => w.write(buf),
-            Target::Later { buffered, .. } => buffered.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The rest of a cut block: new chunks, then the block's end, the index
-/// and the footer.
-pub(crate) struct ChunkTail<W: Write> {
-    lzma: PrimedEncoder<Target<W>>,
-    cut: Cut,
-    input: File,
-    uncompressed: u64,
-}
-
-impl<W: Write> Write for ChunkTail<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.lzma.write_all(buf)?;
-        self.cut.check.update(buf);
-        self.uncompressed += buf.len() as u64;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The block header `header` with its size fields (those it has) set to
-/// `compressed` and `uncompressed`, its padding and CRC32 redone.
-fn with_sizes(header: &[u8], compressed: u64, uncompressed: u64) -> Option<Vec<u8>> {
-    let flags = header[1];
-    let mut at = 2;
-    for bit in [0x40, 0x80] {
-        if flags & bit != 0 {
-            vli(header, &mut at)?;
-        }
-    }
-    // The filter flags run to the padding; the filters are the same.
-    let mut filters_end = at;
-    for _ in 0..=(flags & 3) {
-        vli(header, &mut filters_end)?;
-        let n = vli(header, &mut filters_end)?;
-        filters_end += usize::try_from(n).ok()?;
-    }
-    let mut new = vec![0u8, flags];
-    if flags & 0x40 != 0 {
-        put_vli(&mut new, compressed);
-    }
-    if flags & 0x80 != 0 {
-        put_vli(&mut new, uncompressed);
-    }
-    new.extend_from_slice(header.get(at..filters_end)?);
-    new.resize((new.len() + 4).div_ceil(4) * 4 - 4, 0);
-    new[0] = u8::try_from((new.len() + 4) / 4 - 1).ok()?;
-    let crc = crc32fast::hash(&new);
-    new.extend_from_slice(&crc.to_le_bytes());
-    Some(new)
-}
-
-impl<W: Write> ChunkTail<W> {
-    /// Ends the block, and the stream with an index of it and a footer.
-    pub(crate) fn finish(self) -> io::Result<W> {
-        let ChunkTail {
-            lzma,
-            cut,
-            input,
-            uncompressed,
-        } = self;
-        let (target, new) = lzma.finish()?;
-        let compressed = cut.kept + new;
-        let (mut sink, header_len) = match target {
-            Target::Sink(sink) => (sink, cut.header.len() as u64),
-            Target::Later {
-                mut sink,
-                scratch,
-                buffered,
-            } => {
-                let mut file = buffered.into_inner().map_err(|e| e.into_error())?;
-                let header = with_sizes(&cut.header, compressed, uncompressed)
-                    .ok_or_else(|| io::Error::other("the block header cannot be rewritten"))?;
-                sink.write_all(&header)?;
-                let mut kept = super::Span {
-                    file: input,
-                    at: cut.data,
-                    end: cut.data + cut.kept,
-                };
-                io::copy(&mut kept, &mut sink)?;
-                file.rewind()?;
-                io::copy(&mut file, &mut sink)?;
-                drop(scratch);
-                (sink, header.len() as u64)
-            }
-        };
-        let pad = (4 - compressed % 4) % 4;
-        sink.write_all(&[0u8; 3][..pad as usize])?;
-        let check = cut.check.finish();
-        sink.write_all(&check)?;
-        let record = Record {
-            unpadded: header_len + compressed + check.len() as u64,
-            uncompressed,
-        };
-        sink.write_all(&index_and_footer(cut.flags, &[record]))?;
-        sink.flush()?;
-        Ok(sink)
-    }
-}
-
-impl<W: Write> super::super::Encoder for ChunkTail<W> {
-    fn finish_stream(self: Box<Self>) -> io::Result<()> {
-        self.finish().map(drop)
-    }
+    /// What the scan cache may keep for a later run, once the input read
+    /// from the cut is known (None when this came from the cache).
+    pub(crate) fresh: Option<Fresh>,
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use liblzma::stream::{Check, MtStreamBuilder};
 
+    use super::super::chunk_tail::with_sizes;
+    use super::super::cut_state::CutStates;
+    use super::super::layout::put_vli;
     use super::*;
 
-    fn xz(data: &[u8], threads: u32, check: Check) -> Vec<u8> {
+    fn xz(data: &[u8], threads: u32, block: u64, check: Check) -> Vec<u8> {
         let stream = MtStreamBuilder::new()
             .preset(6)
             .threads(threads)
-            .block_size(1 << 30)
+            .block_size(block)
             .check(check)
             .encoder()
             .unwrap();
@@ -491,36 +427,64 @@ mod tests {
             .collect()
     }
 
-    /// Cut a single-block file near `change` and append `new`: the
-    /// output decodes to the kept bytes and the new ones, keeps the
-    /// input's bytes up to the cut, and its index and check are right.
+    /// Cut a file near `change` and append `new` (twice: decoding, then
+    /// from the state that gave): the output decodes to the kept bytes
+    /// and the new ones, keeps the input's bytes up to the cut, and its
+    /// index and check are right; both runs write the same bytes.
     fn cut_and_continue(file_bytes: &[u8], whole: &[u8], change: u64, new: &[u8]) -> Vec<u8> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.xz");
         std::fs::write(&path, file_bytes).unwrap();
         let f = File::open(&path).unwrap();
-        let streams = layout(&f, file_bytes.len() as u64).unwrap().unwrap();
-        let single = single(&f, &streams).unwrap();
-        let b = single.boundary_before(change).unwrap();
+        let len = file_bytes.len() as u64;
+        let streams = layout(&f, len).unwrap().unwrap();
+        let cuts = cuttable(&f, &streams);
+        let index = super::super::Index { streams, cuts };
+        let b = index.boundary_before(change).unwrap();
+        assert!(b.chunk.is_some(), "a chunk boundary at {change}: {b:?}");
         assert!(b.out > 0 && b.out <= change);
-        let mut cut = Cut::at(&f, file_bytes.len() as u64, &b).unwrap().unwrap();
-        let keep = cut.kept_as_is() as usize;
-        let mut out = file_bytes[..keep].to_vec();
-        let mut primed = cut.prime(&f).unwrap();
-        let mut tail = cut.encoder(&mut out, &primed.dict, &f, dir.path()).unwrap();
-        let mut rest = vec![0u8; (change - b.out) as usize];
-        primed.input.read_exact(&mut rest).unwrap();
-        tail.write_all(&rest).unwrap();
-        tail.write_all(new).unwrap();
-        tail.finish().unwrap();
-        let mut back = Vec::new();
-        liblzma::read::XzDecoder::new(&out[..])
-            .read_to_end(&mut back)
-            .unwrap();
-        let mut want = whole[..change as usize].to_vec();
-        want.extend_from_slice(new);
-        assert!(back == want, "decodes to the kept and new bytes");
-        out
+        let mut states = CutStates::default();
+        let mut outputs = Vec::new();
+        for run in 0..3 {
+            if run == 2 {
+                // Fewer bytes after the cut than the writer reads: the
+                // rest comes from decoding the block again.
+                let mut short = states.find(&b).unwrap().clone();
+                short.ahead.truncate(short.ahead.len() / 2);
+                states.seed(vec![short]);
+            }
+            let mut cut = Cut::at(&f, len, &b).unwrap().unwrap();
+            let keep = cut.kept_as_is() as usize;
+            let mut out = file_bytes[..keep].to_vec();
+            let cached = states.find(&b).cloned();
+            let mut primed = cut.prime(&f, cached.as_ref()).unwrap();
+            assert_eq!(primed.fresh.is_none(), cached.is_some());
+            let mut tail = cut
+                .encoder(&mut out, &primed.dict, &f, dir.path(), 2)
+                .unwrap();
+            let mut rest = vec![0u8; (change - b.out) as usize];
+            primed.input.read_exact(&mut rest).unwrap();
+            tail.write_all(&rest).unwrap();
+            tail.write_all(new).unwrap();
+            tail.finish().unwrap();
+            if let Some(fresh) = primed.fresh {
+                states.add(fresh.state());
+            }
+            let mut back = Vec::new();
+            liblzma::read::XzDecoder::new_multi_decoder(&out[..])
+                .read_to_end(&mut back)
+                .unwrap();
+            let mut want = whole[..change as usize].to_vec();
+            want.extend_from_slice(new);
+            assert!(back == want, "decodes to the kept and new bytes");
+            outputs.push(out);
+        }
+        assert!(outputs[0] == outputs[1], "the cached state writes the same");
+        assert!(
+            outputs[0] == outputs[2],
+            "and so with fewer bytes after the cut"
+        );
+        outputs.pop().unwrap()
     }
 
     #[test]
@@ -535,7 +499,7 @@ mod tests {
             };
             for sized in [false, true] {
                 let input = if sized {
-                    xz(&whole, 2, check)
+                    xz(&whole, 2, 1 << 30, check)
                 } else {
                     plain_xz(&whole, check)
                 };
@@ -553,6 +517,42 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Blocks of 1 MiB (`xz -T`; the smallest block size a continuation
+    /// takes from its input): a change in a middle block or the last keeps
+    /// the blocks before it and that block's chunks before the change; the
+    /// cut block grows to the input's block size and new blocks follow,
+    /// each in the index.
+    #[test]
+    fn a_block_of_many_is_cut_inside_and_new_blocks_follow() {
+        const BLOCK: u64 = 1 << 20;
+        let whole = data(3_500_000);
+        let input = xz(&whole, 2, BLOCK, Check::Crc32);
+        // Middle of the second block, past the first chunk (about 240 KB
+        // of this data) of the last one, and its end.
+        for change in [1_600_000u64, 3_420_000, 3_499_000] {
+            let more = vec![b'x'; 1_500_000];
+            let out = cut_and_continue(&input, &whole, change, &more);
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("o.xz");
+            std::fs::write(&path, &out).unwrap();
+            let streams = layout(&File::open(&path).unwrap(), out.len() as u64)
+                .unwrap()
+                .unwrap();
+            let sizes: Vec<u64> = streams[0].records.iter().map(|r| r.uncompressed).collect();
+            let total = change + more.len() as u64;
+            let first = (change / BLOCK) as usize;
+            // The blocks before the cut one as they were, then blocks of
+            // the input's size.
+            assert!(sizes[..first].iter().all(|&s| s == BLOCK), "{sizes:?}");
+            assert_eq!(sizes.iter().sum::<u64>(), total);
+            assert!(sizes.iter().all(|&s| s <= BLOCK), "{sizes:?}");
+            assert_eq!(sizes.len() as u64, total.div_ceil(BLOCK), "{sizes:?}");
+            // Everything before the cut block is the input's.
+            let (kept_at, _, _) = streams[0].blocks().nth(first).unwrap();
+            assert!(out[..kept_at as usize] == input[..kept_at as usize]);
         }
     }
 

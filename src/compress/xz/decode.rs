@@ -86,8 +86,8 @@ impl Read for Span {
 }
 
 /// A decoder that notes the file's layout: each block start is a
-/// boundary, and in a file of one block each LZMA2 chunk start (found
-/// from the chunk headers before decoding). A file whose layout cannot be read (damage) is decoded plainly, which
+/// boundary, and each LZMA2 chunk start inside a block whose only filter
+/// is LZMA2 (found from the chunk headers before decoding). A file whose layout cannot be read (damage) is decoded plainly, which
 /// says what is wrong, and has no boundaries.
 pub(crate) fn indexing_decoder(file: File) -> (Box<dyn Read + Send>, Option<SharedIndex>) {
     let streams = file
@@ -99,7 +99,7 @@ pub(crate) fn indexing_decoder(file: File) -> (Box<dyn Read + Send>, Option<Shar
         return (super::super::Compression::Xz.decoder(file), None);
     };
     let spans: Vec<(u64, u64)> = streams.iter().map(|s| (s.start, s.end)).collect();
-    let single = super::cut::single(&file, &streams);
+    let cuts = super::cut::cuttable(&file, &streams);
     let mut decoder = StreamsDecoder {
         file,
         streams: spans.into_iter(),
@@ -109,5 +109,5 @@ pub(crate) fn indexing_decoder(file: File) -> (Box<dyn Read + Send>, Option<Shar
     if let Err(e) = decoder.next_stream() {
         return (Box::new(super::super::FailingReader(Some(e))), None);
     }
-    (Box::new(decoder), Some(Arc::new(Index { streams, single })))
+    (Box::new(decoder), Some(Arc::new(Index { streams, cuts })))
 }

@@ -15,12 +15,15 @@
 //! the one holding the boundary are part of the rewritten tail.
 
 mod blocks;
+mod chunk_tail;
 pub(crate) mod chunks;
 mod cut;
+mod cut_state;
 mod decode;
 mod layout;
 mod one_block;
 mod primed;
+mod sparse;
 
 use std::fs::File;
 use std::io;
@@ -31,9 +34,11 @@ use liblzma::stream::Check;
 
 pub(crate) use self::blocks::Continuation;
 pub(crate) use self::cut::{ChunkCut, Cut};
+pub(crate) use self::cut_state::{CutState, CutStates};
 pub(crate) use self::decode::{indexing_decoder, Span};
 pub(crate) use self::layout::{index_and_footer, layout, vli, Record, StreamLayout};
 pub(crate) use self::one_block::Blocks;
+pub(crate) use self::sparse::Sparse;
 
 pub(crate) const MAGIC: [u8; 6] = [0xfd, b'7', b'z', b'X', b'Z', 0x00];
 pub(super) const FOOTER_MAGIC: [u8; 2] = *b"YZ";
@@ -77,9 +82,9 @@ pub(crate) fn input_check(file: &File) -> Check {
     check_of([head[6], head[7]]).unwrap_or(Check::Crc64)
 }
 
-/// Where a rewrite may start: a block start, or in a file of one block
-/// an LZMA2 chunk start inside it (`cut.rs`). A rewrite keeps the
-/// input's bytes before it.
+/// Where a rewrite may start: a block start, or an LZMA2 chunk start
+/// inside a block whose only filter is LZMA2 (`cut.rs`). A rewrite keeps
+/// the input's bytes before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Boundary {
     /// File offset of the block's header.
@@ -93,39 +98,70 @@ pub(crate) struct Boundary {
 /// The input's layout as the decoder found it, shared with the scan.
 pub(crate) struct Index {
     pub(super) streams: Vec<StreamLayout>,
-    /// The chunk starts of a file of one block that can be cut inside.
-    pub(super) single: Option<cut::Single>,
+    /// The blocks that can be cut inside, in file order.
+    pub(super) cuts: Vec<cut::BlockCuts>,
 }
 
 pub(crate) type SharedIndex = Arc<Index>;
 
 impl Index {
     /// The latest boundary at or before uncompressed `out`: a chunk start
-    /// in a single-block file, else a block start.
+    /// inside the block holding it if that block can be cut, else the
+    /// block's start.
     pub(crate) fn boundary_before(&self, out: u64) -> Option<Boundary> {
-        if let Some(b) = self.single.as_ref().and_then(|s| s.boundary_before(out)) {
-            return Some(b);
-        }
         let s = self.streams.iter().rev().find(|s| s.out <= out)?;
-        s.blocks()
-            .take_while(|&(_, o, _)| o <= out)
-            .last()
-            .map(|(offset, out, _)| Boundary {
-                offset,
-                out,
-                chunk: None,
-            })
+        let block =
+            s.blocks()
+                .take_while(|&(_, o, _)| o <= out)
+                .last()
+                .map(|(offset, out, _)| Boundary {
+                    offset,
+                    out,
+                    chunk: None,
+                })?;
+        let inside = self
+            .cuts
+            .binary_search_by_key(&block.offset, |c| c.offset)
+            .ok()
+            .and_then(|i| self.cuts[i].boundary_before(out));
+        Some(inside.unwrap_or(block))
     }
 
     /// Whether a rewrite could keep anything: some block after the first,
-    /// or chunks inside a single block.
+    /// or chunks inside a block.
     pub(crate) fn keeps_something(&self) -> bool {
-        self.single.is_some() || self.streams.iter().map(|s| s.records.len()).sum::<usize>() > 1
+        !self.cuts.is_empty() || self.streams.iter().map(|s| s.records.len()).sum::<usize>() > 1
     }
 }
 
+/// The start of the block boundary `b` lies in, and whether that block's
+/// header carries its sizes (None when `file`'s layout has no such
+/// block).
+pub(crate) fn block_of(file: &File, b: &Boundary) -> io::Result<Option<(Boundary, bool)>> {
+    let len = file.metadata()?.len();
+    let Some(streams) = layout(file, len)? else {
+        return Ok(None);
+    };
+    let Some((offset, out, _)) = streams
+        .iter()
+        .flat_map(|s| s.blocks())
+        .find(|&(o, _, _)| o == b.offset)
+    else {
+        return Ok(None);
+    };
+    let mut flags = [0u8; 2];
+    file.read_exact_at(&mut flags, offset)?;
+    let start = Boundary {
+        offset,
+        out,
+        chunk: None,
+    };
+    Ok(Some((start, flags[1] & 0xc0 != 0)))
+}
+
 /// Whether a rewrite of xz `file` keeps nothing before any change: one
-/// block, with a BCJ or delta filter (which `cut.rs` does not continue),
+/// block, with a BCJ or delta filter (which `cut.rs` does not continue) or
+/// of one LZMA2 chunk,
 /// or a layout that cannot be read. The tar scan compresses such a file
 /// speculatively as it reads, and a cached scan (which skips that) is not
 /// used.
@@ -134,7 +170,7 @@ pub(crate) fn keeps_nothing(file: &File) -> bool {
     match layout(file, len) {
         Ok(Some(streams)) => {
             streams.iter().map(|s| s.records.len()).sum::<usize>() <= 1
-                && cut::single(file, &streams).is_none()
+                && cut::cuttable(file, &streams).is_empty()
         }
         _ => true,
     }

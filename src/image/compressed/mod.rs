@@ -6,8 +6,10 @@
 //!
 //! A disk image keeps the input's compressed bytes before its rootfs
 //! partition where the codec has boundaries (gzip, bzip2, zstd). A raw
-//! ext4 image has nothing to keep: ext4 changes its superblock (at byte
-//! 1024) on every write, so its first changed block is the first.
+//! ext4 image has nothing before its first change to keep: ext4 changes
+//! its superblock (at byte 1024) on every write. A multi-block xz input,
+//! raw or disk, keeps every block that holds no changed byte, wherever it
+//! lies (`xz::Sparse`, given the changed ranges).
 
 mod encoders;
 mod expand;
@@ -105,6 +107,10 @@ pub(crate) struct RecompressOutlet {
 
 impl Outlet for RecompressOutlet {
     fn write(&mut self, changes: &Changes, out: &mut TempOutput) -> Result<(), ImageError> {
+        let changed: Vec<(u64, u64)> = changes
+            .iter()
+            .map(|(at, data)| (at, at + data.len() as u64))
+            .collect();
         let mut sink = Recompressing::new(Start {
             out: &mut *out,
             input: &self.input,
@@ -112,6 +118,7 @@ impl Outlet for RecompressOutlet {
             len: self.raw.len(),
             boundaries: &self.boundaries,
             prefixes: &mut self.prefixes,
+            changed: &changed,
         });
         let read_or_write = |e: io::Error| match InputRead::take(e) {
             Ok(InputRead { path, source }) => ImageError::Open { path, source },

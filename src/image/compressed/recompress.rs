@@ -7,6 +7,8 @@
 //! the kept frame closed at the boundary and a new frame after it; xz: new
 //! blocks after the kept ones, or in a single-block file new LZMA2 chunks
 //! after the kept ones).
+//! A multi-block xz input goes further: every block without a changed
+//! byte is kept, not only those before the first change (`xz::Sparse`).
 //! Otherwise everything is compressed anew.
 
 use std::fs::File;
@@ -31,6 +33,9 @@ pub(super) struct Start<'a> {
     /// The input's boundaries before partition starts, by `out`.
     pub(super) boundaries: &'a [Boundary],
     pub(super) prefixes: &'a mut PrefixCache,
+    /// The raw image's changed byte ranges (sorted `[start, end)`): a
+    /// multi-block xz input keeps every block outside them.
+    pub(super) changed: &'a [(u64, u64)],
 }
 
 /// A raw image compressed as it is written, after a kept prefix.
@@ -63,6 +68,13 @@ impl<'a> Recompressing<'a> {
     fn start(&mut self, first_change: u64) -> io::Result<()> {
         let State::Waiting(start) = std::mem::replace(&mut self.state, State::Gone) else {
             return Ok(());
+        };
+        let start = match sparse_xz(start)? {
+            Ok(encoder) => {
+                self.state = State::Encoding(encoder);
+                return Ok(());
+            }
+            Err(start) => start,
         };
         let boundary = start
             .boundaries
@@ -111,6 +123,24 @@ impl<'a> Recompressing<'a> {
     }
 }
 
+/// A multi-block xz input rewritten where it changed (`xz::Sparse`):
+/// every block without a changed byte kept, wherever it is. Gives `start`
+/// back when that does not apply.
+fn sparse_xz<'a>(start: Start<'a>) -> io::Result<Result<Box<dyn Encoder + 'a>, Start<'a>>> {
+    if start.codec != Compression::Xz {
+        return Ok(Err(start));
+    }
+    let file = File::open(start.input).map_err(|e| read_error(start.input, e))?;
+    let Some(plan) = xz::Sparse::plan(&file, start.len, start.changed)
+        .map_err(|e| read_error(start.input, e))?
+    else {
+        return Ok(Err(start));
+    };
+    let dir = start.out.dir().to_path_buf();
+    let threads = start.codec.workers();
+    Ok(Ok(Box::new(plan.writer(start.out, threads, &dir)?)))
+}
+
 /// Writes the input's compressed bytes before `b` into the output and
 /// returns the encoder that goes on after them.
 fn continue_after<'a>(start: Start<'a>, b: &Boundary) -> io::Result<Box<dyn Encoder + 'a>> {
@@ -156,9 +186,10 @@ fn continue_after<'a>(start: Start<'a>, b: &Boundary) -> io::Result<Box<dyn Enco
             // The raw image's bytes come from its expanded copy: the
             // decoder is only read up to the cut, for the dictionary and
             // the block's check.
-            let primed = cut.prime(&file).map_err(|e| read_error(input, e))?;
+            let primed = cut.prime(&file, None).map_err(|e| read_error(input, e))?;
             let dir = out.dir().to_path_buf();
-            Box::new(cut.encoder(out, &primed.dict, &file, &dir)?)
+            let threads = cut.threads_within(codec.workers() as u32, xz::ENCODE_MEMORY);
+            Box::new(cut.encoder(out, &primed.dict, &file, &dir, threads)?)
         }
         Boundary::Xz(b) => {
             let len = file.metadata().map_err(|e| read_error(input, e))?.len();

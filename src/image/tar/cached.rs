@@ -1,8 +1,10 @@
 //! A tar scan as the scan cache (`src/cache/`) keeps it: what the scan
 //! learned (entries at watched paths, passwd and group, header style, the
 //! end of the entries, where a pixz index starts), the compressed stream's
-//! boundaries before the places the plan may change, and the SHA-256
-//! states of kept prefixes.
+//! boundaries before the places the plan may change, the SHA-256
+//! states of kept prefixes, and what cuts inside xz blocks found by
+//! decoding up to the cut (`compress/xz/cut_state.rs`: the check's state,
+//! up to a MiB of the base's bytes before the cut and a few after it).
 //! None of it comes from a device: only from the base image.
 //!
 //! Reading an entry back checks every field that the writer relies on; a
@@ -31,7 +33,7 @@ pub(super) fn needs(
 ) -> Vec<u8> {
     let mut e = Enc::default();
     // The payload's layout: a new one never reads an old one's entries.
-    e.str("tar/3");
+    e.str("tar/4");
     e.str(codec.name());
     for list in [watch, targets, captured] {
         e.count(list.len());
@@ -45,7 +47,12 @@ pub(super) fn needs(
 
 /// The payload for `scan` and the prefix states; `file_head` is the
 /// input's first bytes (a zstd frame header is kept as the input has it).
-pub(super) fn encode(scan: &Scan, kept: &[KeptPrefix], file_head: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn encode(
+    scan: &Scan,
+    kept: &[KeptPrefix],
+    cuts: &[xz::CutState],
+    file_head: &[u8],
+) -> Option<Vec<u8>> {
     let mut e = Enc::default();
     e.u8(match scan.style {
         None => 0,
@@ -100,12 +107,20 @@ pub(super) fn encode(scan: &Scan, kept: &[KeptPrefix], file_head: &[u8]) -> Opti
         e.u64(*end);
         e.bytes(&state.export());
     }
+    e.count(cuts.len());
+    for c in cuts {
+        c.put(&mut e);
+    }
     Some(e.0)
 }
 
-/// The scan and prefix states `bytes` hold for an input compressed with
-/// `codec`, if they are what [`encode`] writes.
-pub(super) fn decode(bytes: &[u8], codec: Compression) -> Option<(Scan, Vec<KeptPrefix>)> {
+/// What a cached scan holds: the scan, kept prefixes' states and xz cut
+/// states.
+pub(super) type Cached = (Scan, Vec<KeptPrefix>, Vec<xz::CutState>);
+
+/// The scan, prefix states and xz cut states `bytes` hold for an input
+/// compressed with `codec`, if they are what [`encode`] writes.
+pub(super) fn decode(bytes: &[u8], codec: Compression) -> Option<Cached> {
     let mut d = Dec::new(bytes);
     let mut scan = Scan::default();
     scan.style = match d.u8()? {
@@ -188,7 +203,18 @@ pub(super) fn decode(bytes: &[u8], codec: Compression) -> Option<(Scan, Vec<Kept
         (state.len() == len).then_some(())?;
         kept.push(((head, from, end), state));
     }
-    d.is_done().then_some((scan, kept))
+    let mut cuts = Vec::new();
+    for _ in 0..d.count()? {
+        let c = xz::CutState::get(&mut d)?;
+        // Only for a chunk boundary the scan found (in an xz input).
+        let known = scan.boundaries.iter().flatten().any(|b| {
+            matches!(b, Boundary::Xz(x) if x.offset == c.offset && x.out == c.out
+                && x.chunk.is_some_and(|k| k.at == c.at))
+        });
+        known.then_some(())?;
+        cuts.push(c);
+    }
+    d.is_done().then_some((scan, kept, cuts))
 }
 
 fn put_entry(e: &mut Enc, w: &WatchedEntry) {
@@ -323,7 +349,7 @@ const GZIP: u8 = 1;
 const BZIP2: u8 = 2;
 const ZSTD: u8 = 3;
 const XZ: u8 = 4;
-/// An LZMA2 chunk start inside a single-block xz file.
+/// An LZMA2 chunk start inside an xz block.
 const XZ_CHUNK: u8 = 5;
 /// A deflate window: 32 KiB at most.
 const WINDOW: usize = 32 * 1024;

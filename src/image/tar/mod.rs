@@ -167,6 +167,9 @@ pub(crate) struct TarBackend {
     scan: Option<Scan>,
     /// The hash of the kept prefix, shared by a batch's outputs.
     prefixes: PrefixCache,
+    /// What cuts inside xz blocks found by decoding, kept by the scan
+    /// cache so that a warm run does not decode up to the cut.
+    xz_cuts: crate::compress::xz::CutStates,
     /// The input's identity when it was scanned, if the scan cache is on:
     /// what a cache entry for this scan is keyed by.
     cache_id: Option<Identity>,
@@ -198,6 +201,7 @@ impl TarBackend {
             watch,
             scan: None,
             prefixes: PrefixCache::default(),
+            xz_cuts: Default::default(),
             cache_id: None,
             cached: false,
         }
@@ -287,9 +291,10 @@ impl TarBackend {
             .and_then(|bytes| cached::decode(&bytes, self.codec).ok_or(Miss::Damaged));
         self.cache_id = Some(id);
         match found {
-            Ok((scan, kept)) => {
+            Ok((scan, kept, cuts)) => {
                 tracing::info!("{path}: scan cache hit");
                 self.prefixes.seed(kept);
+                self.xz_cuts.seed(cuts);
                 self.cached = true;
                 Some(scan)
             }
@@ -318,7 +323,7 @@ impl TarBackend {
         else {
             return;
         };
-        if self.cached && !self.prefixes.added {
+        if self.cached && !self.prefixes.added && !self.xz_cuts.added {
             return;
         }
         let mut head = [0u8; 32];
@@ -336,7 +341,12 @@ impl TarBackend {
                 return;
             }
         };
-        let Some(payload) = cached::encode(scan, self.prefixes.entries(), &head[..n]) else {
+        let Some(payload) = cached::encode(
+            scan,
+            self.prefixes.entries(),
+            self.xz_cuts.states(),
+            &head[..n],
+        ) else {
             return;
         };
         match cache.save(id, &payload) {
@@ -344,6 +354,7 @@ impl TarBackend {
                 tracing::debug!(dir = %cache.dir().display(), "scan cache: saved");
                 self.cached = true;
                 self.prefixes.added = false;
+                self.xz_cuts.added = false;
             }
             Err(e) => tracing::info!("scan cache: cannot save in {}: {e}", cache.dir().display()),
         }
@@ -471,6 +482,7 @@ impl ImageBackend for TarBackend {
             &pieces,
             out,
             &mut self.prefixes,
+            &mut self.xz_cuts,
             self.options.full_rewrite,
         )?;
         self.save_to_cache();
@@ -487,12 +499,16 @@ pub(crate) fn fuzz_cache(
     codec: Compression,
     payload: &[u8],
 ) -> Option<crate::cache::Identity> {
-    if let Some((scan, kept)) = cached::decode(payload, codec) {
-        if let Some(again) = cached::encode(&scan, &kept, &[]) {
-            assert!(
-                cached::decode(&again, codec).is_some(),
-                "a re-encoded scan reads back"
-            );
+    // As an xz tarball's payload too: its boundaries and cut states
+    // (`compress/xz/cut_state.rs`) are read only for xz.
+    for codec in [codec, Compression::Xz] {
+        if let Some((scan, kept, cuts)) = cached::decode(payload, codec) {
+            if let Some(again) = cached::encode(&scan, &kept, &cuts, &[]) {
+                assert!(
+                    cached::decode(&again, codec).is_some(),
+                    "a re-encoded scan reads back"
+                );
+            }
         }
     }
     let targets = crate::plan::OverlaySpec::default_spec().targets();

@@ -140,6 +140,7 @@ pub(super) fn write(
     pieces: &[Piece],
     out: &mut TempOutput,
     prefixes: &mut PrefixCache,
+    cuts: &mut xz::CutStates,
     full_rewrite: bool,
 ) -> Result<(), TarError> {
     let (path, codec, scan) = (input.path, input.codec, input.scan);
@@ -167,6 +168,15 @@ pub(super) fn write(
     // pixz's file index goes in the stream's last block: the tail is new
     // blocks in the input's stream, from its first block at the latest.
     let start = match start {
+        // pixz reading from a pipe cannot step over a block whose header
+        // lacks its sizes (it seeks), and a cut block keeps its input's
+        // header kind: such a block is rewritten from its start.
+        Some(TailStart::Xz(b)) if scan.pixz_index.is_some() && b.chunk.is_some() => {
+            match xz::block_of(&file, &b).map_err(read_err)? {
+                Some((block, false)) => Some(TailStart::Xz(block)),
+                _ => Some(TailStart::Xz(b)),
+            }
+        }
         Some(TailStart::Xz(b)) => Some(TailStart::Xz(b)),
         _ if scan.pixz_index.is_some() => Some(TailStart::Xz(xz::FIRST_BLOCK)),
         start => start,
@@ -254,15 +264,36 @@ pub(super) fn write(
             let keep = cut.kept_as_is();
             let hashed = prefixes.state(&file, &[], 0, keep).map_err(read_err)?;
             out.splice_prefix(&file, keep, hashed).map_err(write_err)?;
-            let primed = cut.prime(&file).map_err(read_err)?;
+            let primed = cut.prime(&file, cuts.find(&boundary)).map_err(read_err)?;
             let mut input = stream(primed.input, boundary.out);
             let scratch_dir = out.dir().to_path_buf();
             let mut encoder = cut
-                .encoder(&mut *out, &primed.dict, &file, &scratch_dir)
+                .encoder(
+                    &mut *out,
+                    &primed.dict,
+                    &file,
+                    &scratch_dir,
+                    codec.workers() as u32,
+                )
                 .map_err(write_err)?;
             drop(primed.dict);
             write_pieces(&mut input, pieces, &mut encoder, &out_path)?;
-            encoder.finish().map_err(write_err)?;
+            match scan.pixz_index {
+                Some(index_at) => {
+                    let mut blocks = encoder.end_blocks().map_err(write_err)?;
+                    let mut block = blocks.block().map_err(write_err)?;
+                    pixz::rebuild(&mut input, index_at, pieces, &mut block, path, &out_path)?;
+                    block.finish().map_err(write_err)?;
+                    blocks.finish().map_err(write_err)?;
+                }
+                None => {
+                    encoder.finish().map_err(write_err)?;
+                }
+            }
+            // A later run with this cut starts from what decoding gave.
+            if let Some(fresh) = primed.fresh {
+                cuts.add(fresh.state());
+            }
         }
         Some(TailStart::Xz(boundary)) => {
             let len = file.metadata().map_err(read_err)?.len();

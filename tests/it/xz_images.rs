@@ -1,0 +1,230 @@
+//! Raw and disk images in multi-block xz (`xz -T2 --block-size=...`, as
+//! Yocto's `wic.xz` and vendors' `img.xz` are made): every block whose
+//! bytes did not change is kept as the input's compressed bytes, wherever
+//! it lies, and only the blocks holding a change are encoded again. Judged
+//! by xz itself (`xz -t`, `xz --robot -lvv`, `xz -dc`), e2fsck, sgdisk,
+//! cmp against the uncompressed image provisioned the same way, and
+//! `verify`.
+
+use crate::common;
+use crate::require::require_tools;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use tempfile::TempDir;
+
+const MIB: u64 = 1 << 20;
+
+/// One block as `xz --robot -lvv` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct XzBlock {
+    comp_offset: u64,
+    uncomp_offset: u64,
+    total_size: u64,
+    uncomp_size: u64,
+    check: String,
+}
+
+fn xz_blocks(path: &Path) -> Vec<XzBlock> {
+    let o = sh(&format!("xz --robot -lvv {}", path.display()));
+    stdout(&o)
+        .lines()
+        .filter(|l| l.starts_with("block\t"))
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            XzBlock {
+                comp_offset: f[4].parse().unwrap(),
+                uncomp_offset: f[5].parse().unwrap(),
+                total_size: f[6].parse().unwrap(),
+                uncomp_size: f[7].parse().unwrap(),
+                check: f[9].to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Per block of `input`, whether `output` has its compressed bytes as
+/// they are; the two files have the same blocks at the same uncompressed
+/// offsets (checked), each with the input's check.
+fn kept_blocks(input: &Path, output: &Path) -> Vec<bool> {
+    let (a, b) = (xz_blocks(input), xz_blocks(output));
+    let (da, db) = (fs::read(input).unwrap(), fs::read(output).unwrap());
+    assert!(a.len() > 2, "{}: {} blocks", input.display(), a.len());
+    assert_eq!(a.len(), b.len(), "the output has the input's blocks");
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| {
+            assert_eq!(
+                (x.uncomp_offset, x.uncomp_size, &x.check),
+                (y.uncomp_offset, y.uncomp_size, &y.check)
+            );
+            let slice = |d: &[u8], k: &XzBlock| {
+                d[k.comp_offset as usize..(k.comp_offset + k.total_size) as usize].to_vec()
+            };
+            slice(&da, x) == slice(&db, y)
+        })
+        .collect()
+}
+
+/// Asserts that a block after the first one that changed was kept: the
+/// rewrite does not stop keeping at the first change.
+fn assert_kept_after_first_change(kept: &[bool]) {
+    let first = kept
+        .iter()
+        .position(|k| !k)
+        .expect("some block holds a change");
+    assert!(
+        kept[first + 1..].iter().any(|&k| k),
+        "no block after the first change ({first}) was kept: {kept:?}"
+    );
+}
+
+/// `imprint provision` with a fixed SOURCE_DATE_EPOCH, so that two runs
+/// make the same filesystem changes.
+fn provision(input: &Path, output: &Path, pw: &Path, partition: Option<&str>) {
+    let mut c = provision_offline(input, output, "azaion", pw);
+    c.env("SOURCE_DATE_EPOCH", "1700000000");
+    if let Some(p) = partition {
+        c.args(["--partition", p]);
+    }
+    let o = run(&mut c);
+    assert!(
+        o.status.success(),
+        "provision {}: {}",
+        input.display(),
+        stderr(&o)
+    );
+}
+
+fn verify(out: &Path, partition: Option<&str>) {
+    let mut c = bin();
+    c.arg("verify")
+        .arg(out)
+        .args(["--serial", SERIAL, "--owner", "azaion"]);
+    if let Some(p) = partition {
+        c.args(["--partition", p]);
+    }
+    let v = run(&mut c);
+    assert!(
+        v.status.success(),
+        "verify {}:\n{}{}",
+        out.display(),
+        stdout(&v),
+        stderr(&v)
+    );
+}
+
+/// A few MiB of ext4 holding small files and 3 MiB of random ones (so
+/// that kept blocks are not all zeros).
+fn ext4_with_data(dir: &Path, name: &str, size: &str) -> PathBuf {
+    let tree = ext4_tree(dir, 30, Azaion::Absent);
+    fs::create_dir_all(tree.join("usr/lib")).unwrap();
+    for i in 0..3 {
+        sh(&format!(
+            "head -c {MIB} /dev/urandom > {}/usr/lib/lib{i}.so",
+            tree.display()
+        ));
+    }
+    let img = dir.join(name);
+    let o = mkfs(&tree, &img, &["-t", "ext4"], size);
+    assert!(o.status.success(), "mke2fs: {}", stderr(&o));
+    img
+}
+
+fn xz_into(plain: &Path, to: &Path, check: &str) {
+    sh(&format!(
+        "xz -T2 -6 --block-size=512KiB -C {check} -c {} > {}",
+        plain.display(),
+        to.display()
+    ));
+}
+
+/// A raw ext4 image in multi-block xz, with each check xz writes: the
+/// output passes `xz -t`, decompresses to exactly what provisioning the
+/// uncompressed image gives, passes e2fsck and `verify`, keeps the input's
+/// blocks and check, and keeps blocks after the first change.
+#[test]
+fn raw_image_in_multi_block_xz_keeps_every_unchanged_block() {
+    require_tools(&["xz", "e2fsck"]);
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let pw = write_password(d, PASSWORD);
+    let raw = ext4_with_data(d, "system.img", "8M");
+    let full = d.join("full.img");
+    provision(&raw, &full, &pw, None);
+    for check in ["none", "crc32", "crc64", "sha256"] {
+        let input = d.join(format!("in-{check}.img.xz"));
+        xz_into(&raw, &input, check);
+        let out = d.join(format!("out-{check}.img.xz"));
+        provision(&input, &out, &pw, None);
+        sh(&format!("xz -t {}", out.display()));
+        let back = d.join(format!("back-{check}.img"));
+        sh(&format!("xz -dc {} > {}", out.display(), back.display()));
+        sh(&format!("cmp {} {}", full.display(), back.display()));
+        assert_fsck_clean(&back);
+        verify(&out, None);
+        let kept = kept_blocks(&input, &out);
+        assert_kept_after_first_change(&kept);
+        // xz -lvv names them "None", "CRC32", "CRC64", "SHA-256".
+        let named = xz_blocks(&out)[0].check.to_lowercase().replace('-', "");
+        assert_eq!(named, check);
+        eprintln!("{check}: kept {kept:?}");
+    }
+}
+
+/// A GPT disk (as sgdisk lays it out) whose rootfs is its second partition,
+/// after 3 MiB of random data, in multi-block xz: the output passes `xz
+/// -t`, `sgdisk -v`, e2fsck on its rootfs and `verify`; outside the rootfs
+/// it decompresses to the input's bytes; every block before the rootfs is
+/// kept, and blocks after the first change too.
+#[test]
+fn disk_image_in_multi_block_xz_keeps_every_unchanged_block() {
+    require_tools(&["xz", "sgdisk", "e2fsck"]);
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let pw = write_password(d, PASSWORD);
+    let fs_img = ext4_with_data(d, "rootfs.ext4", "10M");
+    let disk = d.join("disk.wic");
+    let i = disk.display();
+    sh(&format!(
+        "truncate -s 16M {i} && sgdisk -og {i} >/dev/null && \
+         sgdisk -n 1:2048:+3M -c 1:boot -t 1:8300 {i} >/dev/null && \
+         sgdisk -n 2:8192:+10M -c 2:APP -t 2:8300 {i} >/dev/null && \
+         head -c {} /dev/urandom | dd of={i} bs=512 seek=2048 conv=notrunc status=none && \
+         dd if={} of={i} bs=512 seek=8192 conv=notrunc status=none",
+        3 * MIB,
+        fs_img.display()
+    ));
+    let (start, end) = (8192 * 512u64, 8192 * 512 + 10 * MIB);
+    let input = d.join("disk.wic.xz");
+    xz_into(&disk, &input, "crc32");
+    let out = d.join("out.wic.xz");
+    provision(&input, &out, &pw, Some("APP"));
+    sh(&format!("xz -t {}", out.display()));
+    let back = d.join("back.wic");
+    sh(&format!("xz -dc {} > {}", out.display(), back.display()));
+    let v = stdout(&sh(&format!("sgdisk -v {}", back.display())));
+    assert!(v.contains("No problems found"), "sgdisk -v:\n{v}");
+    let (a, b) = (fs::read(&disk).unwrap(), fs::read(&back).unwrap());
+    assert_eq!(a.len(), b.len());
+    assert!(
+        a[..start as usize] == b[..start as usize],
+        "before the rootfs"
+    );
+    assert!(a[end as usize..] == b[end as usize..], "after the rootfs");
+    let part = d.join("part.ext4");
+    fs::write(&part, &b[start as usize..end as usize]).unwrap();
+    assert_fsck_clean(&part);
+    verify(&out, Some("APP"));
+    let kept = kept_blocks(&input, &out);
+    let blocks = xz_blocks(&input);
+    for (k, blk) in kept.iter().zip(&blocks) {
+        if blk.uncomp_offset + blk.uncomp_size <= start {
+            assert!(k, "a block before the rootfs was encoded again: {kept:?}");
+        }
+    }
+    assert_kept_after_first_change(&kept);
+    eprintln!("disk: kept {kept:?}");
+}
