@@ -206,3 +206,45 @@ impl Write for AfterPrefix<'_, '_> {
         self.out.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::Digest;
+
+    /// The tail written while the prefix is hashed lands after it, held
+    /// or (past [`HOLD`]) written once the hash is in, and the digest is
+    /// the output's.
+    #[test]
+    fn writes_after_a_prefix_being_hashed_follow_it() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let input: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 >> 3) as u8).collect();
+        let src = dir.path().join("in");
+        std::fs::write(&src, &input).unwrap();
+        let file = File::open(&src).unwrap();
+        let tail: Vec<u8> = (0..HOLD as u32 + 300_000)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        for (bit, len) in [(8 * 500_000 + 3, 1000), (8 * 400_000, tail.len())] {
+            let mut out = TempOutput::create(&dir.path().join(format!("out{bit}"))).unwrap();
+            let mut prefixes = PrefixCache::default();
+            let last = std::thread::scope(|scope| {
+                let (last, mut after) = prefixes
+                    .keep_bits_hashing(scope, &file, bit, &mut out)
+                    .unwrap();
+                for chunk in tail[..len].chunks(65_536) {
+                    after.write_all(chunk).unwrap();
+                }
+                after.finish().unwrap();
+                last
+            });
+            let keep = (bit / 8) as usize;
+            assert_eq!(last, if bit % 8 == 0 { 0 } else { input[keep] });
+            let emitted = out.commit_without_sidecar().unwrap();
+            let mut want = input[..keep].to_vec();
+            want.extend_from_slice(&tail[..len]);
+            assert!(std::fs::read(&emitted.path).unwrap() == want, "bit {bit}");
+            assert_eq!(emitted.sha256, hex::encode(sha2::Sha256::digest(&want)));
+        }
+    }
+}
