@@ -218,7 +218,7 @@ mod tests {
     #[test]
     fn writes_after_a_prefix_being_hashed_follow_it() {
         let dir = tempfile::TempDir::new().unwrap();
-        let input: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 >> 3) as u8).collect();
+        let input: Vec<u8> = (0..1_000_000u32).map(|i| ((i * 7) >> 3) as u8).collect();
         let src = dir.path().join("in");
         std::fs::write(&src, &input).unwrap();
         let file = File::open(&src).unwrap();
