@@ -328,15 +328,27 @@ pub(super) fn write(
             }
         }
         Some(TailStart::Bzip2(boundary)) => {
-            let last = keep_bits(prefixes, &file, path, boundary.bit, out)?;
-            let mut rest = file.try_clone().map_err(read_err)?;
+            // A file of its own: a clone would share its offset with the
+            // hashing thread's reads.
+            let mut rest = File::open(path).map_err(read_err)?;
             rest.seek(SeekFrom::Start(boundary.bit / 8))
                 .map_err(read_err)?;
-            let (tail, _) = bz2::ParallelDecoder::new(rest, Some(boundary.clone()));
-            let mut input = stream(Box::new(tail), boundary.out);
-            let mut encoder = bz2::BlockEncoder::resume(&mut *out, &boundary, last);
-            write_pieces(&mut input, pieces, &mut encoder, &out_path)?;
-            encoder.finish().map_err(write_err)?;
+            // The kept prefix is hashed while the tail is recompressed.
+            std::thread::scope(|scope| {
+                let keep_err = |e| keep_error(e, path, &out_path);
+                let (last, mut after) = prefixes
+                    .keep_bits_hashing(scope, &file, boundary.bit, out)
+                    .map_err(keep_err)?;
+                let (tail, _) = bz2::ParallelDecoder::new(rest, Some(boundary.clone()));
+                let mut input = stream(Box::new(tail), boundary.out);
+                let mut encoder = bz2::BlockEncoder::resume(&mut after, &boundary, last);
+                let written = write_pieces(&mut input, pieces, &mut encoder, &out_path)
+                    .and_then(|()| encoder.finish().map(drop).map_err(write_err));
+                if let Err(e) = written {
+                    return Err(after.read_error().map_or(e, read_err));
+                }
+                after.finish().map_err(keep_err)
+            })?;
         }
         None => {
             let mut encoder = codec.encoder_like(&mut *out, &file).map_err(write_err)?;
@@ -357,16 +369,23 @@ fn keep_bits(
     bit: u64,
     out: &mut TempOutput,
 ) -> Result<u8, TarError> {
-    prefixes.keep_bits(file, bit, out).map_err(|e| match e {
+    let out_path = out.final_path().to_path_buf();
+    prefixes
+        .keep_bits(file, bit, out)
+        .map_err(|e| keep_error(e, path, &out_path))
+}
+
+fn keep_error(e: KeepError, path: &Path, out_path: &Path) -> TarError {
+    match e {
         KeepError::Read(source) => TarError::Read {
             path: path.to_path_buf(),
             source,
         },
         KeepError::Write(source) => TarError::Write {
-            path: out.final_path().to_path_buf(),
+            path: out_path.to_path_buf(),
             source,
         },
-    })
+    }
 }
 
 /// Streams the edit list from `input` (which may start part-way, at
