@@ -299,7 +299,7 @@ fn provisioned(input: &Path, output: &Path, pw: &Path, partition: Option<&str>) 
     assert!(!stdout(&o).contains(PASSWORD) && !stderr(&o).contains(PASSWORD));
 }
 
-fn verify(out: &Path, partition: Option<&str>) -> std::process::Output {
+pub(crate) fn verify(out: &Path, partition: Option<&str>) -> std::process::Output {
     let mut c = bin();
     c.arg("verify")
         .arg(out)
@@ -310,7 +310,8 @@ fn verify(out: &Path, partition: Option<&str>) -> std::process::Output {
     run(&mut c)
 }
 
-fn assert_verifies(out: &Path, partition: Option<&str>) {
+/// `verify` of `out` (in `partition`) passes, e2fsck included.
+pub(crate) fn assert_verifies(out: &Path, partition: Option<&str>) {
     let v = verify(out, partition);
     assert!(
         v.status.success(),

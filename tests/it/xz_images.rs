@@ -7,6 +7,7 @@
 //! `verify`.
 
 use crate::common;
+use crate::disk_images::assert_verifies;
 use crate::require::require_tools;
 
 use std::fs;
@@ -98,24 +99,6 @@ fn provision(input: &Path, output: &Path, pw: &Path, partition: Option<&str>) {
     );
 }
 
-fn verify(out: &Path, partition: Option<&str>) {
-    let mut c = bin();
-    c.arg("verify")
-        .arg(out)
-        .args(["--serial", SERIAL, "--owner", "azaion"]);
-    if let Some(p) = partition {
-        c.args(["--partition", p]);
-    }
-    let v = run(&mut c);
-    assert!(
-        v.status.success(),
-        "verify {}:\n{}{}",
-        out.display(),
-        stdout(&v),
-        stderr(&v)
-    );
-}
-
 /// A few MiB of ext4 holding small files and 3 MiB of random ones (so
 /// that kept blocks are not all zeros).
 fn ext4_with_data(dir: &Path, name: &str, size: &str) -> PathBuf {
@@ -164,7 +147,7 @@ fn raw_image_in_multi_block_xz_keeps_every_unchanged_block() {
         sh(&format!("xz -dc {} > {}", out.display(), back.display()));
         sh(&format!("cmp {} {}", full.display(), back.display()));
         assert_fsck_clean(&back);
-        verify(&out, None);
+        assert_verifies(&out, None);
         let kept = kept_blocks(&input, &out);
         assert_kept_after_first_change(&kept);
         // xz -lvv names them "None", "CRC32", "CRC64", "SHA-256".
@@ -217,7 +200,7 @@ fn disk_image_in_multi_block_xz_keeps_every_unchanged_block() {
     let part = d.join("part.ext4");
     fs::write(&part, &b[start as usize..end as usize]).unwrap();
     assert_fsck_clean(&part);
-    verify(&out, Some("APP"));
+    assert_verifies(&out, Some("APP"));
     let kept = kept_blocks(&input, &out);
     let blocks = xz_blocks(&input);
     for (k, blk) in kept.iter().zip(&blocks) {

@@ -389,27 +389,9 @@ pub(super) fn header_sizes(header: &[u8]) -> Option<(u64, u64)> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_data::{data, xz};
     use super::super::{indexing_decoder, Index};
     use super::*;
-
-    fn xz(data: &[u8], threads: u32, block: u64, check: Check) -> Vec<u8> {
-        let stream = MtStreamBuilder::new()
-            .preset(1)
-            .threads(threads)
-            .block_size(block)
-            .check(check)
-            .encoder()
-            .unwrap();
-        let mut e = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
-        e.write_all(data).unwrap();
-        e.finish().unwrap()
-    }
-
-    fn data(n: u32) -> Vec<u8> {
-        (0..n)
-            .map(|i| ((i / 5) % 253) as u8 ^ (i % 7) as u8)
-            .collect()
-    }
 
     #[test]
     fn the_layout_of_several_padded_streams_is_read_from_their_ends() {

@@ -384,7 +384,7 @@ pub(crate) struct Primed {
 mod tests {
     use std::io::Write;
 
-    use liblzma::stream::{Check, MtStreamBuilder};
+    use liblzma::stream::Check;
 
     use super::super::chunk_tail::with_sizes;
     use super::super::cut_state::CutStates;
@@ -392,16 +392,7 @@ mod tests {
     use super::*;
 
     fn xz(data: &[u8], threads: u32, block: u64, check: Check) -> Vec<u8> {
-        let stream = MtStreamBuilder::new()
-            .preset(6)
-            .threads(threads)
-            .block_size(block)
-            .check(check)
-            .encoder()
-            .unwrap();
-        let mut e = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
-        e.write_all(data).unwrap();
-        e.finish().unwrap()
+        super::super::test_data::xz_at(6, data, threads, block, check)
     }
 
     fn plain_xz(data: &[u8], check: Check) -> Vec<u8> {

@@ -213,30 +213,11 @@ pub(crate) fn index_and_footer(flags: [u8; 2], records: &[Record]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
+    use super::super::test_data::{data, xz};
 
-    use liblzma::stream::{Check, MtStreamBuilder};
+    use liblzma::stream::Check;
 
     use super::*;
-
-    fn xz(data: &[u8], threads: u32, block: u64, check: Check) -> Vec<u8> {
-        let stream = MtStreamBuilder::new()
-            .preset(1)
-            .threads(threads)
-            .block_size(block)
-            .check(check)
-            .encoder()
-            .unwrap();
-        let mut e = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
-        e.write_all(data).unwrap();
-        e.finish().unwrap()
-    }
-
-    fn data(n: u32) -> Vec<u8> {
-        (0..n)
-            .map(|i| ((i / 5) % 253) as u8 ^ (i % 7) as u8)
-            .collect()
-    }
 
     #[test]
     fn damaged_ends_give_no_layout() {

@@ -24,6 +24,8 @@ mod layout;
 mod one_block;
 mod primed;
 mod sparse;
+#[cfg(test)]
+mod test_data;
 
 use std::fs::File;
 use std::io;

@@ -126,30 +126,12 @@ impl<W: Write> Write for HeldBack<W> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_data::{data, xz};
     use super::super::{last_block_out, layout, Continuation, FIRST_BLOCK};
     use super::*;
-    use liblzma::stream::{Check, MtStreamBuilder};
+    use liblzma::stream::Check;
     use std::fs::File;
     use std::io::Read;
-
-    fn xz(data: &[u8], threads: u32, block: u64, check: Check) -> Vec<u8> {
-        let stream = MtStreamBuilder::new()
-            .preset(1)
-            .threads(threads)
-            .block_size(block)
-            .check(check)
-            .encoder()
-            .unwrap();
-        let mut e = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
-        e.write_all(data).unwrap();
-        e.finish().unwrap()
-    }
-
-    fn data(n: u32) -> Vec<u8> {
-        (0..n)
-            .map(|i| ((i / 5) % 253) as u8 ^ (i % 7) as u8)
-            .collect()
-    }
 
     /// After new blocks, one more block of other content (pixz's file
     /// index) ends the same stream, with every check, small or large: the

@@ -35,6 +35,21 @@ pub(crate) struct PrimedEncoder<W: Write> {
 // shared with another thread.
 unsafe impl<W: Write + Send> Send for PrimedEncoder<W> {}
 
+/// A filter chain of LZMA2 alone with `opts`, as liblzma's raw coders
+/// take it (terminated by LZMA_VLI_UNKNOWN); it points into `opts`.
+pub(super) fn lzma2_chain(opts: &mut sys::lzma_options_lzma) -> [sys::lzma_filter; 2] {
+    [
+        sys::lzma_filter {
+            id: sys::LZMA_FILTER_LZMA2,
+            options: (opts as *mut sys::lzma_options_lzma).cast(),
+        },
+        sys::lzma_filter {
+            id: sys::LZMA_VLI_UNKNOWN,
+            options: std::ptr::null_mut(),
+        },
+    ]
+}
+
 fn lzma_error(what: &str, ret: sys::lzma_ret) -> io::Error {
     io::Error::other(format!(
         "liblzma's LZMA2 encoder failed ({what}: code {ret})"
@@ -57,16 +72,7 @@ impl<W: Write> PrimedEncoder<W> {
         opts.dict_size = dict_size;
         opts.preset_dict = dict.as_ptr();
         opts.preset_dict_size = u32::try_from(dict.len()).map_err(io::Error::other)?;
-        let filters = [
-            sys::lzma_filter {
-                id: sys::LZMA_FILTER_LZMA2,
-                options: (&mut opts as *mut sys::lzma_options_lzma).cast(),
-            },
-            sys::lzma_filter {
-                id: sys::LZMA_VLI_UNKNOWN,
-                options: std::ptr::null_mut(),
-            },
-        ];
+        let filters = lzma2_chain(&mut opts);
         // SAFETY: all zeros is LZMA_STREAM_INIT, the documented initial
         // value of an lzma_stream.
         let mut strm: Box<sys::lzma_stream> = Box::new(unsafe { std::mem::zeroed() });

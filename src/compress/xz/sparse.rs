@@ -82,16 +82,7 @@ pub(crate) fn encoder_memory(dict: u32) -> u64 {
         return u64::MAX;
     }
     opts.dict_size = dict;
-    let filters = [
-        sys::lzma_filter {
-            id: sys::LZMA_FILTER_LZMA2,
-            options: (&mut opts as *mut sys::lzma_options_lzma).cast(),
-        },
-        sys::lzma_filter {
-            id: sys::LZMA_VLI_UNKNOWN,
-            options: std::ptr::null_mut(),
-        },
-    ];
+    let filters = super::primed::lzma2_chain(&mut opts);
     // SAFETY: `filters` is terminated by LZMA_VLI_UNKNOWN and its options
     // outlive the call, which only reads them.
     unsafe { sys::lzma_raw_encoder_memusage(filters.as_ptr()) }
@@ -586,19 +577,10 @@ fn spawn_encoder(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use liblzma::stream::{Check, MtStreamBuilder};
+    use liblzma::stream::Check;
 
     fn xz(data: &[u8], block: u64, check: Check) -> Vec<u8> {
-        let stream = MtStreamBuilder::new()
-            .preset(6)
-            .threads(2)
-            .block_size(block)
-            .check(check)
-            .encoder()
-            .unwrap();
-        let mut e = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
-        e.write_all(data).unwrap();
-        e.finish().unwrap()
+        super::super::test_data::xz_at(6, data, 2, block, check)
     }
 
     fn data(n: u32) -> Vec<u8> {
