@@ -8,6 +8,7 @@ use std::os::unix::fs::FileExt;
 use liblzma::stream::{Check, Filters, LzmaOptions, MtStreamBuilder};
 
 use super::super::invalid_data;
+use super::layout::stream_at;
 use super::{
     check_len, check_of, index_and_footer, layout, vli, Blocks, Boundary, Record, Span, LZMA2,
     MAGIC,
@@ -122,10 +123,7 @@ impl Continuation {
         let Some(streams) = layout(file, len)? else {
             return Ok(None);
         };
-        let Some(s) = streams
-            .iter()
-            .find(|s| s.start < b.offset && b.offset < s.end)
-        else {
+        let Some(s) = stream_at(&streams, b.offset) else {
             return Ok(None);
         };
         let mut kept = Vec::new();

@@ -30,7 +30,7 @@ use std::os::unix::fs::FileExt;
 
 use super::chunks::{self, Chunk};
 use super::cut_state::{CutState, Fresh, Lazy, Tee};
-use super::layout::Record;
+use super::layout::{stream_at, Record};
 use super::primed::BlockCheck;
 use super::{check_len, layout, vli, Boundary, Continuation, StreamLayout, LZMA2};
 
@@ -206,10 +206,7 @@ impl Cut {
         let Some(streams) = layout(file, len)? else {
             return Ok(None);
         };
-        let Some(s) = streams
-            .iter()
-            .find(|s| s.start < b.offset && b.offset < s.end)
-        else {
+        let Some(s) = stream_at(&streams, b.offset) else {
             return Ok(None);
         };
         let Some((offset, block_out, record)) = s.blocks().find(|&(o, _, _)| o == b.offset) else {

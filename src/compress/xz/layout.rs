@@ -157,6 +157,12 @@ pub(crate) fn layout(file: &File, len: u64) -> io::Result<Option<Vec<StreamLayou
     Ok((!streams.is_empty()).then_some(streams))
 }
 
+/// The stream whose blocks hold file offset `at` (past its header,
+/// before its end).
+pub(super) fn stream_at(streams: &[StreamLayout], at: u64) -> Option<&StreamLayout> {
+    streams.iter().find(|s| s.start < at && at < s.end)
+}
+
 /// An index's records, if its indicator, padding and CRC32 are right.
 pub(super) fn parse_index(index: &[u8]) -> Option<Vec<Record>> {
     let n = index.len();
