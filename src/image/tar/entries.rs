@@ -16,6 +16,7 @@ use super::pax::Record;
 use super::sparse;
 use super::stream::Stream;
 use super::{TarError, MAX_DB_SIZE};
+use crate::compress::Compression;
 
 /// One entry of the archive, as the walk found it.
 pub(super) struct Entry<M> {
@@ -68,6 +69,17 @@ pub(super) struct Entries<'a, M, F: FnMut() -> M> {
     /// Where the current entry's data ends (with padding).
     data_end: u64,
     end: Option<End<M>>,
+}
+
+/// The entries of the archive file `path` under `codec`, from its start
+/// (for walks that need no marks).
+pub(super) fn open(path: &Path, codec: Compression) -> Result<Entries<'_, (), fn()>, TarError> {
+    let file = std::fs::File::open(path).map_err(|source| TarError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let stream = Stream::new(codec.decoder(file), 0, path, codec);
+    Ok(Entries::new(stream, path, (|| ()) as fn()))
 }
 
 impl<'a, M, F: FnMut() -> M> Entries<'a, M, F> {

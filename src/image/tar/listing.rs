@@ -3,11 +3,10 @@
 //! As when extracting, the last entry for a path wins.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
-use super::entries::{Entries, Entry};
+use super::entries::{self, Entry};
 use super::header;
 use super::sparse;
 use super::stream::Stream;
@@ -24,12 +23,7 @@ fn walk(
     codec: Compression,
     mut visit: impl FnMut(&Entry<()>, &mut Stream) -> Result<Flow, TarError>,
 ) -> Result<(), TarError> {
-    let file = File::open(path).map_err(|source| TarError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let stream = Stream::new(codec.decoder(file), 0, path, codec);
-    let mut entries = Entries::new(stream, path, || ());
+    let mut entries = entries::open(path, codec)?;
     while let Some(entry) = entries.next_entry()? {
         if let Flow::Stop = visit(&entry, entries.stream())? {
             break;

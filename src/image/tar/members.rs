@@ -5,12 +5,11 @@
 //! tarball). One pass over the decompressed stream; only the member at
 //! hand is held, its data streamed.
 
-use std::fs::File;
 use std::path::Path;
 
 use base64::Engine;
 
-use super::entries::Entries;
+use super::entries;
 use super::header::{self, Header};
 use super::pax;
 use super::sparse;
@@ -121,12 +120,7 @@ pub(crate) fn for_each(
     codec: Compression,
     visit: &mut dyn FnMut(&Member, &mut Data) -> Result<(), ImageError>,
 ) -> Result<(), ImageError> {
-    let file = File::open(path).map_err(|source| TarError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let stream = Stream::new(codec.decoder(file), 0, path, codec);
-    let mut entries = Entries::new(stream, path, || ());
+    let mut entries = entries::open(path, codec)?;
     while let Some(entry) = entries.next_entry()? {
         let h = &entry.header;
         if h.typeflag == b'V' {
