@@ -137,40 +137,18 @@ done <<< "$slots"
     die "ROOTFS_ENC=1: set ENC_RFS_KEY to the file with the EKB key fused in the devices (32 hex digits, the file flash.sh -i takes; a device with no key fused uses 32 zeros): the passphrase is derived from it. Nothing was changed."
 
 work=$(mktemp -d "$station/work.XXXXXX")
+# shellcheck source=enc-device.sh
+source "$(dirname "${BASH_SOURCE[0]}")/enc-device.sh"
 restore() {
     # Each step runs even when one before it fails (see initrd-station.sh).
     set +e
-    while read -r _ file _; do
-        rm -f "$images/internal/$file"
-        cp -p "$kept/$file.orig" "$images/internal/$file" ||
-            echo "initrd-station: $kept/$file.orig could not be put back; run ROOTFS_ENC=1 initrd-station.sh --prepare again" >&2
-    done <<< "$slots"
+    enc_put_back "$images/internal" "$kept" .orig initrd-station
     rm -rf "$work"
 }
 trap restore EXIT
 
 # shellcheck source=station-api.sh
 source "$(dirname "${BASH_SOURCE[0]}")/station-api.sh"
-key=(--l4t-ekb-key "$ENC_RFS_KEY" --ecid "$ECID")
-# One call for every slot: one account call, one password in A and B,
-# each container under the UUID its boot image boots.
-inputs=()
-while read -r _ file _; do
-    inputs+=(--image "$kept/$file.base" --luks-uuid-file "$kept/$file.base.uuid")
-done <<< "$slots"
-imprint provision --serial "$serial" "${inputs[@]}" --output "$work/" --owner "$owner" "${api[@]}" \
-    --luks-encrypt "${key[@]}"
-while read -r _ file _; do
-    out="$work/$serial-$file.base"
-    imprint verify "$out" --serial "$serial" --owner "$owner" "${key[@]}" > /dev/null ||
-        die "$out does not verify"
-    install -m 0600 "$out" "$images/internal/$file"
-done <<< "$slots"
-# Right before flashing: each container in place opens with this device's
-# passphrase and carries its credentials.
-while read -r name file _; do
-    imprint verify "$images/internal/$file" --serial "$serial" --owner "$owner" "${key[@]}" > /dev/null ||
-        die "$images/internal/$file ($name) does not carry $serial's credentials; not flashing"
-done <<< "$slots"
+enc_stamp "$kept" "$work" "$images/internal"
 as_root "$flash_tool" --flash-only "$@"
 echo "initrd-station: $serial flashed ($(cut -d' ' -f1 <<< "$slots" | tr '\n' ' ' | sed 's/ $//'), encrypted for ECID $ECID)"

@@ -134,43 +134,21 @@ done <<< "$slots"
     die "ROOTFS_ENC=1: set ENC_RFS_KEY to the file with the EKB key fused in the devices (32 hex digits, the file flash.sh -i takes; a device with no key fused uses 32 zeros): the passphrase is derived from it. Nothing was changed."
 
 work=$(mktemp -d bootloader/.station.XXXXXX)
+# shellcheck source=enc-device.sh
+source "$(dirname "${BASH_SOURCE[0]}")/enc-device.sh"
 restore() {
     # Each step runs even when one before it fails (see station.sh).
     set +e
-    while read -r _ file _; do
-        rm -f "bootloader/$file"
-        cp -p "bootloader/$file.base.orig" "bootloader/$file" ||
-            echo "station: bootloader/$file.base.orig could not be put back; run ROOTFS_ENC=1 station.sh --prepare again" >&2
-    done <<< "$slots"
+    enc_put_back bootloader bootloader .base.orig station
     rm -rf "$work"
 }
 trap restore EXIT
 
 # shellcheck source=station-api.sh
 source "$(dirname "${BASH_SOURCE[0]}")/station-api.sh"
-key=(--l4t-ekb-key "$ENC_RFS_KEY" --ecid "$ECID")
-# One call for every slot: one account call, one password in A and B,
-# each container under its slot's UUID (given in the same order).
-inputs=()
-while read -r _ file uuid _; do
-    inputs+=(--image "bootloader/$file.base" --luks-uuid-file "$uuid")
-done <<< "$slots"
-imprint provision --serial "$serial" "${inputs[@]}" --output "$work/" --owner "$owner" "${api[@]}" \
-    --luks-encrypt "${key[@]}"
-while read -r _ file _; do
-    out="$work/$serial-$file.base"
-    imprint verify "$out" --serial "$serial" --owner "$owner" "${key[@]}" > /dev/null ||
-        die "$out does not verify"
-    chmod 0600 "$out"
-    rm -f "bootloader/$file"
-    mv "$out" "bootloader/$file"
-done <<< "$slots"
-# Right before flashing: each container in place opens with this device's
-# passphrase and carries its credentials.
-while read -r name file _; do
-    imprint verify "bootloader/$file" --serial "$serial" --owner "$owner" "${key[@]}" > /dev/null ||
-        die "bootloader/$file ($name) does not carry $serial's credentials; not flashing"
-done <<< "$slots"
+# The UUID files are the ones --prepare kept as FILE.base.uuid (compared
+# above).
+enc_stamp bootloader "$work" bootloader
 # -r: flash the images as they are.
 as_root ./flash.sh -r "$board" "$rootdev"
 parts="APP APP_ENC"
