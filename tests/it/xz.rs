@@ -86,59 +86,83 @@ fn check_named(path: &Path) -> String {
 /// in the middle keeps the blocks before it, at the end keeps all but the
 /// last; a fast path that kept nothing fails the prefix assertions.
 #[test]
-fn multi_block_xz_keeps_the_blocks_before_the_change() {
+fn multi_block_xz_keeps_the_blocks_before_a_change_at_the_start() {
+    multi_block_case(Place::Start);
+}
+
+#[test]
+fn multi_block_xz_keeps_the_blocks_before_a_change_in_the_middle() {
+    multi_block_case(Place::Middle);
+}
+
+#[test]
+fn multi_block_xz_keeps_the_blocks_before_a_change_at_the_end() {
+    multi_block_case(Place::End);
+}
+
+fn multi_block_case(place: Place) {
     let dir = TempDir::new().unwrap();
     let d = dir.path();
-    for place in [Place::Start, Place::Middle, Place::End] {
-        let label = format!("{place:?}");
-        let xz = input(d, &label, place, "xz -T2 -6 --block-size=256KiB");
-        let fast = rewrite(d, &label, &xz);
-        let kept = same_prefix(&xz, &fast);
-        let len = fs::metadata(&xz).unwrap().len() as usize;
-        match place {
-            // The device file sorts after the first half of the data.
-            Place::Middle => assert!(kept > len * 4 / 10, "{label}: {kept} of {len} kept"),
-            Place::End => assert!(kept > len * 8 / 10, "{label}: {kept} of {len} kept"),
-            Place::Start => {}
-        }
-        // The index lists every block, kept and new, as xz reads them.
-        let listing = listing_of(&fast);
-        assert!(listing.contains("Sizes in headers:  Yes"), "{listing}");
-        let out_len = fs::metadata(&fast).unwrap().len();
-        // Within 1% (plus a block's worth of slack for tiny inputs).
-        assert!(
-            out_len.abs_diff(len as u64) < (len as u64 / 100).max(64 << 10),
-            "{label}: {len} -> {out_len}"
-        );
+    let label = format!("{place:?}");
+    let xz = input(d, &label, place, "xz -T2 -6 --block-size=256KiB");
+    let fast = rewrite(d, &label, &xz);
+    let kept = same_prefix(&xz, &fast);
+    let len = fs::metadata(&xz).unwrap().len() as usize;
+    match place {
+        // The device file sorts after the first half of the data.
+        Place::Middle => assert!(kept > len * 4 / 10, "{label}: {kept} of {len} kept"),
+        Place::End => assert!(kept > len * 8 / 10, "{label}: {kept} of {len} kept"),
+        Place::Start => {}
     }
+    // The index lists every block, kept and new, as xz reads them.
+    let listing = listing_of(&fast);
+    assert!(listing.contains("Sizes in headers:  Yes"), "{listing}");
+    let out_len = fs::metadata(&fast).unwrap().len();
+    // Within 1% (plus a block's worth of slack for tiny inputs).
+    assert!(
+        out_len.abs_diff(len as u64) < (len as u64 / 100).max(64 << 10),
+        "{label}: {len} -> {out_len}"
+    );
 }
 
 /// The output keeps the input's check (none, CRC32, CRC64, SHA-256),
 /// kept blocks or not: multi-block and single-block inputs.
 #[test]
-fn the_check_type_is_kept() {
+fn the_check_type_none_is_kept() {
+    check_type_case("none", "None");
+}
+
+#[test]
+fn the_check_type_crc32_is_kept() {
+    check_type_case("crc32", "CRC32");
+}
+
+#[test]
+fn the_check_type_crc64_is_kept() {
+    check_type_case("crc64", "CRC64");
+}
+
+#[test]
+fn the_check_type_sha256_is_kept() {
+    check_type_case("sha256", "SHA-256");
+}
+
+fn check_type_case(check: &str, named: &str) {
     let dir = TempDir::new().unwrap();
     let d = dir.path();
-    for (check, named) in [
-        ("none", "None"),
-        ("crc32", "CRC32"),
-        ("crc64", "CRC64"),
-        ("sha256", "SHA-256"),
+    for (kind, command) in [
+        ("multi", format!("xz -T2 -3 --block-size=512KiB -C {check}")),
+        ("single", format!("xz -3 -C {check}")),
     ] {
-        for (kind, command) in [
-            ("multi", format!("xz -T2 -3 --block-size=512KiB -C {check}")),
-            ("single", format!("xz -3 -C {check}")),
-        ] {
-            let label = format!("{check}-{kind}");
-            let xz = input(d, &label, Place::End, &command);
-            assert_eq!(check_named(&xz), named);
-            let fast = fast_only(d, &label, &xz);
-            assert_eq!(check_named(&fast), named, "{label}");
-            // Blocks or LZMA2 chunks before the change kept.
-            let kept = same_prefix(&xz, &fast);
-            let len = fs::metadata(&xz).unwrap().len() as usize;
-            assert!(kept > len / 2, "{label}: only {kept} of {len} bytes kept");
-        }
+        let label = format!("{check}-{kind}");
+        let xz = input(d, &label, Place::End, &command);
+        assert_eq!(check_named(&xz), named);
+        let fast = fast_only(d, &label, &xz);
+        assert_eq!(check_named(&fast), named, "{label}");
+        // Blocks or LZMA2 chunks before the change kept.
+        let kept = same_prefix(&xz, &fast);
+        let len = fs::metadata(&xz).unwrap().len() as usize;
+        assert!(kept > len / 2, "{label}: only {kept} of {len} bytes kept");
     }
 }
 
@@ -155,81 +179,119 @@ fn same_block_data(a: &Path, b: &Path) -> usize {
         .count()
 }
 
+// The single-block cases (`single_block_case`), each kind and place its
+// own test: they run side by side instead of one after another at the end
+// of the run, where little else is left to run beside them.
+#[test]
+fn single_block_plain_xz_keeps_the_chunks_before_a_change_at_the_start() {
+    single_block_case(PLAIN, Place::Start);
+}
+
+#[test]
+fn single_block_plain_xz_keeps_the_chunks_before_a_change_in_the_middle() {
+    single_block_case(PLAIN, Place::Middle);
+}
+
+#[test]
+fn single_block_plain_xz_keeps_the_chunks_before_a_change_at_the_end() {
+    single_block_case(PLAIN, Place::End);
+}
+
+#[test]
+fn single_block_sized_xz_keeps_the_chunks_before_a_change_at_the_start() {
+    single_block_case(SIZED, Place::Start);
+}
+
+#[test]
+fn single_block_sized_xz_keeps_the_chunks_before_a_change_in_the_middle() {
+    single_block_case(SIZED, Place::Middle);
+}
+
+#[test]
+fn single_block_sized_xz_keeps_the_chunks_before_a_change_at_the_end() {
+    single_block_case(SIZED, Place::End);
+}
+
+/// Plain `xz` (no sizes in its block header) and `xz -T2` of a file under
+/// its block size (sizes in it): kind, command, "Sizes in headers".
+type SingleBlock = (&'static str, &'static str, &'static str);
+const PLAIN: SingleBlock = ("plain", "xz -6", "No");
+const SIZED: SingleBlock = ("sized", "xz -T2 -6 --block-size=64MiB", "Yes");
+
 /// Plain `xz` (one block, no sizes in its header) and `xz -T2` of a file
 /// smaller than its block size (one block with sizes): the output keeps
 /// the input's LZMA2 chunks before the change byte for byte and continues
 /// the block with an encoder primed with the dictionary there; a fast path
 /// that kept nothing fails the prefix assertions. `xz -lvv` lists one
 /// block, with sizes in its header as the input had them.
-#[test]
-fn single_block_xz_keeps_the_chunks_before_the_change() {
+fn single_block_case((kind, command, sizes): SingleBlock, place: Place) {
     let dir = TempDir::new().unwrap();
     let d = dir.path();
-    for (kind, command, sizes) in [
-        ("plain", "xz -6", "No"),
-        ("sized", "xz -T2 -6 --block-size=64MiB", "Yes"),
-    ] {
-        for place in [Place::Start, Place::Middle, Place::End] {
-            let label = format!("{kind}-{place:?}");
-            let xz = input(d, &label, place, command);
-            let before = listing_of(&xz);
-            assert!(
-                before.contains(&format!("Sizes in headers:  {sizes}")),
-                "{before}"
-            );
-            let fast = rewrite(d, &label, &xz);
-            let kept = same_block_data(&xz, &fast);
-            let len = fs::metadata(&xz).unwrap().len() as usize;
-            match place {
-                // The change lies halfway through the data; up to one
-                // chunk (64 KiB compressed) before it is rewritten too,
-                // which is a seventh of these 2 MiB inputs.
-                Place::Middle => assert!(kept > len * 3 / 10, "{label}: {kept} of {len} kept"),
-                // All but the chunk holding the change (at most 64 KiB
-                // compressed) and the new entries after it.
-                Place::End => assert!(len - kept < 96 << 10, "{label}: {kept} of {len} kept"),
-                Place::Start => {}
-            }
-            if kind == "plain" && place != Place::Start {
-                // The stream and block headers too: the same bytes.
-                assert!(same_prefix(&xz, &fast) > kept, "{label}");
-            }
-            let listing = listing_of(&fast);
-            if place != Place::Start {
-                // Cut inside: one block, sizes as the input had them (a
-                // change in the first chunk is a full rewrite).
-                assert!(listing.contains("Blocks:            1"), "{listing}");
-                assert!(
-                    listing.contains(&format!("Sizes in headers:  {sizes}")),
-                    "{listing}"
-                );
-            }
-            let out_len = fs::metadata(&fast).unwrap().len();
-            assert!(
-                out_len.abs_diff(len as u64) < (len as u64 / 100).max(16 << 10),
-                "{label}: {len} -> {out_len}"
-            );
-        }
+    let label = format!("{kind}-{place:?}");
+    let xz = input(d, &label, place, command);
+    let before = listing_of(&xz);
+    assert!(
+        before.contains(&format!("Sizes in headers:  {sizes}")),
+        "{before}"
+    );
+    let fast = rewrite(d, &label, &xz);
+    let kept = same_block_data(&xz, &fast);
+    let len = fs::metadata(&xz).unwrap().len() as usize;
+    match place {
+        // The change lies halfway through the data; up to one
+        // chunk (64 KiB compressed) before it is rewritten too,
+        // which is a seventh of these 2 MiB inputs.
+        Place::Middle => assert!(kept > len * 3 / 10, "{label}: {kept} of {len} kept"),
+        // All but the chunk holding the change (at most 64 KiB
+        // compressed) and the new entries after it.
+        Place::End => assert!(len - kept < 96 << 10, "{label}: {kept} of {len} kept"),
+        Place::Start => {}
     }
+    if kind == "plain" && place != Place::Start {
+        // The stream and block headers too: the same bytes.
+        assert!(same_prefix(&xz, &fast) > kept, "{label}");
+    }
+    let listing = listing_of(&fast);
+    if place != Place::Start {
+        // Cut inside: one block, sizes as the input had them (a
+        // change in the first chunk is a full rewrite).
+        assert!(listing.contains("Blocks:            1"), "{listing}");
+        assert!(
+            listing.contains(&format!("Sizes in headers:  {sizes}")),
+            "{listing}"
+        );
+    }
+    let out_len = fs::metadata(&fast).unwrap().len();
+    assert!(
+        out_len.abs_diff(len as u64) < (len as u64 / 100).max(16 << 10),
+        "{label}: {len} -> {out_len}"
+    );
 }
 
 /// One block behind a BCJ filter (x86, ARM64): not cut inside (the
 /// filter has its own state there); the output still equals a full
 /// rewrite's, which `xz -t`, GNU tar and bsdtar read.
 #[test]
-fn single_block_bcj_is_rewritten_correctly() {
+fn single_block_x86_bcj_is_rewritten_correctly() {
+    single_block_bcj_case("x86");
+}
+
+#[test]
+fn single_block_arm64_bcj_is_rewritten_correctly() {
+    single_block_bcj_case("arm64");
+}
+
+fn single_block_bcj_case(filter: &str) {
     let dir = TempDir::new().unwrap();
     let d = dir.path();
-    for filter in ["x86", "arm64"] {
-        let xz = input(
-            d,
-            filter,
-            Place::Middle,
-            &format!("xz --{filter} --lzma2=preset=3"),
-        );
-        let fast = rewrite(d, filter, &xz);
-        sh(&format!("xz -t {}", fast.display()));
-    }
+    let xz = input(
+        d,
+        filter,
+        Place::Middle,
+        &format!("xz --{filter} --lzma2=preset=3"),
+    );
+    let fast = rewrite(d, filter, &xz);
+    sh(&format!("xz -t {}", fast.display()));
 }
 
 /// Every BCJ filter the system xz writes, before LZMA2: read, its blocks

@@ -156,66 +156,94 @@ fn kept_inside(input: &Path, output: &Path, change: u64, min: u64, label: &str) 
 /// output keeps the chunks before it, the cut block stays within the
 /// input's block size, and the output's size is within 1% of the input's.
 #[test]
-fn multi_block_xz_is_cut_inside_the_block_holding_the_change() {
+fn multi_block_xz_is_cut_inside_the_last_block_near_its_start() {
+    cut_case(Place::End, "last-start", 1.45);
+}
+
+#[test]
+fn multi_block_xz_is_cut_inside_the_last_block_in_its_middle() {
+    cut_case(Place::End, "last-middle", 1.7);
+}
+
+#[test]
+fn multi_block_xz_is_cut_inside_the_last_block_near_its_end() {
+    cut_case(Place::End, "last-end", 1.97);
+}
+
+#[test]
+fn multi_block_xz_is_cut_inside_a_middle_block() {
+    cut_case(Place::Middle, "middle-block", 1.6);
+}
+
+fn cut_case(place: Place, label: &str, at: f64) {
     let dir = TempDir::new().unwrap();
     let d = dir.path();
-    let cases = [
-        (Place::End, "last-start", 1.45),
-        (Place::End, "last-middle", 1.7),
-        (Place::End, "last-end", 1.97),
-        (Place::Middle, "middle-block", 1.6),
-    ];
-    for (place, label, at) in cases {
-        let (plain, change) = plain_tar(d, place);
-        // The change at fraction `at - 1` of the second block.
-        let block = (change as f64 / at) as u64;
-        let xz = d.join(format!("{label}.tar.xz"));
-        compress(&plain, &xz, &format!("--block-size={block}"));
-        let blocks = blocks_of(&xz);
-        assert!(blocks.len() >= 2, "{label}: {blocks:?}");
-        let fast = rewrite(d, label, &xz);
-        kept_inside(&xz, &fast, change, 16 << 10, label);
-        for b in blocks_of(&fast) {
-            assert!(b.size <= block.max(1 << 20), "{label}: {b:?}");
-        }
-        let (len, out_len) = (
-            fs::metadata(&xz).unwrap().len(),
-            fs::metadata(&fast).unwrap().len(),
-        );
-        assert!(
-            out_len.abs_diff(len) < (len / 100).max(16 << 10),
-            "{label}: {len} -> {out_len}"
-        );
+    let (plain, change) = plain_tar(d, place);
+    // The change at fraction `at - 1` of the second block.
+    let block = (change as f64 / at) as u64;
+    let xz = d.join(format!("{label}.tar.xz"));
+    compress(&plain, &xz, &format!("--block-size={block}"));
+    let blocks = blocks_of(&xz);
+    assert!(blocks.len() >= 2, "{label}: {blocks:?}");
+    let fast = rewrite(d, label, &xz);
+    kept_inside(&xz, &fast, change, 16 << 10, label);
+    for b in blocks_of(&fast) {
+        assert!(b.size <= block.max(1 << 20), "{label}: {b:?}");
     }
+    let (len, out_len) = (
+        fs::metadata(&xz).unwrap().len(),
+        fs::metadata(&fast).unwrap().len(),
+    );
+    assert!(
+        out_len.abs_diff(len) < (len / 100).max(16 << 10),
+        "{label}: {len} -> {out_len}"
+    );
 }
 
 /// Every check (none, CRC32, CRC64, SHA-256): the cut block's check is
 /// continued from its state at the cut (`xz -t` verifies it) and the
 /// output keeps the input's check.
 #[test]
-fn every_check_continues_inside_a_block_of_many() {
+fn check_none_continues_inside_a_block_of_many() {
+    check_case("none");
+}
+
+#[test]
+fn check_crc32_continues_inside_a_block_of_many() {
+    check_case("crc32");
+}
+
+#[test]
+fn check_crc64_continues_inside_a_block_of_many() {
+    check_case("crc64");
+}
+
+#[test]
+fn check_sha256_continues_inside_a_block_of_many() {
+    check_case("sha256");
+}
+
+fn check_case(check: &str) {
     let dir = TempDir::new().unwrap();
     let d = dir.path();
     let (plain, change) = plain_tar(d, Place::End);
     let block = (change as f64 / 1.7) as u64;
-    for check in ["none", "crc32", "crc64", "sha256"] {
-        let xz = d.join(format!("{check}.tar.xz"));
-        compress(&plain, &xz, &format!("--block-size={block} -C {check}"));
-        let fast = rewrite(d, check, &xz);
-        kept_inside(&xz, &fast, change, 16 << 10, check);
-        let o = run(Command::new("xz").arg("-lvv").arg(&fast));
-        let want = match check {
-            "none" => "None",
-            "crc32" => "CRC32",
-            "crc64" => "CRC64",
-            _ => "SHA-256",
-        };
-        assert!(
-            stdout(&o).contains(&format!("Check:             {want}")),
-            "{}",
-            stdout(&o)
-        );
-    }
+    let xz = d.join(format!("{check}.tar.xz"));
+    compress(&plain, &xz, &format!("--block-size={block} -C {check}"));
+    let fast = rewrite(d, check, &xz);
+    kept_inside(&xz, &fast, change, 16 << 10, check);
+    let o = run(Command::new("xz").arg("-lvv").arg(&fast));
+    let want = match check {
+        "none" => "None",
+        "crc32" => "CRC32",
+        "crc64" => "CRC64",
+        _ => "SHA-256",
+    };
+    assert!(
+        stdout(&o).contains(&format!("Check:             {want}")),
+        "{}",
+        stdout(&o)
+    );
 }
 
 /// `imprint -v provision` with the scan cache in `home` (and `extra`
@@ -243,44 +271,52 @@ fn verbose_run(input: &Path, output: &Path, home: &Path, extra: &[&str]) -> Stri
 /// to the cut and caches what that gave; the second hits the cache,
 /// decodes nothing up to the cut (said in -v) and writes the same bytes.
 #[test]
-fn a_warm_run_starts_at_the_cut_without_decoding() {
+fn a_warm_multi_block_run_starts_at_the_cut_without_decoding() {
+    warm_case("multi");
+}
+
+#[test]
+fn a_warm_single_block_run_starts_at_the_cut_without_decoding() {
+    warm_case("single");
+}
+
+fn warm_case(label: &str) {
     let dir = TempDir::new().unwrap();
     let d = dir.path();
     let (plain, change) = plain_tar(d, Place::End);
     let block = (change as f64 / 1.7) as u64;
-    for (label, options) in [
-        ("multi", format!("--block-size={block}")),
-        ("single", "-T1".to_string()),
-    ] {
-        let xz = d.join(format!("warm-{label}.tar.xz"));
-        compress(&plain, &xz, &options);
-        // A file changed in the last seconds is not cached.
-        std::thread::sleep(Duration::from_millis(2100));
-        let home = d.join(format!("home-{label}"));
-        let (cold, warm) = (
-            d.join(format!("{label}-cold.tar.xz")),
-            d.join(format!("{label}-warm.tar.xz")),
-        );
-        let first = verbose_run(&xz, &cold, &home, &[]);
-        assert!(first.contains("scan cache miss"), "{first}");
-        assert!(
-            first.contains("bytes of the block decoded up to the cut"),
-            "{first}"
-        );
-        let second = verbose_run(&xz, &warm, &home, &[]);
-        assert!(second.contains("scan cache hit"), "{second}");
-        assert!(
-            second.contains("nothing decoded up to the cut"),
-            "{label}: {second}"
-        );
-        assert!(!second.contains("decoding the block again"), "{second}");
-        assert!(
-            fs::read(&cold).unwrap() == fs::read(&warm).unwrap(),
-            "{label}"
-        );
-        check_archive(&warm, Some("xz"));
-        if label == "multi" {
-            kept_inside(&xz, &warm, change, 16 << 10, label);
-        }
+    let options = match label {
+        "multi" => format!("--block-size={block}"),
+        _ => "-T1".to_string(),
+    };
+    let xz = d.join(format!("warm-{label}.tar.xz"));
+    compress(&plain, &xz, &options);
+    // A file changed in the last seconds is not cached.
+    std::thread::sleep(Duration::from_millis(2100));
+    let home = d.join(format!("home-{label}"));
+    let (cold, warm) = (
+        d.join(format!("{label}-cold.tar.xz")),
+        d.join(format!("{label}-warm.tar.xz")),
+    );
+    let first = verbose_run(&xz, &cold, &home, &[]);
+    assert!(first.contains("scan cache miss"), "{first}");
+    assert!(
+        first.contains("bytes of the block decoded up to the cut"),
+        "{first}"
+    );
+    let second = verbose_run(&xz, &warm, &home, &[]);
+    assert!(second.contains("scan cache hit"), "{second}");
+    assert!(
+        second.contains("nothing decoded up to the cut"),
+        "{label}: {second}"
+    );
+    assert!(!second.contains("decoding the block again"), "{second}");
+    assert!(
+        fs::read(&cold).unwrap() == fs::read(&warm).unwrap(),
+        "{label}"
+    );
+    check_archive(&warm, Some("xz"));
+    if label == "multi" {
+        kept_inside(&xz, &warm, change, 16 << 10, label);
     }
 }
