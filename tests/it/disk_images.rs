@@ -1248,8 +1248,9 @@ fn block_maps_follow_their_images() {
 /// adds): a disk whose APP partition is 48 MiB holding 32 MiB of
 /// incompressible files, and 96 MiB holding 64 MiB, plain and in zstd,
 /// bzip2 (pbzip2) and gzip (pigz). The larger run's peak RSS is within
-/// 8 MiB of the smaller one's (bzip2: the lower of two runs at each
-/// size), all are under 100 MiB, and the outputs verify. The smaller
+/// 8 MiB of the smaller one's (bzip2, whose peak is noisy: where one run
+/// at each size is not, the lower of two runs at each size), all are
+/// under 100 MiB, and the outputs verify. The smaller
 /// image is as large as it is because a bound is only shown once every
 /// queue is full: libzstd's multithreaded encoder touches its last output
 /// buffers after about 32 MiB of incompressible data (16 MiB left its
@@ -1323,7 +1324,7 @@ fn memory_case(name: &str, compress: Option<&str>) {
     let dir = TempDir::new().unwrap();
     let pw = write_password(dir.path(), PASSWORD);
     let out = out_dir(dir.path(), "out");
-    let mut peaks = Vec::new();
+    let mut cases = Vec::new();
     for scale in [1, 2] {
         let d = dir.path().join(format!("x{scale}"));
         fs::create_dir(&d).unwrap();
@@ -1340,32 +1341,42 @@ fn memory_case(name: &str, compress: Option<&str>) {
             }
             None => disk,
         };
-        let written = out.join(format!("x{scale}-{name}"));
-        let log = d.join("run.log");
-        // bzip2's peak moves by up to 10 MiB from run to run at one
-        // size (46.7 to 56.8 MiB measured: how full its decode queues
-        // get depends on thread timing), so its peak is the lower of
-        // two runs; the others vary by under 1 MiB.
-        let runs = if name.ends_with(".bz2") { 2 } else { 1 };
-        let mut rss = u64::MAX;
-        for run in 0..runs {
-            if run > 0 {
-                fs::remove_file(&written).unwrap();
-                fs::remove_file(written.with_extension("bz2.sha256")).unwrap();
-            }
-            let (ok, r) = peak_rss(&mut provision(&input, &written, &pw, None), &log);
-            let err = fs::read_to_string(log.with_extension("err")).unwrap();
-            assert!(ok, "provision x{scale} {name}: {err}");
-            eprintln!("x{scale} {name}: peak RSS {} KiB", r >> 10);
-            rss = rss.min(r);
-        }
+        cases.push((
+            scale,
+            input,
+            out.join(format!("x{scale}-{name}")),
+            d.join("run.log"),
+        ));
+    }
+    // One run at each size; its peak RSS.
+    let peak = |(scale, input, written, log): &(u32, PathBuf, PathBuf, PathBuf)| {
+        let _ = fs::remove_file(written);
+        let _ = fs::remove_file(written.with_file_name(format!("x{scale}-{name}.sha256")));
+        let (ok, r) = peak_rss(&mut provision(input, written, &pw, None), log);
+        let err = fs::read_to_string(log.with_extension("err")).unwrap();
+        assert!(ok, "provision x{scale} {name}: {err}");
+        eprintln!("x{scale} {name}: peak RSS {} KiB", r >> 10);
+        r
+    };
+    let mut peaks: Vec<u64> = cases.iter().map(peak).collect();
+    for ((scale, _, written, _), rss) in cases.iter().zip(&peaks) {
         assert!(
-            rss < 100 * MIB,
+            *rss < 100 * MIB,
             "x{scale} {name}: peak RSS {} MiB",
             rss / MIB
         );
-        assert_verifies(&written, None);
-        peaks.push(rss);
+        assert_verifies(written, None);
+    }
+    // bzip2's peak moves by up to 10 MiB from run to run at one size
+    // (46.7 to 56.8 MiB measured: how full its decode queues get depends
+    // on thread timing), so where one run at each size is not enough, its
+    // peak is the lower of two runs at each size (a second pair of bzip2
+    // runs over the random data costs much of this test's time, so it runs
+    // only when needed); the others vary by under 1 MiB.
+    if name.ends_with(".bz2") && peaks[1] > peaks[0] + 8 * MIB {
+        for (p, case) in peaks.iter_mut().zip(&cases) {
+            *p = (*p).min(peak(case));
+        }
     }
     assert!(
         peaks[1] <= peaks[0] + 8 * MIB,
