@@ -1248,8 +1248,8 @@ fn block_maps_follow_their_images() {
 /// adds): a disk whose APP partition is 48 MiB holding 32 MiB of
 /// incompressible files, and 96 MiB holding 64 MiB, plain and in zstd,
 /// bzip2 (pbzip2) and gzip (pigz). The larger run's peak RSS is within
-/// 8 MiB of the smaller one's (bzip2, whose peak is noisy: where one run
-/// at each size is not, the lower of two runs at each size), all are
+/// 8 MiB of the smaller one's (where one run at each size is not, the
+/// larger's lower of two runs against the smaller's higher), all are
 /// under 100 MiB, and the outputs verify. The smaller
 /// image is as large as it is because a bound is only shown once every
 /// queue is full: libzstd's multithreaded encoder touches its last output
@@ -1367,16 +1367,25 @@ fn memory_case(name: &str, compress: Option<&str>) {
         );
         assert_verifies(written, None);
     }
-    // bzip2's peak moves by up to 10 MiB from run to run at one size
-    // (46.7 to 56.8 MiB measured: how full its decode queues get depends
-    // on thread timing), so where one run at each size is not enough, its
-    // peak is the lower of two runs at each size (a second pair of bzip2
-    // runs over the random data costs much of this test's time, so it runs
-    // only when needed); the others vary by under 1 MiB.
-    if name.ends_with(".bz2") && peaks[1] > peaks[0] + 8 * MIB {
-        for (p, case) in peaks.iter_mut().zip(&cases) {
-            *p = (*p).min(peak(case));
+    // A codec's peak moves from run to run at one size with how full its
+    // threads' queues get (bzip2: 46.7 to 56.8 MiB measured idle; zstd:
+    // 26 and 38 MiB at the smaller size on a loaded machine, where its
+    // workers did not always fill), so where the first pair disagrees a
+    // second pair runs (over the random data it costs much of this test's
+    // time, so only when needed) and the larger disk's lower peak is held
+    // against the smaller disk's higher one: memory that grows with the
+    // image (the 64 MiB more data held: +32 MiB or more) still fails by
+    // far, run-to-run noise below the plateau does not.
+    if peaks[1] > peaks[0] + 8 * MIB {
+        let again: Vec<u64> = cases.iter().map(peak).collect();
+        for ((scale, _, _, _), rss) in cases.iter().zip(&again) {
+            assert!(
+                *rss < 100 * MIB,
+                "x{scale} {name}: peak RSS {} MiB",
+                rss / MIB
+            );
         }
+        peaks = vec![peaks[0].max(again[0]), peaks[1].min(again[1])];
     }
     assert!(
         peaks[1] <= peaks[0] + 8 * MIB,
