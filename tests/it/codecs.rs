@@ -349,7 +349,7 @@ const MIB: u64 = 1 << 20;
 /// outputs pass `xz -t` and `verify`. (The smaller image is one xz block,
 /// continued on one thread; the larger one's changed first block is
 /// encoded anew in 8 MiB blocks, two encoders of about 37 MiB at once:
-/// 85 and 95 MiB measured. Its size adds nothing more.)
+/// 83 and 94 MiB measured. Its size adds nothing more.)
 #[test]
 fn xz_memory_does_not_grow_with_the_image() {
     let dir = TempDir::new().unwrap();
