@@ -155,6 +155,26 @@ impl TempOutput {
         self.splice(src, 0, len, hashed)
     }
 
+    /// [`TempOutput::splice_prefix`] in two steps, for a prefix copied on
+    /// another thread while this one works on what follows (see
+    /// `io::prefix`): that thread copies into this handle, which writes
+    /// the output's start at fixed offsets and never moves the file
+    /// position; once it is done, [`TempOutput::adopt_prefix`].
+    pub fn prefix_copier(&self) -> io::Result<PrefixCopier> {
+        assert_eq!(self.written, 0, "the prefix must come first");
+        Ok(PrefixCopier(self.file.try_clone()?))
+    }
+
+    /// Counts the `len` bytes a [`PrefixCopier`] copied as the output's
+    /// start; `hashed` is the SHA-256 state after them.
+    pub fn adopt_prefix(&mut self, len: u64, hashed: Sha256) -> io::Result<()> {
+        assert_eq!(self.written, 0, "the prefix must come first");
+        self.written = len;
+        self.file.seek(SeekFrom::Start(len))?;
+        self.hasher = hashed;
+        Ok(())
+    }
+
     /// Starts the output with `head` and then the bytes of `src` from
     /// `head.len()` to `len`: `src`'s own first bytes are copied and then
     /// overwritten, so that the rest lies at the offsets it has in `src`
@@ -355,6 +375,20 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
         unregister(&self.path);
+    }
+}
+
+/// Copies an output's prefix from another thread (see
+/// [`TempOutput::prefix_copier`]).
+pub struct PrefixCopier(File);
+
+impl PrefixCopier {
+    /// Copies the first `len` bytes of `src` to the output's start, then
+    /// writes them to disk: the output's final fsync would otherwise wait
+    /// for all of them at the end of the run.
+    pub fn copy(&self, src: &File, len: u64) -> io::Result<()> {
+        copy_range(src, 0, &self.0, 0, len)?;
+        self.0.sync_data()
     }
 }
 

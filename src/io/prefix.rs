@@ -82,12 +82,13 @@ impl PrefixCache {
         Ok(last[0])
     }
 
-    /// [`PrefixCache::keep_bits`] with the prefix's SHA-256 state computed
-    /// on a thread of `scope` while the caller writes what follows into
-    /// the returned [`AfterPrefix`]: the state of a cold run's prefix is
-    /// not known yet, and hashing it (77 MB for a 256 MB `.tbz2`) then
-    /// recompressing the tail block one after the other left a core idle
-    /// at the end of every cold run.
+    /// [`PrefixCache::keep_bits`] with the prefix copied and its SHA-256
+    /// state computed on threads of `scope` while the caller writes what
+    /// follows into the returned [`AfterPrefix`]: the state of a cold
+    /// run's prefix is not known yet, and hashing it (77 MB for a 256 MB
+    /// `.tbz2`), copying it, writing it to disk and recompressing the tail
+    /// block one after the other left a core idle at the end of every cold
+    /// run.
     pub(crate) fn keep_bits_hashing<'scope, 'env>(
         &'env mut self,
         scope: &'scope Scope<'scope, 'env>,
@@ -101,12 +102,13 @@ impl PrefixCache {
             file.read_exact_at(&mut last, keep)
                 .map_err(KeepError::Read)?;
         }
+        let copier = out.prefix_copier().map_err(KeepError::Write)?;
+        let copying = scope.spawn(move || copier.copy(file, keep));
         let hashing = scope.spawn(move || self.state(file, &[], 0, keep));
         let after = AfterPrefix {
             out,
-            src: file,
             keep,
-            hashing: Some(hashing),
+            threads: Some((copying, hashing)),
             held: Vec::new(),
             read_failed: None,
         };
@@ -125,19 +127,23 @@ impl PrefixCache {
     }
 }
 
+type Threads<'scope> = (
+    ScopedJoinHandle<'scope, io::Result<()>>,
+    ScopedJoinHandle<'scope, io::Result<Sha256>>,
+);
+
 /// What an [`AfterPrefix`] holds in memory at most while the prefix is
 /// still being hashed; past it, writing waits for the hash.
 const HOLD: usize = 4 << 20;
 
-/// The output after a kept prefix whose SHA-256 state is still being
-/// computed ([`PrefixCache::keep_bits_hashing`]): writes are held (up to
-/// [`HOLD`] bytes) until it is known, then the prefix is spliced in and
-/// the held bytes follow.
+/// The output after a kept prefix still being copied and hashed
+/// ([`PrefixCache::keep_bits_hashing`]): writes are held (up to [`HOLD`]
+/// bytes) until both are done, then the held bytes follow the prefix.
 pub(crate) struct AfterPrefix<'scope, 'env> {
     out: &'env mut TempOutput,
-    src: &'env File,
     keep: u64,
-    hashing: Option<ScopedJoinHandle<'scope, io::Result<Sha256>>>,
+    /// Copying the prefix, and hashing it.
+    threads: Option<Threads<'scope>>,
     held: Vec<u8>,
     /// Reading the input for the hash failed (a `Write` error can only
     /// say so through [`AfterPrefix::read_error`]).
@@ -145,17 +151,23 @@ pub(crate) struct AfterPrefix<'scope, 'env> {
 }
 
 impl AfterPrefix<'_, '_> {
-    /// Waits for the hash, splices the prefix and writes the held bytes.
+    /// Waits for the copy and the hash, and writes the held bytes.
     fn settle(&mut self) -> Result<(), KeepError> {
-        let Some(hashing) = self.hashing.take() else {
+        let Some((copying, hashing)) = self.threads.take() else {
             return Ok(());
         };
-        let hashed = match hashing.join() {
+        let copied = copying.join();
+        let hashed = hashing.join();
+        let hashed = match hashed {
             Ok(result) => result.map_err(KeepError::Read)?,
             Err(panic) => std::panic::resume_unwind(panic),
         };
+        match copied {
+            Ok(result) => result.map_err(KeepError::Write)?,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
         self.out
-            .splice_prefix(self.src, self.keep, hashed)
+            .adopt_prefix(self.keep, hashed)
             .map_err(KeepError::Write)?;
         let held = std::mem::take(&mut self.held);
         self.out.write_all(&held).map_err(KeepError::Write)
@@ -189,7 +201,7 @@ impl AfterPrefix<'_, '_> {
 
 impl Write for AfterPrefix<'_, '_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.hashing.is_some() {
+        if self.threads.is_some() {
             if self.held.len() + buf.len() <= HOLD {
                 self.held.extend_from_slice(buf);
                 return Ok(buf.len());
@@ -200,7 +212,7 @@ impl Write for AfterPrefix<'_, '_> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if self.hashing.is_some() {
+        if self.threads.is_some() {
             return Ok(());
         }
         self.out.flush()

@@ -212,6 +212,64 @@ fn bzip2_tail_rewrite_equals_full_rewrite() {
     case(dir.path(), Place::Middle, true, Some("lbzip2 -9"));
 }
 
+/// An archive that only gains a file has a one-block tail (the block that
+/// held its end, up to 900 kB at bzip2 -9): it is rewritten in blocks of
+/// at most 128 KiB, so that all cores compress it. bzip2recover (bzip2's
+/// own tool, one file per block it finds) counts them, and each of them,
+/// the whole file, lbzip2, GNU tar and bsdtar read it.
+#[test]
+fn bzip2_tail_is_rewritten_in_small_blocks() {
+    crate::require::require_tools(&["bzip2recover", "lbzip2"]);
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let root = tree(d, Place::End, true);
+    let plain = d.join("in.tar");
+    tar_of(&root, &plain);
+    let input = d.join("in.tar.bz2");
+    sh(&format!(
+        "bzip2 -9 -c {} > {}",
+        plain.display(),
+        input.display()
+    ));
+    let pw = write_password(d, PASSWORD);
+    let out = d.join("out.tar.bz2");
+    provision(&input, &out, &pw, false);
+    check_archive(&out, Some("bzip2"));
+    sh(&format!("lbzip2 -t {}", out.display()));
+    let blocks = |path: &Path| {
+        let split = d.join(format!(
+            "rec-{}",
+            path.file_name().unwrap().to_str().unwrap()
+        ));
+        fs::create_dir_all(&split).unwrap();
+        let copy = split.join("f.bz2");
+        fs::copy(path, &copy).unwrap();
+        sh(&format!("cd {} && bzip2recover f.bz2", split.display()));
+        let mut n = 0;
+        for entry in fs::read_dir(&split).unwrap() {
+            let name = entry.unwrap().path();
+            if name
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("rec")
+            {
+                sh(&format!("bzip2 -t {}", name.display()));
+                n += 1;
+            }
+        }
+        n
+    };
+    // The 1 MiB archive: a 900 kB block and a ~150 kB one, which the
+    // rewrite cuts in two (the new file's entry is only 2 kB).
+    assert_eq!(blocks(&input), 2);
+    assert_eq!(blocks(&out), 3);
+    let again = d.join("again.tar.bz2");
+    provision(&input, &again, &pw, false);
+    assert_eq!(sha256(&out), sha256(&again), "the block cut moved");
+}
+
 /// zstd: when the plan only appends, the input's blocks are kept up to
 /// the one holding the end of the entries and the rest is written as raw
 /// blocks (new content size, new checksum); with and without a checksum or

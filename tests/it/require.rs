@@ -95,6 +95,7 @@ fn how_to_install(name: &str) -> String {
         "bsdtar" => "libarchive-tools",
         "xz" => "xz-utils",
         "pzstd" => "zstd",
+        "bzip2recover" => "bzip2",
         "setfacl" | "getfacl" => "acl",
         "setfattr" | "getfattr" => "attr",
         "dpkg-deb" => "dpkg",
