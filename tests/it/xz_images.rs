@@ -47,26 +47,43 @@ fn xz_blocks(path: &Path) -> Vec<XzBlock> {
 }
 
 /// Per block of `input`, whether `output` has its compressed bytes as
-/// they are; the two files have the same blocks at the same uncompressed
-/// offsets (checked), each with the input's check.
+/// they are, at the same uncompressed offset. The output's blocks tile the
+/// data (`assert_tiles`), each with the input's check; a block holding a
+/// change may be several in the output (its chunks before the change,
+/// then new blocks).
 fn kept_blocks(input: &Path, output: &Path) -> Vec<bool> {
     let (a, b) = (xz_blocks(input), xz_blocks(output));
     let (da, db) = (fs::read(input).unwrap(), fs::read(output).unwrap());
     assert!(a.len() > 2, "{}: {} blocks", input.display(), a.len());
-    assert_eq!(a.len(), b.len(), "the output has the input's blocks");
+    assert_tiles(&b, a.iter().map(|x| x.uncomp_size).sum());
+    assert!(b.iter().all(|y| y.check == a[0].check), "{b:?}");
+    let slice = |d: &[u8], k: &XzBlock| {
+        d[k.comp_offset as usize..(k.comp_offset + k.total_size) as usize].to_vec()
+    };
     a.iter()
-        .zip(&b)
-        .map(|(x, y)| {
-            assert_eq!(
-                (x.uncomp_offset, x.uncomp_size, &x.check),
-                (y.uncomp_offset, y.uncomp_size, &y.check)
-            );
-            let slice = |d: &[u8], k: &XzBlock| {
-                d[k.comp_offset as usize..(k.comp_offset + k.total_size) as usize].to_vec()
-            };
-            slice(&da, x) == slice(&db, y)
+        .map(|x| {
+            b.iter().any(|y| {
+                (x.uncomp_offset, x.uncomp_size) == (y.uncomp_offset, y.uncomp_size)
+                    && slice(&da, x) == slice(&db, y)
+            })
         })
         .collect()
+}
+
+/// Asserts that `xz --robot -lvv`'s blocks follow each other without gap
+/// or overlap, in the file and in the data, and cover `total` bytes.
+fn assert_tiles(blocks: &[XzBlock], total: u64) {
+    let (mut comp, mut uncomp) = (blocks[0].comp_offset, 0);
+    for k in blocks {
+        assert_eq!(
+            (k.comp_offset, k.uncomp_offset),
+            (comp, uncomp),
+            "{blocks:?}"
+        );
+        comp += k.total_size.div_ceil(4) * 4;
+        uncomp += k.uncomp_size;
+    }
+    assert_eq!(uncomp, total, "{blocks:?}");
 }
 
 /// Asserts that a block after the first one that changed was kept: the
@@ -157,17 +174,10 @@ fn raw_image_in_multi_block_xz_keeps_every_unchanged_block() {
     }
 }
 
-/// A GPT disk (as sgdisk lays it out) whose rootfs is its second partition,
-/// after 3 MiB of random data, in multi-block xz: the output passes `xz
-/// -t`, `sgdisk -v`, e2fsck on its rootfs and `verify`; outside the rootfs
-/// it decompresses to the input's bytes; every block before the rootfs is
-/// kept, and blocks after the first change too.
-#[test]
-fn disk_image_in_multi_block_xz_keeps_every_unchanged_block() {
-    require_tools(&["xz", "sgdisk", "e2fsck"]);
-    let dir = TempDir::new().unwrap();
-    let d = dir.path();
-    let pw = write_password(d, PASSWORD);
+/// A 16 MiB GPT disk (as sgdisk lays it out) whose second partition, APP,
+/// is an ext4 rootfs, after a 3 MiB partition of random data; and where
+/// APP starts and ends.
+fn gpt_disk(d: &Path) -> (PathBuf, u64, u64) {
     let fs_img = ext4_with_data(d, "rootfs.ext4", "10M");
     let disk = d.join("disk.wic");
     let i = disk.display();
@@ -180,7 +190,21 @@ fn disk_image_in_multi_block_xz_keeps_every_unchanged_block() {
         3 * MIB,
         fs_img.display()
     ));
-    let (start, end) = (8192 * 512u64, 8192 * 512 + 10 * MIB);
+    (disk, 8192 * 512, 8192 * 512 + 10 * MIB)
+}
+
+/// A GPT disk (as sgdisk lays it out) whose rootfs is its second partition,
+/// after 3 MiB of random data, in multi-block xz: the output passes `xz
+/// -t`, `sgdisk -v`, e2fsck on its rootfs and `verify`; outside the rootfs
+/// it decompresses to the input's bytes; every block before the rootfs is
+/// kept, and blocks after the first change too.
+#[test]
+fn disk_image_in_multi_block_xz_keeps_every_unchanged_block() {
+    require_tools(&["xz", "sgdisk", "e2fsck"]);
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let pw = write_password(d, PASSWORD);
+    let (disk, start, end) = gpt_disk(d);
     let input = d.join("disk.wic.xz");
     xz_into(&disk, &input, "crc32");
     let out = d.join("out.wic.xz");
@@ -210,4 +234,64 @@ fn disk_image_in_multi_block_xz_keeps_every_unchanged_block() {
     }
     assert_kept_after_first_change(&kept);
     eprintln!("disk: kept {kept:?}");
+}
+
+/// A GPT disk in 5 MiB xz blocks: the first block holds the 3 MiB of
+/// random data and the rootfs's start, so it is cut at its last LZMA2
+/// chunk start before the rootfs (its chunks before that kept byte for
+/// byte, then it ends) and the rest of it is a new block. The output
+/// passes `xz -t` with each check and decompresses to exactly what
+/// provisioning the uncompressed disk gives; its blocks tile the data;
+/// the block after the rootfs is kept; two runs give the same bytes.
+/// Fails when nothing of the cut block is kept.
+#[test]
+fn a_block_holding_the_rootfs_start_keeps_its_chunks_before_it() {
+    require_tools(&["xz", "sgdisk", "e2fsck"]);
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let pw = write_password(d, PASSWORD);
+    let (disk, start, end) = gpt_disk(d);
+    let full = d.join("full.wic");
+    provision(&disk, &full, &pw, Some("APP"));
+    for check in ["none", "crc32", "crc64", "sha256"] {
+        let input = d.join(format!("in-{check}.wic.xz"));
+        sh(&format!(
+            "xz -6 -T2 --block-size=5MiB -C {check} -c {} > {}",
+            disk.display(),
+            input.display()
+        ));
+        let out = d.join(format!("out-{check}.wic.xz"));
+        provision(&input, &out, &pw, Some("APP"));
+        sh(&format!("xz -t {}", out.display()));
+        let back = d.join(format!("back-{check}.wic"));
+        sh(&format!("xz -dc {} > {}", out.display(), back.display()));
+        sh(&format!("cmp {} {}", full.display(), back.display()));
+        let kept = kept_blocks(&input, &out);
+        assert_eq!(kept.len(), 4);
+        assert!(!kept[0] && kept[3], "{kept:?}");
+        let blocks = xz_blocks(&out);
+        // The first block ends at a chunk start at or before the rootfs,
+        // past the random data, which it holds as the input did.
+        let head = &blocks[0];
+        assert!(
+            head.uncomp_size <= start && head.uncomp_size > 3 * MIB,
+            "{blocks:?}"
+        );
+        assert_eq!(blocks[1].uncomp_offset, head.uncomp_size);
+        let (a, b) = (fs::read(&input).unwrap(), fs::read(&out).unwrap());
+        let (ha, hb) = (usize::from(a[12]) * 4 + 4, usize::from(b[12]) * 4 + 4);
+        // (The chunk that holds the rootfs's start holds the random
+        // data's last KiB too.)
+        let n = (5 * MIB / 2) as usize;
+        assert!(a[12 + ha..12 + ha + n] == b[12 + hb..12 + hb + n]);
+        let named = head.check.to_lowercase().replace('-', "");
+        assert_eq!(named, check);
+        let again = d.join(format!("again-{check}.wic.xz"));
+        provision(&input, &again, &pw, Some("APP"));
+        sh(&format!("cmp {} {}", out.display(), again.display()));
+    }
+    let part = d.join("part.ext4");
+    let b = fs::read(d.join("back-crc64.wic")).unwrap();
+    fs::write(&part, &b[start as usize..end as usize]).unwrap();
+    assert_fsck_clean(&part);
 }

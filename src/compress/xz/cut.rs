@@ -99,14 +99,14 @@ fn lzma2_only(header: &[u8]) -> Option<u32> {
 /// The block at `offset` (with its index record and check length): its
 /// header, its LZMA2 data's offset and length, and its chunk starts, if
 /// LZMA2 is its only filter and the chunks walk to the data's end.
-struct BlockChunks {
-    header: Vec<u8>,
+pub(super) struct BlockChunks {
+    pub(super) header: Vec<u8>,
     dict_size: u32,
-    data: u64,
-    chunks: Vec<Chunk>,
+    pub(super) data: u64,
+    pub(super) chunks: Vec<Chunk>,
 }
 
-fn block_chunks(
+pub(super) fn block_chunks(
     file: &File,
     offset: u64,
     record: &Record,

@@ -20,6 +20,7 @@ pub(crate) mod chunks;
 mod cut;
 mod cut_state;
 mod decode;
+mod fresh;
 mod layout;
 mod one_block;
 mod primed;

@@ -1,147 +1,107 @@
-//! A multi-block xz file rewritten where it changed: every block whose
-//! uncompressed bytes hold no changed byte is kept as its compressed bytes,
-//! and only the blocks that hold a change are encoded again, each on a
-//! thread of its own, with the same boundaries (so the index lines up),
-//! the input's filters and check; then each stream's index and footer are
-//! written anew. A raw image in xz (`system.img.xz`, `disk.wic.xz` from
-//! `xz -T`) changes in a few places (ext4's superblock and its backups,
-//! group descriptors, bitmaps, an inode table block, a directory and the
-//! new file): with 24 MiB blocks, a handful of 86 blocks are encoded again.
+//! An xz file rewritten where it changed: every block whose uncompressed
+//! bytes hold no changed byte is kept as its compressed bytes; a block
+//! that holds a change keeps its LZMA2 chunks before the first changed
+//! byte in it (the block ends there: its chunks, an end marker, its
+//! check) and the rest of it is encoded anew in blocks of at most
+//! [`FRESH_BLOCK`] bytes, two at a time on two cores; then each stream's
+//! index and footer are written anew. A raw image in xz (`system.img.xz`,
+//! `disk.wic.xz` from `xz -T`) changes in a few places (ext4's superblock
+//! and its backups, group descriptors, bitmaps, an inode table block, a
+//! directory and the new file): with 24 MiB blocks, a handful of 86
+//! blocks hold a change. A file of one block (plain `xz`, Buildroot)
+//! keeps its chunks before the first change and the rest is new blocks.
+//!
+//! Ending a block at a chunk start needs nothing but its chunk headers
+//! (`chunks.rs`) and the check over its bytes before the cut, which the
+//! raw image passing through gives: no decoding, no primed encoder. The
+//! blocks after it start without a dictionary, which costs little next to
+//! the bytes they hold (docs/formats.md has the sizes).
 //!
 //! The writer is given the whole raw output front to back (the bytes of
 //! kept blocks are dropped as they pass, as the block map's digests need
 //! them all), and writes the output in file order: kept bytes as they are,
-//! each re-encoded block when its thread is done (its compressed bytes go
-//! to an unlinked scratch file, so memory holds no block).
+//! each new block when its thread is done (`fresh.rs`).
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, SyncSender};
-use std::thread::JoinHandle;
+use std::sync::mpsc::SyncSender;
 
-use liblzma_sys as sys;
-
-use super::blocks::header_filters;
-use super::layout::put_vli;
+use super::chunk_tail::with_sizes;
+use super::chunks;
+use super::cut::block_chunks;
+use super::fresh::{encoder_memory, filter_flags, spawn_encoder, Job, DICT_MAX, ENCODERS_MEMORY};
 use super::primed::BlockCheck;
-use super::{check_of, index_and_footer, layout, vli, Record, StreamLayout, LZMA2};
-use crate::io::output::Scratch;
+use super::{check_len, check_of, index_and_footer, layout, Record, StreamLayout};
 
-/// The largest LZMA2 dictionary a re-encoded block gets (the input's, if
-/// smaller). liblzma's preset-6 encoder needs about 11 x its dictionary
-/// (`lzma_raw_encoder_memusage`: 94 MiB at xz's default 8 MiB, 37 MiB at
-/// 3 MiB), and the changed blocks are encoded two at a time on two cores:
-/// 3 MiB keeps both under 80 MiB. Only the re-encoded blocks, a small part
-/// of the file, pay for the smaller dictionary (docs/formats.md has the
-/// numbers). A constant, not a function of the core count, so that every
-/// machine writes the same bytes.
-pub(crate) const DICT_MAX: u32 = 3 << 20;
+/// The most raw bytes a block encoded anew holds: the part of a changed
+/// block after its cut is split into equal blocks of at most this, so
+/// that both cores encode until the end rather than one finishing a
+/// 24 MiB block alone. A constant, so that every machine writes the same
+/// bytes (docs/formats.md has what it costs in size).
+pub(crate) const FRESH_BLOCK: u64 = 8 << 20;
 
-/// What the block encoders together may take (liblzma's own estimate);
-/// one always runs.
-pub(crate) const ENCODERS_MEMORY: u64 = 80 << 20;
-
-/// Raw bytes handed to an encoder thread at a time, and how many such
-/// pieces may wait for it.
+/// Raw bytes handed to an encoder thread at a time.
 const PIECE: usize = 256 << 10;
-const QUEUED: usize = 2;
 
-/// The rewrite of one file: its layout and, per block, whether it holds a
-/// change.
+/// One block of the output, covering raw bytes `out..out + len` of
+/// stream `stream`.
+struct Planned {
+    stream: usize,
+    out: u64,
+    len: u64,
+    part: Part,
+}
+
+enum Part {
+    /// An input block kept as it is (at `offset`).
+    Kept { offset: u64, record: Record },
+    /// An input block's first `kept` bytes of LZMA2 data (at `data`),
+    /// whole chunks, ended there: its header (sizes rewritten) and an end
+    /// marker after them.
+    Head {
+        header: Vec<u8>,
+        data: u64,
+        kept: u64,
+    },
+    /// Raw bytes encoded anew with the filters of the input block whose
+    /// header this is.
+    Fresh { header: Vec<u8> },
+}
+
+/// The rewrite of one file: its layout and its output blocks.
 pub(crate) struct Sparse {
     input: File,
     len: u64,
     streams: Vec<StreamLayout>,
-    /// Per stream, per block: whether it is encoded again.
-    changed: Vec<Vec<bool>>,
-}
-
-/// LZMA2's dictionary size property byte for at most `dict` bytes.
-fn dict_prop(dict: u32) -> u8 {
-    (0u8..40)
-        .rev()
-        .find(|&p| (2 | u32::from(p & 1)) << (p / 2 + 11) <= dict)
-        .unwrap_or(0)
-}
-
-#[cfg(test)]
-fn dict_of(prop: u8) -> u32 {
-    (2 | u32::from(prop & 1)) << (prop / 2 + 11)
-}
-
-/// liblzma's memory estimate for a preset-6 LZMA2 encoder with `dict`.
-pub(crate) fn encoder_memory(dict: u32) -> u64 {
-    // SAFETY: lzma_options_lzma is plain data for which all zeros is
-    // valid; lzma_lzma_preset sets every field the estimate reads.
-    let mut opts: sys::lzma_options_lzma = unsafe { std::mem::zeroed() };
-    // SAFETY: `opts` is a valid, writable lzma_options_lzma.
-    if unsafe { sys::lzma_lzma_preset(&mut opts, 6) } != 0 {
-        return u64::MAX;
-    }
-    opts.dict_size = dict;
-    let filters = super::primed::lzma2_chain(&mut opts);
-    // SAFETY: `filters` is terminated by LZMA_VLI_UNKNOWN and its options
-    // outlive the call, which only reads them.
-    unsafe { sys::lzma_raw_encoder_memusage(filters.as_ptr()) }
-}
-
-/// A block header's filter flags (from after its size fields to its
-/// padding), with the LZMA2 dictionary property at most `DICT_MAX`; None
-/// when the chain is not one the encoder takes.
-fn filter_flags(header: &[u8]) -> Option<Vec<u8>> {
-    header_filters(header)?;
-    let flags = *header.get(1)?;
-    let mut at = 2;
-    for bit in [0x40, 0x80] {
-        if flags & bit != 0 {
-            vli(header, &mut at)?;
-        }
-    }
-    let start = at;
-    let mut lzma2_prop = None;
-    for _ in 0..=(flags & 3) {
-        let id = vli(header, &mut at)?;
-        let n = usize::try_from(vli(header, &mut at)?).ok()?;
-        if id == LZMA2 && n == 1 {
-            lzma2_prop = Some(at - start);
-        }
-        at += n;
-    }
-    let mut out = header.get(start..at)?.to_vec();
-    let p = lzma2_prop?;
-    out[p] = out[p].min(dict_prop(DICT_MAX));
-    Some(out)
-}
-
-/// A block header with both sizes and `filter_flags` (whose first byte
-/// count is `filters`).
-fn block_header(filters: u8, filter_flags: &[u8], compressed: u64, uncompressed: u64) -> Vec<u8> {
-    let mut h = vec![0u8, (filters - 1) | 0x40 | 0x80];
-    put_vli(&mut h, compressed);
-    put_vli(&mut h, uncompressed);
-    h.extend_from_slice(filter_flags);
-    h.resize((h.len() + 4).div_ceil(4) * 4 - 4, 0);
-    h[0] = ((h.len() + 4) / 4 - 1) as u8;
-    let crc = crc32fast::hash(&h);
-    h.extend_from_slice(&crc.to_le_bytes());
-    h
+    blocks: Vec<Planned>,
 }
 
 impl Sparse {
     /// The rewrite of `input` (an xz file) into a raw image of `raw_len`
     /// bytes whose changed bytes lie in `changed` (sorted, not
     /// overlapping `[start, end)` ranges). None when it does not apply:
-    /// the layout cannot be read, the file has one block (nothing
-    /// independent to keep), its decompressed length is not the image's
-    /// (bytes past a filesystem's end are not kept), or a block that
-    /// changed has filters or a check the encoder does not write.
+    /// the layout cannot be read, the file has one block (its rest after
+    /// the cut, encoded anew in blocks on two cores, would be 5% larger:
+    /// `cut.rs` continues it in one), its decompressed length is not the
+    /// image's (bytes past a filesystem's end are not kept), or a block
+    /// that changed has filters or a check the encoder does not write.
     pub(crate) fn plan(
         input: &File,
         raw_len: u64,
         changed: &[(u64, u64)],
+    ) -> io::Result<Option<Sparse>> {
+        Sparse::plan_in(input, raw_len, changed, FRESH_BLOCK)
+    }
+
+    /// [`Sparse::plan`] with new blocks of at most `fresh_block` bytes.
+    fn plan_in(
+        input: &File,
+        raw_len: u64,
+        changed: &[(u64, u64)],
+        fresh_block: u64,
     ) -> io::Result<Option<Sparse>> {
         let len = input.metadata()?.len();
         let Some(streams) = layout(input, len)? else {
@@ -161,38 +121,98 @@ impl Sparse {
             return Ok(None);
         }
         let mut ranges = changed.iter().peekable();
-        let mut marks = Vec::with_capacity(streams.len());
-        for s in &streams {
-            let mut marked = Vec::with_capacity(s.records.len());
+        let mut blocks = Vec::with_capacity(blocks);
+        for (i, s) in streams.iter().enumerate() {
             for (offset, out, r) in s.blocks() {
                 let end = out + r.uncompressed;
                 while ranges.peek().is_some_and(|&&(_, e)| e <= out) {
                     ranges.next();
                 }
-                let hit = ranges.peek().is_some_and(|&&(b, _)| b < end);
-                if hit {
-                    let header = read_header(input, offset)?;
-                    if check_of(s.flags).is_none() || filter_flags(&header).is_none() {
-                        return Ok(None);
-                    }
+                let Some(first) = ranges
+                    .peek()
+                    .map(|&&(b, _)| b.max(out))
+                    .filter(|&b| b < end)
+                else {
+                    blocks.push(Planned {
+                        stream: i,
+                        out,
+                        len: r.uncompressed,
+                        part: Part::Kept { offset, record: *r },
+                    });
+                    continue;
+                };
+                let header = read_header(input, offset)?;
+                if check_of(s.flags).is_none() || filter_flags(&header).is_none() {
+                    return Ok(None);
                 }
-                marked.push(hit);
+                let check = check_len(s.flags[1] & 0x0f);
+                // The last chunk start at or before the first change, if
+                // the block is LZMA2 alone and its chunks walk.
+                let cut = block_chunks(input, offset, r, check)?.and_then(|b| {
+                    let c = chunks::last_at_or_before(&b.chunks, first - out)?;
+                    Some((b.data, c))
+                });
+                let mut from = out;
+                if let Some((data, c)) = cut {
+                    blocks.push(Planned {
+                        stream: i,
+                        out,
+                        len: c.out,
+                        part: Part::Head {
+                            header: header.clone(),
+                            data,
+                            kept: c.at,
+                        },
+                    });
+                    from += c.out;
+                }
+                let n = (end - from).div_ceil(fresh_block);
+                let size = (end - from).div_ceil(n);
+                while from < end {
+                    let len = size.min(end - from);
+                    blocks.push(Planned {
+                        stream: i,
+                        out: from,
+                        len,
+                        part: Part::Fresh {
+                            header: header.clone(),
+                        },
+                    });
+                    from += len;
+                }
             }
-            marks.push(marked);
         }
         Ok(Some(Sparse {
             input: input.try_clone()?,
             len,
             streams,
-            changed: marks,
+            blocks,
         }))
     }
 
-    /// Blocks kept as they are, of all blocks.
-    pub(crate) fn kept(&self) -> (usize, usize) {
-        let all = self.changed.iter().map(Vec::len).sum();
-        let encoded = self.changed.iter().flatten().filter(|&&c| c).count();
-        (all - encoded, all)
+    /// What the rewrite keeps: input blocks kept as they are, of all
+    /// input blocks; blocks cut inside (their chunks before the change
+    /// kept) and the compressed bytes kept of them; blocks encoded anew
+    /// and their raw bytes.
+    pub(crate) fn kept(&self) -> Kept {
+        let mut k = Kept {
+            all: self.streams.iter().map(|s| s.records.len()).sum(),
+            ..Kept::default()
+        };
+        for b in &self.blocks {
+            match &b.part {
+                Part::Kept { .. } => k.blocks += 1,
+                Part::Head { kept, .. } => {
+                    k.cut += 1;
+                    k.cut_bytes += kept;
+                }
+                Part::Fresh { .. } => {
+                    k.fresh += 1;
+                    k.fresh_bytes += b.len;
+                }
+            }
+        }
+        k
     }
 
     /// The writer of the output into `sink`, encoding on up to `threads`
@@ -207,24 +227,17 @@ impl Sparse {
         let one = encoder_memory(DICT_MAX).max(1);
         let threads = threads.clamp(1, (ENCODERS_MEMORY / one).max(1) as usize);
         let mut pieces = VecDeque::new();
-        let mut blocks = Vec::new();
         let mut prev_end = 0;
+        let mut next = 0;
         for (i, s) in self.streams.iter().enumerate() {
             // Stream padding before it, and its header.
             pieces.push_back(Piece::Copy {
                 from: prev_end,
                 len: s.start + 12 - prev_end,
             });
-            for (j, (offset, out, r)) in s.blocks().enumerate() {
-                pieces.push_back(Piece::Block(blocks.len()));
-                blocks.push(Block {
-                    stream: i,
-                    offset,
-                    out,
-                    record: *r,
-                    changed: self.changed[i][j],
-                    job: None,
-                });
+            while self.blocks.get(next).is_some_and(|b| b.stream == i) {
+                pieces.push_back(Piece::Block(next));
+                next += 1;
             }
             pieces.push_back(Piece::Index(i));
             prev_end = s.end;
@@ -234,15 +247,25 @@ impl Sparse {
             from: prev_end,
             len: self.len - prev_end,
         });
-        let (kept, all) = self.kept();
-        tracing::debug!(kept, all, threads, "xz: unchanged blocks kept");
+        let k = self.kept();
+        tracing::debug!(
+            kept = k.blocks,
+            all = k.all,
+            cut = k.cut,
+            cut_bytes = k.cut_bytes,
+            fresh = k.fresh,
+            fresh_bytes = k.fresh_bytes,
+            threads,
+            "xz: unchanged blocks kept, changed ones cut at their first change"
+        );
+        let n = self.blocks.len();
         Ok(SparseWriter {
             sink,
             dir: dir.to_path_buf(),
             threads,
             records: vec![Vec::new(); self.streams.len()],
             pieces,
-            blocks,
+            done: (0..n).map(|_| None).collect(),
             next: 0,
             at: 0,
             current: None,
@@ -250,6 +273,17 @@ impl Sparse {
             sparse: self,
         })
     }
+}
+
+/// What a rewrite keeps (see [`Sparse::kept`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Kept {
+    pub(crate) blocks: usize,
+    pub(crate) all: usize,
+    pub(crate) cut: usize,
+    pub(crate) cut_bytes: u64,
+    pub(crate) fresh: usize,
+    pub(crate) fresh_bytes: u64,
 }
 
 fn read_header(file: &File, offset: u64) -> io::Result<Vec<u8>> {
@@ -260,51 +294,41 @@ fn read_header(file: &File, offset: u64) -> io::Result<Vec<u8>> {
     Ok(header)
 }
 
-struct Block {
-    stream: usize,
-    offset: u64,
-    out: u64,
-    record: Record,
-    changed: bool,
-    /// Its encoder thread, once the block was reached (changed blocks).
-    job: Option<Job>,
-}
-
 /// The output, in file order.
 #[derive(Clone, Copy)]
 enum Piece {
     /// Input bytes as they are (stream headers, padding).
     Copy { from: u64, len: u64 },
-    /// A block, kept or encoded again, by its number in the file.
+    /// An output block, by its number.
     Block(usize),
     /// A stream's index and footer.
     Index(usize),
 }
 
-/// An encoder thread, giving its block when done.
-type Job = JoinHandle<io::Result<Done>>;
-
-/// A block encoded again: its data (LZMA2 with its end marker) in an
-/// unlinked scratch file.
-struct Done {
-    data: File,
-    compressed: u64,
-    uncompressed: u64,
-    check: Vec<u8>,
-    filter_flags: Vec<u8>,
-    filters: u8,
+/// An output block once the raw image reached it: a new block's encoder
+/// thread, or a cut block's check over its bytes.
+enum Reached {
+    Job(Job),
+    Check(Vec<u8>),
 }
 
-/// The block being passed through: kept (its bytes dropped) or fed to
-/// its encoder thread.
+/// The block being passed through.
 struct Current {
+    index: usize,
     end: u64,
-    feed: Option<Feed>,
+    feed: Feed,
 }
 
-struct Feed {
-    tx: SyncSender<Vec<u8>>,
-    buf: Vec<u8>,
+enum Feed {
+    /// A kept block: its bytes are dropped.
+    Drop,
+    /// A cut block: its bytes go into its check.
+    Check(BlockCheck),
+    /// A new block: its bytes go to its thread.
+    Thread {
+        tx: SyncSender<Vec<u8>>,
+        buf: Vec<u8>,
+    },
 }
 
 /// Writes the output of a [`Sparse`] rewrite as the raw image passes.
@@ -316,7 +340,8 @@ pub(crate) struct SparseWriter<W: Write> {
     records: Vec<Vec<Record>>,
     /// Output not yet written, in order.
     pieces: VecDeque<Piece>,
-    blocks: Vec<Block>,
+    /// Per output block, what it needs once the raw image passed it.
+    done: Vec<Option<Reached>>,
     /// The next block the raw image reaches.
     next: usize,
     /// Raw bytes passed so far.
@@ -330,69 +355,81 @@ pub(crate) struct SparseWriter<W: Write> {
 impl<W: Write> SparseWriter<W> {
     /// Starts the block that begins at the current position.
     fn start_block(&mut self) -> io::Result<()> {
-        let Some(b) = self.blocks.get(self.next) else {
+        let Some(b) = self.sparse.blocks.get(self.next) else {
             return Err(io::Error::other(
                 "the image is longer than the xz file's blocks",
             ));
         };
-        let end = b.out + b.record.uncompressed;
-        let (offset, stream, changed) = (b.offset, b.stream, b.changed);
-        let feed = if changed {
-            while self.in_flight >= self.threads {
-                self.drain(true)?;
+        let check_id = self.sparse.streams[b.stream].flags[1] & 0x0f;
+        let end = b.out + b.len;
+        let feed = match &b.part {
+            Part::Kept { .. } => Feed::Drop,
+            Part::Head { .. } => Feed::Check(
+                BlockCheck::new(check_id).ok_or_else(|| io::Error::other("unknown xz check"))?,
+            ),
+            Part::Fresh { header } => {
+                let header = header.clone();
+                while self.in_flight >= self.threads {
+                    self.drain(true)?;
+                }
+                let (tx, job) = spawn_encoder(&header, check_id, &self.dir)?;
+                self.done[self.next] = Some(Reached::Job(job));
+                self.in_flight += 1;
+                Feed::Thread {
+                    tx,
+                    buf: Vec::with_capacity(PIECE),
+                }
             }
-            let header = read_header(&self.sparse.input, offset)?;
-            let check_id = self.sparse.streams[stream].flags[1] & 0x0f;
-            let (tx, job) = spawn_encoder(&header, check_id, &self.dir)?;
-            self.blocks[self.next].job = Some(job);
-            self.in_flight += 1;
-            Some(Feed {
-                tx,
-                buf: Vec::with_capacity(PIECE),
-            })
-        } else {
-            None
         };
+        self.current = Some(Current {
+            index: self.next,
+            end,
+            feed,
+        });
         self.next += 1;
-        self.current = Some(Current { end, feed });
         Ok(())
     }
 
-    /// Ends the current block's feed, if any: its thread finishes it.
+    /// Ends the current block: a new block's thread finishes it, a cut
+    /// block's check is final.
     fn end_block(&mut self) {
-        if let Some(Current {
-            feed: Some(mut feed),
-            ..
-        }) = self.current.take()
-        {
-            if !feed.buf.is_empty() {
-                let buf = std::mem::take(&mut feed.buf);
-                // A failed send means the thread stopped: its error comes
-                // with its result.
-                let _ = feed.tx.send(buf);
+        let Some(current) = self.current.take() else {
+            return;
+        };
+        match current.feed {
+            Feed::Drop => {}
+            Feed::Check(check) => self.done[current.index] = Some(Reached::Check(check.finish())),
+            Feed::Thread { tx, buf } => {
+                if !buf.is_empty() {
+                    // A failed send means the thread stopped: its error
+                    // comes with its result.
+                    let _ = tx.send(buf);
+                }
             }
         }
     }
 
     /// Writes the pieces at the front that are ready: everything before
-    /// the first block not yet reached or (unless `wait`) still being
+    /// the first block not yet passed or (unless `wait`) still being
     /// encoded. With `wait`, waits for the first block being encoded.
     fn drain(&mut self, mut wait: bool) -> io::Result<()> {
         while let Some(&piece) = self.pieces.front() {
             if let Piece::Block(i) = piece {
-                let b = &self.blocks[i];
                 // A kept block is the input's bytes, ready from the start;
-                // a changed one once its bytes were all sent to its thread
-                // and the thread is done (or `wait` lets it be waited for).
-                if b.changed {
-                    let fed = i < self.next && !(i + 1 == self.next && self.current.is_some());
-                    let Some(job) = b.job.as_ref().filter(|_| fed) else {
-                        break;
-                    };
-                    if !wait && !job.is_finished() {
-                        break;
+                // a cut one once its bytes passed; a new one once its
+                // bytes were all sent to its thread and the thread is done
+                // (or `wait` lets it be waited for).
+                let passed = i < self.next && self.current.as_ref().is_none_or(|c| c.index != i);
+                match (&self.sparse.blocks[i].part, &self.done[i]) {
+                    (Part::Kept { .. }, _) => {}
+                    (Part::Head { .. }, Some(Reached::Check(_))) => {}
+                    (Part::Fresh { .. }, Some(Reached::Job(job))) if passed => {
+                        if !wait && !job.is_finished() {
+                            break;
+                        }
+                        wait = false;
                     }
-                    wait = false;
+                    _ => break,
                 }
             }
             self.pieces.pop_front();
@@ -402,46 +439,63 @@ impl<W: Write> SparseWriter<W> {
     }
 
     fn write_piece(&mut self, piece: Piece) -> io::Result<()> {
-        match piece {
-            Piece::Copy { from, len } => self.copy(from, len),
-            Piece::Block(i) if !self.blocks[i].changed => {
-                let b = &self.blocks[i];
-                let (stream, offset, record) = (b.stream, b.offset, b.record);
-                self.copy(offset, record.padded())?;
-                self.records[stream].push(record);
-                Ok(())
+        let i = match piece {
+            Piece::Copy { from, len } => return self.copy(from, len),
+            Piece::Index(stream) => {
+                let s = &self.sparse.streams[stream];
+                return self
+                    .sink
+                    .write_all(&index_and_footer(s.flags, &self.records[stream]));
             }
-            Piece::Block(i) => {
-                let b = &mut self.blocks[i];
-                let stream = b.stream;
-                let job = b.job.take().expect("a changed block reached has a job");
+            Piece::Block(i) => i,
+        };
+        let b = &self.sparse.blocks[i];
+        let (stream, len) = (b.stream, b.len);
+        let record = match (&b.part, self.done[i].take()) {
+            (&Part::Kept { offset, record }, _) => {
+                self.copy(offset, record.padded())?;
+                record
+            }
+            (Part::Head { header, data, kept }, Some(Reached::Check(check))) => {
+                let (data, kept) = (*data, *kept);
+                // The kept chunks and an end marker.
+                let compressed = kept + 1;
+                let header = with_sizes(header, compressed, len)
+                    .ok_or_else(|| io::Error::other("the block header cannot be rewritten"))?;
+                self.sink.write_all(&header)?;
+                self.copy(data, kept)?;
+                self.sink.write_all(&[0])?;
+                self.pad_and_check(compressed, &check)?;
+                Record {
+                    unpadded: header.len() as u64 + compressed + check.len() as u64,
+                    uncompressed: len,
+                }
+            }
+            (Part::Fresh { .. }, Some(Reached::Job(job))) => {
                 self.in_flight -= 1;
                 let done = job
                     .join()
                     .map_err(|_| io::Error::other("an xz block encoder thread panicked"))??;
-                let header = block_header(
-                    done.filters,
-                    &done.filter_flags,
-                    done.compressed,
-                    done.uncompressed,
-                );
+                let header = done.header();
                 self.sink.write_all(&header)?;
                 copy_file(&done.data, 0, done.compressed, &mut self.sink)?;
-                let pad = (4 - done.compressed % 4) % 4;
-                self.sink.write_all(&[0u8; 3][..pad as usize])?;
-                self.sink.write_all(&done.check)?;
-                self.records[stream].push(Record {
+                self.pad_and_check(done.compressed, &done.check)?;
+                Record {
                     unpadded: header.len() as u64 + done.compressed + done.check.len() as u64,
                     uncompressed: done.uncompressed,
-                });
-                Ok(())
+                }
             }
-            Piece::Index(stream) => {
-                let s = &self.sparse.streams[stream];
-                self.sink
-                    .write_all(&index_and_footer(s.flags, &self.records[stream]))
-            }
-        }
+            _ => unreachable!("drain writes a block once it is ready"),
+        };
+        self.records[stream].push(record);
+        Ok(())
+    }
+
+    /// A block's padding after `compressed` bytes of data, and its check.
+    fn pad_and_check(&mut self, compressed: u64, check: &[u8]) -> io::Result<()> {
+        let pad = (4 - compressed % 4) % 4;
+        self.sink.write_all(&[0u8; 3][..pad as usize])?;
+        self.sink.write_all(check)
     }
 
     fn copy(&mut self, from: u64, len: u64) -> io::Result<()> {
@@ -451,11 +505,8 @@ impl<W: Write> SparseWriter<W> {
     /// Ends the output: the last blocks, the indexes and the padding.
     pub(crate) fn finish(mut self) -> io::Result<W> {
         self.end_block();
-        let end = self
-            .blocks
-            .last()
-            .map_or(0, |b| b.out + b.record.uncompressed);
-        if self.next != self.blocks.len() || self.at != end {
+        let end = self.sparse.blocks.last().map_or(0, |b| b.out + b.len);
+        if self.next != self.sparse.blocks.len() || self.at != end {
             return Err(io::Error::other(
                 "the image is shorter than the xz file's blocks",
             ));
@@ -477,15 +528,19 @@ impl<W: Write> Write for SparseWriter<W> {
             }
             let current = self.current.as_mut().expect("started above");
             let take = (current.end - self.at).min(data.len() as u64) as usize;
-            if let Some(feed) = &mut current.feed {
-                let mut part = &data[..take];
-                while !part.is_empty() {
-                    let room = (PIECE - feed.buf.len()).min(part.len());
-                    feed.buf.extend_from_slice(&part[..room]);
-                    part = &part[room..];
-                    if feed.buf.len() == PIECE {
-                        let buf = std::mem::replace(&mut feed.buf, Vec::with_capacity(PIECE));
-                        let _ = feed.tx.send(buf);
+            match &mut current.feed {
+                Feed::Drop => {}
+                Feed::Check(check) => check.update(&data[..take]),
+                Feed::Thread { tx, buf } => {
+                    let mut part = &data[..take];
+                    while !part.is_empty() {
+                        let room = (PIECE - buf.len()).min(part.len());
+                        buf.extend_from_slice(&part[..room]);
+                        part = &part[room..];
+                        if buf.len() == PIECE {
+                            let full = std::mem::replace(buf, Vec::with_capacity(PIECE));
+                            let _ = tx.send(full);
+                        }
                     }
                 }
             }
@@ -523,59 +578,9 @@ fn copy_file(file: &File, from: u64, len: u64, sink: &mut impl Write) -> io::Res
     Ok(())
 }
 
-/// A thread encoding one block like the one with `header` (its filters,
-/// the dictionary at most `DICT_MAX`) and check `check_id`, from the raw
-/// pieces sent to it until the sender is dropped.
-fn spawn_encoder(
-    header: &[u8],
-    check_id: u8,
-    dir: &Path,
-) -> io::Result<(SyncSender<Vec<u8>>, Job)> {
-    let filter_flags =
-        filter_flags(header).ok_or_else(|| io::Error::other("unexpected xz filters"))?;
-    let filters = (header[1] & 3) + 1;
-    let data = Scratch::create_in(dir, "xz-block")?.into_unlinked()?;
-    let (tx, rx) = sync_channel::<Vec<u8>>(QUEUED);
-    let job = std::thread::Builder::new().name("xz block".into()).spawn(
-        move || -> io::Result<Done> {
-            // The encoder's filters from a header of the new flags alone.
-            let mut bare = vec![0u8, filters - 1];
-            bare.extend_from_slice(&filter_flags);
-            let chain =
-                header_filters(&bare).ok_or_else(|| io::Error::other("unexpected xz filters"))?;
-            let stream =
-                liblzma::stream::Stream::new_raw_encoder(&chain).map_err(io::Error::other)?;
-            let mut check =
-                BlockCheck::new(check_id).ok_or_else(|| io::Error::other("unknown xz check"))?;
-            let mut encoder = liblzma::write::XzEncoder::new_stream(
-                BufWriter::with_capacity(1 << 20, &data),
-                stream,
-            );
-            let mut uncompressed = 0u64;
-            for piece in rx {
-                check.update(&piece);
-                uncompressed += piece.len() as u64;
-                encoder.write_all(&piece)?;
-            }
-            let mut out = encoder.finish()?;
-            out.flush()?;
-            drop(out);
-            let compressed = data.metadata()?.len();
-            Ok(Done {
-                data,
-                compressed,
-                uncompressed,
-                check: check.finish(),
-                filter_flags,
-                filters,
-            })
-        },
-    )?;
-    Ok((tx, job))
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::fresh::{dict_of, dict_prop};
     use super::*;
     use liblzma::stream::Check;
 
@@ -589,12 +594,43 @@ mod tests {
             .collect()
     }
 
-    fn rewrite(file: &[u8], new: &[u8], changed: &[(u64, u64)]) -> (Vec<u8>, (usize, usize)) {
+    /// Data that compresses to about half: many LZMA2 chunks (each holds
+    /// at most 64 KiB of compressed data).
+    fn noisy(n: usize) -> Vec<u8> {
+        let mut x = 7u64;
+        (0..n)
+            .map(|i| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                if i % 4096 < 2000 {
+                    b"abcdefgh"[i % 8]
+                } else {
+                    (x >> 40) as u8
+                }
+            })
+            .collect()
+    }
+
+    fn changed_at(old: &[u8], changed: &[(u64, u64)]) -> Vec<u8> {
+        let mut new = old.to_vec();
+        for &(a, b) in changed {
+            for x in &mut new[a as usize..b as usize] {
+                *x = !*x;
+            }
+        }
+        new
+    }
+
+    fn rewrite_in(
+        file: &[u8],
+        new: &[u8],
+        changed: &[(u64, u64)],
+        fresh_block: u64,
+    ) -> (Vec<u8>, Kept) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.xz");
         std::fs::write(&path, file).unwrap();
         let input = File::open(&path).unwrap();
-        let plan = Sparse::plan(&input, new.len() as u64, changed)
+        let plan = Sparse::plan_in(&input, new.len() as u64, changed, fresh_block)
             .unwrap()
             .unwrap();
         let kept = plan.kept();
@@ -605,11 +641,46 @@ mod tests {
         (w.finish().unwrap(), kept)
     }
 
+    fn rewrite(file: &[u8], new: &[u8], changed: &[(u64, u64)]) -> (Vec<u8>, Kept) {
+        rewrite_in(file, new, changed, FRESH_BLOCK)
+    }
+
     fn unxz(bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         let mut d = liblzma::read::XzDecoder::new_multi_decoder(bytes);
         io::Read::read_to_end(&mut d, &mut out).unwrap();
         out
+    }
+
+    /// Per block of a file: file offset, uncompressed offset, record.
+    fn blocks_of(file: &[u8]) -> Vec<(u64, u64, Record)> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.xz");
+        std::fs::write(&p, file).unwrap();
+        let streams = layout(&File::open(&p).unwrap(), file.len() as u64)
+            .unwrap()
+            .unwrap();
+        streams
+            .iter()
+            .flat_map(|s| s.blocks().map(|(o, u, r)| (o, u, *r)).collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// How many of the input's blocks the output has byte for byte, at
+    /// the same uncompressed offset.
+    fn same_blocks(input: &[u8], output: &[u8]) -> usize {
+        let out = blocks_of(output);
+        blocks_of(input)
+            .iter()
+            .filter(|(o, u, r)| {
+                out.iter().any(|(p, v, q)| {
+                    v == u
+                        && q == r
+                        && input[*o as usize..(o + r.padded()) as usize]
+                            == output[*p as usize..(p + q.padded()) as usize]
+                })
+            })
+            .count()
     }
 
     #[test]
@@ -618,44 +689,76 @@ mod tests {
         let block = 100_000u64;
         for check in [Check::None, Check::Crc32, Check::Crc64, Check::Sha256] {
             let file = xz(&old, block, check);
-            let mut new = old.clone();
             // Changes in blocks 0, 4 (across 4 and 5) and 9.
             let changed = [(10u64, 20u64), (499_990, 500_010), (999_999, 1_000_000)];
-            for &(a, b) in &changed {
-                for x in &mut new[a as usize..b as usize] {
-                    *x = !*x;
-                }
-            }
+            let new = changed_at(&old, &changed);
             let (out, kept) = rewrite(&file, &new, &changed);
-            assert_eq!(kept, (6, 10), "{check:?}");
+            assert_eq!((kept.blocks, kept.all), (6, 10), "{check:?}");
             assert_eq!(unxz(&out), new, "{check:?}");
             // The kept blocks are the input's bytes at their places.
-            let dir = tempfile::tempdir().unwrap();
-            let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-            std::fs::write(&a, &file).unwrap();
-            std::fs::write(&b, &out).unwrap();
-            let (la, lb) = (
-                layout(&File::open(&a).unwrap(), file.len() as u64)
-                    .unwrap()
-                    .unwrap(),
-                layout(&File::open(&b).unwrap(), out.len() as u64)
-                    .unwrap()
-                    .unwrap(),
-            );
-            let ba: Vec<_> = la[0].blocks().map(|(o, u, r)| (o, u, *r)).collect();
-            let bb: Vec<_> = lb[0].blocks().map(|(o, u, r)| (o, u, *r)).collect();
-            assert_eq!(ba.len(), bb.len());
-            let mut same = 0;
-            for (x, y) in ba.iter().zip(&bb) {
-                assert_eq!(x.1, y.1, "the blocks start where they did");
-                if file[x.0 as usize..(x.0 + x.2.padded()) as usize]
-                    == out[y.0 as usize..(y.0 + y.2.padded()) as usize]
-                {
-                    same += 1;
-                }
-            }
-            assert_eq!(same, 6, "{check:?}");
+            assert_eq!(same_blocks(&file, &out), 6, "{check:?}");
         }
+    }
+
+    /// A change late in a block keeps the block's chunks before it (a
+    /// 2 MB block of this data has about ten): the block ends at the cut,
+    /// with its own sizes and check, and new blocks follow. Fails when no
+    /// chunk is kept.
+    #[test]
+    fn a_change_late_in_a_block_keeps_its_leading_chunks() {
+        let old = noisy(4_000_000);
+        for check in [Check::None, Check::Crc32, Check::Crc64, Check::Sha256] {
+            for file in [xz(&old, 2_000_000, check)] {
+                let changed = [(3_700_000u64, 3_700_100u64)];
+                let new = changed_at(&old, &changed);
+                let (out, kept) = rewrite_in(&file, &new, &changed, 1 << 20);
+                assert_eq!(unxz(&out), new, "{check:?}");
+                let input = blocks_of(&file);
+                let last = input.last().unwrap();
+                assert_eq!(kept.cut, 1, "{check:?}");
+                // Most of the changed block's data is kept as it was.
+                let data_len = last.2.unpadded - 12;
+                assert!(kept.cut_bytes * 10 > data_len * 8, "{kept:?} of {data_len}");
+                let output = blocks_of(&out);
+                let head = output[input.len() - 1];
+                assert_eq!(head.1, last.1);
+                // The head's LZMA2 data starts with the input block's.
+                let (a, b) = (last.0 as usize, head.0 as usize);
+                let (ha, hb) = (
+                    (usize::from(file[a]) + 1) * 4,
+                    (usize::from(out[b]) + 1) * 4,
+                );
+                let n = kept.cut_bytes as usize;
+                assert!(file[a + ha..a + ha + n] == out[b + hb..b + hb + n]);
+                // The new blocks after it tile the rest.
+                assert!(head.1 + head.2.uncompressed <= 3_700_000);
+                let rest = &output[input.len()..];
+                assert!(!rest.is_empty());
+                let mut at = head.1 + head.2.uncompressed;
+                for (_, u, r) in rest {
+                    assert_eq!(*u, at);
+                    assert!(r.uncompressed <= 1 << 20);
+                    at += r.uncompressed;
+                }
+                assert_eq!(at, old.len() as u64);
+            }
+        }
+    }
+
+    /// The part of a changed block after its cut is split into equal new
+    /// blocks of at most the size given, which tile it.
+    #[test]
+    fn a_changed_block_is_encoded_again_in_smaller_blocks() {
+        let old = data(1_000_000);
+        let file = xz(&old, 500_000, Check::Crc64);
+        let changed = [(0u64, 1u64)];
+        let new = changed_at(&old, &changed);
+        let (out, kept) = rewrite_in(&file, &new, &changed, 200_000);
+        assert_eq!(unxz(&out), new);
+        assert_eq!(kept.cut, 0, "nothing precedes the first change");
+        assert_eq!((kept.blocks, kept.all, kept.fresh), (1, 2, 3));
+        let sizes: Vec<u64> = blocks_of(&out).iter().map(|b| b.2.uncompressed).collect();
+        assert_eq!(sizes, [166_667, 166_667, 166_666, 500_000]);
     }
 
     #[test]
@@ -671,13 +774,26 @@ mod tests {
         let mut new = old.clone();
         new[450_000] ^= 1;
         let (out, kept) = rewrite(&file, &new, &[(450_000, 450_001)]);
-        assert_eq!(kept, (7, 8));
+        assert_eq!((kept.blocks, kept.all), (7, 8));
         assert_eq!(unxz(&out), new);
         assert_eq!(&out[out.len() - 4..], &[0u8; 4]);
         // Nothing changed: the same bytes.
         let (same, kept) = rewrite(&file, &old, &[]);
-        assert_eq!(kept, (8, 8));
+        assert_eq!((kept.blocks, kept.all), (8, 8));
         assert_eq!(same, file);
+    }
+
+    /// A file of one block is left to `cut.rs`, which continues it as one.
+    #[test]
+    fn a_single_block_file_is_not_planned() {
+        let old = noisy(300_000);
+        let file = xz(&old, 1 << 20, Check::Crc64);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.xz");
+        std::fs::write(&path, file).unwrap();
+        let input = File::open(&path).unwrap();
+        let plan = Sparse::plan(&input, old.len() as u64, &[(200_000, 200_001)]).unwrap();
+        assert!(plan.is_none());
     }
 
     #[test]
