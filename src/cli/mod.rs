@@ -46,6 +46,7 @@ const PROGRESS_DELAY_VAR: &str = "IMPRINT_PROGRESS_DELAY_MS";
 /// The `imprint` command: parse the flags, set up logging and the panic
 /// report, and hand the subcommand to its module.
 pub fn main() -> ExitCode {
+    crate::io::heap::return_large_buffers();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => tracing::Level::WARN,

@@ -95,7 +95,8 @@ pub(crate) struct Codec {
     /// how many).
     pub(crate) parallel_encode: bool,
     /// Its boundary-noting decoder also decodes on [`worker_count`]
-    /// threads (bzip2's blocks), so it is worth using even where no
+    /// threads (bzip2's blocks; xz's blocks whose headers carry their
+    /// sizes, as `xz -T` writes them), so it is worth using even where no
     /// boundary is needed.
     pub(crate) parallel_decode: bool,
 }
@@ -162,7 +163,7 @@ impl Compression {
                     indexing: boundary::BlockIndex::xz,
                 },
                 parallel_encode: true,
-                parallel_decode: false,
+                parallel_decode: true,
             },
             Compression::Lz4 => Codec {
                 name: "lz4",

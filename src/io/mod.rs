@@ -3,6 +3,7 @@
 //! progress.
 
 pub mod bmap;
+pub(crate) mod heap;
 pub mod output;
 pub(crate) mod pin;
 pub(crate) mod prefix;

@@ -51,7 +51,8 @@ pub(super) fn expand(
     dir: &Path,
     find_boundaries: bool,
 ) -> Result<Expanded, ImageError> {
-    // bzip2's indexing decoder is also the one that decodes on all cores.
+    // bzip2's and xz's indexing decoders are also the ones that decode on
+    // all cores.
     if find_boundaries || codec.facts().parallel_decode {
         match expand_with(path, codec, dir, true) {
             Err(ImageError::Decompress { source, .. }) => {

@@ -336,15 +336,14 @@ pub(super) fn scan(
     capture: &Capture,
     writing: Option<&ForWriting>,
 ) -> Result<Scan, TarError> {
-    let scan_once =
-        |parallel_bzip2| scan_with(path, codec, watch, capture, writing, parallel_bzip2);
+    let scan_once = |parallel| scan_with(path, codec, watch, capture, writing, parallel);
     if writing.is_some() && codec.facts().parallel_decode {
         match scan_once(true) {
             // The parallel reader only knows well-formed files; the
-            // sequential decoder reads everything bzip2 does and says
+            // sequential decoder reads everything the codec's tool does and says
             // precisely what is wrong with the rest.
             Err(TarError::Decode { source, .. }) => {
-                tracing::debug!(%source, "parallel bzip2 read failed, reading sequentially");
+                tracing::debug!(%source, "parallel read failed, reading sequentially");
             }
             result => return result,
         }
@@ -358,13 +357,13 @@ fn scan_with(
     watch: &[String],
     capture: &Capture,
     writing: Option<&ForWriting>,
-    parallel_bzip2: bool,
+    parallel: bool,
 ) -> Result<Scan, TarError> {
     let Reading {
         stream,
         index,
         hashing,
-    } = open(path, codec, writing.is_some(), parallel_bzip2)?;
+    } = open(path, codec, writing.is_some(), parallel)?;
     let snapshot = || hashing.as_ref().map(|h| crate::sync::lock(h).clone());
     let mut entries = Entries::new(stream, path, snapshot);
     entries.stream().speculation = start_speculation(path, codec, writing, index.as_ref());
@@ -411,7 +410,7 @@ fn open(
     path: &Path,
     codec: Compression,
     for_writing: bool,
-    parallel_bzip2: bool,
+    parallel: bool,
 ) -> Result<Reading<'_>, TarError> {
     let file = File::open(path).map_err(|source| TarError::Open {
         path: path.to_path_buf(),
@@ -419,10 +418,10 @@ fn open(
     })?;
     progress::start("reading", file.metadata().map(|m| m.len()).unwrap_or(0));
     // Only a scan for writing needs block boundaries (and their windows);
-    // `verify` reads with the plain decoder, as does a bzip2 scan asked
+    // `verify` reads with the plain decoder, as does a bzip2 or xz scan asked
     // not to use the parallel one.
     let indexed = if codec.facts().parallel_decode {
-        parallel_bzip2
+        parallel
     } else {
         for_writing
     };
