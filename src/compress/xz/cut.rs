@@ -402,17 +402,7 @@ mod tests {
     }
 
     fn data(n: usize) -> Vec<u8> {
-        let mut x = 7u64;
-        (0..n)
-            .map(|i| {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-                if i % 4096 < 3000 {
-                    b"abcdefgh"[i % 8]
-                } else {
-                    (x >> 40) as u8
-                }
-            })
-            .collect()
+        super::super::test_data::noisy(n, 3000)
     }
 
     /// Cut a file near `change` and append `new` (twice: decoding, then

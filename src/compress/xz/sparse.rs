@@ -597,17 +597,7 @@ mod tests {
     /// Data that compresses to about half: many LZMA2 chunks (each holds
     /// at most 64 KiB of compressed data).
     fn noisy(n: usize) -> Vec<u8> {
-        let mut x = 7u64;
-        (0..n)
-            .map(|i| {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-                if i % 4096 < 2000 {
-                    b"abcdefgh"[i % 8]
-                } else {
-                    (x >> 40) as u8
-                }
-            })
-            .collect()
+        super::super::test_data::noisy(n, 2000)
     }
 
     fn changed_at(old: &[u8], changed: &[(u64, u64)]) -> Vec<u8> {

@@ -32,3 +32,20 @@ pub(super) fn data(n: u32) -> Vec<u8> {
         .map(|i| ((i / 5) % 253) as u8 ^ (i % 7) as u8)
         .collect()
 }
+
+/// `n` bytes of which the first `plain` of every 4096 repeat a short
+/// pattern and the rest are pseudo-random: an LZMA2 stream of many chunks
+/// (each holds at most 64 KiB of compressed data).
+pub(super) fn noisy(n: usize, plain: usize) -> Vec<u8> {
+    let mut x = 7u64;
+    (0..n)
+        .map(|i| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            if i % 4096 < plain {
+                b"abcdefgh"[i % 8]
+            } else {
+                (x >> 40) as u8
+            }
+        })
+        .collect()
+}
